@@ -1,0 +1,13 @@
+"""osoa-zip: a lossless archiver for folders of images, built on One-Shot Online Adaptation.
+
+Package map (each folder knows only its neighbours):
+  imaging/    image reading, classification, tiling and batching
+  exact/      the bit-exact numeric core (fixed-point grids, tables, optimiser)
+  models/     the flows, the checkpoint registry, pretraining
+  coding/     entropy coding with constriction's ANS coder
+  adapt/      the OSOA engine: code a batch, then take the replayable update
+  container/  the archive format (no torch here)
+  archive.py  folder <-> archive, used by the CLI and from Python
+  cli.py      argument parsing only
+"""
+__version__ = "0.1.0"

@@ -1,0 +1,147 @@
+"""The osoa-zip command line: parses arguments, calls osoa_zip.archive, reports.
+
+Exit codes: 0 success, 1 data or archive error, 2 usage error.  Errors are
+one line on stderr, never a traceback.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+from contextlib import contextmanager
+from pathlib import Path
+
+import click
+
+from . import __version__
+from .archive import AdaptationConfig, ArchiveError, ModelError, UsageError, compress, decompress
+from .models.registry import DEFAULT_MODEL
+
+DATA_ERROR = 1
+USAGE_ERROR = 2
+
+
+def _fail(message: str, code: int) -> None:
+    click.echo(f"osoa-zip: error: {message}", err=True)
+    sys.exit(code)
+
+
+@contextmanager
+def _progress(total: int | None, quiet: bool, unit: str):
+    if quiet or not sys.stderr.isatty():
+        yield None
+        return
+    from tqdm import tqdm
+    with tqdm(total=total, unit=unit, file=sys.stderr, leave=False) as bar:
+        yield bar.update
+
+
+@contextmanager
+def _reported_errors():
+    try:
+        yield
+    except UsageError as error:
+        _fail(str(error), USAGE_ERROR)
+    except (ArchiveError, ModelError) as error:
+        _fail(str(error), DATA_ERROR)
+    except OSError as error:
+        _fail(f"{error.filename or ''}: {error.strerror or error}".lstrip(": "), DATA_ERROR)
+    except KeyboardInterrupt:
+        _fail("interrupted", 130)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="osoa-zip")
+def main() -> None:
+    """Lossless archiver for folders of images, with a learned model that adapts
+    to your images as it compresses them (One-Shot Online Adaptation).
+
+    Decompression replays the adaptation, so it takes about as long as compression.
+    """
+
+
+@main.command("compress")
+@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("archive", type=click.Path(path_type=Path))
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Pretrained model to start from.")
+@click.option("--no-adapt", is_flag=True, help="Code with the pretrained model frozen (no online adaptation).")
+@click.option("--learning-rate", "--lr", type=float, default=AdaptationConfig.learning_rate, show_default=True,
+              help="Adam learning rate of the online adaptation.")
+@click.option("--steps-per-batch", type=click.IntRange(0, 100), default=AdaptationConfig.steps_per_batch,
+              show_default=True, help="Optimiser steps after each batch.")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=AdaptationConfig.batch_size,
+              show_default=True, help="Tiles per batch (one adaptation step per batch).")
+@click.option("--tile-size", type=click.IntRange(2, 512), default=AdaptationConfig.tile_size, show_default=True,
+              help="Images are cut into tiles of this side (even).")
+@click.option("-f", "--force", is_flag=True, help="Overwrite an existing archive.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@click.option("-v", "--verbose", is_flag=True, help="Print per-batch statistics.")
+def compress_command(sources, archive, model, no_adapt, learning_rate, steps_per_batch, batch_size, tile_size,
+                     force, quiet, verbose) -> None:
+    """Pack SOURCES (folders or files) into ARCHIVE ('-' for standard output)."""
+    with _reported_errors():
+        if tile_size % 2:
+            raise UsageError("--tile-size must be even")
+        for source in sources:
+            if not source.exists():
+                raise UsageError(f"{source}: no such file or directory")
+        config = AdaptationConfig(adapt=not no_adapt, learning_rate=learning_rate, steps_per_batch=steps_per_batch,
+                                  batch_size=batch_size, tile_size=tile_size)
+        with _progress(None, quiet, "tiles") as progress:
+            if str(archive) == "-":
+                summary = compress(list(sources), sys.stdout.buffer, model, config, progress)
+            else:
+                if archive.exists() and not force:
+                    raise UsageError(f"{archive} exists (use -f to overwrite)")
+                summary = _compress_to_file(list(sources), archive, model, config, progress)
+        if not quiet:
+            _report(summary, "compressed", verbose)
+
+
+def _compress_to_file(sources, archive: Path, model, config, progress):
+    """Write beside the target and rename at the end: never a half-written archive."""
+    directory = archive.resolve().parent
+    handle, temporary = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".part", dir=directory)
+    try:
+        with os.fdopen(handle, "wb") as output:
+            summary = compress(sources, output, model, config, progress)
+        os.replace(temporary, archive)
+        return summary
+    finally:
+        if os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+@main.command("decompress")
+@click.argument("archive", type=click.Path(path_type=Path, allow_dash=True))
+@click.argument("destination", type=click.Path(path_type=Path))
+@click.option("-f", "--force", is_flag=True, help="Overwrite existing files in DESTINATION.")
+@click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
+@click.option("-v", "--verbose", is_flag=True, help="Print timing details.")
+def decompress_command(archive, destination, force, quiet, verbose) -> None:
+    """Restore ARCHIVE ('-' for standard input) into DESTINATION (created if missing)."""
+    with _reported_errors():
+        with _progress(None, quiet, "tiles") as progress:
+            if str(archive) == "-":
+                summary = decompress(sys.stdin.buffer, destination, force, progress)
+            else:
+                if not archive.is_file():
+                    raise UsageError(f"{archive}: no such file")
+                with open(archive, "rb") as source:
+                    summary = decompress(source, destination, force, progress)
+        if not quiet:
+            _report(summary, "restored", verbose)
+
+
+def _report(summary, verb: str, verbose: bool) -> None:
+    line = f"{verb} {summary.files} files ({summary.images} images) in {summary.seconds:.1f}s"
+    if summary.image_subpixels:
+        line += f"; images at {summary.bits_per_subpixel:.3f} bits per sub-pixel"
+    click.echo(line, err=True)
+    if verbose:
+        for index, batch in enumerate(summary.batches):
+            click.echo(f"  batch {index}: {batch.bits / batch.subpixels:.3f} bpsp, {batch.seconds:.2f}s", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,92 @@
+"""Entropy coding of integer latents under a discretized logistic.
+
+Each latent gets a window of 2W+1 integers around its rounded mean plus one
+escape symbol; escaped values follow under a uniform model.  W is picked per
+latent from a few fixed sizes so that the window spans WINDOW_SCALES logistic
+scales, and latents are coded bucket by bucket (bucket order, then flat index
+order) so every probability table is a dense 2-D array.  All counts are
+integers computed with the exact interpolation of ``LogisticTables``.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from ..exact.fixed import ACT_FRAC_BITS
+from ..exact.logistic import CDF_ONE, INV_SCALE_BITS, LogisticTables
+from .ans import CorruptStream, Decoder, Encoder
+
+WINDOW_HALF_WIDTHS = (4, 8, 16, 32, 64, 128, 256)
+WINDOW_SCALES = 12.0
+ESCAPE_SIZE = 4096
+ESCAPE_OFFSET = ESCAPE_SIZE // 2
+
+
+def _plan(tables: LogisticTables, mean: torch.Tensor, log_scale: torch.Tensor):
+    """Yield (members, half_width, counts) per window bucket, in bucket order.
+
+    A latent's table depends only on its scale and on its mean's offset from
+    the window centre (both on finite grids), so each distinct pair is
+    computed once and shared.
+    """
+    mean = mean.reshape(-1).to(torch.float64)
+    inv_scale = tables.inverse_scale(log_scale.reshape(-1).to(torch.float64))
+    needed = WINDOW_SCALES / inv_scale
+    widths = torch.tensor(WINDOW_HALF_WIDTHS, dtype=torch.float64)
+    bucket = torch.clamp((needed[:, None] > widths[None, :]).sum(dim=1), max=len(WINDOW_HALF_WIDTHS) - 1)
+    offset = mean - torch.floor(mean + 0.5)  # in [-1/2, 1/2), on the activation grid
+    key = (offset + 0.5) * 2 ** (ACT_FRAC_BITS + 20) + inv_scale * 2 ** INV_SCALE_BITS  # inv < 2**20 on its grid
+    for index, half_width in enumerate(WINDOW_HALF_WIDTHS):
+        members = torch.nonzero(bucket == index).reshape(-1)
+        if members.numel():
+            distinct, which = torch.unique(key[members], return_inverse=True)
+            first = _representatives(which, members, distinct.numel())
+            counts = _counts(tables, offset[first], inv_scale[first], half_width)
+            yield members, half_width, counts[which.numpy()]
+
+
+def _representatives(which: torch.Tensor, members: torch.Tensor, n: int) -> torch.Tensor:
+    """One member per distinct key (which one does not matter: they share the key)."""
+    chosen = torch.empty(n, dtype=torch.long)
+    chosen[which] = members
+    return chosen
+
+
+def _counts(tables, offset, inv_scale, half_width) -> np.ndarray:
+    """Integer masses of the 2W+1 window bins, then the escape mass, per row."""
+    bins = torch.arange(2 * half_width + 2, dtype=torch.float64) - (half_width + 0.5)
+    cdf = tables.cdf_q24((bins[None, :] - offset[:, None]) * inv_scale[:, None])
+    inside = cdf[:, 1:] - cdf[:, :-1]
+    escape = cdf[:, :1] + (CDF_ONE - cdf[:, -1:])
+    return torch.cat([inside, escape], dim=1).numpy()
+
+
+def push_factor(encoder: Encoder, tables: LogisticTables, values: torch.Tensor,
+                mean: torch.Tensor, log_scale: torch.Tensor) -> None:
+    flat = values.reshape(-1).to(torch.float64)
+    for members, half_width, counts in _plan(tables, mean, log_scale):
+        low = torch.floor(mean.reshape(-1).to(torch.float64)[members] + 0.5) - half_width
+        offset = (flat[members] - low).numpy().astype(np.int64)
+        escaped = (offset < 0) | (offset > 2 * half_width)
+        symbols = np.where(escaped, 2 * half_width + 1, offset)
+        encoder.push_categorical(symbols, counts)
+        raw = flat[members].numpy()[escaped].astype(np.int64) + ESCAPE_OFFSET
+        if raw.size and (raw.min() < 0 or raw.max() >= ESCAPE_SIZE):
+            raise ValueError("latent outside the escape range")
+        encoder.push_uniform(raw, ESCAPE_SIZE)
+
+
+def pop_factor(decoder: Decoder, tables: LogisticTables, mean: torch.Tensor,
+               log_scale: torch.Tensor) -> torch.Tensor:
+    flat = torch.empty(mean.numel(), dtype=torch.float64)
+    for members, half_width, counts in _plan(tables, mean, log_scale):
+        low = torch.floor(mean.reshape(-1).to(torch.float64)[members] + 0.5) - half_width
+        symbols = decoder.pop_categorical(counts).astype(np.int64)
+        if symbols.size != members.numel():
+            raise CorruptStream("coded data ended early")
+        escaped = symbols == 2 * half_width + 1
+        values = low + torch.from_numpy(symbols).to(torch.float64)
+        raw = decoder.pop_uniform(int(escaped.sum()), ESCAPE_SIZE).astype(np.int64) - ESCAPE_OFFSET
+        values[torch.from_numpy(escaped)] = torch.from_numpy(raw).to(torch.float64)
+        flat[members] = values
+    return flat.reshape(mean.shape)

@@ -1,0 +1,1 @@
+"""The archive container: framing, checksums, versions. Knows nothing of torch."""

@@ -1,0 +1,52 @@
+"""Layers whose float64 forward and backward passes are exact (see fixed.py)."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from .fixed import check_conv_bounds, quantize_activation, weight_on_grid
+
+LEAKY_SLOPE = 0.125  # a power of two: the product stays on a dyadic grid
+
+
+class ExactConv2d(nn.Module):
+    """A same-padded convolution on fixed-point grids.
+
+    Master weights are free floats (they take optimiser updates); the forward
+    pass uses their grid-rounded copies and floors the output onto the
+    activation grid.
+    """
+
+    def __init__(self, in_channels: int, out_channels: int, kernel_size: int = 3):
+        super().__init__()
+        self.weight = nn.Parameter(torch.empty(out_channels, in_channels, kernel_size, kernel_size))
+        self.bias = nn.Parameter(torch.zeros(out_channels))
+        nn.init.kaiming_uniform_(self.weight, a=LEAKY_SLOPE)
+        self.padding = kernel_size // 2
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.dtype == torch.float64:
+            fan_in = self.weight[0].numel()
+            check_conv_bounds(fan_in, x.shape[0] * x.shape[2] * x.shape[3])
+        y = F.conv2d(x, weight_on_grid(self.weight), weight_on_grid(self.bias), padding=self.padding)
+        return quantize_activation(y)
+
+
+def leaky_relu(x: torch.Tensor) -> torch.Tensor:
+    """Piecewise linear, slope 1/8 below zero, re-quantized onto the grid."""
+    return quantize_activation(F.leaky_relu(x, LEAKY_SLOPE))
+
+
+class ConvStack(nn.Module):
+    """conv -> lrelu -> ... -> conv: a small fully convolutional predictor."""
+
+    def __init__(self, in_channels: int, hidden: int, out_channels: int, depth: int):
+        super().__init__()
+        widths = [in_channels] + [hidden] * (depth - 1) + [out_channels]
+        self.convs = nn.ModuleList(ExactConv2d(a, b) for a, b in zip(widths[:-1], widths[1:]))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for conv in self.convs[:-1]:
+            x = leaky_relu(conv(x))
+        return self.convs[-1](x)

@@ -1,0 +1,140 @@
+"""The discretized logistic, computed from integer tables shipped with a model.
+
+Why tables: exp/log/sigmoid come from libm or SIMD approximations that differ
+between machines in the last bit.  The decoder must rebuild the same
+probability tables and replay the same gradients, so every nonlinear value
+here is a table lookup plus exact integer interpolation; the only other
+operations are single correctly rounded IEEE operations, elementwise.
+
+Scale is parametrised by its logarithm ``log_scale`` on the activation grid;
+``inv_scale`` holds round(2**16 * exp(-log_scale)) for every grid point.
+The logistic CDF is tabulated as round(2**24 * sigmoid(u)) on a 2**-6 grid.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from .fixed import ACT_FRAC_BITS, quantize_gradient
+
+CDF_BITS = 24
+CDF_ONE = float(2 ** CDF_BITS)
+CDF_STEP_BITS = 6
+CDF_RANGE = 16  # sigmoid tabulated on [-CDF_RANGE, CDF_RANGE]
+INV_SCALE_BITS = 16
+LOG_SCALE_MIN = -2.0
+LOG_SCALE_MAX = 5.0
+# Below this probability the table's resolution is too coarse for a gradient;
+# the logistic's asymptotic tail gradient is used instead.
+_TAIL_PROBABILITY = 2.0 ** -16
+
+
+@dataclass(frozen=True)
+class LogisticTables:
+    """Integer tables, stored as integer-valued float64 tensors."""
+
+    cdf: torch.Tensor        # round(2**24 * sigmoid(u)), u = -16 .. 16 step 2**-6
+    inv_scale: torch.Tensor  # round(2**16 * exp(-l)), l = LOG_SCALE_MIN .. MAX step 2**-8
+
+    @staticmethod
+    def build() -> dict[str, torch.Tensor]:
+        """Compute the tables once, at export time; they ship with the model."""
+        n_cdf = 2 * CDF_RANGE * 2 ** CDF_STEP_BITS + 1
+        cdf = [round(CDF_ONE / (1.0 + math.exp(-(i / 2 ** CDF_STEP_BITS - CDF_RANGE))))
+               for i in range(n_cdf)]
+        n_scale = int((LOG_SCALE_MAX - LOG_SCALE_MIN) * 2 ** ACT_FRAC_BITS) + 1
+        inv = [round(2 ** INV_SCALE_BITS * math.exp(-(LOG_SCALE_MIN + i / 2 ** ACT_FRAC_BITS)))
+               for i in range(n_scale)]
+        return {"cdf_q24": torch.tensor(cdf, dtype=torch.int64),
+                "inv_scale_q16": torch.tensor(inv, dtype=torch.int64)}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "LogisticTables":
+        return cls(cdf=tensors["cdf_q24"].to(torch.float64),
+                   inv_scale=tensors["inv_scale_q16"].to(torch.float64) / 2 ** INV_SCALE_BITS)
+
+    def inverse_scale(self, log_scale: torch.Tensor) -> torch.Tensor:
+        """exp(-log_scale) on the 2**-16 grid; log_scale must be on the activation grid."""
+        index = (torch.clamp(log_scale, LOG_SCALE_MIN, LOG_SCALE_MAX) - LOG_SCALE_MIN) * 2 ** ACT_FRAC_BITS
+        return self.inv_scale[index.long()]
+
+    def cdf_q24(self, u: torch.Tensor) -> torch.Tensor:
+        """2**24 * sigmoid(u), floored, by exact linear interpolation of the table."""
+        position = torch.clamp((u + CDF_RANGE) * 2 ** CDF_STEP_BITS, 0, self.cdf.numel() - 1)
+        index = torch.clamp(torch.floor(position), max=self.cdf.numel() - 2)
+        fraction = position - index
+        lower = self.cdf[index.long()]
+        upper = self.cdf[index.long() + 1]
+        return lower + torch.floor((upper - lower) * fraction)
+
+
+def bin_probability_q24(tables: LogisticTables, value: torch.Tensor, mean: torch.Tensor,
+                        inv_scale: torch.Tensor):
+    """Integer mass (out of 2**24, at least 1) of the bin [value-1/2, value+1/2].
+
+    Returns (mass, u_plus, u_minus, cdf_plus, cdf_minus) for gradient use.
+    """
+    delta = value - mean
+    u_plus = (delta + 0.5) * inv_scale
+    u_minus = (delta - 0.5) * inv_scale
+    cdf_plus = tables.cdf_q24(u_plus)
+    cdf_minus = tables.cdf_q24(u_minus)
+    mass = torch.clamp(cdf_plus - cdf_minus, min=1.0)
+    return mass, u_plus, u_minus, cdf_plus, cdf_minus
+
+
+class _ExactNLL(torch.autograd.Function):
+    """Negative log-likelihood in bits, with a replayable backward pass."""
+
+    @staticmethod
+    def forward(ctx, value, mean, log_scale, tables):
+        inv_scale = tables.inverse_scale(log_scale)
+        mass, u_plus, u_minus, cdf_plus, cdf_minus = bin_probability_q24(tables, value, mean, inv_scale)
+        ctx.save_for_backward(value, mean, log_scale, inv_scale, mass, u_plus, u_minus, cdf_plus, cdf_minus)
+        # Reported only (statistics), never replayed: log2 may differ in the last bit.
+        return CDF_BITS - torch.log2(mass)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        value, mean, log_scale, inv_scale, mass, u_plus, u_minus, cdf_plus, cdf_minus = ctx.saved_tensors
+        p_plus = cdf_plus / CDF_ONE
+        p_minus = cdf_minus / CDF_ONE
+        density_plus = p_plus * (1.0 - p_plus)
+        density_minus = p_minus * (1.0 - p_minus)
+        probability = mass / CDF_ONE
+        grad_mean = inv_scale * (density_plus - density_minus) / probability
+        grad_log_scale = (u_plus * density_plus - u_minus * density_minus) / probability
+        # Far tails: NLL ~ |delta|/s + log s.
+        delta = value - mean
+        tail = probability < _TAIL_PROBABILITY
+        grad_mean = torch.where(tail, -torch.sign(delta) * inv_scale, grad_mean)
+        grad_log_scale = torch.where(tail, 1.0 - torch.abs(delta) * inv_scale, grad_log_scale)
+        inside = (log_scale >= LOG_SCALE_MIN) & (log_scale <= LOG_SCALE_MAX)
+        # Gradients above are in nats; bits differ by a constant factor that
+        # Adam ignores, so no log(2) enters the replayed path.
+        grad_mean = quantize_gradient(grad_mean * grad_out)
+        grad_log_scale = quantize_gradient(grad_log_scale * inside * grad_out)
+        return -grad_mean, grad_mean, grad_log_scale, None
+
+
+def _float_nll_bits(value, mean, log_scale):
+    """Smooth float32 NLL for pretraining; matches the tables up to rounding."""
+    log_scale = torch.clamp(log_scale, LOG_SCALE_MIN, LOG_SCALE_MAX)
+    inv_scale = torch.exp(-log_scale)
+    delta = value - mean
+    u_plus = (delta + 0.5) * inv_scale
+    u_minus = (delta - 0.5) * inv_scale
+    cdf_delta = torch.sigmoid(u_plus) - torch.sigmoid(u_minus)
+    middle = delta * inv_scale
+    log_density = middle - log_scale - 2.0 * torch.nn.functional.softplus(middle)
+    log_prob = torch.where(cdf_delta > 1e-5, torch.log(torch.clamp(cdf_delta, min=1e-12)), log_density)
+    return -log_prob / math.log(2.0)
+
+
+def nll_bits(value, mean, log_scale, tables: LogisticTables) -> torch.Tensor:
+    """Per-element NLL in bits: exact engine for float64, smooth for float32."""
+    if value.dtype == torch.float64:
+        return _ExactNLL.apply(value, mean, log_scale, tables)
+    return _float_nll_bits(value, mean, log_scale)

@@ -1,0 +1,1 @@
+"""Image I/O (which files take the model path) and tiling into batches."""

@@ -1,0 +1,60 @@
+"""Cut images into tiles and group same-shaped tiles into batches.
+
+The plan depends only on the images' shapes, the tile size and the batch
+size, all of which the archive records, so the decoder rebuilds the same
+batches before it has decoded a single pixel.  Odd sides are padded by one
+replicated row/column because the flow halves each side per level.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+
+@dataclass
+class Batch:
+    channels: int
+    height: int
+    width: int
+    members: list[tuple[int, int, int]] = field(default_factory=list)  # (image, y, x)
+
+    @property
+    def shape(self) -> tuple[int, int, int, int]:
+        return (len(self.members), self.channels, self.height, self.width)
+
+
+def padded_size(height: int, width: int) -> tuple[int, int]:
+    return height + height % 2, width + width % 2
+
+
+def pad_even(pixels: np.ndarray) -> np.ndarray:
+    height, width = padded_size(*pixels.shape[:2])
+    return np.pad(pixels, ((0, height - pixels.shape[0]), (0, width - pixels.shape[1]), (0, 0)), mode="edge")
+
+
+def plan_batches(shapes: list[tuple[int, int, int]], tile: int, batch_size: int) -> list[Batch]:
+    """shapes: (height, width, channels) per image, in archive order."""
+    groups: dict[tuple[int, int, int], list[tuple[int, int, int]]] = {}
+    for index, (height, width, channels) in enumerate(shapes):
+        height, width = padded_size(height, width)
+        for y in range(0, height, tile):
+            for x in range(0, width, tile):
+                key = (channels, min(tile, height - y), min(tile, width - x))
+                groups.setdefault(key, []).append((index, y, x))
+    batches = []
+    for (channels, height, width), members in groups.items():
+        for start in range(0, len(members), batch_size):
+            batches.append(Batch(channels, height, width, members[start:start + batch_size]))
+    return batches
+
+
+def gather(batch: Batch, images: list[np.ndarray]) -> np.ndarray:
+    """The batch's tiles from padded H x W x C images, as B x C x h x w uint8."""
+    tiles = [images[i][y:y + batch.height, x:x + batch.width] for i, y, x in batch.members]
+    return np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2))
+
+
+def scatter(batch: Batch, tiles: np.ndarray, images: list[np.ndarray]) -> None:
+    for (i, y, x), tile in zip(batch.members, tiles):
+        images[i][y:y + batch.height, x:x + batch.width] = tile.transpose(1, 2, 0)

@@ -1,0 +1,128 @@
+"""Shipped checkpoints: found by stable name, verified by SHA-256, never pickled.
+
+A checkpoint is one safetensors file holding a flow per channel count
+(``gray.*`` for L, ``rgb.*`` for RGB) plus the integer tables of the exact
+core (``tables.*``); its metadata holds the architecture as JSON.  The
+manifest (``models/manifest.json``) maps each name to its file and hash.
+Archives record name and hash, so a decoder loads exactly the weights the
+encoder used or refuses with a clear message.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import load_file, save_file
+
+from ..exact.logistic import LogisticTables
+from .idf import SubLatticeFlow
+
+MANIFEST = "manifest.json"
+CHANNEL_PREFIXES = {1: "gray", 3: "rgb"}
+DEFAULT_MODEL = "idf-sublattice-v1"
+
+
+class ModelError(Exception):
+    """A model is missing, unknown, or not the one an archive needs."""
+
+
+def model_dirs() -> list[Path]:
+    """Where checkpoints live: $OSOA_ZIP_MODELS, the checkout, the installed data."""
+    dirs = []
+    if os.environ.get("OSOA_ZIP_MODELS"):
+        dirs.append(Path(os.environ["OSOA_ZIP_MODELS"]))
+    dirs.append(Path(__file__).resolve().parents[2] / "models")
+    dirs.append(Path(sys.prefix) / "share" / "osoa-zip" / "models")
+    return [d for d in dirs if (d / MANIFEST).is_file()]
+
+
+def available_models() -> dict[str, dict]:
+    """name -> manifest entry (with the directory it was found in); first found wins."""
+    found: dict[str, dict] = {}
+    for directory in model_dirs():
+        entries = json.loads((directory / MANIFEST).read_text())["models"]
+        for name, entry in entries.items():
+            found.setdefault(name, {**entry, "directory": str(directory)})
+    return found
+
+
+def sha256_file(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+@dataclass
+class FlowBundle:
+    """The networks of one checkpoint, one per channel count, sharing tables."""
+
+    name: str
+    sha256: str
+    config: dict
+    networks: dict[int, SubLatticeFlow]
+
+    def network(self, channels: int) -> SubLatticeFlow:
+        try:
+            return self.networks[channels]
+        except KeyError:
+            raise ModelError(f"model {self.name} has no network for {channels}-channel images") from None
+
+
+def build_networks(config: dict) -> dict[int, SubLatticeFlow]:
+    return {channels: SubLatticeFlow(channels, config["hidden"], config["depth"], config["levels"])
+            for channels in CHANNEL_PREFIXES}
+
+
+def load_model(name: str, expected_sha256: str | None = None) -> FlowBundle:
+    """Load and verify a checkpoint; the networks come back in float64 (exact engine)."""
+    models = available_models()
+    if name not in models:
+        known = ", ".join(sorted(models)) or "none"
+        raise ModelError(f"model {name!r} is not installed (installed: {known})")
+    entry = models[name]
+    path = Path(entry["directory"]) / entry["file"]
+    if not path.is_file():
+        raise ModelError(f"model {name!r}: checkpoint {path} is missing")
+    actual = sha256_file(path)
+    if actual != entry["sha256"]:
+        raise ModelError(f"model {name!r}: checkpoint {path} has SHA-256 {actual}, "
+                         f"manifest expects {entry['sha256']}")
+    if expected_sha256 is not None and actual != expected_sha256:
+        raise ModelError(f"archive needs model {name!r} with SHA-256 {expected_sha256}, "
+                         f"installed one has {actual}")
+    return load_checkpoint(path, name=name, sha256=actual)
+
+
+def load_checkpoint(path: Path, name: str, sha256: str) -> FlowBundle:
+    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as reader:
+        metadata = reader.metadata() or {}
+    config = json.loads(metadata["config"])
+    tables = LogisticTables.from_tensors({key.split(".", 1)[1]: value for key, value in tensors.items()
+                                          if key.startswith("tables.")})
+    networks = build_networks(config)
+    for channels, network in networks.items():
+        prefix = CHANNEL_PREFIXES[channels] + "."
+        state = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
+        network.load_state_dict(state)
+        network.to(torch.float64)
+        network.tables = tables
+    return FlowBundle(name=name, sha256=sha256, config=config, networks=networks)
+
+
+def save_checkpoint(path: Path, config: dict, networks: dict[int, SubLatticeFlow]) -> str:
+    """Write weights (float32) and integer tables; return the file's SHA-256."""
+    tensors = {f"tables.{key}": value for key, value in LogisticTables.build().items()}
+    for channels, network in networks.items():
+        for key, value in network.state_dict().items():
+            tensors[f"{CHANNEL_PREFIXES[channels]}.{key}"] = value.detach().to(torch.float32).contiguous()
+    save_file(tensors, str(path), metadata={"format": "osoa-zip-model/1", "config": json.dumps(config, sort_keys=True)})
+    return sha256_file(path)

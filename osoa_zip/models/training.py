@@ -1,0 +1,90 @@
+"""Pretraining of the flows: float32, quantization-aware, checkpointing as it goes.
+
+Training is float32 for speed; the forward pass already uses the grids of
+the exact core (weights rounded, activations floored, straight-through
+gradients), so the exported weights behave the same in the float64 engine.
+Randomness here (crops, flips, init) never reaches a decoder.
+"""
+from __future__ import annotations
+
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ..exact.logistic import LogisticTables
+from .idf import SubLatticeFlow
+from .registry import CHANNEL_PREFIXES, build_networks, load_checkpoint, save_checkpoint
+
+
+def batches(tiles: np.ndarray, batch_size: int, rng: np.random.Generator):
+    """Endless random batches (N,C,H,W float32) with random flips."""
+    while True:
+        picked = tiles[rng.integers(0, len(tiles), batch_size)]
+        if rng.random() < 0.5:
+            picked = picked[:, :, ::-1]
+        yield torch.from_numpy(np.ascontiguousarray(picked.transpose(0, 3, 1, 2))).float()
+
+
+def evaluate(network: SubLatticeFlow, tiles: np.ndarray, batch_size: int = 64) -> float:
+    """Bits per sub-pixel of the float model on held-out tiles."""
+    total = 0.0
+    with torch.no_grad():
+        for start in range(0, len(tiles), batch_size):
+            x = torch.from_numpy(np.ascontiguousarray(tiles[start:start + batch_size].transpose(0, 3, 1, 2))).float()
+            total += float(network.nll(x))
+    return total / tiles.size
+
+
+def train(network: SubLatticeFlow, tiles: np.ndarray, steps: int, batch_size: int = 32,
+          lr: float = 2e-3, seed: int = 0, log=print, on_checkpoint=None, checkpoint_every: int = 500,
+          validation: np.ndarray | None = None) -> SubLatticeFlow:
+    """Adam with a cosine schedule; ``on_checkpoint(step)`` runs every checkpoint_every steps."""
+    rng = np.random.default_rng(seed)
+    network.tables = LogisticTables.from_tensors(LogisticTables.build())
+    network.train()
+    optimiser = torch.optim.Adam(network.parameters(), lr=lr)
+    schedule = torch.optim.lr_scheduler.LambdaLR(
+        optimiser, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
+    started = time.time()
+    running = None
+    for step, x in zip(range(1, steps + 1), batches(tiles, batch_size, rng)):
+        optimiser.zero_grad()
+        loss = network.nll(x) / x.numel()
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
+        optimiser.step()
+        schedule.step()
+        running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
+        if step % checkpoint_every == 0 or step == steps:
+            message = f"step {step}/{steps} train {running:.3f} bpsp  {time.time() - started:.0f}s"
+            if validation is not None:
+                message += f"  valid {evaluate(network, validation):.3f} bpsp"
+            log(message)
+            if on_checkpoint is not None:
+                on_checkpoint(step)
+    return network
+
+
+def export(path: Path, config: dict, networks: dict[int, SubLatticeFlow], manifest: Path, name: str,
+           description: str, extra: dict) -> str:
+    """Write the checkpoint and (re)register it in the manifest; return its hash."""
+    digest = save_checkpoint(path, config, networks)
+    entries = json.loads(manifest.read_text()) if manifest.is_file() else {"models": {}}
+    entries["models"][name] = {
+        "file": path.name, "sha256": digest, "family": "flow", "architecture": "sublattice-idf",
+        "config": config, "description": description,
+        "parameters": sum(p.numel() for n in networks.values() for p in n.parameters()), **extra}
+    manifest.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
+    return digest
+
+
+def load_networks_float(path: Path) -> dict[int, SubLatticeFlow]:
+    bundle = load_checkpoint(path, name=path.stem, sha256="")
+    return {c: n.to(torch.float32) for c, n in bundle.networks.items()}
+
+
+__all__ = ["train", "evaluate", "export", "build_networks", "CHANNEL_PREFIXES", "load_networks_float"]
