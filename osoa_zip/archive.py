@@ -110,7 +110,8 @@ def compress(sources: list[Path], output: BinaryIO, model: str = DEFAULT_MODEL,
     summary.files += len(images)
     summary.image_subpixels = sum(r.pixels.size for _, r in images)
     summary.image_bits = sum(s.bits for s in summary.batches)
-    writer.write_json(b"STAT", {"batches": [[s.bits, s.subpixels, round(s.seconds, 3)] for s in summary.batches]})
+    # Bits and sizes only: timings would make identical inputs give different archives.
+    writer.write_json(b"STAT", {"batches": [[s.bits, s.subpixels] for s in summary.batches]})
     writer.close()
     summary.seconds = time.perf_counter() - started
     return summary

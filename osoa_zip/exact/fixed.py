@@ -28,6 +28,9 @@ WEIGHT_LIMIT = 4.0
 ACT_FRAC_BITS = 8
 ACT_LIMIT = 1024.0
 GRAD_BITS = 16
+# Gradients whose grid step would fall below this are flushed to zero, so no
+# subnormal number (whose handling varies with FTZ/DAZ settings) ever appears.
+MIN_GRAD_EXPONENT = -1000
 FLOAT64_MANTISSA_BITS = 53
 
 _ACT_SCALE = float(2 ** ACT_FRAC_BITS)
@@ -52,6 +55,8 @@ def quantize_gradient(g: torch.Tensor) -> torch.Tensor:
     if not bool(peak > 0):
         return torch.zeros_like(g)
     _, exponent = torch.frexp(peak)
+    if int(exponent) - GRAD_BITS < MIN_GRAD_EXPONENT:
+        return torch.zeros_like(g)
     step = math.ldexp(1.0, int(exponent) - GRAD_BITS)
     return torch.round(g / step) * step
 

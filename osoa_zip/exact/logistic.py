@@ -55,10 +55,13 @@ class LogisticTables:
         return cls(cdf=tensors["cdf_q24"].to(torch.float64),
                    inv_scale=tensors["inv_scale_q16"].to(torch.float64) / 2 ** INV_SCALE_BITS)
 
+    def scale_index(self, log_scale: torch.Tensor) -> torch.Tensor:
+        """Row of inv_scale for a log-scale on the activation grid (clamped to the table)."""
+        return (torch.clamp(log_scale, LOG_SCALE_MIN, LOG_SCALE_MAX) - LOG_SCALE_MIN) * 2 ** ACT_FRAC_BITS
+
     def inverse_scale(self, log_scale: torch.Tensor) -> torch.Tensor:
         """exp(-log_scale) on the 2**-16 grid; log_scale must be on the activation grid."""
-        index = (torch.clamp(log_scale, LOG_SCALE_MIN, LOG_SCALE_MAX) - LOG_SCALE_MIN) * 2 ** ACT_FRAC_BITS
-        return self.inv_scale[index.long()]
+        return self.inv_scale[self.scale_index(log_scale).long()]
 
     def cdf_q24(self, u: torch.Tensor) -> torch.Tensor:
         """2**24 * sigmoid(u), floored, by exact linear interpolation of the table."""

@@ -1,0 +1,121 @@
+"""Decoding replays every adaptation step, so it must be exact on any machine.
+
+We compress once in this process and decompress in subprocesses whose
+threading, SIMD level, oneDNN ISA and MKL reproducibility mode all differ.
+Any last-bit difference in a forward pass, gradient or Adam update would
+change the probability tables of later batches and break the round trip.
+The full matrix is `slow`; the default run takes a subset that still varies
+every dimension.
+"""
+from __future__ import annotations
+
+import hashlib
+import itertools
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from osoa_zip.adapt.engine import AdaptationConfig
+from osoa_zip.archive import compress
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "images"
+SETTINGS = dict(model="idf-tiny-test",
+                adaptation=AdaptationConfig(tile_size=16, batch_size=4, learning_rate=2e-3, steps_per_batch=1))
+
+THREADS = ["1", "2"]
+CAPABILITIES = ["default", "avx2", "avx512"]
+ONEDNN_ISAS = ["SSE41", "AVX2", None]
+MKL_MODES = ["COMPATIBLE", "AUTO"]
+FULL_MATRIX = list(itertools.product(THREADS, CAPABILITIES, ONEDNN_ISAS, MKL_MODES))
+SUBSET = [("1", "default", "SSE41", "COMPATIBLE"), ("2", "avx2", "AVX2", "AUTO"),
+          ("2", "avx512", None, "COMPATIBLE"), ("2", "default", None, "AUTO")]
+
+
+def _cpu_flags() -> set[str]:
+    try:
+        return set(Path("/proc/cpuinfo").read_text().split())
+    except OSError:
+        return set()
+
+
+# Forcing a SIMD level the CPU lacks kills the process with SIGILL; such
+# combinations are skipped (they run on machines that have it).
+REQUIRED_FLAG = {"default": None, "avx2": "avx2", "avx512": "avx512f"}
+
+
+def _environment(threads, capability, onednn_isa, mkl_mode) -> dict:
+    env = {k: v for k, v in os.environ.items()
+           if k not in ("OMP_NUM_THREADS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")}
+    env.update(OMP_NUM_THREADS=threads, ATEN_CPU_CAPABILITY=capability, MKL_CBWR=mkl_mode)
+    if onednn_isa:
+        env["ONEDNN_MAX_CPU_ISA"] = onednn_isa
+    return env
+
+
+def _tree_digest(folder: Path) -> str:
+    digest = hashlib.sha256()
+    for path in sorted(p for p in folder.rglob("*") if p.is_file()):
+        digest.update(path.relative_to(folder).as_posix().encode() + b"\0")
+        if path.suffix == ".png":
+            with Image.open(path) as image:
+                digest.update(image.mode.encode() + repr(image.size).encode() + image.tobytes())
+        else:
+            digest.update(path.read_bytes())
+    return digest.hexdigest()
+
+
+@pytest.fixture(scope="module")
+def archive(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("portability")
+    path = folder / "examples.osoa"
+    with open(path, "wb") as output:
+        summary = compress([EXAMPLES], output, **SETTINGS)
+    assert len(summary.batches) >= 20, "the test must adapt over at least 20 batches"
+    return path
+
+
+def _decode_under(archive: Path, tmp_path: Path, combination) -> Path:
+    destination = tmp_path / "out"
+    result = subprocess.run([sys.executable, "-m", "osoa_zip", "decompress", "-q", str(archive), str(destination)],
+                            env=_environment(*combination), capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    return destination
+
+
+def _check(archive: Path, tmp_path: Path, combination) -> None:
+    flag = REQUIRED_FLAG[combination[1]]
+    if flag and flag not in _cpu_flags():
+        pytest.skip(f"this CPU has no {flag}")
+    destination = _decode_under(archive, tmp_path, combination)
+    assert _tree_digest(destination) == _tree_digest(EXAMPLES), f"decode differs under {combination}"
+    shutil.rmtree(destination)
+
+
+@pytest.mark.parametrize("combination", SUBSET, ids=lambda c: "-".join(str(x) for x in c))
+def test_decode_exact_in_other_environments(archive, tmp_path, combination):
+    _check(archive, tmp_path, combination)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combination", FULL_MATRIX, ids=lambda c: "-".join(str(x) for x in c))
+def test_decode_exact_full_matrix(archive, tmp_path, combination):
+    _check(archive, tmp_path, combination)
+
+
+def test_encode_identical_in_other_environment(archive, tmp_path):
+    """Same input -> same archive bytes, whatever the machine's SIMD level."""
+    other = tmp_path / "again.osoa"
+    code = ("import sys; from pathlib import Path; from osoa_zip.archive import compress; "
+            "from osoa_zip.adapt.engine import AdaptationConfig; "
+            f"compress([Path({str(EXAMPLES)!r})], open({str(other)!r}, 'wb'), model='idf-tiny-test', "
+            "adaptation=AdaptationConfig(tile_size=16, batch_size=4, learning_rate=2e-3, steps_per_batch=1))")
+    result = subprocess.run([sys.executable, "-c", code], env=_environment("2", "default", "SSE41", "COMPATIBLE"),
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert other.read_bytes() == archive.read_bytes()
