@@ -1,36 +1,41 @@
 """Folder <-> archive.  The library behind the CLI, usable from Python.
 
-Chunk order (docs/FORMAT.md): HEAD, then FILE+DATA per general-path file,
-then IMGS (the model-path image table), BATC per coded batch, STAT, END.
-Every entry needed to decode a chunk precedes it, so both directions stream.
-Decompression writes into a temporary folder beside the destination and
-moves files into place only after the END chunk has verified the whole
-archive, so a damaged archive leaves nothing behind.
+Chunk sequence (docs/FORMAT.md): HEAD; then entries as they are scanned —
+DIRE, LINK, FILE (+ DATA chunks) — with model-path images collected into
+groups, each an IMGS table followed by its BATC chunks; then HARD links;
+then STAT and END.  Everything a chunk needs precedes it, so both directions
+stream, and a group's pixel budget bounds the encoder's memory.
+Decompression writes into a staging folder and moves the result into place
+only after END has verified the whole archive.
 """
 from __future__ import annotations
 
+import base64
 import lzma
-import os
-import shutil
-import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import Path, PurePosixPath
-from typing import BinaryIO, Callable
+from pathlib import Path
+from typing import BinaryIO, Callable, Iterator
 
 import numpy as np
 
 from . import __version__
 from .adapt.engine import AdaptationConfig, OnlineAdapter
 from .coding.ans import CorruptStream
-from .container.format import ArchiveError, ArchiveReader, ArchiveWriter, read_json
+from .container.format import ArchiveError, ArchiveReader, ArchiveWriter, canonical_json, read_json
 from .exact import ENGINE
+from .files.restore import Conflict, Staging, UnsafeEntry, checked_name
+from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, SourceError, link_stays_inside, scan
 from .imaging.io import MODEL_MODES, ImageRecord, read_image, write_image
 from .imaging.tiles import gather, pad_even, plan_batches, scatter
 from .models.registry import DEFAULT_MODEL, ModelError, load_model
 
 DATA_CHUNK_BYTES = 1 << 24
+GROUP_SUBPIXELS = 1 << 25       # images are coded in groups of about this many sub-pixels
+MAX_IMAGE_SUBPIXELS = 1 << 30   # a declared image larger than this is refused
+CODEC_STORE, CODEC_XZ = 0, 1
 Progress = Callable[[int], None]
+Warn = Callable[[str], None]
 
 
 class UsageError(Exception):
@@ -52,64 +57,134 @@ class Summary:
         return self.image_bits / self.image_subpixels if self.image_subpixels else 0.0
 
 
+def encode_name(name: str) -> dict:
+    """Names that are not UTF-8 (surrogate-escaped by the OS layer) travel as bytes."""
+    try:
+        name.encode("utf-8")
+        return {"path": name}
+    except UnicodeEncodeError:
+        return {"path_b64": base64.b64encode(name.encode("utf-8", "surrogateescape")).decode("ascii")}
+
+
+def decode_name(entry: dict) -> str:
+    if "path_b64" in entry:
+        return base64.b64decode(entry["path_b64"], validate=True).decode("utf-8", "surrogateescape")
+    return entry["path"]
+
+
+MAX_TABLE_BYTES = 1 << 28
+
+
+def read_entry(tag: bytes, payload: bytes):
+    """The JSON of an entry chunk; image tables are xz-compressed (and bounded)."""
+    what = f"a {tag.decode('ascii', 'replace')} entry"
+    if tag == b"IMGS":
+        decompressor = lzma.LZMADecompressor()
+        try:
+            payload = decompressor.decompress(payload, max_length=MAX_TABLE_BYTES)
+        except lzma.LZMAError:
+            raise ArchiveError("an image table is damaged") from None
+        if not decompressor.eof:
+            raise ArchiveError("an image table is too large or truncated")
+    return read_json(payload, what)
+
+
 # -- compress ---------------------------------------------------------------
 
-def _walk(source: Path) -> list[tuple[str, Path]]:
-    """Regular files below source, sorted, as (archive path, real path)."""
-    if source.is_file():
-        return [(source.name, source)]
-    if not source.is_dir():
-        raise UsageError(f"{source}: no such file or directory")
-    found = []
-    for root, dirs, files in os.walk(source):
-        dirs.sort()
-        for name in sorted(files):
-            path = Path(root) / name
-            if path.is_file() and not path.is_symlink():
-                found.append((PurePosixPath(path.relative_to(source).as_posix()).as_posix(), path))
-    return found
+class _Compressor:
+    def __init__(self, writer: ArchiveWriter, adapter: OnlineAdapter, progress: Progress | None) -> None:
+        self.writer, self.adapter, self.progress = writer, adapter, progress
+        self.summary = Summary()
+        self.group: list[tuple[Entry, ImageRecord]] = []
+        self.group_subpixels = 0
+
+    def add(self, entry: Entry) -> None:
+        if entry.kind == DIRECTORY:
+            self.writer.write_json(b"DIRE", {**encode_name(entry.name), "mode": entry.mode, "mtime_ns": entry.mtime_ns})
+        elif entry.kind == SYMLINK:
+            self.writer.write_json(b"LINK", {**encode_name(entry.name), "target": entry.target})
+        elif entry.kind == FILE:
+            self.summary.input_bytes += entry.size
+            self.summary.files += 1
+            record = read_image(entry.source)
+            if record is None:
+                self._general_file(entry)
+            else:
+                self._queue_image(entry, record)
+
+    def _general_file(self, entry: Entry) -> None:
+        chunks = (entry.size + DATA_CHUNK_BYTES - 1) // DATA_CHUNK_BYTES
+        self.writer.write_json(b"FILE", {**encode_name(entry.name), "mode": entry.mode, "mtime_ns": entry.mtime_ns,
+                                         "size": entry.size, "chunks": chunks})
+        remaining = entry.size
+        with open(entry.source, "rb") as handle:
+            for _ in range(chunks):
+                piece = handle.read(min(remaining, DATA_CHUNK_BYTES))
+                if len(piece) != min(remaining, DATA_CHUNK_BYTES):
+                    raise UsageError(f"{entry.source}: file shrank while it was being archived")
+                remaining -= len(piece)
+                packed = lzma.compress(piece, preset=9)
+                if len(packed) < len(piece):
+                    self.writer.write_chunk(b"DATA", bytes([CODEC_XZ]) + packed)
+                else:
+                    self.writer.write_chunk(b"DATA", bytes([CODEC_STORE]) + piece)
+            if handle.read(1):
+                raise UsageError(f"{entry.source}: file grew while it was being archived")
+        if self.progress:
+            self.progress(1)
+
+    def _queue_image(self, entry: Entry, record: ImageRecord) -> None:
+        self.group.append((entry, record))
+        self.group_subpixels += record.pixels.size
+        if self.group_subpixels >= GROUP_SUBPIXELS:
+            self.flush_images()
+
+    def flush_images(self) -> None:
+        if not self.group:
+            return
+        table = [{**encode_name(e.name), "mode": e.mode, "mtime_ns": e.mtime_ns, "height": r.pixels.shape[0],
+                  "width": r.pixels.shape[1], "image_mode": r.mode, "format": r.format} for e, r in self.group]
+        # xz: on 28x28 images the plain JSON table alone would cost ~1 bit per sub-pixel.
+        self.writer.write_chunk(b"IMGS", lzma.compress(canonical_json(table), preset=9))
+        padded = [pad_even(r.pixels) for _, r in self.group]
+        config = self.adapter.config
+        for batch in plan_batches([r.pixels.shape for _, r in self.group], config.tile_size, config.batch_size):
+            data, stats = self.adapter.encode(gather(batch, padded))
+            self.writer.write_chunk(b"BATC", data)
+            self.summary.batches.append(stats)
+            self.summary.image_bits += stats.bits
+        self.summary.images += len(self.group)
+        self.summary.image_subpixels += sum(r.pixels.size for _, r in self.group)
+        if self.progress:
+            self.progress(len(self.group))
+        self.group, self.group_subpixels = [], 0
 
 
 def compress(sources: list[Path], output: BinaryIO, model: str = DEFAULT_MODEL,
-             adaptation: AdaptationConfig = AdaptationConfig(), progress: Progress | None = None) -> Summary:
-    """Archive the files below each source into ``output``."""
+             adaptation: AdaptationConfig = AdaptationConfig(), progress: Progress | None = None,
+             warn: Warn = lambda message: None) -> Summary:
+    """Archive the sources into ``output``; a directory contributes its contents."""
     started = time.perf_counter()
-    entries = [item for source in sources for item in _walk(Path(source))]
+    try:
+        entries = scan([Path(s) for s in sources], warn)
+    except SourceError as error:
+        raise UsageError(str(error)) from None
     bundle = load_model(model)
-    adapter = OnlineAdapter(bundle, adaptation)
     writer = ArchiveWriter(output)
     writer.write_json(b"HEAD", {
         "creator": f"osoa-zip {__version__}",
         "model": {"name": bundle.name, "sha256": bundle.sha256, "family": "flow"},
         "engine": ENGINE,
         "adaptation": adaptation.to_header(),
-        "general_codec": "xz",
     })
-    summary = Summary()
-    images: list[tuple[str, ImageRecord]] = []
-    for archive_path, path in entries:
-        summary.input_bytes += path.stat().st_size
-        record = read_image(path)
-        if record is not None:
-            images.append((archive_path, record))
-        else:
-            _write_general_file(writer, archive_path, path.read_bytes())
-            summary.files += 1
-            if progress:
-                progress(1)
-    writer.write_json(b"IMGS", [{"path": p, "height": r.pixels.shape[0], "width": r.pixels.shape[1],
-                                 "mode": r.mode, "format": r.format} for p, r in images])
-    padded = [pad_even(r.pixels) for _, r in images]
-    for batch in plan_batches([r.pixels.shape for _, r in images], adaptation.tile_size, adaptation.batch_size):
-        data, stats = adapter.encode(gather(batch, padded))
-        writer.write_chunk(b"BATC", data)
-        summary.batches.append(stats)
-        if progress:
-            progress(len(batch.members))
-    summary.images = len(images)
-    summary.files += len(images)
-    summary.image_subpixels = sum(r.pixels.size for _, r in images)
-    summary.image_bits = sum(s.bits for s in summary.batches)
+    compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress)
+    for entry in entries:
+        compressor.add(entry)
+    compressor.flush_images()
+    for entry in entries:  # last, so that the file they name is always already restored
+        if entry.kind == HARDLINK:
+            writer.write_json(b"HARD", {**encode_name(entry.name), "target": entry.target})
+    summary = compressor.summary
     # Bits and sizes only: timings would make identical inputs give different archives.
     writer.write_json(b"STAT", {"batches": [[s.bits, s.subpixels] for s in summary.batches]})
     writer.close()
@@ -117,50 +192,24 @@ def compress(sources: list[Path], output: BinaryIO, model: str = DEFAULT_MODEL,
     return summary
 
 
-def _write_general_file(writer: ArchiveWriter, archive_path: str, content: bytes) -> None:
-    packed = lzma.compress(content, preset=9)
-    codec = "xz" if len(packed) < len(content) else "store"
-    data = packed if codec == "xz" else content
-    pieces = [data[i:i + DATA_CHUNK_BYTES] for i in range(0, len(data), DATA_CHUNK_BYTES)] or [b""]
-    writer.write_json(b"FILE", {"path": archive_path, "size": len(content), "codec": codec, "chunks": len(pieces)})
-    for piece in pieces:
-        writer.write_chunk(b"DATA", piece)
-
-
 # -- decompress -------------------------------------------------------------
 
-def safe_relative_path(name: str) -> PurePosixPath:
-    """Refuse absolute paths, '..', empty parts and NUL: nothing may leave DEST."""
-    path = PurePosixPath(name)
-    if (not name or "\x00" in name or path.is_absolute() or "\\" in name
-            or any(part in ("", ".", "..") for part in name.split("/"))):
-        raise ArchiveError(f"refusing unsafe path {name!r} in archive")
-    return path
-
-
 class _Decoder:
-    """Consumes chunks in order, writing into a staging folder."""
+    """Consumes chunks in order and hands finished entries to a sink."""
 
-    def __init__(self, staging: Path, progress: Progress | None) -> None:
-        self.staging = staging
+    def __init__(self, sink, progress: Progress | None) -> None:
+        self.sink = sink
         self.progress = progress
         self.summary = Summary()
         self.adapter: OnlineAdapter | None = None
-        self.written: set[str] = set()
-
-    def target(self, name: str) -> Path:
-        path = safe_relative_path(name)
-        if name in self.written:
-            raise ArchiveError(f"duplicate path {name!r} in archive")
-        self.written.add(name)
-        destination = self.staging.joinpath(*path.parts)
-        destination.parent.mkdir(parents=True, exist_ok=True)
-        return destination
+        self.batches_decoded = 0
 
     def run(self, reader: ArchiveReader) -> Summary:
         try:
             return self._run(reader)
-        except (KeyError, TypeError, ValueError) as error:
+        except UnsafeEntry as error:
+            raise ArchiveError(str(error)) from None
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ArchiveError(f"archive entry is malformed ({type(error).__name__}: {error})") from None
 
     def _run(self, reader: ArchiveReader) -> Summary:
@@ -169,61 +218,77 @@ class _Decoder:
         if tag != b"HEAD":
             raise ArchiveError("archive has no header chunk")
         self.header(read_json(payload, "the header"))
+        handlers = {b"FILE": self.general_file, b"IMGS": self.images, b"DIRE": self.directory,
+                    b"LINK": self.symlink, b"HARD": self.hardlink}
         for tag, payload in chunks:
-            if tag == b"FILE":
-                self.general_file(read_json(payload, "a file entry"), chunks)
-            elif tag == b"IMGS":
-                self.images(read_json(payload, "the image table"), chunks)
-            elif tag == b"STAT":
+            if tag == b"STAT":
                 continue
-            else:
+            if tag not in handlers:
                 raise ArchiveError(f"unexpected chunk {tag!r}")
+            handlers[tag](read_entry(tag, payload), chunks)
         return self.summary
 
     def header(self, header: dict) -> None:
-        try:
-            if header["engine"] != ENGINE:
-                raise ArchiveError(f"archive was written by numeric engine {header['engine'].get('name')} "
-                                   f"v{header['engine'].get('version')}, which this version cannot replay")
-            config = AdaptationConfig.from_header(header["adaptation"])
-            bundle = load_model(header["model"]["name"], header["model"]["sha256"])
-            self.adapter = OnlineAdapter(bundle, config)
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise ArchiveError(f"the header is malformed ({error})") from None
+        if header["engine"] != ENGINE:
+            raise ArchiveError(f"archive was written by numeric engine {header['engine'].get('name')} "
+                               f"v{header['engine'].get('version')}, which this version cannot replay")
+        config = AdaptationConfig.from_header(header["adaptation"])
+        bundle = load_model(header["model"]["name"], header["model"]["sha256"])
+        self.adapter = OnlineAdapter(bundle, config)
+
+    def directory(self, entry: dict, chunks) -> None:
+        self.sink.directory(decode_name(entry), int(entry["mode"]), int(entry["mtime_ns"]))
+
+    def symlink(self, entry: dict, chunks) -> None:
+        self.sink.symlink(decode_name(entry), str(entry["target"]))
+
+    def hardlink(self, entry: dict, chunks) -> None:
+        self.sink.hardlink(decode_name(entry), str(entry["target"]))
 
     def general_file(self, entry: dict, chunks) -> None:
-        pieces = []
-        for _ in range(int(entry["chunks"])):
-            tag, payload = next(chunks, (None, None))
-            if tag != b"DATA":
-                raise ArchiveError(f"file {entry['path']!r}: data chunk missing")
-            pieces.append(payload)
-        data = b"".join(pieces)
-        if entry["codec"] == "xz":
-            try:
-                data = lzma.decompress(data)
-            except lzma.LZMAError:
-                raise ArchiveError(f"file {entry['path']!r}: compressed data are damaged") from None
-        elif entry["codec"] != "store":
-            raise ArchiveError(f"file {entry['path']!r}: unknown codec {entry['codec']!r}")
-        if len(data) != entry["size"]:
-            raise ArchiveError(f"file {entry['path']!r}: size mismatch")
-        self.target(entry["path"]).write_bytes(data)
+        name = decode_name(entry)
+        self.sink.file(name, self._file_pieces(name, entry, chunks), int(entry["mode"]), int(entry["mtime_ns"]))
         self.summary.files += 1
         if self.progress:
             self.progress(1)
 
+    def _file_pieces(self, name: str, entry: dict, chunks) -> Iterator[bytes]:
+        remaining = int(entry["size"])
+        for index in range(int(entry["chunks"])):
+            tag, payload = next(chunks, (None, None))
+            if tag != b"DATA" or not payload:
+                raise ArchiveError(f"file {name!r}: data chunk {index} missing")
+            codec, body = payload[0], payload[1:]
+            if codec == CODEC_XZ:
+                try:
+                    body = lzma.LZMADecompressor().decompress(body, max_length=DATA_CHUNK_BYTES + 1)
+                except lzma.LZMAError:
+                    raise ArchiveError(f"file {name!r}: data chunk {index} is damaged") from None
+            elif codec != CODEC_STORE:
+                raise ArchiveError(f"file {name!r}: unknown codec {codec}")
+            remaining -= len(body)
+            if len(body) > DATA_CHUNK_BYTES or remaining < 0:
+                raise ArchiveError(f"file {name!r}: more data than declared")
+            yield body
+        if remaining:
+            raise ArchiveError(f"file {name!r}: less data than declared")
+
     def images(self, table: list, chunks) -> None:
         shapes = []
         for entry in table:
-            if entry["mode"] not in MODEL_MODES or not (0 < entry["height"] and 0 < entry["width"]):
-                raise ArchiveError(f"image {entry.get('path')!r}: bad mode or size")
-            if entry["height"] * entry["width"] > 1 << 28:
-                raise ArchiveError(f"image {entry['path']!r}: declared size is too large")
-            shapes.append((entry["height"], entry["width"], MODEL_MODES[entry["mode"]]))
+            height, width, mode = int(entry["height"]), int(entry["width"]), entry["image_mode"]
+            if mode not in MODEL_MODES or height <= 0 or width <= 0:
+                raise ArchiveError(f"image {decode_name(entry)!r}: bad mode or size")
+            if height * width * MODEL_MODES[mode] > MAX_IMAGE_SUBPIXELS:
+                raise ArchiveError(f"image {decode_name(entry)!r}: declared size {width}x{height} is too large")
+            shapes.append((height, width, MODEL_MODES[mode]))
+        if sum(h * w * c for h, w, c in shapes) > 4 * GROUP_SUBPIXELS + MAX_IMAGE_SUBPIXELS:
+            raise ArchiveError("an image group declares more pixels than any encoder writes")
         padded = [np.zeros((h + h % 2, w + w % 2, c), np.uint8) for h, w, c in shapes]
         config = self.adapter.config
-        for index, batch in enumerate(plan_batches(shapes, config.tile_size, config.batch_size)):
+        for batch in plan_batches(shapes, config.tile_size, config.batch_size):
+            index = self.batches_decoded
+            self.batches_decoded += 1
             tag, payload = next(chunks, (None, None))
             if tag != b"BATC":
                 raise ArchiveError(f"batch {index}: chunk missing")
@@ -233,37 +298,104 @@ class _Decoder:
                 raise ArchiveError(f"batch {index} does not decode ({error})") from None
             scatter(batch, tiles, padded)
             self.summary.image_bits += 8 * len(payload)
-            if self.progress:
-                self.progress(len(batch.members))
         for entry, pixels, (h, w, _) in zip(table, padded, shapes):
-            record = ImageRecord(pixels=pixels[:h, :w], mode=entry["mode"], format=entry["format"])
-            write_image(self.target(entry["path"]), record)
+            record = ImageRecord(pixels=pixels[:h, :w], mode=entry["image_mode"], format=str(entry["format"]))
+            self.sink.image(decode_name(entry), record, int(entry["mode"]), int(entry["mtime_ns"]))
             self.summary.images += 1
             self.summary.files += 1
-            self.summary.image_subpixels += pixels[:h, :w].size
+            self.summary.image_subpixels += record.pixels.size
+        if self.progress:
+            self.progress(len(table))
+
+
+class _StagingSink:
+    """Writes each entry into the staging folder."""
+
+    def __init__(self, staging: Staging) -> None:
+        self.staging = staging
+
+    def file(self, name, pieces, mode, mtime_ns) -> None:
+        path = self.staging.path(name)
+        with open(path, "wb") as handle:
+            for piece in pieces:
+                handle.write(piece)
+        self.staging.finish_file(path, mode, mtime_ns)
+
+    def image(self, name, record, mode, mtime_ns) -> None:
+        path = self.staging.path(name)
+        write_image(path, record)
+        self.staging.finish_file(path, mode, mtime_ns)
+
+    def directory(self, name, mode, mtime_ns) -> None:
+        self.staging.directory(name, mode, mtime_ns)
+
+    def symlink(self, name, target) -> None:
+        self.staging.symlink(name, target)
+
+    def hardlink(self, name, target) -> None:
+        self.staging.hardlink(name, target)
+
+
+class _CheckingSink:
+    """Decodes everything, writes nothing: for `osoa-zip test`.  Names are still checked."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def _claim(self, name: str) -> None:
+        checked_name(name)
+        if name in self.names:
+            raise UnsafeEntry(f"duplicate path {name!r} in archive")
+        self.names.add(name)
+
+    def file(self, name, pieces, mode, mtime_ns) -> None:
+        self._claim(name)
+        for _ in pieces:
+            pass
+
+    def image(self, name, record, mode, mtime_ns) -> None:
+        self._claim(name)
+
+    def directory(self, name, mode, mtime_ns) -> None:
+        self._claim(name)
+
+    def symlink(self, name, target) -> None:
+        self._claim(name)
+        if not link_stays_inside(name, target):
+            raise UnsafeEntry(f"refusing link {name!r} -> {target!r}: it leaves the destination")
+
+    def hardlink(self, name, target) -> None:
+        self._claim(name)
+        if target not in self.names:
+            raise UnsafeEntry(f"hard link {name!r} names {target!r}, which is not an earlier file")
+
+
+def test_archive(source: BinaryIO, progress: Progress | None = None) -> Summary:
+    """Fully decode and verify an archive without writing anything."""
+    started = time.perf_counter()
+    summary = _Decoder(_CheckingSink(), progress).run(ArchiveReader(source))
+    summary.seconds = time.perf_counter() - started
+    return summary
 
 
 def decompress(source: BinaryIO, destination: Path, force: bool = False,
                progress: Progress | None = None) -> Summary:
     """Restore an archive into ``destination`` (created if missing)."""
     started = time.perf_counter()
-    destination = Path(destination)
-    destination.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=".osoa-zip-", dir=destination))
+    staging = Staging(Path(destination))
     try:
-        summary = _Decoder(staging, progress).run(ArchiveReader(source))
-        moves = [(path, destination / path.relative_to(staging))
-                 for path in sorted(staging.rglob("*")) if path.is_file()]
-        existing = [str(target) for _, target in moves if target.exists()]
-        if existing and not force:
-            raise UsageError(f"{existing[0]} exists (use -f to overwrite)")
-        for path, target in moves:
-            target.parent.mkdir(parents=True, exist_ok=True)
-            os.replace(path, target)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+        summary = _Decoder(_StagingSink(staging), progress).run(ArchiveReader(source))
+        staging.commit(force)
+    except Conflict as error:
+        staging.abort()
+        raise UsageError(str(error)) from None
+    except BaseException:
+        staging.abort()
+        raise
     summary.seconds = time.perf_counter() - started
     return summary
 
 
-__all__ = ["compress", "decompress", "Summary", "UsageError", "ArchiveError", "ModelError", "AdaptationConfig"]
+test_archive.__test__ = False  # not a pytest test
+
+__all__ = ["compress", "decompress", "test_archive", "Summary", "UsageError", "ArchiveError", "ModelError", "AdaptationConfig"]

@@ -14,8 +14,8 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .archive import AdaptationConfig, ArchiveError, ModelError, UsageError, compress, decompress
-from .models.registry import DEFAULT_MODEL
+from .archive import AdaptationConfig, ArchiveError, ModelError, UsageError, compress, decompress, test_archive
+from .models.registry import DEFAULT_MODEL, available_models
 
 DATA_ERROR = 1
 USAGE_ERROR = 2
@@ -82,29 +82,33 @@ def compress_command(sources, archive, model, no_adapt, learning_rate, steps_per
     with _reported_errors():
         if tile_size % 2:
             raise UsageError("--tile-size must be even")
-        for source in sources:
-            if not source.exists():
-                raise UsageError(f"{source}: no such file or directory")
         config = AdaptationConfig(adapt=not no_adapt, learning_rate=learning_rate, steps_per_batch=steps_per_batch,
                                   batch_size=batch_size, tile_size=tile_size)
         with _progress(None, quiet, "tiles") as progress:
             if str(archive) == "-":
-                summary = compress(list(sources), sys.stdout.buffer, model, config, progress)
+                summary = compress(list(sources), sys.stdout.buffer, model, config, progress, _warner(quiet))
             else:
                 if archive.exists() and not force:
                     raise UsageError(f"{archive} exists (use -f to overwrite)")
-                summary = _compress_to_file(list(sources), archive, model, config, progress)
+                summary = _compress_to_file(list(sources), archive, model, config, progress, _warner(quiet))
         if not quiet:
             _report(summary, "compressed", verbose)
 
 
-def _compress_to_file(sources, archive: Path, model, config, progress):
+def _warner(quiet: bool):
+    return (lambda message: None) if quiet else (lambda message: click.echo(f"osoa-zip: warning: {message}", err=True))
+
+
+def _compress_to_file(sources, archive: Path, model, config, progress, warn):
     """Write beside the target and rename at the end: never a half-written archive."""
     directory = archive.resolve().parent
     handle, temporary = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".part", dir=directory)
     try:
         with os.fdopen(handle, "wb") as output:
-            summary = compress(sources, output, model, config, progress)
+            summary = compress(sources, output, model, config, progress, warn)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 is not what users expect
         os.replace(temporary, archive)
         return summary
     finally:
@@ -131,6 +135,75 @@ def decompress_command(archive, destination, force, quiet, verbose) -> None:
                     summary = decompress(source, destination, force, progress)
         if not quiet:
             _report(summary, "restored", verbose)
+
+
+@contextmanager
+def _open_archive(archive: Path):
+    if str(archive) == "-":
+        yield sys.stdin.buffer
+        return
+    if not archive.is_file():
+        raise UsageError(f"{archive}: no such file")
+    with open(archive, "rb") as handle:
+        yield handle
+
+
+@main.command("test")
+@click.argument("archive", type=click.Path(path_type=Path, allow_dash=True))
+@click.option("-q", "--quiet", is_flag=True, help="Only the exit code tells.")
+def test_command(archive, quiet) -> None:
+    """Decode and verify ARCHIVE completely, writing nothing (exit 0 if intact, 1 if not)."""
+    with _reported_errors():
+        with _progress(None, quiet, "files") as progress, _open_archive(archive) as source:
+            summary = test_archive(source, progress)
+        if not quiet:
+            click.echo(f"{archive}: OK ({summary.files} files, {summary.images} images)")
+
+
+@main.command("list")
+@click.argument("archive", type=click.Path(path_type=Path, allow_dash=True))
+def list_command(archive) -> None:
+    """List ARCHIVE's entries: kind, size, how each was coded, and its share of the archive."""
+    from .inspect import read_table
+    with _reported_errors(), _open_archive(archive) as source:
+        _, entries = read_table(source)
+        click.echo(f"{'kind':8} {'size':>12} {'coded':>10} {'method':8} {'bpsp':>6}  name")
+        for entry in entries:
+            unit = "sub-px" if entry.kind == "image" else ""
+            bpsp = f"{8 * entry.coded_bytes / entry.size:6.3f}" if entry.kind == "image" and entry.size else ""
+            method = entry.method if not entry.method.startswith("->") else ""
+            name = entry.name + (f" {entry.method}" if entry.method.startswith("->") else "")
+            click.echo(f"{entry.kind:8} {str(entry.size) + unit:>12} {entry.coded_bytes:>10.0f} {method:8} "
+                       f"{bpsp:>6}  {name}")
+
+
+@main.command("info")
+@click.argument("archive", type=click.Path(path_type=Path, allow_dash=True))
+def info_command(archive) -> None:
+    """Show ARCHIVE's header (model and hash, engine, adaptation settings) and totals."""
+    import json
+
+    from .inspect import read_table
+    with _reported_errors(), _open_archive(archive) as source:
+        header, entries = read_table(source)
+        click.echo(json.dumps(header, indent=2, sort_keys=True))
+        images = [e for e in entries if e.kind == "image"]
+        subpixels = sum(e.size for e in images)
+        bits = 8 * sum(e.coded_bytes for e in images)
+        click.echo(f"entries: {len(entries)} ({len(images)} images, "
+                   f"{sum(e.kind == 'file' for e in entries)} other files)")
+        if subpixels:
+            click.echo(f"images: {subpixels} sub-pixels at {bits / subpixels:.3f} bits per sub-pixel")
+
+
+@main.command("models")
+def models_command() -> None:
+    """List the installed models (the default is marked with *)."""
+    with _reported_errors():
+        for name, entry in sorted(available_models().items()):
+            mark = "*" if name == DEFAULT_MODEL else " "
+            click.echo(f"{mark} {name:24} sha256:{entry['sha256'][:16]}  {entry.get('parameters', '?'):>8} "
+                       f"params  {entry.get('description', '')}")
 
 
 def _report(summary, verb: str, verbose: bool) -> None:

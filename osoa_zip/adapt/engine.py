@@ -25,10 +25,12 @@ from ..models.registry import FlowBundle
 class AdaptationConfig:
     """Everything the decoder must know to replay the adaptation (all in the header)."""
 
+    # Defaults from benchmarks/tune_adaptation.py on tuning sets kept apart
+    # from evaluation (see README, "Results").
     adapt: bool = True
-    learning_rate: float = 1e-3
+    learning_rate: float = 3e-4
     steps_per_batch: int = 1
-    batch_size: int = 16
+    batch_size: int = 8
     tile_size: int = 64
     optimizer: str = "adam"
     beta1: float = 0.9

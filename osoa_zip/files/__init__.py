@@ -1,0 +1,1 @@
+"""Files on disk: scanning sources into entries, restoring entries safely."""

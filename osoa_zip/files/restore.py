@@ -1,0 +1,103 @@
+"""Write entries into a private staging folder, then move them into place.
+
+Why staging: the archive is verified only when its END chunk has been read,
+so nothing may appear in the destination before that.  Every name is checked
+(no absolute paths, no '..', no NUL, no backslash), links are checked to stay
+inside the tree, and the final move never follows a link that already exists
+in the destination.  Directory modes and times are applied last, deepest
+first, so a read-only directory can still be filled.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path, PurePosixPath
+
+from .scan import link_stays_inside
+
+
+class UnsafeEntry(Exception):
+    """An archive entry would write outside the destination or clash with another."""
+
+
+class Conflict(Exception):
+    """A restored file would overwrite an existing one (and --force was not given)."""
+
+
+def checked_name(name: str) -> PurePosixPath:
+    if (not name or "\x00" in name or "\\" in name or name.startswith("/")
+            or any(part in ("", ".", "..") for part in name.split("/"))):
+        raise UnsafeEntry(f"refusing unsafe path {name!r}")
+    return PurePosixPath(name)
+
+
+class Staging:
+    def __init__(self, destination: Path) -> None:
+        self.destination = Path(destination)
+        self.created_destination = not self.destination.exists()
+        self.destination.mkdir(parents=True, exist_ok=True)
+        self.root = Path(tempfile.mkdtemp(prefix=".osoa-zip-", dir=self.destination))
+        self._names: set[str] = set()
+        self._directories: list[tuple[str, int, int]] = []
+
+    def path(self, name: str) -> Path:
+        """A fresh path in staging for a new entry, with its parents created."""
+        parts = checked_name(name).parts
+        if name in self._names:
+            raise UnsafeEntry(f"duplicate path {name!r} in archive")
+        self._names.add(name)
+        path = self.root.joinpath(*parts)
+        parent = path.parent
+        if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
+            raise UnsafeEntry(f"path {name!r} goes through a link or a file")
+        parent.mkdir(parents=True, exist_ok=True)
+        return path
+
+    def finish_file(self, path: Path, mode: int, mtime_ns: int) -> None:
+        os.chmod(path, mode & 0o7777)
+        os.utime(path, ns=(mtime_ns, mtime_ns))
+
+    def directory(self, name: str, mode: int, mtime_ns: int) -> None:
+        self.path(name).mkdir(exist_ok=True)
+        self._directories.append((name, mode, mtime_ns))
+
+    def symlink(self, name: str, target: str) -> None:
+        if not link_stays_inside(name, target):
+            raise UnsafeEntry(f"refusing link {name!r} -> {target!r}: it leaves the destination")
+        os.symlink(target, self.path(name))
+
+    def hardlink(self, name: str, target: str) -> None:
+        source = self.root.joinpath(*checked_name(target).parts)
+        if target not in self._names or source.is_symlink() or not source.is_file():
+            raise UnsafeEntry(f"hard link {name!r} names {target!r}, which is not an earlier file")
+        os.link(source, self.path(name))
+
+    def commit(self, force: bool) -> None:
+        """Move everything into the destination; refuse conflicts unless forced."""
+        self._merge(self.root, self.destination, force, check_only=True)
+        self._merge(self.root, self.destination, force, check_only=False)
+        for name, mode, mtime_ns in sorted(self._directories, key=lambda d: -len(d[0].split("/"))):
+            path = self.destination.joinpath(*PurePosixPath(name).parts)
+            os.chmod(path, mode & 0o7777)
+            os.utime(path, ns=(mtime_ns, mtime_ns))
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _merge(self, source: Path, target: Path, force: bool, check_only: bool) -> None:
+        for child in sorted(source.iterdir()):
+            there = target / child.name
+            if child.is_dir() and not child.is_symlink() and there.is_dir() and not there.is_symlink():
+                self._merge(child, there, force, check_only)
+            elif there.exists() or there.is_symlink():
+                if not force or there.is_dir() and not there.is_symlink():
+                    raise Conflict(f"{there} exists" + ("" if force else " (use -f to overwrite)"))
+                if not check_only:
+                    there.unlink()
+                    os.replace(child, there)
+            elif not check_only:
+                os.replace(child, there)
+
+    def abort(self) -> None:
+        shutil.rmtree(self.root, ignore_errors=True)
+        if self.created_destination:
+            shutil.rmtree(self.destination, ignore_errors=True)

@@ -1,0 +1,111 @@
+"""Turn the user's sources into archive entries, the way tar and zip users expect.
+
+A directory source contributes its contents; a file source its base name.
+Directories (so empty ones survive), regular files, hard links (the second
+and later names of one inode) and symbolic links that stay inside their
+source tree become entries; links that leave it, FIFOs, sockets and devices
+are skipped with a warning.  Nothing is ever followed.  Entries come sorted,
+parents before children, so archives are deterministic.
+"""
+from __future__ import annotations
+
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path, PurePosixPath
+from typing import Callable
+
+FILE, DIRECTORY, SYMLINK, HARDLINK = "file", "dir", "symlink", "hardlink"
+
+
+class SourceError(Exception):
+    """A source cannot be archived as asked (missing, unreadable, clashing names)."""
+
+
+@dataclass
+class Entry:
+    kind: str
+    name: str              # relative POSIX path inside the archive (str, surrogate-escaped)
+    source: Path | None    # where the bytes come from (regular files)
+    mode: int              # permission bits
+    mtime_ns: int
+    size: int = 0
+    target: str = ""       # symlink target, or the earlier name of a hard link
+
+
+def link_stays_inside(name: str, target: str) -> bool:
+    """Does a relative link at `name` pointing at `target` resolve inside the tree?"""
+    if not target or target.startswith("/") or "\x00" in target:
+        return False
+    depth = len(PurePosixPath(name).parts) - 1
+    for part in PurePosixPath(target).parts:
+        depth += -1 if part == ".." else 0 if part == "." else 1
+        if depth < 0:
+            return False
+    return True
+
+
+def scan(sources: list[Path], warn: Callable[[str], None]) -> list[Entry]:
+    entries: list[Entry] = []
+    seen_inodes: dict[tuple[int, int], str] = {}
+    names: set[str] = set()
+    for source in sources:
+        source = Path(source)
+        try:
+            info = source.lstat()
+        except FileNotFoundError:
+            raise SourceError(f"{source}: no such file or directory") from None
+        except OSError as error:
+            raise SourceError(f"{source}: {error.strerror}") from None
+        if stat.S_ISDIR(info.st_mode):
+            found = _walk_directory(source, warn)
+        else:
+            found = [(source.name, source, info)]
+        for name, path, info in found:
+            if name in names:
+                raise SourceError(f"two sources give the same archive path {name!r}")
+            names.add(name)
+            entry = _entry(name, path, info, source if stat.S_ISDIR(source.lstat().st_mode) else None,
+                           seen_inodes, warn)
+            if entry is not None:
+                entries.append(entry)
+    return entries
+
+
+def _walk_directory(root: Path, warn) -> list[tuple[str, Path, os.stat_result]]:
+    found = []
+
+    def fail(error: OSError) -> None:
+        raise SourceError(f"{error.filename}: {error.strerror}")
+
+    for directory, subdirectories, files in os.walk(root, onerror=fail):
+        subdirectories.sort()
+        base = Path(directory)
+        for name in sorted(subdirectories) + sorted(files):
+            path = base / name
+            found.append((path.relative_to(root).as_posix(), path, path.lstat()))
+    found.sort(key=lambda item: item[0].split("/"))
+    return found
+
+
+def _entry(name, path: Path, info: os.stat_result, root: Path | None, seen_inodes, warn) -> Entry | None:
+    mode, mtime = stat.S_IMODE(info.st_mode), info.st_mtime_ns
+    if stat.S_ISDIR(info.st_mode):
+        return Entry(DIRECTORY, name, None, mode, mtime)
+    if stat.S_ISLNK(info.st_mode):
+        target = os.readlink(path)
+        if root is None or not link_stays_inside(name, target):
+            warn(f"skipping symbolic link {name} -> {target} (it points outside the archived tree)")
+            return None
+        return Entry(SYMLINK, name, None, mode, mtime, target=target)
+    if not stat.S_ISREG(info.st_mode):
+        warn(f"skipping {name}: not a regular file, directory or link")
+        return None
+    if not os.access(path, os.R_OK):
+        raise SourceError(f"{path}: permission denied")
+    if info.st_nlink > 1:
+        key = (info.st_dev, info.st_ino)
+        if key in seen_inodes:
+            return Entry(HARDLINK, name, None, mode, mtime, target=seen_inodes[key])
+        seen_inodes[key] = name
+    return Entry(FILE, name, path, mode, mtime, size=info.st_size)

@@ -1,0 +1,78 @@
+"""Read an archive's table without decoding images: for `list` and `info`.
+
+Every chunk is still read and checksummed (the END chunk verifies the whole
+archive), but batches are not decoded, so this is fast.  An image's bits are
+apportioned from the batches its tiles were coded in.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import BinaryIO
+
+from .archive import MODEL_MODES, decode_name, read_entry
+from .container.format import ArchiveError, ArchiveReader, read_json
+from .imaging.tiles import plan_batches
+
+
+@dataclass
+class Listed:
+    name: str
+    kind: str            # file, image, dir, symlink, hardlink
+    size: int            # bytes (files) or sub-pixels (images)
+    method: str          # xz, store, mixed, model, or the link target
+    coded_bytes: float
+
+
+def read_table(source: BinaryIO) -> tuple[dict, list[Listed]]:
+    reader = ArchiveReader(source)
+    chunks = reader.chunks()
+    tag, payload = next(chunks, (None, None))
+    if tag != b"HEAD":
+        raise ArchiveError("archive has no header chunk")
+    header = read_json(payload, "the header")
+    listed: list[Listed] = []
+    try:
+        adaptation = header["adaptation"]
+        for tag, payload in chunks:
+            if tag in (b"STAT", b"DATA", b"BATC"):
+                continue
+            entry = read_entry(tag, payload)
+            if tag == b"FILE":
+                listed.append(_file(entry, chunks))
+            elif tag == b"IMGS":
+                listed.extend(_images(entry, chunks, adaptation["tile_size"], adaptation["batch_size"]))
+            elif tag == b"DIRE":
+                listed.append(Listed(decode_name(entry), "dir", 0, "", 0))
+            elif tag in (b"LINK", b"HARD"):
+                listed.append(Listed(decode_name(entry), "symlink" if tag == b"LINK" else "hardlink", 0,
+                                     "-> " + entry["target"], 0))
+            else:
+                raise ArchiveError(f"unexpected chunk {tag!r}")
+    except (KeyError, TypeError, ValueError) as error:
+        raise ArchiveError(f"archive entry is malformed ({type(error).__name__}: {error})") from None
+    return header, listed
+
+
+def _file(entry: dict, chunks) -> Listed:
+    codecs, coded = set(), 0
+    for _ in range(int(entry["chunks"])):
+        tag, payload = next(chunks, (None, None))
+        if tag != b"DATA" or not payload:
+            raise ArchiveError(f"file {decode_name(entry)!r}: data chunk missing")
+        codecs.add({0: "store", 1: "xz"}.get(payload[0], "?"))
+        coded += len(payload)
+    method = codecs.pop() if len(codecs) == 1 else ("mixed" if codecs else "store")
+    return Listed(decode_name(entry), "file", int(entry["size"]), method, coded)
+
+
+def _images(table: list, chunks, tile: int, batch_size: int) -> list[Listed]:
+    shapes = [(int(e["height"]), int(e["width"]), MODEL_MODES[e["image_mode"]]) for e in table]
+    coded = [0.0] * len(table)
+    for batch in plan_batches(shapes, tile, batch_size):
+        tag, payload = next(chunks, (None, None))
+        if tag != b"BATC":
+            raise ArchiveError("batch chunk missing")
+        for image, _, _ in batch.members:
+            coded[image] += len(payload) / len(batch.members)
+    return [Listed(decode_name(e), "image", h * w * c, "model", b)
+            for e, (h, w, c), b in zip(table, shapes, coded)]

@@ -1,0 +1,139 @@
+"""Shared fixtures: a folder of real images and awkward files, and a tree comparison.
+
+The image folder is made from examples/images (copies, plus crops whose odd
+sides exercise padding and the small-tile batches) and is mixed with files
+that must take the general path (JPEG, palette, 16-bit, RGBA, corrupt PNG,
+PNG with a text chunk) and plain non-image files.  Tests treat the
+session-scoped folder as read-only; copy it (``shutil.copytree``) to change it.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image, PngImagePlugin
+
+from osoa_zip.imaging.io import read_image
+
+REPO = Path(__file__).resolve().parents[1]
+EXAMPLES = REPO / "examples" / "images"
+MODEL = "idf-tiny-test"
+# Small tiles and batches keep the model path fast while still giving several batches.
+TILE_SIZE = 16
+BATCH_SIZE = 4
+
+# On a busy machine (e.g. two cores shared with training jobs) more than one torch
+# thread per process makes everything many times slower (oversubscription).
+SINGLE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+# (width, height) of the crops; 1-pixel sides and odd sides need padding.
+CROP_SIZES = [(1, 1), (1, 7), (13, 5), (31, 17)]
+
+# Files in the fixture tree that must take the general path (read_image is None).
+GENERAL_PATH_IMAGES = [
+    "general/photo.jpg",
+    "general/palette.png",
+    "general/deep16.png",
+    "general/rgba.png",
+    "general/truncated.png",
+    "general/text_chunk.png",
+]
+NON_IMAGE_FILES = [
+    "files/empty.bin",
+    "files/random.bin",
+    "files/notes.txt",
+    "files/with space é.txt",
+    "sub/deeper/x.bin",
+]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Use in a module with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+def subprocess_env() -> dict[str, str]:
+    return {**os.environ, **SINGLE_THREAD_ENV}
+
+
+def model_path_images() -> list[str]:
+    names = [f"images/{p.name}" for p in sorted(EXAMPLES.glob("*.png"))]
+    for kind in ("rgb", "gray"):
+        names += [f"crops/{kind}_{w}x{h}.png" for w, h in CROP_SIZES]
+    return names
+
+
+def build_tree(root: Path) -> Path:
+    """Write the fixture tree below root and return root."""
+    rgb = Image.open(EXAMPLES / "0002.png")
+    gray = Image.open(EXAMPLES / "0006.png")
+    assert (rgb.mode, gray.mode) == ("RGB", "L")
+
+    images = root / "images"
+    images.mkdir(parents=True)
+    for example in sorted(EXAMPLES.glob("*.png")):
+        shutil.copyfile(example, images / example.name)
+
+    crops = root / "crops"
+    crops.mkdir()
+    for w, h in CROP_SIZES:
+        rgb.crop((5, 3, 5 + w, 3 + h)).save(crops / f"rgb_{w}x{h}.png")
+        gray.crop((2, 7, 2 + w, 7 + h)).save(crops / f"gray_{w}x{h}.png")
+
+    files = root / "files"
+    files.mkdir()
+    (files / "empty.bin").write_bytes(b"")
+    (files / "random.bin").write_bytes(np.random.default_rng(7).bytes(3001))
+    (files / "notes.txt").write_text("osoa-zip fixture\n" * 40)
+    (files / "with space é.txt").write_text("a file name with a space and an accent\n")
+    deeper = root / "sub" / "deeper"
+    deeper.mkdir(parents=True)
+    (deeper / "x.bin").write_bytes(bytes(range(256)) * 3)
+
+    general = root / "general"
+    general.mkdir()
+    rgb.save(general / "photo.jpg", quality=90)
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=32).save(general / "palette.png")
+    Image.fromarray(np.asarray(gray).astype(np.uint16) * 257).save(general / "deep16.png")
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.fromarray(np.asarray(gray.resize(rgb.size))))
+    rgba.save(general / "rgba.png")
+    whole = (EXAMPLES / "0000.png").read_bytes()
+    (general / "truncated.png").write_bytes(whole[: len(whole) // 2])
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "metadata the model path cannot reproduce")
+    rgb.save(general / "text_chunk.png", pnginfo=info)
+    return root
+
+
+@pytest.fixture(scope="session")
+def source_tree(tmp_path_factory) -> Path:
+    """The fixture folder (read-only: copy it before changing anything)."""
+    return build_tree(tmp_path_factory.mktemp("fixture") / "tree")
+
+
+def relative_files(root: Path) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in Path(root).rglob("*") if p.is_file() or p.is_symlink()}
+
+
+def assert_same_tree(src: Path, dst: Path) -> None:
+    """Same relative file paths; model-path images pixel-identical, other files byte-identical."""
+    src, dst = Path(src), Path(dst)
+    expected, actual = relative_files(src), relative_files(dst)
+    assert actual == expected, f"missing {sorted(expected - actual)}, extra {sorted(actual - expected)}"
+    for name in sorted(expected):
+        original, restored = src / name, dst / name
+        if read_image(original) is not None:
+            with Image.open(original) as a, Image.open(restored) as b:
+                assert (b.mode, b.size) == (a.mode, a.size), name
+                assert np.array_equal(np.asarray(a), np.asarray(b)), f"{name}: pixels differ"
+        else:
+            assert restored.read_bytes() == original.read_bytes(), f"{name}: bytes differ"
