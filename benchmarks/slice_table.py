@@ -1,4 +1,4 @@
-"""The slice's results table: OSOA vs --no-adapt vs PNG, and MB/s both ways.
+"""The slice's results table: OSOA vs --no-adapt vs PNG and WebP lossless, and MB/s both ways.
 
   python benchmarks/slice_table.py [--data data/eval] [--model NAME] [--limit N]
 
@@ -21,7 +21,7 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from baselines import png_bytes  # noqa: E402
+from baselines import png_bytes, webp_lossless_bytes  # noqa: E402
 
 from osoa_zip.adapt.engine import AdaptationConfig  # noqa: E402
 from osoa_zip.archive import compress, decompress  # noqa: E402
@@ -64,17 +64,22 @@ def main() -> None:
             files = sorted(folder.glob("*.png"))
             subpixels = sum(np.asarray(Image.open(p)).size for p in files)
             png = sum(png_bytes(p) for p in files)
+            webp_sizes = [webp_lossless_bytes(p) for p in files]
+            webp = None if None in webp_sizes else sum(webp_sizes)
             adapted, encode_s, decode_s = _osoa(folder, args.model, AdaptationConfig())
             frozen, frozen_encode_s, _ = _osoa(folder, args.model, AdaptationConfig(adapt=False))
         rows.append((label, len(files), adapted * 8 / subpixels, frozen * 8 / subpixels, png * 8 / subpixels,
-                     subpixels / encode_s / 1e6, subpixels / decode_s / 1e6, subpixels / frozen_encode_s / 1e6))
+                     webp * 8 / subpixels if webp is not None else None, subpixels / encode_s / 1e6, subpixels / decode_s / 1e6, subpixels / frozen_encode_s / 1e6))
     print(f"model {args.model}; bpsp = archive bits / (H*W*C); MB/s of raw pixels\n")
-    print("| set | images | OSOA bpsp | --no-adapt bpsp | PNG bpsp | OSOA vs no-adapt | OSOA vs PNG "
-          "| OSOA compress MB/s | OSOA decompress MB/s | no-adapt compress MB/s |")
-    print("|---|---|---|---|---|---|---|---|---|---|")
-    for label, count, osoa, frozen, png, enc, dec, frozen_enc in rows:
-        print(f"| {label} | {count} | {osoa:.3f} | {frozen:.3f} | {png:.3f} | {100 * (osoa / frozen - 1):+.1f}% "
-              f"| {100 * (osoa / png - 1):+.1f}% | {enc:.3f} | {dec:.3f} | {frozen_enc:.3f} |")
+    print("| set | images | OSOA bpsp | --no-adapt bpsp | PNG bpsp | WebP-LL bpsp | OSOA vs no-adapt | OSOA vs PNG "
+          "| OSOA vs WebP | OSOA compress MB/s | OSOA decompress MB/s | no-adapt compress MB/s |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+    for label, count, osoa, frozen, png, webp, enc, dec, frozen_enc in rows:
+        webp_cells = f"{webp:.3f} | " if webp else "skipped | "
+        versus_webp = f"{100 * (osoa / webp - 1):+.1f}%" if webp else "-"
+        print(f"| {label} | {count} | {osoa:.3f} | {frozen:.3f} | {png:.3f} | {webp_cells}"
+              f"{100 * (osoa / frozen - 1):+.1f}% | {100 * (osoa / png - 1):+.1f}% | {versus_webp} "
+              f"| {enc:.3f} | {dec:.3f} | {frozen_enc:.3f} |")
 
 
 if __name__ == "__main__":

@@ -11,7 +11,10 @@ only after END has verified the whole archive.
 from __future__ import annotations
 
 import base64
+import io
 import lzma
+import os
+import stat
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -160,13 +163,22 @@ class _Compressor:
         self.group, self.group_subpixels = [], 0
 
 
+def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:
+    """(device, inode) of the output when it is a file, so it never archives itself."""
+    try:
+        info = os.fstat(output.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return frozenset()
+    return frozenset({(info.st_dev, info.st_ino)}) if stat.S_ISREG(info.st_mode) else frozenset()
+
+
 def compress(sources: list[Path], output: BinaryIO, model: str = DEFAULT_MODEL,
              adaptation: AdaptationConfig = AdaptationConfig(), progress: Progress | None = None,
              warn: Warn = lambda message: None) -> Summary:
     """Archive the sources into ``output``; a directory contributes its contents."""
     started = time.perf_counter()
     try:
-        entries = scan([Path(s) for s in sources], warn)
+        entries = scan([Path(s) for s in sources], warn, _identity(output))
     except SourceError as error:
         raise UsageError(str(error)) from None
     bundle = load_model(model)

@@ -167,10 +167,6 @@ def _tiff_with_description(tmp_path):
     return path, b"ImageDescription that must survive"
 
 
-@pytest.mark.xfail(reason="BUG: read_image's reproducibility check compares only Pillow's `info` dict, which "
-                          "omits PNG private/unknown ancillary chunks (also sBIT, tIME) and TIFF tags such as "
-                          "ImageDescription/Artist; such files take the model path and the restored file "
-                          "silently loses that data", strict=True)
 @pytest.mark.parametrize("make", [_png_with_private_chunk, _tiff_with_description], ids=["png-private-chunk",
                                                                                         "tiff-description"])
 def test_data_outside_pixels_and_info_is_not_lost(tmp_path, make):

@@ -18,7 +18,8 @@ from typing import BinaryIO, Iterator
 
 MAGIC = b"OSOAZIP\x1a"
 FORMAT_MAJOR = 0
-FORMAT_MINOR = 1
+FORMAT_MINOR = 2
+OLDEST_MINOR = {0: 2}  # format 0 is unstable: earlier development layouts are refused by version
 MAX_CHUNK_BYTES = 1 << 31  # a larger declared length is damage or hostility, never data
 END_TAG = b"END "
 
@@ -82,12 +83,20 @@ class ArchiveReader:
         if major != FORMAT_MAJOR:
             raise ArchiveError(f"archive format {major}.{minor} is not supported by this version "
                                f"(reads format {FORMAT_MAJOR}.x); upgrade osoa-zip")
+        if minor < OLDEST_MINOR.get(major, 0):
+            raise ArchiveError(f"archive format {major}.{minor} is a development layout that this "
+                               f"version no longer reads (oldest: {major}.{OLDEST_MINOR[major]})")
         self.version = (major, minor)
         self._digest.update(preamble)
 
     def _read(self, size: int, what: str) -> bytes:
         data = self._stream.read(size)
-        if len(data) != size:
+        while data is not None and 0 < len(data) < size:  # raw streams may return short reads
+            more = self._stream.read(size - len(data))
+            if not more:
+                break
+            data += more
+        if data is None or len(data) != size:
             raise ArchiveError(f"archive is truncated in {what}")
         return data
 
@@ -123,5 +132,5 @@ class ArchiveReader:
 def read_json(payload: bytes, what: str):
     try:
         return json.loads(payload.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError):
+    except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ArchiveError(f"{what} is not valid JSON") from None

@@ -35,7 +35,11 @@ def checked_name(name: str) -> PurePosixPath:
 class Staging:
     def __init__(self, destination: Path) -> None:
         self.destination = Path(destination)
-        self.created_destination = not self.destination.exists()
+        self.created = None  # the outermost folder we create, removed again on abort
+        if not self.destination.exists():
+            self.created = self.destination
+            while not self.created.parent.exists():
+                self.created = self.created.parent
         self.destination.mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix=".osoa-zip-", dir=self.destination))
         self._names: set[str] = set()
@@ -99,5 +103,5 @@ class Staging:
 
     def abort(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
-        if self.created_destination:
-            shutil.rmtree(self.destination, ignore_errors=True)
+        if self.created is not None:
+            shutil.rmtree(self.created, ignore_errors=True)

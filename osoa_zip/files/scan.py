@@ -45,7 +45,10 @@ def link_stays_inside(name: str, target: str) -> bool:
     return True
 
 
-def scan(sources: list[Path], warn: Callable[[str], None]) -> list[Entry]:
+def scan(sources: list[Path], warn: Callable[[str], None],
+         exclude: frozenset[tuple[int, int]] = frozenset()) -> list[Entry]:
+    """Entries for all sources; files whose (device, inode) is in `exclude` (the
+    archive being written) are left out."""
     entries: list[Entry] = []
     seen_inodes: dict[tuple[int, int], str] = {}
     names: set[str] = set()
@@ -61,12 +64,14 @@ def scan(sources: list[Path], warn: Callable[[str], None]) -> list[Entry]:
             found = _walk_directory(source, warn)
         else:
             found = [(source.name, source, info)]
-        for name, path, info in found:
+        root = source if stat.S_ISDIR(info.st_mode) else None
+        for name, path, item in found:
+            if (item.st_dev, item.st_ino) in exclude:
+                continue
             if name in names:
                 raise SourceError(f"two sources give the same archive path {name!r}")
             names.add(name)
-            entry = _entry(name, path, info, source if stat.S_ISDIR(source.lstat().st_mode) else None,
-                           seen_inodes, warn)
+            entry = _entry(name, path, item, root, seen_inodes, warn)
             if entry is not None:
                 entries.append(entry)
     return entries
