@@ -18,3 +18,15 @@ __version__ = "0.1.0"
 # policy, two busy processes on a 2-core machine slowed each other from 12 s
 # to 97 s on the same job (measured); passive waiting costs nothing alone.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
+_API = {"compress", "decompress", "test_archive", "Summary", "AdaptationConfig", "ArchiveError", "UsageError",
+        "ModelError"}
+
+
+def __getattr__(name: str):
+    """osoa_zip.compress(...) etc., imported on first use so that `import osoa_zip`
+    stays light and the OpenMP setting above precedes torch."""
+    if name in _API:
+        from . import archive
+        return getattr(archive, name)
+    raise AttributeError(f"module 'osoa_zip' has no attribute {name!r}")

@@ -11,6 +11,7 @@ only after END has verified the whole archive.
 from __future__ import annotations
 
 import base64
+import fnmatch
 import io
 import lzma
 import os
@@ -172,13 +173,17 @@ def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:
     return frozenset({(info.st_dev, info.st_ino)}) if stat.S_ISREG(info.st_mode) else frozenset()
 
 
-def compress(sources: list[Path], output: BinaryIO, model: str = DEFAULT_MODEL,
+def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
              adaptation: AdaptationConfig = AdaptationConfig(), progress: Progress | None = None,
              warn: Warn = lambda message: None) -> Summary:
-    """Archive the sources into ``output``; a directory contributes its contents."""
+    """Archive the sources into ``output``.
+
+    A source is a path (a directory contributes its contents, a file its name)
+    or a (path, archive name) pair.
+    """
     started = time.perf_counter()
     try:
-        entries = scan([Path(s) for s in sources], warn, _identity(output))
+        entries = scan(list(sources), warn, _identity(output))
     except SourceError as error:
         raise UsageError(str(error)) from None
     bundle = load_model(model)
@@ -390,14 +395,32 @@ def test_archive(source: BinaryIO, progress: Progress | None = None) -> Summary:
     return summary
 
 
+def selected(name: str, patterns: list[str]) -> bool:
+    """tar-like selection: a pattern matches the name or any folder above it."""
+    parts = name.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(fnmatch.fnmatchcase(prefix, pattern) for pattern in patterns for prefix in prefixes)
+
+
 def decompress(source: BinaryIO, destination: Path, force: bool = False,
-               progress: Progress | None = None) -> Summary:
-    """Restore an archive into ``destination`` (created if missing)."""
+               progress: Progress | None = None, patterns: list[str] | None = None) -> Summary:
+    """Restore an archive (or the entries matching ``patterns``) into ``destination``.
+
+    Everything is decoded and verified even when only some entries are wanted:
+    each batch depends on the ones before it through the adaptation.
+    """
     started = time.perf_counter()
     staging = Staging(Path(destination))
     try:
-        summary = _Decoder(_StagingSink(staging), progress).run(ArchiveReader(source))
-        staging.commit(force)
+        sink = _StagingSink(staging)
+        summary = _Decoder(sink, progress).run(ArchiveReader(source))
+        if patterns:
+            for pattern in patterns:
+                if not any(selected(name, [pattern]) for name in staging.names):
+                    raise UsageError(f"no entry matches {pattern!r}")
+            staging.commit(force, lambda name: selected(name, list(patterns)))
+        else:
+            staging.commit(force)
     except Conflict as error:
         staging.abort()
         raise UsageError(str(error)) from None

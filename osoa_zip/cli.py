@@ -15,6 +15,7 @@ import click
 
 from . import __version__
 from .archive import AdaptationConfig, ArchiveError, ModelError, UsageError, compress, decompress, test_archive
+from .files.scan import SourceError, listed_name
 from .models.registry import DEFAULT_MODEL, available_models
 
 DATA_ERROR = 1
@@ -48,6 +49,10 @@ def _reported_errors():
         _fail(f"{error.filename or ''}: {error.strerror or error}".lstrip(": "), DATA_ERROR)
     except KeyboardInterrupt:
         _fail("interrupted", 130)
+    except Exception as error:  # noqa: BLE001 — a bug must still not print a traceback at users
+        if os.environ.get("OSOA_ZIP_DEBUG"):
+            raise
+        _fail(f"internal error ({type(error).__name__}: {error}); set OSOA_ZIP_DEBUG=1 for details", DATA_ERROR)
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -61,8 +66,11 @@ def main() -> None:
 
 
 @main.command("compress")
-@click.argument("sources", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
 @click.argument("archive", type=click.Path(path_type=Path))
+@click.option("-T", "--files-from", type=click.File("rb"), default=None,
+              help="Also archive the paths listed in this file ('-' for standard input), stored as given.")
+@click.option("-0", "--null", "null_separated", is_flag=True, help="--files-from paths end with NUL, not newline.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Pretrained model to start from.")
 @click.option("--no-adapt", is_flag=True, help="Code with the pretrained model frozen (no online adaptation).")
 @click.option("--learning-rate", "--lr", type=float, default=AdaptationConfig.learning_rate, show_default=True,
@@ -76,23 +84,42 @@ def main() -> None:
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing archive.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print per-batch statistics.")
-def compress_command(sources, archive, model, no_adapt, learning_rate, steps_per_batch, batch_size, tile_size,
-                     force, quiet, verbose) -> None:
-    """Pack SOURCES (folders or files) into ARCHIVE ('-' for standard output)."""
+def compress_command(sources, archive, files_from, null_separated, model, no_adapt, learning_rate, steps_per_batch,
+                     batch_size, tile_size, force, quiet, verbose) -> None:
+    """Pack SOURCES into ARCHIVE ('-' for standard output).
+
+    A folder contributes its contents, a file its name; paths from --files-from
+    are stored as given (e.g. `find data -name '*.png' -print0 | osoa-zip
+    compress -T - -0 out.osoa`).
+    """
     with _reported_errors():
         if tile_size % 2:
             raise UsageError("--tile-size must be even")
+        sources = list(sources)
+        if files_from is not None:
+            sources += _listed_sources(files_from.read(), null_separated)
+        if not sources:
+            raise UsageError("nothing to archive: give SOURCES or --files-from")
         config = AdaptationConfig(adapt=not no_adapt, learning_rate=learning_rate, steps_per_batch=steps_per_batch,
                                   batch_size=batch_size, tile_size=tile_size)
         with _progress(None, quiet, "tiles") as progress:
             if str(archive) == "-":
-                summary = compress(list(sources), sys.stdout.buffer, model, config, progress, _warner(quiet))
+                summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet))
             else:
                 if archive.exists() and not force:
                     raise UsageError(f"{archive} exists (use -f to overwrite)")
-                summary = _compress_to_file(list(sources), archive, model, config, progress, _warner(quiet))
+                summary = _compress_to_file(sources, archive, model, config, progress, _warner(quiet))
         if not quiet:
             _report(summary, "compressed", verbose)
+
+
+def _listed_sources(listing: bytes, null_separated: bool) -> list[tuple[Path, str]]:
+    separator = b"\0" if null_separated else b"\n"
+    paths = [os.fsdecode(item) for item in listing.split(separator) if item.strip()]
+    try:
+        return [(Path(path), listed_name(path)) for path in paths]
+    except SourceError as error:
+        raise UsageError(str(error)) from None
 
 
 def _warner(quiet: bool):
@@ -119,20 +146,20 @@ def _compress_to_file(sources, archive: Path, model, config, progress, warn):
 @main.command("decompress")
 @click.argument("archive", type=click.Path(path_type=Path, allow_dash=True))
 @click.argument("destination", type=click.Path(path_type=Path))
+@click.argument("patterns", nargs=-1)
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing files in DESTINATION.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print timing details.")
-def decompress_command(archive, destination, force, quiet, verbose) -> None:
-    """Restore ARCHIVE ('-' for standard input) into DESTINATION (created if missing)."""
+def decompress_command(archive, destination, patterns, force, quiet, verbose) -> None:
+    """Restore ARCHIVE ('-' for standard input) into DESTINATION (created if missing).
+
+    With PATTERNS (shell wildcards such as 'cats/*.png', quoted), only the matching
+    entries, or everything below a matching folder, are restored.  The whole
+    archive is still decoded: each batch depends on the ones before it.
+    """
     with _reported_errors():
-        with _progress(None, quiet, "tiles") as progress:
-            if str(archive) == "-":
-                summary = decompress(sys.stdin.buffer, destination, force, progress)
-            else:
-                if not archive.is_file():
-                    raise UsageError(f"{archive}: no such file")
-                with open(archive, "rb") as source:
-                    summary = decompress(source, destination, force, progress)
+        with _progress(None, quiet, "files") as progress, _open_archive(archive) as source:
+            summary = decompress(source, destination, force, progress, list(patterns))
         if not quiet:
             _report(summary, "restored", verbose)
 

@@ -13,6 +13,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path, PurePosixPath
+from typing import Callable
 
 from .scan import link_stays_inside
 
@@ -42,15 +43,15 @@ class Staging:
                 self.created = self.created.parent
         self.destination.mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix=".osoa-zip-", dir=self.destination))
-        self._names: set[str] = set()
+        self.names: set[str] = set()
         self._directories: list[tuple[str, int, int]] = []
 
     def path(self, name: str) -> Path:
         """A fresh path in staging for a new entry, with its parents created."""
         parts = checked_name(name).parts
-        if name in self._names:
+        if name in self.names:
             raise UnsafeEntry(f"duplicate path {name!r} in archive")
-        self._names.add(name)
+        self.names.add(name)
         path = self.root.joinpath(*parts)
         parent = path.parent
         if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
@@ -73,25 +74,32 @@ class Staging:
 
     def hardlink(self, name: str, target: str) -> None:
         source = self.root.joinpath(*checked_name(target).parts)
-        if target not in self._names or source.is_symlink() or not source.is_file():
+        if target not in self.names or source.is_symlink() or not source.is_file():
             raise UnsafeEntry(f"hard link {name!r} names {target!r}, which is not an earlier file")
         os.link(source, self.path(name))
 
-    def commit(self, force: bool) -> None:
-        """Move everything into the destination; refuse conflicts unless forced."""
-        self._merge(self.root, self.destination, force, check_only=True)
-        self._merge(self.root, self.destination, force, check_only=False)
+    def commit(self, force: bool, selected: Callable[[str], bool] = lambda name: True) -> None:
+        """Move the selected entries (a selected folder: all below it) into the
+        destination; refuse conflicts unless forced."""
+        self._merge(self.root, self.destination, "", force, selected, check_only=True)
+        self._merge(self.root, self.destination, "", force, selected, check_only=False)
         for name, mode, mtime_ns in sorted(self._directories, key=lambda d: -len(d[0].split("/"))):
             path = self.destination.joinpath(*PurePosixPath(name).parts)
-            os.chmod(path, mode & 0o7777)
-            os.utime(path, ns=(mtime_ns, mtime_ns))
+            if selected(name) and path.is_dir():
+                os.chmod(path, mode & 0o7777)
+                os.utime(path, ns=(mtime_ns, mtime_ns))
         shutil.rmtree(self.root, ignore_errors=True)
 
-    def _merge(self, source: Path, target: Path, force: bool, check_only: bool) -> None:
+    def _merge(self, source: Path, target: Path, prefix: str, force: bool, selected, check_only: bool) -> None:
         for child in sorted(source.iterdir()):
-            there = target / child.name
-            if child.is_dir() and not child.is_symlink() and there.is_dir() and not there.is_symlink():
-                self._merge(child, there, force, check_only)
+            name, there = prefix + child.name, target / child.name
+            real_dir = child.is_dir() and not child.is_symlink()
+            if real_dir and (not selected(name) or there.is_dir() and not there.is_symlink()):
+                if there.is_symlink() or there.exists() and not there.is_dir():
+                    raise Conflict(f"{there} exists and is not a folder")
+                self._merge(child, there, name + "/", force, selected, check_only)
+            elif not selected(name):
+                continue
             elif there.exists() or there.is_symlink():
                 if not force or there.is_dir() and not there.is_symlink():
                     raise Conflict(f"{there} exists" + ("" if force else " (use -f to overwrite)"))
@@ -99,6 +107,7 @@ class Staging:
                     there.unlink()
                     os.replace(child, there)
             elif not check_only:
+                there.parent.mkdir(parents=True, exist_ok=True)
                 os.replace(child, there)
 
     def abort(self) -> None:

@@ -45,15 +45,27 @@ def link_stays_inside(name: str, target: str) -> bool:
     return True
 
 
-def scan(sources: list[Path], warn: Callable[[str], None],
+def listed_name(path: str) -> str:
+    """The archive name of a path given in a --files-from list: as given, normalised."""
+    parts = [part for part in path.split("/") if part not in ("", ".")]
+    if path.startswith("/") or ".." in parts or not parts:
+        raise SourceError(f"{path!r}: listed paths must be relative and stay below the current folder")
+    return "/".join(parts)
+
+
+def scan(sources: list[Path | tuple[Path, str]], warn: Callable[[str], None],
          exclude: frozenset[tuple[int, int]] = frozenset()) -> list[Entry]:
     """Entries for all sources; files whose (device, inode) is in `exclude` (the
-    archive being written) are left out."""
+    archive being written) are left out.
+
+    A source is a path (a folder gives its contents, a file its base name) or
+    a (path, name) pair that stores the source itself under `name`.
+    """
     entries: list[Entry] = []
     seen_inodes: dict[tuple[int, int], str] = {}
     names: set[str] = set()
     for source in sources:
-        source = Path(source)
+        source, given_name = (Path(source[0]), source[1]) if isinstance(source, tuple) else (Path(source), None)
         try:
             info = source.lstat()
         except FileNotFoundError:
@@ -61,17 +73,20 @@ def scan(sources: list[Path], warn: Callable[[str], None],
         except OSError as error:
             raise SourceError(f"{source}: {error.strerror}") from None
         if stat.S_ISDIR(info.st_mode):
-            found = _walk_directory(source, warn)
+            inside = _walk_directory(source, warn)
+            prefix = "" if given_name is None else given_name + "/"
+            found = [(prefix + relative, relative, path, item) for relative, path, item in inside]
+            if given_name is not None:
+                found.insert(0, (given_name, None, source, info))
         else:
-            found = [(source.name, source, info)]
-        root = source if stat.S_ISDIR(info.st_mode) else None
-        for name, path, item in found:
+            found = [(given_name or source.name, None, source, info)]
+        for name, relative, path, item in found:
             if (item.st_dev, item.st_ino) in exclude:
                 continue
             if name in names:
                 raise SourceError(f"two sources give the same archive path {name!r}")
             names.add(name)
-            entry = _entry(name, path, item, root, seen_inodes, warn)
+            entry = _entry(name, relative, path, item, seen_inodes, warn)
             if entry is not None:
                 entries.append(entry)
     return entries
@@ -93,13 +108,15 @@ def _walk_directory(root: Path, warn) -> list[tuple[str, Path, os.stat_result]]:
     return found
 
 
-def _entry(name, path: Path, info: os.stat_result, root: Path | None, seen_inodes, warn) -> Entry | None:
+def _entry(name: str, relative: str | None, path: Path, info: os.stat_result, seen_inodes, warn) -> Entry | None:
+    """`relative` is the path below the source folder (None for a source itself):
+    a symbolic link must stay inside that folder."""
     mode, mtime = stat.S_IMODE(info.st_mode), info.st_mtime_ns
     if stat.S_ISDIR(info.st_mode):
         return Entry(DIRECTORY, name, None, mode, mtime)
     if stat.S_ISLNK(info.st_mode):
         target = os.readlink(path)
-        if root is None or not link_stays_inside(name, target):
+        if relative is None or not link_stays_inside(relative, target):
             warn(f"skipping symbolic link {name} -> {target} (it points outside the archived tree)")
             return None
         return Entry(SYMLINK, name, None, mode, mtime, target=target)

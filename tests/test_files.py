@@ -1,0 +1,115 @@
+"""What a folder holds besides pixels survives, and what cannot be archived safely is skipped.
+
+Users compare us with tar and zip: permissions, times, empty folders, links and
+odd names must come back; links that leave the tree and special files must not
+be followed; --files-from and partial extraction behave like tar's.
+"""
+from __future__ import annotations
+
+import io
+import os
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from osoa_zip.adapt.engine import AdaptationConfig
+from osoa_zip.archive import UsageError, compress, decompress
+
+from test_portability import EXAMPLES
+
+SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4))
+
+
+@pytest.fixture
+def tree(tmp_path) -> Path:
+    root = tmp_path / "src"
+    (root / "sub" / "empty").mkdir(parents=True)
+    (root / "imgs").mkdir()
+    shutil.copy(EXAMPLES / "0000.png", root / "imgs" / "a.png")
+    (root / "notes.txt").write_text("hello\n")
+    os.chmod(root / "notes.txt", 0o640)
+    os.utime(root / "notes.txt", ns=(978307200_123456789, 978307200_123456789))
+    os.link(root / "notes.txt", root / "sub" / "same-notes.txt")
+    os.link(root / "imgs" / "a.png", root / "imgs" / "same-a.png")
+    os.symlink("../notes.txt", root / "sub" / "inside-link")
+    os.symlink("/etc/passwd", root / "outside-link")
+    os.symlink("../../elsewhere", root / "sub" / "escaping-link")
+    os.mkfifo(root / "fifo")
+    (root / os.fsdecode(b"caf\xe9-latin1.bin")).write_bytes(b"\x00\x01" * 500)
+    os.chmod(root / "sub", 0o750)
+    return root
+
+
+def _describe(root: Path) -> dict:
+    """kind, permission bits, mtime, link target and link count of every path."""
+    found = {}
+    for path in sorted(root.rglob("*")):
+        info = path.lstat()
+        kind = "link" if stat.S_ISLNK(info.st_mode) else "dir" if stat.S_ISDIR(info.st_mode) else "file"
+        found[path.relative_to(root).as_posix()] = (
+            kind, stat.S_IMODE(info.st_mode) if kind != "link" else None,
+            info.st_mtime_ns if kind != "link" else None,
+            os.readlink(path) if kind == "link" else None, info.st_nlink if kind == "file" else None)
+    return found
+
+
+def _round_trip(sources, tmp_path, warnings=None, **extract) -> Path:
+    buffer = io.BytesIO()
+    compress(sources, buffer, warn=(warnings.append if warnings is not None else lambda m: None), **SETTINGS)
+    buffer.seek(0)
+    destination = tmp_path / "out"
+    decompress(buffer, destination, **extract)
+    return destination
+
+
+def test_metadata_links_and_names_survive(tree, tmp_path):
+    warnings = []
+    restored = _round_trip([tree], tmp_path, warnings)
+    expected = _describe(tree)
+    for skipped in ("fifo", "outside-link", "sub/escaping-link"):
+        del expected[skipped]
+    assert _describe(restored) == expected
+    assert len(warnings) == 3 and all("skipping" in w for w in warnings)
+    assert sum("fifo" in w for w in warnings) == 1
+    assert (restored / "sub" / "same-notes.txt").stat().st_ino == (restored / "notes.txt").stat().st_ino
+
+
+def test_files_from_stores_paths_as_given(tree, tmp_path):
+    listing = b"\0".join([b"src/imgs/a.png", b"src/notes.txt", b"./src/sub"]) + b"\0"
+    archive = tmp_path / "listed.osoa"
+    result = subprocess.run([sys.executable, "-m", "osoa_zip", "compress", "-q", "--model", "idf-tiny-test",
+                             "-T", "-", "-0", str(archive)], input=listing, cwd=tmp_path, capture_output=True)
+    assert result.returncode == 0, result.stderr
+    restored = tmp_path / "restored"
+    result = subprocess.run([sys.executable, "-m", "osoa_zip", "decompress", "-q", str(archive), str(restored)],
+                            capture_output=True)
+    assert result.returncode == 0, result.stderr
+    names = {p.relative_to(restored).as_posix() for p in restored.rglob("*")}
+    # sub/inside-link -> ../notes.txt leaves the listed folder src/sub, so it is skipped.
+    assert names == {"src", "src/imgs", "src/imgs/a.png", "src/notes.txt", "src/sub", "src/sub/empty",
+                     "src/sub/same-notes.txt"}
+
+
+@pytest.mark.parametrize("listed", ["/etc/passwd", "../x", "a/../../b"])
+def test_files_from_refuses_paths_that_leave(listed, tmp_path):
+    result = subprocess.run([sys.executable, "-m", "osoa_zip", "compress", "-T", "-", str(tmp_path / "a.osoa")],
+                            input=listed.encode(), capture_output=True, text=False)
+    assert result.returncode == 2 and b"Traceback" not in result.stderr
+    assert not (tmp_path / "a.osoa").exists()
+
+
+def test_partial_extraction_restores_only_matches(tree, tmp_path):
+    restored = _round_trip([tree], tmp_path, patterns=["imgs/a.png", "sub"])
+    names = {p.relative_to(restored).as_posix() for p in restored.rglob("*")}
+    assert names == {"imgs", "imgs/a.png", "sub", "sub/empty", "sub/same-notes.txt", "sub/inside-link"}
+    assert (restored / "sub" / "same-notes.txt").read_text() == "hello\n"
+
+
+def test_partial_extraction_with_no_match_is_a_usage_error(tree, tmp_path):
+    with pytest.raises(UsageError):
+        _round_trip([tree], tmp_path, patterns=["nothing-*"])
+    assert not (tmp_path / "out").exists()
