@@ -30,7 +30,7 @@ from .container.format import ArchiveError, ArchiveReader, ArchiveWriter, canoni
 from .exact import ENGINE
 from .files.restore import Conflict, Staging, UnsafeEntry, checked_name
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, SourceError, link_stays_inside, scan
-from .imaging.io import MODEL_MODES, ImageRecord, read_image, write_image
+from .imaging.io import MODEL_MODES, CannotReproduce, ImageRecord, read_image, write_image
 from .imaging.tiles import gather, pad_even, plan_batches, scatter
 from .models.registry import DEFAULT_MODEL, ModelError, load_model
 
@@ -95,9 +95,30 @@ def read_entry(tag: bytes, payload: bytes):
 
 # -- compress ---------------------------------------------------------------
 
+def _image_extras(record: ImageRecord) -> dict:
+    """Optional fields: verbatim PNG metadata chunks, and the hash promised by --byte-exact."""
+    extras = {}
+    if record.png_before:
+        extras["png_before"] = base64.b64encode(record.png_before).decode("ascii")
+    if record.png_after:
+        extras["png_after"] = base64.b64encode(record.png_after).decode("ascii")
+    if record.sha256:
+        extras["sha256"] = record.sha256
+    return extras
+
+
+def _record_from_entry(entry: dict, pixels: np.ndarray) -> ImageRecord:
+    return ImageRecord(pixels=pixels, mode=entry["image_mode"], format=str(entry["format"]),
+                       png_before=base64.b64decode(entry.get("png_before", ""), validate=True),
+                       png_after=base64.b64decode(entry.get("png_after", ""), validate=True),
+                       sha256=str(entry.get("sha256", "")))
+
+
 class _Compressor:
-    def __init__(self, writer: ArchiveWriter, adapter: OnlineAdapter, progress: Progress | None) -> None:
+    def __init__(self, writer: ArchiveWriter, adapter: OnlineAdapter, progress: Progress | None,
+                 byte_exact: bool = False) -> None:
         self.writer, self.adapter, self.progress = writer, adapter, progress
+        self.byte_exact = byte_exact
         self.summary = Summary()
         self.group: list[tuple[Entry, ImageRecord]] = []
         self.group_subpixels = 0
@@ -110,7 +131,7 @@ class _Compressor:
         elif entry.kind == FILE:
             self.summary.input_bytes += entry.size
             self.summary.files += 1
-            record = read_image(entry.source)
+            record = read_image(entry.source, self.byte_exact)
             if record is None:
                 self._general_file(entry)
             else:
@@ -147,7 +168,8 @@ class _Compressor:
         if not self.group:
             return
         table = [{**encode_name(e.name), "mode": e.mode, "mtime_ns": e.mtime_ns, "height": r.pixels.shape[0],
-                  "width": r.pixels.shape[1], "image_mode": r.mode, "format": r.format} for e, r in self.group]
+                  "width": r.pixels.shape[1], "image_mode": r.mode, "format": r.format, **_image_extras(r)}
+                 for e, r in self.group]
         # xz: on 28x28 images the plain JSON table alone would cost ~1 bit per sub-pixel.
         self.writer.write_chunk(b"IMGS", lzma.compress(canonical_json(table), preset=9))
         padded = [pad_even(r.pixels) for _, r in self.group]
@@ -175,7 +197,7 @@ def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:
 
 def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
              adaptation: AdaptationConfig = AdaptationConfig(), progress: Progress | None = None,
-             warn: Warn = lambda message: None) -> Summary:
+             warn: Warn = lambda message: None, byte_exact: bool = False) -> Summary:
     """Archive the sources into ``output``.
 
     A source is a path (a directory contributes its contents, a file its name)
@@ -194,7 +216,7 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
         "engine": ENGINE,
         "adaptation": adaptation.to_header(),
     })
-    compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress)
+    compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress, byte_exact)
     for entry in entries:
         compressor.add(entry)
     compressor.flush_images()
@@ -316,7 +338,7 @@ class _Decoder:
             scatter(batch, tiles, padded)
             self.summary.image_bits += 8 * len(payload)
         for entry, pixels, (h, w, _) in zip(table, padded, shapes):
-            record = ImageRecord(pixels=pixels[:h, :w], mode=entry["image_mode"], format=str(entry["format"]))
+            record = _record_from_entry(entry, pixels[:h, :w])
             self.sink.image(decode_name(entry), record, int(entry["mode"]), int(entry["mtime_ns"]))
             self.summary.images += 1
             self.summary.files += 1
@@ -340,7 +362,10 @@ class _StagingSink:
 
     def image(self, name, record, mode, mtime_ns) -> None:
         path = self.staging.path(name)
-        write_image(path, record)
+        try:
+            write_image(path, record)
+        except CannotReproduce as error:
+            raise ArchiveError(f"image {name!r}: {error}") from None
         self.staging.finish_file(path, mode, mtime_ns)
 
     def directory(self, name, mode, mtime_ns) -> None:

@@ -81,11 +81,14 @@ def main() -> None:
               show_default=True, help="Tiles per batch (one adaptation step per batch).")
 @click.option("--tile-size", type=click.IntRange(2, 512), default=AdaptationConfig.tile_size, show_default=True,
               help="Images are cut into tiles of this side (even).")
+@click.option("--byte-exact", is_flag=True,
+              help="Restore images byte for byte: an image takes the model path only if re-encoding "
+                   "its pixels gives back the original file exactly.")
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing archive.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print per-batch statistics.")
 def compress_command(sources, archive, files_from, null_separated, model, no_adapt, learning_rate, steps_per_batch,
-                     batch_size, tile_size, force, quiet, verbose) -> None:
+                     batch_size, tile_size, byte_exact, force, quiet, verbose) -> None:
     """Pack SOURCES into ARCHIVE ('-' for standard output).
 
     A folder contributes its contents, a file its name; paths from --files-from
@@ -104,11 +107,12 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
                                   batch_size=batch_size, tile_size=tile_size)
         with _progress(None, quiet, "tiles") as progress:
             if str(archive) == "-":
-                summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet))
+                summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet), byte_exact)
             else:
                 if archive.exists() and not force:
                     raise UsageError(f"{archive} exists (use -f to overwrite)")
-                summary = _compress_to_file(sources, archive, model, config, progress, _warner(quiet))
+                summary = _compress_to_file(sources, archive, model, config, progress, _warner(quiet),
+                                            byte_exact)
         if not quiet:
             _report(summary, "compressed", verbose)
 
@@ -126,13 +130,13 @@ def _warner(quiet: bool):
     return (lambda message: None) if quiet else (lambda message: click.echo(f"osoa-zip: warning: {message}", err=True))
 
 
-def _compress_to_file(sources, archive: Path, model, config, progress, warn):
+def _compress_to_file(sources, archive: Path, model, config, progress, warn, byte_exact):
     """Write beside the target and rename at the end: never a half-written archive."""
     directory = archive.resolve().parent
     handle, temporary = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".part", dir=directory)
     try:
         with os.fdopen(handle, "wb") as output:
-            summary = compress(sources, output, model, config, progress, warn)
+            summary = compress(sources, output, model, config, progress, warn, byte_exact)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 is not what users expect

@@ -88,8 +88,6 @@ def _more_general_path_cases(tmp_path):
         "gif": _save(tmp_path, "a.gif", rgb),
         "1-bit": _save(tmp_path, "one.png", rgb.convert("1")),
         "LA": _save(tmp_path, "la.png", rgb.convert("LA")),
-        "RGB with tRNS": _save(tmp_path, "trns.png", rgb, transparency=(0, 0, 0)),
-        "dpi": _save(tmp_path, "dpi.png", rgb, dpi=(300, 300)),
         "lossless webp": _save(tmp_path, "g.webp", gray, lossless=True),
         "CMYK tiff": _save(tmp_path, "cmyk.tif", rgb.convert("CMYK")),
         "two-page tiff": _save(tmp_path, "pages.tif", gray, save_all=True, append_images=[gray.rotate(90)]),
@@ -179,3 +177,35 @@ def test_data_outside_pixels_and_info_is_not_lost(tmp_path, make):
     restored = tmp_path / "restored"
     write_image(restored, record)
     assert must_survive in restored.read_bytes()
+
+
+@pytest.mark.parametrize("name, options", [
+    ("trns.png", {"transparency": (0, 0, 0)}),
+    ("dpi.png", {"dpi": (300, 300)}),
+    ("gamma-icc.png", {"icc_profile": b"not really a profile but kept verbatim" * 10}),
+])
+def test_png_metadata_is_kept_verbatim(tmp_path, name, options):
+    """Metadata PNGs take the model path and come back with every ancillary chunk byte-identical."""
+    with Image.open(RGB_EXAMPLE) as opened:
+        path = _save(tmp_path, name, opened.copy(), **options)
+    record = read_image(path)
+    assert record is not None and record.png_before
+    restored = tmp_path / ("restored-" + name)
+    write_image(restored, record)
+    again = read_image(restored)
+    assert (again.png_before, again.png_after) == (record.png_before, record.png_after)
+    with Image.open(path) as a, Image.open(restored) as b:
+        assert a.info == b.info and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_byte_exact_records_only_reproducible_files(tmp_path):
+    """--byte-exact: Pillow-written PNGs qualify (and carry their hash); others do not."""
+    record = read_image(RGB_EXAMPLE, byte_exact=True)
+    if record is not None:
+        restored = tmp_path / "again.png"
+        write_image(restored, record)
+        assert restored.read_bytes() == RGB_EXAMPLE.read_bytes()
+    with Image.open(RGB_EXAMPLE) as opened:
+        heavy = _save(tmp_path, "level1.png", opened.copy(), compress_level=1)
+    assert read_image(heavy) is not None
+    assert read_image(heavy, byte_exact=True) is None

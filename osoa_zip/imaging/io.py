@@ -1,14 +1,20 @@
 """Decide which files the model may code, and write them back.
 
 A file takes the model path only when Pillow reads it as a single 8-bit L or
-RGB frame in a lossless format *and* writing the decoded pixels back in that
-format and reading them again gives the same pixels, mode and metadata, with
-nothing else in the file that Pillow would drop (see _is_reproducible).
-Everything else (JPEG, 16-bit, palettes, metadata we cannot reproduce,
-corrupt files) is an ordinary file for the general path: never an error.
+RGB frame in a lossless format and writing the decoded pixels back loses
+nothing but the pixel encoding:
+
+* PNG: every chunk besides IHDR/IDAT/IEND (text, ICC profile, gamma, DPI,
+  EXIF, transparency, private chunks) is kept verbatim and spliced back
+  around Pillow's IDAT on restore, so metadata survive byte for byte;
+* BMP, PPM/PGM, TIFF: only when Pillow re-writes the file byte for byte.
+
+Everything else (JPEG, 16-bit, palettes, alpha, corrupt files) is an
+ordinary file for the general path: never an error.
 """
 from __future__ import annotations
 
+import hashlib
 import io
 import warnings
 from dataclasses import dataclass
@@ -21,6 +27,7 @@ LOSSLESS_FORMATS = ("PNG", "BMP", "PPM", "TIFF")
 MODEL_MODES = {"L": 1, "RGB": 3}
 # Pillow's own bomb limit is a warning up to 2x; we refuse anything above it.
 MAX_IMAGE_PIXELS = 178_956_970
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 @dataclass
@@ -28,12 +35,55 @@ class ImageRecord:
     pixels: np.ndarray  # H x W x C, uint8
     mode: str
     format: str
+    png_before: bytes = b""  # PNG chunks between IHDR and the first IDAT, verbatim
+    png_after: bytes = b""   # PNG chunks between the last IDAT and IEND, verbatim
+    sha256: str = ""         # of the original file, when its exact bytes are promised
 
 
 def _encode(pixels: np.ndarray, mode: str, image_format: str) -> bytes:
     buffer = io.BytesIO()
     Image.fromarray(pixels[:, :, 0] if mode == "L" else pixels, mode).save(buffer, format=image_format)
     return buffer.getvalue()
+
+
+def png_chunks(data: bytes) -> list[tuple[bytes, bytes]] | None:
+    """(type, whole chunk bytes) in order, or None unless the file is exactly a chunk list."""
+    if not data.startswith(PNG_SIGNATURE):
+        return None
+    chunks, position = [], len(PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        length = int.from_bytes(data[position:position + 4], "big")
+        end = position + 12 + length
+        chunks.append((data[position + 4:position + 8], data[position:end]))
+        position = end
+    if position != len(data) or not chunks or chunks[0][0] != b"IHDR" or chunks[-1][0] != b"IEND":
+        return None
+    return chunks
+
+
+def _split_png(data: bytes) -> tuple[bytes, bytes] | None:
+    """The ancillary chunks before and after the image data, or None if IDATs are not contiguous."""
+    chunks = png_chunks(data)
+    if chunks is None:
+        return None
+    types = [kind for kind, _ in chunks]
+    if b"IDAT" not in types:
+        return None
+    first = types.index(b"IDAT")
+    last = len(types) - 1 - types[::-1].index(b"IDAT")
+    if any(kind != b"IDAT" for kind in types[first:last + 1]) or b"IHDR" in types[1:] or b"IEND" in types[:-1]:
+        return None
+    return (b"".join(raw for _, raw in chunks[1:first]), b"".join(raw for _, raw in chunks[last + 1:-1]))
+
+
+def encode_image(record: ImageRecord) -> bytes:
+    """The file bytes to restore: Pillow's encoding, with PNG metadata spliced back."""
+    data = _encode(record.pixels, record.mode, record.format)
+    if record.format != "PNG" or not (record.png_before or record.png_after):
+        return data
+    chunks = png_chunks(data)
+    image_data = b"".join(raw for kind, raw in chunks if kind == b"IDAT")
+    return PNG_SIGNATURE + chunks[0][1] + record.png_before + image_data + record.png_after + chunks[-1][1]
 
 
 def _open_pixels(source) -> tuple[np.ndarray, str, str, dict, int]:
@@ -47,54 +97,46 @@ def _open_pixels(source) -> tuple[np.ndarray, str, str, dict, int]:
             return pixels, image.mode, image.format, dict(image.info), getattr(image, "n_frames", 1)
 
 
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-PNG_PLAIN_CHUNKS = {b"IHDR", b"IDAT", b"IEND"}
+def read_image(path: Path, byte_exact: bool = False) -> ImageRecord | None:
+    """The pixels of a model-path image, or None for the general path.
 
-
-def png_chunk_types(data: bytes) -> set[bytes] | None:
-    """The chunk types of a PNG file, or None if its structure is broken."""
-    if not data.startswith(PNG_SIGNATURE):
-        return None
-    types, position = set(), len(PNG_SIGNATURE)
-    while position + 8 <= len(data):
-        length = int.from_bytes(data[position:position + 4], "big")
-        types.add(data[position + 4:position + 8])
-        position += 12 + length
-    return types if position == len(data) else None
-
-
-def _is_reproducible(original: bytes, rewritten: bytes, image_format: str) -> bool:
-    """Would writing the pixels back lose anything besides the pixel encoding?
-
-    PNG: only if the file has no chunk besides IHDR/IDAT/IEND (ancillary
-    chunks such as text, gamma or private data are not all visible through
-    Pillow).  Other formats: only if the re-written file is byte-identical
-    (TIFF tags, PPM comments and BMP headers then survive by construction).
+    With byte_exact, only images whose restored file would be byte-identical
+    qualify, and the record carries the original's SHA-256 for the decoder to check.
     """
-    if image_format == "PNG":
-        return png_chunk_types(original) == PNG_PLAIN_CHUNKS
-    return original == rewritten
-
-
-def read_image(path: Path) -> ImageRecord | None:
-    """The pixels of a model-path image, or None for the general path."""
     try:
         original = Path(path).read_bytes()
         pixels, mode, image_format, info, frames = _open_pixels(io.BytesIO(original))
         if image_format not in LOSSLESS_FORMATS or mode not in MODEL_MODES or frames != 1:
             return None
-        pixels = pixels.reshape(pixels.shape[0], pixels.shape[1], MODEL_MODES[mode])
-        rewritten = _encode(pixels, mode, image_format)
-        again, mode2, format2, info2, _ = _open_pixels(io.BytesIO(rewritten))
+        record = ImageRecord(pixels=np.ascontiguousarray(pixels.reshape(pixels.shape[0], pixels.shape[1],
+                                                                          MODEL_MODES[mode])),
+                             mode=mode, format=image_format)
+        if image_format == "PNG":
+            ancillary = _split_png(original)
+            if ancillary is None:
+                return None
+            record.png_before, record.png_after = ancillary
+        restored = encode_image(record)
+        if image_format != "PNG" or byte_exact:
+            if restored != original:
+                return None
+        again, mode2, format2, info2, _ = _open_pixels(io.BytesIO(restored))
         if (mode2, format2, info2) != (mode, image_format, info) or not np.array_equal(
-                again.reshape(pixels.shape), pixels):
+                again.reshape(record.pixels.shape), record.pixels):
             return None
-        if not _is_reproducible(original, rewritten, image_format):
-            return None
-        return ImageRecord(pixels=np.ascontiguousarray(pixels), mode=mode, format=image_format)
+        if byte_exact:
+            record.sha256 = hashlib.sha256(original).hexdigest()
+        return record
     except Exception:  # noqa: BLE001 — any unreadable image is just a file
         return None
 
 
+class CannotReproduce(Exception):
+    """A --byte-exact image whose original bytes this machine's encoder does not give back."""
+
+
 def write_image(path: Path, record: ImageRecord) -> None:
-    path.write_bytes(_encode(record.pixels, record.mode, record.format))
+    data = encode_image(record)
+    if record.sha256 and hashlib.sha256(data).hexdigest() != record.sha256:
+        raise CannotReproduce("the image encoder here does not reproduce its exact bytes (the pixels are intact)")
+    path.write_bytes(data)

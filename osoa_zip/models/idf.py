@@ -13,6 +13,22 @@ likelihood is exact and every latent can be entropy coded.
 One traversal (``_traverse``) serves training, encoding and decoding: at each
 factor it asks a ``take`` callback for the pixel values of the factor's
 target, which the encoder knows and the decoder decodes.
+
+Cross-channel conditioning (config ``channel_coupling``, RGB only; v2): as in
+PixelCNN++, each coupling's network also predicts per-pixel coefficients
+that make a channel's translation depend linearly on the channels before it
+at the same position, whose true values are known by then:
+
+    t_G += a * (x_R - base_R)
+    t_B += b * (x_R - base_R) + c * (x_G - base_G)
+
+Each coupling is then coded as one factor per channel (R, then G, then B;
+keys ``(level, name, channel)``), so the decoder has x_R before it needs
+G's offset.  The coefficients are network outputs on the activation grid,
+clamped to +-COEFFICIENT_LIMIT; the products are exact dyadic numbers and
+their sum is floored back onto the activation grid before the rounding, so
+the exact engine stays exact.  Without the key the network, its parameters
+and its factors are exactly those of v1.
 """
 from __future__ import annotations
 
@@ -29,6 +45,7 @@ from ..exact.logistic import LogisticTables, nll_bits
 CONTEXT_SCALE = 1.0 / 64.0  # pixels enter the networks in [-2, 2)
 PIXEL_CENTER = 128.0
 MIN_FINAL_SIDE = 4
+COEFFICIENT_LIMIT = 2.0  # cross-channel coefficients are clamped to [-2, 2]
 
 Take = Callable[[tuple, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
 
@@ -64,22 +81,35 @@ def context(*pixels: torch.Tensor) -> torch.Tensor:
     return (torch.cat(pixels, dim=1) - PIXEL_CENTER) * CONTEXT_SCALE
 
 
-class LevelPredictor(nn.Module):
-    """The two couplings of one level: s1,s2 | s0, then s3 | s0,s1,s2."""
+def coefficient_count(channels: int) -> int:
+    """Cross-channel coefficients per pixel of one sub-lattice: one per earlier channel."""
+    return channels * (channels - 1) // 2
 
-    def __init__(self, channels: int, hidden: int, depth: int):
+
+class LevelPredictor(nn.Module):
+    """The two couplings of one level: s1,s2 | s0, then s3 | s0,s1,s2.
+
+    With ``coefficients`` > 0 each network's output ends with that many
+    cross-channel coefficients per predicted sub-lattice (after the
+    translation, mean and log-scale blocks).
+    """
+
+    def __init__(self, channels: int, hidden: int, depth: int, coefficients: int = 0):
         super().__init__()
-        self.edges = ConvStack(channels, hidden, 3 * 2 * channels, depth)
-        self.centres = ConvStack(3 * channels, hidden, 3 * channels, depth)
+        self.edges = ConvStack(channels, hidden, 3 * 2 * channels + 2 * coefficients, depth)
+        self.centres = ConvStack(3 * channels, hidden, 3 * channels + coefficients, depth)
 
 
 class SubLatticeFlow(nn.Module):
     """The flow for images of one channel count (1 = L, 3 = RGB)."""
 
-    def __init__(self, channels: int, hidden: int, depth: int, levels: int):
+    def __init__(self, channels: int, hidden: int, depth: int, levels: int, channel_coupling: bool = False):
         super().__init__()
         self.channels = channels
-        self.levels = nn.ModuleList(LevelPredictor(channels, hidden, depth) for _ in range(levels))
+        # One channel has nothing to condition on: the flag is then a no-op.
+        self.channel_coupling = bool(channel_coupling) and channels > 1
+        coefficients = coefficient_count(channels) if self.channel_coupling else 0
+        self.levels = nn.ModuleList(LevelPredictor(channels, hidden, depth, coefficients) for _ in range(levels))
         self.final_mean = nn.Parameter(torch.zeros(channels))
         self.final_log_scale = nn.Parameter(torch.full((channels,), 3.5))
         self.tables: LogisticTables | None = None
@@ -107,11 +137,34 @@ class SubLatticeFlow(nn.Module):
             y = merge_sublattices(s0, s1, s2, s3)
         return y
 
-    @staticmethod
-    def _coupling(net, features, base, take: Take, key) -> torch.Tensor:
-        translation, mean, log_scale = net(features).chunk(3, dim=1)
-        offset = round_to_integer(base + translation)
-        return take(key, mean, log_scale, offset)
+    def _coupling(self, net, features, base, take: Take, key) -> torch.Tensor:
+        """Predict one group of sub-lattices (base has their layout: sub-lattice-major)."""
+        if not self.channel_coupling:
+            translation, mean, log_scale = net(features).chunk(3, dim=1)
+            offset = round_to_integer(base + translation)
+            return take(key, mean, log_scale, offset)
+        channels, width = self.channels, base.shape[1]
+        pairs = coefficient_count(channels)
+        output = net(features)
+        translation, mean, log_scale = output[:, :3 * width].chunk(3, dim=1)
+        coefficients = torch.clamp(output[:, 3 * width:], -COEFFICIENT_LIMIT, COEFFICIENT_LIMIT)
+        # Channel c of every sub-lattice in the group: c, c + C, ...; coefficient
+        # p of every sub-lattice: p, p + pairs, ...  Pair p = (c, j), j < c, in
+        # the order (1,0), (2,0), (2,1).
+        values, deviations, pair = [], [], 0
+        for c in range(channels):
+            pick = slice(c, None, channels)
+            shift = base[:, pick] + translation[:, pick]
+            if c:
+                cross = sum(coefficients[:, pair + j::pairs] * deviations[j] for j in range(c))
+                shift = shift + quantize_activation(cross)
+                pair += c
+            offset = round_to_integer(shift)
+            value = take(key + (c,), mean[:, pick], log_scale[:, pick], offset)
+            values.append(value)
+            deviations.append(value - base[:, pick])
+        batch, groups, height, width_ = values[0].shape
+        return torch.stack(values, dim=2).reshape(batch, groups * channels, height, width_)
 
     # -- the model API ------------------------------------------------------
     @staticmethod
@@ -126,6 +179,12 @@ class SubLatticeFlow(nn.Module):
         targets[("final",)] = y
         return targets
 
+    def _target(self, targets: dict, key: tuple) -> torch.Tensor:
+        """A factor's target; keys with a third element name one channel of a coupling."""
+        if len(key) == 3:
+            return targets[key[:2]][:, key[2]::self.channels]
+        return targets[key]
+
     def nll(self, pixels: torch.Tensor) -> torch.Tensor:
         """Total negative log-likelihood of a batch in bits (differentiable)."""
         pixels = pixels.to(self.final_mean.dtype)
@@ -133,7 +192,7 @@ class SubLatticeFlow(nn.Module):
         terms = []
 
         def take(key, mean, log_scale, offset):
-            target = targets[key]
+            target = self._target(targets, key)
             terms.append(nll_bits(target - offset, mean, log_scale, self.tables).sum())
             return target
 
@@ -146,7 +205,7 @@ class SubLatticeFlow(nn.Module):
         targets = self._targets(pixels)
 
         def take(key, mean, log_scale, offset):
-            target = targets[key]
+            target = self._target(targets, key)
             push_factor(encoder, self.tables, target - offset, mean, log_scale)
             return target
 
