@@ -35,6 +35,7 @@ from .imaging.tiles import gather, pad_even, plan_batches, scatter
 from .models.registry import DEFAULT_MODEL, ModelError, load_model
 
 DATA_CHUNK_BYTES = 1 << 24
+CHUNK_OVERHEAD = 16  # tag, length and CRC of one chunk
 GROUP_SUBPIXELS = 1 << 25       # images are coded in groups of about this many sub-pixels
 MAX_IMAGE_SUBPIXELS = 1 << 30   # a declared image larger than this is refused
 CODEC_STORE, CODEC_XZ = 0, 1
@@ -171,19 +172,31 @@ class _Compressor:
                   "width": r.pixels.shape[1], "image_mode": r.mode, "format": r.format, **_image_extras(r)}
                  for e, r in self.group]
         # xz: on 28x28 images the plain JSON table alone would cost ~1 bit per sub-pixel.
-        self.writer.write_chunk(b"IMGS", lzma.compress(canonical_json(table), preset=9))
+        packed_table = lzma.compress(canonical_json(table), preset=9)
         padded = [pad_even(r.pixels) for _, r in self.group]
         config = self.adapter.config
-        for batch in plan_batches([r.pixels.shape for _, r in self.group], config.tile_size, config.batch_size):
-            data, stats = self.adapter.encode(gather(batch, padded))
+        before = self.adapter.snapshot()
+        coded = [self.adapter.encode(gather(batch, padded))
+                 for batch in plan_batches([r.pixels.shape for _, r in self.group], config.tile_size,
+                                           config.batch_size)]
+        group, self.group, self.group_subpixels = self.group, [], 0
+        coded_bytes = len(packed_table) + sum(len(data) + CHUNK_OVERHEAD for data, _ in coded)
+        if coded_bytes > sum(entry.size for entry, _ in group):
+            # Never larger than the files themselves: forget this group's adaptation
+            # (the decoder never sees it) and store the files as they are.
+            self.adapter.restore(before)
+            for entry, _ in group:
+                self._general_file(entry)
+            return
+        self.writer.write_chunk(b"IMGS", packed_table)
+        for data, stats in coded:
             self.writer.write_chunk(b"BATC", data)
             self.summary.batches.append(stats)
             self.summary.image_bits += stats.bits
-        self.summary.images += len(self.group)
-        self.summary.image_subpixels += sum(r.pixels.size for _, r in self.group)
+        self.summary.images += len(group)
+        self.summary.image_subpixels += sum(r.pixels.size for _, r in group)
         if self.progress:
-            self.progress(len(self.group))
-        self.group, self.group_subpixels = [], 0
+            self.progress(len(group))
 
 
 def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:

@@ -4,6 +4,12 @@
   python scripts/pretrain.py train --channels 1 --data data/train_gray32.npy --steps 20000 --run runs/v1
   python scripts/pretrain.py export --run runs/v1 --name idf-sublattice-v1
 
+v2 (cross-channel conditioning for RGB, warm-started from v1; gray reused from v1):
+
+  python scripts/pretrain.py train --channels 3 --data data/train_rgb32.npy --steps 14000 --run runs/v2 \
+      --channel-coupling --mean-remainder --init-from runs/v1/rgb.safetensors
+  python scripts/pretrain.py export --run runs/v2 --reuse gray=runs/v1 --name idf-sublattice-v2
+
 `train` checkpoints to RUN/<gray|rgb>.safetensors every few hundred steps and
 resumes from there, so an interrupted run loses little.  The corpus comes from
 scripts/build_corpus.py.
@@ -19,7 +25,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from osoa_zip.models.registry import CHANNEL_PREFIXES, build_networks
-from osoa_zip.models.training import evaluate, export, train
+from osoa_zip.models.training import evaluate, export, train, warm_start
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -29,6 +35,10 @@ def command_train(args) -> None:
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
     config = {"hidden": args.hidden, "depth": args.depth, "levels": args.levels}
+    if args.channel_coupling:
+        config["channel_coupling"] = True
+    if args.mean_remainder:
+        config["mean_remainder"] = True
     (run / "config.json").write_text(json.dumps(config))
     prefix = CHANNEL_PREFIXES[args.channels]
     network = build_networks(config)[args.channels]
@@ -37,6 +47,9 @@ def command_train(args) -> None:
     if weights.is_file():
         network.load_state_dict(load_file(str(weights)))
         done = json.loads(progress.read_text())["step"]
+    elif args.init_from:
+        widened = warm_start(network, load_file(args.init_from))
+        print(f"warm start from {args.init_from}; zero rows appended to {len(widened)} tensors", flush=True)
     tiles = np.load(args.data, mmap_mode="r")
     rng = np.random.default_rng(1234)
     held_out = np.asarray(tiles[rng.choice(len(tiles), 512, replace=False)])
@@ -62,15 +75,24 @@ def command_export(args) -> None:
     run = Path(args.run)
     config = json.loads((run / "config.json").read_text())
     networks = build_networks(config)
+    reuse = dict(item.split("=", 1) for item in args.reuse)
     stats = {}
     for channels, network in networks.items():
         prefix = CHANNEL_PREFIXES[channels]
-        network.load_state_dict(load_file(str(run / f"{prefix}.safetensors")))
-        stats[prefix] = json.loads((run / f"{prefix}.json").read_text())
+        source = Path(reuse.get(prefix, run))
+        network.load_state_dict(load_file(str(source / f"{prefix}.safetensors")))
+        stats[prefix] = json.loads((source / f"{prefix}.json").read_text())
+        if source != run:
+            stats[prefix]["reused_from"] = str(source)
+    recipe = f"scripts/pretrain.py, {stats}"
+    if args.recipe_note:
+        recipe = f"{args.recipe_note}; {recipe}"
+    extra = {"training": {"recipe": recipe, "data": args.data_note}}
+    if args.validation_bpsp:
+        extra["validation_bpsp"] = json.loads(args.validation_bpsp)
     models = REPO / "models"
     digest = export(models / f"{args.name}.safetensors", config, networks, models / "manifest.json",
-                    args.name, args.description,
-                    {"training": {"recipe": f"scripts/pretrain.py, {stats}", "data": args.data_note}})
+                    args.name, args.description, extra)
     print(args.name, digest)
 
 
@@ -88,10 +110,19 @@ def main() -> None:
     t.add_argument("--depth", type=int, default=3)
     t.add_argument("--levels", type=int, default=3)
     t.add_argument("--threads", type=int, default=1)
+    t.add_argument("--channel-coupling", action="store_true", help="v2: cross-channel conditioning (RGB)")
+    t.add_argument("--mean-remainder", action="store_true",
+                   help="v2: add the translation's rounding remainder to the logistic mean (with coupling)")
+    t.add_argument("--init-from", help="warm start from these weights (e.g. runs/v1/rgb.safetensors)")
     e = sub.add_parser("export")
     e.add_argument("--run", required=True)
     e.add_argument("--name", required=True)
     e.add_argument("--description", default="")
+    e.add_argument("--reuse", action="append", default=[], metavar="PREFIX=RUN",
+                   help="take PREFIX's (gray/rgb) weights and stats from another run, e.g. gray=runs/v1")
+    e.add_argument("--recipe-note", default="", help="prepended to the recorded recipe")
+    e.add_argument("--validation-bpsp", default="",
+                   help='JSON recorded as the entry\'s validation_bpsp, e.g. \'{"tiles32": 3.0}\'')
     e.add_argument("--data-note", default="scripts/build_corpus.py training split (see data/split.json)")
     args = parser.parse_args()
     {"train": command_train, "export": command_export}[args.command](args)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import os
 import shutil
+
+import osoa_zip  # noqa: F401  (first: sets OpenMP's passive wait policy before torch loads)
 from pathlib import Path
 
 import numpy as np

@@ -77,6 +77,13 @@ class OnlineAdapter:
                                                    (self.config.beta1, self.config.beta2), self.config.epsilon)
         return self._networks[channels]
 
+    def snapshot(self):
+        """The whole adaptation state (weights and optimiser moments), to roll back to."""
+        return copy.deepcopy((self._networks, self._optimizers))
+
+    def restore(self, state) -> None:
+        self._networks, self._optimizers = state
+
     def encode(self, tiles: np.ndarray) -> tuple[bytes, BatchStatistics]:
         """Code a B x C x H x W uint8 batch, then adapt on it."""
         started = time.perf_counter()

@@ -29,6 +29,14 @@ clamped to +-COEFFICIENT_LIMIT; the products are exact dyadic numbers and
 their sum is floored back onto the activation grid before the rounding, so
 the exact engine stays exact.  Without the key the network, its parameters
 and its factors are exactly those of v1.
+
+With ``mean_remainder`` as well (v2), the rounding remainder
+``shift - round(shift)`` of each channel's translation is added to that
+factor's logistic mean, so x ~ DLogistic(shift + mean) with a full-precision
+shift: the fractional part of a * (x_R - base_R) depends on the just-decoded
+x_R, which the network cannot see, and would otherwise be lost to rounding.
+The remainder is on the activation grid (shift is), so the sum is exact.
+Both flags act only on networks with more than one channel.
 """
 from __future__ import annotations
 
@@ -103,11 +111,14 @@ class LevelPredictor(nn.Module):
 class SubLatticeFlow(nn.Module):
     """The flow for images of one channel count (1 = L, 3 = RGB)."""
 
-    def __init__(self, channels: int, hidden: int, depth: int, levels: int, channel_coupling: bool = False):
+    def __init__(self, channels: int, hidden: int, depth: int, levels: int, channel_coupling: bool = False,
+                 mean_remainder: bool = False):
         super().__init__()
         self.channels = channels
-        # One channel has nothing to condition on: the flag is then a no-op.
+        # One channel has nothing to condition on: both flags are then no-ops,
+        # so a v2 checkpoint's gray network is v1's.
         self.channel_coupling = bool(channel_coupling) and channels > 1
+        self.mean_remainder = bool(mean_remainder) and self.channel_coupling
         coefficients = coefficient_count(channels) if self.channel_coupling else 0
         self.levels = nn.ModuleList(LevelPredictor(channels, hidden, depth, coefficients) for _ in range(levels))
         self.final_mean = nn.Parameter(torch.zeros(channels))
@@ -143,11 +154,11 @@ class SubLatticeFlow(nn.Module):
             translation, mean, log_scale = net(features).chunk(3, dim=1)
             offset = round_to_integer(base + translation)
             return take(key, mean, log_scale, offset)
-        channels, width = self.channels, base.shape[1]
+        channels, predicted = self.channels, base.shape[1]
         pairs = coefficient_count(channels)
         output = net(features)
-        translation, mean, log_scale = output[:, :3 * width].chunk(3, dim=1)
-        coefficients = torch.clamp(output[:, 3 * width:], -COEFFICIENT_LIMIT, COEFFICIENT_LIMIT)
+        translation, mean, log_scale = output[:, :3 * predicted].chunk(3, dim=1)
+        coefficients = torch.clamp(output[:, 3 * predicted:], -COEFFICIENT_LIMIT, COEFFICIENT_LIMIT)
         # Channel c of every sub-lattice in the group: c, c + C, ...; coefficient
         # p of every sub-lattice: p, p + pairs, ...  Pair p = (c, j), j < c, in
         # the order (1,0), (2,0), (2,1).
@@ -160,11 +171,14 @@ class SubLatticeFlow(nn.Module):
                 shift = shift + quantize_activation(cross)
                 pair += c
             offset = round_to_integer(shift)
-            value = take(key + (c,), mean[:, pick], log_scale[:, pick], offset)
+            centre = mean[:, pick]
+            if self.mean_remainder:
+                centre = centre + (shift - offset)
+            value = take(key + (c,), centre, log_scale[:, pick], offset)
             values.append(value)
             deviations.append(value - base[:, pick])
-        batch, groups, height, width_ = values[0].shape
-        return torch.stack(values, dim=2).reshape(batch, groups * channels, height, width_)
+        batch, groups, height, width = values[0].shape
+        return torch.stack(values, dim=2).reshape(batch, groups * channels, height, width)
 
     # -- the model API ------------------------------------------------------
     @staticmethod

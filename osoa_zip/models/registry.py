@@ -26,6 +26,9 @@ from .idf import SubLatticeFlow
 MANIFEST = "manifest.json"
 CHANNEL_PREFIXES = {1: "gray", 3: "rgb"}
 DEFAULT_MODEL = "idf-sublattice-v1"
+# Architecture keys this version understands; a checkpoint naming another one
+# was made by a newer version and is refused rather than misread.
+CONFIG_KEYS = {"hidden", "depth", "levels", "channel_coupling", "mean_remainder"}
 
 
 class ModelError(Exception):
@@ -77,7 +80,16 @@ class FlowBundle:
 
 
 def build_networks(config: dict) -> dict[int, SubLatticeFlow]:
-    return {channels: SubLatticeFlow(channels, config["hidden"], config["depth"], config["levels"])
+    """The networks a config describes.
+
+    ``channel_coupling`` and ``mean_remainder`` (v2) add cross-channel
+    conditioning to the RGB network (the gray one is unaffected); configs
+    without them (v1, the tiny test model) build exactly the networks they
+    always did.
+    """
+    return {channels: SubLatticeFlow(channels, config["hidden"], config["depth"], config["levels"],
+                                     channel_coupling=bool(config.get("channel_coupling", False)),
+                                     mean_remainder=bool(config.get("mean_remainder", False)))
             for channels in CHANNEL_PREFIXES}
 
 
@@ -106,6 +118,9 @@ def load_checkpoint(path: Path, name: str, sha256: str) -> FlowBundle:
     with safe_open(str(path), framework="pt") as reader:
         metadata = reader.metadata() or {}
     config = json.loads(metadata["config"])
+    unknown = set(config) - CONFIG_KEYS
+    if unknown:
+        raise ModelError(f"model {name!r} needs architecture features this version lacks: {sorted(unknown)}")
     tables = LogisticTables.from_tensors({key.split(".", 1)[1]: value for key, value in tensors.items()
                                           if key.startswith("tables.")})
     networks = build_networks(config)

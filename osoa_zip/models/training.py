@@ -82,9 +82,38 @@ def export(path: Path, config: dict, networks: dict[int, SubLatticeFlow], manife
     return digest
 
 
+@torch.no_grad()
+def warm_start(network: SubLatticeFlow, state: dict[str, torch.Tensor]) -> list[str]:
+    """Load weights of a smaller-output ancestor (e.g. v1 into v2); return the widened keys.
+
+    Tensors of the same shape are copied.  A tensor that is wider along its
+    first (output) dimension, as the last conv of each coupling is when v2
+    adds cross-channel coefficients, takes the ancestor's rows and zeros for
+    the new ones: zero coefficients make v2 compute exactly what v1 did, so
+    training starts from v1's likelihood.
+    """
+    own = network.state_dict()
+    missing = sorted(set(own) - set(state))
+    unexpected = sorted(set(state) - set(own))
+    if missing or unexpected:
+        raise ValueError(f"warm start: missing {missing}, unexpected {unexpected}")
+    widened = []
+    for key, target in own.items():
+        source = state[key].to(target.dtype)
+        if source.shape == target.shape:
+            target.copy_(source)
+        elif source.shape[1:] == target.shape[1:] and source.shape[0] < target.shape[0]:
+            target.zero_()
+            target[:source.shape[0]] = source
+            widened.append(key)
+        else:
+            raise ValueError(f"warm start: {key} has shape {tuple(source.shape)}, need {tuple(target.shape)}")
+    return widened
+
+
 def load_networks_float(path: Path) -> dict[int, SubLatticeFlow]:
     bundle = load_checkpoint(path, name=path.stem, sha256="")
     return {c: n.to(torch.float32) for c, n in bundle.networks.items()}
 
 
-__all__ = ["train", "evaluate", "export", "build_networks", "CHANNEL_PREFIXES", "load_networks_float"]
+__all__ = ["train", "evaluate", "export", "build_networks", "CHANNEL_PREFIXES", "load_networks_float", "warm_start"]
