@@ -66,6 +66,17 @@ def subprocess_env() -> dict[str, str]:
     return {**os.environ, **SINGLE_THREAD_ENV}
 
 
+def uncompressed_copy(source: Path, destination: Path) -> Path:
+    """PNGs re-saved without compression: the tiny test model codes them smaller than
+    their files, so they take the model path (a group coded larger than its files is
+    stored instead)."""
+    destination.mkdir(parents=True)
+    for path in sorted(source.glob("*.png")):
+        with Image.open(path) as image:
+            image.save(destination / path.name, compress_level=0)
+    return destination
+
+
 def model_path_images() -> list[str]:
     names = [f"images/{p.name}" for p in sorted(EXAMPLES.glob("*.png"))] + ["images/text_chunk.png"]
     for kind in ("rgb", "gray"):
@@ -82,13 +93,14 @@ def build_tree(root: Path) -> Path:
     images = root / "images"
     images.mkdir(parents=True)
     for example in sorted(EXAMPLES.glob("*.png")):
-        shutil.copyfile(example, images / example.name)
+        with Image.open(example) as image:  # stored uncompressed so the tiny test model beats the file size
+            image.save(images / example.name, compress_level=0)
 
     crops = root / "crops"
     crops.mkdir()
     for w, h in CROP_SIZES:
-        rgb.crop((5, 3, 5 + w, 3 + h)).save(crops / f"rgb_{w}x{h}.png")
-        gray.crop((2, 7, 2 + w, 7 + h)).save(crops / f"gray_{w}x{h}.png")
+        rgb.crop((5, 3, 5 + w, 3 + h)).save(crops / f"rgb_{w}x{h}.png", compress_level=0)
+        gray.crop((2, 7, 2 + w, 7 + h)).save(crops / f"gray_{w}x{h}.png", compress_level=0)
 
     files = root / "files"
     files.mkdir()
@@ -112,7 +124,7 @@ def build_tree(root: Path) -> Path:
     (general / "truncated.png").write_bytes(whole[: len(whole) // 2])
     info = PngImagePlugin.PngInfo()
     info.add_text("Comment", "metadata the model path must keep verbatim")
-    rgb.save(images / "text_chunk.png", pnginfo=info)
+    rgb.save(images / "text_chunk.png", pnginfo=info, compress_level=0)
     return root
 
 

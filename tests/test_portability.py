@@ -23,6 +23,8 @@ from PIL import Image
 from osoa_zip.adapt.engine import AdaptationConfig
 from osoa_zip.archive import compress
 
+from conftest import uncompressed_copy
+
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "images"
 SETTINGS = dict(model="idf-tiny-test",
@@ -71,11 +73,15 @@ def _tree_digest(folder: Path) -> str:
 
 
 @pytest.fixture(scope="module")
-def archive(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("portability")
-    path = folder / "examples.osoa"
+def source(tmp_path_factory) -> Path:
+    return uncompressed_copy(EXAMPLES, tmp_path_factory.mktemp("portability") / "examples")
+
+
+@pytest.fixture(scope="module")
+def archive(source) -> Path:
+    path = source.parent / "examples.osoa"
     with open(path, "wb") as output:
-        summary = compress([EXAMPLES], output, **SETTINGS)
+        summary = compress([source], output, **SETTINGS)
     assert len(summary.batches) >= 20, "the test must adapt over at least 20 batches"
     return path
 
@@ -88,32 +94,32 @@ def _decode_under(archive: Path, tmp_path: Path, combination) -> Path:
     return destination
 
 
-def _check(archive: Path, tmp_path: Path, combination) -> None:
+def _check(archive: Path, source: Path, tmp_path: Path, combination) -> None:
     flag = REQUIRED_FLAG[combination[1]]
     if flag and flag not in _cpu_flags():
         pytest.skip(f"this CPU has no {flag}")
     destination = _decode_under(archive, tmp_path, combination)
-    assert _tree_digest(destination) == _tree_digest(EXAMPLES), f"decode differs under {combination}"
+    assert _tree_digest(destination) == _tree_digest(source), f"decode differs under {combination}"
     shutil.rmtree(destination)
 
 
 @pytest.mark.parametrize("combination", SUBSET, ids=lambda c: "-".join(str(x) for x in c))
-def test_decode_exact_in_other_environments(archive, tmp_path, combination):
-    _check(archive, tmp_path, combination)
+def test_decode_exact_in_other_environments(archive, source, tmp_path, combination):
+    _check(archive, source, tmp_path, combination)
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("combination", FULL_MATRIX, ids=lambda c: "-".join(str(x) for x in c))
-def test_decode_exact_full_matrix(archive, tmp_path, combination):
-    _check(archive, tmp_path, combination)
+def test_decode_exact_full_matrix(archive, source, tmp_path, combination):
+    _check(archive, source, tmp_path, combination)
 
 
-def test_encode_identical_in_other_environment(archive, tmp_path):
+def test_encode_identical_in_other_environment(archive, source, tmp_path):
     """Same input -> same archive bytes, whatever the machine's SIMD level."""
     other = tmp_path / "again.osoa"
     code = ("import sys; from pathlib import Path; from osoa_zip.archive import compress; "
             "from osoa_zip.adapt.engine import AdaptationConfig; "
-            f"compress([Path({str(EXAMPLES)!r})], open({str(other)!r}, 'wb'), model='idf-tiny-test', "
+            f"compress([Path({str(source)!r})], open({str(other)!r}, 'wb'), model='idf-tiny-test', "
             "adaptation=AdaptationConfig(tile_size=16, batch_size=4, learning_rate=2e-3, steps_per_batch=1))")
     result = subprocess.run([sys.executable, "-c", code], env=_environment("2", "default", "SSE41", "COMPATIBLE"),
                             capture_output=True, text=True, timeout=600)
