@@ -30,12 +30,13 @@ from .container.format import ArchiveError, ArchiveReader, ArchiveWriter, canoni
 from .exact import ENGINE
 from .files.restore import Conflict, Staging, UnsafeEntry, checked_name
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, SourceError, link_stays_inside, scan
-from .imaging.io import MODEL_MODES, CannotReproduce, ImageRecord, read_image, write_image
+from .imaging.io import COLOR_CHANNELS, MODEL_MODES, CannotReproduce, ImageRecord, read_image, write_image
 from .imaging.tiles import gather, pad_even, plan_batches, scatter
 from .models.registry import DEFAULT_MODEL, ModelError, load_model
 
 DATA_CHUNK_BYTES = 1 << 24
 CHUNK_OVERHEAD = 16  # tag, length and CRC of one chunk
+ALPHA_MODES = ("LA", "RGBA")
 GROUP_SUBPIXELS = 1 << 25       # images are coded in groups of about this many sub-pixels
 MAX_IMAGE_SUBPIXELS = 1 << 30   # a declared image larger than this is refused
 CODEC_STORE, CODEC_XZ = 0, 1
@@ -173,14 +174,18 @@ class _Compressor:
                  for e, r in self.group]
         # xz: on 28x28 images the plain JSON table alone would cost ~1 bit per sub-pixel.
         packed_table = lzma.compress(canonical_json(table), preset=9)
-        padded = [pad_even(r.pixels) for _, r in self.group]
+        colour = [r.pixels[:, :, :COLOR_CHANNELS[r.mode]] for _, r in self.group]
+        # Alpha planes (mostly flat or simple masks) go beside the model, xz-compressed.
+        alpha = b"".join(r.pixels[:, :, -1].tobytes() for _, r in self.group if r.mode in ALPHA_MODES)
+        packed_alpha = lzma.compress(alpha, preset=9) if alpha else b""
+        padded = [pad_even(c) for c in colour]
         config = self.adapter.config
         before = self.adapter.snapshot()
         coded = [self.adapter.encode(gather(batch, padded))
-                 for batch in plan_batches([r.pixels.shape for _, r in self.group], config.tile_size,
-                                           config.batch_size)]
+                 for batch in plan_batches([c.shape for c in colour], config.tile_size, config.batch_size)]
         group, self.group, self.group_subpixels = self.group, [], 0
-        coded_bytes = len(packed_table) + sum(len(data) + CHUNK_OVERHEAD for data, _ in coded)
+        coded_bytes = (len(packed_table) + len(packed_alpha) + CHUNK_OVERHEAD
+                       + sum(len(data) + CHUNK_OVERHEAD for data, _ in coded))
         if coded_bytes > sum(entry.size for entry, _ in group):
             # Never larger than the files themselves: forget this group's adaptation
             # (the decoder never sees it) and store the files as they are.
@@ -189,6 +194,8 @@ class _Compressor:
                 self._general_file(entry)
             return
         self.writer.write_chunk(b"IMGS", packed_table)
+        if alpha:
+            self.writer.write_chunk(b"ALPH", packed_alpha)
         for data, stats in coded:
             self.writer.write_chunk(b"BATC", data)
             self.summary.batches.append(stats)
@@ -333,9 +340,11 @@ class _Decoder:
                 raise ArchiveError(f"image {decode_name(entry)!r}: bad mode or size")
             if height * width * MODEL_MODES[mode] > MAX_IMAGE_SUBPIXELS:
                 raise ArchiveError(f"image {decode_name(entry)!r}: declared size {width}x{height} is too large")
-            shapes.append((height, width, MODEL_MODES[mode]))
-        if sum(h * w * c for h, w, c in shapes) > 4 * GROUP_SUBPIXELS + MAX_IMAGE_SUBPIXELS:
+            shapes.append((height, width, COLOR_CHANNELS[mode]))
+        if sum(h * w * MODEL_MODES[e["image_mode"]] for (h, w, _), e in zip(shapes, table)) \
+                > 4 * GROUP_SUBPIXELS + MAX_IMAGE_SUBPIXELS:
             raise ArchiveError("an image group declares more pixels than any encoder writes")
+        alpha = self._alpha_planes(table, shapes, chunks)
         padded = [np.zeros((h + h % 2, w + w % 2, c), np.uint8) for h, w, c in shapes]
         config = self.adapter.config
         for batch in plan_batches(shapes, config.tile_size, config.batch_size):
@@ -351,13 +360,38 @@ class _Decoder:
             scatter(batch, tiles, padded)
             self.summary.image_bits += 8 * len(payload)
         for entry, pixels, (h, w, _) in zip(table, padded, shapes):
-            record = _record_from_entry(entry, pixels[:h, :w])
+            pixels = pixels[:h, :w]
+            if entry["image_mode"] in ALPHA_MODES:
+                pixels = np.concatenate([pixels, alpha.pop(0)[:, :, None]], axis=2)
+            record = _record_from_entry(entry, pixels)
             self.sink.image(decode_name(entry), record, int(entry["mode"]), int(entry["mtime_ns"]))
             self.summary.images += 1
             self.summary.files += 1
             self.summary.image_subpixels += record.pixels.size
         if self.progress:
             self.progress(len(table))
+
+
+    @staticmethod
+    def _alpha_planes(table: list, shapes: list, chunks) -> list[np.ndarray]:
+        """The group's alpha planes (ALPH chunk), in table order, if any image has one."""
+        sizes = [(h, w) for (h, w, _), e in zip(shapes, table) if e["image_mode"] in ALPHA_MODES]
+        if not sizes:
+            return []
+        tag, payload = next(chunks, (None, None))
+        expected = sum(h * w for h, w in sizes)
+        decompressor = lzma.LZMADecompressor()
+        try:
+            data = decompressor.decompress(payload or b"", max_length=expected + 1) if tag == b"ALPH" else b""
+        except lzma.LZMAError:
+            data = b""
+        if tag != b"ALPH" or len(data) != expected or not decompressor.eof:
+            raise ArchiveError("an image group's alpha planes are missing or damaged")
+        planes, offset = [], 0
+        for h, w in sizes:
+            planes.append(np.frombuffer(data, np.uint8, h * w, offset).reshape(h, w))
+            offset += h * w
+        return planes
 
 
 class _StagingSink:

@@ -9,7 +9,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .archive import MODEL_MODES, decode_name, read_entry
+from .archive import decode_name, read_entry
+from .imaging.io import COLOR_CHANNELS, MODEL_MODES
 from .container.format import ArchiveError, ArchiveReader, read_json
 from .imaging.tiles import plan_batches
 
@@ -34,7 +35,7 @@ def read_table(source: BinaryIO) -> tuple[dict, list[Listed]]:
     try:
         adaptation = header["adaptation"]
         for tag, payload in chunks:
-            if tag in (b"STAT", b"DATA", b"BATC"):
+            if tag in (b"STAT", b"DATA", b"BATC", b"ALPH"):
                 continue
             entry = read_entry(tag, payload)
             if tag == b"FILE":
@@ -66,7 +67,7 @@ def _file(entry: dict, chunks) -> Listed:
 
 
 def _images(table: list, chunks, tile: int, batch_size: int) -> list[Listed]:
-    shapes = [(int(e["height"]), int(e["width"]), MODEL_MODES[e["image_mode"]]) for e in table]
+    shapes = [(int(e["height"]), int(e["width"]), COLOR_CHANNELS[e["image_mode"]]) for e in table]
     coded = [0.0] * len(table)
     for batch in plan_batches(shapes, tile, batch_size):
         tag, payload = next(chunks, (None, None))
@@ -74,5 +75,5 @@ def _images(table: list, chunks, tile: int, batch_size: int) -> list[Listed]:
             raise ArchiveError("batch chunk missing")
         for image, _, _ in batch.members:
             coded[image] += len(payload) / len(batch.members)
-    return [Listed(decode_name(e), "image", h * w * c, "model", b)
-            for e, (h, w, c), b in zip(table, shapes, coded)]
+    return [Listed(decode_name(e), "image", h * w * MODEL_MODES[e["image_mode"]], "model", b)
+            for e, (h, w, _), b in zip(table, shapes, coded)]

@@ -41,7 +41,6 @@ GENERAL_PATH_IMAGES = [
     "general/photo.jpg",
     "general/palette.png",
     "general/deep16.png",
-    "general/rgba.png",
     "general/truncated.png",
 ]
 NON_IMAGE_FILES = [
@@ -78,7 +77,8 @@ def uncompressed_copy(source: Path, destination: Path) -> Path:
 
 
 def model_path_images() -> list[str]:
-    names = [f"images/{p.name}" for p in sorted(EXAMPLES.glob("*.png"))] + ["images/text_chunk.png"]
+    names = [f"images/{p.name}" for p in sorted(EXAMPLES.glob("*.png"))]
+    names += ["images/text_chunk.png", "images/rgba.png", "images/la.png"]
     for kind in ("rgb", "gray"):
         names += [f"crops/{kind}_{w}x{h}.png" for w, h in CROP_SIZES]
     return names
@@ -119,7 +119,8 @@ def build_tree(root: Path) -> Path:
     Image.fromarray(np.asarray(gray).astype(np.uint16) * 257).save(general / "deep16.png")
     rgba = rgb.convert("RGBA")
     rgba.putalpha(Image.fromarray(np.asarray(gray.resize(rgb.size))))
-    rgba.save(general / "rgba.png")
+    rgba.save(images / "rgba.png", compress_level=0)
+    rgb.convert("LA").save(images / "la.png", compress_level=0)
     whole = (EXAMPLES / "0000.png").read_bytes()
     (general / "truncated.png").write_bytes(whole[: len(whole) // 2])
     info = PngImagePlugin.PngInfo()

@@ -87,7 +87,6 @@ def _more_general_path_cases(tmp_path):
     cases = {
         "gif": _save(tmp_path, "a.gif", rgb),
         "1-bit": _save(tmp_path, "one.png", rgb.convert("1")),
-        "LA": _save(tmp_path, "la.png", rgb.convert("LA")),
         "lossless webp": _save(tmp_path, "g.webp", gray, lossless=True),
         "CMYK tiff": _save(tmp_path, "cmyk.tif", rgb.convert("CMYK")),
         "two-page tiff": _save(tmp_path, "pages.tif", gray, save_all=True, append_images=[gray.rotate(90)]),

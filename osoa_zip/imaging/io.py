@@ -9,8 +9,10 @@ nothing but the pixel encoding:
   around Pillow's IDAT on restore, so metadata survive byte for byte;
 * BMP, PPM/PGM, TIFF: only when Pillow re-writes the file byte for byte.
 
-Everything else (JPEG, 16-bit, palettes, alpha, corrupt files) is an
-ordinary file for the general path: never an error.
+LA and RGBA images qualify too: the model codes the colour channels and the
+archive keeps the alpha plane beside them.  Everything else (JPEG, 16-bit,
+palettes, corrupt files) is an ordinary file for the general path: never an
+error.
 """
 from __future__ import annotations
 
@@ -24,7 +26,8 @@ import numpy as np
 from PIL import Image
 
 LOSSLESS_FORMATS = ("PNG", "BMP", "PPM", "TIFF")
-MODEL_MODES = {"L": 1, "RGB": 3}
+MODEL_MODES = {"L": 1, "RGB": 3, "LA": 2, "RGBA": 4}  # channels in the file
+COLOR_CHANNELS = {"L": 1, "RGB": 3, "LA": 1, "RGBA": 3}  # channels the model codes; any rest is alpha
 # Pillow's own bomb limit is a warning up to 2x; we refuse anything above it.
 MAX_IMAGE_PIXELS = 178_956_970
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
