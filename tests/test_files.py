@@ -154,3 +154,35 @@ def test_images_the_model_codes_badly_are_stored_instead(tmp_path):
     for path in source.iterdir():
         with Image.open(path) as a, Image.open(restored / path.name) as b:
             assert np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("command", ["compress", "decompress"])
+def test_ctrl_c_leaves_nothing_half_written(tmp_path, command):
+    """SIGINT mid-way: exit 130, one line, no archive, no temporary files, no partial folder."""
+    import signal
+    import time
+    from conftest import uncompressed_copy
+    source = tmp_path / "src"
+    for copy in range(6):
+        uncompressed_copy(EXAMPLES, source / f"copy{copy}")
+    archive = tmp_path / "a.osoa"
+    cli = [sys.executable, "-m", "osoa_zip"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    if command == "decompress":
+        subprocess.run(cli + ["compress", "-q", "--model", "idf-tiny-test", "--tile-size", "16", "--batch-size", "2",
+                              str(source), str(archive)], check=True, env=env)
+        arguments = ["decompress", str(archive), str(tmp_path / "out")]
+    else:
+        arguments = ["compress", "--model", "idf-tiny-test", "--tile-size", "16", "--batch-size", "2",
+                     str(source), str(archive)]
+    process = subprocess.Popen(cli + arguments, stderr=subprocess.PIPE, env=env)
+    time.sleep(3.0)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("finished before the interrupt arrived")
+    assert process.returncode == 130 and b"Traceback" not in stderr, stderr
+    leftovers = {p.name for p in tmp_path.iterdir()} - {"src", "a.osoa"}
+    assert leftovers == set()
+    if command == "compress":
+        assert not archive.exists()
