@@ -81,6 +81,8 @@ def main() -> None:
               show_default=True, help="Tiles per batch (one adaptation step per batch).")
 @click.option("--tile-size", type=click.IntRange(2, 512), default=AdaptationConfig.tile_size, show_default=True,
               help="Images are cut into tiles of this side (even).")
+@click.option("--segment-size", type=click.IntRange(0, None), default=0, show_default=True,
+              help="Restart the model from the pretrained weights every N batches (0: never).")
 @click.option("--byte-exact", is_flag=True,
               help="Restore images byte for byte: an image takes the model path only if re-encoding "
                    "its pixels gives back the original file exactly.")
@@ -88,7 +90,7 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print per-batch statistics.")
 def compress_command(sources, archive, files_from, null_separated, model, no_adapt, learning_rate, steps_per_batch,
-                     batch_size, tile_size, byte_exact, force, quiet, verbose) -> None:
+                     batch_size, tile_size, segment_size, byte_exact, force, quiet, verbose) -> None:
     """Pack SOURCES into ARCHIVE ('-' for standard output).
 
     A folder contributes its contents, a file its name; paths from --files-from
@@ -104,7 +106,7 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
         if not sources:
             raise UsageError("nothing to archive: give SOURCES or --files-from")
         config = AdaptationConfig(adapt=not no_adapt, learning_rate=learning_rate, steps_per_batch=steps_per_batch,
-                                  batch_size=batch_size, tile_size=tile_size)
+                                  batch_size=batch_size, tile_size=tile_size, segment_batches=segment_size)
         with _progress(None, quiet, "tiles") as progress:
             if str(archive) == "-":
                 summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet), byte_exact)

@@ -186,3 +186,19 @@ def test_ctrl_c_leaves_nothing_half_written(tmp_path, command):
     assert leftovers == set()
     if command == "compress":
         assert not archive.exists()
+
+
+def test_segments_restart_the_model(tmp_path):
+    """With segments of one batch, every batch is coded by θ0: the same bits as --no-adapt."""
+    from conftest import uncompressed_copy
+    source = uncompressed_copy(EXAMPLES, tmp_path / "src")
+    sizes = {}
+    for name, config in {"segmented": AdaptationConfig(tile_size=16, batch_size=4, segment_batches=1),
+                         "frozen": AdaptationConfig(tile_size=16, batch_size=4, adapt=False),
+                         "adapted": AdaptationConfig(tile_size=16, batch_size=4)}.items():
+        buffer = io.BytesIO()
+        summary = compress([source], buffer, model="idf-tiny-test", adaptation=config)
+        sizes[name] = [s.bits for s in summary.batches]
+        buffer.seek(0)
+        decompress(buffer, tmp_path / name)
+    assert sizes["segmented"] == sizes["frozen"] != sizes["adapted"]

@@ -33,6 +33,9 @@ class AdaptationConfig:
     batch_size: int = 8
     tile_size: int = 64
     optimizer: str = "adam"
+    # The model restarts from θ0 every this many batches (0: never), so that
+    # segments are independent of each other.
+    segment_batches: int = 0
     beta1: float = 0.9
     beta2: float = 0.999
     epsilon: float = 1e-8
@@ -62,14 +65,20 @@ class OnlineAdapter:
     def __init__(self, bundle: FlowBundle, config: AdaptationConfig) -> None:
         if config.optimizer != "adam":
             raise ValueError(f"unknown optimizer {config.optimizer!r}")
-        if config.tile_size % 2 or config.tile_size < 2 or config.batch_size < 1 or config.steps_per_batch < 0:
+        if (config.tile_size % 2 or config.tile_size < 2 or config.batch_size < 1 or config.steps_per_batch < 0
+                or config.segment_batches < 0):
             raise ValueError("tile size must be even and positive, batch size and steps positive")
         self.config = config
         self._bundle = bundle
         self._networks: dict = {}
         self._optimizers: dict = {}
+        self._batches = 0
 
     def _network(self, channels: int):
+        segment = self.config.segment_batches
+        if segment and self._batches and self._batches % segment == 0:
+            self._networks, self._optimizers = {}, {}  # a new segment starts from θ0
+        self._batches += 1
         if channels not in self._networks:
             network = copy.deepcopy(self._bundle.network(channels))
             self._networks[channels] = network
@@ -79,10 +88,10 @@ class OnlineAdapter:
 
     def snapshot(self):
         """The whole adaptation state (weights and optimiser moments), to roll back to."""
-        return copy.deepcopy((self._networks, self._optimizers))
+        return copy.deepcopy((self._networks, self._optimizers, self._batches))
 
     def restore(self, state) -> None:
-        self._networks, self._optimizers = state
+        self._networks, self._optimizers, self._batches = state
 
     def encode(self, tiles: np.ndarray) -> tuple[bytes, BatchStatistics]:
         """Code a B x C x H x W uint8 batch, then adapt on it."""
