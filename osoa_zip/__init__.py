@@ -6,8 +6,12 @@ Package map (each folder knows only its neighbours):
   models/     the flows, the checkpoint registry, pretraining
   coding/     entropy coding with constriction's ANS coder
   adapt/      the OSOA engine: code a batch, then take the replayable update
-  container/  the archive format (no torch here)
-  archive.py  folder <-> archive, used by the CLI and from Python
+  container/  the archive format's framing (no torch here)
+  files/      scanning sources into entries; restoring them safely
+  layout.py   what entries look like (names, limits, shared types)
+  pack.py     writing an archive;  unpack.py  reading one
+  inspect.py  the table without decoding (list, info);  verify.py  tree comparison
+  archive.py  the library API: compress, decompress, test_archive
   cli.py      argument parsing only
 """
 import os

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .archive import decode_name, read_entry
+from .layout import decode_name, read_entry
 from .imaging.io import COLOR_CHANNELS, MODEL_MODES
 from .container.format import ArchiveError, ArchiveReader, read_json
 from .imaging.tiles import plan_batches

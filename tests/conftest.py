@@ -9,7 +9,6 @@ session-scoped folder as read-only; copy it (``shutil.copytree``) to change it.
 from __future__ import annotations
 
 import os
-import shutil
 
 import osoa_zip  # noqa: F401  (first: sets OpenMP's passive wait policy before torch loads)
 from pathlib import Path
@@ -19,7 +18,6 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
-from osoa_zip.imaging.io import read_image
 from osoa_zip.verify import tree_differences
 
 REPO = Path(__file__).resolve().parents[1]

@@ -26,7 +26,8 @@ from conftest import (
     BATCH_SIZE, EXAMPLES, GENERAL_PATH_IMAGES, MODEL, NON_IMAGE_FILES, TILE_SIZE, assert_same_tree,
     model_path_images, relative_files, subprocess_env,
 )
-from osoa_zip import archive as archive_module
+from osoa_zip import pack as pack_module
+from osoa_zip import unpack as unpack_module
 from osoa_zip.adapt.engine import AdaptationConfig
 from osoa_zip.archive import ArchiveError, ModelError, UsageError, compress, decompress
 from osoa_zip.container.format import ArchiveReader, ArchiveWriter
@@ -547,7 +548,8 @@ def test_deeply_nested_json_is_an_archive_error(small_archive, tmp_path):
 
 def test_large_general_files_are_split_into_data_chunks(monkeypatch, tmp_path):
     """Files bigger than one DATA chunk (16 MiB by default; 1 KiB here) come back whole, stored or xz."""
-    monkeypatch.setattr(archive_module, "DATA_CHUNK_BYTES", 1024)
+    monkeypatch.setattr(pack_module, "DATA_CHUNK_BYTES", 1024)
+    monkeypatch.setattr(unpack_module, "DATA_CHUNK_BYTES", 1024)
     source = tmp_path / "src"
     source.mkdir()
     (source / "random.bin").write_bytes(os.urandom(5000))  # incompressible: stored

@@ -1,0 +1,98 @@
+"""What the archive's entries look like: names, limits, shared types.
+
+Shared by the writer (pack.py), the reader (unpack.py) and `list`/`info`
+(inspect.py); see docs/FORMAT.md for the chunk sequence.
+"""
+from __future__ import annotations
+
+import base64
+import lzma
+from dataclasses import dataclass, field
+from typing import Callable
+
+import numpy as np
+
+from .container.format import ArchiveError, read_json
+from .imaging.io import ImageRecord
+
+DATA_CHUNK_BYTES = 1 << 24
+CHUNK_OVERHEAD = 16  # tag, length and CRC of one chunk
+ALPHA_MODES = ("LA", "RGBA")
+GROUP_SUBPIXELS = 1 << 25       # images are coded in groups of about this many sub-pixels
+MAX_IMAGE_SUBPIXELS = 1 << 30   # a declared image larger than this is refused
+CODEC_STORE, CODEC_XZ = 0, 1
+Progress = Callable[[int], None]
+Warn = Callable[[str], None]
+
+
+class UsageError(Exception):
+    """The request itself is wrong: missing sources, existing output, ..."""
+
+
+@dataclass
+class Summary:
+    files: int = 0
+    images: int = 0
+    input_bytes: int = 0
+    image_subpixels: int = 0
+    image_bits: int = 0
+    batches: list = field(default_factory=list)
+    seconds: float = 0.0
+
+    @property
+    def bits_per_subpixel(self) -> float:
+        return self.image_bits / self.image_subpixels if self.image_subpixels else 0.0
+
+
+def encode_name(name: str) -> dict:
+    """Names that are not UTF-8 (surrogate-escaped by the OS layer) travel as bytes."""
+    try:
+        name.encode("utf-8")
+        return {"path": name}
+    except UnicodeEncodeError:
+        return {"path_b64": base64.b64encode(name.encode("utf-8", "surrogateescape")).decode("ascii")}
+
+
+def decode_name(entry: dict) -> str:
+    if "path_b64" in entry:
+        return base64.b64decode(entry["path_b64"], validate=True).decode("utf-8", "surrogateescape")
+    return entry["path"]
+
+
+MAX_TABLE_BYTES = 1 << 28
+
+
+def read_entry(tag: bytes, payload: bytes):
+    """The JSON of an entry chunk; image tables are xz-compressed (and bounded)."""
+    what = f"a {tag.decode('ascii', 'replace')} entry"
+    if tag == b"IMGS":
+        decompressor = lzma.LZMADecompressor()
+        try:
+            payload = decompressor.decompress(payload, max_length=MAX_TABLE_BYTES)
+        except lzma.LZMAError:
+            raise ArchiveError("an image table is damaged") from None
+        if not decompressor.eof:
+            raise ArchiveError("an image table is too large or truncated")
+    return read_json(payload, what)
+
+
+
+def image_extras(record: ImageRecord) -> dict:
+    """Optional fields: verbatim PNG metadata chunks, and the hash promised by --byte-exact."""
+    extras = {}
+    if record.png_before:
+        extras["png_before"] = base64.b64encode(record.png_before).decode("ascii")
+    if record.png_after:
+        extras["png_after"] = base64.b64encode(record.png_after).decode("ascii")
+    if record.sha256:
+        extras["sha256"] = record.sha256
+    return extras
+
+
+def record_from_entry(entry: dict, pixels: np.ndarray) -> ImageRecord:
+    return ImageRecord(pixels=pixels, mode=entry["image_mode"], format=str(entry["format"]),
+                       png_before=base64.b64decode(entry.get("png_before", ""), validate=True),
+                       png_after=base64.b64decode(entry.get("png_after", ""), validate=True),
+                       sha256=str(entry.get("sha256", "")))
+
+

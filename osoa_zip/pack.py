@@ -1,0 +1,160 @@
+"""Writing an archive: scan the sources, code image groups, stream the rest.
+
+Chunk order (docs/FORMAT.md): HEAD; entries as they are scanned (DIRE,
+LINK, FILE + DATA), with model-path images collected into groups, each an
+IMGS table (+ ALPH) followed by its BATC chunks; then HARD links; STAT; END.
+"""
+from __future__ import annotations
+
+import io
+import lzma
+import os
+import stat
+import time
+from typing import BinaryIO
+
+from . import __version__
+from .adapt.engine import AdaptationConfig, OnlineAdapter
+from .container.format import ArchiveWriter, canonical_json
+from .exact import ENGINE
+from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, SourceError, scan
+from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image
+from .imaging.tiles import gather, pad_even, plan_batches
+from .layout import (ALPHA_MODES, CHUNK_OVERHEAD, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, Progress,
+                     Summary, UsageError, Warn, encode_name, image_extras)
+from .models.registry import DEFAULT_MODEL, load_model
+
+
+class _Compressor:
+    def __init__(self, writer: ArchiveWriter, adapter: OnlineAdapter, progress: Progress | None,
+                 byte_exact: bool = False) -> None:
+        self.writer, self.adapter, self.progress = writer, adapter, progress
+        self.byte_exact = byte_exact
+        self.summary = Summary()
+        self.group: list[tuple[Entry, ImageRecord]] = []
+        self.group_subpixels = 0
+
+    def add(self, entry: Entry) -> None:
+        if entry.kind == DIRECTORY:
+            self.writer.write_json(b"DIRE", {**encode_name(entry.name), "mode": entry.mode, "mtime_ns": entry.mtime_ns})
+        elif entry.kind == SYMLINK:
+            self.writer.write_json(b"LINK", {**encode_name(entry.name), "target": entry.target})
+        elif entry.kind == FILE:
+            self.summary.input_bytes += entry.size
+            self.summary.files += 1
+            record = read_image(entry.source, self.byte_exact)
+            if record is None:
+                self._general_file(entry)
+            else:
+                self._queue_image(entry, record)
+
+    def _general_file(self, entry: Entry) -> None:
+        chunks = (entry.size + DATA_CHUNK_BYTES - 1) // DATA_CHUNK_BYTES
+        self.writer.write_json(b"FILE", {**encode_name(entry.name), "mode": entry.mode, "mtime_ns": entry.mtime_ns,
+                                         "size": entry.size, "chunks": chunks})
+        remaining = entry.size
+        with open(entry.source, "rb") as handle:
+            for _ in range(chunks):
+                piece = handle.read(min(remaining, DATA_CHUNK_BYTES))
+                if len(piece) != min(remaining, DATA_CHUNK_BYTES):
+                    raise UsageError(f"{entry.source}: file shrank while it was being archived")
+                remaining -= len(piece)
+                packed = lzma.compress(piece, preset=9)
+                if len(packed) < len(piece):
+                    self.writer.write_chunk(b"DATA", bytes([CODEC_XZ]) + packed)
+                else:
+                    self.writer.write_chunk(b"DATA", bytes([CODEC_STORE]) + piece)
+            if handle.read(1):
+                raise UsageError(f"{entry.source}: file grew while it was being archived")
+        if self.progress:
+            self.progress(1)
+
+    def _queue_image(self, entry: Entry, record: ImageRecord) -> None:
+        self.group.append((entry, record))
+        self.group_subpixels += record.pixels.size
+        if self.group_subpixels >= GROUP_SUBPIXELS:
+            self.flush_images()
+
+    def flush_images(self) -> None:
+        if not self.group:
+            return
+        table = [{**encode_name(e.name), "mode": e.mode, "mtime_ns": e.mtime_ns, "height": r.pixels.shape[0],
+                  "width": r.pixels.shape[1], "image_mode": r.mode, "format": r.format, **image_extras(r)}
+                 for e, r in self.group]
+        # xz: on 28x28 images the plain JSON table alone would cost ~1 bit per sub-pixel.
+        packed_table = lzma.compress(canonical_json(table), preset=9)
+        colour = [r.pixels[:, :, :COLOR_CHANNELS[r.mode]] for _, r in self.group]
+        # Alpha planes (mostly flat or simple masks) go beside the model, xz-compressed.
+        alpha = b"".join(r.pixels[:, :, -1].tobytes() for _, r in self.group if r.mode in ALPHA_MODES)
+        packed_alpha = lzma.compress(alpha, preset=9) if alpha else b""
+        padded = [pad_even(c) for c in colour]
+        config = self.adapter.config
+        before = self.adapter.snapshot()
+        coded = [self.adapter.encode(gather(batch, padded))
+                 for batch in plan_batches([c.shape for c in colour], config.tile_size, config.batch_size)]
+        group, self.group, self.group_subpixels = self.group, [], 0
+        coded_bytes = (len(packed_table) + len(packed_alpha) + CHUNK_OVERHEAD
+                       + sum(len(data) + CHUNK_OVERHEAD for data, _ in coded))
+        if coded_bytes > sum(entry.size for entry, _ in group):
+            # Never larger than the files themselves: forget this group's adaptation
+            # (the decoder never sees it) and store the files as they are.
+            self.adapter.restore(before)
+            for entry, _ in group:
+                self._general_file(entry)
+            return
+        self.writer.write_chunk(b"IMGS", packed_table)
+        if alpha:
+            self.writer.write_chunk(b"ALPH", packed_alpha)
+        for data, stats in coded:
+            self.writer.write_chunk(b"BATC", data)
+            self.summary.batches.append(stats)
+            self.summary.image_bits += stats.bits
+        self.summary.images += len(group)
+        self.summary.image_subpixels += sum(r.pixels.size for _, r in group)
+        if self.progress:
+            self.progress(len(group))
+
+
+def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:
+    """(device, inode) of the output when it is a file, so it never archives itself."""
+    try:
+        info = os.fstat(output.fileno())
+    except (AttributeError, OSError, ValueError, io.UnsupportedOperation):
+        return frozenset()
+    return frozenset({(info.st_dev, info.st_ino)}) if stat.S_ISREG(info.st_mode) else frozenset()
+
+
+def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
+             adaptation: AdaptationConfig = AdaptationConfig(), progress: Progress | None = None,
+             warn: Warn = lambda message: None, byte_exact: bool = False) -> Summary:
+    """Archive the sources into ``output``.
+
+    A source is a path (a directory contributes its contents, a file its name)
+    or a (path, archive name) pair.
+    """
+    started = time.perf_counter()
+    try:
+        entries = scan(list(sources), warn, _identity(output))
+    except SourceError as error:
+        raise UsageError(str(error)) from None
+    bundle = load_model(model)
+    writer = ArchiveWriter(output)
+    writer.write_json(b"HEAD", {
+        "creator": f"osoa-zip {__version__}",
+        "model": {"name": bundle.name, "sha256": bundle.sha256, "family": "flow"},
+        "engine": ENGINE,
+        "adaptation": adaptation.to_header(),
+    })
+    compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress, byte_exact)
+    for entry in entries:
+        compressor.add(entry)
+    compressor.flush_images()
+    for entry in entries:  # last, so that the file they name is always already restored
+        if entry.kind == HARDLINK:
+            writer.write_json(b"HARD", {**encode_name(entry.name), "target": entry.target})
+    summary = compressor.summary
+    # Bits and sizes only: timings would make identical inputs give different archives.
+    writer.write_json(b"STAT", {"batches": [[s.bits, s.subpixels] for s in summary.batches]})
+    writer.close()
+    summary.seconds = time.perf_counter() - started
+    return summary

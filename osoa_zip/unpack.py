@@ -1,0 +1,277 @@
+"""Reading an archive: decode every chunk in order, hand entries to a sink.
+
+Decompression writes into a staging folder and moves the result into place
+only after the END chunk has verified the whole archive; `test` decodes into
+a sink that writes nothing.
+"""
+from __future__ import annotations
+
+import fnmatch
+import lzma
+import time
+from pathlib import Path
+from typing import BinaryIO, Iterator
+
+import numpy as np
+
+from .adapt.engine import AdaptationConfig, OnlineAdapter
+from .coding.ans import CorruptStream
+from .container.format import ArchiveError, ArchiveReader, read_json
+from .exact import ENGINE
+from .files.restore import Conflict, Staging, UnsafeEntry, checked_name
+from .files.scan import link_stays_inside
+from .imaging.io import COLOR_CHANNELS, MODEL_MODES, CannotReproduce, write_image
+from .imaging.tiles import plan_batches, scatter
+from .layout import (ALPHA_MODES, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, MAX_IMAGE_SUBPIXELS,
+                     Progress, Summary, UsageError, decode_name, read_entry, record_from_entry)
+from .models.registry import load_model
+
+
+class _Decoder:
+    """Consumes chunks in order and hands finished entries to a sink."""
+
+    def __init__(self, sink, progress: Progress | None) -> None:
+        self.sink = sink
+        self.progress = progress
+        self.summary = Summary()
+        self.adapter: OnlineAdapter | None = None
+        self.batches_decoded = 0
+
+    def run(self, reader: ArchiveReader) -> Summary:
+        try:
+            return self._run(reader)
+        except UnsafeEntry as error:
+            raise ArchiveError(str(error)) from None
+        except (KeyError, TypeError, ValueError, AttributeError) as error:
+            raise ArchiveError(f"archive entry is malformed ({type(error).__name__}: {error})") from None
+
+    def _run(self, reader: ArchiveReader) -> Summary:
+        chunks = reader.chunks()
+        tag, payload = next(chunks, (None, None))
+        if tag != b"HEAD":
+            raise ArchiveError("archive has no header chunk")
+        self.header(read_json(payload, "the header"))
+        handlers = {b"FILE": self.general_file, b"IMGS": self.images, b"DIRE": self.directory,
+                    b"LINK": self.symlink, b"HARD": self.hardlink}
+        for tag, payload in chunks:
+            if tag == b"STAT":
+                continue
+            if tag not in handlers:
+                raise ArchiveError(f"unexpected chunk {tag!r}")
+            handlers[tag](read_entry(tag, payload), chunks)
+        return self.summary
+
+    def header(self, header: dict) -> None:
+        if header["engine"] != ENGINE:
+            raise ArchiveError(f"archive was written by numeric engine {header['engine'].get('name')} "
+                               f"v{header['engine'].get('version')}, which this version cannot replay")
+        config = AdaptationConfig.from_header(header["adaptation"])
+        bundle = load_model(header["model"]["name"], header["model"]["sha256"])
+        self.adapter = OnlineAdapter(bundle, config)
+
+    def directory(self, entry: dict, chunks) -> None:
+        self.sink.directory(decode_name(entry), int(entry["mode"]), int(entry["mtime_ns"]))
+
+    def symlink(self, entry: dict, chunks) -> None:
+        self.sink.symlink(decode_name(entry), str(entry["target"]))
+
+    def hardlink(self, entry: dict, chunks) -> None:
+        self.sink.hardlink(decode_name(entry), str(entry["target"]))
+
+    def general_file(self, entry: dict, chunks) -> None:
+        name = decode_name(entry)
+        self.sink.file(name, self._file_pieces(name, entry, chunks), int(entry["mode"]), int(entry["mtime_ns"]))
+        self.summary.files += 1
+        if self.progress:
+            self.progress(1)
+
+    def _file_pieces(self, name: str, entry: dict, chunks) -> Iterator[bytes]:
+        remaining = int(entry["size"])
+        for index in range(int(entry["chunks"])):
+            tag, payload = next(chunks, (None, None))
+            if tag != b"DATA" or not payload:
+                raise ArchiveError(f"file {name!r}: data chunk {index} missing")
+            codec, body = payload[0], payload[1:]
+            if codec == CODEC_XZ:
+                try:
+                    body = lzma.LZMADecompressor().decompress(body, max_length=DATA_CHUNK_BYTES + 1)
+                except lzma.LZMAError:
+                    raise ArchiveError(f"file {name!r}: data chunk {index} is damaged") from None
+            elif codec != CODEC_STORE:
+                raise ArchiveError(f"file {name!r}: unknown codec {codec}")
+            remaining -= len(body)
+            if len(body) > DATA_CHUNK_BYTES or remaining < 0:
+                raise ArchiveError(f"file {name!r}: more data than declared")
+            yield body
+        if remaining:
+            raise ArchiveError(f"file {name!r}: less data than declared")
+
+    def images(self, table: list, chunks) -> None:
+        shapes = []
+        for entry in table:
+            height, width, mode = int(entry["height"]), int(entry["width"]), entry["image_mode"]
+            if mode not in MODEL_MODES or height <= 0 or width <= 0:
+                raise ArchiveError(f"image {decode_name(entry)!r}: bad mode or size")
+            if height * width * MODEL_MODES[mode] > MAX_IMAGE_SUBPIXELS:
+                raise ArchiveError(f"image {decode_name(entry)!r}: declared size {width}x{height} is too large")
+            shapes.append((height, width, COLOR_CHANNELS[mode]))
+        if sum(h * w * MODEL_MODES[e["image_mode"]] for (h, w, _), e in zip(shapes, table)) \
+                > 4 * GROUP_SUBPIXELS + MAX_IMAGE_SUBPIXELS:
+            raise ArchiveError("an image group declares more pixels than any encoder writes")
+        alpha = self._alpha_planes(table, shapes, chunks)
+        padded = [np.zeros((h + h % 2, w + w % 2, c), np.uint8) for h, w, c in shapes]
+        config = self.adapter.config
+        for batch in plan_batches(shapes, config.tile_size, config.batch_size):
+            index = self.batches_decoded
+            self.batches_decoded += 1
+            tag, payload = next(chunks, (None, None))
+            if tag != b"BATC":
+                raise ArchiveError(f"batch {index}: chunk missing")
+            try:
+                tiles = self.adapter.decode(payload, batch.shape)
+            except (CorruptStream, ValueError) as error:
+                raise ArchiveError(f"batch {index} does not decode ({error})") from None
+            scatter(batch, tiles, padded)
+            self.summary.image_bits += 8 * len(payload)
+        for entry, pixels, (h, w, _) in zip(table, padded, shapes):
+            pixels = pixels[:h, :w]
+            if entry["image_mode"] in ALPHA_MODES:
+                pixels = np.concatenate([pixels, alpha.pop(0)[:, :, None]], axis=2)
+            record = record_from_entry(entry, pixels)
+            self.sink.image(decode_name(entry), record, int(entry["mode"]), int(entry["mtime_ns"]))
+            self.summary.images += 1
+            self.summary.files += 1
+            self.summary.image_subpixels += record.pixels.size
+        if self.progress:
+            self.progress(len(table))
+
+
+    @staticmethod
+    def _alpha_planes(table: list, shapes: list, chunks) -> list[np.ndarray]:
+        """The group's alpha planes (ALPH chunk), in table order, if any image has one."""
+        sizes = [(h, w) for (h, w, _), e in zip(shapes, table) if e["image_mode"] in ALPHA_MODES]
+        if not sizes:
+            return []
+        tag, payload = next(chunks, (None, None))
+        expected = sum(h * w for h, w in sizes)
+        decompressor = lzma.LZMADecompressor()
+        try:
+            data = decompressor.decompress(payload or b"", max_length=expected + 1) if tag == b"ALPH" else b""
+        except lzma.LZMAError:
+            data = b""
+        if tag != b"ALPH" or len(data) != expected or not decompressor.eof:
+            raise ArchiveError("an image group's alpha planes are missing or damaged")
+        planes, offset = [], 0
+        for h, w in sizes:
+            planes.append(np.frombuffer(data, np.uint8, h * w, offset).reshape(h, w))
+            offset += h * w
+        return planes
+
+
+class _StagingSink:
+    """Writes each entry into the staging folder."""
+
+    def __init__(self, staging: Staging) -> None:
+        self.staging = staging
+
+    def file(self, name, pieces, mode, mtime_ns) -> None:
+        path = self.staging.path(name)
+        with open(path, "wb") as handle:
+            for piece in pieces:
+                handle.write(piece)
+        self.staging.finish_file(path, mode, mtime_ns)
+
+    def image(self, name, record, mode, mtime_ns) -> None:
+        path = self.staging.path(name)
+        try:
+            write_image(path, record)
+        except CannotReproduce as error:
+            raise ArchiveError(f"image {name!r}: {error}") from None
+        self.staging.finish_file(path, mode, mtime_ns)
+
+    def directory(self, name, mode, mtime_ns) -> None:
+        self.staging.directory(name, mode, mtime_ns)
+
+    def symlink(self, name, target) -> None:
+        self.staging.symlink(name, target)
+
+    def hardlink(self, name, target) -> None:
+        self.staging.hardlink(name, target)
+
+
+class _CheckingSink:
+    """Decodes everything, writes nothing: for `osoa-zip test`.  Names are still checked."""
+
+    def __init__(self) -> None:
+        self.names: set[str] = set()
+
+    def _claim(self, name: str) -> None:
+        checked_name(name)
+        if name in self.names:
+            raise UnsafeEntry(f"duplicate path {name!r} in archive")
+        self.names.add(name)
+
+    def file(self, name, pieces, mode, mtime_ns) -> None:
+        self._claim(name)
+        for _ in pieces:
+            pass
+
+    def image(self, name, record, mode, mtime_ns) -> None:
+        self._claim(name)
+
+    def directory(self, name, mode, mtime_ns) -> None:
+        self._claim(name)
+
+    def symlink(self, name, target) -> None:
+        self._claim(name)
+        if not link_stays_inside(name, target):
+            raise UnsafeEntry(f"refusing link {name!r} -> {target!r}: it leaves the destination")
+
+    def hardlink(self, name, target) -> None:
+        self._claim(name)
+        if target not in self.names:
+            raise UnsafeEntry(f"hard link {name!r} names {target!r}, which is not an earlier file")
+
+
+def test_archive(source: BinaryIO, progress: Progress | None = None) -> Summary:
+    """Fully decode and verify an archive without writing anything."""
+    started = time.perf_counter()
+    summary = _Decoder(_CheckingSink(), progress).run(ArchiveReader(source))
+    summary.seconds = time.perf_counter() - started
+    return summary
+
+
+def selected(name: str, patterns: list[str]) -> bool:
+    """tar-like selection: a pattern matches the name or any folder above it."""
+    parts = name.split("/")
+    prefixes = ["/".join(parts[:i]) for i in range(1, len(parts) + 1)]
+    return any(fnmatch.fnmatchcase(prefix, pattern) for pattern in patterns for prefix in prefixes)
+
+
+def decompress(source: BinaryIO, destination: Path, force: bool = False,
+               progress: Progress | None = None, patterns: list[str] | None = None) -> Summary:
+    """Restore an archive (or the entries matching ``patterns``) into ``destination``.
+
+    Everything is decoded and verified even when only some entries are wanted:
+    each batch depends on the ones before it through the adaptation.
+    """
+    started = time.perf_counter()
+    staging = Staging(Path(destination))
+    try:
+        sink = _StagingSink(staging)
+        summary = _Decoder(sink, progress).run(ArchiveReader(source))
+        if patterns:
+            for pattern in patterns:
+                if not any(selected(name, [pattern]) for name in staging.names):
+                    raise UsageError(f"no entry matches {pattern!r}")
+            staging.commit(force, lambda name: selected(name, list(patterns)))
+        else:
+            staging.commit(force)
+    except Conflict as error:
+        staging.abort()
+        raise UsageError(str(error)) from None
+    except BaseException:
+        staging.abort()
+        raise
+    summary.seconds = time.perf_counter() - started
+    return summary
