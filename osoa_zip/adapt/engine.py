@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import copy
 import time
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -19,37 +19,7 @@ from ..coding.ans import Decoder, Encoder
 from ..exact import ENGINE
 from ..exact.optim import ExactAdam
 from ..models.registry import FlowBundle
-
-
-@dataclass(frozen=True)
-class AdaptationConfig:
-    """Everything the decoder must know to replay the adaptation (all in the header)."""
-
-    # Defaults from benchmarks/tune_adaptation.py on tuning sets kept apart
-    # from evaluation (see README, "Results").
-    adapt: bool = True
-    learning_rate: float = 3e-4
-    steps_per_batch: int = 1
-    batch_size: int = 8
-    tile_size: int = 64
-    optimizer: str = "adam"
-    # The model restarts from θ0 every this many batches (0: never), so that
-    # segments are independent of each other.
-    segment_batches: int = 0
-    beta1: float = 0.9
-    beta2: float = 0.999
-    epsilon: float = 1e-8
-
-    def to_header(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_header(cls, values: dict) -> "AdaptationConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(values) - known
-        if unknown:
-            raise ValueError(f"unknown adaptation settings {sorted(unknown)}")
-        return cls(**values)
+from .config import AdaptationConfig
 
 
 @dataclass
