@@ -25,7 +25,7 @@ from .idf import SubLatticeFlow
 
 MANIFEST = "manifest.json"
 CHANNEL_PREFIXES = {1: "gray", 3: "rgb"}
-DEFAULT_MODEL = "idf-sublattice-v1"
+DEFAULT_MODEL = "idf-sublattice-v2"
 # Architecture keys this version understands; a checkpoint naming another one
 # was made by a newer version and is refused rather than misread.
 CONFIG_KEYS = {"hidden", "depth", "levels", "channel_coupling", "mean_remainder"}

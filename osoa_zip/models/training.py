@@ -89,8 +89,10 @@ def warm_start(network: SubLatticeFlow, state: dict[str, torch.Tensor]) -> list[
     Tensors of the same shape are copied.  A tensor that is wider along its
     first (output) dimension, as the last conv of each coupling is when v2
     adds cross-channel coefficients, takes the ancestor's rows and zeros for
-    the new ones: zero coefficients make v2 compute exactly what v1 did, so
-    training starts from v1's likelihood.
+    the new ones.  Zero coefficients make ``channel_coupling`` compute what
+    v1 did (same offsets, means and scales), so training starts from v1's
+    likelihood; ``mean_remainder`` then only adds the rounding remainder of
+    each translation to the mean.
     """
     own = network.state_dict()
     missing = sorted(set(own) - set(state))
