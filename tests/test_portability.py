@@ -125,3 +125,24 @@ def test_encode_identical_in_other_environment(archive, source, tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert other.read_bytes() == archive.read_bytes()
+
+
+@pytest.fixture(scope="module")
+def default_model_archive(source) -> Path:
+    """The shipped default model (cross-channel couplings) must replay exactly too."""
+    path = source.parent / "examples-default-model.osoa"
+    with open(path, "wb") as output:
+        summary = compress([source], output, adaptation=SETTINGS["adaptation"])
+    assert len(summary.batches) >= 20
+    return path
+
+
+@pytest.mark.parametrize("combination", SUBSET[:2], ids=lambda c: "-".join(str(x) for x in c))
+def test_default_model_decodes_exactly_elsewhere(default_model_archive, source, tmp_path, combination):
+    _check(default_model_archive, source, tmp_path, combination)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combination", FULL_MATRIX, ids=lambda c: "-".join(str(x) for x in c))
+def test_default_model_full_matrix(default_model_archive, source, tmp_path, combination):
+    _check(default_model_archive, source, tmp_path, combination)
