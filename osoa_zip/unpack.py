@@ -18,8 +18,7 @@ from .adapt.engine import AdaptationConfig, OnlineAdapter
 from .coding.ans import CorruptStream
 from .container.format import ArchiveError, ArchiveReader, read_json
 from .exact import ENGINE
-from .files.restore import Conflict, Staging, UnsafeEntry, checked_name
-from .files.scan import link_stays_inside
+from .files.restore import Conflict, EntryNames, Staging, UnsafeEntry
 from .imaging.io import COLOR_CHANNELS, MODEL_MODES, CannotReproduce, write_image
 from .imaging.tiles import plan_batches, scatter
 from .layout import (ALPHA_MODES, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, MAX_IMAGE_SUBPIXELS,
@@ -200,37 +199,30 @@ class _StagingSink:
 
 
 class _CheckingSink:
-    """Decodes everything, writes nothing: for `osoa-zip test`.  Names are still checked."""
+    """Decodes everything, writes nothing: for `osoa-zip test`.  Names obey the
+    same rules as in decompress (files.restore.EntryNames)."""
 
     def __init__(self) -> None:
-        self.names: set[str] = set()
-
-    def _claim(self, name: str) -> None:
-        checked_name(name)
-        if name in self.names:
-            raise UnsafeEntry(f"duplicate path {name!r} in archive")
-        self.names.add(name)
+        self.names = EntryNames()
 
     def file(self, name, pieces, mode, mtime_ns) -> None:
-        self._claim(name)
+        self.names.claim(name, "file")
         for _ in pieces:
             pass
 
     def image(self, name, record, mode, mtime_ns) -> None:
-        self._claim(name)
+        self.names.claim(name, "file")
 
     def directory(self, name, mode, mtime_ns) -> None:
-        self._claim(name)
+        self.names.claim(name, "dir")
 
     def symlink(self, name, target) -> None:
-        self._claim(name)
-        if not link_stays_inside(name, target):
-            raise UnsafeEntry(f"refusing link {name!r} -> {target!r}: it leaves the destination")
+        self.names.check_symlink(name, target)
+        self.names.claim(name, "symlink")
 
     def hardlink(self, name, target) -> None:
-        self._claim(name)
-        if target not in self.names:
-            raise UnsafeEntry(f"hard link {name!r} names {target!r}, which is not an earlier file")
+        self.names.check_hardlink(name, target)
+        self.names.claim(name, "file")
 
 
 def test_archive(source: BinaryIO, progress: Progress | None = None) -> Summary:
@@ -262,7 +254,7 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
         summary = _Decoder(sink, progress).run(ArchiveReader(source))
         if patterns:
             for pattern in patterns:
-                if not any(selected(name, [pattern]) for name in staging.names):
+                if not any(selected(name, [pattern]) for name in staging.names.kinds):
                     raise UsageError(f"no entry matches {pattern!r}")
             staging.commit(force, lambda name: selected(name, list(patterns)))
         else:

@@ -77,13 +77,22 @@ def source(tmp_path_factory) -> Path:
     return uncompressed_copy(EXAMPLES, tmp_path_factory.mktemp("portability") / "examples")
 
 
+MODELS = {"tiny": "idf-tiny-test", "default": None}  # None: the shipped default (cross-channel couplings)
+
+
+def _compress_examples(source: Path, model: str | None) -> Path:
+    path = source.parent / f"examples-{model or 'default'}.osoa"
+    if not path.exists():
+        options = dict(SETTINGS, model=model) if model else {"adaptation": SETTINGS["adaptation"]}
+        with open(path, "wb") as output:
+            summary = compress([source], output, **options)
+        assert len(summary.batches) >= 20, "the test must adapt over at least 20 batches"
+    return path
+
+
 @pytest.fixture(scope="module")
 def archive(source) -> Path:
-    path = source.parent / "examples.osoa"
-    with open(path, "wb") as output:
-        summary = compress([source], output, **SETTINGS)
-    assert len(summary.batches) >= 20, "the test must adapt over at least 20 batches"
-    return path
+    return _compress_examples(source, MODELS["tiny"])
 
 
 def _decode_under(archive: Path, tmp_path: Path, combination) -> Path:
@@ -103,15 +112,20 @@ def _check(archive: Path, source: Path, tmp_path: Path, combination) -> None:
     shutil.rmtree(destination)
 
 
-@pytest.mark.parametrize("combination", SUBSET, ids=lambda c: "-".join(str(x) for x in c))
-def test_decode_exact_in_other_environments(archive, source, tmp_path, combination):
-    _check(archive, source, tmp_path, combination)
+def _ids(case) -> str:
+    return "-".join(str(x) for x in case)
+
+
+@pytest.mark.parametrize("model, combination",
+                         [("tiny", c) for c in SUBSET] + [("default", c) for c in SUBSET[:2]], ids=_ids)
+def test_decode_exact_in_other_environments(source, tmp_path, model, combination):
+    _check(_compress_examples(source, MODELS[model]), source, tmp_path, combination)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("combination", FULL_MATRIX, ids=lambda c: "-".join(str(x) for x in c))
-def test_decode_exact_full_matrix(archive, source, tmp_path, combination):
-    _check(archive, source, tmp_path, combination)
+@pytest.mark.parametrize("model, combination", [(m, c) for m in MODELS for c in FULL_MATRIX], ids=_ids)
+def test_decode_exact_full_matrix(source, tmp_path, model, combination):
+    _check(_compress_examples(source, MODELS[model]), source, tmp_path, combination)
 
 
 def test_encode_identical_in_other_environment(archive, source, tmp_path):
@@ -125,24 +139,3 @@ def test_encode_identical_in_other_environment(archive, source, tmp_path):
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
     assert other.read_bytes() == archive.read_bytes()
-
-
-@pytest.fixture(scope="module")
-def default_model_archive(source) -> Path:
-    """The shipped default model (cross-channel couplings) must replay exactly too."""
-    path = source.parent / "examples-default-model.osoa"
-    with open(path, "wb") as output:
-        summary = compress([source], output, adaptation=SETTINGS["adaptation"])
-    assert len(summary.batches) >= 20
-    return path
-
-
-@pytest.mark.parametrize("combination", SUBSET[:2], ids=lambda c: "-".join(str(x) for x in c))
-def test_default_model_decodes_exactly_elsewhere(default_model_archive, source, tmp_path, combination):
-    _check(default_model_archive, source, tmp_path, combination)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("combination", FULL_MATRIX, ids=lambda c: "-".join(str(x) for x in c))
-def test_default_model_full_matrix(default_model_archive, source, tmp_path, combination):
-    _check(default_model_archive, source, tmp_path, combination)

@@ -33,6 +33,30 @@ def checked_name(name: str) -> PurePosixPath:
     return PurePosixPath(name)
 
 
+class EntryNames:
+    """The rules every restored name and link obeys, shared by decompress and `test`
+    so that `test` passes exactly the archives that decompress would restore."""
+
+    def __init__(self) -> None:
+        self.kinds: dict[str, str] = {}
+
+    def claim(self, name: str, kind: str) -> PurePosixPath:
+        path = checked_name(name)
+        if name in self.kinds:
+            raise UnsafeEntry(f"duplicate path {name!r} in archive")
+        self.kinds[name] = kind
+        return path
+
+    @staticmethod
+    def check_symlink(name: str, target: str) -> None:
+        if not link_stays_inside(name, target):
+            raise UnsafeEntry(f"refusing link {name!r} -> {target!r}: it leaves the destination")
+
+    def check_hardlink(self, name: str, target: str) -> None:
+        if self.kinds.get(target) != "file":
+            raise UnsafeEntry(f"hard link {name!r} names {target!r}, which is not an earlier file")
+
+
 class Staging:
     def __init__(self, destination: Path) -> None:
         self.destination = Path(destination)
@@ -43,16 +67,12 @@ class Staging:
                 self.created = self.created.parent
         self.destination.mkdir(parents=True, exist_ok=True)
         self.root = Path(tempfile.mkdtemp(prefix=".osoa-zip-", dir=self.destination))
-        self.names: set[str] = set()
+        self.names = EntryNames()
         self._directories: list[tuple[str, int, int]] = []
 
-    def path(self, name: str) -> Path:
+    def path(self, name: str, kind: str = "file") -> Path:
         """A fresh path in staging for a new entry, with its parents created."""
-        parts = checked_name(name).parts
-        if name in self.names:
-            raise UnsafeEntry(f"duplicate path {name!r} in archive")
-        self.names.add(name)
-        path = self.root.joinpath(*parts)
+        path = self.root.joinpath(*self.names.claim(name, kind).parts)
         parent = path.parent
         if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
             raise UnsafeEntry(f"path {name!r} goes through a link or a file")
@@ -64,19 +84,16 @@ class Staging:
         os.utime(path, ns=(mtime_ns, mtime_ns))
 
     def directory(self, name: str, mode: int, mtime_ns: int) -> None:
-        self.path(name).mkdir(exist_ok=True)
+        self.path(name, "dir").mkdir(exist_ok=True)
         self._directories.append((name, mode, mtime_ns))
 
     def symlink(self, name: str, target: str) -> None:
-        if not link_stays_inside(name, target):
-            raise UnsafeEntry(f"refusing link {name!r} -> {target!r}: it leaves the destination")
-        os.symlink(target, self.path(name))
+        self.names.check_symlink(name, target)
+        os.symlink(target, self.path(name, "symlink"))
 
     def hardlink(self, name: str, target: str) -> None:
-        source = self.root.joinpath(*checked_name(target).parts)
-        if target not in self.names or source.is_symlink() or not source.is_file():
-            raise UnsafeEntry(f"hard link {name!r} names {target!r}, which is not an earlier file")
-        os.link(source, self.path(name))
+        self.names.check_hardlink(name, target)
+        os.link(self.root.joinpath(*PurePosixPath(target).parts), self.path(name))
 
     def commit(self, force: bool, selected: Callable[[str], bool] = lambda name: True) -> None:
         """Move the selected entries (a selected folder: all below it) into the
