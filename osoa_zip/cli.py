@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from . import __version__
+from .adapt.config import PARAMETER_SELECTIONS
 from .archive import AdaptationConfig, ArchiveError, ModelError, UsageError, compress, decompress, test_archive
 from .files.scan import SourceError, listed_name
 from .models.registry import DEFAULT_MODEL, available_models
@@ -83,6 +84,14 @@ def main() -> None:
               help="Images are cut into tiles of this side (even).")
 @click.option("--segment-size", type=click.IntRange(0, None), default=0, show_default=True,
               help="Restart the model from the pretrained weights every N batches (0: never).")
+@click.option("--adapt-params", type=click.Choice(PARAMETER_SELECTIONS), default=AdaptationConfig.parameters,
+              show_default=True, help="Which parameters adapt: all; the last layer of each predictor; "
+                                      "or only biases.")
+@click.option("--adapt-batches", type=click.IntRange(0, None), default=AdaptationConfig.adapt_batches,
+              show_default=True, help="Stop adapting after N batches of each segment (0: never stop).")
+@click.option("--guard/--no-guard", default=AdaptationConfig.guard, show_default=True,
+              help="Per batch, code with the cheapest of the adapted model, the model before its last "
+                   "update and the pretrained one (never worse than --no-adapt; costs encoder time).")
 @click.option("--byte-exact", is_flag=True,
               help="Restore images byte for byte: an image takes the model path only if re-encoding "
                    "its pixels gives back the original file exactly.")
@@ -90,7 +99,8 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print per-batch statistics.")
 def compress_command(sources, archive, files_from, null_separated, model, no_adapt, learning_rate, steps_per_batch,
-                     batch_size, tile_size, segment_size, byte_exact, force, quiet, verbose) -> None:
+                     batch_size, tile_size, segment_size, adapt_params, adapt_batches, guard, byte_exact, force,
+                     quiet, verbose) -> None:
     """Pack SOURCES into ARCHIVE ('-' for standard output).
 
     A folder contributes its contents, a file its name; paths from --files-from
@@ -106,7 +116,8 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
         if not sources:
             raise UsageError("nothing to archive: give SOURCES or --files-from")
         config = AdaptationConfig(adapt=not no_adapt, learning_rate=learning_rate, steps_per_batch=steps_per_batch,
-                                  batch_size=batch_size, tile_size=tile_size, segment_batches=segment_size)
+                                  batch_size=batch_size, tile_size=tile_size, segment_batches=segment_size,
+                                  parameters=adapt_params, adapt_batches=adapt_batches, guard=guard)
         with _progress(None, quiet, "tiles") as progress:
             if str(archive) == "-":
                 summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet), byte_exact)
@@ -246,7 +257,9 @@ def _report(summary, verb: str, verbose: bool) -> None:
     click.echo(line, err=True)
     if verbose:
         for index, batch in enumerate(summary.batches):
-            click.echo(f"  batch {index}: {batch.bits / batch.subpixels:.3f} bpsp, {batch.seconds:.2f}s", err=True)
+            coded_with = {0: "", 1: ", coded with the pretrained model", 2: ", last update undone"}
+            click.echo(f"  batch {index}: {batch.bits / batch.subpixels:.3f} bpsp, {batch.seconds:.2f}s"
+                       f"{coded_with.get(batch.flags, f', flags {batch.flags}')}", err=True)
 
 
 if __name__ == "__main__":

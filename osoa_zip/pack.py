@@ -154,7 +154,7 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
             writer.write_json(b"HARD", {**encode_name(entry.name), "target": entry.target})
     summary = compressor.summary
     # Bits and sizes only: timings would make identical inputs give different archives.
-    writer.write_json(b"STAT", {"batches": [[s.bits, s.subpixels] for s in summary.batches]})
+    writer.write_json(b"STAT", {"batches": [[s.bits, s.subpixels, s.flags] for s in summary.batches]})
     writer.close()
     summary.seconds = time.perf_counter() - started
     return summary

@@ -25,11 +25,11 @@ from osoa_zip.container.format import (
 # compatibility) must be considered before updating the literal.
 GOLDEN_CHUNKS = [(b"HEAD", {"name": "golden", "n": [1, 2]}), (b"DATA", b"osoa\x00zip"), (b"NULL", b"")]
 GOLDEN_HEX = (
-    "4f534f415a49501a00000200484541441b000000000000007b226e223a5b312c"
+    "4f534f415a49501a01000000484541441b000000000000007b226e223a5b312c"
     "325d2c226e616d65223a22676f6c64656e227d5c43109f444154410800000000"
     "0000006f736f61007a6970b3a1b8ec4e554c4c0000000000000000dac44e1745"
-    "4e442028000000000000000300000000000000352dcbb5c74655257e538a08e6"
-    "ff68a08ccd306bf80596e53889451525bdba68a3558e9d"
+    "4e4420280000000000000003000000000000008e84be239b685d7471a049ae8c"
+    "2db010a9841c6a3ae512fdef1c4b0395102770f4e6b9ee"
 )
 PREAMBLE_SIZE = 12
 HEAD_SIZE = 12  # tag + u64 length
@@ -157,6 +157,19 @@ def test_unknown_major_version(major):
     data = bytearray(GOLDEN)
     struct.pack_into("<H", data, 8, major)
     assert_refused(bytes(data), match=f"format {major}")
+
+
+def test_newer_minor_version_is_refused():
+    """A 1.x archive from a newer minor may use chunks this reader does not know: refuse it up front."""
+    data = bytearray(GOLDEN)
+    struct.pack_into("<H", data, 10, FORMAT_MINOR + 1)
+    assert_refused(bytes(data), match=f"format {FORMAT_MAJOR}.{FORMAT_MINOR + 1} is newer")
+
+
+def test_development_format_0_is_refused_by_version():
+    data = bytearray(GOLDEN)
+    struct.pack_into("<HH", data, 8, 0, 2)
+    assert_refused(bytes(data), match="format 0.2 is a pre-release development layout")
 
 
 def test_other_file_types_are_refused():

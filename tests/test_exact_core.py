@@ -46,7 +46,7 @@ def _adapt_three_batches(threads: int) -> str:
         tiles = pixels.reshape(4, 16, 4, 16, 3).transpose(0, 2, 4, 1, 3).reshape(16, 3, 16, 16)
         for start in range(0, 12, 4):
             adapter.encode(np.ascontiguousarray(tiles[start:start + 4]))
-        return _weights_digest(adapter._networks[3])
+        return _weights_digest(adapter.adapted_network(3))
     finally:
         torch.set_num_threads(previous)
 

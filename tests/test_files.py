@@ -176,7 +176,13 @@ def test_ctrl_c_leaves_nothing_half_written(tmp_path, command):
         arguments = ["compress", "--model", "idf-tiny-test", "--tile-size", "16", "--batch-size", "2",
                      str(source), str(archive)]
     process = subprocess.Popen(cli + arguments, stderr=subprocess.PIPE, env=env)
-    time.sleep(3.0)
+    # Interrupt once the work has begun (a temporary archive or staging folder
+    # exists), not at a fixed time: on a loaded machine start-up alone takes seconds.
+    deadline = time.monotonic() + 60
+    while ({p.name for p in tmp_path.iterdir()} <= {"src", "a.osoa"} and process.poll() is None
+           and time.monotonic() < deadline):
+        time.sleep(0.05)
+    time.sleep(0.5)
     process.send_signal(signal.SIGINT)
     _, stderr = process.communicate(timeout=60)
     if process.returncode == 0:

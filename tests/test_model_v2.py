@@ -120,7 +120,7 @@ def test_round_trip_with_adaptation_is_exact_over_several_batches():
     for data, batch in coded:
         restored = decoder.decode(data, batch.shape)
         assert np.array_equal(restored, batch)
-    adapted_encoder, adapted_decoder = _weights(encoder._networks[3]), _weights(decoder._networks[3])
+    adapted_encoder, adapted_decoder = _weights(encoder.adapted_network(3)), _weights(decoder.adapted_network(3))
     assert adapted_encoder.keys() == adapted_decoder.keys()
     for key in adapted_encoder:
         assert torch.equal(adapted_encoder[key], adapted_decoder[key]), key

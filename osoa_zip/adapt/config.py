@@ -6,6 +6,8 @@ from __future__ import annotations
 
 from dataclasses import asdict, dataclass, fields
 
+PARAMETER_SELECTIONS = ("all", "last", "bias")
+
 
 @dataclass(frozen=True)
 class AdaptationConfig:
@@ -25,6 +27,22 @@ class AdaptationConfig:
     beta1: float = 0.9
     beta2: float = 0.999
     epsilon: float = 1e-8
+    # Which parameters take optimiser steps: "all"; "last" (the last layer of
+    # every predictor, plus the final prior); "bias" (biases and the prior).
+    parameters: str = "all"
+    # Early stopping: no more steps after this many batches of a segment (0: never stop).
+    adapt_batches: int = 0
+    # Never worse than frozen: per batch, the encoder may code with θ0 or undo
+    # the last update (one flag byte per batch tells the decoder).  The decoder
+    # obeys the flags whatever this says; it is recorded for `info`.
+    guard: bool = True
+
+    def __post_init__(self) -> None:
+        if self.parameters not in PARAMETER_SELECTIONS:
+            raise ValueError(f"unknown parameter selection {self.parameters!r} "
+                             f"(one of {', '.join(PARAMETER_SELECTIONS)})")
+        if self.adapt_batches < 0:
+            raise ValueError("adapt_batches must not be negative")
 
     def to_header(self) -> dict:
         return asdict(self)

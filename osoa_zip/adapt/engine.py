@@ -1,10 +1,17 @@
-"""One-Shot Online Adaptation, replayable.
+"""One-Shot Online Adaptation, replayable, never worse than frozen.
 
 Encoder and decoder both start from the pretrained weights θ0 (in the exact
 float64 engine).  Batch t is coded under θ_{t-1}; then both sides take the
 same k optimiser steps on batch t's negative log-likelihood to reach θ_t.
 Because every step is bit-exact (see osoa_zip.exact), the decoder's θ_t is
 the encoder's θ_t on any machine.  The adapted weights are never stored.
+
+Each coded batch starts with one flag byte.  With the guard on, the encoder
+compares (by the model's own bit count) the adapted model, the model before
+its last update and θ0, and codes with the cheapest: FLAG_ROLLBACK undoes
+the last update (weights and optimiser moments) before coding,
+FLAG_PRETRAINED codes this batch with θ0.  So adaptation can cost at most a
+few bits per batch more than --no-adapt, however badly an update goes.
 """
 from __future__ import annotations
 
@@ -21,12 +28,39 @@ from ..exact.optim import ExactAdam
 from ..models.registry import FlowBundle
 from .config import AdaptationConfig
 
+FLAG_PRETRAINED = 0x01  # this batch is coded with θ0, not the adapted model
+FLAG_ROLLBACK = 0x02    # the update made after the previous batch is undone first
+KNOWN_FLAGS = FLAG_PRETRAINED | FLAG_ROLLBACK
+
+
+class BatchError(ValueError):
+    """A batch's flags or data cannot be replayed."""
+
 
 @dataclass
 class BatchStatistics:
     bits: int
     subpixels: int
     seconds: float
+    flags: int = 0
+
+
+@dataclass
+class _Track:
+    """The adaptation state for one channel count within a segment."""
+
+    network: torch.nn.Module
+    optimizer: ExactAdam
+    batches: int = 0              # batches coded so far in this segment
+    updated: bool = False         # the weights have left θ0
+    previous: tuple | None = None  # state before the last update (for FLAG_ROLLBACK)
+
+
+def _select_parameters(network: torch.nn.Module, selection: str) -> None:
+    """Freeze what the selection leaves out (frozen layers cost no weight gradients)."""
+    chosen = network.adaptable_parameters(selection)
+    for name, parameter in network.named_parameters():
+        parameter.requires_grad_(name in chosen)
 
 
 class OnlineAdapter:
@@ -40,60 +74,135 @@ class OnlineAdapter:
             raise ValueError("tile size must be even and positive, batch size and steps positive")
         self.config = config
         self._bundle = bundle
-        self._networks: dict = {}
-        self._optimizers: dict = {}
+        self._tracks: dict[int, _Track] = {}
         self._batches = 0
 
-    def _network(self, channels: int):
+    # -- state ---------------------------------------------------------------
+
+    def _track(self, channels: int) -> _Track:
         segment = self.config.segment_batches
         if segment and self._batches and self._batches % segment == 0:
-            self._networks, self._optimizers = {}, {}  # a new segment starts from θ0
+            self._tracks = {}  # a new segment starts from θ0
         self._batches += 1
-        if channels not in self._networks:
+        if channels not in self._tracks:
             network = copy.deepcopy(self._bundle.network(channels))
-            self._networks[channels] = network
-            self._optimizers[channels] = ExactAdam(network.parameters(), self.config.learning_rate,
-                                                   (self.config.beta1, self.config.beta2), self.config.epsilon)
-        return self._networks[channels]
+            _select_parameters(network, self.config.parameters)
+            optimizer = ExactAdam(network.parameters(), self.config.learning_rate,
+                                  (self.config.beta1, self.config.beta2), self.config.epsilon)
+            self._tracks[channels] = _Track(network, optimizer)
+        track = self._tracks[channels]
+        track.batches += 1
+        return track
+
+    @staticmethod
+    def _state(track: _Track) -> tuple:
+        optimizer = track.optimizer
+        return ([p.detach().clone() for p in optimizer.params], [m.clone() for m in optimizer.first],
+                [v.clone() for v in optimizer.second], optimizer.beta1_power, optimizer.beta2_power)
+
+    @staticmethod
+    def _load(track: _Track, state: tuple) -> None:
+        weights, first, second, power1, power2 = state
+        optimizer = track.optimizer
+        with torch.no_grad():
+            for target, source in zip(optimizer.params, weights):
+                target.copy_(source)
+        optimizer.first, optimizer.second = first, second
+        optimizer.beta1_power, optimizer.beta2_power = power1, power2
+
+    def adapted_network(self, channels: int) -> torch.nn.Module:
+        """θ_t for this channel count (θ0 if no batch of it was seen in this segment)."""
+        track = self._tracks.get(channels)
+        return track.network if track else self._bundle.network(channels)
 
     def snapshot(self):
         """The whole adaptation state (weights and optimiser moments), to roll back to."""
-        return copy.deepcopy((self._networks, self._optimizers, self._batches))
+        return copy.deepcopy((self._tracks, self._batches))
 
     def restore(self, state) -> None:
-        self._networks, self._optimizers, self._batches = state
+        self._tracks, self._batches = state
+
+    def _will_adapt(self, track: _Track) -> bool:
+        config = self.config
+        return (config.adapt and config.steps_per_batch > 0
+                and (config.adapt_batches == 0 or track.batches <= config.adapt_batches))
+
+    # -- coding --------------------------------------------------------------
 
     def encode(self, tiles: np.ndarray) -> tuple[bytes, BatchStatistics]:
-        """Code a B x C x H x W uint8 batch, then adapt on it."""
+        """Code a B x C x H x W uint8 batch (flag byte + stream), then adapt on it."""
         started = time.perf_counter()
         pixels = torch.from_numpy(tiles).to(torch.float64)
-        network = self._network(pixels.shape[1])
+        channels = pixels.shape[1]
+        track = self._track(channels)
+        adapting = self._will_adapt(track)
+        # The first step's loss is computed before coding: the weights are the ones it steps from.
+        loss = track.network.nll(pixels) if adapting else None
+        flags = 0
+        if self.config.guard and track.updated:
+            if loss is None:
+                with torch.no_grad():
+                    adapted_bits = float(track.network.nll(pixels))
+            else:
+                adapted_bits = float(loss.detach())
+            flags = self._choose_flags(track, pixels, adapted_bits)
+        if flags & FLAG_ROLLBACK:
+            self._load(track, track.previous)
+            track.previous, loss = None, None
+        network = self._bundle.network(channels) if flags & FLAG_PRETRAINED else track.network
         encoder = Encoder()
         network.encode(pixels, encoder)
-        data = encoder.finish()
-        self._adapt(pixels)
-        return data, BatchStatistics(8 * len(data), tiles.size, time.perf_counter() - started)
+        data = bytes([flags]) + encoder.finish()
+        if adapting:
+            self._adapt(track, pixels, loss)
+        return data, BatchStatistics(8 * len(data), tiles.size, time.perf_counter() - started, flags)
 
-    def decode(self, data: bytes, shape: tuple[int, int, int, int]) -> np.ndarray:
-        """Decode one batch, then replay the encoder's adaptation on it."""
-        network = self._network(shape[1])
-        decoder = Decoder(data)
+    def _choose_flags(self, track: _Track, pixels: torch.Tensor, adapted_bits: float) -> int:
+        """The cheapest of: the adapted model, the model before its last update, θ0."""
+        with torch.no_grad():
+            costs = [(adapted_bits, 0)]
+            if track.previous is not None:
+                current = self._state(track)
+                self._load(track, track.previous)
+                costs.append((float(track.network.nll(pixels)), FLAG_ROLLBACK))
+                self._load(track, current)
+            costs.append((float(self._bundle.network(pixels.shape[1]).nll(pixels)), FLAG_PRETRAINED))
+        return min(costs, key=lambda cost: cost[0])[1]  # ties keep the earlier (simpler) choice
+
+    def decode(self, payload: bytes, shape: tuple[int, int, int, int]) -> np.ndarray:
+        """Decode one batch (flag byte + stream), then replay the encoder's adaptation on it."""
+        if not payload:
+            raise BatchError("empty batch")
+        flags = payload[0]
+        if flags & ~KNOWN_FLAGS:
+            raise BatchError(f"unknown batch flags 0x{flags:02x}")
+        channels = shape[1]
+        track = self._track(channels)
+        if flags & FLAG_ROLLBACK:
+            if track.previous is None:
+                raise BatchError("a batch undoes an update that was never made")
+            self._load(track, track.previous)
+            track.previous = None
+        network = self._bundle.network(channels) if flags & FLAG_PRETRAINED else track.network
+        decoder = Decoder(payload[1:])
         pixels = network.decode(decoder, shape)
         decoder.check_finished()
         if not bool(((pixels >= 0) & (pixels <= 255)).all()):
-            raise ValueError("decoded pixels out of range")
-        self._adapt(pixels)
+            raise BatchError("decoded pixels out of range")
+        if self._will_adapt(track):
+            self._adapt(track, pixels, None)
         return pixels.to(torch.uint8).numpy()
 
-    def _adapt(self, pixels: torch.Tensor) -> None:
-        if not self.config.adapt:
-            return
-        channels = pixels.shape[1]
-        network, optimizer = self._networks[channels], self._optimizers[channels]
-        for _ in range(self.config.steps_per_batch):
+    def _adapt(self, track: _Track, pixels: torch.Tensor, loss: torch.Tensor | None) -> None:
+        if self.config.guard:
+            track.previous = self._state(track)
+        network, optimizer = track.network, track.optimizer
+        for step in range(self.config.steps_per_batch):
             optimizer.zero_grad()
-            network.nll(pixels).backward()
+            (loss if step == 0 and loss is not None else network.nll(pixels)).backward()
             optimizer.step()
+        track.updated = True
 
 
-__all__ = ["AdaptationConfig", "OnlineAdapter", "BatchStatistics", "ENGINE"]
+__all__ = ["AdaptationConfig", "OnlineAdapter", "BatchStatistics", "BatchError", "ENGINE",
+           "FLAG_PRETRAINED", "FLAG_ROLLBACK"]

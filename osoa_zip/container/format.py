@@ -17,9 +17,10 @@ import zlib
 from typing import BinaryIO, Iterator
 
 MAGIC = b"OSOAZIP\x1a"
-FORMAT_MAJOR = 0
-FORMAT_MINOR = 2
-OLDEST_MINOR = {0: 2}  # format 0 is unstable: earlier development layouts are refused by version
+FORMAT_MAJOR = 1
+FORMAT_MINOR = 0
+# Format 1 is frozen: every later release reads every 1.x archive up to its own
+# minor.  Format 0 was the unstable development layout and is refused by version.
 MAX_CHUNK_BYTES = 1 << 31  # a larger declared length is damage or hostility, never data
 END_TAG = b"END "
 
@@ -80,12 +81,12 @@ class ArchiveReader:
         magic, major, minor = _PREAMBLE.unpack(preamble)
         if magic != MAGIC:
             raise ArchiveError("not an osoa-zip archive (bad magic bytes)")
-        if major != FORMAT_MAJOR:
-            raise ArchiveError(f"archive format {major}.{minor} is not supported by this version "
-                               f"(reads format {FORMAT_MAJOR}.x); upgrade osoa-zip")
-        if minor < OLDEST_MINOR.get(major, 0):
-            raise ArchiveError(f"archive format {major}.{minor} is a development layout that this "
-                               f"version no longer reads (oldest: {major}.{OLDEST_MINOR[major]})")
+        if major == 0:
+            raise ArchiveError(f"archive format {major}.{minor} is a pre-release development layout that "
+                               f"this version does not read (decode it with the osoa-zip that wrote it)")
+        if major > FORMAT_MAJOR or (major == FORMAT_MAJOR and minor > FORMAT_MINOR):
+            raise ArchiveError(f"archive format {major}.{minor} is newer than this version reads "
+                               f"(up to {FORMAT_MAJOR}.{FORMAT_MINOR}); upgrade osoa-zip")
         self.version = (major, minor)
         self._digest.update(preamble)
 

@@ -126,6 +126,29 @@ class SubLatticeFlow(nn.Module):
         self.tables: LogisticTables | None = None
 
     # -- the one traversal ---------------------------------------------------
+    def adaptable_parameters(self, selection: str) -> set[str]:
+        """Names of the parameters that online adaptation may change under ``selection``.
+
+        "last": the output layer of every predictor and the final prior (they
+        set means and scales directly; no gradient flows into earlier layers);
+        "bias": every bias and the final prior; "all": everything.
+        """
+        names = {name for name, _ in self.named_parameters()}
+        prior = {"final_mean", "final_log_scale"}
+        if selection == "all":
+            return names
+        if selection == "bias":
+            return {name for name in names if name.endswith(".bias")} | prior
+        if selection == "last":
+            last = {}
+            for name in names:
+                if ".convs." in name:
+                    stack, rest = name.split(".convs.")
+                    last[stack] = max(last.get(stack, 0), int(rest.split(".")[0]))
+            return {name for name in names if ".convs." in name
+                    and int(name.split(".convs.")[1].split(".")[0]) == last[name.split(".convs.")[0]]} | prior
+        raise ValueError(f"unknown parameter selection {selection!r}")
+
     def _predictor(self, level: int) -> LevelPredictor:
         return self.levels[min(level, len(self.levels) - 1)]
 
