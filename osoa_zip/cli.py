@@ -227,9 +227,9 @@ def info_command(archive) -> None:
     """Show ARCHIVE's header (model and hash, engine, adaptation settings) and totals."""
     import json
 
-    from .inspect import read_table
+    from .inspect import read_archive
     with _reported_errors(), _open_archive(archive) as source:
-        header, entries = read_table(source)
+        header, entries, batches = read_archive(source)
         click.echo(json.dumps(header, indent=2, sort_keys=True))
         images = [e for e in entries if e.kind == "image"]
         subpixels = sum(e.size for e in images)
@@ -238,6 +238,15 @@ def info_command(archive) -> None:
                    f"{sum(e.kind == 'file' for e in entries)} other files)")
         if subpixels:
             click.echo(f"images: {subpixels} sub-pixels at {bits / subpixels:.3f} bits per sub-pixel")
+        if batches:
+            pretrained = sum(bool(b.flags & 1) for b in batches)
+            undone = sum(bool(b.flags & 2) for b in batches)
+            click.echo(f"batches: {len(batches)} ({pretrained} coded with the pretrained model, "
+                       f"{undone} undid the update before them)")
+            quarter = max(1, len(batches) // 4)
+            for label, part in (("first", batches[:quarter]), ("last", batches[-quarter:])):
+                part_bits, part_subpixels = sum(b.bits for b in part), sum(b.subpixels for b in part)
+                click.echo(f"  {label} {len(part)} batches: {part_bits / part_subpixels:.3f} bits per sub-pixel")
 
 
 @main.command("models")

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .layout import decode_name, read_entry
+from .layout import ALPHA_MODES, INDEX_MODES, decode_name, read_entry
 from .imaging.io import COLOR_CHANNELS, MODEL_MODES
 from .container.format import ArchiveError, ArchiveReader, read_json
 from .imaging.tiles import plan_batches
@@ -24,7 +24,21 @@ class Listed:
     coded_bytes: float
 
 
+@dataclass
+class BatchRecord:
+    """One coded batch as the STAT chunk records it."""
+    bits: int
+    subpixels: int
+    flags: int
+
+
 def read_table(source: BinaryIO) -> tuple[dict, list[Listed]]:
+    header, listed, _ = read_archive(source)
+    return header, listed
+
+
+def read_archive(source: BinaryIO) -> tuple[dict, list[Listed], list[BatchRecord]]:
+    """Header, entries and per-batch statistics, without decoding any batch."""
     reader = ArchiveReader(source)
     chunks = reader.chunks()
     tag, payload = next(chunks, (None, None))
@@ -32,10 +46,15 @@ def read_table(source: BinaryIO) -> tuple[dict, list[Listed]]:
         raise ArchiveError("archive has no header chunk")
     header = read_json(payload, "the header")
     listed: list[Listed] = []
+    batches: list[BatchRecord] = []
     try:
         adaptation = header["adaptation"]
         for tag, payload in chunks:
-            if tag in (b"STAT", b"DATA", b"BATC", b"ALPH"):
+            if tag == b"STAT":
+                batches = [BatchRecord(int(bits), int(subpixels), int(flags))
+                           for bits, subpixels, flags in read_json(payload, "the statistics")["batches"]]
+                continue
+            if tag in (b"DATA", b"BATC", b"ALPH", b"PIDX"):
                 continue
             entry = read_entry(tag, payload)
             if tag == b"FILE":
@@ -51,7 +70,7 @@ def read_table(source: BinaryIO) -> tuple[dict, list[Listed]]:
                 raise ArchiveError(f"unexpected chunk {tag!r}")
     except (KeyError, TypeError, ValueError) as error:
         raise ArchiveError(f"archive entry is malformed ({type(error).__name__}: {error})") from None
-    return header, listed
+    return header, listed, batches
 
 
 def _file(entry: dict, chunks) -> Listed:
@@ -69,11 +88,24 @@ def _file(entry: dict, chunks) -> Listed:
 def _images(table: list, chunks, tile: int, batch_size: int) -> list[Listed]:
     shapes = [(int(e["height"]), int(e["width"]), COLOR_CHANNELS[e["image_mode"]]) for e in table]
     coded = [0.0] * len(table)
-    for batch in plan_batches(shapes, tile, batch_size):
+    # Side planes first (ALPH, PIDX, in that order): their bytes are shared by pixel count.
+    for modes, tag_expected in ((ALPHA_MODES, b"ALPH"), (INDEX_MODES, b"PIDX")):
+        members = [i for i, e in enumerate(table) if e["image_mode"] in modes]
+        if not members:
+            continue
+        tag, payload = next(chunks, (None, None))
+        if tag != tag_expected:
+            raise ArchiveError(f"an image group's {tag_expected.decode()} chunk is missing")
+        pixels = sum(shapes[i][0] * shapes[i][1] for i in members)
+        for i in members:
+            coded[i] += len(payload) * shapes[i][0] * shapes[i][1] / pixels
+    modelled = [index for index, shape in enumerate(shapes) if shape[2]]
+    for batch in plan_batches([shapes[i] for i in modelled], tile, batch_size):
         tag, payload = next(chunks, (None, None))
         if tag != b"BATC":
             raise ArchiveError("batch chunk missing")
         for image, _, _ in batch.members:
-            coded[image] += len(payload) / len(batch.members)
-    return [Listed(decode_name(e), "image", h * w * MODEL_MODES[e["image_mode"]], "model", b)
-            for e, (h, w, _), b in zip(table, shapes, coded)]
+            coded[modelled[image]] += len(payload) / len(batch.members)
+    return [Listed(decode_name(e), "image", h * w * MODEL_MODES[e["image_mode"]],
+                   "model" if c else "palette", b)
+            for e, (h, w, c), b in zip(table, shapes, coded)]

@@ -17,7 +17,8 @@ from .imaging.io import ImageRecord
 
 DATA_CHUNK_BYTES = 1 << 24
 CHUNK_OVERHEAD = 16  # tag, length and CRC of one chunk
-ALPHA_MODES = ("LA", "RGBA")
+ALPHA_MODES = ("LA", "RGBA")  # their last plane travels in the group's ALPH chunk
+INDEX_MODES = ("P",)          # their only plane travels in the group's PIDX chunk
 GROUP_SUBPIXELS = 1 << 25       # images are coded in groups of about this many sub-pixels
 MAX_IMAGE_SUBPIXELS = 1 << 30   # a declared image larger than this is refused
 CODEC_STORE, CODEC_XZ = 0, 1
@@ -86,6 +87,8 @@ def image_extras(record: ImageRecord) -> dict:
         extras["png_after"] = base64.b64encode(record.png_after).decode("ascii")
     if record.sha256:
         extras["sha256"] = record.sha256
+    if record.palette:
+        extras["palette"] = base64.b64encode(record.palette).decode("ascii")
     return extras
 
 
@@ -93,6 +96,7 @@ def record_from_entry(entry: dict, pixels: np.ndarray) -> ImageRecord:
     return ImageRecord(pixels=pixels, mode=entry["image_mode"], format=str(entry["format"]),
                        png_before=base64.b64decode(entry.get("png_before", ""), validate=True),
                        png_after=base64.b64decode(entry.get("png_after", ""), validate=True),
-                       sha256=str(entry.get("sha256", "")))
+                       sha256=str(entry.get("sha256", "")),
+                       palette=base64.b64decode(entry.get("palette", ""), validate=True))
 
 

@@ -2,7 +2,7 @@
 
 Chunk order (docs/FORMAT.md): HEAD; entries as they are scanned (DIRE,
 LINK, FILE + DATA), with model-path images collected into groups, each an
-IMGS table (+ ALPH) followed by its BATC chunks; then HARD links; STAT; END.
+IMGS table (+ ALPH, PIDX) followed by its BATC chunks; then HARD links; STAT; END.
 """
 from __future__ import annotations
 
@@ -20,7 +20,8 @@ from .exact import ENGINE
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, SourceError, scan
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image
 from .imaging.tiles import gather, pad_even, plan_batches
-from .layout import (ALPHA_MODES, CHUNK_OVERHEAD, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, Progress,
+from .layout import (ALPHA_MODES, CHUNK_OVERHEAD, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, INDEX_MODES,
+                     Progress,
                      Summary, UsageError, Warn, encode_name, image_extras)
 from .models.registry import DEFAULT_MODEL, load_model
 
@@ -83,17 +84,20 @@ class _Compressor:
                  for e, r in self.group]
         # xz: on 28x28 images the plain JSON table alone would cost ~1 bit per sub-pixel.
         packed_table = lzma.compress(canonical_json(table), preset=9)
-        colour = [r.pixels[:, :, :COLOR_CHANNELS[r.mode]] for _, r in self.group]
-        # Alpha planes (mostly flat or simple masks) go beside the model, xz-compressed.
+        colour = [r.pixels[:, :, :COLOR_CHANNELS[r.mode]] for _, r in self.group if COLOR_CHANNELS[r.mode]]
+        # Alpha planes (mostly flat or simple masks) and palette indices go beside
+        # the model, xz-compressed (docs/FORMAT.md says why).
         alpha = b"".join(r.pixels[:, :, -1].tobytes() for _, r in self.group if r.mode in ALPHA_MODES)
         packed_alpha = lzma.compress(alpha, preset=9) if alpha else b""
+        indices = b"".join(r.pixels.tobytes() for _, r in self.group if r.mode in INDEX_MODES)
+        packed_indices = lzma.compress(indices, preset=9) if indices else b""
         padded = [pad_even(c) for c in colour]
         config = self.adapter.config
         before = self.adapter.snapshot()
         coded = [self.adapter.encode(gather(batch, padded))
                  for batch in plan_batches([c.shape for c in colour], config.tile_size, config.batch_size)]
         group, self.group, self.group_subpixels = self.group, [], 0
-        coded_bytes = (len(packed_table) + len(packed_alpha) + CHUNK_OVERHEAD
+        coded_bytes = (len(packed_table) + len(packed_alpha) + len(packed_indices) + 3 * CHUNK_OVERHEAD
                        + sum(len(data) + CHUNK_OVERHEAD for data, _ in coded))
         if coded_bytes > sum(entry.size for entry, _ in group):
             # Never larger than the files themselves: forget this group's adaptation
@@ -105,12 +109,14 @@ class _Compressor:
         self.writer.write_chunk(b"IMGS", packed_table)
         if alpha:
             self.writer.write_chunk(b"ALPH", packed_alpha)
+        if indices:
+            self.writer.write_chunk(b"PIDX", packed_indices)
         for data, stats in coded:
             self.writer.write_chunk(b"BATC", data)
             self.summary.batches.append(stats)
             self.summary.image_bits += stats.bits
         self.summary.images += len(group)
-        self.summary.image_subpixels += sum(r.pixels.size for _, r in group)
+        self.summary.image_subpixels += sum(r.pixels.size for _, r in group if r.mode not in INDEX_MODES)
         if self.progress:
             self.progress(len(group))
 

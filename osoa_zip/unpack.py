@@ -21,7 +21,7 @@ from .exact import ENGINE
 from .files.restore import Conflict, EntryNames, Staging, UnsafeEntry
 from .imaging.io import COLOR_CHANNELS, MODEL_MODES, CannotReproduce, write_image
 from .imaging.tiles import plan_batches, scatter
-from .layout import (ALPHA_MODES, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, MAX_IMAGE_SUBPIXELS,
+from .layout import (ALPHA_MODES, INDEX_MODES, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, MAX_IMAGE_SUBPIXELS,
                      Progress, Summary, UsageError, decode_name, read_entry, record_from_entry)
 from .models.registry import load_model
 
@@ -117,10 +117,12 @@ class _Decoder:
         if sum(h * w * MODEL_MODES[e["image_mode"]] for (h, w, _), e in zip(shapes, table)) \
                 > 4 * GROUP_SUBPIXELS + MAX_IMAGE_SUBPIXELS:
             raise ArchiveError("an image group declares more pixels than any encoder writes")
-        alpha = self._alpha_planes(table, shapes, chunks)
-        padded = [np.zeros((h + h % 2, w + w % 2, c), np.uint8) for h, w, c in shapes]
+        alpha = self._side_planes(table, shapes, chunks, ALPHA_MODES, b"ALPH", "alpha planes")
+        indices = self._side_planes(table, shapes, chunks, INDEX_MODES, b"PIDX", "palette indices")
+        modelled = [shape for shape in shapes if shape[2]]
+        padded = [np.zeros((h + h % 2, w + w % 2, c), np.uint8) for h, w, c in modelled]
         config = self.adapter.config
-        for batch in plan_batches(shapes, config.tile_size, config.batch_size):
+        for batch in plan_batches(modelled, config.tile_size, config.batch_size):
             index = self.batches_decoded
             self.batches_decoded += 1
             tag, payload = next(chunks, (None, None))
@@ -132,34 +134,40 @@ class _Decoder:
                 raise ArchiveError(f"batch {index} does not decode ({error})") from None
             scatter(batch, tiles, padded)
             self.summary.image_bits += 8 * len(payload)
-        for entry, pixels, (h, w, _) in zip(table, padded, shapes):
-            pixels = pixels[:h, :w]
+        padded.reverse()
+        for entry, (h, w, c) in zip(table, shapes):
+            if entry["image_mode"] in INDEX_MODES:
+                pixels = indices.pop(0)[:, :, None]
+            else:
+                pixels = padded.pop()[:h, :w]
             if entry["image_mode"] in ALPHA_MODES:
                 pixels = np.concatenate([pixels, alpha.pop(0)[:, :, None]], axis=2)
             record = record_from_entry(entry, pixels)
             self.sink.image(decode_name(entry), record, int(entry["mode"]), int(entry["mtime_ns"]))
             self.summary.images += 1
             self.summary.files += 1
-            self.summary.image_subpixels += record.pixels.size
+            if record.mode not in INDEX_MODES:
+                self.summary.image_subpixels += record.pixels.size
         if self.progress:
             self.progress(len(table))
 
 
     @staticmethod
-    def _alpha_planes(table: list, shapes: list, chunks) -> list[np.ndarray]:
-        """The group's alpha planes (ALPH chunk), in table order, if any image has one."""
-        sizes = [(h, w) for (h, w, _), e in zip(shapes, table) if e["image_mode"] in ALPHA_MODES]
+    def _side_planes(table: list, shapes: list, chunks, modes: tuple, tag_expected: bytes,
+                     what: str) -> list[np.ndarray]:
+        """The group's planes kept beside the model (one xz chunk), in table order, if any image has one."""
+        sizes = [(h, w) for (h, w, _), e in zip(shapes, table) if e["image_mode"] in modes]
         if not sizes:
             return []
         tag, payload = next(chunks, (None, None))
         expected = sum(h * w for h, w in sizes)
         decompressor = lzma.LZMADecompressor()
         try:
-            data = decompressor.decompress(payload or b"", max_length=expected + 1) if tag == b"ALPH" else b""
+            data = decompressor.decompress(payload or b"", max_length=expected + 1) if tag == tag_expected else b""
         except lzma.LZMAError:
             data = b""
-        if tag != b"ALPH" or len(data) != expected or not decompressor.eof:
-            raise ArchiveError("an image group's alpha planes are missing or damaged")
+        if tag != tag_expected or len(data) != expected or not decompressor.eof:
+            raise ArchiveError(f"an image group's {what} are missing or damaged")
         planes, offset = [], 0
         for h, w in sizes:
             planes.append(np.frombuffer(data, np.uint8, h * w, offset).reshape(h, w))

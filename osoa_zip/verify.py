@@ -20,9 +20,15 @@ def _names(folder: Path) -> set[str]:
 
 def _same_image(original: Path, restored: Path) -> bool:
     a, b = read_image(original), read_image(restored)
-    return (b is not None and (a.mode, a.format, a.png_before, a.png_after) == (b.mode, b.format, b.png_before,
-                                                                                 b.png_after)
-            and np.array_equal(a.pixels, b.pixels))
+    kept = ("mode", "format", "png_before", "png_after", "palette")
+    return (b is not None and all(getattr(a, key) == getattr(b, key) for key in kept)
+            and _png_header(original) == _png_header(restored) and np.array_equal(a.pixels, b.pixels))
+
+
+def _png_header(path: Path) -> bytes:
+    """A PNG's IHDR (size, bit depth, colour type, interlacing); empty for other formats."""
+    data = path.read_bytes()[:33]
+    return data[8:33] if data[12:16] == b"IHDR" else b""
 
 
 def tree_differences(original: Path, restored: Path) -> list[str]:

@@ -2,8 +2,8 @@
 
 The image folder is made from examples/images (copies, plus crops whose odd
 sides exercise padding and the small-tile batches) and is mixed with files
-that must take the general path (JPEG, palette, 16-bit, RGBA, corrupt PNG,
-PNG with a text chunk) and plain non-image files.  Tests treat the
+that must take the general path (JPEG, 16-bit, corrupt PNG), images with
+alpha, palettes and text chunks, and plain non-image files.  Tests treat the
 session-scoped folder as read-only; copy it (``shutil.copytree``) to change it.
 """
 from __future__ import annotations
@@ -37,7 +37,6 @@ CROP_SIZES = [(1, 1), (1, 7), (13, 5), (31, 17)]
 # Files in the fixture tree that must take the general path (read_image is None).
 GENERAL_PATH_IMAGES = [
     "general/photo.jpg",
-    "general/palette.png",
     "general/deep16.png",
     "general/truncated.png",
 ]
@@ -76,7 +75,8 @@ def uncompressed_copy(source: Path, destination: Path) -> Path:
 
 def model_path_images() -> list[str]:
     names = [f"images/{p.name}" for p in sorted(EXAMPLES.glob("*.png"))]
-    names += ["images/text_chunk.png", "images/rgba.png", "images/la.png"]
+    names += ["images/text_chunk.png", "images/rgba.png", "images/la.png", "images/palette.png",
+              "images/palette4_trns.png"]
     for kind in ("rgb", "gray"):
         names += [f"crops/{kind}_{w}x{h}.png" for w, h in CROP_SIZES]
     return names
@@ -113,7 +113,9 @@ def build_tree(root: Path) -> Path:
     general = root / "general"
     general.mkdir()
     rgb.save(general / "photo.jpg", quality=90)
-    rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=32).save(general / "palette.png")
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=32).save(images / "palette.png")
+    # 4 colours: Pillow writes 2 bits per index; tRNS makes one colour transparent.
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=4).save(images / "palette4_trns.png", transparency=1)
     Image.fromarray(np.asarray(gray).astype(np.uint16) * 257).save(general / "deep16.png")
     rgba = rgb.convert("RGBA")
     rgba.putalpha(Image.fromarray(np.asarray(gray.resize(rgb.size))))

@@ -1,0 +1,172 @@
+"""The OSOA engine's options and per-batch flags, through the Python API and `info`/`list`.
+
+The guard (never worse than frozen) is checked with a learning rate large
+enough to wreck the model: unguarded, adaptation costs far more than
+--no-adapt; guarded, at most a few bytes per batch more, and the decoder
+replays the flags exactly.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from conftest import BATCH_SIZE, EXAMPLES, MODEL, TILE_SIZE, assert_same_tree, uncompressed_copy
+from osoa_zip import compress, decompress
+from osoa_zip.adapt.config import AdaptationConfig
+from osoa_zip.adapt.engine import FLAG_PRETRAINED, FLAG_ROLLBACK, OnlineAdapter
+from osoa_zip.cli import main
+from osoa_zip.inspect import read_archive
+from osoa_zip.models.registry import load_model
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    return uncompressed_copy(EXAMPLES, tmp_path_factory.mktemp("src") / "images")
+
+
+def _archive(source, **settings) -> bytes:
+    output = io.BytesIO()
+    config = AdaptationConfig(tile_size=TILE_SIZE, batch_size=BATCH_SIZE, **settings)
+    compress([source], output, model=MODEL, adaptation=config)
+    return output.getvalue()
+
+
+def _round_trip(source, tmp_path, **settings) -> tuple[bytes, list]:
+    data = _archive(source, **settings)
+    destination = tmp_path / "restored"
+    decompress(io.BytesIO(data), destination)
+    assert_same_tree(source, destination)
+    return data, read_archive(io.BytesIO(data))[2]
+
+
+def _example_tiles() -> np.ndarray:
+    """96 RGB tiles of 16x16 from the six 64x64 examples: 24 batches of four."""
+    tiles = []
+    for index in range(6):
+        pixels = np.asarray(Image.open(EXAMPLES / f"000{index}.png"))
+        tiles.append(pixels.reshape(4, 16, 4, 16, 3).transpose(0, 2, 4, 1, 3).reshape(16, 3, 16, 16))
+    return np.ascontiguousarray(np.concatenate(tiles))
+
+
+def _coded_bytes(**settings) -> tuple[int, list[int]]:
+    adapter = OnlineAdapter(load_model(MODEL), AdaptationConfig(tile_size=16, batch_size=4, **settings))
+    tiles = _example_tiles()
+    coded = [adapter.encode(tiles[start:start + 4]) for start in range(0, len(tiles), 4)]
+    return sum(len(data) for data, _ in coded), [stats.flags for _, stats in coded]
+
+
+def test_guard_keeps_a_wrecked_adaptation_near_frozen():
+    frozen, _ = _coded_bytes(adapt=False)
+    wrecked, _ = _coded_bytes(learning_rate=0.5, guard=False)
+    guarded, flags = _coded_bytes(learning_rate=0.5)
+    assert wrecked > 1.5 * frozen  # the unguarded run really is wrecked
+    assert guarded <= frozen + 2 * len(flags)  # a flag byte per batch (and a little coder slack)
+    assert flags[0] == 0  # the first batch is always coded with θ0 (nothing adapted yet)
+    assert any(flags)  # the guard stepped in (θ0 or undoing an update)
+
+
+def test_flags_round_trip_through_the_archive(source, tmp_path):
+    """A learning rate that often overshoots: both flags occur and the decoder replays them."""
+    _, batches = _round_trip(source, tmp_path, learning_rate=0.05)
+    flags = [b.flags for b in batches]
+    assert any(f & FLAG_PRETRAINED for f in flags) and any(f & FLAG_ROLLBACK for f in flags), flags
+
+
+def test_without_guard_no_flags_are_written(source, tmp_path):
+    _, batches = _round_trip(source, tmp_path, guard=False)
+    assert {b.flags for b in batches} == {0}
+
+
+@pytest.mark.parametrize("settings", [
+    {"steps_per_batch": 3},
+    {"parameters": "last"},
+    {"parameters": "bias", "learning_rate": 3e-3},
+    {"adapt_batches": 2},
+    {"segment_batches": 3, "steps_per_batch": 2},
+], ids=["k3", "last-layers", "biases", "early-stop", "segments-k2"])
+def test_options_round_trip_exactly(source, tmp_path, settings):
+    data, _ = _round_trip(source, tmp_path, **settings)
+    header = read_archive(io.BytesIO(data))[0]
+    for key, value in settings.items():
+        assert header["adaptation"][key] == value
+
+
+def _tiles(count: int) -> np.ndarray:
+    pixels = np.asarray(Image.open(EXAMPLES / "0000.png"))
+    tiles = pixels.reshape(4, 16, 4, 16, 3).transpose(0, 2, 4, 1, 3).reshape(16, 3, 16, 16)
+    return np.ascontiguousarray(tiles[:count])
+
+
+def _weights(network) -> dict:
+    return {name: p.detach().clone() for name, p in network.named_parameters()}
+
+
+def test_parameter_selection_freezes_the_rest():
+    bundle = load_model(MODEL)
+    adapter = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4, parameters="last",
+                                                     learning_rate=1e-2, guard=False))
+    before = _weights(bundle.network(3))
+    adapter.encode(_tiles(4))
+    after = _weights(adapter.adapted_network(3))
+    chosen = bundle.network(3).adaptable_parameters("last")
+    moved = {name for name in before if not torch_equal(before[name], after[name])}
+    assert moved and moved <= chosen
+    assert "levels.0.edges.convs.0.weight" not in chosen
+
+
+def torch_equal(a, b) -> bool:
+    return bool((a == b).all())
+
+
+def test_early_stopping_freezes_after_n_batches():
+    bundle = load_model(MODEL)
+    adapter = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4, adapt_batches=2,
+                                                     learning_rate=1e-2, guard=False))
+    tiles = _tiles(16)
+    snapshots = []
+    for start in range(0, 16, 4):
+        adapter.encode(tiles[start:start + 4])
+        snapshots.append(_weights(adapter.adapted_network(3)))
+    changed = [any(not torch_equal(a[k], b[k]) for k in a) for a, b in zip(snapshots, snapshots[1:])]
+    assert changed == [True, False, False]
+
+
+def test_unknown_flags_are_refused():
+    bundle = load_model(MODEL)
+    encoder = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4))
+    data, _ = encoder.encode(_tiles(4))
+    decoder = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4))
+    with pytest.raises(ValueError, match="unknown batch flags"):
+        decoder.decode(bytes([0x80]) + data[1:], (4, 3, 16, 16))
+    fresh = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4))
+    with pytest.raises(ValueError, match="never made"):
+        fresh.decode(bytes([FLAG_ROLLBACK]) + data[1:], (4, 3, 16, 16))
+
+
+def test_info_reports_batches_and_flags(source, tmp_path):
+    archive = tmp_path / "a.osoa"
+    archive.write_bytes(_archive(source, learning_rate=0.05))
+    result = CliRunner().invoke(main, ["info", str(archive)])
+    assert result.exit_code == 0, result.output
+    batches = read_archive(io.BytesIO(archive.read_bytes()))[2]
+    pretrained = sum(bool(b.flags & FLAG_PRETRAINED) for b in batches)
+    assert f"batches: {len(batches)} ({pretrained} coded with the pretrained model" in result.output
+    assert '"guard": true' in result.output
+
+
+def test_list_shows_how_each_image_was_coded(source_tree, tmp_path):
+    """Alpha planes (ALPH) and palette indices (PIDX) sit between a group's table and its batches."""
+    archive = tmp_path / "tree.osoa"
+    archive.write_bytes(_archive(source_tree))
+    result = CliRunner().invoke(main, ["list", str(archive)])
+    assert result.exit_code == 0, result.output
+    methods = {line.split()[-1]: line.split()[3] for line in result.output.splitlines()[1:]
+               if line.startswith("image")}
+    assert methods["images/palette.png"] == "palette"
+    assert methods["images/rgba.png"] == "model" and methods["images/0000.png"] == "model"
+    listed = {line.split()[-1] for line in result.output.splitlines()[1:]}
+    assert {"general/photo.jpg", "files/empty.bin", "images/la.png"} <= listed
