@@ -1,0 +1,72 @@
+"""The golden archives of format 1.0 and the folder they were made from.
+
+FROZEN: these archives must decode to this folder in every later release
+(tests/test_golden.py).  Never change build_source or the archives; a new
+format version gets a new module and new archives beside these.
+
+    python tests/golden/format_1_0.py   # (re)writes the archives; only ever run for format 1.0
+"""
+from __future__ import annotations
+
+import io
+import os
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, PngImagePlugin
+
+HERE = Path(__file__).resolve().parent
+EXAMPLES = HERE.parents[1] / "examples" / "images"
+ARCHIVES = {  # file name -> (model, adaptation settings)
+    "format-1.0-idf-tiny-test.osoa": ("idf-tiny-test", {"tile_size": 16, "batch_size": 4, "learning_rate": 0.3}),
+    "format-1.0-idf-sublattice-v2.osoa": ("idf-sublattice-v2", {"tile_size": 16, "batch_size": 2}),
+}
+MTIME_NS = 1_700_000_000_000_000_000
+
+
+def build_source(root: Path) -> Path:
+    """A small folder with every kind of entry the format holds."""
+    rgb = Image.open(EXAMPLES / "0002.png").crop((3, 5, 37, 26))     # 34 x 21: odd height
+    gray = Image.open(EXAMPLES / "0006.png").crop((1, 2, 24, 19))    # 23 x 17
+    images = root / "images"
+    images.mkdir(parents=True)
+    rgb.save(images / "rgb.png", compress_level=0)
+    gray.save(images / "gray.png", compress_level=0)
+    rgba = rgb.convert("RGBA")
+    rgba.putalpha(Image.fromarray((np.arange(34 * 21).reshape(21, 34) % 256).astype(np.uint8)))
+    rgba.save(images / "rgba.png", compress_level=0)
+    rgb.convert("LA").save(images / "la.png", compress_level=0)
+    rgb.convert("P", palette=Image.Palette.ADAPTIVE, colors=8).save(images / "palette.png", transparency=2)
+    info = PngImagePlugin.PngInfo()
+    info.add_text("Comment", "kept verbatim")
+    rgb.save(images / "text.png", pnginfo=info, compress_level=0)
+    rgb.crop((0, 0, 1, 1)).save(images / "one_pixel.png", compress_level=0)
+    rgb.save(images / "lossy.jpg", quality=85)
+    (root / "notes.txt").write_text("osoa-zip golden archive, format 1.0\n" * 8)
+    (root / "empty.bin").write_bytes(b"")
+    (root / "empty_dir").mkdir()
+    (root / "nested" / "deeper").mkdir(parents=True)
+    (root / "nested" / "deeper" / "bytes.bin").write_bytes(bytes(range(256)))
+    os.symlink("../notes.txt", root / "nested" / "link_to_notes")
+    os.link(root / "notes.txt", root / "nested" / "hardlink_to_notes")
+    for path in sorted(root.rglob("*"), reverse=True):
+        os.utime(path, ns=(MTIME_NS, MTIME_NS), follow_symlinks=False)
+    return root
+
+
+def main() -> None:
+    import tempfile
+
+    from osoa_zip import compress
+    from osoa_zip.adapt.config import AdaptationConfig
+    with tempfile.TemporaryDirectory() as scratch:
+        source = build_source(Path(scratch) / "source")
+        for name, (model, settings) in ARCHIVES.items():
+            output = io.BytesIO()
+            compress([source], output, model=model, adaptation=AdaptationConfig(**settings))
+            (HERE / name).write_bytes(output.getvalue())
+            print(name, len(output.getvalue()), "bytes")
+
+
+if __name__ == "__main__":
+    main()
