@@ -28,14 +28,33 @@ def _fail(message: str, code: int) -> None:
     sys.exit(code)
 
 
+class _Bar:
+    """Progress in bytes (input bytes when compressing, archive bytes when reading)."""
+
+    def __init__(self, bar) -> None:
+        self._bar = bar
+
+    def __call__(self, amount: float) -> None:
+        self._bar.update(amount)
+
+    def set_total(self, total: int) -> None:
+        self._bar.total = total
+        self._bar.refresh()
+
+
 @contextmanager
-def _progress(total: int | None, quiet: bool, unit: str):
+def _progress(total: int | None, quiet: bool, description: str):
     if quiet or not sys.stderr.isatty():
         yield None
         return
     from tqdm import tqdm
-    with tqdm(total=total, unit=unit, file=sys.stderr, leave=False) as bar:
-        yield bar.update
+    with tqdm(total=total, desc=description, unit="B", unit_scale=True, unit_divisor=1024, file=sys.stderr,
+              leave=False) as bar:
+        yield _Bar(bar)
+
+
+def _archive_size(archive: Path) -> int | None:
+    return archive.stat().st_size if str(archive) != "-" and archive.is_file() else None
 
 
 @contextmanager
@@ -118,7 +137,7 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
         config = AdaptationConfig(adapt=not no_adapt, learning_rate=learning_rate, steps_per_batch=steps_per_batch,
                                   batch_size=batch_size, tile_size=tile_size, segment_batches=segment_size,
                                   parameters=adapt_params, adapt_batches=adapt_batches, guard=guard)
-        with _progress(None, quiet, "tiles") as progress:
+        with _progress(None, quiet, "compressing") as progress:
             if str(archive) == "-":
                 summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet), byte_exact)
             else:
@@ -175,7 +194,8 @@ def decompress_command(archive, destination, patterns, force, quiet, verbose) ->
     archive is still decoded: each batch depends on the ones before it.
     """
     with _reported_errors():
-        with _progress(None, quiet, "files") as progress, _open_archive(archive) as source:
+        with _progress(_archive_size(archive), quiet, "decompressing") as progress, \
+                _open_archive(archive) as source:
             summary = decompress(source, destination, force, progress, list(patterns))
         if not quiet:
             _report(summary, "restored", verbose)
@@ -198,7 +218,7 @@ def _open_archive(archive: Path):
 def test_command(archive, quiet) -> None:
     """Decode and verify ARCHIVE completely, writing nothing (exit 0 if intact, 1 if not)."""
     with _reported_errors():
-        with _progress(None, quiet, "files") as progress, _open_archive(archive) as source:
+        with _progress(_archive_size(archive), quiet, "testing") as progress, _open_archive(archive) as source:
             summary = test_archive(source, progress)
         if not quiet:
             click.echo(f"{archive}: OK ({summary.files} files, {summary.images} images)")

@@ -49,7 +49,7 @@ class _Compressor:
             else:
                 self._queue_image(entry, record)
 
-    def _general_file(self, entry: Entry) -> None:
+    def _general_file(self, entry: Entry, counted: bool = False) -> None:
         chunks = (entry.size + DATA_CHUNK_BYTES - 1) // DATA_CHUNK_BYTES
         self.writer.write_json(b"FILE", {**encode_name(entry.name), "mode": entry.mode, "mtime_ns": entry.mtime_ns,
                                          "size": entry.size, "chunks": chunks})
@@ -60,6 +60,8 @@ class _Compressor:
                 if len(piece) != min(remaining, DATA_CHUNK_BYTES):
                     raise UsageError(f"{entry.source}: file shrank while it was being archived")
                 remaining -= len(piece)
+                if self.progress and not counted:
+                    self.progress(len(piece))
                 packed = lzma.compress(piece, preset=9)
                 if len(packed) < len(piece):
                     self.writer.write_chunk(b"DATA", bytes([CODEC_XZ]) + packed)
@@ -67,8 +69,6 @@ class _Compressor:
                     self.writer.write_chunk(b"DATA", bytes([CODEC_STORE]) + piece)
             if handle.read(1):
                 raise UsageError(f"{entry.source}: file grew while it was being archived")
-        if self.progress:
-            self.progress(1)
 
     def _queue_image(self, entry: Entry, record: ImageRecord) -> None:
         self.group.append((entry, record))
@@ -94,8 +94,15 @@ class _Compressor:
         padded = [pad_even(c) for c in colour]
         config = self.adapter.config
         before = self.adapter.snapshot()
-        coded = [self.adapter.encode(gather(batch, padded))
-                 for batch in plan_batches([c.shape for c in colour], config.tile_size, config.batch_size)]
+        batches = plan_batches([c.shape for c in colour], config.tile_size, config.batch_size)
+        group_bytes = sum(entry.size for entry, _ in self.group)
+        if self.progress and not batches:
+            self.progress(group_bytes)
+        coded = []
+        for batch in batches:
+            coded.append(self.adapter.encode(gather(batch, padded)))
+            if self.progress:
+                self.progress(group_bytes / len(batches))  # progress counts input bytes
         group, self.group, self.group_subpixels = self.group, [], 0
         coded_bytes = (len(packed_table) + len(packed_alpha) + len(packed_indices) + 3 * CHUNK_OVERHEAD
                        + sum(len(data) + CHUNK_OVERHEAD for data, _ in coded))
@@ -104,7 +111,7 @@ class _Compressor:
             # (the decoder never sees it) and store the files as they are.
             self.adapter.restore(before)
             for entry, _ in group:
-                self._general_file(entry)
+                self._general_file(entry, counted=True)
             return
         self.writer.write_chunk(b"IMGS", packed_table)
         if alpha:
@@ -117,8 +124,6 @@ class _Compressor:
             self.summary.image_bits += stats.bits
         self.summary.images += len(group)
         self.summary.image_subpixels += sum(r.pixels.size for _, r in group if r.mode not in INDEX_MODES)
-        if self.progress:
-            self.progress(len(group))
 
 
 def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:
@@ -143,6 +148,8 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
         entries = scan(list(sources), warn, _identity(output))
     except SourceError as error:
         raise UsageError(str(error)) from None
+    if progress is not None and hasattr(progress, "set_total"):
+        progress.set_total(sum(entry.size for entry in entries if entry.kind == FILE))
     bundle = load_model(model)
     writer = ArchiveWriter(output)
     writer.write_json(b"HEAD", {

@@ -81,8 +81,6 @@ class _Decoder:
         name = decode_name(entry)
         self.sink.file(name, self._file_pieces(name, entry, chunks), int(entry["mode"]), int(entry["mtime_ns"]))
         self.summary.files += 1
-        if self.progress:
-            self.progress(1)
 
     def _file_pieces(self, name: str, entry: dict, chunks) -> Iterator[bytes]:
         remaining = int(entry["size"])
@@ -148,8 +146,6 @@ class _Decoder:
             self.summary.files += 1
             if record.mode not in INDEX_MODES:
                 self.summary.image_subpixels += record.pixels.size
-        if self.progress:
-            self.progress(len(table))
 
 
     @staticmethod
@@ -180,8 +176,10 @@ class _StagingSink:
 
     def __init__(self, staging: Staging) -> None:
         self.staging = staging
+        self.written: list[tuple[str, bool]] = []  # (name, is an image), for partial extraction's summary
 
     def file(self, name, pieces, mode, mtime_ns) -> None:
+        self.written.append((name, False))
         path = self.staging.path(name)
         with open(path, "wb") as handle:
             for piece in pieces:
@@ -189,6 +187,7 @@ class _StagingSink:
         self.staging.finish_file(path, mode, mtime_ns)
 
     def image(self, name, record, mode, mtime_ns) -> None:
+        self.written.append((name, True))
         path = self.staging.path(name)
         try:
             write_image(path, record)
@@ -233,10 +232,27 @@ class _CheckingSink:
         self.names.claim(name, "file")
 
 
+class _CountingReader:
+    """Reports the archive bytes read: the decoder's progress, known even from a pipe."""
+
+    def __init__(self, stream: BinaryIO, progress: Progress) -> None:
+        self._stream, self._progress = stream, progress
+
+    def read(self, size: int = -1) -> bytes:
+        data = self._stream.read(size)
+        if data:
+            self._progress(len(data))
+        return data
+
+
+def _counted(source: BinaryIO, progress: Progress | None) -> BinaryIO:
+    return source if progress is None else _CountingReader(source, progress)
+
+
 def test_archive(source: BinaryIO, progress: Progress | None = None) -> Summary:
     """Fully decode and verify an archive without writing anything."""
     started = time.perf_counter()
-    summary = _Decoder(_CheckingSink(), progress).run(ArchiveReader(source))
+    summary = _Decoder(_CheckingSink(), progress).run(ArchiveReader(_counted(source, progress)))
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -259,12 +275,14 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
     staging = Staging(Path(destination))
     try:
         sink = _StagingSink(staging)
-        summary = _Decoder(sink, progress).run(ArchiveReader(source))
+        summary = _Decoder(sink, progress).run(ArchiveReader(_counted(source, progress)))
         if patterns:
             for pattern in patterns:
                 if not any(selected(name, [pattern]) for name in staging.names.kinds):
                     raise UsageError(f"no entry matches {pattern!r}")
             staging.commit(force, lambda name: selected(name, list(patterns)))
+            kept = [is_image for name, is_image in sink.written if selected(name, list(patterns))]
+            summary.files, summary.images = len(kept), sum(kept)
         else:
             staging.commit(force)
     except Conflict as error:
