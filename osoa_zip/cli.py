@@ -184,9 +184,13 @@ def _compress_to_file(sources, archive: Path, model, config, progress, warn, byt
 @click.argument("destination", type=click.Path(path_type=Path))
 @click.argument("patterns", nargs=-1)
 @click.option("-f", "--force", is_flag=True, help="Overwrite existing files in DESTINATION.")
+@click.option("--salvage", is_flag=True,
+              help="Restore every intact entry of a damaged archive and list the lost ones (exit 1 if any). "
+                   "Images are lost from a damaged batch to the end of its segment (see compress "
+                   "--segment-size).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print timing details.")
-def decompress_command(archive, destination, patterns, force, quiet, verbose) -> None:
+def decompress_command(archive, destination, patterns, force, salvage, quiet, verbose) -> None:
     """Restore ARCHIVE ('-' for standard input) into DESTINATION (created if missing).
 
     With PATTERNS (shell wildcards such as 'cats/*.png', quoted), only the matching
@@ -196,9 +200,17 @@ def decompress_command(archive, destination, patterns, force, quiet, verbose) ->
     with _reported_errors():
         with _progress(_archive_size(archive), quiet, "decompressing") as progress, \
                 _open_archive(archive) as source:
-            summary = decompress(source, destination, force, progress, list(patterns))
+            if salvage and str(archive) == "-":
+                raise UsageError("--salvage needs an archive file, not standard input")
+            summary = decompress(source, destination, force, progress, list(patterns), salvage)
         if not quiet:
             _report(summary, "restored", verbose)
+        if summary.lost or summary.damage:
+            for line in summary.damage:
+                click.echo(f"osoa-zip: damaged: {line}", err=True)
+            for line in summary.lost:
+                click.echo(f"osoa-zip: lost: {line}", err=True)
+            _fail(f"salvaged {summary.files} files into {destination}; {len(summary.lost)} entries lost", DATA_ERROR)
 
 
 @contextmanager
@@ -261,8 +273,9 @@ def info_command(archive) -> None:
         if batches:
             pretrained = sum(bool(b.flags & 1) for b in batches)
             undone = sum(bool(b.flags & 2) for b in batches)
+            segments = sum(bool(b.flags & 4) for b in batches)
             click.echo(f"batches: {len(batches)} ({pretrained} coded with the pretrained model, "
-                       f"{undone} undid the update before them)")
+                       f"{undone} undid the update before them; {segments} segments)")
             quarter = max(1, len(batches) // 4)
             for label, part in (("first", batches[:quarter]), ("last", batches[-quarter:])):
                 part_bits, part_subpixels = sum(b.bits for b in part), sum(b.subpixels for b in part)
@@ -286,9 +299,10 @@ def _report(summary, verb: str, verbose: bool) -> None:
     click.echo(line, err=True)
     if verbose:
         for index, batch in enumerate(summary.batches):
-            coded_with = {0: "", 1: ", coded with the pretrained model", 2: ", last update undone"}
+            notes = [text for bit, text in ((1, "coded with the pretrained model"), (2, "last update undone"),
+                                            (4, "segment start")) if batch.flags & bit]
             click.echo(f"  batch {index}: {batch.bits / batch.subpixels:.3f} bpsp, {batch.seconds:.2f}s"
-                       f"{coded_with.get(batch.flags, f', flags {batch.flags}')}", err=True)
+                       + "".join(f", {note}" for note in notes), err=True)
 
 
 if __name__ == "__main__":

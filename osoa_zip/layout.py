@@ -22,6 +22,8 @@ INDEX_MODES = ("P",)          # their only plane travels in the group's PIDX chu
 GROUP_SUBPIXELS = 1 << 25       # images are coded in groups of about this many sub-pixels
 MAX_IMAGE_SUBPIXELS = 1 << 30   # a declared image larger than this is refused
 CODEC_STORE, CODEC_XZ = 0, 1
+CHUNK_TAGS = frozenset({b"HEAD", b"DIRE", b"LINK", b"FILE", b"DATA", b"IMGS", b"ALPH", b"PIDX", b"BATC", b"HARD",
+                        b"STAT"})
 Progress = Callable[[int], None]
 Warn = Callable[[str], None]
 
@@ -39,6 +41,8 @@ class Summary:
     image_bits: int = 0
     batches: list = field(default_factory=list)
     seconds: float = 0.0
+    lost: list = field(default_factory=list)    # --salvage: entries that could not be restored
+    damage: list = field(default_factory=list)  # --salvage: what was damaged, one line each
 
     @property
     def bits_per_subpixel(self) -> float:

@@ -14,14 +14,14 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from .adapt.engine import AdaptationConfig, OnlineAdapter
+from .adapt.engine import FLAG_SEGMENT_START, AdaptationConfig, OnlineAdapter
 from .coding.ans import CorruptStream
-from .container.format import ArchiveError, ArchiveReader, read_json
+from .container.format import ArchiveError, ArchiveReader, SalvagingReader, read_json
 from .exact import ENGINE
 from .files.restore import Conflict, EntryNames, Staging, UnsafeEntry
 from .imaging.io import COLOR_CHANNELS, MODEL_MODES, CannotReproduce, write_image
 from .imaging.tiles import plan_batches, scatter
-from .layout import (ALPHA_MODES, INDEX_MODES, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, MAX_IMAGE_SUBPIXELS,
+from .layout import (ALPHA_MODES, CHUNK_TAGS, INDEX_MODES, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, MAX_IMAGE_SUBPIXELS,
                      Progress, Summary, UsageError, decode_name, read_entry, record_from_entry)
 from .models.registry import load_model
 
@@ -29,12 +29,16 @@ from .models.registry import load_model
 class _Decoder:
     """Consumes chunks in order and hands finished entries to a sink."""
 
-    def __init__(self, sink, progress: Progress | None) -> None:
+    def __init__(self, sink, progress: Progress | None, salvage: bool = False) -> None:
         self.sink = sink
         self.progress = progress
         self.summary = Summary()
         self.adapter: OnlineAdapter | None = None
         self.batches_decoded = 0
+        # --salvage: record what is lost and go on; after lost batches, nothing is
+        # decoded until a batch that starts a segment (the model state is unknown).
+        self.salvage = salvage
+        self.segment_lost = False
 
     def run(self, reader: ArchiveReader) -> Summary:
         try:
@@ -55,10 +59,31 @@ class _Decoder:
         for tag, payload in chunks:
             if tag == b"STAT":
                 continue
+            if self.salvage:
+                self._salvaging(tag, payload, handlers, chunks)
+                continue
             if tag not in handlers:
                 raise ArchiveError(f"unexpected chunk {tag!r}")
             handlers[tag](read_entry(tag, payload), chunks)
         return self.summary
+
+    def _salvaging(self, tag, payload, handlers, chunks) -> None:
+        """One entry under --salvage: damage loses the entry (and, for images, the segment), nothing more."""
+        if payload is None or tag not in handlers:
+            if payload is None and tag not in (b"DATA", b"BATC", b"ALPH", b"PIDX", b"STAT"):
+                self.summary.lost.append(f"(an entry whose {tag.decode('ascii', 'replace')!r} chunk is damaged)")
+            if tag not in (b"DATA", b"ALPH", b"PIDX", b"DIRE", b"LINK", b"HARD", b"FILE", b"STAT"):
+                self.segment_lost = True  # could have been an image table or batch
+            return  # parts of an entry already lost (DATA, BATC, ...) are skipped
+        entry = None
+        try:
+            entry = read_entry(tag, payload)
+            handlers[tag](entry, chunks)
+        except (ArchiveError, UnsafeEntry, OSError, KeyError, TypeError, ValueError, AttributeError) as error:
+            if tag == b"IMGS":
+                self.segment_lost = True
+            entries = entry if isinstance(entry, list) else [entry]
+            self.summary.lost.extend(f"{_name_or_unknown(e)}: {error}" for e in entries)
 
     def header(self, header: dict) -> None:
         if header["engine"] != ENGINE:
@@ -103,6 +128,9 @@ class _Decoder:
         if remaining:
             raise ArchiveError(f"file {name!r}: less data than declared")
 
+    def _lose(self, name: str, why: str) -> None:
+        self.summary.lost.append(f"{name!r}: {why}")
+
     def images(self, table: list, chunks) -> None:
         shapes = []
         for entry in table:
@@ -115,31 +143,49 @@ class _Decoder:
         if sum(h * w * MODEL_MODES[e["image_mode"]] for (h, w, _), e in zip(shapes, table)) \
                 > 4 * GROUP_SUBPIXELS + MAX_IMAGE_SUBPIXELS:
             raise ArchiveError("an image group declares more pixels than any encoder writes")
-        alpha = self._side_planes(table, shapes, chunks, ALPHA_MODES, b"ALPH", "alpha planes")
-        indices = self._side_planes(table, shapes, chunks, INDEX_MODES, b"PIDX", "palette indices")
-        modelled = [shape for shape in shapes if shape[2]]
+        lost: dict[int, str] = {}  # table index -> why (only under --salvage)
+        alpha = self._side_planes(table, shapes, chunks, ALPHA_MODES, b"ALPH", "alpha planes", lost)
+        indices = self._side_planes(table, shapes, chunks, INDEX_MODES, b"PIDX", "palette indices", lost)
+        modelled_index = [i for i, shape in enumerate(shapes) if shape[2]]
+        modelled = [shapes[i] for i in modelled_index]
         padded = [np.zeros((h + h % 2, w + w % 2, c), np.uint8) for h, w, c in modelled]
         config = self.adapter.config
         for batch in plan_batches(modelled, config.tile_size, config.batch_size):
             index = self.batches_decoded
             self.batches_decoded += 1
             tag, payload = next(chunks, (None, None))
-            if tag != b"BATC":
-                raise ArchiveError(f"batch {index}: chunk missing")
             try:
-                tiles = self.adapter.decode(payload, batch.shape)
-            except (CorruptStream, ValueError) as error:
-                raise ArchiveError(f"batch {index} does not decode ({error})") from None
+                if tag != b"BATC" or payload is None:
+                    raise ArchiveError(f"batch {index}: chunk missing or damaged")
+                if self.segment_lost:
+                    if not payload or not payload[0] & FLAG_SEGMENT_START:
+                        raise ArchiveError(f"batch {index}: an earlier batch of its segment was lost")
+                    self.adapter.restart()  # a new segment: decoding can resume from θ0
+                    self.segment_lost = False
+                try:
+                    tiles = self.adapter.decode(payload, batch.shape)
+                except (CorruptStream, ValueError) as error:
+                    raise ArchiveError(f"batch {index} does not decode ({error})") from None
+            except ArchiveError as error:
+                if not self.salvage:
+                    raise
+                self.segment_lost = True
+                for member, _, _ in batch.members:
+                    lost.setdefault(modelled_index[member], str(error))
+                continue
             scatter(batch, tiles, padded)
             self.summary.image_bits += 8 * len(payload)
         padded.reverse()
-        for entry, (h, w, c) in zip(table, shapes):
+        for number, (entry, (h, w, c)) in enumerate(zip(table, shapes)):
             if entry["image_mode"] in INDEX_MODES:
                 pixels = indices.pop(0)[:, :, None]
             else:
                 pixels = padded.pop()[:h, :w]
             if entry["image_mode"] in ALPHA_MODES:
                 pixels = np.concatenate([pixels, alpha.pop(0)[:, :, None]], axis=2)
+            if number in lost:
+                self._lose(decode_name(entry), lost[number])
+                continue
             record = record_from_entry(entry, pixels)
             self.sink.image(decode_name(entry), record, int(entry["mode"]), int(entry["mtime_ns"]))
             self.summary.images += 1
@@ -148,11 +194,11 @@ class _Decoder:
                 self.summary.image_subpixels += record.pixels.size
 
 
-    @staticmethod
-    def _side_planes(table: list, shapes: list, chunks, modes: tuple, tag_expected: bytes,
-                     what: str) -> list[np.ndarray]:
+    def _side_planes(self, table: list, shapes: list, chunks, modes: tuple, tag_expected: bytes,
+                     what: str, lost: dict) -> list[np.ndarray]:
         """The group's planes kept beside the model (one xz chunk), in table order, if any image has one."""
-        sizes = [(h, w) for (h, w, _), e in zip(shapes, table) if e["image_mode"] in modes]
+        members = [i for i, e in enumerate(table) if e["image_mode"] in modes]
+        sizes = [shapes[i][:2] for i in members]
         if not sizes:
             return []
         tag, payload = next(chunks, (None, None))
@@ -163,7 +209,11 @@ class _Decoder:
         except lzma.LZMAError:
             data = b""
         if tag != tag_expected or len(data) != expected or not decompressor.eof:
-            raise ArchiveError(f"an image group's {what} are missing or damaged")
+            if not self.salvage or tag != tag_expected:
+                raise ArchiveError(f"an image group's {what} are missing or damaged")
+            for i in members:
+                lost.setdefault(i, f"its {what} are damaged")
+            return [np.zeros((h, w), np.uint8) for h, w in sizes]
         planes, offset = [], 0
         for h, w in sizes:
             planes.append(np.frombuffer(data, np.uint8, h * w, offset).reshape(h, w))
@@ -179,16 +229,20 @@ class _StagingSink:
         self.written: list[tuple[str, bool]] = []  # (name, is an image), for partial extraction's summary
 
     def file(self, name, pieces, mode, mtime_ns) -> None:
-        self.written.append((name, False))
         path = self.staging.path(name)
-        with open(path, "wb") as handle:
-            for piece in pieces:
-                handle.write(piece)
+        try:
+            with open(path, "wb") as handle:
+                for piece in pieces:
+                    handle.write(piece)
+        except BaseException:
+            path.unlink(missing_ok=True)  # under --salvage the rest goes on: no partial file
+            raise
+        self.written.append((name, False))
         self.staging.finish_file(path, mode, mtime_ns)
 
     def image(self, name, record, mode, mtime_ns) -> None:
-        self.written.append((name, True))
         path = self.staging.path(name)
+        self.written.append((name, True))
         try:
             write_image(path, record)
         except CannotReproduce as error:
@@ -265,17 +319,26 @@ def selected(name: str, patterns: list[str]) -> bool:
 
 
 def decompress(source: BinaryIO, destination: Path, force: bool = False,
-               progress: Progress | None = None, patterns: list[str] | None = None) -> Summary:
+               progress: Progress | None = None, patterns: list[str] | None = None,
+               salvage: bool = False) -> Summary:
     """Restore an archive (or the entries matching ``patterns``) into ``destination``.
 
     Everything is decoded and verified even when only some entries are wanted:
     each batch depends on the ones before it through the adaptation.
+
+    With ``salvage`` (a seekable archive file), damage does not stop the
+    restore: every intact entry is restored, and the summary's ``lost`` and
+    ``damage`` say what was not (images from a damaged batch to the end of its
+    segment, see --segment-size).  Callers must check them.
     """
     started = time.perf_counter()
     staging = Staging(Path(destination))
     try:
         sink = _StagingSink(staging)
-        summary = _Decoder(sink, progress).run(ArchiveReader(_counted(source, progress)))
+        reader = SalvagingReader(source, CHUNK_TAGS) if salvage else ArchiveReader(_counted(source, progress))
+        summary = _Decoder(sink, progress, salvage).run(reader)
+        if salvage:
+            summary.damage = list(reader.damage)
         if patterns:
             for pattern in patterns:
                 if not any(selected(name, [pattern]) for name in staging.names.kinds):
@@ -293,3 +356,10 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
         raise
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+def _name_or_unknown(entry) -> str:
+    try:
+        return repr(decode_name(entry))
+    except Exception:  # noqa: BLE001 — a damaged entry may not even have a name
+        return "(an entry without a readable name)"

@@ -17,7 +17,7 @@ from PIL import Image
 from conftest import BATCH_SIZE, EXAMPLES, MODEL, TILE_SIZE, assert_same_tree, uncompressed_copy
 from osoa_zip import compress, decompress
 from osoa_zip.adapt.config import AdaptationConfig
-from osoa_zip.adapt.engine import FLAG_PRETRAINED, FLAG_ROLLBACK, OnlineAdapter
+from osoa_zip.adapt.engine import FLAG_PRETRAINED, FLAG_ROLLBACK, FLAG_SEGMENT_START, OnlineAdapter
 from osoa_zip.cli import main
 from osoa_zip.inspect import read_archive
 from osoa_zip.models.registry import load_model
@@ -65,8 +65,8 @@ def test_guard_keeps_a_wrecked_adaptation_near_frozen():
     guarded, flags = _coded_bytes(learning_rate=0.5)
     assert wrecked > 1.5 * frozen  # the unguarded run really is wrecked
     assert guarded <= frozen + 2 * len(flags)  # a flag byte per batch (and a little coder slack)
-    assert flags[0] == 0  # the first batch is always coded with θ0 (nothing adapted yet)
-    assert any(flags)  # the guard stepped in (θ0 or undoing an update)
+    assert flags[0] == FLAG_SEGMENT_START  # the first batch starts the (only) segment, with θ0
+    assert any(f & (FLAG_PRETRAINED | FLAG_ROLLBACK) for f in flags)  # the guard stepped in
 
 
 def test_flags_round_trip_through_the_archive(source, tmp_path):
@@ -78,7 +78,7 @@ def test_flags_round_trip_through_the_archive(source, tmp_path):
 
 def test_without_guard_no_flags_are_written(source, tmp_path):
     _, batches = _round_trip(source, tmp_path, guard=False)
-    assert {b.flags for b in batches} == {0}
+    assert [b.flags for b in batches] == [FLAG_SEGMENT_START] + [0] * (len(batches) - 1)
 
 
 @pytest.mark.parametrize("settings", [
@@ -144,7 +144,10 @@ def test_unknown_flags_are_refused():
         decoder.decode(bytes([0x80]) + data[1:], (4, 3, 16, 16))
     fresh = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4))
     with pytest.raises(ValueError, match="never made"):
-        fresh.decode(bytes([FLAG_ROLLBACK]) + data[1:], (4, 3, 16, 16))
+        fresh.decode(bytes([FLAG_ROLLBACK | FLAG_SEGMENT_START]) + data[1:], (4, 3, 16, 16))
+    with pytest.raises(ValueError, match="segment flag"):
+        OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4)).decode(bytes([0]) + data[1:],
+                                                                                 (4, 3, 16, 16))
 
 
 def test_info_reports_batches_and_flags(source, tmp_path):

@@ -28,9 +28,10 @@ from ..exact.optim import ExactAdam
 from ..models.registry import FlowBundle
 from .config import AdaptationConfig
 
-FLAG_PRETRAINED = 0x01  # this batch is coded with θ0, not the adapted model
-FLAG_ROLLBACK = 0x02    # the update made after the previous batch is undone first
-KNOWN_FLAGS = FLAG_PRETRAINED | FLAG_ROLLBACK
+FLAG_PRETRAINED = 0x01      # this batch is coded with θ0, not the adapted model
+FLAG_ROLLBACK = 0x02        # the update made after the previous batch is undone first
+FLAG_SEGMENT_START = 0x04   # the model restarts from θ0 here (first batch of a segment)
+KNOWN_FLAGS = FLAG_PRETRAINED | FLAG_ROLLBACK | FLAG_SEGMENT_START
 
 
 class BatchError(ValueError):
@@ -78,6 +79,15 @@ class OnlineAdapter:
         self._batches = 0
 
     # -- state ---------------------------------------------------------------
+
+    def starts_segment(self) -> bool:
+        """Whether the next batch is the first of a segment (θ0 for every channel count)."""
+        segment = self.config.segment_batches
+        return self._batches == 0 or bool(segment and self._batches % segment == 0)
+
+    def restart(self) -> None:
+        """Start a new segment now (--salvage resumes decoding at a segment start)."""
+        self._tracks, self._batches = {}, 0
 
     def _track(self, channels: int) -> _Track:
         segment = self.config.segment_batches
@@ -134,6 +144,7 @@ class OnlineAdapter:
         started = time.perf_counter()
         pixels = torch.from_numpy(tiles).to(torch.float64)
         channels = pixels.shape[1]
+        segment_flag = FLAG_SEGMENT_START if self.starts_segment() else 0
         track = self._track(channels)
         adapting = self._will_adapt(track)
         # The first step's loss is computed before coding: the weights are the ones it steps from.
@@ -152,6 +163,7 @@ class OnlineAdapter:
         network = self._bundle.network(channels) if flags & FLAG_PRETRAINED else track.network
         encoder = Encoder()
         network.encode(pixels, encoder)
+        flags |= segment_flag
         data = bytes([flags]) + encoder.finish()
         if adapting:
             self._adapt(track, pixels, loss)
@@ -176,6 +188,8 @@ class OnlineAdapter:
         flags = payload[0]
         if flags & ~KNOWN_FLAGS:
             raise BatchError(f"unknown batch flags 0x{flags:02x}")
+        if bool(flags & FLAG_SEGMENT_START) != self.starts_segment():
+            raise BatchError("a batch's segment flag does not match the header's segment size")
         channels = shape[1]
         track = self._track(channels)
         if flags & FLAG_ROLLBACK:
@@ -205,4 +219,4 @@ class OnlineAdapter:
 
 
 __all__ = ["AdaptationConfig", "OnlineAdapter", "BatchStatistics", "BatchError", "ENGINE",
-           "FLAG_PRETRAINED", "FLAG_ROLLBACK"]
+           "FLAG_PRETRAINED", "FLAG_ROLLBACK", "FLAG_SEGMENT_START"]

@@ -135,3 +135,106 @@ def read_json(payload: bytes, what: str):
         return json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):
         raise ArchiveError(f"{what} is not valid JSON") from None
+
+
+class SalvagingReader(ArchiveReader):
+    """Reads past damage (for --salvage): a damaged chunk is yielded as (tag, None),
+    then reading resumes at the next chunk that checks out.
+
+    Needs a seekable file: after a checksum mismatch the length field itself may be
+    wrong, so the reader tries the declared end first, then scans forward for a
+    chunk with a known tag, a plausible length and a matching CRC (a false match
+    needs a 32-bit CRC collision).  ``damage`` collects one line per problem.
+    """
+
+    SCAN_BLOCK = 1 << 20
+
+    def __init__(self, stream: BinaryIO, known_tags: frozenset[bytes]) -> None:
+        if not stream.seekable():
+            raise ArchiveError("--salvage needs an archive file, not a pipe")
+        super().__init__(stream)
+        self._known = frozenset(known_tags) | {END_TAG}
+        self._size = stream.seek(0, 2)
+        stream.seek(_PREAMBLE.size)
+        self.damage: list[str] = []
+
+    def _chunk_at(self, offset: int) -> tuple[bytes, bytes, int] | None:
+        """(tag, payload, end offset) if a valid chunk with a known tag starts here."""
+        if offset + _CHUNK_HEAD.size + _CRC.size > self._size:
+            return None
+        self._stream.seek(offset)
+        head = self._stream.read(_CHUNK_HEAD.size)
+        tag, length = _CHUNK_HEAD.unpack(head)
+        end = offset + _CHUNK_HEAD.size + length + _CRC.size
+        if tag not in self._known or length > MAX_CHUNK_BYTES or end > self._size:
+            return None
+        payload = self._read(length, "a chunk")
+        (crc,) = _CRC.unpack(self._read(_CRC.size, "a chunk"))
+        if crc != zlib.crc32(payload, zlib.crc32(head)):
+            return None
+        return tag, payload, end
+
+    def _next_valid(self, start: int) -> int | None:
+        """The offset of the first valid chunk at or after ``start``."""
+        offset = start
+        while offset < self._size:
+            self._stream.seek(offset)
+            block = self._stream.read(self.SCAN_BLOCK + 3)
+            candidates = sorted({offset + i for tag in self._known for i in _find_all(block, tag)})
+            for candidate in candidates:
+                if self._chunk_at(candidate) is not None:
+                    return candidate
+            offset += self.SCAN_BLOCK
+        return None
+
+    def chunks(self) -> Iterator[tuple[bytes, bytes | None]]:
+        offset, index = _PREAMBLE.size, 0
+        while True:
+            found = self._chunk_at(offset)
+            if found is None:
+                declared = self._declared(offset)
+                name = f"chunk #{index}" + (f" ({declared[0].decode('ascii', 'replace')!r})" if declared else "")
+                resume = None
+                if declared and declared[1] > offset and self._chunk_at(declared[1]) is not None:
+                    resume = declared[1]
+                else:
+                    resume = self._next_valid(offset + 1)
+                if resume is None:
+                    self.damage.append(f"{name} and everything after it are damaged or missing")
+                    return
+                self.damage.append(f"{name} is damaged; skipped {resume - offset} bytes")
+                yield (declared[0] if declared else b"????"), None
+                offset, index = resume, index + 1
+                continue
+            tag, payload, end = found
+            if tag == END_TAG:
+                if not self.damage:  # no chunk was damaged: the whole-archive check still applies
+                    self._check_end_digest(payload, index)
+                return
+            head = _CHUNK_HEAD.pack(tag, len(payload))
+            self._digest.update(head + payload + _CRC.pack(zlib.crc32(payload, zlib.crc32(head))))
+            yield tag, payload
+            offset, index = end, index + 1
+
+    def _check_end_digest(self, payload: bytes, count: int) -> None:
+        if len(payload) != _END.size:
+            self.damage.append("the END chunk is malformed")
+            return
+        declared, digest = _END.unpack(payload)
+        if declared != count or digest != self._digest.digest():
+            self.damage.append("archive checksum mismatch: chunks are missing, reordered or altered")
+
+    def _declared(self, offset: int) -> tuple[bytes, int] | None:
+        """The tag and end offset a damaged chunk's head claims, if the head is there."""
+        if offset + _CHUNK_HEAD.size > self._size:
+            return None
+        self._stream.seek(offset)
+        tag, length = _CHUNK_HEAD.unpack(self._stream.read(_CHUNK_HEAD.size))
+        return tag, offset + _CHUNK_HEAD.size + length + _CRC.size
+
+
+def _find_all(block: bytes, needle: bytes) -> Iterator[int]:
+    position = block.find(needle)
+    while position != -1:
+        yield position
+        position = block.find(needle, position + 1)

@@ -18,7 +18,8 @@ from PIL import Image, PngImagePlugin
 HERE = Path(__file__).resolve().parent
 EXAMPLES = HERE.parents[1] / "examples" / "images"
 ARCHIVES = {  # file name -> (model, adaptation settings)
-    "format-1.0-idf-tiny-test.osoa": ("idf-tiny-test", {"tile_size": 16, "batch_size": 4, "learning_rate": 0.3}),
+    "format-1.0-idf-tiny-test.osoa": ("idf-tiny-test", {"tile_size": 16, "batch_size": 4, "learning_rate": 0.3,
+                                                "segment_batches": 5}),
     "format-1.0-idf-sublattice-v2.osoa": ("idf-sublattice-v2", {"tile_size": 16, "batch_size": 2}),
 }
 MTIME_NS = 1_700_000_000_000_000_000
