@@ -88,7 +88,7 @@ def main() -> None:
 @main.command("compress")
 @click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
 @click.argument("archive", type=click.Path(path_type=Path))
-@click.option("-T", "--files-from", type=click.File("rb"), default=None,
+@click.option("--files-from", type=click.File("rb"), default=None,
               help="Also archive the paths listed in this file ('-' for standard input), stored as given.")
 @click.option("-0", "--null", "null_separated", is_flag=True, help="--files-from paths end with NUL, not newline.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Pretrained model to start from.")
@@ -111,6 +111,9 @@ def main() -> None:
 @click.option("--guard/--no-guard", default=AdaptationConfig.guard, show_default=True,
               help="Per batch, code with the cheapest of the adapted model, the model before its last "
                    "update and the pretrained one (never worse than --no-adapt; costs encoder time).")
+@click.option("-T", "--threads", type=click.IntRange(0, 256), default=1, show_default=True,
+              help="Code segments side by side on N threads (0: one per CPU); the output is the same "
+                   "for any N.  Needs segments (compress --segment-size) to help.")
 @click.option("--byte-exact", is_flag=True,
               help="Restore images byte for byte: an image takes the model path only if re-encoding "
                    "its pixels gives back the original file exactly.")
@@ -118,13 +121,13 @@ def main() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print per-batch statistics.")
 def compress_command(sources, archive, files_from, null_separated, model, no_adapt, learning_rate, steps_per_batch,
-                     batch_size, tile_size, segment_size, adapt_params, adapt_batches, guard, byte_exact, force,
-                     quiet, verbose) -> None:
+                     batch_size, tile_size, segment_size, adapt_params, adapt_batches, guard, threads, byte_exact,
+                     force, quiet, verbose) -> None:
     """Pack SOURCES into ARCHIVE ('-' for standard output).
 
     A folder contributes its contents, a file its name; paths from --files-from
     are stored as given (e.g. `find data -name '*.png' -print0 | osoa-zip
-    compress -T - -0 out.osoa`).
+    compress --files-from - -0 out.osoa`).
     """
     with _reported_errors():
         if tile_size % 2:
@@ -139,12 +142,13 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
                                   parameters=adapt_params, adapt_batches=adapt_batches, guard=guard)
         with _progress(None, quiet, "compressing") as progress:
             if str(archive) == "-":
-                summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet), byte_exact)
+                summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet), byte_exact,
+                                   _thread_count(threads))
             else:
                 if archive.exists() and not force:
                     raise UsageError(f"{archive} exists (use -f to overwrite)")
                 summary = _compress_to_file(sources, archive, model, config, progress, _warner(quiet),
-                                            byte_exact)
+                                            byte_exact, _thread_count(threads))
         if not quiet:
             _report(summary, "compressed", verbose)
 
@@ -162,13 +166,17 @@ def _warner(quiet: bool):
     return (lambda message: None) if quiet else (lambda message: click.echo(f"osoa-zip: warning: {message}", err=True))
 
 
-def _compress_to_file(sources, archive: Path, model, config, progress, warn, byte_exact):
+def _thread_count(threads: int) -> int:
+    return threads or os.cpu_count() or 1
+
+
+def _compress_to_file(sources, archive: Path, model, config, progress, warn, byte_exact, threads):
     """Write beside the target and rename at the end: never a half-written archive."""
     directory = archive.resolve().parent
     handle, temporary = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".part", dir=directory)
     try:
         with os.fdopen(handle, "wb") as output:
-            summary = compress(sources, output, model, config, progress, warn, byte_exact)
+            summary = compress(sources, output, model, config, progress, warn, byte_exact, threads)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 is not what users expect
@@ -188,9 +196,12 @@ def _compress_to_file(sources, archive: Path, model, config, progress, warn, byt
               help="Restore every intact entry of a damaged archive and list the lost ones (exit 1 if any). "
                    "Images are lost from a damaged batch to the end of its segment (see compress "
                    "--segment-size).")
+@click.option("-T", "--threads", type=click.IntRange(0, 256), default=1, show_default=True,
+              help="Code segments side by side on N threads (0: one per CPU); the output is the same "
+                   "for any N.  Needs segments (written with compress --segment-size) to help.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print timing details.")
-def decompress_command(archive, destination, patterns, force, salvage, quiet, verbose) -> None:
+def decompress_command(archive, destination, patterns, force, salvage, threads, quiet, verbose) -> None:
     """Restore ARCHIVE ('-' for standard input) into DESTINATION (created if missing).
 
     With PATTERNS (shell wildcards such as 'cats/*.png', quoted), only the matching
@@ -202,7 +213,8 @@ def decompress_command(archive, destination, patterns, force, salvage, quiet, ve
                 _open_archive(archive) as source:
             if salvage and str(archive) == "-":
                 raise UsageError("--salvage needs an archive file, not standard input")
-            summary = decompress(source, destination, force, progress, list(patterns), salvage)
+            summary = decompress(source, destination, force, progress, list(patterns), salvage,
+                                 _thread_count(threads))
         if not quiet:
             _report(summary, "restored", verbose)
         if summary.lost or summary.damage:

@@ -15,6 +15,7 @@ from typing import BinaryIO
 
 from . import __version__
 from .adapt.engine import AdaptationConfig, OnlineAdapter
+from .adapt.segments import run_segments
 from .container.format import ArchiveWriter, canonical_json
 from .exact import ENGINE
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, SourceError, scan
@@ -28,8 +29,9 @@ from .models.registry import DEFAULT_MODEL, load_model
 
 class _Compressor:
     def __init__(self, writer: ArchiveWriter, adapter: OnlineAdapter, progress: Progress | None,
-                 byte_exact: bool = False) -> None:
+                 byte_exact: bool = False, threads: int = 1) -> None:
         self.writer, self.adapter, self.progress = writer, adapter, progress
+        self.threads = threads
         self.byte_exact = byte_exact
         self.summary = Summary()
         self.group: list[tuple[Entry, ImageRecord]] = []
@@ -93,23 +95,28 @@ class _Compressor:
         packed_indices = lzma.compress(indices, preset=9) if indices else b""
         padded = [pad_even(c) for c in colour]
         config = self.adapter.config
-        before = self.adapter.snapshot()
+        adapter = self.adapter
+        before = adapter.snapshot()
         batches = plan_batches([c.shape for c in colour], config.tile_size, config.batch_size)
         group_bytes = sum(entry.size for entry, _ in self.group)
         if self.progress and not batches:
             self.progress(group_bytes)
-        coded = []
-        for batch in batches:
-            coded.append(self.adapter.encode(gather(batch, padded)))
+
+        def code(segment_adapter: OnlineAdapter, batch):
+            result = segment_adapter.encode(gather(batch, padded))
             if self.progress:
                 self.progress(group_bytes / len(batches))  # progress counts input bytes
+            return result
+
+        coded, self.adapter = run_segments(adapter, batches, code, self.threads)
         group, self.group, self.group_subpixels = self.group, [], 0
         coded_bytes = (len(packed_table) + len(packed_alpha) + len(packed_indices) + 3 * CHUNK_OVERHEAD
                        + sum(len(data) + CHUNK_OVERHEAD for data, _ in coded))
         if coded_bytes > sum(entry.size for entry, _ in group):
             # Never larger than the files themselves: forget this group's adaptation
             # (the decoder never sees it) and store the files as they are.
-            self.adapter.restore(before)
+            adapter.restore(before)
+            self.adapter = adapter
             for entry, _ in group:
                 self._general_file(entry, counted=True)
             return
@@ -137,11 +144,12 @@ def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:
 
 def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
              adaptation: AdaptationConfig = AdaptationConfig(), progress: Progress | None = None,
-             warn: Warn = lambda message: None, byte_exact: bool = False) -> Summary:
+             warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1) -> Summary:
     """Archive the sources into ``output``.
 
     A source is a path (a directory contributes its contents, a file its name)
-    or a (path, archive name) pair.
+    or a (path, archive name) pair.  With segments, ``threads`` code them side
+    by side; the archive is the same for any number of threads.
     """
     started = time.perf_counter()
     try:
@@ -158,7 +166,7 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
         "engine": ENGINE,
         "adaptation": adaptation.to_header(),
     })
-    compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress, byte_exact)
+    compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress, byte_exact, threads)
     for entry in entries:
         compressor.add(entry)
     compressor.flush_images()

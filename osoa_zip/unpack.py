@@ -15,6 +15,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from .adapt.engine import FLAG_SEGMENT_START, AdaptationConfig, OnlineAdapter
+from .adapt.segments import run_segments
 from .coding.ans import CorruptStream
 from .container.format import ArchiveError, ArchiveReader, SalvagingReader, read_json
 from .exact import ENGINE
@@ -29,8 +30,9 @@ from .models.registry import load_model
 class _Decoder:
     """Consumes chunks in order and hands finished entries to a sink."""
 
-    def __init__(self, sink, progress: Progress | None, salvage: bool = False) -> None:
+    def __init__(self, sink, progress: Progress | None, salvage: bool = False, threads: int = 1) -> None:
         self.sink = sink
+        self.threads = threads
         self.progress = progress
         self.summary = Summary()
         self.adapter: OnlineAdapter | None = None
@@ -150,7 +152,11 @@ class _Decoder:
         modelled = [shapes[i] for i in modelled_index]
         padded = [np.zeros((h + h % 2, w + w % 2, c), np.uint8) for h, w, c in modelled]
         config = self.adapter.config
-        for batch in plan_batches(modelled, config.tile_size, config.batch_size):
+        planned = plan_batches(modelled, config.tile_size, config.batch_size)
+        if self.threads > 1 and not self.salvage:
+            self._decode_in_parallel(planned, chunks, padded)
+            planned = []
+        for batch in planned:
             index = self.batches_decoded
             self.batches_decoded += 1
             tag, payload = next(chunks, (None, None))
@@ -193,6 +199,29 @@ class _Decoder:
             if record.mode not in INDEX_MODES:
                 self.summary.image_subpixels += record.pixels.size
 
+
+    def _decode_in_parallel(self, planned: list, chunks, padded: list) -> None:
+        """Read the group's batches, then decode its segments side by side (same result as in order)."""
+        first = self.batches_decoded
+        payloads = []
+        for index in range(first, first + len(planned)):
+            tag, payload = next(chunks, (None, None))
+            if tag != b"BATC" or payload is None:
+                raise ArchiveError(f"batch {index}: chunk missing")
+            payloads.append((index, payload))
+        self.batches_decoded += len(planned)
+
+        def decode(adapter: OnlineAdapter, item):
+            (index, payload), batch = item
+            try:
+                return adapter.decode(payload, batch.shape)
+            except (CorruptStream, ValueError) as error:
+                raise ArchiveError(f"batch {index} does not decode ({error})") from None
+
+        tiles, self.adapter = run_segments(self.adapter, list(zip(payloads, planned)), decode, self.threads)
+        for batch, batch_tiles, (_, payload) in zip(planned, tiles, payloads):
+            scatter(batch, batch_tiles, padded)
+            self.summary.image_bits += 8 * len(payload)
 
     def _side_planes(self, table: list, shapes: list, chunks, modes: tuple, tag_expected: bytes,
                      what: str, lost: dict) -> list[np.ndarray]:
@@ -303,10 +332,10 @@ def _counted(source: BinaryIO, progress: Progress | None) -> BinaryIO:
     return source if progress is None else _CountingReader(source, progress)
 
 
-def test_archive(source: BinaryIO, progress: Progress | None = None) -> Summary:
+def test_archive(source: BinaryIO, progress: Progress | None = None, threads: int = 1) -> Summary:
     """Fully decode and verify an archive without writing anything."""
     started = time.perf_counter()
-    summary = _Decoder(_CheckingSink(), progress).run(ArchiveReader(_counted(source, progress)))
+    summary = _Decoder(_CheckingSink(), progress, threads=threads).run(ArchiveReader(_counted(source, progress)))
     summary.seconds = time.perf_counter() - started
     return summary
 
@@ -320,7 +349,7 @@ def selected(name: str, patterns: list[str]) -> bool:
 
 def decompress(source: BinaryIO, destination: Path, force: bool = False,
                progress: Progress | None = None, patterns: list[str] | None = None,
-               salvage: bool = False) -> Summary:
+               salvage: bool = False, threads: int = 1) -> Summary:
     """Restore an archive (or the entries matching ``patterns``) into ``destination``.
 
     Everything is decoded and verified even when only some entries are wanted:
@@ -336,7 +365,7 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
     try:
         sink = _StagingSink(staging)
         reader = SalvagingReader(source, CHUNK_TAGS) if salvage else ArchiveReader(_counted(source, progress))
-        summary = _Decoder(sink, progress, salvage).run(reader)
+        summary = _Decoder(sink, progress, salvage, threads).run(reader)
         if salvage:
             summary.damage = list(reader.damage)
         if patterns:

@@ -82,7 +82,7 @@ def test_files_from_stores_paths_as_given(tree, tmp_path):
     listing = b"\0".join([b"src/imgs/a.png", b"src/notes.txt", b"./src/sub"]) + b"\0"
     archive = tmp_path / "listed.osoa"
     result = subprocess.run([sys.executable, "-m", "osoa_zip", "compress", "-q", "--model", "idf-tiny-test",
-                             "-T", "-", "-0", str(archive)], input=listing, cwd=tmp_path, capture_output=True)
+                             "--files-from", "-", "-0", str(archive)], input=listing, cwd=tmp_path, capture_output=True)
     assert result.returncode == 0, result.stderr
     restored = tmp_path / "restored"
     result = subprocess.run([sys.executable, "-m", "osoa_zip", "decompress", "-q", str(archive), str(restored)],
@@ -96,7 +96,7 @@ def test_files_from_stores_paths_as_given(tree, tmp_path):
 
 @pytest.mark.parametrize("listed", ["/etc/passwd", "../x", "a/../../b"])
 def test_files_from_refuses_paths_that_leave(listed, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "osoa_zip", "compress", "-T", "-", str(tmp_path / "a.osoa")],
+    result = subprocess.run([sys.executable, "-m", "osoa_zip", "compress", "--files-from", "-", str(tmp_path / "a.osoa")],
                             input=listed.encode(), capture_output=True, text=False)
     assert result.returncode == 2 and b"Traceback" not in result.stderr
     assert not (tmp_path / "a.osoa").exists()

@@ -85,6 +85,17 @@ class OnlineAdapter:
         segment = self.config.segment_batches
         return self._batches == 0 or bool(segment and self._batches % segment == 0)
 
+    @property
+    def batches_seen(self) -> int:
+        """The global index of the next batch (segments are counted from it)."""
+        return self._batches
+
+    def fresh_segment(self, batch_index: int) -> "OnlineAdapter":
+        """An adapter at θ0 for the segment that starts at global batch ``batch_index``."""
+        adapter = OnlineAdapter(self._bundle, self.config)
+        adapter._batches = batch_index
+        return adapter
+
     def restart(self) -> None:
         """Start a new segment now (--salvage resumes decoding at a segment start)."""
         self._tracks, self._batches = {}, 0

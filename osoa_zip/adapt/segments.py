@@ -1,0 +1,50 @@
+"""Segments coded side by side: identical bytes for any number of threads.
+
+A segment (AdaptationConfig.segment_batches) restarts the model from θ0, so
+the batches of different segments do not depend on each other.  Given the
+batches of one image group, split them where segments start, give every run
+after the first a fresh adapter positioned at its global batch index, and
+code (or decode) the runs in a thread pool.  The first run continues the
+caller's adapter; the last run's adapter carries on into the next group.
+torch releases the GIL inside its kernels, so threads overlap the heavy part.
+"""
+from __future__ import annotations
+
+from concurrent.futures import ThreadPoolExecutor
+from typing import Callable, Sequence, TypeVar
+
+from .engine import OnlineAdapter
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
+
+
+def split_runs(first_index: int, count: int, segment_batches: int) -> list[range]:
+    """Consecutive runs of item positions, cut before every batch that starts a segment."""
+    if count == 0:
+        return []
+    if not segment_batches:
+        return [range(count)]
+    cuts = [i for i in range(1, count) if (first_index + i) % segment_batches == 0]
+    edges = [0] + cuts + [count]
+    return [range(a, b) for a, b in zip(edges, edges[1:])]
+
+
+def run_segments(adapter: OnlineAdapter, items: Sequence[Item],
+                 work: Callable[[OnlineAdapter, Item], Result], threads: int = 1
+                 ) -> tuple[list[Result], OnlineAdapter]:
+    """``work(adapter, item)`` for every item, in order; returns the results and the adapter to go on with."""
+    runs = split_runs(adapter.batches_seen, len(items), adapter.config.segment_batches)
+    if not runs:
+        return [], adapter
+    adapters = [adapter] + [adapter.fresh_segment(adapter.batches_seen + run.start) for run in runs[1:]]
+
+    def code_run(k: int) -> list[Result]:
+        return [work(adapters[k], items[i]) for i in runs[k]]
+
+    if threads > 1 and len(runs) > 1:
+        with ThreadPoolExecutor(max_workers=threads) as pool:
+            parts = list(pool.map(code_run, range(len(runs))))
+    else:
+        parts = [code_run(k) for k in range(len(runs))]
+    return [result for part in parts for result in part], adapters[-1]
