@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import os
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -35,6 +36,10 @@ COLOR_CHANNELS = {"L": 1, "RGB": 3, "LA": 1, "RGBA": 3, "P": 0}  # channels the 
 # Pillow's own bomb limit is a warning up to 2x; we refuse anything above it.
 MAX_IMAGE_PIXELS = 178_956_970
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# Files that may be model-path images start with one of these (PNG, BMP, PPM/PGM, TIFF).
+IMAGE_SIGNATURES = (PNG_SIGNATURE, b"BM", b"P5", b"P6", b"II*\x00", b"MM\x00*")
+# The largest image file read for the model path: 179 MP x 4 channels is ~716 MB raw.
+MAX_IMAGE_FILE_BYTES = 1 << 30
 
 
 @dataclass
@@ -116,7 +121,12 @@ def read_image(path: Path, byte_exact: bool = False) -> ImageRecord | None:
     qualify, and the record carries the original's SHA-256 for the decoder to check.
     """
     try:
-        original = Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            head = handle.read(16)
+            size = os.fstat(handle.fileno()).st_size
+            if not head.startswith(IMAGE_SIGNATURES) or size > MAX_IMAGE_FILE_BYTES:
+                return None  # never read a non-image (or a huge file) whole just to ask Pillow
+            original = head + handle.read()
         pixels, mode, image_format, info, frames, palette = _open_pixels(io.BytesIO(original))
         if image_format not in LOSSLESS_FORMATS or mode not in MODEL_MODES or frames != 1:
             return None
