@@ -68,31 +68,41 @@ class OnlineAdapter:
         started = time.perf_counter()
         pixels = torch.from_numpy(tiles).to(torch.float64)
         network = self._network(pixels.shape[1])
+        # One forward pass both codes the batch and starts the first step.
+        with torch.set_grad_enabled(self._adapting()):
+            loss, factors = network.analyse(pixels, with_loss=self._adapting())
         encoder = Encoder()
-        network.encode(pixels, encoder)
+        network.push(factors, encoder)
         data = encoder.finish()
-        self._adapt(pixels)
+        self._adapt(pixels, loss)
         return data, BatchStatistics(8 * len(data), tiles.size, time.perf_counter() - started)
 
     def decode(self, data: bytes, shape: tuple[int, int, int, int]) -> np.ndarray:
         """Decode one batch, then replay the encoder's adaptation on it."""
         network = self._network(shape[1])
         decoder = Decoder(data)
-        pixels = network.decode(decoder, shape)
+        if self._adapting():
+            pixels, loss = network.decode_with_loss(decoder, shape)
+        else:
+            pixels, loss = network.decode(decoder, shape), None
         decoder.check_finished()
         if not bool(((pixels >= 0) & (pixels <= 255)).all()):
             raise ValueError("decoded pixels out of range")
-        self._adapt(pixels)
+        self._adapt(pixels, loss)
         return pixels.to(torch.uint8).numpy()
 
-    def _adapt(self, pixels: torch.Tensor) -> None:
-        if not self.config.adapt:
+    def _adapting(self) -> bool:
+        return self.config.adapt and self.config.steps_per_batch > 0
+
+    def _adapt(self, pixels: torch.Tensor, loss: torch.Tensor | None) -> None:
+        """k Adam steps; the first may start from the loss of the coding pass."""
+        if not self._adapting():
             return
         channels = pixels.shape[1]
         network, optimizer = self._networks[channels], self._optimizers[channels]
-        for _ in range(self.config.steps_per_batch):
+        for step in range(self.config.steps_per_batch):
             optimizer.zero_grad()
-            network.nll(pixels).backward()
+            (loss if step == 0 and loss is not None else network.nll(pixels)).backward()
             optimizer.step()
 
 
