@@ -6,8 +6,8 @@ activation grid).  This module computes exactly the same numbers, forward
 and backward, with fewer passes over memory:
 
 * Layout.  Activations live channel-major on a zero-framed grid: a
-  (C, margin + B*(H+2)*(W+2) + margin) tensor whose frame and margins are
-  zero.  A 3x3 same-padded convolution is then nine matrix products, one per
+  (C, margin + B*(H+1)*(W+1) + margin) tensor whose frame (one zero row and
+  column per image, shared with the next image) and margins are zero.  A 3x3 same-padded convolution is then nine matrix products, one per
   tap, each of the (Co x Ci) tap weights with a *shifted window* of that
   tensor (a strided view, no im2col copy), accumulated into the output.  The
   frame of the output is cleared, which makes it the zero padding of the
@@ -56,13 +56,21 @@ COLUMN_BLOCK = 4096
 
 
 class _Grid:
-    """Geometry of the zero-framed, channel-major layout of a B x C x H x W batch."""
+    """Geometry of the zero-framed, channel-major layout of a B x C x H x W batch.
+
+    Each image is stored as H rows of W + 1 positions, the last one zero,
+    followed by one zero row, so that neighbouring images share their
+    frame: in the flat layout the zero column ending row r is also the left
+    neighbour of row r + 1, and an image's zero row is the top neighbour of
+    the next image.  Zero margins before and after hold the frame of the
+    first image's top row and give every tap's shifted window room.
+    """
 
     def __init__(self, batch: int, height: int, width: int) -> None:
         self.batch, self.height, self.width = batch, height, width
-        self.row = width + 2
-        self.margin = self.row + 1  # room for every tap's shift at either end
-        self.count = batch * (height + 2) * self.row
+        self.row = width + 1
+        self.margin = self.row + 1
+        self.count = batch * (height + 1) * self.row
         # Tap (ky, kx) of a 3x3 kernel reads the input shifted by this many positions.
         self.shifts = [(ky - 1) * self.row + (kx - 1) for ky in range(3) for kx in range(3)]
 
@@ -76,15 +84,16 @@ class _Grid:
     def window(self, t: torch.Tensor, shift: int) -> torch.Tensor:
         return t[:, self.margin + shift:self.margin + shift + self.count]
 
+    def _framed(self, t: torch.Tensor) -> torch.Tensor:
+        return self.core(t).view(t.shape[0], self.batch, self.height + 1, self.row)
+
     def interior(self, t: torch.Tensor) -> torch.Tensor:
         """The B x H x W positions inside the frame, as a C x B x H x W view."""
-        return self.core(t).view(t.shape[0], self.batch, self.height + 2, self.row)[:, :, 1:-1, 1:-1]
+        return self._framed(t)[:, :, :-1, :-1]
 
     def clear_frame(self, t: torch.Tensor) -> None:
-        framed = self.core(t).view(t.shape[0], self.batch, self.height + 2, self.row)
-        framed[:, :, 0].zero_()
+        framed = self._framed(t)
         framed[:, :, -1].zero_()
-        framed[:, :, :, 0].zero_()
         framed[:, :, :, -1].zero_()
 
     def put(self, x: torch.Tensor) -> torch.Tensor:
@@ -99,8 +108,8 @@ class _Grid:
 
 
 def _taps(weight: torch.Tensor) -> list[torch.Tensor]:
-    """The nine Co x Ci matrices of a Co x Ci x 3 x 3 kernel, in _Grid.shifts order."""
-    return [weight[:, :, ky, kx] for ky in range(3) for kx in range(3)]
+    """The nine Co x Ci matrices of a Co x Ci x 3 x 3 kernel, in _Grid.shifts order (contiguous)."""
+    return list(weight.permute(2, 3, 0, 1).reshape(9, weight.shape[0], weight.shape[1]).contiguous())
 
 
 def _column_blocks(grid: _Grid):
