@@ -78,32 +78,46 @@ def _windows(tables: LogisticTables) -> _Windows:
     return _WINDOWS[tables]
 
 
-def _plan(tables: LogisticTables, mean: torch.Tensor, log_scale: torch.Tensor):
-    """Yield (members, half_width, counts) per window bucket, in bucket order.
+def _plan(tables: LogisticTables, means: list[torch.Tensor], log_scales: list[torch.Tensor]):
+    """Yield (members, half_width, counts, low) per factor and window bucket, in coding order.
 
-    The coded distribution snaps the mean's offset from the window centre to
-    1/OFFSET_STEPS of a pixel and the log-scale to LOG_SCALE_STEP: the loss
-    is far below a thousandth of a bit, and latents then share a few hundred
-    distinct tables (``_Windows``), each computed once per model.
+    Factors in list order, each bucket by bucket, members in flat order;
+    ``members`` index the factors' latents flattened and concatenated, and
+    ``low`` is each member's window start.  The coded distribution snaps the
+    mean's offset from the window centre to 1/OFFSET_STEPS of a pixel and the
+    log-scale to LOG_SCALE_STEP: the loss is far below a thousandth of a bit,
+    and latents then share a few hundred distinct tables (``_Windows``), each
+    computed once per model.  All factors' keys are computed in one pass
+    (elementwise, so each value is what a pass over one factor would give).
     """
     windows = _windows(tables)
-    mean = mean.reshape(-1).to(torch.float64)
-    row = torch.floor(tables.scale_index(log_scale.reshape(-1).to(torch.float64)) / LOG_SCALE_STEP).long()
-    offset_index = torch.floor((mean - torch.floor(mean + 0.5) + 0.5) * OFFSET_STEPS).long()
+    buckets = len(WINDOW_HALF_WIDTHS)
+    sizes = [m.numel() for m in means]
+    mean = torch.cat([m.reshape(-1) for m in means]).to(torch.float64)
+    log_scale = torch.cat([s.reshape(-1) for s in log_scales]).to(torch.float64)
+    row = torch.floor(tables.scale_index(log_scale) / LOG_SCALE_STEP).long()
+    centre = torch.floor(mean + 0.5)
+    offset_index = torch.floor((mean - centre + 0.5) * OFFSET_STEPS).long()
     bucket = windows.bucket_of_row[row]
-    for index, half_width in enumerate(WINDOW_HALF_WIDTHS):
-        members = torch.nonzero(bucket == index).reshape(-1)
-        if members.numel():
-            first, count, counts = windows.buckets[index]
+    group = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long)) * buckets + bucket
+    order = torch.argsort(group, stable=True)  # by factor, then bucket, then flat index
+    start = 0
+    for index, size in enumerate(torch.bincount(group, minlength=len(sizes) * buckets).tolist()):
+        if size:
+            members = order[start:start + size]
+            start += size
+            first, count, counts = windows.buckets[index % buckets]
+            half_width = WINDOW_HALF_WIDTHS[index % buckets]
             which = offset_index[members] * count + (row[members] - first)
-            yield members, half_width, counts[which.numpy()]
+            yield members, half_width, counts[which.numpy()], centre[members] - half_width
 
 
-def push_factor(encoder: Encoder, tables: LogisticTables, values: torch.Tensor,
-                mean: torch.Tensor, log_scale: torch.Tensor) -> None:
-    flat = values.reshape(-1).to(torch.float64)
-    for members, half_width, counts in _plan(tables, mean, log_scale):
-        low = torch.floor(mean.reshape(-1).to(torch.float64)[members] + 0.5) - half_width
+def push_factors(encoder: Encoder, tables: LogisticTables, factors: list) -> None:
+    """Queue factors given as (latents, mean, log_scale), in order."""
+    if not factors:
+        return
+    flat = torch.cat([values.reshape(-1) for values, _, _ in factors]).to(torch.float64)
+    for members, half_width, counts, low in _plan(tables, [m for _, m, _ in factors], [s for _, _, s in factors]):
         offset = (flat[members] - low).numpy().astype(np.int64)
         escaped = (offset < 0) | (offset > 2 * half_width)
         symbols = np.where(escaped, 2 * half_width + 1, offset)
@@ -114,11 +128,15 @@ def push_factor(encoder: Encoder, tables: LogisticTables, values: torch.Tensor,
         encoder.push_uniform(raw, ESCAPE_SIZE)
 
 
+def push_factor(encoder: Encoder, tables: LogisticTables, values: torch.Tensor,
+                mean: torch.Tensor, log_scale: torch.Tensor) -> None:
+    push_factors(encoder, tables, [(values, mean, log_scale)])
+
+
 def pop_factor(decoder: Decoder, tables: LogisticTables, mean: torch.Tensor,
                log_scale: torch.Tensor) -> torch.Tensor:
     flat = torch.empty(mean.numel(), dtype=torch.float64)
-    for members, half_width, counts in _plan(tables, mean, log_scale):
-        low = torch.floor(mean.reshape(-1).to(torch.float64)[members] + 0.5) - half_width
+    for members, half_width, counts, low in _plan(tables, [mean], [log_scale]):
         symbols = decoder.pop_categorical(counts).astype(np.int64)
         if symbols.size != members.numel():
             raise CorruptStream("coded data ended early")

@@ -45,7 +45,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..coding.logistic_coder import pop_factor, push_factor
+from ..coding.logistic_coder import pop_factor, push_factors
 from ..exact.fixed import quantize_activation, round_to_integer
 from ..exact.layers import ConvStack
 from ..exact.logistic import LogisticTables, nll_bits
@@ -230,8 +230,7 @@ class SubLatticeFlow(nn.Module):
 
     def push(self, factors: list, encoder) -> None:
         """Queue the factors from ``analyse`` on an entropy encoder, in order."""
-        for latents, mean, log_scale in factors:
-            push_factor(encoder, self.tables, latents, mean, log_scale)
+        push_factors(encoder, self.tables, factors)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor, encoder) -> None:
