@@ -158,22 +158,22 @@ class OnlineAdapter:
         segment_flag = FLAG_SEGMENT_START if self.starts_segment() else 0
         track = self._track(channels)
         adapting = self._will_adapt(track)
-        # The first step's loss is computed before coding: the weights are the ones it steps from.
-        loss = track.network.nll(pixels) if adapting else None
-        flags = 0
-        if self.config.guard and track.updated:
-            if loss is None:
-                with torch.no_grad():
-                    adapted_bits = float(track.network.nll(pixels))
-            else:
-                adapted_bits = float(loss.detach())
-            flags = self._choose_flags(track, pixels, adapted_bits)
-        if flags & FLAG_ROLLBACK:
-            self._load(track, track.previous)
-            track.previous, loss = None, None
-        network = self._bundle.network(channels) if flags & FLAG_PRETRAINED else track.network
+        guarding = self.config.guard and track.updated
+        # One forward pass codes the batch, gives the guard its bit count and starts
+        # the first step (the weights are the ones it steps from).
+        with torch.set_grad_enabled(adapting):
+            loss, factors = track.network.analyse(pixels, with_loss=adapting or guarding)
+        flags = self._choose_flags(track, pixels, float(loss.detach())) if guarding else 0
+        if flags & (FLAG_ROLLBACK | FLAG_PRETRAINED):
+            if flags & FLAG_ROLLBACK:
+                self._load(track, track.previous)
+                track.previous = None
+            network = self._bundle.network(channels) if flags & FLAG_PRETRAINED else track.network
+            with torch.no_grad():
+                _, factors = network.analyse(pixels, with_loss=False)
+            loss = None if flags & FLAG_ROLLBACK else loss
         encoder = Encoder()
-        network.encode(pixels, encoder)
+        track.network.push(factors, encoder)  # push only uses the model's shared coding tables
         flags |= segment_flag
         data = bytes([flags]) + encoder.finish()
         if adapting:
@@ -208,14 +208,19 @@ class OnlineAdapter:
                 raise BatchError("a batch undoes an update that was never made")
             self._load(track, track.previous)
             track.previous = None
-        network = self._bundle.network(channels) if flags & FLAG_PRETRAINED else track.network
+        adapting = self._will_adapt(track)
         decoder = Decoder(payload[1:])
-        pixels = network.decode(decoder, shape)
+        if flags & FLAG_PRETRAINED:
+            pixels, loss = self._bundle.network(channels).decode(decoder, shape), None
+        elif adapting:  # the decoding pass also starts the first step, as on the encoder
+            pixels, loss = track.network.decode_with_loss(decoder, shape)
+        else:
+            pixels, loss = track.network.decode(decoder, shape), None
         decoder.check_finished()
         if not bool(((pixels >= 0) & (pixels <= 255)).all()):
             raise BatchError("decoded pixels out of range")
-        if self._will_adapt(track):
-            self._adapt(track, pixels, None)
+        if adapting:
+            self._adapt(track, pixels, loss)
         return pixels.to(torch.uint8).numpy()
 
     def _adapt(self, track: _Track, pixels: torch.Tensor, loss: torch.Tensor | None) -> None:

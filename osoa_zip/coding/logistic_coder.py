@@ -9,6 +9,8 @@ integers computed with the exact interpolation of ``LogisticTables``.
 """
 from __future__ import annotations
 
+import weakref
+
 import numpy as np
 import torch
 
@@ -23,41 +25,6 @@ ESCAPE_SIZE = 4096
 ESCAPE_OFFSET = ESCAPE_SIZE // 2
 
 
-def _plan(tables: LogisticTables, mean: torch.Tensor, log_scale: torch.Tensor):
-    """Yield (members, half_width, counts) per window bucket, in bucket order.
-
-    The coded distribution snaps the mean's offset from the window centre to
-    1/OFFSET_STEPS of a pixel and the log-scale to LOG_SCALE_STEP: the loss
-    is far below a thousandth of a bit, and latents then share a few hundred
-    distinct tables, each computed once.
-    """
-    mean = mean.reshape(-1).to(torch.float64)
-    scale_index = tables.scale_index(log_scale.reshape(-1).to(torch.float64))
-    scale_index = torch.floor(scale_index / LOG_SCALE_STEP) * LOG_SCALE_STEP + LOG_SCALE_STEP // 2
-    scale_index = torch.clamp(scale_index, max=tables.inv_scale.numel() - 1)
-    inv_scale = tables.inv_scale[scale_index.long()]
-    offset_index = torch.floor((mean - torch.floor(mean + 0.5) + 0.5) * OFFSET_STEPS)
-    offset = (offset_index + 0.5) / OFFSET_STEPS - 0.5
-    needed = WINDOW_SCALES / inv_scale
-    widths = torch.tensor(WINDOW_HALF_WIDTHS, dtype=torch.float64)
-    bucket = torch.clamp((needed[:, None] > widths[None, :]).sum(dim=1), max=len(WINDOW_HALF_WIDTHS) - 1)
-    key = offset_index * tables.inv_scale.numel() + scale_index
-    for index, half_width in enumerate(WINDOW_HALF_WIDTHS):
-        members = torch.nonzero(bucket == index).reshape(-1)
-        if members.numel():
-            distinct, which = torch.unique(key[members], return_inverse=True)
-            first = _representatives(which, members, distinct.numel())
-            counts = _counts(tables, offset[first], inv_scale[first], half_width)
-            yield members, half_width, counts[which.numpy()]
-
-
-def _representatives(which: torch.Tensor, members: torch.Tensor, n: int) -> torch.Tensor:
-    """One member per distinct key (which one does not matter: they share the key)."""
-    chosen = torch.empty(n, dtype=torch.long)
-    chosen[which] = members
-    return chosen
-
-
 def _counts(tables, offset, inv_scale, half_width) -> np.ndarray:
     """Integer masses of the 2W+1 window bins, then the escape mass, per row."""
     bins = torch.arange(2 * half_width + 2, dtype=torch.float64) - (half_width + 0.5)
@@ -67,11 +34,90 @@ def _counts(tables, offset, inv_scale, half_width) -> np.ndarray:
     return torch.cat([inside, escape], dim=1).numpy()
 
 
-def push_factor(encoder: Encoder, tables: LogisticTables, values: torch.Tensor,
-                mean: torch.Tensor, log_scale: torch.Tensor) -> None:
-    flat = values.reshape(-1).to(torch.float64)
-    for members, half_width, counts in _plan(tables, mean, log_scale):
-        low = torch.floor(mean.reshape(-1).to(torch.float64)[members] + 0.5) - half_width
+class _Windows:
+    """Every table the coder can use under one LogisticTables, computed once.
+
+    A coded distribution depends only on the snapped log-scale (its row
+    ``k`` = floor(scale_index / LOG_SCALE_STEP), which also fixes the window
+    bucket) and the snapped mean offset (``OFFSET_STEPS`` values), so the
+    tables form a small fixed set (225 x 16 rows).  Each row is computed by
+    exactly the elementwise operations ``_counts`` applies to one member of
+    that key, so a row looked up here is bit for bit the row computed on
+    demand: the coded bytes do not change.
+    """
+
+    def __init__(self, tables: LogisticTables) -> None:
+        n_scale = tables.inv_scale.numel()
+        rows = torch.arange(0, n_scale + LOG_SCALE_STEP - 1, LOG_SCALE_STEP, dtype=torch.float64) // LOG_SCALE_STEP
+        scale_index = torch.clamp(rows * LOG_SCALE_STEP + LOG_SCALE_STEP // 2, max=n_scale - 1)
+        inv_scale = tables.inv_scale[scale_index.long()]
+        needed = WINDOW_SCALES / inv_scale
+        widths = torch.tensor(WINDOW_HALF_WIDTHS, dtype=torch.float64)
+        self.bucket_of_row = torch.clamp((needed[:, None] > widths[None, :]).sum(dim=1),
+                                         max=len(WINDOW_HALF_WIDTHS) - 1)
+        offset = (torch.arange(OFFSET_STEPS, dtype=torch.float64) + 0.5) / OFFSET_STEPS - 0.5
+        # Per bucket: (first row, number of rows, counts indexed by offset_index * rows + row - first).
+        self.buckets: list[tuple[int, int, np.ndarray] | None] = []
+        for index, half_width in enumerate(WINDOW_HALF_WIDTHS):
+            members = torch.nonzero(self.bucket_of_row == index).reshape(-1)
+            if not members.numel():
+                self.buckets.append(None)
+                continue
+            first, count = int(members[0]), members.numel()  # buckets grow with the scale: contiguous
+            pairs_offset = offset.repeat_interleave(count)
+            pairs_inv_scale = inv_scale[first:first + count].repeat(OFFSET_STEPS)
+            self.buckets.append((first, count, _counts(tables, pairs_offset, pairs_inv_scale, half_width)))
+
+
+_WINDOWS: "weakref.WeakKeyDictionary[LogisticTables, _Windows]" = weakref.WeakKeyDictionary()
+
+
+def _windows(tables: LogisticTables) -> _Windows:
+    if tables not in _WINDOWS:
+        _WINDOWS[tables] = _Windows(tables)
+    return _WINDOWS[tables]
+
+
+def _plan(tables: LogisticTables, means: list[torch.Tensor], log_scales: list[torch.Tensor]):
+    """Yield (members, half_width, counts, low) per factor and window bucket, in coding order.
+
+    Factors in list order, each bucket by bucket, members in flat order;
+    ``members`` index the factors' latents flattened and concatenated, and
+    ``low`` is each member's window start.  The coded distribution snaps the
+    mean's offset from the window centre to 1/OFFSET_STEPS of a pixel and the
+    log-scale to LOG_SCALE_STEP: the loss is far below a thousandth of a bit,
+    and latents then share a few hundred distinct tables (``_Windows``), each
+    computed once per model.  All factors' keys are computed in one pass
+    (elementwise, so each value is what a pass over one factor would give).
+    """
+    windows = _windows(tables)
+    buckets = len(WINDOW_HALF_WIDTHS)
+    sizes = [m.numel() for m in means]
+    mean = torch.cat([m.reshape(-1) for m in means]).to(torch.float64)
+    log_scale = torch.cat([s.reshape(-1) for s in log_scales]).to(torch.float64)
+    row = torch.floor(tables.scale_index(log_scale) / LOG_SCALE_STEP).long()
+    centre = torch.floor(mean + 0.5)
+    offset_index = torch.floor((mean - centre + 0.5) * OFFSET_STEPS).long()
+    bucket = windows.bucket_of_row[row]
+    group = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long)) * buckets + bucket
+    order = torch.argsort(group, stable=True)  # by factor, then bucket, then flat index
+    start = 0
+    for index, size in enumerate(torch.bincount(group, minlength=len(sizes) * buckets).tolist()):
+        if size:
+            members = order[start:start + size]
+            start += size
+            first, count, counts = windows.buckets[index % buckets]
+            half_width = WINDOW_HALF_WIDTHS[index % buckets]
+            which = offset_index[members] * count + (row[members] - first)
+            yield members, half_width, counts[which.numpy()], centre[members] - half_width
+
+
+def push_factors(encoder: Encoder, tables: LogisticTables, factors: list) -> None:
+    """Queue factors given as (latents, mean, log_scale), in order."""
+    if not factors:
+        return
+    flat = torch.cat([values.reshape(-1) for values, _, _ in factors]).to(torch.float64)
+    for members, half_width, counts, low in _plan(tables, [m for _, m, _ in factors], [s for _, _, s in factors]):
         offset = (flat[members] - low).numpy().astype(np.int64)
         escaped = (offset < 0) | (offset > 2 * half_width)
         symbols = np.where(escaped, 2 * half_width + 1, offset)
@@ -82,11 +128,15 @@ def push_factor(encoder: Encoder, tables: LogisticTables, values: torch.Tensor,
         encoder.push_uniform(raw, ESCAPE_SIZE)
 
 
+def push_factor(encoder: Encoder, tables: LogisticTables, values: torch.Tensor,
+                mean: torch.Tensor, log_scale: torch.Tensor) -> None:
+    push_factors(encoder, tables, [(values, mean, log_scale)])
+
+
 def pop_factor(decoder: Decoder, tables: LogisticTables, mean: torch.Tensor,
                log_scale: torch.Tensor) -> torch.Tensor:
     flat = torch.empty(mean.numel(), dtype=torch.float64)
-    for members, half_width, counts in _plan(tables, mean, log_scale):
-        low = torch.floor(mean.reshape(-1).to(torch.float64)[members] + 0.5) - half_width
+    for members, half_width, counts, low in _plan(tables, [mean], [log_scale]):
         symbols = decoder.pop_categorical(counts).astype(np.int64)
         if symbols.size != members.numel():
             raise CorruptStream("coded data ended early")

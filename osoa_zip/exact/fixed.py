@@ -51,14 +51,15 @@ def quantize_gradient(g: torch.Tensor) -> torch.Tensor:
     """
     if g.numel() == 0:
         return g
-    peak = torch.amax(torch.abs(g))
+    low, high = torch.aminmax(g)  # one pass; max(-low, high) is the exact max |g|
+    peak = torch.maximum(-low, high)
     if not bool(peak > 0):
         return torch.zeros_like(g)
     _, exponent = torch.frexp(peak)
     if int(exponent) - GRAD_BITS < MIN_GRAD_EXPONENT:
         return torch.zeros_like(g)
     step = math.ldexp(1.0, int(exponent) - GRAD_BITS)
-    return torch.round(g / step) * step
+    return (g / step).round_().mul_(step)  # in place on the quotient: the same two roundings
 
 
 class _QuantizeActivation(torch.autograd.Function):

@@ -31,9 +31,13 @@ LOG_SCALE_MAX = 5.0
 _TAIL_PROBABILITY = 2.0 ** -16
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class LogisticTables:
-    """Integer tables, stored as integer-valued float64 tensors."""
+    """Integer tables, stored as integer-valued float64 tensors.
+
+    Compared and hashed by identity (eq=False), so that derived tables (the
+    coder's windows) can be cached per instance.
+    """
 
     cdf: torch.Tensor        # round(2**24 * sigmoid(u)), u = -16 .. 16 step 2**-6
     inv_scale: torch.Tensor  # round(2**16 * exp(-l)), l = LOG_SCALE_MIN .. MAX step 2**-8

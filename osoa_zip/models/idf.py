@@ -45,7 +45,7 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..coding.logistic_coder import pop_factor, push_factor
+from ..coding.logistic_coder import pop_factor, push_factors
 from ..exact.fixed import quantize_activation, round_to_integer
 from ..exact.layers import ConvStack
 from ..exact.logistic import LogisticTables, nll_bits
@@ -222,35 +222,68 @@ class SubLatticeFlow(nn.Module):
             return targets[key[:2]][:, key[2]::self.channels]
         return targets[key]
 
-    def nll(self, pixels: torch.Tensor) -> torch.Tensor:
-        """Total negative log-likelihood of a batch in bits (differentiable)."""
+    def analyse(self, pixels: torch.Tensor, with_loss: bool = True):
+        """One forward pass over a known batch: its NLL and the factors to code.
+
+        Returns (loss, factors).  loss is what ``nll`` returns (differentiable
+        when autograd is on; None without ``with_loss``); factors holds, in the
+        order the decoder meets them, each factor's (latents, mean, log_scale),
+        detached, for ``push``.  The encoder codes and adapts from this one
+        pass: it is the same graph on the same weights as ``nll``, so the
+        gradients are bit for bit those of a separate ``nll(pixels)``.
+        """
         pixels = pixels.to(self.final_mean.dtype)
         targets = self._targets(pixels)
-        terms = []
+        terms, factors = [], []
 
         def take(key, mean, log_scale, offset):
             target = self._target(targets, key)
-            terms.append(nll_bits(target - offset, mean, log_scale, self.tables).sum())
+            latents = target - offset
+            factors.append((latents.detach(), mean.detach(), log_scale.detach()))
+            if with_loss:
+                terms.append(nll_bits(latents, mean, log_scale, self.tables).sum())
             return target
 
         self._traverse(pixels.shape, take)
-        return torch.stack(terms).sum()
+        return (torch.stack(terms).sum() if with_loss else None), factors
+
+    def nll(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Total negative log-likelihood of a batch in bits (differentiable)."""
+        return self.analyse(pixels)[0]
+
+    def push(self, factors: list, encoder) -> None:
+        """Queue the factors from ``analyse`` on an entropy encoder, in order."""
+        push_factors(encoder, self.tables, factors)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor, encoder) -> None:
-        pixels = pixels.to(self.final_mean.dtype)
-        targets = self._targets(pixels)
-
-        def take(key, mean, log_scale, offset):
-            target = self._target(targets, key)
-            push_factor(encoder, self.tables, target - offset, mean, log_scale)
-            return target
-
-        self._traverse(pixels.shape, take)
+        self.push(self.analyse(pixels, with_loss=False)[1], encoder)
 
     @torch.no_grad()
     def decode(self, decoder, shape) -> torch.Tensor:
-        def take(key, mean, log_scale, offset):
-            return pop_factor(decoder, self.tables, mean, log_scale) + offset
+        return self._decode(decoder, shape, with_loss=False)[0]
 
-        return self._traverse(shape, take)
+    @torch.enable_grad()
+    def decode_with_loss(self, decoder, shape) -> tuple[torch.Tensor, torch.Tensor]:
+        """Decode a batch and return (pixels, the differentiable ``nll`` of them).
+
+        The decoding pass is the forward pass of ``nll`` on the decoded
+        pixels (each factor's prediction sees exactly the values ``nll``
+        would give it), so adapting needs no second forward pass.
+        """
+        return self._decode(decoder, shape, with_loss=True)
+
+    def _decode(self, decoder, shape, with_loss: bool):
+        terms = []
+
+        def take(key, mean, log_scale, offset):
+            latents = pop_factor(decoder, self.tables, mean.detach(), log_scale.detach())
+            # Exact: integers far below 2**53.  The pixels carry no graph, as
+            # nll's targets do not; the loss term is nll's (target - offset).
+            target = latents + offset.detach()
+            if with_loss:
+                terms.append(nll_bits(target - offset, mean, log_scale, self.tables).sum())
+            return target
+
+        pixels = self._traverse(shape, take)
+        return pixels, (torch.stack(terms).sum() if with_loss else None)
