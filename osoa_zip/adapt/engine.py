@@ -5,6 +5,11 @@ float64 engine).  Batch t is coded under θ_{t-1}; then both sides take the
 same k optimiser steps on batch t's negative log-likelihood to reach θ_t.
 Because every step is bit-exact (see osoa_zip.exact), the decoder's θ_t is
 the encoder's θ_t on any machine.  The adapted weights are never stored.
+
+The model family (``bundle.family``) picks the coder of a batch: the flow
+queues its symbols and lays them on a fresh ANS stack at the end; the VAE
+pushes and pops one stack as it goes (bits-back, coding/bitsback.py).
+Either way a batch is one independent byte string.
 """
 from __future__ import annotations
 
@@ -16,10 +21,15 @@ import numpy as np
 import torch
 
 from ..coding.ans import Decoder, Encoder
+from ..coding.bitsback import StackCoder
 from ..exact import ENGINE
 from ..exact.optim import ExactAdam
 from ..models.registry import FlowBundle
 from .config import AdaptationConfig
+
+
+# family -> (encoder for a new batch, decoder of a batch's bytes)  [vae: added for the VAE family]
+CODERS = {"flow": (Encoder, Decoder), "vae": (StackCoder, StackCoder)}
 
 
 @dataclass
@@ -38,8 +48,11 @@ class OnlineAdapter:
         if (config.tile_size % 2 or config.tile_size < 2 or config.batch_size < 1 or config.steps_per_batch < 0
                 or config.segment_batches < 0):
             raise ValueError("tile size must be even and positive, batch size and steps positive")
+        if bundle.family not in CODERS:
+            raise ValueError(f"unknown model family {bundle.family!r}")
         self.config = config
         self._bundle = bundle
+        self._new_encoder, self._new_decoder = CODERS[bundle.family]
         self._networks: dict = {}
         self._optimizers: dict = {}
         self._batches = 0
@@ -68,7 +81,7 @@ class OnlineAdapter:
         started = time.perf_counter()
         pixels = torch.from_numpy(tiles).to(torch.float64)
         network = self._network(pixels.shape[1])
-        encoder = Encoder()
+        encoder = self._new_encoder()
         network.encode(pixels, encoder)
         data = encoder.finish()
         self._adapt(pixels)
@@ -77,7 +90,7 @@ class OnlineAdapter:
     def decode(self, data: bytes, shape: tuple[int, int, int, int]) -> np.ndarray:
         """Decode one batch, then replay the encoder's adaptation on it."""
         network = self._network(shape[1])
-        decoder = Decoder(data)
+        decoder = self._new_decoder(data)
         pixels = network.decode(decoder, shape)
         decoder.check_finished()
         if not bool(((pixels >= 0) & (pixels <= 255)).all()):

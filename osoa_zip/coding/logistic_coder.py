@@ -6,6 +6,11 @@ latent from a few fixed sizes so that the window spans WINDOW_SCALES logistic
 scales, and latents are coded bucket by bucket (bucket order, then flat index
 order) so every probability table is a dense 2-D array.  All counts are
 integers computed with the exact interpolation of ``LogisticTables``.
+
+With ``escape=False`` the window is the whole support (no escape symbol).
+Bits-back needs this for the posterior: popping a latent must be undone
+exactly by pushing it, and an escape would pop values that a push codes
+differently.  Values outside the window are then refused.
 """
 from __future__ import annotations
 
@@ -23,7 +28,7 @@ ESCAPE_SIZE = 4096
 ESCAPE_OFFSET = ESCAPE_SIZE // 2
 
 
-def _plan(tables: LogisticTables, mean: torch.Tensor, log_scale: torch.Tensor):
+def _plan(tables: LogisticTables, mean: torch.Tensor, log_scale: torch.Tensor, escape: bool = True):
     """Yield (members, half_width, counts) per window bucket, in bucket order.
 
     The coded distribution snaps the mean's offset from the window centre to
@@ -47,7 +52,7 @@ def _plan(tables: LogisticTables, mean: torch.Tensor, log_scale: torch.Tensor):
         if members.numel():
             distinct, which = torch.unique(key[members], return_inverse=True)
             first = _representatives(which, members, distinct.numel())
-            counts = _counts(tables, offset[first], inv_scale[first], half_width)
+            counts = _counts(tables, offset[first], inv_scale[first], half_width, escape)
             yield members, half_width, counts[which.numpy()]
 
 
@@ -58,22 +63,29 @@ def _representatives(which: torch.Tensor, members: torch.Tensor, n: int) -> torc
     return chosen
 
 
-def _counts(tables, offset, inv_scale, half_width) -> np.ndarray:
-    """Integer masses of the 2W+1 window bins, then the escape mass, per row."""
+def _counts(tables, offset, inv_scale, half_width, escape: bool = True) -> np.ndarray:
+    """Integer masses of the 2W+1 window bins, then the escape mass (if any), per row."""
     bins = torch.arange(2 * half_width + 2, dtype=torch.float64) - (half_width + 0.5)
     cdf = tables.cdf_q24((bins[None, :] - offset[:, None]) * inv_scale[:, None])
     inside = cdf[:, 1:] - cdf[:, :-1]
+    if not escape:
+        return inside.numpy()
     escape = cdf[:, :1] + (CDF_ONE - cdf[:, -1:])
     return torch.cat([inside, escape], dim=1).numpy()
 
 
 def push_factor(encoder: Encoder, tables: LogisticTables, values: torch.Tensor,
-                mean: torch.Tensor, log_scale: torch.Tensor) -> None:
+                mean: torch.Tensor, log_scale: torch.Tensor, escape: bool = True) -> None:
     flat = values.reshape(-1).to(torch.float64)
-    for members, half_width, counts in _plan(tables, mean, log_scale):
+    for members, half_width, counts in _plan(tables, mean, log_scale, escape):
         low = torch.floor(mean.reshape(-1).to(torch.float64)[members] + 0.5) - half_width
         offset = (flat[members] - low).numpy().astype(np.int64)
         escaped = (offset < 0) | (offset > 2 * half_width)
+        if not escape:
+            if escaped.any():
+                raise CorruptStream("latent outside its window (a window without escape)")
+            encoder.push_categorical(offset, counts)
+            continue
         symbols = np.where(escaped, 2 * half_width + 1, offset)
         encoder.push_categorical(symbols, counts)
         raw = flat[members].numpy()[escaped].astype(np.int64) + ESCAPE_OFFSET
@@ -83,9 +95,9 @@ def push_factor(encoder: Encoder, tables: LogisticTables, values: torch.Tensor,
 
 
 def pop_factor(decoder: Decoder, tables: LogisticTables, mean: torch.Tensor,
-               log_scale: torch.Tensor) -> torch.Tensor:
+               log_scale: torch.Tensor, escape: bool = True) -> torch.Tensor:
     flat = torch.empty(mean.numel(), dtype=torch.float64)
-    for members, half_width, counts in _plan(tables, mean, log_scale):
+    for members, half_width, counts in _plan(tables, mean, log_scale, escape):
         low = torch.floor(mean.reshape(-1).to(torch.float64)[members] + 0.5) - half_width
         symbols = decoder.pop_categorical(counts).astype(np.int64)
         if symbols.size != members.numel():
