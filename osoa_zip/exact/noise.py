@@ -4,9 +4,10 @@ Why: a VAE's training loss needs a sample z ~ q(z|x).  The decoder replays
 that loss on every adaptation step, so the noise must be the same bits on
 every machine and must not come from torch's or numpy's generators (their
 streams change between versions) nor from libm's log (not correctly rounded).
-Here a uniform is splitmix64(seed + i) in wrapping uint64 arithmetic, and
-the logistic quantile logit(u) is found in the integer CDF table by exact
-comparison and one linear interpolation (single IEEE operations).
+Here uniform i is the top 24 bits of splitmix64's mix of
+seed + i * 0x9E3779B97F4A7C15 (wrapping uint64 arithmetic), and the logistic
+quantile logit(u) is found in the integer CDF table by exact comparison and
+one linear interpolation (single IEEE operations).
 """
 from __future__ import annotations
 
