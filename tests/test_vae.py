@@ -26,7 +26,7 @@ from osoa_zip.coding.bitsback import StackCoder
 from osoa_zip.coding.logistic_coder import pop_factor, push_factor
 from osoa_zip.exact.logistic import LogisticTables, nll_bits
 from osoa_zip.exact.noise import logistic_quantile, uniform_q24
-from osoa_zip.models.registry import load_model
+from osoa_zip.models.registry import ModelError, build_networks, load_model
 
 from conftest import subprocess_env
 from test_portability import FULL_MATRIX, SUBSET, _check, _ids, _tree_digest
@@ -255,3 +255,9 @@ def test_cli_round_trip_with_the_vae(tmp_path):
     archive.write_bytes(bytes(damaged))
     result = run("test", archive)
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
+
+
+def test_unknown_family_is_refused():
+    assert build_networks({"family": "vae", "hidden": 4, "latent_channels": 2})[3].latent_channels == 2
+    with pytest.raises(ModelError, match="gan"):
+        build_networks({"family": "gan", "hidden": 4})

@@ -5,8 +5,8 @@ A checkpoint is one safetensors file holding a network per channel count
 core (``tables.*``); its metadata holds the architecture as JSON, whose
 ``family`` key names the kind of network: absent or ``flow`` for the
 sub-lattice flow (models/idf.py), ``vae`` for the bits-back VAE
-(models/vae.py).  The
-manifest (``models/manifest.json``) maps each name to its file and hash.
+(models/vae.py).  The manifest (``models/manifest.json``) maps each name to
+its file and hash.
 Archives record name and hash, so a decoder loads exactly the weights the
 encoder used or refuses with a clear message.
 """
@@ -82,7 +82,7 @@ class FlowBundle:
         """``flow`` or ``vae``: how batches are coded (archives record it in HEAD)."""
         return self.config.get("family", "flow")
 
-    def network(self, channels: int) -> SubLatticeFlow:
+    def network(self, channels: int) -> SubLatticeFlow | ConvVAE:
         try:
             return self.networks[channels]
         except KeyError:
