@@ -86,16 +86,12 @@ def command_train(args) -> None:
 def command_export(args) -> None:
     run = Path(args.run)
     config = json.loads((run / "config.json").read_text())
-    torch.manual_seed(0)  # only networks exported untrained (--allow-untrained) keep this init
     networks = build_networks(config)
     reuse = dict(item.split("=", 1) for item in args.reuse)
     stats = {}
     for channels, network in networks.items():
         prefix = CHANNEL_PREFIXES[channels]
         source = Path(reuse.get(prefix, run))
-        if not (source / f"{prefix}.safetensors").is_file() and args.allow_untrained:
-            stats[prefix] = {"step": 0, "note": "untrained"}
-            continue
         network.load_state_dict(load_file(str(source / f"{prefix}.safetensors")))
         stats[prefix] = json.loads((source / f"{prefix}.json").read_text())
         if source != run:
@@ -142,8 +138,6 @@ def main() -> None:
     e.add_argument("--recipe-note", default="", help="prepended to the recorded recipe")
     e.add_argument("--validation-bpsp", default="",
                    help='JSON recorded as the entry\'s validation_bpsp, e.g. \'{"tiles32": 3.0}\'')
-    e.add_argument("--allow-untrained", action="store_true",
-                   help="export freshly initialised networks for channel counts the run did not train (tests)")
     e.add_argument("--data-note", default="scripts/build_corpus.py training split (see data/split.json)")
     args = parser.parse_args()
     {"train": command_train, "export": command_export}[args.command](args)
