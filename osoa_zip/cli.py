@@ -300,7 +300,8 @@ def models_command() -> None:
     with _reported_errors():
         for name, entry in sorted(available_models().items()):
             mark = "*" if name == DEFAULT_MODEL else " "
-            click.echo(f"{mark} {name:24} sha256:{entry['sha256'][:16]}  {entry.get('parameters', '?'):>8} "
+            click.echo(f"{mark} {name:24} {entry.get('family', 'flow'):4}  sha256:{entry['sha256'][:16]}  "
+                       f"{entry.get('parameters', '?'):>8} "
                        f"params  {entry.get('description', '')}")
 
 

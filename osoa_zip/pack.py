@@ -162,7 +162,7 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     writer = ArchiveWriter(output)
     writer.write_json(b"HEAD", {
         "creator": f"osoa-zip {__version__}",
-        "model": {"name": bundle.name, "sha256": bundle.sha256, "family": "flow"},
+        "model": {"name": bundle.name, "sha256": bundle.sha256, "family": bundle.family},
         "engine": ENGINE,
         "adaptation": adaptation.to_header(),
     })

@@ -10,6 +10,12 @@ v2 (cross-channel conditioning for RGB, warm-started from v1; gray reused from v
       --channel-coupling --mean-remainder --init-from runs/v1/rgb.safetensors
   python scripts/pretrain.py export --run runs/v2 --reuse gray=runs/v1 --name idf-sublattice-v2
 
+VAE (bits-back, osoa_zip/models/vae.py):
+
+  python scripts/pretrain.py train --family vae --hidden 48 --latent-channels 16 --channels 3 \
+      --data data/train_rgb32.npy --steps 12000 --run runs/vae1
+  python scripts/pretrain.py export --run runs/vae1 --name vae-conv-v1
+
 `train` checkpoints to RUN/<gray|rgb>.safetensors every few hundred steps and
 resumes from there, so an interrupted run loses little.  The corpus comes from
 scripts/build_corpus.py.
@@ -34,13 +40,19 @@ def command_train(args) -> None:
     torch.set_num_threads(args.threads)
     run = Path(args.run)
     run.mkdir(parents=True, exist_ok=True)
-    config = {"hidden": args.hidden, "depth": args.depth, "levels": args.levels}
+    if args.family == "vae":
+        config = {"family": "vae", "hidden": args.hidden, "latent_channels": args.latent_channels}
+    else:
+        config = {"hidden": args.hidden, "depth": args.depth, "levels": args.levels}
     if args.channel_coupling:
         config["channel_coupling"] = True
     if args.mean_remainder:
         config["mean_remainder"] = True
+    if (run / "config.json").is_file() and json.loads((run / "config.json").read_text()) != config:
+        raise SystemExit(f"{run} was started with another architecture: {(run / 'config.json').read_text()}")
     (run / "config.json").write_text(json.dumps(config))
     prefix = CHANNEL_PREFIXES[args.channels]
+    torch.manual_seed(args.seed)
     network = build_networks(config)[args.channels]
     weights, progress = run / f"{prefix}.safetensors", run / f"{prefix}.json"
     done = 0
@@ -109,6 +121,9 @@ def main() -> None:
     t.add_argument("--hidden", type=int, default=48)
     t.add_argument("--depth", type=int, default=3)
     t.add_argument("--levels", type=int, default=3)
+    t.add_argument("--family", choices=["flow", "vae"], default="flow")
+    t.add_argument("--latent-channels", type=int, default=16, help="vae: latent channels at 1/4 resolution")
+    t.add_argument("--seed", type=int, default=0, help="initialisation seed")
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--channel-coupling", action="store_true", help="v2: cross-channel conditioning (RGB)")
     t.add_argument("--mean-remainder", action="store_true",

@@ -12,6 +12,11 @@ its last update and θ0, and codes with the cheapest: FLAG_ROLLBACK undoes
 the last update (weights and optimiser moments) before coding,
 FLAG_PRETRAINED codes this batch with θ0.  So adaptation can cost at most a
 few bits per batch more than --no-adapt, however badly an update goes.
+
+The model family (``bundle.family``) picks the coder of a batch: the flow
+queues its symbols and lays them on a fresh ANS stack at the end; the VAE
+pushes and pops one stack as it goes (bits-back, coding/bitsback.py).
+Either way a batch is one independent byte string.
 """
 from __future__ import annotations
 
@@ -23,6 +28,7 @@ import numpy as np
 import torch
 
 from ..coding.ans import Decoder, Encoder
+from ..coding.bitsback import StackCoder
 from ..exact import ENGINE
 from ..exact.optim import ExactAdam
 from ..models.registry import FlowBundle
@@ -36,6 +42,10 @@ KNOWN_FLAGS = FLAG_PRETRAINED | FLAG_ROLLBACK | FLAG_SEGMENT_START
 
 class BatchError(ValueError):
     """A batch's flags or data cannot be replayed."""
+
+
+# family -> (encoder for a new batch, decoder of a batch's bytes)  [vae: added for the VAE family]
+CODERS = {"flow": (Encoder, Decoder), "vae": (StackCoder, StackCoder)}
 
 
 @dataclass
@@ -59,6 +69,8 @@ class _Track:
 
 def _select_parameters(network: torch.nn.Module, selection: str) -> None:
     """Freeze what the selection leaves out (frozen layers cost no weight gradients)."""
+    if selection == "all" and not hasattr(network, "adaptable_parameters"):
+        return  # a model without selections adapts everything
     chosen = network.adaptable_parameters(selection)
     for name, parameter in network.named_parameters():
         parameter.requires_grad_(name in chosen)
@@ -73,8 +85,11 @@ class OnlineAdapter:
         if (config.tile_size % 2 or config.tile_size < 2 or config.batch_size < 1 or config.steps_per_batch < 0
                 or config.segment_batches < 0):
             raise ValueError("tile size must be even and positive, batch size and steps positive")
+        if bundle.family not in CODERS:
+            raise ValueError(f"unknown model family {bundle.family!r}")
         self.config = config
         self._bundle = bundle
+        self._new_encoder, self._new_decoder = CODERS[bundle.family]
         self._tracks: dict[int, _Track] = {}
         self._batches = 0
 
@@ -162,23 +177,34 @@ class OnlineAdapter:
         # One forward pass codes the batch, gives the guard its bit count and starts
         # the first step (the weights are the ones it steps from).
         with torch.set_grad_enabled(adapting):
-            loss, factors = track.network.analyse(pixels, with_loss=adapting or guarding)
+            loss, factors = self._analyse(track.network, pixels, adapting or guarding)
         flags = self._choose_flags(track, pixels, float(loss.detach())) if guarding else 0
+        network = track.network
         if flags & (FLAG_ROLLBACK | FLAG_PRETRAINED):
             if flags & FLAG_ROLLBACK:
                 self._load(track, track.previous)
                 track.previous = None
             network = self._bundle.network(channels) if flags & FLAG_PRETRAINED else track.network
             with torch.no_grad():
-                _, factors = network.analyse(pixels, with_loss=False)
+                _, factors = self._analyse(network, pixels, False)
             loss = None if flags & FLAG_ROLLBACK else loss
-        encoder = Encoder()
-        track.network.push(factors, encoder)  # push only uses the model's shared coding tables
+        encoder = self._new_encoder()
+        if factors is not None:
+            network.push(factors, encoder)
+        else:
+            network.encode(pixels, encoder)
         flags |= segment_flag
         data = bytes([flags]) + encoder.finish()
         if adapting:
             self._adapt(track, pixels, loss)
         return data, BatchStatistics(8 * len(data), tiles.size, time.perf_counter() - started, flags)
+
+    @staticmethod
+    def _analyse(network, pixels: torch.Tensor, with_loss: bool):
+        """(loss or None, factors to push or None): one pass where the model offers it (the flow)."""
+        if hasattr(network, "analyse"):
+            return network.analyse(pixels, with_loss=with_loss)
+        return (network.nll(pixels) if with_loss else None), None
 
     def _choose_flags(self, track: _Track, pixels: torch.Tensor, adapted_bits: float) -> int:
         """The cheapest of: the adapted model, the model before its last update, θ0."""
@@ -209,10 +235,11 @@ class OnlineAdapter:
             self._load(track, track.previous)
             track.previous = None
         adapting = self._will_adapt(track)
-        decoder = Decoder(payload[1:])
+        decoder = self._new_decoder(payload[1:])
         if flags & FLAG_PRETRAINED:
             pixels, loss = self._bundle.network(channels).decode(decoder, shape), None
-        elif adapting:  # the decoding pass also starts the first step, as on the encoder
+        elif adapting and hasattr(track.network, "decode_with_loss"):
+            # the decoding pass also starts the first step, as on the encoder
             pixels, loss = track.network.decode_with_loss(decoder, shape)
         else:
             pixels, loss = track.network.decode(decoder, shape), None

@@ -36,11 +36,15 @@ class Encoder:
             self._queue.append((np.ascontiguousarray(symbols, dtype=np.int32),
                                 constriction.stream.model.Uniform(size)))
 
-    def finish(self) -> bytes:
-        coder = constriction.stream.stack.AnsCoder()
+    def replay_onto(self, coder) -> None:
+        """Push the queue onto an AnsCoder (backwards, so it pops in queue order); empty it."""
         for item in reversed(self._queue):
             coder.encode_reverse(*item)
         self._queue.clear()
+
+    def finish(self) -> bytes:
+        coder = constriction.stream.stack.AnsCoder()
+        self.replay_onto(coder)
         return coder.get_compressed().astype("<u4").tobytes()
 
 

@@ -6,6 +6,11 @@ latent from a few fixed sizes so that the window spans WINDOW_SCALES logistic
 scales, and latents are coded bucket by bucket (bucket order, then flat index
 order) so every probability table is a dense 2-D array.  All counts are
 integers computed with the exact interpolation of ``LogisticTables``.
+
+With ``escape=False`` the window is the whole support (no escape symbol).
+Bits-back needs this for the posterior: popping a latent must be undone
+exactly by pushing it, and an escape would pop values that a push codes
+differently.  Values outside the window are then refused.
 """
 from __future__ import annotations
 
@@ -129,14 +134,28 @@ def push_factors(encoder: Encoder, tables: LogisticTables, factors: list) -> Non
 
 
 def push_factor(encoder: Encoder, tables: LogisticTables, values: torch.Tensor,
-                mean: torch.Tensor, log_scale: torch.Tensor) -> None:
-    push_factors(encoder, tables, [(values, mean, log_scale)])
+                mean: torch.Tensor, log_scale: torch.Tensor, escape: bool = True) -> None:
+    if escape:
+        push_factors(encoder, tables, [(values, mean, log_scale)])
+        return
+    flat = values.reshape(-1).to(torch.float64)
+    for members, half_width, counts, low in _plan(tables, [mean], [log_scale]):
+        offset = (flat[members] - low).numpy().astype(np.int64)
+        if ((offset < 0) | (offset > 2 * half_width)).any():
+            raise CorruptStream("latent outside its window (a window without escape)")
+        encoder.push_categorical(offset, np.ascontiguousarray(counts[:, :-1]))
 
 
 def pop_factor(decoder: Decoder, tables: LogisticTables, mean: torch.Tensor,
-               log_scale: torch.Tensor) -> torch.Tensor:
+               log_scale: torch.Tensor, escape: bool = True) -> torch.Tensor:
     flat = torch.empty(mean.numel(), dtype=torch.float64)
     for members, half_width, counts, low in _plan(tables, [mean], [log_scale]):
+        if not escape:  # the window's bins alone: the same masses, no escape column
+            symbols = decoder.pop_categorical(np.ascontiguousarray(counts[:, :-1])).astype(np.int64)
+            if symbols.size != members.numel():
+                raise CorruptStream("coded data ended early")
+            flat[members] = low + torch.from_numpy(symbols).to(torch.float64)
+            continue
         symbols = decoder.pop_categorical(counts).astype(np.int64)
         if symbols.size != members.numel():
             raise CorruptStream("coded data ended early")

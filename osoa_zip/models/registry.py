@@ -1,9 +1,12 @@
 """Shipped checkpoints: found by stable name, verified by SHA-256, never pickled.
 
-A checkpoint is one safetensors file holding a flow per channel count
+A checkpoint is one safetensors file holding a network per channel count
 (``gray.*`` for L, ``rgb.*`` for RGB) plus the integer tables of the exact
-core (``tables.*``); its metadata holds the architecture as JSON.  The
-manifest (``models/manifest.json``) maps each name to its file and hash.
+core (``tables.*``); its metadata holds the architecture as JSON, whose
+``family`` key names the kind of network: absent or ``flow`` for the
+sub-lattice flow (models/idf.py), ``vae`` for the bits-back VAE
+(models/vae.py).  The manifest (``models/manifest.json``) maps each name to
+its file and hash.
 Archives record name and hash, so a decoder loads exactly the weights the
 encoder used or refuses with a clear message.
 """
@@ -22,13 +25,15 @@ from safetensors.torch import load_file, save_file
 
 from ..exact.logistic import LogisticTables
 from .idf import SubLatticeFlow
+from .vae import ConvVAE
 
 MANIFEST = "manifest.json"
 CHANNEL_PREFIXES = {1: "gray", 3: "rgb"}
 DEFAULT_MODEL = "idf-sublattice-v2"
 # Architecture keys this version understands; a checkpoint naming another one
 # was made by a newer version and is refused rather than misread.
-CONFIG_KEYS = {"hidden", "depth", "levels", "channel_coupling", "mean_remainder"}
+CONFIG_KEYS = {"hidden", "depth", "levels", "channel_coupling", "mean_remainder", "family", "latent_channels"}
+FAMILIES = ("flow", "vae")
 
 
 class ModelError(Exception):
@@ -70,23 +75,36 @@ class FlowBundle:
     name: str
     sha256: str
     config: dict
-    networks: dict[int, SubLatticeFlow]
+    networks: dict[int, SubLatticeFlow | ConvVAE]
 
-    def network(self, channels: int) -> SubLatticeFlow:
+    @property
+    def family(self) -> str:
+        """``flow`` or ``vae``: how batches are coded (archives record it in HEAD)."""
+        return self.config.get("family", "flow")
+
+    def network(self, channels: int) -> SubLatticeFlow | ConvVAE:
         try:
             return self.networks[channels]
         except KeyError:
             raise ModelError(f"model {self.name} has no network for {channels}-channel images") from None
 
 
-def build_networks(config: dict) -> dict[int, SubLatticeFlow]:
+def build_networks(config: dict) -> dict[int, SubLatticeFlow | ConvVAE]:
     """The networks a config describes.
+
+    ``family: vae`` gives the bits-back VAE (``hidden``, ``latent_channels``).
 
     ``channel_coupling`` and ``mean_remainder`` (v2) add cross-channel
     conditioning to the RGB network (the gray one is unaffected); configs
     without them (v1, the tiny test model) build exactly the networks they
     always did.
     """
+    family = config.get("family", "flow")
+    if family == "vae":
+        return {channels: ConvVAE(channels, config["hidden"], config["latent_channels"])
+                for channels in CHANNEL_PREFIXES}
+    if family != "flow":
+        raise ModelError(f"unknown model family {family!r} (this version knows {', '.join(FAMILIES)})")
     return {channels: SubLatticeFlow(channels, config["hidden"], config["depth"], config["levels"],
                                      channel_coupling=bool(config.get("channel_coupling", False)),
                                      mean_remainder=bool(config.get("mean_remainder", False)))

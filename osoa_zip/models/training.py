@@ -1,9 +1,11 @@
-"""Pretraining of the flows: float32, quantization-aware, checkpointing as it goes.
+"""Pretraining of the flows and VAEs: float32, quantization-aware, checkpointing as it goes.
 
 Training is float32 for speed; the forward pass already uses the grids of
 the exact core (weights rounded, activations floored, straight-through
 gradients), so the exported weights behave the same in the float64 engine.
-Randomness here (crops, flips, init) never reaches a decoder.
+Randomness here (crops, flips, init, the VAE's latent samples) never reaches
+a decoder.  Both families train on ``network.nll`` (the VAE's is its
+negative ELBO).
 """
 from __future__ import annotations
 
@@ -74,8 +76,10 @@ def export(path: Path, config: dict, networks: dict[int, SubLatticeFlow], manife
     """Write the checkpoint and (re)register it in the manifest; return its hash."""
     digest = save_checkpoint(path, config, networks)
     entries = json.loads(manifest.read_text()) if manifest.is_file() else {"models": {}}
+    family = config.get("family", "flow")
     entries["models"][name] = {
-        "file": path.name, "sha256": digest, "family": "flow", "architecture": "sublattice-idf",
+        "file": path.name, "sha256": digest, "family": family,
+        "architecture": {"flow": "sublattice-idf", "vae": "conv-vae-bitsback"}[family],
         "config": config, "description": description,
         "parameters": sum(p.numel() for n in networks.values() for p in n.parameters()), **extra}
     manifest.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")

@@ -1,0 +1,224 @@
+"""A convolutional VAE with integer latents, coded with bits-back ANS.
+
+Shapes: a tile x (C x H x W, pixel values 0..255) has a latent z of
+``latent_channels`` x ceil(H/4) x ceil(W/4) *integers*.  All three
+distributions are discretized logistics over integer bins, so they reuse the
+exact core's integer tables and the flow's logistic coder:
+
+* posterior q(z|x): mean and log-scale from the inference network;
+* prior p(z): one learned mean and log-scale per latent channel;
+* likelihood p(x|z): one logistic per sub-pixel from the generative
+  network; for RGB, as in PixelCNN++, G's mean moves linearly with R's
+  deviation from its own mean, and B's with R's and G's (coefficients are
+  network outputs, clamped to +-COEFFICIENT_LIMIT, products floored onto the
+  activation grid).
+
+Down- and up-sampling are pixel (un)shuffles (permutations), so every
+reduction is still an exact 3x3 convolution of the core.  Sides that are not
+multiples of 4 are padded (replicated edge) for the inference network, and
+the likelihood's parameters are cropped back.
+
+Coding (``encode``/``decode``, on a ``StackCoder``): tiles are coded last
+to first, each with bits-back: pop z under q(z|x), push x under p(x|z) and
+z under p(z).  The decoder meets the tiles first to last and undoes each
+step: pop z, pop x, push z back under q(z|x).  The first tile coded (the
+batch's last) has nothing to pop from yet: it takes the posterior's mode
+instead and is coded without bits back (HiLLoC's answer to the initial-bits
+problem), so a batch's bytes are its tiles' negative ELBO plus that tile's
+-log q(z|x) and the coder's final state.
+
+Training loss (``nll``): the negative ELBO in bits for one sample
+z = round(mu + s * eps) per latent, with a straight-through rounding and the
+reparameterisation gradient.  In the exact (float64) engine eps comes from
+``exact.noise`` seeded by the batch's pixels, so the decoder, which has the
+same pixels, replays the same loss; in float32 pretraining it comes from
+torch's generator.
+"""
+from __future__ import annotations
+
+import torch
+from torch import nn
+from torch.nn import functional as F
+
+from ..coding.ans import Encoder
+from ..coding.logistic_coder import pop_factor, push_factor
+from ..exact.fixed import quantize_activation
+from ..exact.layers import ExactConv2d, leaky_relu
+from ..exact.logistic import LOG_SCALE_MAX, LOG_SCALE_MIN, LogisticTables, nll_bits
+from ..exact.noise import logistic_noise, seed_of
+
+PIXEL_CENTER = 128.0
+CONTEXT_SCALE = 1.0 / 64.0  # pixels enter the inference network in [-2, 2)
+LATENT_SCALE = 1.0 / 8.0    # integer latents enter the generative network in steps of 1/8
+# The pixel means are PIXEL_CENTER + MEAN_GAIN * output: an output of +-4 spans
+# the pixel range (Adam moves a weight by about its learning rate per step), and
+# the means stay on a 2**-3 grid, well inside the coder's 1/16-pixel snapping.
+MEAN_GAIN = 32.0
+DOWNSAMPLING = 4
+COEFFICIENT_LIMIT = 2.0
+
+
+def coefficient_count(channels: int) -> int:
+    return channels * (channels - 1) // 2
+
+
+def latent_side(side: int) -> int:
+    return -(-side // DOWNSAMPLING)
+
+
+class _Reparameterize(torch.autograd.Function):
+    """z = floor(mean + spread + 1/2), spread = scale * eps; straight-through.
+
+    d z / d mean = 1 and d z / d log_scale = spread (the scale's derivative
+    is itself).  Elementwise products only, so the backward pass replays.
+    """
+
+    @staticmethod
+    def forward(ctx, mean, log_scale, spread):
+        ctx.save_for_backward(spread)
+        return torch.floor(mean + spread + 0.5)
+
+    @staticmethod
+    def backward(ctx, grad):
+        (spread,) = ctx.saved_tensors
+        return grad, grad * spread, None
+
+
+class ConvVAE(nn.Module):
+    """The VAE for tiles of one channel count (1 = L, 3 = RGB)."""
+
+    def __init__(self, channels: int, hidden: int, latent_channels: int):
+        super().__init__()
+        self.channels = channels
+        self.latent_channels = latent_channels
+        c, h, k = channels, hidden, latent_channels
+        half = max(hidden // 4, 4)
+        # x -> unshuffle -> conv, conv -> unshuffle -> conv, conv -> (mean, log-scale) of z
+        self.inference = nn.ModuleList([ExactConv2d(4 * c, h), ExactConv2d(h, h),
+                                        ExactConv2d(4 * h, h), ExactConv2d(h, 2 * k)])
+        # z -> conv, conv -> shuffle -> conv, conv -> shuffle -> conv -> pixel logistics
+        self.generative = nn.ModuleList([ExactConv2d(k, h), ExactConv2d(h, 4 * h),
+                                         ExactConv2d(h, h), ExactConv2d(h, 4 * half),
+                                         ExactConv2d(half, 2 * c + coefficient_count(c))])
+        self.prior_mean = nn.Parameter(torch.zeros(k))
+        self.prior_log_scale = nn.Parameter(torch.full((k,), 2.0))
+        self.tables: LogisticTables | None = None
+        with torch.no_grad():  # start from small pixel means and a wide pixel scale
+            last = self.generative[-1]
+            last.weight.mul_(0.1)
+            last.bias[c:2 * c] = 3.0
+            self.inference[-1].weight.mul_(0.5)
+
+    # -- the three distributions -------------------------------------------
+    def posterior(self, pixels: torch.Tensor):
+        """mean and log-scale of q(z|x), each B x K x ceil(H/4) x ceil(W/4)."""
+        height, width = pixels.shape[2:]
+        pad_h = latent_side(height) * DOWNSAMPLING - height
+        pad_w = latent_side(width) * DOWNSAMPLING - width
+        x = (pixels - PIXEL_CENTER) * CONTEXT_SCALE
+        if pad_h or pad_w:
+            x = F.pad(x, (0, pad_w, 0, pad_h), mode="replicate")
+        first, second, third, last = self.inference
+        x = F.pixel_unshuffle(x, 2)
+        x = leaky_relu(second(leaky_relu(first(x))))
+        x = F.pixel_unshuffle(x, 2)
+        mean, log_scale = last(leaky_relu(third(x))).chunk(2, dim=1)
+        return mean, log_scale
+
+    def prior(self, shape):
+        """mean and log-scale of p(z), broadcast to the latent shape."""
+        view = (1, -1, 1, 1)
+        mean = quantize_activation(self.prior_mean).view(view).expand(shape)
+        log_scale = quantize_activation(self.prior_log_scale).view(view).expand(shape)
+        return mean, log_scale
+
+    def likelihood(self, z: torch.Tensor, height: int, width: int):
+        """Per sub-pixel (mean, log-scale) and the cross-channel coefficients of p(x|z)."""
+        c = self.channels
+        first, second, third, fourth, last = self.generative
+        y = leaky_relu(second(leaky_relu(first(z * LATENT_SCALE))))
+        y = F.pixel_shuffle(y, 2)
+        y = leaky_relu(fourth(leaky_relu(third(y))))
+        y = last(F.pixel_shuffle(y, 2))[:, :, :height, :width]
+        mean = y[:, :c] * MEAN_GAIN + PIXEL_CENTER
+        log_scale = y[:, c:2 * c]
+        coefficients = torch.clamp(y[:, 2 * c:], -COEFFICIENT_LIMIT, COEFFICIENT_LIMIT)
+        return mean, log_scale, coefficients
+
+    def channel_mean(self, mean, coefficients, pixels, channel: int) -> torch.Tensor:
+        """Channel c's mean given the true values of channels < c (pairs (1,0), (2,0), (2,1))."""
+        if channel == 0:
+            return mean[:, :1]
+        first_pair = coefficient_count(channel)
+        cross = sum(coefficients[:, first_pair + j:first_pair + j + 1] * (pixels[:, j:j + 1] - mean[:, j:j + 1])
+                    for j in range(channel))
+        return mean[:, channel:channel + 1] + quantize_activation(cross)
+
+    # -- training loss ------------------------------------------------------
+    def _sample(self, mean, log_scale, pixels):
+        if mean.dtype == torch.float64:
+            eps = logistic_noise(self.tables, seed_of(pixels), mean.shape)
+            inv_scale = self.tables.inverse_scale(log_scale.detach())
+            spread = eps / inv_scale
+        else:
+            u = torch.rand(mean.shape).clamp(1e-6, 1 - 1e-6)
+            eps = torch.log(u) - torch.log1p(-u)
+            spread = eps * torch.exp(torch.clamp(log_scale.detach(), LOG_SCALE_MIN, LOG_SCALE_MAX))
+        return _Reparameterize.apply(mean, log_scale, spread)
+
+    def nll(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Negative ELBO of a batch in bits for one latent sample (differentiable, replayable)."""
+        pixels = pixels.to(self.prior_mean.dtype)
+        post_mean, post_log_scale = self.posterior(pixels)
+        z = self._sample(post_mean, post_log_scale, pixels)
+        prior_mean, prior_log_scale = self.prior(z.shape)
+        mean, log_scale, coefficients = self.likelihood(z, pixels.shape[2], pixels.shape[3])
+        terms = [nll_bits(z, prior_mean, prior_log_scale, self.tables).sum(),
+                 -nll_bits(z, post_mean, post_log_scale, self.tables).sum()]
+        for c in range(self.channels):
+            centre = self.channel_mean(mean, coefficients, pixels, c)
+            terms.append(nll_bits(pixels[:, c:c + 1], centre, log_scale[:, c:c + 1], self.tables).sum())
+        return torch.stack(terms).sum()
+
+    # -- bits-back coding ---------------------------------------------------
+    def _push_tile(self, coder, pixels, z) -> None:
+        """One group, in the decoder's order: z under p(z), then x channel by channel."""
+        group = Encoder()
+        push_factor(group, self.tables, z, *self.prior(z.shape))
+        mean, log_scale, coefficients = self.likelihood(z, pixels.shape[2], pixels.shape[3])
+        for c in range(self.channels):
+            push_factor(group, self.tables, pixels[:, c:c + 1],
+                        self.channel_mean(mean, coefficients, pixels, c), log_scale[:, c:c + 1])
+        coder.push(group)
+
+    @torch.no_grad()
+    def encode(self, pixels: torch.Tensor, coder) -> None:
+        """Bits-back code a batch onto ``coder`` (a StackCoder), last tile first."""
+        pixels = pixels.to(self.prior_mean.dtype)
+        post_mean, post_log_scale = self.posterior(pixels)
+        for i in reversed(range(pixels.shape[0])):
+            tile = slice(i, i + 1)
+            if i == pixels.shape[0] - 1:  # nothing on the stack yet: the mode, no bits back
+                z = torch.floor(post_mean[tile] + 0.5)
+            else:
+                z = pop_factor(coder, self.tables, post_mean[tile], post_log_scale[tile], escape=False)
+            self._push_tile(coder, pixels[tile], z)
+
+    @torch.no_grad()
+    def decode(self, coder, shape) -> torch.Tensor:
+        batch, channels, height, width = shape
+        latent_shape = (1, self.latent_channels, latent_side(height), latent_side(width))
+        tiles = []
+        for i in range(batch):
+            z = pop_factor(coder, self.tables, *self.prior(latent_shape))
+            mean, log_scale, coefficients = self.likelihood(z, height, width)
+            pixels = torch.empty(1, channels, height, width, dtype=torch.float64)
+            for c in range(channels):
+                centre = self.channel_mean(mean, coefficients, pixels, c)
+                pixels[:, c:c + 1] = pop_factor(coder, self.tables, centre, log_scale[:, c:c + 1])
+            if i < batch - 1:  # give back the bits the encoder took to choose z
+                group = Encoder()
+                push_factor(group, self.tables, z, *self.posterior(pixels), escape=False)
+                coder.push(group)
+            tiles.append(pixels)
+        return torch.cat(tiles)
