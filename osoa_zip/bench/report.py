@@ -151,15 +151,19 @@ def _write_scaling_csv(result: BenchResult, path: Path) -> None:
 def _plots(result: BenchResult, folder: Path) -> list[Path]:
     import matplotlib
     matplotlib.use("Agg")
-    from matplotlib import pyplot
+    from matplotlib import pyplot, ticker
 
     written = []
     for item in result.sets:
         figure, axes = pyplot.subplots(figsize=(7, 4))
         for label, values in item.curves.items():
-            axes.plot(range(1, len(values) + 1), values, label=label, linewidth=1)
+            axes.plot(range(1, len(values) + 1), values, label=label, linewidth=1,
+                      marker="." if len(values) < 40 else None)
+        axes.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
+        fine = _row_of(item, FINE_TUNE)
+        weights = "" if fine is None or fine.skipped else f" (fine-tune + store with its weights: {fine.bpsp:.2f} bpsp)"
         axes.set(xlabel="batch (archive order)", ylabel="bits per sub-pixel",
-                 title=f"{item.bench_set.name}: bpsp per batch")
+                 title=f"{item.bench_set.name}: bpsp per batch{weights}")
         axes.legend(fontsize=8)
         written.append(folder / f"batches-{item.bench_set.name}.png")
         figure.tight_layout()
@@ -170,8 +174,11 @@ def _plots(result: BenchResult, folder: Path) -> list[Path]:
         for row in item.rows:
             if not row.skipped and row.compress_seconds:
                 axes.scatter(row.compress_seconds, row.bpsp, label=row.label)
-        axes.set(xscale="log", xlabel="compress seconds (log)", ylabel="bits per sub-pixel",
+        axes.set(xscale="log", yscale="log", xlabel="compress seconds", ylabel="bits per sub-pixel",
                  title=item.bench_set.name)
+        for axis in (axes.xaxis, axes.yaxis):
+            axis.set_major_formatter(ticker.FormatStrFormatter("%g"))
+            axis.set_minor_formatter(ticker.NullFormatter())
     panels[0][0].legend(fontsize=7)
     written.append(folder / "size-vs-time.png")
     figure.tight_layout()
@@ -191,9 +198,13 @@ def _plots(result: BenchResult, folder: Path) -> list[Path]:
     return written
 
 
-def write_outputs(result: BenchResult) -> None:
+def write_outputs(result: BenchResult, final: bool = True) -> None:
+    """results.md, results.csv (+ scaling.csv) and the plots; `final` False: the sets so far, no plots."""
     folder = result.options.output
-    if not result.options.plots:
+    result.outputs = []
+    if not final:
+        result.plot_note = "not drawn yet (the run is still going)."
+    elif not result.options.plots:
         result.plot_note = "not drawn (--no-plots)."
     else:
         try:

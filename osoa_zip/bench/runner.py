@@ -248,9 +248,11 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda message
     from .report import write_outputs
     options.output.mkdir(parents=True, exist_ok=True)
     machine = machine_description()
-    startup = run_measured(osoa_zip_command("--version")).seconds
-    sets = [run_set(options, Path(folder), log) for folder in options.folders]
-    scaling = run_scaling(options, log) if options.scaling else []
-    result = BenchResult(options, machine, startup, sets, scaling)
+    result = BenchResult(options, machine, run_measured(osoa_zip_command("--version")).seconds, [], [])
+    for folder in options.folders:
+        result.sets.append(run_set(options, Path(folder), log))
+        write_outputs(result, final=False)  # a long run shows its results as it goes
+    if options.scaling:
+        result.scaling = run_scaling(options, log)
     write_outputs(result)
     return result
