@@ -41,7 +41,7 @@ def _header(result: BenchResult) -> list[str]:
         "",
         f"Machine: {machine['cpu']}, {machine['cores']} cores (lscpu); {machine['system']}; Python "
         f"{machine['python']}, torch {machine['torch']}, OMP_NUM_THREADS={machine['threads']}; "
-        f"osoa-zip {machine['osoa_zip']}; {machine['date']}.",
+        f"osoa-zip {machine['osoa_zip']}; {machine['date']}; load average {machine['load']}.",
         "",
         f"Model `{options.model}`; adaptation: learning rate {config.learning_rate:g}, "
         f"{config.steps_per_batch} optimiser step(s) per batch, batches of {config.batch_size} tiles of "

@@ -107,7 +107,15 @@ def machine_description() -> dict:
     return {"cpu": cpu, "cores": cores, "system": f"{platform.system()} {platform.machine()}",
             "python": platform.python_version(), "torch": torch.__version__, "osoa_zip": __version__,
             "threads": os.environ.get("OMP_NUM_THREADS", "unset"),
-            "date": datetime.date.today().isoformat()}
+            "date": datetime.date.today().isoformat(), "load": _load_average()}
+
+
+def _load_average() -> str:
+    """The 1-minute load average: on a shared machine, the context every timing needs."""
+    try:
+        return f"{os.getloadavg()[0]:.1f}"
+    except OSError:
+        return "n/a"
 
 
 def _compress_arguments(model: str, config: AdaptationConfig, adapt: bool) -> list[str]:
@@ -254,5 +262,6 @@ def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda message
         write_outputs(result, final=False)  # a long run shows its results as it goes
     if options.scaling:
         result.scaling = run_scaling(options, log)
+    machine["load"] += f" at the start, {_load_average()} at the end"
     write_outputs(result)
     return result
