@@ -61,7 +61,7 @@ def test_bench_command_writes_table_and_csv_and_reports_missing_codec(tiny_folde
     assert "WebP lossless (method 4)" in table
     assert "JPEG XL lossless (effort 7) | skipped: neither pillow_jxl nor imagecodecs" in table
     assert "Plots: not drawn (--no-plots)." in table
-    assert "| 2 | 512 |" in table  # the scaling row: the first two images (grey 16x16) as tiles
+    assert "| 2 | 2 | 512 |" in table  # the scaling row: the first two images (grey 16x16) as tiles
     assert (out / "results.md").read_text() == table
 
     with open(out / "results.csv", newline="") as handle:

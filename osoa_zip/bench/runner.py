@@ -65,6 +65,7 @@ class SetResult:
 @dataclass
 class ScalingRow:
     tiles: int
+    distinct: int      # different tiles among them (the first folder may have fewer)
     subpixels: int
     bytes: int
     seconds: float
@@ -242,12 +243,12 @@ def run_scaling(options: BenchOptions, log: Callable[[str], None]) -> list[Scali
     for count in options.scaling:
         with tempfile.TemporaryDirectory(prefix="osoa-bench-scaling-") as work:
             folder = Path(work) / "tiles"
-            subpixels = tile_folder(options.folders[0], count, options.config.tile_size, folder)
+            subpixels, distinct = tile_folder(options.folders[0], count, options.config.tile_size, folder)
             archive = Path(work) / "tiles.osoa"
             log(f"scaling: {count} tiles")
             measured = run_measured(osoa_zip_command("compress", "-q", *_compress_arguments(
                 options.model, options.config, True), str(folder), str(archive)))
-            rows.append(ScalingRow(count, subpixels, archive.stat().st_size, measured.seconds, measured.peak_rss_mb))
+            rows.append(ScalingRow(count, distinct, subpixels, archive.stat().st_size, measured.seconds, measured.peak_rss_mb))
     return rows
 
 

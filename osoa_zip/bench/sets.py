@@ -99,9 +99,9 @@ def model_batches(folder: Path, tile_size: int, batch_size: int) -> list[np.ndar
     return batches
 
 
-def tile_folder(source: Path, count: int, tile_size: int, into: Path) -> int:
+def tile_folder(source: Path, count: int, tile_size: int, into: Path) -> tuple[int, int]:
     """Write `count` images of one model tile each into `into`, cut from `source`'s
-    images in order (repeated if needed); return their sub-pixels.
+    images in order (repeated if needed); return their sub-pixels and how many are distinct.
 
     For the scaling runs: the work then grows with `count` alone.
     """
@@ -126,4 +126,4 @@ def tile_folder(source: Path, count: int, tile_size: int, into: Path) -> int:
         # Little zlib effort: these files are inputs, their size is not measured.
         Image.fromarray(tile).save(into / f"{index:06d}.png", compress_level=1)
         subpixels += tile.size
-    return subpixels
+    return subpixels, min(count, len(tiles))
