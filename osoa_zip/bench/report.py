@@ -104,8 +104,8 @@ def _scaling_table(result: BenchResult) -> list[str]:
                      f"{1000 * row.seconds / row.tiles:.1f} | {_rate(row.subpixels / 1e6 / row.seconds)} | "
                      f"{row.peak_rss_mb:.0f} |")
     first, last = result.scaling[0], result.scaling[-1]
-    lines += ["", "- Tiles are cut from the first folder and repeat once it runs out (then bpsp falls: "
-                  "the model adapts to data it has seen); time and memory are what this table is for.",
+    lines += ["", "- Tiles are cut from the first folder and repeat once it runs out, so bpsp here is not a "
+                  "compression result (the model may adapt to tiles it has seen); time and memory are.",
               f"- From {first.tiles} to {last.tiles} tiles: time per tile x"
                   f"{(last.seconds / last.tiles) / (first.seconds / first.tiles):.2f} (1.00 = linear; start-up "
                   f"weighs on the smallest run), peak memory x{last.peak_rss_mb / first.peak_rss_mb:.2f}."]

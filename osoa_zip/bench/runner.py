@@ -163,7 +163,7 @@ class _SetRunner:
         self.curves[label] = [bits / subpixels for bits, subpixels in statistics]
         return statistics
 
-    def fine_tune(self, frozen_statistics: list[tuple[int, int]]) -> str:
+    def fine_tune(self, osoa_statistics: list[tuple[int, int]], frozen_statistics: list[tuple[int, int]]) -> str:
         """The paper's baseline, counted as a whole archive: the --no-adapt archive's
         container and tables, plus the stored weights, plus the data coded with them."""
         from ..models.registry import load_model
@@ -192,8 +192,10 @@ class _SetRunner:
         self.curves["fine-tune + store (data only, float16)"] = [
             bits / subpixels for bits, subpixels in zip(store.batch_bits, result.batch_subpixels)]
         return (f"fine-tune + store: {result.stored_values} parameters tuned ({len(batches)} batches, "
-                f"{config.steps_per_batch} step(s) each, lr {config.learning_rate:g}); weights "
-                f"{store.weight_bytes} B as float16+xz, {result.stores['float32'].weight_bytes} B as float32+xz")
+                f"{config.steps_per_batch} optimiser step(s) each, lr {config.learning_rate:g}); weights "
+                f"{store.weight_bytes} B as float16+xz, {result.stores['float32'].weight_bytes} B as float32+xz. "
+                + _break_even(sum(bits for bits, _ in osoa_statistics), 8 * store.data_bytes,
+                              8 * store.weight_bytes, sum(result.batch_subpixels)))
 
     def classical(self, key: str) -> None:
         codec = classical.CODECS[key]
@@ -218,6 +220,17 @@ class _SetRunner:
         shutil.rmtree(decoded)
 
 
+def _break_even(osoa_bits: int, tuned_bits: int, weight_bits: int, subpixels: int) -> str:
+    """How much data the stored weights would need to pay for themselves, at this set's rate."""
+    line = (f"Data alone (no container, no weights): OSOA {osoa_bits / subpixels:.3f} bpsp, the fine-tuned "
+            f"model {tuned_bits / subpixels:.3f} bpsp")
+    saving = (osoa_bits - tuned_bits) / subpixels
+    if saving <= 0:
+        return line + "; storing its weights can never pay."
+    return (line + f"; at this rate its float16 weights pay for themselves after about "
+            f"{weight_bits / saving:.3g} sub-pixels ({weight_bits / saving / subpixels:.0f} times this set).")
+
+
 def _times(packed: Measured, unpacked: Measured) -> dict:
     return {"compress_seconds": packed.seconds, "decompress_seconds": unpacked.seconds,
             "compress_rss_mb": packed.peak_rss_mb, "decompress_rss_mb": unpacked.peak_rss_mb}
@@ -228,9 +241,9 @@ def run_set(options: BenchOptions, folder: Path, log: Callable[[str], None]) -> 
         work = Path(work)
         bench_set = prepare_set(folder, options.limit, work / "images")
         runner = _SetRunner(options, bench_set, work, log)
-        runner.osoa_zip(adapt=True)
+        osoa_statistics = runner.osoa_zip(adapt=True)
         frozen_statistics = runner.osoa_zip(adapt=False)
-        note = runner.fine_tune(frozen_statistics)
+        note = runner.fine_tune(osoa_statistics, frozen_statistics)
         for key in classical.CODECS:
             runner.classical(key)
     return SetResult(bench_set, runner.rows, runner.curves, note)
