@@ -9,7 +9,7 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
-from .runner import FINE_TUNE, FROZEN, OSOA, BenchResult, Row, SetResult
+from .runner import FINE_TUNE, FROZEN, OSOA, STORED_AS_FILES, BenchResult, Row, SetResult
 
 SUMMARY_CODECS = [(FROZEN, "pretrained only"), (FINE_TUNE, "fine-tune + store (paper)"), ("png", "PNG"),
                   ("webp", "WebP-LL"), ("jxl", "JPEG XL-LL"), ("tar-xz", "tar+xz")]
@@ -61,11 +61,22 @@ def _header(result: BenchResult) -> list[str]:
 def _summary_table(result: BenchResult) -> list[str]:
     lines = ["| set | images | sub-pixels | OSOA bpsp | " + " | ".join(f"{name} / OSOA" for _, name in SUMMARY_CODECS)
              + " |", "|---|---:|---:|---:|" + "---:|" * len(SUMMARY_CODECS)]
+    marked = False
     for item in result.sets:
-        ratios = [size_ratio(item, codec) for codec, _ in SUMMARY_CODECS]
+        cells = []
+        for codec, _ in SUMMARY_CODECS:
+            ratio, row = size_ratio(item, codec), _row_of(item, codec)
+            stored = row is not None and row.note.startswith(STORED_AS_FILES)
+            marked |= stored
+            cells.append("skipped" if ratio is None else f"{ratio:.3f}" + ("*" if stored else ""))
+        osoa = _row_of(item, OSOA)
+        stored = osoa.note.startswith(STORED_AS_FILES)
+        marked |= stored
         lines.append(f"| {item.bench_set.name} | {item.bench_set.images} | {item.bench_set.subpixels} | "
-                     f"{_number(_row_of(item, OSOA).bpsp)} | "
-                     + " | ".join("skipped" if r is None else f"{r:.3f}" for r in ratios) + " |")
+                     f"{_number(osoa.bpsp)}{'*' if stored else ''} | " + " | ".join(cells) + " |")
+    if marked:
+        lines += ["", "\\* that osoa-zip archive stored some or all images as files (the model coded them larger "
+                      "than the files); see the set's notes."]
     return lines
 
 

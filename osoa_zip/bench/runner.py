@@ -26,6 +26,7 @@ from .processes import Measured, osoa_zip_command, run_measured
 from .sets import BenchSet, model_batches, prepare_set, tile_folder
 
 OSOA, FROZEN, FINE_TUNE, FINE_TUNE_F32 = "osoa", "no-adapt", "finetune-f16", "finetune-f32"
+STORED_AS_FILES = "stored as files"  # starts the note of an osoa-zip row whose archive did not code every image
 
 
 @dataclass
@@ -135,14 +136,23 @@ class _SetRunner:
         self.options, self.set, self.work, self.log = options, bench_set, work, log
         self.rows: list[Row] = []
         self.curves: dict[str, list[float]] = {}
+        config = options.config
+        # The batches osoa-zip codes when every image takes the model path.
+        self.batches = model_batches(bench_set.folder, config.tile_size, config.batch_size)
+        self.statistics: dict[str, list[tuple[int, int]]] = {}  # per-batch (bits, sub-pixels) of each archive
+
+    def _all_coded(self, key: str) -> bool:
+        """Whether that archive coded every batch (the archiver stores a group as files instead
+        when the model would code it larger than its files)."""
+        return [subpixels for _, subpixels in self.statistics[key]] == [batch.size for batch in self.batches]
 
     def _row(self, codec: str, label: str, **values) -> Row:
         row = Row(self.set.name, codec, label, self.set.subpixels, **values)
         self.rows.append(row)
         return row
 
-    def osoa_zip(self, adapt: bool) -> list[tuple[int, int]]:
-        """Compress and decompress with the real command line; returns the archive's per-batch statistics."""
+    def osoa_zip(self, adapt: bool) -> None:
+        """Compress and decompress with the real command line."""
         from ..inspect import batch_statistics
         from ..verify import tree_differences
         key = OSOA if adapt else FROZEN
@@ -157,30 +167,34 @@ class _SetRunner:
             raise BenchError(f"{self.set.name}: osoa-zip did not restore the images: {problems[:3]}")
         shutil.rmtree(restored)
         label = "osoa-zip (OSOA, default)" if adapt else "osoa-zip --no-adapt (pretrained only)"
-        self._row(key, label, bytes=archive.stat().st_size, **_times(packed, unpacked))
         with open(archive, "rb") as handle:
-            statistics = batch_statistics(handle)
-        self.curves[label] = [bits / subpixels for bits, subpixels in statistics]
-        return statistics
+            self.statistics[key] = batch_statistics(handle)
+        coded = sum(subpixels for _, subpixels in self.statistics[key])
+        expected = sum(batch.size for batch in self.batches)
+        note = "" if self._all_coded(key) else (
+            f"{STORED_AS_FILES}: the model coded {coded} of {expected} tile sub-pixels, the archiver stored "
+            f"the rest as files because the model coded them larger than the files")
+        self._row(key, label, bytes=archive.stat().st_size, note=note, **_times(packed, unpacked))
+        self.curves[label] = [bits / subpixels for bits, subpixels in self.statistics[key]]
 
-    def fine_tune(self, osoa_statistics: list[tuple[int, int]], frozen_statistics: list[tuple[int, int]]) -> str:
-        """The paper's baseline, counted as a whole archive: the --no-adapt archive's
-        container and tables, plus the stored weights, plus the data coded with them."""
+    def fine_tune(self) -> str:
+        """The paper's baseline, counted as a whole archive: an archive's container and tables
+        (the --no-adapt one's, or OSOA's if that one stored files), plus the stored weights,
+        plus the data coded with them."""
         from ..models.registry import load_model
         from .finetune import fine_tune_and_store
-        config = self.options.config
-        batches = model_batches(self.set.folder, config.tile_size, config.batch_size)
-        if len(batches) != len(frozen_statistics) or any(
-                batch.size != subpixels for batch, (_, subpixels) in zip(batches, frozen_statistics)):
-            note = "not comparable: the archiver stored some images as files"
-            self._row(FINE_TUNE, "fine-tune + store", note=note)
-            return note
+        config, batches = self.options.config, self.batches
+        whole = next((key for key in (FROZEN, OSOA) if self._all_coded(key)), None)
+        if whole is None:
+            self._row(FINE_TUNE, "fine-tune + store",
+                      note="skipped: not comparable, both osoa-zip archives stored images as files")
+            return ""
         self.log(f"{self.set.name}: fine-tune + store ({len(batches)} batches)")
         result = fine_tune_and_store(load_model(self.options.model), config, batches)
         if not result.decoded_exactly:
             raise BenchError(f"{self.set.name}: fine-tune + store did not decode back to the images")
-        frozen = next(row for row in self.rows if row.codec == FROZEN)
-        container = frozen.bytes - sum(bits for bits, _ in frozen_statistics) // 8
+        archive = next(row for row in self.rows if row.codec == whole)
+        container = archive.bytes - sum(bits for bits, _ in self.statistics[whole]) // 8
         for key, dtype in ((FINE_TUNE, "float16"), (FINE_TUNE_F32, "float32")):
             store = result.stores[dtype]
             self._row(key, f"fine-tune + store ({dtype}, xz)", bytes=container + store.total_bytes,
@@ -194,8 +208,8 @@ class _SetRunner:
         return (f"fine-tune + store: {result.stored_values} parameters tuned ({len(batches)} batches, "
                 f"{config.steps_per_batch} optimiser step(s) each, lr {config.learning_rate:g}); weights "
                 f"{store.weight_bytes} B as float16+xz, {result.stores['float32'].weight_bytes} B as float32+xz. "
-                + _break_even(sum(bits for bits, _ in osoa_statistics), 8 * store.data_bytes,
-                              8 * store.weight_bytes, sum(result.batch_subpixels)))
+                + (_break_even(sum(bits for bits, _ in self.statistics[OSOA]), 8 * store.data_bytes,
+                               8 * store.weight_bytes, sum(result.batch_subpixels)) if self._all_coded(OSOA) else ""))
 
     def classical(self, key: str) -> None:
         codec = classical.CODECS[key]
@@ -241,9 +255,9 @@ def run_set(options: BenchOptions, folder: Path, log: Callable[[str], None]) -> 
         work = Path(work)
         bench_set = prepare_set(folder, options.limit, work / "images")
         runner = _SetRunner(options, bench_set, work, log)
-        osoa_statistics = runner.osoa_zip(adapt=True)
-        frozen_statistics = runner.osoa_zip(adapt=False)
-        note = runner.fine_tune(osoa_statistics, frozen_statistics)
+        runner.osoa_zip(adapt=True)
+        runner.osoa_zip(adapt=False)
+        note = runner.fine_tune()
         for key in classical.CODECS:
             runner.classical(key)
     return SetResult(bench_set, runner.rows, runner.curves, note)
