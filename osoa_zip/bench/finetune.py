@@ -1,4 +1,4 @@
-"""The paper's baseline: fine-tune, then store the weights beside the data (Zhang et al. 2021, sec. 5).
+"""The paper's baseline: fine-tune, then store the weights beside the data (Zhang et al., NeurIPS 2021).
 
 At equal cost to OSOA: the same parameters the engine adapts take the same
 optimiser steps (same exact Adam, learning rate, steps per batch) on the
