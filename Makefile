@@ -24,8 +24,15 @@ test: $(STAMP)
 test-all: $(STAMP)
 	$(PY) -m pytest -q -m "slow or not slow"
 
+# All codecs side by side on the evaluation sets (scripts/build_corpus.py), the
+# first 128 images of each, plus OSOA on 100 to 10000 tiles: 36 minutes on a busy
+# shared 2-core VM (the sets 21, the scaling 15).  Writes docs/bench/ (results.md
+# is the README's results section).
+BENCH_SETS := $(addprefix data/eval/,tiles32 tiles64 fashion_mnist gray32 photos768)
+
 bench: $(STAMP)
-	$(PY) benchmarks/slice_table.py
+	$(VENV)/bin/pip install --quiet -e '.[bench]'
+	$(PY) -m osoa_zip bench $(BENCH_SETS) --limit 128 --scaling 100,1000,10000 -o docs/bench
 
 clean:
 	rm -rf $(VENV) build dist *.egg-info

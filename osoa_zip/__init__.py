@@ -13,6 +13,7 @@ Package map (each folder knows only its neighbours):
   inspect.py  the table without decoding (list, info);  verify.py  tree comparison
   archive.py  the library API: compress, decompress, test_archive
   cli.py      argument parsing only
+  bench/      `osoa-zip bench`: every codec on the same images (the archiver never imports it)
 """
 import os
 

@@ -305,6 +305,54 @@ def models_command() -> None:
                        f"params  {entry.get('description', '')}")
 
 
+@main.command("bench")
+@click.argument("folders", nargs=-1, required=True, type=click.Path(path_type=Path, exists=True, file_okay=False))
+@click.option("-o", "--out", "output", type=click.Path(path_type=Path), default=Path("bench-results"),
+              show_default=True, help="Folder for results.md, results.csv and the plots.")
+@click.option("--limit", type=click.IntRange(1, None), default=None, help="Only the first N images of each folder.")
+@click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Pretrained model to start from.")
+@click.option("--learning-rate", "--lr", type=float, default=AdaptationConfig.learning_rate, show_default=True)
+@click.option("--steps-per-batch", type=click.IntRange(1, 100), default=AdaptationConfig.steps_per_batch,
+              show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=AdaptationConfig.batch_size, show_default=True)
+@click.option("--tile-size", type=click.IntRange(2, 512), default=AdaptationConfig.tile_size, show_default=True)
+@click.option("--fast-baselines", is_flag=True, help="WebP lossless at method 4 instead of 6 (much faster).")
+@click.option("--scaling", default="", metavar="N,N,...",
+              help="Also time osoa-zip on these numbers of tiles cut from the first folder (e.g. 100,1000,10000).")
+@click.option("--no-plots", is_flag=True, help="Do not draw PNG plots (they need matplotlib).")
+def bench_command(folders, output, limit, model, learning_rate, steps_per_batch, batch_size, tile_size,
+                  fast_baselines, scaling, no_plots) -> None:
+    """Compare osoa-zip with --no-adapt, fine-tune + store, PNG, WebP, JPEG XL and tar+xz on FOLDERS.
+
+    Prints a markdown table (bits per sub-pixel, sizes relative to osoa-zip,
+    seconds, MB/s, peak memory) and writes it with a CSV and plots to --out.
+    """
+    import shlex
+
+    from .bench import BenchError
+    from .bench.runner import BenchOptions, run_bench
+    with _reported_errors():
+        if tile_size % 2:
+            raise UsageError("--tile-size must be even")
+        try:
+            counts = [int(item) for item in scaling.split(",") if item.strip()]
+        except ValueError:
+            raise UsageError(f"--scaling wants numbers separated by commas, not {scaling!r}") from None
+        if any(count < 1 for count in counts):
+            raise UsageError("--scaling counts must be positive")
+        config = AdaptationConfig(learning_rate=learning_rate, steps_per_batch=steps_per_batch,
+                                  batch_size=batch_size, tile_size=tile_size)
+        options = BenchOptions(list(folders), output, model, config, limit, fast_baselines, counts, not no_plots,
+                               command="osoa-zip " + shlex.join(sys.argv[1:]))
+        try:
+            result = run_bench(options, lambda message: click.echo(f"bench: {message}", err=True))
+        except BenchError as error:
+            raise ArchiveError(str(error)) from None
+        from .bench.report import markdown
+        click.echo(markdown(result), nl=False)
+        click.echo(f"bench: wrote {', '.join(str(path) for path in result.outputs)}", err=True)
+
+
 def _report(summary, verb: str, verbose: bool) -> None:
     line = f"{verb} {summary.files} files ({summary.images} images) in {summary.seconds:.1f}s"
     if summary.image_subpixels:

@@ -109,3 +109,17 @@ def _images(table: list, chunks, tile: int, batch_size: int) -> list[Listed]:
     return [Listed(decode_name(e), "image", h * w * MODEL_MODES[e["image_mode"]],
                    "model" if c else "palette", b)
             for e, (h, w, c), b in zip(table, shapes, coded)]
+
+
+def batch_statistics(source: BinaryIO) -> list[tuple[int, int]]:
+    """(bits, sub-pixels) of every coded batch, in archive order, from the STAT chunk.
+
+    For benchmarks (bits per sub-pixel along the archive); nothing is decoded.
+    """
+    for tag, payload in ArchiveReader(source).chunks():
+        if tag == b"STAT":
+            try:
+                return [(int(batch[0]), int(batch[1])) for batch in read_json(payload, "the statistics")["batches"]]
+            except (KeyError, TypeError, ValueError, IndexError) as error:
+                raise ArchiveError(f"the statistics chunk is malformed ({type(error).__name__})") from None
+    raise ArchiveError("archive has no statistics chunk")
