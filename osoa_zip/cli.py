@@ -294,6 +294,45 @@ def info_command(archive) -> None:
                 click.echo(f"  {label} {len(part)} batches: {part_bits / part_subpixels:.3f} bits per sub-pixel")
 
 
+@main.command("pretrain")
+@click.argument("data", type=click.Path(exists=True, path_type=Path))
+@click.option("--family", type=click.Choice(["flow", "vae"]), default="flow", show_default=True,
+              help="Integer discrete flow, or VAE coded with bits-back ANS.")
+@click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
+              help="Checkpoint to write, e.g. models/my-model (its manifest is updated beside it).")
+@click.option("--steps", type=click.IntRange(1, None), default=4000, show_default=True, help="Optimiser steps.")
+@click.option("--tile-size", type=click.IntRange(8, 256), default=32, show_default=True,
+              help="Side of the random training crops.")
+@click.option("--crops-per-image", type=click.IntRange(1, None), default=64, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
+@click.option("--lr", "learning_rate", type=float, default=2e-3, show_default=True)
+@click.option("--hidden", type=click.IntRange(1, 512), default=None, help="Hidden channels (default 48).")
+@click.option("--init-from", default=None, help="Start from this installed model's weights.")
+@click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
+              help="torch threads for training.")
+def pretrain_command(data, family, output, steps, tile_size, crops_per_image, batch_size, learning_rate, hidden,
+                     init_from, threads) -> None:
+    """Train a base model on DATA (a folder of images, or an N x H x W x C uint8 .npy of tiles).
+
+    Float training with quantisation-aware rounding, exported for the exact
+    engine.  Checkpoints go to OUTPUT.run/ as it trains; run the same command
+    again to resume.  Use the model with OSOA_ZIP_MODELS=<its folder> osoa-zip
+    compress --model <name>.
+    """
+    with _reported_errors():
+        import torch
+
+        from .models.pretrain import PretrainSettings, pretrain
+        torch.set_num_threads(threads)
+        settings = PretrainSettings(family=family, steps=steps, tile_size=tile_size, crops_per_image=crops_per_image,
+                                    batch_size=batch_size, learning_rate=learning_rate, hidden=hidden)
+        try:
+            digest = pretrain(data, output, settings, init_from, log=lambda m: click.echo(m, err=True))
+        except ValueError as error:
+            raise UsageError(str(error)) from None
+        click.echo(f"{output.with_suffix('.safetensors')}  sha256:{digest}")
+
+
 @main.command("models")
 def models_command() -> None:
     """List the installed models (the default is marked with *)."""

@@ -60,7 +60,8 @@ def train(network: SubLatticeFlow, tiles: np.ndarray, steps: int, batch_size: in
         torch.nn.utils.clip_grad_norm_(network.parameters(), 1.0)
         optimiser.step()
         schedule.step()
-        running = float(loss) if running is None else 0.98 * running + 0.02 * float(loss)
+        value = float(loss.detach())
+        running = value if running is None else 0.98 * running + 0.02 * value
         if step % checkpoint_every == 0 or step == steps:
             message = f"step {step}/{steps} train {running:.3f} bpsp  {time.time() - started:.0f}s"
             if validation is not None:
