@@ -350,11 +350,14 @@ def models_command() -> None:
               show_default=True, help="Folder for results.md, results.csv and the plots.")
 @click.option("--limit", type=click.IntRange(1, None), default=None, help="Only the first N images of each folder.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Pretrained model to start from.")
-@click.option("--learning-rate", "--lr", type=float, default=AdaptationConfig.learning_rate, show_default=True)
+@click.option("--learning-rate", "--lr", type=float, default=AdaptationConfig.learning_rate, show_default=True,
+              help="As for compress; fine-tune + store uses the same.")
 @click.option("--steps-per-batch", type=click.IntRange(1, 100), default=AdaptationConfig.steps_per_batch,
-              show_default=True)
-@click.option("--batch-size", type=click.IntRange(1, 1024), default=AdaptationConfig.batch_size, show_default=True)
-@click.option("--tile-size", type=click.IntRange(2, 512), default=AdaptationConfig.tile_size, show_default=True)
+              show_default=True, help="As for compress; fine-tune + store takes as many.")
+@click.option("--batch-size", type=click.IntRange(1, 1024), default=AdaptationConfig.batch_size, show_default=True,
+              help="As for compress.")
+@click.option("--tile-size", type=click.IntRange(2, 512), default=AdaptationConfig.tile_size, show_default=True,
+              help="As for compress (even).")
 @click.option("--fast-baselines", is_flag=True, help="WebP lossless at method 4 instead of 6 (much faster).")
 @click.option("--scaling", default="", metavar="N,N,...",
               help="Also time osoa-zip on these numbers of tiles cut from the first folder (e.g. 100,1000,10000).")

@@ -20,9 +20,10 @@ from PIL import Image
 from conftest import EXAMPLES, MODEL, SINGLE_THREAD_ENV
 from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
 from osoa_zip.archive import compress
-from osoa_zip.bench import classical, finetune
+from osoa_zip.bench import classical, finetune, report
 from osoa_zip.bench.processes import run_measured
-from osoa_zip.bench.sets import model_batches
+from osoa_zip.bench.runner import BenchResult, ScalingRow
+from osoa_zip.bench.sets import model_batches, tile_folder
 from osoa_zip.cli import main
 from osoa_zip.exact.fixed import WEIGHT_FRAC_BITS, quantize_weight
 from osoa_zip.inspect import batch_statistics
@@ -53,7 +54,7 @@ def test_bench_command_writes_table_and_csv_and_reports_missing_codec(tiny_folde
     monkeypatch.setattr(classical, "jxl_backend", lambda: None)  # as if neither JPEG XL package were installed
     out = tmp_path / "results"
     result = CliRunner().invoke(main, ["bench", str(tiny_folder), "--model", MODEL, "--tile-size", str(TILE),
-                                       "--batch-size", str(BATCH), "--fast-baselines", "--scaling", "2",
+                                       "--batch-size", str(BATCH), "--fast-baselines",
                                        "--no-plots", "-o", str(out)])
     assert result.exit_code == 0, result.output
     table = result.stdout
@@ -61,7 +62,6 @@ def test_bench_command_writes_table_and_csv_and_reports_missing_codec(tiny_folde
     assert "WebP lossless (method 4)" in table
     assert "JPEG XL lossless (effort 7) | skipped: neither pillow_jxl nor imagecodecs" in table
     assert "Plots: not drawn (--no-plots)." in table
-    assert "| 2 | 2 | 512 |" in table  # the scaling row: the first two images (grey 16x16) as tiles
     assert (out / "results.md").read_text() == table
 
     with open(out / "results.csv", newline="") as handle:
@@ -82,6 +82,23 @@ def test_bench_command_writes_table_and_csv_and_reports_missing_codec(tiny_folde
     # The real PNG codec reported what Pillow writes for these pixels.
     png = sum(len(_png(Image.open(p))) for p in sorted(tiny_folder.glob("*.png")))
     assert int(rows["png"]["bytes"]) == png
+
+
+def test_scaling_folder_and_table(tiny_folder, tmp_path):
+    """Tiles cut in order and repeated; time per added tile leaves start-up out."""
+    subpixels, distinct = tile_folder(tiny_folder, 12, TILE, tmp_path / "tiles")
+    assert (subpixels, distinct) == (3 * 256 + 6 * 768 + 3 * 256, 9)  # grey0-2, rgb0-5, then grey0-2 again
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "tiles" / "000009.png")),
+                          np.asarray(Image.open(tiny_folder / "grey0.png")))
+    rows = [ScalingRow(10, 10, 7680, 1000, 12.0, 300.0), ScalingRow(100, 100, 76800, 9000, 30.0, 310.0)]
+    table = "\n".join(report._scaling_table(BenchResult(None, {}, 0.0, [], rows)))
+    assert "| 100 | 100 | 76800 | 0.938 | 30.0 | 300.0 | 200.0 |" in table  # (30 - 12) s / 90 tiles
+    assert "peak memory x1.03" in table
+
+
+def test_scaling_counts_are_checked():
+    result = CliRunner().invoke(main, ["bench", str(EXAMPLES), "--scaling", "100,0"])
+    assert result.exit_code == 2 and "--scaling counts must be positive" in result.output
 
 
 def _png(image: Image.Image) -> bytes:

@@ -54,7 +54,6 @@ class StoredModel:
 class FineTuneResult:
     stored_values: int                # parameters stored (scalars)
     tune_seconds: float               # the tuning pass (it codes each batch too, as OSOA does)
-    tuning_batch_bits: list[int]      # what the tuning pass coded (OSOA without the guard)
     batch_subpixels: list[int]
     stores: dict[str, StoredModel]
     layout: dict[int, list[str]]      # channel count -> stored parameter names
@@ -140,13 +139,14 @@ def fine_tune_and_store(bundle: FlowBundle, config: AdaptationConfig, batches: l
     tuning = _tuning_config(config)
     started = time.perf_counter()
     tuner = OnlineAdapter(bundle, tuning)
-    tuning_bits = [tuner.encode(batch)[1].bits for batch in batches]
+    for batch in batches:
+        tuner.encode(batch)  # codes, then takes the engine's steps on the batch
     tuned = {c: _adapted_network(tuner, c) for c in sorted({batch.shape[1] for batch in batches})}
     layout = {c: _stored_names(network) for c, network in tuned.items()}
     tune_seconds = time.perf_counter() - started
     result = FineTuneResult(stored_values=sum(dict(tuned[c].named_parameters())[name].numel()
                                               for c, names in layout.items() for name in names),
-                            tune_seconds=tune_seconds, tuning_batch_bits=tuning_bits,
+                            tune_seconds=tune_seconds,
                             batch_subpixels=[batch.size for batch in batches], stores={}, layout=layout)
     for dtype in dtypes:
         started = time.perf_counter()
