@@ -75,9 +75,7 @@ def _frozen_config(config: AdaptationConfig) -> AdaptationConfig:
 
 def _adapted_network(adapter: OnlineAdapter, channels: int) -> torch.nn.Module:
     """θ_T for a channel count the adapter has coded."""
-    if hasattr(adapter, "adapted_network"):
-        return adapter.adapted_network(channels)
-    return adapter._networks[channels]  # the engine before adapted_network() (format v0)
+    return adapter.adapted_network(channels)
 
 
 def _stored_names(network: torch.nn.Module) -> list[str]:
