@@ -7,7 +7,6 @@ IMGS table (+ ALPH) followed by its BATC chunks; then HARD links; STAT; END.
 from __future__ import annotations
 
 import io
-import lzma
 import os
 import stat
 import time
@@ -20,8 +19,8 @@ from .exact import ENGINE
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, SourceError, scan
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image
 from .imaging.tiles import gather, pad_even, plan_batches
-from .layout import (ALPHA_MODES, CHUNK_OVERHEAD, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, Progress,
-                     Summary, UsageError, Warn, encode_name, image_extras)
+from .layout import (ALPHA_MODES, CHUNK_OVERHEAD, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS,
+                     MAX_GROUP_IMAGES, Progress, Summary, UsageError, Warn, encode_name, image_extras, xz_compress)
 from .models.registry import DEFAULT_MODEL, load_model
 
 
@@ -59,7 +58,7 @@ class _Compressor:
                 if len(piece) != min(remaining, DATA_CHUNK_BYTES):
                     raise UsageError(f"{entry.source}: file shrank while it was being archived")
                 remaining -= len(piece)
-                packed = lzma.compress(piece, preset=9)
+                packed = xz_compress(piece)
                 if len(packed) < len(piece):
                     self.writer.write_chunk(b"DATA", bytes([CODEC_XZ]) + packed)
                 else:
@@ -72,7 +71,7 @@ class _Compressor:
     def _queue_image(self, entry: Entry, record: ImageRecord) -> None:
         self.group.append((entry, record))
         self.group_subpixels += record.pixels.size
-        if self.group_subpixels >= GROUP_SUBPIXELS:
+        if self.group_subpixels >= GROUP_SUBPIXELS or len(self.group) >= MAX_GROUP_IMAGES:
             self.flush_images()
 
     def flush_images(self) -> None:
@@ -82,11 +81,11 @@ class _Compressor:
                   "width": r.pixels.shape[1], "image_mode": r.mode, "format": r.format, **image_extras(r)}
                  for e, r in self.group]
         # xz: on 28x28 images the plain JSON table alone would cost ~1 bit per sub-pixel.
-        packed_table = lzma.compress(canonical_json(table), preset=9)
+        packed_table = xz_compress(canonical_json(table))
         colour = [r.pixels[:, :, :COLOR_CHANNELS[r.mode]] for _, r in self.group]
         # Alpha planes (mostly flat or simple masks) go beside the model, xz-compressed.
         alpha = b"".join(r.pixels[:, :, -1].tobytes() for _, r in self.group if r.mode in ALPHA_MODES)
-        packed_alpha = lzma.compress(alpha, preset=9) if alpha else b""
+        packed_alpha = xz_compress(alpha) if alpha else b""
         padded = [pad_even(c) for c in colour]
         config = self.adapter.config
         before = self.adapter.snapshot()
