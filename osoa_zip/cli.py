@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .archive import AdaptationConfig, ArchiveError, ModelError, UsageError, compress, decompress, test_archive
+from .archive import (AdaptationConfig, ArchiveError, ModelError, RefusedEntries, UsageError, compress, decompress,
+                      test_archive)
 from .files.scan import SourceError, listed_name
 from .models.registry import DEFAULT_MODEL, available_models
 
@@ -43,6 +44,10 @@ def _reported_errors():
         yield
     except UsageError as error:
         _fail(str(error), USAGE_ERROR)
+    except RefusedEntries as error:  # one line per refused entry; everything else was restored
+        for reason in error.reasons[:-1]:
+            click.echo(f"osoa-zip: error: {reason}", err=True)
+        _fail(error.reasons[-1], DATA_ERROR)
     except (ArchiveError, ModelError) as error:
         _fail(str(error), DATA_ERROR)
     except OSError as error:

@@ -18,16 +18,24 @@ from .adapt.engine import AdaptationConfig, OnlineAdapter
 from .coding.ans import CorruptStream
 from .container.format import ArchiveError, ArchiveReader, read_json
 from .exact import ENGINE
-from .files.restore import Conflict, EntryNames, Staging, UnsafeEntry
+from .files.restore import Conflict, EntryNames, RefusedEntries, Staging, UnsafeEntry
 from .imaging.io import COLOR_CHANNELS, MODEL_MODES, CannotReproduce, write_image
 from .imaging.tiles import plan_batches, scatter
 from .layout import (ALPHA_MODES, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, MAX_IMAGE_SUBPIXELS,
-                     Progress, Summary, UsageError, decode_name, read_entry, record_from_entry)
+                     OversizedEntry, Progress, Summary, UsageError, decode_name, read_entry, record_from_entry,
+                     xz_decompressor)
 from .models.registry import load_model
 
 
 class _Decoder:
-    """Consumes chunks in order and hands finished entries to a sink."""
+    """Consumes chunks in order and hands finished entries to a sink.
+
+    An entry that may not be restored (an unsafe name or link, a duplicate, an
+    image whose declared size no encoder writes) is refused on its own: it is
+    recorded in `refused` as (name, reason), its chunks are still read and
+    checked, and decoding goes on.  Damage to the archive itself (framing,
+    checksums, truncation, malformed entries) still stops everything.
+    """
 
     def __init__(self, sink, progress: Progress | None) -> None:
         self.sink = sink
@@ -35,14 +43,18 @@ class _Decoder:
         self.summary = Summary()
         self.adapter: OnlineAdapter | None = None
         self.batches_decoded = 0
+        self.refused: list[tuple[str | None, str]] = []
+        self._skipping_group = False  # the ALPH/BATC chunks of a refused image group are skipped
+        self._refused_group = ""      # an adapted group was refused: later groups cannot be replayed
 
     def run(self, reader: ArchiveReader) -> Summary:
         try:
             return self._run(reader)
-        except UnsafeEntry as error:
-            raise ArchiveError(str(error)) from None
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ArchiveError(f"archive entry is malformed ({type(error).__name__}: {error})") from None
+
+    def _refuse(self, name: str | None, reason: str) -> None:
+        self.refused.append((name, reason))
 
     def _run(self, reader: ArchiveReader) -> Summary:
         chunks = reader.chunks()
@@ -53,11 +65,22 @@ class _Decoder:
         handlers = {b"FILE": self.general_file, b"IMGS": self.images, b"DIRE": self.directory,
                     b"LINK": self.symlink, b"HARD": self.hardlink}
         for tag, payload in chunks:
+            if self._skipping_group and tag in (b"ALPH", b"BATC"):
+                continue
+            self._skipping_group = False
             if tag == b"STAT":
                 continue
             if tag not in handlers:
                 raise ArchiveError(f"unexpected chunk {tag!r}")
-            handlers[tag](read_entry(tag, payload), chunks)
+            if tag == b"IMGS":
+                try:
+                    table = read_entry(tag, payload)
+                except OversizedEntry as error:
+                    self._refuse_group([], str(error))
+                    continue
+                self.images(table, chunks)
+            else:
+                handlers[tag](read_entry(tag, payload), chunks)
         return self.summary
 
     def header(self, header: dict) -> None:
@@ -69,17 +92,36 @@ class _Decoder:
         self.adapter = OnlineAdapter(bundle, config)
 
     def directory(self, entry: dict, chunks) -> None:
-        self.sink.directory(decode_name(entry), int(entry["mode"]), int(entry["mtime_ns"]))
+        name, mode, mtime_ns = decode_name(entry), int(entry["mode"]), int(entry["mtime_ns"])
+        try:
+            self.sink.directory(name, mode, mtime_ns)
+        except UnsafeEntry as error:
+            self._refuse(name, str(error))
 
     def symlink(self, entry: dict, chunks) -> None:
-        self.sink.symlink(decode_name(entry), str(entry["target"]))
+        name, target = decode_name(entry), str(entry["target"])
+        try:
+            self.sink.symlink(name, target)
+        except UnsafeEntry as error:
+            self._refuse(name, str(error))
 
     def hardlink(self, entry: dict, chunks) -> None:
-        self.sink.hardlink(decode_name(entry), str(entry["target"]))
+        name, target = decode_name(entry), str(entry["target"])
+        try:
+            self.sink.hardlink(name, target)
+        except UnsafeEntry as error:
+            self._refuse(name, str(error))
 
     def general_file(self, entry: dict, chunks) -> None:
         name = decode_name(entry)
-        self.sink.file(name, self._file_pieces(name, entry, chunks), int(entry["mode"]), int(entry["mtime_ns"]))
+        pieces = self._file_pieces(name, entry, chunks)
+        try:
+            self.sink.file(name, pieces, int(entry["mode"]), int(entry["mtime_ns"]))
+        except UnsafeEntry as error:
+            self._refuse(name, str(error))
+            for _ in pieces:  # its data chunks are still read and checked
+                pass
+            return
         self.summary.files += 1
         if self.progress:
             self.progress(1)
@@ -93,7 +135,7 @@ class _Decoder:
             codec, body = payload[0], payload[1:]
             if codec == CODEC_XZ:
                 try:
-                    body = lzma.LZMADecompressor().decompress(body, max_length=DATA_CHUNK_BYTES + 1)
+                    body = xz_decompressor().decompress(body, max_length=DATA_CHUNK_BYTES + 1)
                 except lzma.LZMAError:
                     raise ArchiveError(f"file {name!r}: data chunk {index} is damaged") from None
             elif codec != CODEC_STORE:
@@ -105,18 +147,38 @@ class _Decoder:
         if remaining:
             raise ArchiveError(f"file {name!r}: less data than declared")
 
+    def _refuse_group(self, names: list[str], reason: str) -> None:
+        """Refuse every image of a group that cannot be decoded, and skip its chunks.  With
+        adaptation, every later group depends on this one's pixels: those are refused too."""
+        for name in names or [None]:
+            self._refuse(name, f"image {name!r} not restored: {reason}" if name is not None else reason)
+        self._skipping_group = True
+        if self.adapter.config.adapt and not self._refused_group:
+            self._refused_group = names[0] if names else "an image group"
+
     def images(self, table: list, chunks) -> None:
-        shapes = []
-        for entry in table:
+        if not isinstance(table, list):
+            raise ArchiveError("an image table is not a list")
+        names = [decode_name(entry) for entry in table]
+        if self._refused_group:
+            self._refuse_group(names, f"the adaptation it is coded with depends on refused image "
+                                      f"{self._refused_group!r}")
+            return
+        shapes, problems = [], []
+        for name, entry in zip(names, table):
             height, width, mode = int(entry["height"]), int(entry["width"]), entry["image_mode"]
             if mode not in MODEL_MODES or height <= 0 or width <= 0:
-                raise ArchiveError(f"image {decode_name(entry)!r}: bad mode or size")
-            if height * width * MODEL_MODES[mode] > MAX_IMAGE_SUBPIXELS:
-                raise ArchiveError(f"image {decode_name(entry)!r}: declared size {width}x{height} is too large")
-            shapes.append((height, width, COLOR_CHANNELS[mode]))
-        if sum(h * w * MODEL_MODES[e["image_mode"]] for (h, w, _), e in zip(shapes, table)) \
+                problems.append(f"image {name!r} declares a bad mode or size ({mode!r}, {width}x{height})")
+            elif height * width * MODEL_MODES[mode] > MAX_IMAGE_SUBPIXELS:
+                problems.append(f"image {name!r} declares {width}x{height} pixels, more than any encoder writes")
+            else:
+                shapes.append((height, width, COLOR_CHANNELS[mode]))
+        if not problems and sum(h * w * MODEL_MODES[e["image_mode"]] for (h, w, _), e in zip(shapes, table)) \
                 > 4 * GROUP_SUBPIXELS + MAX_IMAGE_SUBPIXELS:
-            raise ArchiveError("an image group declares more pixels than any encoder writes")
+            problems.append(f"its group of {len(table)} images declares more pixels than any encoder writes")
+        if problems:
+            self._refuse_group(names, problems[0])
+            return
         alpha = self._alpha_planes(table, shapes, chunks)
         padded = [np.zeros((h + h % 2, w + w % 2, c), np.uint8) for h, w, c in shapes]
         config = self.adapter.config
@@ -132,12 +194,16 @@ class _Decoder:
                 raise ArchiveError(f"batch {index} does not decode ({error})") from None
             scatter(batch, tiles, padded)
             self.summary.image_bits += 8 * len(payload)
-        for entry, pixels, (h, w, _) in zip(table, padded, shapes):
+        for name, entry, pixels, (h, w, _) in zip(names, table, padded, shapes):
             pixels = pixels[:h, :w]
             if entry["image_mode"] in ALPHA_MODES:
                 pixels = np.concatenate([pixels, alpha.pop(0)[:, :, None]], axis=2)
             record = record_from_entry(entry, pixels)
-            self.sink.image(decode_name(entry), record, int(entry["mode"]), int(entry["mtime_ns"]))
+            try:
+                self.sink.image(name, record, int(entry["mode"]), int(entry["mtime_ns"]))
+            except UnsafeEntry as error:
+                self._refuse(name, str(error))
+                continue
             self.summary.images += 1
             self.summary.files += 1
             self.summary.image_subpixels += record.pixels.size
@@ -153,7 +219,7 @@ class _Decoder:
             return []
         tag, payload = next(chunks, (None, None))
         expected = sum(h * w for h, w in sizes)
-        decompressor = lzma.LZMADecompressor()
+        decompressor = xz_decompressor()
         try:
             data = decompressor.decompress(payload or b"", max_length=expected + 1) if tag == b"ALPH" else b""
         except lzma.LZMAError:
@@ -185,7 +251,7 @@ class _StagingSink:
         try:
             write_image(path, record)
         except CannotReproduce as error:
-            raise ArchiveError(f"image {name!r}: {error}") from None
+            raise UnsafeEntry(f"image {name!r}: {error}") from None
         self.staging.finish_file(path, mode, mtime_ns)
 
     def directory(self, name, mode, mtime_ns) -> None:
@@ -228,8 +294,11 @@ class _CheckingSink:
 def test_archive(source: BinaryIO, progress: Progress | None = None) -> Summary:
     """Fully decode and verify an archive without writing anything."""
     started = time.perf_counter()
-    summary = _Decoder(_CheckingSink(), progress).run(ArchiveReader(source))
+    decoder = _Decoder(_CheckingSink(), progress)
+    summary = decoder.run(ArchiveReader(source))
     summary.seconds = time.perf_counter() - started
+    if decoder.refused:
+        raise RefusedEntries([reason for _, reason in decoder.refused], summary)
     return summary
 
 
@@ -245,13 +314,16 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
     """Restore an archive (or the entries matching ``patterns``) into ``destination``.
 
     Everything is decoded and verified even when only some entries are wanted:
-    each batch depends on the ones before it through the adaptation.
+    each batch depends on the ones before it through the adaptation.  Entries
+    that may not be restored are skipped; once everything else is in place,
+    RefusedEntries names them (damage to the archive itself restores nothing).
     """
     started = time.perf_counter()
     staging = Staging(Path(destination))
     try:
         sink = _StagingSink(staging)
-        summary = _Decoder(sink, progress).run(ArchiveReader(source))
+        decoder = _Decoder(sink, progress)
+        summary = decoder.run(ArchiveReader(source))
         if patterns:
             for pattern in patterns:
                 if not any(selected(name, [pattern]) for name in staging.names.kinds):
@@ -266,4 +338,8 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
         staging.abort()
         raise
     summary.seconds = time.perf_counter() - started
+    refused = [reason for name, reason in decoder.refused
+               if not patterns or name is None or selected(name, list(patterns))]
+    if refused:
+        raise RefusedEntries(refused, summary)
     return summary

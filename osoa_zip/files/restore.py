@@ -1,7 +1,12 @@
 """Write entries into a private staging folder, then move them into place.
 
 Why staging: the archive is verified only when its END chunk has been read,
-so nothing may appear in the destination before that.  Every name is checked
+so nothing may appear in the destination before that.  A destination that
+does not exist yet is staged beside it, in `.NAME.osoa-zip-XXXXXXXX.part`,
+and renamed into place in one step: even a killed process never leaves a
+restored folder that looks complete, only that recognisable temporary one.
+Into an existing folder, entries are staged in `DEST/.osoa-zip-XXXXXXXX`
+and moved in at the end, one rename each.  Every name is checked
 (no absolute paths, no '..', no NUL, no backslash), links are checked to stay
 inside the tree, and the final move never follows a link that already exists
 in the destination.  Directory modes and times are applied last, deepest
@@ -15,11 +20,23 @@ import tempfile
 from pathlib import Path, PurePosixPath
 from typing import Callable
 
+from ..container.format import ArchiveError
 from .scan import link_stays_inside
 
 
 class UnsafeEntry(Exception):
     """An archive entry would write outside the destination or clash with another."""
+
+
+class RefusedEntries(ArchiveError):
+    """Some entries were refused, each for a reason that names it; everything else
+    was restored (or, for `test`, verified).  `reasons` holds one line per entry."""
+
+    def __init__(self, reasons: list[str], summary=None) -> None:
+        self.reasons = list(reasons)
+        self.summary = summary
+        more = f" (and {len(self.reasons) - 1} more refused entries)" if len(self.reasons) > 1 else ""
+        super().__init__(self.reasons[0] + more)
 
 
 class Conflict(Exception):
@@ -57,16 +74,27 @@ class EntryNames:
             raise UnsafeEntry(f"hard link {name!r} names {target!r}, which is not an earlier file")
 
 
+def _everything(name: str) -> bool:
+    return True
+
+
 class Staging:
     def __init__(self, destination: Path) -> None:
         self.destination = Path(destination)
-        self.created = None  # the outermost folder we create, removed again on abort
-        if not self.destination.exists():
-            self.created = self.destination
-            while not self.created.parent.exists():
-                self.created = self.created.parent
-        self.destination.mkdir(parents=True, exist_ok=True)
-        self.root = Path(tempfile.mkdtemp(prefix=".osoa-zip-", dir=self.destination))
+        self.created = None  # the outermost parent folder we create, removed again on abort
+        self.fresh = not self.destination.exists() and not self.destination.is_symlink()
+        self._final: Path | None = None  # fresh destination, partial extraction: the selected entries
+        if self.fresh:
+            parent = self.destination.absolute().parent
+            if not parent.exists():
+                self.created = parent
+                while not self.created.parent.exists():
+                    self.created = self.created.parent
+                parent.mkdir(parents=True)
+            self.root = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.osoa-zip-", suffix=".part",
+                                              dir=parent))
+        else:
+            self.root = Path(tempfile.mkdtemp(prefix=".osoa-zip-", dir=self.destination))
         self.names = EntryNames()
         self._directories: list[tuple[str, int, int]] = []
 
@@ -95,17 +123,35 @@ class Staging:
         self.names.check_hardlink(name, target)
         os.link(self.root.joinpath(*PurePosixPath(target).parts), self.path(name))
 
-    def commit(self, force: bool, selected: Callable[[str], bool] = lambda name: True) -> None:
+    def commit(self, force: bool, selected: Callable[[str], bool] = _everything) -> None:
         """Move the selected entries (a selected folder: all below it) into the
         destination; refuse conflicts unless forced."""
+        if self.fresh:
+            final = self.root
+            if selected is not _everything:
+                self._final = final = Path(tempfile.mkdtemp(prefix=f".{self.destination.name}.osoa-zip-",
+                                                            suffix=".part", dir=self.root.parent))
+                self._merge(self.root, final, "", force, selected, check_only=False)
+            self._set_directory_times(final, selected)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(final, 0o777 & ~umask)  # what mkdir would have given it
+            os.rename(final, self.destination)  # one step; fails if a non-empty folder appeared meanwhile
+            self._final = None
+            shutil.rmtree(self.root, ignore_errors=True)
+            return
         self._merge(self.root, self.destination, "", force, selected, check_only=True)
         self._merge(self.root, self.destination, "", force, selected, check_only=False)
+        self._set_directory_times(self.destination, selected)
+        shutil.rmtree(self.root, ignore_errors=True)
+
+    def _set_directory_times(self, base: Path, selected) -> None:
+        """Modes and times of restored folders, deepest first (a read-only folder is filled by then)."""
         for name, mode, mtime_ns in sorted(self._directories, key=lambda d: -len(d[0].split("/"))):
-            path = self.destination.joinpath(*PurePosixPath(name).parts)
-            if selected(name) and path.is_dir():
+            path = base.joinpath(*PurePosixPath(name).parts)
+            if selected(name) and path.is_dir() and not path.is_symlink():
                 os.chmod(path, mode & 0o7777)
                 os.utime(path, ns=(mtime_ns, mtime_ns))
-        shutil.rmtree(self.root, ignore_errors=True)
 
     def _merge(self, source: Path, target: Path, prefix: str, force: bool, selected, check_only: bool) -> None:
         for child in sorted(source.iterdir()):
@@ -129,5 +175,7 @@ class Staging:
 
     def abort(self) -> None:
         shutil.rmtree(self.root, ignore_errors=True)
+        if self._final is not None:
+            shutil.rmtree(self._final, ignore_errors=True)
         if self.created is not None:
             shutil.rmtree(self.created, ignore_errors=True)
