@@ -81,6 +81,9 @@ class _Decoder:
                 self.images(table, chunks)
             else:
                 handlers[tag](read_entry(tag, payload), chunks)
+        for name, target in self.sink.finish():
+            self._refuse(name, f"refusing link {name!r} -> {target!r}: through other links, it leaves the "
+                               f"destination")
         return self.summary
 
     def header(self, header: dict) -> None:
@@ -263,6 +266,9 @@ class _StagingSink:
     def hardlink(self, name, target) -> None:
         self.staging.hardlink(name, target)
 
+    def finish(self) -> list[tuple[str, str]]:
+        return self.staging.drop_links_leaving()
+
 
 class _CheckingSink:
     """Decodes everything, writes nothing: for `osoa-zip test`.  Names obey the
@@ -283,12 +289,14 @@ class _CheckingSink:
         self.names.claim(name, "dir")
 
     def symlink(self, name, target) -> None:
-        self.names.check_symlink(name, target)
-        self.names.claim(name, "symlink")
+        self.names.claim_symlink(name, target)
 
     def hardlink(self, name, target) -> None:
         self.names.check_hardlink(name, target)
         self.names.claim(name, "file")
+
+    def finish(self) -> list[tuple[str, str]]:
+        return [(name, self.names.links[name]) for name in self.names.links_leaving()]
 
 
 def test_archive(source: BinaryIO, progress: Progress | None = None) -> Summary:

@@ -21,7 +21,7 @@ from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from ..container.format import ArchiveError
-from .scan import link_stays_inside
+from .scan import has_control_characters, link_stays_inside
 
 
 class UnsafeEntry(Exception):
@@ -43,8 +43,11 @@ class Conflict(Exception):
     """A restored file would overwrite an existing one (and --force was not given)."""
 
 
+MAX_LINK_HOPS = 40  # as the kernel's ELOOP limit
+
+
 def checked_name(name: str) -> PurePosixPath:
-    if (not name or "\x00" in name or "\\" in name or name.startswith("/")
+    if (not name or "\\" in name or name.startswith("/") or has_control_characters(name)
             or any(part in ("", ".", "..") for part in name.split("/"))):
         raise UnsafeEntry(f"refusing unsafe path {name!r}")
     return PurePosixPath(name)
@@ -56,18 +59,64 @@ class EntryNames:
 
     def __init__(self) -> None:
         self.kinds: dict[str, str] = {}
+        self.links: dict[str, str] = {}  # symbolic links claimed so far: name -> target
+        self._folders: set[str] = set()  # folders that claimed names imply
 
     def claim(self, name: str, kind: str) -> PurePosixPath:
         path = checked_name(name)
         if name in self.kinds:
             raise UnsafeEntry(f"duplicate path {name!r} in archive")
+        if kind != "dir" and name in self._folders:
+            raise UnsafeEntry(f"path {name!r} is already a folder of earlier entries")
+        parts = name.split("/")
+        folders = ["/".join(parts[:depth]) for depth in range(1, len(parts))]
+        for above in folders:
+            if self.kinds.get(above, "dir") != "dir":
+                raise UnsafeEntry(f"path {name!r} goes through the {self.kinds[above]} {above!r}")
+        self._folders.update(folders)
         self.kinds[name] = kind
         return path
 
-    @staticmethod
-    def check_symlink(name: str, target: str) -> None:
-        if not link_stays_inside(name, target):
+    def check_symlink(self, name: str, target: str) -> None:
+        """Lexically inside, and inside once the links restored so far are followed."""
+        if not link_stays_inside(name, target) or not self._resolves_inside(name, target):
             raise UnsafeEntry(f"refusing link {name!r} -> {target!r}: it leaves the destination")
+
+    def claim_symlink(self, name: str, target: str) -> PurePosixPath:
+        self.check_symlink(name, target)
+        path = self.claim(name, "symlink")
+        self.links[name] = target
+        return path
+
+    def _resolves_inside(self, name: str, target: str) -> bool:
+        """Follow `target` from `name`'s folder through the links of this archive, as the
+        kernel would: `m -> .` and then `x -> m/..` is lexically inside but leaves DEST."""
+        current = name.split("/")[:-1]
+        pending = target.split("/")
+        hops = 0
+        while pending:
+            part = pending.pop(0)
+            if part in ("", "."):
+                continue
+            if part == "..":
+                if not current:
+                    return False
+                current.pop()
+                continue
+            current.append(part)
+            link = self.links.get("/".join(current))
+            if link is not None:
+                hops += 1
+                if hops > MAX_LINK_HOPS or link.startswith("/"):
+                    return False
+                current.pop()
+                pending = link.split("/") + pending
+        return True
+
+    def links_leaving(self) -> list[str]:
+        """Links that leave DEST once all links are known (a later link can change where an
+        earlier one leads); call after the last entry."""
+        return [name for name, target in self.links.items() if not self._resolves_inside(name, target)]
 
     def check_hardlink(self, name: str, target: str) -> None:
         if self.kinds.get(target) != "file":
@@ -99,7 +148,8 @@ class Staging:
         self._directories: list[tuple[str, int, int]] = []
 
     def path(self, name: str, kind: str = "file") -> Path:
-        """A fresh path in staging for a new entry, with its parents created."""
+        """A fresh path in staging for a new entry, with its parents created.  Its folders
+        are never links or files (EntryNames.claim), so nothing is written through a link."""
         path = self.root.joinpath(*self.names.claim(name, kind).parts)
         parent = path.parent
         if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
@@ -116,8 +166,17 @@ class Staging:
         self._directories.append((name, mode, mtime_ns))
 
     def symlink(self, name: str, target: str) -> None:
-        self.names.check_symlink(name, target)
-        os.symlink(target, self.path(name, "symlink"))
+        path = self.root.joinpath(*self.names.claim_symlink(name, target).parts)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.symlink(target, path)
+
+    def drop_links_leaving(self) -> list[tuple[str, str]]:
+        """Remove the links that leave DEST now that every link is known; (name, target) of each."""
+        leaving = [(name, self.names.links[name]) for name in self.names.links_leaving()]
+        for name, _ in leaving:
+            self.root.joinpath(*PurePosixPath(name).parts).unlink()
+            del self.names.kinds[name]
+        return leaving
 
     def hardlink(self, name: str, target: str) -> None:
         self.names.check_hardlink(name, target)
