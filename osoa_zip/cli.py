@@ -114,7 +114,10 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
                                   batch_size=batch_size, tile_size=tile_size, segment_batches=segment_size)
         with _progress(None, quiet, "tiles") as progress:
             if str(archive) == "-":
-                summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet), byte_exact)
+                with _naming_errors("standard output"):
+                    summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet),
+                                       byte_exact)
+                    sys.stdout.buffer.flush()  # a full disk must fail here, not at interpreter exit
             else:
                 if archive.exists() and not force:
                     raise UsageError(f"{archive} exists (use -f to overwrite)")
@@ -137,12 +140,23 @@ def _warner(quiet: bool):
     return (lambda message: None) if quiet else (lambda message: click.echo(f"osoa-zip: warning: {message}", err=True))
 
 
+@contextmanager
+def _naming_errors(name: str):
+    """A failed write (disk full, file too large) names what was being written."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            error.filename = name
+        raise
+
+
 def _compress_to_file(sources, archive: Path, model, config, progress, warn, byte_exact):
     """Write beside the target and rename at the end: never a half-written archive."""
     directory = archive.resolve().parent
     handle, temporary = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".part", dir=directory)
     try:
-        with os.fdopen(handle, "wb") as output:
+        with _naming_errors(str(archive)), os.fdopen(handle, "wb") as output:
             summary = compress(sources, output, model, config, progress, warn, byte_exact)
         umask = os.umask(0)
         os.umask(umask)

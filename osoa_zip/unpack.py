@@ -244,9 +244,12 @@ class _StagingSink:
 
     def file(self, name, pieces, mode, mtime_ns) -> None:
         path = self.staging.path(name)
-        with open(path, "wb") as handle:
-            for piece in pieces:
-                handle.write(piece)
+        try:
+            with open(path, "wb") as handle:
+                for piece in pieces:
+                    handle.write(piece)
+        except OSError as error:  # a full disk names the entry, not the staging folder
+            raise OSError(error.errno, f"restoring {name!r}: {error.strerror}") from None
         self.staging.finish_file(path, mode, mtime_ns)
 
     def image(self, name, record, mode, mtime_ns) -> None:
@@ -255,6 +258,8 @@ class _StagingSink:
             write_image(path, record)
         except CannotReproduce as error:
             raise UnsafeEntry(f"image {name!r}: {error}") from None
+        except OSError as error:
+            raise OSError(error.errno, f"restoring {name!r}: {error.strerror}") from None
         self.staging.finish_file(path, mode, mtime_ns)
 
     def directory(self, name, mode, mtime_ns) -> None:
