@@ -19,7 +19,8 @@ from .coding.ans import CorruptStream
 from .container.format import ArchiveError, ArchiveReader, read_json
 from .exact import ENGINE
 from .files.restore import Conflict, EntryNames, RefusedEntries, Staging, UnsafeEntry
-from .imaging.io import COLOR_CHANNELS, MODEL_MODES, CannotReproduce, write_image
+from .imaging.io import (COLOR_CHANNELS, LOSSLESS_FORMATS, MODEL_MODES, CannotReproduce, checked_image_bytes,
+                         write_image)
 from .imaging.tiles import plan_batches, scatter
 from .layout import (ALPHA_MODES, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, MAX_IMAGE_SUBPIXELS,
                      OversizedEntry, Progress, Summary, UsageError, decode_name, read_entry, record_from_entry,
@@ -201,6 +202,9 @@ class _Decoder:
             pixels = pixels[:h, :w]
             if entry["image_mode"] in ALPHA_MODES:
                 pixels = np.concatenate([pixels, alpha.pop(0)[:, :, None]], axis=2)
+            if str(entry["format"]) not in LOSSLESS_FORMATS:  # `test` would not notice (found by test_fuzz.py)
+                self._refuse(name, f"image {name!r}: unknown image format {entry['format']!r}")
+                continue
             record = record_from_entry(entry, pixels)
             try:
                 self.sink.image(name, record, int(entry["mode"]), int(entry["mtime_ns"]))
@@ -289,6 +293,11 @@ class _CheckingSink:
 
     def image(self, name, record, mode, mtime_ns) -> None:
         self.names.claim(name, "file")
+        if record.sha256:  # decompress would refuse it: so must `test` (found by tests/test_fuzz.py)
+            try:
+                checked_image_bytes(record)
+            except CannotReproduce as error:
+                raise UnsafeEntry(f"image {name!r}: {error}") from None
 
     def directory(self, name, mode, mtime_ns) -> None:
         self.names.claim(name, "dir")

@@ -18,7 +18,6 @@ import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import numpy as np
 from PIL import Image
 
 from osoa_zip.container.format import ArchiveReader, ArchiveWriter
@@ -174,6 +173,3 @@ def build_source(root: Path, images: int = 2) -> Path:
             crop.save(root / f"img{index}.png", compress_level=0)  # uncompressed: the model path wins
     return root
 
-
-def random_noise_png(path: Path, size: int, seed: int = 0) -> None:
-    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (size, size, 3), np.uint8)).save(path)

@@ -21,7 +21,7 @@ from crafting import Crafted, build_source, frame
 from measure import run_cli
 from osoa_zip import pack as pack_module
 from osoa_zip.adapt.config import AdaptationConfig
-from osoa_zip.archive import ArchiveError, RefusedEntries, UsageError, compress, decompress, test_archive
+from osoa_zip.archive import RefusedEntries, UsageError, compress, decompress, test_archive
 from osoa_zip.verify import tree_differences
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
