@@ -25,7 +25,7 @@ __version__ = "0.1.0"
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 _API = {"compress", "decompress", "test_archive", "Summary", "AdaptationConfig", "ArchiveError", "UsageError",
-        "ModelError"}
+        "ModelError", "RefusedEntries"}
 
 
 def __getattr__(name: str):

@@ -6,6 +6,7 @@
 """
 from .adapt.engine import AdaptationConfig
 from .container.format import ArchiveError
+from .files.restore import RefusedEntries
 from .layout import Summary, UsageError
 from .models.registry import ModelError
 from .pack import compress
@@ -13,5 +14,5 @@ from .unpack import decompress, test_archive
 
 test_archive.__test__ = False  # not a pytest test
 
-__all__ = ["compress", "decompress", "test_archive", "Summary", "UsageError", "ArchiveError", "ModelError",
-           "AdaptationConfig"]
+__all__ = ["compress", "decompress", "test_archive", "Summary", "UsageError", "ArchiveError", "RefusedEntries",
+           "ModelError", "AdaptationConfig"]

@@ -15,7 +15,8 @@ import click
 
 from . import __version__
 from .adapt.config import PARAMETER_SELECTIONS
-from .archive import AdaptationConfig, ArchiveError, ModelError, UsageError, compress, decompress, test_archive
+from .archive import (AdaptationConfig, ArchiveError, ModelError, RefusedEntries, UsageError, compress, decompress,
+                      test_archive)
 from .files.scan import SourceError, listed_name
 from .models.registry import DEFAULT_MODEL, available_models
 
@@ -63,6 +64,10 @@ def _reported_errors():
         yield
     except UsageError as error:
         _fail(str(error), USAGE_ERROR)
+    except RefusedEntries as error:  # one line per refused entry; everything else was restored
+        for reason in error.reasons[:-1]:
+            click.echo(f"osoa-zip: error: {reason}", err=True)
+        _fail(error.reasons[-1], DATA_ERROR)
     except (ArchiveError, ModelError) as error:
         _fail(str(error), DATA_ERROR)
     except OSError as error:
@@ -142,8 +147,10 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
                                   parameters=adapt_params, adapt_batches=adapt_batches, guard=guard)
         with _progress(None, quiet, "compressing") as progress:
             if str(archive) == "-":
-                summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet), byte_exact,
-                                   _thread_count(threads))
+                with _naming_errors("standard output"):
+                    summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet),
+                                       byte_exact, _thread_count(threads))
+                    sys.stdout.buffer.flush()  # a full disk must fail here, not at interpreter exit
             else:
                 if archive.exists() and not force:
                     raise UsageError(f"{archive} exists (use -f to overwrite)")
@@ -170,12 +177,23 @@ def _thread_count(threads: int) -> int:
     return threads or os.cpu_count() or 1
 
 
+@contextmanager
+def _naming_errors(name: str):
+    """A failed write (disk full, file too large) names what was being written."""
+    try:
+        yield
+    except OSError as error:
+        if error.filename is None:
+            error.filename = name
+        raise
+
+
 def _compress_to_file(sources, archive: Path, model, config, progress, warn, byte_exact, threads):
     """Write beside the target and rename at the end: never a half-written archive."""
     directory = archive.resolve().parent
     handle, temporary = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".part", dir=directory)
     try:
-        with os.fdopen(handle, "wb") as output:
+        with _naming_errors(str(archive)), os.fdopen(handle, "wb") as output:
             summary = compress(sources, output, model, config, progress, warn, byte_exact, threads)
         umask = os.umask(0)
         os.umask(umask)

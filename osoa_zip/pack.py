@@ -7,7 +7,6 @@ IMGS table (+ ALPH, PIDX) followed by its BATC chunks; then HARD links; STAT; EN
 from __future__ import annotations
 
 import io
-import lzma
 import os
 import stat
 import time
@@ -22,8 +21,7 @@ from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, SourceError, 
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image
 from .imaging.tiles import gather, pad_even, plan_batches
 from .layout import (ALPHA_MODES, CHUNK_OVERHEAD, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, INDEX_MODES,
-                     Progress,
-                     Summary, UsageError, Warn, encode_name, image_extras)
+                     MAX_GROUP_IMAGES, Progress, Summary, UsageError, Warn, encode_name, image_extras, xz_compress)
 from .models.registry import DEFAULT_MODEL, load_model
 
 
@@ -64,7 +62,7 @@ class _Compressor:
                 remaining -= len(piece)
                 if self.progress and not counted:
                     self.progress(len(piece))
-                packed = lzma.compress(piece, preset=9)
+                packed = xz_compress(piece)
                 if len(packed) < len(piece):
                     self.writer.write_chunk(b"DATA", bytes([CODEC_XZ]) + packed)
                 else:
@@ -75,7 +73,7 @@ class _Compressor:
     def _queue_image(self, entry: Entry, record: ImageRecord) -> None:
         self.group.append((entry, record))
         self.group_subpixels += record.pixels.size
-        if self.group_subpixels >= GROUP_SUBPIXELS:
+        if self.group_subpixels >= GROUP_SUBPIXELS or len(self.group) >= MAX_GROUP_IMAGES:
             self.flush_images()
 
     def flush_images(self) -> None:
@@ -85,14 +83,14 @@ class _Compressor:
                   "width": r.pixels.shape[1], "image_mode": r.mode, "format": r.format, **image_extras(r)}
                  for e, r in self.group]
         # xz: on 28x28 images the plain JSON table alone would cost ~1 bit per sub-pixel.
-        packed_table = lzma.compress(canonical_json(table), preset=9)
+        packed_table = xz_compress(canonical_json(table))
         colour = [r.pixels[:, :, :COLOR_CHANNELS[r.mode]] for _, r in self.group if COLOR_CHANNELS[r.mode]]
         # Alpha planes (mostly flat or simple masks) and palette indices go beside
         # the model, xz-compressed (docs/FORMAT.md says why).
         alpha = b"".join(r.pixels[:, :, -1].tobytes() for _, r in self.group if r.mode in ALPHA_MODES)
-        packed_alpha = lzma.compress(alpha, preset=9) if alpha else b""
+        packed_alpha = xz_compress(alpha) if alpha else b""
         indices = b"".join(r.pixels.tobytes() for _, r in self.group if r.mode in INDEX_MODES)
-        packed_indices = lzma.compress(indices, preset=9) if indices else b""
+        packed_indices = xz_compress(indices) if indices else b""
         padded = [pad_even(c) for c in colour]
         config = self.adapter.config
         adapter = self.adapter

@@ -19,36 +19,50 @@ from .adapt.segments import run_segments
 from .coding.ans import CorruptStream
 from .container.format import ArchiveError, ArchiveReader, SalvagingReader, read_json
 from .exact import ENGINE
-from .files.restore import Conflict, EntryNames, Staging, UnsafeEntry
-from .imaging.io import COLOR_CHANNELS, MODEL_MODES, CannotReproduce, write_image
+from .files.restore import Conflict, EntryNames, RefusedEntries, Staging, UnsafeEntry
+from .imaging.io import (COLOR_CHANNELS, LOSSLESS_FORMATS, MODEL_MODES, CannotReproduce, checked_image_bytes,
+                         write_image)
 from .imaging.tiles import plan_batches, scatter
-from .layout import (ALPHA_MODES, CHUNK_TAGS, INDEX_MODES, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, MAX_IMAGE_SUBPIXELS,
-                     Progress, Summary, UsageError, decode_name, read_entry, record_from_entry)
+from .layout import (ALPHA_MODES, CHUNK_TAGS, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, INDEX_MODES,
+                     MAX_IMAGE_SUBPIXELS, OversizedEntry, Progress, Summary, UsageError, decode_name, read_entry,
+                     record_from_entry, xz_decompressor)
 from .models.registry import load_model
 
 
 class _Decoder:
-    """Consumes chunks in order and hands finished entries to a sink."""
+    """Consumes chunks in order and hands finished entries to a sink.
+
+    An entry that may not be restored (an unsafe name or link, a duplicate, an
+    image whose declared size no encoder writes) is refused on its own: it is
+    recorded in `refused` as (name, reason), its chunks are still read and
+    checked, and decoding goes on.  Damage to the archive itself (framing,
+    checksums, truncation, malformed entries) still stops everything, unless
+    ``salvage``: then the damaged entry is recorded in ``summary.lost`` and,
+    for image batches, nothing is decoded until a batch that starts a segment
+    (the model state in between is unknown).
+    """
 
     def __init__(self, sink, progress: Progress | None, salvage: bool = False, threads: int = 1) -> None:
         self.sink = sink
-        self.threads = threads
         self.progress = progress
+        self.threads = threads
+        self.salvage = salvage
+        self.segment_lost = False
         self.summary = Summary()
         self.adapter: OnlineAdapter | None = None
         self.batches_decoded = 0
-        # --salvage: record what is lost and go on; after lost batches, nothing is
-        # decoded until a batch that starts a segment (the model state is unknown).
-        self.salvage = salvage
-        self.segment_lost = False
+        self.refused: list[tuple[str | None, str]] = []
+        self._skipping_group = False  # the ALPH/BATC chunks of a refused image group are skipped
+        self._refused_group = ""      # an adapted group was refused: later groups cannot be replayed
 
     def run(self, reader: ArchiveReader) -> Summary:
         try:
             return self._run(reader)
-        except UnsafeEntry as error:
-            raise ArchiveError(str(error)) from None
         except (KeyError, TypeError, ValueError, AttributeError) as error:
             raise ArchiveError(f"archive entry is malformed ({type(error).__name__}: {error})") from None
+
+    def _refuse(self, name: str | None, reason: str) -> None:
+        self.refused.append((name, reason))
 
     def _run(self, reader: ArchiveReader) -> Summary:
         chunks = reader.chunks()
@@ -59,6 +73,11 @@ class _Decoder:
         handlers = {b"FILE": self.general_file, b"IMGS": self.images, b"DIRE": self.directory,
                     b"LINK": self.symlink, b"HARD": self.hardlink}
         for tag, payload in chunks:
+            if self._skipping_group and tag in (b"ALPH", b"PIDX", b"BATC"):
+                if tag == b"BATC":
+                    self.adapter.skip_batch()
+                continue
+            self._skipping_group = False
             if tag == b"STAT":
                 continue
             if self.salvage:
@@ -66,7 +85,18 @@ class _Decoder:
                 continue
             if tag not in handlers:
                 raise ArchiveError(f"unexpected chunk {tag!r}")
-            handlers[tag](read_entry(tag, payload), chunks)
+            if tag == b"IMGS":
+                try:
+                    table = read_entry(tag, payload)
+                except OversizedEntry as error:
+                    self._refuse_group([], str(error))
+                    continue
+                self.images(table, chunks)
+            else:
+                handlers[tag](read_entry(tag, payload), chunks)
+        for name, target in self.sink.finish():
+            self._refuse(name, f"refusing link {name!r} -> {target!r}: through other links, it leaves the "
+                               f"destination")
         return self.summary
 
     def _salvaging(self, tag, payload, handlers, chunks) -> None:
@@ -75,7 +105,7 @@ class _Decoder:
             if payload is None and tag not in (b"DATA", b"BATC", b"ALPH", b"PIDX", b"STAT"):
                 self.summary.lost.append(f"(an entry whose {tag.decode('ascii', 'replace')!r} chunk is damaged)")
             if tag not in (b"DATA", b"ALPH", b"PIDX", b"DIRE", b"LINK", b"HARD", b"FILE", b"STAT"):
-                self.segment_lost = True  # could have been an image table or batch
+                self.segment_lost = True  # it could have been an image table or batch
             return  # parts of an entry already lost (DATA, BATC, ...) are skipped
         entry = None
         try:
@@ -96,17 +126,36 @@ class _Decoder:
         self.adapter = OnlineAdapter(bundle, config)
 
     def directory(self, entry: dict, chunks) -> None:
-        self.sink.directory(decode_name(entry), int(entry["mode"]), int(entry["mtime_ns"]))
+        name, mode, mtime_ns = decode_name(entry), int(entry["mode"]), int(entry["mtime_ns"])
+        try:
+            self.sink.directory(name, mode, mtime_ns)
+        except UnsafeEntry as error:
+            self._refuse(name, str(error))
 
     def symlink(self, entry: dict, chunks) -> None:
-        self.sink.symlink(decode_name(entry), str(entry["target"]))
+        name, target = decode_name(entry), str(entry["target"])
+        try:
+            self.sink.symlink(name, target)
+        except UnsafeEntry as error:
+            self._refuse(name, str(error))
 
     def hardlink(self, entry: dict, chunks) -> None:
-        self.sink.hardlink(decode_name(entry), str(entry["target"]))
+        name, target = decode_name(entry), str(entry["target"])
+        try:
+            self.sink.hardlink(name, target)
+        except UnsafeEntry as error:
+            self._refuse(name, str(error))
 
     def general_file(self, entry: dict, chunks) -> None:
         name = decode_name(entry)
-        self.sink.file(name, self._file_pieces(name, entry, chunks), int(entry["mode"]), int(entry["mtime_ns"]))
+        pieces = self._file_pieces(name, entry, chunks)
+        try:
+            self.sink.file(name, pieces, int(entry["mode"]), int(entry["mtime_ns"]))
+        except UnsafeEntry as error:
+            self._refuse(name, str(error))
+            for _ in pieces:  # its data chunks are still read and checked
+                pass
+            return
         self.summary.files += 1
 
     def _file_pieces(self, name: str, entry: dict, chunks) -> Iterator[bytes]:
@@ -118,7 +167,7 @@ class _Decoder:
             codec, body = payload[0], payload[1:]
             if codec == CODEC_XZ:
                 try:
-                    body = lzma.LZMADecompressor().decompress(body, max_length=DATA_CHUNK_BYTES + 1)
+                    body = xz_decompressor().decompress(body, max_length=DATA_CHUNK_BYTES + 1)
                 except lzma.LZMAError:
                     raise ArchiveError(f"file {name!r}: data chunk {index} is damaged") from None
             elif codec != CODEC_STORE:
@@ -130,21 +179,38 @@ class _Decoder:
         if remaining:
             raise ArchiveError(f"file {name!r}: less data than declared")
 
-    def _lose(self, name: str, why: str) -> None:
-        self.summary.lost.append(f"{name!r}: {why}")
+    def _refuse_group(self, names: list[str], reason: str) -> None:
+        """Refuse every image of a group that cannot be decoded, and skip its chunks.  With
+        adaptation, every later group depends on this one's pixels: those are refused too."""
+        for name in names or [None]:
+            self._refuse(name, f"image {name!r} not restored: {reason}" if name is not None else reason)
+        self._skipping_group = True
+        if self.adapter.config.adapt and not self._refused_group:
+            self._refused_group = names[0] if names else "an image group"
 
     def images(self, table: list, chunks) -> None:
-        shapes = []
-        for entry in table:
+        if not isinstance(table, list):
+            raise ArchiveError("an image table is not a list")
+        names = [decode_name(entry) for entry in table]
+        if self._refused_group:
+            self._refuse_group(names, f"the adaptation it is coded with depends on refused image "
+                                      f"{self._refused_group!r}")
+            return
+        shapes, problems = [], []
+        for name, entry in zip(names, table):
             height, width, mode = int(entry["height"]), int(entry["width"]), entry["image_mode"]
             if mode not in MODEL_MODES or height <= 0 or width <= 0:
-                raise ArchiveError(f"image {decode_name(entry)!r}: bad mode or size")
-            if height * width * MODEL_MODES[mode] > MAX_IMAGE_SUBPIXELS:
-                raise ArchiveError(f"image {decode_name(entry)!r}: declared size {width}x{height} is too large")
-            shapes.append((height, width, COLOR_CHANNELS[mode]))
-        if sum(h * w * MODEL_MODES[e["image_mode"]] for (h, w, _), e in zip(shapes, table)) \
+                problems.append(f"image {name!r} declares a bad mode or size ({mode!r}, {width}x{height})")
+            elif height * width * MODEL_MODES[mode] > MAX_IMAGE_SUBPIXELS:
+                problems.append(f"image {name!r} declares {width}x{height} pixels, more than any encoder writes")
+            else:
+                shapes.append((height, width, COLOR_CHANNELS[mode]))
+        if not problems and sum(h * w * MODEL_MODES[e["image_mode"]] for (h, w, _), e in zip(shapes, table)) \
                 > 4 * GROUP_SUBPIXELS + MAX_IMAGE_SUBPIXELS:
-            raise ArchiveError("an image group declares more pixels than any encoder writes")
+            problems.append(f"its group of {len(table)} images declares more pixels than any encoder writes")
+        if problems:
+            self._refuse_group(names, problems[0])
+            return
         lost: dict[int, str] = {}  # table index -> why (only under --salvage)
         alpha = self._side_planes(table, shapes, chunks, ALPHA_MODES, b"ALPH", "alpha planes", lost)
         indices = self._side_planes(table, shapes, chunks, INDEX_MODES, b"PIDX", "palette indices", lost)
@@ -182,7 +248,7 @@ class _Decoder:
             scatter(batch, tiles, padded)
             self.summary.image_bits += 8 * len(payload)
         padded.reverse()
-        for number, (entry, (h, w, c)) in enumerate(zip(table, shapes)):
+        for number, (name, entry, (h, w, _)) in enumerate(zip(names, table, shapes)):
             if entry["image_mode"] in INDEX_MODES:
                 pixels = indices.pop(0)[:, :, None]
             else:
@@ -190,10 +256,17 @@ class _Decoder:
             if entry["image_mode"] in ALPHA_MODES:
                 pixels = np.concatenate([pixels, alpha.pop(0)[:, :, None]], axis=2)
             if number in lost:
-                self._lose(decode_name(entry), lost[number])
+                self.summary.lost.append(f"{name!r}: {lost[number]}")
+                continue
+            if str(entry["format"]) not in LOSSLESS_FORMATS:  # `test` would not notice (found by test_fuzz.py)
+                self._refuse(name, f"image {name!r}: unknown image format {entry['format']!r}")
                 continue
             record = record_from_entry(entry, pixels)
-            self.sink.image(decode_name(entry), record, int(entry["mode"]), int(entry["mtime_ns"]))
+            try:
+                self.sink.image(name, record, int(entry["mode"]), int(entry["mtime_ns"]))
+            except UnsafeEntry as error:
+                self._refuse(name, str(error))
+                continue
             self.summary.images += 1
             self.summary.files += 1
             if record.mode not in INDEX_MODES:
@@ -232,7 +305,7 @@ class _Decoder:
             return []
         tag, payload = next(chunks, (None, None))
         expected = sum(h * w for h, w in sizes)
-        decompressor = lzma.LZMADecompressor()
+        decompressor = xz_decompressor()
         try:
             data = decompressor.decompress(payload or b"", max_length=expected + 1) if tag == tag_expected else b""
         except lzma.LZMAError:
@@ -263,6 +336,9 @@ class _StagingSink:
             with open(path, "wb") as handle:
                 for piece in pieces:
                     handle.write(piece)
+        except OSError as error:  # a full disk names the entry, not the staging folder
+            path.unlink(missing_ok=True)
+            raise OSError(error.errno, f"restoring {name!r}: {error.strerror}") from None
         except BaseException:
             path.unlink(missing_ok=True)  # under --salvage the rest goes on: no partial file
             raise
@@ -271,11 +347,13 @@ class _StagingSink:
 
     def image(self, name, record, mode, mtime_ns) -> None:
         path = self.staging.path(name)
-        self.written.append((name, True))
         try:
             write_image(path, record)
         except CannotReproduce as error:
-            raise ArchiveError(f"image {name!r}: {error}") from None
+            raise UnsafeEntry(f"image {name!r}: {error}") from None
+        except OSError as error:
+            raise OSError(error.errno, f"restoring {name!r}: {error.strerror}") from None
+        self.written.append((name, True))
         self.staging.finish_file(path, mode, mtime_ns)
 
     def directory(self, name, mode, mtime_ns) -> None:
@@ -286,6 +364,9 @@ class _StagingSink:
 
     def hardlink(self, name, target) -> None:
         self.staging.hardlink(name, target)
+
+    def finish(self) -> list[tuple[str, str]]:
+        return self.staging.drop_links_leaving()
 
 
 class _CheckingSink:
@@ -302,17 +383,24 @@ class _CheckingSink:
 
     def image(self, name, record, mode, mtime_ns) -> None:
         self.names.claim(name, "file")
+        if record.sha256:  # decompress would refuse it: so must `test` (found by tests/test_fuzz.py)
+            try:
+                checked_image_bytes(record)
+            except CannotReproduce as error:
+                raise UnsafeEntry(f"image {name!r}: {error}") from None
 
     def directory(self, name, mode, mtime_ns) -> None:
         self.names.claim(name, "dir")
 
     def symlink(self, name, target) -> None:
-        self.names.check_symlink(name, target)
-        self.names.claim(name, "symlink")
+        self.names.claim_symlink(name, target)
 
     def hardlink(self, name, target) -> None:
         self.names.check_hardlink(name, target)
         self.names.claim(name, "file")
+
+    def finish(self) -> list[tuple[str, str]]:
+        return [(name, self.names.links[name]) for name in self.names.links_leaving()]
 
 
 class _CountingReader:
@@ -335,8 +423,11 @@ def _counted(source: BinaryIO, progress: Progress | None) -> BinaryIO:
 def test_archive(source: BinaryIO, progress: Progress | None = None, threads: int = 1) -> Summary:
     """Fully decode and verify an archive without writing anything."""
     started = time.perf_counter()
-    summary = _Decoder(_CheckingSink(), progress, threads=threads).run(ArchiveReader(_counted(source, progress)))
+    decoder = _Decoder(_CheckingSink(), progress, threads=threads)
+    summary = decoder.run(ArchiveReader(_counted(source, progress)))
     summary.seconds = time.perf_counter() - started
+    if decoder.refused:
+        raise RefusedEntries([reason for _, reason in decoder.refused], summary)
     return summary
 
 
@@ -353,19 +444,22 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
     """Restore an archive (or the entries matching ``patterns``) into ``destination``.
 
     Everything is decoded and verified even when only some entries are wanted:
-    each batch depends on the ones before it through the adaptation.
+    each batch depends on the ones before it through the adaptation.  Entries
+    that may not be restored are skipped; once everything else is in place,
+    RefusedEntries names them (damage to the archive itself restores nothing).
 
     With ``salvage`` (a seekable archive file), damage does not stop the
-    restore: every intact entry is restored, and the summary's ``lost`` and
-    ``damage`` say what was not (images from a damaged batch to the end of its
-    segment, see --segment-size).  Callers must check them.
+    restore either: every intact entry is restored, and the summary's ``lost``
+    and ``damage`` say what was not (images from a damaged batch to the end of
+    its segment, see --segment-size).  Callers must check them.
     """
     started = time.perf_counter()
     staging = Staging(Path(destination))
     try:
         sink = _StagingSink(staging)
+        decoder = _Decoder(sink, progress, salvage, threads)
         reader = SalvagingReader(source, CHUNK_TAGS) if salvage else ArchiveReader(_counted(source, progress))
-        summary = _Decoder(sink, progress, salvage, threads).run(reader)
+        summary = decoder.run(reader)
         if salvage:
             summary.damage = list(reader.damage)
         if patterns:
@@ -384,6 +478,12 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
         staging.abort()
         raise
     summary.seconds = time.perf_counter() - started
+    refused = [reason for name, reason in decoder.refused
+               if not patterns or name is None or selected(name, list(patterns))]
+    if refused and salvage:
+        summary.lost.extend(refused)
+    elif refused:
+        raise RefusedEntries(refused, summary)
     return summary
 
 

@@ -29,7 +29,7 @@ from conftest import (
 from osoa_zip import pack as pack_module
 from osoa_zip import unpack as unpack_module
 from osoa_zip.adapt.engine import AdaptationConfig
-from osoa_zip.archive import ArchiveError, ModelError, UsageError, compress, decompress
+from osoa_zip.archive import ArchiveError, ModelError, RefusedEntries, UsageError, compress, decompress
 from osoa_zip.container.format import ArchiveReader, ArchiveWriter
 from osoa_zip.cli import main
 
@@ -455,15 +455,20 @@ def test_rebuilt_archive_is_still_valid(small_archive, tmp_path):
 @pytest.mark.parametrize("name", ["../escape.txt", "/tmp/abs.txt", "a/../../b.txt", "a\\b.txt", "", "a//b.txt",
                                   "./a.txt", "x\x00y.txt", "."])
 def test_unsafe_paths_are_refused(small_archive, tmp_path, name):
-    """Nothing in an archive may write outside DEST (path traversal)."""
+    """Nothing in an archive may write outside DEST (path traversal): the unsafe entry is
+    refused by name, everything else is restored."""
     chunks = _chunks(small_archive)
     entry, compressed = _first_entry(chunks, b"FILE")
+    original = entry["path"]
     entry["path"] = name
     destination = tmp_path / "inner" / "restored"
     destination.mkdir(parents=True)
-    with pytest.raises(ArchiveError, match="unsafe path"):
+    with pytest.raises(RefusedEntries, match="unsafe path") as caught:
         decompress(io.BytesIO(_rebuild(_with_first(chunks, b"FILE", _dump_entry(entry, compressed)))), destination)
-    assert sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*")) == ["inner", "inner/restored"]
+    assert len(caught.value.reasons) == 1 and repr(name) in caught.value.reasons[0]
+    restored = sorted(p.relative_to(tmp_path).as_posix() for p in tmp_path.rglob("*"))
+    assert restored == ["inner", "inner/restored"] + sorted(
+        f"inner/restored/{n}" for n in ("a.txt", "b.bin", "gray.png", "rgb_9x5.png") if n != original)
 
 
 @pytest.mark.parametrize("payload", [b"", b"\x01\x00\x00\x00", bytes(400), b"\xff" * 400, b"abc"],
@@ -507,17 +512,32 @@ def _with_image_mode(entry: dict, value) -> dict:
     lambda t: [{**t[0], "width": -2}] + t[1:],
     lambda t: [{**t[0], "height": 1 << 20, "width": 1 << 20}] + t[1:],
     lambda t: [_with_image_mode(t[0], "CMYK")] + t[1:],
-    lambda t: [{}] + t[1:],
-    lambda t: {"not": "a list"},
-], ids=["zero-height", "negative-width", "huge", "image-mode", "empty-entry", "not-a-list"])
-def test_bad_image_tables_are_archive_errors(small_archive, tmp_path, change):
-    """Image tables are checked before anything is allocated or decoded."""
+], ids=["zero-height", "negative-width", "huge", "image-mode"])
+def test_impossible_images_are_refused_with_their_group(small_archive, tmp_path, change):
+    """Image tables are checked before anything is allocated or decoded: an image that no
+    encoder writes is refused by name, with the rest of its group (they share batches),
+    and every other entry is restored."""
     chunks = _chunks(small_archive)
     table, compressed = _first_entry(chunks, b"IMGS")
     assert len(table) == 2
-    with pytest.raises(ArchiveError):
+    with pytest.raises(RefusedEntries) as caught:
         decompress(io.BytesIO(_rebuild(_with_first(chunks, b"IMGS", _dump_entry(change(table), compressed)))),
                    tmp_path / "restored")
+    assert len(caught.value.reasons) == 2 and all(repr(e["path"]) in r for e, r in zip(table, caught.value.reasons))
+    assert relative_files(tmp_path / "restored") == {"a.txt", "b.bin"}
+
+
+@pytest.mark.parametrize("change", [
+    lambda t: [{}] + t[1:],
+    lambda t: {"not": "a list"},
+], ids=["empty-entry", "not-a-list"])
+def test_malformed_image_tables_are_archive_errors(small_archive, tmp_path, change):
+    chunks = _chunks(small_archive)
+    table, compressed = _first_entry(chunks, b"IMGS")
+    with pytest.raises(ArchiveError) as caught:
+        decompress(io.BytesIO(_rebuild(_with_first(chunks, b"IMGS", _dump_entry(change(table), compressed)))),
+                   tmp_path / "restored")
+    assert not isinstance(caught.value, RefusedEntries)
     assert_left_nothing(tmp_path / "restored")
 
 

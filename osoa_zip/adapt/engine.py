@@ -111,6 +111,10 @@ class OnlineAdapter:
         adapter._batches = batch_index
         return adapter
 
+    def skip_batch(self) -> None:
+        """Count a batch that is not decoded (a refused group), so segment starts stay where they are."""
+        self._batches += 1
+
     def restart(self) -> None:
         """Start a new segment now (--salvage resumes decoding at a segment start)."""
         self._tracks, self._batches = {}, 0

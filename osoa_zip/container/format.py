@@ -16,12 +16,17 @@ import struct
 import zlib
 from typing import BinaryIO, Iterator
 
+import numpy as np
+
 MAGIC = b"OSOAZIP\x1a"
 FORMAT_MAJOR = 1
 FORMAT_MINOR = 0
 # Format 1 is frozen: every later release reads every 1.x archive up to its own
 # minor.  Format 0 was the unstable development layout and is refused by version.
 MAX_CHUNK_BYTES = 1 << 31  # a larger declared length is damage or hostility, never data
+# Parsed JSON costs up to ~25x its text (`[{},{},...]`: 3 bytes -> a 64-byte dict), so a
+# payload may hold at most this many keys and values: ~300 MB of objects at worst.
+MAX_JSON_VALUES = 1 << 22
 END_TAG = b"END "
 
 _PREAMBLE = struct.Struct("<8sHH")
@@ -32,6 +37,10 @@ _END = struct.Struct("<Q32s")
 
 class ArchiveError(Exception):
     """The archive cannot be read as written: damaged, truncated, foreign or from the future."""
+
+
+class OversizedEntry(ArchiveError):
+    """A payload declares more than any writer writes (a bomb, or damage)."""
 
 
 def canonical_json(value) -> bytes:
@@ -130,7 +139,23 @@ class ArchiveReader:
             raise ArchiveError("unexpected data after the END chunk")
 
 
-def read_json(payload: bytes, what: str):
+def json_values(payload: bytes) -> int:
+    """An upper bound on the keys and values in a JSON text (its commas and colons
+    outside strings, plus one), counted without building them."""
+    text = np.frombuffer(payload.replace(b"\\\\", b"").replace(b'\\"', b""), np.uint8)
+    count, inside = 1, 0
+    for start in range(0, len(text), 1 << 24):  # in blocks: bounded temporary memory
+        block = text[start:start + (1 << 24)]
+        parity = np.bitwise_xor.accumulate((block == ord('"')).view(np.uint8)) ^ inside
+        count += int(np.count_nonzero(((block == ord(",")) | (block == ord(":"))) & (parity == 0)))
+        inside = int(parity[-1])
+    return count
+
+
+def read_json(payload: bytes, what: str, max_values: int = MAX_JSON_VALUES):
+    # Counting separators inside strings too is cheap; only a payload near the limit is counted exactly.
+    if payload.count(b",") + payload.count(b":") + 1 > max_values and json_values(payload) > max_values:
+        raise OversizedEntry(f"{what} holds more than {max_values} values")
     try:
         return json.loads(payload.decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError, RecursionError):

@@ -4,7 +4,8 @@ A directory source contributes its contents; a file source its base name.
 Directories (so empty ones survive), regular files, hard links (the second
 and later names of one inode) and symbolic links that stay inside their
 source tree become entries; links that leave it, FIFOs, sockets and devices
-are skipped with a warning.  Nothing is ever followed.  Entries come sorted,
+are skipped with a warning, and so are names holding control characters.
+Nothing is ever followed.  Entries come sorted,
 parents before children, so archives are deterministic.
 """
 from __future__ import annotations
@@ -31,6 +32,15 @@ class Entry:
     mtime_ns: int
     size: int = 0
     target: str = ""       # symlink target, or the earlier name of a hard link
+
+
+_CONTROL = frozenset(chr(code) for code in [*range(32), 127])
+
+
+def has_control_characters(name: str) -> bool:
+    """C0 control characters or DEL (newlines, terminal escapes): such names are skipped
+    when archiving and refused when restoring."""
+    return not _CONTROL.isdisjoint(name)
 
 
 def link_stays_inside(name: str, target: str) -> bool:
@@ -82,6 +92,9 @@ def scan(sources: list[Path | tuple[Path, str]], warn: Callable[[str], None],
             found = [(given_name or source.name, None, source, info)]
         for name, relative, path, item in found:
             if (item.st_dev, item.st_ino) in exclude:
+                continue
+            if has_control_characters(name):
+                warn(f"skipping {name!r}: its name holds control characters")
                 continue
             if name in names:
                 raise SourceError(f"two sources give the same archive path {name!r}")

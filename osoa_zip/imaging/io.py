@@ -159,8 +159,13 @@ class CannotReproduce(Exception):
     """A --byte-exact image whose original bytes this machine's encoder does not give back."""
 
 
-def write_image(path: Path, record: ImageRecord) -> None:
+def checked_image_bytes(record: ImageRecord) -> bytes:
+    """The bytes to restore; with --byte-exact, only if they are the original's."""
     data = encode_image(record)
     if record.sha256 and hashlib.sha256(data).hexdigest() != record.sha256:
         raise CannotReproduce("the image encoder here does not reproduce its exact bytes (the pixels are intact)")
-    path.write_bytes(data)
+    return data
+
+
+def write_image(path: Path, record: ImageRecord) -> None:
+    path.write_bytes(checked_image_bytes(record))

@@ -120,7 +120,7 @@ def load_model(name: str, expected_sha256: str | None = None) -> FlowBundle:
     entry = models[name]
     path = Path(entry["directory"]) / entry["file"]
     if not path.is_file():
-        raise ModelError(f"model {name!r}: checkpoint {path} is missing")
+        raise ModelError(f"model {name!r}: checkpoint {path} is missing (expected SHA-256 {entry['sha256']})")
     actual = sha256_file(path)
     if actual != entry["sha256"]:
         raise ModelError(f"model {name!r}: checkpoint {path} has SHA-256 {actual}, "

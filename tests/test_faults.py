@@ -1,0 +1,200 @@
+"""Faults from outside: SIGKILL mid-way, a full disk, a missing or altered checkpoint.
+
+A killed process cannot clean up, so what matters is that nothing it leaves
+looks complete: compress writes `.NAME.XXXXXXXX.part` beside the archive and
+renames it at the end; decompress stages a new DEST in
+`.DEST.osoa-zip-XXXXXXXX.part` beside it (or, into an existing DEST, in
+`DEST/.osoa-zip-XXXXXXXX`) and renames at the end.  Errors are one line and
+leave nothing behind.
+"""
+from __future__ import annotations
+
+import io
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import EXAMPLES, MODEL, subprocess_env, uncompressed_copy
+from measure import run_cli
+from osoa_zip.adapt.config import AdaptationConfig
+from osoa_zip.archive import ModelError, compress, decompress
+from osoa_zip.models.registry import MANIFEST, available_models
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+CODING = ["--model", MODEL, "--tile-size", "16", "--batch-size", "2"]
+ARCHIVE_PART = re.compile(r"^\.a\.osoa\.[A-Za-z0-9_]{8}\.part$")
+DEST_PART = re.compile(r"^\.dest\.osoa-zip-[A-Za-z0-9_]{8}\.part$")
+STAGING = re.compile(r"^\.osoa-zip-[A-Za-z0-9_]{8}$")
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory) -> Path:
+    """Enough images for a few seconds of coding with the tiny model, and a plain file
+    (written early, so a full disk fails early)."""
+    root = tmp_path_factory.mktemp("faults") / "src"
+    for copy in range(2):
+        uncompressed_copy(EXAMPLES, root / f"copy{copy}")
+    (root / "aaa.bin").write_bytes(os.urandom(60_000))
+    return root
+
+
+@pytest.fixture(scope="module")
+def archive(source, tmp_path_factory) -> Path:
+    path = tmp_path_factory.mktemp("faults-archive") / "a.osoa"
+    result, _ = run_cli("compress", "-q", *CODING, source, path)
+    assert result.returncode == 0, result.stderr
+    return path
+
+
+def _kill_when(arguments, appeared, timeout=120.0) -> int:
+    """Start the CLI; SIGKILL it as soon as `appeared()` is true (plus a moment of work)."""
+    process = subprocess.Popen([sys.executable, "-m", "osoa_zip", *map(str, arguments)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
+    deadline = time.monotonic() + timeout
+    while not appeared() and process.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.02)
+    time.sleep(0.3)
+    process.send_signal(signal.SIGKILL)
+    return process.wait()
+
+
+def test_sigkill_during_compress_leaves_no_archive(source, tmp_path):
+    work = tmp_path / "work"
+    work.mkdir()
+    archive = work / "a.osoa"
+    code = _kill_when(["compress", *CODING, source, archive],
+                      lambda: any(ARCHIVE_PART.match(p.name) for p in work.iterdir()))
+    if code == 0:
+        pytest.skip("finished before the kill")
+    assert code == -signal.SIGKILL
+    left = [p.name for p in work.iterdir()]
+    assert not archive.exists()
+    assert len(left) == 1 and ARCHIVE_PART.match(left[0]), left  # recognisably temporary
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-dest", "existing-dest"])
+def test_sigkill_during_decompress_leaves_nothing_that_looks_restored(archive, tmp_path, existing):
+    work = tmp_path / "work"
+    destination = work / "dest"
+    destination.mkdir(parents=True)
+    if existing:
+        (destination / "mine.txt").write_text("mine")
+    else:
+        destination.rmdir()
+
+    def staged() -> bool:
+        folder = destination if existing else work
+        pattern = STAGING if existing else DEST_PART
+        return any(pattern.match(p.name) for p in folder.iterdir()) if folder.exists() else False
+
+    code = _kill_when(["decompress", archive, destination], staged)
+    if code == 0:
+        pytest.skip("finished before the kill")
+    assert code == -signal.SIGKILL
+    if existing:
+        left = sorted(p.name for p in destination.iterdir())
+        assert left[1:] == ["mine.txt"] and STAGING.match(left[0]), left
+    else:
+        left = [p.name for p in work.iterdir()]
+        assert not destination.exists()
+        assert len(left) == 1 and DEST_PART.match(left[0]), left
+
+
+# -- a full disk -----------------------------------------------------------------
+
+def _assert_one_line(result, code=1) -> str:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr and "Exception ignored" not in result.stderr, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("osoa-zip: error: "), result.stderr
+    return lines[0]
+
+
+def test_full_disk_during_compress(source, tmp_path):
+    """RLIMIT_FSIZE makes writes fail with EFBIG, as a full disk fails with ENOSPC."""
+    archive = tmp_path / "a.osoa"
+    result, _ = run_cli("compress", *CODING, source, archive, file_size=20_000)
+    line = _assert_one_line(result)
+    assert "a.osoa" in line and "too large" in line
+    assert sorted(tmp_path.iterdir()) == []
+
+
+def test_full_disk_on_standard_output(source, tmp_path):
+    with open("/dev/full", "wb") as full:
+        result, _ = run_cli("compress", *CODING, source, "-", stdout=full)
+    line = _assert_one_line(result)
+    assert "standard output" in line and "No space left" in line
+
+
+@pytest.mark.parametrize("existing", [False, True], ids=["new-dest", "existing-dest"])
+def test_full_disk_during_decompress(archive, tmp_path, existing):
+    destination = tmp_path / "dest"
+    if existing:
+        destination.mkdir()
+        (destination / "mine.txt").write_text("mine")
+    result, _ = run_cli("decompress", archive, destination, file_size=30_000)
+    line = _assert_one_line(result)
+    assert "restoring" in line and "too large" in line
+    if existing:
+        assert sorted(p.name for p in destination.iterdir()) == ["mine.txt"]
+    else:
+        assert sorted(tmp_path.iterdir()) == []
+
+
+# -- the checkpoint ----------------------------------------------------------------
+
+@pytest.fixture
+def models_copy(tmp_path, monkeypatch) -> Path:
+    """A private model folder ($OSOA_ZIP_MODELS, searched first) holding the test model."""
+    entry = available_models()[MODEL]
+    folder = tmp_path / "models"
+    folder.mkdir()
+    shutil.copy(Path(entry["directory"]) / entry["file"], folder / entry["file"])
+    manifest = {"models": {MODEL: {k: v for k, v in entry.items() if k != "directory"}}}
+    (folder / MANIFEST).write_text(json.dumps(manifest))
+    monkeypatch.setenv("OSOA_ZIP_MODELS", str(folder))
+    return folder
+
+
+@pytest.fixture(scope="module")
+def small_archive() -> bytes:
+    output = io.BytesIO()
+    source = EXAMPLES / "0008.png"
+    compress([source], output, model=MODEL, adaptation=AdaptationConfig(tile_size=16, batch_size=4))
+    return output.getvalue()
+
+
+@pytest.mark.parametrize("fault", ["modified", "missing", "truncated"])
+def test_bad_checkpoint_names_the_model_and_its_hash(models_copy, small_archive, tmp_path, fault):
+    entry = available_models()[MODEL]
+    checkpoint = models_copy / entry["file"]
+    if fault == "modified":
+        data = bytearray(checkpoint.read_bytes())
+        data[len(data) // 2] ^= 0x01
+        checkpoint.write_bytes(bytes(data))
+    elif fault == "missing":
+        checkpoint.unlink()
+    else:
+        checkpoint.write_bytes(checkpoint.read_bytes()[:1000])
+    for attempt in (lambda: decompress(io.BytesIO(small_archive), tmp_path / "dest"),
+                    lambda: compress([EXAMPLES / "0008.png"], io.BytesIO(), model=MODEL)):
+        with pytest.raises(ModelError) as caught:
+            attempt()
+        message = str(caught.value)
+        assert repr(MODEL) in message and entry["sha256"] in message and "\n" not in message
+    assert not (tmp_path / "dest").exists()
+    path = tmp_path / "a.osoa"
+    path.write_bytes(small_archive)
+    result, _ = run_cli("decompress", path, tmp_path / "dest",
+                        env={**subprocess_env(), "OSOA_ZIP_MODELS": str(models_copy)})
+    assert entry["sha256"] in _assert_one_line(result)
+    assert not (tmp_path / "dest").exists()
