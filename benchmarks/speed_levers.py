@@ -5,7 +5,9 @@
 For each folder (default data/eval/tiles64 and data/eval/fashion_mnist) and
 each lever, codes the folder's batches as benchmarks/speed.py does and
 prints bpsp of the coded batches (model bits only, no container) and MB/s of
-raw pixels in both directions.  Levers:
+raw pixels in both directions, and the CPU time per batch of all threads
+(steadier than wall time on a shared machine; note the batch count differs
+between batch sizes, so compare CPU time per *byte* there).  Levers:
 
   default          batch 8, all parameters, one step per batch
   batch16/batch32  larger batches (fewer, larger adaptation steps)
@@ -80,8 +82,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None)
     args = parser.parse_args()
     bundle = load_model(DEFAULT_MODEL)
-    print("| set | lever | bpsp | encode MB/s | decode MB/s |")
-    print("|---|---|---|---|---|")
+    print("| set | lever | bpsp | encode MB/s | decode MB/s | encode CPU ms/batch | decode CPU ms/batch |")
+    print("|---|---|---|---|---|---|---|")
     for folder in args.folders:
         for lever in args.levers.split(","):
             settings, emulation = LEVERS[lever]
@@ -89,18 +91,19 @@ def main() -> None:
             batches = batches_of(Path(folder), config, args.limit)
             raw = sum(b.size for b in batches)
             encoder = _Lever(bundle, config, **emulation)
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             coded = [encoder.encode(tiles)[0] for tiles in batches]
-            encode_seconds = time.perf_counter() - started
+            encode_seconds, encode_cpu = time.perf_counter() - started, time.process_time() - cpu_started
             decoder = _Lever(bundle, config, **emulation)
-            started = time.perf_counter()
+            started, cpu_started = time.perf_counter(), time.process_time()
             decoded = [decoder.decode(data, tiles.shape) for data, tiles in zip(coded, batches)]
-            decode_seconds = time.perf_counter() - started
+            decode_seconds, decode_cpu = time.perf_counter() - started, time.process_time() - cpu_started
             if not all(np.array_equal(a, b) for a, b in zip(decoded, batches)):
                 raise SystemExit(f"{lever}: decoded pixels differ from the input")
             bpsp = 8 * sum(len(d) for d in coded) / raw
             print(f"| {Path(folder).name} | {lever} | {bpsp:.4f} | {raw / 1e6 / encode_seconds:.3f} | "
-                  f"{raw / 1e6 / decode_seconds:.3f} |", flush=True)
+                  f"{raw / 1e6 / decode_seconds:.3f} | {1000 * encode_cpu / len(batches):.0f} | "
+                  f"{1000 * decode_cpu / len(batches):.0f} |", flush=True)
 
 
 if __name__ == "__main__":
