@@ -40,16 +40,18 @@ def run(*args: str | Path) -> tuple[float, int, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", "")}
     with tempfile.TemporaryFile() as err:
         started = time.perf_counter()
-        process = subprocess.Popen([sys.executable, "-m", "osoa_zip", *map(str, args)], stdout=subprocess.DEVNULL,
-                                   stderr=err, env=env)
-        _, status, usage = os.wait4(process.pid, 0)
+        # Through GNU time: Linux carries a process's peak RSS across fork and exec, so a
+        # child forked straight from this (large) process would report our peak, not its own.
+        process = subprocess.Popen(["/usr/bin/time", "-f", "peak-rss-kib %M", sys.executable, "-m", "osoa_zip",
+                                    *map(str, args)], stdout=subprocess.DEVNULL, stderr=err, env=env)
+        process.wait()
         seconds = time.perf_counter() - started
-        process.returncode = os.waitstatus_to_exitcode(status)
         err.seek(0)
         stderr = err.read().decode("utf-8", "replace")
     if process.returncode != 0:
         raise RuntimeError(f"osoa-zip {' '.join(map(str, args))} exited {process.returncode}: {stderr[-500:]}")
-    return seconds, usage.ru_maxrss * 1024, stderr
+    peak_kib = int(stderr.strip().splitlines()[-1].split()[-1])
+    return seconds, peak_kib * 1024, stderr
 
 
 def make_small_files(root: Path, files: int, pngs: int, seed: int = 0) -> int:

@@ -105,6 +105,8 @@ def encode_image(record: ImageRecord) -> bytes:
 def _open_pixels(source) -> tuple[np.ndarray, str, str, dict, int]:
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Our limit, not Pillow's default (89 MP warns): up to MAX_IMAGE_PIXELS takes the model path.
+        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
         with Image.open(source) as image:
             if image.width * image.height > MAX_IMAGE_PIXELS:
                 raise ValueError("image too large")
