@@ -45,3 +45,11 @@ def test_pretrain_without_images_is_a_usage_error(tmp_path):
     (tmp_path / "empty").mkdir()
     result = CliRunner().invoke(main, ["pretrain", str(tmp_path / "empty"), "-o", str(tmp_path / "m" / "x")])
     assert result.exit_code == 2 and "no images" in result.output
+
+
+def test_export_is_byte_reproducible(tmp_path):
+    """The same weights always give the same checkpoint file (and SHA-256)."""
+    from osoa_zip.models.registry import load_model, save_checkpoint
+    bundle = load_model("idf-tiny-test")
+    digests = {save_checkpoint(tmp_path / f"{i}.safetensors", bundle.config, bundle.networks) for i in range(5)}
+    assert len(digests) == 1

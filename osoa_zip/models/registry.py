@@ -157,5 +157,7 @@ def save_checkpoint(path: Path, config: dict, networks: dict[int, SubLatticeFlow
     for channels, network in networks.items():
         for key, value in network.state_dict().items():
             tensors[f"{CHANNEL_PREFIXES[channels]}.{key}"] = value.detach().to(torch.float32).contiguous()
-    save_file(tensors, str(path), metadata={"format": "osoa-zip-model/1", "config": json.dumps(config, sort_keys=True)})
+    # One metadata key: safetensors writes several in no fixed order, and the same
+    # weights must always give the same file (and SHA-256).
+    save_file(tensors, str(path), metadata={"config": json.dumps(config, sort_keys=True)})
     return sha256_file(path)
