@@ -111,14 +111,14 @@ def small_files(args) -> None:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def realistic_photo(megapixels: float, seed: int = 0) -> Image.Image:
+def realistic_photo(megapixels: float, seed: int = 0, noise_level: int = 2) -> Image.Image:
     photo = next(p for p in PHOTOS if p.exists())
     with Image.open(photo) as image:
         image = image.convert("RGB")
         scale = (megapixels * 1e6 / (image.width * image.height)) ** 0.5
         size = (round(image.width * scale), round(image.height * scale))
         pixels = np.asarray(image.resize(size, Image.LANCZOS), np.int16)
-    noise = np.random.default_rng(seed).integers(-2, 3, pixels.shape, dtype=np.int16)
+    noise = np.random.default_rng(seed).integers(-noise_level, noise_level + 1, pixels.shape, dtype=np.int16)
     return Image.fromarray((pixels + noise).clip(0, 255).astype(np.uint8))
 
 
@@ -129,7 +129,7 @@ def large_images(args) -> None:
         try:
             source = work / "src"
             source.mkdir()
-            image = realistic_photo(megapixels)
+            image = realistic_photo(megapixels, noise_level=args.noise)
             image.save(source / "photo.png")
             size = (source / "photo.png").stat().st_size
             extra = ["--no-adapt"] if args.no_adapt else []
@@ -164,6 +164,8 @@ def main() -> None:
     small.add_argument("--pngs", type=int, default=2_000)
     large = commands.add_parser("large-images")
     large.add_argument("--megapixels", type=float, nargs="+", default=[1, 4, 16])
+    large.add_argument("--noise", type=int, default=2,
+                       help="uniform noise of +-N added to the upscaled photo (0: smooth, so the model beats PNG)")
     large.add_argument("--decompress-up-to", type=float, default=4)
     args = parser.parse_args()
     {"small-files": small_files, "large-images": large_images}[args.command](args)
