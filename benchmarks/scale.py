@@ -130,7 +130,7 @@ def large_images(args) -> None:
             source = work / "src"
             source.mkdir()
             image = realistic_photo(megapixels, noise_level=args.noise)
-            image.save(source / "photo.png")
+            image.save(source / "photo.png", compress_level=args.png_level)
             size = (source / "photo.png").stat().st_size
             extra = ["--no-adapt"] if args.no_adapt else []
             seconds, peak, _ = run("compress", "-q", *extra, source, work / "a.osoa")
@@ -164,6 +164,8 @@ def main() -> None:
     small.add_argument("--pngs", type=int, default=2_000)
     large = commands.add_parser("large-images")
     large.add_argument("--megapixels", type=float, nargs="+", default=[1, 4, 16])
+    large.add_argument("--png-level", type=int, default=6,
+                       help="zlib level of the source PNG (0: stored, so the model path always beats the file)")
     large.add_argument("--noise", type=int, default=2,
                        help="uniform noise of +-N added to the upscaled photo (0: smooth, so the model beats PNG)")
     large.add_argument("--decompress-up-to", type=float, default=4)
