@@ -25,7 +25,7 @@ from osoa_zip.container.format import ArchiveReader, ArchiveWriter
 PREAMBLE_SIZE = 12
 CHUNK_FRAMING = 16  # tag, u64 length, crc32
 ENTRY_TAGS = (b"DIRE", b"LINK", b"HARD", b"FILE")
-FOLLOWERS = (b"DATA", b"ALPH", b"BATC")  # chunks that belong to the entry before them
+FOLLOWERS = (b"DATA", b"ALPH", b"PIDX", b"BATC")  # chunks that belong to the entry before them
 
 
 def frame(chunks) -> bytes:

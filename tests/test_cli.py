@@ -30,7 +30,8 @@ from osoa_zip import pack as pack_module
 from osoa_zip import unpack as unpack_module
 from osoa_zip.adapt.engine import AdaptationConfig
 from osoa_zip.archive import ArchiveError, ModelError, RefusedEntries, UsageError, compress, decompress
-from osoa_zip.container.format import ArchiveReader, ArchiveWriter
+from osoa_zip.container.format import ArchiveReader
+from crafting import frame
 from osoa_zip.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -415,14 +416,7 @@ def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
     return list(ArchiveReader(io.BytesIO(data)).chunks())
 
 
-def _rebuild(chunks) -> bytes:
-    """Frame chunks with correct CRCs and END digest, as a hostile writer would."""
-    output = io.BytesIO()
-    writer = ArchiveWriter(output)
-    for tag, payload in chunks:
-        writer.write_chunk(tag, payload)
-    writer.close()
-    return output.getvalue()
+_rebuild = frame  # correct CRCs and END digest, as a hostile writer would
 
 
 def _load_entry(payload: bytes) -> tuple[object, bool]:
