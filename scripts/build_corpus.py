@@ -18,7 +18,11 @@ Sources and licences
   in SKIMAGE below (CC0 or public domain, the rest under scikit-image's BSD-3-Clause). Only the
   left view of the motorcycle stereo pair is used: the right view is the same scene.
 - Debian `dataset-fashion-mnist`: the first 512 test images, for evaluation only (never trained
-  on). MIT (Expat), (c) 2017 Zalando SE.
+  on); the 60000 training images (`train-images-idx3-ubyte.gz`) for training only, as
+  `train_fashion28.npy`. MIT (Expat), (c) 2017 Zalando SE.
+Checked by eye and not used, because they hold no photos (renderings and digital art only):
+Debian `ukui-wallpapers` 20.04.3-1.1 and `gnome-backgrounds` 43.1-1; the other images of
+`skimage/data/` are synthetic, microscopy, text or too small.
 Kept out on purpose, because the project evaluates on them independently: `lomiri-wallpapers-*`,
 `libjxl-testdata`, `opencv-doc`, MNIST digits and scipy's `face`.
 
@@ -52,6 +56,7 @@ import numpy as np
 from PIL import Image
 
 TRAIN_TILES, QUICK_TRAIN_TILES = 60000, 4000
+TRAIN_TILES_64, QUICK_TRAIN_TILES_64 = 20000, 1000  # 64x64 RGB crops: train_rgb64.npy
 EVAL_TILES = {"tiles32": (256, 32, False), "tiles64": (128, 64, False), "gray32": (128, 32, True)}
 PHOTO_LONG_SIDE, MAX_EVAL_PHOTOS = 768, 6
 FASHION_MNIST_COUNT = 512
@@ -170,8 +175,8 @@ PHOTO_SOURCES = (
            r"^skimage/data/(\w+)\.png$", ".png", SKIMAGE, lossless=True),
 )
 FASHION_MNIST = Source("fashion-mnist", functools.partial(download_deb, "dataset-fashion-mnist"),
-                       r"fashion-mnist/(t10k-images-idx3-ubyte)\.gz$", ".gz",
-                       {"t10k-images-idx3-ubyte": "MIT"})
+                       r"fashion-mnist/((?:t10k|train)-images-idx3-ubyte)\.gz$", ".gz",
+                       {"t10k-images-idx3-ubyte": "MIT", "train-images-idx3-ubyte": "MIT"})
 
 
 @dataclass(frozen=True)
@@ -263,10 +268,14 @@ def write_pngs(folder, images):
         Image.fromarray(pixels).save(folder / f"{i:04d}.png")
 
 
-def fashion_mnist_test_images(cache, count):
-    """The first `count` Fashion-MNIST test images (IDX: big-endian header, then uint8 pixels)."""
-    raw = gzip.decompress(FASHION_MNIST.files(cache)[0].read_bytes())
+def fashion_mnist_images(cache, split, count=None):
+    """The first `count` (default all) Fashion-MNIST images of `split` ("t10k" = test, "train").
+
+    IDX format: big-endian header, then uint8 pixels."""
+    path, = (p for p in FASHION_MNIST.files(cache) if p.name == f"{split}-images-idx3-ubyte.gz")
+    raw = gzip.decompress(path.read_bytes())
     magic, n, rows, cols = struct.unpack(">4I", raw[:16])
+    count = n if count is None else count
     if magic != 2051 or n < count:
         raise CorpusError(f"unexpected Fashion-MNIST header: magic {magic}, {n} images")
     pixels = np.frombuffer(raw, np.uint8, count * rows * cols, offset=16)
@@ -279,12 +288,20 @@ def eval_photos768(eval_photos):
     return [(p, *p.reduced_to(PHOTO_LONG_SIDE)) for p in chosen]
 
 
-def build(out, cache, train, eval_, train_count, log):
+def build(out, cache, train, eval_, train_count, train_count_64, log):
     """Write the training arrays and the evaluation folders."""
     for gray, name in ((False, "train_rgb32"), (True, "train_gray32")):
         photos = photos_for(train, gray)
         np.save(out / f"{name}.npy", sample_tiles(photos, train_count, 32, gray, name)[0])
         log(f"{name}.npy: {train_count} tiles from {len(photos)} photos")
+    # 64x64 crops for the RGB network (the archiver codes 64x64 tiles by default); own seed.
+    photos, count = photos_for(train, False), train_count_64
+    np.save(out / "train_rgb64.npy", sample_tiles(photos, count, 64, False, "train_rgb64")[0])
+    log(f"train_rgb64.npy: {count} tiles from {len(photos)} photos")
+    # Fashion-MNIST's training split, for training only: its test split is evaluation only.
+    fashion = fashion_mnist_images(cache, "train")
+    np.save(out / "train_fashion28.npy", fashion)
+    log(f"train_fashion28.npy: {len(fashion)} Fashion-MNIST training images")
     provenance = {}
     for name, (count, size, gray) in EVAL_TILES.items():
         photos = photos_for(eval_, gray)
@@ -296,7 +313,7 @@ def build(out, cache, train, eval_, train_count, log):
     provenance["photos768"] = [f"{p.id} reduce={factor}" for p, _, factor in photos768]
     log(f"eval/photos768: {len(photos768)} photos")
     count = FASHION_MNIST_COUNT
-    write_pngs(out / "eval" / "fashion_mnist", fashion_mnist_test_images(cache, count))
+    write_pngs(out / "eval" / "fashion_mnist", fashion_mnist_images(cache, "t10k", count))
     provenance["fashion_mnist"] = [f"fashion-mnist t10k image {i}" for i in range(count)]
     log(f"eval/fashion_mnist: {count} images")
     (out / "eval" / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
@@ -350,7 +367,8 @@ def main():
         split = {"rule": f"per source, sorted by name, every {EVAL_EVERY}th photo is eval",
                  "train": [p.id for p in train], "eval": [p.id for p in eval_]}
         (args.out / "split.json").write_text(json.dumps(split, indent=1) + "\n")
-        build(args.out, cache, train, eval_, QUICK_TRAIN_TILES if args.quick else TRAIN_TILES, log)
+        build(args.out, cache, train, eval_, QUICK_TRAIN_TILES if args.quick else TRAIN_TILES,
+              QUICK_TRAIN_TILES_64 if args.quick else TRAIN_TILES_64, log)
     except (CorpusError, OSError, subprocess.CalledProcessError, tarfile.TarError,
             zipfile.BadZipFile) as error:
         sys.exit(f"build_corpus: error: {error}")

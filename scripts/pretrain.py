@@ -36,6 +36,15 @@ from osoa_zip.models.training import evaluate, export, train, warm_start
 REPO = Path(__file__).resolve().parents[1]
 
 
+def initial_weights(path: str, prefix: str) -> dict:
+    """Weights to warm-start from: a run's <prefix>.safetensors, or a shipped checkpoint
+    (models/*.safetensors, keys ``gray.*``/``rgb.*``/``tables.*``) whose ``prefix`` network is taken."""
+    state = load_file(path)
+    if any(key.startswith(("gray.", "rgb.")) for key in state):
+        state = {key[len(prefix) + 1:]: value for key, value in state.items() if key.startswith(prefix + ".")}
+    return state
+
+
 def command_train(args) -> None:
     torch.set_num_threads(args.threads)
     run = Path(args.run)
@@ -60,11 +69,20 @@ def command_train(args) -> None:
         network.load_state_dict(load_file(str(weights)))
         done = json.loads(progress.read_text())["step"]
     elif args.init_from:
-        widened = warm_start(network, load_file(args.init_from))
+        widened = warm_start(network, initial_weights(args.init_from, prefix))
         print(f"warm start from {args.init_from}; zero rows appended to {len(widened)} tensors", flush=True)
-    tiles = np.load(args.data, mmap_mode="r")
-    rng = np.random.default_rng(1234)
-    held_out = np.asarray(tiles[rng.choice(len(tiles), 512, replace=False)])
+    sources = [np.load(path, mmap_mode="r") for path in args.data]
+    batch_sizes = args.batch_size or [32]
+    if len(batch_sizes) == 1:
+        batch_sizes = batch_sizes * len(sources)
+    mix = [float(w) for w in args.mix.split(",")] if args.mix else [1.0] * len(sources)
+    if not len(sources) == len(batch_sizes) == len(mix):
+        raise SystemExit(f"{len(sources)} --data, {len(batch_sizes)} --batch-size, {len(mix)} --mix weights")
+    held = {}
+    for path, tiles in zip(args.data, sources):
+        rng = np.random.default_rng(1234)
+        held[Path(path).stem] = np.asarray(tiles[rng.choice(len(tiles), 512, replace=False)])
+    held_out = next(iter(held.values()))
     log = open(run / f"{prefix}.log", "a")
 
     def say(message: str) -> None:
@@ -74,13 +92,19 @@ def command_train(args) -> None:
 
     def checkpoint(step: int) -> None:
         save_file({k: v.contiguous() for k, v in network.state_dict().items()}, str(weights))
-        progress.write_text(json.dumps({"step": done + step, "valid_bpsp": evaluate(network, held_out)}))
+        stats = {"step": done + step, "valid_bpsp": evaluate(network, held_out)}
+        if len(held) > 1:
+            stats["valid_bpsp_by_source"] = {label: evaluate(network, tiles) for label, tiles in held.items()}
+        progress.write_text(json.dumps(stats))
 
     remaining = args.steps - done
     if remaining > 0:
-        say(f"training {prefix} from step {done} for {remaining} steps on {len(tiles)} tiles")
-        train(network, np.asarray(tiles), remaining, batch_size=args.batch_size, lr=args.lr, seed=done,
-              log=say, on_checkpoint=checkpoint, validation=held_out)
+        say(f"training {prefix} from step {done} for {remaining} steps on "
+            + ", ".join(f"{len(t)} tiles {t.shape[1]}x{t.shape[2]} (batch {b}, weight {w})"
+                        for t, b, w in zip(sources, batch_sizes, mix)))
+        train(network, [np.asarray(t) for t in sources], remaining, batch_size=batch_sizes, lr=args.lr,
+              seed=done, log=say, on_checkpoint=checkpoint, validation=held if len(held) > 1 else held_out,
+              mix=mix)
 
 
 def command_export(args) -> None:
@@ -113,10 +137,13 @@ def main() -> None:
     sub = parser.add_subparsers(dest="command", required=True)
     t = sub.add_parser("train")
     t.add_argument("--channels", type=int, choices=[1, 3], required=True)
-    t.add_argument("--data", required=True)
+    t.add_argument("--data", required=True, action="append",
+                   help="tiles (.npy, N x H x W x C uint8); repeat to mix sources of different tile shapes")
+    t.add_argument("--mix", default="", help="with several --data: comma-separated draw weights per batch")
     t.add_argument("--run", required=True)
     t.add_argument("--steps", type=int, default=20000)
-    t.add_argument("--batch-size", type=int, default=32)
+    t.add_argument("--batch-size", type=int, action="append",
+                   help="default 32; repeat to give each --data its own")
     t.add_argument("--lr", type=float, default=2e-3)
     t.add_argument("--hidden", type=int, default=48)
     t.add_argument("--depth", type=int, default=3)
@@ -128,7 +155,8 @@ def main() -> None:
     t.add_argument("--channel-coupling", action="store_true", help="v2: cross-channel conditioning (RGB)")
     t.add_argument("--mean-remainder", action="store_true",
                    help="v2: add the translation's rounding remainder to the logistic mean (with coupling)")
-    t.add_argument("--init-from", help="warm start from these weights (e.g. runs/v1/rgb.safetensors)")
+    t.add_argument("--init-from", help="warm start from these weights (e.g. runs/v1/rgb.safetensors, "
+                   "or a shipped checkpoint such as models/idf-sublattice-v2.safetensors)")
     e = sub.add_parser("export")
     e.add_argument("--run", required=True)
     e.add_argument("--name", required=True)

@@ -31,6 +31,23 @@ def batches(tiles: np.ndarray, batch_size: int, rng: np.random.Generator):
         yield torch.from_numpy(np.ascontiguousarray(picked.transpose(0, 3, 1, 2))).float()
 
 
+def mixed_batches(sources: list[np.ndarray], batch_sizes: list[int], weights: list[float],
+                  rng: np.random.Generator):
+    """Endless batches from several tile arrays (e.g. 32x32 photo crops and 28x28 Fashion-MNIST).
+
+    A batch has one shape, so each step draws one source (with probability
+    proportional to its weight) and a whole batch from it, with its own batch
+    size; with one source this is ``batches``, draw for draw.
+    """
+    if len(sources) == 1:
+        yield from batches(sources[0], batch_sizes[0], rng)
+        return
+    p = np.asarray(weights, np.float64) / np.sum(weights)
+    streams = [batches(tiles, size, rng) for tiles, size in zip(sources, batch_sizes)]
+    while True:
+        yield next(streams[int(rng.choice(len(streams), p=p))])
+
+
 def evaluate(network: SubLatticeFlow, tiles: np.ndarray, batch_size: int = 64) -> float:
     """Bits per sub-pixel of the float model on held-out tiles."""
     total = 0.0
@@ -41,10 +58,21 @@ def evaluate(network: SubLatticeFlow, tiles: np.ndarray, batch_size: int = 64) -
     return total / tiles.size
 
 
-def train(network: SubLatticeFlow, tiles: np.ndarray, steps: int, batch_size: int = 32,
-          lr: float = 2e-3, seed: int = 0, log=print, on_checkpoint=None, checkpoint_every: int = 500,
-          validation: np.ndarray | None = None) -> SubLatticeFlow:
-    """Adam with a cosine schedule; ``on_checkpoint(step)`` runs every checkpoint_every steps."""
+def train(network: SubLatticeFlow, tiles: np.ndarray | list[np.ndarray], steps: int,
+          batch_size: int | list[int] = 32, lr: float = 2e-3, seed: int = 0, log=print, on_checkpoint=None,
+          checkpoint_every: int = 500, validation: np.ndarray | dict[str, np.ndarray] | None = None,
+          mix: list[float] | None = None) -> SubLatticeFlow:
+    """Adam with a cosine schedule; ``on_checkpoint(step)`` runs every checkpoint_every steps.
+
+    ``tiles`` may be a list of arrays of different tile shapes, drawn per batch
+    with weights ``mix`` (default equal) and per-source ``batch_size`` (a list,
+    or one size for all); ``validation`` may be {label: tiles}, each reported.
+    """
+    sources = tiles if isinstance(tiles, list) else [tiles]
+    sizes = batch_size if isinstance(batch_size, list) else [batch_size] * len(sources)
+    weights = mix if mix is not None else [1.0] * len(sources)
+    if not len(sources) == len(sizes) == len(weights):
+        raise ValueError(f"{len(sources)} tile sources, {len(sizes)} batch sizes, {len(weights)} weights")
     rng = np.random.default_rng(seed)
     network.tables = LogisticTables.from_tensors(LogisticTables.build())
     network.train()
@@ -53,7 +81,7 @@ def train(network: SubLatticeFlow, tiles: np.ndarray, steps: int, batch_size: in
         optimiser, lambda step: 0.05 + 0.95 * 0.5 * (1 + math.cos(math.pi * min(step, steps) / steps)))
     started = time.time()
     running = None
-    for step, x in zip(range(1, steps + 1), batches(tiles, batch_size, rng)):
+    for step, x in zip(range(1, steps + 1), mixed_batches(sources, sizes, weights, rng)):
         optimiser.zero_grad()
         loss = network.nll(x) / x.numel()
         loss.backward()
@@ -64,7 +92,10 @@ def train(network: SubLatticeFlow, tiles: np.ndarray, steps: int, batch_size: in
         running = value if running is None else 0.98 * running + 0.02 * value
         if step % checkpoint_every == 0 or step == steps:
             message = f"step {step}/{steps} train {running:.3f} bpsp  {time.time() - started:.0f}s"
-            if validation is not None:
+            if isinstance(validation, dict):
+                message += "  valid " + "  ".join(f"{label} {evaluate(network, held):.3f}"
+                                                  for label, held in validation.items()) + " bpsp"
+            elif validation is not None:
                 message += f"  valid {evaluate(network, validation):.3f} bpsp"
             log(message)
             if on_checkpoint is not None:
