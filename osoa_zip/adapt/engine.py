@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -55,6 +56,16 @@ class BatchError(ValueError):
 
 # family -> (encoder for a new batch, decoder of a batch's bytes)  [vae: added for the VAE family]
 CODERS = {"flow": (Encoder, Decoder), "vae": (StackCoder, StackCoder)}
+
+
+@dataclass
+class _Done:
+    """A result computed in place, with the interface of a future."""
+
+    value: bytes
+
+    def result(self) -> bytes:
+        return self.value
 
 
 @dataclass
@@ -103,6 +114,7 @@ class OnlineAdapter:
         self._new_encoder, self._new_decoder = CODERS[bundle.family]
         self._tracks: dict[int, _Track] = {}
         self._batches = 0
+        self._helper: ThreadPoolExecutor | None = None
 
     # -- state ---------------------------------------------------------------
 
@@ -189,28 +201,31 @@ class OnlineAdapter:
         track = self._track(channels)
         adapting = self._will_adapt(track)
         guarding = self.config.guard and track.updated and self._probe_due(track)
+        pretrained = self._bundle.network(channels)
+        # θ0 never changes, so its pass for the guard can run beside the adapted one.
+        pretrained_pass = self._beside(self._analyse_frozen, pretrained, pixels) if guarding else None
         # One forward pass codes the batch, gives the guard its bit count and starts
         # the first step (the weights are the ones it steps from).
         with torch.set_grad_enabled(adapting):
             loss, factors = self._analyse(track.network, pixels, adapting or guarding)
         network, flags = track.network, 0
-        if guarding:
-            pretrained = self._bundle.network(channels)
-            with torch.no_grad():
-                pretrained_loss, pretrained_factors = self._analyse(pretrained, pixels, True)
+        if pretrained_pass is not None:
+            pretrained_loss, pretrained_factors = pretrained_pass.result()
             adapted_bits, pretrained_bits = float(loss.detach()), float(pretrained_loss)
             self._schedule_probe(track, adapted_bits, pretrained_bits)
             if pretrained_bits < adapted_bits:  # a tie keeps the adapted model
                 network, factors, flags = pretrained, pretrained_factors, FLAG_PRETRAINED
-        encoder = self._new_encoder()
-        if factors is not None:
-            network.push(factors, encoder)
-        else:
-            network.encode(pixels, encoder)
         flags |= segment_flag
-        data = bytes([flags]) + encoder.finish()
+        if factors is not None:
+            # Detached factors: the entropy coder can run while the update changes the weights.
+            stream = self._beside(self._push, network, factors)
+        else:
+            encoder = self._new_encoder()
+            network.encode(pixels, encoder)  # the model codes as it goes: before any update
+            stream = _Done(encoder.finish())
         if adapting:
             self._adapt(track, pixels, loss)
+        data = bytes([flags]) + stream.result()
         return data, BatchStatistics(8 * len(data), tiles.size, time.perf_counter() - started, flags)
 
     @staticmethod
@@ -219,6 +234,22 @@ class OnlineAdapter:
         if hasattr(network, "analyse"):
             return network.analyse(pixels, with_loss=with_loss)
         return (network.nll(pixels) if with_loss else None), None
+
+    def _beside(self, function, *arguments):
+        """Run ``function`` on this adapter's helper thread (the second core); returns a future."""
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="osoa-adapter")
+        return self._helper.submit(function, *arguments)
+
+    @classmethod
+    def _analyse_frozen(cls, network, pixels: torch.Tensor):
+        with torch.no_grad():
+            return cls._analyse(network, pixels, True)
+
+    def _push(self, network, factors) -> bytes:
+        encoder = self._new_encoder()
+        network.push(factors, encoder)
+        return encoder.finish()
 
     @staticmethod
     def _probe_due(track: _Track) -> bool:
