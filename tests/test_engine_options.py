@@ -66,14 +66,48 @@ def test_guard_keeps_a_wrecked_adaptation_near_frozen():
     assert wrecked > 1.5 * frozen  # the unguarded run really is wrecked
     assert guarded <= frozen + 2 * len(flags)  # a flag byte per batch (and a little coder slack)
     assert flags[0] == FLAG_SEGMENT_START  # the first batch starts the (only) segment, with θ0
-    assert any(f & (FLAG_PRETRAINED | FLAG_ROLLBACK) for f in flags)  # the guard stepped in
+    assert any(f & FLAG_PRETRAINED for f in flags)  # the guard stepped in
 
 
 def test_flags_round_trip_through_the_archive(source, tmp_path):
-    """A learning rate that often overshoots: both flags occur and the decoder replays them."""
+    """A learning rate that often overshoots: θ0 codes some batches and the decoder follows the flags.
+
+    FLAG_ROLLBACK is no longer written; tests/golden's tiny archive (1.0.0) has it and decodes."""
     _, batches = _round_trip(source, tmp_path, learning_rate=0.05)
     flags = [b.flags for b in batches]
-    assert any(f & FLAG_PRETRAINED for f in flags) and any(f & FLAG_ROLLBACK for f in flags), flags
+    assert any(f & FLAG_PRETRAINED for f in flags) and any(f == 0 for f in flags), flags
+    assert not any(f & FLAG_ROLLBACK for f in flags), flags
+
+
+def test_guard_backs_off_while_the_adapted_model_wins():
+    """θ0 is compared again after 1, 2, 4, 8, 8 batches while it loses by more than 1%,
+    and at once after it wins or comes close."""
+    from osoa_zip.adapt.engine import _Track
+    track = _Track(network=None, optimizer=None)
+    outcomes = iter([1.5] * 5 + [1.005, 0.9, 1.5])  # θ0's bits / the adapted model's
+    compared = []
+    for batch in range(40):
+        if OnlineAdapter._probe_due(track):
+            compared.append(batch)
+            OnlineAdapter._schedule_probe(track, 100.0, 100.0 * next(outcomes, 1.5))
+    assert compared[:9] == [0, 2, 5, 10, 19, 28, 29, 30, 32], compared
+
+
+def test_guard_compares_fewer_batches_than_it_codes():
+    from osoa_zip.adapt import engine
+    calls = []
+    original = engine.OnlineAdapter._schedule_probe
+
+    def spy(track, adapted_bits, pretrained_bits):
+        calls.append(pretrained_bits < adapted_bits)
+        original(track, adapted_bits, pretrained_bits)
+    engine.OnlineAdapter._schedule_probe = staticmethod(spy)
+    try:
+        _, flags = _coded_bytes(learning_rate=1e-3)
+    finally:
+        engine.OnlineAdapter._schedule_probe = staticmethod(original)
+    assert len(calls) < len(flags) - 1  # batch 1 is θ0 anyway; the rest are not all compared
+    assert sum(calls) == sum(bool(f & FLAG_PRETRAINED) for f in flags) > 0
 
 
 def test_without_guard_no_flags_are_written(source, tmp_path):

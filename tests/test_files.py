@@ -200,6 +200,24 @@ def test_ctrl_c_leaves_nothing_half_written(tmp_path, command):
         assert not archive.exists()
 
 
+@pytest.mark.parametrize("delay", [0.3, 0.8])
+def test_ctrl_c_while_starting_prints_no_traceback(tmp_path, delay):
+    """SIGINT while the console script is still importing torch: one line, exit 130."""
+    import signal
+    import time
+    script = Path(sys.executable).with_name("osoa-zip")
+    if not script.is_file():
+        pytest.skip("the console script is not installed beside this Python")
+    process = subprocess.Popen([str(script), "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    time.sleep(delay)
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=60)
+    if process.returncode == 0:
+        pytest.skip("finished before the interrupt arrived")
+    assert b"Traceback" not in stderr, stderr
+    assert process.returncode in (130, -signal.SIGINT), (process.returncode, stderr)
+
+
 def test_segments_restart_the_model(tmp_path):
     """With segments of one batch, every batch is coded by θ0: the same bits as --no-adapt."""
     from conftest import uncompressed_copy

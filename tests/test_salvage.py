@@ -7,16 +7,15 @@ come back exactly, and nothing damaged may be written as if it were good.
 from __future__ import annotations
 
 import io
-import struct
 import subprocess
 import sys
-import zlib
 
 import numpy as np
 import pytest
 from PIL import Image
 
 from conftest import EXAMPLES, MODEL, subprocess_env, uncompressed_copy
+from crafting import Crafted
 from osoa_zip import compress, decompress
 from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.container.format import ArchiveError
@@ -132,12 +131,9 @@ def test_cli_lists_lost_entries_and_exits_1(archive, tmp_path):
 
 def test_segment_flags_must_match_the_header(archive, tmp_path):
     """A batch claiming to start a segment where the header says none starts is refused."""
-    offset, _, _ = [c for c in chunk_offsets(archive) if c[1] == b"BATC"][1]
-    data = bytearray(archive)
-    data[offset + 12] |= 0x04
-    length = struct.unpack_from("<Q", data, offset + 4)[0]
-    head_and_payload = bytes(data[offset:offset + 12 + length])
-    crc = zlib.crc32(head_and_payload[12:], zlib.crc32(head_and_payload[:12]))
-    struct.pack_into("<I", data, offset + 12 + length, crc)
+    crafted = Crafted.parse(archive)
+    index = crafted.index(b"BATC", 1)
+    payload = crafted.chunks[index][1]
+    crafted.chunks[index] = (b"BATC", bytes([payload[0] | 0x04]) + payload[1:])
     with pytest.raises(ArchiveError, match="segment flag"):
-        decompress(io.BytesIO(bytes(data)), tmp_path / "out")
+        decompress(io.BytesIO(crafted.build()), tmp_path / "out")

@@ -7,11 +7,16 @@ Because every step is bit-exact (see osoa_zip.exact), the decoder's θ_t is
 the encoder's θ_t on any machine.  The adapted weights are never stored.
 
 Each coded batch starts with one flag byte.  With the guard on, the encoder
-compares (by the model's own bit count) the adapted model, the model before
-its last update and θ0, and codes with the cheapest: FLAG_ROLLBACK undoes
-the last update (weights and optimiser moments) before coding,
-FLAG_PRETRAINED codes this batch with θ0.  So adaptation can cost at most a
-few bits per batch more than --no-adapt, however badly an update goes.
+compares (by the model's own bit count) the adapted model with θ0 and codes
+with the cheaper: FLAG_PRETRAINED codes this batch with θ0.  So adaptation
+can cost at most a few bits per batch more than --no-adapt, however badly
+an update goes.  The comparison costs a forward pass of θ0, so after θ0
+loses clearly the encoder waits 1, 2, 4, then 8 batches before it asks
+again (encoder-only: the flags tell the decoder everything).
+FLAG_ROLLBACK (undo the last update, weights and optimiser moments, before
+coding) is still decoded: release 1.0.0 wrote it.  It is no longer written
+because undoing updates cost more later than it saved (measured in
+benchmarks/guard_variants.py).
 
 The model family (``bundle.family``) picks the coder of a batch: the flow
 queues its symbols and lays them on a fresh ANS stack at the end; the VAE
@@ -22,6 +27,7 @@ from __future__ import annotations
 
 import copy
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,6 +44,10 @@ FLAG_PRETRAINED = 0x01      # this batch is coded with θ0, not the adapted mode
 FLAG_ROLLBACK = 0x02        # the update made after the previous batch is undone first
 FLAG_SEGMENT_START = 0x04   # the model restarts from θ0 here (first batch of a segment)
 KNOWN_FLAGS = FLAG_PRETRAINED | FLAG_ROLLBACK | FLAG_SEGMENT_START
+# The guard's back-off (encoder-only): θ0 must lose by this fraction of the
+# adapted model's bits before a comparison is skipped, for at most this many batches.
+PROBE_MARGIN = 0.01
+MAX_PROBE_GAP = 8
 
 
 class BatchError(ValueError):
@@ -46,6 +56,16 @@ class BatchError(ValueError):
 
 # family -> (encoder for a new batch, decoder of a batch's bytes)  [vae: added for the VAE family]
 CODERS = {"flow": (Encoder, Decoder), "vae": (StackCoder, StackCoder)}
+
+
+@dataclass
+class _Done:
+    """A result computed in place, with the interface of a future."""
+
+    value: bytes
+
+    def result(self) -> bytes:
+        return self.value
 
 
 @dataclass
@@ -64,7 +84,9 @@ class _Track:
     optimizer: ExactAdam
     batches: int = 0              # batches coded so far in this segment
     updated: bool = False         # the weights have left θ0
-    previous: tuple | None = None  # state before the last update (for FLAG_ROLLBACK)
+    previous: tuple | None = None  # state before the last update (to decode FLAG_ROLLBACK)
+    probe_wait: int = 0           # encoder: batches to code before θ0 is compared again
+    probe_gap: int = 0            # encoder: the current wait after θ0 lost
 
 
 def _select_parameters(network: torch.nn.Module, selection: str) -> None:
@@ -92,6 +114,7 @@ class OnlineAdapter:
         self._new_encoder, self._new_decoder = CODERS[bundle.family]
         self._tracks: dict[int, _Track] = {}
         self._batches = 0
+        self._helper: ThreadPoolExecutor | None = None
 
     # -- state ---------------------------------------------------------------
 
@@ -177,30 +200,32 @@ class OnlineAdapter:
         segment_flag = FLAG_SEGMENT_START if self.starts_segment() else 0
         track = self._track(channels)
         adapting = self._will_adapt(track)
-        guarding = self.config.guard and track.updated
+        guarding = self.config.guard and track.updated and self._probe_due(track)
+        pretrained = self._bundle.network(channels)
+        # θ0 never changes, so its pass for the guard can run beside the adapted one.
+        pretrained_pass = self._beside(self._analyse_frozen, pretrained, pixels) if guarding else None
         # One forward pass codes the batch, gives the guard its bit count and starts
         # the first step (the weights are the ones it steps from).
         with torch.set_grad_enabled(adapting):
             loss, factors = self._analyse(track.network, pixels, adapting or guarding)
-        flags = self._choose_flags(track, pixels, float(loss.detach())) if guarding else 0
-        network = track.network
-        if flags & (FLAG_ROLLBACK | FLAG_PRETRAINED):
-            if flags & FLAG_ROLLBACK:
-                self._load(track, track.previous)
-                track.previous = None
-            network = self._bundle.network(channels) if flags & FLAG_PRETRAINED else track.network
-            with torch.no_grad():
-                _, factors = self._analyse(network, pixels, False)
-            loss = None if flags & FLAG_ROLLBACK else loss
-        encoder = self._new_encoder()
-        if factors is not None:
-            network.push(factors, encoder)
-        else:
-            network.encode(pixels, encoder)
+        network, flags = track.network, 0
+        if pretrained_pass is not None:
+            pretrained_loss, pretrained_factors = pretrained_pass.result()
+            adapted_bits, pretrained_bits = float(loss.detach()), float(pretrained_loss)
+            self._schedule_probe(track, adapted_bits, pretrained_bits)
+            if pretrained_bits < adapted_bits:  # a tie keeps the adapted model
+                network, factors, flags = pretrained, pretrained_factors, FLAG_PRETRAINED
         flags |= segment_flag
-        data = bytes([flags]) + encoder.finish()
+        if factors is not None:
+            # Detached factors: the entropy coder can run while the update changes the weights.
+            stream = self._beside(self._push, network, factors)
+        else:
+            encoder = self._new_encoder()
+            network.encode(pixels, encoder)  # the model codes as it goes: before any update
+            stream = _Done(encoder.finish())
         if adapting:
             self._adapt(track, pixels, loss)
+        data = bytes([flags]) + stream.result()
         return data, BatchStatistics(8 * len(data), tiles.size, time.perf_counter() - started, flags)
 
     @staticmethod
@@ -210,17 +235,37 @@ class OnlineAdapter:
             return network.analyse(pixels, with_loss=with_loss)
         return (network.nll(pixels) if with_loss else None), None
 
-    def _choose_flags(self, track: _Track, pixels: torch.Tensor, adapted_bits: float) -> int:
-        """The cheapest of: the adapted model, the model before its last update, θ0."""
+    def _beside(self, function, *arguments):
+        """Run ``function`` on this adapter's helper thread (the second core); returns a future."""
+        if self._helper is None:
+            self._helper = ThreadPoolExecutor(max_workers=1, thread_name_prefix="osoa-adapter")
+        return self._helper.submit(function, *arguments)
+
+    @classmethod
+    def _analyse_frozen(cls, network, pixels: torch.Tensor):
         with torch.no_grad():
-            costs = [(adapted_bits, 0)]
-            if track.previous is not None:
-                current = self._state(track)
-                self._load(track, track.previous)
-                costs.append((float(track.network.nll(pixels)), FLAG_ROLLBACK))
-                self._load(track, current)
-            costs.append((float(self._bundle.network(pixels.shape[1]).nll(pixels)), FLAG_PRETRAINED))
-        return min(costs, key=lambda cost: cost[0])[1]  # ties keep the earlier (simpler) choice
+            return cls._analyse(network, pixels, True)
+
+    def _push(self, network, factors) -> bytes:
+        encoder = self._new_encoder()
+        network.push(factors, encoder)
+        return encoder.finish()
+
+    @staticmethod
+    def _probe_due(track: _Track) -> bool:
+        if track.probe_wait > 0:
+            track.probe_wait -= 1
+            return False
+        return True
+
+    @staticmethod
+    def _schedule_probe(track: _Track, adapted_bits: float, pretrained_bits: float) -> None:
+        """Back off (1, 2, 4, 8 batches) while θ0 loses by more than PROBE_MARGIN; else ask every batch."""
+        if pretrained_bits > adapted_bits * (1 + PROBE_MARGIN):
+            track.probe_gap = min(max(1, 2 * track.probe_gap), MAX_PROBE_GAP)
+        else:
+            track.probe_gap = 0
+        track.probe_wait = track.probe_gap
 
     def decode(self, payload: bytes, shape: tuple[int, int, int, int]) -> np.ndarray:
         """Decode one batch (flag byte + stream), then replay the encoder's adaptation on it."""
@@ -251,11 +296,13 @@ class OnlineAdapter:
         if not bool(((pixels >= 0) & (pixels <= 255)).all()):
             raise BatchError("decoded pixels out of range")
         if adapting:
-            self._adapt(track, pixels, loss)
+            # An archive may undo this update with its next batch (FLAG_ROLLBACK, written by 1.0.0).
+            self._adapt(track, pixels, loss, keep_previous=self.config.guard)
         return pixels.to(torch.uint8).numpy()
 
-    def _adapt(self, track: _Track, pixels: torch.Tensor, loss: torch.Tensor | None) -> None:
-        if self.config.guard:
+    def _adapt(self, track: _Track, pixels: torch.Tensor, loss: torch.Tensor | None,
+               keep_previous: bool = False) -> None:
+        if keep_previous:
             track.previous = self._state(track)
         network, optimizer = track.network, track.optimizer
         for step in range(self.config.steps_per_batch):

@@ -85,6 +85,32 @@ def level_count(height: int, width: int) -> int:
     return levels
 
 
+def level_sizes(height: int, width: int, deep: bool = False) -> list[tuple[int, int]]:
+    """The side lengths of y at each level, finest first; the last is what the final prior codes.
+
+    Classic (v1, v2): halve while both sides are even and at least 2 * MIN_FINAL_SIDE.
+    Deep (config ``deep_levels``): halve until 1 x 1, an odd side first repeating
+    its last row or column; the decoder crops the copy away again.
+    """
+    if not deep:
+        levels = level_count(height, width)
+        return [(height >> level, width >> level) for level in range(levels + 1)]
+    sizes = [(height, width)]
+    while height > 1 or width > 1:
+        height, width = (height + 1) // 2, (width + 1) // 2
+        sizes.append((height, width))
+    return sizes
+
+
+def pad_to_even(y: torch.Tensor) -> torch.Tensor:
+    """Repeat the last row / column of an odd side (deep levels)."""
+    if y.shape[2] % 2:
+        y = torch.cat([y, y[:, :, -1:]], dim=2)
+    if y.shape[3] % 2:
+        y = torch.cat([y, y[:, :, :, -1:]], dim=3)
+    return y
+
+
 def context(*pixels: torch.Tensor) -> torch.Tensor:
     return (torch.cat(pixels, dim=1) - PIXEL_CENTER) * CONTEXT_SCALE
 
@@ -112,9 +138,12 @@ class SubLatticeFlow(nn.Module):
     """The flow for images of one channel count (1 = L, 3 = RGB)."""
 
     def __init__(self, channels: int, hidden: int, depth: int, levels: int, channel_coupling: bool = False,
-                 mean_remainder: bool = False):
+                 mean_remainder: bool = False, deep_levels: bool = False):
         super().__init__()
         self.channels = channels
+        # v3: levels go on down to 1 x 1 (the last predictor serves the extra ones), so the
+        # weak final prior codes one pixel instead of up to 7 x 7 (12% of a 28x28 image's bits).
+        self.deep_levels = bool(deep_levels)
         # One channel has nothing to condition on: both flags are then no-ops,
         # so a v2 checkpoint's gray network is v1's.
         self.channel_coupling = bool(channel_coupling) and channels > 1
@@ -154,9 +183,10 @@ class SubLatticeFlow(nn.Module):
 
     def _traverse(self, shape, take: Take) -> torch.Tensor:
         batch, channels, height, width = shape
-        n_levels = level_count(height, width)
+        sizes = level_sizes(height, width, self.deep_levels)
+        n_levels = len(sizes) - 1
         dtype = self.final_mean.dtype
-        final_shape = (batch, channels, height >> n_levels, width >> n_levels)
+        final_shape = (batch, channels, *sizes[-1])
         mean = (quantize_activation(self.final_mean) + PIXEL_CENTER).view(1, -1, 1, 1).expand(final_shape)
         log_scale = quantize_activation(self.final_log_scale).view(1, -1, 1, 1).expand(final_shape)
         y = take(("final",), mean, log_scale, torch.zeros(final_shape, dtype=dtype))
@@ -168,7 +198,7 @@ class SubLatticeFlow(nn.Module):
             s1, s2 = s12.chunk(2, dim=1)
             base = (s1 + next_along(s1, 2) + s2 + next_along(s2, 3)) * 0.25
             s3 = self._coupling(predictor.centres, context(s0, s1, s2), base, take, (level, "centres"))
-            y = merge_sublattices(s0, s1, s2, s3)
+            y = merge_sublattices(s0, s1, s2, s3)[:, :, :sizes[level][0], :sizes[level][1]]
         return y
 
     def _coupling(self, net, features, base, take: Take, key) -> torch.Tensor:
@@ -204,12 +234,11 @@ class SubLatticeFlow(nn.Module):
         return torch.stack(values, dim=2).reshape(batch, groups * channels, height, width)
 
     # -- the model API ------------------------------------------------------
-    @staticmethod
-    def _targets(pixels: torch.Tensor) -> dict:
+    def _targets(self, pixels: torch.Tensor) -> dict:
         targets = {}
         y = pixels
-        for level in range(level_count(pixels.shape[2], pixels.shape[3])):
-            s0, s1, s2, s3 = sublattices(y)
+        for level in range(len(level_sizes(pixels.shape[2], pixels.shape[3], self.deep_levels)) - 1):
+            s0, s1, s2, s3 = sublattices(pad_to_even(y))
             targets[(level, "edges")] = torch.cat([s1, s2], dim=1)
             targets[(level, "centres")] = s3
             y = s0

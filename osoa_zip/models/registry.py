@@ -95,7 +95,8 @@ def build_networks(config: dict) -> dict[int, SubLatticeFlow | ConvVAE]:
     ``family: vae`` gives the bits-back VAE (``hidden``, ``latent_channels``).
 
     ``channel_coupling`` and ``mean_remainder`` (v2) add cross-channel
-    conditioning to the RGB network (the gray one is unaffected); configs
+    conditioning to the RGB network (the gray one is unaffected);
+    ``deep_levels`` (v3) takes the sub-lattice levels down to 1 x 1.  Configs
     without them (v1, the tiny test model) build exactly the networks they
     always did.
     """
@@ -107,7 +108,8 @@ def build_networks(config: dict) -> dict[int, SubLatticeFlow | ConvVAE]:
         raise ModelError(f"unknown model family {family!r} (this version knows {', '.join(FAMILIES)})")
     return {channels: SubLatticeFlow(channels, config["hidden"], config["depth"], config["levels"],
                                      channel_coupling=bool(config.get("channel_coupling", False)),
-                                     mean_remainder=bool(config.get("mean_remainder", False)))
+                                     mean_remainder=bool(config.get("mean_remainder", False)),
+                                     deep_levels=bool(config.get("deep_levels", False)))
             for channels in CHANNEL_PREFIXES}
 
 
