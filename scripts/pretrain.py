@@ -57,6 +57,8 @@ def command_train(args) -> None:
         config["channel_coupling"] = True
     if args.mean_remainder:
         config["mean_remainder"] = True
+    if args.deep_levels:
+        config["deep_levels"] = True
     if (run / "config.json").is_file() and json.loads((run / "config.json").read_text()) != config:
         raise SystemExit(f"{run} was started with another architecture: {(run / 'config.json').read_text()}")
     (run / "config.json").write_text(json.dumps(config))
@@ -155,6 +157,8 @@ def main() -> None:
     t.add_argument("--channel-coupling", action="store_true", help="v2: cross-channel conditioning (RGB)")
     t.add_argument("--mean-remainder", action="store_true",
                    help="v2: add the translation's rounding remainder to the logistic mean (with coupling)")
+    t.add_argument("--deep-levels", action="store_true",
+                   help="v3: sub-lattice levels down to 1x1 (no new parameters: v2 weights warm-start it)")
     t.add_argument("--init-from", help="warm start from these weights (e.g. runs/v1/rgb.safetensors, "
                    "or a shipped checkpoint such as models/idf-sublattice-v2.safetensors)")
     e = sub.add_parser("export")
