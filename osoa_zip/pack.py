@@ -19,7 +19,7 @@ from .container.format import ArchiveWriter, canonical_json
 from .exact import ENGINE
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, SourceError, scan
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image
-from .imaging.tiles import gather, pad_even, plan_batches
+from .imaging.tiles import gather, plan_batches
 from .layout import (ALPHA_MODES, CHUNK_OVERHEAD, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, INDEX_MODES,
                      MAX_GROUP_IMAGES, Progress, Summary, UsageError, Warn, encode_name, image_extras, xz_compress)
 from .models.registry import DEFAULT_MODEL, load_model
@@ -84,6 +84,7 @@ class _Compressor:
                  for e, r in self.group]
         # xz: on 28x28 images the plain JSON table alone would cost ~1 bit per sub-pixel.
         packed_table = xz_compress(canonical_json(table))
+        # Views, not copies: gather() cuts tiles (and pads odd sides) from the pixels as they are.
         colour = [r.pixels[:, :, :COLOR_CHANNELS[r.mode]] for _, r in self.group if COLOR_CHANNELS[r.mode]]
         # Alpha planes (mostly flat or simple masks) and palette indices go beside
         # the model, xz-compressed (docs/FORMAT.md says why).
@@ -91,7 +92,6 @@ class _Compressor:
         packed_alpha = xz_compress(alpha) if alpha else b""
         indices = b"".join(r.pixels.tobytes() for _, r in self.group if r.mode in INDEX_MODES)
         packed_indices = xz_compress(indices) if indices else b""
-        padded = [pad_even(c) for c in colour]
         config = self.adapter.config
         adapter = self.adapter
         before = adapter.snapshot()
@@ -101,7 +101,7 @@ class _Compressor:
             self.progress(group_bytes)
 
         def code(segment_adapter: OnlineAdapter, batch):
-            result = segment_adapter.encode(gather(batch, padded))
+            result = segment_adapter.encode(gather(batch, colour))
             if self.progress:
                 self.progress(group_bytes / len(batches))  # progress counts input bytes
             return result
