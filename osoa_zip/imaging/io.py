@@ -341,11 +341,11 @@ def _spilled_pixels(spill: BinaryIO, height: int, width: int, channels: int) -> 
     return pixels
 
 
-def _scratch(pixel_bytes: int) -> BinaryIO:
-    """Where pixels and rewrites wait: in memory for small images, else a temporary file.
+def scratch_file(size_hint: int) -> BinaryIO:
+    """Where pixels, rewrites and coded batches wait: in memory when small, else a temporary file.
     Decided up front: a file that starts in memory and moves to disk
     (SpooledTemporaryFile) holds two more copies of its start while it moves."""
-    return io.BytesIO() if pixel_bytes <= SPILL_BYTES else tempfile.TemporaryFile(prefix="osoa-zip-")
+    return io.BytesIO() if size_hint <= SPILL_BYTES else tempfile.TemporaryFile(prefix="osoa-zip-")
 
 
 def _model_record(handle: BinaryIO, size: int, byte_exact: bool) -> ImageRecord | None:
@@ -365,7 +365,7 @@ def _model_record(handle: BinaryIO, size: int, byte_exact: bool) -> ImageRecord 
             image.load()  # before _facts: loading reads the chunks after the image data into info
             facts, (width, height) = _facts(image), image.size
             shape = (height, width, MODEL_MODES[mode])
-            spill = scratch.enter_context(_scratch(height * width * shape[2]))
+            spill = scratch.enter_context(scratch_file(height * width * shape[2]))
             pixels_digest = _spill(image, spill)
         record = ImageRecord(pixels=None, mode=mode, format=image_format, palette=facts[3])
         if image_format == "PNG":
@@ -373,7 +373,7 @@ def _model_record(handle: BinaryIO, size: int, byte_exact: bool) -> ImageRecord 
             if ancillary is None:
                 return None
             record.png_before, record.png_after = ancillary
-        rewrite = scratch.enter_context(_scratch(height * width * shape[2]))
+        rewrite = scratch.enter_context(scratch_file(height * width * shape[2]))
         if not _rewrite_reproduces(record, spill, shape, rewrite, facts, pixels_digest, handle, size, byte_exact):
             return None
         record.pixels = _spilled_pixels(spill, *shape)
