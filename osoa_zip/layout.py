@@ -117,8 +117,9 @@ def image_extras(record: ImageRecord) -> dict:
     return extras
 
 
-def record_from_entry(entry: dict, pixels: np.ndarray) -> ImageRecord:
-    return ImageRecord(pixels=pixels, mode=entry["image_mode"], format=str(entry["format"]),
+def record_from_entry(entry: dict, pixels: np.ndarray | None = None, picture=None) -> ImageRecord:
+    """An image to restore, its pixels in an array (palette indices) or already in a Pillow picture."""
+    return ImageRecord(pixels=pixels, picture=picture, mode=entry["image_mode"], format=str(entry["format"]),
                        png_before=base64.b64decode(entry.get("png_before", ""), validate=True),
                        png_after=base64.b64decode(entry.get("png_after", ""), validate=True),
                        sha256=str(entry.get("sha256", "")),

@@ -9,6 +9,7 @@ from __future__ import annotations
 import io
 import os
 import stat
+import threading
 import time
 from typing import BinaryIO
 
@@ -18,11 +19,41 @@ from .adapt.segments import run_segments
 from .container.format import ArchiveWriter, canonical_json
 from .exact import ENGINE
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, SourceError, scan
-from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image
-from .imaging.tiles import gather, pad_even, plan_batches
+from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image, scratch_file
+from .imaging.tiles import gather, plan_batches
 from .layout import (ALPHA_MODES, CHUNK_OVERHEAD, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, INDEX_MODES,
                      MAX_GROUP_IMAGES, Progress, Summary, UsageError, Warn, encode_name, image_extras, xz_compress)
 from .models.registry import DEFAULT_MODEL, load_model
+
+
+class _CodedBatches:
+    """A group's coded batches until it is known whether the model path pays (they are
+    ~bpsp/8 bytes per sub-pixel: half a copy of a large image, were they kept in memory).
+    Segments coded on several threads append side by side; each batch is read back by
+    its (offset, length)."""
+
+    def __init__(self, size_hint: int) -> None:
+        self.file = scratch_file(size_hint)
+        self.lock = threading.Lock()
+        self.end = 0
+
+    def put(self, data: bytes) -> tuple[int, int]:
+        with self.lock:
+            self.file.seek(self.end)
+            self.file.write(data)
+            offset, self.end = self.end, self.end + len(data)
+        return offset, len(data)
+
+    def get(self, where: tuple[int, int]) -> bytes:
+        offset, length = where
+        self.file.seek(offset)
+        return self.file.read(length)
+
+    def __enter__(self) -> "_CodedBatches":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.file.close()
 
 
 class _Compressor:
@@ -84,14 +115,12 @@ class _Compressor:
                  for e, r in self.group]
         # xz: on 28x28 images the plain JSON table alone would cost ~1 bit per sub-pixel.
         packed_table = xz_compress(canonical_json(table))
+        # Views, not copies: gather() cuts tiles (and pads odd sides) from the pixels as they are.
         colour = [r.pixels[:, :, :COLOR_CHANNELS[r.mode]] for _, r in self.group if COLOR_CHANNELS[r.mode]]
         # Alpha planes (mostly flat or simple masks) and palette indices go beside
         # the model, xz-compressed (docs/FORMAT.md says why).
-        alpha = b"".join(r.pixels[:, :, -1].tobytes() for _, r in self.group if r.mode in ALPHA_MODES)
-        packed_alpha = xz_compress(alpha) if alpha else b""
-        indices = b"".join(r.pixels.tobytes() for _, r in self.group if r.mode in INDEX_MODES)
-        packed_indices = xz_compress(indices) if indices else b""
-        padded = [pad_even(c) for c in colour]
+        packed_alpha = _packed_planes(r.pixels[:, :, -1] for _, r in self.group if r.mode in ALPHA_MODES)
+        packed_indices = _packed_planes(r.pixels for _, r in self.group if r.mode in INDEX_MODES)
         config = self.adapter.config
         adapter = self.adapter
         before = adapter.snapshot()
@@ -99,36 +128,47 @@ class _Compressor:
         group_bytes = sum(entry.size for entry, _ in self.group)
         if self.progress and not batches:
             self.progress(group_bytes)
-
-        def code(segment_adapter: OnlineAdapter, batch):
-            result = segment_adapter.encode(gather(batch, padded))
-            if self.progress:
-                self.progress(group_bytes / len(batches))  # progress counts input bytes
-            return result
-
-        coded, self.adapter = run_segments(adapter, batches, code, self.threads)
-        group, self.group, self.group_subpixels = self.group, [], 0
-        coded_bytes = (len(packed_table) + len(packed_alpha) + len(packed_indices) + 3 * CHUNK_OVERHEAD
-                       + sum(len(data) + CHUNK_OVERHEAD for data, _ in coded))
-        if coded_bytes > sum(entry.size for entry, _ in group):
-            # Never larger than the files themselves: forget this group's adaptation
-            # (the decoder never sees it) and store the files as they are.
-            adapter.restore(before)
-            self.adapter = adapter
-            for entry, _ in group:
-                self._general_file(entry, counted=True)
-            return
-        self.writer.write_chunk(b"IMGS", packed_table)
-        if alpha:
-            self.writer.write_chunk(b"ALPH", packed_alpha)
-        if indices:
-            self.writer.write_chunk(b"PIDX", packed_indices)
-        for data, stats in coded:
-            self.writer.write_chunk(b"BATC", data)
-            self.summary.batches.append(stats)
-            self.summary.image_bits += stats.bits
+        with _CodedBatches(self.group_subpixels) as store:
+            coded, self.adapter = run_segments(adapter, batches, self._coder(store, colour, batches, group_bytes),
+                                               self.threads)
+            group, self.group, self.group_subpixels = self.group, [], 0
+            coded_bytes = (len(packed_table) + len(packed_alpha) + len(packed_indices) + 3 * CHUNK_OVERHEAD
+                           + sum(length + CHUNK_OVERHEAD for (_, length), _ in coded))
+            if coded_bytes > sum(entry.size for entry, _ in group):
+                # Never larger than the files themselves: forget this group's adaptation
+                # (the decoder never sees it) and store the files as they are.
+                adapter.restore(before)
+                self.adapter = adapter
+                for entry, _ in group:
+                    self._general_file(entry, counted=True)
+                return
+            self.writer.write_chunk(b"IMGS", packed_table)
+            if packed_alpha:
+                self.writer.write_chunk(b"ALPH", packed_alpha)
+            if packed_indices:
+                self.writer.write_chunk(b"PIDX", packed_indices)
+            for where, stats in coded:
+                self.writer.write_chunk(b"BATC", store.get(where))
+                self.summary.batches.append(stats)
+                self.summary.image_bits += stats.bits
         self.summary.images += len(group)
         self.summary.image_subpixels += sum(r.pixels.size for _, r in group if r.mode not in INDEX_MODES)
+
+    def _coder(self, store: _CodedBatches, colour: list, batches: list, group_bytes: int):
+        """What run_segments does per batch: code it, keep its bytes in the store, report progress."""
+        def code(segment_adapter: OnlineAdapter, batch):
+            data, stats = segment_adapter.encode(gather(batch, colour))
+            if self.progress:
+                self.progress(group_bytes / len(batches))  # progress counts input bytes
+            return store.put(data), stats
+        return code
+
+
+def _packed_planes(planes) -> bytes:
+    """xz of the planes' bytes in order, b"" if there are none.  The joined planes live only
+    here, not while the group is coded (a palette image's would be a whole copy of it)."""
+    data = b"".join(plane.tobytes() for plane in planes)
+    return xz_compress(data) if data else b""
 
 
 def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:

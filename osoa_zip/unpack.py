@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import lzma
+import threading
 import time
 from pathlib import Path
 from typing import BinaryIO, Iterator
@@ -20,9 +21,9 @@ from .coding.ans import CorruptStream
 from .container.format import ArchiveError, ArchiveReader, SalvagingReader, read_json
 from .exact import ENGINE
 from .files.restore import Conflict, EntryNames, RefusedEntries, Staging, UnsafeEntry
-from .imaging.io import (COLOR_CHANNELS, LOSSLESS_FORMATS, MODEL_MODES, CannotReproduce, checked_image_bytes,
-                         write_image)
-from .imaging.tiles import plan_batches, scatter
+from .imaging.io import (COLOR_CHANNELS, LOSSLESS_FORMATS, MODEL_MODES, CannotReproduce, blank_picture,
+                         check_reproduced, close_picture, paste, record_picture, save_picture, write_image)
+from .imaging.tiles import plan_batches
 from .layout import (ALPHA_MODES, CHUNK_TAGS, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, INDEX_MODES,
                      MAX_IMAGE_SUBPIXELS, OversizedEntry, Progress, Summary, UsageError, decode_name, read_entry,
                      record_from_entry, xz_decompressor)
@@ -214,13 +215,15 @@ class _Decoder:
         lost: dict[int, str] = {}  # table index -> why (only under --salvage)
         alpha = self._side_planes(table, shapes, chunks, ALPHA_MODES, b"ALPH", "alpha planes", lost)
         indices = self._side_planes(table, shapes, chunks, INDEX_MODES, b"PIDX", "palette indices", lost)
+        alpha_index = _positions(table, ALPHA_MODES)
+        index_index = _positions(table, INDEX_MODES)
         modelled_index = [i for i, shape in enumerate(shapes) if shape[2]]
-        modelled = [shapes[i] for i in modelled_index]
-        padded = [np.zeros((h + h % 2, w + w % 2, c), np.uint8) for h, w, c in modelled]
+        canvases = [_Canvas(shapes[i][0], shapes[i][1], table[i]["image_mode"],
+                            alpha[alpha_index[i]] if i in alpha_index else None) for i in modelled_index]
         config = self.adapter.config
-        planned = plan_batches(modelled, config.tile_size, config.batch_size)
+        planned = plan_batches([shapes[i] for i in modelled_index], config.tile_size, config.batch_size)
         if self.threads > 1 and not self.salvage:
-            self._decode_in_parallel(planned, chunks, padded)
+            self._decode_in_parallel(planned, chunks, canvases)
             planned = []
         for batch in planned:
             index = self.batches_decoded
@@ -245,35 +248,36 @@ class _Decoder:
                 for member, _, _ in batch.members:
                     lost.setdefault(modelled_index[member], str(error))
                 continue
-            scatter(batch, tiles, padded)
+            _paste_batch(batch, tiles, canvases)
             self.summary.image_bits += 8 * len(payload)
-        padded.reverse()
+        canvases.reverse()
         for number, (name, entry, (h, w, _)) in enumerate(zip(names, table, shapes)):
-            if entry["image_mode"] in INDEX_MODES:
-                pixels = indices.pop(0)[:, :, None]
-            else:
-                pixels = padded.pop()[:h, :w]
-            if entry["image_mode"] in ALPHA_MODES:
-                pixels = np.concatenate([pixels, alpha.pop(0)[:, :, None]], axis=2)
+            canvas = canvases.pop() if shapes[number][2] else None  # dropped once written: one image at a time
             if number in lost:
                 self.summary.lost.append(f"{name!r}: {lost[number]}")
                 continue
             if str(entry["format"]) not in LOSSLESS_FORMATS:  # `test` would not notice (found by test_fuzz.py)
                 self._refuse(name, f"image {name!r}: unknown image format {entry['format']!r}")
                 continue
-            record = record_from_entry(entry, pixels)
+            if entry["image_mode"] in INDEX_MODES:
+                record = record_from_entry(entry, pixels=indices[index_index[number]][:, :, None])
+            else:
+                record = record_from_entry(entry, picture=canvas.picture())
+            del canvas
             try:
                 self.sink.image(name, record, int(entry["mode"]), int(entry["mtime_ns"]))
             except UnsafeEntry as error:
                 self._refuse(name, str(error))
                 continue
+            finally:
+                if record.picture is not None:
+                    close_picture(record.picture)  # before the next image of the group is made
             self.summary.images += 1
             self.summary.files += 1
             if record.mode not in INDEX_MODES:
-                self.summary.image_subpixels += record.pixels.size
+                self.summary.image_subpixels += h * w * MODEL_MODES[record.mode]
 
-
-    def _decode_in_parallel(self, planned: list, chunks, padded: list) -> None:
+    def _decode_in_parallel(self, planned: list, chunks, canvases: list) -> None:
         """Read the group's batches, then decode its segments side by side (same result as in order)."""
         first = self.batches_decoded
         payloads = []
@@ -284,17 +288,19 @@ class _Decoder:
             payloads.append((index, payload))
         self.batches_decoded += len(planned)
 
+        pasting = threading.Lock()  # a canvas makes its picture on its first tile: one thread at a time
+
         def decode(adapter: OnlineAdapter, item):
             (index, payload), batch = item
             try:
-                return adapter.decode(payload, batch.shape)
+                tiles = adapter.decode(payload, batch.shape)
             except (CorruptStream, ValueError) as error:
                 raise ArchiveError(f"batch {index} does not decode ({error})") from None
+            with pasting:  # at once, so that the group's tiles are never all held besides its pictures
+                _paste_batch(batch, tiles, canvases)
 
-        tiles, self.adapter = run_segments(self.adapter, list(zip(payloads, planned)), decode, self.threads)
-        for batch, batch_tiles, (_, payload) in zip(planned, tiles, payloads):
-            scatter(batch, batch_tiles, padded)
-            self.summary.image_bits += 8 * len(payload)
+        _, self.adapter = run_segments(self.adapter, list(zip(payloads, planned)), decode, self.threads)
+        self.summary.image_bits += sum(8 * len(payload) for _, payload in payloads)
 
     def _side_planes(self, table: list, shapes: list, chunks, modes: tuple, tag_expected: bytes,
                      what: str, lost: dict) -> list[np.ndarray]:
@@ -321,6 +327,43 @@ class _Decoder:
             planes.append(np.frombuffer(data, np.uint8, h * w, offset).reshape(h, w))
             offset += h * w
         return planes
+
+
+def _positions(table: list, modes: tuple) -> dict[int, int]:
+    """Table index -> position among the group's images of these modes (their side planes' order)."""
+    members = [i for i, entry in enumerate(table) if entry["image_mode"] in modes]
+    return {i: k for k, i in enumerate(members)}
+
+
+class _Canvas:
+    """One image being decoded, held as the Pillow image it will be written from: the
+    decoded tiles go straight into it (cut to the image, the padding dropped), so the
+    group's images are never held twice (docs/SECURITY.md, "How memory grows").
+    The Pillow image is made on the first tile, so declared images cost nothing until
+    their pixels decode."""
+
+    def __init__(self, height: int, width: int, mode: str, alpha: np.ndarray | None) -> None:
+        self.height, self.width, self.mode, self.alpha = height, width, mode, alpha
+        self._picture = None
+
+    def paste(self, tile: np.ndarray, y: int, x: int) -> None:
+        """A decoded C x h x w tile of the padded image at (y, x)."""
+        if self._picture is None:
+            self._picture = blank_picture(self.mode, self.width, self.height)
+        pixels = tile.transpose(1, 2, 0)[:self.height - y, :self.width - x]
+        if self.alpha is not None:
+            plane = self.alpha[y:y + pixels.shape[0], x:x + pixels.shape[1], None]
+            pixels = np.concatenate([pixels, plane], axis=2)
+        paste(self._picture, pixels, y, x)
+
+    def picture(self):
+        picture, self._picture = self._picture, None
+        return picture if picture is not None else blank_picture(self.mode, self.width, self.height)
+
+
+def _paste_batch(batch, tiles: np.ndarray, canvases: list[_Canvas]) -> None:
+    for (i, y, x), tile in zip(batch.members, tiles):
+        canvases[i].paste(tile, y, x)
 
 
 class _StagingSink:
@@ -385,7 +428,7 @@ class _CheckingSink:
         self.names.claim(name, "file")
         if record.sha256:  # decompress would refuse it: so must `test` (found by tests/test_fuzz.py)
             try:
-                checked_image_bytes(record)
+                check_reproduced(record, save_picture(record_picture(record), record, None)[0])
             except CannotReproduce as error:
                 raise UnsafeEntry(f"image {name!r}: {error}") from None
 

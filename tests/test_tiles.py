@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osoa_zip.imaging.tiles import gather, pad_even, padded_size, plan_batches, scatter
+from osoa_zip.imaging.tiles import edge_tile, gather, pad_even, padded_size, plan_batches, scatter
 
 shapes_st = st.lists(st.tuples(st.integers(1, 45), st.integers(1, 45), st.sampled_from([1, 3])),
                      min_size=0, max_size=7)
@@ -66,6 +66,26 @@ def test_gather_scatter_round_trip(shapes, tile, batch_size, seed):
         scatter(batch, tiles.copy(), rebuilt)
     for original, copy in zip(images, rebuilt):
         assert np.array_equal(original, copy)
+
+
+@settings(max_examples=100, deadline=None)
+@given(shapes_st, tiles_st, batch_sizes_st, st.integers(0, 2 ** 32 - 1))
+def test_gather_from_unpadded_images_equals_gather_from_padded(shapes, tile, batch_size, seed):
+    """The encoder no longer pads whole images (np.pad copies every one): tiles cut from the
+    unpadded pixels, edge-replicated past an odd side, are the tiles of the padded image."""
+    rng = np.random.default_rng(seed)
+    images = [rng.integers(0, 256, (h, w, c), dtype=np.uint8) for h, w, c in shapes]
+    padded = [pad_even(image) for image in images]
+    for batch in plan_batches(shapes, tile, batch_size):
+        assert np.array_equal(gather(batch, images), gather(batch, padded))
+
+
+def test_edge_tile_is_a_view_inside_the_image():
+    """Tiles that do not reach past the image are not copied (only the last row/column pads)."""
+    pixels = np.zeros((5, 7, 3), np.uint8)
+    assert np.shares_memory(edge_tile(pixels, 0, 0, 4, 4), pixels)
+    corner = edge_tile(pixels, 4, 4, 2, 4)
+    assert corner.shape == (2, 4, 3) and not np.shares_memory(corner, pixels)
 
 
 @settings(max_examples=100, deadline=None)

@@ -17,15 +17,27 @@ expanded RGB; alpha planes likewise (xz 1.77 against 2.95 for the model
 as gray; benchmarks/palette_path.py).  Everything else (JPEG, 16-bit,
 multi-frame, corrupt files) is an ordinary file for the general path: never
 an error.
+
+Memory (docs/SECURITY.md, "How memory grows"): Pillow decodes and encodes
+whole images, so one Pillow image (4 bytes per RGB pixel) is unavoidable;
+everything else here works in row bands of about BAND_BYTES.  Checking an
+image holds only one image at a time: its pixels wait in a spill file (in
+memory when small) while the re-encoded file is written to another and read
+back, and the two decodes are compared by the SHA-256 of their pixels.
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import hashlib
 import io
 import os
+import tempfile
 import warnings
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
+from typing import BinaryIO, Iterator
 
 import numpy as np
 from PIL import Image
@@ -40,46 +52,241 @@ PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 IMAGE_SIGNATURES = (PNG_SIGNATURE, b"BM", b"P5", b"P6", b"II*\x00", b"MM\x00*")
 # The largest image file read for the model path: 179 MP x 4 channels is ~716 MB raw.
 MAX_IMAGE_FILE_BYTES = 1 << 30
+BAND_BYTES = 1 << 20   # pixels moved between Pillow, numpy and files per step
+SPILL_BYTES = 1 << 24  # images with more bytes of pixels are checked through temporary files
 
 
 @dataclass
 class ImageRecord:
-    pixels: np.ndarray  # H x W x C, uint8
+    pixels: np.ndarray | None  # H x W x C, uint8 (None when `picture` holds them)
     mode: str
     format: str
     png_before: bytes = b""  # PNG chunks between IHDR and the first IDAT, verbatim
     png_after: bytes = b""   # PNG chunks between the last IDAT and IEND, verbatim
     sha256: str = ""         # of the original file, when its exact bytes are promised
     palette: bytes = b""     # P images: the palette as Pillow reports it (RGB triples)
+    picture: Image.Image | None = None  # the decoder's pixels, already in the Pillow image that writes them
 
 
-def _encode(pixels: np.ndarray, mode: str, image_format: str, palette: bytes = b"") -> bytes:
+def _malloc_trim():
+    """glibc's malloc_trim, or None elsewhere."""
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+_TRIM = _malloc_trim()
+
+
+def give_back_memory(pixel_bytes: int) -> None:
+    """After a large image, hand the heap it freed back to the system.  glibc keeps freed
+    blocks below its (self-raising) mmap threshold, such as Pillow's 16 MiB image blocks
+    and our bands, so without this each large image would leave ~1 byte per sub-pixel
+    of free-but-held memory in the peak of whatever comes next (measured)."""
+    if _TRIM is not None and pixel_bytes > SPILL_BYTES:
+        _TRIM(0)
+
+
+def close_picture(picture: Image.Image) -> None:
+    """Free a Pillow image now (leaving its `with` block only closes its file)."""
+    width, height = picture.size
+    picture.close()
+    give_back_memory(width * height * 4)
+
+
+def band_rows(width: int) -> int:
+    """Rows per band: about BAND_BYTES at Pillow's 4 bytes per pixel."""
+    return max(1, BAND_BYTES // (4 * max(1, width)))
+
+
+def pixel_bands(image: Image.Image) -> Iterator[np.ndarray]:
+    """A loaded image's pixels as H x W x C bands, top to bottom.  np.asarray(image)
+    would go through tobytes(), which holds the pixels twice more besides Pillow's copy."""
+    width, height = image.size
+    rows = band_rows(width)
+    for y in range(0, height, rows):
+        band = np.asarray(image.crop((0, y, width, min(height, y + rows))))
+        yield band.reshape(band.shape[0], width, -1)
+
+
+def blank_picture(mode: str, width: int, height: int) -> Image.Image:
+    """The image the pixels are pasted into before writing (Pillow's own layout)."""
+    return Image.new(mode, (width, height))
+
+
+def paste(picture: Image.Image, pixels: np.ndarray, y: int, x: int) -> None:
+    """Put h x w x C pixels of the picture's mode at (y, x)."""
+    plane = pixels[:, :, 0] if picture.mode in ("L", "P") else pixels
+    picture.paste(Image.fromarray(np.ascontiguousarray(plane), picture.mode), (x, y))
+
+
+def finish_picture(picture: Image.Image, palette: bytes) -> Image.Image:
+    """Give a P picture its palette (its size sets the bit depth Pillow writes)."""
+    if picture.mode == "P":
+        picture.putpalette(palette)
+    return picture
+
+
+def picture_from_bands(bands: Iterator[np.ndarray], mode: str, width: int, height: int,
+                       palette: bytes = b"") -> Image.Image:
+    """The Pillow image of these pixels, pasted band by band: the same image as
+    Image.fromarray, without its whole-image copy of a non-contiguous array."""
+    picture, y = blank_picture(mode, width, height), 0
+    for band in bands:
+        paste(picture, band, y, 0)
+        y += band.shape[0]
+    return finish_picture(picture, palette)
+
+
+def record_picture(record: ImageRecord) -> Image.Image:
+    """The Pillow image a record is written from."""
+    if record.picture is not None:
+        return record.picture
+    height, width = record.pixels.shape[:2]
+    rows = band_rows(width)
+    bands = (record.pixels[y:y + rows] for y in range(0, height, rows))
+    return picture_from_bands(bands, record.mode, width, height, record.palette)
+
+
+class _Hashing:
+    """A write-only stream that passes bytes on and hashes them (no fileno: Pillow writes through write())."""
+
+    def __init__(self, out: BinaryIO | None) -> None:
+        self.out, self.digest, self.size = out, hashlib.sha256(), 0
+
+    def write(self, data) -> int:
+        self.digest.update(data)
+        self.size += len(data)
+        if self.out is not None:
+            self.out.write(data)
+        return len(data)
+
+    def tell(self) -> int:
+        return self.size
+
+    def seek(self, offset: int, whence: int = io.SEEK_SET) -> int:
+        """Pillow's TIFF writer seeks to where it already is; anything else cannot stream."""
+        if (offset, whence) not in ((self.size, io.SEEK_SET), (0, io.SEEK_CUR), (0, io.SEEK_END)):
+            raise io.UnsupportedOperation("the image writer streams: no seeking back")
+        return self.size
+
+    def flush(self) -> None:
+        pass
+
+
+class _PngSplicer:
+    """Pillow's PNG stream with the original's metadata chunks in place of Pillow's own:
+    signature, Pillow's IHDR, png_before, Pillow's IDATs, png_after, IEND.  Only one
+    chunk is ever buffered, so the file streams."""
+
+    def __init__(self, out: _Hashing, before: bytes, after: bytes) -> None:
+        self.out, self.before, self.after = out, before, after
+        self.buffer = bytearray()
+        self.seen_signature = self.before_written = False
+
+    def write(self, data) -> int:
+        self.buffer += data
+        if not self.seen_signature and len(self.buffer) >= len(PNG_SIGNATURE):
+            self.out.write(bytes(self.buffer[:len(PNG_SIGNATURE)]))
+            del self.buffer[:len(PNG_SIGNATURE)]
+            self.seen_signature = True
+        while self.seen_signature and len(self.buffer) >= 12:
+            end = 12 + int.from_bytes(self.buffer[:4], "big")
+            if len(self.buffer) < end:
+                break
+            self._chunk(bytes(self.buffer[4:8]), bytes(self.buffer[:end]))
+            del self.buffer[:end]
+        return len(data)
+
+    def _chunk(self, kind: bytes, raw: bytes) -> None:
+        if kind == b"IHDR":
+            self.out.write(raw)
+        elif kind == b"IDAT":
+            self._write_before()
+            self.out.write(raw)
+        elif kind == b"IEND":
+            self._write_before()
+            self.out.write(self.after + raw)
+
+    def _write_before(self) -> None:
+        if not self.before_written:
+            self.out.write(self.before)
+            self.before_written = True
+
+    def flush(self) -> None:
+        pass
+
+
+def save_picture(picture: Image.Image, record: ImageRecord, out: BinaryIO | None) -> tuple[str, int]:
+    """Write the file to restore to ``out`` (None: nowhere) as it is encoded; its (SHA-256, size)."""
+    sink = _Hashing(out)
+    splice = record.format == "PNG" and (record.png_before or record.png_after)
+    picture.save(_PngSplicer(sink, record.png_before, record.png_after) if splice else sink, format=record.format)
+    return sink.digest.hexdigest(), sink.size
+
+
+def encode_image(record: ImageRecord) -> bytes:
+    """The file bytes to restore: Pillow's encoding, with PNG metadata spliced back."""
     buffer = io.BytesIO()
-    image = Image.fromarray(pixels[:, :, 0] if mode in ("L", "P") else pixels, mode)
-    if mode == "P":
-        image.putpalette(palette)  # its size sets the bit depth Pillow writes
-    image.save(buffer, format=image_format)
+    save_picture(record_picture(record), record, buffer)
     return buffer.getvalue()
 
 
-def png_chunks(data: bytes) -> list[tuple[bytes, bytes]] | None:
-    """(type, whole chunk bytes) in order, or None unless the file is exactly a chunk list."""
-    if not data.startswith(PNG_SIGNATURE):
+class _Reader:
+    """A file for Pillow without a descriptor: given one, Pillow hands some TIFFs to
+    libtiff by descriptor, and a spill file's descriptor may not exist yet."""
+
+    def __init__(self, handle: BinaryIO) -> None:
+        self.read, self.readline, self.seek, self.tell = handle.read, handle.readline, handle.seek, handle.tell
+
+
+@contextmanager
+def _opened(handle: BinaryIO) -> Iterator[Image.Image]:
+    handle.seek(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        # Our limit, not Pillow's default (89 MP warns): up to MAX_IMAGE_PIXELS takes the model path.
+        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
+        with Image.open(_Reader(handle)) as image:
+            try:
+                if image.width * image.height > MAX_IMAGE_PIXELS:
+                    raise ValueError("image too large")
+                yield image
+            finally:
+                close_picture(image)
+
+
+def _facts(image: Image.Image) -> tuple:
+    """What must survive a rewrite besides the pixels: mode, format, info, palette."""
+    palette = bytes(image.getpalette() or b"") if image.mode == "P" else b""
+    return image.mode, image.format, dict(image.info), palette
+
+
+def _png_chunks(handle: BinaryIO, size: int) -> list[tuple[bytes, bytes]] | None:
+    """(type, whole chunk) in order, IDAT data skipped (b""), read chunk by chunk;
+    None unless the file is exactly a chunk list from IHDR to IEND."""
+    handle.seek(0)
+    if handle.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
         return None
     chunks, position = [], len(PNG_SIGNATURE)
-    while position + 12 <= len(data):
-        length = int.from_bytes(data[position:position + 4], "big")
-        end = position + 12 + length
-        chunks.append((data[position + 4:position + 8], data[position:end]))
+    while position + 12 <= size:
+        header = handle.read(8)
+        kind, end = header[4:8], position + 12 + int.from_bytes(header[:4], "big")
+        if kind == b"IDAT":
+            handle.seek(end)
+            chunks.append((kind, b""))
+        else:
+            chunks.append((kind, header + handle.read(end - position - 8)))
         position = end
-    if position != len(data) or not chunks or chunks[0][0] != b"IHDR" or chunks[-1][0] != b"IEND":
+    if position != size or not chunks or chunks[0][0] != b"IHDR" or chunks[-1][0] != b"IEND":
         return None
     return chunks
 
 
-def _split_png(data: bytes) -> tuple[bytes, bytes] | None:
+def _split_png(handle: BinaryIO, size: int) -> tuple[bytes, bytes] | None:
     """The ancillary chunks before and after the image data, or None if IDATs are not contiguous."""
-    chunks = png_chunks(data)
+    chunks = _png_chunks(handle, size)
     if chunks is None:
         return None
     types = [kind for kind, _ in chunks]
@@ -92,28 +299,107 @@ def _split_png(data: bytes) -> tuple[bytes, bytes] | None:
     return (b"".join(raw for _, raw in chunks[1:first]), b"".join(raw for _, raw in chunks[last + 1:-1]))
 
 
-def encode_image(record: ImageRecord) -> bytes:
-    """The file bytes to restore: Pillow's encoding, with PNG metadata spliced back."""
-    data = _encode(record.pixels, record.mode, record.format, record.palette)
-    if record.format != "PNG" or not (record.png_before or record.png_after):
-        return data
-    chunks = png_chunks(data)
-    image_data = b"".join(raw for kind, raw in chunks if kind == b"IDAT")
-    return PNG_SIGNATURE + chunks[0][1] + record.png_before + image_data + record.png_after + chunks[-1][1]
+def _file_sha256(handle: BinaryIO) -> str:
+    handle.seek(0)
+    digest = hashlib.sha256()
+    while block := handle.read(BAND_BYTES):
+        digest.update(block)
+    return digest.hexdigest()
 
 
-def _open_pixels(source) -> tuple[np.ndarray, str, str, dict, int]:
-    with warnings.catch_warnings():
-        warnings.simplefilter("error", Image.DecompressionBombWarning)
-        # Our limit, not Pillow's default (89 MP warns): up to MAX_IMAGE_PIXELS takes the model path.
-        Image.MAX_IMAGE_PIXELS = MAX_IMAGE_PIXELS
-        with Image.open(source) as image:
-            if image.width * image.height > MAX_IMAGE_PIXELS:
-                raise ValueError("image too large")
-            image.load()
-            pixels = np.asarray(image)
-            palette = bytes(image.getpalette() or b"") if image.mode == "P" else b""
-            return pixels, image.mode, image.format, dict(image.info), getattr(image, "n_frames", 1), palette
+def _spill(image: Image.Image, spill: BinaryIO) -> str:
+    """Write the image's pixels to the spill file, band by band; their SHA-256."""
+    digest = hashlib.sha256()
+    for band in pixel_bands(image):
+        data = band.tobytes()
+        spill.write(data)
+        digest.update(data)
+    return digest.hexdigest()
+
+
+def _pixels_digest(image: Image.Image) -> str:
+    digest = hashlib.sha256()
+    for band in pixel_bands(image):
+        digest.update(band.tobytes())
+    return digest.hexdigest()
+
+
+def _spilled_bands(spill: BinaryIO, height: int, width: int, channels: int) -> Iterator[np.ndarray]:
+    spill.seek(0)
+    rows = band_rows(width)
+    for y in range(0, height, rows):
+        count = min(rows, height - y)
+        data = spill.read(count * width * channels)
+        yield np.frombuffer(data, np.uint8).reshape(count, width, channels)
+
+
+def _spilled_pixels(spill: BinaryIO, height: int, width: int, channels: int) -> np.ndarray:
+    pixels, y = np.empty((height, width, channels), np.uint8), 0
+    for band in _spilled_bands(spill, height, width, channels):
+        pixels[y:y + band.shape[0]] = band
+        y += band.shape[0]
+    return pixels
+
+
+def scratch_file(size_hint: int) -> BinaryIO:
+    """Where pixels, rewrites and coded batches wait: in memory when small, else a temporary file.
+    Decided up front: a file that starts in memory and moves to disk
+    (SpooledTemporaryFile) holds two more copies of its start while it moves."""
+    return io.BytesIO() if size_hint <= SPILL_BYTES else tempfile.TemporaryFile(prefix="osoa-zip-")
+
+
+def _model_record(handle: BinaryIO, size: int, byte_exact: bool) -> ImageRecord | None:
+    """The record of an image file if writing its pixels back loses nothing, else None.
+
+    One image at a time: the decode goes to a spill file and is closed, the
+    rewrite is built from the spill and encoded into another, and the rewrite's
+    decode is compared by hash; only then are the pixels read back, once.
+    """
+    with ExitStack() as scratch:
+        with _opened(handle) as image:
+            mode, image_format, frames = image.mode, image.format, getattr(image, "n_frames", 1)
+            if image_format not in LOSSLESS_FORMATS or mode not in MODEL_MODES or frames != 1:
+                return None
+            if mode == "P" and image_format != "PNG":
+                return None
+            image.load()  # before _facts: loading reads the chunks after the image data into info
+            facts, (width, height) = _facts(image), image.size
+            shape = (height, width, MODEL_MODES[mode])
+            spill = scratch.enter_context(scratch_file(height * width * shape[2]))
+            pixels_digest = _spill(image, spill)
+        record = ImageRecord(pixels=None, mode=mode, format=image_format, palette=facts[3])
+        if image_format == "PNG":
+            ancillary = _split_png(handle, size)
+            if ancillary is None:
+                return None
+            record.png_before, record.png_after = ancillary
+        rewrite = scratch.enter_context(scratch_file(height * width * shape[2]))
+        if not _rewrite_reproduces(record, spill, shape, rewrite, facts, pixels_digest, handle, size, byte_exact):
+            return None
+        record.pixels = _spilled_pixels(spill, *shape)
+    give_back_memory(record.pixels.nbytes)
+    return record
+
+
+def _rewrite_reproduces(record: ImageRecord, spill: BinaryIO, shape: tuple, rewrite: BinaryIO, facts: tuple,
+                        pixels_digest: str, original: BinaryIO, size: int, byte_exact: bool) -> bool:
+    """Write the spilled pixels back as the decoder will; true if that gives back the same
+    pixels and facts (and, for BMP/PPM/TIFF or byte_exact, the original bytes: then the
+    record takes their SHA-256).  Only the rewrite's own Pillow image is held meanwhile."""
+    height, width, _ = shape
+    picture = picture_from_bands(_spilled_bands(spill, *shape), record.mode, width, height, record.palette)
+    try:
+        rewrite_digest, rewrite_size = save_picture(picture, record, rewrite)
+    finally:
+        close_picture(picture)
+    if record.format != "PNG" or byte_exact:
+        original_digest = _file_sha256(original)
+        if (rewrite_digest, rewrite_size) != (original_digest, size):
+            return False
+        record.sha256 = original_digest if byte_exact else ""
+    with _opened(rewrite) as again:
+        again.load()
+        return _facts(again) == facts and _pixels_digest(again) == pixels_digest
 
 
 def read_image(path: Path, byte_exact: bool = False) -> ImageRecord | None:
@@ -121,38 +407,19 @@ def read_image(path: Path, byte_exact: bool = False) -> ImageRecord | None:
 
     With byte_exact, only images whose restored file would be byte-identical
     qualify, and the record carries the original's SHA-256 for the decoder to check.
+    A file that changes while it is read takes the general path (which notices).
     """
     try:
         with open(path, "rb") as handle:
             head = handle.read(16)
-            size = os.fstat(handle.fileno()).st_size
-            if not head.startswith(IMAGE_SIGNATURES) or size > MAX_IMAGE_FILE_BYTES:
+            before = os.fstat(handle.fileno())
+            if not head.startswith(IMAGE_SIGNATURES) or before.st_size > MAX_IMAGE_FILE_BYTES:
                 return None  # never read a non-image (or a huge file) whole just to ask Pillow
-            original = head + handle.read()
-        pixels, mode, image_format, info, frames, palette = _open_pixels(io.BytesIO(original))
-        if image_format not in LOSSLESS_FORMATS or mode not in MODEL_MODES or frames != 1:
-            return None
-        if mode == "P" and image_format != "PNG":
-            return None
-        record = ImageRecord(pixels=np.ascontiguousarray(pixels.reshape(pixels.shape[0], pixels.shape[1],
-                                                                          MODEL_MODES[mode])),
-                             mode=mode, format=image_format, palette=palette)
-        if image_format == "PNG":
-            ancillary = _split_png(original)
-            if ancillary is None:
+            record = _model_record(handle, before.st_size, byte_exact)
+            after = os.fstat(handle.fileno())
+            if (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns):
                 return None
-            record.png_before, record.png_after = ancillary
-        restored = encode_image(record)
-        if image_format != "PNG" or byte_exact:
-            if restored != original:
-                return None
-        again, mode2, format2, info2, _, palette2 = _open_pixels(io.BytesIO(restored))
-        if (mode2, format2, info2, palette2) != (mode, image_format, info, palette) or not np.array_equal(
-                again.reshape(record.pixels.shape), record.pixels):
-            return None
-        if byte_exact:
-            record.sha256 = hashlib.sha256(original).hexdigest()
-        return record
+            return record
     except Exception:  # noqa: BLE001 — any unreadable image is just a file
         return None
 
@@ -161,13 +428,26 @@ class CannotReproduce(Exception):
     """A --byte-exact image whose original bytes this machine's encoder does not give back."""
 
 
+def check_reproduced(record: ImageRecord, digest: str) -> None:
+    """With --byte-exact, the bytes written must be the original's."""
+    if record.sha256 and digest != record.sha256:
+        raise CannotReproduce("the image encoder here does not reproduce its exact bytes (the pixels are intact)")
+
+
 def checked_image_bytes(record: ImageRecord) -> bytes:
     """The bytes to restore; with --byte-exact, only if they are the original's."""
     data = encode_image(record)
-    if record.sha256 and hashlib.sha256(data).hexdigest() != record.sha256:
-        raise CannotReproduce("the image encoder here does not reproduce its exact bytes (the pixels are intact)")
+    check_reproduced(record, hashlib.sha256(data).hexdigest())
     return data
 
 
 def write_image(path: Path, record: ImageRecord) -> None:
-    path.write_bytes(checked_image_bytes(record))
+    """Write the image straight to its file as Pillow encodes it (no copy of the file in memory);
+    a --byte-exact mismatch leaves no file behind."""
+    try:
+        with open(path, "wb") as handle:
+            digest, _ = save_picture(record_picture(record), record, handle)
+        check_reproduced(record, digest)
+    except BaseException:
+        path.unlink(missing_ok=True)
+        raise

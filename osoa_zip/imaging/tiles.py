@@ -4,6 +4,10 @@ The plan depends only on the images' shapes, the tile size and the batch
 size, all of which the archive records, so the decoder rebuilds the same
 batches before it has decoded a single pixel.  Odd sides are padded by one
 replicated row/column because the flow halves each side per level.
+
+The padding is never made for a whole image: gather() replicates the edge of
+the few tiles that reach past it (the last row and column of tiles), so the
+encoder holds each image once, unpadded (docs/SECURITY.md).
 """
 from __future__ import annotations
 
@@ -49,9 +53,19 @@ def plan_batches(shapes: list[tuple[int, int, int]], tile: int, batch_size: int)
     return batches
 
 
+def edge_tile(pixels: np.ndarray, y: int, x: int, height: int, width: int) -> np.ndarray:
+    """The height x width tile at (y, x) of pad_even(pixels), cut from the unpadded pixels:
+    the one row/column past an odd side repeats the last one, as pad_even would."""
+    tile = pixels[y:y + height, x:x + width]
+    missing_rows, missing_columns = height - tile.shape[0], width - tile.shape[1]
+    if missing_rows or missing_columns:
+        tile = np.pad(tile, ((0, missing_rows), (0, missing_columns), (0, 0)), mode="edge")
+    return tile
+
+
 def gather(batch: Batch, images: list[np.ndarray]) -> np.ndarray:
-    """The batch's tiles from padded H x W x C images, as B x C x h x w uint8."""
-    tiles = [images[i][y:y + batch.height, x:x + batch.width] for i, y, x in batch.members]
+    """The batch's tiles from H x W x C images (padded or not), as B x C x h x w uint8."""
+    tiles = [edge_tile(images[i], y, x, batch.height, batch.width) for i, y, x in batch.members]
     return np.ascontiguousarray(np.stack(tiles).transpose(0, 3, 1, 2))
 
 
