@@ -307,21 +307,19 @@ def _file_sha256(handle: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def _spill(image: Image.Image, spill: BinaryIO) -> str:
-    """Write the image's pixels to the spill file, band by band; their SHA-256."""
+def _spill(image: Image.Image, spill: BinaryIO | None) -> str:
+    """The SHA-256 of the image's pixels, read band by band; the bands also go to ``spill`` if given."""
     digest = hashlib.sha256()
     for band in pixel_bands(image):
         data = band.tobytes()
-        spill.write(data)
+        if spill is not None:
+            spill.write(data)
         digest.update(data)
     return digest.hexdigest()
 
 
 def _pixels_digest(image: Image.Image) -> str:
-    digest = hashlib.sha256()
-    for band in pixel_bands(image):
-        digest.update(band.tobytes())
-    return digest.hexdigest()
+    return _spill(image, None)
 
 
 def _spilled_bands(spill: BinaryIO, height: int, width: int, channels: int) -> Iterator[np.ndarray]:
