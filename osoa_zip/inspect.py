@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .layout import ALPHA_MODES, INDEX_MODES, decode_name, read_entry
+from .layout import SIDE_PLANES, decode_name, read_entry, side_plane_members
 from .imaging.io import COLOR_CHANNELS, MODEL_MODES
 from .container.format import ArchiveError, ArchiveReader, read_json
 from .imaging.tiles import plan_batches
@@ -89,8 +89,8 @@ def _images(table: list, chunks, tile: int, batch_size: int) -> list[Listed]:
     shapes = [(int(e["height"]), int(e["width"]), COLOR_CHANNELS[e["image_mode"]]) for e in table]
     coded = [0.0] * len(table)
     # Side planes first (ALPH, PIDX, in that order): their bytes are shared by pixel count.
-    for modes, tag_expected in ((ALPHA_MODES, b"ALPH"), (INDEX_MODES, b"PIDX")):
-        members = [i for i, e in enumerate(table) if e["image_mode"] in modes]
+    for modes, tag_expected, _ in SIDE_PLANES:
+        members = side_plane_members(table, modes)
         if not members:
             continue
         tag, payload = next(chunks, (None, None))

@@ -19,6 +19,13 @@ DATA_CHUNK_BYTES = 1 << 24
 CHUNK_OVERHEAD = 16  # tag, length and CRC of one chunk
 ALPHA_MODES = ("LA", "RGBA")  # their last plane travels in the group's ALPH chunk
 INDEX_MODES = ("P",)          # their only plane travels in the group's PIDX chunk
+# The planes kept beside the model, in the order their chunks follow a group's IMGS table.
+SIDE_PLANES = ((ALPHA_MODES, b"ALPH", "alpha planes"), (INDEX_MODES, b"PIDX", "palette indices"))
+
+
+def side_plane_members(table: list, modes: tuple) -> list[int]:
+    """Table indices of a group's images with this kind of side plane: their order in its chunk."""
+    return [i for i, entry in enumerate(table) if entry["image_mode"] in modes]
 GROUP_SUBPIXELS = 1 << 25       # images are coded in groups of about this many sub-pixels
 MAX_GROUP_IMAGES = 1 << 16      # ... and of at most this many images (bounds the table's memory)
 XZ_MEMORY_LIMIT = 1 << 28       # a decoder needs ~65 MiB for the 64 MiB dictionary of preset 9

@@ -25,8 +25,8 @@ from .imaging.io import (COLOR_CHANNELS, LOSSLESS_FORMATS, MODEL_MODES, CannotRe
                          check_reproduced, close_picture, paste, record_picture, save_picture, write_image)
 from .imaging.tiles import plan_batches
 from .layout import (ALPHA_MODES, CHUNK_TAGS, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, INDEX_MODES,
-                     MAX_IMAGE_SUBPIXELS, OversizedEntry, Progress, Summary, UsageError, decode_name, read_entry,
-                     record_from_entry, xz_decompressor)
+                     MAX_IMAGE_SUBPIXELS, SIDE_PLANES, OversizedEntry, Progress, Summary, UsageError, decode_name,
+                     read_entry, record_from_entry, side_plane_members, xz_decompressor)
 from .models.registry import load_model
 
 
@@ -213,8 +213,7 @@ class _Decoder:
             self._refuse_group(names, problems[0])
             return
         lost: dict[int, str] = {}  # table index -> why (only under --salvage)
-        alpha = self._side_planes(table, shapes, chunks, ALPHA_MODES, b"ALPH", "alpha planes", lost)
-        indices = self._side_planes(table, shapes, chunks, INDEX_MODES, b"PIDX", "palette indices", lost)
+        alpha, indices = (self._side_planes(table, shapes, chunks, *plane, lost) for plane in SIDE_PLANES)
         alpha_index = _positions(table, ALPHA_MODES)
         index_index = _positions(table, INDEX_MODES)
         modelled_index = [i for i, shape in enumerate(shapes) if shape[2]]
@@ -305,7 +304,7 @@ class _Decoder:
     def _side_planes(self, table: list, shapes: list, chunks, modes: tuple, tag_expected: bytes,
                      what: str, lost: dict) -> list[np.ndarray]:
         """The group's planes kept beside the model (one xz chunk), in table order, if any image has one."""
-        members = [i for i, e in enumerate(table) if e["image_mode"] in modes]
+        members = side_plane_members(table, modes)
         sizes = [shapes[i][:2] for i in members]
         if not sizes:
             return []
@@ -331,8 +330,7 @@ class _Decoder:
 
 def _positions(table: list, modes: tuple) -> dict[int, int]:
     """Table index -> position among the group's images of these modes (their side planes' order)."""
-    members = [i for i, entry in enumerate(table) if entry["image_mode"] in modes]
-    return {i: k for k, i in enumerate(members)}
+    return {i: k for k, i in enumerate(side_plane_members(table, modes))}
 
 
 class _Canvas:
