@@ -22,6 +22,7 @@ from .models.registry import DEFAULT_MODEL, available_models
 
 DATA_ERROR = 1
 USAGE_ERROR = 2
+BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a process killed by it
 
 
 def _fail(message: str, code: int) -> None:
@@ -70,6 +71,11 @@ def _reported_errors():
         _fail(error.reasons[-1], DATA_ERROR)
     except (ArchiveError, ModelError) as error:
         _fail(str(error), DATA_ERROR)
+    except BrokenPipeError:
+        # The reader went away (`osoa-zip list a.osoa | head`): end quietly, as a process
+        # killed by SIGPIPE would, and keep Python from complaining while it flushes stdout.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        sys.exit(BROKEN_PIPE)
     except OSError as error:
         _fail(f"{error.filename or ''}: {error.strerror or error}".lstrip(": "), DATA_ERROR)
     except KeyboardInterrupt:

@@ -619,3 +619,17 @@ def test_archive_from_version_0_1_0_still_decodes_or_is_refused_by_version(tmp_p
         assert re.search(r"format \d|version|engine", str(error)), str(error)
         return
     assert_same_tree(_old_archive_source(tmp_path / "source"), destination)
+
+
+def test_a_reader_that_stops_early_ends_quietly(tmp_path):
+    """`osoa-zip list a.osoa | head -1`: no error line when the pipe closes, exit 141 like SIGPIPE.
+
+    The reader is `true`, which exits before osoa-zip has imported torch, so the first write
+    always meets a closed pipe (with `head` the outcome would depend on timing)."""
+    archive = tmp_path / "a.osoa"
+    subprocess.run([sys.executable, "-m", "osoa_zip", "compress", "-q", "--model", "idf-tiny-test",
+                    str(EXAMPLES), str(archive)], check=True, env=subprocess_env())
+    result = subprocess.run(f"'{sys.executable}' -m osoa_zip list '{archive}' | true; "
+                            "echo \" ${PIPESTATUS[0]}\" >&2", shell=True, executable="/bin/bash",
+                            capture_output=True, text=True, env=subprocess_env())
+    assert result.stderr.split() == ["141"], result.stderr
