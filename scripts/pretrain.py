@@ -87,6 +87,8 @@ def command_train(args) -> None:
         config["mean_remainder"] = True
     if args.deep_levels:
         config["deep_levels"] = True
+    if args.edge_bins:
+        config["edge_bins"] = True
     if (run / "config.json").is_file() and json.loads((run / "config.json").read_text()) != config:
         raise SystemExit(f"{run} was started with another architecture: {(run / 'config.json').read_text()}")
     (run / "config.json").write_text(json.dumps(config))
@@ -187,6 +189,8 @@ def main() -> None:
                    help="v2: add the translation's rounding remainder to the logistic mean (with coupling)")
     t.add_argument("--deep-levels", action="store_true",
                    help="v3: sub-lattice levels down to 1x1 (no new parameters: v2 weights warm-start it)")
+    t.add_argument("--edge-bins", action="store_true",
+                   help="v4: the logistic tails beyond [0, 255] go to the edge bins (no new parameters)")
     t.add_argument("--init-from", help="warm start from these weights (e.g. runs/v1/rgb.safetensors, "
                    "or a shipped checkpoint such as models/idf-sublattice-v2.safetensors)")
     e = sub.add_parser("export")

@@ -11,6 +11,13 @@ With ``escape=False`` the window is the whole support (no escape symbol).
 Bits-back needs this for the posterior: popping a latent must be undone
 exactly by pushing it, and an escape would pop values that a push codes
 differently.  Values outside the window are then refused.
+
+Factors may carry bounds (lower, upper) per latent (a flow's edge bins,
+exact/logistic.py): then the mass outside [lower, upper] inside the window,
+and the escape mass on that side, goes to the bin at the bound, as the NLL
+says.  So that the bound is always inside the window, the mean is first
+clamped to [lower - W, upper + W]: a mean further out puts all but 1e-4 of the
+mass on the bound either way.
 """
 from __future__ import annotations
 
@@ -30,13 +37,39 @@ ESCAPE_SIZE = 4096
 ESCAPE_OFFSET = ESCAPE_SIZE // 2
 
 
-def _counts(tables, offset, inv_scale, half_width) -> np.ndarray:
-    """Integer masses of the 2W+1 window bins, then the escape mass, per row."""
+def _counts(tables, offset, inv_scale, half_width) -> tuple[np.ndarray, np.ndarray]:
+    """Integer masses of the 2W+1 window bins, then the escape mass, per row; and the
+    part of the escape mass below the window."""
     bins = torch.arange(2 * half_width + 2, dtype=torch.float64) - (half_width + 0.5)
     cdf = tables.cdf_q24((bins[None, :] - offset[:, None]) * inv_scale[:, None])
     inside = cdf[:, 1:] - cdf[:, :-1]
     escape = cdf[:, :1] + (CDF_ONE - cdf[:, -1:])
-    return torch.cat([inside, escape], dim=1).numpy()
+    return torch.cat([inside, escape], dim=1).numpy(), cdf[:, 0].numpy()
+
+
+def _fold(counts: np.ndarray, below: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
+    """Rows with the mass outside window positions [first, last] moved onto them (edge bins).
+
+    counts: (n, 2W+2) window rows, escape last; below: each row's escape mass below the
+    window; first/last: the bounds' window positions (first <= 2W, last >= 0 by the mean's
+    clamp; first < 0 or last > 2W when a bound lies outside the window).  Integer sums of
+    integer-valued float64, so exact.
+    """
+    width = counts.shape[1] - 1
+    inside, escape = counts[:, :width].copy(), counts[:, width].copy()
+    position = np.arange(width)[None, :]
+    from_left = np.cumsum(inside, axis=1)
+    from_right = np.cumsum(inside[:, ::-1], axis=1)[:, ::-1]
+    rows = np.arange(len(counts))
+    low_in, high_in = first >= 0, last < width
+    low_mass = from_left[rows, np.clip(first, 0, width - 1)] + below
+    high_mass = from_right[rows, np.clip(last, 0, width - 1)] + (escape - below)
+    inside[low_in[:, None] & (position < first[:, None])] = 0.0
+    inside[high_in[:, None] & (position > last[:, None])] = 0.0
+    inside[rows[low_in], first[low_in]] = low_mass[low_in]
+    inside[rows[high_in], last[high_in]] = high_mass[high_in]
+    escape = escape - np.where(low_in, below, 0.0) - np.where(high_in, counts[:, width] - below, 0.0)
+    return np.concatenate([inside, escape[:, None]], axis=1)
 
 
 class _Windows:
@@ -61,8 +94,9 @@ class _Windows:
         self.bucket_of_row = torch.clamp((needed[:, None] > widths[None, :]).sum(dim=1),
                                          max=len(WINDOW_HALF_WIDTHS) - 1)
         offset = (torch.arange(OFFSET_STEPS, dtype=torch.float64) + 0.5) / OFFSET_STEPS - 0.5
-        # Per bucket: (first row, number of rows, counts indexed by offset_index * rows + row - first).
-        self.buckets: list[tuple[int, int, np.ndarray] | None] = []
+        # Per bucket: (first row, number of rows, counts indexed by offset_index * rows + row - first,
+        # the escape mass below the window, indexed alike).
+        self.buckets: list[tuple[int, int, np.ndarray, np.ndarray] | None] = []
         for index, half_width in enumerate(WINDOW_HALF_WIDTHS):
             members = torch.nonzero(self.bucket_of_row == index).reshape(-1)
             if not members.numel():
@@ -71,7 +105,7 @@ class _Windows:
             first, count = int(members[0]), members.numel()  # buckets grow with the scale: contiguous
             pairs_offset = offset.repeat_interleave(count)
             pairs_inv_scale = inv_scale[first:first + count].repeat(OFFSET_STEPS)
-            self.buckets.append((first, count, _counts(tables, pairs_offset, pairs_inv_scale, half_width)))
+            self.buckets.append((first, count, *_counts(tables, pairs_offset, pairs_inv_scale, half_width)))
 
 
 _WINDOWS: "weakref.WeakKeyDictionary[LogisticTables, _Windows]" = weakref.WeakKeyDictionary()
@@ -83,8 +117,9 @@ def _windows(tables: LogisticTables) -> _Windows:
     return _WINDOWS[tables]
 
 
-def _plan(tables: LogisticTables, means: list[torch.Tensor], log_scales: list[torch.Tensor]):
-    """Yield (members, half_width, counts, low) per factor and window bucket, in coding order.
+def _plan(tables: LogisticTables, means: list[torch.Tensor], log_scales: list[torch.Tensor],
+          bounds: list[tuple] | None = None):
+    """Yield (members, half_width, counts, low, in_range) per factor and window bucket, in coding order.
 
     Factors in list order, each bucket by bucket, members in flat order;
     ``members`` index the factors' latents flattened and concatenated, and
@@ -94,6 +129,10 @@ def _plan(tables: LogisticTables, means: list[torch.Tensor], log_scales: list[to
     and latents then share a few hundred distinct tables (``_Windows``), each
     computed once per model.  All factors' keys are computed in one pass
     (elementwise, so each value is what a pass over one factor would give).
+
+    ``bounds``: per factor, () or (lower, upper) tensors shaped like its mean
+    (edge bins; module docstring).  ``in_range(values)`` tells which of the
+    members' values lie within their bounds (all, without bounds).
     """
     windows = _windows(tables)
     buckets = len(WINDOW_HALF_WIDTHS)
@@ -101,9 +140,17 @@ def _plan(tables: LogisticTables, means: list[torch.Tensor], log_scales: list[to
     mean = torch.cat([m.reshape(-1) for m in means]).to(torch.float64)
     log_scale = torch.cat([s.reshape(-1) for s in log_scales]).to(torch.float64)
     row = torch.floor(tables.scale_index(log_scale) / LOG_SCALE_STEP).long()
+    bucket = windows.bucket_of_row[row]
+    lower = upper = None
+    if bounds and any(bounds):
+        if not all(bounds):
+            raise ValueError("either every factor of a batch has bounds or none has")
+        lower = torch.cat([b[0].reshape(-1) for b in bounds]).to(torch.float64)
+        upper = torch.cat([b[1].reshape(-1) for b in bounds]).to(torch.float64)
+        half_width = torch.tensor(WINDOW_HALF_WIDTHS, dtype=torch.float64)[bucket]
+        mean = torch.minimum(torch.maximum(mean, lower - half_width), upper + half_width)
     centre = torch.floor(mean + 0.5)
     offset_index = torch.floor((mean - centre + 0.5) * OFFSET_STEPS).long()
-    bucket = windows.bucket_of_row[row]
     group = torch.repeat_interleave(torch.arange(len(sizes)), torch.tensor(sizes, dtype=torch.long)) * buckets + bucket
     order = torch.argsort(group, stable=True)  # by factor, then bucket, then flat index
     start = 0
@@ -111,18 +158,31 @@ def _plan(tables: LogisticTables, means: list[torch.Tensor], log_scales: list[to
         if size:
             members = order[start:start + size]
             start += size
-            first, count, counts = windows.buckets[index % buckets]
+            first, count, counts, below = windows.buckets[index % buckets]
             half_width = WINDOW_HALF_WIDTHS[index % buckets]
-            which = offset_index[members] * count + (row[members] - first)
-            yield members, half_width, counts[which.numpy()], centre[members] - half_width
+            which = (offset_index[members] * count + (row[members] - first)).numpy()
+            low = centre[members] - half_width
+            if lower is None:
+                yield members, half_width, counts[which], low, lambda values: np.ones(len(values), dtype=bool)
+                continue
+            low_bound, high_bound = lower[members].numpy(), upper[members].numpy()
+            start_at = low.numpy()
+            rows = _fold(counts[which], below[which], (low_bound - start_at).astype(np.int64),
+                         (high_bound - start_at).astype(np.int64))
+            yield (members, half_width, rows, low,
+                   lambda values, lo=low_bound, hi=high_bound: (values >= lo) & (values <= hi))
 
 
 def push_factors(encoder: Encoder, tables: LogisticTables, factors: list) -> None:
-    """Queue factors given as (latents, mean, log_scale), in order."""
+    """Queue factors given as (latents, mean, log_scale) or (latents, mean, log_scale,
+    lower, upper), in order."""
     if not factors:
         return
-    flat = torch.cat([values.reshape(-1) for values, _, _ in factors]).to(torch.float64)
-    for members, half_width, counts, low in _plan(tables, [m for _, m, _ in factors], [s for _, _, s in factors]):
+    flat = torch.cat([f[0].reshape(-1) for f in factors]).to(torch.float64)
+    for members, half_width, counts, low, in_range in _plan(tables, [f[1] for f in factors],
+                                                            [f[2] for f in factors], [f[3:] for f in factors]):
+        if not in_range(flat[members].numpy()).all():
+            raise ValueError("latent outside its bounds")
         offset = (flat[members] - low).numpy().astype(np.int64)
         escaped = (offset < 0) | (offset > 2 * half_width)
         symbols = np.where(escaped, 2 * half_width + 1, offset)
@@ -139,7 +199,7 @@ def push_factor(encoder: Encoder, tables: LogisticTables, values: torch.Tensor,
         push_factors(encoder, tables, [(values, mean, log_scale)])
         return
     flat = values.reshape(-1).to(torch.float64)
-    for members, half_width, counts, low in _plan(tables, [mean], [log_scale]):
+    for members, half_width, counts, low, _ in _plan(tables, [mean], [log_scale]):
         offset = (flat[members] - low).numpy().astype(np.int64)
         if ((offset < 0) | (offset > 2 * half_width)).any():
             raise CorruptStream("latent outside its window (a window without escape)")
@@ -147,9 +207,10 @@ def push_factor(encoder: Encoder, tables: LogisticTables, values: torch.Tensor,
 
 
 def pop_factor(decoder: Decoder, tables: LogisticTables, mean: torch.Tensor,
-               log_scale: torch.Tensor, escape: bool = True) -> torch.Tensor:
+               log_scale: torch.Tensor, escape: bool = True, bounds: tuple = ()) -> torch.Tensor:
+    """Decode one factor; ``bounds`` = (lower, upper) for edge bins (only with escape)."""
     flat = torch.empty(mean.numel(), dtype=torch.float64)
-    for members, half_width, counts, low in _plan(tables, [mean], [log_scale]):
+    for members, half_width, counts, low, in_range in _plan(tables, [mean], [log_scale], [bounds]):
         if not escape:  # the window's bins alone: the same masses, no escape column
             symbols = decoder.pop_categorical(np.ascontiguousarray(counts[:, :-1])).astype(np.int64)
             if symbols.size != members.numel():
@@ -163,5 +224,7 @@ def pop_factor(decoder: Decoder, tables: LogisticTables, mean: torch.Tensor,
         values = low + torch.from_numpy(symbols).to(torch.float64)
         raw = decoder.pop_uniform(int(escaped.sum()), ESCAPE_SIZE).astype(np.int64) - ESCAPE_OFFSET
         values[torch.from_numpy(escaped)] = torch.from_numpy(raw).to(torch.float64)
+        if not in_range(values.numpy()).all():
+            raise CorruptStream("a decoded value lies outside its known range")
         flat[members] = values
     return flat.reshape(mean.shape)

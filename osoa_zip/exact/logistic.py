@@ -9,6 +9,13 @@ operations are single correctly rounded IEEE operations, elementwise.
 Scale is parametrised by its logarithm ``log_scale`` on the activation grid;
 ``inv_scale`` holds round(2**16 * exp(-log_scale)) for every grid point.
 The logistic CDF is tabulated as round(2**24 * sigmoid(u)) on a 2**-6 grid.
+
+Edge bins (optional ``lower``/``upper`` bounds per element, as in PixelCNN++):
+a value known to lie in [lower, upper] gets, at a bound, the whole tail beyond
+it: P(lower) = CDF(lower + 1/2), P(upper) = 1 - CDF(upper - 1/2).  Pixels are
+in [0, 255], so a flow's residual z = x - offset is in [-offset, 255 - offset];
+without the bounds the mass below 0 and above 255 is wasted, which costs
+dark or saturated pixels most (Fashion-MNIST: 15% of its bits).
 """
 from __future__ import annotations
 
@@ -78,8 +85,10 @@ class LogisticTables:
 
 
 def bin_probability_q24(tables: LogisticTables, value: torch.Tensor, mean: torch.Tensor,
-                        inv_scale: torch.Tensor):
-    """Integer mass (out of 2**24, at least 1) of the bin [value-1/2, value+1/2].
+                        inv_scale: torch.Tensor, lower: torch.Tensor | None = None,
+                        upper: torch.Tensor | None = None):
+    """Integer mass (out of 2**24, at least 1) of the bin [value-1/2, value+1/2]
+    (with bounds: a bin at a bound extends to infinity beyond it).
 
     Returns (mass, u_plus, u_minus, cdf_plus, cdf_minus) for gradient use.
     """
@@ -88,6 +97,9 @@ def bin_probability_q24(tables: LogisticTables, value: torch.Tensor, mean: torch
     u_minus = (delta - 0.5) * inv_scale
     cdf_plus = tables.cdf_q24(u_plus)
     cdf_minus = tables.cdf_q24(u_minus)
+    if lower is not None:
+        cdf_minus = torch.where(value <= lower, 0.0, cdf_minus)
+        cdf_plus = torch.where(value >= upper, CDF_ONE, cdf_plus)
     mass = torch.clamp(cdf_plus - cdf_minus, min=1.0)
     return mass, u_plus, u_minus, cdf_plus, cdf_minus
 
@@ -96,16 +108,19 @@ class _ExactNLL(torch.autograd.Function):
     """Negative log-likelihood in bits, with a replayable backward pass."""
 
     @staticmethod
-    def forward(ctx, value, mean, log_scale, tables):
+    def forward(ctx, value, mean, log_scale, tables, lower, upper):
         inv_scale = tables.inverse_scale(log_scale)
-        mass, u_plus, u_minus, cdf_plus, cdf_minus = bin_probability_q24(tables, value, mean, inv_scale)
-        ctx.save_for_backward(value, mean, log_scale, inv_scale, mass, u_plus, u_minus, cdf_plus, cdf_minus)
+        mass, u_plus, u_minus, cdf_plus, cdf_minus = bin_probability_q24(tables, value, mean, inv_scale,
+                                                                          lower, upper)
+        ctx.edges = lower is not None
+        saved = (value, mean, log_scale, inv_scale, mass, u_plus, u_minus, cdf_plus, cdf_minus)
+        ctx.save_for_backward(*saved, *((lower, upper) if ctx.edges else ()))
         # Reported only (statistics), never replayed: log2 may differ in the last bit.
         return CDF_BITS - torch.log2(mass)
 
     @staticmethod
     def backward(ctx, grad_out):
-        value, mean, log_scale, inv_scale, mass, u_plus, u_minus, cdf_plus, cdf_minus = ctx.saved_tensors
+        value, mean, log_scale, inv_scale, mass, u_plus, u_minus, cdf_plus, cdf_minus = ctx.saved_tensors[:9]
         p_plus = cdf_plus / CDF_ONE
         p_minus = cdf_minus / CDF_ONE
         density_plus = p_plus * (1.0 - p_plus)
@@ -118,15 +133,21 @@ class _ExactNLL(torch.autograd.Function):
         tail = probability < _TAIL_PROBABILITY
         grad_mean = torch.where(tail, -torch.sign(delta) * inv_scale, grad_mean)
         grad_log_scale = torch.where(tail, 1.0 - torch.abs(delta) * inv_scale, grad_log_scale)
+        if ctx.edges:
+            # An edge bin's far tail is one-sided: NLL ~ |delta|/s, no log s.  (Its
+            # in-range gradient needs no change: the folded side's density is 0.)
+            lower, upper = ctx.saved_tensors[9:]
+            edge_tail = tail & ((value <= lower) | (value >= upper))
+            grad_log_scale = torch.where(edge_tail, -torch.abs(delta) * inv_scale, grad_log_scale)
         inside = (log_scale >= LOG_SCALE_MIN) & (log_scale <= LOG_SCALE_MAX)
         # Gradients above are in nats; bits differ by a constant factor that
         # Adam ignores, so no log(2) enters the replayed path.
         grad_mean = quantize_gradient(grad_mean * grad_out)
         grad_log_scale = quantize_gradient(grad_log_scale * inside * grad_out)
-        return -grad_mean, grad_mean, grad_log_scale, None
+        return -grad_mean, grad_mean, grad_log_scale, None, None, None
 
 
-def _float_nll_bits(value, mean, log_scale):
+def _float_nll_bits(value, mean, log_scale, lower=None, upper=None):
     """Smooth float32 NLL for pretraining; matches the tables up to rounding."""
     log_scale = torch.clamp(log_scale, LOG_SCALE_MIN, LOG_SCALE_MAX)
     inv_scale = torch.exp(-log_scale)
@@ -137,11 +158,18 @@ def _float_nll_bits(value, mean, log_scale):
     middle = delta * inv_scale
     log_density = middle - log_scale - 2.0 * torch.nn.functional.softplus(middle)
     log_prob = torch.where(cdf_delta > 1e-5, torch.log(torch.clamp(cdf_delta, min=1e-12)), log_density)
+    if lower is not None:
+        # log CDF(u+) = -softplus(-u+), log(1 - CDF(u-)) = -softplus(u-): stable in the tails.
+        log_prob = torch.where(value <= lower, -torch.nn.functional.softplus(-u_plus), log_prob)
+        log_prob = torch.where(value >= upper, -torch.nn.functional.softplus(u_minus), log_prob)
     return -log_prob / math.log(2.0)
 
 
-def nll_bits(value, mean, log_scale, tables: LogisticTables) -> torch.Tensor:
-    """Per-element NLL in bits: exact engine for float64, smooth for float32."""
+def nll_bits(value, mean, log_scale, tables: LogisticTables, lower=None, upper=None) -> torch.Tensor:
+    """Per-element NLL in bits: exact engine for float64, smooth for float32.
+
+    ``lower``/``upper`` (both or neither): the value's known range, whose edge
+    bins take the tails beyond it (module docstring)."""
     if value.dtype == torch.float64:
-        return _ExactNLL.apply(value, mean, log_scale, tables)
-    return _float_nll_bits(value, mean, log_scale)
+        return _ExactNLL.apply(value, mean, log_scale, tables, lower, upper)
+    return _float_nll_bits(value, mean, log_scale, lower, upper)

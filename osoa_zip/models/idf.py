@@ -37,6 +37,11 @@ shift: the fractional part of a * (x_R - base_R) depends on the just-decoded
 x_R, which the network cannot see, and would otherwise be lost to rounding.
 The remainder is on the activation grid (shift is), so the sum is exact.
 Both flags act only on networks with more than one channel.
+
+With ``edge_bins`` (v4), every factor knows its latents' range: the pixel is
+in [0, 255], so z = x - offset is in [-offset, 255 - offset], and the
+logistic's tails beyond the range go to the edge bins (exact/logistic.py).
+Factors then carry (latents, mean, log_scale, lower, upper) for the coder.
 """
 from __future__ import annotations
 
@@ -52,6 +57,7 @@ from ..exact.logistic import LogisticTables, nll_bits
 
 CONTEXT_SCALE = 1.0 / 64.0  # pixels enter the networks in [-2, 2)
 PIXEL_CENTER = 128.0
+PIXEL_MAX = 255.0
 MIN_FINAL_SIDE = 4
 COEFFICIENT_LIMIT = 2.0  # cross-channel coefficients are clamped to [-2, 2]
 
@@ -138,9 +144,10 @@ class SubLatticeFlow(nn.Module):
     """The flow for images of one channel count (1 = L, 3 = RGB)."""
 
     def __init__(self, channels: int, hidden: int, depth: int, levels: int, channel_coupling: bool = False,
-                 mean_remainder: bool = False, deep_levels: bool = False):
+                 mean_remainder: bool = False, deep_levels: bool = False, edge_bins: bool = False):
         super().__init__()
         self.channels = channels
+        self.edge_bins = bool(edge_bins)
         # v3: levels go on down to 1 x 1 (the last predictor serves the extra ones), so the
         # weak final prior codes one pixel instead of up to 7 x 7 (12% of a 28x28 image's bits).
         self.deep_levels = bool(deep_levels)
@@ -268,13 +275,21 @@ class SubLatticeFlow(nn.Module):
         def take(key, mean, log_scale, offset):
             target = self._target(targets, key)
             latents = target - offset
-            factors.append((latents.detach(), mean.detach(), log_scale.detach()))
+            bounds = self._bounds(offset)
+            factors.append((latents.detach(), mean.detach(), log_scale.detach(), *bounds))
             if with_loss:
-                terms.append(nll_bits(latents, mean, log_scale, self.tables).sum())
+                terms.append(nll_bits(latents, mean, log_scale, self.tables, *bounds).sum())
             return target
 
         self._traverse(pixels.shape, take)
         return (torch.stack(terms).sum() if with_loss else None), factors
+
+    def _bounds(self, offset: torch.Tensor) -> tuple:
+        """The latents' range z = x - offset for x in [0, 255] (with edge bins), else ()."""
+        if not self.edge_bins:
+            return ()
+        offset = offset.detach()
+        return -offset, PIXEL_MAX - offset
 
     def nll(self, pixels: torch.Tensor) -> torch.Tensor:
         """Total negative log-likelihood of a batch in bits (differentiable)."""
@@ -306,12 +321,13 @@ class SubLatticeFlow(nn.Module):
         terms = []
 
         def take(key, mean, log_scale, offset):
-            latents = pop_factor(decoder, self.tables, mean.detach(), log_scale.detach())
+            bounds = self._bounds(offset)
+            latents = pop_factor(decoder, self.tables, mean.detach(), log_scale.detach(), bounds=bounds)
             # Exact: integers far below 2**53.  The pixels carry no graph, as
             # nll's targets do not; the loss term is nll's (target - offset).
             target = latents + offset.detach()
             if with_loss:
-                terms.append(nll_bits(target - offset, mean, log_scale, self.tables).sum())
+                terms.append(nll_bits(target - offset, mean, log_scale, self.tables, *bounds).sum())
             return target
 
         pixels = self._traverse(shape, take)

@@ -33,7 +33,7 @@ DEFAULT_MODEL = "idf-sublattice-v3"
 # Architecture keys this version understands; a checkpoint naming another one
 # was made by a newer version and is refused rather than misread.
 CONFIG_KEYS = {"hidden", "depth", "levels", "channel_coupling", "mean_remainder", "family", "latent_channels",
-               "deep_levels"}
+               "deep_levels", "edge_bins"}
 FAMILIES = ("flow", "vae")
 
 
@@ -97,7 +97,8 @@ def build_networks(config: dict) -> dict[int, SubLatticeFlow | ConvVAE]:
 
     ``channel_coupling`` and ``mean_remainder`` (v2) add cross-channel
     conditioning to the RGB network (the gray one is unaffected);
-    ``deep_levels`` (v3) takes the sub-lattice levels down to 1 x 1.  Configs
+    ``deep_levels`` (v3) takes the sub-lattice levels down to 1 x 1;
+    ``edge_bins`` (v4) gives the pixel range's tails to the edge bins.  Configs
     without them (v1, the tiny test model) build exactly the networks they
     always did.
     """
@@ -110,7 +111,8 @@ def build_networks(config: dict) -> dict[int, SubLatticeFlow | ConvVAE]:
     return {channels: SubLatticeFlow(channels, config["hidden"], config["depth"], config["levels"],
                                      channel_coupling=bool(config.get("channel_coupling", False)),
                                      mean_remainder=bool(config.get("mean_remainder", False)),
-                                     deep_levels=bool(config.get("deep_levels", False)))
+                                     deep_levels=bool(config.get("deep_levels", False)),
+                                     edge_bins=bool(config.get("edge_bins", False)))
             for channels in CHANNEL_PREFIXES}
 
 
