@@ -38,6 +38,19 @@ Fashion-MNIST *training* split, whose test split stays evaluation only):
   over the remaining steps.  Leaning the gray mix towards Fashion-MNIST costs gray photo tiles a
   little (eval gray32 +0.7% against v2) for much on Fashion-MNIST (-14%).
 
+v4 (v3 plus edge bins, --edge-bins: the logistic tails beyond [0, 255] go to the bins at 0 and
+255; no new parameters, so both networks warm-start from v3's shipped weights):
+
+  python scripts/pretrain.py train --channels 1 --data data/train_gray32.npy --batch-size 32 \
+      --data data/train_fashion28.npy --batch-size 32 --mix 0.3,0.7 --steps 4000 --lr 5e-4 --run runs/v4 \
+      --channel-coupling --mean-remainder --deep-levels --edge-bins --init-from models/idf-sublattice-v3.safetensors
+  python scripts/pretrain.py train --channels 3 --data data/train_rgb64.npy --batch-size 16 \
+      --data data/train_rgb32.npy --batch-size 32 --mix 0.5,0.5 --steps 3000 --lr 3e-4 --run runs/v4 \
+      --channel-coupling --mean-remainder --deep-levels --edge-bins --init-from models/idf-sublattice-v3.safetensors
+  (then the same two commands again without --init-from, with --steps 24000 (gray) and --steps 15000
+  (RGB): each resumes runs/v4 for the remaining steps on a fresh cosine)
+  python scripts/pretrain.py export --run runs/v4 --name idf-sublattice-v4 ...   # as in models/manifest.json
+
 VAE (bits-back, osoa_zip/models/vae.py):
 
   python scripts/pretrain.py train --family vae --hidden 48 --latent-channels 16 --channels 3 \

@@ -39,37 +39,35 @@ ESCAPE_OFFSET = ESCAPE_SIZE // 2
 
 def _counts(tables, offset, inv_scale, half_width) -> tuple[np.ndarray, np.ndarray]:
     """Integer masses of the 2W+1 window bins, then the escape mass, per row; and the
-    part of the escape mass below the window."""
+    CDF at the window's 2W+2 bin edges (for edge bins)."""
     bins = torch.arange(2 * half_width + 2, dtype=torch.float64) - (half_width + 0.5)
     cdf = tables.cdf_q24((bins[None, :] - offset[:, None]) * inv_scale[:, None])
     inside = cdf[:, 1:] - cdf[:, :-1]
     escape = cdf[:, :1] + (CDF_ONE - cdf[:, -1:])
-    return torch.cat([inside, escape], dim=1).numpy(), cdf[:, 0].numpy()
+    return torch.cat([inside, escape], dim=1).numpy(), cdf.numpy()
 
 
-def _fold(counts: np.ndarray, below: np.ndarray, first: np.ndarray, last: np.ndarray) -> np.ndarray:
-    """Rows with the mass outside window positions [first, last] moved onto them (edge bins).
+def _fold(counts: np.ndarray, cdf: np.ndarray, which: np.ndarray, first: np.ndarray,
+          last: np.ndarray) -> np.ndarray:
+    """Rows (changed in place) with the mass outside window positions [first, last] moved onto
+    them (edge bins).
 
-    counts: (n, 2W+2) window rows, escape last; below: each row's escape mass below the
-    window; first/last: the bounds' window positions (first <= 2W, last >= 0 by the mean's
-    clamp; first < 0 or last > 2W when a bound lies outside the window).  Integer sums of
+    counts: (n, 2W+2) window rows, escape last; cdf[which]: their bin-edge CDFs;
+    first/last: the bounds' window positions (first <= 2W, last >= 0 by the mean's clamp;
+    first < 0 or last > 2W when a bound lies outside the window).  The mass up to a bin's
+    upper edge is the CDF there (the rows telescope), so each fold is one lookup; all
     integer-valued float64, so exact.
     """
     width = counts.shape[1] - 1
-    inside, escape = counts[:, :width].copy(), counts[:, width].copy()
     position = np.arange(width)[None, :]
-    from_left = np.cumsum(inside, axis=1)
-    from_right = np.cumsum(inside[:, ::-1], axis=1)[:, ::-1]
-    rows = np.arange(len(counts))
-    low_in, high_in = first >= 0, last < width
-    low_mass = from_left[rows, np.clip(first, 0, width - 1)] + below
-    high_mass = from_right[rows, np.clip(last, 0, width - 1)] + (escape - below)
-    inside[low_in[:, None] & (position < first[:, None])] = 0.0
-    inside[high_in[:, None] & (position > last[:, None])] = 0.0
-    inside[rows[low_in], first[low_in]] = low_mass[low_in]
-    inside[rows[high_in], last[high_in]] = high_mass[high_in]
-    escape = escape - np.where(low_in, below, 0.0) - np.where(high_in, counts[:, width] - below, 0.0)
-    return np.concatenate([inside, escape[:, None]], axis=1)
+    counts[:, :width] *= (position >= first[:, None]) & (position <= last[:, None])
+    low = np.nonzero(first >= 0)[0]
+    counts[low, first[low]] = cdf[which[low], first[low] + 1]
+    counts[low, width] -= cdf[which[low], 0]
+    high = np.nonzero(last < width)[0]
+    counts[high, last[high]] = CDF_ONE - cdf[which[high], last[high]]
+    counts[high, width] -= CDF_ONE - cdf[which[high], width]
+    return counts
 
 
 class _Windows:
@@ -95,7 +93,7 @@ class _Windows:
                                          max=len(WINDOW_HALF_WIDTHS) - 1)
         offset = (torch.arange(OFFSET_STEPS, dtype=torch.float64) + 0.5) / OFFSET_STEPS - 0.5
         # Per bucket: (first row, number of rows, counts indexed by offset_index * rows + row - first,
-        # the escape mass below the window, indexed alike).
+        # the CDF at the bin edges, indexed alike).
         self.buckets: list[tuple[int, int, np.ndarray, np.ndarray] | None] = []
         for index, half_width in enumerate(WINDOW_HALF_WIDTHS):
             members = torch.nonzero(self.bucket_of_row == index).reshape(-1)
@@ -158,7 +156,7 @@ def _plan(tables: LogisticTables, means: list[torch.Tensor], log_scales: list[to
         if size:
             members = order[start:start + size]
             start += size
-            first, count, counts, below = windows.buckets[index % buckets]
+            first, count, counts, cdf = windows.buckets[index % buckets]
             half_width = WINDOW_HALF_WIDTHS[index % buckets]
             which = (offset_index[members] * count + (row[members] - first)).numpy()
             low = centre[members] - half_width
@@ -167,7 +165,7 @@ def _plan(tables: LogisticTables, means: list[torch.Tensor], log_scales: list[to
                 continue
             low_bound, high_bound = lower[members].numpy(), upper[members].numpy()
             start_at = low.numpy()
-            rows = _fold(counts[which], below[which], (low_bound - start_at).astype(np.int64),
+            rows = _fold(counts[which], cdf, which, (low_bound - start_at).astype(np.int64),
                          (high_bound - start_at).astype(np.int64))
             yield (members, half_width, rows, low,
                    lambda values, lo=low_bound, hi=high_bound: (values >= lo) & (values <= hi))
