@@ -33,10 +33,10 @@ they were added); versions are Debian bookworm's and the pinned wheels':
 - PyPI `scikit-learn` 1.9.1: `sklearn/datasets/images/china.jpg` and `flower.jpg`. CC-BY-2.0
   (Flickr users danielbuechele and vultilion, per the folder's README.txt).
 - PyPI `matplotlib` 3.11.2: `mpl-data/sample_data/grace_hopper.jpg`. Public domain (US Navy).
-- PyPI `imgaug` 0.4.0: `imgaug/quokka.jpg`. MIT, imgaug's licence (no other source is given).
-- PyPI `pywavelets` 1.9.0: the lossless 512x512 grayscale photos `pywt/data/aero.npz` and
-  `ascent.npz` (cached as PNG). MIT, PyWavelets's licence; `ascent` comes from
-  public-domain-image.com (per `pywt/data/_readers.py`).
+- PyPI `pywavelets` 1.9.0: the lossless 512x512 grayscale photo `pywt/data/ascent.npz` (cached
+  as PNG), public domain, from public-domain-image.com (per `pywt/data/_readers.py`).
+Left out because nothing says where the photo comes from: `imgaug`'s `quokka.jpg` and
+PyWavelets's `aero.npz`.
 Checked by eye and not used, because they hold no photos (renderings and digital art only):
 Debian `ukui-wallpapers` 20.04.3-1.1 and `gnome-backgrounds` 43.1-1; the other images of
 `skimage/data/` are synthetic, microscopy, text or too small.
@@ -93,7 +93,7 @@ JPEG_FACTORS, LOSSLESS_FACTORS = range(3, 7), range(1, 4)
 EVAL_EVERY = 4
 SKIMAGE_WHEEL = "scikit-image==0.26.0"
 SKLEARN_WHEEL, MATPLOTLIB_WHEEL = "scikit-learn==1.9.1", "matplotlib==3.11.2"
-PYWAVELETS_WHEEL, IMGAUG_WHEEL = "pywavelets==1.9.0", "imgaug==0.4.0"
+PYWAVELETS_WHEEL = "pywavelets==1.9.0"
 
 PLASMA = dict.fromkeys(
     ("BytheWater", "ColdRipple", "ColorfulCups", "DarkestHour", "EveningGlow", "FallenLeaf", "Grey",
@@ -140,11 +140,7 @@ PALAPELI = {
 DIGIKAM = {"body-background": "GPL-2+ (digiKam; iPhone 7 photo of 2021 per its EXIF)"}
 SKLEARN = {"china": "CC-BY-2.0 (danielbuechele, Flickr)", "flower": "CC-BY-2.0 (vultilion, Flickr)"}
 MATPLOTLIB = {"grace_hopper": "public domain (US Navy photo), shipped with matplotlib"}
-PYWAVELETS = {
-    "ascent": "public domain (public-domain-image.com), shipped with PyWavelets (MIT)",
-    "aero": "MIT (shipped with PyWavelets; no separate source given)",
-}
-IMGAUG = {"quokka": "MIT (shipped with imgaug; no separate source given)"}
+PYWAVELETS = {"ascent": "public domain (public-domain-image.com), shipped with PyWavelets (MIT)"}
 
 
 class CorpusError(Exception):
@@ -259,8 +255,6 @@ PHOTO_SOURCES = (
            r"^sklearn/datasets/images/(\w+)\.jpg$", ".jpg", SKLEARN, train_only=True),
     Source("matplotlib", functools.partial(download_wheel, MATPLOTLIB_WHEEL),
            r"^matplotlib/mpl-data/sample_data/(\w+)\.jpg$", ".jpg", MATPLOTLIB, train_only=True),
-    Source("imgaug", functools.partial(download_wheel, IMGAUG_WHEEL),
-           r"^imgaug/(\w+)\.jpg$", ".jpg", IMGAUG, train_only=True),
     Source("pywavelets", functools.partial(download_wheel, PYWAVELETS_WHEEL),
            r"^pywt/data/(\w+)\.npz$", ".png", PYWAVELETS, lossless=True, train_only=True,
            convert=npz_to_png),
