@@ -1,12 +1,16 @@
 """Run the CLI in a subprocess under resource limits and measure its peak memory.
 
 `os.wait4` gives the rusage of that one child (RUSAGE_CHILDREN would mix in
-every earlier subprocess of the test session).
+every earlier subprocess of the test session).  The CLI is started by a small
+launcher process, not forked from pytest: Linux counts a process's RSS before
+its exec in ru_maxrss, so a child forked from a test session that has grown to
+700 MB (models, coder tables) would report 700 MB whatever the CLI used.
 """
 from __future__ import annotations
 
+import json
 import os
-import resource
+import signal
 import subprocess
 import sys
 import tempfile
@@ -19,25 +23,40 @@ def run_cli(*args, address_space: int | None = None, file_size: int | None = Non
             timeout: float = 600, env: dict | None = None) -> tuple[subprocess.CompletedProcess, int]:
     """`python -m osoa_zip ARGS` with optional RLIMIT_AS / RLIMIT_FSIZE; (result, peak RSS in bytes).
     stdout: a file object to write to (e.g. /dev/full) instead of capturing it."""
-    def limits():
-        if address_space is not None:
-            resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
-        if file_size is not None:
-            resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
-
-    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
-        process = subprocess.Popen([sys.executable, "-m", "osoa_zip", *map(str, args)],
-                                   stdout=stdout if stdout is not None else out, stderr=err,
-                                   env=env or subprocess_env(), preexec_fn=limits)
-        timer = threading.Timer(timeout, process.kill)
+    limits = json.dumps([address_space, file_size])
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err, \
+            tempfile.NamedTemporaryFile("r") as report:
+        command = [sys.executable, "-c", _LAUNCHER, limits, report.name, sys.executable, "-m", "osoa_zip",
+                   *map(str, args)]
+        process = subprocess.Popen(command, stdout=stdout if stdout is not None else out, stderr=err,
+                                   env=env or subprocess_env(), start_new_session=True)
+        timer = threading.Timer(timeout, lambda: os.killpg(process.pid, signal.SIGKILL))
         timer.start()
         try:
-            _, status, usage = os.wait4(process.pid, 0)
+            process.wait()
         finally:
             timer.cancel()
-        process.returncode = os.waitstatus_to_exitcode(status)
+        status, peak_kib = json.loads(report.read() or "[9, 0]")
         out.seek(0)
         err.seek(0)
-        result = subprocess.CompletedProcess(process.args, process.returncode, out.read(),
+        result = subprocess.CompletedProcess(command[4:], os.waitstatus_to_exitcode(status), out.read(),
                                              err.read().decode("utf-8", "replace"))
-    return result, usage.ru_maxrss * 1024
+    return result, peak_kib * 1024
+
+
+# argv: [limits as JSON, report file, command...]; runs the command as its child under the
+# limits and writes [wait status, peak RSS in KiB] of that child to the report file.
+_LAUNCHER = """
+import json, os, resource, sys
+address_space, file_size = json.loads(sys.argv[1])
+pid = os.fork()
+if pid == 0:
+    if address_space is not None:
+        resource.setrlimit(resource.RLIMIT_AS, (address_space, address_space))
+    if file_size is not None:
+        resource.setrlimit(resource.RLIMIT_FSIZE, (file_size, file_size))
+    os.execv(sys.argv[3], sys.argv[3:])
+_, status, usage = os.wait4(pid, 0)
+with open(sys.argv[2], "w") as report:
+    json.dump([status, usage.ru_maxrss], report)
+"""
