@@ -17,7 +17,7 @@ Package map (each folder knows only its neighbours):
 """
 import os
 
-__version__ = "1.1.0"  # format 1.0 (docs/FORMAT.md); 1.1: model v3 by default, the guard no longer undoes updates
+__version__ = "1.2.0"  # format 1.0 (docs/FORMAT.md); 1.1: model v3 by default, the guard no longer undoes updates; 1.2: model v4 (edge bins) by default
 
 # Must happen before torch loads OpenMP.  With the default (spinning) wait
 # policy, two busy processes on a 2-core machine slowed each other from 12 s

@@ -187,3 +187,17 @@ def test_corrupt_data_never_decodes_outside_the_range():
         except CorruptStream:
             continue
         assert float(decoded.min()) >= 0 and float(decoded.max()) <= 255
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_shipped_v4_codes_within_one_percent_of_its_nll(channels):
+    pixels = np.asarray(Image.open(EXAMPLES / "0003.png").convert("RGB" if channels == 3 else "L"))[:64, :64]
+    pixels = pixels.reshape(64, 64, channels)
+    tiles = pixels.reshape(2, 32, 2, 32, channels).transpose(0, 2, 4, 1, 3).reshape(4, channels, 32, 32)
+    batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(torch.float64)
+    network = load_model("idf-sublattice-v4").network(channels)
+    assert network.edge_bins
+    coded_bits = 8 * len(_round_trip(network, batch))
+    with torch.no_grad():
+        nll = float(network.nll(batch))
+    assert abs(coded_bits - nll) <= 0.01 * nll + 64, (coded_bits, nll)
