@@ -22,7 +22,8 @@ from .container.format import ArchiveError, ArchiveReader, SalvagingReader, read
 from .exact import ENGINE
 from .files.restore import Conflict, EntryNames, RefusedEntries, Staging, UnsafeEntry
 from .imaging.io import (COLOR_CHANNELS, LOSSLESS_FORMATS, MODEL_MODES, CannotReproduce, blank_picture,
-                         check_reproduced, close_picture, paste, record_picture, save_picture, write_image)
+                         check_reproduced, close_picture, is_large, paste, record_picture, save_picture, write_image)
+from .imaging.pixel_file import PixelFile
 from .imaging.tiles import plan_batches
 from .layout import (ALPHA_MODES, CHUNK_TAGS, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, INDEX_MODES,
                      MAX_IMAGE_SUBPIXELS, SIDE_PLANES, OversizedEntry, Progress, Summary, UsageError, decode_name,
@@ -262,6 +263,7 @@ class _Decoder:
                 record = record_from_entry(entry, pixels=indices[index_index[number]][:, :, None])
             else:
                 record = record_from_entry(entry, picture=canvas.picture())
+                record.pixel_file = canvas.pixel_file
             del canvas
             try:
                 self.sink.image(name, record, int(entry["mode"]), int(entry["mtime_ns"]))
@@ -271,6 +273,8 @@ class _Decoder:
             finally:
                 if record.picture is not None:
                     close_picture(record.picture)  # before the next image of the group is made
+                if record.pixel_file is not None:
+                    record.pixel_file.close()
             self.summary.images += 1
             self.summary.files += 1
             if record.mode not in INDEX_MODES:
@@ -337,31 +341,46 @@ class _Canvas:
     """One image being decoded, held as the Pillow image it will be written from: the
     decoded tiles go straight into it (cut to the image, the padding dropped), so the
     group's images are never held twice (docs/SECURITY.md, "How memory grows").
+    A large image's Pillow image is mapped from a PixelFile, not held in memory.
     The Pillow image is made on the first tile, so declared images cost nothing until
     their pixels decode."""
 
     def __init__(self, height: int, width: int, mode: str, alpha: np.ndarray | None) -> None:
         self.height, self.width, self.mode, self.alpha = height, width, mode, alpha
         self._picture = None
+        self.pixel_file: PixelFile | None = None
 
     def paste(self, tile: np.ndarray, y: int, x: int) -> None:
         """A decoded C x h x w tile of the padded image at (y, x)."""
         if self._picture is None:
-            self._picture = blank_picture(self.mode, self.width, self.height)
+            self._picture = self._blank()
         pixels = tile.transpose(1, 2, 0)[:self.height - y, :self.width - x]
         if self.alpha is not None:
             plane = self.alpha[y:y + pixels.shape[0], x:x + pixels.shape[1], None]
             pixels = np.concatenate([pixels, plane], axis=2)
         paste(self._picture, pixels, y, x)
 
+    def _blank(self):
+        if is_large(self.height, self.width, MODEL_MODES[self.mode]):
+            self.pixel_file = PixelFile(self.mode, self.width, self.height)  # zeros, as Image.new makes them
+            return self.pixel_file.picture()
+        return blank_picture(self.mode, self.width, self.height)
+
+    def forget(self) -> None:
+        """Unmap the pages pasted so far (a large image's; they stay in its file)."""
+        if self.pixel_file is not None:
+            self.pixel_file.forget()
+
     def picture(self):
         picture, self._picture = self._picture, None
-        return picture if picture is not None else blank_picture(self.mode, self.width, self.height)
+        return picture if picture is not None else self._blank()
 
 
 def _paste_batch(batch, tiles: np.ndarray, canvases: list[_Canvas]) -> None:
     for (i, y, x), tile in zip(batch.members, tiles):
         canvases[i].paste(tile, y, x)
+    for i in {i for i, _, _ in batch.members}:
+        canvases[i].forget()
 
 
 class _StagingSink:

@@ -1,0 +1,166 @@
+"""Large images live in temporary files that Pillow decodes into and encodes from
+(osoa_zip/imaging/pixel_file.py): the same pixels, the same bytes, the same archives.
+
+Most checks lower SPILL_BYTES so that small images take the large-image path;
+the memory it saves is measured in tests/test_memory.py.
+"""
+from __future__ import annotations
+
+import io
+import os
+import zlib
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, PngImagePlugin
+
+import osoa_zip.imaging.io as imaging_io
+from osoa_zip.adapt.engine import AdaptationConfig
+from osoa_zip.archive import compress, decompress
+from osoa_zip.imaging.io import read_image, write_image
+from osoa_zip.imaging.pixel_file import PixelFile, PixelView
+
+from conftest import EXAMPLES, assert_same_tree
+
+REPO = Path(__file__).resolve().parents[1]
+PHOTOS = sorted((REPO / "data" / "eval" / "photos768").glob("*.png"))[:3] + sorted(EXAMPLES.glob("*.png"))[:3]
+MODES = {"L": 1, "RGB": 3, "LA": 2, "RGBA": 4, "P": 1}
+SPILL_BYTES = imaging_io.SPILL_BYTES
+SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4))
+
+
+@pytest.fixture
+def every_image_is_large(monkeypatch):
+    monkeypatch.setattr(imaging_io, "SPILL_BYTES", 0)
+
+
+def _open_descriptors() -> int:
+    return len(os.listdir("/proc/self/fd")) if os.path.isdir("/proc/self/fd") else 0
+
+
+def _picture(mode: str, height: int, width: int, seed: int, palette_size: int = 256) -> Image.Image:
+    """Random pixels, smooth in the top half (so that every PNG filter type gets chosen)."""
+    rng = np.random.default_rng(seed)
+    pixels = rng.integers(0, 256, (height, width, MODES[mode]), dtype=np.uint8)
+    y, x = np.mgrid[0:height, 0:width]
+    smooth = ((x * 3 + y * 5) % 256).astype(np.uint8)[:, :, None]
+    pixels[:height // 2] = smooth[:height // 2] ^ (pixels[:height // 2] & 1)
+    if mode == "P":
+        pixels = (pixels.astype(np.uint16) % palette_size).astype(np.uint8)
+    picture = Image.fromarray(pixels[:, :, 0] if MODES[mode] == 1 else pixels, mode)
+    if mode == "P":
+        picture.putpalette(bytes(np.random.default_rng(seed + 1).integers(0, 256, 3 * palette_size, np.uint8)))
+    return picture
+
+
+def _with_chunk_after_image_data(data: bytes, kind: bytes, body: bytes) -> bytes:
+    """A PNG with one more chunk between its last IDAT and IEND (Pillow only writes them before)."""
+    chunk = len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+    return data[:-12] + chunk + data[-12:]
+
+
+@pytest.mark.parametrize("mode", sorted(MODES))
+@pytest.mark.parametrize("height, width", [(1, 1), (1, 3001), (2999, 1), (7, 3), (600, 1100)])
+def test_large_images_decode_and_write_as_pillow_does(tmp_path, every_image_is_large, mode, height, width):
+    """Pillow's decode of the file is the record's pixels (tiles and channel views too), and
+    writing the record back gives Pillow's own bytes: every mode, one row or one column,
+    several IDAT chunks (600 x 1100), palettes of 1-8 bits with tRNS, metadata chunks before
+    and after the image data (kept verbatim), and --byte-exact."""
+    palettes = (2, 16, 256) if mode == "P" else (256,)
+    for palette_size in palettes:
+        picture = _picture(mode, height, width, seed=height + width, palette_size=palette_size)
+        info = PngImagePlugin.PngInfo()
+        info.add_text("Comment", "kept verbatim")
+        options = {"transparency": 1} if mode == "P" else {}
+        buffer = io.BytesIO()
+        picture.save(buffer, format="PNG", pnginfo=info, **options)
+        source = tmp_path / f"{mode}{palette_size}.png"
+        source.write_bytes(_with_chunk_after_image_data(buffer.getvalue(), b"tEXt", b"After\x00the pixels"))
+        record = read_image(source, byte_exact=True, pixels_in_file=True)
+        assert record is not None and isinstance(record.pixels, PixelView), (mode, palette_size)
+        with Image.open(source) as decoded:
+            expected = np.asarray(decoded).reshape(height, width, MODES[mode])
+        assert record.pixels.shape == expected.shape
+        assert np.array_equal(np.concatenate(list(record.pixels.bands())), expected)
+        assert np.array_equal(record.pixels[1:5, 2:9], expected[1:5, 2:9])
+        assert np.array_equal(record.pixels.channels(slice(-1, None))[:, :], expected[:, :, -1:])
+        restored = tmp_path / f"{mode}{palette_size}-restored.png"
+        write_image(restored, record)  # the compressor's record, written as the decoder writes its own
+        record.pixel_file.close()
+        assert restored.read_bytes() == source.read_bytes(), (mode, palette_size)
+
+
+@pytest.mark.parametrize("photo", PHOTOS, ids=lambda path: f"{path.parent.name}/{path.name}")
+def test_real_photos_read_and_write_as_pillow_does(tmp_path, every_image_is_large, photo):
+    with Image.open(photo) as image:
+        expected = np.asarray(image)
+        buffer = io.BytesIO()
+        image.save(buffer, format="PNG")
+    source = tmp_path / "photo.png"
+    source.write_bytes(buffer.getvalue())
+    record = read_image(source, byte_exact=True, pixels_in_file=True)
+    assert isinstance(record.pixels, PixelView)
+    assert np.array_equal(np.concatenate(list(record.pixels.bands())).reshape(expected.shape), expected)
+    write_image(tmp_path / "restored.png", record)
+    record.pixel_file.close()
+    assert (tmp_path / "restored.png").read_bytes() == source.read_bytes()
+
+
+def test_archives_do_not_depend_on_which_path_an_image_takes(tmp_path, source_tree, monkeypatch):
+    """The fixture tree (every mode, palettes, alpha, metadata, odd sizes, general-path files)
+    gives the same archive whether its images are held in memory or in pixel files, and the
+    same restored files, with one thread or two, and under --byte-exact."""
+    for byte_exact in (False, True):
+        archives = {}
+        for threshold in (SPILL_BYTES, 0):
+            monkeypatch.setattr(imaging_io, "SPILL_BYTES", threshold)
+            buffer = io.BytesIO()
+            compress([source_tree], buffer, byte_exact=byte_exact, **SETTINGS)
+            archives[threshold] = buffer.getvalue()
+        assert archives[0] == archives[SPILL_BYTES], byte_exact
+        restored = {}
+        for threshold, threads in ((SPILL_BYTES, 1), (0, 1), (0, 2)):
+            monkeypatch.setattr(imaging_io, "SPILL_BYTES", threshold)
+            destination = tmp_path / f"out-{byte_exact}-{threshold}-{threads}"
+            decompress(io.BytesIO(archives[0]), destination, threads=threads)
+            assert_same_tree(source_tree, destination)
+            restored[(threshold, threads)] = {path.relative_to(destination).as_posix(): path.read_bytes()
+                                             for path in sorted(destination.rglob("*")) if path.is_file()}
+        assert restored[(0, 1)] == restored[(SPILL_BYTES, 1)] == restored[(0, 2)]
+
+
+def test_damaged_large_pngs_take_the_general_path(tmp_path, every_image_is_large):
+    """Truncated image data, a bad checksum, corrupt deflate data: never an error, no pixel
+    file left open."""
+    buffer = io.BytesIO()
+    _picture("RGB", 300, 200, seed=3).save(buffer, format="PNG")
+    whole = buffer.getvalue()
+    idat = whole.index(b"IDAT")
+    damaged = {
+        "truncated.png": whole[:len(whole) // 2],
+        "bad-crc.png": whole[:-20] + bytes([whole[-20] ^ 1]) + whole[-19:],
+        "bad-deflate.png": whole[:idat + 40] + bytes(64) + whole[idat + 104:],
+        "no-end.png": whole[:-12],
+    }
+    before = _open_descriptors()
+    for name, data in damaged.items():
+        (tmp_path / name).write_bytes(data)
+        assert read_image(tmp_path / name) is None, name
+    assert _open_descriptors() == before
+
+
+def test_pixel_file_views_read_what_pillow_wrote(tmp_path):
+    """Channels sit where Pillow keeps them: RGB and LA in 4-byte pixels."""
+    for mode in MODES:
+        picture = _picture(mode, 9, 11, seed=5)
+        with PixelFile(mode, 11, 9) as pixel_file:
+            mapped = pixel_file.picture()
+            mapped.paste(picture, (0, 0))
+            pixel_file.forget()  # the pasted pages stay in the file
+            view = pixel_file.view()
+            expected = np.asarray(picture).reshape(9, 11, MODES[mode])
+            assert np.array_equal(view[:, :], expected)
+            assert np.array_equal(view[3:8, 4:5], expected[3:8, 4:5])
+            assert np.array_equal(view.channels(slice(0, 1))[2:3, :], expected[2:3, :, :1])
+            mapped.close()
