@@ -43,7 +43,7 @@ def test_decoded_tiles_go_straight_into_the_picture(height, width, mode, tile, s
     and is the original image, padding dropped."""
     pixels = _pixels(height, width, MODES[mode], seed)
     colour = pixels[:, :, :{"L": 1, "RGB": 3, "LA": 1, "RGBA": 3}[mode]]
-    alpha = pixels[:, :, -1] if mode in ("LA", "RGBA") else None
+    alpha = pixels[:, :, -1:] if mode in ("LA", "RGBA") else None
     canvases = [_Canvas(height, width, mode, alpha)]
     for batch in plan_batches([colour.shape], tile, 3):
         _paste_batch(batch, gather(batch, [pad_even(colour)]), canvases)

@@ -7,6 +7,7 @@ the memory it saves is measured in tests/test_memory.py.
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import zlib
 from pathlib import Path
@@ -107,6 +108,19 @@ def test_real_photos_read_and_write_as_pillow_does(tmp_path, every_image_is_larg
     assert (tmp_path / "restored.png").read_bytes() == source.read_bytes()
 
 
+@pytest.mark.parametrize("image_format", ["BMP", "PPM", "TIFF"])
+@pytest.mark.parametrize("mode", ["L", "RGB"])
+def test_other_lossless_formats_take_the_large_image_path_too(tmp_path, every_image_is_large, image_format, mode):
+    """Their model path needs a byte-exact rewrite: Pillow's, from the mapped file."""
+    source = tmp_path / f"picture.{image_format.lower()}"
+    _picture(mode, 37, 53, seed=9).save(source, format=image_format)
+    record = read_image(source, pixels_in_file=True)
+    assert record is not None and isinstance(record.pixels, PixelView)
+    write_image(tmp_path / "restored", record)
+    record.pixel_file.close()
+    assert (tmp_path / "restored").read_bytes() == source.read_bytes()
+
+
 def test_archives_do_not_depend_on_which_path_an_image_takes(tmp_path, source_tree, monkeypatch):
     """The fixture tree (every mode, palettes, alpha, metadata, odd sizes, general-path files)
     gives the same archive whether its images are held in memory or in pixel files, and the
@@ -164,3 +178,34 @@ def test_pixel_file_views_read_what_pillow_wrote(tmp_path):
             assert np.array_equal(view[3:8, 4:5], expected[3:8, 4:5])
             assert np.array_equal(view.channels(slice(0, 1))[2:3, :], expected[2:3, :, :1])
             mapped.close()
+
+
+@pytest.mark.parametrize("tag", [b"ALPH", b"PIDX"])
+def test_damaged_side_planes_are_found_whichever_path_they_take(tmp_path, source_tree, monkeypatch, tag):
+    """Alpha planes and palette indices of large images are decompressed into their files a
+    band at a time: short, long, truncated or corrupt planes are refused (or lost under
+    --salvage) exactly as when they are decompressed whole."""
+    from crafting import Crafted
+    from osoa_zip.container.format import ArchiveError
+
+    buffer = io.BytesIO()
+    compress([source_tree], buffer, **SETTINGS)
+    crafted = Crafted.parse(buffer.getvalue())
+    index = crafted.index(tag)
+    planes = lzma.decompress(crafted.chunks[index][1])
+    variants = {"short": lzma.compress(planes[:-1]), "long": lzma.compress(planes + b"\0"),
+                "truncated": crafted.chunks[index][1][:-9], "garbage": bytes(64)}
+    for damage, payload in variants.items():
+        damaged = crafted.copy()
+        damaged.chunks[index] = (tag, payload)
+        archive = tmp_path / f"{damage}.osoa"
+        archive.write_bytes(damaged.build())
+        outcomes = []
+        for threshold in (SPILL_BYTES, 0):
+            monkeypatch.setattr(imaging_io, "SPILL_BYTES", threshold)
+            with pytest.raises(ArchiveError):
+                decompress(io.BytesIO(archive.read_bytes()), tmp_path / f"{damage}-{threshold}")
+            with open(archive, "rb") as handle:
+                summary = decompress(handle, tmp_path / f"{damage}-{threshold}-salvaged", salvage=True)
+            outcomes.append(sorted(summary.lost))
+        assert outcomes[0] == outcomes[1] and outcomes[0], damage

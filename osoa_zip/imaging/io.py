@@ -18,12 +18,18 @@ as gray; benchmarks/palette_path.py).  Everything else (JPEG, 16-bit,
 multi-frame, corrupt files) is an ordinary file for the general path: never
 an error.
 
-Memory (docs/SECURITY.md, "How memory grows"): Pillow decodes and encodes
-whole images, so one Pillow image (4 bytes per RGB pixel) is unavoidable;
-everything else here works in row bands of about BAND_BYTES.  Checking an
-image holds only one image at a time: its pixels wait in a spill file (in
-memory when small) while the re-encoded file is written to another and read
-back, and the two decodes are compared by the SHA-256 of their pixels.
+Memory (docs/SECURITY.md, "How memory grows") does not grow with the image.
+Pillow decodes and encodes whole images, so an image with more than
+SPILL_BYTES of pixels is decoded straight into a temporary file mapped as
+the Pillow image's memory (pixel_file.py), its tiles are read from that file,
+and the decoder writes it back from such a file: peak RSS stayed at 332-362
+MiB compressing and 288-306 MiB decompressing from 4 to 36 MP (it grew by
+~1.0 and ~1.3 bytes per sub-pixel with one Pillow image held).  Smaller
+images are held in memory as before (a group holds ~2^25 sub-pixels), and
+everything else works in row bands of about BAND_BYTES.  Checking an image
+holds one image at a time: its pixels wait (in memory or in their file) while
+the re-encoded file is written to a scratch file and decoded again, and the
+two decodes are compared by the SHA-256 of their pixels.
 """
 from __future__ import annotations
 

@@ -57,16 +57,27 @@ class PixelFile:
         if hasattr(self.map, "madvise") and hasattr(mmap, "MADV_DONTNEED"):
             self.map.madvise(mmap.MADV_DONTNEED)
 
+    def _read_at(self, offset: int, length: int) -> bytes:
+        if hasattr(os, "pread"):  # thread-safe, and never maps the pages
+            return os.pread(self.file.fileno(), length, offset)
+        return self.map[offset:offset + length]  # (Windows) pages the next forget() drops
+
     def read(self, y: int, rows: int, x: int = 0, columns: int | None = None) -> np.ndarray:
-        """rows x columns x pixel_bytes bytes of the file at (y, x), without mapping them."""
+        """rows x columns x pixel_bytes bytes of the file at (y, x)."""
         columns = self.width - x if columns is None else columns
-        descriptor, length = self.file.fileno(), columns * self.pixel_bytes
+        length = columns * self.pixel_bytes
         if columns == self.width:
-            data = os.pread(descriptor, rows * length, y * self.row_bytes)
+            data = self._read_at(y * self.row_bytes, rows * length)
         else:
             start = y * self.row_bytes + x * self.pixel_bytes
-            data = b"".join(os.pread(descriptor, length, start + k * self.row_bytes) for k in range(rows))
+            data = b"".join(self._read_at(start + k * self.row_bytes, length) for k in range(rows))
         return np.frombuffer(data, np.uint8).reshape(rows, columns, self.pixel_bytes)
+
+    def write(self, offset: int, data: bytes) -> None:
+        """Put bytes into the file at ``offset`` (through the file, not the mapping)."""
+        self.file.seek(offset)
+        self.file.write(data)
+        self.file.flush()
 
     def view(self) -> "PixelView":
         """The pixels as the H x W x C array of the mode's channels (read on demand)."""
