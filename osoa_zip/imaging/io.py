@@ -23,13 +23,13 @@ Pillow decodes and encodes whole images, so an image with more than
 SPILL_BYTES of pixels is decoded straight into a temporary file mapped as
 the Pillow image's memory (pixel_file.py), its tiles are read from that file,
 and the decoder writes it back from such a file: peak RSS stayed at 332-362
-MiB compressing and 288-306 MiB decompressing from 4 to 36 MP (it grew by
-~1.0 and ~1.3 bytes per sub-pixel with one Pillow image held).  Smaller
-images are held in memory as before (a group holds ~2^25 sub-pixels), and
-everything else works in row bands of about BAND_BYTES.  Checking an image
-holds one image at a time: its pixels wait (in memory or in their file) while
-the re-encoded file is written to a scratch file and decoded again, and the
-two decodes are compared by the SHA-256 of their pixels.
+MiB compressing and 288-314 MiB decompressing from 4 to 100 MP (it grew by
+~1.0 and ~1.3 bytes per sub-pixel with one Pillow image held: 661 and 713 MiB
+at 100 MP).  Smaller images are held in memory as before (a group holds ~2^25
+sub-pixels), and everything else works in row bands of about BAND_BYTES.
+Checking an image holds one image at a time: its pixels wait (in memory or in
+their file) while the re-encoded file is written to a scratch file and decoded
+again, and the two decodes are compared by the SHA-256 of their pixels.
 """
 from __future__ import annotations
 

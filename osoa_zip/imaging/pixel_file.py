@@ -60,7 +60,7 @@ class PixelFile:
     def _read_at(self, offset: int, length: int) -> bytes:
         if hasattr(os, "pread"):  # thread-safe, and never maps the pages
             return os.pread(self.file.fileno(), length, offset)
-        return self.map[offset:offset + length]  # (Windows) pages the next forget() drops
+        return self.map[offset:offset + length]  # no pread (Windows): through the mapping
 
     def read(self, y: int, rows: int, x: int = 0, columns: int | None = None) -> np.ndarray:
         """rows x columns x pixel_bytes bytes of the file at (y, x)."""
