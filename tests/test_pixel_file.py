@@ -209,3 +209,55 @@ def test_damaged_side_planes_are_found_whichever_path_they_take(tmp_path, source
                 summary = decompress(handle, tmp_path / f"{damage}-{threshold}-salvaged", salvage=True)
             outcomes.append(sorted(summary.lost))
         assert outcomes[0] == outcomes[1] and outcomes[0], damage
+
+
+def _filtered_rows(pixels: np.ndarray) -> bytes:
+    """PNG scanlines of H x W x C pixels, the filter type cycling through all five row by row."""
+    height, width, channels = pixels.shape
+    current = pixels.reshape(height, width * channels).astype(np.int16)
+    above = np.vstack([np.zeros((1, width * channels), np.int16), current[:-1]])
+    left = np.hstack([np.zeros((height, channels), np.int16), current[:, :-channels]])
+    upper_left = np.hstack([np.zeros((height, channels), np.int16), above[:, :-channels]])
+    guess = left + above - upper_left
+    distances = [np.abs(guess - neighbour) for neighbour in (left, above, upper_left)]
+    paeth = np.where((distances[0] <= distances[1]) & (distances[0] <= distances[2]), left,
+                     np.where(distances[1] <= distances[2], above, upper_left))
+    predictions = [0, left, above, (left + above) // 2, paeth]
+    rows = []
+    for y in range(height):
+        kind = y % 5
+        rows.append(bytes([kind]) + ((current[y] - (predictions[kind][y] if kind else 0)) % 256).astype(np.uint8)
+                    .tobytes())
+    return b"".join(rows)
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    return len(body).to_bytes(4, "big") + kind + body + zlib.crc32(kind + body).to_bytes(4, "big")
+
+
+def handmade_png(pixels: np.ndarray, idat_bytes: int = 1000, level: int = 9) -> bytes:
+    """A PNG as other encoders write them: every filter type, small IDAT chunks."""
+    height, width, channels = pixels.shape
+    colour_type = {1: 0, 2: 4, 3: 2, 4: 6}[channels]
+    stream = zlib.compress(_filtered_rows(pixels), level)
+    header = width.to_bytes(4, "big") + height.to_bytes(4, "big") + bytes([8, colour_type, 0, 0, 0])
+    idats = b"".join(_chunk(b"IDAT", stream[i:i + idat_bytes]) for i in range(0, len(stream), idat_bytes))
+    return b"\x89PNG\r\n\x1a\n" + _chunk(b"IHDR", header) + idats + _chunk(b"IEND", b"")
+
+
+@pytest.mark.parametrize("mode", ["L", "LA", "RGB", "RGBA"])
+def test_every_filter_type_and_small_idat_chunks_decode_as_pillow_decodes_them(tmp_path, every_image_is_large, mode):
+    """Pillow decodes into the pixel file whatever the writer chose: rows of all five filter
+    types, the image data cut into chunks of 1000 bytes (a read, and a forget, each)."""
+    pixels = np.asarray(_picture(mode, 97, 61, seed=11)).reshape(97, 61, MODES[mode])
+    source = tmp_path / "handmade.png"
+    source.write_bytes(handmade_png(pixels))
+    with Image.open(source) as decoded:
+        assert np.array_equal(np.asarray(decoded).reshape(pixels.shape), pixels)  # the helper is right
+    record = read_image(source, pixels_in_file=True)
+    assert isinstance(record.pixels, PixelView)
+    assert np.array_equal(record.pixels.array(), pixels)
+    write_image(tmp_path / "restored.png", record)  # Pillow's encoding now: the same pixels
+    record.pixel_file.close()
+    with Image.open(tmp_path / "restored.png") as restored:
+        assert np.array_equal(np.asarray(restored).reshape(pixels.shape), pixels)
