@@ -261,3 +261,27 @@ def test_every_filter_type_and_small_idat_chunks_decode_as_pillow_decodes_them(t
     record.pixel_file.close()
     with Image.open(tmp_path / "restored.png") as restored:
         assert np.array_equal(np.asarray(restored).reshape(pixels.shape), pixels)
+
+
+def test_a_full_disk_is_an_error_not_a_crash(tmp_path, every_image_is_large, monkeypatch):
+    """The pixel file's disk is claimed when it is made (a page of a sparse file written
+    through the mapping on a full disk would kill the process with SIGBUS, as it did on a
+    1 MiB tmpfs): reading takes the general path, decompressing stops with an OSError
+    that says what it needed, and writes nothing."""
+    import errno
+
+    source = tmp_path / "src"
+    source.mkdir()
+    with Image.open(EXAMPLES / "0002.png") as photo:  # a photo: the model path pays
+        photo.convert("RGB").crop((0, 0, 30, 40)).save(source / "a.png", compress_level=0)
+    buffer = io.BytesIO()
+    compress([source], buffer, **SETTINGS)
+
+    def full(descriptor, offset, length):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+    monkeypatch.setattr(os, "posix_fallocate", full, raising=False)
+    assert read_image(source / "a.png", pixels_in_file=True) is None
+    with pytest.raises(OSError, match="temporary file of 4800 bytes for a 30x40 RGB image"):
+        decompress(io.BytesIO(buffer.getvalue()), tmp_path / "out")
+    assert not (tmp_path / "out").exists()

@@ -40,9 +40,23 @@ class PixelFile:
         self.mode, self.width, self.height = mode, width, height
         self.pixel_bytes, self.offsets = LAYOUT[mode]
         self.row_bytes = width * self.pixel_bytes
+        size = self.row_bytes * height
         self.file = tempfile.TemporaryFile(prefix="osoa-zip-pixels-")
-        self.file.truncate(self.row_bytes * height)  # sparse: disk is used as rows are written
-        self.map = mmap.mmap(self.file.fileno(), self.row_bytes * height)
+        try:
+            if hasattr(os, "posix_fallocate"):
+                # The disk is claimed now: a full disk is an OSError here, not a SIGBUS
+                # when a page of a sparse file is first written through the mapping.
+                os.posix_fallocate(self.file.fileno(), 0, size)
+            else:
+                self.file.truncate(size)
+            self.map = mmap.mmap(self.file.fileno(), size)
+        except OSError as error:
+            self.file.close()
+            raise OSError(error.errno, f"a temporary file of {size} bytes for a {width}x{height} {mode} image "
+                                       f"in {tempfile.gettempdir()}: {error.strerror}") from None
+        except BaseException:
+            self.file.close()
+            raise
 
     def core(self):
         """A Pillow core image whose rows are this file's (what Image.frombuffer makes, any mode)."""
