@@ -7,11 +7,14 @@ IMGS table (+ ALPH, PIDX) followed by its BATC chunks; then HARD links; STAT; EN
 from __future__ import annotations
 
 import io
+import lzma
 import os
 import stat
 import threading
 import time
 from typing import BinaryIO
+
+import numpy as np
 
 from . import __version__
 from .adapt.engine import AdaptationConfig, OnlineAdapter
@@ -20,9 +23,11 @@ from .container.format import ArchiveWriter, canonical_json
 from .exact import ENGINE
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, SourceError, scan
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image, scratch_file
+from .imaging.pixel_file import PixelView
 from .imaging.tiles import gather, plan_batches
 from .layout import (ALPHA_MODES, CHUNK_OVERHEAD, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, INDEX_MODES,
-                     MAX_GROUP_IMAGES, Progress, Summary, UsageError, Warn, encode_name, image_extras, xz_compress)
+                     MAX_GROUP_IMAGES, Progress, Summary, UsageError, Warn, encode_name, image_extras, xz_compress,
+                     xz_filters)
 from .models.registry import DEFAULT_MODEL, load_model
 
 
@@ -74,7 +79,7 @@ class _Compressor:
         elif entry.kind == FILE:
             self.summary.input_bytes += entry.size
             self.summary.files += 1
-            record = read_image(entry.source, self.byte_exact)
+            record = read_image(entry.source, self.byte_exact, pixels_in_file=True)
             if record is None:
                 self._general_file(entry)
             else:
@@ -110,17 +115,29 @@ class _Compressor:
     def flush_images(self) -> None:
         if not self.group:
             return
+        group = self.group
+        try:
+            self._code_group()
+        finally:
+            for _, record in group:  # large images' pixel files
+                if record.pixel_file is not None:
+                    record.pixel_file.close()
+
+    def _code_group(self) -> None:
         table = [{**encode_name(e.name), "mode": e.mode, "mtime_ns": e.mtime_ns, "height": r.pixels.shape[0],
                   "width": r.pixels.shape[1], "image_mode": r.mode, "format": r.format, **image_extras(r)}
                  for e, r in self.group]
         # xz: on 28x28 images the plain JSON table alone would cost ~1 bit per sub-pixel.
         packed_table = xz_compress(canonical_json(table))
-        # Views, not copies: gather() cuts tiles (and pads odd sides) from the pixels as they are.
-        colour = [r.pixels[:, :, :COLOR_CHANNELS[r.mode]] for _, r in self.group if COLOR_CHANNELS[r.mode]]
+        # Views, not copies: gather() cuts tiles (and pads odd sides) from the pixels as they are
+        # (a large image's from its file).
+        colour = [_channels(r.pixels, slice(0, COLOR_CHANNELS[r.mode])) for _, r in self.group
+                  if COLOR_CHANNELS[r.mode]]
         # Alpha planes (mostly flat or simple masks) and palette indices go beside
         # the model, xz-compressed (docs/FORMAT.md says why).
-        packed_alpha = _packed_planes(r.pixels[:, :, -1] for _, r in self.group if r.mode in ALPHA_MODES)
-        packed_indices = _packed_planes(r.pixels for _, r in self.group if r.mode in INDEX_MODES)
+        packed_alpha = _packed_planes([_channels(r.pixels, slice(-1, None)) for _, r in self.group
+                                       if r.mode in ALPHA_MODES])
+        packed_indices = _packed_planes([r.pixels for _, r in self.group if r.mode in INDEX_MODES])
         config = self.adapter.config
         adapter = self.adapter
         before = adapter.snapshot()
@@ -164,11 +181,25 @@ class _Compressor:
         return code
 
 
-def _packed_planes(planes) -> bytes:
-    """xz of the planes' bytes in order, b"" if there are none.  The joined planes live only
-    here, not while the group is coded (a palette image's would be a whole copy of it)."""
-    data = b"".join(plane.tobytes() for plane in planes)
-    return xz_compress(data) if data else b""
+def _channels(pixels, channels: slice):
+    """Some channels of an image's H x W x C pixels: a view of the array, or of its PixelFile."""
+    return pixels.channels(channels) if isinstance(pixels, PixelView) else pixels[:, :, channels]
+
+
+def _packed_planes(planes: list) -> bytes:
+    """xz of the planes' bytes in order (H x W x 1 each), b"" if there are none.  They are
+    compressed band by band, never joined: a palette image's plane is a whole copy of it
+    (the same bytes as xz_compress of them joined)."""
+    size = sum(plane.size for plane in planes)
+    if not size:
+        return b""
+    compressor = lzma.LZMACompressor(format=lzma.FORMAT_XZ, filters=xz_filters(size))
+    packed = []
+    for plane in planes:
+        for band in plane.bands() if isinstance(plane, PixelView) else (plane,):
+            packed.append(compressor.compress(np.ascontiguousarray(band).tobytes()))
+    packed.append(compressor.flush())
+    return b"".join(packed)
 
 
 def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:

@@ -22,7 +22,8 @@ from .container.format import ArchiveError, ArchiveReader, SalvagingReader, read
 from .exact import ENGINE
 from .files.restore import Conflict, EntryNames, RefusedEntries, Staging, UnsafeEntry
 from .imaging.io import (COLOR_CHANNELS, LOSSLESS_FORMATS, MODEL_MODES, CannotReproduce, blank_picture,
-                         check_reproduced, close_picture, paste, record_picture, save_picture, write_image)
+                         check_reproduced, close_picture, is_large, paste, record_picture, save_picture, write_image)
+from .imaging.pixel_file import PixelFile
 from .imaging.tiles import plan_batches
 from .layout import (ALPHA_MODES, CHUNK_TAGS, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, INDEX_MODES,
                      MAX_IMAGE_SUBPIXELS, SIDE_PLANES, OversizedEntry, Progress, Summary, UsageError, decode_name,
@@ -218,7 +219,8 @@ class _Decoder:
         index_index = _positions(table, INDEX_MODES)
         modelled_index = [i for i, shape in enumerate(shapes) if shape[2]]
         canvases = [_Canvas(shapes[i][0], shapes[i][1], table[i]["image_mode"],
-                            alpha[alpha_index[i]] if i in alpha_index else None) for i in modelled_index]
+                            _side_plane_view(alpha[alpha_index[i]]) if i in alpha_index else None)
+                    for i in modelled_index]
         config = self.adapter.config
         planned = plan_batches([shapes[i] for i in modelled_index], config.tile_size, config.batch_size)
         if self.threads > 1 and not self.salvage:
@@ -259,9 +261,12 @@ class _Decoder:
                 self._refuse(name, f"image {name!r}: unknown image format {entry['format']!r}")
                 continue
             if entry["image_mode"] in INDEX_MODES:
-                record = record_from_entry(entry, pixels=indices[index_index[number]][:, :, None])
+                plane = indices[index_index[number]]
+                record = record_from_entry(entry, pixels=_side_plane_view(plane))
+                record.pixel_file = plane if isinstance(plane, PixelFile) else None
             else:
                 record = record_from_entry(entry, picture=canvas.picture())
+                record.pixel_file = canvas.pixel_file
             del canvas
             try:
                 self.sink.image(name, record, int(entry["mode"]), int(entry["mtime_ns"]))
@@ -271,10 +276,15 @@ class _Decoder:
             finally:
                 if record.picture is not None:
                     close_picture(record.picture)  # before the next image of the group is made
+                if record.pixel_file is not None:
+                    record.pixel_file.close()
             self.summary.images += 1
             self.summary.files += 1
             if record.mode not in INDEX_MODES:
                 self.summary.image_subpixels += h * w * MODEL_MODES[record.mode]
+        for plane in alpha + indices:  # large side planes not closed with their image
+            if isinstance(plane, PixelFile):
+                plane.close()
 
     def _decode_in_parallel(self, planned: list, chunks, canvases: list) -> None:
         """Read the group's batches, then decode its segments side by side (same result as in order)."""
@@ -302,30 +312,51 @@ class _Decoder:
         self.summary.image_bits += sum(8 * len(payload) for _, payload in payloads)
 
     def _side_planes(self, table: list, shapes: list, chunks, modes: tuple, tag_expected: bytes,
-                     what: str, lost: dict) -> list[np.ndarray]:
-        """The group's planes kept beside the model (one xz chunk), in table order, if any image has one."""
+                     what: str, lost: dict) -> list[np.ndarray | PixelFile]:
+        """The group's planes kept beside the model (one xz chunk), in table order, if any image has
+        one: h x w x 1 arrays, or for a large image a PixelFile (the plane never held in memory)."""
         members = side_plane_members(table, modes)
         sizes = [shapes[i][:2] for i in members]
         if not sizes:
             return []
         tag, payload = next(chunks, (None, None))
-        expected = sum(h * w for h, w in sizes)
-        decompressor = xz_decompressor()
-        try:
-            data = decompressor.decompress(payload or b"", max_length=expected + 1) if tag == tag_expected else b""
-        except lzma.LZMAError:
-            data = b""
-        if tag != tag_expected or len(data) != expected or not decompressor.eof:
+        # An index plane's file is a P image (it is written from), an alpha plane's an L one.
+        planes = [PixelFile("P" if table[i]["image_mode"] in INDEX_MODES else "L", w, h) if is_large(h, w, 1)
+                  else np.zeros((h, w, 1), np.uint8) for i, (h, w) in zip(members, sizes)]
+        if tag != tag_expected or not _inflate_planes(payload or b"", planes):
             if not self.salvage or tag != tag_expected:
                 raise ArchiveError(f"an image group's {what} are missing or damaged")
             for i in members:
                 lost.setdefault(i, f"its {what} are damaged")
-            return [np.zeros((h, w), np.uint8) for h, w in sizes]
-        planes, offset = [], 0
-        for h, w in sizes:
-            planes.append(np.frombuffer(data, np.uint8, h * w, offset).reshape(h, w))
-            offset += h * w
         return planes
+
+
+def _inflate_planes(payload: bytes, planes: list[np.ndarray | PixelFile]) -> bool:
+    """Decompress the xz payload into the planes, in order, a band at a time; true if it holds
+    exactly their bytes (then ends)."""
+    decompressor, pending = xz_decompressor(), payload
+    try:
+        for plane in planes:
+            size, offset = plane.size if isinstance(plane, np.ndarray) else plane.width * plane.height, 0
+            while offset < size:
+                piece = decompressor.decompress(pending, max_length=min(size - offset, DATA_CHUNK_BYTES))
+                pending = b""
+                if not piece:  # the stream ended, or its data did
+                    return False
+                if isinstance(plane, np.ndarray):
+                    plane.reshape(-1)[offset:offset + len(piece)] = np.frombuffer(piece, np.uint8)
+                else:
+                    plane.write(offset, piece)
+                offset += len(piece)
+        # Nothing more: this also reads the stream's end, if it was not read yet.
+        return decompressor.eof or (not decompressor.decompress(pending, max_length=1) and decompressor.eof)
+    except (lzma.LZMAError, EOFError):
+        return False
+
+
+def _side_plane_view(plane: np.ndarray | PixelFile):
+    """h x w x 1 pixels to cut from: the array, or a view of the file."""
+    return plane.view() if isinstance(plane, PixelFile) else plane
 
 
 def _positions(table: list, modes: tuple) -> dict[int, int]:
@@ -337,31 +368,47 @@ class _Canvas:
     """One image being decoded, held as the Pillow image it will be written from: the
     decoded tiles go straight into it (cut to the image, the padding dropped), so the
     group's images are never held twice (docs/SECURITY.md, "How memory grows").
+    A large image's Pillow image is mapped from a PixelFile, not held in memory.
     The Pillow image is made on the first tile, so declared images cost nothing until
-    their pixels decode."""
+    their pixels decode.  ``alpha`` (LA, RGBA) is the H x W x 1 alpha plane: an array,
+    or a PixelView of a large one's file."""
 
-    def __init__(self, height: int, width: int, mode: str, alpha: np.ndarray | None) -> None:
+    def __init__(self, height: int, width: int, mode: str, alpha) -> None:
         self.height, self.width, self.mode, self.alpha = height, width, mode, alpha
         self._picture = None
+        self.pixel_file: PixelFile | None = None
 
     def paste(self, tile: np.ndarray, y: int, x: int) -> None:
         """A decoded C x h x w tile of the padded image at (y, x)."""
         if self._picture is None:
-            self._picture = blank_picture(self.mode, self.width, self.height)
+            self._picture = self._blank()
         pixels = tile.transpose(1, 2, 0)[:self.height - y, :self.width - x]
         if self.alpha is not None:
-            plane = self.alpha[y:y + pixels.shape[0], x:x + pixels.shape[1], None]
+            plane = self.alpha[y:y + pixels.shape[0], x:x + pixels.shape[1]]  # h x w x 1
             pixels = np.concatenate([pixels, plane], axis=2)
         paste(self._picture, pixels, y, x)
 
+    def _blank(self):
+        if is_large(self.height, self.width, MODEL_MODES[self.mode]):
+            self.pixel_file = PixelFile(self.mode, self.width, self.height)  # zeros, as Image.new makes them
+            return self.pixel_file.picture()
+        return blank_picture(self.mode, self.width, self.height)
+
+    def forget(self) -> None:
+        """Unmap the pages pasted so far (a large image's; they stay in its file)."""
+        if self.pixel_file is not None:
+            self.pixel_file.forget()
+
     def picture(self):
         picture, self._picture = self._picture, None
-        return picture if picture is not None else blank_picture(self.mode, self.width, self.height)
+        return picture if picture is not None else self._blank()
 
 
 def _paste_batch(batch, tiles: np.ndarray, canvases: list[_Canvas]) -> None:
     for (i, y, x), tile in zip(batch.members, tiles):
         canvases[i].paste(tile, y, x)
+    for i in {i for i, _, _ in batch.members}:
+        canvases[i].forget()
 
 
 class _StagingSink:
