@@ -94,6 +94,18 @@ def main() -> None:
 
     Decompression replays the adaptation, so it takes about as long as compression.
     """
+    _one_torch_thread_unless_asked()
+
+
+def _one_torch_thread_unless_asked() -> None:
+    """One intra-op thread unless OMP_NUM_THREADS says otherwise: the engine's tensors are
+    small, and a second OpenMP thread cost time on an idle 2-core machine (tiles64 4.50 /
+    5.01 s with one, 5.07 / 5.28 s with two; photos768 9.33 / 10.40 against 11.34 / 12.88;
+    docs/PERFORMANCE.md) and far more on a loaded one.  Segments (-T) are the way to use
+    more cores."""
+    if "OMP_NUM_THREADS" not in os.environ:
+        import torch
+        torch.set_num_threads(1)
 
 
 @main.command("compress")

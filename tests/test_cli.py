@@ -633,3 +633,20 @@ def test_a_reader_that_stops_early_ends_quietly(tmp_path):
                             "echo \" ${PIPESTATUS[0]}\" >&2", shell=True, executable="/bin/bash",
                             capture_output=True, text=True, env=subprocess_env())
     assert result.stderr.split() == ["141"], result.stderr
+
+
+def test_one_torch_thread_unless_omp_num_threads_says_otherwise(monkeypatch):
+    """A second intra-op thread made coding slower (docs/PERFORMANCE.md): the CLI uses one,
+    unless the user set OMP_NUM_THREADS."""
+    import torch
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        monkeypatch.setenv("OMP_NUM_THREADS", "2")
+        assert CliRunner().invoke(main, ["models"]).exit_code == 0
+        assert torch.get_num_threads() == 2
+        monkeypatch.delenv("OMP_NUM_THREADS")
+        assert CliRunner().invoke(main, ["models"]).exit_code == 0
+        assert torch.get_num_threads() == 1
+    finally:
+        torch.set_num_threads(before)
