@@ -342,8 +342,11 @@ def info_command(archive) -> None:
 @click.option("--crops-per-image", type=click.IntRange(1, None), default=64, show_default=True)
 @click.option("--batch-size", type=click.IntRange(1, 4096), default=32, show_default=True)
 @click.option("--lr", "learning_rate", type=float, default=2e-3, show_default=True)
-@click.option("--hidden", type=click.IntRange(1, 512), default=None, help="Hidden channels (default 48).")
-@click.option("--init-from", default=None, help="Start from this installed model's weights.")
+@click.option("--hidden", type=click.IntRange(1, 512), default=None,
+              help="Hidden channels of a new model (default 48).")
+@click.option("--init-from", default=None,
+              help="Fine-tune this installed model: its weights and its architecture (e.g. idf-sublattice-v4). "
+                   "Without it, a new flow gets the default model's architecture.")
 @click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
               help="torch threads for training.")
 def pretrain_command(data, family, output, steps, tile_size, crops_per_image, batch_size, learning_rate, hidden,

@@ -53,3 +53,28 @@ def test_export_is_byte_reproducible(tmp_path):
     bundle = load_model("idf-tiny-test")
     digests = {save_checkpoint(tmp_path / f"{i}.safetensors", bundle.config, bundle.networks) for i in range(5)}
     assert len(digests) == 1
+
+
+@pytest.mark.parametrize("start", ["idf-tiny-test", "idf-sublattice-v4"])
+def test_fine_tuning_keeps_the_starting_models_architecture(start, tmp_path, monkeypatch):
+    """--init-from a v4 (cross-channel couplings, deep levels, edge bins) trains and exports a v4."""
+    from osoa_zip.models.registry import load_model
+    models = tmp_path / "models"
+    result = CliRunner().invoke(main, ["pretrain", str(EXAMPLES), "-o", str(models / "tuned"), "--init-from", start,
+                                       "--steps", "1", "--tile-size", "16", "--crops-per-image", "1",
+                                       "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setenv("OSOA_ZIP_MODELS", str(models))
+    assert load_model("tuned").config == load_model(start).config
+
+
+def test_fine_tuning_cannot_change_the_width(tmp_path):
+    result = CliRunner().invoke(main, ["pretrain", str(EXAMPLES), "-o", str(tmp_path / "m" / "x"),
+                                       "--init-from", "idf-tiny-test", "--hidden", "16", "--steps", "1"])
+    assert result.exit_code == 2 and "fine-tuning keeps its architecture" in result.output
+
+
+def test_a_new_flow_gets_the_default_models_architecture():
+    from osoa_zip.models.pretrain import DEFAULT_CONFIGS
+    from osoa_zip.models.registry import DEFAULT_MODEL, load_model
+    assert DEFAULT_CONFIGS["flow"] == load_model(DEFAULT_MODEL).config

@@ -21,8 +21,11 @@ from safetensors.torch import load_file, save_file
 from .registry import CHANNEL_PREFIXES, MANIFEST, ModelError, available_models, build_networks, load_model
 from .training import evaluate, export, train
 
+# A new flow gets the shipped default's architecture (v4: cross-channel couplings, deep
+# levels, edge bins); fine-tuning (--init-from) keeps the starting model's own.
 DEFAULT_CONFIGS = {
-    "flow": {"hidden": 48, "depth": 3, "levels": 3},
+    "flow": {"hidden": 48, "depth": 3, "levels": 3, "channel_coupling": True, "mean_remainder": True,
+             "deep_levels": True, "edge_bins": True},
     "vae": {"family": "vae", "hidden": 48, "latent_channels": 16},
 }
 IMAGE_SUFFIXES = (".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
@@ -78,8 +81,14 @@ def pretrain(data: Path, output: Path, settings: PretrainSettings, init_from: st
     tiles = collect_tiles(Path(data), settings.tile_size, settings.crops_per_image, settings.seed)
     if not tiles:
         raise ValueError(f"{data}: no images of at least {settings.tile_size}x{settings.tile_size} pixels")
-    config = dict(DEFAULT_CONFIGS[settings.family])
-    if settings.hidden:
+    start = load_model(init_from) if init_from else None
+    if start is not None and start.config.get("family", "flow") != settings.family:
+        raise ModelError(f"{init_from} is a {start.config.get('family', 'flow')} model, not {settings.family}")
+    config = dict(start.config if start is not None else DEFAULT_CONFIGS[settings.family])
+    if settings.hidden and settings.hidden != config["hidden"]:
+        if start is not None:
+            raise ValueError(f"--hidden {settings.hidden}: {init_from} has {config['hidden']} hidden channels "
+                             f"(fine-tuning keeps its architecture)")
         config["hidden"] = settings.hidden
     run = output.with_suffix(".run")
     run.mkdir(parents=True, exist_ok=True)
@@ -88,10 +97,7 @@ def pretrain(data: Path, output: Path, settings: PretrainSettings, init_from: st
     (run / "config.json").write_text(json.dumps(config))
     torch.manual_seed(settings.seed)
     networks = build_networks(config)
-    if init_from:
-        start = load_model(init_from)
-        if start.config.get("family", "flow") != settings.family:
-            raise ModelError(f"{init_from} is a {start.config.get('family', 'flow')} model, not {settings.family}")
+    if start is not None:
         for channels, network in networks.items():
             network.load_state_dict({k: v.float() for k, v in start.network(channels).state_dict().items()})
     networks = {channels: network.float() for channels, network in networks.items()}
