@@ -58,6 +58,19 @@ def one_torch_thread():
     torch.set_num_threads(previous)
 
 
+def model_round_trip(network, pixels: torch.Tensor) -> bytes:
+    """Code a batch with a model alone (no engine, no container), decode it, check it came
+    back exactly and the stream was used up; the coded bytes."""
+    from osoa_zip.coding.ans import Decoder, Encoder
+    encoder = Encoder()
+    network.encode(pixels, encoder)
+    data = encoder.finish()
+    decoder = Decoder(data)
+    assert torch.equal(network.decode(decoder, pixels.shape), pixels)
+    decoder.check_finished()
+    return data
+
+
 def subprocess_env() -> dict[str, str]:
     return {**os.environ, **SINGLE_THREAD_ENV}
 

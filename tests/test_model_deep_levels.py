@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 import torch
 
+from conftest import model_round_trip
 from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
-from osoa_zip.coding.ans import Decoder, Encoder
+from osoa_zip.coding.ans import Encoder
 from osoa_zip.exact.logistic import LogisticTables
 from osoa_zip.models.idf import level_count, level_sizes
 from osoa_zip.models.registry import FlowBundle, build_networks
@@ -59,14 +60,7 @@ def test_level_sizes_deep_go_down_to_one_pixel():
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (7, 7), (28, 28), (13, 30)])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_deep_levels_round_trip_exactly(shape, channels):
-    network = _networks()[channels]
-    pixels = _smooth(3, channels, *shape)
-    encoder = Encoder()
-    network.encode(pixels, encoder)
-    data = encoder.finish()
-    decoder = Decoder(data)
-    assert torch.equal(network.decode(decoder, pixels.shape), pixels)
-    decoder.check_finished()
+    model_round_trip(_networks()[channels], _smooth(3, channels, *shape))
 
 
 def test_coded_bits_match_the_nll_with_deep_levels():

@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import EXAMPLES
+from conftest import EXAMPLES, model_round_trip
 from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
 from osoa_zip.coding.ans import CorruptStream, Decoder, Encoder
 from osoa_zip.coding.logistic_coder import pop_factor, push_factors
@@ -51,20 +51,10 @@ def _saturated(batch: int, channels: int, height: int, width: int, seed: int = 0
     return torch.from_numpy(np.where(choice < 0, noise, choice)).to(torch.float64)
 
 
-def _round_trip(network, pixels: torch.Tensor) -> bytes:
-    encoder = Encoder()
-    network.encode(pixels, encoder)
-    data = encoder.finish()
-    decoder = Decoder(data)
-    assert torch.equal(network.decode(decoder, pixels.shape), pixels)
-    decoder.check_finished()
-    return data
-
-
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (28, 28), (13, 30)])
 @pytest.mark.parametrize("channels", [1, 3])
 def test_edge_bins_round_trip_exactly(shape, channels):
-    _round_trip(_networks()[channels], _saturated(3, channels, *shape))
+    model_round_trip(_networks()[channels], _saturated(3, channels, *shape))
 
 
 def test_trained_means_far_outside_the_range_still_code_the_bound():
@@ -163,7 +153,7 @@ def test_edge_bins_save_bits_and_code_within_one_percent_of_the_nll():
         without = load_model("idf-sublattice-v3").network(3)
         with_edges = copy.deepcopy(without)
         with_edges.edge_bins = True
-        coded_bits = 8 * len(_round_trip(with_edges, batch))
+        coded_bits = 8 * len(model_round_trip(with_edges, batch))
         with torch.no_grad():
             nll, nll_without = float(with_edges.nll(batch)), float(without.nll(batch))
         assert coded_bits <= 1.01 * nll + 64, (coded_bits, nll)
@@ -178,7 +168,7 @@ def test_edge_bins_save_bits_and_code_within_one_percent_of_the_nll():
 def test_corrupt_data_never_decodes_outside_the_range():
     network = _networks()[1]
     pixels = _saturated(2, 1, 12, 12)
-    data = bytearray(_round_trip(network, pixels))
+    data = bytearray(model_round_trip(network, pixels))
     for position in range(0, len(data), 3):
         damaged = bytearray(data)
         damaged[position] ^= 0x5A
@@ -197,7 +187,7 @@ def test_the_shipped_v4_codes_within_one_percent_of_its_nll(channels):
     batch = torch.from_numpy(np.ascontiguousarray(tiles)).to(torch.float64)
     network = load_model("idf-sublattice-v4").network(channels)
     assert network.edge_bins
-    coded_bits = 8 * len(_round_trip(network, batch))
+    coded_bits = 8 * len(model_round_trip(network, batch))
     with torch.no_grad():
         nll = float(network.nll(batch))
     assert abs(coded_bits - nll) <= 0.01 * nll + 64, (coded_bits, nll)
