@@ -129,8 +129,8 @@ def _plan(tables: LogisticTables, means: list[torch.Tensor], log_scales: list[to
     (elementwise, so each value is what a pass over one factor would give).
 
     ``bounds``: per factor, () or (lower, upper) tensors shaped like its mean
-    (edge bins; module docstring).  ``in_range(values)`` tells which of the
-    members' values lie within their bounds (all, without bounds).
+    (edge bins; module docstring).  ``in_range(values)`` tells whether all of
+    the members' values lie within their bounds (None without bounds).
     """
     windows = _windows(tables)
     buckets = len(WINDOW_HALF_WIDTHS)
@@ -161,14 +161,14 @@ def _plan(tables: LogisticTables, means: list[torch.Tensor], log_scales: list[to
             which = (offset_index[members] * count + (row[members] - first)).numpy()
             low = centre[members] - half_width
             if lower is None:
-                yield members, half_width, counts[which], low, lambda values: np.ones(len(values), dtype=bool)
+                yield members, half_width, counts[which], low, None
                 continue
             low_bound, high_bound = lower[members].numpy(), upper[members].numpy()
             start_at = low.numpy()
             rows = _fold(counts[which], cdf, which, (low_bound - start_at).astype(np.int64),
                          (high_bound - start_at).astype(np.int64))
             yield (members, half_width, rows, low,
-                   lambda values, lo=low_bound, hi=high_bound: (values >= lo) & (values <= hi))
+                   lambda values, lo=low_bound, hi=high_bound: bool(((values >= lo) & (values <= hi)).all()))
 
 
 def push_factors(encoder: Encoder, tables: LogisticTables, factors: list) -> None:
@@ -179,7 +179,7 @@ def push_factors(encoder: Encoder, tables: LogisticTables, factors: list) -> Non
     flat = torch.cat([f[0].reshape(-1) for f in factors]).to(torch.float64)
     for members, half_width, counts, low, in_range in _plan(tables, [f[1] for f in factors],
                                                             [f[2] for f in factors], [f[3:] for f in factors]):
-        if not in_range(flat[members].numpy()).all():
+        if in_range is not None and not in_range(flat[members].numpy()):
             raise ValueError("latent outside its bounds")
         offset = (flat[members] - low).numpy().astype(np.int64)
         escaped = (offset < 0) | (offset > 2 * half_width)
@@ -222,7 +222,7 @@ def pop_factor(decoder: Decoder, tables: LogisticTables, mean: torch.Tensor,
         values = low + torch.from_numpy(symbols).to(torch.float64)
         raw = decoder.pop_uniform(int(escaped.sum()), ESCAPE_SIZE).astype(np.int64) - ESCAPE_OFFSET
         values[torch.from_numpy(escaped)] = torch.from_numpy(raw).to(torch.float64)
-        if not in_range(values.numpy()).all():
+        if in_range is not None and not in_range(values.numpy()):
             raise CorruptStream("a decoded value lies outside its known range")
         flat[members] = values
     return flat.reshape(mean.shape)
