@@ -34,7 +34,7 @@ def batches_of(folder: Path, config: AdaptationConfig, limit: int | None) -> lis
         with Image.open(path) as image:
             pixels = np.asarray(image)
         images.append(pad_even(pixels.reshape(pixels.shape[0], pixels.shape[1], -1)))
-    plan = plan_batches([(i.shape[0], i.shape[1], i.shape[2]) for i in images], config.tile_size, config.batch_size)
+    plan = plan_batches([(i.shape[0], i.shape[1], i.shape[2]) for i in images], config.tile_size, config.batch_size_for)
     return [gather(batch, images) for batch in plan]
 
 

@@ -38,7 +38,7 @@ def batches_of(folder: Path, config: AdaptationConfig, limit: int | None) -> lis
             pixels = np.asarray(image)
         images.append(pixels[:, :, None] if pixels.ndim == 2 else pixels)
     padded = [pad_even(p) for p in images]
-    plan = plan_batches([p.shape for p in images], config.tile_size, config.batch_size)
+    plan = plan_batches([p.shape for p in images], config.tile_size, config.batch_size_for)
     tiles = [gather(batch, padded) for batch in plan]
     return tiles[:limit] if limit else tiles
 

@@ -17,7 +17,10 @@ Package map (each folder knows only its neighbours):
 """
 import os
 
-__version__ = "1.2.0"  # format 1.0 (docs/FORMAT.md); 1.1: model v3 by default, the guard no longer undoes updates; 1.2: model v4 (edge bins) by default
+# Format 1.0 (docs/FORMAT.md) up to 1.2; 1.1: model v3 by default, the guard no longer undoes
+# updates; 1.2: model v4 (edge bins) by default; 1.3: format 1.1 (batches by pixel count,
+# giving up adaptation that does not pay).
+__version__ = "1.3.0"
 
 # Must happen before torch loads OpenMP.  With the default (spinning) wait
 # policy, two busy processes on a 2-core machine slowed each other from 12 s

@@ -122,6 +122,9 @@ def _one_torch_thread_unless_asked() -> None:
               show_default=True, help="Optimiser steps after each batch.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=AdaptationConfig.batch_size,
               show_default=True, help="Tiles per batch (one adaptation step per batch).")
+@click.option("--batch-pixels", type=click.IntRange(0, None), default=AdaptationConfig.batch_pixels,
+              show_default=True, help="Small tiles go in batches of up to this many pixels, if that is more "
+                                      "than --batch-size of them (0: always --batch-size).")
 @click.option("--tile-size", type=click.IntRange(2, 512), default=AdaptationConfig.tile_size, show_default=True,
               help="Images are cut into tiles of this side (even).")
 @click.option("--segment-size", type=click.IntRange(0, None), default=0, show_default=True,
@@ -132,8 +135,11 @@ def _one_torch_thread_unless_asked() -> None:
 @click.option("--adapt-batches", type=click.IntRange(0, None), default=AdaptationConfig.adapt_batches,
               show_default=True, help="Stop adapting after N batches of each segment (0: never stop).")
 @click.option("--guard/--no-guard", default=AdaptationConfig.guard, show_default=True,
-              help="Per batch, code with the cheapest of the adapted model, the model before its last "
-                   "update and the pretrained one (never worse than --no-adapt; costs encoder time).")
+              help="Per batch, code with the cheaper of the adapted model and the pretrained one "
+                   "(never worse than --no-adapt; costs encoder time).")
+@click.option("--give-up-after", type=click.IntRange(0, None), default=AdaptationConfig.give_up_after,
+              show_default=True, help="With the guard: after the pretrained model wins N batches in a row, "
+                                      "keep it and stop adapting that kind of image (0: never).")
 @click.option("-T", "--threads", type=click.IntRange(0, 256), default=1, show_default=True,
               help="Code segments side by side on N threads (0: one per CPU); the output is the same "
                    "for any N.  Needs segments (compress --segment-size) to help.")
@@ -144,8 +150,8 @@ def _one_torch_thread_unless_asked() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print per-batch statistics.")
 def compress_command(sources, archive, files_from, null_separated, model, no_adapt, learning_rate, steps_per_batch,
-                     batch_size, tile_size, segment_size, adapt_params, adapt_batches, guard, threads, byte_exact,
-                     force, quiet, verbose) -> None:
+                     batch_size, batch_pixels, tile_size, segment_size, adapt_params, adapt_batches, guard,
+                     give_up_after, threads, byte_exact, force, quiet, verbose) -> None:
     """Pack SOURCES into ARCHIVE ('-' for standard output).
 
     A folder contributes its contents, a file its name; paths from --files-from
@@ -162,7 +168,8 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
             raise UsageError("nothing to archive: give SOURCES or --files-from")
         config = AdaptationConfig(adapt=not no_adapt, learning_rate=learning_rate, steps_per_batch=steps_per_batch,
                                   batch_size=batch_size, tile_size=tile_size, segment_batches=segment_size,
-                                  parameters=adapt_params, adapt_batches=adapt_batches, guard=guard)
+                                  parameters=adapt_params, adapt_batches=adapt_batches, guard=guard,
+                                  batch_pixels=batch_pixels, give_up_after=give_up_after)
         with _progress(None, quiet, "compressing") as progress:
             if str(archive) == "-":
                 with _naming_errors("standard output"):
@@ -322,8 +329,10 @@ def info_command(archive) -> None:
             pretrained = sum(bool(b.flags & 1) for b in batches)
             undone = sum(bool(b.flags & 2) for b in batches)
             segments = sum(bool(b.flags & 4) for b in batches)
+            gave_up = sum(bool(b.flags & 8) for b in batches)
             click.echo(f"batches: {len(batches)} ({pretrained} coded with the pretrained model, "
-                       f"{undone} undid the update before them; {segments} segments)")
+                       f"{undone} undid the update before them; {segments} segments; "
+                       f"adaptation given up {gave_up} times)")
             quarter = max(1, len(batches) // 4)
             for label, part in (("first", batches[:quarter]), ("last", batches[-quarter:])):
                 part_bits, part_subpixels = sum(b.bits for b in part), sum(b.subpixels for b in part)
@@ -442,7 +451,8 @@ def _report(summary, verb: str, verbose: bool) -> None:
     if verbose:
         for index, batch in enumerate(summary.batches):
             notes = [text for bit, text in ((1, "coded with the pretrained model"), (2, "last update undone"),
-                                            (4, "segment start")) if batch.flags & bit]
+                                            (4, "segment start"), (8, "adaptation given up"))
+                     if batch.flags & bit]
             click.echo(f"  batch {index}: {batch.bits / batch.subpixels:.3f} bpsp, {batch.seconds:.2f}s"
                        + "".join(f", {note}" for note in notes), err=True)
 

@@ -13,6 +13,7 @@ from .layout import SIDE_PLANES, decode_name, read_entry, side_plane_members
 from .imaging.io import COLOR_CHANNELS, MODEL_MODES
 from .container.format import ArchiveError, ArchiveReader, read_json
 from .imaging.tiles import plan_batches
+from .adapt.config import AdaptationConfig
 
 
 @dataclass
@@ -48,7 +49,7 @@ def read_archive(source: BinaryIO) -> tuple[dict, list[Listed], list[BatchRecord
     listed: list[Listed] = []
     batches: list[BatchRecord] = []
     try:
-        adaptation = header["adaptation"]
+        adaptation = AdaptationConfig.from_header(header["adaptation"])
         for tag, payload in chunks:
             if tag == b"STAT":
                 batches = [BatchRecord(int(bits), int(subpixels), int(flags))
@@ -60,7 +61,7 @@ def read_archive(source: BinaryIO) -> tuple[dict, list[Listed], list[BatchRecord
             if tag == b"FILE":
                 listed.append(_file(entry, chunks))
             elif tag == b"IMGS":
-                listed.extend(_images(entry, chunks, adaptation["tile_size"], adaptation["batch_size"]))
+                listed.extend(_images(entry, chunks, adaptation.tile_size, adaptation.batch_size_for))
             elif tag == b"DIRE":
                 listed.append(Listed(decode_name(entry), "dir", 0, "", 0))
             elif tag in (b"LINK", b"HARD"):
@@ -85,7 +86,7 @@ def _file(entry: dict, chunks) -> Listed:
     return Listed(decode_name(entry), "file", int(entry["size"]), method, coded)
 
 
-def _images(table: list, chunks, tile: int, batch_size: int) -> list[Listed]:
+def _images(table: list, chunks, tile: int, batch_size) -> list[Listed]:
     shapes = [(int(e["height"]), int(e["width"]), COLOR_CHANNELS[e["image_mode"]]) for e in table]
     coded = [0.0] * len(table)
     # Side planes first (ALPH, PIDX, in that order): their bytes are shared by pixel count.

@@ -141,7 +141,7 @@ class _Compressor:
         config = self.adapter.config
         adapter = self.adapter
         before = adapter.snapshot()
-        batches = plan_batches([c.shape for c in colour], config.tile_size, config.batch_size)
+        batches = plan_batches([c.shape for c in colour], config.tile_size, config.batch_size_for)
         group_bytes = sum(entry.size for entry, _ in self.group)
         if self.progress and not batches:
             self.progress(group_bytes)

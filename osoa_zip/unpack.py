@@ -222,7 +222,7 @@ class _Decoder:
                             _side_plane_view(alpha[alpha_index[i]]) if i in alpha_index else None)
                     for i in modelled_index]
         config = self.adapter.config
-        planned = plan_batches([shapes[i] for i in modelled_index], config.tile_size, config.batch_size)
+        planned = plan_batches([shapes[i] for i in modelled_index], config.tile_size, config.batch_size_for)
         if self.threads > 1 and not self.salvage:
             self._decode_in_parallel(planned, chunks, canvases)
             planned = []

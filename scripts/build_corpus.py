@@ -416,6 +416,22 @@ def build(out, cache, train, eval_, train_count, train_count_64, log):
     (out / "eval" / "provenance.json").write_text(json.dumps(provenance, indent=1) + "\n")
 
 
+SPEED_TILES = {"tiles32": (2048, 32, False), "gray32": (2048, 32, True)}
+
+
+def build_speed_sets(out, cache, eval_, log):
+    """Larger folders of the small-image kinds, for speed only (start-up is amortised there):
+    all 10,000 Fashion-MNIST test images and 2048 tiles of 32 x 32, RGB and grey, from the
+    evaluation photos (own seeds).  Never used for bits: the eval sets are those."""
+    for name, (count, size, gray) in SPEED_TILES.items():
+        tiles = sample_tiles(photos_for(eval_, gray), count, size, gray, f"speed_{name}")[0]
+        write_pngs(out / "speed" / f"{name}_{count}", tiles)
+        log(f"speed/{name}_{count}: {count} tiles")
+    fashion = fashion_mnist_images(cache, "t10k")
+    write_pngs(out / "speed" / f"fashion_mnist_{len(fashion)}", fashion)
+    log(f"speed/fashion_mnist_{len(fashion)}: {len(fashion)} test images")
+
+
 def build_examples(folder, eval_):
     """A few small crops of eval photos for the README demo, with a README.txt naming sources."""
     rng = rng_for("examples")
@@ -446,6 +462,8 @@ def main():
                         help=f"{QUICK_TRAIN_TILES} training tiles, not {TRAIN_TILES}")
     parser.add_argument("--examples", type=Path, metavar="FOLDER",
                         help="only write the small README example images into FOLDER")
+    parser.add_argument("--speed-sets", action="store_true",
+                        help="only write the larger speed-measurement folders into OUT/speed")
     args = parser.parse_args()
     start = time.monotonic()
 
@@ -460,6 +478,9 @@ def main():
         if args.examples:
             build_examples(args.examples, eval_)
             log(f"examples written to {args.examples}")
+            return
+        if args.speed_sets:
+            build_speed_sets(args.out, cache, eval_, log)
             return
         split = {"rule": f"per source, sorted by name, every {EVAL_EVERY}th photo is eval",
                  "train": [p.id for p in train], "eval": [p.id for p in eval_]}

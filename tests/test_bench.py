@@ -32,7 +32,7 @@ from osoa_zip.models.registry import FlowBundle, load_model
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 TILE, BATCH = 16, 4
-CONFIG = AdaptationConfig(tile_size=TILE, batch_size=BATCH)
+CONFIG = AdaptationConfig(tile_size=TILE, batch_size=BATCH, batch_pixels=0)
 
 
 @pytest.fixture(scope="module")
@@ -110,7 +110,7 @@ def _png(image: Image.Image) -> bytes:
 def test_model_batches_are_the_archives_batches(tiny_folder):
     """The bench's own batching codes to exactly the --no-adapt archive's per-batch bits."""
     archive = io.BytesIO()
-    frozen = AdaptationConfig(adapt=False, tile_size=TILE, batch_size=BATCH)
+    frozen = AdaptationConfig(adapt=False, tile_size=TILE, batch_size=BATCH, batch_pixels=0)
     compress([tiny_folder], archive, MODEL, frozen)
     archive.seek(0)
     recorded = batch_statistics(archive)
@@ -153,7 +153,7 @@ def test_fine_tune_and_store_counts_what_a_decoder_would_get(tiny_folder):
     assert stored.weight_bytes == len(stored.payload)
 
     frozen = OnlineAdapter(FlowBundle("check", "", bundle.config, networks), AdaptationConfig(
-        adapt=False, tile_size=TILE, batch_size=BATCH))
+        adapt=False, tile_size=TILE, batch_size=BATCH, batch_pixels=0))
     coded = [8 * len(frozen.encode(batch)[0]) for batch in batches]
     assert coded == stored.batch_bits
     assert sum(coded) == 8 * stored.data_bytes

@@ -36,8 +36,9 @@ from osoa_zip.cli import main
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CODING = ["--model", MODEL, "--tile-size", str(TILE_SIZE), "--batch-size", str(BATCH_SIZE)]
-API_CONFIG = AdaptationConfig(tile_size=TILE_SIZE, batch_size=BATCH_SIZE)
+CODING = ["--model", MODEL, "--tile-size", str(TILE_SIZE), "--batch-size", str(BATCH_SIZE),
+          "--batch-pixels", "0"]
+API_CONFIG = AdaptationConfig(tile_size=TILE_SIZE, batch_size=BATCH_SIZE, batch_pixels=0)
 
 
 def run_cli(*args, stdin: bytes | None = None) -> subprocess.CompletedProcess:

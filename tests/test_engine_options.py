@@ -16,8 +16,9 @@ from PIL import Image
 
 from conftest import BATCH_SIZE, EXAMPLES, MODEL, TILE_SIZE, assert_same_tree, uncompressed_copy
 from osoa_zip import compress, decompress
-from osoa_zip.adapt.config import AdaptationConfig
-from osoa_zip.adapt.engine import FLAG_PRETRAINED, FLAG_ROLLBACK, FLAG_SEGMENT_START, OnlineAdapter
+from osoa_zip.adapt.config import LEGACY_VALUES, AdaptationConfig
+from osoa_zip.adapt.engine import (FLAG_GIVE_UP, FLAG_PRETRAINED, FLAG_ROLLBACK, FLAG_SEGMENT_START, BatchError,
+                                   OnlineAdapter)
 from osoa_zip.cli import main
 from osoa_zip.inspect import read_archive
 from osoa_zip.models.registry import load_model
@@ -30,7 +31,7 @@ def source(tmp_path_factory):
 
 def _archive(source, **settings) -> bytes:
     output = io.BytesIO()
-    config = AdaptationConfig(tile_size=TILE_SIZE, batch_size=BATCH_SIZE, **settings)
+    config = AdaptationConfig(tile_size=TILE_SIZE, **{"batch_size": BATCH_SIZE, "batch_pixels": 0, **settings})
     compress([source], output, model=MODEL, adaptation=config)
     return output.getvalue()
 
@@ -53,7 +54,7 @@ def _example_tiles() -> np.ndarray:
 
 
 def _coded_bytes(**settings) -> tuple[int, list[int]]:
-    adapter = OnlineAdapter(load_model(MODEL), AdaptationConfig(tile_size=16, batch_size=4, **settings))
+    adapter = OnlineAdapter(load_model(MODEL), AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, **settings))
     tiles = _example_tiles()
     coded = [adapter.encode(tiles[start:start + 4]) for start in range(0, len(tiles), 4)]
     return sum(len(data) for data, _ in coded), [stats.flags for _, stats in coded]
@@ -141,7 +142,7 @@ def _weights(network) -> dict:
 
 def test_parameter_selection_freezes_the_rest():
     bundle = load_model(MODEL)
-    adapter = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4, parameters="last",
+    adapter = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, parameters="last",
                                                      learning_rate=1e-2, guard=False))
     before = _weights(bundle.network(3))
     adapter.encode(_tiles(4))
@@ -158,7 +159,7 @@ def torch_equal(a, b) -> bool:
 
 def test_early_stopping_freezes_after_n_batches():
     bundle = load_model(MODEL)
-    adapter = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4, adapt_batches=2,
+    adapter = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, adapt_batches=2,
                                                      learning_rate=1e-2, guard=False))
     tiles = _tiles(16)
     snapshots = []
@@ -171,16 +172,17 @@ def test_early_stopping_freezes_after_n_batches():
 
 def test_unknown_flags_are_refused():
     bundle = load_model(MODEL)
-    encoder = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4))
+    encoder = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0))
     data, _ = encoder.encode(_tiles(4))
-    decoder = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4))
+    decoder = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0))
     with pytest.raises(ValueError, match="unknown batch flags"):
         decoder.decode(bytes([0x80]) + data[1:], (4, 3, 16, 16))
-    fresh = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4))
+    fresh = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0))
     with pytest.raises(ValueError, match="never made"):
         fresh.decode(bytes([FLAG_ROLLBACK | FLAG_SEGMENT_START]) + data[1:], (4, 3, 16, 16))
     with pytest.raises(ValueError, match="segment flag"):
-        OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4)).decode(bytes([0]) + data[1:],
+        OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4,
+                                               batch_pixels=0)).decode(bytes([0]) + data[1:],
                                                                                  (4, 3, 16, 16))
 
 
@@ -207,3 +209,94 @@ def test_list_shows_how_each_image_was_coded(source_tree, tmp_path):
     assert methods["images/rgba.png"] == "model" and methods["images/0000.png"] == "model"
     listed = {line.split()[-1] for line in result.output.splitlines()[1:]}
     assert {"general/photo.jpg", "files/empty.bin", "images/la.png"} <= listed
+
+
+# -- format 1.1: giving up on adaptation, batches by pixel count --------------------------------
+
+def test_giving_up_codes_the_rest_with_theta0_and_stops_adapting():
+    """A learning rate that wrecks the model: θ0 wins three comparisons in a row, the encoder
+    sets FLAG_GIVE_UP (with FLAG_PRETRAINED) once, and from then on codes with θ0 and no
+    longer steps; the decoder replays it from the flags to the same pixels."""
+    bundle = load_model(MODEL)
+    config = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=0.5, give_up_after=3)
+    encoder = OnlineAdapter(bundle, config)
+    tiles = _example_tiles()
+    coded, weights = [], []
+    for start in range(0, len(tiles), 4):
+        coded.append(encoder.encode(tiles[start:start + 4]))
+        weights.append(_weights(encoder.adapted_network(3)))
+    flags = [stats.flags for _, stats in coded]
+    given_up = [i for i, f in enumerate(flags) if f & FLAG_GIVE_UP]
+    assert len(given_up) == 1 and flags[given_up[0]] & FLAG_PRETRAINED, flags
+    first = given_up[0]
+    # the three batches up to it were all coded with θ0 (the comparisons it lost)
+    assert all(f & FLAG_PRETRAINED for f in flags[first - 2:first + 1]), flags
+    assert all(f == 0 for f in flags[first + 1:]), flags  # later batches need no flag
+    assert all(torch_equal(weights[first - 1][k], w[k]) for w in weights[first:] for k in w)
+    frozen = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, adapt=False))
+    for (data, _), start in zip(coded[first + 1:], range(4 * (first + 1), len(tiles), 4)):
+        assert data[1:] == frozen.encode(tiles[start:start + 4])[0][1:]  # θ0's very bytes
+    decoder = OnlineAdapter(bundle, config)
+    for (data, _), start in zip(coded, range(0, len(tiles), 4)):
+        assert np.array_equal(decoder.decode(data, (4, 3, 16, 16)), tiles[start:start + 4])
+
+
+def test_never_giving_up_keeps_adapting():
+    _, flags = _coded_bytes(learning_rate=0.5, give_up_after=0)
+    assert not any(f & FLAG_GIVE_UP for f in flags) and sum(bool(f & FLAG_PRETRAINED) for f in flags) > 3
+
+
+def test_giving_up_round_trips_through_the_archive(source, tmp_path):
+    data, batches = _round_trip(source, tmp_path, learning_rate=0.5, give_up_after=2)
+    given_up = sum(bool(b.flags & FLAG_GIVE_UP) for b in batches)
+    assert given_up in (1, 2)  # at most once per channel count (the examples have RGB and grey)
+    result = CliRunner().invoke(main, ["info", "-"], input=data)
+    assert result.exit_code == 0, result.output
+    assert f"adaptation given up {given_up} times" in result.output and '"give_up_after": 2' in result.output
+
+
+def test_a_give_up_flag_that_cannot_be_obeyed_is_refused():
+    bundle = load_model(MODEL)
+    config = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0)
+    frozen = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, adapt=False)
+    data, _ = OnlineAdapter(bundle, frozen).encode(_tiles(4))  # θ0's bytes
+    with pytest.raises(BatchError, match="gives up"):  # without FLAG_PRETRAINED
+        OnlineAdapter(bundle, config).decode(bytes([FLAG_SEGMENT_START | FLAG_GIVE_UP]) + data[1:], (4, 3, 16, 16))
+    decoder = OnlineAdapter(bundle, config)
+    pixels = decoder.decode(bytes([FLAG_SEGMENT_START | FLAG_PRETRAINED | FLAG_GIVE_UP]) + data[1:], (4, 3, 16, 16))
+    assert np.array_equal(pixels, _tiles(4))
+    assert decoder.adapted_network(3) is not bundle.network(3)  # a track exists, and it gave up
+    with pytest.raises(BatchError, match="gives up"):  # a second time in the same segment
+        decoder.decode(bytes([FLAG_PRETRAINED | FLAG_GIVE_UP]) + data[1:], (4, 3, 16, 16))
+
+
+@pytest.mark.parametrize("side, batch_pixels, expected", [
+    (28, 16384, 20), (32, 16384, 16), (64, 16384, 8), (16, 16384, 64), (2, 16384, 1024), (32, 0, 8),
+    (28, 1000, 8)])
+def test_small_tiles_are_batched_by_pixels(side, batch_pixels, expected):
+    config = AdaptationConfig(batch_size=8, batch_pixels=batch_pixels)
+    assert config.batch_size_for(side, side) == expected
+    from osoa_zip.imaging.tiles import plan_batches
+    batches = plan_batches([(side, side, 1)] * 2000, 64, config.batch_size_for)
+    assert [len(b.members) for b in batches[:-1]] == [expected] * (len(batches) - 1)
+
+
+def test_a_header_from_before_1_1_means_what_it_meant_then():
+    """Format 1.0 headers have no batch_pixels or give_up_after: whole batch_size batches, never give up."""
+    header = AdaptationConfig().to_header()
+    old = {key: value for key, value in header.items() if key not in LEGACY_VALUES}
+    config = AdaptationConfig.from_header(old)
+    assert (config.batch_pixels, config.give_up_after) == (0, 0)
+    assert AdaptationConfig.from_header(header) == AdaptationConfig()
+
+
+def test_batches_by_pixels_round_trip_and_list(source, tmp_path):
+    """16 x 16 tiles, 1024 pixels a batch: four to a batch (edge tiles of other shapes too)."""
+    data, batches = _round_trip(source, tmp_path, batch_pixels=1024, batch_size=1)
+    header = read_archive(io.BytesIO(data))[0]
+    assert header["adaptation"]["batch_pixels"] == 1024
+    assert len(batches) < len(_round_trip(source, tmp_path / "single", batch_pixels=0, batch_size=1)[1])
+    archive = tmp_path / "a.osoa"
+    archive.write_bytes(data)
+    result = CliRunner().invoke(main, ["list", str(archive)])
+    assert result.exit_code == 0, result.output

@@ -41,7 +41,8 @@ def _adapt_three_batches(threads: int) -> str:
     torch.set_num_threads(threads)
     try:
         bundle = load_model("idf-tiny-test")
-        adapter = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4, learning_rate=2e-3))
+        adapter = OnlineAdapter(bundle, AdaptationConfig(tile_size=16, batch_size=4,
+                                                         batch_pixels=0, learning_rate=2e-3))
         pixels = np.asarray(Image.open(EXAMPLES / "0000.png"))
         tiles = pixels.reshape(4, 16, 4, 16, 3).transpose(0, 2, 4, 1, 3).reshape(16, 3, 16, 16)
         for start in range(0, 12, 4):

@@ -30,7 +30,7 @@ from osoa_zip.models.registry import MANIFEST, available_models
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CODING = ["--model", MODEL, "--tile-size", "16", "--batch-size", "2"]
+CODING = ["--model", MODEL, "--tile-size", "16", "--batch-size", "2", "--batch-pixels", "0"]
 ARCHIVE_PART = re.compile(r"^\.a\.osoa\.[A-Za-z0-9_]{8}\.part$")
 DEST_PART = re.compile(r"^\.dest\.osoa-zip-[A-Za-z0-9_]{8}\.part$")
 STAGING = re.compile(r"^\.osoa-zip-[A-Za-z0-9_]{8}$")
@@ -169,7 +169,7 @@ def models_copy(tmp_path, monkeypatch) -> Path:
 def small_archive() -> bytes:
     output = io.BytesIO()
     source = EXAMPLES / "0008.png"
-    compress([source], output, model=MODEL, adaptation=AdaptationConfig(tile_size=16, batch_size=4))
+    compress([source], output, model=MODEL, adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0))
     return output.getvalue()
 
 

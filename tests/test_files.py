@@ -21,7 +21,7 @@ from osoa_zip.archive import UsageError, compress, decompress
 
 from test_portability import EXAMPLES
 
-SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4))
+SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0))
 
 
 @pytest.fixture
@@ -176,10 +176,12 @@ def test_ctrl_c_leaves_nothing_half_written(tmp_path, command):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     if command == "decompress":
         subprocess.run(cli + ["compress", "-q", "--model", "idf-tiny-test", "--tile-size", "16", "--batch-size", "2",
+                              "--batch-pixels", "0",
                               str(source), str(archive)], check=True, env=env)
         arguments = ["decompress", str(archive), str(tmp_path / "out")]
     else:
         arguments = ["compress", "--model", "idf-tiny-test", "--tile-size", "16", "--batch-size", "2",
+                     "--batch-pixels", "0",
                      str(source), str(archive)]
     process = subprocess.Popen(cli + arguments, stderr=subprocess.PIPE, env=env)
     # Interrupt once the work has begun (a temporary archive or staging folder
@@ -223,9 +225,9 @@ def test_segments_restart_the_model(tmp_path):
     from conftest import uncompressed_copy
     source = uncompressed_copy(EXAMPLES, tmp_path / "src")
     sizes = {}
-    for name, config in {"segmented": AdaptationConfig(tile_size=16, batch_size=4, segment_batches=1),
-                         "frozen": AdaptationConfig(tile_size=16, batch_size=4, adapt=False),
-                         "adapted": AdaptationConfig(tile_size=16, batch_size=4)}.items():
+    for name, config in {"segmented": AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, segment_batches=1),
+                         "frozen": AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, adapt=False),
+                         "adapted": AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0)}.items():
         buffer = io.BytesIO()
         summary = compress([source], buffer, model="idf-tiny-test", adaptation=config)
         sizes[name] = [s.bits for s in summary.batches]

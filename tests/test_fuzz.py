@@ -49,7 +49,8 @@ def original(tmp_path_factory):
 def archive(original) -> bytes:
     """A ~2 KB archive with every entry kind and two adapted image batches."""
     output = io.BytesIO()
-    compress([original], output, model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4))
+    compress([original], output, model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4,
+                                                                                    batch_pixels=0))
     return output.getvalue()
 
 

@@ -44,3 +44,24 @@ def test_format_1_0_archive_decodes_exactly(name, source_1_0, tmp_path):
 def test_format_1_0_archive_passes_test(name):
     summary = test_archive(io.BytesIO((GOLDEN / name).read_bytes()))
     assert summary.images == 7
+
+
+import format_1_1  # noqa: E402
+
+
+@pytest.mark.parametrize("name", sorted(format_1_1.ARCHIVES))
+def test_format_1_1_archive_decodes_exactly(name, source_1_0, tmp_path):
+    data = (GOLDEN / name).read_bytes()
+    assert data[8:12] == b"\x01\x00\x01\x00"  # format 1.1
+    destination = tmp_path / "restored"
+    decompress(io.BytesIO(data), destination)
+    assert_same_tree(source_1_0, destination)
+    assert test_archive(io.BytesIO(data)).images == 7
+
+
+def test_format_1_1_golden_archives_hold_what_1_1_added():
+    from osoa_zip.adapt.engine import FLAG_GIVE_UP
+    from osoa_zip.inspect import read_archive
+    header, _, batches = read_archive(io.BytesIO((GOLDEN / "format-1.1-idf-tiny-test.osoa").read_bytes()))
+    assert header["adaptation"]["batch_pixels"] == 512
+    assert any(batch.flags & FLAG_GIVE_UP for batch in batches)

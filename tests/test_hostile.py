@@ -26,7 +26,7 @@ from osoa_zip.verify import tree_differences
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4))
+SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0))
 MEMORY_LIMIT = 3 << 29  # 1.5 GiB of address space: the CLI needs ~250 MB of RSS on these archives
 
 
@@ -288,7 +288,7 @@ def test_refused_group_and_the_groups_after_it(tmp_path, monkeypatch, adapt):
     original = source
     output = io.BytesIO()
     compress([original], output, model="idf-tiny-test",
-             adaptation=AdaptationConfig(tile_size=16, batch_size=4, adapt=adapt))
+             adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, adapt=adapt))
     crafted = Crafted.parse(output.getvalue())
     assert crafted.tags.count(b"IMGS") == 2
     reasons, destination = _restore(crafted.edit("img0.png", width=0).build(), tmp_path / "box")

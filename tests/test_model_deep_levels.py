@@ -95,7 +95,7 @@ def test_deep_levels_code_the_final_prior_once_per_image():
 def test_adaptation_replays_exactly_with_deep_levels():
     networks = _networks()
     bundle = FlowBundle(name="tiny-v3-untrained", sha256="", config=TINY_V3, networks=networks)
-    config = AdaptationConfig(tile_size=16, batch_size=4, learning_rate=2e-3)
+    config = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=2e-3)
     encoder, decoder = OnlineAdapter(bundle, config), OnlineAdapter(bundle, config)
     batches = [_smooth(4, 3, 14, 10, seed).to(torch.uint8).numpy() for seed in range(4)]
     coded = [encoder.encode(batch)[0] for batch in batches]

@@ -135,7 +135,7 @@ def test_a_value_outside_its_range_is_refused():
 
 def test_adaptation_replays_exactly_with_edge_bins():
     bundle = FlowBundle(name="tiny-v4-untrained", sha256="", config=TINY_V4, networks=_networks())
-    config = AdaptationConfig(tile_size=16, batch_size=4, learning_rate=2e-3)
+    config = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=2e-3)
     encoder, decoder = OnlineAdapter(bundle, config), OnlineAdapter(bundle, config)
     batches = [_saturated(4, c, 14, 10, seed).to(torch.uint8).numpy() for seed, c in enumerate((3, 1, 3, 1))]
     coded = [encoder.encode(batch)[0] for batch in batches]

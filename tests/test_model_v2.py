@@ -29,7 +29,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "images"
 TINY_V2 = {"hidden": 8, "depth": 2, "levels": 2, "channel_coupling": True, "mean_remainder": True}
 TILE = 16
-ADAPTATION = AdaptationConfig(tile_size=TILE, batch_size=4, learning_rate=2e-3, steps_per_batch=1)
+ADAPTATION = AdaptationConfig(tile_size=TILE, batch_size=4, batch_pixels=0, learning_rate=2e-3, steps_per_batch=1)
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -162,7 +162,8 @@ def test_cross_channel_coefficients_reach_the_offsets():
 def test_nll_matches_coded_bits():
     tiles = _rgb_tiles()
     networks = _plausible_v2_networks(seed=1)
-    adapter = OnlineAdapter(_bundle(networks), AdaptationConfig(adapt=False, tile_size=TILE, batch_size=16))
+    adapter = OnlineAdapter(_bundle(networks), AdaptationConfig(adapt=False, tile_size=TILE, batch_size=16,
+                                                                batch_pixels=0))
     bits = nll = 0.0
     for start in range(0, len(tiles), 16):
         batch = np.ascontiguousarray(tiles[start:start + 16])

@@ -28,7 +28,7 @@ REPO = Path(__file__).resolve().parents[1]
 PHOTOS = sorted((REPO / "data" / "eval" / "photos768").glob("*.png"))[:3] + sorted(EXAMPLES.glob("*.png"))[:3]
 MODES = {"L": 1, "RGB": 3, "LA": 2, "RGBA": 4, "P": 1}
 SPILL_BYTES = imaging_io.SPILL_BYTES
-SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4))
+SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0))
 
 
 @pytest.fixture

@@ -28,7 +28,8 @@ from conftest import uncompressed_copy
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "images"
 SETTINGS = dict(model="idf-tiny-test",
-                adaptation=AdaptationConfig(tile_size=16, batch_size=4, learning_rate=2e-3, steps_per_batch=1))
+                adaptation=AdaptationConfig(tile_size=16, batch_size=4,
+                                            batch_pixels=0, learning_rate=2e-3, steps_per_batch=1))
 
 THREADS = ["1", "2"]
 CAPABILITIES = ["default", "avx2", "avx512"]
@@ -134,7 +135,8 @@ def test_encode_identical_in_other_environment(archive, source, tmp_path):
     code = ("import sys; from pathlib import Path; from osoa_zip.archive import compress; "
             "from osoa_zip.adapt.engine import AdaptationConfig; "
             f"compress([Path({str(source)!r})], open({str(other)!r}, 'wb'), model='idf-tiny-test', "
-            "adaptation=AdaptationConfig(tile_size=16, batch_size=4, learning_rate=2e-3, steps_per_batch=1))")
+            "adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=2e-3, "
+            "steps_per_batch=1))")
     result = subprocess.run([sys.executable, "-c", code], env=_environment("2", "default", "SSE41", "COMPATIBLE"),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr

@@ -21,7 +21,7 @@ from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.container.format import ArchiveError
 from test_container import chunk_offsets
 
-SEGMENTED = AdaptationConfig(tile_size=16, batch_size=4, segment_batches=3)
+SEGMENTED = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, segment_batches=3)
 
 
 @pytest.fixture(scope="module")

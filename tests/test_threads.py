@@ -25,7 +25,7 @@ def source(tmp_path_factory):
 
 @pytest.mark.parametrize("segment", [2, 5])
 def test_same_archive_for_any_thread_count(source, tmp_path, segment):
-    config = AdaptationConfig(tile_size=16, batch_size=4, segment_batches=segment)
+    config = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, segment_batches=segment)
     archives = {}
     for threads in (1, 3):
         output = io.BytesIO()

@@ -35,7 +35,7 @@ REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "images"
 MODEL = "vae-tiny-test"
 TILE = 16
-ADAPTATION = AdaptationConfig(tile_size=TILE, batch_size=4, learning_rate=2e-3, steps_per_batch=1,
+ADAPTATION = AdaptationConfig(tile_size=TILE, batch_size=4, batch_pixels=0, learning_rate=2e-3, steps_per_batch=1,
                               guard=False)  # the golden weights pin the replayed steps alone
 # sha256 of vae-tiny-test's RGB weights after three adapted batches of _rgb_tiles()
 # (ADAPTATION).  It must never change: archives written before would stop decoding.
@@ -78,7 +78,8 @@ def _round_trip(batches, config: AdaptationConfig):
 @pytest.mark.parametrize("adapt, steps", [(False, 1), (True, 1), (True, 3)])
 def test_round_trip_is_exact(adapt, steps):
     tiles = _tiles("RGB")[:16]
-    config = AdaptationConfig(adapt=adapt, tile_size=TILE, batch_size=4, learning_rate=2e-3, steps_per_batch=steps)
+    config = AdaptationConfig(adapt=adapt, tile_size=TILE, batch_size=4,
+                              batch_pixels=0, learning_rate=2e-3, steps_per_batch=steps)
     _, encoder, decoder = _round_trip([tiles[i:i + 4] for i in range(0, 16, 4)], config)
     assert _weights_digest(encoder.adapted_network(3)) == _weights_digest(decoder.adapted_network(3))
     moved = _weights_digest(encoder.adapted_network(3)) != _weights_digest(load_model(MODEL).network(3))
@@ -97,7 +98,7 @@ def test_bytes_match_the_negative_elbo():
     tiles = _tiles("RGB")[:64]
     bundle = load_model(MODEL)
     network = bundle.network(3)
-    adapter = OnlineAdapter(bundle, AdaptationConfig(adapt=False, tile_size=TILE, batch_size=16))
+    adapter = OnlineAdapter(bundle, AdaptationConfig(adapt=False, tile_size=TILE, batch_size=16, batch_pixels=0))
     bits = nll = initial = 0.0
     for start in range(0, len(tiles), 16):
         batch = tiles[start:start + 16]
@@ -124,7 +125,8 @@ def test_adapted_weights_match_golden():
 @pytest.mark.parametrize("damage", ["truncate", "flip-first", "flip-last", "append", "garbage"])
 def test_damaged_stream_is_a_clean_error(damage):
     tiles = _tiles("RGB")[:4]
-    adapter = OnlineAdapter(load_model(MODEL), AdaptationConfig(adapt=False, tile_size=TILE, batch_size=4))
+    adapter = OnlineAdapter(load_model(MODEL), AdaptationConfig(adapt=False, tile_size=TILE, batch_size=4,
+                                                                batch_pixels=0))
     data = bytearray(adapter.encode(tiles)[0])
     if damage == "truncate":
         data = data[:-4]
@@ -136,7 +138,8 @@ def test_damaged_stream_is_a_clean_error(damage):
         data += b"\x01\x00\x00\x00"
     else:
         data = bytearray(np.random.default_rng(5).bytes(len(data)))
-    fresh = OnlineAdapter(load_model(MODEL), AdaptationConfig(adapt=False, tile_size=TILE, batch_size=4))
+    fresh = OnlineAdapter(load_model(MODEL), AdaptationConfig(adapt=False, tile_size=TILE, batch_size=4,
+                                                              batch_pixels=0))
     try:
         fresh.decode(bytes(data), tiles.shape)
     except ValueError:  # CorruptStream, or pixels out of range
@@ -244,7 +247,8 @@ def test_cli_round_trip_with_the_vae(tmp_path):
     archive, restored = tmp_path / "a.osoa", tmp_path / "out"
     run = lambda *args: subprocess.run([sys.executable, "-m", "osoa_zip", *map(str, args)],  # noqa: E731
                                        env=subprocess_env(), capture_output=True, text=True, timeout=600)
-    result = run("compress", "--model", MODEL, "--tile-size", TILE, "--batch-size", 4, source, archive)
+    result = run("compress", "--model", MODEL, "--tile-size", TILE, "--batch-size", 4, "--batch-pixels", 0, source,
+                 archive)
     assert result.returncode == 0, result.stderr
     assert "0 images" not in result.stderr
     result = run("decompress", archive, restored)

@@ -7,6 +7,11 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 PARAMETER_SELECTIONS = ("all", "last", "bias")
+MAX_BATCH_SIZE = 1024  # the command line's limit too; batch_pixels never makes a batch larger
+# What a header written before a setting existed meant by leaving it out
+# (format 1.0 had neither): old archives decode as they were written even
+# when a default below changes.
+LEGACY_VALUES = {"batch_pixels": 0, "give_up_after": 0}
 
 
 @dataclass(frozen=True)
@@ -36,6 +41,18 @@ class AdaptationConfig:
     # the last update (one flag byte per batch tells the decoder).  The decoder
     # obeys the flags whatever this says; it is recorded for `info`.
     guard: bool = True
+    # Small tiles are batched by pixels, not by count: a batch of h x w tiles
+    # holds max(batch_size, batch_pixels // (h * w)) of them (0: always
+    # batch_size).  Per-batch overhead dominates small tiles; 28 x 28 images
+    # go 20 to a batch, 32 x 32 tiles 16, 64 x 64 tiles stay at batch_size.
+    # Measured in docs/PERFORMANCE.md (format 1.1).
+    batch_pixels: int = 16384
+    # Encoder policy (format 1.1): once θ0 has beaten the adapted model this
+    # many times in a row, the encoder codes the rest of the segment's batches
+    # of that channel count with θ0 and stops adapting them (FLAG_GIVE_UP
+    # tells the decoder).  0: never.  Recorded for `info`; the decoder obeys
+    # the flag whatever this says.
+    give_up_after: int = 3
 
     def __post_init__(self) -> None:
         if self.parameters not in PARAMETER_SELECTIONS:
@@ -43,6 +60,14 @@ class AdaptationConfig:
                              f"(one of {', '.join(PARAMETER_SELECTIONS)})")
         if self.adapt_batches < 0:
             raise ValueError("adapt_batches must not be negative")
+        if self.batch_pixels < 0 or self.give_up_after < 0:
+            raise ValueError("batch_pixels and give_up_after must not be negative")
+
+    def batch_size_for(self, height: int, width: int) -> int:
+        """How many h x w tiles one batch holds (the decoder plans the same batches)."""
+        if not self.batch_pixels:
+            return self.batch_size
+        return max(self.batch_size, min(MAX_BATCH_SIZE, self.batch_pixels // (height * width)))
 
     def to_header(self) -> dict:
         return asdict(self)
@@ -53,4 +78,4 @@ class AdaptationConfig:
         unknown = set(values) - known
         if unknown:
             raise ValueError(f"unknown adaptation settings {sorted(unknown)}")
-        return cls(**values)
+        return cls(**{**LEGACY_VALUES, **values})

@@ -13,6 +13,11 @@ can cost at most a few bits per batch more than --no-adapt, however badly
 an update goes.  The comparison costs a forward pass of θ0, so after θ0
 loses clearly the encoder waits 1, 2, 4, then 8 batches before it asks
 again (encoder-only: the flags tell the decoder everything).
+After θ0 has won ``give_up_after`` comparisons in a row (format 1.1), the
+encoder sets FLAG_GIVE_UP: that batch and every later batch of its channel
+count in the segment are coded with θ0 and nothing adapts (data the model
+already knows, e.g. Fashion-MNIST for a grey network trained on it, then
+costs one forward pass per batch instead of three passes).
 FLAG_ROLLBACK (undo the last update, weights and optimiser moments, before
 coding) is still decoded: release 1.0.0 wrote it.  It is no longer written
 because undoing updates cost more later than it saved (measured in
@@ -43,7 +48,8 @@ from .config import AdaptationConfig
 FLAG_PRETRAINED = 0x01      # this batch is coded with θ0, not the adapted model
 FLAG_ROLLBACK = 0x02        # the update made after the previous batch is undone first
 FLAG_SEGMENT_START = 0x04   # the model restarts from θ0 here (first batch of a segment)
-KNOWN_FLAGS = FLAG_PRETRAINED | FLAG_ROLLBACK | FLAG_SEGMENT_START
+FLAG_GIVE_UP = 0x08         # with FLAG_PRETRAINED: θ0, no adaptation, for the rest of this track (format 1.1)
+KNOWN_FLAGS = FLAG_PRETRAINED | FLAG_ROLLBACK | FLAG_SEGMENT_START | FLAG_GIVE_UP
 # The guard's back-off (encoder-only): θ0 must lose by this fraction of the
 # adapted model's bits before a comparison is skipped, for at most this many batches.
 PROBE_MARGIN = 0.01
@@ -87,6 +93,8 @@ class _Track:
     previous: tuple | None = None  # state before the last update (to decode FLAG_ROLLBACK)
     probe_wait: int = 0           # encoder: batches to code before θ0 is compared again
     probe_gap: int = 0            # encoder: the current wait after θ0 lost
+    pretrained_wins: int = 0      # encoder: comparisons won by θ0 in a row
+    gave_up: bool = False         # θ0 codes the rest of the segment; no more steps (FLAG_GIVE_UP)
 
 
 def _select_parameters(network: torch.nn.Module, selection: str) -> None:
@@ -187,7 +195,7 @@ class OnlineAdapter:
 
     def _will_adapt(self, track: _Track) -> bool:
         config = self.config
-        return (config.adapt and config.steps_per_batch > 0
+        return (config.adapt and config.steps_per_batch > 0 and not track.gave_up
                 and (config.adapt_batches == 0 or track.batches <= config.adapt_batches))
 
     # -- coding --------------------------------------------------------------
@@ -200,21 +208,28 @@ class OnlineAdapter:
         segment_flag = FLAG_SEGMENT_START if self.starts_segment() else 0
         track = self._track(channels)
         adapting = self._will_adapt(track)
-        guarding = self.config.guard and track.updated and self._probe_due(track)
+        guarding = self.config.guard and track.updated and not track.gave_up and self._probe_due(track)
         pretrained = self._bundle.network(channels)
         # θ0 never changes, so its pass for the guard can run beside the adapted one.
         pretrained_pass = self._beside(self._analyse_frozen, pretrained, pixels) if guarding else None
         # One forward pass codes the batch, gives the guard its bit count and starts
         # the first step (the weights are the ones it steps from).
+        network = pretrained if track.gave_up else track.network
         with torch.set_grad_enabled(adapting):
-            loss, factors = self._analyse(track.network, pixels, adapting or guarding)
-        network, flags = track.network, 0
+            loss, factors = self._analyse(network, pixels, adapting or guarding)
+        flags = 0
         if pretrained_pass is not None:
             pretrained_loss, pretrained_factors = pretrained_pass.result()
             adapted_bits, pretrained_bits = float(loss.detach()), float(pretrained_loss)
             self._schedule_probe(track, adapted_bits, pretrained_bits)
             if pretrained_bits < adapted_bits:  # a tie keeps the adapted model
                 network, factors, flags = pretrained, pretrained_factors, FLAG_PRETRAINED
+                track.pretrained_wins += 1
+                if self.config.give_up_after and track.pretrained_wins >= self.config.give_up_after:
+                    flags |= FLAG_GIVE_UP
+                    track.gave_up, adapting = True, False
+            else:
+                track.pretrained_wins = 0
         flags |= segment_flag
         if factors is not None:
             # Detached factors: the entropy coder can run while the update changes the weights.
@@ -283,9 +298,13 @@ class OnlineAdapter:
                 raise BatchError("a batch undoes an update that was never made")
             self._load(track, track.previous)
             track.previous = None
+        if flags & FLAG_GIVE_UP:
+            if not flags & FLAG_PRETRAINED or track.gave_up:
+                raise BatchError("a batch gives up adaptation it cannot give up")
+            track.gave_up = True
         adapting = self._will_adapt(track)
         decoder = self._new_decoder(payload[1:])
-        if flags & FLAG_PRETRAINED:
+        if flags & FLAG_PRETRAINED or track.gave_up:
             pixels, loss = self._bundle.network(channels).decode(decoder, shape), None
         elif adapting and hasattr(track.network, "decode_with_loss"):
             # the decoding pass also starts the first step, as on the encoder
@@ -313,4 +332,4 @@ class OnlineAdapter:
 
 
 __all__ = ["AdaptationConfig", "OnlineAdapter", "BatchStatistics", "BatchError", "ENGINE",
-           "FLAG_PRETRAINED", "FLAG_ROLLBACK", "FLAG_SEGMENT_START"]
+           "FLAG_PRETRAINED", "FLAG_ROLLBACK", "FLAG_SEGMENT_START", "FLAG_GIVE_UP"]

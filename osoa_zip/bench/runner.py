@@ -122,6 +122,7 @@ def _load_average() -> str:
 def _compress_arguments(model: str, config: AdaptationConfig, adapt: bool) -> list[str]:
     arguments = ["--model", model, "--learning-rate", repr(config.learning_rate),
                  "--steps-per-batch", str(config.steps_per_batch), "--batch-size", str(config.batch_size),
+                 "--batch-pixels", str(config.batch_pixels), "--give-up-after", str(config.give_up_after),
                  "--tile-size", str(config.tile_size)]
     return arguments + ([] if adapt else ["--no-adapt"])
 
@@ -137,7 +138,7 @@ class _SetRunner:
         self.curves: dict[str, list[float]] = {}
         config = options.config
         # The batches osoa-zip codes when every image takes the model path.
-        self.batches = model_batches(bench_set.folder, config.tile_size, config.batch_size)
+        self.batches = model_batches(bench_set.folder, config.tile_size, config.batch_size_for)
         self.statistics: dict[str, list[tuple[int, int]]] = {}  # per-batch (bits, sub-pixels) of each archive
 
     def _all_coded(self, key: str) -> bool:

@@ -71,7 +71,7 @@ def prepare_set(source: Path, limit: int | None, into: Path, name: str | None = 
     return BenchSet(name or source.resolve().name, source, into, files, subpixels, skipped)
 
 
-def model_batches(folder: Path, tile_size: int, batch_size: int) -> list[np.ndarray]:
+def model_batches(folder: Path, tile_size: int, batch_size) -> list[np.ndarray]:
     """The B x C x H x W uint8 batches osoa-zip codes for `folder`, in archive order.
 
     Images are grouped by about GROUP_SUBPIXELS sub-pixels as pack.py does;

@@ -12,6 +12,7 @@ encoder holds each image once, unpadded (docs/SECURITY.md).
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Callable
 
 import numpy as np
 
@@ -37,8 +38,14 @@ def pad_even(pixels: np.ndarray) -> np.ndarray:
     return np.pad(pixels, ((0, height - pixels.shape[0]), (0, width - pixels.shape[1]), (0, 0)), mode="edge")
 
 
-def plan_batches(shapes: list[tuple[int, int, int]], tile: int, batch_size: int) -> list[Batch]:
-    """shapes: (height, width, channels) per image, in archive order."""
+def plan_batches(shapes: list[tuple[int, int, int]], tile: int,
+                 batch_size: int | Callable[[int, int], int]) -> list[Batch]:
+    """shapes: (height, width, channels) per image, in archive order.
+
+    batch_size is a number, or a function of a tile's (height, width) giving
+    how many such tiles go in one batch (AdaptationConfig.batch_size_for).
+    """
+    size_for = batch_size if callable(batch_size) else (lambda height, width: batch_size)
     groups: dict[tuple[int, int, int], list[tuple[int, int, int]]] = {}
     for index, (height, width, channels) in enumerate(shapes):
         height, width = padded_size(height, width)
@@ -48,8 +55,9 @@ def plan_batches(shapes: list[tuple[int, int, int]], tile: int, batch_size: int)
                 groups.setdefault(key, []).append((index, y, x))
     batches = []
     for (channels, height, width), members in groups.items():
-        for start in range(0, len(members), batch_size):
-            batches.append(Batch(channels, height, width, members[start:start + batch_size]))
+        size = size_for(height, width)
+        for start in range(0, len(members), size):
+            batches.append(Batch(channels, height, width, members[start:start + size]))
     return batches
 
 

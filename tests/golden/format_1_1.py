@@ -1,0 +1,44 @@
+"""The golden archives of format 1.1 (release 1.3 on), made from format 1.0's folder.
+
+FROZEN, like format_1_0.py: these archives must decode to format_1_0.build_source's
+folder in every later release (tests/test_golden.py).  Format 1.1 added batches by
+pixel count (``batch_pixels``) and FLAG_GIVE_UP; the tiny model's archive is made
+with a learning rate that wrecks it, so that it holds that flag.
+
+    python tests/golden/format_1_1.py   # writes the archives that do not exist yet, never rewrites one
+"""
+from __future__ import annotations
+
+import io
+import sys
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))
+from format_1_0 import MTIME_NS, build_source  # noqa: E402,F401
+
+ARCHIVES = {  # file name -> (model, adaptation settings)
+    "format-1.1-idf-tiny-test.osoa": ("idf-tiny-test", {"tile_size": 16, "batch_size": 1, "batch_pixels": 512,
+                                                        "learning_rate": 0.5, "give_up_after": 1}),
+    "format-1.1-idf-sublattice-v4.osoa": ("idf-sublattice-v4", {"tile_size": 16, "batch_size": 2}),
+}
+
+
+def main() -> None:
+    import tempfile
+
+    from osoa_zip import compress
+    from osoa_zip.adapt.config import AdaptationConfig
+    with tempfile.TemporaryDirectory() as scratch:
+        source = build_source(Path(scratch) / "source")
+        for name, (model, settings) in ARCHIVES.items():
+            if (HERE / name).exists():
+                continue
+            output = io.BytesIO()
+            compress([source], output, model=model, adaptation=AdaptationConfig(**settings))
+            (HERE / name).write_bytes(output.getvalue())
+            print(name, len(output.getvalue()), "bytes")
+
+
+if __name__ == "__main__":
+    main()
