@@ -52,8 +52,12 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=AdaptationConfig.learning_rate)
     parser.add_argument("--steps", type=int, default=AdaptationConfig.steps_per_batch)
     parser.add_argument("--no-adapt", action="store_true")
+    parser.add_argument("--gemm-threads", type=int, default=1,
+                        help="threads for the products of wide blocks (osoa_zip.exact.stack.set_gemm_threads)")
     parser.add_argument("--limit", type=int, default=None, help="code only the first N batches")
     args = parser.parse_args()
+    from osoa_zip.exact.stack import set_gemm_threads
+    set_gemm_threads(args.gemm_threads)
     config = AdaptationConfig(adapt=not args.no_adapt, batch_size=args.batch, tile_size=args.tile,
                               learning_rate=args.lr, steps_per_batch=args.steps)
     bundle = load_model(args.model)

@@ -101,11 +101,15 @@ def _one_torch_thread_unless_asked() -> None:
     """One intra-op thread unless OMP_NUM_THREADS says otherwise: the engine's tensors are
     small, and a second OpenMP thread cost time on an idle 2-core machine (tiles64 4.50 /
     5.01 s with one, 5.07 / 5.28 s with two; photos768 9.33 / 10.40 against 11.34 / 12.88;
-    docs/PERFORMANCE.md) and far more on a loaded one.  Segments (-T) are the way to use
-    more cores."""
+    docs/PERFORMANCE.md) and far more on a loaded one.  Only the matrix products of wide
+    blocks, where a second thread does pay, get two (exact/stack.py).  Segments (-T) are
+    the way to use more cores."""
     if "OMP_NUM_THREADS" not in os.environ:
         import torch
+
+        from .exact.stack import set_gemm_threads
         torch.set_num_threads(1)
+        set_gemm_threads(min(2, len(os.sched_getaffinity(0))))
 
 
 @main.command("compress")
@@ -132,6 +136,9 @@ def _one_torch_thread_unless_asked() -> None:
 @click.option("--adapt-params", type=click.Choice(PARAMETER_SELECTIONS), default=AdaptationConfig.parameters,
               show_default=True, help="Which parameters adapt: all; the last layer of each predictor; "
                                       "or only biases.")
+@click.option("--gray-adapt-params", type=click.Choice(PARAMETER_SELECTIONS), default=AdaptationConfig.gray_parameters,
+              show_default=True, help="The same for grey images (cheaper than all: a grey pixel costs the "
+                                      "model as much as an RGB one).")
 @click.option("--adapt-batches", type=click.IntRange(0, None), default=AdaptationConfig.adapt_batches,
               show_default=True, help="Stop adapting after N batches of each segment (0: never stop).")
 @click.option("--guard/--no-guard", default=AdaptationConfig.guard, show_default=True,
@@ -150,7 +157,8 @@ def _one_torch_thread_unless_asked() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print per-batch statistics.")
 def compress_command(sources, archive, files_from, null_separated, model, no_adapt, learning_rate, steps_per_batch,
-                     batch_size, batch_pixels, tile_size, segment_size, adapt_params, adapt_batches, guard,
+                     batch_size, batch_pixels, tile_size, segment_size, adapt_params, gray_adapt_params,
+                     adapt_batches, guard,
                      give_up_after, threads, byte_exact, force, quiet, verbose) -> None:
     """Pack SOURCES into ARCHIVE ('-' for standard output).
 
@@ -169,7 +177,8 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
         config = AdaptationConfig(adapt=not no_adapt, learning_rate=learning_rate, steps_per_batch=steps_per_batch,
                                   batch_size=batch_size, tile_size=tile_size, segment_batches=segment_size,
                                   parameters=adapt_params, adapt_batches=adapt_batches, guard=guard,
-                                  batch_pixels=batch_pixels, give_up_after=give_up_after)
+                                  batch_pixels=batch_pixels, give_up_after=give_up_after,
+                                  gray_parameters=gray_adapt_params)
         with _progress(None, quiet, "compressing") as progress:
             if str(archive) == "-":
                 with _naming_errors("standard output"):
@@ -199,7 +208,11 @@ def _warner(quiet: bool):
 
 
 def _thread_count(threads: int) -> int:
-    return threads or os.cpu_count() or 1
+    count = threads or os.cpu_count() or 1
+    if count > 1:  # segments side by side take the cores; wide products stay on one thread each
+        from .exact.stack import set_gemm_threads
+        set_gemm_threads(1)
+    return count
 
 
 @contextmanager

@@ -300,3 +300,25 @@ def test_batches_by_pixels_round_trip_and_list(source, tmp_path):
     archive.write_bytes(data)
     result = CliRunner().invoke(main, ["list", str(archive)])
     assert result.exit_code == 0, result.output
+
+
+def test_grey_images_adapt_their_last_layers_by_default():
+    """gray_parameters (1.1, default "last"): the grey network steps only its output layers and
+    final prior, the RGB one everything; a 1.0 header ("" by LEGACY_VALUES) means `parameters`."""
+    bundle = load_model(MODEL)
+    config = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=1e-2, guard=False)
+    assert (config.parameters_for(1), config.parameters_for(3)) == ("last", "all")
+    adapter = OnlineAdapter(bundle, config)
+    grey = np.ascontiguousarray(_tiles(4).mean(axis=1, keepdims=True).astype(np.uint8))
+    moved = {}
+    for channels, tiles in ((1, grey), (3, _tiles(4))):
+        before = _weights(bundle.network(channels))
+        adapter.encode(tiles)
+        after = _weights(adapter.adapted_network(channels))
+        moved[channels] = {name for name in before if not torch_equal(before[name], after[name])}
+    assert moved[1] and moved[1] <= bundle.network(1).adaptable_parameters("last")
+    assert "levels.0.edges.convs.0.weight" in moved[3]
+    legacy = AdaptationConfig.from_header({k: v for k, v in config.to_header().items() if k != "gray_parameters"})
+    assert legacy.parameters_for(1) == "all"
+    with pytest.raises(ValueError, match="unknown parameter selection"):
+        AdaptationConfig(gray_parameters="most")

@@ -11,7 +11,7 @@ MAX_BATCH_SIZE = 1024  # the command line's limit too; batch_pixels never makes 
 # What a header written before a setting existed meant by leaving it out
 # (format 1.0 had neither): old archives decode as they were written even
 # when a default below changes.
-LEGACY_VALUES = {"batch_pixels": 0, "give_up_after": 0}
+LEGACY_VALUES = {"batch_pixels": 0, "give_up_after": 0, "gray_parameters": ""}
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,26 @@ class AdaptationConfig:
     # tells the decoder).  0: never.  Recorded for `info`; the decoder obeys
     # the flag whatever this says.
     give_up_after: int = 3
+    # Which parameters of the grey network take steps (format 1.1; "": as
+    # `parameters`).  A grey pixel costs the network as much as an RGB one for
+    # a third of the bytes: with "all", grey photo tiles ran at 0.18 MB/s; with
+    # "last" (no gradient then flows into the big layers) at 0.26-0.29, keeping
+    # about 40% of adaptation's gain there (docs/PERFORMANCE.md).
+    gray_parameters: str = "last"
 
     def __post_init__(self) -> None:
-        if self.parameters not in PARAMETER_SELECTIONS:
-            raise ValueError(f"unknown parameter selection {self.parameters!r} "
-                             f"(one of {', '.join(PARAMETER_SELECTIONS)})")
+        for selection in (self.parameters, self.gray_parameters or self.parameters):
+            if selection not in PARAMETER_SELECTIONS:
+                raise ValueError(f"unknown parameter selection {selection!r} "
+                                 f"(one of {', '.join(PARAMETER_SELECTIONS)})")
         if self.adapt_batches < 0:
             raise ValueError("adapt_batches must not be negative")
         if self.batch_pixels < 0 or self.give_up_after < 0:
             raise ValueError("batch_pixels and give_up_after must not be negative")
+
+    def parameters_for(self, channels: int) -> str:
+        """The parameter selection that adapts for images of this many channels."""
+        return (self.gray_parameters or self.parameters) if channels == 1 else self.parameters
 
     def batch_size_for(self, height: int, width: int) -> int:
         """How many h x w tiles one batch holds (the decoder plans the same batches)."""

@@ -99,8 +99,8 @@ class _Track:
 
 def _select_parameters(network: torch.nn.Module, selection: str) -> None:
     """Freeze what the selection leaves out (frozen layers cost no weight gradients)."""
-    if selection == "all" and not hasattr(network, "adaptable_parameters"):
-        return  # a model without selections adapts everything
+    if not hasattr(network, "adaptable_parameters"):
+        return  # a model without selections (the VAE) adapts everything, whatever the selection
     chosen = network.adaptable_parameters(selection)
     for name, parameter in network.named_parameters():
         parameter.requires_grad_(name in chosen)
@@ -157,7 +157,7 @@ class OnlineAdapter:
         self._batches += 1
         if channels not in self._tracks:
             network = copy.deepcopy(self._bundle.network(channels))
-            _select_parameters(network, self.config.parameters)
+            _select_parameters(network, self.config.parameters_for(channels))
             optimizer = ExactAdam(network.parameters(), self.config.learning_rate,
                                   (self.config.beta1, self.config.beta2), self.config.epsilon)
             self._tracks[channels] = _Track(network, optimizer)

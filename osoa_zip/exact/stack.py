@@ -53,6 +53,39 @@ _ACT_SCALE = float(2 ** ACT_FRAC_BITS)
 # a 2-core AVX2 machine, blocks of 2048-4096 beat whole-batch products by up
 # to 1.7x (operands stay in cache across the nine taps).  Sums stay exact.
 COLUMN_BLOCK = 4096
+# The products of a block at least this wide run on GEMM_THREADS OpenMP threads
+# (set_gemm_threads); everything else, the elementwise passes included, on the
+# caller's thread count.  Measured on the 2-core AVX2 machine with one thread
+# elsewhere: float64 products of 48 x 48 taps with 1536-4096 columns ran 1.5-2.0x
+# faster on two threads, while at 1024 columns two gained nothing and at 256 they
+# took 2.3x longer -- which is why two threads for every operation lost overall.
+# The thread count cannot change a bit: every partial sum is exact.
+PARALLEL_COLUMNS = 1536
+_gemm_threads = 1
+
+
+def set_gemm_threads(count: int) -> None:
+    """Threads for the matrix products of wide blocks (1: the caller's count, always)."""
+    global _gemm_threads
+    _gemm_threads = max(1, int(count))
+
+
+class _WideBlockThreads:
+    """Within: torch runs on _gemm_threads threads if ``columns`` is wide enough."""
+
+    __slots__ = ("columns", "previous")
+
+    def __init__(self, columns: int) -> None:
+        self.columns, self.previous = columns, None
+
+    def __enter__(self) -> None:
+        if _gemm_threads > 1 and self.columns >= PARALLEL_COLUMNS:
+            self.previous = torch.get_num_threads()
+            torch.set_num_threads(_gemm_threads)
+
+    def __exit__(self, *exception) -> None:
+        if self.previous is not None:
+            torch.set_num_threads(self.previous)
 
 
 class _Grid:
@@ -124,8 +157,9 @@ def _conv(grid: _Grid, x: torch.Tensor, taps: list[torch.Tensor], bias: torch.Te
     core.copy_(bias[:, None].expand_as(core))
     for start, end in _column_blocks(grid):
         block = core[:, start:end]
-        for tap, shift in zip(taps, grid.shifts):
-            block.addmm_(tap, grid.window(x, shift)[:, start:end])
+        with _WideBlockThreads(end - start):
+            for tap, shift in zip(taps, grid.shifts):
+                block.addmm_(tap, grid.window(x, shift)[:, start:end])
     grid.clear_frame(y)
     return y
 
@@ -136,8 +170,9 @@ def _conv_input_gradient(grid: _Grid, g: torch.Tensor, taps: list[torch.Tensor],
     core = grid.core(below)
     for start, end in _column_blocks(grid):
         block = core[:, start:end]
-        for tap, shift in zip(taps, grid.shifts):
-            block.addmm_(tap.T, grid.window(g, -shift)[:, start:end])
+        with _WideBlockThreads(end - start):
+            for tap, shift in zip(taps, grid.shifts):
+                block.addmm_(tap.T, grid.window(g, -shift)[:, start:end])
     grid.clear_frame(below)
     return below
 
@@ -148,8 +183,9 @@ def _conv_weight_gradient(grid: _Grid, g: torch.Tensor, x: torch.Tensor) -> torc
     taps = g.new_zeros(9, g.shape[0], x.shape[0])
     for start, end in _column_blocks(grid):
         block = core[:, start:end]
-        for tap, shift in zip(taps, grid.shifts):
-            tap.addmm_(block, grid.window(x, shift)[:, start:end].T)
+        with _WideBlockThreads(end - start):
+            for tap, shift in zip(taps, grid.shifts):
+                tap.addmm_(block, grid.window(x, shift)[:, start:end].T)
     return taps.permute(1, 2, 0).reshape(g.shape[0], x.shape[0], 3, 3)
 
 

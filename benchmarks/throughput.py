@@ -1,0 +1,88 @@
+"""Whole-command-line speed: `osoa-zip compress` and `decompress`, MB/s of raw pixels.
+
+  python benchmarks/throughput.py [FOLDER ...] [--repeat 2] [--option "--give-up-after 0" ...]
+
+For each folder (default: data/eval/* and, if built, data/speed/*:
+`python scripts/build_corpus.py --speed-sets`), each variant of the command line
+(defaults, then each --option string) is run `--repeat` times, interleaved
+(folder by folder, variant after variant), so that a noisy shared machine
+slows every variant alike.  Reports wall seconds, CPU seconds (user + system of
+the process and its threads) and MB/s of raw pixels (H·W·C bytes, one byte per
+sub-pixel), start-up included, plus the archive's size.  Start-up (importing
+torch, loading the model) is measured on a one-image folder and printed, so
+that steady-state throughput can be told from it: it is a constant ~1 s that
+dominates folders of a few hundred kB.
+"""
+from __future__ import annotations
+
+import argparse
+import os
+import resource
+import shlex
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def raw_bytes(folder: Path) -> int:
+    total = 0
+    for path in sorted(folder.iterdir()):
+        with Image.open(path) as image:
+            total += np.asarray(image).size
+    return total
+
+
+def timed(arguments: list[str]) -> tuple[float, float]:
+    """(wall, CPU) seconds of one osoa-zip process."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
+    started = time.perf_counter()
+    subprocess.run([sys.executable, "-m", "osoa_zip", *arguments], check=True, cwd=REPO,
+                   env={**os.environ, "PYTHONPATH": str(REPO)})
+    wall = time.perf_counter() - started
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return wall, (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("folders", nargs="*", type=Path)
+    parser.add_argument("--repeat", type=int, default=1)
+    parser.add_argument("--option", action="append", default=[],
+                        help="a variant: extra compress options, as one string")
+    args = parser.parse_args()
+    folders = args.folders or sorted(p for base in ("data/eval", "data/speed") for p in (REPO / base).glob("*")
+                                     if p.is_dir())
+    variants = [""] + args.option
+    print(f"load average {os.getloadavg()[0]:.2f}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
+    with tempfile.TemporaryDirectory() as scratch:
+        scratch = Path(scratch)
+        one = scratch / "one"
+        one.mkdir()
+        first = next(p for p in sorted(folders[0].iterdir()))
+        (one / first.name).write_bytes(first.read_bytes())
+        startup = min(timed(["compress", "-q", "-f", str(one), str(scratch / "one.osoa")])[0] for _ in range(2))
+        print(f"start-up: compress of one small image takes {startup:.2f} s")
+        print("| folder | raw MB | options | bytes | compress s (CPU s) | MB/s | decompress s (CPU s) | MB/s |")
+        print("|---|---:|---|---:|---:|---:|---:|---:|")
+        for folder in folders:
+            raw = raw_bytes(folder)
+            for _ in range(args.repeat):
+                for variant in variants:
+                    archive, out = scratch / "a.osoa", scratch / "out"
+                    options = shlex.split(variant)
+                    c_wall, c_cpu = timed(["compress", "-q", "-f", *options, str(folder), str(archive)])
+                    d_wall, d_cpu = timed(["decompress", "-q", "-f", str(archive), str(out)])
+                    print(f"| {folder.name} | {raw / 1e6:.3f} | {variant or 'defaults'} | {archive.stat().st_size} "
+                          f"| {c_wall:.2f} ({c_cpu:.2f}) | {raw / 1e6 / c_wall:.3f} | {d_wall:.2f} ({d_cpu:.2f}) "
+                          f"| {raw / 1e6 / d_wall:.3f} |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
