@@ -53,6 +53,11 @@ KNOWN_FLAGS = FLAG_PRETRAINED | FLAG_ROLLBACK | FLAG_SEGMENT_START | FLAG_GIVE_U
 # The guard's back-off (encoder-only): θ0 must lose by this fraction of the
 # adapted model's bits before a comparison is skipped, for at most this many batches.
 PROBE_MARGIN = 0.01
+# Last-layer adaptation (grey networks by default) makes small, steady updates whose
+# gain is often below 1%: backing off from a 0.25% lead saved a third of the encoder's
+# CPU on grey tiles at the same bytes (docs/PERFORMANCE.md; photos768, adapting all
+# layers, was 0.2% larger with it, so the wider margin stays for "all" and "bias").
+PROBE_MARGIN_LAST_LAYERS = 0.0025
 MAX_PROBE_GAP = 8
 
 
@@ -93,6 +98,7 @@ class _Track:
     previous: tuple | None = None  # state before the last update (to decode FLAG_ROLLBACK)
     probe_wait: int = 0           # encoder: batches to code before θ0 is compared again
     probe_gap: int = 0            # encoder: the current wait after θ0 lost
+    probe_margin: float = PROBE_MARGIN  # encoder: the lead that lets θ0's comparison wait
     pretrained_wins: int = 0      # encoder: comparisons won by θ0 in a row
     gave_up: bool = False         # θ0 codes the rest of the segment; no more steps (FLAG_GIVE_UP)
 
@@ -157,10 +163,12 @@ class OnlineAdapter:
         self._batches += 1
         if channels not in self._tracks:
             network = copy.deepcopy(self._bundle.network(channels))
-            _select_parameters(network, self.config.parameters_for(channels))
+            selection = self.config.parameters_for(channels)
+            _select_parameters(network, selection)
             optimizer = ExactAdam(network.parameters(), self.config.learning_rate,
                                   (self.config.beta1, self.config.beta2), self.config.epsilon)
-            self._tracks[channels] = _Track(network, optimizer)
+            margin = PROBE_MARGIN_LAST_LAYERS if selection == "last" else PROBE_MARGIN
+            self._tracks[channels] = _Track(network, optimizer, probe_margin=margin)
         track = self._tracks[channels]
         track.batches += 1
         return track
@@ -275,8 +283,8 @@ class OnlineAdapter:
 
     @staticmethod
     def _schedule_probe(track: _Track, adapted_bits: float, pretrained_bits: float) -> None:
-        """Back off (1, 2, 4, 8 batches) while θ0 loses by more than PROBE_MARGIN; else ask every batch."""
-        if pretrained_bits > adapted_bits * (1 + PROBE_MARGIN):
+        """Back off (1, 2, 4, 8 batches) while θ0 loses by more than the margin; else ask every batch."""
+        if pretrained_bits > adapted_bits * (1 + track.probe_margin):
             track.probe_gap = min(max(1, 2 * track.probe_gap), MAX_PROBE_GAP)
         else:
             track.probe_gap = 0
