@@ -344,3 +344,25 @@ def test_compress_skips_names_with_control_characters(tmp_path):
     compress([source], output, warn=warnings.append, **SETTINGS)
     assert len(warnings) == 1 and "control characters" in warnings[0]
     assert [json.loads(p)["path"] for t, p in Crafted.parse(output.getvalue()).chunks if t == b"FILE"] == ["fine.txt"]
+
+
+@pytest.mark.parametrize("settings", [
+    {"batch_pixels": "x"}, {"batch_pixels": -1}, {"batch_pixels": 10 ** 30}, {"batch_pixels": 1.5},
+    {"gray_parameters": 7}, {"gray_parameters": "most"}, {"give_up_after": -1}, {"give_up_after": None},
+    {"update_delay": 1},
+], ids=lambda s: f"{next(iter(s))}={next(iter(s.values()))!r}")
+def test_hostile_adaptation_settings_get_one_error_line(archive, tmp_path, settings):
+    """Format 1.1's header keys, hostile or from a future release: one line, exit 1, nothing written
+    (a huge batch_pixels is capped by the 1024-tile batch limit, so it simply decodes)."""
+    crafted = Crafted.parse(archive)
+    index = crafted.index(b"HEAD")
+    header = crafted.value(index)
+    header["adaptation"].update(settings)
+    path = tmp_path / "hostile.osoa"
+    path.write_bytes(crafted.set_value(index, header).build())
+    result = run_limited("decompress", path, tmp_path / "out")
+    if settings == {"batch_pixels": 10 ** 30}:  # capped: batches of at most 1024 tiles, as here
+        assert result[0].returncode == 0, result[0].stderr
+        return
+    assert_error_lines(result[0], count=1)
+    assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())

@@ -61,6 +61,12 @@ class AdaptationConfig:
     gray_parameters: str = "last"
 
     def __post_init__(self) -> None:
+        for field in fields(self):  # a header is data from outside: check the types too
+            value, wanted = getattr(self, field.name), type(field.default)
+            allowed = (int, float) if wanted is float else wanted
+            if not isinstance(value, allowed) or (wanted is not bool and isinstance(value, bool)):
+                raise ValueError(f"adaptation setting {field.name} must be {wanted.__name__}, "
+                                 f"not {type(value).__name__}")
         for selection in (self.parameters, self.gray_parameters or self.parameters):
             if selection not in PARAMETER_SELECTIONS:
                 raise ValueError(f"unknown parameter selection {selection!r} "
