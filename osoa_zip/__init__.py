@@ -19,7 +19,7 @@ import os
 
 # Format 1.0 (docs/FORMAT.md) up to 1.2; 1.1: model v3 by default, the guard no longer undoes
 # updates; 1.2: model v4 (edge bins) by default; 1.3: format 1.1 (batches by pixel count,
-# giving up adaptation that does not pay).
+# giving up adaptation that does not pay, grey networks adapting their last layers), model v5.
 __version__ = "1.3.0"
 
 # Must happen before torch loads OpenMP.  With the default (spinning) wait

@@ -60,6 +60,17 @@ commit ef99c47 on, built into data2/):
   Continuing on the same 26 photos made the evaluation tiles worse (float NLL, tiles64: 2.4034
   after 3000 steps, 2.4125 at step 7500); the 47 photos made them better (2.367 at step 5500).
 
+v5 (v4's architecture and weights, trained on: both networks on the 47-photo corpus in data2/,
+grey with more photo tiles in its mix; 1 thread each, side by side, 28 and 12 minutes):
+
+  FLAGS="--channel-coupling --mean-remainder --deep-levels --edge-bins \
+         --init-from models/idf-sublattice-v4.safetensors --threads 1"
+  python scripts/pretrain.py train --channels 3 --data data2/train_rgb64.npy --batch-size 16 \
+      --data data2/train_rgb32.npy --batch-size 32 --mix 0.5,0.5 --steps 18000 --lr 2e-4 --run runs/v5 $FLAGS
+  python scripts/pretrain.py train --channels 1 --data data2/train_gray32.npy --batch-size 32 \
+      --data data2/train_fashion28.npy --batch-size 32 --mix 0.4,0.6 --steps 16000 --lr 3e-4 --run runs/v5 $FLAGS
+  python scripts/pretrain.py export --run runs/v5 --name idf-sublattice-v5 ...   # as in models/manifest.json
+
 VAE (bits-back, osoa_zip/models/vae.py):
 
   python scripts/pretrain.py train --family vae --hidden 48 --latent-channels 16 --channels 3 \

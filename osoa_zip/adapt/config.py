@@ -52,7 +52,9 @@ class AdaptationConfig:
     # of that channel count with θ0 and stops adapting them (FLAG_GIVE_UP
     # tells the decoder).  0: never.  Recorded for `info`; the decoder obeys
     # the flag whatever this says.
-    give_up_after: int = 3
+    # 8, not 3: with v5, θ0 won the first three comparisons on photos768 (Adam's first
+    # steps are large) and adaptation paid 0.3% later; 8 gave the same bytes elsewhere.
+    give_up_after: int = 8
     # Which parameters of the grey network take steps (format 1.1; "": as
     # `parameters`).  A grey pixel costs the network as much as an RGB one for
     # a third of the bytes: with "all", grey photo tiles ran at 0.18 MB/s; with

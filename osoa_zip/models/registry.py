@@ -29,7 +29,7 @@ from .vae import ConvVAE
 
 MANIFEST = "manifest.json"
 CHANNEL_PREFIXES = {1: "gray", 3: "rgb"}
-DEFAULT_MODEL = "idf-sublattice-v4"
+DEFAULT_MODEL = "idf-sublattice-v5"
 # Architecture keys this version understands; a checkpoint naming another one
 # was made by a newer version and is refused rather than misread.
 CONFIG_KEYS = {"hidden", "depth", "levels", "channel_coupling", "mean_remainder", "family", "latent_channels",

@@ -21,6 +21,8 @@ ARCHIVES = {  # file name -> (model, adaptation settings)
     "format-1.1-idf-tiny-test.osoa": ("idf-tiny-test", {"tile_size": 16, "batch_size": 1, "batch_pixels": 512,
                                                         "learning_rate": 0.5, "give_up_after": 1}),
     "format-1.1-idf-sublattice-v4.osoa": ("idf-sublattice-v4", {"tile_size": 16, "batch_size": 2}),
+    # model v5 (osoa-zip 1.3's default), with 1.3's final defaults
+    "format-1.1-idf-sublattice-v5.osoa": ("idf-sublattice-v5", {"tile_size": 16, "batch_size": 2}),
 }
 
 
