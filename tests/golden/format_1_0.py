@@ -2,11 +2,11 @@
 
 FROZEN: these archives must decode to this folder in every later release
 (tests/test_golden.py).  Never change build_source or the archives; a new
-format version gets a new module and new archives beside these.  A new
-*model* gets a new archive here (format 1.0 holds it), so that its coding is
-pinned from its first release on.
-
-    python tests/golden/format_1_0.py   # writes the archives that do not exist yet, never rewrites one
+format version gets a new module and new archives beside these (format_1_1.py).
+A new *model* gets a new archive in the newest format's module, so that its
+coding is pinned from its first release on.  Since release 1.3 the writer
+writes format 1.1, so this module writes nothing any more; format_1_1.py uses
+its write_missing().
 """
 from __future__ import annotations
 
@@ -59,14 +59,16 @@ def build_source(root: Path) -> Path:
     return root
 
 
-def main() -> None:
+def write_missing(archives: dict) -> None:
+    """Write each archive of ``archives`` (name -> (model, settings)) that does not exist yet,
+    from build_source's folder, with this release's writer; never rewrite one."""
     import tempfile
 
     from osoa_zip import compress
     from osoa_zip.adapt.config import AdaptationConfig
     with tempfile.TemporaryDirectory() as scratch:
         source = build_source(Path(scratch) / "source")
-        for name, (model, settings) in ARCHIVES.items():
+        for name, (model, settings) in archives.items():
             if (HERE / name).exists():
                 continue
             output = io.BytesIO()
@@ -76,4 +78,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit("format 1.0 is no longer written (osoa-zip 1.3 writes 1.1): run format_1_1.py")

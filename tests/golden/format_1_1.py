@@ -9,13 +9,12 @@ with a learning rate that wrecks it, so that it holds that flag.
 """
 from __future__ import annotations
 
-import io
 import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
-from format_1_0 import MTIME_NS, build_source  # noqa: E402,F401
+from format_1_0 import MTIME_NS, build_source, write_missing  # noqa: E402,F401
 
 ARCHIVES = {  # file name -> (model, adaptation settings)
     "format-1.1-idf-tiny-test.osoa": ("idf-tiny-test", {"tile_size": 16, "batch_size": 1, "batch_pixels": 512,
@@ -26,21 +25,5 @@ ARCHIVES = {  # file name -> (model, adaptation settings)
 }
 
 
-def main() -> None:
-    import tempfile
-
-    from osoa_zip import compress
-    from osoa_zip.adapt.config import AdaptationConfig
-    with tempfile.TemporaryDirectory() as scratch:
-        source = build_source(Path(scratch) / "source")
-        for name, (model, settings) in ARCHIVES.items():
-            if (HERE / name).exists():
-                continue
-            output = io.BytesIO()
-            compress([source], output, model=model, adaptation=AdaptationConfig(**settings))
-            (HERE / name).write_bytes(output.getvalue())
-            print(name, len(output.getvalue()), "bytes")
-
-
 if __name__ == "__main__":
-    main()
+    write_missing(ARCHIVES)
