@@ -9,8 +9,8 @@ from dataclasses import asdict, dataclass, fields
 PARAMETER_SELECTIONS = ("all", "last", "bias")
 MAX_BATCH_SIZE = 1024  # the command line's limit too; batch_pixels never makes a batch larger
 # What a header written before a setting existed meant by leaving it out
-# (format 1.0 had neither): old archives decode as they were written even
-# when a default below changes.
+# (format 1.0 had none of these): old archives decode as they were written
+# even when a default below changes.
 LEGACY_VALUES = {"batch_pixels": 0, "give_up_after": 0, "gray_parameters": ""}
 
 
@@ -51,15 +51,15 @@ class AdaptationConfig:
     # many times in a row, the encoder codes the rest of the segment's batches
     # of that channel count with θ0 and stops adapting them (FLAG_GIVE_UP
     # tells the decoder).  0: never.  Recorded for `info`; the decoder obeys
-    # the flag whatever this says.
-    # 8, not 3: with v5, θ0 won the first three comparisons on photos768 (Adam's first
-    # steps are large) and adaptation paid 0.3% later; 8 gave the same bytes elsewhere.
+    # the flag whatever this says.  8, not 3: with v5, θ0 won the first three
+    # comparisons on photos768 (Adam's first steps are large) and adaptation
+    # paid 0.3% later; 8 gave the same bytes on the other sets.
     give_up_after: int = 8
     # Which parameters of the grey network take steps (format 1.1; "": as
     # `parameters`).  A grey pixel costs the network as much as an RGB one for
-    # a third of the bytes: with "all", grey photo tiles ran at 0.18 MB/s; with
-    # "last" (no gradient then flows into the big layers) at 0.26-0.29, keeping
-    # about 40% of adaptation's gain there (docs/PERFORMANCE.md).
+    # a third of the bytes: with "all", grey photo tiles ran at 0.13-0.18 MB/s;
+    # with "last" (no gradient then flows into the big layers) at 0.26-0.29,
+    # keeping about 40% of adaptation's gain there (docs/PERFORMANCE.md).
     gray_parameters: str = "last"
 
     def __post_init__(self) -> None:
