@@ -123,6 +123,7 @@ def _compress_arguments(model: str, config: AdaptationConfig, adapt: bool) -> li
     arguments = ["--model", model, "--learning-rate", repr(config.learning_rate),
                  "--steps-per-batch", str(config.steps_per_batch), "--batch-size", str(config.batch_size),
                  "--batch-pixels", str(config.batch_pixels), "--give-up-after", str(config.give_up_after),
+                 "--adapt-params", config.parameters, "--gray-adapt-params", config.parameters_for(1),
                  "--tile-size", str(config.tile_size)]
     return arguments + ([] if adapt else ["--no-adapt"])
 
