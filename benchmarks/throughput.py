@@ -25,18 +25,14 @@ import tempfile
 import time
 from pathlib import Path
 
-import numpy as np
-from PIL import Image
+from osoa_zip.bench.sets import image_subpixels
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def raw_bytes(folder: Path) -> int:
-    total = 0
-    for path in sorted(folder.iterdir()):
-        with Image.open(path) as image:
-            total += np.asarray(image).size
-    return total
+    """H·W·C of the folder's 8-bit images, from their headers (nothing is decoded)."""
+    return sum(image_subpixels(path) or 0 for path in sorted(folder.iterdir()))
 
 
 def timed(arguments: list[str]) -> tuple[float, float]:

@@ -36,7 +36,7 @@ class BenchSet:
         return len(self.files)
 
 
-def _subpixels(path: Path) -> int | None:
+def image_subpixels(path: Path) -> int | None:
     """H*W*C of an 8-bit image, None for anything else."""
     try:
         with Image.open(path) as image:
@@ -57,7 +57,7 @@ def prepare_set(source: Path, limit: int | None, into: Path, name: str | None = 
         relative = path.relative_to(source).as_posix()
         if limit is not None and len(files) >= limit:
             break
-        size = _subpixels(path)
+        size = image_subpixels(path)
         if size is None:
             skipped.append(relative)
             continue
@@ -107,7 +107,7 @@ def tile_folder(source: Path, count: int, tile_size: int, into: Path) -> tuple[i
     """
     tiles = []
     for path in sorted(p for p in Path(source).rglob("*") if p.is_file()):
-        if _subpixels(path) is None:
+        if image_subpixels(path) is None:
             continue
         with Image.open(path) as image:
             pixels = np.asarray(image)
