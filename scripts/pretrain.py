@@ -92,7 +92,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from osoa_zip.models.registry import CHANNEL_PREFIXES, build_networks
-from osoa_zip.models.training import evaluate, export, train, warm_start
+from osoa_zip.models.training import evaluate, export, spread_mixture, train, warm_start
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -122,6 +122,8 @@ def command_train(args) -> None:
         config["deep_levels"] = True
     if args.edge_bins:
         config["edge_bins"] = True
+    if args.mixture_components > 1:
+        config["mixture_components"] = args.mixture_components
     if (run / "config.json").is_file() and json.loads((run / "config.json").read_text()) != config:
         raise SystemExit(f"{run} was started with another architecture: {(run / 'config.json').read_text()}")
     (run / "config.json").write_text(json.dumps(config))
@@ -135,7 +137,9 @@ def command_train(args) -> None:
         done = json.loads(progress.read_text())["step"]
     elif args.init_from:
         widened = warm_start(network, initial_weights(args.init_from, prefix))
-        print(f"warm start from {args.init_from}; zero rows appended to {len(widened)} tensors", flush=True)
+        spread = spread_mixture(network, widened, seed=args.seed)
+        print(f"warm start from {args.init_from}; rows appended to {len(widened)} tensors"
+              + (f", {spread} layers with new mixture components" if spread else ""), flush=True)
     sources = [np.load(path, mmap_mode="r") for path in args.data]
     batch_sizes = args.batch_size or [32]
     if len(batch_sizes) == 1:
@@ -224,6 +228,8 @@ def main() -> None:
                    help="v3: sub-lattice levels down to 1x1 (no new parameters: v2 weights warm-start it)")
     t.add_argument("--edge-bins", action="store_true",
                    help="v4: the logistic tails beyond [0, 255] go to the edge bins (no new parameters)")
+    t.add_argument("--mixture-components", type=int, default=1,
+                   help="v6: a mixture of this many logistics per sub-lattice factor (needs --edge-bins)")
     t.add_argument("--init-from", help="warm start from these weights (e.g. runs/v1/rgb.safetensors, "
                    "or a shipped checkpoint such as models/idf-sublattice-v2.safetensors)")
     e = sub.add_parser("export")

@@ -16,6 +16,13 @@ it: P(lower) = CDF(lower + 1/2), P(upper) = 1 - CDF(upper - 1/2).  Pixels are
 in [0, 255], so a flow's residual z = x - offset is in [-offset, 255 - offset];
 without the bounds the mass below 0 and above 255 is wasted, which costs
 dark or saturated pixels most (Fashion-MNIST: 15% of its bits).
+
+Mixtures (``mixture_nll_bits``): K logistics with weights softmax(logits), as
+in PixelCNN++.  The weights need exp, so a mixture model ships one more table,
+``exp_q16`` = round(2**16 * exp(d)) (at least 1) for d = -EXP_RANGE .. 0 on the
+activation grid; a component's weight is the entry of its logit minus the
+largest logit.  A bin's mass is then sum_k e_k * mass_k out of
+2**24 * sum_k e_k: integers below 2**44, so exact in float64.
 """
 from __future__ import annotations
 
@@ -33,6 +40,8 @@ CDF_RANGE = 16  # sigmoid tabulated on [-CDF_RANGE, CDF_RANGE]
 INV_SCALE_BITS = 16
 LOG_SCALE_MIN = -2.0
 LOG_SCALE_MAX = 5.0
+EXP_BITS = 16
+EXP_RANGE = 16  # exp tabulated on [-EXP_RANGE, 0]; a logit further below the largest weighs 1/2**16
 # Below this probability the table's resolution is too coarse for a gradient;
 # the logistic's asymptotic tail gradient is used instead.
 _TAIL_PROBABILITY = 2.0 ** -16
@@ -48,23 +57,42 @@ class LogisticTables:
 
     cdf: torch.Tensor        # round(2**24 * sigmoid(u)), u = -16 .. 16 step 2**-6
     inv_scale: torch.Tensor  # round(2**16 * exp(-l)), l = LOG_SCALE_MIN .. MAX step 2**-8
+    exp: torch.Tensor | None = None  # max(1, round(2**16 * exp(d))), d = -EXP_RANGE .. 0 step 2**-8 (mixtures)
 
     @staticmethod
-    def build() -> dict[str, torch.Tensor]:
-        """Compute the tables once, at export time; they ship with the model."""
+    def build(mixture: bool = False) -> dict[str, torch.Tensor]:
+        """Compute the tables once, at export time; they ship with the model.
+
+        ``mixture`` adds the exp table that mixture weights need (only models
+        with mixtures carry it, so older exports stay byte for byte the same)."""
         n_cdf = 2 * CDF_RANGE * 2 ** CDF_STEP_BITS + 1
         cdf = [round(CDF_ONE / (1.0 + math.exp(-(i / 2 ** CDF_STEP_BITS - CDF_RANGE))))
                for i in range(n_cdf)]
         n_scale = int((LOG_SCALE_MAX - LOG_SCALE_MIN) * 2 ** ACT_FRAC_BITS) + 1
         inv = [round(2 ** INV_SCALE_BITS * math.exp(-(LOG_SCALE_MIN + i / 2 ** ACT_FRAC_BITS)))
                for i in range(n_scale)]
-        return {"cdf_q24": torch.tensor(cdf, dtype=torch.int64),
-                "inv_scale_q16": torch.tensor(inv, dtype=torch.int64)}
+        tables = {"cdf_q24": torch.tensor(cdf, dtype=torch.int64),
+                  "inv_scale_q16": torch.tensor(inv, dtype=torch.int64)}
+        if mixture:
+            n_exp = EXP_RANGE * 2 ** ACT_FRAC_BITS + 1
+            tables["exp_q16"] = torch.tensor(
+                [max(1, round(2 ** EXP_BITS * math.exp(i / 2 ** ACT_FRAC_BITS - EXP_RANGE))) for i in range(n_exp)],
+                dtype=torch.int64)
+        return tables
 
     @classmethod
     def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> "LogisticTables":
+        exp = tensors.get("exp_q16")
         return cls(cdf=tensors["cdf_q24"].to(torch.float64),
-                   inv_scale=tensors["inv_scale_q16"].to(torch.float64) / 2 ** INV_SCALE_BITS)
+                   inv_scale=tensors["inv_scale_q16"].to(torch.float64) / 2 ** INV_SCALE_BITS,
+                   exp=None if exp is None else exp.to(torch.float64))
+
+    def mixture_weights(self, logits: torch.Tensor) -> torch.Tensor:
+        """Unnormalised integer weights e_k of logits (K, ...) on the activation grid, K first."""
+        if self.exp is None:
+            raise ValueError("these tables have no exp table (the model has no mixtures)")
+        relative = torch.clamp(logits - logits.max(dim=0, keepdim=True).values, -EXP_RANGE, 0.0)
+        return self.exp[((relative + EXP_RANGE) * 2 ** ACT_FRAC_BITS).long()]
 
     def scale_index(self, log_scale: torch.Tensor) -> torch.Tensor:
         """Row of inv_scale for a log-scale on the activation grid (clamped to the table)."""
@@ -121,30 +149,96 @@ class _ExactNLL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         value, mean, log_scale, inv_scale, mass, u_plus, u_minus, cdf_plus, cdf_minus = ctx.saved_tensors[:9]
-        p_plus = cdf_plus / CDF_ONE
-        p_minus = cdf_minus / CDF_ONE
-        density_plus = p_plus * (1.0 - p_plus)
-        density_minus = p_minus * (1.0 - p_minus)
-        probability = mass / CDF_ONE
-        grad_mean = inv_scale * (density_plus - density_minus) / probability
-        grad_log_scale = (u_plus * density_plus - u_minus * density_minus) / probability
-        # Far tails: NLL ~ |delta|/s + log s.
-        delta = value - mean
-        tail = probability < _TAIL_PROBABILITY
-        grad_mean = torch.where(tail, -torch.sign(delta) * inv_scale, grad_mean)
-        grad_log_scale = torch.where(tail, 1.0 - torch.abs(delta) * inv_scale, grad_log_scale)
-        if ctx.edges:
-            # An edge bin's far tail is one-sided: NLL ~ |delta|/s, no log s.  (Its
-            # in-range gradient needs no change: the folded side's density is 0.)
-            lower, upper = ctx.saved_tensors[9:]
-            edge_tail = tail & ((value <= lower) | (value >= upper))
-            grad_log_scale = torch.where(edge_tail, -torch.abs(delta) * inv_scale, grad_log_scale)
+        bounds = ctx.saved_tensors[9:] if ctx.edges else ()
+        grad_mean, grad_log_scale = _component_gradients(value, mean, inv_scale, mass, u_plus, u_minus,
+                                                         cdf_plus, cdf_minus, bounds)
         inside = (log_scale >= LOG_SCALE_MIN) & (log_scale <= LOG_SCALE_MAX)
         # Gradients above are in nats; bits differ by a constant factor that
         # Adam ignores, so no log(2) enters the replayed path.
         grad_mean = quantize_gradient(grad_mean * grad_out)
         grad_log_scale = quantize_gradient(grad_log_scale * inside * grad_out)
         return -grad_mean, grad_mean, grad_log_scale, None, None, None
+
+
+def _component_gradients(value, mean, inv_scale, mass, u_plus, u_minus, cdf_plus, cdf_minus, bounds):
+    """d(-ln P)/d mean and d(-ln P)/d log_scale of one logistic's bin (nats, unquantized)."""
+    p_plus = cdf_plus / CDF_ONE
+    p_minus = cdf_minus / CDF_ONE
+    density_plus = p_plus * (1.0 - p_plus)
+    density_minus = p_minus * (1.0 - p_minus)
+    probability = mass / CDF_ONE
+    grad_mean = inv_scale * (density_plus - density_minus) / probability
+    grad_log_scale = (u_plus * density_plus - u_minus * density_minus) / probability
+    # Far tails: NLL ~ |delta|/s + log s.
+    delta = value - mean
+    tail = probability < _TAIL_PROBABILITY
+    grad_mean = torch.where(tail, -torch.sign(delta) * inv_scale, grad_mean)
+    grad_log_scale = torch.where(tail, 1.0 - torch.abs(delta) * inv_scale, grad_log_scale)
+    if bounds:
+        # An edge bin's far tail is one-sided: NLL ~ |delta|/s, no log s.  (Its
+        # in-range gradient needs no change: the folded side's density is 0.)
+        lower, upper = bounds
+        edge_tail = tail & ((value <= lower) | (value >= upper))
+        grad_log_scale = torch.where(edge_tail, -torch.abs(delta) * inv_scale, grad_log_scale)
+    return grad_mean, grad_log_scale
+
+
+def _responsibilities(value, means, inv_scale, mass, weights, joint):
+    """Each component's share of a bin's mass, e_k mass_k / sum_j e_j mass_j.
+
+    A component in its far tail (mass below _TAIL_PROBABILITY) has a mass the
+    tables cannot resolve (often the floor of 1), so it gets no share while
+    another component can explain the value; when none can, the one nearest
+    in units of its scale takes it all, as the smooth log-sum-exp would.
+    """
+    tail = mass < _TAIL_PROBABILITY * CDF_ONE
+    share = torch.where(tail, 0.0, weights * mass / joint)
+    distance = torch.abs(value.unsqueeze(0) - means) * inv_scale
+    nearest = torch.zeros_like(share).scatter_(0, torch.argmin(distance, dim=0, keepdim=True), 1.0)
+    return torch.where(tail.all(dim=0, keepdim=True), nearest, share)
+
+
+class _ExactMixtureNLL(torch.autograd.Function):
+    """A mixture's NLL in bits; means, log-scales and logits have the K components first.
+
+    The gradients are the single logistic's, weighted by each component's
+    responsibility r_k (``_responsibilities``), and w_k - r_k for the logits
+    (w_k = e_k / sum_j e_j): elementwise IEEE operations, and sums over the K
+    components in a fixed order, so they replay bit for bit.
+    """
+
+    @staticmethod
+    def forward(ctx, value, means, log_scales, logits, tables, lower, upper):
+        inv_scale = tables.inverse_scale(log_scales)
+        mass, u_plus, u_minus, cdf_plus, cdf_minus = bin_probability_q24(
+            tables, value.unsqueeze(0), means, inv_scale,
+            None if lower is None else lower.unsqueeze(0), None if upper is None else upper.unsqueeze(0))
+        weights = tables.mixture_weights(logits)
+        joint = (weights * mass).sum(dim=0)
+        total = weights.sum(dim=0)
+        ctx.tables = tables
+        ctx.edges = lower is not None
+        ctx.save_for_backward(value, means, log_scales, inv_scale, mass, u_plus, u_minus, cdf_plus, cdf_minus,
+                              weights, joint, total, *((lower, upper) if ctx.edges else ()))
+        # Reported only (statistics), never replayed.
+        return CDF_BITS + torch.log2(total) - torch.log2(joint)
+
+    @staticmethod
+    def backward(ctx, grad_out):
+        (value, means, log_scales, inv_scale, mass, u_plus, u_minus, cdf_plus, cdf_minus,
+         weights, joint, total) = ctx.saved_tensors[:12]
+        bounds = tuple(b.unsqueeze(0) for b in ctx.saved_tensors[12:])
+        grad_mean, grad_log_scale = _component_gradients(value.unsqueeze(0), means, inv_scale, mass, u_plus,
+                                                         u_minus, cdf_plus, cdf_minus, bounds)
+        responsibility = _responsibilities(value, means, inv_scale, mass, weights, joint)
+        inside = (log_scales >= LOG_SCALE_MIN) & (log_scales <= LOG_SCALE_MAX)
+        grad_mean = quantize_gradient(responsibility * grad_mean * grad_out)
+        grad_log_scale = quantize_gradient(responsibility * grad_log_scale * inside * grad_out)
+        grad_logits = quantize_gradient((weights / total - responsibility) * grad_out)
+        grad_value = -grad_mean[0]
+        for k in range(1, grad_mean.shape[0]):
+            grad_value = grad_value - grad_mean[k]
+        return grad_value, grad_mean, grad_log_scale, grad_logits, None, None, None
 
 
 def _float_nll_bits(value, mean, log_scale, lower=None, upper=None):
@@ -173,3 +267,23 @@ def nll_bits(value, mean, log_scale, tables: LogisticTables, lower=None, upper=N
     if value.dtype == torch.float64:
         return _ExactNLL.apply(value, mean, log_scale, tables, lower, upper)
     return _float_nll_bits(value, mean, log_scale, lower, upper)
+
+
+def _float_mixture_nll_bits(value, means, log_scales, logits, lower=None, upper=None):
+    """Smooth float32 mixture NLL for pretraining (log-sum-exp over the components)."""
+    log_probs = torch.stack([-_float_nll_bits(value, means[k], log_scales[k], lower, upper) * math.log(2.0)
+                             for k in range(means.shape[0])])
+    log_weights = torch.log_softmax(torch.clamp(logits - logits.max(dim=0, keepdim=True).values.detach(),
+                                                min=-EXP_RANGE), dim=0)
+    return -torch.logsumexp(log_weights + log_probs, dim=0) / math.log(2.0)
+
+
+def mixture_nll_bits(value, means, log_scales, logits, tables: LogisticTables, lower=None,
+                     upper=None) -> torch.Tensor:
+    """Per-element NLL in bits under a mixture of K discretized logistics.
+
+    ``means``, ``log_scales`` and ``logits`` are shaped (K, *value.shape);
+    exact engine for float64 (the tables need ``exp``), smooth for float32."""
+    if value.dtype == torch.float64:
+        return _ExactMixtureNLL.apply(value, means, log_scales, logits, tables, lower, upper)
+    return _float_mixture_nll_bits(value, means, log_scales, logits, lower, upper)

@@ -42,6 +42,20 @@ With ``edge_bins`` (v4), every factor knows its latents' range: the pixel is
 in [0, 255], so z = x - offset is in [-offset, 255 - offset], and the
 logistic's tails beyond the range go to the edge bins (exact/logistic.py).
 Factors then carry (latents, mean, log_scale, lower, upper) for the coder.
+
+With ``mixture_components`` K > 1 (v6; needs edge bins), each factor's latent
+follows a mixture of K discretized logistics, as in PixelCNN++: component 0 is
+the single logistic above, and each network appends, per extra component k,
+a mean shift, a log-scale shift and a logit (component 0's logit is 0):
+
+    mean_k = mean_0 + dmean_k,   log_scale_k = log_scale_0 + dlog_scale_k
+
+All are on the activation grid, so the sums are exact.  Zero extra rows make
+every component the same logistic, so a single-logistic checkpoint
+warm-starts the mixture at its own likelihood.  The final prior stays one
+logistic (a one-component mixture).  Factors then carry (latents, means,
+log_scales, logits, lower, upper), components first, for
+coding/mixture_coder.py.
 """
 from __future__ import annotations
 
@@ -51,9 +65,10 @@ import torch
 from torch import nn
 
 from ..coding.logistic_coder import pop_factor, push_factors
+from ..coding.mixture_coder import pop_mixture_factor, push_mixture_factors
 from ..exact.fixed import quantize_activation, round_to_integer
 from ..exact.layers import ConvStack
-from ..exact.logistic import LogisticTables, nll_bits
+from ..exact.logistic import LogisticTables, mixture_nll_bits, nll_bits
 
 CONTEXT_SCALE = 1.0 / 64.0  # pixels enter the networks in [-2, 2)
 PIXEL_CENTER = 128.0
@@ -61,7 +76,8 @@ PIXEL_MAX = 255.0
 MIN_FINAL_SIDE = 4
 COEFFICIENT_LIMIT = 2.0  # cross-channel coefficients are clamped to [-2, 2]
 
-Take = Callable[[tuple, torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor]
+# take(key, mean, log_scale, logits, offset): logits None for one logistic, else (K, ...) components
+Take = Callable[[tuple, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 
 
 def sublattices(y: torch.Tensor):
@@ -131,23 +147,30 @@ class LevelPredictor(nn.Module):
 
     With ``coefficients`` > 0 each network's output ends with that many
     cross-channel coefficients per predicted sub-lattice (after the
-    translation, mean and log-scale blocks).
+    translation, mean and log-scale blocks); with ``components`` > 1 it then
+    ends with (mean shift, log-scale shift, logit) blocks per extra component.
     """
 
-    def __init__(self, channels: int, hidden: int, depth: int, coefficients: int = 0):
+    def __init__(self, channels: int, hidden: int, depth: int, coefficients: int = 0, components: int = 1):
         super().__init__()
-        self.edges = ConvStack(channels, hidden, 3 * 2 * channels + 2 * coefficients, depth)
-        self.centres = ConvStack(3 * channels, hidden, 3 * channels + coefficients, depth)
+        extra = 3 * (components - 1)
+        self.edges = ConvStack(channels, hidden, (3 + extra) * 2 * channels + 2 * coefficients, depth)
+        self.centres = ConvStack(3 * channels, hidden, (3 + extra) * channels + coefficients, depth)
 
 
 class SubLatticeFlow(nn.Module):
     """The flow for images of one channel count (1 = L, 3 = RGB)."""
 
     def __init__(self, channels: int, hidden: int, depth: int, levels: int, channel_coupling: bool = False,
-                 mean_remainder: bool = False, deep_levels: bool = False, edge_bins: bool = False):
+                 mean_remainder: bool = False, deep_levels: bool = False, edge_bins: bool = False,
+                 mixture_components: int = 1):
         super().__init__()
         self.channels = channels
         self.edge_bins = bool(edge_bins)
+        self.components = int(mixture_components)
+        if self.components < 1 or (self.components > 1 and not self.edge_bins):
+            raise ValueError("mixture_components must be 1, or more with edge_bins (the mixture coder "
+                             "codes bounded latents)")
         # v3: levels go on down to 1 x 1 (the last predictor serves the extra ones), so the
         # weak final prior codes one pixel instead of up to 7 x 7 (12% of a 28x28 image's bits).
         self.deep_levels = bool(deep_levels)
@@ -156,7 +179,8 @@ class SubLatticeFlow(nn.Module):
         self.channel_coupling = bool(channel_coupling) and channels > 1
         self.mean_remainder = bool(mean_remainder) and self.channel_coupling
         coefficients = coefficient_count(channels) if self.channel_coupling else 0
-        self.levels = nn.ModuleList(LevelPredictor(channels, hidden, depth, coefficients) for _ in range(levels))
+        self.levels = nn.ModuleList(LevelPredictor(channels, hidden, depth, coefficients, self.components)
+                                    for _ in range(levels))
         self.final_mean = nn.Parameter(torch.zeros(channels))
         self.final_log_scale = nn.Parameter(torch.full((channels,), 3.5))
         self.tables: LogisticTables | None = None
@@ -196,7 +220,11 @@ class SubLatticeFlow(nn.Module):
         final_shape = (batch, channels, *sizes[-1])
         mean = (quantize_activation(self.final_mean) + PIXEL_CENTER).view(1, -1, 1, 1).expand(final_shape)
         log_scale = quantize_activation(self.final_log_scale).view(1, -1, 1, 1).expand(final_shape)
-        y = take(("final",), mean, log_scale, torch.zeros(final_shape, dtype=dtype))
+        logits = None
+        if self.components > 1:  # a one-component mixture
+            mean, log_scale, logits = mean.unsqueeze(0), log_scale.unsqueeze(0), torch.zeros((1, *final_shape),
+                                                                                           dtype=dtype)
+        y = take(("final",), mean, log_scale, logits, torch.zeros(final_shape, dtype=dtype))
         for level in reversed(range(n_levels)):
             predictor = self._predictor(level)
             s0 = y
@@ -210,15 +238,17 @@ class SubLatticeFlow(nn.Module):
 
     def _coupling(self, net, features, base, take: Take, key) -> torch.Tensor:
         """Predict one group of sub-lattices (base has their layout: sub-lattice-major)."""
-        if not self.channel_coupling:
-            translation, mean, log_scale = net(features).chunk(3, dim=1)
-            offset = round_to_integer(base + translation)
-            return take(key, mean, log_scale, offset)
-        channels, predicted = self.channels, base.shape[1]
-        pairs = coefficient_count(channels)
+        predicted = base.shape[1]
         output = net(features)
         translation, mean, log_scale = output[:, :3 * predicted].chunk(3, dim=1)
-        coefficients = torch.clamp(output[:, 3 * predicted:], -COEFFICIENT_LIMIT, COEFFICIENT_LIMIT)
+        extra = output[:, output.shape[1] - 3 * (self.components - 1) * predicted:]
+        if not self.channel_coupling:
+            offset = round_to_integer(base + translation)
+            return take(key, *self._mixture(mean, log_scale, extra, slice(None)), offset)
+        channels = self.channels
+        pairs = coefficient_count(channels)
+        coefficients = torch.clamp(output[:, 3 * predicted:3 * predicted + pairs * predicted // channels],
+                                   -COEFFICIENT_LIMIT, COEFFICIENT_LIMIT)
         # Channel c of every sub-lattice in the group: c, c + C, ...; coefficient
         # p of every sub-lattice: p, p + pairs, ...  Pair p = (c, j), j < c, in
         # the order (1,0), (2,0), (2,1).
@@ -234,11 +264,24 @@ class SubLatticeFlow(nn.Module):
             centre = mean[:, pick]
             if self.mean_remainder:
                 centre = centre + (shift - offset)
-            value = take(key + (c,), centre, log_scale[:, pick], offset)
+            value = take(key + (c,), *self._mixture(centre, log_scale[:, pick], extra, pick), offset)
             values.append(value)
             deviations.append(value - base[:, pick])
         batch, groups, height, width = values[0].shape
         return torch.stack(values, dim=2).reshape(batch, groups * channels, height, width)
+
+    def _mixture(self, mean, log_scale, extra, pick) -> tuple:
+        """(mean, log_scale, logits) of a factor: single tensors, or K components first (mixtures)."""
+        if self.components == 1:
+            return mean, log_scale, None
+        blocks = extra.chunk(3 * (self.components - 1), dim=1)
+        means, log_scales, logits = [mean], [log_scale], [torch.zeros_like(mean)]
+        for k in range(self.components - 1):
+            shift_mean, shift_log_scale, logit = (block[:, pick] for block in blocks[3 * k:3 * k + 3])
+            means.append(mean + shift_mean)
+            log_scales.append(log_scale + shift_log_scale)
+            logits.append(logit)
+        return torch.stack(means), torch.stack(log_scales), torch.stack(logits)
 
     # -- the model API ------------------------------------------------------
     def _targets(self, pixels: torch.Tensor) -> dict:
@@ -272,13 +315,16 @@ class SubLatticeFlow(nn.Module):
         targets = self._targets(pixels)
         terms, factors = [], []
 
-        def take(key, mean, log_scale, offset):
+        def take(key, mean, log_scale, logits, offset):
             target = self._target(targets, key)
             latents = target - offset
             bounds = self._bounds(offset)
-            factors.append((latents.detach(), mean.detach(), log_scale.detach(), *bounds))
+            if logits is None:
+                factors.append((latents.detach(), mean.detach(), log_scale.detach(), *bounds))
+            else:
+                factors.append((latents.detach(), mean.detach(), log_scale.detach(), logits.detach(), *bounds))
             if with_loss:
-                terms.append(nll_bits(latents, mean, log_scale, self.tables, *bounds).sum())
+                terms.append(self._nll(latents, mean, log_scale, logits, bounds).sum())
             return target
 
         self._traverse(pixels.shape, take)
@@ -291,13 +337,21 @@ class SubLatticeFlow(nn.Module):
         offset = offset.detach()
         return -offset, PIXEL_MAX - offset
 
+    def _nll(self, latents, mean, log_scale, logits, bounds) -> torch.Tensor:
+        if logits is None:
+            return nll_bits(latents, mean, log_scale, self.tables, *bounds)
+        return mixture_nll_bits(latents, mean, log_scale, logits, self.tables, *bounds)
+
     def nll(self, pixels: torch.Tensor) -> torch.Tensor:
         """Total negative log-likelihood of a batch in bits (differentiable)."""
         return self.analyse(pixels)[0]
 
     def push(self, factors: list, encoder) -> None:
         """Queue the factors from ``analyse`` on an entropy encoder, in order."""
-        push_factors(encoder, self.tables, factors)
+        if self.components > 1:
+            push_mixture_factors(encoder, self.tables, factors)
+        else:
+            push_factors(encoder, self.tables, factors)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor, encoder) -> None:
@@ -320,14 +374,18 @@ class SubLatticeFlow(nn.Module):
     def _decode(self, decoder, shape, with_loss: bool):
         terms = []
 
-        def take(key, mean, log_scale, offset):
+        def take(key, mean, log_scale, logits, offset):
             bounds = self._bounds(offset)
-            latents = pop_factor(decoder, self.tables, mean.detach(), log_scale.detach(), bounds=bounds)
+            if logits is None:
+                latents = pop_factor(decoder, self.tables, mean.detach(), log_scale.detach(), bounds=bounds)
+            else:
+                latents = pop_mixture_factor(decoder, self.tables, mean.detach(), log_scale.detach(),
+                                             logits.detach(), *bounds)
             # Exact: integers far below 2**53.  The pixels carry no graph, as
             # nll's targets do not; the loss term is nll's (target - offset).
             target = latents + offset.detach()
             if with_loss:
-                terms.append(nll_bits(target - offset, mean, log_scale, self.tables, *bounds).sum())
+                terms.append(self._nll(target - offset, mean, log_scale, logits, bounds).sum())
             return target
 
         pixels = self._traverse(shape, take)

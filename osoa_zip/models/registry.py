@@ -33,7 +33,7 @@ DEFAULT_MODEL = "idf-sublattice-v5"
 # Architecture keys this version understands; a checkpoint naming another one
 # was made by a newer version and is refused rather than misread.
 CONFIG_KEYS = {"hidden", "depth", "levels", "channel_coupling", "mean_remainder", "family", "latent_channels",
-               "deep_levels", "edge_bins"}
+               "deep_levels", "edge_bins", "mixture_components"}
 FAMILIES = ("flow", "vae")
 
 
@@ -98,7 +98,9 @@ def build_networks(config: dict) -> dict[int, SubLatticeFlow | ConvVAE]:
     ``channel_coupling`` and ``mean_remainder`` (v2) add cross-channel
     conditioning to the RGB network (the gray one is unaffected);
     ``deep_levels`` (v3) takes the sub-lattice levels down to 1 x 1;
-    ``edge_bins`` (v4) gives the pixel range's tails to the edge bins.  Configs
+    ``edge_bins`` (v4) gives the pixel range's tails to the edge bins;
+    ``mixture_components`` (v6) makes every sub-lattice factor a mixture of
+    that many logistics.  Configs
     without them (v1, the tiny test model) build exactly the networks they
     always did.
     """
@@ -112,7 +114,8 @@ def build_networks(config: dict) -> dict[int, SubLatticeFlow | ConvVAE]:
                                      channel_coupling=bool(config.get("channel_coupling", False)),
                                      mean_remainder=bool(config.get("mean_remainder", False)),
                                      deep_levels=bool(config.get("deep_levels", False)),
-                                     edge_bins=bool(config.get("edge_bins", False)))
+                                     edge_bins=bool(config.get("edge_bins", False)),
+                                     mixture_components=int(config.get("mixture_components", 1)))
             for channels in CHANNEL_PREFIXES}
 
 
@@ -158,7 +161,8 @@ def load_checkpoint(path: Path, name: str, sha256: str) -> FlowBundle:
 
 def save_checkpoint(path: Path, config: dict, networks: dict[int, SubLatticeFlow]) -> str:
     """Write weights (float32) and integer tables; return the file's SHA-256."""
-    tensors = {f"tables.{key}": value for key, value in LogisticTables.build().items()}
+    mixture = int(config.get("mixture_components", 1)) > 1
+    tensors = {f"tables.{key}": value for key, value in LogisticTables.build(mixture=mixture).items()}
     for channels, network in networks.items():
         for key, value in network.state_dict().items():
             tensors[f"{CHANNEL_PREFIXES[channels]}.{key}"] = value.detach().to(torch.float32).contiguous()

@@ -74,7 +74,7 @@ def train(network: SubLatticeFlow, tiles: np.ndarray | list[np.ndarray], steps: 
     if not len(sources) == len(sizes) == len(weights):
         raise ValueError(f"{len(sources)} tile sources, {len(sizes)} batch sizes, {len(weights)} weights")
     rng = np.random.default_rng(seed)
-    network.tables = LogisticTables.from_tensors(LogisticTables.build())
+    network.tables = LogisticTables.from_tensors(LogisticTables.build(mixture=True))
     network.train()
     optimiser = torch.optim.Adam(network.parameters(), lr=lr)
     schedule = torch.optim.lr_scheduler.LambdaLR(
@@ -149,9 +149,51 @@ def warm_start(network: SubLatticeFlow, state: dict[str, torch.Tensor]) -> list[
     return widened
 
 
+# Initial (mean shift, log-scale shift, logit) of extra mixture components when a
+# single-logistic checkpoint warm-starts a mixture: a wide outlier component and a
+# narrow one, each weighing e**-2 of component 0, so that they start apart.
+MIXTURE_START = ((0.0, 1.0, -2.0), (0.0, -0.5, -2.0), (0.0, 2.0, -3.0))
+
+
+@torch.no_grad()
+def spread_mixture(network: SubLatticeFlow, widened: list[str], seed: int = 0) -> int:
+    """Give the widened output rows of a mixture network distinct starting components.
+
+    ``warm_start`` leaves the rows it appended zero, which makes every extra
+    component a copy of component 0 (the same likelihood, but the copies would
+    get the same gradients forever).  Their biases are set from MIXTURE_START
+    and their weights get small random values.  Returns the number of layers changed.
+    """
+    if network.components == 1:
+        return 0
+    generator = torch.Generator().manual_seed(seed)
+    changed = 0
+    for level in network.levels:
+        for stack, groups in ((level.edges, 2), (level.centres, 1)):
+            conv = stack.convs[-1]
+            if f"{_name_of(network, conv)}.bias" not in widened:
+                continue
+            predicted = groups * network.channels
+            first = conv.bias.shape[0] - 3 * (network.components - 1) * predicted
+            for k in range(network.components - 1):
+                values = MIXTURE_START[k % len(MIXTURE_START)]
+                for j, value in enumerate(values):
+                    rows = slice(first + (3 * k + j) * predicted, first + (3 * k + j + 1) * predicted)
+                    conv.bias[rows] = value
+            noise = torch.randn(conv.weight[first:].shape, generator=generator) * 1e-3
+            conv.weight[first:] = noise.to(conv.weight.dtype)
+            changed += 1
+    return changed
+
+
+def _name_of(network: torch.nn.Module, module: torch.nn.Module) -> str:
+    return next(name for name, candidate in network.named_modules() if candidate is module)
+
+
 def load_networks_float(path: Path) -> dict[int, SubLatticeFlow]:
     bundle = load_checkpoint(path, name=path.stem, sha256="")
     return {c: n.to(torch.float32) for c, n in bundle.networks.items()}
 
 
-__all__ = ["train", "evaluate", "export", "build_networks", "CHANNEL_PREFIXES", "load_networks_float", "warm_start"]
+__all__ = ["train", "evaluate", "export", "build_networks", "CHANNEL_PREFIXES", "load_networks_float", "warm_start",
+           "spread_mixture"]
