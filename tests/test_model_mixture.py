@@ -188,3 +188,49 @@ def test_corrupt_data_never_decodes_outside_the_range():
         except CorruptStream:
             continue
         assert float(decoded.min()) >= 0 and float(decoded.max()) <= 255
+
+
+# -- the VAE's mixture likelihood ---------------------------------------------------------
+
+TINY_VAE = {"family": "vae", "hidden": 8, "latent_channels": 4}
+TINY_VAE_MIXTURE = {**TINY_VAE, "mixture_components": 3}
+
+
+def _vaes(config: dict = TINY_VAE_MIXTURE) -> dict:
+    torch.manual_seed(1)
+    networks = build_networks(config)
+    with torch.no_grad():
+        for network in networks.values():
+            network.generative[-1].bias[3 * network.channels:].uniform_(-1.0, 1.0)
+            network.to(torch.float64)
+            network.tables = TABLES
+    return networks
+
+
+def test_vae_with_a_mixture_likelihood_round_trips_and_adapts_exactly():
+    bundle = FlowBundle(name="tiny-vae-mixture-untrained", sha256="", config=TINY_VAE_MIXTURE, networks=_vaes())
+    config = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=2e-3, steps_per_batch=2)
+    encoder, decoder = OnlineAdapter(bundle, config), OnlineAdapter(bundle, config)
+    batches = [_saturated(4, c, h, w, seed).to(torch.uint8).numpy()
+               for seed, (c, h, w) in enumerate(((3, 16, 16), (1, 14, 10), (3, 6, 10), (1, 2, 2)))]
+    coded = [encoder.encode(batch)[0] for batch in batches]
+    for data, batch in zip(coded, batches):
+        assert np.array_equal(decoder.decode(data, batch.shape), batch)
+    for channels in (1, 3):
+        ours, theirs = encoder.adapted_network(channels).state_dict(), decoder.adapted_network(channels).state_dict()
+        assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_a_single_logistic_vae_warm_starts_the_mixture_and_edge_bins_help(channels):
+    """With zero extra rows the mixture VAE is the single one plus edge bins: never more bits."""
+    ancestor = _vaes(TINY_VAE)[channels]
+    mixture = build_networks(TINY_VAE_MIXTURE)[channels]
+    widened = warm_start(mixture, ancestor.state_dict())
+    mixture.to(torch.float64)
+    mixture.tables = TABLES
+    pixels = _saturated(4, channels, 16, 16, seed=7)
+    with torch.no_grad():
+        single, mixed = float(ancestor.nll(pixels)), float(mixture.nll(pixels))
+    assert mixed < single  # the saturated pixels' tails now go to the edge bins
+    assert spread_mixture(mixture, widened) == 1

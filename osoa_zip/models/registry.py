@@ -93,7 +93,8 @@ class FlowBundle:
 def build_networks(config: dict) -> dict[int, SubLatticeFlow | ConvVAE]:
     """The networks a config describes.
 
-    ``family: vae`` gives the bits-back VAE (``hidden``, ``latent_channels``).
+    ``family: vae`` gives the bits-back VAE (``hidden``, ``latent_channels``, and
+    ``mixture_components`` for a mixture likelihood with edge bins).
 
     ``channel_coupling`` and ``mean_remainder`` (v2) add cross-channel
     conditioning to the RGB network (the gray one is unaffected);
@@ -106,7 +107,8 @@ def build_networks(config: dict) -> dict[int, SubLatticeFlow | ConvVAE]:
     """
     family = config.get("family", "flow")
     if family == "vae":
-        return {channels: ConvVAE(channels, config["hidden"], config["latent_channels"])
+        return {channels: ConvVAE(channels, config["hidden"], config["latent_channels"],
+                                  mixture_components=int(config.get("mixture_components", 1)))
                 for channels in CHANNEL_PREFIXES}
     if family != "flow":
         raise ModelError(f"unknown model family {family!r} (this version knows {', '.join(FAMILIES)})")

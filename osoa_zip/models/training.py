@@ -156,33 +156,35 @@ MIXTURE_START = ((0.0, 1.0, -2.0), (0.0, -0.5, -2.0), (0.0, 2.0, -3.0))
 
 
 @torch.no_grad()
-def spread_mixture(network: SubLatticeFlow, widened: list[str], seed: int = 0) -> int:
+def spread_mixture(network, widened: list[str], seed: int = 0) -> int:
     """Give the widened output rows of a mixture network distinct starting components.
 
     ``warm_start`` leaves the rows it appended zero, which makes every extra
     component a copy of component 0 (the same likelihood, but the copies would
     get the same gradients forever).  Their biases are set from MIXTURE_START
-    and their weights get small random values.  Returns the number of layers changed.
+    and their weights get small random values.  Works for the flow (every
+    coupling's last layer) and the VAE (the generative network's last layer).
+    Returns the number of layers changed.
     """
     if network.components == 1:
         return 0
+    if isinstance(network, SubLatticeFlow):
+        layers = [(stack.convs[-1], groups * network.channels) for level in network.levels
+                  for stack, groups in ((level.edges, 2), (level.centres, 1))]
+    else:
+        layers = [(network.generative[-1], network.channels)]
     generator = torch.Generator().manual_seed(seed)
     changed = 0
-    for level in network.levels:
-        for stack, groups in ((level.edges, 2), (level.centres, 1)):
-            conv = stack.convs[-1]
-            if f"{_name_of(network, conv)}.bias" not in widened:
-                continue
-            predicted = groups * network.channels
-            first = conv.bias.shape[0] - 3 * (network.components - 1) * predicted
-            for k in range(network.components - 1):
-                values = MIXTURE_START[k % len(MIXTURE_START)]
-                for j, value in enumerate(values):
-                    rows = slice(first + (3 * k + j) * predicted, first + (3 * k + j + 1) * predicted)
-                    conv.bias[rows] = value
-            noise = torch.randn(conv.weight[first:].shape, generator=generator) * 1e-3
-            conv.weight[first:] = noise.to(conv.weight.dtype)
-            changed += 1
+    for conv, predicted in layers:
+        if f"{_name_of(network, conv)}.bias" not in widened:
+            continue
+        first = conv.bias.shape[0] - 3 * (network.components - 1) * predicted
+        for k in range(network.components - 1):
+            for j, value in enumerate(MIXTURE_START[k % len(MIXTURE_START)]):
+                conv.bias[first + (3 * k + j) * predicted:first + (3 * k + j + 1) * predicted] = value
+        noise = torch.randn(conv.weight[first:].shape, generator=generator) * 1e-3
+        conv.weight[first:] = noise.to(conv.weight.dtype)
+        changed += 1
     return changed
 
 

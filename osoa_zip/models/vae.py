@@ -13,6 +13,13 @@ exact core's integer tables and the flow's logistic coder:
   network outputs, clamped to +-COEFFICIENT_LIMIT, products floored onto the
   activation grid).
 
+With ``mixture_components`` K > 1 (vae-conv-v2) the likelihood is a mixture
+of K discretized logistics per sub-pixel with edge bins (the pixel range's
+tails go to the bins at 0 and 255): the generative network appends, per
+extra component, a mean shift (times MIXTURE_SHIFT_GAIN), a log-scale shift
+and a logit; the cross-channel terms move every component's mean alike.
+Pixels are then coded by coding/mixture_coder.py.
+
 Down- and up-sampling are pixel (un)shuffles (permutations), so every
 reduction is still an exact 3x3 convolution of the core.  Sides that are not
 multiples of 4 are padded (replicated edge) for the inference network, and
@@ -42,9 +49,10 @@ from torch.nn import functional as F
 
 from ..coding.ans import Encoder
 from ..coding.logistic_coder import pop_factor, push_factor
+from ..coding.mixture_coder import pop_mixture_factor, push_mixture_factors
 from ..exact.fixed import quantize_activation
 from ..exact.layers import ExactConv2d, leaky_relu
-from ..exact.logistic import LOG_SCALE_MAX, LOG_SCALE_MIN, LogisticTables, nll_bits
+from ..exact.logistic import LOG_SCALE_MAX, LOG_SCALE_MIN, LogisticTables, mixture_nll_bits, nll_bits
 from ..exact.noise import logistic_noise, seed_of
 
 PIXEL_CENTER = 128.0
@@ -56,6 +64,8 @@ LATENT_SCALE = 1.0 / 8.0    # integer latents enter the generative network in st
 MEAN_GAIN = 32.0
 DOWNSAMPLING = 4
 COEFFICIENT_LIMIT = 2.0
+MIXTURE_SHIFT_GAIN = 8.0  # extra components' mean shifts, in pixels per unit of output (a power of two)
+PIXEL_MAX = 255.0
 
 
 def coefficient_count(channels: int) -> int:
@@ -87,10 +97,13 @@ class _Reparameterize(torch.autograd.Function):
 class ConvVAE(nn.Module):
     """The VAE for tiles of one channel count (1 = L, 3 = RGB)."""
 
-    def __init__(self, channels: int, hidden: int, latent_channels: int):
+    def __init__(self, channels: int, hidden: int, latent_channels: int, mixture_components: int = 1):
         super().__init__()
         self.channels = channels
         self.latent_channels = latent_channels
+        self.components = int(mixture_components)
+        if self.components < 1:
+            raise ValueError("mixture_components must be at least 1")
         c, h, k = channels, hidden, latent_channels
         half = max(hidden // 4, 4)
         # x -> unshuffle -> conv, conv -> unshuffle -> conv, conv -> (mean, log-scale) of z
@@ -99,7 +112,8 @@ class ConvVAE(nn.Module):
         # z -> conv, conv -> shuffle -> conv, conv -> shuffle -> conv -> pixel logistics
         self.generative = nn.ModuleList([ExactConv2d(k, h), ExactConv2d(h, 4 * h),
                                          ExactConv2d(h, h), ExactConv2d(h, 4 * half),
-                                         ExactConv2d(half, 2 * c + coefficient_count(c))])
+                                         ExactConv2d(half, 2 * c + coefficient_count(c)
+                                                     + 3 * (self.components - 1) * c)])
         self.prior_mean = nn.Parameter(torch.zeros(k))
         self.prior_log_scale = nn.Parameter(torch.full((k,), 2.0))
         self.tables: LogisticTables | None = None
@@ -133,7 +147,8 @@ class ConvVAE(nn.Module):
         return mean, log_scale
 
     def likelihood(self, z: torch.Tensor, height: int, width: int):
-        """Per sub-pixel (mean, log-scale) and the cross-channel coefficients of p(x|z)."""
+        """Per sub-pixel (mean, log-scale), the cross-channel coefficients of p(x|z), and the
+        extra components' (mean shift, log-scale shift, logit) blocks (empty without mixtures)."""
         c = self.channels
         first, second, third, fourth, last = self.generative
         y = leaky_relu(second(leaky_relu(first(z * LATENT_SCALE))))
@@ -142,8 +157,33 @@ class ConvVAE(nn.Module):
         y = last(F.pixel_shuffle(y, 2))[:, :, :height, :width]
         mean = y[:, :c] * MEAN_GAIN + PIXEL_CENTER
         log_scale = y[:, c:2 * c]
-        coefficients = torch.clamp(y[:, 2 * c:], -COEFFICIENT_LIMIT, COEFFICIENT_LIMIT)
-        return mean, log_scale, coefficients
+        pairs = coefficient_count(c)
+        coefficients = torch.clamp(y[:, 2 * c:2 * c + pairs], -COEFFICIENT_LIMIT, COEFFICIENT_LIMIT)
+        return mean, log_scale, coefficients, y[:, 2 * c + pairs:]
+
+    def pixel_distribution(self, likelihood, pixels, channel: int) -> tuple:
+        """Channel c's (mean, log_scale), or (means, log_scales, logits) with K components first."""
+        mean, log_scale, coefficients, extra = likelihood
+        centre = self.channel_mean(mean, coefficients, pixels, channel)
+        spread = log_scale[:, channel:channel + 1]
+        if self.components == 1:
+            return centre, spread
+        c = self.channels
+        means, log_scales, logits = [centre], [spread], [torch.zeros_like(centre)]
+        for k in range(self.components - 1):
+            block = extra[:, 3 * k * c:3 * (k + 1) * c]
+            means.append(centre + block[:, channel:channel + 1] * MIXTURE_SHIFT_GAIN)
+            log_scales.append(spread + block[:, c + channel:c + channel + 1])
+            logits.append(block[:, 2 * c + channel:2 * c + channel + 1])
+        return torch.stack(means), torch.stack(log_scales), torch.stack(logits)
+
+    def _pixel_bounds(self, like: torch.Tensor) -> tuple:
+        return torch.zeros_like(like), torch.full_like(like, PIXEL_MAX)
+
+    def _pixel_nll(self, values, distribution) -> torch.Tensor:
+        if self.components == 1:
+            return nll_bits(values, *distribution, self.tables)
+        return mixture_nll_bits(values, *distribution, self.tables, *self._pixel_bounds(values))
 
     def channel_mean(self, mean, coefficients, pixels, channel: int) -> torch.Tensor:
         """Channel c's mean given the true values of channels < c (pairs (1,0), (2,0), (2,1))."""
@@ -172,12 +212,11 @@ class ConvVAE(nn.Module):
         post_mean, post_log_scale = self.posterior(pixels)
         z = self._sample(post_mean, post_log_scale, pixels)
         prior_mean, prior_log_scale = self.prior(z.shape)
-        mean, log_scale, coefficients = self.likelihood(z, pixels.shape[2], pixels.shape[3])
+        likelihood = self.likelihood(z, pixels.shape[2], pixels.shape[3])
         terms = [nll_bits(z, prior_mean, prior_log_scale, self.tables).sum(),
                  -nll_bits(z, post_mean, post_log_scale, self.tables).sum()]
         for c in range(self.channels):
-            centre = self.channel_mean(mean, coefficients, pixels, c)
-            terms.append(nll_bits(pixels[:, c:c + 1], centre, log_scale[:, c:c + 1], self.tables).sum())
+            terms.append(self._pixel_nll(pixels[:, c:c + 1], self.pixel_distribution(likelihood, pixels, c)).sum())
         return torch.stack(terms).sum()
 
     # -- bits-back coding ---------------------------------------------------
@@ -185,10 +224,14 @@ class ConvVAE(nn.Module):
         """One group, in the decoder's order: z under p(z), then x channel by channel."""
         group = Encoder()
         push_factor(group, self.tables, z, *self.prior(z.shape))
-        mean, log_scale, coefficients = self.likelihood(z, pixels.shape[2], pixels.shape[3])
+        likelihood = self.likelihood(z, pixels.shape[2], pixels.shape[3])
         for c in range(self.channels):
-            push_factor(group, self.tables, pixels[:, c:c + 1],
-                        self.channel_mean(mean, coefficients, pixels, c), log_scale[:, c:c + 1])
+            values = pixels[:, c:c + 1]
+            distribution = self.pixel_distribution(likelihood, pixels, c)
+            if self.components == 1:
+                push_factor(group, self.tables, values, *distribution)
+            else:
+                push_mixture_factors(group, self.tables, [(values, *distribution, *self._pixel_bounds(values))])
         coder.push(group)
 
     @torch.no_grad()
@@ -211,11 +254,15 @@ class ConvVAE(nn.Module):
         tiles = []
         for i in range(batch):
             z = pop_factor(coder, self.tables, *self.prior(latent_shape))
-            mean, log_scale, coefficients = self.likelihood(z, height, width)
+            likelihood = self.likelihood(z, height, width)
             pixels = torch.empty(1, channels, height, width, dtype=torch.float64)
             for c in range(channels):
-                centre = self.channel_mean(mean, coefficients, pixels, c)
-                pixels[:, c:c + 1] = pop_factor(coder, self.tables, centre, log_scale[:, c:c + 1])
+                distribution = self.pixel_distribution(likelihood, pixels, c)
+                if self.components == 1:
+                    pixels[:, c:c + 1] = pop_factor(coder, self.tables, *distribution)
+                else:
+                    pixels[:, c:c + 1] = pop_mixture_factor(coder, self.tables, *distribution,
+                                                            *self._pixel_bounds(pixels[:, c:c + 1]))
             if i < batch - 1:  # give back the bits the encoder took to choose z
                 group = Encoder()
                 push_factor(group, self.tables, z, *self.posterior(pixels), escape=False)
