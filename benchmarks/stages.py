@@ -5,7 +5,8 @@
 Stages, per batch (medians would hide the slow batches, so these are means):
 forward without a graph (what coding with θ0 costs), `analyse` (the coding pass
 with its graph, what adapting starts from), `push` (the entropy coder on the
-analysed factors), `backward` and exact Adam.  The network adapts as the engine's
+analysed factors), `decode` (the decoder's pass without a graph: its forward
+and popping, on the pushed bytes), `backward` and exact Adam.  The network adapts as the engine's
 would (no guard).  CPU time of this thread only, so other jobs on the machine
 barely move it.
 """
@@ -26,11 +27,11 @@ from speed import batches_of  # noqa: E402
 
 from osoa_zip.adapt.config import PARAMETER_SELECTIONS, AdaptationConfig  # noqa: E402
 from osoa_zip.adapt.engine import _select_parameters  # noqa: E402
-from osoa_zip.coding.ans import Encoder  # noqa: E402
+from osoa_zip.coding.ans import Decoder, Encoder  # noqa: E402
 from osoa_zip.exact.optim import ExactAdam  # noqa: E402
 from osoa_zip.models.registry import DEFAULT_MODEL, load_model  # noqa: E402
 
-STAGES = ("forward", "analyse", "push", "backward", "adam")
+STAGES = ("forward", "analyse", "push", "decode", "backward", "adam")
 
 
 def _push(network, factors) -> bytes:
@@ -70,7 +71,10 @@ def main() -> None:
         with torch.no_grad():
             timed("forward", network.analyse, pixels, True)
         loss, factors = timed("analyse", network.analyse, pixels, True)
-        timed("push", _push, network, factors)
+        data = timed("push", _push, network, factors)
+        with torch.no_grad():
+            decoded = timed("decode", network.decode, Decoder(data), pixels.shape)
+        assert torch.equal(decoded, pixels)
         optimizer.zero_grad()
         timed("backward", loss.backward)
         timed("adam", optimizer.step)

@@ -1,26 +1,35 @@
 """Entropy coding of bounded integer latents under a mixture of discretized logistics.
 
-A mixture's shape changes continuously with its weights, so its tables cannot
+A mixture's shape changes continuously with its weights, so its rows cannot
 be shared the way the single logistic's are (logistic_coder._Windows): each
-latent gets its own row, computed on demand with exact integer arithmetic.
-Every latent here has a known range [lower, upper] of at most RANGE_SIZE
-values (a pixel's), and the range's tails go to the bins at its bounds.
+latent gets its own row.  Every latent here has a known range [lower, upper]
+of at most RANGE_SIZE values (a pixel's), whose tails go to the bins at its
+bounds (edge bins).
 
 Two stages keep the rows short without giving up any probability:
 
 1. a window of BUCKETS sizes around the mean of the heaviest component,
-   WINDOW_SCALES of its scales either side (clipped to the range), plus one
-   escape symbol whose count is the mixture's whole mass outside the window;
+   WINDOW_SCALES of its scales either side (inside the range), plus one escape
+   symbol whose count is all of the mixture's mass outside the window;
 2. only after an escape: a row over the whole range with the window's bins
    set to zero.
 
-A bin's count is sum_k e_k * (mass_k + 1) (every value stays codable, whatever
-the tables' resolution in far tails, and none costs more than the NLL's 24
-bits), with the integer weights e_k and CDFs of ``LogisticTables``.  All counts are integers below 2**53 computed
-elementwise, so encoder and decoder build the same rows on every machine.
-Latents are coded bucket by bucket (bucket order, then flat index order; the
-escaped ones of a bucket after all of its window symbols), so each bucket's
-rows form one dense 2-D array.
+Counts are exact integers.  As in the single logistic's coder, each
+component's log-scale is snapped to 1/32 and its mean's offset from the
+nearest integer to 1/16 (far below a thousandth of a bit), so its CDF at the
+bin edges is a stretch of one of a fixed set of integer rows
+(``_ComponentRows``, filled as they are first needed).  A bin's count is then
+sum_k e_k * (mass_k + 1) with the integer weights e_k of the model's exp table:
+the +1 keeps every value codable whatever the CDF table's resolution in far
+tails, and caps a value's cost near the NLL's 24 bits.  Sums of integers below
+2**53 do not depend on their order, so encoder and decoder build the same rows
+on every machine.
+
+Latents are coded factor by factor: bucket by bucket (bucket order, then flat
+index order; a bucket with few latents joins the next wider one), then the
+escaped latents of the factor in the same order.
+The encoder knows every factor at once and builds all rows of a bucket size in
+one pass; the decoder must go factor by factor.
 """
 from __future__ import annotations
 
@@ -29,188 +38,241 @@ import weakref
 import numpy as np
 import torch
 
-from ..exact.logistic import CDF_ONE, LogisticTables
+from ..exact.fixed import ACT_FRAC_BITS
+from ..exact.logistic import CDF_ONE, CDF_RANGE, EXP_RANGE, LOG_SCALE_MAX, LOG_SCALE_MIN, LogisticTables
 from .ans import CorruptStream, Decoder, Encoder
 from .logistic_coder import LOG_SCALE_STEP, OFFSET_STEPS
 
 BUCKETS = (5, 9, 13, 17, 25, 33, 49, 65, 97, 129, 193)
 WINDOW_SCALES = 5.0  # the heaviest component's mass beyond 5 scales either side is 1.3%
 RANGE_SIZE = 256
+# A component's centre is taken at most REACH bins from a window's start: further out
+# (a mean far outside the pixel range), it sits at that distance instead.
+REACH = 384
 _CELLS_PER_BLOCK = 1 << 20  # rows are built in blocks of about this many bins (memory)
+MERGE_BELOW = 64  # a window bucket with fewer latents joins the next wider one
 
 
-def _windows(means, inv_scale, weights, lower, upper):
-    """Per latent: (window start, bucket index; len(BUCKETS) means the whole range)."""
-    top = torch.argmax(weights, dim=0, keepdim=True)  # ties: the first, on every machine
-    mean = torch.gather(means, 0, top)[0]
-    reach = torch.ceil(WINDOW_SCALES / torch.gather(inv_scale, 0, top)[0])
-    sizes = torch.tensor(BUCKETS, dtype=torch.float64)
-    bucket = (2 * reach[:, None] + 1 > sizes[None, :]).sum(dim=1)
-    size = torch.cat([sizes, torch.tensor([float(RANGE_SIZE)], dtype=torch.float64)])[bucket]
-    centre = torch.floor(mean + 0.5)
-    start = torch.maximum(torch.minimum(centre - (size - 1) // 2, upper - size + 1), lower)
-    start = torch.where(bucket == len(BUCKETS), lower, start)
-    return start, bucket
+class _ComponentRows:
+    """CDF rows (2**24 * CDF at integer-spaced bin edges) per snapped (offset, log-scale).
 
-
-class _ComponentTables:
-    """Every component CDF the coder can use under one LogisticTables, computed once.
-
-    As in logistic_coder._Windows, a component's log-scale is snapped to
-    1/32 (LOG_SCALE_STEP grid steps) and its mean's offset from the nearest
-    integer to 1/OFFSET_STEPS, which costs far below a thousandth of a bit;
-    then its CDF at the bin edges around its centre is one of a fixed set of
-    rows, tabulated here out to REACH bins either side (beyond, the CDF is
-    taken as the row's end value).  A latent's row is then a weighted sum of
-    K gathers instead of K interpolations per bin.
+    Row (o, r) holds the CDF at the edges j - REACH - 1/2 - offset_o, j = 0 ..
+    2 * REACH + RANGE_SIZE, for the scale of log-scale row r.  Rows are computed
+    when first needed (most models use a small part of the 16 x 225 rows),
+    each by the same elementwise operations whenever it is computed.
     """
 
-    REACH = 2 * RANGE_SIZE
+    WIDTH = 2 * REACH + RANGE_SIZE + 1
 
     def __init__(self, tables: LogisticTables) -> None:
+        self.tables = tables
         n_scale = tables.inv_scale.numel()
         self.scale_rows = (n_scale + LOG_SCALE_STEP - 1) // LOG_SCALE_STEP
-        rows = torch.arange(self.scale_rows, dtype=torch.float64)
-        inv_scale = tables.inv_scale[torch.clamp(rows * LOG_SCALE_STEP + LOG_SCALE_STEP // 2, max=n_scale - 1).long()]
-        offset = (torch.arange(OFFSET_STEPS, dtype=torch.float64) + 0.5) / OFFSET_STEPS - 0.5
-        edges = torch.arange(2 * self.REACH + 2, dtype=torch.float64) - self.REACH - 0.5
-        self.width = edges.numel()
-        cdf = tables.cdf_q24((edges[None, None, :] - offset[:, None, None]) * inv_scale[None, :, None])
-        self.cdf = cdf.reshape(-1).numpy().astype(np.int64)  # [offset, scale row, edge]
+        middle = np.minimum(np.arange(self.scale_rows) * LOG_SCALE_STEP + LOG_SCALE_STEP // 2, n_scale - 1)
+        self.inv_scale = tables.inv_scale.numpy()[middle]
+        self.cdf = np.zeros((OFFSET_STEPS * self.scale_rows, self.WIDTH), dtype=np.int32)
+        self.filled = np.zeros(OFFSET_STEPS * self.scale_rows, dtype=bool)
 
-    def keys(self, tables: LogisticTables, means, log_scales):
-        """Per component and latent: (the row's first index in ``cdf``, the centre)."""
-        row = torch.floor(tables.scale_index(log_scales) / LOG_SCALE_STEP).long()
-        centre = torch.floor(means + 0.5)
-        offset = torch.floor((means - centre + 0.5) * OFFSET_STEPS).long()
-        return ((offset * self.scale_rows + row) * self.width).numpy(), centre.numpy().astype(np.int64)
-
-
-_TABLES: "weakref.WeakKeyDictionary[LogisticTables, _ComponentTables]" = weakref.WeakKeyDictionary()
-
-
-def _component_tables(tables: LogisticTables) -> _ComponentTables:
-    if tables not in _TABLES:
-        _TABLES[tables] = _ComponentTables(tables)
-    return _TABLES[tables]
-
-
-def _rows(table: _ComponentTables, start, size: int, keys, centres, weights, lower, upper) -> np.ndarray:
-    """Counts of the ``size`` window bins and then the escape, per latent (n, size + 1).
-
-    All arguments are int64 numpy arrays (components first for keys, centres, weights)."""
-    position = np.arange(size + 1)[None, :]
-    mixture = np.zeros((len(start), size + 1), dtype=np.int64)  # sum_k e_k CDF_k at the bin edges
-    for k in range(keys.shape[0]):
-        index = np.clip((start - centres[k] + table.REACH)[:, None] + position, 0, table.width - 1)
-        mixture += weights[k][:, None] * table.cdf[keys[k][:, None] + index]
-    weight = weights.sum(axis=0)
-    total = weight * int(CDF_ONE)
-    # Edge bins: the CDF is 0 at the lower bound's lower edge and 1 from the upper bound's upper edge on.
-    mixture[:, 0] = np.where(start <= lower, 0, mixture[:, 0])
-    mixture = np.where(start[:, None] + position >= upper[:, None] + 1, total[:, None], mixture)
-    floor = weight[:, None]  # a bin's mass is at least 2**-24, as the NLL's is
-    valid = start[:, None] + position[:, :-1] <= upper[:, None]
-    inside = np.where(valid, np.diff(mixture, axis=1) + floor, 0)
-    # The escape carries the floors of the range's bins outside the window too, so that
-    # after an escape the range row (window bins zeroed) costs what the NLL says.
-    outside_bins = (upper - lower + 1) - valid.sum(axis=1)
-    escape = mixture[:, 0] + (total - mixture[:, -1]) + weight * outside_bins
-    return np.concatenate([inside, escape[:, None]], axis=1).astype(np.float64)
+    def ensure(self, rows: np.ndarray) -> None:
+        missing = rows[~self.filled[rows]]
+        if not missing.size:
+            return
+        missing = np.unique(missing)
+        low_end, high_end = self.tables.cdf[0].item(), self.tables.cdf[-1].item()
+        edges = np.arange(self.WIDTH, dtype=np.float64) - REACH - 0.5
+        for scale_row in np.unique(missing % self.scale_rows):
+            group = missing[missing % self.scale_rows == scale_row]
+            inv_scale = self.inv_scale[scale_row]
+            # Beyond +-CDF_RANGE the interpolation returns the table's end values, so only
+            # the core of a row (a few scales wide) needs computing.
+            reach = int(np.ceil(CDF_RANGE / inv_scale)) + 2
+            first, last = max(0, REACH - reach), min(self.WIDTH, REACH + reach + 1)
+            offset = ((group // self.scale_rows) + 0.5) / OFFSET_STEPS - 0.5
+            u = (edges[None, first:last] - offset[:, None]) * inv_scale
+            core = np.where(u <= -CDF_RANGE, low_end, np.where(u >= CDF_RANGE, high_end, 0))
+            inner = np.abs(u) < CDF_RANGE
+            core[inner] = self.tables.cdf_q24(torch.from_numpy(u[inner])).numpy()
+            self.cdf[group, :first] = low_end
+            self.cdf[group, first:last] = core
+            self.cdf[group, last:] = high_end
+        self.filled[missing] = True
 
 
-def _plan(tables: LogisticTables, means, log_scales, logits, lower, upper):
-    """Yield a ``_Bucket`` per window size in use, in coding order."""
-    k = means.shape[0]
-    means = means.reshape(k, -1).to(torch.float64)
-    log_scales = log_scales.reshape(k, -1).to(torch.float64)
-    weights = tables.mixture_weights(logits.reshape(k, -1).to(torch.float64))
-    lower = lower.reshape(-1).to(torch.float64)
-    upper = upper.reshape(-1).to(torch.float64)
-    if bool(((upper - lower) >= RANGE_SIZE).any()):
-        raise ValueError(f"a latent's range is wider than {RANGE_SIZE} values")
-    inv_scale = tables.inverse_scale(log_scales)
-    start, bucket = _windows(means, inv_scale, weights, lower, upper)
-    table = _component_tables(tables)
-    keys, centres = table.keys(tables, means, log_scales)
-    weights = weights.numpy().astype(np.int64)
-    order = torch.argsort(bucket, stable=True)
-    offset = 0
-    for index, count in enumerate(torch.bincount(bucket, minlength=len(BUCKETS) + 1).tolist()):
-        if count:
-            members = order[offset:offset + count]
-            offset += count
-            size = BUCKETS[index] if index < len(BUCKETS) else RANGE_SIZE
-            picked = members.numpy()
-            yield _Bucket(table, members, size, start[members], keys[:, picked], centres[:, picked],
-                          weights[:, picked], lower[members], upper[members])
+_ROWS: "weakref.WeakKeyDictionary[LogisticTables, _ComponentRows]" = weakref.WeakKeyDictionary()
 
 
-class _Bucket:
-    """The latents of one window size: their window rows, and the range rows after an escape."""
+def _component_rows(tables: LogisticTables) -> _ComponentRows:
+    if tables not in _ROWS:
+        _ROWS[tables] = _ComponentRows(tables)
+    return _ROWS[tables]
 
-    def __init__(self, table, members, size, start, keys, centres, weights, lower, upper):
-        self.table, self.members, self.size = table, members, size
-        self.start, self.lower, self.upper = start, lower, upper  # float64 tensors
-        self.keys, self.centres, self.weights = keys, centres, weights  # int64 arrays, components first
 
-    def _build(self, pick: np.ndarray, start: np.ndarray, size: int) -> np.ndarray:
-        step = max(1, _CELLS_PER_BLOCK // (size + 1))
-        lower = self.lower.numpy().astype(np.int64)[pick]
-        upper = self.upper.numpy().astype(np.int64)[pick]
-        return np.concatenate([
-            _rows(self.table, start[part], size, self.keys[:, pick[part]], self.centres[:, pick[part]],
-                  self.weights[:, pick[part]], lower[part], upper[part])
-            for part in np.array_split(np.arange(len(pick)), max(1, -(-len(pick) // step)))])
+class _Latents:
+    """Everything the rows of some latents need, as numpy arrays (components first)."""
 
-    def window_rows(self) -> np.ndarray:
-        return self._build(np.arange(len(self.start)), self.start.numpy().astype(np.int64), self.size)
+    def __init__(self, tables: LogisticTables, means, log_scales, logits, lower, upper) -> None:
+        k = means.shape[0]
+        means = means.detach().reshape(k, -1).to(torch.float64).numpy()
+        log_scales = log_scales.detach().reshape(k, -1).to(torch.float64).numpy()
+        logits = logits.detach().reshape(k, -1).to(torch.float64).numpy()
+        self.lower = lower.detach().reshape(-1).to(torch.float64).numpy().astype(np.int64)
+        self.upper = upper.detach().reshape(-1).to(torch.float64).numpy().astype(np.int64)
+        if (self.upper - self.lower >= RANGE_SIZE).any():
+            raise ValueError(f"a latent's range is wider than {RANGE_SIZE} values")
+        if tables.exp is None:
+            raise ValueError("these tables have no exp table (the model has no mixtures)")
+        # The exact core's lookups (LogisticTables.mixture_weights / scale_index), in numpy.
+        relative = np.clip(logits - logits.max(axis=0, keepdims=True), -EXP_RANGE, 0.0)
+        self.weights = tables.exp.numpy()[((relative + EXP_RANGE) * 2 ** ACT_FRAC_BITS).astype(np.int64)]
+        self.weights = self.weights.astype(np.int64)
+        scale_index = (np.clip(log_scales, LOG_SCALE_MIN, LOG_SCALE_MAX) - LOG_SCALE_MIN) * 2 ** ACT_FRAC_BITS
+        rows = _component_rows(tables)
+        scale_row = np.floor(scale_index / LOG_SCALE_STEP).astype(np.int64)
+        centre = np.floor(means + 0.5)
+        offset = np.floor((means - centre + 0.5) * OFFSET_STEPS).astype(np.int64)
+        self.row = offset * rows.scale_rows + scale_row
+        self.centre = centre.astype(np.int64)
+        rows.ensure(self.row.reshape(-1))
+        self.rows = rows
+        # Stage 1's window: around the heaviest component (ties: the first), inside the range.
+        top = np.argmax(self.weights, axis=0)[None, :]
+        reach = np.ceil(WINDOW_SCALES / rows.inv_scale[np.take_along_axis(scale_row, top, 0)[0]])
+        self.bucket = (2 * reach[:, None] + 1 > np.asarray(BUCKETS)[None, :]).sum(axis=1)
+        self.middle = np.take_along_axis(self.centre, top, 0)[0]
 
-    def range_rows(self, escaped: np.ndarray) -> np.ndarray:
-        """Rows over [lower, lower + RANGE_SIZE) for the escaped latents, window bins zeroed."""
-        pick = np.nonzero(escaped)[0]
-        lower = self.lower.numpy().astype(np.int64)[pick]
-        rows = self._build(pick, lower, RANGE_SIZE)[:, :RANGE_SIZE]
-        first = self.start.numpy().astype(np.int64)[pick] - lower
+    def window_start(self, pick: np.ndarray, size: int) -> np.ndarray:
+        """The first value of the ``size``-wide windows of latents ``pick`` (inside their range)."""
+        return np.maximum(np.minimum(self.middle[pick] - (size - 1) // 2, self.upper[pick] - size + 1),
+                          self.lower[pick])
+
+    def rows_for(self, pick: np.ndarray, start: np.ndarray, size: int) -> np.ndarray:
+        """Counts of ``size`` bins from ``start`` and then the escape, for latents ``pick``."""
+        if len(pick) * (size + 1) > _CELLS_PER_BLOCK and len(pick) > 1:
+            half = len(pick) // 2
+            return np.concatenate([self.rows_for(pick[:half], start[:half], size),
+                                   self.rows_for(pick[half:], start[half:], size)])
+        lower, upper, weights = self.lower[pick], self.upper[pick], self.weights[:, pick]
+        first = self.row[:, pick] * self.rows.WIDTH + np.clip(start - self.centre[:, pick], -REACH, REACH) + REACH
+        flat = self.rows.cdf.reshape(-1)
+        position = np.arange(size + 1)
+        mixture = np.zeros((len(pick), size + 1), dtype=np.int64)  # sum_k e_k CDF_k at the bin edges
+        for k in range(weights.shape[0]):
+            mixture += weights[k][:, None] * flat[first[k][:, None] + position].astype(np.int64)
+        weight = weights.sum(axis=0)
+        total = weight * int(CDF_ONE)
+        # Edge bins: the CDF is 0 at the lower bound's lower edge and 1 from the upper bound's
+        # upper edge on.  Only rows that touch a bound need it.
+        touching = np.nonzero((start <= lower) | (start + size > upper))[0]
+        if touching.size:
+            part = mixture[touching]
+            part[:, 0] = np.where(start[touching] <= lower[touching], 0, part[:, 0])
+            beyond = start[touching][:, None] + position >= upper[touching][:, None] + 1
+            mixture[touching] = np.where(beyond, total[touching][:, None], part)
+        counts = np.empty((len(pick), size + 1), dtype=np.float64)
+        counts[:, :size] = np.diff(mixture, axis=1) + weight[:, None]
+        if touching.size:
+            counts[touching, :size] *= start[touching][:, None] + position[:-1] <= upper[touching][:, None]
+        # The escape carries the floors of the range's bins outside the window too, so that
+        # after an escape the range row (window bins zeroed) costs what the NLL says.
+        inside = np.minimum(start + size - 1, upper) - start + 1
+        counts[:, size] = mixture[:, 0] + (total - mixture[:, size]) + weight * ((upper - lower + 1) - inside)
+        return counts
+
+    def range_rows(self, pick: np.ndarray, window_start: np.ndarray, window_size: np.ndarray) -> np.ndarray:
+        """Rows over [lower, lower + RANGE_SIZE) for escaped latents, their windows' bins zeroed."""
+        if not pick.size:
+            return np.zeros((0, RANGE_SIZE))
+        rows = self.rows_for(pick, self.lower[pick], RANGE_SIZE)[:, :RANGE_SIZE]
+        first = (window_start - self.lower[pick])[:, None]
         position = np.arange(RANGE_SIZE)[None, :]
-        rows[(position >= first[:, None]) & (position < first[:, None] + self.size)] = 0.0
+        rows[(position >= first) & (position < first + window_size[:, None])] = 0.0
         return np.ascontiguousarray(rows)
+
+
+def _buckets(latents: _Latents, index: np.ndarray) -> list:
+    """[(window size, members in coding order)] for the latents ``index`` (one factor).
+
+    A bucket with fewer than MERGE_BELOW members joins the next larger one in use
+    (wider windows, fewer calls): a rule on counts both sides know.
+    """
+    bucket = latents.bucket[index]
+    order = np.argsort(bucket, kind="stable")
+    bounds = np.searchsorted(bucket[order], np.arange(len(BUCKETS) + 2))
+    groups, carried = [], []
+    for b in range(len(BUCKETS) + 1):
+        members = order[bounds[b]:bounds[b + 1]]
+        if not members.size:
+            continue
+        carried.append(members)
+        if sum(part.size for part in carried) >= MERGE_BELOW or bounds[b + 1] == len(order):
+            groups.append((BUCKETS[b] if b < len(BUCKETS) else RANGE_SIZE, index[np.sort(np.concatenate(carried))]))
+            carried = []
+    return groups
 
 
 def push_mixture_factors(encoder: Encoder, tables: LogisticTables, factors: list) -> None:
     """Queue factors (latents, means, log_scales, logits, lower, upper), in order; means,
     log_scales and logits are shaped (K, *latents.shape), lower and upper like latents."""
-    for latents, means, log_scales, logits, lower, upper in factors:
-        flat = latents.reshape(-1).to(torch.float64)
-        if bool(((flat < lower.reshape(-1)) | (flat > upper.reshape(-1))).any()):
-            raise ValueError("latent outside its bounds")
-        for bucket in _plan(tables, means, log_scales, logits, lower, upper):
-            values = flat[bucket.members]
-            offset = (values - bucket.start).numpy().astype(np.int64)
-            escaped = (offset < 0) | (offset >= bucket.size)
-            encoder.push_categorical(np.where(escaped, bucket.size, offset), bucket.window_rows())
-            if escaped.any():
-                encoder.push_categorical((values - bucket.lower).numpy()[escaped].astype(np.int64),
-                                         bucket.range_rows(escaped))
+    if not factors:
+        return
+    cat = lambda tensors: torch.cat([t.reshape(t.shape[0], -1) for t in tensors], dim=1)  # noqa: E731
+    latents = _Latents(tables, cat([f[1] for f in factors]), cat([f[2] for f in factors]),
+                       cat([f[3] for f in factors]), torch.cat([f[4].reshape(-1) for f in factors]),
+                       torch.cat([f[5].reshape(-1) for f in factors]))
+    values = torch.cat([f[0].reshape(-1) for f in factors]).to(torch.float64).numpy().astype(np.int64)
+    if ((values < latents.lower) | (values > latents.upper)).any():
+        raise ValueError("latent outside its bounds")
+    ends = np.cumsum([0] + [f[0].numel() for f in factors])
+    plan = [_buckets(latents, np.arange(first, last)) for first, last in zip(ends[:-1], ends[1:])]
+    # Every window row of one size, for all factors at once (rows_at: a latent's row there).
+    size_of, start = np.empty(len(values), dtype=np.int64), np.empty(len(values), dtype=np.int64)
+    for groups in plan:
+        for size, members in groups:
+            size_of[members] = size
+    rows_by_size, rows_at = {}, np.empty(len(values), dtype=np.int64)
+    for size in np.unique(size_of):
+        members = np.nonzero(size_of == size)[0]
+        start[members] = latents.window_start(members, int(size))
+        rows_by_size[int(size)] = latents.rows_for(members, start[members], int(size))
+        rows_at[members] = np.arange(members.size)
+    offset = values - start
+    escaped = (offset < 0) | (offset >= size_of)
+    chosen = np.nonzero(escaped)[0]
+    range_rows = latents.range_rows(chosen, start[chosen], size_of[chosen])
+    range_at = np.empty(len(values), dtype=np.int64)
+    range_at[chosen] = np.arange(chosen.size)
+    for groups in plan:  # the decoder's order: a factor's windows bucket by bucket, then its escapes
+        for size, members in groups:
+            encoder.push_categorical(np.where(escaped[members], size, offset[members]),
+                                     rows_by_size[size][rows_at[members]])
+        out = np.concatenate([members[escaped[members]] for _, members in groups])
+        if out.size:
+            encoder.push_categorical(values[out] - latents.lower[out], range_rows[range_at[out]])
 
 
 def pop_mixture_factor(decoder: Decoder, tables: LogisticTables, means, log_scales, logits, lower,
                        upper) -> torch.Tensor:
     """Decode one factor coded by ``push_mixture_factors``; shaped like ``lower``."""
-    flat = torch.empty(lower.numel(), dtype=torch.float64)
-    for bucket in _plan(tables, means, log_scales, logits, lower, upper):
-        symbols = decoder.pop_categorical(bucket.window_rows()).astype(np.int64)
-        if symbols.size != bucket.members.numel():
+    latents = _Latents(tables, means, log_scales, logits, lower, upper)
+    values = np.empty(lower.numel(), dtype=np.int64)
+    escaped_members, escaped_starts, escaped_sizes = [], [], []
+    for size, members in _buckets(latents, np.arange(lower.numel())):
+        start = latents.window_start(members, size)
+        symbols = decoder.pop_categorical(latents.rows_for(members, start, size)).astype(np.int64)
+        if symbols.size != members.size:
             raise CorruptStream("coded data ended early")
-        escaped = symbols == bucket.size
-        values = bucket.start + torch.from_numpy(symbols).to(torch.float64)
-        if escaped.any():
-            positions = decoder.pop_categorical(bucket.range_rows(escaped)).astype(np.int64)
-            if positions.size != int(escaped.sum()):
-                raise CorruptStream("coded data ended early")
-            chosen = torch.from_numpy(escaped)
-            values[chosen] = bucket.lower[chosen] + torch.from_numpy(positions).to(torch.float64)
-        if bool(((values < bucket.lower) | (values > bucket.upper)).any()):
-            raise CorruptStream("a decoded value lies outside its known range")
-        flat[bucket.members] = values
-    return flat.reshape(lower.shape)
+        escaped = symbols == size
+        values[members] = start + symbols
+        escaped_members.append(members[escaped])
+        escaped_starts.append(start[escaped])
+        escaped_sizes.append(np.full(int(escaped.sum()), size))
+    out = np.concatenate(escaped_members)
+    if out.size:
+        rows = latents.range_rows(out, np.concatenate(escaped_starts), np.concatenate(escaped_sizes))
+        positions = decoder.pop_categorical(rows).astype(np.int64)
+        if positions.size != out.size:
+            raise CorruptStream("coded data ended early")
+        values[out] = latents.lower[out] + positions
+    if ((values < latents.lower) | (values > latents.upper)).any():
+        raise CorruptStream("a decoded value lies outside its known range")
+    return torch.from_numpy(values.astype(np.float64)).reshape(lower.shape)

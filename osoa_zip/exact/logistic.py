@@ -91,7 +91,10 @@ class LogisticTables:
         """Unnormalised integer weights e_k of logits (K, ...) on the activation grid, K first."""
         if self.exp is None:
             raise ValueError("these tables have no exp table (the model has no mixtures)")
-        relative = torch.clamp(logits - logits.max(dim=0, keepdim=True).values, -EXP_RANGE, 0.0)
+        largest = logits[0]
+        for k in range(1, logits.shape[0]):  # elementwise: faster than a reduction over a short dim
+            largest = torch.maximum(largest, logits[k])
+        relative = torch.clamp(logits - largest, -EXP_RANGE, 0.0)
         return self.exp[((relative + EXP_RANGE) * 2 ** ACT_FRAC_BITS).long()]
 
     def scale_index(self, log_scale: torch.Tensor) -> torch.Tensor:
@@ -193,9 +196,17 @@ def _responsibilities(value, means, inv_scale, mass, weights, joint):
     """
     tail = mass < _TAIL_PROBABILITY * CDF_ONE
     share = torch.where(tail, 0.0, weights * mass / joint)
-    distance = torch.abs(value.unsqueeze(0) - means) * inv_scale
-    nearest = torch.zeros_like(share).scatter_(0, torch.argmin(distance, dim=0, keepdim=True), 1.0)
-    return torch.where(tail.all(dim=0, keepdim=True), nearest, share)
+    lost = tail.all(dim=0)
+    if not bool(lost.any()):
+        return share
+    distance = torch.abs(value[lost].unsqueeze(0) - means[:, lost]) * inv_scale[:, lost]
+    best, nearest = distance[0], torch.zeros_like(distance[0])
+    for k in range(1, distance.shape[0]):  # the first of equals wins, on every machine
+        closer = distance[k] < best
+        best, nearest = torch.where(closer, distance[k], best), torch.where(closer, float(k), nearest)
+    components = torch.arange(distance.shape[0], dtype=share.dtype).unsqueeze(1)
+    share[:, lost] = (components == nearest.unsqueeze(0)).to(share.dtype)
+    return share
 
 
 class _ExactMixtureNLL(torch.autograd.Function):

@@ -53,7 +53,7 @@ a mean shift, a log-scale shift and a logit (component 0's logit is 0):
 All are on the activation grid, so the sums are exact.  Zero extra rows make
 every component the same logistic, so a single-logistic checkpoint
 warm-starts the mixture at its own likelihood.  The final prior stays one
-logistic (a one-component mixture).  Factors then carry (latents, means,
+logistic (K equal components, so that every factor has the same shape).  Factors then carry (latents, means,
 log_scales, logits, lower, upper), components first, for
 coding/mixture_coder.py.
 """
@@ -221,9 +221,10 @@ class SubLatticeFlow(nn.Module):
         mean = (quantize_activation(self.final_mean) + PIXEL_CENTER).view(1, -1, 1, 1).expand(final_shape)
         log_scale = quantize_activation(self.final_log_scale).view(1, -1, 1, 1).expand(final_shape)
         logits = None
-        if self.components > 1:  # a one-component mixture
-            mean, log_scale, logits = mean.unsqueeze(0), log_scale.unsqueeze(0), torch.zeros((1, *final_shape),
-                                                                                           dtype=dtype)
+        if self.components > 1:  # K equal components: the one logistic, in the factors' common shape
+            components = (self.components, *final_shape)
+            mean, log_scale = mean.unsqueeze(0).expand(components), log_scale.unsqueeze(0).expand(components)
+            logits = torch.zeros(components, dtype=dtype)
         y = take(("final",), mean, log_scale, logits, torch.zeros(final_shape, dtype=dtype))
         for level in reversed(range(n_levels)):
             predictor = self._predictor(level)
