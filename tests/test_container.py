@@ -24,8 +24,8 @@ from osoa_zip.container.format import (
 # fails, the on-disk format changed and FORMAT_MAJOR/MINOR (and old-archive
 # compatibility) must be considered before updating the literal.
 GOLDEN_CHUNKS = [(b"HEAD", {"name": "golden", "n": [1, 2]}), (b"DATA", b"osoa\x00zip"), (b"NULL", b"")]
-# Format 1.0's output (release 1.0-1.2); its chunk layout is also 1.1's, which
-# changed only what the header and batch flags may say (docs/FORMAT.md).
+# Format 1.0's output (release 1.0-1.2); its chunk layout is also 1.1's and 1.2's,
+# which changed only what the header and batch flags may say (docs/FORMAT.md).
 GOLDEN_HEX_1_0 = (
     "4f534f415a49501a01000000484541441b000000000000007b226e223a5b312c"
     "325d2c226e616d65223a22676f6c64656e227d5c43109f444154410800000000"
@@ -33,12 +33,19 @@ GOLDEN_HEX_1_0 = (
     "4e4420280000000000000003000000000000008e84be239b685d7471a049ae8c"
     "2db010a9841c6a3ae512fdef1c4b0395102770f4e6b9ee"
 )
-GOLDEN_HEX = (  # format 1.1, written since release 1.3
+GOLDEN_HEX_1_1 = (  # format 1.1, written by releases 1.3
     "4f534f415a49501a01000100484541441b000000000000007b226e223a5b312c"
     "325d2c226e616d65223a22676f6c64656e227d5c43109f444154410800000000"
     "0000006f736f61007a6970b3a1b8ec4e554c4c0000000000000000dac44e1745"
     "4e442028000000000000000300000000000000f177aed80646b3eb215d6b83a9"
     "004322cd30e8888f53cdb31a1d7b99e623fa0a97169f2a"
+)
+GOLDEN_HEX = (  # format 1.2, written since release 1.4
+    "4f534f415a49501a01000200484541441b000000000000007b226e223a5b312c"
+    "325d2c226e616d65223a22676f6c64656e227d5c43109f444154410800000000"
+    "0000006f736f61007a6970b3a1b8ec4e554c4c0000000000000000dac44e1745"
+    "4e442028000000000000000300000000000000af0e2f64bc8cb81bab92570c26"
+    "7a2247c7a7b828bf1f7ce22f3e0dc15d2e24c9f4d2ed00"
 )
 PREAMBLE_SIZE = 12
 HEAD_SIZE = 12  # tag + u64 length
@@ -89,6 +96,7 @@ def assert_refused(data: bytes, match: str | None = None) -> ArchiveError:
 
 GOLDEN = bytes.fromhex(GOLDEN_HEX)
 GOLDEN_1_0 = bytes.fromhex(GOLDEN_HEX_1_0)
+GOLDEN_1_1 = bytes.fromhex(GOLDEN_HEX_1_1)
 
 
 def test_round_trip_preserves_tags_payloads_and_order():
@@ -122,7 +130,7 @@ def test_golden_bytes():
     assert build(GOLDEN_CHUNKS).hex() == GOLDEN_HEX
 
 
-@pytest.mark.parametrize("golden", [GOLDEN, GOLDEN_1_0], ids=["1.1", "1.0"])
+@pytest.mark.parametrize("golden", [GOLDEN, GOLDEN_1_1, GOLDEN_1_0], ids=["1.2", "1.1", "1.0"])
 def test_golden_archive_still_reads(golden):
     """Archives written by this format version and by every earlier 1.x stay readable."""
     assert ArchiveReader(io.BytesIO(golden)).version == (1, golden[10])

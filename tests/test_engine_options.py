@@ -281,6 +281,36 @@ def test_small_tiles_are_batched_by_pixels(side, batch_pixels, expected):
     assert [len(b.members) for b in batches[:-1]] == [expected] * (len(batches) - 1)
 
 
+@pytest.mark.parametrize("height, width, expected", [
+    (256, 256, 1), (128, 128, 4), (256, 64, 4), (64, 64, 8), (32, 32, 16), (28, 28, 20), (512, 256, 1)])
+def test_large_tiles_are_batched_by_pixels_too(height, width, expected):
+    """Format 1.2: at most max(1, batch_pixels_max // (h * w)) tiles, whatever batch_size says."""
+    config = AdaptationConfig(batch_size=8, batch_pixels=16384, batch_pixels_max=65536)
+    assert config.batch_size_for(height, width) == expected
+    assert AdaptationConfig(batch_size=8, batch_pixels_max=0).batch_size_for(height, width) == max(
+        8, min(1024, 16384 // (height * width)))
+
+
+def test_a_header_from_before_1_2_has_no_cap():
+    header = AdaptationConfig().to_header()
+    del header["batch_pixels_max"]
+    config = AdaptationConfig.from_header(header)
+    assert config.batch_pixels_max == 0 and config.batch_size_for(256, 256) == 8
+
+
+def test_large_tiles_round_trip_one_to_a_batch(source, tmp_path):
+    """48 x 48 tiles capped at 2304 pixels: one per batch, decoded exactly through the archive."""
+    output = io.BytesIO()
+    compress([source], output, model=MODEL, adaptation=AdaptationConfig(
+        tile_size=48, batch_size=8, batch_pixels=0, batch_pixels_max=48 * 48))
+    data = output.getvalue()
+    decompress(io.BytesIO(data), tmp_path / "restored")
+    assert_same_tree(source, tmp_path / "restored")
+    batches = read_archive(io.BytesIO(data))[2]
+    assert read_archive(io.BytesIO(data))[0]["adaptation"]["batch_pixels_max"] == 48 * 48
+    assert max(b.subpixels for b in batches) <= 3 * 48 * 48
+
+
 def test_a_header_from_before_1_1_means_what_it_meant_then():
     """Format 1.0 headers have no batch_pixels or give_up_after: whole batch_size batches, never give up."""
     header = AdaptationConfig().to_header()

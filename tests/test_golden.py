@@ -20,10 +20,12 @@ GOLDEN = Path(__file__).parent / "golden"
 sys.path.insert(0, str(GOLDEN))
 import format_1_0  # noqa: E402
 import format_1_1  # noqa: E402
+import format_1_2  # noqa: E402
 
 # Every golden archive, with the format version its preamble must say.
 ARCHIVES = {**dict.fromkeys(format_1_0.ARCHIVES, b"\x01\x00\x00\x00"),
-            **dict.fromkeys(format_1_1.ARCHIVES, b"\x01\x00\x01\x00")}
+            **dict.fromkeys(format_1_1.ARCHIVES, b"\x01\x00\x01\x00"),
+            **dict.fromkeys(format_1_2.ARCHIVES, b"\x01\x00\x02\x00")}
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +35,7 @@ def source_1_0(tmp_path_factory) -> Path:
 
 @pytest.mark.parametrize("name", sorted(ARCHIVES))
 def test_golden_archive_decodes_exactly(name, source_1_0, tmp_path):
-    """1.0 and 1.1 archives were made from the same folder (format_1_1 reuses build_source)."""
+    """Archives of every format version were made from the same folder (format_1_0.build_source)."""
     data = (GOLDEN / name).read_bytes()
     assert data[8:12] == ARCHIVES[name]
     destination = tmp_path / "restored"
@@ -58,3 +60,12 @@ def test_format_1_1_golden_archives_hold_what_1_1_added():
     header, _, batches = read_archive(io.BytesIO((GOLDEN / "format-1.1-idf-tiny-test.osoa").read_bytes()))
     assert header["adaptation"]["batch_pixels"] == 512
     assert any(batch.flags & FLAG_GIVE_UP for batch in batches)
+
+
+def test_format_1_2_golden_archives_hold_what_1_2_added():
+    """The tiny model's 1.2 archive has batches of at most two 8 x 8 tiles (batch size 8): the cap made them."""
+    from osoa_zip.inspect import read_archive
+    header, _, batches = read_archive(io.BytesIO((GOLDEN / "format-1.2-idf-tiny-test.osoa").read_bytes()))
+    assert header["adaptation"]["batch_pixels_max"] == 128
+    assert header["adaptation"]["batch_size"] == 8
+    assert max(batch.subpixels for batch in batches) == 3 * 128

@@ -143,7 +143,7 @@ def test_cross_channel_coefficients_reach_the_offsets():
     for x in (tiles, changed):
         targets, seen = network._targets(x), {}
 
-        def take(key, mean, log_scale, offset):
+        def take(key, mean, log_scale, logits, offset):
             seen[key] = offset.clone()
             return network._target(targets, key)
 

@@ -5,7 +5,7 @@ folder in every later release (tests/test_golden.py).  Format 1.1 added batches 
 pixel count (``batch_pixels``) and FLAG_GIVE_UP; the tiny model's archive is made
 with a learning rate that wrecks it, so that it holds that flag.
 
-    python tests/golden/format_1_1.py   # writes the archives that do not exist yet, never rewrites one
+Written by osoa-zip 1.3 (``write_missing``); 1.4 writes format 1.2 (format_1_2.py).
 """
 from __future__ import annotations
 
@@ -26,4 +26,4 @@ ARCHIVES = {  # file name -> (model, adaptation settings)
 
 
 if __name__ == "__main__":
-    write_missing(ARCHIVES)
+    raise SystemExit("format 1.1 is no longer written (osoa-zip 1.4 writes 1.2): run format_1_2.py")
