@@ -19,8 +19,10 @@ import os
 
 # Format 1.0 (docs/FORMAT.md) up to 1.2; 1.1: model v3 by default, the guard no longer undoes
 # updates; 1.2: model v4 (edge bins) by default; 1.3: format 1.1 (batches by pixel count,
-# giving up adaptation that does not pay, grey networks adapting their last layers), model v5.
-__version__ = "1.3.0"
+# giving up adaptation that does not pay, grey networks adapting their last layers), model v5;
+# 1.4: format 1.2 (large tiles batched by pixels, tiles of 128), logistic-mixture models
+# idf-sublattice-v6 and vae-conv-v2 (v5 stays the default: v6 is smaller but slower).
+__version__ = "1.4.0"
 
 # Must happen before torch loads OpenMP.  With the default (spinning) wait
 # policy, two busy processes on a 2-core machine slowed each other from 12 s

@@ -372,10 +372,13 @@ def info_command(archive) -> None:
 @click.option("--init-from", default=None,
               help="Fine-tune this installed model: its weights and its architecture (e.g. idf-sublattice-v4). "
                    "Without it, a new flow gets the default model's architecture.")
+@click.option("--mixture-components", type=click.IntRange(1, 8), default=None,
+              help="Logistics per mixture (default: the architecture's; a single-logistic --init-from "
+                   "model becomes a mixture, starting at its own likelihood).")
 @click.option("--threads", type=click.IntRange(1, 256), default=1, show_default=True,
               help="torch threads for training.")
 def pretrain_command(data, family, output, steps, tile_size, crops_per_image, batch_size, learning_rate, hidden,
-                     init_from, threads) -> None:
+                     init_from, mixture_components, threads) -> None:
     """Train a base model on DATA (a folder of images, or an N x H x W x C uint8 .npy of tiles).
 
     Float training with quantisation-aware rounding, exported for the exact
@@ -389,7 +392,8 @@ def pretrain_command(data, family, output, steps, tile_size, crops_per_image, ba
         from .models.pretrain import PretrainSettings, pretrain
         torch.set_num_threads(threads)
         settings = PretrainSettings(family=family, steps=steps, tile_size=tile_size, crops_per_image=crops_per_image,
-                                    batch_size=batch_size, learning_rate=learning_rate, hidden=hidden)
+                                    batch_size=batch_size, learning_rate=learning_rate, hidden=hidden,
+                                    mixture_components=mixture_components)
         try:
             digest = pretrain(data, output, settings, init_from, log=lambda m: click.echo(m, err=True))
         except ValueError as error:

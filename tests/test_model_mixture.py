@@ -234,3 +234,56 @@ def test_a_single_logistic_vae_warm_starts_the_mixture_and_edge_bins_help(channe
         single, mixed = float(ancestor.nll(pixels)), float(mixture.nll(pixels))
     assert mixed < single  # the saturated pixels' tails now go to the edge bins
     assert spread_mixture(mixture, widened) == 1
+
+
+# -- the shipped mixture models ------------------------------------------------------------
+
+def _example_tiles(channels: int, side: int = 32, images: int = 1) -> torch.Tensor:
+    """side x side tiles of the first 64 x 64 of examples 0003.png, 0004.png, ... (RGB or grey)."""
+    from PIL import Image
+    from conftest import EXAMPLES
+    count, tiles = 64 // side, []
+    for index in range(3, 3 + images):
+        pixels = np.asarray(Image.open(EXAMPLES / f"000{index}.png").convert("RGB" if channels == 3 else "L"))
+        pixels = pixels[:64, :64].reshape(64, 64, channels)
+        cut = pixels.reshape(count, side, count, side, channels).transpose(0, 2, 4, 1, 3)
+        tiles.append(cut.reshape(count * count, channels, side, side))
+    return torch.from_numpy(np.ascontiguousarray(np.concatenate(tiles))).to(torch.float64)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_shipped_v6_codes_within_one_percent_of_its_nll(channels):
+    from osoa_zip.models.registry import load_model
+    network = load_model("idf-sublattice-v6").network(channels)
+    assert network.components == 3 and network.edge_bins
+    batch = _example_tiles(channels)
+    coded_bits = 8 * len(model_round_trip(network, batch))
+    with torch.no_grad():
+        nll = float(network.nll(batch))
+    assert abs(coded_bits - nll) <= 0.01 * nll + 64, (coded_bits, nll)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_shipped_vae_v2_codes_its_elbo_plus_the_initial_bits(channels):
+    """Bits written: the negative ELBO (one sample) plus the initial bits, within 1% (the issue's bound)."""
+    from osoa_zip.coding.bitsback import StackCoder
+    from osoa_zip.exact.logistic import nll_bits
+    from osoa_zip.models.registry import load_model
+    network = load_model("vae-conv-v2").network(channels)
+    assert network.components == 3
+    tiles = _example_tiles(channels, side=16, images=3)
+    bits = elbo = initial = 0.0
+    for batch in tiles.split(16):  # one sample per tile: the ELBO is noisy on few tiles
+        coder = StackCoder()
+        network.encode(batch, coder)
+        data = coder.finish()
+        assert torch.equal(network.decode(StackCoder(data), batch.shape), batch)
+        bits += 8 * len(data)
+        with torch.no_grad():
+            elbo += float(network.nll(batch))
+            mean, log_scale = network.posterior(batch[-1:])
+            z = network._sample(mean, log_scale, batch[-1:])
+            initial += float(nll_bits(z, mean, log_scale, network.tables).sum())
+    # Within 1% of the ELBO, plus at most the initial bits (the first-coded tile takes the
+    # posterior's mode, which costs a little less than the sampled estimate says).
+    assert 0.99 * elbo <= bits <= 1.01 * (elbo + initial), (bits, elbo, initial)

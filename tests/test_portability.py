@@ -78,7 +78,8 @@ def source(tmp_path_factory) -> Path:
     return uncompressed_copy(EXAMPLES, tmp_path_factory.mktemp("portability") / "examples")
 
 
-MODELS = {"tiny": "idf-tiny-test", "default": None}  # None: the shipped default (cross-channel couplings)
+# None: the shipped default (cross-channel couplings); v6: logistic mixtures (numpy-built coder rows)
+MODELS = {"tiny": "idf-tiny-test", "default": None, "mixture": "idf-sublattice-v6"}
 
 
 def _compress_examples(source: Path, model: str | None) -> Path:
@@ -118,7 +119,8 @@ def _ids(case) -> str:
 
 
 @pytest.mark.parametrize("model, combination",
-                         [("tiny", c) for c in SUBSET] + [("default", c) for c in SUBSET[:2]], ids=_ids)
+                         [("tiny", c) for c in SUBSET] + [(m, c) for m in ("default", "mixture") for c in SUBSET[:2]],
+                         ids=_ids)
 def test_decode_exact_in_other_environments(source, tmp_path, model, combination):
     _check(_compress_examples(source, MODELS[model]), source, tmp_path, combination)
 

@@ -79,3 +79,26 @@ def test_a_new_flow_gets_the_default_models_architecture():
     from osoa_zip.models.pretrain import DEFAULT_CONFIGS
     from osoa_zip.models.registry import DEFAULT_MODEL, load_model
     assert DEFAULT_CONFIGS["flow"] == load_model(DEFAULT_MODEL).config
+
+
+def test_fine_tuning_can_turn_a_single_logistic_flow_into_a_mixture(tmp_path, monkeypatch):
+    """--init-from v4 --mixture-components 3: v4's architecture plus mixtures, and it codes exactly."""
+    from osoa_zip.models.registry import load_model
+    models = tmp_path / "models"
+    result = CliRunner().invoke(main, ["pretrain", str(EXAMPLES), "-o", str(models / "mixed"), "--init-from",
+                                       "idf-sublattice-v4", "--mixture-components", "3", "--steps", "1",
+                                       "--tile-size", "16", "--crops-per-image", "1", "--batch-size", "2"])
+    assert result.exit_code == 0, result.output
+    monkeypatch.setenv("OSOA_ZIP_MODELS", str(models))
+    assert load_model("mixed").config == {**load_model("idf-sublattice-v4").config, "mixture_components": 3}
+    source = uncompressed_copy(EXAMPLES, tmp_path / "src")
+    output = io.BytesIO()
+    compress([source], output, model="mixed", adaptation=AdaptationConfig(tile_size=16, batch_size=4))
+    decompress(io.BytesIO(output.getvalue()), tmp_path / "out")
+    assert_same_tree(source, tmp_path / "out")
+
+
+def test_a_mixture_needs_edge_bins_when_fine_tuning(tmp_path):
+    result = CliRunner().invoke(main, ["pretrain", str(EXAMPLES), "-o", str(tmp_path / "m" / "x"), "--init-from",
+                                       "idf-tiny-test", "--mixture-components", "2", "--steps", "1"])
+    assert result.exit_code == 2 and "edge_bins" in result.output

@@ -24,10 +24,12 @@ class AdaptationConfig:
     learning_rate: float = 3e-4
     steps_per_batch: int = 1
     batch_size: int = 8
-    # 256, not 64 (release 1.4): a tile is coded without its neighbours, so larger
-    # tiles lose less at their borders and at the coarse levels (whole photos
-    # 0.9% smaller); images up to 64 x 64 are one tile either way.
-    tile_size: int = 256
+    # 128, not 64 (release 1.4): a tile is coded without its neighbours, so larger
+    # tiles lose less at their borders and at the coarse levels; images up to
+    # 64 x 64 are one tile either way.  photos768 with v6, adapted / frozen bytes:
+    # tile 64 1124011 / 1126032, 128 1112956 / 1117689, 256 1114091 / 1113832
+    # (one 256 tile a batch: adaptation no longer paid).
+    tile_size: int = 128
     optimizer: str = "adam"
     # The model restarts from θ0 every this many batches (0: never), so that
     # segments are independent of each other.
@@ -66,9 +68,9 @@ class AdaptationConfig:
     gray_parameters: str = "last"
     # Large tiles are batched by pixels too (format 1.2): a batch of h x w
     # tiles holds at most max(1, batch_pixels_max // (h * w)) of them (0: no
-    # cap).  256 x 256 tiles go one to a batch, 128 x 128 four; 64 x 64 and
-    # smaller tiles are below the cap.  Without it, eight 256 x 256 tiles made
-    # a batch of 2.2 GB and fewer, larger steps.
+    # cap).  128 x 128 tiles go four to a batch (256 x 256 one); 64 x 64 and
+    # smaller tiles are below the cap.  Without it, eight 128 x 128 tiles took
+    # 900 MB, and eight 256 x 256 ones 2.2 GB and coded worse (fewer steps).
     batch_pixels_max: int = 65536
 
     def __post_init__(self) -> None:

@@ -70,7 +70,7 @@ class _ComponentRows:
         self.scale_rows = (n_scale + LOG_SCALE_STEP - 1) // LOG_SCALE_STEP
         middle = np.minimum(np.arange(self.scale_rows) * LOG_SCALE_STEP + LOG_SCALE_STEP // 2, n_scale - 1)
         self.inv_scale = tables.inv_scale.numpy()[middle]
-        self.cdf = np.zeros((OFFSET_STEPS * self.scale_rows, self.WIDTH), dtype=np.int32)
+        self.cdf = np.zeros((OFFSET_STEPS * self.scale_rows, self.WIDTH), dtype=np.float64)  # integers
         self.filled = np.zeros(OFFSET_STEPS * self.scale_rows, dtype=bool)
 
     def ensure(self, rows: np.ndarray) -> None:
@@ -89,7 +89,7 @@ class _ComponentRows:
             first, last = max(0, REACH - reach), min(self.WIDTH, REACH + reach + 1)
             offset = ((group // self.scale_rows) + 0.5) / OFFSET_STEPS - 0.5
             u = (edges[None, first:last] - offset[:, None]) * inv_scale
-            core = np.where(u <= -CDF_RANGE, low_end, np.where(u >= CDF_RANGE, high_end, 0))
+            core = np.where(u <= -CDF_RANGE, low_end, np.where(u >= CDF_RANGE, high_end, 0.0))
             inner = np.abs(u) < CDF_RANGE
             core[inner] = self.tables.cdf_q24(torch.from_numpy(u[inner])).numpy()
             self.cdf[group, :first] = low_end
@@ -124,7 +124,6 @@ class _Latents:
         # The exact core's lookups (LogisticTables.mixture_weights / scale_index), in numpy.
         relative = np.clip(logits - logits.max(axis=0, keepdims=True), -EXP_RANGE, 0.0)
         self.weights = tables.exp.numpy()[((relative + EXP_RANGE) * 2 ** ACT_FRAC_BITS).astype(np.int64)]
-        self.weights = self.weights.astype(np.int64)
         scale_index = (np.clip(log_scales, LOG_SCALE_MIN, LOG_SCALE_MAX) - LOG_SCALE_MIN) * 2 ** ACT_FRAC_BITS
         rows = _component_rows(tables)
         scale_row = np.floor(scale_index / LOG_SCALE_STEP).astype(np.int64)
@@ -146,30 +145,33 @@ class _Latents:
                           self.lower[pick])
 
     def rows_for(self, pick: np.ndarray, start: np.ndarray, size: int) -> np.ndarray:
-        """Counts of ``size`` bins from ``start`` and then the escape, for latents ``pick``."""
+        """Counts of ``size`` bins from ``start`` and then the escape, for latents ``pick``.
+
+        float64 throughout: every value is an integer below 2**53 (weights < 2**17,
+        CDFs < 2**25, at most 8 components), so every product and sum is exact."""
         if len(pick) * (size + 1) > _CELLS_PER_BLOCK and len(pick) > 1:
             half = len(pick) // 2
             return np.concatenate([self.rows_for(pick[:half], start[:half], size),
                                    self.rows_for(pick[half:], start[half:], size)])
         lower, upper, weights = self.lower[pick], self.upper[pick], self.weights[:, pick]
         first = self.row[:, pick] * self.rows.WIDTH + np.clip(start - self.centre[:, pick], -REACH, REACH) + REACH
-        flat = self.rows.cdf.reshape(-1)
         position = np.arange(size + 1)
-        mixture = np.zeros((len(pick), size + 1), dtype=np.int64)  # sum_k e_k CDF_k at the bin edges
-        for k in range(weights.shape[0]):
-            mixture += weights[k][:, None] * flat[first[k][:, None] + position].astype(np.int64)
+        # sum_k e_k CDF_k at the bin edges: one gather of every component's CDF stretch
+        cdf = self.rows.cdf.reshape(-1)[first[:, :, None] + position]
+        mixture = (weights[:, :, None] * cdf).sum(axis=0)
         weight = weights.sum(axis=0)
-        total = weight * int(CDF_ONE)
+        total = weight * CDF_ONE
         # Edge bins: the CDF is 0 at the lower bound's lower edge and 1 from the upper bound's
         # upper edge on.  Only rows that touch a bound need it.
         touching = np.nonzero((start <= lower) | (start + size > upper))[0]
         if touching.size:
             part = mixture[touching]
-            part[:, 0] = np.where(start[touching] <= lower[touching], 0, part[:, 0])
+            part[:, 0] = np.where(start[touching] <= lower[touching], 0.0, part[:, 0])
             beyond = start[touching][:, None] + position >= upper[touching][:, None] + 1
             mixture[touching] = np.where(beyond, total[touching][:, None], part)
         counts = np.empty((len(pick), size + 1), dtype=np.float64)
-        counts[:, :size] = np.diff(mixture, axis=1) + weight[:, None]
+        np.subtract(mixture[:, 1:], mixture[:, :-1], out=counts[:, :size])
+        counts[:, :size] += weight[:, None]
         if touching.size:
             counts[touching, :size] *= start[touching][:, None] + position[:-1] <= upper[touching][:, None]
         # The escape carries the floors of the range's bins outside the window too, so that

@@ -19,14 +19,17 @@ from PIL import Image
 from safetensors.torch import load_file, save_file
 
 from .registry import CHANNEL_PREFIXES, MANIFEST, ModelError, available_models, build_networks, load_model
-from .training import evaluate, export, train
+from .training import evaluate, export, spread_mixture, train, warm_start
 
-# A new flow gets the shipped default's architecture (v4: cross-channel couplings, deep
-# levels, edge bins); fine-tuning (--init-from) keeps the starting model's own.
+# A new flow gets the shipped default's architecture (v4/v5: cross-channel couplings,
+# deep levels, edge bins), a new VAE vae-conv-v2's (a three-logistic mixture
+# likelihood); fine-tuning (--init-from) keeps the starting model's own, except that
+# --mixture-components may turn a single-logistic model into a mixture (as v6 was
+# made from v5), warm-started at its own likelihood.
 DEFAULT_CONFIGS = {
     "flow": {"hidden": 48, "depth": 3, "levels": 3, "channel_coupling": True, "mean_remainder": True,
              "deep_levels": True, "edge_bins": True},
-    "vae": {"family": "vae", "hidden": 48, "latent_channels": 16},
+    "vae": {"family": "vae", "hidden": 48, "latent_channels": 16, "mixture_components": 3},
 }
 IMAGE_SUFFIXES = (".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
 
@@ -40,6 +43,7 @@ class PretrainSettings:
     batch_size: int = 32
     learning_rate: float = 2e-3
     hidden: int | None = None
+    mixture_components: int | None = None
     seed: int = 0
 
 
@@ -90,6 +94,14 @@ def pretrain(data: Path, output: Path, settings: PretrainSettings, init_from: st
             raise ValueError(f"--hidden {settings.hidden}: {init_from} has {config['hidden']} hidden channels "
                              f"(fine-tuning keeps its architecture)")
         config["hidden"] = settings.hidden
+    components = settings.mixture_components
+    if components and components != config.get("mixture_components", 1):
+        if start is not None and config.get("mixture_components", 1) != 1:
+            raise ValueError(f"--mixture-components {components}: {init_from} is a mixture of "
+                             f"{config['mixture_components']} already")
+        config.pop("mixture_components", None)
+        if components > 1:
+            config["mixture_components"] = components
     run = output.with_suffix(".run")
     run.mkdir(parents=True, exist_ok=True)
     if (run / "config.json").is_file() and json.loads((run / "config.json").read_text()) != config:
@@ -99,7 +111,8 @@ def pretrain(data: Path, output: Path, settings: PretrainSettings, init_from: st
     networks = build_networks(config)
     if start is not None:
         for channels, network in networks.items():
-            network.load_state_dict({k: v.float() for k, v in start.network(channels).state_dict().items()})
+            state = {k: v.float() for k, v in start.network(channels).state_dict().items()}
+            spread_mixture(network, warm_start(network, state), seed=settings.seed)
     networks = {channels: network.float() for channels, network in networks.items()}
     stats = {}
     for channels, network in networks.items():

@@ -21,6 +21,10 @@ from format_1_0 import MTIME_NS, build_source, write_missing  # noqa: E402,F401
 ARCHIVES = {  # file name -> (model, adaptation settings)
     "format-1.2-idf-tiny-test.osoa": ("idf-tiny-test", {"tile_size": 8, "batch_size": 8, "batch_pixels": 0,
                                                         "batch_pixels_max": 128, "learning_rate": 2e-3}),
+    # model v5 (osoa-zip 1.4's default) with 1.4's defaults, and the two mixture models
+    "format-1.2-idf-sublattice-v5.osoa": ("idf-sublattice-v5", {"tile_size": 16, "batch_size": 2}),
+    "format-1.2-idf-sublattice-v6.osoa": ("idf-sublattice-v6", {"tile_size": 16, "batch_size": 2}),
+    "format-1.2-vae-conv-v2.osoa": ("vae-conv-v2", {"tile_size": 16, "batch_size": 4, "learning_rate": 1e-4}),
 }
 
 
