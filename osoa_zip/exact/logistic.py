@@ -227,7 +227,6 @@ class _ExactMixtureNLL(torch.autograd.Function):
         weights = tables.mixture_weights(logits)
         joint = (weights * mass).sum(dim=0)
         total = weights.sum(dim=0)
-        ctx.tables = tables
         ctx.edges = lower is not None
         ctx.save_for_backward(value, means, log_scales, inv_scale, mass, u_plus, u_minus, cdf_plus, cdf_minus,
                               weights, joint, total, *((lower, upper) if ctx.edges else ()))

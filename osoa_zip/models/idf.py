@@ -53,9 +53,9 @@ a mean shift, a log-scale shift and a logit (component 0's logit is 0):
 All are on the activation grid, so the sums are exact.  Zero extra rows make
 every component the same logistic, so a single-logistic checkpoint
 warm-starts the mixture at its own likelihood.  The final prior stays one
-logistic (K equal components, so that every factor has the same shape).  Factors then carry (latents, means,
-log_scales, logits, lower, upper), components first, for
-coding/mixture_coder.py.
+logistic (K equal components, so that every factor has the same shape).
+Factors then carry (latents, means, log_scales, logits, lower, upper),
+components first, for coding/mixture_coder.py.
 """
 from __future__ import annotations
 
@@ -69,6 +69,7 @@ from ..coding.mixture_coder import pop_mixture_factor, push_mixture_factors
 from ..exact.fixed import quantize_activation, round_to_integer
 from ..exact.layers import ConvStack
 from ..exact.logistic import LogisticTables, mixture_nll_bits, nll_bits
+from .mixture import extra_outputs, mixture_components
 
 CONTEXT_SCALE = 1.0 / 64.0  # pixels enter the networks in [-2, 2)
 PIXEL_CENTER = 128.0
@@ -153,7 +154,7 @@ class LevelPredictor(nn.Module):
 
     def __init__(self, channels: int, hidden: int, depth: int, coefficients: int = 0, components: int = 1):
         super().__init__()
-        extra = 3 * (components - 1)
+        extra = extra_outputs(components)
         self.edges = ConvStack(channels, hidden, (3 + extra) * 2 * channels + 2 * coefficients, depth)
         self.centres = ConvStack(3 * channels, hidden, (3 + extra) * channels + coefficients, depth)
 
@@ -242,7 +243,7 @@ class SubLatticeFlow(nn.Module):
         predicted = base.shape[1]
         output = net(features)
         translation, mean, log_scale = output[:, :3 * predicted].chunk(3, dim=1)
-        extra = output[:, output.shape[1] - 3 * (self.components - 1) * predicted:]
+        extra = output[:, output.shape[1] - extra_outputs(self.components) * predicted:]
         if not self.channel_coupling:
             offset = round_to_integer(base + translation)
             return take(key, *self._mixture(mean, log_scale, extra, slice(None)), offset)
@@ -275,14 +276,7 @@ class SubLatticeFlow(nn.Module):
         """(mean, log_scale, logits) of a factor: single tensors, or K components first (mixtures)."""
         if self.components == 1:
             return mean, log_scale, None
-        blocks = extra.chunk(3 * (self.components - 1), dim=1)
-        means, log_scales, logits = [mean], [log_scale], [torch.zeros_like(mean)]
-        for k in range(self.components - 1):
-            shift_mean, shift_log_scale, logit = (block[:, pick] for block in blocks[3 * k:3 * k + 3])
-            means.append(mean + shift_mean)
-            log_scales.append(log_scale + shift_log_scale)
-            logits.append(logit)
-        return torch.stack(means), torch.stack(log_scales), torch.stack(logits)
+        return mixture_components(mean, log_scale, extra, self.components, pick)
 
     # -- the model API ------------------------------------------------------
     def _targets(self, pixels: torch.Tensor) -> dict:

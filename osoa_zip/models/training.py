@@ -19,6 +19,7 @@ import torch
 
 from ..exact.logistic import LogisticTables
 from .idf import SubLatticeFlow
+from .mixture import extra_outputs
 from .registry import CHANNEL_PREFIXES, build_networks, load_checkpoint, save_checkpoint
 
 
@@ -178,7 +179,7 @@ def spread_mixture(network, widened: list[str], seed: int = 0) -> int:
     for conv, predicted in layers:
         if f"{_name_of(network, conv)}.bias" not in widened:
             continue
-        first = conv.bias.shape[0] - 3 * (network.components - 1) * predicted
+        first = conv.bias.shape[0] - extra_outputs(network.components) * predicted
         for k in range(network.components - 1):
             for j, value in enumerate(MIXTURE_START[k % len(MIXTURE_START)]):
                 conv.bias[first + (3 * k + j) * predicted:first + (3 * k + j + 1) * predicted] = value

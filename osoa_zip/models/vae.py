@@ -54,6 +54,7 @@ from ..exact.fixed import quantize_activation
 from ..exact.layers import ExactConv2d, leaky_relu
 from ..exact.logistic import LOG_SCALE_MAX, LOG_SCALE_MIN, LogisticTables, mixture_nll_bits, nll_bits
 from ..exact.noise import logistic_noise, seed_of
+from .mixture import extra_outputs, mixture_components
 
 PIXEL_CENTER = 128.0
 CONTEXT_SCALE = 1.0 / 64.0  # pixels enter the inference network in [-2, 2)
@@ -113,7 +114,7 @@ class ConvVAE(nn.Module):
         self.generative = nn.ModuleList([ExactConv2d(k, h), ExactConv2d(h, 4 * h),
                                          ExactConv2d(h, h), ExactConv2d(h, 4 * half),
                                          ExactConv2d(half, 2 * c + coefficient_count(c)
-                                                     + 3 * (self.components - 1) * c)])
+                                                     + extra_outputs(self.components) * c)])
         self.prior_mean = nn.Parameter(torch.zeros(k))
         self.prior_log_scale = nn.Parameter(torch.full((k,), 2.0))
         self.tables: LogisticTables | None = None
@@ -168,14 +169,8 @@ class ConvVAE(nn.Module):
         spread = log_scale[:, channel:channel + 1]
         if self.components == 1:
             return centre, spread
-        c = self.channels
-        means, log_scales, logits = [centre], [spread], [torch.zeros_like(centre)]
-        for k in range(self.components - 1):
-            block = extra[:, 3 * k * c:3 * (k + 1) * c]
-            means.append(centre + block[:, channel:channel + 1] * MIXTURE_SHIFT_GAIN)
-            log_scales.append(spread + block[:, c + channel:c + channel + 1])
-            logits.append(block[:, 2 * c + channel:2 * c + channel + 1])
-        return torch.stack(means), torch.stack(log_scales), torch.stack(logits)
+        return mixture_components(centre, spread, extra, self.components, slice(channel, channel + 1),
+                                  MIXTURE_SHIFT_GAIN)
 
     def _pixel_bounds(self, like: torch.Tensor) -> tuple:
         return torch.zeros_like(like), torch.full_like(like, PIXEL_MAX)
