@@ -37,6 +37,7 @@ import weakref
 
 import numpy as np
 import torch
+from numpy.lib.stride_tricks import sliding_window_view
 
 from ..exact.fixed import ACT_FRAC_BITS
 from ..exact.logistic import CDF_ONE, CDF_RANGE, EXP_RANGE, LOG_SCALE_MAX, LOG_SCALE_MIN, LogisticTables
@@ -156,9 +157,12 @@ class _Latents:
         lower, upper, weights = self.lower[pick], self.upper[pick], self.weights[:, pick]
         first = self.row[:, pick] * self.rows.WIDTH + np.clip(start - self.centre[:, pick], -REACH, REACH) + REACH
         position = np.arange(size + 1)
-        # sum_k e_k CDF_k at the bin edges: one gather of every component's CDF stretch
-        cdf = self.rows.cdf.reshape(-1)[first[:, :, None] + position]
-        mixture = (weights[:, :, None] * cdf).sum(axis=0)
+        # sum_k e_k CDF_k at the bin edges; each component's stretch of CDF is contiguous in
+        # the table, so it is one row of a sliding-window view (a copy, not a gather per bin).
+        stretches = sliding_window_view(self.rows.cdf.reshape(-1), size + 1)
+        mixture = weights[0][:, None] * stretches[first[0]]
+        for k in range(1, weights.shape[0]):
+            mixture += weights[k][:, None] * stretches[first[k]]
         weight = weights.sum(axis=0)
         total = weight * CDF_ONE
         # Edge bins: the CDF is 0 at the lower bound's lower edge and 1 from the upper bound's
