@@ -16,6 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from conftest import model_round_trip
+from test_model_edge_bins import _saturated  # mostly 0 and 255, where edge bins and tails matter
 from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
 from osoa_zip.coding.ans import CorruptStream, Decoder, Encoder
 from osoa_zip.coding.mixture_coder import pop_mixture_factor, push_mixture_factors
@@ -46,11 +47,13 @@ def _networks(config: dict = TINY_V6, seed: int = 0) -> dict:
     return networks
 
 
-def _saturated(batch: int, channels: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    rng = np.random.default_rng(seed)
-    choice = rng.choice([0, 255, -1], size=(batch, channels, height, width), p=[0.3, 0.3, 0.4])
-    noise = rng.integers(0, 256, choice.shape)
-    return torch.from_numpy(np.where(choice < 0, noise, choice)).to(torch.float64)
+def _warm_started(ancestor, config: dict, channels: int):
+    """A mixture network of ``config`` warm-started from a single-logistic ``ancestor``; (it, widened keys)."""
+    mixture = build_networks(config)[channels]
+    widened = warm_start(mixture, ancestor.state_dict())
+    mixture.to(torch.float64)
+    mixture.tables = TABLES
+    return mixture, widened
 
 
 @pytest.mark.parametrize("shape", [(1, 1), (1, 7), (5, 1), (28, 28), (13, 30)])
@@ -149,10 +152,7 @@ def test_one_component_mixture_is_the_single_logistic():
 @pytest.mark.parametrize("channels", [1, 3])
 def test_a_single_logistic_checkpoint_warm_starts_the_mixture_at_its_likelihood(channels):
     ancestor = _networks(TINY_V4)[channels]
-    mixture = build_networks(TINY_V6)[channels]
-    widened = warm_start(mixture, ancestor.state_dict())
-    mixture.to(torch.float64)
-    mixture.tables = TABLES
+    mixture, widened = _warm_started(ancestor, TINY_V6, channels)
     pixels = _saturated(2, channels, 16, 12, seed=4)
     with torch.no_grad():
         assert float(mixture.nll(pixels)) == pytest.approx(float(ancestor.nll(pixels)), abs=1e-6)
@@ -225,10 +225,7 @@ def test_vae_with_a_mixture_likelihood_round_trips_and_adapts_exactly():
 def test_a_single_logistic_vae_warm_starts_the_mixture_and_edge_bins_help(channels):
     """With zero extra rows the mixture VAE is the single one plus edge bins: never more bits."""
     ancestor = _vaes(TINY_VAE)[channels]
-    mixture = build_networks(TINY_VAE_MIXTURE)[channels]
-    widened = warm_start(mixture, ancestor.state_dict())
-    mixture.to(torch.float64)
-    mixture.tables = TABLES
+    mixture, widened = _warm_started(ancestor, TINY_VAE_MIXTURE, channels)
     pixels = _saturated(4, channels, 16, 16, seed=7)
     with torch.no_grad():
         single, mixed = float(ancestor.nll(pixels)), float(mixture.nll(pixels))
