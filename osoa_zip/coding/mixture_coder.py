@@ -30,6 +30,11 @@ index order; a bucket with few latents joins the next wider one), then the
 escaped latents of the factor in the same order.
 The encoder knows every factor at once and builds all rows of a bucket size in
 one pass; the decoder must go factor by factor.
+
+FROZEN: the constants below, the snapping steps and the order of the symbols
+define the bytes of every archive coded with a mixture model (v6,
+vae-conv-v2; golden archives in tests/golden).  Another coding needs a new
+model name (or a format version) that selects it.
 """
 from __future__ import annotations
 
