@@ -131,6 +131,22 @@ def test_decode_exact_full_matrix(source, tmp_path, model, combination):
     _check(_compress_examples(source, MODELS[model]), source, tmp_path, combination)
 
 
+def test_mixture_decode_exact_without_numpy_simd(source, tmp_path):
+    """The mixture coder builds its rows with numpy on the decode path: they must not depend on
+    numpy's SIMD dispatch either (NPY_DISABLE_CPU_FEATURES turns every dispatched level off)."""
+    umath = pytest.importorskip("numpy._core._multiarray_umath")  # numpy 2's name for it
+    enabled = [name for name in umath.__cpu_dispatch__ if umath.__cpu_features__.get(name)]
+    if not enabled:
+        pytest.skip("numpy dispatches no SIMD level beyond its baseline on this CPU")
+    archive = _compress_examples(source, MODELS["mixture"])
+    destination = tmp_path / "out"
+    env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(enabled)}
+    result = subprocess.run([sys.executable, "-m", "osoa_zip", "decompress", "-q", str(archive), str(destination)],
+                            env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr
+    assert _tree_digest(destination) == _tree_digest(source)
+
+
 def test_encode_identical_in_other_environment(archive, source, tmp_path):
     """Same input -> same archive bytes, whatever the machine's SIMD level."""
     other = tmp_path / "again.osoa"
