@@ -71,6 +71,21 @@ def model_round_trip(network, pixels: torch.Tensor) -> bytes:
     return data
 
 
+def assert_damage_stays_in_range(network, pixels: torch.Tensor) -> None:
+    """Flip bytes of a model's coded batch, one every three: each damaged stream either
+    raises CorruptStream or decodes to values inside the pixel range [0, 255]."""
+    from osoa_zip.coding.ans import CorruptStream, Decoder
+    data = model_round_trip(network, pixels)
+    for position in range(0, len(data), 3):
+        damaged = bytearray(data)
+        damaged[position] ^= 0x5A
+        try:
+            decoded = network.decode(Decoder(bytes(damaged)), pixels.shape)
+        except CorruptStream:
+            continue
+        assert float(decoded.min()) >= 0 and float(decoded.max()) <= 255
+
+
 def subprocess_env() -> dict[str, str]:
     return {**os.environ, **SINGLE_THREAD_ENV}
 

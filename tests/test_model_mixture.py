@@ -15,10 +15,10 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from conftest import model_round_trip
+from conftest import assert_damage_stays_in_range, model_round_trip
 from test_model_edge_bins import _saturated  # mostly 0 and 255, where edge bins and tails matter
 from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
-from osoa_zip.coding.ans import CorruptStream, Decoder, Encoder
+from osoa_zip.coding.ans import Decoder, Encoder
 from osoa_zip.coding.mixture_coder import pop_mixture_factor, push_mixture_factors
 from osoa_zip.exact.logistic import LogisticTables, mixture_nll_bits
 from osoa_zip.models.registry import FlowBundle, build_networks
@@ -161,33 +161,31 @@ def test_a_single_logistic_checkpoint_warm_starts_the_mixture_at_its_likelihood(
     model_round_trip(mixture, pixels)
 
 
-def test_adaptation_replays_exactly_with_mixtures():
-    bundle = FlowBundle(name="tiny-v6-untrained", sha256="", config=TINY_V6, networks=_networks())
+def _replayed(bundle, batches) -> OnlineAdapter:
+    """Encode the batches adapting (2 steps each), decode them with a second adapter: the same
+    pixels and, after the last batch, bit for bit the same weights.  Returns the encoder."""
     config = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=2e-3, steps_per_batch=2)
     encoder, decoder = OnlineAdapter(bundle, config), OnlineAdapter(bundle, config)
-    batches = [_saturated(4, c, 14, 10, seed).to(torch.uint8).numpy() for seed, c in enumerate((3, 1, 3, 1))]
+    batches = [batch.to(torch.uint8).numpy() for batch in batches]
     coded = [encoder.encode(batch)[0] for batch in batches]
     for data, batch in zip(coded, batches):
         assert np.array_equal(decoder.decode(data, batch.shape), batch)
     for channels in (1, 3):
         ours, theirs = encoder.adapted_network(channels).state_dict(), decoder.adapted_network(channels).state_dict()
-        assert all(torch.equal(ours[name], theirs[name]) for name in ours)  # the same weights, bit for bit
-        start = bundle.network(channels).state_dict()
+        assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+    return encoder
+
+
+def test_adaptation_replays_exactly_with_mixtures():
+    bundle = FlowBundle(name="tiny-v6-untrained", sha256="", config=TINY_V6, networks=_networks())
+    encoder = _replayed(bundle, [_saturated(4, c, 14, 10, seed) for seed, c in enumerate((3, 1, 3, 1))])
+    for channels in (1, 3):
+        ours, start = encoder.adapted_network(channels).state_dict(), bundle.network(channels).state_dict()
         assert any(not torch.equal(ours[name], start[name]) for name in ours)  # and they did adapt
 
 
 def test_corrupt_data_never_decodes_outside_the_range():
-    network = _networks()[1]
-    pixels = _saturated(2, 1, 12, 12)
-    data = bytearray(model_round_trip(network, pixels))
-    for position in range(0, len(data), 3):
-        damaged = bytearray(data)
-        damaged[position] ^= 0x5A
-        try:
-            decoded = network.decode(Decoder(bytes(damaged)), pixels.shape)
-        except CorruptStream:
-            continue
-        assert float(decoded.min()) >= 0 and float(decoded.max()) <= 255
+    assert_damage_stays_in_range(_networks()[1], _saturated(2, 1, 12, 12))
 
 
 # -- the VAE's mixture likelihood ---------------------------------------------------------
@@ -209,16 +207,8 @@ def _vaes(config: dict = TINY_VAE_MIXTURE) -> dict:
 
 def test_vae_with_a_mixture_likelihood_round_trips_and_adapts_exactly():
     bundle = FlowBundle(name="tiny-vae-mixture-untrained", sha256="", config=TINY_VAE_MIXTURE, networks=_vaes())
-    config = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=2e-3, steps_per_batch=2)
-    encoder, decoder = OnlineAdapter(bundle, config), OnlineAdapter(bundle, config)
-    batches = [_saturated(4, c, h, w, seed).to(torch.uint8).numpy()
-               for seed, (c, h, w) in enumerate(((3, 16, 16), (1, 14, 10), (3, 6, 10), (1, 2, 2)))]
-    coded = [encoder.encode(batch)[0] for batch in batches]
-    for data, batch in zip(coded, batches):
-        assert np.array_equal(decoder.decode(data, batch.shape), batch)
-    for channels in (1, 3):
-        ours, theirs = encoder.adapted_network(channels).state_dict(), decoder.adapted_network(channels).state_dict()
-        assert all(torch.equal(ours[name], theirs[name]) for name in ours)
+    _replayed(bundle, [_saturated(4, c, h, w, seed)
+                       for seed, (c, h, w) in enumerate(((3, 16, 16), (1, 14, 10), (3, 6, 10), (1, 2, 2)))])
 
 
 @pytest.mark.parametrize("channels", [1, 3])
