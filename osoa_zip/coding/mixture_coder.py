@@ -76,8 +76,19 @@ class _ComponentRows:
         self.scale_rows = (n_scale + LOG_SCALE_STEP - 1) // LOG_SCALE_STEP
         middle = np.minimum(np.arange(self.scale_rows) * LOG_SCALE_STEP + LOG_SCALE_STEP // 2, n_scale - 1)
         self.inv_scale = tables.inv_scale.numpy()[middle]
+        # A latent's stage-1 window: the first of BUCKETS at least 2 * reach + 1 wide, where
+        # reach is WINDOW_SCALES scales of its heaviest component (BUCKETS' length: none is).
+        reach = np.ceil(WINDOW_SCALES / self.inv_scale)
+        self.bucket = np.searchsorted(BUCKETS, 2 * reach + 1, side="left")
         self.cdf = np.zeros((OFFSET_STEPS * self.scale_rows, self.WIDTH), dtype=np.float64)  # integers
         self.filled = np.zeros(OFFSET_STEPS * self.scale_rows, dtype=bool)
+        self._stretches: dict[int, np.ndarray] = {}
+
+    def stretches(self, width: int) -> np.ndarray:
+        """Every ``width``-long stretch of the flat table: row i starts at flat position i (a view)."""
+        if width not in self._stretches:
+            self._stretches[width] = sliding_window_view(self.cdf.reshape(-1), width)
+        return self._stretches[width]
 
     def ensure(self, rows: np.ndarray) -> None:
         missing = rows[~self.filled[rows]]
@@ -129,21 +140,25 @@ class _Latents:
             raise ValueError("these tables have no exp table (the model has no mixtures)")
         # The exact core's lookups (LogisticTables.mixture_weights / scale_index), in numpy.
         relative = np.clip(logits - logits.max(axis=0, keepdims=True), -EXP_RANGE, 0.0)
-        self.weights = tables.exp.numpy()[((relative + EXP_RANGE) * 2 ** ACT_FRAC_BITS).astype(np.int64)]
+        weights = tables.exp.numpy()[((relative + EXP_RANGE) * 2 ** ACT_FRAC_BITS).astype(np.int64)]
         scale_index = (np.clip(log_scales, LOG_SCALE_MIN, LOG_SCALE_MAX) - LOG_SCALE_MIN) * 2 ** ACT_FRAC_BITS
         rows = _component_rows(tables)
         scale_row = np.floor(scale_index / LOG_SCALE_STEP).astype(np.int64)
         centre = np.floor(means + 0.5)
         offset = np.floor((means - centre + 0.5) * OFFSET_STEPS).astype(np.int64)
-        self.row = offset * rows.scale_rows + scale_row
-        self.centre = centre.astype(np.int64)
-        rows.ensure(self.row.reshape(-1))
+        row = offset * rows.scale_rows + scale_row
+        rows.ensure(row.reshape(-1))
         self.rows = rows
+        # Per latent, its components side by side (rows_for picks latents): the weights, the
+        # centres and where each component's CDF row sits in the flat table.
+        self.weights = np.ascontiguousarray(weights.T)
+        self.weight = self.weights.sum(axis=1)
+        self.centre = np.ascontiguousarray(centre.T.astype(np.int64))
+        self.row_start = np.ascontiguousarray((row * rows.WIDTH + REACH).T)
         # Stage 1's window: around the heaviest component (ties: the first), inside the range.
-        top = np.argmax(self.weights, axis=0)[None, :]
-        reach = np.ceil(WINDOW_SCALES / rows.inv_scale[np.take_along_axis(scale_row, top, 0)[0]])
-        self.bucket = (2 * reach[:, None] + 1 > np.asarray(BUCKETS)[None, :]).sum(axis=1)
-        self.middle = np.take_along_axis(self.centre, top, 0)[0]
+        top = np.argmax(weights, axis=0)[None, :]
+        self.bucket = rows.bucket[np.take_along_axis(scale_row, top, 0)[0]]
+        self.middle = np.take_along_axis(centre, top, 0)[0].astype(np.int64)
 
     def window_start(self, pick: np.ndarray, size: int) -> np.ndarray:
         """The first value of the ``size``-wide windows of latents ``pick`` (inside their range)."""
@@ -159,34 +174,33 @@ class _Latents:
             half = len(pick) // 2
             return np.concatenate([self.rows_for(pick[:half], start[:half], size),
                                    self.rows_for(pick[half:], start[half:], size)])
-        lower, upper, weights = self.lower[pick], self.upper[pick], self.weights[:, pick]
-        first = self.row[:, pick] * self.rows.WIDTH + np.clip(start - self.centre[:, pick], -REACH, REACH) + REACH
-        position = np.arange(size + 1)
+        lower, upper, weight = self.lower[pick], self.upper[pick], self.weight[pick]
+        first = self.row_start[pick] + np.clip(start[:, None] - self.centre[pick], -REACH, REACH)
         # sum_k e_k CDF_k at the bin edges; each component's stretch of CDF is contiguous in
         # the table, so it is one row of a sliding-window view (a copy, not a gather per bin).
-        stretches = sliding_window_view(self.rows.cdf.reshape(-1), size + 1)
-        mixture = weights[0][:, None] * stretches[first[0]]
-        for k in range(1, weights.shape[0]):
-            mixture += weights[k][:, None] * stretches[first[k]]
-        weight = weights.sum(axis=0)
+        mixture = np.einsum("nk,nkj->nj", self.weights[pick], self.rows.stretches(size + 1)[first])
         total = weight * CDF_ONE
-        # Edge bins: the CDF is 0 at the lower bound's lower edge and 1 from the upper bound's
-        # upper edge on.  Only rows that touch a bound need it.
-        touching = np.nonzero((start <= lower) | (start + size > upper))[0]
-        if touching.size:
-            part = mixture[touching]
-            part[:, 0] = np.where(start[touching] <= lower[touching], 0.0, part[:, 0])
-            beyond = start[touching][:, None] + position >= upper[touching][:, None] + 1
-            mixture[touching] = np.where(beyond, total[touching][:, None], part)
         counts = np.empty((len(pick), size + 1), dtype=np.float64)
         np.subtract(mixture[:, 1:], mixture[:, :-1], out=counts[:, :size])
         counts[:, :size] += weight[:, None]
-        if touching.size:
-            counts[touching, :size] *= start[touching][:, None] + position[:-1] <= upper[touching][:, None]
+        below, above = mixture[:, 0], total - mixture[:, size]  # the mass outside the window
+        # Edge bins: the CDF is 0 at the lower bound's lower edge and 1 from the upper bound's
+        # upper edge on, so a bound's bin takes the mass beyond it and bins past the upper
+        # bound get none.  Only rows that touch a bound need it.
+        at_lower = np.nonzero(start <= lower)[0]
+        if at_lower.size:
+            counts[at_lower, 0] += below[at_lower]
+            below[at_lower] = 0.0
+        past_upper = np.nonzero(start + size > upper)[0]
+        if past_upper.size:
+            last = (upper - start)[past_upper]
+            counts[past_upper, last] += total[past_upper] - mixture[past_upper, last + 1]
+            counts[past_upper, :size] *= np.arange(size) <= last[:, None]
+            above[past_upper] = 0.0
         # The escape carries the floors of the range's bins outside the window too, so that
         # after an escape the range row (window bins zeroed) costs what the NLL says.
         inside = np.minimum(start + size - 1, upper) - start + 1
-        counts[:, size] = mixture[:, 0] + (total - mixture[:, size]) + weight * ((upper - lower + 1) - inside)
+        counts[:, size] = below + above + weight * ((upper - lower + 1) - inside)
         return counts
 
     def range_rows(self, pick: np.ndarray, window_start: np.ndarray, window_size: np.ndarray) -> np.ndarray:
