@@ -129,6 +129,9 @@ def _one_torch_thread_unless_asked() -> None:
 @click.option("--batch-pixels", type=click.IntRange(0, None), default=AdaptationConfig.batch_pixels,
               show_default=True, help="Small tiles go in batches of up to this many pixels, if that is more "
                                       "than --batch-size of them (0: always --batch-size).")
+@click.option("--gray-batch-pixels", type=click.IntRange(0, None), default=AdaptationConfig.gray_batch_pixels,
+              show_default=True, help="The same for grey images (0: as --batch-pixels); grey networks adapt "
+                                      "their last layers only, where larger batches lose nothing.")
 @click.option("--batch-pixels-max", type=click.IntRange(0, None), default=AdaptationConfig.batch_pixels_max,
               show_default=True, help="Large tiles go in batches of at most this many pixels (at least one "
                                       "tile; 0: no cap).")
@@ -160,7 +163,7 @@ def _one_torch_thread_unless_asked() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print per-batch statistics.")
 def compress_command(sources, archive, files_from, null_separated, model, no_adapt, learning_rate, steps_per_batch,
-                     batch_size, batch_pixels, batch_pixels_max, tile_size, segment_size, adapt_params, gray_adapt_params,
+                     batch_size, batch_pixels, gray_batch_pixels, batch_pixels_max, tile_size, segment_size, adapt_params, gray_adapt_params,
                      adapt_batches, guard,
                      give_up_after, threads, byte_exact, force, quiet, verbose) -> None:
     """Pack SOURCES into ARCHIVE ('-' for standard output).
@@ -181,7 +184,8 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
                                   batch_size=batch_size, tile_size=tile_size, segment_batches=segment_size,
                                   parameters=adapt_params, adapt_batches=adapt_batches, guard=guard,
                                   batch_pixels=batch_pixels, give_up_after=give_up_after,
-                                  gray_parameters=gray_adapt_params, batch_pixels_max=batch_pixels_max)
+                                  gray_parameters=gray_adapt_params, batch_pixels_max=batch_pixels_max,
+                                  gray_batch_pixels=gray_batch_pixels)
         with _progress(None, quiet, "compressing") as progress:
             if str(archive) == "-":
                 with _naming_errors("standard output"):

@@ -275,9 +275,9 @@ def test_a_give_up_flag_that_cannot_be_obeyed_is_refused():
     (28, 1000, 8)])
 def test_small_tiles_are_batched_by_pixels(side, batch_pixels, expected):
     config = AdaptationConfig(batch_size=8, batch_pixels=batch_pixels)
-    assert config.batch_size_for(side, side) == expected
+    assert config.batch_size_for(side, side, 3) == expected
     from osoa_zip.imaging.tiles import plan_batches
-    batches = plan_batches([(side, side, 1)] * 2000, 64, config.batch_size_for)
+    batches = plan_batches([(side, side, 3)] * 2000, 64, config.batch_size_for)
     assert [len(b.members) for b in batches[:-1]] == [expected] * (len(batches) - 1)
 
 
@@ -286,8 +286,8 @@ def test_small_tiles_are_batched_by_pixels(side, batch_pixels, expected):
 def test_large_tiles_are_batched_by_pixels_too(height, width, expected):
     """Format 1.2: at most max(1, batch_pixels_max // (h * w)) tiles, whatever batch_size says."""
     config = AdaptationConfig(batch_size=8, batch_pixels=16384, batch_pixels_max=65536)
-    assert config.batch_size_for(height, width) == expected
-    assert AdaptationConfig(batch_size=8, batch_pixels_max=0).batch_size_for(height, width) == max(
+    assert config.batch_size_for(height, width, 3) == expected
+    assert AdaptationConfig(batch_size=8, batch_pixels_max=0).batch_size_for(height, width, 3) == max(
         8, min(1024, 16384 // (height * width)))
 
 
@@ -295,7 +295,28 @@ def test_a_header_from_before_1_2_has_no_cap():
     header = AdaptationConfig().to_header()
     del header["batch_pixels_max"]
     config = AdaptationConfig.from_header(header)
-    assert config.batch_pixels_max == 0 and config.batch_size_for(256, 256) == 8
+    assert config.batch_pixels_max == 0 and config.batch_size_for(256, 256, 3) == 8
+
+
+@pytest.mark.parametrize("side, gray_batch_pixels, expected_gray", [
+    (32, 65536, 64), (28, 65536, 83), (32, 32768, 32), (32, 0, 16), (64, 65536, 16), (128, 65536, 4)])
+def test_grey_tiles_have_their_own_pixel_count(side, gray_batch_pixels, expected_gray):
+    """Format 1.3: gray_batch_pixels sizes grey batches (0: as batch_pixels); RGB ones keep batch_pixels."""
+    config = AdaptationConfig(batch_size=8, batch_pixels=16384, gray_batch_pixels=gray_batch_pixels)
+    assert config.batch_size_for(side, side, 1) == expected_gray
+    assert config.batch_size_for(side, side, 3) == AdaptationConfig(batch_size=8).batch_size_for(side, side, 3)
+    from osoa_zip.imaging.tiles import plan_batches
+    batches = plan_batches([(side, side, 1), (side, side, 3)] * 300, 256, config.batch_size_for)
+    grey = [len(b.members) for b in batches if b.channels == 1]
+    assert grey[:-1] == [expected_gray] * (len(grey) - 1)
+
+
+def test_a_header_from_before_1_3_batches_grey_tiles_like_rgb_ones():
+    header = AdaptationConfig().to_header()
+    del header["gray_batch_pixels"]
+    config = AdaptationConfig.from_header(header)
+    assert config.gray_batch_pixels == 0
+    assert config.batch_size_for(32, 32, 1) == config.batch_size_for(32, 32, 3) == 16
 
 
 def test_large_tiles_round_trip_one_to_a_batch(source, tmp_path):

@@ -21,11 +21,13 @@ sys.path.insert(0, str(GOLDEN))
 import format_1_0  # noqa: E402
 import format_1_1  # noqa: E402
 import format_1_2  # noqa: E402
+import format_1_3  # noqa: E402
 
 # Every golden archive, with the format version its preamble must say.
 ARCHIVES = {**dict.fromkeys(format_1_0.ARCHIVES, b"\x01\x00\x00\x00"),
             **dict.fromkeys(format_1_1.ARCHIVES, b"\x01\x00\x01\x00"),
-            **dict.fromkeys(format_1_2.ARCHIVES, b"\x01\x00\x02\x00")}
+            **dict.fromkeys(format_1_2.ARCHIVES, b"\x01\x00\x02\x00"),
+            **dict.fromkeys(format_1_3.ARCHIVES, b"\x01\x00\x03\x00")}
 
 
 @pytest.fixture(scope="module")
@@ -69,3 +71,13 @@ def test_format_1_2_golden_archives_hold_what_1_2_added():
     assert header["adaptation"]["batch_pixels_max"] == 128
     assert header["adaptation"]["batch_size"] == 8
     assert max(batch.subpixels for batch in batches) == 3 * 128
+
+
+def test_format_1_3_golden_archives_hold_what_1_3_added():
+    """The tiny model's 1.3 archive batches grey 8 x 8 tiles four at a time and RGB ones one at a time."""
+    from osoa_zip.inspect import read_archive
+    header, _, batches = read_archive(io.BytesIO((GOLDEN / "format-1.3-idf-tiny-test.osoa").read_bytes()))
+    assert header["adaptation"]["gray_batch_pixels"] == 256
+    assert header["adaptation"]["batch_size"] == 1
+    assert max(batch.subpixels for batch in batches) == 4 * 64
+    assert 3 * 64 in {batch.subpixels for batch in batches}

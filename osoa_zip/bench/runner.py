@@ -124,7 +124,8 @@ def _compress_arguments(model: str, config: AdaptationConfig, adapt: bool) -> li
                  "--steps-per-batch", str(config.steps_per_batch), "--batch-size", str(config.batch_size),
                  "--batch-pixels", str(config.batch_pixels), "--give-up-after", str(config.give_up_after),
                  "--adapt-params", config.parameters, "--gray-adapt-params", config.parameters_for(1),
-                 "--tile-size", str(config.tile_size), "--batch-pixels-max", str(config.batch_pixels_max)]
+                 "--tile-size", str(config.tile_size), "--batch-pixels-max", str(config.batch_pixels_max),
+                 "--gray-batch-pixels", str(config.gray_batch_pixels)]
     return arguments + ([] if adapt else ["--no-adapt"])
 
 

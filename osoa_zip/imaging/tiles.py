@@ -39,13 +39,13 @@ def pad_even(pixels: np.ndarray) -> np.ndarray:
 
 
 def plan_batches(shapes: list[tuple[int, int, int]], tile: int,
-                 batch_size: int | Callable[[int, int], int]) -> list[Batch]:
+                 batch_size: int | Callable[[int, int, int], int]) -> list[Batch]:
     """shapes: (height, width, channels) per image, in archive order.
 
-    batch_size is a number, or a function of a tile's (height, width) giving
-    how many such tiles go in one batch (AdaptationConfig.batch_size_for).
+    batch_size is a number, or a function of a tile's (height, width, channels)
+    giving how many such tiles go in one batch (AdaptationConfig.batch_size_for).
     """
-    size_for = batch_size if callable(batch_size) else (lambda height, width: batch_size)
+    size_for = batch_size if callable(batch_size) else (lambda height, width, channels: batch_size)
     groups: dict[tuple[int, int, int], list[tuple[int, int, int]]] = {}
     for index, (height, width, channels) in enumerate(shapes):
         height, width = padded_size(height, width)
@@ -55,7 +55,7 @@ def plan_batches(shapes: list[tuple[int, int, int]], tile: int,
                 groups.setdefault(key, []).append((index, y, x))
     batches = []
     for (channels, height, width), members in groups.items():
-        size = size_for(height, width)
+        size = size_for(height, width, channels)
         for start in range(0, len(members), size):
             batches.append(Batch(channels, height, width, members[start:start + size]))
     return batches

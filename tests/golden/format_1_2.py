@@ -29,4 +29,4 @@ ARCHIVES = {  # file name -> (model, adaptation settings)
 
 
 if __name__ == "__main__":
-    write_missing(ARCHIVES)
+    raise SystemExit("format 1.2 is no longer written (osoa-zip 1.5 writes 1.3): run format_1_3.py")
