@@ -46,7 +46,9 @@ def _header(result: BenchResult) -> list[str]:
         "",
         f"Model `{options.model}`; adaptation: learning rate {config.learning_rate:g}, "
         f"{config.steps_per_batch} optimiser step(s) per batch, batches of {config.batch_size} tiles of "
-        f"{config.tile_size} (or {config.batch_pixels} pixels of smaller tiles), θ0 kept after "
+        f"{config.tile_size} (or {config.batch_pixels} pixels of smaller tiles, "
+        f"{config.gray_batch_pixels or config.batch_pixels} of grey ones; at most {config.batch_pixels_max} "
+        f"pixels), θ0 kept after "
         f"{config.give_up_after or 'never'} losses in a row; {'first ' + str(options.limit) + ' images of each folder' if options.limit else 'all images'}.",
         "",
         "bpsp = compressed bits / (H·W·C) over the folder's images. Size ratios are codec bytes / osoa-zip "
