@@ -340,6 +340,9 @@ def sample_tiles(photos, count, size, gray, label, by_area=False):
     Returns the uint8 N x size x size x C array and, per tile, where it came from."""
     rng = rng_for(label)
     levels = [photo.reduced(photo.factors, gray) for photo in photos]
+    # Reductions too small for a crop are left out (only 128 x 128 crops meet any).
+    levels = [{f: a for f, a in lv.items() if min(a.shape[:2]) >= size} for lv in levels]
+    photos, levels = [p for p, lv in zip(photos, levels) if lv], [lv for lv in levels if lv]
     areas = np.array([np.mean([a.shape[0] * a.shape[1] for a in lv.values()]) for lv in levels])
     tiles = np.empty((count, size, size, 1 if gray else 3), np.uint8)
     origins = []
@@ -417,6 +420,16 @@ def build(out, cache, train, eval_, train_count, train_count_64, log):
 
 
 SPEED_TILES = {"tiles32": (2048, 32, False), "gray32": (2048, 32, True)}
+TRAIN_TILES_128 = 6000  # 128x128 RGB crops: train_rgb128.npy (--large-crops)
+
+
+def build_large_crops(out, train, log):
+    """128 x 128 RGB training crops (the archiver's default tile since release 1.4), own seed:
+    at 32 x 32 and 64 x 64 the coarsest levels of a 128 tile are never seen in training."""
+    photos = photos_for(train, False)
+    np.save(out / "train_rgb128.npy",
+            sample_tiles(photos, TRAIN_TILES_128, 128, False, "train_rgb128", by_area=True)[0])
+    log(f"train_rgb128.npy: {TRAIN_TILES_128} tiles from {len(photos)} photos")
 
 
 def build_speed_sets(out, cache, eval_, log):
@@ -464,6 +477,8 @@ def main():
                         help="only write the small README example images into FOLDER")
     parser.add_argument("--speed-sets", action="store_true",
                         help="only write the larger speed-measurement folders into OUT/speed")
+    parser.add_argument("--large-crops", action="store_true",
+                        help="only write OUT/train_rgb128.npy (128x128 RGB training crops)")
     args = parser.parse_args()
     start = time.monotonic()
 
@@ -481,6 +496,9 @@ def main():
             return
         if args.speed_sets:
             build_speed_sets(args.out, cache, eval_, log)
+            return
+        if args.large_crops:
+            build_large_crops(args.out, train, log)
             return
         split = {"rule": f"per source, sorted by name, every {EVAL_EVERY}th photo is eval",
                  "train": [p.id for p in train], "eval": [p.id for p in eval_]}
