@@ -125,7 +125,11 @@ def _component_rows(tables: LogisticTables) -> _ComponentRows:
 
 
 class _Latents:
-    """Everything the rows of some latents need, as numpy arrays (components first)."""
+    """Everything the rows of some latents need, as numpy arrays.
+
+    Takes K x ... tensors (components first, as the models give them) and keeps each
+    latent's components side by side (latents x K), so that picking latents is a row gather.
+    """
 
     def __init__(self, tables: LogisticTables, means, log_scales, logits, lower, upper) -> None:
         k = means.shape[0]
@@ -183,7 +187,7 @@ class _Latents:
         counts = np.empty((len(pick), size + 1), dtype=np.float64)
         np.subtract(mixture[:, 1:], mixture[:, :-1], out=counts[:, :size])
         counts[:, :size] += weight[:, None]
-        below, above = mixture[:, 0], total - mixture[:, size]  # the mass outside the window
+        below, above = mixture[:, 0].copy(), total - mixture[:, size]  # the mass outside the window
         # Edge bins: the CDF is 0 at the lower bound's lower edge and 1 from the upper bound's
         # upper edge on, so a bound's bin takes the mass beyond it and bins past the upper
         # bound get none.  Only rows that touch a bound need it.
