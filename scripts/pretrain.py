@@ -71,6 +71,21 @@ grey with more photo tiles in its mix; 1 thread each, side by side, 28 and 12 mi
       --data data2/train_fashion28.npy --batch-size 32 --mix 0.4,0.6 --steps 16000 --lr 3e-4 --run runs/v5 $FLAGS
   python scripts/pretrain.py export --run runs/v5 --name idf-sublattice-v5 ...   # as in models/manifest.json
 
+v6 (v5 plus mixtures of three logistics): the recipe is in models/manifest.json.
+
+Tried after v6, not shipped (release 1.5): v6's RGB network trained 18000 more steps
+(3069 s on 2 threads) with 128x128 crops in its mix, grey network unchanged:
+
+  python scripts/build_corpus.py --out data2 --large-crops    # data2/train_rgb128.npy
+  python scripts/pretrain.py train --channels 3 --data data2/train_rgb64.npy --batch-size 16 \
+      --data data2/train_rgb32.npy --batch-size 32 --data data2/train_rgb128.npy --batch-size 4 \
+      --mix 0.35,0.3,0.35 --steps 18000 --lr 2e-4 --run runs/v7 --channel-coupling --mean-remainder \
+      --deep-levels --edge-bins --mixture-components 3 --init-from models/idf-sublattice-v6.safetensors --threads 2
+
+  Held-out crops (float NLL): rgb64 2.624 -> 2.616, rgb32 2.643 -> 2.637, rgb128 2.515.
+  Whole archives against v6 (bytes, adapted / frozen): tiles32 -0.12% / -0.27%, tiles64
+  -0.22% / -0.39%, photos768 -0.37% / -0.40%: too little for a new shipped checkpoint.
+
 VAE (bits-back, osoa_zip/models/vae.py):
 
   python scripts/pretrain.py train --family vae --hidden 48 --latent-channels 16 --channels 3 \
