@@ -78,16 +78,16 @@ def source(tmp_path_factory) -> Path:
     return uncompressed_copy(EXAMPLES, tmp_path_factory.mktemp("portability") / "examples")
 
 
-# None: the shipped default (cross-channel couplings); v6: logistic mixtures (numpy-built coder rows)
-MODELS = {"tiny": "idf-tiny-test", "default": None, "mixture": "idf-sublattice-v6"}
+# v5: one logistic per factor (table-built coder rows; the default of releases 1.3-1.4);
+# v6: logistic mixtures (numpy-built coder rows; the default since release 1.5)
+MODELS = {"tiny": "idf-tiny-test", "single": "idf-sublattice-v5", "mixture": "idf-sublattice-v6"}
 
 
-def _compress_examples(source: Path, model: str | None) -> Path:
-    path = source.parent / f"examples-{model or 'default'}.osoa"
+def _compress_examples(source: Path, model: str) -> Path:
+    path = source.parent / f"examples-{model}.osoa"
     if not path.exists():
-        options = dict(SETTINGS, model=model) if model else {"adaptation": SETTINGS["adaptation"]}
         with open(path, "wb") as output:
-            summary = compress([source], output, **options)
+            summary = compress([source], output, **dict(SETTINGS, model=model))
         assert len(summary.batches) >= 20, "the test must adapt over at least 20 batches"
     return path
 
@@ -119,7 +119,7 @@ def _ids(case) -> str:
 
 
 @pytest.mark.parametrize("model, combination",
-                         [("tiny", c) for c in SUBSET] + [(m, c) for m in ("default", "mixture") for c in SUBSET[:2]],
+                         [("tiny", c) for c in SUBSET] + [(m, c) for m in ("single", "mixture") for c in SUBSET[:2]],
                          ids=_ids)
 def test_decode_exact_in_other_environments(source, tmp_path, model, combination):
     _check(_compress_examples(source, MODELS[model]), source, tmp_path, combination)
