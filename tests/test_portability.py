@@ -114,8 +114,9 @@ def _check(archive: Path, source: Path, tmp_path: Path, combination) -> None:
     shutil.rmtree(destination)
 
 
-def _ids(case) -> str:
-    return "-".join(str(x) for x in case)
+def _ids(value) -> str:
+    """A test id part: a model's key as it is, an environment tuple joined by dashes."""
+    return value if isinstance(value, str) else "-".join(str(x) for x in value)
 
 
 @pytest.mark.parametrize("model, combination",
