@@ -163,9 +163,9 @@ def _one_torch_thread_unless_asked() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print per-batch statistics.")
 def compress_command(sources, archive, files_from, null_separated, model, no_adapt, learning_rate, steps_per_batch,
-                     batch_size, batch_pixels, gray_batch_pixels, batch_pixels_max, tile_size, segment_size, adapt_params, gray_adapt_params,
-                     adapt_batches, guard,
-                     give_up_after, threads, byte_exact, force, quiet, verbose) -> None:
+                     batch_size, batch_pixels, gray_batch_pixels, batch_pixels_max, tile_size, segment_size,
+                     adapt_params, gray_adapt_params, adapt_batches, guard, give_up_after, threads, byte_exact,
+                     force, quiet, verbose) -> None:
     """Pack SOURCES into ARCHIVE ('-' for standard output).
 
     A folder contributes its contents, a file its name; paths from --files-from
