@@ -10,7 +10,8 @@ when the model loses" fallback, so that models can be compared even where
 they lose to PNG.  With the model frozen it also prints the model's ``nll``
 summed over the batches (the VAE's: a one-sample negative ELBO), to compare
 bytes written with the loss, and for the VAE the estimated cost of its
-initial bits (the first-coded tile of each batch is coded without bits back).
+initial bits (the first-coded tile of each chain of batches on one stack,
+``--chain-batches``, is coded without bits back).
 """
 from __future__ import annotations
 
@@ -42,22 +43,24 @@ def measure(model: str, batches: list[np.ndarray], config: AdaptationConfig) -> 
     """Coded bits per sub-pixel; with the model frozen, also its nll (the same weights code)."""
     bundle = load_model(model)
     adapter = OnlineAdapter(bundle, config)
-    bits = nll = subpixels = 0
+    bits = nll = 0
     started = time.perf_counter()
-    for tiles in batches:
-        bits += adapter.encode(tiles)[1].bits
-        subpixels += tiles.size
+    chain = adapter.chain_length  # the VAE lays chains of batches on one stack, as archives do
+    for start in range(0, len(batches), chain):
+        bits += sum(stats.bits for _, stats in adapter.encode_chain(batches[start:start + chain]))
+    subpixels = sum(tiles.size for tiles in batches)
     seconds = time.perf_counter() - started
     if config.adapt:
         return {"bpsp": bits / subpixels, "nll_bpsp": float("nan"), "bytes_over_nll": float("nan"),
                 "initial_bpsp": float("nan"), "seconds": seconds}
     initial = 0.0
     with torch.no_grad():
-        for tiles in batches:
+        for index, tiles in enumerate(batches):
             network = bundle.network(tiles.shape[1])
             pixels = torch.from_numpy(tiles).to(torch.float64)
             nll += float(network.nll(pixels))
-            if bundle.family == "vae":  # the first-coded tile gets no bits back: about -log q(z|x) more
+            first_coded = index % chain == chain - 1 or index == len(batches) - 1  # a chain's last batch
+            if bundle.family == "vae" and first_coded:  # its last tile gets no bits back: ~ -log q(z|x) more
                 mean, log_scale = network.posterior(pixels[-1:])
                 z = network._sample(mean, log_scale, pixels[-1:])
                 initial += float(nll_bits(z, mean, log_scale, network.tables).sum())
@@ -73,13 +76,16 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=None, help="first N images of each set")
     parser.add_argument("--no-adapt-only", action="store_true")
     parser.add_argument("--learning-rate", type=float, default=AdaptationConfig.learning_rate)
+    parser.add_argument("--chain-batches", type=int, default=AdaptationConfig.chain_batches,
+                        help="batches on one bits-back stack (VAE; 1: each batch alone, as before format 1.4)")
     args = parser.parse_args()
     print("| set | model | adapt | coded bpsp | nll bpsp | bytes / nll | VAE first-tile -log q bpsp | seconds |")
     print("|---|---|---|---|---|---|---|---|")
     for name in args.sets:
         for model in args.models:
             for adapt in ([False] if args.no_adapt_only else [False, True]):
-                config = AdaptationConfig(adapt=adapt, learning_rate=args.learning_rate)
+                config = AdaptationConfig(adapt=adapt, learning_rate=args.learning_rate,
+                                          chain_batches=args.chain_batches)
                 result = measure(model, batches_of(args.data / name, config, args.limit), config)
                 print(f"| {name} | {model} | {'OSOA' if adapt else 'frozen'} | {result['bpsp']:.3f} | "
                       f"{result['nll_bpsp']:.3f} | {result['bytes_over_nll']:.4f} | {result['initial_bpsp']:.4f} | "

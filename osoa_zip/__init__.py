@@ -23,7 +23,7 @@ import os
 # 1.4: format 1.2 (large tiles batched by pixels, tiles of 128), logistic-mixture models
 # idf-sublattice-v6 and vae-conv-v2 (v5 stays the default: v6 is smaller but slower);
 # 1.5: format 1.3 (grey batches by their own pixel count), a faster mixture coder, v6 by default.
-__version__ = "1.5.0"
+__version__ = "1.6.0"
 
 # Must happen before torch loads OpenMP.  With the default (spinning) wait
 # policy, two busy processes on a 2-core machine slowed each other from 12 s

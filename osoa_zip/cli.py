@@ -14,7 +14,9 @@ from pathlib import Path
 import click
 
 from . import __version__
-from .adapt.config import PARAMETER_SELECTIONS
+from .adapt.config import MAX_CHAIN_BATCHES, PARAMETER_SELECTIONS
+from .adapt.flags import (FLAG_CHAIN_HEAD, FLAG_CHAINED, FLAG_GIVE_UP, FLAG_NOTES, FLAG_PRETRAINED, FLAG_ROLLBACK,
+                          FLAG_SEGMENT_START)
 from .archive import (AdaptationConfig, ArchiveError, ModelError, RefusedEntries, UsageError, compress, decompress,
                       test_archive)
 from .files.scan import SourceError, listed_name
@@ -135,6 +137,9 @@ def _one_torch_thread_unless_asked() -> None:
 @click.option("--batch-pixels-max", type=click.IntRange(0, None), default=AdaptationConfig.batch_pixels_max,
               show_default=True, help="Large tiles go in batches of at most this many pixels (at least one "
                                       "tile; 0: no cap).")
+@click.option("--chain-batches", type=click.IntRange(1, MAX_CHAIN_BATCHES), default=AdaptationConfig.chain_batches,
+              show_default=True, help="Bits-back models (VAE): code up to N batches on one stack, so that only "
+                                      "one batch in N pays for its latents in full (1: each batch alone).")
 @click.option("--tile-size", type=click.IntRange(2, 512), default=AdaptationConfig.tile_size, show_default=True,
               help="Images are cut into tiles of this side (even).")
 @click.option("--segment-size", type=click.IntRange(0, None), default=0, show_default=True,
@@ -163,9 +168,9 @@ def _one_torch_thread_unless_asked() -> None:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print per-batch statistics.")
 def compress_command(sources, archive, files_from, null_separated, model, no_adapt, learning_rate, steps_per_batch,
-                     batch_size, batch_pixels, gray_batch_pixels, batch_pixels_max, tile_size, segment_size,
-                     adapt_params, gray_adapt_params, adapt_batches, guard, give_up_after, threads, byte_exact,
-                     force, quiet, verbose) -> None:
+                     batch_size, batch_pixels, gray_batch_pixels, batch_pixels_max, chain_batches, tile_size,
+                     segment_size, adapt_params, gray_adapt_params, adapt_batches, guard, give_up_after, threads,
+                     byte_exact, force, quiet, verbose) -> None:
     """Pack SOURCES into ARCHIVE ('-' for standard output).
 
     A folder contributes its contents, a file its name; paths from --files-from
@@ -185,7 +190,7 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
                                   parameters=adapt_params, adapt_batches=adapt_batches, guard=guard,
                                   batch_pixels=batch_pixels, give_up_after=give_up_after,
                                   gray_parameters=gray_adapt_params, batch_pixels_max=batch_pixels_max,
-                                  gray_batch_pixels=gray_batch_pixels)
+                                  gray_batch_pixels=gray_batch_pixels, chain_batches=chain_batches)
         with _progress(None, quiet, "compressing") as progress:
             if str(archive) == "-":
                 with _naming_errors("standard output"):
@@ -346,13 +351,12 @@ def info_command(archive) -> None:
         if subpixels:
             click.echo(f"images: {subpixels} sub-pixels at {bits / subpixels:.3f} bits per sub-pixel")
         if batches:
-            pretrained = sum(bool(b.flags & 1) for b in batches)
-            undone = sum(bool(b.flags & 2) for b in batches)
-            segments = sum(bool(b.flags & 4) for b in batches)
-            gave_up = sum(bool(b.flags & 8) for b in batches)
-            click.echo(f"batches: {len(batches)} ({pretrained} coded with the pretrained model, "
-                       f"{undone} undid the update before them; {segments} segments; "
-                       f"adaptation given up {gave_up} times)")
+            count = lambda flag: sum(bool(b.flags & flag) for b in batches)  # noqa: E731
+            chains = count(FLAG_CHAIN_HEAD)
+            click.echo(f"batches: {len(batches)} ({count(FLAG_PRETRAINED)} coded with the pretrained model, "
+                       f"{count(FLAG_ROLLBACK)} undid the update before them; {count(FLAG_SEGMENT_START)} segments; "
+                       f"adaptation given up {count(FLAG_GIVE_UP)} times"
+                       + (f"; {chains + count(FLAG_CHAINED)} in {chains} bits-back chains" if chains else "") + ")")
             quarter = max(1, len(batches) // 4)
             for label, part in (("first", batches[:quarter]), ("last", batches[-quarter:])):
                 part_bits, part_subpixels = sum(b.bits for b in part), sum(b.subpixels for b in part)
@@ -474,9 +478,7 @@ def _report(summary, verb: str, verbose: bool) -> None:
     click.echo(line, err=True)
     if verbose:
         for index, batch in enumerate(summary.batches):
-            notes = [text for bit, text in ((1, "coded with the pretrained model"), (2, "last update undone"),
-                                            (4, "segment start"), (8, "adaptation given up"))
-                     if batch.flags & bit]
+            notes = [text for bit, text in FLAG_NOTES if batch.flags & bit]
             click.echo(f"  batch {index}: {batch.bits / batch.subpixels:.3f} bpsp, {batch.seconds:.2f}s"
                        + "".join(f", {note}" for note in notes), err=True)
 

@@ -14,6 +14,7 @@ from .imaging.io import COLOR_CHANNELS, MODEL_MODES
 from .container.format import ArchiveError, ArchiveReader, read_json
 from .imaging.tiles import plan_batches
 from .adapt.config import AdaptationConfig
+from .adapt.flags import declared_chain_length
 
 
 @dataclass
@@ -101,12 +102,20 @@ def _images(table: list, chunks, tile: int, batch_size) -> list[Listed]:
         for i in members:
             coded[i] += len(payload) * shapes[i][0] * shapes[i][1] / pixels
     modelled = [index for index, shape in enumerate(shapes) if shape[2]]
-    for batch in plan_batches([shapes[i] for i in modelled], tile, batch_size):
+    plan = plan_batches([shapes[i] for i in modelled], tile, batch_size)
+    lengths = []
+    for _ in plan:
         tag, payload = next(chunks, (None, None))
         if tag != b"BATC":
             raise ArchiveError("batch chunk missing")
-        for image, _, _ in batch.members:
-            coded[modelled[image]] += len(payload) / len(batch.members)
+        lengths.append((len(payload), declared_chain_length(payload)))
+    for first, (length, chain) in enumerate(lengths):
+        # A chain head's bytes code its whole chain (format 1.4): shared by the chain's tiles.
+        span = plan[first:first + max(1, chain)]
+        tiles = sum(len(batch.members) for batch in span)
+        for batch in span:
+            for image, _, _ in batch.members:
+                coded[modelled[image]] += length / tiles
     return [Listed(decode_name(e), "image", h * w * MODEL_MODES[e["image_mode"]],
                    "model" if c else "palette", b)
             for e, (h, w, c), b in zip(table, shapes, coded)]

@@ -147,7 +147,7 @@ class _Compressor:
             self.progress(group_bytes)
         with _CodedBatches(self.group_subpixels) as store:
             coded, self.adapter = run_segments(adapter, batches, self._coder(store, colour, batches, group_bytes),
-                                               self.threads)
+                                               self.threads, chain=adapter.chain_length)
             group, self.group, self.group_subpixels = self.group, [], 0
             coded_bytes = (len(packed_table) + len(packed_alpha) + len(packed_indices) + 3 * CHUNK_OVERHEAD
                            + sum(length + CHUNK_OVERHEAD for (_, length), _ in coded))
@@ -172,12 +172,13 @@ class _Compressor:
         self.summary.image_subpixels += sum(r.pixels.size for _, r in group if r.mode not in INDEX_MODES)
 
     def _coder(self, store: _CodedBatches, colour: list, batches: list, group_bytes: int):
-        """What run_segments does per batch: code it, keep its bytes in the store, report progress."""
-        def code(segment_adapter: OnlineAdapter, batch):
-            data, stats = segment_adapter.encode(gather(batch, colour))
+        """What run_segments does per chain of batches: code them, keep their bytes in the store,
+        report progress."""
+        def code(segment_adapter: OnlineAdapter, chain: list) -> list:
+            coded = segment_adapter.encode_chain([gather(batch, colour) for batch in chain])
             if self.progress:
-                self.progress(group_bytes / len(batches))  # progress counts input bytes
-            return store.put(data), stats
+                self.progress(group_bytes * len(chain) / len(batches))  # progress counts input bytes
+            return [(store.put(data), stats) for data, stats in coded]
         return code
 
 

@@ -15,7 +15,7 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from .adapt.engine import FLAG_SEGMENT_START, AdaptationConfig, OnlineAdapter
+from .adapt.engine import FLAG_SEGMENT_START, AdaptationConfig, BatchError, OnlineAdapter
 from .adapt.segments import run_segments
 from .coding.ans import CorruptStream
 from .container.format import ArchiveError, ArchiveReader, SalvagingReader, read_json
@@ -251,6 +251,11 @@ class _Decoder:
                 continue
             _paste_batch(batch, tiles, canvases)
             self.summary.image_bits += 8 * len(payload)
+        if planned and not self.segment_lost:
+            try:
+                self.adapter.end_run()
+            except ValueError as error:
+                raise ArchiveError(f"batch {self.batches_decoded - 1} does not decode ({error})") from None
         canvases.reverse()
         for number, (name, entry, (h, w, _)) in enumerate(zip(names, table, shapes)):
             canvas = canvases.pop() if shapes[number][2] else None  # dropped once written: one image at a time
@@ -308,7 +313,10 @@ class _Decoder:
             with pasting:  # at once, so that the group's tiles are never all held besides its pictures
                 _paste_batch(batch, tiles, canvases)
 
-        _, self.adapter = run_segments(self.adapter, list(zip(payloads, planned)), decode, self.threads)
+        try:
+            _, self.adapter = run_segments(self.adapter, list(zip(payloads, planned)), decode, self.threads)
+        except BatchError as error:  # a run's last chain is cut short (OnlineAdapter.end_run)
+            raise ArchiveError(f"batch {self.batches_decoded - 1} does not decode ({error})") from None
         self.summary.image_bits += sum(8 * len(payload) for _, payload in payloads)
 
     def _side_planes(self, table: list, shapes: list, chunks, modes: tuple, tag_expected: bytes,

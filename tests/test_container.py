@@ -24,7 +24,7 @@ from osoa_zip.container.format import (
 # fails, the on-disk format changed and FORMAT_MAJOR/MINOR (and old-archive
 # compatibility) must be considered before updating the literal.
 GOLDEN_CHUNKS = [(b"HEAD", {"name": "golden", "n": [1, 2]}), (b"DATA", b"osoa\x00zip"), (b"NULL", b"")]
-# Format 1.0's output (release 1.0-1.2); its chunk layout is also 1.1's, 1.2's and 1.3's,
+# Format 1.0's output (release 1.0-1.2); its chunk layout is also 1.1's to 1.4's,
 # which changed only what the header and batch flags may say (docs/FORMAT.md).
 GOLDEN_HEX_1_0 = (
     "4f534f415a49501a01000000484541441b000000000000007b226e223a5b312c"
@@ -47,12 +47,19 @@ GOLDEN_HEX_1_2 = (  # format 1.2, written by releases 1.4
     "4e442028000000000000000300000000000000af0e2f64bc8cb81bab92570c26"
     "7a2247c7a7b828bf1f7ce22f3e0dc15d2e24c9f4d2ed00"
 )
-GOLDEN_HEX = (  # format 1.3, written since release 1.5
+GOLDEN_HEX_1_3 = (  # format 1.3, written by release 1.5
     "4f534f415a49501a01000300484541441b000000000000007b226e223a5b312c"
     "325d2c226e616d65223a22676f6c64656e227d5c43109f444154410800000000"
     "0000006f736f61007a6970b3a1b8ec4e554c4c0000000000000000dac44e1745"
     "4e4420280000000000000003000000000000006a84ae32161750e4cc9f86f75a"
     "a835e8fcf57ce649d1dd1f862abd85c3db99cced7562ae"
+)
+GOLDEN_HEX = (  # format 1.4, written since release 1.6
+    "4f534f415a49501a01000400484541441b000000000000007b226e223a5b312c"
+    "325d2c226e616d65223a22676f6c64656e227d5c43109f444154410800000000"
+    "0000006f736f61007a6970b3a1b8ec4e554c4c0000000000000000dac44e1745"
+    "4e442028000000000000000300000000000000e9139462c261182dcad24d0587"
+    "930046945690d8bfedbab0a2952e3963852e8bd856a965"
 )
 PREAMBLE_SIZE = 12
 HEAD_SIZE = 12  # tag + u64 length
@@ -105,6 +112,7 @@ GOLDEN = bytes.fromhex(GOLDEN_HEX)
 GOLDEN_1_0 = bytes.fromhex(GOLDEN_HEX_1_0)
 GOLDEN_1_1 = bytes.fromhex(GOLDEN_HEX_1_1)
 GOLDEN_1_2 = bytes.fromhex(GOLDEN_HEX_1_2)
+GOLDEN_1_3 = bytes.fromhex(GOLDEN_HEX_1_3)
 
 
 def test_round_trip_preserves_tags_payloads_and_order():
@@ -138,7 +146,8 @@ def test_golden_bytes():
     assert build(GOLDEN_CHUNKS).hex() == GOLDEN_HEX
 
 
-@pytest.mark.parametrize("golden", [GOLDEN, GOLDEN_1_2, GOLDEN_1_1, GOLDEN_1_0], ids=["1.3", "1.2", "1.1", "1.0"])
+@pytest.mark.parametrize("golden", [GOLDEN, GOLDEN_1_3, GOLDEN_1_2, GOLDEN_1_1, GOLDEN_1_0],
+                         ids=["1.4", "1.3", "1.2", "1.1", "1.0"])
 def test_golden_archive_still_reads(golden):
     """Archives written by this format version and by every earlier 1.x stay readable."""
     assert ArchiveReader(io.BytesIO(golden)).version == (1, golden[10])

@@ -22,12 +22,14 @@ import format_1_0  # noqa: E402
 import format_1_1  # noqa: E402
 import format_1_2  # noqa: E402
 import format_1_3  # noqa: E402
+import format_1_4  # noqa: E402
 
 # Every golden archive, with the format version its preamble must say.
 ARCHIVES = {**dict.fromkeys(format_1_0.ARCHIVES, b"\x01\x00\x00\x00"),
             **dict.fromkeys(format_1_1.ARCHIVES, b"\x01\x00\x01\x00"),
             **dict.fromkeys(format_1_2.ARCHIVES, b"\x01\x00\x02\x00"),
-            **dict.fromkeys(format_1_3.ARCHIVES, b"\x01\x00\x03\x00")}
+            **dict.fromkeys(format_1_3.ARCHIVES, b"\x01\x00\x03\x00"),
+            **dict.fromkeys(format_1_4.ARCHIVES, b"\x01\x00\x04\x00")}
 
 
 @pytest.fixture(scope="module")
@@ -81,3 +83,15 @@ def test_format_1_3_golden_archives_hold_what_1_3_added():
     assert header["adaptation"]["batch_size"] == 1
     assert max(batch.subpixels for batch in batches) == 4 * 64
     assert 3 * 64 in {batch.subpixels for batch in batches}
+
+
+def test_format_1_4_golden_archives_hold_what_1_4_added():
+    """The VAE archives of 1.4 hold chains of batches on one bits-back stack: the tiny model's
+    of three batches (and a last batch alone), v2's one chain of all its batches."""
+    from osoa_zip.adapt.flags import FLAG_CHAIN_HEAD, FLAG_CHAINED
+    from osoa_zip.inspect import read_archive
+    for name, heads, chained in (("format-1.4-vae-tiny-test.osoa", 19, 38), ("format-1.4-vae-conv-v2.osoa", 1, 14)):
+        header, _, batches = read_archive(io.BytesIO((GOLDEN / name).read_bytes()))
+        assert header["model"]["family"] == "vae"
+        assert sum(bool(b.flags & FLAG_CHAIN_HEAD) for b in batches) == heads
+        assert sum(bool(b.flags & FLAG_CHAINED) for b in batches) == chained

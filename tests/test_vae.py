@@ -8,7 +8,9 @@ coder's exact state) and by its accounting (bytes vs negative ELBO).
 """
 from __future__ import annotations
 
+import dataclasses
 import hashlib
+import io
 import json
 import math
 import subprocess
@@ -20,7 +22,7 @@ import pytest
 import torch
 from PIL import Image
 
-from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
+from osoa_zip.adapt.engine import FLAG_CHAIN_HEAD, FLAG_CHAINED, AdaptationConfig, BatchError, OnlineAdapter
 from osoa_zip.coding.ans import CorruptStream, Encoder
 from osoa_zip.coding.bitsback import StackCoder
 from osoa_zip.coding.logistic_coder import pop_factor, push_factor
@@ -112,6 +114,127 @@ def test_bytes_match_the_negative_elbo():
         bits += adapter.encode(batch)[1].bits
     assert initial > 0
     assert abs(bits - (nll + initial)) / nll < 0.01, (bits, nll, initial)
+
+
+def _encode_chains(encoder: OnlineAdapter, batches, chain: int) -> list:
+    coded = []
+    for start in range(0, len(batches), chain):
+        coded += encoder.encode_chain([np.ascontiguousarray(b) for b in batches[start:start + chain]])
+    return coded
+
+
+def _mixed_batches():
+    rgb, gray = _tiles("RGB"), _tiles("L")
+    return [rgb[:3, :, :6, :10], gray[:4, :, :14, :16], rgb[3:7], rgb[8:9], gray[4:5, :, :2, :6], rgb[9:13]]
+
+
+@pytest.mark.parametrize("adapt, guard", [(False, False), (True, False), (True, True)])
+def test_chained_round_trip_is_exact(adapt, guard):
+    """Chains of 4 and 2 batches of both channel counts and odd shapes decode exactly, with
+    the same adaptation on both sides; only a chain's head carries bytes."""
+    batches = _mixed_batches()
+    config = AdaptationConfig(adapt=adapt, guard=guard, tile_size=TILE, batch_size=4, batch_pixels=0,
+                              learning_rate=2e-3, chain_batches=4)
+    encoder = OnlineAdapter(load_model(MODEL), config)
+    coded = _encode_chains(encoder, batches, 4)
+    flags = [data[0] for data, _ in coded]
+    assert [bool(f & FLAG_CHAIN_HEAD) for f in flags] == [True, False, False, False, True, False]
+    assert [bool(f & FLAG_CHAINED) for f in flags] == [False, True, True, True, False, True]
+    assert [len(data) for data, _ in coded if data[0] & FLAG_CHAINED] == [1, 1, 1, 1]
+    assert sum(stats.bits for _, stats in coded) == 8 * sum(len(data) for data, _ in coded)
+    decoder = OnlineAdapter(load_model(MODEL), config)
+    for (data, _), batch in zip(coded, batches):
+        assert np.array_equal(decoder.decode(data, batch.shape), batch)
+    decoder.end_run()
+    for channels in (1, 3):
+        assert _weights_digest(encoder.adapted_network(channels)) == _weights_digest(decoder.adapted_network(channels))
+
+
+def test_chaining_changes_the_bytes_not_the_adaptation():
+    """The weights after three chained batches are the golden ones of three batches coded alone."""
+    tiles = _tiles("RGB")[:12]
+    adapter = OnlineAdapter(load_model(MODEL), ADAPTATION)
+    adapter.encode_chain([tiles[start:start + 4] for start in range(0, 12, 4)])
+    assert _weights_digest(adapter.adapted_network(3)) == GOLDEN_ADAPTED_WEIGHTS
+
+
+def test_a_chain_pays_the_initial_bits_once():
+    """Four batches on one stack: bits = their negative ELBO + one tile's -log q(z|x) (within 1%),
+    and fewer than the same batches coded alone, by about three tiles' initial bits."""
+    tiles = _tiles("RGB")[:64]
+    bundle = load_model(MODEL)
+    network = bundle.network(3)
+    config = AdaptationConfig(adapt=False, tile_size=TILE, batch_size=16, batch_pixels=0, chain_batches=4)
+    batches = [tiles[start:start + 16] for start in range(0, 64, 16)]
+    chained = sum(stats.bits for _, stats in OnlineAdapter(bundle, config).encode_chain(batches))
+    alone = sum(OnlineAdapter(bundle, config).encode(batch)[1].bits for batch in batches)
+    with torch.no_grad():
+        pixels = torch.from_numpy(tiles).to(torch.float64)
+        nll = sum(float(network.nll(pixels[start:start + 16])) for start in range(0, 64, 16))
+        initial = []
+        for start in range(15, 64, 16):  # each batch's last tile is the one coded first
+            mean, log_scale = network.posterior(pixels[start:start + 1])
+            z = network._sample(mean, log_scale, pixels[start:start + 1])
+            initial.append(float(nll_bits(z, mean, log_scale, network.tables).sum()))
+    assert abs(chained - (nll + initial[-1])) / nll < 0.01, (chained, nll, initial)
+    saved = alone - chained
+    assert 0.5 * sum(initial[:-1]) < saved < 1.5 * sum(initial[:-1]) + 3 * 64, (saved, initial)
+
+
+def _broken(case: str, coded: list) -> list:
+    head, chained = coded[0][0], coded[1][0]
+    if case == "no head":
+        return [chained]
+    if case == "cut short":  # the head promises three batches, the run ends after two
+        return [head, chained, None]
+    if case == "interrupted":  # a batch of its own where the chain's third was due
+        alone = OnlineAdapter(load_model(MODEL), AdaptationConfig(tile_size=TILE, batch_size=4, batch_pixels=0))
+        return [head, chained, alone.encode(_tiles("RGB")[:4])[0]]
+    if case == "too long":  # a head promising more batches than the header's chain_batches
+        return [head[:1] + (9).to_bytes(2, "little") + head[3:]]
+    if case == "one":
+        return [head[:1] + (1).to_bytes(2, "little") + head[3:]]
+    if case == "bytes after flags":
+        return [head, chained + b"\x00"]
+    if case == "head and chained":
+        return [head, bytes([chained[0] | FLAG_CHAIN_HEAD])]
+    raise AssertionError(case)
+
+
+@pytest.mark.parametrize("case", ["no head", "cut short", "interrupted", "too long", "one", "bytes after flags",
+                                  "head and chained"])
+def test_broken_chains_are_clean_errors(case):
+    config = AdaptationConfig(adapt=False, tile_size=TILE, batch_size=4, batch_pixels=0, chain_batches=3)
+    tiles = _tiles("RGB")[:12]
+    batches = [tiles[start:start + 4] for start in range(0, 12, 4)]
+    coded = OnlineAdapter(load_model(MODEL), config).encode_chain(batches)
+    decoder = OnlineAdapter(load_model(MODEL), config)
+    with pytest.raises(BatchError):
+        for data in _broken(case, coded):
+            if data is None:
+                decoder.end_run()
+            else:
+                decoder.decode(data, batches[0].shape)
+        decoder.end_run()
+
+
+def test_flows_do_not_chain():
+    """A flow's batches stay independent whatever chain_batches says, and a chain head is refused."""
+    config = AdaptationConfig(tile_size=TILE, batch_size=4, batch_pixels=0, chain_batches=4)
+    flow = OnlineAdapter(load_model("idf-tiny-test"), config)
+    assert flow.chain_length == 1
+    with pytest.raises(ValueError, match="longer than chain_batches"):
+        flow.encode_chain([_tiles("RGB")[:4]] * 2)
+    head = OnlineAdapter(load_model(MODEL), config).encode_chain([_tiles("RGB")[:4]] * 2)[0][0]
+    with pytest.raises(BatchError, match="not allowed"):
+        OnlineAdapter(load_model("idf-tiny-test"), config).decode(head, (4, 3, TILE, TILE))
+
+
+def test_a_chain_never_crosses_a_segment_start():
+    config = AdaptationConfig(tile_size=TILE, batch_size=4, batch_pixels=0, chain_batches=4, segment_batches=2)
+    tiles = _tiles("RGB")[:12]
+    with pytest.raises(ValueError, match="segment start"):
+        OnlineAdapter(load_model(MODEL), config).encode_chain([tiles[:4], tiles[4:8], tiles[8:12]])
 
 
 def test_adapted_weights_match_golden():
@@ -238,6 +361,38 @@ def test_decode_exact_in_other_environments(low_contrast_archive, tmp_path, comb
 def test_decode_exact_full_matrix(low_contrast_archive, tmp_path, combination):
     source, archive = low_contrast_archive
     _check(archive, source, tmp_path, combination)
+
+
+def test_chains_with_segments_threads_and_salvage(tmp_path):
+    """Chains start at every segment start; segments coded on two threads give the same
+    archive; a damaged chain loses its segment alone under --salvage."""
+    from osoa_zip import compress, decompress
+    from osoa_zip.container.format import ArchiveError
+    from osoa_zip.inspect import read_archive
+    from test_salvage import _damaged, _restore
+
+    source = _low_contrast_folder(tmp_path / "in")
+    config = dataclasses.replace(ADAPTATION, segment_batches=5, chain_batches=2)
+    archives = {}
+    for threads in (1, 2):
+        output = io.BytesIO()
+        compress([source], output, model=MODEL, adaptation=config, threads=threads)
+        archives[threads] = output.getvalue()
+    assert archives[1] == archives[2]
+    flags = [batch.flags for batch in read_archive(io.BytesIO(archives[1]))[2]]
+    assert len(flags) >= 15
+    for index, flag in enumerate(flags):  # chains of 2, 2, 1 in every segment of five
+        assert bool(flag & FLAG_CHAINED) == (index % 5 in (1, 3)), (index, flags)
+        assert bool(flag & FLAG_CHAIN_HEAD) == (index % 5 in (0, 2)), (index, flags)
+    for threads in (1, 2):
+        decompress(io.BytesIO(archives[1]), tmp_path / f"out-{threads}", threads=threads)
+        assert _tree_digest(tmp_path / f"out-{threads}") == _tree_digest(source)
+    damaged = _damaged(archives[1], b"BATC", which=6, where=0)  # the second segment's second chain's head
+    with pytest.raises(ArchiveError):
+        decompress(io.BytesIO(damaged), tmp_path / "strict")
+    summary = _restore(damaged, tmp_path / "salvaged", tmp_path)
+    assert summary.lost and summary.images < len(list(source.glob("*.png")))
+    assert summary.images + len(summary.lost) == len(list(source.glob("*.png")))
 
 
 def test_cli_round_trip_with_the_vae(tmp_path):

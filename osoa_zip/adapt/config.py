@@ -7,12 +7,14 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, fields
 
 PARAMETER_SELECTIONS = ("all", "last", "bias")
+MAX_CHAIN_BATCHES = 1024  # a chain's length takes two bytes in its head; this bounds the encoder's memory
 MAX_BATCH_SIZE = 1024  # the command line's limit too; batch_pixels never makes a batch larger
 # What a header written before a setting existed meant by leaving it out
-# (format 1.0 had none of these, 1.1 not the last two, 1.2 not the last): old
-# archives decode as they were written even when a default below changes.
+# (format 1.0 had none of these, 1.1 not the last three, 1.2 not the last two,
+# 1.3 not the last): old archives decode as they were written even when a
+# default below changes.
 LEGACY_VALUES = {"batch_pixels": 0, "give_up_after": 0, "gray_parameters": "", "batch_pixels_max": 0,
-                 "gray_batch_pixels": 0}
+                 "gray_batch_pixels": 0, "chain_batches": 1}
 
 
 @dataclass(frozen=True)
@@ -81,6 +83,12 @@ class AdaptationConfig:
     # gray32_2048 798367 / 796557 / 795967, fashion_mnist_10000 3124007 /
     # 3114644 / 3108913 (v5 alike); decoding gray32_2048 9.2 s -> 7.4 s at 32768.
     gray_batch_pixels: int = 65536
+    # Bits-back models (the VAE) lay up to this many consecutive batches of a
+    # segment on one ANS stack (format 1.4; 1: each batch its own stack), so
+    # that only the batch coded first pays for its latents without bits back
+    # (HiLLoC's initial bits).  The encoder keeps one copy of the weights per
+    # batch of a chain; the decoder streams.  Flows ignore it.
+    chain_batches: int = 16
 
     def __post_init__(self) -> None:
         for field in fields(self):  # a header is data from outside: check the types too
@@ -93,6 +101,8 @@ class AdaptationConfig:
             if selection not in PARAMETER_SELECTIONS:
                 raise ValueError(f"unknown parameter selection {selection!r} "
                                  f"(one of {', '.join(PARAMETER_SELECTIONS)})")
+        if not 1 <= self.chain_batches <= MAX_CHAIN_BATCHES:
+            raise ValueError(f"chain_batches must be from 1 to {MAX_CHAIN_BATCHES}")
         if self.adapt_batches < 0:
             raise ValueError("adapt_batches must not be negative")
         if min(self.batch_pixels, self.give_up_after, self.batch_pixels_max, self.gray_batch_pixels) < 0:

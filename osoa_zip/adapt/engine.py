@@ -26,7 +26,9 @@ benchmarks/guard_variants.py).
 The model family (``bundle.family``) picks the coder of a batch: the flow
 queues its symbols and lays them on a fresh ANS stack at the end; the VAE
 pushes and pops one stack as it goes (bits-back, coding/bitsback.py).
-Either way a batch is one independent byte string.
+A batch is one independent byte string, except that the VAE lays up to
+``chain_batches`` consecutive batches on one stack (format 1.4, see
+``encode_chain``): the decoder keeps that stack open across them.
 """
 from __future__ import annotations
 
@@ -44,12 +46,9 @@ from ..exact import ENGINE
 from ..exact.optim import ExactAdam
 from ..models.registry import FlowBundle
 from .config import AdaptationConfig
+from .flags import (CHAIN_LENGTH_BYTES, FLAG_CHAIN_HEAD, FLAG_CHAINED, FLAG_GIVE_UP, FLAG_PRETRAINED,  # noqa: F401
+                    FLAG_ROLLBACK, FLAG_SEGMENT_START, KNOWN_FLAGS, declared_chain_length)
 
-FLAG_PRETRAINED = 0x01      # this batch is coded with θ0, not the adapted model
-FLAG_ROLLBACK = 0x02        # the update made after the previous batch is undone first
-FLAG_SEGMENT_START = 0x04   # the model restarts from θ0 here (first batch of a segment)
-FLAG_GIVE_UP = 0x08         # with FLAG_PRETRAINED: θ0, no adaptation, for the rest of this track (format 1.1)
-KNOWN_FLAGS = FLAG_PRETRAINED | FLAG_ROLLBACK | FLAG_SEGMENT_START | FLAG_GIVE_UP
 # The guard's back-off (encoder-only): θ0 must lose by this fraction of the
 # adapted model's bits before a comparison is skipped, for at most this many batches.
 PROBE_MARGIN = 0.01
@@ -77,6 +76,20 @@ class _Done:
 
     def result(self) -> bytes:
         return self.value
+
+
+@dataclass
+class _Choice:
+    """A batch about to be coded (OnlineAdapter._choose)."""
+
+    pixels: torch.Tensor
+    channels: int
+    track: "_Track"
+    network: torch.nn.Module
+    flags: int
+    adapting: bool
+    loss: torch.Tensor | None
+    factors: object  # what the flow pushes (None: the model codes the pixels itself)
 
 
 @dataclass
@@ -129,6 +142,7 @@ class OnlineAdapter:
         self._tracks: dict[int, _Track] = {}
         self._batches = 0
         self._helper: ThreadPoolExecutor | None = None
+        self._chain: list | None = None  # decoder: [the coder of an open chain, its batches still to decode]
 
     # -- state ---------------------------------------------------------------
 
@@ -151,10 +165,11 @@ class OnlineAdapter:
     def skip_batch(self) -> None:
         """Count a batch that is not decoded (a refused group), so segment starts stay where they are."""
         self._batches += 1
+        self._chain = None
 
     def restart(self) -> None:
         """Start a new segment now (--salvage resumes decoding at a segment start)."""
-        self._tracks, self._batches = {}, 0
+        self._tracks, self._batches, self._chain = {}, 0, None
 
     def _track(self, channels: int) -> _Track:
         segment = self.config.segment_batches
@@ -211,6 +226,83 @@ class OnlineAdapter:
     def encode(self, tiles: np.ndarray) -> tuple[bytes, BatchStatistics]:
         """Code a B x C x H x W uint8 batch (flag byte + stream), then adapt on it."""
         started = time.perf_counter()
+        choice = self._choose(tiles)
+        if choice.factors is not None:
+            # Detached factors: the entropy coder can run while the update changes the weights.
+            stream = self._beside(self._push, choice.network, choice.factors)
+        else:
+            encoder = self._new_encoder()
+            choice.network.encode(choice.pixels, encoder)  # the model codes as it goes: before any update
+            stream = _Done(encoder.finish())
+        if choice.adapting:
+            self._adapt(choice.track, choice.pixels, choice.loss)
+        data = bytes([choice.flags]) + stream.result()
+        return data, BatchStatistics(8 * len(data), tiles.size, time.perf_counter() - started, choice.flags)
+
+    @property
+    def chain_length(self) -> int:
+        """How many consecutive batches ``encode_chain`` lays on one stack (1: each its own)."""
+        return self.config.chain_batches if self._new_encoder is StackCoder else 1
+
+    def encode_chain(self, batches: list[np.ndarray]) -> list[tuple[bytes, BatchStatistics]]:
+        """Code consecutive batches of one segment, as ``encode`` does one by one.
+
+        A bits-back model (the VAE) lays them on one stack, so that only the
+        batch coded first pays for its latents without bits back.  The stack
+        is last-in-first-out and the decoder meets the batches first to last,
+        so the batches are coded last to first, each with the weights it was
+        to be coded with: the encoder keeps one copy of the weights per batch
+        of the chain (its memory is bounded by the chain's length).  The first
+        batch's chunk holds the whole stream (FLAG_CHAIN_HEAD and the chain's
+        length); the others hold their flags alone (FLAG_CHAINED).
+        """
+        if len(batches) > self.chain_length:
+            raise ValueError(f"a chain of {len(batches)} batches is longer than chain_batches")
+        if len(batches) < 2:
+            return [self.encode(tiles) for tiles in batches]
+        planned = []
+        for index, tiles in enumerate(batches):
+            started = time.perf_counter()
+            if index and self.starts_segment():
+                raise ValueError("a chain of batches crosses a segment start")
+            choice = self._choose(tiles)
+            pretrained = self._bundle.network(choice.channels)
+            weights = None if choice.network is pretrained else [p.detach().clone()
+                                                                  for p in choice.network.parameters()]
+            if choice.adapting:
+                self._adapt(choice.track, choice.pixels, choice.loss)
+            planned.append([choice, weights, time.perf_counter() - started, 0])
+        coder, scratch = StackCoder(), {}
+        for index in reversed(range(len(planned))):
+            started = time.perf_counter()
+            choice, weights = planned[index][:2]
+            network = (self._bundle.network(choice.channels) if weights is None
+                       else self._scratch_network(scratch, choice.channels, weights))
+            before = coder.num_bits()
+            network.encode(choice.pixels, coder, initial=index == len(planned) - 1)
+            planned[index][2] += time.perf_counter() - started
+            planned[index][3] = coder.num_bits() - before
+        head = (bytes([planned[0][0].flags | FLAG_CHAIN_HEAD]) + len(planned).to_bytes(CHAIN_LENGTH_BYTES, "little")
+                + coder.finish())
+        coded = [(head, 8 * len(head) - sum(bits for _, _, _, bits in planned[1:]))]
+        coded += [(bytes([choice.flags | FLAG_CHAINED]), 8 + bits) for choice, _, _, bits in planned[1:]]
+        return [(data, BatchStatistics(bits, choice.pixels.numel(), seconds, data[0]))
+                for (data, bits), (choice, _, seconds, _) in zip(coded, planned)]
+
+    def _scratch_network(self, scratch: dict, channels: int, weights: list) -> torch.nn.Module:
+        """A copy of θ0's network (one per channel count and chain) loaded with ``weights``."""
+        if channels not in scratch:
+            pretrained = self._bundle.network(channels)
+            scratch[channels] = copy.deepcopy(pretrained, {id(pretrained.tables): pretrained.tables})
+        network = scratch[channels]
+        with torch.no_grad():
+            for parameter, value in zip(network.parameters(), weights):
+                parameter.copy_(value)
+        return network
+
+    def _choose(self, tiles: np.ndarray) -> "_Choice":
+        """Everything but the coding of a batch: its track, the network that codes it (the
+        guard's choice), its flags, and the loss its first step starts from."""
         pixels = torch.from_numpy(tiles).to(torch.float64)
         channels = pixels.shape[1]
         segment_flag = FLAG_SEGMENT_START if self.starts_segment() else 0
@@ -239,17 +331,7 @@ class OnlineAdapter:
             else:
                 track.pretrained_wins = 0
         flags |= segment_flag
-        if factors is not None:
-            # Detached factors: the entropy coder can run while the update changes the weights.
-            stream = self._beside(self._push, network, factors)
-        else:
-            encoder = self._new_encoder()
-            network.encode(pixels, encoder)  # the model codes as it goes: before any update
-            stream = _Done(encoder.finish())
-        if adapting:
-            self._adapt(track, pixels, loss)
-        data = bytes([flags]) + stream.result()
-        return data, BatchStatistics(8 * len(data), tiles.size, time.perf_counter() - started, flags)
+        return _Choice(pixels, channels, track, network, flags, adapting, loss, factors)
 
     @staticmethod
     def _analyse(network, pixels: torch.Tensor, with_loss: bool):
@@ -299,6 +381,7 @@ class OnlineAdapter:
             raise BatchError(f"unknown batch flags 0x{flags:02x}")
         if bool(flags & FLAG_SEGMENT_START) != self.starts_segment():
             raise BatchError("a batch's segment flag does not match the header's segment size")
+        decoder, initial = self._batch_stream(flags, payload)
         channels = shape[1]
         track = self._track(channels)
         if flags & FLAG_ROLLBACK:
@@ -311,21 +394,52 @@ class OnlineAdapter:
                 raise BatchError("a batch gives up adaptation it cannot give up")
             track.gave_up = True
         adapting = self._will_adapt(track)
-        decoder = self._new_decoder(payload[1:])
+        chained = {} if initial else {"initial": False}  # only bits-back models chain
         if flags & FLAG_PRETRAINED or track.gave_up:
-            pixels, loss = self._bundle.network(channels).decode(decoder, shape), None
+            pixels, loss = self._bundle.network(channels).decode(decoder, shape, **chained), None
         elif adapting and hasattr(track.network, "decode_with_loss"):
             # the decoding pass also starts the first step, as on the encoder
             pixels, loss = track.network.decode_with_loss(decoder, shape)
         else:
-            pixels, loss = track.network.decode(decoder, shape), None
-        decoder.check_finished()
+            pixels, loss = track.network.decode(decoder, shape, **chained), None
+        if self._chain is None:
+            decoder.check_finished()
+        else:
+            self._chain[1] -= 1
+            if self._chain[1] == 0:  # the chain's last batch: its stream must be used up
+                self._chain = None
+                decoder.check_finished()
         if not bool(((pixels >= 0) & (pixels <= 255)).all()):
             raise BatchError("decoded pixels out of range")
         if adapting:
             # An archive may undo this update with its next batch (FLAG_ROLLBACK, written by 1.0.0).
             self._adapt(track, pixels, loss, keep_previous=self.config.guard)
         return pixels.to(torch.uint8).numpy()
+
+    def _batch_stream(self, flags: int, payload: bytes) -> tuple:
+        """(the coder a batch is decoded from, whether it was laid on an empty stack)."""
+        if flags & FLAG_CHAINED:
+            if self._chain is None or flags & FLAG_CHAIN_HEAD or len(payload) != 1:
+                raise BatchError("a batch continues a chain of batches that is not there")
+            if self.starts_segment():
+                raise BatchError("a chain of batches crosses a segment start")
+            return self._chain[0], self._chain[1] == 1
+        if self._chain is not None:
+            raise BatchError(f"a chain of batches ends {self._chain[1]} batch(es) early")
+        if not flags & FLAG_CHAIN_HEAD:
+            return self._new_decoder(payload[1:]), True
+        length = declared_chain_length(payload)
+        if self._new_decoder is not StackCoder or not 2 <= length <= self.config.chain_batches:
+            raise BatchError(f"a chain of {length} batches is not allowed here")
+        coder = self._new_decoder(payload[1 + CHAIN_LENGTH_BYTES:])
+        self._chain = [coder, length]
+        return coder, False
+
+    def end_run(self) -> None:
+        """After the last batch of a run of batches (a group, or a segment in it): no chain may be open."""
+        if self._chain is not None:
+            chain, self._chain = self._chain, None
+            raise BatchError(f"a chain of batches ends {chain[1]} batch(es) early")
 
     def _adapt(self, track: _Track, pixels: torch.Tensor, loss: torch.Tensor | None,
                keep_previous: bool = False) -> None:
@@ -340,4 +454,4 @@ class OnlineAdapter:
 
 
 __all__ = ["AdaptationConfig", "OnlineAdapter", "BatchStatistics", "BatchError", "ENGINE",
-           "FLAG_PRETRAINED", "FLAG_ROLLBACK", "FLAG_SEGMENT_START", "FLAG_GIVE_UP"]
+           "FLAG_PRETRAINED", "FLAG_ROLLBACK", "FLAG_SEGMENT_START", "FLAG_GIVE_UP", "FLAG_CHAIN_HEAD", "FLAG_CHAINED"]

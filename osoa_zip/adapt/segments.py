@@ -7,6 +7,7 @@ after the first a fresh adapter positioned at its global batch index, and
 code (or decode) the runs in a thread pool.  The first run continues the
 caller's adapter; the last run's adapter carries on into the next group.
 torch releases the GIL inside its kernels, so threads overlap the heavy part.
+Chains of batches on one bits-back stack (the VAE) start at every run's start.
 """
 from __future__ import annotations
 
@@ -31,16 +32,28 @@ def split_runs(first_index: int, count: int, segment_batches: int) -> list[range
 
 
 def run_segments(adapter: OnlineAdapter, items: Sequence[Item],
-                 work: Callable[[OnlineAdapter, Item], Result], threads: int = 1
+                 work: Callable[[OnlineAdapter, Item], Result], threads: int = 1, chain: int = 0
                  ) -> tuple[list[Result], OnlineAdapter]:
-    """``work(adapter, item)`` for every item, in order; returns the results and the adapter to go on with."""
+    """``work(adapter, item)`` for every item, in order; returns the results and the adapter to go on with.
+
+    With ``chain`` > 0, ``work(adapter, items)`` takes a list of up to ``chain``
+    consecutive items of one run (a chain starts at every run's start) and
+    returns a list of their results.  Every run ends with ``adapter.end_run()``.
+    """
     runs = split_runs(adapter.batches_seen, len(items), adapter.config.segment_batches)
     if not runs:
         return [], adapter
     adapters = [adapter] + [adapter.fresh_segment(adapter.batches_seen + run.start) for run in runs[1:]]
 
     def code_run(k: int) -> list[Result]:
-        return [work(adapters[k], items[i]) for i in runs[k]]
+        run = runs[k]
+        if chain:
+            results = [result for start in range(0, len(run), chain)
+                       for result in work(adapters[k], [items[i] for i in run[start:start + chain]])]
+        else:
+            results = [work(adapters[k], items[i]) for i in run]
+        adapters[k].end_run()
+        return results
 
     if threads > 1 and len(runs) > 1:
         with ThreadPoolExecutor(max_workers=threads) as pool:

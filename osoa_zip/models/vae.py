@@ -28,11 +28,13 @@ the likelihood's parameters are cropped back.
 Coding (``encode``/``decode``, on a ``StackCoder``): tiles are coded last
 to first, each with bits-back: pop z under q(z|x), push x under p(x|z) and
 z under p(z).  The decoder meets the tiles first to last and undoes each
-step: pop z, pop x, push z back under q(z|x).  The first tile coded (the
-batch's last) has nothing to pop from yet: it takes the posterior's mode
-instead and is coded without bits back (HiLLoC's answer to the initial-bits
-problem), so a batch's bytes are its tiles' negative ELBO plus that tile's
--log q(z|x) and the coder's final state.
+step: pop z, pop x, push z back under q(z|x).  The first tile laid on an
+empty stack (``initial``: the batch's last) has nothing to pop from yet: it
+takes the posterior's mode instead and is coded without bits back (HiLLoC's
+answer to the initial-bits problem), so a batch's bytes are its tiles'
+negative ELBO plus that tile's -log q(z|x) and the coder's final state.  A
+chain of batches on one stack (adapt/engine.py, format 1.4) pays that once:
+every batch but the one coded first is coded with ``initial=False``.
 
 Training loss (``nll``): the negative ELBO in bits for one sample
 z = round(mu + s * eps) per latent, with a straight-through rounding and the
@@ -230,20 +232,25 @@ class ConvVAE(nn.Module):
         coder.push(group)
 
     @torch.no_grad()
-    def encode(self, pixels: torch.Tensor, coder) -> None:
-        """Bits-back code a batch onto ``coder`` (a StackCoder), last tile first."""
+    def encode(self, pixels: torch.Tensor, coder, initial: bool = True) -> None:
+        """Bits-back code a batch onto ``coder`` (a StackCoder), last tile first.
+
+        ``initial``: the stack is empty, so the last tile cannot pop its latent.
+        """
         pixels = pixels.to(self.prior_mean.dtype)
         post_mean, post_log_scale = self.posterior(pixels)
         for i in reversed(range(pixels.shape[0])):
             tile = slice(i, i + 1)
-            if i == pixels.shape[0] - 1:  # nothing on the stack yet: the mode, no bits back
+            if initial and i == pixels.shape[0] - 1:  # nothing on the stack yet: the mode, no bits back
                 z = torch.floor(post_mean[tile] + 0.5)
             else:
                 z = pop_factor(coder, self.tables, post_mean[tile], post_log_scale[tile], escape=False)
             self._push_tile(coder, pixels[tile], z)
 
     @torch.no_grad()
-    def decode(self, coder, shape) -> torch.Tensor:
+    def decode(self, coder, shape, initial: bool = True) -> torch.Tensor:
+        """Decode a batch coded by ``encode(..., initial)``; with ``initial`` False the last
+        tile gives its bits back too (they are the next batch's, on a chained stack)."""
         batch, channels, height, width = shape
         latent_shape = (1, self.latent_channels, latent_side(height), latent_side(width))
         tiles = []
@@ -258,7 +265,7 @@ class ConvVAE(nn.Module):
                 else:
                     pixels[:, c:c + 1] = pop_mixture_factor(coder, self.tables, *distribution,
                                                             *self._pixel_bounds(pixels[:, c:c + 1]))
-            if i < batch - 1:  # give back the bits the encoder took to choose z
+            if i < batch - 1 or not initial:  # give back the bits the encoder took to choose z
                 group = Encoder()
                 push_factor(group, self.tables, z, *self.posterior(pixels), escape=False)
                 coder.push(group)
