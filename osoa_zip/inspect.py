@@ -110,12 +110,12 @@ def _images(table: list, chunks, tile: int, batch_size) -> list[Listed]:
             raise ArchiveError("batch chunk missing")
         lengths.append((len(payload), declared_chain_length(payload)))
     for first, (length, chain) in enumerate(lengths):
-        # A chain head's bytes code its whole chain (format 1.4): shared by the chain's tiles.
+        # A chain head's bytes code its whole chain (format 1.4): shared by its tiles' sub-pixels.
         span = plan[first:first + max(1, chain)]
-        tiles = sum(len(batch.members) for batch in span)
+        subpixels = sum(len(batch.members) * batch.channels * batch.height * batch.width for batch in span)
         for batch in span:
             for image, _, _ in batch.members:
-                coded[modelled[image]] += length / tiles
+                coded[modelled[image]] += length * batch.channels * batch.height * batch.width / subpixels
     return [Listed(decode_name(e), "image", h * w * MODEL_MODES[e["image_mode"]],
                    "model" if c else "palette", b)
             for e, (h, w, c), b in zip(table, shapes, coded)]

@@ -127,6 +127,8 @@ def command_train(args) -> None:
     run.mkdir(parents=True, exist_ok=True)
     if args.family == "vae":
         config = {"family": "vae", "hidden": args.hidden, "latent_channels": args.latent_channels}
+        if args.top_latent_channels:
+            config["top_latent_channels"] = args.top_latent_channels
     else:
         config = {"hidden": args.hidden, "depth": args.depth, "levels": args.levels}
     if args.channel_coupling:
@@ -151,7 +153,7 @@ def command_train(args) -> None:
         network.load_state_dict(load_file(str(weights)))
         done = json.loads(progress.read_text())["step"]
     elif args.init_from:
-        widened = warm_start(network, initial_weights(args.init_from, prefix))
+        widened = warm_start(network, initial_weights(args.init_from, prefix), new_prefixes=("top_",))
         spread = spread_mixture(network, widened, seed=args.seed)
         print(f"warm start from {args.init_from}; rows appended to {len(widened)} tensors"
               + (f", {spread} layers with new mixture components" if spread else ""), flush=True)
@@ -234,6 +236,8 @@ def main() -> None:
     t.add_argument("--levels", type=int, default=3)
     t.add_argument("--family", choices=["flow", "vae"], default="flow")
     t.add_argument("--latent-channels", type=int, default=16, help="vae: latent channels at 1/4 resolution")
+    t.add_argument("--top-latent-channels", type=int, default=0,
+                   help="vae: a second, top latent level with this many channels at 1/8 resolution")
     t.add_argument("--seed", type=int, default=0, help="initialisation seed")
     t.add_argument("--threads", type=int, default=1)
     t.add_argument("--channel-coupling", action="store_true", help="v2: cross-channel conditioning (RGB)")

@@ -35,7 +35,7 @@ DEFAULT_MODEL = "idf-sublattice-v6"
 # Architecture keys this version understands; a checkpoint naming another one
 # was made by a newer version and is refused rather than misread.
 CONFIG_KEYS = {"hidden", "depth", "levels", "channel_coupling", "mean_remainder", "family", "latent_channels",
-               "deep_levels", "edge_bins", "mixture_components"}
+               "deep_levels", "edge_bins", "mixture_components", "top_latent_channels"}
 FAMILIES = ("flow", "vae")
 
 
@@ -95,8 +95,9 @@ class FlowBundle:
 def build_networks(config: dict) -> dict[int, SubLatticeFlow | ConvVAE]:
     """The networks a config describes.
 
-    ``family: vae`` gives the bits-back VAE (``hidden``, ``latent_channels``, and
-    ``mixture_components`` for a mixture likelihood with edge bins).
+    ``family: vae`` gives the bits-back VAE (``hidden``, ``latent_channels``,
+    ``mixture_components`` for a mixture likelihood with edge bins, and
+    ``top_latent_channels`` for a second, top latent level).
 
     ``channel_coupling`` and ``mean_remainder`` (v2) add cross-channel
     conditioning to the RGB network (the gray one is unaffected);
@@ -110,7 +111,8 @@ def build_networks(config: dict) -> dict[int, SubLatticeFlow | ConvVAE]:
     family = config.get("family", "flow")
     if family == "vae":
         return {channels: ConvVAE(channels, config["hidden"], config["latent_channels"],
-                                  mixture_components=int(config.get("mixture_components", 1)))
+                                  mixture_components=int(config.get("mixture_components", 1)),
+                                  top_latent_channels=int(config.get("top_latent_channels", 0)))
                 for channels in CHANNEL_PREFIXES}
     if family != "flow":
         raise ModelError(f"unknown model family {family!r} (this version knows {', '.join(FAMILIES)})")

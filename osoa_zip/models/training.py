@@ -120,7 +120,8 @@ def export(path: Path, config: dict, networks: dict[int, SubLatticeFlow], manife
 
 
 @torch.no_grad()
-def warm_start(network: SubLatticeFlow, state: dict[str, torch.Tensor]) -> list[str]:
+def warm_start(network: SubLatticeFlow, state: dict[str, torch.Tensor], new_prefixes: tuple[str, ...] = ()
+               ) -> list[str]:
     """Load weights of a smaller-output ancestor (e.g. v1 into v2); return the widened keys.
 
     Tensors of the same shape are copied.  A tensor that is wider along its
@@ -129,15 +130,19 @@ def warm_start(network: SubLatticeFlow, state: dict[str, torch.Tensor]) -> list[
     the new ones.  Zero coefficients make ``channel_coupling`` compute what
     v1 did (same offsets, means and scales), so training starts from v1's
     likelihood; ``mean_remainder`` then only adds the rounding remainder of
-    each translation to the mean.
+    each translation to the mean.  Parameters whose names start with one of
+    ``new_prefixes`` (modules the ancestor lacks, e.g. a VAE's top latent
+    level) keep their initialisation.
     """
     own = network.state_dict()
-    missing = sorted(set(own) - set(state))
+    missing = sorted(key for key in set(own) - set(state) if not key.startswith(new_prefixes or ("\0",)))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise ValueError(f"warm start: missing {missing}, unexpected {unexpected}")
     widened = []
     for key, target in own.items():
+        if key not in state:
+            continue  # a new module's parameter (new_prefixes)
         source = state[key].to(target.dtype)
         if source.shape == target.shape:
             target.copy_(source)

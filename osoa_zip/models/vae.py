@@ -20,6 +20,13 @@ extra component, a mean shift (times MIXTURE_SHIFT_GAIN), a log-scale shift
 and a logit; the cross-channel terms move every component's mean alike.
 Pixels are then coded by coding/mixture_coder.py.
 
+With ``top_latent_channels`` T > 0 the VAE is hierarchical (two latent
+levels): a top latent z_top (T x ceil(h/2) x ceil(w/2) integers for z's
+h x w) with posterior q(z_top|z) (bottom-up, as in Bit-Swap) and a flat prior
+p(z_top), and z's prior becomes p(z|z_top): the flat prior's per-channel mean
+and log-scale plus shifts from a small network of z_top (zero at
+initialisation, so a warm start from a one-level VAE keeps its ELBO).
+
 Down- and up-sampling are pixel (un)shuffles (permutations), so every
 reduction is still an exact 3x3 convolution of the core.  Sides that are not
 multiples of 4 are padded (replicated edge) for the inference network, and
@@ -28,7 +35,9 @@ the likelihood's parameters are cropped back.
 Coding (``encode``/``decode``, on a ``StackCoder``): tiles are coded last
 to first, each with bits-back: pop z under q(z|x), push x under p(x|z) and
 z under p(z).  The decoder meets the tiles first to last and undoes each
-step: pop z, pop x, push z back under q(z|x).  The first tile laid on an
+step: pop z, pop x, push z back under q(z|x).  A hierarchical model pops
+z_top under q(z_top|z) after z, and pushes z_top under p(z_top) and z under
+p(z|z_top); its decoder pushes z_top back under q(z_top|z) before z.  The first tile laid on an
 empty stack (``initial``: the batch's last) has nothing to pop from yet: it
 takes the posterior's mode instead and is coded without bits back (HiLLoC's
 answer to the initial-bits problem), so a batch's bytes are its tiles'
@@ -69,6 +78,11 @@ DOWNSAMPLING = 4
 COEFFICIENT_LIMIT = 2.0
 MIXTURE_SHIFT_GAIN = 8.0  # extra components' mean shifts, in pixels per unit of output (a power of two)
 PIXEL_MAX = 255.0
+# Hierarchical models (``top_latent_channels`` > 0): p(z|z_top)'s mean is the
+# learned per-channel mean plus TOP_MEAN_GAIN * output (z's scale is ~e**2 ~ 7).
+TOP_MEAN_GAIN = 4.0
+# The top latent's noise is drawn from another stream of the same counter-based hash.
+TOP_NOISE_SALT = 0x5DEECE66D
 
 
 def coefficient_count(channels: int) -> int:
@@ -100,7 +114,8 @@ class _Reparameterize(torch.autograd.Function):
 class ConvVAE(nn.Module):
     """The VAE for tiles of one channel count (1 = L, 3 = RGB)."""
 
-    def __init__(self, channels: int, hidden: int, latent_channels: int, mixture_components: int = 1):
+    def __init__(self, channels: int, hidden: int, latent_channels: int, mixture_components: int = 1,
+                 top_latent_channels: int = 0):
         super().__init__()
         self.channels = channels
         self.latent_channels = latent_channels
@@ -120,11 +135,23 @@ class ConvVAE(nn.Module):
         self.prior_mean = nn.Parameter(torch.zeros(k))
         self.prior_log_scale = nn.Parameter(torch.full((k,), 2.0))
         self.tables: LogisticTables | None = None
+        self.top_channels = int(top_latent_channels)
+        if self.top_channels:
+            # z -> conv -> unshuffle -> conv -> (mean, log-scale) of z_top (bottom-up, as Bit-Swap);
+            # z_top -> conv -> conv -> shuffle -> conv -> (mean, log-scale) shifts of p(z|z_top)
+            t = self.top_channels
+            self.top_inference = nn.ModuleList([ExactConv2d(k, h), ExactConv2d(4 * h, 2 * t)])
+            self.top_generative = nn.ModuleList([ExactConv2d(t, h), ExactConv2d(h, 4 * h), ExactConv2d(h, 2 * k)])
+            self.top_prior_mean = nn.Parameter(torch.zeros(t))
+            self.top_prior_log_scale = nn.Parameter(torch.full((t,), 1.0))
         with torch.no_grad():  # start from small pixel means and a wide pixel scale
             last = self.generative[-1]
             last.weight.mul_(0.1)
             last.bias[c:2 * c] = 3.0
             self.inference[-1].weight.mul_(0.5)
+            if self.top_channels:  # p(z|z_top) starts as the flat prior p(z) (a warm start keeps its ELBO)
+                self.top_generative[-1].weight.zero_()
+                self.top_generative[-1].bias.zero_()
 
     # -- the three distributions -------------------------------------------
     def posterior(self, pixels: torch.Tensor):
@@ -148,6 +175,30 @@ class ConvVAE(nn.Module):
         mean = quantize_activation(self.prior_mean).view(view).expand(shape)
         log_scale = quantize_activation(self.prior_log_scale).view(view).expand(shape)
         return mean, log_scale
+
+    def top_posterior(self, z: torch.Tensor):
+        """mean and log-scale of q(z_top|z), each B x T x ceil(h/2) x ceil(w/2) for z's h x w."""
+        height, width = z.shape[2:]
+        x = z * LATENT_SCALE
+        if height % 2 or width % 2:
+            x = F.pad(x, (0, width % 2, 0, height % 2), mode="replicate")
+        first, last = self.top_inference
+        x = F.pixel_unshuffle(leaky_relu(first(x)), 2)
+        return last(x).chunk(2, dim=1)
+
+    def top_prior(self, shape):
+        """mean and log-scale of p(z_top), broadcast to its shape."""
+        view = (1, -1, 1, 1)
+        return (quantize_activation(self.top_prior_mean).view(view).expand(shape),
+                quantize_activation(self.top_prior_log_scale).view(view).expand(shape))
+
+    def conditional_prior(self, z_top: torch.Tensor, shape):
+        """mean and log-scale of p(z|z_top) for a z of ``shape``."""
+        first, second, last = self.top_generative
+        y = F.pixel_shuffle(leaky_relu(second(leaky_relu(first(z_top * LATENT_SCALE)))), 2)
+        y = last(leaky_relu(y))[:, :, :shape[2], :shape[3]]
+        mean, log_scale = self.prior(shape)
+        return mean + TOP_MEAN_GAIN * y[:, :self.latent_channels], log_scale + y[:, self.latent_channels:]
 
     def likelihood(self, z: torch.Tensor, height: int, width: int):
         """Per sub-pixel (mean, log-scale), the cross-channel coefficients of p(x|z), and the
@@ -192,9 +243,9 @@ class ConvVAE(nn.Module):
         return mean[:, channel:channel + 1] + quantize_activation(cross)
 
     # -- training loss ------------------------------------------------------
-    def _sample(self, mean, log_scale, pixels):
+    def _sample(self, mean, log_scale, pixels, salt: int = 0):
         if mean.dtype == torch.float64:
-            eps = logistic_noise(self.tables, seed_of(pixels), mean.shape)
+            eps = logistic_noise(self.tables, seed_of(pixels) ^ salt, mean.shape)
             inv_scale = self.tables.inverse_scale(log_scale.detach())
             spread = eps / inv_scale
         else:
@@ -208,19 +259,32 @@ class ConvVAE(nn.Module):
         pixels = pixels.to(self.prior_mean.dtype)
         post_mean, post_log_scale = self.posterior(pixels)
         z = self._sample(post_mean, post_log_scale, pixels)
-        prior_mean, prior_log_scale = self.prior(z.shape)
+        terms = []
+        if self.top_channels:
+            top_mean, top_log_scale = self.top_posterior(z)
+            z_top = self._sample(top_mean, top_log_scale, pixels, TOP_NOISE_SALT)
+            prior_mean, prior_log_scale = self.conditional_prior(z_top, z.shape)
+            terms += [nll_bits(z_top, *self.top_prior(z_top.shape), self.tables).sum(),
+                      -nll_bits(z_top, top_mean, top_log_scale, self.tables).sum()]
+        else:
+            prior_mean, prior_log_scale = self.prior(z.shape)
         likelihood = self.likelihood(z, pixels.shape[2], pixels.shape[3])
-        terms = [nll_bits(z, prior_mean, prior_log_scale, self.tables).sum(),
-                 -nll_bits(z, post_mean, post_log_scale, self.tables).sum()]
+        terms += [nll_bits(z, prior_mean, prior_log_scale, self.tables).sum(),
+                  -nll_bits(z, post_mean, post_log_scale, self.tables).sum()]
         for c in range(self.channels):
             terms.append(self._pixel_nll(pixels[:, c:c + 1], self.pixel_distribution(likelihood, pixels, c)).sum())
         return torch.stack(terms).sum()
 
     # -- bits-back coding ---------------------------------------------------
-    def _push_tile(self, coder, pixels, z) -> None:
-        """One group, in the decoder's order: z under p(z), then x channel by channel."""
+    def _push_tile(self, coder, pixels, z, z_top=None) -> None:
+        """One group, in the decoder's order: z_top under p(z_top) (hierarchical models), z under
+        p(z) or p(z|z_top), then x channel by channel."""
         group = Encoder()
-        push_factor(group, self.tables, z, *self.prior(z.shape))
+        if z_top is None:
+            push_factor(group, self.tables, z, *self.prior(z.shape))
+        else:
+            push_factor(group, self.tables, z_top, *self.top_prior(z_top.shape))
+            push_factor(group, self.tables, z, *self.conditional_prior(z_top, z.shape))
         likelihood = self.likelihood(z, pixels.shape[2], pixels.shape[3])
         for c in range(self.channels):
             values = pixels[:, c:c + 1]
@@ -241,11 +305,17 @@ class ConvVAE(nn.Module):
         post_mean, post_log_scale = self.posterior(pixels)
         for i in reversed(range(pixels.shape[0])):
             tile = slice(i, i + 1)
-            if initial and i == pixels.shape[0] - 1:  # nothing on the stack yet: the mode, no bits back
+            first = initial and i == pixels.shape[0] - 1  # nothing on the stack yet: modes, no bits back
+            if first:
                 z = torch.floor(post_mean[tile] + 0.5)
             else:
                 z = pop_factor(coder, self.tables, post_mean[tile], post_log_scale[tile], escape=False)
-            self._push_tile(coder, pixels[tile], z)
+            z_top = None
+            if self.top_channels:
+                top_mean, top_log_scale = self.top_posterior(z)
+                z_top = (torch.floor(top_mean + 0.5) if first
+                         else pop_factor(coder, self.tables, top_mean, top_log_scale, escape=False))
+            self._push_tile(coder, pixels[tile], z, z_top)
 
     @torch.no_grad()
     def decode(self, coder, shape, initial: bool = True) -> torch.Tensor:
@@ -255,7 +325,12 @@ class ConvVAE(nn.Module):
         latent_shape = (1, self.latent_channels, latent_side(height), latent_side(width))
         tiles = []
         for i in range(batch):
-            z = pop_factor(coder, self.tables, *self.prior(latent_shape))
+            if self.top_channels:
+                top_shape = (1, self.top_channels, -(-latent_shape[2] // 2), -(-latent_shape[3] // 2))
+                z_top = pop_factor(coder, self.tables, *self.top_prior(top_shape))
+                z = pop_factor(coder, self.tables, *self.conditional_prior(z_top, latent_shape))
+            else:
+                z = pop_factor(coder, self.tables, *self.prior(latent_shape))
             likelihood = self.likelihood(z, height, width)
             pixels = torch.empty(1, channels, height, width, dtype=torch.float64)
             for c in range(channels):
@@ -265,7 +340,11 @@ class ConvVAE(nn.Module):
                 else:
                     pixels[:, c:c + 1] = pop_mixture_factor(coder, self.tables, *distribution,
                                                             *self._pixel_bounds(pixels[:, c:c + 1]))
-            if i < batch - 1 or not initial:  # give back the bits the encoder took to choose z
+            if i < batch - 1 or not initial:  # give back the bits the encoder took to choose z (and z_top)
+                if self.top_channels:
+                    group = Encoder()
+                    push_factor(group, self.tables, z_top, *self.top_posterior(z), escape=False)
+                    coder.push(group)
                 group = Encoder()
                 push_factor(group, self.tables, z, *self.posterior(pixels), escape=False)
                 coder.push(group)
