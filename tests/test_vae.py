@@ -258,6 +258,26 @@ def test_a_chain_never_crosses_a_segment_start():
         OnlineAdapter(load_model(MODEL), config).encode_chain([tiles[:4], tiles[4:8], tiles[8:12]])
 
 
+def test_the_guard_compares_every_vae_batch(monkeypatch):
+    """No back-off for bits-back models: θ0 is compared on every batch after the first update
+    (a flow backs off after clear wins; a VAE's adaptation swings too much for that)."""
+    calls = []
+    frozen = OnlineAdapter._analyse_frozen.__func__
+
+    def counted(cls, network, pixels):
+        calls.append(1)
+        return frozen(cls, network, pixels)
+
+    monkeypatch.setattr(OnlineAdapter, "_analyse_frozen", classmethod(counted))
+    tiles = _tiles("RGB")[:40]
+    config = AdaptationConfig(tile_size=TILE, batch_size=4, batch_pixels=0, learning_rate=1e-3, give_up_after=0,
+                              chain_batches=5)
+    adapter = OnlineAdapter(load_model(MODEL), config)
+    for start in range(0, 40, 20):
+        adapter.encode_chain([tiles[i:i + 4] for i in range(start, start + 20, 4)])
+    assert len(calls) == 9
+
+
 @pytest.mark.parametrize("model", MODELS)
 def test_adapted_weights_match_golden(model):
     tiles = _tiles("RGB")[:12]
