@@ -20,7 +20,7 @@ from .adapt.flags import (FLAG_CHAIN_HEAD, FLAG_CHAINED, FLAG_GIVE_UP, FLAG_NOTE
 from .archive import (AdaptationConfig, ArchiveError, ModelError, RefusedEntries, UsageError, compress, decompress,
                       test_archive)
 from .files.scan import SourceError, listed_name
-from .models.registry import DEFAULT_MODEL, available_models
+from .models.registry import DEFAULT_MODEL, available_models, recommended_learning_rate
 
 DATA_ERROR = 1
 USAGE_ERROR = 2
@@ -122,8 +122,9 @@ def _one_torch_thread_unless_asked() -> None:
 @click.option("-0", "--null", "null_separated", is_flag=True, help="--files-from paths end with NUL, not newline.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Pretrained model to start from.")
 @click.option("--no-adapt", is_flag=True, help="Code with the pretrained model frozen (no online adaptation).")
-@click.option("--learning-rate", "--lr", type=float, default=AdaptationConfig.learning_rate, show_default=True,
-              help="Adam learning rate of the online adaptation.")
+@click.option("--learning-rate", "--lr", type=float, default=None,
+              help=f"Adam learning rate of the online adaptation  [default: the model's own (see `osoa-zip "
+                   f"models`), else {AdaptationConfig.learning_rate:g}]")
 @click.option("--steps-per-batch", type=click.IntRange(0, 100), default=AdaptationConfig.steps_per_batch,
               show_default=True, help="Optimiser steps after each batch.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=AdaptationConfig.batch_size,
@@ -185,6 +186,8 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
             sources += _listed_sources(files_from.read(), null_separated)
         if not sources:
             raise UsageError("nothing to archive: give SOURCES or --files-from")
+        if learning_rate is None:
+            learning_rate = recommended_learning_rate(model) or AdaptationConfig.learning_rate
         config = AdaptationConfig(adapt=not no_adapt, learning_rate=learning_rate, steps_per_batch=steps_per_batch,
                                   batch_size=batch_size, tile_size=tile_size, segment_batches=segment_size,
                                   parameters=adapt_params, adapt_batches=adapt_batches, guard=guard,
@@ -415,9 +418,9 @@ def models_command() -> None:
     with _reported_errors():
         for name, entry in sorted(available_models().items()):
             mark = "*" if name == DEFAULT_MODEL else " "
+            rate = entry.get("adaptation", {}).get("learning_rate", AdaptationConfig.learning_rate)
             click.echo(f"{mark} {name:24} {entry.get('family', 'flow'):4}  sha256:{entry['sha256'][:16]}  "
-                       f"{entry.get('parameters', '?'):>8} "
-                       f"params  {entry.get('description', '')}")
+                       f"{entry.get('parameters', '?'):>8} params  lr {rate:<6g}  {entry.get('description', '')}")
 
 
 @main.command("bench")

@@ -461,6 +461,25 @@ def test_cli_round_trip_with_the_vae(tmp_path):
     assert result.returncode == 1 and len(result.stderr.strip().splitlines()) == 1
 
 
+def test_compress_takes_the_model_s_learning_rate_unless_told(tmp_path):
+    """`--model M` without --lr adapts at the rate M's manifest entry recommends (a VAE wants
+    far smaller steps than a flow); --lr overrides it; the header records the rate used."""
+    from click.testing import CliRunner
+
+    from osoa_zip.cli import main
+    from osoa_zip.inspect import read_archive
+    source = _low_contrast_folder(tmp_path / "in")
+    rates = {}
+    for name, options in (("own", []), ("told", ["--lr", "0.001"]), ("flow", None)):
+        archive = tmp_path / f"{name}.osoa"
+        model = ["--model", "idf-tiny-test"] if options is None else ["--model", HIERARCHICAL, *options]
+        result = CliRunner().invoke(main, ["compress", "-q", *model, "--tile-size", "16", str(source), str(archive)])
+        assert result.exit_code == 0, result.output
+        with open(archive, "rb") as handle:
+            rates[name] = read_archive(handle)[0]["adaptation"]["learning_rate"]
+    assert rates == {"own": 2e-3, "told": 1e-3, "flow": AdaptationConfig.learning_rate}
+
+
 def test_unknown_family_is_refused():
     assert build_networks({"family": "vae", "hidden": 4, "latent_channels": 2})[3].latent_channels == 2
     with pytest.raises(ModelError, match="gan"):
