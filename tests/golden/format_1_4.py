@@ -27,9 +27,11 @@ ARCHIVES = {  # file name -> (model, adaptation settings)
     "format-1.4-vae-hier-tiny-test.osoa": ("vae-hier-tiny-test", {"tile_size": 8, "batch_size": 1, "batch_pixels": 0,
                                                                   "gray_batch_pixels": 128, "chain_batches": 3,
                                                                   "learning_rate": 2e-3}),
-    # the shipped VAE with 1.6's defaults but small tiles (chains of several batches)
+    # the shipped VAEs with 1.6's defaults but small tiles (chains of several batches)
     "format-1.4-vae-conv-v2.osoa": ("vae-conv-v2", {"tile_size": 16, "batch_size": 2, "batch_pixels": 512,
                                                     "gray_batch_pixels": 1024, "learning_rate": 1e-4}),
+    "format-1.4-vae-hier-v3.osoa": ("vae-hier-v3", {"tile_size": 16, "batch_size": 2, "batch_pixels": 512,
+                                                    "gray_batch_pixels": 1024, "learning_rate": 1e-5}),
 }
 
 
