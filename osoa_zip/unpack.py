@@ -15,8 +15,8 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
-from .adapt.engine import FLAG_SEGMENT_START, AdaptationConfig, BatchError, OnlineAdapter
-from .adapt.segments import run_segments
+from .adapt.engine import FLAG_SEGMENT_START, AdaptationConfig, OnlineAdapter
+from .adapt.segments import RunEndError, run_segments
 from .coding.ans import CorruptStream
 from .container.format import ArchiveError, ArchiveReader, SalvagingReader, read_json
 from .exact import ENGINE
@@ -315,8 +315,9 @@ class _Decoder:
 
         try:
             _, self.adapter = run_segments(self.adapter, list(zip(payloads, planned)), decode, self.threads)
-        except BatchError as error:  # a run's last chain is cut short (OnlineAdapter.end_run)
-            raise ArchiveError(f"batch {self.batches_decoded - 1} does not decode ({error})") from None
+        except RunEndError as error:  # a run's last chain is cut short
+            (index, _), _ = error.last_item
+            raise ArchiveError(f"batch {index} does not decode ({error})") from None
         self.summary.image_bits += sum(8 * len(payload) for _, payload in payloads)
 
     def _side_planes(self, table: list, shapes: list, chunks, modes: tuple, tag_expected: bytes,

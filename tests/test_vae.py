@@ -439,6 +439,45 @@ def test_chains_with_segments_threads_and_salvage(tmp_path):
     assert summary.images + len(summary.lost) == len(list(source.glob("*.png")))
 
 
+def _chained_archive(tmp_path) -> bytes:
+    """The low-contrast folder in chains of at most 3 batches, segments of 5 (chains of 3 and 2)."""
+    from osoa_zip import compress
+    output = io.BytesIO()
+    compress([_low_contrast_folder(tmp_path / "in")], output, model=MODEL,
+             adaptation=dataclasses.replace(ADAPTATION, segment_batches=5, chain_batches=3))
+    return output.getvalue()
+
+
+@pytest.mark.parametrize("threads", [1, 2])
+@pytest.mark.parametrize("case", ["head promises more", "head promises fewer", "chained made a head",
+                                  "head made plain"])
+def test_crafted_chains_are_refused_with_one_line(tmp_path, case, threads):
+    """Chains edited behind valid checksums: refused (ArchiveError naming the batch), nothing written,
+    by the serial and the threaded decoder alike."""
+    from crafting import Crafted
+    from osoa_zip import decompress
+    from osoa_zip.container.format import ArchiveError
+    crafted = Crafted.parse(_chained_archive(tmp_path))
+    head = crafted.index(b"BATC", 5)  # the second segment's first chain
+    tag, payload = crafted.chunks[head]
+    assert payload[0] & FLAG_CHAIN_HEAD and payload[1:3] == (3).to_bytes(2, "little")
+    if case == "head promises more":  # the first segment's chain of two would run into the second segment
+        last = crafted.index(b"BATC", 3)
+        tag, payload = crafted.chunks[last]
+        assert payload[1:3] == (2).to_bytes(2, "little")
+        crafted.chunks[last] = (tag, payload[:1] + (3).to_bytes(2, "little") + payload[3:])
+    elif case == "head promises fewer":  # the third batch is left without a chain
+        crafted.chunks[head] = (tag, payload[:1] + (2).to_bytes(2, "little") + payload[3:])
+    elif case == "chained made a head":
+        chained = crafted.chunks[head + 1][1]
+        crafted.chunks[head + 1] = (tag, bytes([chained[0] ^ (FLAG_CHAINED | FLAG_CHAIN_HEAD)]) + b"\x02\x00")
+    else:
+        crafted.chunks[head] = (tag, bytes([payload[0] & ~FLAG_CHAIN_HEAD]) + payload[3:])
+    with pytest.raises(ArchiveError, match=r"^batch [4-6] does not decode \("):
+        decompress(io.BytesIO(crafted.build()), tmp_path / "out", threads=threads)
+    assert not (tmp_path / "out").exists()
+
+
 def test_cli_round_trip_with_the_vae(tmp_path):
     source = _low_contrast_folder(tmp_path / "in")
     for path in sorted(source.glob("*.png"))[2:]:

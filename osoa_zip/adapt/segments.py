@@ -20,6 +20,14 @@ Item = TypeVar("Item")
 Result = TypeVar("Result")
 
 
+class RunEndError(ValueError):
+    """A run ended with its adapter unfinished (OnlineAdapter.end_run: a chain cut short)."""
+
+    def __init__(self, last_item, error: Exception) -> None:
+        super().__init__(str(error))
+        self.last_item = last_item  # the run's last item, to name the batch in the message
+
+
 def split_runs(first_index: int, count: int, segment_batches: int) -> list[range]:
     """Consecutive runs of item positions, cut before every batch that starts a segment."""
     if count == 0:
@@ -38,7 +46,7 @@ def run_segments(adapter: OnlineAdapter, items: Sequence[Item],
 
     With ``chain`` > 0, ``work(adapter, items)`` takes a list of up to ``chain``
     consecutive items of one run (a chain starts at every run's start) and
-    returns a list of their results.  Every run ends with ``adapter.end_run()``.
+    returns a list of their results.  Every run ends with ``adapter.end_run()`` (RunEndError).
     """
     runs = split_runs(adapter.batches_seen, len(items), adapter.config.segment_batches)
     if not runs:
@@ -52,7 +60,10 @@ def run_segments(adapter: OnlineAdapter, items: Sequence[Item],
                        for result in work(adapters[k], [items[i] for i in run[start:start + chain]])]
         else:
             results = [work(adapters[k], items[i]) for i in run]
-        adapters[k].end_run()
+        try:
+            adapters[k].end_run()
+        except ValueError as error:
+            raise RunEndError(items[run[-1]], error) from None
         return results
 
     if threads > 1 and len(runs) > 1:
