@@ -100,6 +100,16 @@ class _Choice:
 
 
 @dataclass
+class _Planned:
+    """A batch of a chain, decided and adapted on, waiting to be laid on the stack."""
+
+    choice: _Choice
+    weights: list | None  # the weights it is coded with (None: θ0's)
+    seconds: float
+    stack_bits: int = 0   # what coding it added to the stack
+
+
+@dataclass
 class BatchStatistics:
     bits: int
     subpixels: int
@@ -269,7 +279,7 @@ class OnlineAdapter:
             raise ValueError(f"a chain of {len(batches)} batches is longer than chain_batches")
         if len(batches) < 2:
             return [self.encode(tiles) for tiles in batches]
-        planned = []
+        planned: list[_Planned] = []
         for index, tiles in enumerate(batches):
             started = time.perf_counter()
             if index and self.starts_segment():
@@ -280,23 +290,24 @@ class OnlineAdapter:
                                                                   for p in choice.network.parameters()]
             if choice.adapting:
                 self._adapt(choice.track, choice.pixels, choice.loss)
-            planned.append([choice, weights, time.perf_counter() - started, 0])
+            planned.append(_Planned(choice, weights, time.perf_counter() - started))
         coder, scratch = StackCoder(), {}
         for index in reversed(range(len(planned))):
             started = time.perf_counter()
-            choice, weights = planned[index][:2]
-            network = (self._bundle.network(choice.channels) if weights is None
-                       else self._scratch_network(scratch, choice.channels, weights))
+            batch = planned[index]
+            network = (self._bundle.network(batch.choice.channels) if batch.weights is None
+                       else self._scratch_network(scratch, batch.choice.channels, batch.weights))
             before = coder.num_bits()
-            network.encode(choice.pixels, coder, initial=index == len(planned) - 1)
-            planned[index][2] += time.perf_counter() - started
-            planned[index][3] = coder.num_bits() - before
-        head = (bytes([planned[0][0].flags | FLAG_CHAIN_HEAD]) + len(planned).to_bytes(CHAIN_LENGTH_BYTES, "little")
+            network.encode(batch.choice.pixels, coder, initial=index == len(planned) - 1)
+            batch.seconds += time.perf_counter() - started
+            batch.stack_bits = coder.num_bits() - before
+        head = (bytes([planned[0].choice.flags | FLAG_CHAIN_HEAD]) + len(planned).to_bytes(CHAIN_LENGTH_BYTES, "little")
                 + coder.finish())
-        coded = [(head, 8 * len(head) - sum(bits for _, _, _, bits in planned[1:]))]
-        coded += [(bytes([choice.flags | FLAG_CHAINED]), 8 + bits) for choice, _, _, bits in planned[1:]]
-        return [(data, BatchStatistics(bits, choice.pixels.numel(), seconds, data[0]))
-                for (data, bits), (choice, _, seconds, _) in zip(coded, planned)]
+        # Each chained batch is credited with what it added to the stack; the head with the rest.
+        coded = [(head, 8 * len(head) - sum(batch.stack_bits for batch in planned[1:]))]
+        coded += [(bytes([batch.choice.flags | FLAG_CHAINED]), 8 + batch.stack_bits) for batch in planned[1:]]
+        return [(data, BatchStatistics(bits, batch.choice.pixels.numel(), batch.seconds, data[0]))
+                for (data, bits), batch in zip(coded, planned)]
 
     def _scratch_network(self, scratch: dict, channels: int, weights: list) -> torch.nn.Module:
         """A copy of θ0's network (one per channel count and chain) loaded with ``weights``."""
