@@ -187,7 +187,8 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
         if not sources:
             raise UsageError("nothing to archive: give SOURCES or --files-from")
         if learning_rate is None:
-            learning_rate = recommended_learning_rate(model) or AdaptationConfig.learning_rate
+            learning_rate = (recommended_learning_rate(available_models().get(model, {}))
+                             or AdaptationConfig.learning_rate)
         config = AdaptationConfig(adapt=not no_adapt, learning_rate=learning_rate, steps_per_batch=steps_per_batch,
                                   batch_size=batch_size, tile_size=tile_size, segment_batches=segment_size,
                                   parameters=adapt_params, adapt_batches=adapt_batches, guard=guard,
@@ -418,7 +419,7 @@ def models_command() -> None:
     with _reported_errors():
         for name, entry in sorted(available_models().items()):
             mark = "*" if name == DEFAULT_MODEL else " "
-            rate = entry.get("adaptation", {}).get("learning_rate", AdaptationConfig.learning_rate)
+            rate = recommended_learning_rate(entry) or AdaptationConfig.learning_rate
             click.echo(f"{mark} {name:24} {entry.get('family', 'flow'):4}  sha256:{entry['sha256'][:16]}  "
                        f"{entry.get('parameters', '?'):>8} params  lr {rate:<6g}  {entry.get('description', '')}")
 

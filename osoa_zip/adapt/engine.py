@@ -110,6 +110,14 @@ class _Planned:
 
 
 @dataclass
+class _OpenChain:
+    """Decoder: the stack of a chain being decoded, and how many of its batches are still to come."""
+
+    coder: StackCoder
+    remaining: int
+
+
+@dataclass
 class BatchStatistics:
     bits: int
     subpixels: int
@@ -159,7 +167,7 @@ class OnlineAdapter:
         self._tracks: dict[int, _Track] = {}
         self._batches = 0
         self._helper: ThreadPoolExecutor | None = None
-        self._chain: list | None = None  # decoder: [the coder of an open chain, its batches still to decode]
+        self._chain: _OpenChain | None = None  # decoder: a chain of batches being decoded
 
     # -- state ---------------------------------------------------------------
 
@@ -425,8 +433,8 @@ class OnlineAdapter:
         if self._chain is None:
             decoder.check_finished()
         else:
-            self._chain[1] -= 1
-            if self._chain[1] == 0:  # the chain's last batch: its stream must be used up
+            self._chain.remaining -= 1
+            if self._chain.remaining == 0:  # the chain's last batch: its stream must be used up
                 self._chain = None
                 decoder.check_finished()
         if not bool(((pixels >= 0) & (pixels <= 255)).all()):
@@ -443,23 +451,22 @@ class OnlineAdapter:
                 raise BatchError("a batch continues a chain of batches that is not there")
             if self.starts_segment():
                 raise BatchError("a chain of batches crosses a segment start")
-            return self._chain[0], self._chain[1] == 1
-        if self._chain is not None:
-            raise BatchError(f"a chain of batches ends {self._chain[1]} batch(es) early")
+            return self._chain.coder, self._chain.remaining == 1
+        self.end_run()  # a batch that does not continue the open chain ends it early
         if not flags & FLAG_CHAIN_HEAD:
             return self._new_decoder(payload[1:]), True
         length = declared_chain_length(payload)
         if self._new_decoder is not StackCoder or not 2 <= length <= self.config.chain_batches:
             raise BatchError(f"a chain of {length} batches is not allowed here")
         coder = self._new_decoder(payload[1 + CHAIN_LENGTH_BYTES:])
-        self._chain = [coder, length]
+        self._chain = _OpenChain(coder, length)
         return coder, False
 
     def end_run(self) -> None:
         """After the last batch of a run of batches (a group, or a segment in it): no chain may be open."""
         if self._chain is not None:
             chain, self._chain = self._chain, None
-            raise BatchError(f"a chain of batches ends {chain[1]} batch(es) early")
+            raise BatchError(f"a chain of batches ends {chain.remaining} batch(es) early")
 
     def _adapt(self, track: _Track, pixels: torch.Tensor, loss: torch.Tensor | None,
                keep_previous: bool = False) -> None:

@@ -22,10 +22,11 @@ from .registry import CHANNEL_PREFIXES, MANIFEST, ModelError, available_models, 
 from .training import evaluate, export, spread_mixture, train, warm_start
 
 # A new flow gets the shipped default's architecture (v6: cross-channel couplings,
-# deep levels, edge bins, three-logistic mixtures), a new VAE vae-hier-v3's (a three-logistic
-# mixture likelihood, a top latent level of 8 channels); fine-tuning (--init-from) keeps the starting model's own, except that
-# --mixture-components may turn a single-logistic model into a mixture (as v6 was
-# made from v5), warm-started at its own likelihood.
+# deep levels, edge bins, three-logistic mixtures), a new VAE vae-hier-v3's (a
+# three-logistic mixture likelihood, a top latent level of 8 channels); fine-tuning
+# (--init-from) keeps the starting model's own, except that --mixture-components may
+# turn a single-logistic model into a mixture (as v6 was made from v5), warm-started
+# at its own likelihood.
 DEFAULT_CONFIGS = {
     "flow": {"hidden": 48, "depth": 3, "levels": 3, "channel_coupling": True, "mean_remainder": True,
              "deep_levels": True, "edge_bins": True, "mixture_components": 3},

@@ -63,14 +63,13 @@ def available_models() -> dict[str, dict]:
     return found
 
 
-def recommended_learning_rate(name: str) -> float | None:
-    """The adaptation learning rate a model's manifest entry recommends (``adaptation``), if any.
+def recommended_learning_rate(entry: dict) -> float | None:
+    """The adaptation learning rate a manifest entry recommends (``adaptation``), if any.
 
     The flows adapt well at the engine's default; a VAE wants far smaller steps
     (its loss is a one-sample ELBO and every layer adapts).  Archives record the
     rate used, so this only picks a default for the encoder.
     """
-    entry = available_models().get(name, {})
     rate = entry.get("adaptation", {}).get("learning_rate")
     return float(rate) if rate is not None else None
 

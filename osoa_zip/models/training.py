@@ -135,7 +135,7 @@ def warm_start(network: SubLatticeFlow, state: dict[str, torch.Tensor], new_pref
     level) keep their initialisation.
     """
     own = network.state_dict()
-    missing = sorted(key for key in set(own) - set(state) if not key.startswith(new_prefixes or ("\0",)))
+    missing = sorted(key for key in set(own) - set(state) if not key.startswith(new_prefixes))
     unexpected = sorted(set(state) - set(own))
     if missing or unexpected:
         raise ValueError(f"warm start: missing {missing}, unexpected {unexpected}")
