@@ -19,9 +19,11 @@ demo: $(STAMP)
 	$(PY) scripts/demo.py
 
 test: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q
 
 test-all: $(STAMP)
+	$(PY) -m ruff check .
 	$(PY) -m pytest -q -m "slow or not slow"
 
 # All codecs side by side on the evaluation sets (scripts/build_corpus.py), the

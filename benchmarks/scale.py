@@ -148,7 +148,8 @@ def large_images(args) -> None:
             print(" | ".join(row), flush=True)
         finally:
             shutil.rmtree(work, ignore_errors=True)
-    print("\n| MP | size | PNG MB | bpsp | compress s | compress peak RSS MiB | decompress s | decompress peak RSS MiB |")
+    print("\n| MP | size | PNG MB | bpsp | compress s | compress peak RSS MiB | decompress s "
+          "| decompress peak RSS MiB |")
     print("|---|---|---|---|---|---|---|---|")
     for row in rows:
         print("| " + " | ".join(row) + " |")

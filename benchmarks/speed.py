@@ -10,8 +10,8 @@ that the decoded pixels are the input, and prints MB/s of raw pixels
 (H*W*C bytes), ms per batch, bpsp of the coded batches, and a SHA-256 of the
 coded bytes: two versions of the code that print the same digest wrote
 byte-identical batches.  On a shared machine wall time is noisy; the CPU
-time of all threads is steadier (with OMP_NUM_THREADS=1 it is the work done).  Model loading, PNG decoding and the container are
-not timed (see docs/PERFORMANCE.md for whole-CLI timings).
+time of all threads is steadier (with OMP_NUM_THREADS=1 it is the work done).
+Model loading, PNG decoding and the container are not timed (see docs/PERFORMANCE.md for whole-CLI timings).
 """
 from __future__ import annotations
 

@@ -28,10 +28,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from speed import REPO, batches_of
 
 from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
 from osoa_zip.models.registry import DEFAULT_MODEL, load_model
-from speed import REPO, batches_of
 
 
 class _Lever(OnlineAdapter):

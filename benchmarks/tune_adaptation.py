@@ -56,7 +56,7 @@ def main() -> None:
     for name, folder in sets.items():
         subpixels = sum(np.asarray(Image.open(p)).size for p in folder.glob("*.png"))
 
-        def bpsp(config: AdaptationConfig) -> float:
+        def bpsp(config: AdaptationConfig, folder=folder, subpixels=subpixels) -> float:
             buffer = io.BytesIO()
             compress([folder], buffer, args.model, config)
             return len(buffer.getvalue()) * 8 / subpixels

@@ -10,7 +10,7 @@ Package map (each folder knows only its neighbours):
   files/      scanning sources into entries; restoring them safely
   layout.py   what entries look like (names, limits, shared types)
   pack.py     writing an archive;  unpack.py  reading one
-  inspect.py  the table without decoding (list, info);  verify.py  tree comparison
+  table.py    the table without decoding (list, info);  verify.py  tree comparison
   archive.py  the library API: compress, decompress, test_archive
   cli.py      argument parsing only
   bench/      `osoa-zip bench`: every codec on the same images (the archiver never imports it)

@@ -15,10 +15,25 @@ import click
 
 from . import __version__
 from .adapt.config import MAX_CHAIN_BATCHES, PARAMETER_SELECTIONS
-from .adapt.flags import (FLAG_CHAIN_HEAD, FLAG_CHAINED, FLAG_GIVE_UP, FLAG_NOTES, FLAG_PRETRAINED, FLAG_ROLLBACK,
-                          FLAG_SEGMENT_START)
-from .archive import (AdaptationConfig, ArchiveError, ModelError, RefusedEntries, UsageError, compress, decompress,
-                      test_archive)
+from .adapt.flags import (
+    FLAG_CHAIN_HEAD,
+    FLAG_CHAINED,
+    FLAG_GIVE_UP,
+    FLAG_NOTES,
+    FLAG_PRETRAINED,
+    FLAG_ROLLBACK,
+    FLAG_SEGMENT_START,
+)
+from .archive import (
+    AdaptationConfig,
+    ArchiveError,
+    ModelError,
+    RefusedEntries,
+    UsageError,
+    compress,
+    decompress,
+    test_archive,
+)
 from .files.scan import SourceError, listed_name
 from .models.registry import DEFAULT_MODEL, available_models, recommended_learning_rate
 
@@ -324,7 +339,7 @@ def test_command(archive, quiet) -> None:
 @click.argument("archive", type=click.Path(path_type=Path, allow_dash=True))
 def list_command(archive) -> None:
     """List ARCHIVE's entries: kind, size, how each was coded, and its share of the archive."""
-    from .inspect import read_table
+    from .table import read_table
     with _reported_errors(), _open_archive(archive) as source:
         _, entries = read_table(source)
         click.echo(f"{'kind':8} {'size':>12} {'coded':>10} {'method':8} {'bpsp':>6}  name")
@@ -343,7 +358,7 @@ def info_command(archive) -> None:
     """Show ARCHIVE's header (model and hash, engine, adaptation settings) and totals."""
     import json
 
-    from .inspect import read_archive
+    from .table import read_archive
     with _reported_errors(), _open_archive(archive) as source:
         header, entries, batches = read_archive(source)
         click.echo(json.dumps(header, indent=2, sort_keys=True))

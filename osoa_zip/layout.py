@@ -1,7 +1,7 @@
 """What the archive's entries look like: names, limits, shared types.
 
 Shared by the writer (pack.py), the reader (unpack.py) and `list`/`info`
-(inspect.py); see docs/FORMAT.md for the chunk sequence.
+(table.py); see docs/FORMAT.md for the chunk sequence.
 """
 from __future__ import annotations
 

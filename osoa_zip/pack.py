@@ -25,9 +25,24 @@ from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, SourceError, 
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image, scratch_file
 from .imaging.pixel_file import PixelView
 from .imaging.tiles import gather, plan_batches
-from .layout import (ALPHA_MODES, CHUNK_OVERHEAD, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, INDEX_MODES,
-                     MAX_GROUP_IMAGES, Progress, Summary, UsageError, Warn, encode_name, image_extras, xz_compress,
-                     xz_filters)
+from .layout import (
+    ALPHA_MODES,
+    CHUNK_OVERHEAD,
+    CODEC_STORE,
+    CODEC_XZ,
+    DATA_CHUNK_BYTES,
+    GROUP_SUBPIXELS,
+    INDEX_MODES,
+    MAX_GROUP_IMAGES,
+    Progress,
+    Summary,
+    UsageError,
+    Warn,
+    encode_name,
+    image_extras,
+    xz_compress,
+    xz_filters,
+)
 from .models.registry import DEFAULT_MODEL, load_model
 
 
@@ -212,8 +227,11 @@ def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:
     return frozenset({(info.st_dev, info.st_ino)}) if stat.S_ISREG(info.st_mode) else frozenset()
 
 
+_DEFAULT_ADAPTATION = AdaptationConfig()  # frozen, so one shared instance is safe
+
+
 def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
-             adaptation: AdaptationConfig = AdaptationConfig(), progress: Progress | None = None,
+             adaptation: AdaptationConfig = _DEFAULT_ADAPTATION, progress: Progress | None = None,
              warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1) -> Summary:
     """Archive the sources into ``output``.
 

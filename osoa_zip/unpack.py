@@ -21,13 +21,42 @@ from .coding.ans import CorruptStream
 from .container.format import ArchiveError, ArchiveReader, SalvagingReader, read_json
 from .exact import ENGINE
 from .files.restore import Conflict, EntryNames, RefusedEntries, Staging, UnsafeEntry
-from .imaging.io import (COLOR_CHANNELS, LOSSLESS_FORMATS, MODEL_MODES, CannotReproduce, blank_picture,
-                         check_reproduced, close_picture, is_large, paste, record_picture, save_picture, write_image)
+from .imaging.io import (
+    COLOR_CHANNELS,
+    LOSSLESS_FORMATS,
+    MODEL_MODES,
+    CannotReproduce,
+    blank_picture,
+    check_reproduced,
+    close_picture,
+    is_large,
+    paste,
+    record_picture,
+    save_picture,
+    write_image,
+)
 from .imaging.pixel_file import PixelFile
 from .imaging.tiles import plan_batches
-from .layout import (ALPHA_MODES, CHUNK_TAGS, CODEC_STORE, CODEC_XZ, DATA_CHUNK_BYTES, GROUP_SUBPIXELS, INDEX_MODES,
-                     MAX_IMAGE_SUBPIXELS, SIDE_PLANES, OversizedEntry, Progress, Summary, UsageError, decode_name,
-                     read_entry, record_from_entry, side_plane_members, xz_decompressor)
+from .layout import (
+    ALPHA_MODES,
+    CHUNK_TAGS,
+    CODEC_STORE,
+    CODEC_XZ,
+    DATA_CHUNK_BYTES,
+    GROUP_SUBPIXELS,
+    INDEX_MODES,
+    MAX_IMAGE_SUBPIXELS,
+    SIDE_PLANES,
+    OversizedEntry,
+    Progress,
+    Summary,
+    UsageError,
+    decode_name,
+    read_entry,
+    record_from_entry,
+    side_plane_members,
+    xz_decompressor,
+)
 from .models.registry import load_model
 
 

@@ -9,8 +9,6 @@ session-scoped folder as read-only; copy it (``shutil.copytree``) to change it.
 from __future__ import annotations
 
 import os
-
-import osoa_zip  # noqa: F401  (first: sets OpenMP's passive wait policy before torch loads)
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +16,7 @@ import pytest
 import torch
 from PIL import Image, PngImagePlugin
 
+import osoa_zip  # noqa: F401  (first: sets OpenMP's passive wait policy before torch loads)
 from osoa_zip.verify import tree_differences
 
 REPO = Path(__file__).resolve().parents[1]

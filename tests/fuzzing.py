@@ -73,12 +73,12 @@ def _verdict(run) -> tuple[str, str]:
         raise ContractBroken(f"no verdict within {CASE_SECONDS} s (a hang)") from None
     except RefusedEntries as error:
         if not error.reasons or any(not r or "\n" in r for r in error.reasons):
-            raise ContractBroken(f"refusal reasons are not one line each: {error.reasons!r}")
+            raise ContractBroken(f"refusal reasons are not one line each: {error.reasons!r}") from error
         return "refused", str(error)
     except (ArchiveError, ModelError) as error:
         message = str(error)
         if not message or "\n" in message:
-            raise ContractBroken(f"error message is not one line: {message!r}")
+            raise ContractBroken(f"error message is not one line: {message!r}") from error
         return "error", message
     except Exception as error:  # noqa: BLE001 — exactly what the contract forbids
         raise ContractBroken(f"{type(error).__name__}: {error}") from error

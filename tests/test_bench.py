@@ -15,9 +15,9 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
+from conftest import EXAMPLES, MODEL, SINGLE_THREAD_ENV
 from PIL import Image
 
-from conftest import EXAMPLES, MODEL, SINGLE_THREAD_ENV
 from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
 from osoa_zip.archive import compress
 from osoa_zip.bench import classical, finetune, report
@@ -26,7 +26,7 @@ from osoa_zip.bench.runner import BenchResult, ScalingRow
 from osoa_zip.bench.sets import model_batches, tile_folder
 from osoa_zip.cli import main
 from osoa_zip.exact.fixed import WEIGHT_FRAC_BITS, quantize_weight
-from osoa_zip.inspect import batch_statistics
+from osoa_zip.table import batch_statistics
 from osoa_zip.models.registry import FlowBundle, load_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -147,7 +147,8 @@ def test_fine_tune_and_store_counts_what_a_decoder_would_get(tiny_folder):
                 back = torch.from_numpy(half.astype(np.float64))
                 parameter.copy_(quantize_weight(back) if on_grid else back)
                 if on_grid:  # the coded model is on the engine's weight grid
-                    assert torch.equal(parameter * 2 ** WEIGHT_FRAC_BITS, torch.round(parameter * 2 ** WEIGHT_FRAC_BITS))
+                    scaled = parameter * 2 ** WEIGHT_FRAC_BITS
+                    assert torch.equal(scaled, torch.round(scaled))
         networks[channels] = restored
     stored = result.stores["float16"]
     assert lzma.decompress(stored.payload) == b"".join(v.tobytes() for v in values)

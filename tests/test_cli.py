@@ -20,19 +20,27 @@ from types import SimpleNamespace
 
 import pytest
 from click.testing import CliRunner
+from conftest import (
+    BATCH_SIZE,
+    EXAMPLES,
+    GENERAL_PATH_IMAGES,
+    MODEL,
+    NON_IMAGE_FILES,
+    TILE_SIZE,
+    assert_same_tree,
+    model_path_images,
+    relative_files,
+    subprocess_env,
+)
+from crafting import frame
 from PIL import Image
 
-from conftest import (
-    BATCH_SIZE, EXAMPLES, GENERAL_PATH_IMAGES, MODEL, NON_IMAGE_FILES, TILE_SIZE, assert_same_tree,
-    model_path_images, relative_files, subprocess_env,
-)
 from osoa_zip import pack as pack_module
 from osoa_zip import unpack as unpack_module
 from osoa_zip.adapt.engine import AdaptationConfig
 from osoa_zip.archive import ArchiveError, ModelError, RefusedEntries, UsageError, compress, decompress
-from osoa_zip.container.format import ArchiveReader
-from crafting import frame
 from osoa_zip.cli import main
+from osoa_zip.container.format import ArchiveReader
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

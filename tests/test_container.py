@@ -16,8 +16,16 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from osoa_zip.container.format import (
-    END_TAG, FORMAT_MAJOR, FORMAT_MINOR, MAGIC, MAX_CHUNK_BYTES, ArchiveError, ArchiveReader, ArchiveWriter,
-    canonical_json, read_json,
+    END_TAG,
+    FORMAT_MAJOR,
+    FORMAT_MINOR,
+    MAGIC,
+    MAX_CHUNK_BYTES,
+    ArchiveError,
+    ArchiveReader,
+    ArchiveWriter,
+    canonical_json,
+    read_json,
 )
 
 # ArchiveWriter output for GOLDEN_CHUNKS, committed on purpose: if this test

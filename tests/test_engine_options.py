@@ -12,15 +12,21 @@ import io
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from conftest import BATCH_SIZE, EXAMPLES, MODEL, TILE_SIZE, assert_same_tree, uncompressed_copy
 from PIL import Image
 
-from conftest import BATCH_SIZE, EXAMPLES, MODEL, TILE_SIZE, assert_same_tree, uncompressed_copy
 from osoa_zip import compress, decompress
 from osoa_zip.adapt.config import LEGACY_VALUES, AdaptationConfig
-from osoa_zip.adapt.engine import (FLAG_GIVE_UP, FLAG_PRETRAINED, FLAG_ROLLBACK, FLAG_SEGMENT_START, BatchError,
-                                   OnlineAdapter)
+from osoa_zip.adapt.engine import (
+    FLAG_GIVE_UP,
+    FLAG_PRETRAINED,
+    FLAG_ROLLBACK,
+    FLAG_SEGMENT_START,
+    BatchError,
+    OnlineAdapter,
+)
 from osoa_zip.cli import main
-from osoa_zip.inspect import read_archive
+from osoa_zip.table import read_archive
 from osoa_zip.models.registry import load_model
 
 

@@ -14,14 +14,13 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
+from test_portability import EXAMPLES
 
 from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
 from osoa_zip.exact import fixed
 from osoa_zip.exact.logistic import CDF_ONE, LogisticTables
 from osoa_zip.exact.optim import ExactAdam, correctly_rounded_sqrt
 from osoa_zip.models.registry import load_model
-
-from test_portability import EXAMPLES
 
 # sha256 of the tiny model's RGB weights after three replayed adaptation steps
 # on examples/images/0000.png (16x16 tiles, batch 4, lr 2e-3).  It must never

@@ -21,9 +21,9 @@ import time
 from pathlib import Path
 
 import pytest
-
 from conftest import EXAMPLES, MODEL, subprocess_env, uncompressed_copy
 from measure import run_cli
+
 from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.archive import ModelError, compress, decompress
 from osoa_zip.models.registry import MANIFEST, available_models

@@ -15,11 +15,10 @@ import sys
 from pathlib import Path
 
 import pytest
+from test_portability import EXAMPLES
 
 from osoa_zip.adapt.engine import AdaptationConfig
 from osoa_zip.archive import UsageError, compress, decompress
-
-from test_portability import EXAMPLES
 
 SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0))
 
@@ -96,7 +95,8 @@ def test_files_from_stores_paths_as_given(tree, tmp_path):
 
 @pytest.mark.parametrize("listed", ["/etc/passwd", "../x", "a/../../b"])
 def test_files_from_refuses_paths_that_leave(listed, tmp_path):
-    result = subprocess.run([sys.executable, "-m", "osoa_zip", "compress", "--files-from", "-", str(tmp_path / "a.osoa")],
+    command = [sys.executable, "-m", "osoa_zip", "compress", "--files-from", "-", str(tmp_path / "a.osoa")]
+    result = subprocess.run(command,
                             input=listed.encode(), capture_output=True, text=False)
     assert result.returncode == 2 and b"Traceback" not in result.stderr
     assert not (tmp_path / "a.osoa").exists()
@@ -170,6 +170,7 @@ def test_ctrl_c_leaves_nothing_half_written(tmp_path, command):
     """SIGINT mid-way: exit 130, one line, no archive, no temporary files, no partial folder."""
     import signal
     import time
+
     from conftest import uncompressed_copy
     source = tmp_path / "src"
     for copy in range(6):

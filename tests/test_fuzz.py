@@ -18,11 +18,11 @@ import json
 
 import pytest
 from click.testing import CliRunner
+from crafting import Crafted, build_source, chunk_spans, frame
+from fuzzing import Tally, check_decode
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from crafting import Crafted, build_source, chunk_spans, frame
-from fuzzing import Tally, check_decode
 from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.archive import compress
 from osoa_zip.cli import main

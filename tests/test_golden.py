@@ -12,8 +12,8 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from conftest import assert_same_tree
+
 from osoa_zip import decompress, test_archive
 
 GOLDEN = Path(__file__).parent / "golden"
@@ -60,7 +60,7 @@ def test_golden_archive_passes_test(name):
 
 def test_format_1_1_golden_archives_hold_what_1_1_added():
     from osoa_zip.adapt.engine import FLAG_GIVE_UP
-    from osoa_zip.inspect import read_archive
+    from osoa_zip.table import read_archive
     header, _, batches = read_archive(io.BytesIO((GOLDEN / "format-1.1-idf-tiny-test.osoa").read_bytes()))
     assert header["adaptation"]["batch_pixels"] == 512
     assert any(batch.flags & FLAG_GIVE_UP for batch in batches)
@@ -68,7 +68,7 @@ def test_format_1_1_golden_archives_hold_what_1_1_added():
 
 def test_format_1_2_golden_archives_hold_what_1_2_added():
     """The tiny model's 1.2 archive has batches of at most two 8 x 8 tiles (batch size 8): the cap made them."""
-    from osoa_zip.inspect import read_archive
+    from osoa_zip.table import read_archive
     header, _, batches = read_archive(io.BytesIO((GOLDEN / "format-1.2-idf-tiny-test.osoa").read_bytes()))
     assert header["adaptation"]["batch_pixels_max"] == 128
     assert header["adaptation"]["batch_size"] == 8
@@ -77,7 +77,7 @@ def test_format_1_2_golden_archives_hold_what_1_2_added():
 
 def test_format_1_3_golden_archives_hold_what_1_3_added():
     """The tiny model's 1.3 archive batches grey 8 x 8 tiles four at a time and RGB ones one at a time."""
-    from osoa_zip.inspect import read_archive
+    from osoa_zip.table import read_archive
     header, _, batches = read_archive(io.BytesIO((GOLDEN / "format-1.3-idf-tiny-test.osoa").read_bytes()))
     assert header["adaptation"]["gray_batch_pixels"] == 256
     assert header["adaptation"]["batch_size"] == 1
@@ -89,7 +89,7 @@ def test_format_1_4_golden_archives_hold_what_1_4_added():
     """The VAE archives of 1.4 hold chains of batches on one bits-back stack: the tiny model's
     of three batches (and a last batch alone), v2's one chain of all its batches."""
     from osoa_zip.adapt.flags import FLAG_CHAIN_HEAD, FLAG_CHAINED
-    from osoa_zip.inspect import read_archive
+    from osoa_zip.table import read_archive
     for name, heads, chained in (("format-1.4-vae-tiny-test.osoa", 19, 38), ("format-1.4-vae-conv-v2.osoa", 1, 14)):
         header, _, batches = read_archive(io.BytesIO((GOLDEN / name).read_bytes()))
         assert header["model"]["family"] == "vae"

@@ -14,11 +14,11 @@ import os
 from pathlib import Path
 
 import pytest
-from PIL import Image
-
 from conftest import EXAMPLES
 from crafting import Crafted, build_source, frame
 from measure import run_cli
+from PIL import Image
+
 from osoa_zip import pack as pack_module
 from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.archive import RefusedEntries, UsageError, compress, decompress, test_archive

@@ -11,11 +11,11 @@ import zlib
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES, GENERAL_PATH_IMAGES, NON_IMAGE_FILES, model_path_images
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import EXAMPLES, GENERAL_PATH_IMAGES, NON_IMAGE_FILES, model_path_images
 from osoa_zip.imaging.io import ImageRecord, read_image, write_image
 
 RGB_EXAMPLE = EXAMPLES / "0000.png"

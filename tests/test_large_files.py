@@ -10,7 +10,6 @@ import subprocess
 import sys
 
 import pytest
-
 from conftest import subprocess_env
 
 SIZE = (4 << 30) + 12_345  # past every 32-bit length

@@ -18,11 +18,11 @@ import sys
 
 import numpy as np
 import pytest
+from conftest import REPO, subprocess_env
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import REPO, subprocess_env
 from osoa_zip.imaging.io import ImageRecord, encode_image, picture_from_bands
 from osoa_zip.imaging.tiles import gather, pad_even, plan_batches
 from osoa_zip.unpack import _Canvas, _paste_batch

@@ -9,8 +9,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-
 from conftest import model_round_trip
+
 from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
 from osoa_zip.coding.ans import Encoder
 from osoa_zip.exact.logistic import LogisticTables
@@ -67,9 +67,9 @@ def test_coded_bits_match_the_nll_with_deep_levels():
     """v2's trained weights with deep levels switched on, on real 28 x 28 crops: within 1%."""
     import copy
 
+    from conftest import EXAMPLES
     from PIL import Image
 
-    from conftest import EXAMPLES
     from osoa_zip.models.registry import load_model
     network = copy.deepcopy(load_model("idf-sublattice-v2").network(3))
     network.deep_levels = True

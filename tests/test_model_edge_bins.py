@@ -12,11 +12,11 @@ import copy
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLES, assert_damage_stays_in_range, model_round_trip
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from conftest import EXAMPLES, assert_damage_stays_in_range, model_round_trip
 from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
 from osoa_zip.coding.ans import Decoder, Encoder
 from osoa_zip.coding.logistic_coder import pop_factor, push_factors

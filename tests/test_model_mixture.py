@@ -12,11 +12,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
+from conftest import assert_damage_stays_in_range, model_round_trip
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-from conftest import assert_damage_stays_in_range, model_round_trip
 from test_model_edge_bins import _saturated  # mostly 0 and 255, where edge bins and tails matter
+
 from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
 from osoa_zip.coding.ans import Decoder, Encoder
 from osoa_zip.coding.mixture_coder import pop_mixture_factor, push_mixture_factors
@@ -227,8 +227,8 @@ def test_a_single_logistic_vae_warm_starts_the_mixture_and_edge_bins_help(channe
 
 def _example_tiles(channels: int, side: int = 32, images: int = 1) -> torch.Tensor:
     """side x side tiles of the first 64 x 64 of examples 0003.png, 0004.png, ... (RGB or grey)."""
-    from PIL import Image
     from conftest import EXAMPLES
+    from PIL import Image
     count, tiles = 64 // side, []
     for index in range(3, 3 + images):
         pixels = np.asarray(Image.open(EXAMPLES / f"000{index}.png").convert("RGB" if channels == 3 else "L"))

@@ -21,8 +21,16 @@ from PIL import Image
 from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
 from osoa_zip.exact.logistic import LogisticTables
 from osoa_zip.models.idf import COEFFICIENT_LIMIT
-from osoa_zip.models.registry import (FlowBundle, ModelError, available_models, build_networks,
-                                      load_checkpoint, load_model, save_checkpoint, sha256_file)
+from osoa_zip.models.registry import (
+    FlowBundle,
+    ModelError,
+    available_models,
+    build_networks,
+    load_checkpoint,
+    load_model,
+    save_checkpoint,
+    sha256_file,
+)
 from osoa_zip.models.training import warm_start
 
 REPO = Path(__file__).resolve().parents[1]
@@ -143,7 +151,7 @@ def test_cross_channel_coefficients_reach_the_offsets():
     for x in (tiles, changed):
         targets, seen = network._targets(x), {}
 
-        def take(key, mean, log_scale, logits, offset):
+        def take(key, mean, log_scale, logits, offset, targets=targets, seen=seen):
             seen[key] = offset.clone()
             return network._target(targets, key)
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import EXAMPLES, assert_same_tree
 from PIL import Image, PngImagePlugin
 
 import osoa_zip.imaging.io as imaging_io
@@ -21,8 +22,6 @@ from osoa_zip.adapt.engine import AdaptationConfig
 from osoa_zip.archive import compress, decompress
 from osoa_zip.imaging.io import read_image, write_image
 from osoa_zip.imaging.pixel_file import PixelFile, PixelView
-
-from conftest import EXAMPLES, assert_same_tree
 
 REPO = Path(__file__).resolve().parents[1]
 PHOTOS = sorted((REPO / "data" / "eval" / "photos768").glob("*.png"))[:3] + sorted(EXAMPLES.glob("*.png"))[:3]
@@ -186,6 +185,7 @@ def test_damaged_side_planes_are_found_whichever_path_they_take(tmp_path, source
     band at a time: short, long, truncated or corrupt planes are refused (or lost under
     --salvage) exactly as when they are decompressed whole."""
     from crafting import Crafted
+
     from osoa_zip.container.format import ArchiveError
 
     buffer = io.BytesIO()

@@ -18,12 +18,11 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import uncompressed_copy
 from PIL import Image
 
 from osoa_zip.adapt.engine import AdaptationConfig
 from osoa_zip.archive import compress
-
-from conftest import uncompressed_copy
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "images"

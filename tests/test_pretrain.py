@@ -6,8 +6,8 @@ import json
 
 import pytest
 from click.testing import CliRunner
-
 from conftest import EXAMPLES, assert_same_tree, uncompressed_copy
+
 from osoa_zip import compress, decompress
 from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.cli import main

@@ -12,14 +12,14 @@ import sys
 
 import numpy as np
 import pytest
-from PIL import Image
-
 from conftest import EXAMPLES, MODEL, subprocess_env, uncompressed_copy
 from crafting import Crafted
+from PIL import Image
+from test_container import chunk_offsets
+
 from osoa_zip import compress, decompress
 from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.container.format import ArchiveError
-from test_container import chunk_offsets
 
 SEGMENTED = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, segment_batches=3)
 

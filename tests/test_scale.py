@@ -10,8 +10,8 @@ import sys
 import time
 
 import pytest
-
 from conftest import REPO, subprocess_env
+
 from osoa_zip.layout import xz_compress
 
 SCALE = REPO / "benchmarks" / "scale.py"

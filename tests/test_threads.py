@@ -4,8 +4,8 @@ from __future__ import annotations
 import io
 
 import pytest
-
 from conftest import EXAMPLES, MODEL, assert_same_tree, uncompressed_copy
+
 from osoa_zip import compress, decompress, test_archive
 from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.adapt.segments import split_runs

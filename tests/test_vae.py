@@ -20,7 +20,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import subprocess_env
 from PIL import Image
+from test_portability import FULL_MATRIX, SUBSET, _check, _ids, _tree_digest
 
 from osoa_zip.adapt.engine import FLAG_CHAIN_HEAD, FLAG_CHAINED, AdaptationConfig, BatchError, OnlineAdapter
 from osoa_zip.coding.ans import CorruptStream, Encoder
@@ -30,9 +32,6 @@ from osoa_zip.exact.logistic import LogisticTables, nll_bits
 from osoa_zip.exact.noise import logistic_quantile, uniform_q24
 from osoa_zip.models.registry import ModelError, build_networks, load_model
 from osoa_zip.models.vae import TOP_NOISE_SALT
-
-from conftest import subprocess_env
-from test_portability import FULL_MATRIX, SUBSET, _check, _ids, _tree_digest
 
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "images"
@@ -410,10 +409,11 @@ def test_decode_exact_full_matrix(low_contrast_archive, tmp_path, combination):
 def test_chains_with_segments_threads_and_salvage(tmp_path):
     """Chains start at every segment start; segments coded on two threads give the same
     archive; a damaged chain loses its segment alone under --salvage."""
+    from test_salvage import _damaged, _restore
+
     from osoa_zip import compress, decompress
     from osoa_zip.container.format import ArchiveError
-    from osoa_zip.inspect import read_archive
-    from test_salvage import _damaged, _restore
+    from osoa_zip.table import read_archive
 
     source = _low_contrast_folder(tmp_path / "in")
     config = dataclasses.replace(ADAPTATION, segment_batches=5, chain_batches=2)
@@ -455,6 +455,7 @@ def test_crafted_chains_are_refused_with_one_line(tmp_path, case, threads):
     """Chains edited behind valid checksums: refused (ArchiveError naming the batch), nothing written,
     by the serial and the threaded decoder alike."""
     from crafting import Crafted
+
     from osoa_zip import decompress
     from osoa_zip.container.format import ArchiveError
     crafted = Crafted.parse(_chained_archive(tmp_path))
@@ -506,7 +507,7 @@ def test_compress_takes_the_model_s_learning_rate_unless_told(tmp_path):
     from click.testing import CliRunner
 
     from osoa_zip.cli import main
-    from osoa_zip.inspect import read_archive
+    from osoa_zip.table import read_archive
     source = _low_contrast_folder(tmp_path / "in")
     rates = {}
     for name, options in (("own", []), ("told", ["--lr", "0.001"]), ("flow", None)):

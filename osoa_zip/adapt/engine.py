@@ -48,8 +48,17 @@ from ..exact import ENGINE
 from ..exact.optim import ExactAdam
 from ..models.registry import FlowBundle
 from .config import AdaptationConfig
-from .flags import (CHAIN_LENGTH_BYTES, FLAG_CHAIN_HEAD, FLAG_CHAINED, FLAG_GIVE_UP, FLAG_PRETRAINED,  # noqa: F401
-                    FLAG_ROLLBACK, FLAG_SEGMENT_START, KNOWN_FLAGS, declared_chain_length)
+from .flags import (  # noqa: F401
+    CHAIN_LENGTH_BYTES,
+    FLAG_CHAIN_HEAD,
+    FLAG_CHAINED,
+    FLAG_GIVE_UP,
+    FLAG_PRETRAINED,
+    FLAG_ROLLBACK,
+    FLAG_SEGMENT_START,
+    KNOWN_FLAGS,
+    declared_chain_length,
+)
 
 # The guard's back-off (encoder-only): θ0 must lose by this fraction of the
 # adapted model's bits before a comparison is skipped, for at most this many batches.

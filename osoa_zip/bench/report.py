@@ -49,7 +49,8 @@ def _header(result: BenchResult) -> list[str]:
         f"{config.tile_size} (or {config.batch_pixels} pixels of smaller tiles, "
         f"{config.gray_batch_pixels or config.batch_pixels} of grey ones; at most {config.batch_pixels_max} "
         f"pixels), θ0 kept after "
-        f"{config.give_up_after or 'never'} losses in a row; {'first ' + str(options.limit) + ' images of each folder' if options.limit else 'all images'}.",
+        f"{config.give_up_after or 'never'} losses in a row; "
+        f"{'first ' + str(options.limit) + ' images of each folder' if options.limit else 'all images'}.",
         "",
         "bpsp = compressed bits / (H·W·C) over the folder's images. Size ratios are codec bytes / osoa-zip "
         "default bytes (above 1: OSOA is smaller). Seconds are wall time of one process per codec and "

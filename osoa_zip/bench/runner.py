@@ -155,7 +155,7 @@ class _SetRunner:
 
     def osoa_zip(self, adapt: bool) -> None:
         """Compress and decompress with the real command line."""
-        from ..inspect import batch_statistics
+        from ..table import batch_statistics
         from ..verify import tree_differences
         key = OSOA if adapt else FROZEN
         archive, restored = self.work / f"{key}.osoa", self.work / f"{key}-restored"
@@ -277,7 +277,8 @@ def run_scaling(options: BenchOptions, log: Callable[[str], None]) -> list[Scali
             log(f"scaling: {count} tiles")
             measured = run_measured(osoa_zip_command("compress", "-q", *_compress_arguments(
                 options.model, options.config, True), str(folder), str(archive)))
-            rows.append(ScalingRow(count, distinct, subpixels, archive.stat().st_size, measured.seconds, measured.peak_rss_mb))
+            rows.append(ScalingRow(count, distinct, subpixels, archive.stat().st_size,
+                                   measured.seconds, measured.peak_rss_mb))
     return rows
 
 

@@ -15,11 +15,11 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from . import BenchError
 from ..files.scan import FILE, scan
 from ..imaging.io import COLOR_CHANNELS, MODEL_MODES, read_image
 from ..imaging.tiles import gather, pad_even, plan_batches
 from ..layout import GROUP_SUBPIXELS
+from . import BenchError
 
 
 @dataclass

@@ -7,10 +7,11 @@ and backward, with fewer passes over memory:
 
 * Layout.  Activations live channel-major on a zero-framed grid: a
   (C, margin + B*(H+1)*(W+1) + margin) tensor whose frame (one zero row and
-  column per image, shared with the next image) and margins are zero.  A 3x3 same-padded convolution is then nine matrix products, one per
-  tap, each of the (Co x Ci) tap weights with a *shifted window* of that
-  tensor (a strided view, no im2col copy), accumulated into the output.  The
-  frame of the output is cleared, which makes it the zero padding of the
+  column per image, shared with the next image) and margins are zero.  A 3x3
+  same-padded convolution is then nine matrix products, one per tap, each of
+  the (Co x Ci) tap weights with a *shifted window* of that tensor (a
+  strided view, no im2col copy), accumulated into the output.  The frame of
+  the output is cleared, which makes it the zero padding of the
   next layer.  torch's float64 conv2d on CPU has no oneDNN kernel; it copies
   an im2col matrix per image, which costs more than these products.
 * Fusion.  Forward and backward of all layers run in one function, with the

@@ -35,7 +35,6 @@ with atheris.instrument_imports(include=["osoa_zip"]):
     from osoa_zip.archive import decompress  # noqa: F401  (loads the decoder under instrumentation)
 
 import torch  # noqa: E402
-
 from crafting import frame  # noqa: E402
 from fuzzing import check_decode  # noqa: E402
 

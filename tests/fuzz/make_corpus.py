@@ -17,11 +17,11 @@ from pathlib import Path
 HERE = Path(__file__).resolve().parent
 sys.path[:0] = [str(HERE.parents[1]), str(HERE.parent)]
 
-import osoa_zip  # noqa: E402,F401  (first: OpenMP settings before torch)
 import numpy as np  # noqa: E402
+from crafting import build_source  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from crafting import build_source  # noqa: E402
+import osoa_zip  # noqa: E402,F401  (first: OpenMP settings before torch)
 from osoa_zip.adapt.config import AdaptationConfig  # noqa: E402
 from osoa_zip.archive import compress  # noqa: E402
 

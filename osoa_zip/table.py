@@ -9,12 +9,12 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import BinaryIO
 
-from .layout import SIDE_PLANES, decode_name, read_entry, side_plane_members
-from .imaging.io import COLOR_CHANNELS, MODEL_MODES
-from .container.format import ArchiveError, ArchiveReader, read_json
-from .imaging.tiles import plan_batches
 from .adapt.config import AdaptationConfig
 from .adapt.flags import declared_chain_length
+from .container.format import ArchiveError, ArchiveReader, read_json
+from .imaging.io import COLOR_CHANNELS, MODEL_MODES
+from .imaging.tiles import plan_batches
+from .layout import SIDE_PLANES, decode_name, read_entry, side_plane_members
 
 
 @dataclass
