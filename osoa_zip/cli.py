@@ -35,7 +35,7 @@ from .archive import (
     test_archive,
 )
 from .files.scan import SourceError, listed_name
-from .models.registry import DEFAULT_MODEL, available_models, families, recommended_learning_rate
+from .models.registry import DEFAULT_MODEL, available_models, recommended_learning_rate
 
 DATA_ERROR = 1
 USAGE_ERROR = 2
@@ -384,7 +384,7 @@ def info_command(archive) -> None:
 
 @main.command("pretrain")
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
-@click.option("--family", type=click.Choice(families()), default="flow", show_default=True,
+@click.option("--family", metavar="NAME", default="flow", show_default=True,
               help="Model family: flow (integer discrete flow), vae (VAE coded with bits-back ANS), or another "
                    "registered one (docs/MODELS.md).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,

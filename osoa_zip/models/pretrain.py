@@ -24,6 +24,7 @@ from .registry import (
     ModelError,
     available_models,
     build_networks,
+    families,
     family_class,
     load_model,
 )
@@ -75,6 +76,8 @@ def collect_tiles(data: Path, tile_size: int, crops_per_image: int, seed: int) -
 def pretrain(data: Path, output: Path, settings: PretrainSettings, init_from: str | None = None,
              description: str = "", log: Callable[[str], None] = print) -> str:
     """Train (or resume), export ``output`` (.safetensors) and register it; return its SHA-256."""
+    if settings.family not in families():
+        raise ValueError(f"--family {settings.family}: this version knows {', '.join(families())}")
     output = output.with_suffix(".safetensors")
     name = output.stem
     if name in available_models():

@@ -31,10 +31,6 @@ from ..coding.ans import Decoder, Encoder
 from ..exact.logistic import LogisticTables
 
 
-class ModelError(Exception):
-    """A model is missing, unknown, or not the one an archive needs."""
-
-
 class CodingModel(nn.Module, metaclass=ABCMeta):
     """The network of one family for one channel count, as the engine and the loader see it."""
 
@@ -143,14 +139,6 @@ def register_family(name: str, architecture: str) -> Callable[[type[CodingModel]
     return register
 
 
-def family_class(name: str) -> type[CodingModel]:
-    """The registered class of a family name."""
-    try:
-        return _FAMILIES[name]
-    except KeyError:
-        raise ModelError(f"unknown model family {name!r} (this version knows {', '.join(families())})") from None
-
-
-def families() -> list[str]:
-    """The registered family names, sorted."""
-    return sorted(_FAMILIES)
+def registered_families() -> dict[str, type[CodingModel]]:
+    """name -> class of every family registered so far (models/registry.py looks them up)."""
+    return dict(_FAMILIES)

@@ -27,7 +27,7 @@ from safetensors.torch import load_file, save_file
 
 from ..exact.logistic import LogisticTables
 from . import idf, vae  # noqa: F401  (each module registers its family)
-from .protocol import CodingModel, ModelError, families, family_class, register_family
+from .protocol import CodingModel, register_family, registered_families
 
 MANIFEST = "manifest.json"
 CHANNEL_PREFIXES = {1: "gray", 3: "rgb"}
@@ -38,9 +38,8 @@ DEFAULT_MODEL = "idf-sublattice-v6"
 LEGACY_FAMILY = "flow"
 
 
-def family_of(config: dict) -> str:
-    """The family a checkpoint config names."""
-    return config.get("family", LEGACY_FAMILY)
+class ModelError(Exception):
+    """A model is missing, unknown, or not the one an archive needs."""
 
 
 def model_dirs() -> list[Path]:
@@ -80,6 +79,24 @@ def sha256_file(path: Path) -> str:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
     return digest.hexdigest()
+
+
+def family_of(config: dict) -> str:
+    """The family a checkpoint config names."""
+    return config.get("family", LEGACY_FAMILY)
+
+
+def families() -> list[str]:
+    """The names of the families this version knows (registered with ``@register_family``), sorted."""
+    return sorted(registered_families())
+
+
+def family_class(name: str) -> type[CodingModel]:
+    """The class of a family name (models/protocol.py)."""
+    try:
+        return registered_families()[name]
+    except KeyError:
+        raise ModelError(f"unknown model family {name!r} (this version knows {', '.join(families())})") from None
 
 
 @dataclass
