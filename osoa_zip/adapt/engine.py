@@ -70,8 +70,8 @@ PROBE_MARGIN = 0.01
 # layers, was 0.2% larger with it, so the wider margin stays for "all" and "bias").
 PROBE_MARGIN_LAST_LAYERS = 0.0025
 MAX_PROBE_GAP = 8
-# Families with ``guard_every_batch`` (the VAE) compare θ0 on every batch: their adaptation swings more from
-# batch to batch (a single ELBO sample, all layers), and their forward pass is cheap.  With
+# Families with ``guard_every_batch`` (the VAE) compare θ0 on every batch: their adaptation
+# swings more from batch to batch (a single ELBO sample, all layers), and their forward pass is cheap.  With
 # the back-off, vae-hier-v3 on photos768 coded one batch 6.7% larger than θ0 right after the
 # adapted model had won by 2%, and the set 0.18% larger than --no-adapt.
 PROBE_MARGIN_BITS_BACK = math.inf
@@ -79,7 +79,6 @@ PROBE_MARGIN_BITS_BACK = math.inf
 
 class BatchError(ValueError):
     """A batch's flags or data cannot be replayed."""
-
 
 
 @dataclass
@@ -277,14 +276,15 @@ class OnlineAdapter:
     def encode_chain(self, batches: list[np.ndarray]) -> list[tuple[bytes, BatchStatistics]]:
         """Code consecutive batches of one segment, as ``encode`` does one by one.
 
-        A family that chains batches (the VAE, bits-back) lays them on one stack, so that only the
-        batch coded first pays for its latents without bits back.  The stack
-        is last-in-first-out and the decoder meets the batches first to last,
-        so the batches are coded last to first, each with the weights it was
-        to be coded with: the encoder keeps one copy of the weights per batch
-        of the chain (its memory is bounded by the chain's length).  The first
-        batch's chunk holds the whole stream (FLAG_CHAIN_HEAD and the chain's
-        length); the others hold their flags alone (FLAG_CHAINED).
+        A family that chains batches (the VAE, bits-back) lays them on one
+        stack, so that only the batch coded first pays for its latents without
+        bits back.  The stack is last-in-first-out and the decoder meets the
+        batches first to last, so the batches are coded last to first, each
+        with the weights it was to be coded with: the encoder keeps one copy of
+        the weights per batch of the chain (its memory is bounded by the
+        chain's length).  The first batch's chunk holds the whole stream
+        (FLAG_CHAIN_HEAD and the chain's length); the others hold their flags
+        alone (FLAG_CHAINED).
         """
         if len(batches) > self.chain_length:
             raise ValueError(f"a chain of {len(batches)} batches is longer than chain_batches")
