@@ -42,8 +42,6 @@ from osoa_zip.archive import ArchiveError, ModelError, RefusedEntries, UsageErro
 from osoa_zip.cli import main
 from osoa_zip.container.format import ArchiveReader
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 CODING = ["--model", MODEL, "--tile-size", str(TILE_SIZE), "--batch-size", str(BATCH_SIZE),
           "--batch-pixels", "0"]
 API_CONFIG = AdaptationConfig(tile_size=TILE_SIZE, batch_size=BATCH_SIZE, batch_pixels=0)

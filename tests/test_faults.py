@@ -28,8 +28,6 @@ from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.archive import ModelError, compress, decompress
 from osoa_zip.models.registry import MANIFEST, available_models
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 CODING = ["--model", MODEL, "--tile-size", "16", "--batch-size", "2", "--batch-pixels", "0"]
 ARCHIVE_PART = re.compile(r"^\.a\.osoa\.[A-Za-z0-9_]{8}\.part$")
 DEST_PART = re.compile(r"^\.dest\.osoa-zip-[A-Za-z0-9_]{8}\.part$")

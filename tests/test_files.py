@@ -15,7 +15,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from test_portability import EXAMPLES
+from conftest import EXAMPLES
 
 from osoa_zip.adapt.engine import AdaptationConfig
 from osoa_zip.archive import UsageError, compress, decompress

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import subprocess_env
+from conftest import EXAMPLES, subprocess_env
 from PIL import Image
 from test_portability import FULL_MATRIX, SUBSET, _check, _ids, _tree_digest
 
@@ -33,8 +33,6 @@ from osoa_zip.exact.noise import logistic_quantile, uniform_q24
 from osoa_zip.models.registry import ModelError, build_networks, load_model
 from osoa_zip.models.vae import TOP_NOISE_SALT
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples" / "images"
 MODEL = "vae-tiny-test"
 HIERARCHICAL = "vae-hier-tiny-test"  # two latent levels, mixture likelihood
 MODELS = [MODEL, HIERARCHICAL]
@@ -46,7 +44,6 @@ ADAPTATION = AdaptationConfig(tile_size=TILE, batch_size=4, batch_pixels=0, lear
 GOLDEN_ADAPTED_WEIGHTS = {MODEL: "2e79ff0100aee60dbb3b6735fe81c7f80a9b958bd35b9d18cc1af06163aa43c0",
                           HIERARCHICAL: "8080b31758e3f831d2ad68d2a4e01ba9c50cf3072d15593b77ab9ef9ea6ec497"}
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiles(mode: str, tile: int = TILE) -> np.ndarray:
