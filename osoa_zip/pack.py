@@ -44,6 +44,7 @@ from .layout import (
     xz_filters,
 )
 from .models.registry import DEFAULT_MODEL, load_model
+from .pause import pause_point
 
 
 class _CodedBatches:
@@ -181,6 +182,7 @@ class _Compressor:
                 self.writer.write_chunk(b"PIDX", packed_indices)
             for where, stats in coded:
                 self.writer.write_chunk(b"BATC", store.get(where))
+                pause_point("compress-batch")  # test-only (pause.py)
                 self.summary.batches.append(stats)
                 self.summary.image_bits += stats.bits
         self.summary.images += len(group)
