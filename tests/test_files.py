@@ -143,30 +143,83 @@ def test_byte_exact_restores_identical_bytes(tmp_path):
         assert (restored / path.name).read_bytes() == path.read_bytes(), path.name
 
 
-def test_images_the_model_codes_badly_are_stored_instead(tmp_path):
-    """An archive is never much larger than its inputs: a group that codes larger than its
-    files is stored as files, and the adaptation it caused is rolled back (decode stays exact)."""
+def _noise_png(path: Path, seed: int) -> None:
+    """Noise: PNG stores it at ~8 bits per sub-pixel, the model needs more."""
     import numpy as np
     from PIL import Image
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+
+
+def _same_pixels(source: Path, restored: Path) -> None:
+    import numpy as np
+    from PIL import Image
+    for path in source.iterdir():
+        with Image.open(path) as a, Image.open(restored / path.name) as b:
+            assert a.mode == b.mode and np.array_equal(np.asarray(a), np.asarray(b)), path.name
+
+
+def test_images_the_model_codes_badly_are_stored_as_files(tmp_path):
+    """An archive is never much larger than its inputs: a group that codes larger than its
+    files is stored as files (byte for byte)."""
     source = tmp_path / "src"
     source.mkdir()
-    noise = np.random.default_rng(3).integers(0, 256, (40, 40, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(source / "noise.png")  # PNG stores noise at ~8 bits; the model needs more
-    Image.fromarray(np.zeros((40, 40), np.uint8)).save(source / "flat.png")
+    _noise_png(source / "noise1.png", 3)
+    _noise_png(source / "noise2.png", 4)
     buffer = io.BytesIO()
     summary = compress([source], buffer, **SETTINGS)
+    assert (summary.files, summary.images, summary.batches) == (2, 0, [])
     total = sum(p.stat().st_size for p in source.iterdir())
     (tmp_path / "empty").mkdir()
     empty = io.BytesIO()
     compress([tmp_path / "empty"], empty, **SETTINGS)  # the header and the framing (~0.8 kB)
     assert len(buffer.getvalue()) <= total + len(empty.getvalue()) + 256
-    buffer.seek(0)
     restored = tmp_path / "out"
-    decompress(buffer, restored)
-    assert summary.images in (0, 2)
+    decompress(io.BytesIO(buffer.getvalue()), restored)
     for path in source.iterdir():
-        with Image.open(path) as a, Image.open(restored / path.name) as b:
-            assert np.array_equal(np.asarray(a), np.asarray(b))
+        assert (restored / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_images_the_model_codes_well_take_the_model_path(tmp_path):
+    from conftest import uncompressed_copy
+    source = uncompressed_copy(EXAMPLES, tmp_path / "src")
+    buffer = io.BytesIO()
+    summary = compress([source], buffer, **SETTINGS)
+    images = len(list(source.iterdir()))
+    assert summary.images == images and summary.batches
+    assert len(buffer.getvalue()) < sum(p.stat().st_size for p in source.iterdir())
+    restored = tmp_path / "out"
+    decompress(io.BytesIO(buffer.getvalue()), restored)
+    _same_pixels(source, restored)
+
+
+def test_a_group_stored_as_files_leaves_no_adaptation_behind(tmp_path, monkeypatch):
+    """One image per group: the noise group between two photos is stored as files and the
+    adaptation it caused is rolled back, so the photos are coded with exactly the bits they
+    get without it (and the decoder, which never sees that group, stays exact)."""
+    from conftest import uncompressed_copy
+
+    from osoa_zip import pack
+    monkeypatch.setattr(pack, "MAX_GROUP_IMAGES", 1)
+    photos = uncompressed_copy(EXAMPLES, tmp_path / "photos")
+    first, last = sorted(photos.iterdir())[:2]
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copy(first, source / "a.png")
+    _noise_png(source / "b.png", 3)
+    shutil.copy(last, source / "c.png")
+    without = tmp_path / "without"
+    shutil.copytree(source, without)
+    (without / "b.png").unlink()
+    bits = {}
+    for name, folder in (("with", source), ("without", without)):
+        buffer = io.BytesIO()
+        summary = compress([folder], buffer, **SETTINGS)
+        assert summary.images == 2
+        bits[name] = [batch.bits for batch in summary.batches]
+        restored = tmp_path / f"out-{name}"
+        decompress(io.BytesIO(buffer.getvalue()), restored)
+        _same_pixels(folder, restored)
+    assert bits["with"] == bits["without"]
 
 
 @pytest.mark.parametrize("command", ["compress", "decompress"])
