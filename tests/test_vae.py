@@ -24,6 +24,7 @@ from conftest import EXAMPLES, subprocess_env
 from PIL import Image
 from test_portability import FULL_MATRIX, SUBSET, _check, _ids, _tree_digest
 
+from osoa_zip.adapt.config import DEFAULT_LEARNING_RATE
 from osoa_zip.adapt.engine import FLAG_CHAIN_HEAD, FLAG_CHAINED, AdaptationConfig, BatchError, OnlineAdapter
 from osoa_zip.coding.ans import CorruptStream, Encoder
 from osoa_zip.coding.bitsback import StackCoder
@@ -514,7 +515,7 @@ def test_compress_takes_the_model_s_learning_rate_unless_told(tmp_path):
         assert result.exit_code == 0, result.output
         with open(archive, "rb") as handle:
             rates[name] = read_archive(handle)[0]["adaptation"]["learning_rate"]
-    assert rates == {"own": 2e-3, "told": 1e-3, "flow": AdaptationConfig.learning_rate}
+    assert rates == {"own": 2e-3, "told": 1e-3, "flow": DEFAULT_LEARNING_RATE}
 
 
 def test_unknown_family_is_refused():

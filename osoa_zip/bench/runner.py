@@ -8,6 +8,7 @@ codec that does not give the pixels back fails the benchmark.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import platform
@@ -283,8 +284,11 @@ def run_scaling(options: BenchOptions, log: Callable[[str], None]) -> list[Scali
 
 
 def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda message: None) -> BenchResult:
-    """Measure every codec on every folder, write the table, CSV and plots into options.output."""
+    """Measure every codec on every folder, write the table, CSV and plots into options.output.
+    Settings that ``options.config`` leaves unset are the model's, as for compress."""
+    from ..adapt.defaults import adaptation_for  # loads torch: not at import (see __init__.py)
     from .report import write_outputs
+    options = dataclasses.replace(options, config=adaptation_for(options.model, options.config))
     options.output.mkdir(parents=True, exist_ok=True)
     machine = machine_description()
     result = BenchResult(options, machine, run_measured(osoa_zip_command("--version")).seconds, [], [])
