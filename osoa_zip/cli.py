@@ -472,7 +472,8 @@ def bench_command(folders, output, limit, model, learning_rate, steps_per_batch,
     import shlex
 
     from .bench import BenchError
-    from .bench.runner import BenchOptions, run_bench
+    from .bench.results import BenchOptions
+    from .bench.runner import run_bench
     with _reported_errors():
         try:
             counts = [int(item) for item in scaling.split(",") if item.strip()]

@@ -24,7 +24,7 @@ from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
 from osoa_zip.archive import compress
 from osoa_zip.bench import classical, finetune, report, runner
 from osoa_zip.bench.processes import Measured, run_measured
-from osoa_zip.bench.runner import BenchResult, ScalingRow
+from osoa_zip.bench.results import BenchResult, ScalingRow
 from osoa_zip.bench.sets import model_batches, tile_folder
 from osoa_zip.cli import main
 from osoa_zip.exact.fixed import WEIGHT_FRAC_BITS, quantize_weight
