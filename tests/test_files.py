@@ -81,6 +81,20 @@ def test_metadata_links_and_names_survive(tree, tmp_path):
     assert (restored / "sub" / "same-notes.txt").stat().st_ino == (restored / "notes.txt").stat().st_ino
 
 
+def test_names_decompress_would_refuse_are_skipped_with_a_warning(tmp_path):
+    """A backslash (refused on restore, as a path separator elsewhere) is skipped, as a
+    control character is, with one warning each; the rest is archived and restored."""
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "a\\b.txt").write_text("backslash\n")
+    (root / "bell\a.txt").write_text("control\n")
+    (root / "fine.txt").write_text("fine\n")
+    warnings = []
+    restored = _round_trip([root], tmp_path, warnings)
+    assert sorted(p.name for p in restored.iterdir()) == ["fine.txt"]
+    assert len(warnings) == 2 and any("backslash" in w for w in warnings) and any("control" in w for w in warnings)
+
+
 def test_files_from_stores_paths_as_given(tree, tmp_path):
     listing = b"\0".join([b"src/imgs/a.png", b"src/notes.txt", b"./src/sub"]) + b"\0"
     archive = tmp_path / "listed.osoa"

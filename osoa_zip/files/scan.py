@@ -4,7 +4,8 @@ A directory source contributes its contents; a file source its base name.
 Directories (so empty ones survive), regular files, hard links (the second
 and later names of one inode) and symbolic links that stay inside their
 source tree become entries; links that leave it, FIFOs, sockets and devices
-are skipped with a warning, and so are names holding control characters.
+are skipped with a warning, and so are names holding control characters or a
+backslash (decompress refuses them).
 Nothing is ever followed.  Entries come sorted,
 parents before children, so archives are deterministic.
 """
@@ -100,6 +101,9 @@ def scan(sources: list[Path | tuple[Path, str]], warn: Callable[[str], None],
                 continue
             if has_control_characters(name):
                 warn(f"skipping {name!r}: its name holds control characters")
+                continue
+            if "\\" in name:  # decompress refuses such names (files.restore.checked_name)
+                warn(f"skipping {name!r}: its name holds a backslash")
                 continue
             if name in names:
                 raise SourceError(f"two sources give the same archive path {name!r}")
