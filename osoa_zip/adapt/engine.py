@@ -49,6 +49,7 @@ from ..exact import ENGINE
 from ..exact.optim import ExactAdam
 from ..models.registry import FlowBundle
 from .config import AdaptationConfig
+from .defaults import adaptation_for
 from .flags import (  # noqa: F401
     CHAIN_LENGTH_BYTES,
     FLAG_CHAIN_HEAD,
@@ -158,12 +159,7 @@ class OnlineAdapter:
     """Holds θ_t per channel count and the optimiser state; one per archive."""
 
     def __init__(self, bundle: FlowBundle, config: AdaptationConfig) -> None:
-        if config.optimizer != "adam":
-            raise ValueError(f"unknown optimizer {config.optimizer!r}")
-        if (config.tile_size % 2 or config.tile_size < 2 or config.batch_size < 1 or config.steps_per_batch < 0
-                or config.segment_batches < 0):
-            raise ValueError("tile size must be even and positive, batch size and steps positive")
-        self.config = config
+        self.config = adaptation_for(bundle.name, config)  # validated by AdaptationConfig itself
         self._bundle = bundle
         self._family = bundle.family_class
         self._tracks: dict[int, _Track] = {}

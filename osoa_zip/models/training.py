@@ -25,7 +25,6 @@ from .registry import (
     build_networks,
     family_class,
     family_of,
-    load_checkpoint,
     save_checkpoint,
 )
 
@@ -200,10 +199,5 @@ def _name_of(network: torch.nn.Module, module: torch.nn.Module) -> str:
     return next(name for name, candidate in network.named_modules() if candidate is module)
 
 
-def load_networks_float(path: Path) -> dict[int, CodingModel]:
-    bundle = load_checkpoint(path, name=path.stem, sha256="")
-    return {c: n.to(torch.float32) for c, n in bundle.networks.items()}
-
-
-__all__ = ["train", "evaluate", "export", "build_networks", "CHANNEL_PREFIXES", "load_networks_float", "warm_start",
+__all__ = ["train", "evaluate", "export", "build_networks", "CHANNEL_PREFIXES", "warm_start",
            "spread_mixture"]
