@@ -208,25 +208,33 @@ class _Latents:
                           self.lower[pick])
 
     def rows_for(self, pick: np.ndarray, start: np.ndarray, size: int) -> np.ndarray:
-        """Counts of ``size`` bins from ``start`` and then the escape, for latents ``pick``.
+        """Counts of ``size`` bins from ``start`` and then the escape, for latents ``pick``."""
+        return self.rows_of(self.arrays_for(pick, start), size)
+
+    def arrays_for(self, pick, start: np.ndarray) -> tuple:
+        """What ``rows_of`` needs of latents ``pick`` whose windows start at ``start``."""
+        first = self.row_start[:, pick] + np.clip(start - self.centre[:, pick], -REACH, REACH)
+        return first, self.weights[:, pick], start, self.lower[pick], self.upper[pick], self.weight[pick]
+
+    def rows_of(self, arrays: tuple, size: int) -> np.ndarray:
+        """Counts of ``size`` bins and then the escape, for latents given by ``arrays_for``.
 
         float64 throughout: every value is an integer below 2**53 (weights < 2**17,
         CDFs < 2**25, at most 8 components), so every product and sum is exact."""
-        if len(pick) * (size + 1) > _CELLS_PER_BLOCK and len(pick) > 1:
-            half = len(pick) // 2
-            return np.concatenate([self.rows_for(pick[:half], start[:half], size),
-                                   self.rows_for(pick[half:], start[half:], size)])
-        lower, upper, weight = self.lower[pick], self.upper[pick], self.weight[pick]
-        first = self.row_start[:, pick] + np.clip(start - self.centre[:, pick], -REACH, REACH)
+        first, weights, start, lower, upper, weight = arrays
+        n = len(start)
+        if n * (size + 1) > _CELLS_PER_BLOCK and n > 1:
+            half = n // 2
+            return np.concatenate([self.rows_of(tuple(a[..., :half] for a in arrays), size),
+                                   self.rows_of(tuple(a[..., half:] for a in arrays), size)])
         # sum_k e_k CDF_k at the bin edges; each component's stretch of CDF is contiguous in
         # the table, so it is one row of a sliding-window view (a copy, not a gather per bin).
         stretches = self.rows.stretches(size + 1)
-        weights = self.weights[:, pick]
         mixture = stretches[first[0]] * weights[0][:, None]
         for component in range(1, len(first)):
             mixture += stretches[first[component]] * weights[component][:, None]
         total = weight * CDF_ONE
-        counts = np.empty((len(pick), size + 1), dtype=np.float64)
+        counts = np.empty((n, size + 1), dtype=np.float64)
         np.subtract(mixture[:, 1:], mixture[:, :-1], out=counts[:, :size])
         counts[:, :size] += weight[:, None]
         below, above = mixture[:, 0].copy(), total - mixture[:, size]  # the mass outside the window
@@ -325,20 +333,6 @@ class _Latents:
         return zeroed_before(position), zeroed_before(position + 1), beyond - (window_to - window_from)
 
 
-def _buckets(latents: _Latents, index: np.ndarray) -> list:
-    """[(window size, members in coding order)] for the latents ``index`` (one factor).
-
-    A bucket with fewer than MERGE_BELOW members joins the next larger one in use
-    (wider windows, fewer calls): a rule on counts both sides know.
-    """
-    closing = _closing_buckets(np.bincount(latents.bucket[index], minlength=len(BUCKETS) + 1)[None, :])[0]
-    group = closing[latents.bucket[index]]
-    order = np.argsort(group, kind="stable")
-    bounds = np.searchsorted(group[order], np.arange(len(BUCKETS) + 2))
-    return [(_SIZES[b], index[order[bounds[b]:bounds[b + 1]]]) for b in range(len(BUCKETS) + 1)
-            if bounds[b + 1] > bounds[b]]
-
-
 def _closing_buckets(counts: np.ndarray) -> np.ndarray:
     """Per factor (row of ``counts``: its latents per bucket, the range last), the bucket whose
     window each bucket's latents use: their own, or the next one in use where a group reaches
@@ -404,21 +398,30 @@ def pop_mixture_factor(decoder: Decoder, tables: LogisticTables, means, log_scal
                        upper) -> torch.Tensor:
     """Decode one factor coded by ``push_mixture_factors``; shaped like ``lower``."""
     latents = _Latents(tables, means, log_scales, logits, lower, upper)
+    groups = len(BUCKETS) + 1
+    group = _closing_buckets(np.bincount(latents.bucket, minlength=groups)[None, :])[0][latents.bucket]
+    # Every window in coding order at once (group by group, flat order inside a group), so
+    # that each group's arrays are slices.
+    order = np.argsort(group.astype(np.int16), kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(groups + 1))
+    size = _SIZES[group[order]]
+    start = latents.window_start(order, size)
+    arrays = latents.arrays_for(order, start)
     values = np.empty(lower.numel(), dtype=np.int64)
-    escaped_members, escaped_starts, escaped_sizes = [], [], []
-    for size, members in _buckets(latents, np.arange(lower.numel())):
-        start = latents.window_start(members, size)
-        symbols = decoder.pop_categorical(latents.rows_for(members, start, size)).astype(np.int64)
-        if symbols.size != members.size:
+    escaped = np.zeros(len(order), dtype=bool)
+    for b in range(groups):
+        part = slice(bounds[b], bounds[b + 1])
+        if part.start == part.stop:
+            continue
+        window_size = int(_SIZES[b])
+        symbols = decoder.pop_categorical(latents.rows_of(tuple(a[..., part] for a in arrays), window_size))
+        if symbols.size != part.stop - part.start:
             raise CorruptStream("coded data ended early")
-        escaped = symbols == size
-        values[members] = start + symbols
-        escaped_members.append(members[escaped])
-        escaped_starts.append(start[escaped])
-        escaped_sizes.append(np.full(int(escaped.sum()), size))
-    out = np.concatenate(escaped_members)
-    if out.size:
-        rows = latents.range_rows(out, np.concatenate(escaped_starts), np.concatenate(escaped_sizes))
+        escaped[part] = symbols == window_size
+        values[order[part]] = start[part] + symbols
+    if escaped.any():
+        out = order[escaped]
+        rows = latents.range_rows(out, start[escaped], size[escaped])
         positions = decoder.pop_categorical(rows).astype(np.int64)
         if positions.size != out.size:
             raise CorruptStream("coded data ended early")
