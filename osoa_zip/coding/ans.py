@@ -82,6 +82,8 @@ class Encoder:
         """Code each symbol as ``push_categorical`` would under its row, from the row's cumulative
         counts alone (``quantized_intervals``): the same bytes, O(1) per symbol."""
         if len(symbols):
+            if not (total > 0).all():  # as constriction refuses such a row
+                raise ValueError("a probability row sums to zero")
             start, end = quantized_intervals(before, through, total, size, symbols)
             symbols, rows = three_bin_rows(start, end)
             self._queue.append((symbols, _CATEGORICAL, rows))
