@@ -51,7 +51,8 @@ def three_bin_rows(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.n
     interval is exactly [start, end) (scale 1, so the quantization adds only the symbol's index).
 
     The middle bin carries the interval; one that starts at 0 is the first bin, one that
-    ends at 2**24 the last (the lazy model's last symbol always ends there).
+    ends at 2**24 the last (the lazy model's last symbol always ends there; it must then
+    start at 2 or later).
     """
     width = end - start
     symbols = np.where(start == 0, 0, np.where(end == _ONE, 2, 1))
@@ -85,8 +86,17 @@ class Encoder:
             if not (total > 0).all():  # as constriction refuses such a row
                 raise ValueError("a probability row sums to zero")
             start, end = quantized_intervals(before, through, total, size, symbols)
-            symbols, rows = three_bin_rows(start, end)
-            self._queue.append((symbols, _CATEGORICAL, rows))
+            # Three bins cannot give [1, 2**24) (a two-symbol row's last symbol after a first
+            # of width 1): such symbols go as two-bin rows, in order with the others.
+            two_bins = (start == 1) & (end == _ONE)
+            cuts = np.nonzero(np.diff(two_bins))[0] + 1
+            for first, last in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(start)]])):
+                if two_bins[first]:
+                    rows = np.tile([0.0, _ONE - 2.0], (last - first, 1))
+                    self._queue.append((np.ones(last - first, dtype=np.int32), _CATEGORICAL, rows))
+                else:
+                    three, rows = three_bin_rows(start[first:last], end[first:last])
+                    self._queue.append((three, _CATEGORICAL, rows))
 
     def push_uniform(self, symbols: np.ndarray, size: int) -> None:
         if len(symbols):
