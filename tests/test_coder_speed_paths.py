@@ -181,3 +181,22 @@ def test_logistic_window_rows_push_the_bytes_of_their_rows(seed, n, escape):
         rows.push(fast, symbols, escape)
         whole.push_categorical(symbols, rows.counts(escape))
         assert fast.finish() == whole.finish()
+
+
+@SETTINGS
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 500))
+def test_logistic_rows_with_edge_bins_push_the_bytes_of_their_rows(seed, n):
+    """Bounds anywhere around the window (a single value, one side only, both), every symbol."""
+    rng = np.random.default_rng(seed)
+    mean = torch.from_numpy(np.round(rng.uniform(-300, 300, n) * 256) / 256)
+    log_scale = torch.from_numpy(np.round(rng.uniform(LOG_SCALE_MIN - 1, LOG_SCALE_MAX + 1, n) * 256) / 256)
+    lower = torch.round(mean + torch.from_numpy(rng.choice([-1000.0, -40.0, -3.0, 0.0, 2.0], n)))
+    upper = lower + torch.from_numpy(rng.choice([0.0, 1.0, 5.0, 255.0, 3000.0], n))
+    for members, half_width, rows, _, _ in logistic_coder._plan(TABLES, [mean], [log_scale], [(lower, upper)]):
+        width = 2 * half_width + 1
+        symbols = rng.integers(0, width + 1, members.numel())
+        symbols[: len(symbols) // 4] = width
+        fast, whole = Encoder(), Encoder()
+        rows.push(fast, symbols)
+        whole.push_categorical(symbols, rows.counts())
+        assert fast.finish() == whole.finish()

@@ -140,10 +140,9 @@ class _WindowRows:
 
         A row's bins telescope: the counts before window bin s sum to CDF(s) - CDF(0)
         (the CDF at the bins' edges), the escape is what the window leaves of CDF_ONE.
-        Folded rows (edge bins) are built and pushed whole.
         """
         if self.fold is not None:
-            encoder.push_categorical(symbols, self.counts(escape))
+            self._push_folded(encoder, symbols)
             return
         width = self.cdf.shape[1] - 1  # window bins
         at_zero = self.cdf[self.which, 0]
@@ -155,6 +154,30 @@ class _WindowRows:
         else:
             total = self.cdf[self.which, width] - at_zero
         encoder.push_intervals(symbols, before, through, total, np.full(len(symbols), width + escape))
+
+    def _push_folded(self, encoder: Encoder, symbols: np.ndarray) -> None:
+        """``push`` for rows with edge bins (``_fold``), escape included.
+
+        Bins outside [lo, hi] (the bounds' positions inside the window) are empty; the
+        lower bound's bin starts at CDF 0 (sums from there are CDF(s), not CDF(s) - CDF(0));
+        the upper bound's bin ends at CDF_ONE, so every sum past it is CDF_ONE less what
+        lies before its first bin (all of the bin's mass when it is also the lower bound's,
+        which gives it CDF_ONE - CDF(upper) as ``_fold`` does).
+        """
+        first, last = self.fold
+        width = self.cdf.shape[1] - 1
+        cdf = lambda position: self.cdf[self.which, np.clip(position, 0, width)]  # noqa: E731
+        lo, hi = np.maximum(first, 0), np.minimum(last, width - 1)
+        high = last < width
+        base = np.where(first >= 0, 0.0, cdf(0))
+        after = np.where(high, np.where(last > lo, CDF_ONE - base, CDF_ONE - cdf(last)), cdf(width) - base)
+
+        def before_bin(position):
+            return np.where(position <= lo, 0.0, np.where(position <= hi, cdf(position) - base, after))
+
+        total = before_bin(width) + base + np.where(high, 0.0, CDF_ONE - cdf(width))
+        through = np.where(symbols == width, total, before_bin(symbols + 1))
+        encoder.push_intervals(symbols, before_bin(symbols), through, total, np.full(len(symbols), width + 1))
 
 
 def _plan(tables: LogisticTables, means: list[torch.Tensor], log_scales: list[torch.Tensor],
