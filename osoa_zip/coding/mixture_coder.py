@@ -213,8 +213,8 @@ class _Latents:
 
     def arrays_for(self, pick, start: np.ndarray) -> tuple:
         """What ``rows_of`` needs of latents ``pick`` whose windows start at ``start``."""
-        first = self.row_start[:, pick] + np.clip(start - self.centre[:, pick], -REACH, REACH)
-        return first, self.weights[:, pick], start, self.lower[pick], self.upper[pick], self.weight[pick]
+        return (self.stretch_starts(pick, start), self.weights[:, pick], start, self.lower[pick], self.upper[pick],
+                self.weight[pick])
 
     def rows_of(self, arrays: tuple, size: int) -> np.ndarray:
         """Counts of ``size`` bins and then the escape, for latents given by ``arrays_for``.
@@ -269,16 +269,20 @@ class _Latents:
 
     # -- the encoder's path: a symbol's cumulative counts from a few edges, not its row --
 
-    def mixture_at(self, pick, start: np.ndarray, edge: np.ndarray) -> np.ndarray:
-        """sum_k e_k CDF_k at bin edge ``edge`` (counted from ``start``) of latents ``pick``:
-        the value ``rows_for`` holds in that column, without the rest of the row."""
-        centre, row_start, weights = self.centre[:, pick], self.row_start[:, pick], self.weights[:, pick]
-        index = start - centre
-        np.clip(index, -REACH, REACH, out=index)
-        index += row_start
-        index += edge
-        values = self.rows.flat.take(index)
-        values *= weights
+    def stretch_starts(self, pick, start: np.ndarray) -> np.ndarray:
+        """Where each component's CDF stretch for windows starting at ``start`` begins in the
+        flat table (K x n; a component's centre at most REACH bins away, as ``rows_for``)."""
+        first = start - self.centre[:, pick]
+        np.clip(first, -REACH, REACH, out=first)
+        first += self.row_start[:, pick]
+        return first
+
+    def mixture_at(self, pick, first: np.ndarray, edge) -> np.ndarray:
+        """sum_k e_k CDF_k at bin edge ``edge`` of latents ``pick`` whose stretches start at
+        ``first`` (``stretch_starts``): the value ``rows_for`` holds in that column, without
+        the rest of the row."""
+        values = self.rows.flat.take(first + edge)
+        values *= self.weights[:, pick]
         return values.sum(axis=0)
 
     def window_intervals(self, pick, start: np.ndarray, size: np.ndarray,
@@ -292,11 +296,12 @@ class _Latents:
         value there.  The same integers as summing the row (all exact in float64).
         """
         lower, upper, weight = self.lower[pick], self.upper[pick], self.weight[pick]
+        first = self.stretch_starts(pick, start)
         total_mass = weight * CDF_ONE
         past_upper = start + size > upper
         last = np.where(past_upper, upper - start, size)
-        at_lower_edge = self.mixture_at(pick, start, 0)
-        at_upper_edge = self.mixture_at(pick, start, size)
+        at_lower_edge = self.mixture_at(pick, first, 0)
+        at_upper_edge = self.mixture_at(pick, first, size)
         base = np.where(start <= lower, 0.0, at_lower_edge)
         beyond = total_mass - base + (last + 1) * weight
 
@@ -306,9 +311,9 @@ class _Latents:
         inside = np.minimum(start + size - 1, upper) - start + 1
         above = np.where(past_upper, 0.0, total_mass - at_upper_edge)
         total = before_edge(size, at_upper_edge) + base + above + weight * ((upper - lower + 1) - inside)
-        before = before_edge(symbols, self.mixture_at(pick, start, symbols))
+        before = before_edge(symbols, self.mixture_at(pick, first, symbols))
         through = np.where(symbols == size, total,
-                           before_edge(symbols + 1, self.mixture_at(pick, start, np.minimum(symbols + 1, size))))
+                           before_edge(symbols + 1, self.mixture_at(pick, first, np.minimum(symbols + 1, size))))
         return before, through, total
 
     def range_intervals(self, pick: np.ndarray, window_start: np.ndarray, window_size: np.ndarray,
@@ -318,8 +323,10 @@ class _Latents:
         last = upper - lower  # the range row starts at the lower bound and ends past the upper one
         beyond = weight * CDF_ONE + (last + 1) * weight
 
+        first = self.stretch_starts(pick, lower)
+
         def before_edge(j):  # the counts of the row before zeroing, before bin j
-            return np.where(j == 0, 0.0, np.where(j <= last, self.mixture_at(pick, lower, j) + j * weight, beyond))
+            return np.where(j == 0, 0.0, np.where(j <= last, self.mixture_at(pick, first, j) + j * weight, beyond))
 
         zero_from = window_start - lower
         zero_to = np.minimum(zero_from + window_size, RANGE_SIZE)
