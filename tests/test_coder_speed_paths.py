@@ -58,6 +58,16 @@ def test_intervals_code_the_bytes_of_whole_rows(seed, size, count, kind):
     assert fast.finish() == whole.finish()
 
 
+def test_two_symbol_rows_whose_last_symbol_starts_at_one():
+    """[1, 2**24) is no three-bin row's interval: such symbols go as two-bin rows, in order."""
+    rows = np.array([[5.0, 0.0], [0.0, 5.0], [5.0, 0.0], [3.0, 4.0], [5.0, 0.0]])
+    symbols = np.array([1, 1, 1, 0, 1])
+    whole, fast = Encoder(), Encoder()
+    whole.push_categorical(symbols, rows)
+    fast.push_intervals(symbols, *_cumulative(rows, symbols), np.full(len(rows), 2))
+    assert fast.finish() == whole.finish()
+
+
 def test_a_row_of_zeros_is_refused_like_constriction_refuses_it():
     with pytest.raises(ValueError):
         Encoder().push_intervals(np.zeros(1, dtype=np.int64), np.zeros(1), np.zeros(1), np.zeros(1), np.full(1, 3))
