@@ -1,0 +1,301 @@
+"""Engine 2's exact integer matrix product: one contract, three kernels.
+
+Why: engine 1 keeps every reduction exact by doing it in float64 on bounded
+dyadic grids, which costs ~4x plain float32.  Engine 2 does the same with
+small integers, so it can use int8 hardware.  Integer hardware is not
+automatically exact, though: oneDNN's int8 GEMM on CPUs without VNNI turns
+the first operand into u8 (a + 128, with a compensation term) and adds
+*pairs* of u8 x s8 products in int16 (``vpmaddubsw``), which saturates for
+full-range operands.  The contract below is the one that was measured exact
+on every oneDNN ISA (docs/ENGINE2.md, /work/shared/CPUS.md):
+
+* ``limb_product(a, b)``: ``a`` is M x K int8 in [-128, 127] (a *full limb*),
+  ``b`` is K x N int8 in [-64, 63] (a *7-bit limb*), K <= MAX_K; the result
+  is the M x N integer product as int32, identical on every kernel.
+* Wider integers are split into limbs (``split_limbs``): a first operand into
+  8-bit limbs, a second operand into 7-bit limbs; every pair of limbs is one
+  limb product, recombined exactly in int64 (``exact_product``).
+
+The three kernels and the bound each relies on:
+
+* ``int8``: ``torch._int_mm`` (int8 x int8 -> int32).  One u8 x s7 pair sums to
+  at most 2 * 255 * 64 = 32640 < 2**15 - 1, so the int16 pair sums of the
+  non-VNNI path cannot saturate; the u8 sum before compensation is at most
+  K * 255 * 64 < 2**31 for K <= MAX_K = 2**17, so int32 cannot wrap either.
+* ``float32``: every product is an integer of magnitude <= 128 * 64 = 2**13,
+  so every partial sum of at most FLOAT32_CHUNK = 2**11 products is an integer
+  of magnitude <= 2**24, which float32 holds exactly -- in any summation
+  order, blocking or FMA use.  K is cut into such chunks, each chunk's result
+  converted to int32 and the chunks summed there.  It also needs torch to
+  keep float32 products in float32 (no bf16/tf32 shortcut): see
+  ``FloatSettingsGuard``.
+* ``float64``: the reference; sums of at most MAX_K products of 2**13 stay
+  below 2**30, far inside float64's 2**53.
+
+All three return the same integers, so which one runs is never written into
+an archive; ``current_kernel`` picks the fastest usable one for this process
+(``OSOA_ZIP_KERNEL`` forces one).
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+
+from ..layout import UsageError
+
+FULL_LIMB_BITS = 8  # first-operand limbs: int8, [-128, 127]
+SEVEN_BIT_LIMB_BITS = 7  # second-operand limbs: [-64, 63]
+LIMB_PRODUCT_MAX = 2 ** (FULL_LIMB_BITS - 1) * 2 ** (SEVEN_BIT_LIMB_BITS - 1)  # |a * b| <= 2**13
+# int8 kernel: K * 255 * 64 < 2**31 (oneDNN's u8 sum before its compensation term).
+MAX_K = 2 ** 17
+# float32 kernel: FLOAT32_CHUNK * LIMB_PRODUCT_MAX = 2**24, the largest exact float32 integer run.
+FLOAT32_CHUNK = 2 ** 24 // LIMB_PRODUCT_MAX
+KERNEL_ENVIRONMENT = "OSOA_ZIP_KERNEL"
+
+
+class KernelError(UsageError):
+    """An exact kernel was asked for that this process cannot run exactly (a one-line message)."""
+
+
+# -- limbs -------------------------------------------------------------------
+
+def limb_range(width: int, count: int) -> tuple[int, int]:
+    """The integers that ``count`` balanced limbs of ``width`` bits represent: [low, high].
+
+    Limb i (weight 2**(width * i)) lies in [-2**(width-1), 2**(width-1) - 1], so
+    the range is [-h * R, (h - 1) * R] with h = 2**(width-1) and
+    R = 1 + 2**width + ... + 2**(width * (count-1)).  One limb: the limb's own
+    range; two 8-bit limbs: [-32896, 32639]; two 7-bit limbs: [-8256, 8127].
+    """
+    half = 1 << (width - 1)
+    repeat = sum(1 << (width * i) for i in range(count))
+    return -half * repeat, (half - 1) * repeat
+
+
+def limbs_needed(low: int, high: int, width: int) -> int:
+    """The fewest balanced limbs of ``width`` bits that represent every integer in [low, high]."""
+    count = 1
+    while not (limb_range(width, count)[0] <= low and high <= limb_range(width, count)[1]):
+        count += 1
+    return count
+
+
+def split_limbs(x: torch.Tensor, width: int, count: int) -> list[torch.Tensor]:
+    """Balanced limbs of an integer tensor, lowest first, each int8 in [-2**(width-1), 2**(width-1) - 1].
+
+    lo = ((x + h) mod 2**width) - h, then x <- (x - lo) / 2**width (exact: x - lo is a
+    multiple of 2**width), so x == sum(limb_i << (width * i)).  The caller keeps x
+    inside ``limb_range(width, count)``; then the last quotient is a limb too.
+    """
+    if count == 1:
+        return [x.to(torch.int8)]
+    half, mask = 1 << (width - 1), (1 << width) - 1
+    rest = x.to(torch.int32) if x.dtype in (torch.int8, torch.int16) else x
+    limbs = []
+    for _ in range(count - 1):
+        low = ((rest + half) & mask) - half
+        limbs.append(low.to(torch.int8))
+        rest = (rest - low) >> width
+    limbs.append(rest.to(torch.int8))
+    return limbs
+
+
+# -- the kernels -------------------------------------------------------------
+
+class FloatSettingsGuard:
+    """Within: torch's float32 products are IEEE float32 (no bf16/tf32 shortcut).
+
+    ``torch.set_float32_matmul_precision('medium'/'high')`` and
+    ``torch.backends.mkldnn.matmul.fp32_precision = 'bf16'/'tf32'`` let oneDNN
+    compute float32 products in bf16 or tf32 on CPUs that have them, which
+    rounds our integers.  They are in-process settings, so the guard pins the
+    oneDNN matmul precision to 'ieee' for the duration of a product and
+    restores it.  ``ONEDNN_DEFAULT_FPMATH_MODE`` is read by oneDNN once per
+    process and cannot be pinned: ``environment_problem`` refuses it instead.
+    """
+
+    __slots__ = ("previous",)
+
+    def __enter__(self) -> None:
+        self.previous = torch._C._get_fp32_precision_getter("mkldnn", "matmul")
+        if self.previous not in ("ieee", "none"):
+            torch._C._set_fp32_precision_setter("mkldnn", "matmul", "ieee")
+        else:
+            self.previous = None
+
+    def __exit__(self, *exception) -> None:
+        if self.previous is not None:
+            torch._C._set_fp32_precision_setter("mkldnn", "matmul", self.previous)
+
+    @staticmethod
+    def environment_problem() -> str | None:
+        mode = os.environ.get("ONEDNN_DEFAULT_FPMATH_MODE", "").strip().upper()
+        if mode in ("", "STRICT"):
+            return None
+        return (f"ONEDNN_DEFAULT_FPMATH_MODE={mode} lets oneDNN round float32 products; "
+                f"the float32 kernel needs it unset or STRICT")
+
+
+@dataclass(frozen=True)
+class Kernel:
+    """One implementation of ``limb_product``; all give identical integers."""
+
+    name: str
+
+    def limb_product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+        """M x K full limbs (int8) times K x N 7-bit limbs (int8) -> M x N int32, exactly; K <= MAX_K."""
+        if a.shape[1] > MAX_K:
+            raise ValueError(f"limb product over K={a.shape[1]} > {MAX_K} (split K first)")
+        if self.name == "int8":
+            return torch._int_mm(a, b)
+        if self.name == "float64":
+            return torch.mm(a.double(), b.double()).to(torch.int32)
+        return _float32_product(a, b)
+
+    def environment_problem(self) -> str | None:
+        """Why this process cannot run the kernel exactly, or None."""
+        if self.name == "float32":
+            return FloatSettingsGuard.environment_problem()
+        return None
+
+
+def _float32_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """K in chunks of FLOAT32_CHUNK: each chunk's partial sums are integers <= 2**24 (exact)."""
+    a, b = a.float(), b.float()
+    depth = a.shape[1]
+    with FloatSettingsGuard():
+        if depth <= FLOAT32_CHUNK:
+            return torch.mm(a, b).to(torch.int32)
+        total = None
+        for start in range(0, depth, FLOAT32_CHUNK):
+            part = torch.mm(a[:, start:start + FLOAT32_CHUNK], b[start:start + FLOAT32_CHUNK]).to(torch.int32)
+            total = part if total is None else total.add_(part)  # |total| <= K * 2**13 < 2**31
+    return total
+
+
+KERNELS = {name: Kernel(name) for name in ("int8", "float32", "float64")}
+PREFERENCE = ("int8", "float32", "float64")  # fastest first: measured on AMX, VNNI and AVX2 (docs/ENGINE2.md)
+
+
+# -- the wide product --------------------------------------------------------
+
+def exact_product(a: torch.Tensor, a_limbs: int, b: torch.Tensor, b_limbs: int,
+                  kernel: Kernel | None = None) -> torch.Tensor:
+    """The exact integer product of integer matrices a (M x K) and b (K x N).
+
+    ``a`` must lie in ``limb_range(8, a_limbs)`` and ``b`` in ``limb_range(7, b_limbs)``.
+    The limbs are stacked so that one limb product computes all a_limbs * b_limbs
+    pairs (a's limbs down the rows, b's across the columns), and the blocks are
+    recombined as sum(P_ij << (8 i + 7 j)).  Returns int32 when one limb each
+    side and K <= MAX_K (|result| <= K * 2**13 <= 2**30), else int64 (the
+    caller keeps K * |a| * |b| below 2**63).
+    """
+    kernel = kernel or current_kernel()
+    rows, depth = a.shape
+    columns = b.shape[1]
+    a_stack = torch.cat(split_limbs(a, FULL_LIMB_BITS, a_limbs)) if a_limbs > 1 else a.to(torch.int8)
+    b_stack = torch.cat(split_limbs(b, SEVEN_BIT_LIMB_BITS, b_limbs), dim=1) if b_limbs > 1 else b.to(torch.int8)
+    if depth <= MAX_K:
+        products = kernel.limb_product(a_stack, b_stack)
+    else:
+        products = None
+        for start in range(0, depth, MAX_K):
+            part = kernel.limb_product(a_stack[:, start:start + MAX_K], b_stack[start:start + MAX_K]).long()
+            products = part if products is None else products.add_(part)
+    if a_limbs == 1 and b_limbs == 1:
+        return products
+    result = None
+    for i in range(a_limbs):
+        for j in range(b_limbs):
+            block = products[i * rows:(i + 1) * rows, j * columns:(j + 1) * columns].long()
+            shift = FULL_LIMB_BITS * i + SEVEN_BIT_LIMB_BITS * j
+            term = block << shift if shift else block
+            result = term if result is None else result.add_(term)
+    return result
+
+
+# -- requantisation ----------------------------------------------------------
+
+def shift_round(acc: torch.Tensor, shift: int | torch.Tensor) -> torch.Tensor:
+    """acc / 2**shift rounded half up (ties toward +infinity), exactly, for shift >= 0.
+
+    (acc + 2**(shift-1)) >> shift: an arithmetic shift floors, so adding half a
+    step first rounds to nearest with ties up; -2.5 -> -2, 2.5 -> 3.  One rule
+    for every requantisation in engine 2.  ``shift`` may be a tensor that
+    broadcasts against ``acc`` (per output channel); a negative shift multiplies
+    by 2**-shift (the caller keeps the result inside acc's dtype).
+    """
+    if isinstance(shift, int):
+        if shift > 0:
+            return (acc + (1 << (shift - 1))) >> shift
+        return acc << -shift if shift < 0 else acc
+    shift = shift.to(acc.dtype)
+    right = shift.clamp(min=0)
+    half = (torch.ones_like(right) << right) >> 1
+    return torch.where(shift >= 0, (acc + half) >> right, acc << (-shift).clamp(min=0))
+
+
+def requantize(acc: torch.Tensor, shift: int | torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """shift_round, then clamp to the target range [low, high]."""
+    return shift_round(acc, shift).clamp_(low, high)
+
+
+# -- choosing the kernel -----------------------------------------------------
+
+_chosen: Kernel | None = None
+
+
+def _self_check(kernel: Kernel) -> bool:
+    """Does the kernel give the exact integers on extreme operands at its bounds (a few ms)?"""
+    generator = torch.Generator().manual_seed(15)
+    rows, depth, columns = 37, 4 * FLOAT32_CHUNK + 3, 19
+    a = torch.where(torch.rand(rows, depth, generator=generator) < 0.5, -128, 127).to(torch.int8)
+    b = torch.where(torch.rand(depth, columns, generator=generator) < 0.5, -64, 63).to(torch.int8)
+    a[0], b[:, 0] = -128, -64  # one output at the largest positive sum
+    try:
+        got = kernel.limb_product(a, b)
+    except RuntimeError:  # an int8 GEMM this torch build or CPU lacks
+        return False
+    # The float64 product of these integers is exact (|sums| < 2**27 << 2**53): the reference.
+    return torch.equal(got.double(), torch.mm(a.double(), b.double()))
+
+
+def choose_kernel(requested: str | None = None) -> Kernel:
+    """The kernel for this process: ``requested`` (a name) or the first usable one in PREFERENCE.
+
+    A kernel is usable if nothing in the environment makes it inexact and it
+    passes a self-check at its bounds.  Since every kernel gives the same
+    integers, the choice changes speed only.
+    """
+    if requested:
+        if requested not in KERNELS:
+            raise KernelError(f"{KERNEL_ENVIRONMENT} must be one of {', '.join(PREFERENCE)}, not {requested!r}")
+        kernel = KERNELS[requested]
+        problem = kernel.environment_problem()
+        if problem:
+            raise KernelError(f"{KERNEL_ENVIRONMENT}={requested} refused: {problem}")
+        if not _self_check(kernel):
+            raise KernelError(f"{KERNEL_ENVIRONMENT}={requested} refused: the kernel gave wrong sums "
+                              f"in its self-check on this CPU")
+        return kernel
+    for name in PREFERENCE:
+        kernel = KERNELS[name]
+        if kernel.environment_problem() is None and _self_check(kernel):
+            return kernel
+    raise KernelError("no exact kernel passes its self-check on this CPU")  # float64 always should
+
+
+def current_kernel() -> Kernel:
+    """The process's kernel, chosen once (``OSOA_ZIP_KERNEL`` read at the first call)."""
+    global _chosen
+    if _chosen is None:
+        _chosen = choose_kernel(os.environ.get(KERNEL_ENVIRONMENT, "").strip() or None)
+    return _chosen
+
+
+def reset_kernel_choice() -> None:
+    """Forget the process's choice (tests that change the environment)."""
+    global _chosen
+    _chosen = None
