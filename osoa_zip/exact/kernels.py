@@ -186,17 +186,26 @@ def exact_product(a: torch.Tensor, a_limbs: int, b: torch.Tensor, b_limbs: int,
     """The exact integer product of integer matrices a (M x K) and b (K x N).
 
     ``a`` must lie in ``limb_range(8, a_limbs)`` and ``b`` in ``limb_range(7, b_limbs)``.
-    The limbs are stacked so that one limb product computes all a_limbs * b_limbs
-    pairs (a's limbs down the rows, b's across the columns), and the blocks are
-    recombined as sum(P_ij << (8 i + 7 j)).  Returns int32 when one limb each
-    side and K <= MAX_K (|result| <= K * 2**13 <= 2**30), else int64 (the
-    caller keeps K * |a| * |b| below 2**63).
+    Returns int32 when one limb each side and K <= MAX_K (|result| <= K * 2**13
+    <= 2**30), else int64 (the caller keeps K * |a| * |b| below 2**63).
     """
-    kernel = kernel or current_kernel()
-    rows, depth = a.shape
-    columns = b.shape[1]
     a_stack = torch.cat(split_limbs(a, FULL_LIMB_BITS, a_limbs)) if a_limbs > 1 else a.to(torch.int8)
     b_stack = torch.cat(split_limbs(b, SEVEN_BIT_LIMB_BITS, b_limbs), dim=1) if b_limbs > 1 else b.to(torch.int8)
+    return stacked_product(a_stack, a_limbs, b_stack, b_limbs, kernel)
+
+
+def stacked_product(a_stack: torch.Tensor, a_limbs: int, b_stack: torch.Tensor, b_limbs: int,
+                    kernel: Kernel | None = None) -> torch.Tensor:
+    """``exact_product`` of operands already split: a's limbs stacked down the rows, b's across the columns.
+
+    (A conv splits its activations before im2col, nine times fewer elements.)
+    One limb product computes all a_limbs * b_limbs pairs, and the blocks are
+    recombined as sum(P_ij << (8 i + 7 j)) in int64.  K beyond MAX_K is cut
+    into limb products of depth MAX_K, summed in int64.
+    """
+    kernel = kernel or current_kernel()
+    rows, depth = a_stack.shape[0] // a_limbs, a_stack.shape[1]
+    columns = b_stack.shape[1] // b_limbs
     if depth <= MAX_K:
         products = kernel.limb_product(a_stack, b_stack)
     else:

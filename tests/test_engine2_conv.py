@@ -1,0 +1,120 @@
+"""Engine 2's quantised 3x3 conv: exact forward and backward, the same integers on every kernel.
+
+The reference is torch's float64 convolution of the same integers (exact:
+every sum is far below 2**53), with the same rounding rule applied after.
+"""
+from __future__ import annotations
+
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.nn.grad import conv2d_input, conv2d_weight
+
+from osoa_zip.exact.intconv import (
+    HIDDEN_RANGE,
+    Fixed,
+    IntConv3x3,
+    IntConvStack,
+    leaky_relu_ints,
+    quantize_gradient,
+)
+from osoa_zip.exact.kernels import KERNELS, limb_range, shift_round
+from osoa_zip.exact.optim import ExactAdam
+
+
+def _nchw(t: torch.Tensor) -> torch.Tensor:
+    return t.permute(0, 3, 1, 2).double()
+
+
+def _layer(generator, in_channels, out_channels, weight_limbs, per_channel, input_limbs=1):
+    weight = torch.randn(out_channels, in_channels, 3, 3, generator=generator, dtype=torch.float64) * 0.3
+    weight[0] *= 8  # per-channel exponents then differ
+    bias = torch.randn(out_channels, generator=generator, dtype=torch.float64)
+    return IntConv3x3(weight, bias, input_exponent=-6, output_exponent=-3, output_range=HIDDEN_RANGE,
+                      input_limbs=input_limbs, weight_limbs=weight_limbs, per_channel=per_channel)
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 3), height=st.integers(1, 9), width=st.integers(1, 9),
+       in_channels=st.integers(1, 12), out_channels=st.integers(1, 12), input_limbs=st.integers(1, 2),
+       weight_limbs=st.integers(1, 2), per_channel=st.booleans(), extreme=st.booleans(), seed=st.integers(0, 2 ** 31))
+def test_conv_forward_backward_exact_on_every_kernel(batch, height, width, in_channels, out_channels, input_limbs,
+                                                     weight_limbs, per_channel, extreme, seed):
+    generator = torch.Generator().manual_seed(seed)
+    layer = _layer(generator, in_channels, out_channels, weight_limbs, per_channel, input_limbs)
+    low, high = limb_range(8, input_limbs)
+    shape = (batch, height, width, in_channels)
+    if extreme:
+        x = torch.where(torch.rand(shape, generator=generator) < 0.5, low, high)
+        grad_ints = torch.where(torch.rand(shape[:3] + (out_channels,), generator=generator) < 0.5, -30000, 30000)
+    else:
+        x = torch.randint(low, high + 1, shape, generator=generator)
+        grad_ints = torch.randint(-30000, 30001, shape[:3] + (out_channels,), generator=generator)
+    grad = Fixed(grad_ints, -20)
+
+    # The reference, from torch's float64 convolution of the same integers.
+    w = layer.weight_ints()
+    acc = torch.nn.functional.conv2d(_nchw(x), w.double(), padding=1).long().permute(0, 2, 3, 1)
+    shifted = shift_round(acc + layer.bias_ints(), layer._output_shift())
+    expected_y = shifted.clamp(*HIDDEN_RANGE)
+    inside = (shifted >= HIDDEN_RANGE[0]) & (shifted <= HIDDEN_RANGE[1])
+    g = quantize_gradient(grad_ints * inside, grad.exponent)
+    g_nchw = _nchw(g.ints.view(expected_y.shape))
+    expected_weight_grad = torch.ldexp(conv2d_weight(_nchw(x), w.shape, g_nchw, padding=1),
+                                       torch.tensor(-6.0 + g.exponent, dtype=torch.float64))
+    spread = layer.weight_exponents - layer.weight_exponents.min()
+    folded = quantize_gradient(g.ints.long() << spread, g.exponent) if bool(spread.any()) else g
+    expected_input_grad = conv2d_input(shape[:1] + (in_channels, height, width), w.double(),
+                                       _nchw(folded.ints.view(expected_y.shape)), padding=1)
+
+    for kernel in KERNELS.values():
+        y, saved = layer.forward_ints(x, kernel)
+        assert torch.equal(y.long(), expected_y)
+        input_grad = layer.backward_ints(saved, grad, kernel)
+        assert torch.equal(layer.weight.grad, expected_weight_grad)
+        assert torch.equal(layer.bias.grad, torch.ldexp(g.ints.sum((0, 1, 2)).double(),
+                                                        torch.tensor(float(g.exponent), dtype=torch.float64)))
+        assert torch.equal(_nchw(input_grad.ints), expected_input_grad)
+        assert input_grad.exponent == folded.exponent + int(layer.weight_exponents.min())
+
+
+def test_gradients_keep_their_bits():
+    g = quantize_gradient(torch.tensor([-100000, 3, 99999]), -10)
+    assert g.ints.abs().max() <= 2 ** 12 and g.exponent == -10 + 5
+    assert quantize_gradient(torch.tensor([5, -7]), 0).ints.tolist() == [5, -7]
+    assert quantize_gradient(torch.zeros(3, dtype=torch.int64), 4).ints.tolist() == [0, 0, 0]
+
+
+def test_leaky_relu_maps_the_hidden_range_onto_int8():
+    y = torch.arange(HIDDEN_RANGE[0], HIDDEN_RANGE[1] + 1)
+    out = leaky_relu_ints(y)
+    assert int(out.min()) == -128 and int(out.max()) == 127
+    assert out[y > 0].tolist() == y[y > 0].tolist()
+    assert leaky_relu_ints(torch.tensor([-4, -5, -12, -13])).tolist() == [0, -1, -1, -2]  # ties up
+
+
+def test_stack_steps_identical_on_every_kernel():
+    """Three adaptation steps of a v6-shaped stack (3 -> 16 -> 16 -> 20): same outputs and weights everywhere."""
+    generator = torch.Generator().manual_seed(7)
+    widths = [3, 16, 16, 20]
+    weights = [(torch.randn(b, a, 3, 3, generator=generator, dtype=torch.float64) * (2 / (9 * a)) ** 0.5,
+                torch.randn(b, generator=generator, dtype=torch.float64) * 0.1) for a, b in zip(widths, widths[1:])]
+    pixels = torch.randint(0, 256, (4, 3, 12, 12), generator=generator)
+    target = torch.randint(-3000, 3000, (4, 12, 12, 20), generator=generator)
+    results = {}
+    for name, kernel in KERNELS.items():
+        stack = IntConvStack.from_float(weights, (pixels - 128) / 64, input_exponent=-6)
+        optimizer = ExactAdam(stack.parameters(), 1e-3)
+        outputs = []
+        for _ in range(3):
+            optimizer.zero_grad()
+            out = stack.step_ints((pixels - 128).permute(0, 2, 3, 1), lambda o: Fixed(o.ints - target, o.exponent),
+                                  kernel)
+            optimizer.step()
+            outputs.append(out.ints)
+        results[name] = (outputs, [p.detach().clone() for p in stack.parameters()])
+    reference = results.pop("float64")
+    for outputs, parameters in results.values():
+        assert all(torch.equal(a, b) for a, b in zip(outputs, reference[0]))
+        assert all(torch.equal(a, b) for a, b in zip(parameters, reference[1]))
+    assert not torch.equal(reference[0][0], reference[0][2])  # the steps changed the network
