@@ -15,6 +15,7 @@ from osoa_zip.exact.intconv import (
     Fixed,
     IntConv3x3,
     IntConvStack,
+    gradient_limit,
     leaky_relu_ints,
     quantize_gradient,
 )
@@ -58,12 +59,13 @@ def test_conv_forward_backward_exact_on_every_kernel(batch, height, width, in_ch
     shifted = shift_round(acc + layer.bias_ints(), layer._output_shift())
     expected_y = shifted.clamp(*HIDDEN_RANGE)
     inside = (shifted >= HIDDEN_RANGE[0]) & (shifted <= HIDDEN_RANGE[1])
-    g = quantize_gradient(grad_ints * inside, grad.exponent)
+    limit = gradient_limit(2)
+    g = quantize_gradient(grad_ints * inside, grad.exponent, limit)
     g_nchw = _nchw(g.ints.view(expected_y.shape))
     expected_weight_grad = torch.ldexp(conv2d_weight(_nchw(x), w.shape, g_nchw, padding=1),
                                        torch.tensor(-6.0 + g.exponent, dtype=torch.float64))
     spread = layer.weight_exponents - layer.weight_exponents.min()
-    folded = quantize_gradient(g.ints.long() << spread, g.exponent) if bool(spread.any()) else g
+    folded = quantize_gradient(g.ints.long() << spread, g.exponent, limit) if bool(spread.any()) else g
     expected_input_grad = conv2d_input(shape[:1] + (in_channels, height, width), w.double(),
                                        _nchw(folded.ints.view(expected_y.shape)), padding=1)
 
@@ -78,11 +80,24 @@ def test_conv_forward_backward_exact_on_every_kernel(batch, height, width, in_ch
         assert input_grad.exponent == folded.exponent + int(layer.weight_exponents.min())
 
 
-def test_gradients_keep_their_bits():
-    g = quantize_gradient(torch.tensor([-100000, 3, 99999]), -10)
-    assert g.ints.abs().max() <= 2 ** 12 and g.exponent == -10 + 5
-    assert quantize_gradient(torch.tensor([5, -7]), 0).ints.tolist() == [5, -7]
-    assert quantize_gradient(torch.zeros(3, dtype=torch.int64), 4).ints.tolist() == [0, 0, 0]
+@given(values=st.lists(st.integers(-2 ** 40, 2 ** 40), min_size=1, max_size=20), limbs=st.integers(1, 3))
+def test_gradients_use_their_range(values, limbs):
+    limit = gradient_limit(limbs)
+    g = quantize_gradient(torch.tensor(values), -10, limit)
+    assert g.ints.dtype == torch.int32 and int(g.ints.abs().max()) <= limit
+    shift = g.exponent + 10
+    assert g.ints.tolist() == [(v + ((1 << shift) >> 1)) >> shift for v in values]
+    # the smallest such shift: one less would leave the range
+    if shift > 0:
+        finer = [(v + ((1 << (shift - 1)) >> 1)) >> (shift - 1) for v in values]
+        assert max(abs(v) for v in finer) > limit
+
+
+def test_gradient_examples():
+    assert gradient_limit(1) == 63 and gradient_limit(2) == 8127
+    assert quantize_gradient(torch.tensor([5, -7]), 0, 63).ints.tolist() == [5, -7]
+    assert quantize_gradient(torch.tensor([64, -64]), 0, 63).ints.tolist() == [32, -32]
+    assert quantize_gradient(torch.zeros(3, dtype=torch.int64), 4, 63).ints.tolist() == [0, 0, 0]
 
 
 def test_leaky_relu_maps_the_hidden_range_onto_int8():
@@ -118,3 +133,13 @@ def test_stack_steps_identical_on_every_kernel():
         assert all(torch.equal(a, b) for a, b in zip(outputs, reference[0]))
         assert all(torch.equal(a, b) for a, b in zip(parameters, reference[1]))
     assert not torch.equal(reference[0][0], reference[0][2])  # the steps changed the network
+
+
+def test_framed_input_is_the_same_layer():
+    generator = torch.Generator().manual_seed(5)
+    for input_limbs in (1, 2):
+        layer = _layer(generator, 5, 4, 1, True, input_limbs)
+        x = torch.randint(*limb_range(8, input_limbs), (2, 6, 7, 5), generator=generator)
+        framed = torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1))
+        for kernel in KERNELS.values():
+            assert torch.equal(layer.forward_ints(x, kernel)[0], layer.forward_ints(framed, kernel, framed=True)[0])

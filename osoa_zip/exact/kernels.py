@@ -82,23 +82,27 @@ def limbs_needed(low: int, high: int, width: int) -> int:
     return count
 
 
-def split_limbs(x: torch.Tensor, width: int, count: int) -> list[torch.Tensor]:
+def split_limbs(x: torch.Tensor, width: int, count: int, out: list[torch.Tensor] | None = None
+                ) -> list[torch.Tensor]:
     """Balanced limbs of an integer tensor, lowest first, each int8 in [-2**(width-1), 2**(width-1) - 1].
 
-    lo = ((x + h) mod 2**width) - h, then x <- (x - lo) / 2**width (exact: x - lo is a
-    multiple of 2**width), so x == sum(limb_i << (width * i)).  The caller keeps x
-    inside ``limb_range(width, count)``; then the last quotient is a limb too.
+    high = (x + 2**(width-1)) >> width (an arithmetic shift floors), low = x - (high << width):
+    low is x's residue nearest zero, x == low + (high << width) exactly.  Repeated on
+    high for more limbs.  The caller keeps x inside ``limb_range(width, count)``; then
+    the last quotient is a limb too.  ``out``: int8 tensors (views) to write the limbs into.
     """
+    out = out or [None] * count
     if count == 1:
-        return [x.to(torch.int8)]
-    half, mask = 1 << (width - 1), (1 << width) - 1
+        return [out[0].copy_(x) if out[0] is not None else x.to(torch.int8)]
     rest = x.to(torch.int32) if x.dtype in (torch.int8, torch.int16) else x
     limbs = []
-    for _ in range(count - 1):
-        low = ((rest + half) & mask) - half
-        limbs.append(low.to(torch.int8))
-        rest = (rest - low) >> width
-    limbs.append(rest.to(torch.int8))
+    for index in range(count - 1):
+        high = (rest + (1 << (width - 1))) >> width
+        low = torch.sub(rest, high << width, out=out[index]) if out[index] is not None \
+            else (rest - (high << width)).to(torch.int8)
+        limbs.append(low)
+        rest = high
+    limbs.append(out[-1].copy_(rest) if out[-1] is not None else rest.to(torch.int8))
     return limbs
 
 
@@ -186,8 +190,8 @@ def exact_product(a: torch.Tensor, a_limbs: int, b: torch.Tensor, b_limbs: int,
     """The exact integer product of integer matrices a (M x K) and b (K x N).
 
     ``a`` must lie in ``limb_range(8, a_limbs)`` and ``b`` in ``limb_range(7, b_limbs)``.
-    Returns int32 when one limb each side and K <= MAX_K (|result| <= K * 2**13
-    <= 2**30), else int64 (the caller keeps K * |a| * |b| below 2**63).
+    Returns int32 when K * max|a| * max|b| over those ranges is below 2**31 (one
+    limb each side: K < 2**18), else int64 (the caller keeps it below 2**63).
     """
     a_stack = torch.cat(split_limbs(a, FULL_LIMB_BITS, a_limbs)) if a_limbs > 1 else a.to(torch.int8)
     b_stack = torch.cat(split_limbs(b, SEVEN_BIT_LIMB_BITS, b_limbs), dim=1) if b_limbs > 1 else b.to(torch.int8)
@@ -195,17 +199,24 @@ def exact_product(a: torch.Tensor, a_limbs: int, b: torch.Tensor, b_limbs: int,
 
 
 def stacked_product(a_stack: torch.Tensor, a_limbs: int, b_stack: torch.Tensor, b_limbs: int,
-                    kernel: Kernel | None = None) -> torch.Tensor:
+                    kernel: Kernel | None = None, bound: int | None = None) -> torch.Tensor:
     """``exact_product`` of operands already split: a's limbs stacked down the rows, b's across the columns.
 
     (A conv splits its activations before im2col, nine times fewer elements.)
     One limb product computes all a_limbs * b_limbs pairs, and the blocks are
-    recombined as sum(P_ij << (8 i + 7 j)) in int64.  K beyond MAX_K is cut
-    into limb products of depth MAX_K, summed in int64.
+    recombined as sum(P_ij << (8 i + 7 j)).  K beyond MAX_K is cut into limb
+    products of depth MAX_K.  ``bound``: the largest |result| the caller's
+    operands allow (default: from the limbs' ranges); below 2**31 the result
+    and its recombination stay int32, else int64.
     """
     kernel = kernel or current_kernel()
     rows, depth = a_stack.shape[0] // a_limbs, a_stack.shape[1]
     columns = b_stack.shape[1] // b_limbs
+    if bound is None:
+        a_low, a_high = limb_range(FULL_LIMB_BITS, a_limbs)
+        b_low, b_high = limb_range(SEVEN_BIT_LIMB_BITS, b_limbs)
+        bound = depth * max(-a_low, a_high) * max(-b_low, b_high)
+    dtype = torch.int32 if bound < 2 ** 31 else torch.int64
     if depth <= MAX_K:
         products = kernel.limb_product(a_stack, b_stack)
     else:
@@ -214,13 +225,13 @@ def stacked_product(a_stack: torch.Tensor, a_limbs: int, b_stack: torch.Tensor, 
             part = kernel.limb_product(a_stack[:, start:start + MAX_K], b_stack[start:start + MAX_K]).long()
             products = part if products is None else products.add_(part)
     if a_limbs == 1 and b_limbs == 1:
-        return products
+        return products.to(dtype)
     result = None
     for i in range(a_limbs):
         for j in range(b_limbs):
-            block = products[i * rows:(i + 1) * rows, j * columns:(j + 1) * columns].long()
+            block = products[i * rows:(i + 1) * rows, j * columns:(j + 1) * columns].to(dtype)
             shift = FULL_LIMB_BITS * i + SEVEN_BIT_LIMB_BITS * j
-            term = block << shift if shift else block
+            term = block.__ilshift__(shift) if shift else block
             result = term if result is None else result.add_(term)
     return result
 
@@ -243,7 +254,17 @@ def shift_round(acc: torch.Tensor, shift: int | torch.Tensor) -> torch.Tensor:
     shift = shift.to(acc.dtype)
     right = shift.clamp(min=0)
     half = (torch.ones_like(right) << right) >> 1
+    if bool((shift >= 0).all()):
+        return (acc + half) >> right
     return torch.where(shift >= 0, (acc + half) >> right, acc << (-shift).clamp(min=0))
+
+
+def rounding_half(shift: int | torch.Tensor) -> int | torch.Tensor:
+    """What shift_round adds before shifting right (0 where shift <= 0), to fold into a bias."""
+    if isinstance(shift, int):
+        return 1 << (shift - 1) if shift > 0 else 0
+    right = shift.clamp(min=0)
+    return (torch.ones_like(right) << right) >> 1
 
 
 def requantize(acc: torch.Tensor, shift: int | torch.Tensor, low: int, high: int) -> torch.Tensor:
