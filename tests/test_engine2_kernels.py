@@ -167,6 +167,15 @@ def test_deep_products_exact(depth, mode_a, mode_b, seed):
         assert torch.equal(exact_product(a, 1, b, 1, kernel).long(), torch.mm(a, b))
 
 
+def test_overlapping_row_views_are_multiplied_correctly():
+    """_int_mm misreads a view whose rows overlap (row stride < K); the kernels copy such operands."""
+    storage = torch.arange(-60, 60, dtype=torch.int8)
+    a = storage.as_strided((5, 9), (3, 1))  # row i is storage[3i : 3i + 9]
+    b = storage.as_strided((9, 4), (2, 1))
+    for kernel in KERNELS.values():
+        assert torch.equal(kernel.limb_product(a, b).long(), torch.mm(a.long(), b.long()))
+
+
 def test_limb_product_refuses_too_deep_products():
     a = torch.zeros(1, MAX_K + 1, dtype=torch.int8)
     with pytest.raises(ValueError, match="split K"):

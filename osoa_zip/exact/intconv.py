@@ -128,7 +128,10 @@ def _im2col(framed: torch.Tensor) -> torch.Tensor:
     batch, height, width, channels = framed.shape[0], framed.shape[1] - 2, framed.shape[2] - 2, framed.shape[3]
     b, row, column, _ = framed.stride()
     windows = framed.as_strided((batch, height, width, 3, 3, channels), (b, row, column, row, column, 1))
-    return windows.reshape(batch * height * width, 9 * channels)
+    # Always a copy: a reshape may return a view whose rows overlap, which _int_mm misreads.
+    columns = torch.empty(batch * height * width, 9 * channels, dtype=framed.dtype)
+    columns.view(windows.shape).copy_(windows)
+    return columns
 
 
 def _limb_columns(b: torch.Tensor, count: int) -> torch.Tensor:

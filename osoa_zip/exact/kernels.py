@@ -152,6 +152,7 @@ class Kernel:
         """M x K full limbs (int8) times K x N 7-bit limbs (int8) -> M x N int32, exactly; K <= MAX_K."""
         if a.shape[1] > MAX_K:
             raise ValueError(f"limb product over K={a.shape[1]} > {MAX_K} (split K first)")
+        a, b = _matrix_layout(a), _matrix_layout(b)
         if self.name == "int8":
             return torch._int_mm(a, b)
         if self.name == "float64":
@@ -163,6 +164,22 @@ class Kernel:
         if self.name == "float32":
             return FloatSettingsGuard.environment_problem()
         return None
+
+
+def _matrix_layout(m: torch.Tensor) -> torch.Tensor:
+    """m itself if it is a plain row- or column-major matrix view, else a contiguous copy.
+
+    torch._int_mm silently returns wrong sums for views whose rows overlap
+    (e.g. a 2 x 9 view with strides (3, 1), which a reshape of a strided
+    im2col view can produce); measured with torch 2.13.
+    """
+    rows, columns = m.shape
+    row_stride, column_stride = m.stride()
+    if (column_stride == 1 or columns == 1) and (row_stride >= columns or rows == 1):
+        return m
+    if (row_stride == 1 or rows == 1) and (column_stride >= rows or columns == 1):
+        return m
+    return m.contiguous()
 
 
 def _float32_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
