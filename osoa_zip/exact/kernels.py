@@ -22,6 +22,9 @@ The three kernels and the bound each relies on:
   at most 2 * 255 * 64 = 32640 < 2**15 - 1, so the int16 pair sums of the
   non-VNNI path cannot saturate; the u8 sum before compensation is at most
   K * 255 * 64 < 2**31 for K <= MAX_K = 2**17, so int32 cannot wrap either.
+  Two layouts _int_mm gets wrong are avoided: a one-column second operand
+  under AVX512_CORE (padded to two columns, INT8_MIN_COLUMNS) and views whose
+  rows overlap (copied, ``_matrix_layout``).
 * ``float32``: every product is an integer of magnitude <= 128 * 64 = 2**13,
   so every partial sum of at most FLOAT32_CHUNK = 2**11 products is an integer
   of magnitude <= 2**24, which float32 holds exactly -- in any summation
@@ -52,6 +55,10 @@ LIMB_PRODUCT_MAX = 2 ** (FULL_LIMB_BITS - 1) * 2 ** (SEVEN_BIT_LIMB_BITS - 1)  #
 MAX_K = 2 ** 17
 # float32 kernel: FLOAT32_CHUNK * LIMB_PRODUCT_MAX = 2**24, the largest exact float32 integer run.
 FLOAT32_CHUNK = 2 ** 24 // LIMB_PRODUCT_MAX
+# int8 kernel: with ONEDNN_MAX_CPU_ISA=AVX512_CORE (AVX-512 without VNNI), torch 2.13's _int_mm
+# returns wrong sums for N = 1 (a matrix-vector product), even inside the 7-bit bound (measured:
+# every M in 1..64 and most K); N >= 2 was exact.  A one-column second operand is padded with zeros.
+INT8_MIN_COLUMNS = 2
 KERNEL_ENVIRONMENT = "OSOA_ZIP_KERNEL"
 
 
@@ -154,6 +161,10 @@ class Kernel:
             raise ValueError(f"limb product over K={a.shape[1]} > {MAX_K} (split K first)")
         a, b = _matrix_layout(a), _matrix_layout(b)
         if self.name == "int8":
+            if b.shape[1] == 1:  # see INT8_MIN_COLUMNS
+                padded = torch.zeros(b.shape[0], INT8_MIN_COLUMNS, dtype=torch.int8)
+                padded[:, :1] = b
+                return torch._int_mm(a, padded)[:, :1].contiguous()
             return torch._int_mm(a, b)
         if self.name == "float64":
             return torch.mm(a.double(), b.double()).to(torch.int32)
@@ -297,16 +308,19 @@ _chosen: Kernel | None = None
 def _self_check(kernel: Kernel) -> bool:
     """Does the kernel give the exact integers on extreme operands at its bounds (a few ms)?"""
     generator = torch.Generator().manual_seed(15)
-    rows, depth, columns = 37, 4 * FLOAT32_CHUNK + 3, 19
-    a = torch.where(torch.rand(rows, depth, generator=generator) < 0.5, -128, 127).to(torch.int8)
-    b = torch.where(torch.rand(depth, columns, generator=generator) < 0.5, -64, 63).to(torch.int8)
-    a[0], b[:, 0] = -128, -64  # one output at the largest positive sum
-    try:
-        got = kernel.limb_product(a, b)
-    except RuntimeError:  # an int8 GEMM this torch build or CPU lacks
-        return False
-    # The float64 product of these integers is exact (|sums| < 2**27 << 2**53): the reference.
-    return torch.equal(got.double(), torch.mm(a.double(), b.double()))
+    # A deep product (float32 chunks) and a one-column one (a matrix-vector path).
+    for rows, depth, columns in ((37, 4 * FLOAT32_CHUNK + 3, 19), (9, 27, 1)):
+        a = torch.where(torch.rand(rows, depth, generator=generator) < 0.5, -128, 127).to(torch.int8)
+        b = torch.where(torch.rand(depth, columns, generator=generator) < 0.5, -64, 63).to(torch.int8)
+        a[0], b[:, 0] = -128, -64  # one output at the largest positive sum
+        try:
+            got = kernel.limb_product(a, b)
+        except RuntimeError:  # an int8 GEMM this torch build or CPU lacks
+            return False
+        # The float64 product of these integers is exact (|sums| < 2**27 << 2**53): the reference.
+        if not torch.equal(got.double(), torch.mm(a.double(), b.double())):
+            return False
+    return True
 
 
 def choose_kernel(requested: str | None = None) -> Kernel:
