@@ -6,8 +6,9 @@ One step = forward + backward of every coupling network of idf-sublattice-v6
 (RGB: edges 3 -> 48 -> 48 -> 60 and centres 9 -> 48 -> 48 -> 30) on every
 level of a batch of photo tiles (as benchmarks/exactness_price.py: batch 16
 of 64 x 64 tiles from data/eval/tiles64, sub-lattices 32 x 32 down to 1 x 1),
-then one optimiser step over all their parameters.  Timed, on one thread,
-round-robin and median of --repeat:
+then one optimiser step over all their parameters.  Timed on one thread in
+process CPU time (a shared machine's load disturbs it far less than wall
+time), round-robin, median of --repeat:
 
 * float32: plain torch (F.conv2d + leaky ReLU, autograd, torch.optim.Adam): the inexact baseline;
 * engine 1: today's exact float64 fixed-point ConvStack (ExactStack) with ExactAdam;
@@ -136,9 +137,9 @@ def measure(batch: int, tile: int, repeat: int, variants: list[str]) -> dict[str
         runner.step()  # warm-up (oneDNN primitive caches)
     for _ in range(repeat):
         for runner in runners:  # round-robin: a noisy neighbour hits every variant alike
-            started = time.perf_counter()
+            started = time.process_time()
             runner.step()
-            times[runner.name].append(time.perf_counter() - started)
+            times[runner.name].append(time.process_time() - started)
     return {name: statistics.median(values) for name, values in times.items()}
 
 

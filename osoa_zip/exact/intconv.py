@@ -72,13 +72,13 @@ def gradient_limit(limbs: int) -> int:
     return limb_range(SEVEN_BIT_LIMB_BITS, limbs)[1]
 
 
-def quantize_gradient(ints: torch.Tensor, exponent: int, limit: int) -> Fixed:
+def quantize_gradient(ints: torch.Tensor, exponent: int, limit: int, in_place: bool = False) -> Fixed:
     """Round onto a coarser grid so that |result| <= limit (int32), the exponent from the exact extremes.
 
     The smallest shift s for which round_half_up(x / 2**s) of the largest and the
     smallest entry lands in [-limit, limit]; as engine 1's quantize_gradient,
     one scale per tensor, the same on every machine because it comes from exact
-    integers.
+    integers.  ``in_place``: ``ints`` may be overwritten.
     """
     if not ints.numel():
         return Fixed(ints.to(torch.int32), exponent)
@@ -90,6 +90,8 @@ def quantize_gradient(ints: torch.Tensor, exponent: int, limit: int) -> Fixed:
         return Fixed(ints.to(torch.int32), exponent)
     if ints.dtype == torch.int32 and high + rounding_half(shift) >= INT32_LIMIT:
         ints = ints.long()
+    if in_place:
+        return Fixed(ints.add_(rounding_half(shift)).bitwise_right_shift_(shift).to(torch.int32), exponent + shift)
     return Fixed(shift_round(ints, shift).to(torch.int32), exponent + shift)
 
 
@@ -249,7 +251,7 @@ class IntConv3x3(nn.Module):
         batch, height, width, in_channels = shape
         positions = batch * height * width
         limit = self.gradient_limit
-        g = quantize_gradient(grad.ints.reshape(positions, -1) * inside, grad.exponent, limit)
+        g = quantize_gradient(grad.ints.reshape(positions, -1) * inside, grad.exponent, limit, in_place=True)
         self.bias.grad = _as_float(g.ints.sum(dim=0, dtype=torch.int64), g.exponent)
         if self.input_limbs == 1:
             transposed = patches.T
@@ -265,7 +267,8 @@ class IntConv3x3(nn.Module):
         # Fold per-channel weight exponents into g, so the sum over output channels has one scale.
         low = int(self.weight_exponents.min())
         spread = self.weight_exponents - low
-        folded = g if not bool(spread.any()) else quantize_gradient(g.ints.long() << spread, g.exponent, limit)
+        folded = g if not bool(spread.any()) else \
+            quantize_gradient(g.ints.long() << spread, g.exponent, limit, in_place=True)
         g8_limbs = limbs_needed(-limit, limit, FULL_LIMB_BITS)
         # The transposed convolution: the same windows of g, with the kernel rotated by 180 degrees.
         windows = _im2col(_padded_limbs(folded.ints.view(batch, height, width, -1), g8_limbs))

@@ -93,23 +93,30 @@ def split_limbs(x: torch.Tensor, width: int, count: int, out: list[torch.Tensor]
                 ) -> list[torch.Tensor]:
     """Balanced limbs of an integer tensor, lowest first, each int8 in [-2**(width-1), 2**(width-1) - 1].
 
-    high = (x + 2**(width-1)) >> width (an arithmetic shift floors), low = x - (high << width):
-    low is x's residue nearest zero, x == low + (high << width) exactly.  Repeated on
-    high for more limbs.  The caller keeps x inside ``limb_range(width, count)``; then
-    the last quotient is a limb too.  ``out``: int8 tensors (views) to write the limbs into.
+    With t = x + 2**(width-1): low = (t mod 2**width) - 2**(width-1) is x's residue
+    nearest zero (ties to the negative one), and high = t >> width (an
+    arithmetic shift floors), so x == low + (high << width) exactly.  Repeated on
+    high for more limbs.  The caller keeps x inside ``limb_range(width, count)``;
+    then the last quotient is a limb too.  ``out``: int8 tensors (views) to write
+    the limbs into.
     """
     out = out or [None] * count
     if count == 1:
         return [out[0].copy_(x) if out[0] is not None else x.to(torch.int8)]
+    half, mask = 1 << (width - 1), (1 << width) - 1
     rest = x.to(torch.int32) if x.dtype in (torch.int8, torch.int16) else x
     limbs = []
-    for index in range(count - 1):
-        high = (rest + (1 << (width - 1))) >> width
-        low = torch.sub(rest, high << width, out=out[index]) if out[index] is not None \
-            else (rest - (high << width)).to(torch.int8)
-        limbs.append(low)
-        rest = high
-    limbs.append(out[-1].copy_(rest) if out[-1] is not None else rest.to(torch.int8))
+    for index in range(count):
+        if index == count - 1:
+            limbs.append(out[index].copy_(rest) if out[index] is not None else rest.to(torch.int8))
+            break
+        shifted = rest + half
+        residue = shifted & mask
+        if out[index] is not None:
+            limbs.append(torch.sub(residue, half, out=out[index]))
+        else:
+            limbs.append(residue.sub_(half).to(torch.int8))
+        rest = shifted.bitwise_right_shift_(width)
     return limbs
 
 
