@@ -143,3 +143,34 @@ def test_framed_input_is_the_same_layer():
         framed = torch.nn.functional.pad(x, (0, 0, 1, 1, 1, 1))
         for kernel in KERNELS.values():
             assert torch.equal(layer.forward_ints(x, kernel)[0], layer.forward_ints(framed, kernel, framed=True)[0])
+
+
+def test_stack_step_is_its_layers_composed():
+    """IntConvStack's fused step (framed inputs, masks folded into the leaky ReLU's gradient) against
+    the layers called one by one, with the leaky ReLU written out as its definition."""
+    generator = torch.Generator().manual_seed(11)
+    widths = [3, 10, 10, 7]
+    weights = [(torch.randn(b, a, 3, 3, generator=generator, dtype=torch.float64) * (2 / (9 * a)) ** 0.5,
+                torch.randn(b, generator=generator, dtype=torch.float64) * 0.1) for a, b in zip(widths, widths[1:])]
+    pixels = torch.randint(0, 256, (3, 3, 9, 11), generator=generator)
+    x0 = (pixels - 128).permute(0, 2, 3, 1)
+    target = torch.randint(-3000, 3000, (3, 9, 11, 7), generator=generator)
+    fused = IntConvStack.from_float(weights, (pixels - 128) / 64, input_exponent=-6)
+    composed = IntConvStack.from_float(weights, (pixels - 128) / 64, input_exponent=-6)
+    output = fused.step_ints(x0, lambda o: Fixed(o.ints - target, o.exponent))
+
+    x, saved, pre = x0, [], []
+    for conv in composed.convs:
+        y, memo = conv.forward_ints(x)
+        saved.append(memo)
+        pre.append(y)
+        x = torch.where(y > 0, y, shift_round(y, 3))
+    assert torch.equal(output.ints, y)
+    grad = Fixed(y - target, output.exponent)
+    for index in reversed(range(3)):
+        grad = composed.convs[index].backward_ints(saved[index], grad, need_input=index > 0)
+        if index:
+            y = pre[index - 1].long()
+            grad = Fixed(torch.where(y > 0, grad.ints.long() << 3, grad.ints.long()), grad.exponent - 3)
+    for a, b in zip(fused.parameters(), composed.parameters()):
+        assert torch.equal(a.grad, b.grad)

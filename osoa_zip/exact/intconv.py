@@ -230,11 +230,11 @@ class IntConv3x3(nn.Module):
         # The bias and shift_round's half step, added in one pass; int64 if they could overflow int32
         # (an int32 acc is below 2**31 - offset) or if a negative shift would multiply.
         offset = self.bias_ints() + rounding_half(shift)
-        negative = int(torch.as_tensor(shift).min()) < 0
-        if acc.dtype == torch.int32 and (negative or self._bound(depth, self.input_range, self.weight_range)
-                                         + int(offset.abs().max()) >= INT32_LIMIT):
+        left = max(0, -int(torch.as_tensor(shift).min()))  # a negative shift multiplies by 2**left
+        if acc.dtype == torch.int32 and ((self._bound(depth, self.input_range, self.weight_range)
+                                          + int(offset.abs().max())) << left) >= INT32_LIMIT:
             acc = acc.long()
-        if negative:
+        if left:
             shifted = shift_round(acc + self.bias_ints().to(acc.dtype), shift)
         else:
             acc.add_(offset.to(acc.dtype))
@@ -245,14 +245,21 @@ class IntConv3x3(nn.Module):
                                                                                                in_channels))
 
     def backward_ints(self, saved: tuple, grad: Fixed, kernel: Kernel | None = None,
-                      need_input: bool = True) -> Fixed | None:
-        """The output's gradient -> parameter gradients (set as .grad, float64) and the input's gradient."""
+                      need_input: bool = True, masked: bool = False) -> Fixed | None:
+        """The output's gradient -> parameter gradients (set as .grad, float64) and the input's gradient.
+
+        ``masked``: the clamp's mask (``saved[2]``) is already applied to ``grad`` (IntConvStack
+        folds it into the leaky ReLU's gradient), which saves a pass.
+        """
         patches, weights, inside, shape = saved
         batch, height, width, in_channels = shape
         positions = batch * height * width
         limit = self.gradient_limit
-        g = quantize_gradient(grad.ints.reshape(positions, -1) * inside, grad.exponent, limit, in_place=True)
-        self.bias.grad = _as_float(g.ints.sum(dim=0, dtype=torch.int64), g.exponent)
+        ints = grad.ints.reshape(positions, -1)
+        g = quantize_gradient(ints if masked else ints * inside, grad.exponent, limit, in_place=not masked)
+        # |column sums| <= positions * limit: int32 while that is below 2**31 (int32 sums are ~2x faster).
+        total = g.ints.sum(dim=0) if positions * limit < INT32_LIMIT else g.ints.sum(dim=0, dtype=torch.int64)
+        self.bias.grad = _as_float(total, g.exponent)
         if self.input_limbs == 1:
             transposed = patches.T
         else:
@@ -267,8 +274,11 @@ class IntConv3x3(nn.Module):
         # Fold per-channel weight exponents into g, so the sum over output channels has one scale.
         low = int(self.weight_exponents.min())
         spread = self.weight_exponents - low
-        folded = g if not bool(spread.any()) else \
-            quantize_gradient(g.ints.long() << spread, g.exponent, limit, in_place=True)
+        if bool(spread.any()):
+            widened = g.ints if (limit << int(spread.max())) < INT32_LIMIT else g.ints.long()
+            folded = quantize_gradient(widened << spread.to(widened.dtype), g.exponent, limit, in_place=True)
+        else:
+            folded = g
         g8_limbs = limbs_needed(-limit, limit, FULL_LIMB_BITS)
         # The transposed convolution: the same windows of g, with the kernel rotated by 180 degrees.
         windows = _im2col(_padded_limbs(folded.ints.view(batch, height, width, -1), g8_limbs))
@@ -286,14 +296,19 @@ def leaky_relu_ints(y: torch.Tensor, out: torch.Tensor | None = None) -> torch.T
     return torch.maximum(y, (y + (1 << (LEAKY_SHIFT - 1))) >> LEAKY_SHIFT, out=out)
 
 
-def leaky_relu_backward(grad: Fixed, y: torch.Tensor, bound: int) -> Fixed:
+def leaky_relu_backward(grad: Fixed, y: torch.Tensor, bound: int, inside: torch.Tensor | None = None) -> Fixed:
     """Gradient 1 above zero, 1/8 elsewhere, exactly: the positive side is multiplied by 8 instead.
 
+    One multiplier per position, 8 where y > 0 and 1 elsewhere, times ``inside``
+    (the clamp's mask of the conv that produced y, if given: 0 where it clamped).
     ``bound``: the largest |grad.ints|; int32 stays int32 while 8 * bound < 2**31.
     """
     ints = grad.ints if grad.ints.dtype == torch.int64 or (bound << LEAKY_SHIFT) < INT32_LIMIT \
         else grad.ints.long()
-    return Fixed(torch.where(y > 0, ints << LEAKY_SHIFT, ints), grad.exponent - LEAKY_SHIFT)
+    multiplier = (y > 0).to(ints.dtype).mul_((1 << LEAKY_SHIFT) - 1).add_(1)
+    if inside is not None:
+        multiplier.mul_(inside.view(multiplier.shape))
+    return Fixed(ints * multiplier, grad.exponent - LEAKY_SHIFT)
 
 
 class IntConvStack(nn.Module):
@@ -344,10 +359,12 @@ class IntConvStack(nn.Module):
                 x = padded(*y.shape)
                 leaky_relu_ints(y, out=interior(x))
         output = Fixed(y, self.convs[-1].output_exponent)
-        grad = loss_grad(output)
+        grad, masked = loss_grad(output), False
         for index in reversed(range(len(self.convs))):
             conv = self.convs[index]
-            grad = conv.backward_ints(saved[index], grad, kernel, need_input=index > 0)
+            grad = conv.backward_ints(saved[index], grad, kernel, need_input=index > 0, masked=masked)
             if index > 0:
-                grad = leaky_relu_backward(grad, pre_activations[index - 1], conv.input_gradient_bound())
+                grad = leaky_relu_backward(grad, pre_activations[index - 1], conv.input_gradient_bound(),
+                                           inside=saved[index - 1][2])
+                masked = True
         return output

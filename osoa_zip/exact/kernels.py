@@ -291,7 +291,8 @@ def shift_round(acc: torch.Tensor, shift: int | torch.Tensor) -> torch.Tensor:
     half = (torch.ones_like(right) << right) >> 1
     if bool((shift >= 0).all()):
         return (acc + half) >> right
-    return torch.where(shift >= 0, (acc + half) >> right, acc << (-shift).clamp(min=0))
+    # Where shift < 0: (acc << -shift) + 0 >> 0; elsewhere (acc << 0) + half >> shift.
+    return ((acc << (-shift).clamp(min=0)) + half) >> right
 
 
 def rounding_half(shift: int | torch.Tensor) -> int | torch.Tensor:
