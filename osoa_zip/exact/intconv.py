@@ -249,23 +249,25 @@ class IntConv3x3(nn.Module):
         """The output's gradient -> parameter gradients (set as .grad, float64) and the input's gradient.
 
         ``masked``: the clamp's mask (``saved[2]``) is already applied to ``grad`` (IntConvStack
-        folds it into the leaky ReLU's gradient), which saves a pass.
+        folds it into the leaky ReLU's gradient), which saves a pass; ``grad.ints`` is then
+        the caller's scratch and is overwritten.
         """
         patches, weights, inside, shape = saved
         batch, height, width, in_channels = shape
         positions = batch * height * width
         limit = self.gradient_limit
         ints = grad.ints.reshape(positions, -1)
-        g = quantize_gradient(ints if masked else ints * inside, grad.exponent, limit, in_place=not masked)
-        # |column sums| <= positions * limit: int32 while that is below 2**31 (int32 sums are ~2x faster).
-        total = g.ints.sum(dim=0) if positions * limit < INT32_LIMIT else g.ints.sum(dim=0, dtype=torch.int64)
-        self.bias.grad = _as_float(total, g.exponent)
+        g = quantize_gradient(ints if masked else ints * inside, grad.exponent, limit, in_place=True)
+        g_columns = _limb_columns(g.ints, self.gradient_limbs)
+        # The bias gradient (g's column sums) as one more limb product: a row of ones times g's limbs.
+        ones = torch.ones(1, positions, dtype=torch.int8)
+        total = stacked_product(ones, 1, g_columns, self.gradient_limbs, kernel, positions * limit)
+        self.bias.grad = _as_float(total[0], g.exponent)
         if self.input_limbs == 1:
             transposed = patches.T
         else:
             transposed = torch.cat([block.T for block in patches.split(positions)])
-        weight_grad = stacked_product(transposed, self.input_limbs, _limb_columns(g.ints, self.gradient_limbs),
-                                      self.gradient_limbs, kernel,
+        weight_grad = stacked_product(transposed, self.input_limbs, g_columns, self.gradient_limbs, kernel,
                                       self._bound(positions, self.input_range, (-limit, limit)))
         weight_grad = weight_grad.view(3, 3, in_channels, -1).permute(3, 2, 0, 1)
         self.weight.grad = _as_float(weight_grad, self.input_exponent + g.exponent)
