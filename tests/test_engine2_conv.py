@@ -5,6 +5,7 @@ every sum is far below 2**53), with the same rounding rule applied after.
 """
 from __future__ import annotations
 
+import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -145,9 +146,11 @@ def test_framed_input_is_the_same_layer():
             assert torch.equal(layer.forward_ints(x, kernel)[0], layer.forward_ints(framed, kernel, framed=True)[0])
 
 
-def test_stack_step_is_its_layers_composed():
+@pytest.mark.parametrize("wide", [False, True])
+def test_stack_step_is_its_layers_composed(wide):
     """IntConvStack's fused step (framed inputs, masks folded into the leaky ReLU's gradient) against
-    the layers called one by one, with the leaky ReLU written out as its definition."""
+    the layers called one by one, with the leaky ReLU written out as its definition; ``wide``: the
+    first conv's weights in two 7-bit limbs and the last conv's input in two 8-bit limbs."""
     generator = torch.Generator().manual_seed(11)
     widths = [3, 10, 10, 7]
     weights = [(torch.randn(b, a, 3, 3, generator=generator, dtype=torch.float64) * (2 / (9 * a)) ** 0.5,
@@ -155,9 +158,13 @@ def test_stack_step_is_its_layers_composed():
     pixels = torch.randint(0, 256, (3, 3, 9, 11), generator=generator)
     x0 = (pixels - 128).permute(0, 2, 3, 1)
     target = torch.randint(-3000, 3000, (3, 9, 11, 7), generator=generator)
-    fused = IntConvStack.from_float(weights, (pixels - 128) / 64, input_exponent=-6)
-    composed = IntConvStack.from_float(weights, (pixels - 128) / 64, input_exponent=-6)
+    limbs = {"first_weight_limbs": 2, "last_input_limbs": 2} if wide else {}
+    fused = IntConvStack.from_float(weights, (pixels - 128) / 64, input_exponent=-6, **limbs)
+    composed = IntConvStack.from_float(weights, (pixels - 128) / 64, input_exponent=-6, **limbs)
+    assert [c.weight_limbs for c in fused.convs] == [2 if wide else 1, 1, 1]
+    assert [c.input_limbs for c in fused.convs] == [1, 1, 2 if wide else 1]
     output = fused.step_ints(x0, lambda o: Fixed(o.ints - target, o.exponent))
+    assert torch.equal(fused.forward_ints(x0).ints, output.ints)
 
     x, saved, pre = x0, [], []
     for conv in composed.convs:

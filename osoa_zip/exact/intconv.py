@@ -326,41 +326,65 @@ class IntConvStack(nn.Module):
         self.convs = nn.ModuleList(convs)
 
     @classmethod
-    def from_float(cls, weights: list[tuple[torch.Tensor, torch.Tensor]], sample: torch.Tensor,
-                   input_exponent: int, output_limbs: int = 2, **options) -> IntConvStack:
-        """Engine-2 layers for float (weight, bias) pairs, activation exponents calibrated on ``sample``.
+    def from_float(cls, weights: list[tuple[torch.Tensor, torch.Tensor]], samples, input_exponent: int,
+                   output_limbs: int = 2, first_weight_limbs: int = 1, last_input_limbs: int = 1,
+                   **options) -> IntConvStack:
+        """Engine-2 layers for float (weight, bias) pairs, activation exponents calibrated on ``samples``.
 
-        ``sample`` is a float B x Ci x H x W batch; each layer's output exponent is
-        the smallest that holds the sample's largest value (power-of-two scales
-        from min/max).  Hidden outputs use HIDDEN_RANGE; the last layer's output
-        gets ``output_limbs`` 8-bit limbs (2: 16 bits).
+        ``samples``: a float B x Ci x H x W batch or a list of them; each layer's
+        output exponent is the smallest that holds the samples' extremes
+        (power-of-two scales from min/max).  Hidden outputs use HIDDEN_RANGE; the
+        last layer's output gets ``output_limbs`` 8-bit limbs (2: 16 bits).
+        ``first_weight_limbs``: 7-bit limbs of the first conv's weights (2: 14 bits);
+        ``last_input_limbs``: 8-bit limbs of the last conv's input (2: 16 bits).
+        ``options`` go to every IntConv3x3 (per_channel, gradient_limbs).
         """
-        convs, exponent, x = [], input_exponent, sample.double()
+        samples = list(samples) if isinstance(samples, (list, tuple)) else [samples]
+        convs, exponent, xs = [], input_exponent, [sample.double() for sample in samples]
+        count = len(weights)
         for index, (weight, bias) in enumerate(weights):
-            last = index == len(weights) - 1
-            y = torch.nn.functional.conv2d(x, weight.double(), bias.double(), padding=1)
-            low, high = limb_range(FULL_LIMB_BITS, output_limbs) if last else HIDDEN_RANGE
-            peak = max(float(y.max()) / high, float(y.min()) / low, 2.0 ** -60)
-            output_exponent = math.ceil(math.log2(peak))
+            ys = [torch.nn.functional.conv2d(x, weight.double(), bias.double(), padding=1) for x in xs]
+            if index == count - 1:
+                low, high = limb_range(FULL_LIMB_BITS, output_limbs)
+            else:  # the leaky ReLU maps [8 low, high] onto the next input's [low, high]
+                low, high = limb_range(FULL_LIMB_BITS, last_input_limbs if index == count - 2 else 1)
+                low <<= LEAKY_SHIFT
+            peak = max(max(float(y.max()) / high, float(y.min()) / low) for y in ys)
+            output_exponent = math.ceil(math.log2(max(peak, 2.0 ** -60)))
             convs.append(IntConv3x3(weight, bias, input_exponent=exponent, output_exponent=output_exponent,
-                                    output_range=(low, high), input_limbs=1, **options))
-            x, exponent = torch.nn.functional.leaky_relu(y, 1 / 8), output_exponent
+                                    output_range=(low, high),
+                                    input_limbs=last_input_limbs if index == count - 1 and index else 1,
+                                    weight_limbs=first_weight_limbs if index == 0 else 1, **options))
+            xs, exponent = [torch.nn.functional.leaky_relu(y, 1 / 8) for y in ys], output_exponent
         return cls(convs)
+
+    def _forward(self, x: torch.Tensor, kernel: Kernel | None, keep: bool):
+        saved, pre_activations = [], []
+        for index, conv in enumerate(self.convs):
+            y, memo = conv.forward_ints(x, kernel, framed=index > 0 and conv.input_limbs == 1)
+            if keep:
+                saved.append(memo)
+            if index < len(self.convs) - 1:
+                if keep:
+                    pre_activations.append(y)
+                if self.convs[index + 1].input_limbs == 1:
+                    x = padded(*y.shape)
+                    leaky_relu_ints(y, out=interior(x))
+                else:
+                    x = leaky_relu_ints(y)
+        return Fixed(y, self.convs[-1].output_exponent), saved, pre_activations
+
+    @torch.no_grad()
+    def forward_ints(self, x: torch.Tensor, kernel: Kernel | None = None) -> Fixed:
+        """The output of B x H x W x Ci int8 input x, without what backward would need."""
+        return self._forward(x, kernel, keep=False)[0]
 
     def step_ints(self, x: torch.Tensor, loss_grad, kernel: Kernel | None = None) -> Fixed:
         """Forward, then backward of ``loss_grad(output: Fixed) -> Fixed`` (the loss's gradient).
 
         x: B x H x W x Ci int8 (the first layer takes one limb).
         """
-        saved, pre_activations = [], []
-        for index, conv in enumerate(self.convs):
-            y, memo = conv.forward_ints(x, kernel, framed=index > 0)
-            saved.append(memo)
-            if index < len(self.convs) - 1:
-                pre_activations.append(y)
-                x = padded(*y.shape)
-                leaky_relu_ints(y, out=interior(x))
-        output = Fixed(y, self.convs[-1].output_exponent)
+        output, saved, pre_activations = self._forward(x, kernel, keep=True)
         grad, masked = loss_grad(output), False
         for index in reversed(range(len(self.convs))):
             conv = self.convs[index]
