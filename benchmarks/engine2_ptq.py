@@ -5,7 +5,8 @@
 No retraining: every coupling ConvStack of idf-sublattice-v6 is replaced by an
 exact/intconv.IntConvStack built from its weights (7-bit weights with a scale
 per output channel, int8 activations, 16-bit outputs), with power-of-two
-activation scales from min/max on *training* images (data/train_*32.npy), and
+activation scales from min/max on *training* images (data/train_*32.npy),
+made --clip-bits finer (values beyond are clamped), and
 the frozen model's NLL is measured on evaluation images it never saw
 (data/eval/tiles32, data/eval/gray32), in bits per sub-pixel, against the
 same model on engine 1.  Variants: 8-bit activations x 7-bit weights
@@ -88,11 +89,14 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=128, help="evaluation images per set")
     parser.add_argument("--calibration", type=int, default=64, help="training images for the scales")
     parser.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor")
+    parser.add_argument("--clip-bits", type=int, default=1,
+                        help="activation scales this many bits finer than min/max (0: min/max)")
     args = parser.parse_args()
     torch.set_num_threads(1)
     bundle = load_model(MODEL)
-    print(f"{MODEL}, frozen; {args.calibration} training images for the activation scales; "
-          f"{'per-tensor' if args.per_tensor else 'per-channel'} weight scales")
+    print(f"{MODEL}, frozen; {args.calibration} training images for the activation scales "
+          f"(min/max, {args.clip_bits} bit(s) clipped); {'per-tensor' if args.per_tensor else 'per-channel'} "
+          f"weight scales")
     for channels, (eval_name, train_name) in SETS.items():
         network = copy.deepcopy(bundle.network(channels))
         pixels = _eval_pixels(eval_name, channels, args.limit)
@@ -106,7 +110,7 @@ def main() -> None:
             replacements = {
                 key: IntConvStack.from_float([(c.weight.detach(), c.bias.detach()) for c in stacks[key].convs],
                                              inputs[key], CONTEXT_EXPONENT, per_channel=not args.per_tensor,
-                                             **limbs)
+                                             clip_bits=args.clip_bits, **limbs)
                 for key in inputs}
             with _Patched(replacements=replacements):
                 quantised = _bpsp(network, pixels)

@@ -328,7 +328,7 @@ class IntConvStack(nn.Module):
     @classmethod
     def from_float(cls, weights: list[tuple[torch.Tensor, torch.Tensor]], samples, input_exponent: int,
                    output_limbs: int = 2, first_weight_limbs: int = 1, last_input_limbs: int = 1,
-                   **options) -> IntConvStack:
+                   clip_bits: int = 0, **options) -> IntConvStack:
         """Engine-2 layers for float (weight, bias) pairs, activation exponents calibrated on ``samples``.
 
         ``samples``: a float B x Ci x H x W batch or a list of them; each layer's
@@ -337,6 +337,9 @@ class IntConvStack(nn.Module):
         last layer's output gets ``output_limbs`` 8-bit limbs (2: 16 bits).
         ``first_weight_limbs``: 7-bit limbs of the first conv's weights (2: 14 bits);
         ``last_input_limbs``: 8-bit limbs of the last conv's input (2: 16 bits).
+        ``clip_bits``: make every activation scale 2**clip_bits finer than min/max gives
+        (the rare values beyond are clamped): post-training, 1 bit cost v6 far less than
+        the resolution it bought (docs/ENGINE2.md).
         ``options`` go to every IntConv3x3 (per_channel, gradient_limbs).
         """
         samples = list(samples) if isinstance(samples, (list, tuple)) else [samples]
@@ -350,7 +353,7 @@ class IntConvStack(nn.Module):
                 low, high = limb_range(FULL_LIMB_BITS, last_input_limbs if index == count - 2 else 1)
                 low <<= LEAKY_SHIFT
             peak = max(max(float(y.max()) / high, float(y.min()) / low) for y in ys)
-            output_exponent = math.ceil(math.log2(max(peak, 2.0 ** -60)))
+            output_exponent = math.ceil(math.log2(max(peak, 2.0 ** -60))) - clip_bits
             convs.append(IntConv3x3(weight, bias, input_exponent=exponent, output_exponent=output_exponent,
                                     output_range=(low, high),
                                     input_limbs=last_input_limbs if index == count - 1 and index else 1,
