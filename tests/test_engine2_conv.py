@@ -65,10 +65,11 @@ def test_conv_forward_backward_exact_on_every_kernel(batch, height, width, in_ch
     g_nchw = _nchw(g.ints.view(expected_y.shape))
     expected_weight_grad = torch.ldexp(conv2d_weight(_nchw(x), w.shape, g_nchw, padding=1),
                                        torch.tensor(-6.0 + g.exponent, dtype=torch.float64))
-    spread = layer.weight_exponents - layer.weight_exponents.min()
-    folded = quantize_gradient(g.ints.long() << spread, g.exponent, limit) if bool(spread.any()) else g
-    expected_input_grad = conv2d_input(shape[:1] + (in_channels, height, width), w.double(),
-                                       _nchw(folded.ints.view(expected_y.shape)), padding=1)
+    # The input gradient takes the weights on the coarsest channel's scale, rounded half up.
+    coarsening = layer.weight_exponents.max() - layer.weight_exponents
+    coarse = shift_round(w.long(), coarsening[:, None, None, None])
+    expected_input_grad = conv2d_input(shape[:1] + (in_channels, height, width), coarse.double(), g_nchw,
+                                       padding=1)
 
     for kernel in KERNELS.values():
         y, saved = layer.forward_ints(x, kernel)
@@ -78,7 +79,7 @@ def test_conv_forward_backward_exact_on_every_kernel(batch, height, width, in_ch
         assert torch.equal(layer.bias.grad, torch.ldexp(g.ints.sum((0, 1, 2)).double(),
                                                         torch.tensor(float(g.exponent), dtype=torch.float64)))
         assert torch.equal(_nchw(input_grad.ints), expected_input_grad)
-        assert input_grad.exponent == folded.exponent + int(layer.weight_exponents.min())
+        assert input_grad.exponent == g.exponent + int(layer.weight_exponents.max())
 
 
 @given(values=st.lists(st.integers(-2 ** 40, 2 ** 40), min_size=1, max_size=20), limbs=st.integers(1, 3))

@@ -234,7 +234,8 @@ def exact_product(a: torch.Tensor, a_limbs: int, b: torch.Tensor, b_limbs: int,
 
 
 def stacked_product(a_stack: torch.Tensor, a_limbs: int, b_stack: torch.Tensor, b_limbs: int,
-                    kernel: Kernel | None = None, bound: int | None = None) -> torch.Tensor:
+                    kernel: Kernel | None = None, bound: int | None = None,
+                    a_width: int = FULL_LIMB_BITS) -> torch.Tensor:
     """``exact_product`` of operands already split: a's limbs stacked down the rows, b's across the columns.
 
     (A conv splits its activations before im2col, nine times fewer elements.)
@@ -242,13 +243,15 @@ def stacked_product(a_stack: torch.Tensor, a_limbs: int, b_stack: torch.Tensor, 
     recombined as sum(P_ij << (8 i + 7 j)).  K beyond MAX_K is cut into limb
     products of depth MAX_K.  ``bound``: the largest |result| the caller's
     operands allow (default: from the limbs' ranges); below 2**31 the result
-    and its recombination stay int32, else int64.
+    and its recombination stay int32, else int64.  ``a_width``: a's limbs are
+    ``a_width``-bit balanced limbs (7-bit limbs are int8 too; a gradient split
+    once for the second operand serves as a first operand as well).
     """
     kernel = kernel or current_kernel()
     rows, depth = a_stack.shape[0] // a_limbs, a_stack.shape[1]
     columns = b_stack.shape[1] // b_limbs
     if bound is None:
-        a_low, a_high = limb_range(FULL_LIMB_BITS, a_limbs)
+        a_low, a_high = limb_range(a_width, a_limbs)
         b_low, b_high = limb_range(SEVEN_BIT_LIMB_BITS, b_limbs)
         bound = depth * max(-a_low, a_high) * max(-b_low, b_high)
     dtype = torch.int32 if bound < 2 ** 31 else torch.int64
@@ -265,7 +268,7 @@ def stacked_product(a_stack: torch.Tensor, a_limbs: int, b_stack: torch.Tensor, 
     for i in range(a_limbs):
         for j in range(b_limbs):
             block = products[i * rows:(i + 1) * rows, j * columns:(j + 1) * columns].to(dtype)
-            shift = FULL_LIMB_BITS * i + SEVEN_BIT_LIMB_BITS * j
+            shift = a_width * i + SEVEN_BIT_LIMB_BITS * j
             term = block.__ilshift__(shift) if shift else block
             result = term if result is None else result.add_(term)
     return result
