@@ -12,7 +12,7 @@ import os
 import stat
 import threading
 import time
-from typing import BinaryIO
+from typing import BinaryIO, Sequence
 
 import numpy as np
 
@@ -21,7 +21,7 @@ from .adapt.engine import AdaptationConfig, OnlineAdapter
 from .adapt.segments import run_segments
 from .container.format import ArchiveWriter, canonical_json
 from .exact import ENGINE
-from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, SourceError, scan
+from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, ExcludePatterns, SourceError, scan
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image, scratch_file
 from .imaging.pixel_file import PixelView
 from .imaging.tiles import gather, plan_batches
@@ -232,16 +232,19 @@ _DEFAULT_ADAPTATION = AdaptationConfig()  # frozen, so one shared instance is sa
 
 def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
              adaptation: AdaptationConfig = _DEFAULT_ADAPTATION, progress: Progress | None = None,
-             warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1) -> Summary:
+             warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1,
+             excludes: Sequence[str] = ()) -> Summary:
     """Archive the sources into ``output``.
 
     A source is a path (a directory contributes its contents, a file its name)
     or a (path, archive name) pair.  With segments, ``threads`` code them side
-    by side; the archive is the same for any number of threads.
+    by side; the archive is the same for any number of threads.  Entries whose
+    archive name matches one of ``excludes`` are left out, as tar --exclude
+    does (files.scan.ExcludePatterns).
     """
     started = time.perf_counter()
     try:
-        entries = scan(list(sources), warn, _identity(output))
+        entries = scan(list(sources), warn, _identity(output), ExcludePatterns(excludes))
     except SourceError as error:
         raise UsageError(str(error)) from None
     if progress is not None and hasattr(progress, "set_total"):
