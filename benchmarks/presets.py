@@ -3,10 +3,11 @@
   python benchmarks/presets.py [SET ...] [--limits tiles32=64,...] [--levels 1,6,9]
 
 For each evaluation set (default: data/eval/{tiles32,tiles64,fashion_mnist,gray32,
-photos768}) the first N images (--limits; by default 64 RGB tiles, 256
-Fashion-MNIST images and all 128 grey tiles, so that grey sets hold more than
-one batch of 65536 pixels, and 2 of the 0.7 MB photos) are compressed at every
-level through the library
+photos768}) the first N images (--limits; by default 48 of the 32x32 tiles
+and 24 of the 64x64 ones, three batches each; 128 Fashion-MNIST images and
+all 128 grey tiles, two batches of 65536 pixels each; the first of the 0.7 MB
+photos, six batches of four 128x128 tiles) are compressed at every level
+through the library
 (osoa_zip.archive.compress into memory), then decompressed into a scratch
 folder (osoa_zip.archive.decompress) and checked pixel for pixel against the
 originals.  Levels run one after the other within each set, so that a noisy
@@ -50,7 +51,7 @@ def pixels(path: Path) -> tuple[str, np.ndarray]:
         return image.mode, np.asarray(image)
 
 
-DEFAULT_LIMITS = "tiles32=64,tiles64=64,fashion_mnist=256,gray32=128,photos768=2"
+DEFAULT_LIMITS = "tiles32=48,tiles64=24,fashion_mnist=128,gray32=128,photos768=1"
 
 
 def timed(work) -> tuple[float, float]:

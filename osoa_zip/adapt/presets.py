@@ -63,10 +63,10 @@ PRESETS: Mapping[int, Preset] = MappingProxyType({preset.level: preset for prese
     Preset(6, "adapt every layer of colour images, the last of grey ones (the default)", {}),
     Preset(7, "as 6, two optimiser steps per batch",
            {"steps_per_batch": 2}),
-    Preset(8, "as 7, grey images adapt every layer too, never giving up",
-           {"steps_per_batch": 2, "gray_parameters": "all", "give_up_after": 0}),
-    Preset(9, "as 8, three steps per batch: smallest, slowest",
-           {"steps_per_batch": 3, "gray_parameters": "all", "give_up_after": 0}),
+    Preset(8, "as 6, three optimiser steps per batch",
+           {"steps_per_batch": 3}),
+    Preset(9, "as 6, four steps per batch, never giving up: smallest, slowest",
+           {"steps_per_batch": 4, "give_up_after": 0}),
 )})
 
 
