@@ -134,9 +134,7 @@ def _one_torch_thread_unless_asked() -> None:
 def _level_options(command):
     """-1 ... -9, one line of --help each (osoa_zip/adapt/presets.py)."""
     for level in sorted(PRESETS, reverse=True):
-        default = " [default]" if level == DEFAULT_LEVEL else ""
-        command = click.option(f"-{level}", "level", flag_value=level,
-                               help=f"Level {level}: {PRESETS[level].summary}.{default}")(command)
+        command = click.option(f"-{level}", "level", flag_value=level, help=PRESETS[level].summary)(command)
     return command
 
 

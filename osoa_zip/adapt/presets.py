@@ -29,7 +29,7 @@ DEFAULT_LEVEL = 6
 
 @dataclass(frozen=True)
 class Preset:
-    """One level: a one-line description (shown by --help) and the settings it changes
+    """One level: a description for --help (one line there: at most 44 characters) and the settings it changes
     from AdaptationConfig's defaults (None for `model`: the default model)."""
 
     level: int
@@ -50,22 +50,22 @@ class Preset:
 
 
 PRESETS: Mapping[int, Preset] = MappingProxyType({preset.level: preset for preset in (
-    Preset(1, "frozen pretrained model, no adaptation, large batches: fastest",
+    Preset(1, "frozen model, no adaptation (fastest)",
            {"adapt": False, "guard": False, "batch_pixels": 65536, "gray_batch_pixels": 65536}),
-    Preset(2, "adapt the last layers for the first 16 batches, then frozen",
+    Preset(2, "last layers adapt, first 16 batches only",
            {"parameters": "last", "gray_parameters": "last", "adapt_batches": 16, "give_up_after": 4}),
-    Preset(3, "adapt the last layers only, giving up early",
+    Preset(3, "last layers adapt, giving up early",
            {"parameters": "last", "gray_parameters": "last", "give_up_after": 4}),
-    Preset(4, "adapt the last layers only",
+    Preset(4, "last layers adapt",
            {"parameters": "last", "gray_parameters": "last"}),
-    Preset(5, "adapt every layer of colour images for the first 32 batches, then frozen",
+    Preset(5, "as 6, first 32 batches adapt, then frozen",
            {"adapt_batches": 32}),
-    Preset(6, "adapt every layer of colour images, the last of grey ones (the default)", {}),
-    Preset(7, "as 6, two optimiser steps per batch",
+    Preset(6, "default: all layers adapt (grey: last)", {}),
+    Preset(7, "as 6, two steps per batch",
            {"steps_per_batch": 2}),
-    Preset(8, "as 6, three optimiser steps per batch",
+    Preset(8, "as 6, three steps per batch",
            {"steps_per_batch": 3}),
-    Preset(9, "as 6, four steps per batch, never giving up: smallest, slowest",
+    Preset(9, "four steps, never giving up (smallest)",
            {"steps_per_batch": 4, "give_up_after": 0}),
 )})
 
