@@ -28,6 +28,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from osoa_zip.adapt.config import AdaptationConfig
+from osoa_zip.adapt.defaults import adaptation_for
 from osoa_zip.adapt.presets import DEFAULT_LEVEL, PRESETS, preset
 from osoa_zip.archive import compress, decompress
 from osoa_zip.cli import main
@@ -304,7 +305,7 @@ def test_every_level_decodes_exactly(level, model_images, tmp_path):
         header, entries, _ = read_archive(source)
         source.seek(0)
         decompress(source, tmp_path / "out")
-    assert AdaptationConfig.from_header(header["adaptation"]) == config
+    assert AdaptationConfig.from_header(header["adaptation"]) == adaptation_for(MODEL, config)
     assert any(entry.method == "model" for entry in entries)
     assert_same_tree(model_images, tmp_path / "out")
 
@@ -312,6 +313,11 @@ def test_every_level_decodes_exactly(level, model_images, tmp_path):
 def header_of(archive: Path) -> dict:
     with open(archive, "rb") as source:
         return read_table(source)[0]["adaptation"]
+
+
+def recorded(config: AdaptationConfig) -> dict:
+    """The header compress writes for these settings (the learning rate resolved for the model)."""
+    return adaptation_for(MODEL, config).to_header()
 
 
 def test_levels_on_the_command_line(small_archive, tmp_path):
@@ -326,11 +332,11 @@ def test_levels_on_the_command_line(small_archive, tmp_path):
         result = run_cli("compress", "-q", "--model", MODEL, *options, source, archives[name])
         assert result.returncode == 0, result.stderr
     assert archives["none"].read_bytes() == archives["6"].read_bytes()
-    assert header_of(archives["none"]) == AdaptationConfig().to_header()
-    assert header_of(archives["1"]) == PRESETS[1].config().to_header()
-    assert header_of(archives["9"]) == PRESETS[9].config().to_header()
-    assert header_of(archives["1+adapt"]) == PRESETS[1].config(guard=True).to_header()
-    assert header_of(archives["9+steps"]) == PRESETS[9].config(steps_per_batch=1, give_up_after=5).to_header()
+    assert header_of(archives["none"]) == recorded(AdaptationConfig())
+    assert header_of(archives["1"]) == recorded(PRESETS[1].config())
+    assert header_of(archives["9"]) == recorded(PRESETS[9].config())
+    assert header_of(archives["1+adapt"]) == recorded(PRESETS[1].config(guard=True))
+    assert header_of(archives["9+steps"]) == recorded(PRESETS[9].config(steps_per_batch=1, give_up_after=5))
 
 
 # --- one entry to standard output ---------------------------------------------------------------------------
