@@ -442,4 +442,4 @@ def test_completion_completes():
 def test_json_header_is_unchanged_by_levels():
     """Levels add no key to the archive: the decoder needs nothing new (format unchanged)."""
     for chosen in PRESETS.values():
-        assert set(json.loads(json.dumps(chosen.config().to_header()))) == set(AdaptationConfig().to_header())
+        assert set(json.loads(json.dumps(recorded(chosen.config())))) == set(recorded(AdaptationConfig()))
