@@ -25,6 +25,7 @@ from .adapt.flags import (
     FLAG_ROLLBACK,
     FLAG_SEGMENT_START,
 )
+from .adapt.presets import DEFAULT_LEVEL, PRESETS
 from .archive import (
     AdaptationConfig,
     ArchiveError,
@@ -33,6 +34,7 @@ from .archive import (
     UsageError,
     compress,
     decompress,
+    extract_entry,
     test_archive,
 )
 from .files.scan import SourceError, listed_name
@@ -130,12 +132,39 @@ def _one_torch_thread_unless_asked() -> None:
         set_gemm_threads(min(2, len(os.sched_getaffinity(0))))
 
 
+def _level_options(command):
+    """-1 ... -9, one line of --help each (osoa_zip/adapt/presets.py)."""
+    for level in sorted(PRESETS, reverse=True):
+        command = click.option(f"-{level}", "level", flag_value=level, help=PRESETS[level].summary)(command)
+    return command
+
+
+# Compress options a level sets, and the AdaptationConfig field each one fills.
+_LEVEL_SETTINGS = {"steps_per_batch": "steps_per_batch", "batch_size": "batch_size", "batch_pixels": "batch_pixels",
+                   "gray_batch_pixels": "gray_batch_pixels", "batch_pixels_max": "batch_pixels_max",
+                   "chain_batches": "chain_batches", "tile_size": "tile_size", "segment_size": "segment_batches",
+                   "adapt_params": "parameters", "gray_adapt_params": "gray_parameters",
+                   "adapt_batches": "adapt_batches", "guard": "guard", "give_up_after": "give_up_after"}
+
+
+def _given(name: str) -> bool:
+    """Was this option given (command line or environment), not left at its default?"""
+    source = click.get_current_context().get_parameter_source(name)
+    return source not in (None, click.core.ParameterSource.DEFAULT)
+
+
 @main.command("compress")
 @click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
 @click.argument("archive", type=click.Path(path_type=Path))
+@_level_options
 @click.option("--files-from", type=click.File("rb"), default=None,
               help="Also archive the paths listed in this file ('-' for standard input), stored as given.")
 @click.option("-0", "--null", "null_separated", is_flag=True, help="--files-from paths end with NUL, not newline.")
+@click.option("--exclude", "excludes", multiple=True, metavar="PATTERN",
+              help="Leave out entries matching this shell pattern, as tar does: without '/' it matches a name "
+                   "at any depth; a matching folder leaves out all below it (repeatable).")
+@click.option("--exclude-from", type=click.File("rb"), default=None, metavar="FILE",
+              help="Read --exclude patterns from FILE, one per line.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Pretrained model to start from.")
 @click.option("--no-adapt", is_flag=True, help="Code with the pretrained model frozen (no online adaptation).")
 @click.option("--learning-rate", "--lr", type=float, default=None,
@@ -181,18 +210,21 @@ def _one_torch_thread_unless_asked() -> None:
 @click.option("--byte-exact", is_flag=True,
               help="Restore images byte for byte: an image takes the model path only if re-encoding "
                    "its pixels gives back the original file exactly.")
-@click.option("-f", "--force", is_flag=True, help="Overwrite an existing archive.")
+@click.option("-f", "--force", is_flag=True,
+              help="Overwrite an existing archive; write one to a terminal.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print per-batch statistics.")
-def compress_command(sources, archive, files_from, null_separated, model, no_adapt, learning_rate, steps_per_batch,
-                     batch_size, batch_pixels, gray_batch_pixels, batch_pixels_max, chain_batches, tile_size,
-                     segment_size, adapt_params, gray_adapt_params, adapt_batches, guard, give_up_after, threads,
-                     byte_exact, force, quiet, verbose) -> None:
+def compress_command(sources, archive, level, files_from, null_separated, excludes, exclude_from, model, no_adapt,
+                     learning_rate, threads, byte_exact, force, quiet, verbose, **settings) -> None:
     """Pack SOURCES into ARCHIVE ('-' for standard output).
 
     A folder contributes its contents, a file its name; paths from --files-from
     are stored as given (e.g. `find data -name '*.png' -print0 | osoa-zip
     compress --files-from - -0 out.osoa`).
+
+    A level (-1 fastest ... -9 smallest; -6 by default) sets the adaptation
+    options below; an option given explicitly overrides its level's value.
+    The archive records the settings, so decompression needs no level.
     """
     with _reported_errors():
         sources = list(sources)
@@ -200,23 +232,27 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
             sources += _listed_sources(files_from.read(), null_separated)
         if not sources:
             raise UsageError("nothing to archive: give SOURCES or --files-from")
-        config = _settings(adapt=not no_adapt, learning_rate=learning_rate, steps_per_batch=steps_per_batch,
-                           batch_size=batch_size, tile_size=tile_size, segment_batches=segment_size,
-                           parameters=adapt_params, adapt_batches=adapt_batches, guard=guard,
-                           batch_pixels=batch_pixels, give_up_after=give_up_after,
-                           gray_parameters=gray_adapt_params, batch_pixels_max=batch_pixels_max,
-                           gray_batch_pixels=gray_batch_pixels, chain_batches=chain_batches)
+        if str(archive) == "-":
+            _refuse_terminal(sys.stdout, "written to", force)
+        patterns = list(excludes) + (_listed_patterns(exclude_from.read()) if exclude_from is not None else [])
+        chosen = PRESETS[level or DEFAULT_LEVEL]
+        if not _given("model"):
+            model = chosen.model or model
+        explicit = {field: settings[option] for option, field in _LEVEL_SETTINGS.items() if _given(option)}
+        if _given("no_adapt"):
+            explicit["adapt"] = not no_adapt
+        config = _settings(**{**chosen.settings, "learning_rate": learning_rate, **explicit})
         with _progress(None, quiet, "compressing") as progress:
             if str(archive) == "-":
                 with _naming_errors("standard output"):
                     summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet),
-                                       byte_exact, _thread_count(threads))
+                                       byte_exact, _thread_count(threads), patterns)
                     sys.stdout.buffer.flush()  # a full disk must fail here, not at interpreter exit
             else:
                 if archive.exists() and not force:
                     raise UsageError(f"{archive} exists (use -f to overwrite)")
                 summary = _compress_to_file(sources, archive, model, config, progress, _warner(quiet),
-                                            byte_exact, _thread_count(threads))
+                                            byte_exact, _thread_count(threads), patterns)
         if not quiet:
             _report(summary, "compressed", verbose)
 
@@ -237,6 +273,17 @@ def _listed_sources(listing: bytes, null_separated: bool) -> list[tuple[Path, st
         return [(Path(path), listed_name(path)) for path in paths]
     except SourceError as error:
         raise UsageError(str(error)) from None
+
+
+def _listed_patterns(listing: bytes) -> list[str]:
+    """--exclude-from: one pattern a line, as tar -X reads them (empty lines ignored)."""
+    return [os.fsdecode(line.rstrip(b"\r")) for line in listing.split(b"\n") if line.strip()]
+
+
+def _refuse_terminal(stream, direction: str, force: bool) -> None:
+    """Archives are binary: as xz, neither spray one over a terminal nor wait for one to be typed."""
+    if not force and stream.isatty():
+        raise UsageError(f"an archive cannot be {direction} a terminal (use -f to force)")
 
 
 def _warner(quiet: bool):
@@ -262,13 +309,13 @@ def _naming_errors(name: str):
         raise
 
 
-def _compress_to_file(sources, archive: Path, model, config, progress, warn, byte_exact, threads):
+def _compress_to_file(sources, archive: Path, model, config, progress, warn, byte_exact, threads, excludes):
     """Write beside the target and rename at the end: never a half-written archive."""
     directory = archive.resolve().parent
     handle, temporary = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".part", dir=directory)
     try:
         with _naming_errors(str(archive)), os.fdopen(handle, "wb") as output:
-            summary = compress(sources, output, model, config, progress, warn, byte_exact, threads)
+            summary = compress(sources, output, model, config, progress, warn, byte_exact, threads, excludes)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 is not what users expect
@@ -281,9 +328,14 @@ def _compress_to_file(sources, archive: Path, model, config, progress, warn, byt
 
 @main.command("decompress")
 @click.argument("archive", type=click.Path(path_type=Path, allow_dash=True))
-@click.argument("destination", type=click.Path(path_type=Path))
+@click.argument("destination", type=click.Path(path_type=Path), required=False)
 @click.argument("patterns", nargs=-1)
-@click.option("-f", "--force", is_flag=True, help="Overwrite existing files in DESTINATION.")
+@click.option("--stdout", "entry_to_stdout", metavar="NAME", default=None,
+              help="Write the one entry NAME (a file or an image, as it would be restored) to standard output "
+                   "instead of restoring into DESTINATION.")
+@click.option("-f", "--force", is_flag=True,
+              help="Overwrite existing files in DESTINATION; read an archive from, or write --stdout to, a "
+                   "terminal.")
 @click.option("--salvage", is_flag=True,
               help="Restore every intact entry of a damaged archive and list the lost ones (exit 1 if any). "
                    "Images are lost from a damaged batch to the end of its segment (see compress "
@@ -293,16 +345,25 @@ def _compress_to_file(sources, archive: Path, model, config, progress, warn, byt
                    "for any N.  Needs segments (written with compress --segment-size) to help.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print timing details.")
-def decompress_command(archive, destination, patterns, force, salvage, threads, quiet, verbose) -> None:
+def decompress_command(archive, destination, patterns, entry_to_stdout, force, salvage, threads, quiet,
+                       verbose) -> None:
     """Restore ARCHIVE ('-' for standard input) into DESTINATION (created if missing).
 
     With PATTERNS (shell wildcards such as 'cats/*.png', quoted), only the matching
     entries, or everything below a matching folder, are restored.  The whole
     archive is still decoded: each batch depends on the ones before it.
+
+    `decompress ARCHIVE --stdout NAME` writes one entry to standard output instead
+    (as tar -xOf and unzip -p do), once the whole archive has been verified.
     """
+    if entry_to_stdout is not None:
+        _entry_to_stdout(archive, destination, patterns, entry_to_stdout, force, salvage, threads, quiet)
+        return
     with _reported_errors():
+        if destination is None:
+            raise UsageError("missing DESTINATION (or --stdout NAME)")
         with _progress(_archive_size(archive), quiet, "decompressing") as progress, \
-                _open_archive(archive) as source:
+                _open_archive(archive, force) as source:
             if salvage and str(archive) == "-":
                 raise UsageError("--salvage needs an archive file, not standard input")
             summary = decompress(source, destination, force, progress, list(patterns), salvage,
@@ -317,9 +378,23 @@ def decompress_command(archive, destination, patterns, force, salvage, threads, 
             _fail(f"salvaged {summary.files} files into {destination}; {len(summary.lost)} entries lost", DATA_ERROR)
 
 
+def _entry_to_stdout(archive, destination, patterns, name, force, salvage, threads, quiet) -> None:
+    with _reported_errors():
+        if destination is not None or patterns:
+            raise UsageError("--stdout NAME takes no DESTINATION or PATTERNS")
+        if salvage:
+            raise UsageError("--stdout and --salvage do not go together")
+        _refuse_terminal(sys.stdout, "written to", force)
+        with _progress(_archive_size(archive), quiet, "decompressing") as progress, \
+                _open_archive(archive, force) as source, _naming_errors("standard output"):
+            extract_entry(source, name, sys.stdout.buffer, progress, _thread_count(threads))
+            sys.stdout.buffer.flush()
+
+
 @contextmanager
-def _open_archive(archive: Path):
+def _open_archive(archive: Path, force: bool = False):
     if str(archive) == "-":
+        _refuse_terminal(sys.stdin, "read from", force)
         yield sys.stdin.buffer
         return
     if not archive.is_file():
@@ -328,13 +403,18 @@ def _open_archive(archive: Path):
         yield handle
 
 
+_FORCE_TERMINAL = click.option("-f", "--force", is_flag=True, help="Read an archive from a terminal.")
+
+
 @main.command("test")
 @click.argument("archive", type=click.Path(path_type=Path, allow_dash=True))
 @click.option("-q", "--quiet", is_flag=True, help="Only the exit code tells.")
-def test_command(archive, quiet) -> None:
+@_FORCE_TERMINAL
+def test_command(archive, quiet, force) -> None:
     """Decode and verify ARCHIVE completely, writing nothing (exit 0 if intact, 1 if not)."""
     with _reported_errors():
-        with _progress(_archive_size(archive), quiet, "testing") as progress, _open_archive(archive) as source:
+        with _progress(_archive_size(archive), quiet, "testing") as progress, \
+                _open_archive(archive, force) as source:
             summary = test_archive(source, progress)
         if not quiet:
             click.echo(f"{archive}: OK ({summary.files} files, {summary.images} images)")
@@ -342,10 +422,11 @@ def test_command(archive, quiet) -> None:
 
 @main.command("list")
 @click.argument("archive", type=click.Path(path_type=Path, allow_dash=True))
-def list_command(archive) -> None:
+@_FORCE_TERMINAL
+def list_command(archive, force) -> None:
     """List ARCHIVE's entries: kind, size, how each was coded, and its share of the archive."""
     from .table import read_table
-    with _reported_errors(), _open_archive(archive) as source:
+    with _reported_errors(), _open_archive(archive, force) as source:
         _, entries = read_table(source)
         click.echo(f"{'kind':8} {'size':>12} {'coded':>10} {'method':8} {'bpsp':>6}  name")
         for entry in entries:
@@ -359,12 +440,13 @@ def list_command(archive) -> None:
 
 @main.command("info")
 @click.argument("archive", type=click.Path(path_type=Path, allow_dash=True))
-def info_command(archive) -> None:
+@_FORCE_TERMINAL
+def info_command(archive, force) -> None:
     """Show ARCHIVE's header (model and hash, engine, adaptation settings) and totals."""
     import json
 
     from .table import read_archive
-    with _reported_errors(), _open_archive(archive) as source:
+    with _reported_errors(), _open_archive(archive, force) as source:
         header, entries, batches = read_archive(source)
         click.echo(json.dumps(header, indent=2, sort_keys=True))
         images = [e for e in entries if e.kind == "image"]

@@ -12,7 +12,7 @@ import os
 import stat
 import threading
 import time
-from typing import BinaryIO
+from typing import BinaryIO, Sequence
 
 import numpy as np
 
@@ -22,7 +22,7 @@ from .adapt.engine import AdaptationConfig, OnlineAdapter
 from .adapt.segments import run_segments
 from .container.format import ArchiveWriter, canonical_json
 from .exact import ENGINE
-from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, SourceError, scan
+from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, ExcludePatterns, SourceError, scan
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image, scratch_file
 from .imaging.pixel_file import PixelView
 from .imaging.tiles import gather, plan_batches
@@ -232,18 +232,21 @@ def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:
 
 def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
              adaptation: AdaptationConfig | None = None, progress: Progress | None = None,
-             warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1) -> Summary:
+             warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1,
+             excludes: Sequence[str] = ()) -> Summary:
     """Archive the sources into ``output``.
 
     A source is a path (a directory contributes its contents, a file its name)
     or a (path, archive name) pair.  With segments, ``threads`` code them side
     by side; the archive is the same for any number of threads.  Settings that
     ``adaptation`` leaves unset (or all, if None) are the model's defaults.
+    Entries whose archive name matches one of ``excludes`` are left out, as tar
+    --exclude does (files.scan.ExcludePatterns).
     """
     started = time.perf_counter()
     adaptation = adaptation_for(model, adaptation)
     try:
-        entries = scan(list(sources), warn, _identity(output))
+        entries = scan(list(sources), warn, _identity(output), ExcludePatterns(excludes))
     except SourceError as error:
         raise UsageError(str(error)) from None
     if progress is not None and hasattr(progress, "set_total"):

@@ -8,8 +8,11 @@ from __future__ import annotations
 
 import fnmatch
 import lzma
+import shutil
+import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from pathlib import Path
 from typing import BinaryIO, Iterator
 
@@ -621,3 +624,89 @@ def _name_or_unknown(entry) -> str:
         return repr(decode_name(entry))
     except Exception:  # noqa: BLE001 — a damaged entry may not even have a name
         return "(an entry without a readable name)"
+
+
+class _OneEntrySink(_CheckingSink):
+    """`test`'s sink that also keeps the restored bytes of one entry, in a temporary
+    file, exactly as decompress would write them (an image through the same
+    write_image), for `decompress --stdout NAME`."""
+
+    def __init__(self, wanted: str, scratch: Path) -> None:
+        super().__init__()
+        self.wanted = wanted
+        self.captured: Path | None = None
+        self._scratch = scratch
+
+    def file(self, name, pieces, mode, mtime_ns) -> None:
+        if name != self.wanted:
+            return super().file(name, pieces, mode, mtime_ns)
+        self.names.claim(name, "file")
+        path = self._scratch / "entry"
+        with open(path, "wb") as handle:
+            for piece in pieces:
+                handle.write(piece)
+        self.captured = path
+
+    def image(self, name, record, mode, mtime_ns) -> None:
+        if name != self.wanted:
+            return super().image(name, record, mode, mtime_ns)
+        self.names.claim(name, "file")
+        path = self._scratch / "entry"
+        try:
+            write_image(path, record)
+        except CannotReproduce as error:
+            raise UnsafeEntry(f"image {name!r}: {error}") from None
+        self.captured = path
+
+
+def extract_entry(source: BinaryIO, name: str, output: BinaryIO, progress: Progress | None = None,
+                  threads: int = 1) -> Summary:
+    """Write the restored bytes of the one entry ``name`` (a file, an image, or a hard
+    link to one) to ``output``, as decompress would restore it, and nothing else.
+
+    The archive's table is read first, so that a name that is not there, or is a
+    folder or a symbolic link, fails at once, before anything is decoded (a
+    source that cannot seek is spooled to a temporary file for that).  Nothing is
+    written to ``output`` until the whole archive has been decoded and verified.
+    """
+    from .table import read_table  # the table reader, as `list` uses it
+
+    with tempfile.TemporaryDirectory(prefix="osoa-zip-entry.") as scratch, ExitStack() as closing:
+        source = _seekable(source, Path(scratch), closing)
+        start = source.tell()
+        _, listed = read_table(source)
+        kinds = {entry.name: entry for entry in listed}
+        wanted = name.removeprefix("./")
+        entry = kinds.get(wanted)
+        if entry is None:
+            raise UsageError(f"{name!r}: no such entry in the archive")
+        if entry.kind == "hardlink":
+            wanted = entry.method.removeprefix("-> ")
+            entry = kinds.get(wanted)
+        if entry is None or entry.kind not in ("file", "image"):
+            kind = {"dir": "folder", "symlink": "symbolic link"}.get(entry.kind, entry.kind) if entry else "link"
+            raise UsageError(f"{name!r} is a {kind}, not a file")
+        source.seek(start)
+        started = time.perf_counter()
+        sink = _OneEntrySink(wanted, Path(scratch))
+        decoder = _Decoder(sink, progress, threads=threads)
+        summary = decoder.run(ArchiveReader(_counted(source, progress)))
+        refused = [reason for refused_name, reason in decoder.refused if refused_name in (wanted, None)]
+        if refused or sink.captured is None:
+            raise RefusedEntries(refused or [f"{name!r} could not be restored"], summary)
+        with open(sink.captured, "rb") as captured:
+            shutil.copyfileobj(captured, output)
+        summary.seconds = time.perf_counter() - started
+        return summary
+
+
+def _seekable(source: BinaryIO, scratch: Path, closing: ExitStack) -> BinaryIO:
+    """The source itself if it can seek, else a copy of it in the scratch folder (a pipe)."""
+    try:
+        source.seek(source.tell())
+        return source
+    except (AttributeError, OSError, ValueError):
+        spooled = closing.enter_context(open(scratch / "archive", "w+b"))
+        shutil.copyfileobj(source, spooled)
+        spooled.seek(0)
+        return spooled

@@ -7,15 +7,18 @@ source tree become entries; links that leave it, FIFOs, sockets and devices
 are skipped with a warning, and so are names holding control characters or a
 backslash (decompress refuses them).
 Nothing is ever followed.  Entries come sorted,
-parents before children, so archives are deterministic.
+parents before children, so archives are deterministic.  --exclude patterns
+leave entries out by their archive names, with GNU tar's rules
+(ExcludePatterns).
 """
 from __future__ import annotations
 
+import fnmatch
 import os
 import stat
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
-from typing import Callable
+from typing import Callable, Iterable
 
 FILE, DIRECTORY, SYMLINK, HARDLINK = "file", "dir", "symlink", "hardlink"
 
@@ -64,10 +67,35 @@ def listed_name(path: str) -> str:
     return "/".join(parts)
 
 
+class ExcludePatterns:
+    """tar --exclude's matching (GNU tar's defaults: wildcards, unanchored, '*' and '?'
+    matching '/' too, a match on leading folders counting): a name is excluded when
+    the pattern matches any run of its consecutive components, so a pattern without
+    '/' matches a name at any depth and an excluded folder takes everything below it.
+    Patterns are shell wildcards (fnmatch: *, ?, [...]), matched case-sensitively
+    against archive names; a pattern ending in '/' matches nothing, as in tar."""
+
+    def __init__(self, patterns: Iterable[str] = ()) -> None:
+        self.patterns = tuple(patterns)
+
+    def __bool__(self) -> bool:
+        return bool(self.patterns)
+
+    def excludes(self, name: str) -> bool:
+        parts = name.split("/")
+        runs = ["/".join(parts[start:end]) for start in range(len(parts)) for end in range(start + 1, len(parts) + 1)]
+        return any(fnmatch.fnmatchcase(run, pattern) for pattern in self.patterns for run in runs)
+
+
+NO_EXCLUDES = ExcludePatterns()
+
+
 def scan(sources: list[Path | tuple[Path, str]], warn: Callable[[str], None],
-         exclude: frozenset[tuple[int, int]] = frozenset()) -> list[Entry]:
+         exclude: frozenset[tuple[int, int]] = frozenset(),
+         patterns: ExcludePatterns = NO_EXCLUDES) -> list[Entry]:
     """Entries for all sources; files whose (device, inode) is in `exclude` (the
-    archive being written) are left out.
+    archive being written) and names that `patterns` exclude are left out (an
+    excluded folder is not even read).
 
     A source is a path (a folder gives its contents, a file its base name) or
     a (path, name) pair that stores the source itself under `name`.
@@ -88,12 +116,16 @@ def scan(sources: list[Path | tuple[Path, str]], warn: Callable[[str], None],
             raise SourceError(f"{source}: no such file or directory") from None
         except OSError as error:
             raise SourceError(f"{source}: {error.strerror}") from None
+        if given_name is not None and patterns.excludes(given_name):
+            continue
         if stat.S_ISDIR(info.st_mode):
-            inside = _walk_directory(source, warn)
             prefix = "" if given_name is None else given_name + "/"
+            inside = _walk_directory(source, lambda relative, prefix=prefix: patterns.excludes(prefix + relative))
             found = [(prefix + relative, relative, path, item) for relative, path, item in inside]
             if given_name is not None:
                 found.insert(0, (given_name, None, source, info))
+        elif patterns.excludes(given_name or source.name):
+            continue
         else:
             found = [(given_name or source.name, None, source, info)]
         for name, relative, path, item in found:
@@ -119,18 +151,23 @@ def scan(sources: list[Path | tuple[Path, str]], warn: Callable[[str], None],
     return entries
 
 
-def _walk_directory(root: Path, warn) -> list[tuple[str, Path, os.stat_result]]:
+def _walk_directory(root: Path, excluded: Callable[[str], bool]) -> list[tuple[str, Path, os.stat_result]]:
+    """(path below root, path, lstat) of everything below root, except excluded names
+    and whatever is below an excluded folder (which is never entered)."""
     found = []
 
     def fail(error: OSError) -> None:
         raise SourceError(f"{error.filename}: {error.strerror}")
 
     for directory, subdirectories, files in os.walk(root, onerror=fail):
-        subdirectories.sort()
         base = Path(directory)
-        for name in sorted(subdirectories) + sorted(files):
+        relative_base = base.relative_to(root).as_posix()
+        relative = {name: name if relative_base == "." else f"{relative_base}/{name}"
+                    for name in subdirectories + files}
+        subdirectories[:] = sorted(name for name in subdirectories if not excluded(relative[name]))
+        for name in subdirectories + sorted(name for name in files if not excluded(relative[name])):
             path = base / name
-            found.append((path.relative_to(root).as_posix(), path, path.lstat()))
+            found.append((relative[name], path, path.lstat()))
     found.sort(key=lambda item: item[0].split("/"))
     return found
 

@@ -1,0 +1,119 @@
+"""Compression levels -1 ... -9 side by side: bpsp and MB/s both ways, every level, every set.
+
+  python benchmarks/presets.py [SET ...] [--limits tiles32=64,...] [--levels 1,6,9]
+
+For each evaluation set (default: data/eval/{tiles32,tiles64,fashion_mnist,gray32,
+photos768}) the first N images (--limits; by default 48 of the 32x32 tiles
+and 24 of the 64x64 ones, three batches each; 128 Fashion-MNIST images and
+all 128 grey tiles, two batches of 65536 pixels each; the first of the 0.7 MB
+photos, six batches of four 128x128 tiles) are compressed at every level
+through the library
+(osoa_zip.archive.compress into memory), then decompressed into a scratch
+folder (osoa_zip.archive.decompress) and checked pixel for pixel against the
+originals.  Levels run one after the other within each set, so that a noisy
+shared machine slows every level alike.  Timings are wall seconds inside this
+process (after a warm-up archive, so torch's start-up is excluded; model
+loading is included, as it is in every archive; the command line adds
+~1.4 s) and CPU seconds of the process (all threads), steadier on a shared
+machine; threading as on the command line (one intra-op thread, two for wide
+products).  bpsp counts the whole archive per sub-pixel.  Prints a markdown
+table for docs/PERFORMANCE.md.
+"""
+from __future__ import annotations
+
+import argparse
+import io
+import os
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+
+from osoa_zip.adapt.presets import DEFAULT_LEVEL, PRESETS
+from osoa_zip.archive import compress, decompress
+from osoa_zip.bench.sets import image_subpixels
+from osoa_zip.exact.stack import set_gemm_threads
+from osoa_zip.models.registry import DEFAULT_MODEL
+
+REPO = Path(__file__).resolve().parents[1]
+SETS = ("tiles32", "tiles64", "fashion_mnist", "gray32", "photos768")
+
+
+def first_images(folder: Path, limit: int) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if image_subpixels(p))[:limit]
+
+
+def pixels(path: Path) -> tuple[str, np.ndarray]:
+    with Image.open(path) as image:
+        return image.mode, np.asarray(image)
+
+
+DEFAULT_LIMITS = "tiles32=48,tiles64=24,fashion_mnist=128,gray32=128,photos768=1"
+
+
+def timed(work) -> tuple[float, float]:
+    """(wall, CPU) seconds of work()."""
+    wall, cpu = time.perf_counter(), time.process_time()
+    work()
+    return time.perf_counter() - wall, time.process_time() - cpu
+
+
+def run_level(level: int, files: list[Path], scratch: Path) -> tuple[int, tuple, tuple]:
+    """(archive bytes, compress (wall, CPU) seconds, decompress (wall, CPU)); the restored pixels are checked."""
+    chosen = PRESETS[level]
+    output = io.BytesIO()
+    encode = timed(lambda: compress(list(files), output, chosen.model or DEFAULT_MODEL, chosen.config()))
+    destination = scratch / f"level{level}"
+    output.seek(0)
+    decode = timed(lambda: decompress(output, destination))
+    for path in files:
+        restored = destination / path.name
+        original_mode, original = pixels(path)
+        restored_mode, decoded = pixels(restored)
+        if original_mode != restored_mode or not np.array_equal(original, decoded):
+            raise SystemExit(f"level {level}: {path.name} did not come back pixel for pixel")
+    return len(output.getvalue()), encode, decode
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("sets", nargs="*", default=list(SETS))
+    parser.add_argument("--limits", default=DEFAULT_LIMITS, help="SET=N,...: the first N images of each set")
+    parser.add_argument("--levels", default=",".join(str(level) for level in PRESETS))
+    args = parser.parse_args()
+    levels = [int(item) for item in args.levels.split(",")]
+    limits = {name: int(count) for name, count in (item.split("=") for item in args.limits.split(","))}
+    torch.set_num_threads(1)  # what the command line does (osoa_zip/cli.py)
+    set_gemm_threads(min(2, len(os.sched_getaffinity(0))))
+    print(f"load average {os.getloadavg()[0]:.2f} at the start", flush=True)
+    rows = []
+    with tempfile.TemporaryDirectory() as scratch:
+        run_level(DEFAULT_LEVEL, first_images(REPO / "data" / "eval" / "gray32", 1), Path(scratch) / "warm-up")
+        for name in args.sets:
+            files = first_images(REPO / "data" / "eval" / name, limits.get(name, 64))
+            subpixels = sum(image_subpixels(path) for path in files)
+            for level in levels:
+                size, encode, decode = run_level(level, files, Path(scratch) / name)
+                rows.append((name, len(files), subpixels, level, size, encode, decode))
+                print(f"{name} -{level}: {8 * size / subpixels:.4f} bpsp, {size} bytes, "
+                      f"wall {encode[0]:.1f} / {decode[0]:.1f} s, CPU {encode[1]:.1f} / {decode[1]:.1f} s, "
+                      f"load {os.getloadavg()[0]:.1f}", flush=True)
+    print(f"load average {os.getloadavg()[0]:.2f} at the end\n")
+    print(f"| set (images, MB) | level | bpsp | size vs -{DEFAULT_LEVEL} | MB/s compress / decompress (wall) "
+          f"| MB/s by CPU time | speed vs -{DEFAULT_LEVEL} by CPU time |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    for name, count, subpixels, level, size, encode, decode in rows:
+        base = next((r for r in rows if r[0] == name and r[3] == DEFAULT_LEVEL), None)
+        relative = f"{size / base[4] - 1:+.2%}" if base else ""
+        faster = f"{base[5][1] / encode[1]:.2f}× / {base[6][1] / decode[1]:.2f}×" if base else ""
+        megabytes = subpixels / 1e6
+        print(f"| {name} ({count}, {megabytes:.2f}) | -{level} | {8 * size / subpixels:.4f} | {relative} | "
+              f"{megabytes / encode[0]:.3f} / {megabytes / decode[0]:.3f} | "
+              f"{megabytes / encode[1]:.3f} / {megabytes / decode[1]:.3f} | {faster} |")
+
+
+if __name__ == "__main__":
+    main()
