@@ -23,6 +23,7 @@ from .container.format import ArchiveWriter, canonical_json
 from .exact import ENGINE
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, SourceError, scan
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image, scratch_file
+from .imaging.messages import Note
 from .imaging.pixel_file import PixelView
 from .imaging.tiles import gather, plan_batches
 from .layout import (
@@ -78,8 +79,8 @@ class _CodedBatches:
 
 class _Compressor:
     def __init__(self, writer: ArchiveWriter, adapter: OnlineAdapter, progress: Progress | None,
-                 byte_exact: bool = False, threads: int = 1) -> None:
-        self.writer, self.adapter, self.progress = writer, adapter, progress
+                 byte_exact: bool = False, threads: int = 1, note: Note | None = None) -> None:
+        self.writer, self.adapter, self.progress, self.note = writer, adapter, progress, note
         self.threads = threads
         self.byte_exact = byte_exact
         self.summary = Summary()
@@ -94,7 +95,7 @@ class _Compressor:
         elif entry.kind == FILE:
             self.summary.input_bytes += entry.size
             self.summary.files += 1
-            record = read_image(entry.source, self.byte_exact, pixels_in_file=True)
+            record = read_image(entry.source, self.byte_exact, pixels_in_file=True, note=self.note)
             if record is None:
                 self._general_file(entry)
             else:
@@ -232,12 +233,15 @@ _DEFAULT_ADAPTATION = AdaptationConfig()  # frozen, so one shared instance is sa
 
 def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
              adaptation: AdaptationConfig = _DEFAULT_ADAPTATION, progress: Progress | None = None,
-             warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1) -> Summary:
+             warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1,
+             note: Note | None = None) -> Summary:
     """Archive the sources into ``output``.
 
     A source is a path (a directory contributes its contents, a file its name)
     or a (path, archive name) pair.  With segments, ``threads`` code them side
-    by side; the archive is the same for any number of threads.
+    by side; the archive is the same for any number of threads.  ``warn`` gets osoa-zip's
+    own warnings; ``note`` what image libraries say about a file (one line each, naming it),
+    which is otherwise dropped.
     """
     started = time.perf_counter()
     try:
@@ -254,7 +258,7 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
         "engine": ENGINE,
         "adaptation": adaptation.to_header(),
     })
-    compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress, byte_exact, threads)
+    compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress, byte_exact, threads, note)
     for entry in entries:
         compressor.add(entry)
     compressor.flush_images()

@@ -10,7 +10,15 @@ from dataclasses import dataclass
 from typing import BinaryIO
 
 from .adapt.config import AdaptationConfig
-from .adapt.flags import declared_chain_length
+from .adapt.flags import (
+    FLAG_CHAIN_HEAD,
+    FLAG_CHAINED,
+    FLAG_GIVE_UP,
+    FLAG_PRETRAINED,
+    FLAG_ROLLBACK,
+    FLAG_SEGMENT_START,
+    declared_chain_length,
+)
 from .container.format import ArchiveError, ArchiveReader, read_json
 from .imaging.io import COLOR_CHANNELS, MODEL_MODES
 from .imaging.tiles import plan_batches
@@ -41,6 +49,42 @@ def read_table(source: BinaryIO) -> tuple[dict, list[Listed]]:
 
 def read_archive(source: BinaryIO) -> tuple[dict, list[Listed], list[BatchRecord]]:
     """Header, entries and per-batch statistics, without decoding any batch."""
+    overview = read_overview(source)
+    return overview.header, overview.entries, overview.batches
+
+
+@dataclass
+class Overview:
+    """What `info` shows: the format version, the stored header, the entries and the batches."""
+    version: tuple[int, int]
+    header: dict
+    entries: list[Listed]
+    batches: list[BatchRecord]
+
+    def totals(self) -> dict:
+        """Counts and sizes over the whole archive (for `info`, and `info --json` under "totals")."""
+        kinds = [entry.kind for entry in self.entries]
+        images = [entry for entry in self.entries if entry.kind == "image"]
+        subpixels = sum(entry.size for entry in images)
+        image_bytes = sum(entry.coded_bytes for entry in images)
+        count = lambda flag: sum(bool(batch.flags & flag) for batch in self.batches)  # noqa: E731
+        return {
+            "entries": len(self.entries), "images": len(images), "files": kinds.count("file"),
+            "directories": kinds.count("dir"), "symlinks": kinds.count("symlink"),
+            "hardlinks": kinds.count("hardlink"),
+            "file_bytes": sum(entry.size for entry in self.entries if entry.kind == "file"),
+            "file_coded_bytes": round(sum(entry.coded_bytes for entry in self.entries if entry.kind == "file")),
+            "image_subpixels": subpixels, "image_coded_bytes": round(image_bytes),
+            "bits_per_subpixel": round(8 * image_bytes / subpixels, 4) if subpixels else None,
+            "batches": {"count": len(self.batches), "pretrained": count(FLAG_PRETRAINED),
+                        "rolled_back": count(FLAG_ROLLBACK), "segments": count(FLAG_SEGMENT_START),
+                        "given_up": count(FLAG_GIVE_UP), "chains": count(FLAG_CHAIN_HEAD),
+                        "chained": count(FLAG_CHAINED)},
+        }
+
+
+def read_overview(source: BinaryIO) -> Overview:
+    """Everything `info` shows, without decoding any batch."""
     reader = ArchiveReader(source)
     chunks = reader.chunks()
     tag, payload = next(chunks, (None, None))
@@ -72,7 +116,7 @@ def read_archive(source: BinaryIO) -> tuple[dict, list[Listed], list[BatchRecord
                 raise ArchiveError(f"unexpected chunk {tag!r}")
     except (KeyError, TypeError, ValueError) as error:
         raise ArchiveError(f"archive entry is malformed ({type(error).__name__}: {error})") from None
-    return header, listed, batches
+    return Overview(reader.version, header, listed, batches)
 
 
 def _file(entry: dict, chunks) -> Listed:

@@ -35,6 +35,7 @@ from .imaging.io import (
     save_picture,
     write_image,
 )
+from .imaging.messages import Note, library_messages
 from .imaging.pixel_file import PixelFile
 from .imaging.tiles import plan_batches
 from .layout import (
@@ -452,8 +453,8 @@ def _paste_batch(batch, tiles: np.ndarray, canvases: list[_Canvas]) -> None:
 class _StagingSink:
     """Writes each entry into the staging folder."""
 
-    def __init__(self, staging: Staging) -> None:
-        self.staging = staging
+    def __init__(self, staging: Staging, note: Note | None = None) -> None:
+        self.staging, self.note = staging, note
         self.written: list[tuple[str, bool]] = []  # (name, is an image), for partial extraction's summary
 
     def file(self, name, pieces, mode, mtime_ns) -> None:
@@ -474,7 +475,8 @@ class _StagingSink:
     def image(self, name, record, mode, mtime_ns) -> None:
         path = self.staging.path(name)
         try:
-            write_image(path, record)
+            with library_messages(name, self.note):
+                write_image(path, record)
         except CannotReproduce as error:
             raise UnsafeEntry(f"image {name!r}: {error}") from None
         except OSError as error:
@@ -499,8 +501,8 @@ class _CheckingSink:
     """Decodes everything, writes nothing: for `osoa-zip test`.  Names obey the
     same rules as in decompress (files.restore.EntryNames)."""
 
-    def __init__(self) -> None:
-        self.names = EntryNames()
+    def __init__(self, note: Note | None = None) -> None:
+        self.names, self.note = EntryNames(), note
 
     def file(self, name, pieces, mode, mtime_ns) -> None:
         self.names.claim(name, "file")
@@ -511,7 +513,8 @@ class _CheckingSink:
         self.names.claim(name, "file")
         if record.sha256:  # decompress would refuse it: so must `test` (found by tests/test_fuzz.py)
             try:
-                check_reproduced(record, save_picture(record_picture(record), record, None)[0])
+                with library_messages(name, self.note):
+                    check_reproduced(record, save_picture(record_picture(record), record, None)[0])
             except CannotReproduce as error:
                 raise UnsafeEntry(f"image {name!r}: {error}") from None
 
@@ -546,10 +549,11 @@ def _counted(source: BinaryIO, progress: Progress | None) -> BinaryIO:
     return source if progress is None else _CountingReader(source, progress)
 
 
-def test_archive(source: BinaryIO, progress: Progress | None = None, threads: int = 1) -> Summary:
-    """Fully decode and verify an archive without writing anything."""
+def test_archive(source: BinaryIO, progress: Progress | None = None, threads: int = 1,
+                 note: Note | None = None) -> Summary:
+    """Fully decode and verify an archive without writing anything (``note`` as for decompress)."""
     started = time.perf_counter()
-    decoder = _Decoder(_CheckingSink(), progress, threads=threads)
+    decoder = _Decoder(_CheckingSink(note), progress, threads=threads)
     summary = decoder.run(ArchiveReader(_counted(source, progress)))
     summary.seconds = time.perf_counter() - started
     if decoder.refused:
@@ -566,7 +570,7 @@ def selected(name: str, patterns: list[str]) -> bool:
 
 def decompress(source: BinaryIO, destination: Path, force: bool = False,
                progress: Progress | None = None, patterns: list[str] | None = None,
-               salvage: bool = False, threads: int = 1) -> Summary:
+               salvage: bool = False, threads: int = 1, note: Note | None = None) -> Summary:
     """Restore an archive (or the entries matching ``patterns``) into ``destination``.
 
     Everything is decoded and verified even when only some entries are wanted:
@@ -578,11 +582,14 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
     restore either: every intact entry is restored, and the summary's ``lost``
     and ``damage`` say what was not (images from a damaged batch to the end of
     its segment, see --segment-size).  Callers must check them.
+
+    What the image library says while writing an image goes to ``note``, one line
+    per message naming the entry (otherwise it is dropped).
     """
     started = time.perf_counter()
     staging = Staging(Path(destination))
     try:
-        sink = _StagingSink(staging)
+        sink = _StagingSink(staging, note)
         decoder = _Decoder(sink, progress, salvage, threads)
         reader = SalvagingReader(source, CHUNK_TAGS) if salvage else ArchiveReader(_counted(source, progress))
         summary = decoder.run(reader)
