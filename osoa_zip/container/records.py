@@ -202,7 +202,8 @@ class Header(_JsonChunk):
     def parse(cls, payload: bytes) -> Header:
         fields = _Fields(read_json(payload, "the header"), "the header")
         model = _Fields(fields.mapping("model"), "the header's model")
-        model.text("name"), model.text("sha256")
+        model.text("name")  # the decoder loads the model by name and checks its hash
+        model.text("sha256")
         return cls(fields.text("creator", ""), fields.value["model"], fields.mapping("engine"),
                    fields.mapping("adaptation"))
 
