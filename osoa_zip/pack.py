@@ -53,6 +53,7 @@ from .layout import (
     xz_filters,
 )
 from .models.registry import DEFAULT_MODEL, load_model
+from .triage import Triage
 
 
 class _CodedBatches:
@@ -87,8 +88,10 @@ class _CodedBatches:
 
 class _Compressor:
     def __init__(self, writer: ArchiveWriter, adapter: OnlineAdapter, progress: Progress | None,
-                 byte_exact: bool = False, threads: int = 1, note: Note | None = None) -> None:
+                 byte_exact: bool = False, threads: int = 1, note: Note | None = None,
+                 triage: Triage | None = None) -> None:
         self.writer, self.adapter, self.progress, self.note = writer, adapter, progress, note
+        self.triage = triage
         self.threads = threads
         self.byte_exact = byte_exact
         self.summary = Summary()
@@ -104,6 +107,11 @@ class _Compressor:
             self.summary.input_bytes += entry.size
             self.summary.files += 1
             record = read_image(entry.source, self.byte_exact, pixels_in_file=True, note=self.note)
+            if record is not None and self.triage is not None \
+                    and not self.triage.model_pays(record, entry.size):
+                if record.pixel_file is not None:
+                    record.pixel_file.close()
+                record = None  # the model would not pay for this one: stored as its file
             if record is None:
                 self._general_file(entry)
             else:
@@ -233,14 +241,15 @@ _DEFAULT_ADAPTATION = AdaptationConfig()  # frozen, so one shared instance is sa
 def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
              adaptation: AdaptationConfig = _DEFAULT_ADAPTATION, progress: Progress | None = None,
              warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1,
-             note: Note | None = None) -> Summary:
+             note: Note | None = None, triage: bool = False) -> Summary:
     """Archive the sources into ``output``.
 
     A source is a path (a directory contributes its contents, a file its name)
     or a (path, archive name) pair.  With segments, ``threads`` code them side
     by side; the archive is the same for any number of threads.  ``warn`` gets osoa-zip's
     own warnings; ``note`` what image libraries say about a file (one line each, naming it),
-    which is otherwise dropped.
+    which is otherwise dropped.  With ``triage``, each image takes the model path only if the
+    frozen model's bits on a few of its tiles beat its file (triage.py); the format is the same.
     """
     started = time.perf_counter()
     try:
@@ -253,7 +262,8 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     writer = ArchiveWriter(output)
     Header(f"osoa-zip {__version__}", {"name": bundle.name, "sha256": bundle.sha256, "family": bundle.family},
            ENGINE, adaptation.to_header()).write(writer)
-    compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress, byte_exact, threads, note)
+    compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress, byte_exact, threads, note,
+                             Triage(bundle, adaptation) if triage else None)
     for entry in entries:
         compressor.add(entry)
     compressor.flush_images()
