@@ -17,6 +17,7 @@ from typing import BinaryIO
 import numpy as np
 
 from . import __version__
+from .adapt.defaults import adaptation_for
 from .adapt.engine import AdaptationConfig, OnlineAdapter
 from .adapt.segments import run_segments
 from .container.format import ArchiveWriter
@@ -53,6 +54,7 @@ from .layout import (
     xz_filters,
 )
 from .models.registry import DEFAULT_MODEL, load_model
+from .pause import pause_point
 from .triage import Triage
 
 
@@ -189,6 +191,7 @@ class _Compressor:
                 PaletteIndices(packed_indices).write(self.writer)
             for where, stats in coded:
                 Batch(store.get(where)).write(self.writer)
+                pause_point("compress-batch")  # test-only (pause.py)
                 self.summary.batches.append(stats)
                 self.summary.image_bits += stats.bits
         self.summary.images += len(group)
@@ -235,23 +238,23 @@ def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:
     return frozenset({(info.st_dev, info.st_ino)}) if stat.S_ISREG(info.st_mode) else frozenset()
 
 
-_DEFAULT_ADAPTATION = AdaptationConfig()  # frozen, so one shared instance is safe
-
-
 def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
-             adaptation: AdaptationConfig = _DEFAULT_ADAPTATION, progress: Progress | None = None,
+             adaptation: AdaptationConfig | None = None, progress: Progress | None = None,
              warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1,
              note: Note | None = None, triage: bool = False) -> Summary:
     """Archive the sources into ``output``.
 
     A source is a path (a directory contributes its contents, a file its name)
     or a (path, archive name) pair.  With segments, ``threads`` code them side
-    by side; the archive is the same for any number of threads.  ``warn`` gets osoa-zip's
-    own warnings; ``note`` what image libraries say about a file (one line each, naming it),
-    which is otherwise dropped.  With ``triage``, each image takes the model path only if the
-    frozen model's bits on a few of its tiles beat its file (triage.py); the format is the same.
+    by side; the archive is the same for any number of threads.  Settings that
+    ``adaptation`` leaves unset (or all, if None) are the model's defaults.  ``warn`` gets
+    osoa-zip's own warnings; ``note`` what image libraries say about a file (one line each,
+    naming it), which is otherwise dropped.  With ``triage``, each image takes the model path
+    only if the frozen model's bits on a few of its tiles beat its file (triage.py); the
+    format is the same.
     """
     started = time.perf_counter()
+    adaptation = adaptation_for(model, adaptation)
     try:
         entries = scan(list(sources), warn, _identity(output))
     except SourceError as error:
