@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import warnings
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -17,13 +18,7 @@ from . import __version__
 from .adapt.config import DEFAULT_LEARNING_RATE, MAX_CHAIN_BATCHES, PARAMETER_SELECTIONS
 from .adapt.defaults import adaptation_for
 from .adapt.flags import (
-    FLAG_CHAIN_HEAD,
-    FLAG_CHAINED,
-    FLAG_GIVE_UP,
     FLAG_NOTES,
-    FLAG_PRETRAINED,
-    FLAG_ROLLBACK,
-    FLAG_SEGMENT_START,
 )
 from .adapt.presets import DEFAULT_LEVEL, PRESETS
 from .archive import (
@@ -213,7 +208,8 @@ def _given(name: str) -> bool:
 @click.option("-f", "--force", is_flag=True,
               help="Overwrite an existing archive; write one to a terminal.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-@click.option("-v", "--verbose", is_flag=True, help="Print per-batch statistics.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Print the summary, per-batch statistics, and what image libraries said about each file.")
 def compress_command(sources, archive, level, files_from, null_separated, excludes, exclude_from, model, no_adapt,
                      learning_rate, threads, byte_exact, force, quiet, verbose, **settings) -> None:
     """Pack SOURCES into ARCHIVE ('-' for standard output).
@@ -242,18 +238,18 @@ def compress_command(sources, archive, level, files_from, null_separated, exclud
         if _given("no_adapt"):
             explicit["adapt"] = not no_adapt
         config = _settings(**{**chosen.settings, "learning_rate": learning_rate, **explicit})
-        with _progress(None, quiet, "compressing") as progress:
+        with _progress(None, quiet, "compressing") as progress, _library_warnings(verbose):
             if str(archive) == "-":
                 with _naming_errors("standard output"):
                     summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet),
-                                       byte_exact, _thread_count(threads), patterns)
+                                       byte_exact, _thread_count(threads), note=_noter(verbose), excludes=patterns)
                     sys.stdout.buffer.flush()  # a full disk must fail here, not at interpreter exit
             else:
                 if archive.exists() and not force:
                     raise UsageError(f"{archive} exists (use -f to overwrite)")
                 summary = _compress_to_file(sources, archive, model, config, progress, _warner(quiet),
-                                            byte_exact, _thread_count(threads), patterns)
-        if not quiet:
+                                            byte_exact, _thread_count(threads), _noter(verbose), patterns)
+        if _summary_wanted(quiet, verbose):
             _report(summary, "compressed", verbose)
 
 
@@ -290,6 +286,32 @@ def _warner(quiet: bool):
     return (lambda message: None) if quiet else (lambda message: click.echo(f"osoa-zip: warning: {message}", err=True))
 
 
+def _noter(verbose: bool):
+    """What image libraries said about a file (one line each, naming it): shown with -v only."""
+    return (lambda message: click.echo(f"osoa-zip: note: {message}", err=True)) if verbose else None
+
+
+def _summary_wanted(quiet: bool, verbose: bool) -> bool:
+    """As with xz and tar, a successful run says nothing on a stderr that is not a terminal, unless asked."""
+    return verbose or (not quiet and sys.stderr.isatty())
+
+
+@contextmanager
+def _library_warnings(verbose: bool):
+    """Python warnings raised outside an image read (those are attributed to their file): one
+    line each with -v, else none."""
+    def show(message, category, filename, lineno, file=None, line=None) -> None:
+        click.echo(f"osoa-zip: note: {category.__name__}: {' '.join(str(message).split())}", err=True)
+
+    with warnings.catch_warnings():
+        if verbose:
+            warnings.simplefilter("default")
+            warnings.showwarning = show
+        else:
+            warnings.simplefilter("ignore")
+        yield
+
+
 def _thread_count(threads: int) -> int:
     count = threads or os.cpu_count() or 1
     if count > 1:  # segments side by side take the cores; wide products stay on one thread each
@@ -309,13 +331,14 @@ def _naming_errors(name: str):
         raise
 
 
-def _compress_to_file(sources, archive: Path, model, config, progress, warn, byte_exact, threads, excludes):
+def _compress_to_file(sources, archive: Path, model, config, progress, warn, byte_exact, threads, note, excludes):
     """Write beside the target and rename at the end: never a half-written archive."""
     directory = archive.resolve().parent
     handle, temporary = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".part", dir=directory)
     try:
         with _naming_errors(str(archive)), os.fdopen(handle, "wb") as output:
-            summary = compress(sources, output, model, config, progress, warn, byte_exact, threads, excludes)
+            summary = compress(sources, output, model, config, progress, warn, byte_exact, threads,
+                               note=note, excludes=excludes)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 is not what users expect
@@ -344,7 +367,8 @@ def _compress_to_file(sources, archive: Path, model, config, progress, warn, byt
               help="Code segments side by side on N threads (0: one per CPU); the output is the same "
                    "for any N.  Needs segments (written with compress --segment-size) to help.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
-@click.option("-v", "--verbose", is_flag=True, help="Print timing details.")
+@click.option("-v", "--verbose", is_flag=True,
+              help="Print the summary, and what the image library said about each file.")
 def decompress_command(archive, destination, patterns, entry_to_stdout, force, salvage, threads, quiet,
                        verbose) -> None:
     """Restore ARCHIVE ('-' for standard input) into DESTINATION (created if missing).
@@ -363,12 +387,12 @@ def decompress_command(archive, destination, patterns, entry_to_stdout, force, s
         if destination is None:
             raise UsageError("missing DESTINATION (or --stdout NAME)")
         with _progress(_archive_size(archive), quiet, "decompressing") as progress, \
-                _open_archive(archive, force) as source:
+                _open_archive(archive, force) as source, _library_warnings(verbose):
             if salvage and str(archive) == "-":
                 raise UsageError("--salvage needs an archive file, not standard input")
             summary = decompress(source, destination, force, progress, list(patterns), salvage,
-                                 _thread_count(threads))
-        if not quiet:
+                                 _thread_count(threads), _noter(verbose))
+        if _summary_wanted(quiet, verbose):
             _report(summary, "restored", verbose)
         if summary.lost or summary.damage:
             for line in summary.damage:
@@ -440,33 +464,57 @@ def list_command(archive, force) -> None:
 
 @main.command("info")
 @click.argument("archive", type=click.Path(path_type=Path, allow_dash=True))
+@click.option("--json", "as_json", is_flag=True,
+              help="One JSON object for scripts: the stored header (engine, model, adaptation, ...), "
+                   "the format version and the totals.")
 @_FORCE_TERMINAL
-def info_command(archive, force) -> None:
-    """Show ARCHIVE's header (model and hash, engine, adaptation settings) and totals."""
+def info_command(archive, as_json, force) -> None:
+    """Summarise ARCHIVE: format, model and hash, engine, adaptation settings, totals."""
     import json
 
-    from .table import read_archive
+    from .table import read_overview
     with _reported_errors(), _open_archive(archive, force) as source:
-        header, entries, batches = read_archive(source)
-        click.echo(json.dumps(header, indent=2, sort_keys=True))
-        images = [e for e in entries if e.kind == "image"]
-        subpixels = sum(e.size for e in images)
-        bits = 8 * sum(e.coded_bytes for e in images)
-        click.echo(f"entries: {len(entries)} ({len(images)} images, "
-                   f"{sum(e.kind == 'file' for e in entries)} other files)")
-        if subpixels:
-            click.echo(f"images: {subpixels} sub-pixels at {bits / subpixels:.3f} bits per sub-pixel")
-        if batches:
-            count = lambda flag: sum(bool(b.flags & flag) for b in batches)  # noqa: E731
-            chains = count(FLAG_CHAIN_HEAD)
-            click.echo(f"batches: {len(batches)} ({count(FLAG_PRETRAINED)} coded with the pretrained model, "
-                       f"{count(FLAG_ROLLBACK)} undid the update before them; {count(FLAG_SEGMENT_START)} segments; "
-                       f"adaptation given up {count(FLAG_GIVE_UP)} times"
-                       + (f"; {chains + count(FLAG_CHAINED)} in {chains} bits-back chains" if chains else "") + ")")
-            quarter = max(1, len(batches) // 4)
-            for label, part in (("first", batches[:quarter]), ("last", batches[-quarter:])):
-                part_bits, part_subpixels = sum(b.bits for b in part), sum(b.subpixels for b in part)
-                click.echo(f"  {label} {len(part)} batches: {part_bits / part_subpixels:.3f} bits per sub-pixel")
+        overview = read_overview(source)
+        if as_json:
+            click.echo(json.dumps({**overview.header, "format": "%d.%d" % overview.version,
+                                   "totals": overview.totals()}, sort_keys=True))
+        else:
+            for line in _info_lines(archive, overview):
+                click.echo(line)
+
+
+def _info_lines(archive: Path, overview) -> list[str]:
+    """`info` for people: a few labelled lines, the adaptation settings last."""
+    import json
+
+    header, totals = overview.header, overview.totals()
+    model, engine = header.get("model", {}), header.get("engine", {})
+    lines = [f"{archive}: osoa-zip archive, format {'%d.%d' % overview.version}, "
+             f"written by {header.get('creator') or 'an unknown version'}",
+             f"model:      {model.get('name')} ({model.get('family', 'flow')}), sha256 {model.get('sha256')}",
+             f"engine:     {engine.get('name')} version {engine.get('version')}",
+             f"entries:    {totals['entries']} ({totals['images']} images, {totals['files']} other files, "
+             f"{totals['directories']} directories, {totals['symlinks'] + totals['hardlinks']} links)"]
+    if totals["files"]:
+        lines.append(f"files:      {totals['file_bytes']} bytes, coded in {totals['file_coded_bytes']}")
+    if totals["image_subpixels"]:
+        lines.append(f"images:     {totals['image_subpixels']} sub-pixels, coded in {totals['image_coded_bytes']} "
+                     f"bytes: {totals['bits_per_subpixel']:.3f} bits per sub-pixel")
+    batches = overview.batches
+    if batches:
+        counts = totals["batches"]
+        chains = counts["chains"]
+        lines.append(f"batches:    {counts['count']} ({counts['pretrained']} coded with the pretrained model, "
+                     f"{counts['rolled_back']} undid the update before them; {counts['segments']} segments; "
+                     f"adaptation given up {counts['given_up']} times"
+                     + (f"; {chains + counts['chained']} in {chains} bits-back chains" if chains else "") + ")")
+        quarter = max(1, len(batches) // 4)
+        for label, part in (("first", batches[:quarter]), ("last", batches[-quarter:])):
+            part_bits, part_subpixels = sum(b.bits for b in part), sum(b.subpixels for b in part)
+            lines.append(f"  {label} {len(part)} batches: {part_bits / part_subpixels:.3f} bits per sub-pixel")
+    lines.append("adaptation:")
+    lines += [f"  {key}: {json.dumps(value)}" for key, value in sorted(header.get("adaptation", {}).items())]
+    return lines
 
 
 @main.command("pretrain")

@@ -20,32 +20,42 @@ from . import __version__
 from .adapt.defaults import adaptation_for
 from .adapt.engine import AdaptationConfig, OnlineAdapter
 from .adapt.segments import run_segments
-from .container.format import ArchiveWriter, canonical_json
+from .container.format import ArchiveWriter
+from .container.records import (
+    AlphaPlanes,
+    Batch,
+    BatchRecord,
+    Data,
+    Directory,
+    FileEntry,
+    Hardlink,
+    Header,
+    ImageTable,
+    PaletteIndices,
+    Statistics,
+    Symlink,
+)
 from .exact import ENGINE
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, ExcludePatterns, SourceError, scan
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image, scratch_file
+from .imaging.messages import Note
 from .imaging.pixel_file import PixelView
 from .imaging.tiles import gather, plan_batches
 from .layout import (
-    ALPHA_MODES,
     CHUNK_OVERHEAD,
-    CODEC_STORE,
-    CODEC_XZ,
     DATA_CHUNK_BYTES,
     GROUP_SUBPIXELS,
-    INDEX_MODES,
     MAX_GROUP_IMAGES,
     Progress,
     Summary,
     UsageError,
     Warn,
-    encode_name,
-    image_extras,
-    xz_compress,
+    image_entry,
     xz_filters,
 )
 from .models.registry import DEFAULT_MODEL, load_model
 from .pause import pause_point
+from .triage import Triage
 
 
 class _CodedBatches:
@@ -80,8 +90,10 @@ class _CodedBatches:
 
 class _Compressor:
     def __init__(self, writer: ArchiveWriter, adapter: OnlineAdapter, progress: Progress | None,
-                 byte_exact: bool = False, threads: int = 1) -> None:
-        self.writer, self.adapter, self.progress = writer, adapter, progress
+                 byte_exact: bool = False, threads: int = 1, note: Note | None = None,
+                 triage: Triage | None = None) -> None:
+        self.writer, self.adapter, self.progress, self.note = writer, adapter, progress, note
+        self.triage = triage
         self.threads = threads
         self.byte_exact = byte_exact
         self.summary = Summary()
@@ -90,13 +102,18 @@ class _Compressor:
 
     def add(self, entry: Entry) -> None:
         if entry.kind == DIRECTORY:
-            self.writer.write_json(b"DIRE", {**encode_name(entry.name), "mode": entry.mode, "mtime_ns": entry.mtime_ns})
+            Directory(entry.name, entry.mode, entry.mtime_ns).write(self.writer)
         elif entry.kind == SYMLINK:
-            self.writer.write_json(b"LINK", {**encode_name(entry.name), "target": entry.target})
+            Symlink(entry.name, entry.target).write(self.writer)
         elif entry.kind == FILE:
             self.summary.input_bytes += entry.size
             self.summary.files += 1
-            record = read_image(entry.source, self.byte_exact, pixels_in_file=True)
+            record = read_image(entry.source, self.byte_exact, pixels_in_file=True, note=self.note)
+            if record is not None and self.triage is not None \
+                    and not self.triage.model_pays(record, entry.size):
+                if record.pixel_file is not None:
+                    record.pixel_file.close()
+                record = None  # the model would not pay for this one: stored as its file
             if record is None:
                 self._general_file(entry)
             else:
@@ -104,8 +121,7 @@ class _Compressor:
 
     def _general_file(self, entry: Entry, counted: bool = False) -> None:
         chunks = (entry.size + DATA_CHUNK_BYTES - 1) // DATA_CHUNK_BYTES
-        self.writer.write_json(b"FILE", {**encode_name(entry.name), "mode": entry.mode, "mtime_ns": entry.mtime_ns,
-                                         "size": entry.size, "chunks": chunks})
+        FileEntry(entry.name, entry.mode, entry.mtime_ns, entry.size, chunks).write(self.writer)
         remaining = entry.size
         with open(entry.source, "rb") as handle:
             for _ in range(chunks):
@@ -115,11 +131,7 @@ class _Compressor:
                 remaining -= len(piece)
                 if self.progress and not counted:
                     self.progress(len(piece))
-                packed = xz_compress(piece)
-                if len(packed) < len(piece):
-                    self.writer.write_chunk(b"DATA", bytes([CODEC_XZ]) + packed)
-                else:
-                    self.writer.write_chunk(b"DATA", bytes([CODEC_STORE]) + piece)
+                Data.packed(piece).write(self.writer)
             if handle.read(1):
                 raise UsageError(f"{entry.source}: file grew while it was being archived")
 
@@ -141,11 +153,7 @@ class _Compressor:
                     record.pixel_file.close()
 
     def _code_group(self) -> None:
-        table = [{**encode_name(e.name), "mode": e.mode, "mtime_ns": e.mtime_ns, "height": r.pixels.shape[0],
-                  "width": r.pixels.shape[1], "image_mode": r.mode, "format": r.format, **image_extras(r)}
-                 for e, r in self.group]
-        # xz: on 28x28 images the plain JSON table alone would cost ~1 bit per sub-pixel.
-        packed_table = xz_compress(canonical_json(table))
+        packed_table = ImageTable([image_entry(e.name, e.mode, e.mtime_ns, r) for e, r in self.group]).payload()
         # Views, not copies: gather() cuts tiles (and pads odd sides) from the pixels as they are
         # (a large image's from its file).
         colour = [_channels(r.pixels, slice(0, COLOR_CHANNELS[r.mode])) for _, r in self.group
@@ -153,8 +161,8 @@ class _Compressor:
         # Alpha planes (mostly flat or simple masks) and palette indices go beside
         # the model, xz-compressed (docs/FORMAT.md says why).
         packed_alpha = _packed_planes([_channels(r.pixels, slice(-1, None)) for _, r in self.group
-                                       if r.mode in ALPHA_MODES])
-        packed_indices = _packed_planes([r.pixels for _, r in self.group if r.mode in INDEX_MODES])
+                                       if r.mode in AlphaPlanes.MODES])
+        packed_indices = _packed_planes([r.pixels for _, r in self.group if r.mode in PaletteIndices.MODES])
         config = self.adapter.config
         adapter = self.adapter
         before = adapter.snapshot()
@@ -176,18 +184,18 @@ class _Compressor:
                 for entry, _ in group:
                     self._general_file(entry, counted=True)
                 return
-            self.writer.write_chunk(b"IMGS", packed_table)
+            self.writer.write_chunk(ImageTable.TAG, packed_table)
             if packed_alpha:
-                self.writer.write_chunk(b"ALPH", packed_alpha)
+                AlphaPlanes(packed_alpha).write(self.writer)
             if packed_indices:
-                self.writer.write_chunk(b"PIDX", packed_indices)
+                PaletteIndices(packed_indices).write(self.writer)
             for where, stats in coded:
-                self.writer.write_chunk(b"BATC", store.get(where))
+                Batch(store.get(where)).write(self.writer)
                 pause_point("compress-batch")  # test-only (pause.py)
                 self.summary.batches.append(stats)
                 self.summary.image_bits += stats.bits
         self.summary.images += len(group)
-        self.summary.image_subpixels += sum(r.pixels.size for _, r in group if r.mode not in INDEX_MODES)
+        self.summary.image_subpixels += sum(r.pixels.size for _, r in group if r.mode not in PaletteIndices.MODES)
 
     def _coder(self, store: _CodedBatches, colour: list, batches: list, group_bytes: int):
         """What run_segments does per chain of batches: code them, keep their bytes in the store,
@@ -233,13 +241,17 @@ def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:
 def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
              adaptation: AdaptationConfig | None = None, progress: Progress | None = None,
              warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1,
-             excludes: Sequence[str] = ()) -> Summary:
+             note: Note | None = None, triage: bool = False, excludes: Sequence[str] = ()) -> Summary:
     """Archive the sources into ``output``.
 
     A source is a path (a directory contributes its contents, a file its name)
     or a (path, archive name) pair.  With segments, ``threads`` code them side
     by side; the archive is the same for any number of threads.  Settings that
-    ``adaptation`` leaves unset (or all, if None) are the model's defaults.
+    ``adaptation`` leaves unset (or all, if None) are the model's defaults.  ``warn`` gets
+    osoa-zip's own warnings; ``note`` what image libraries say about a file (one line each,
+    naming it), which is otherwise dropped.  With ``triage``, each image takes the model path
+    only if the frozen model's bits on a few of its tiles beat its file (triage.py); the
+    format is the same.
     Entries whose archive name matches one of ``excludes`` are left out, as tar
     --exclude does (files.scan.ExcludePatterns).
     """
@@ -253,22 +265,19 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
         progress.set_total(sum(entry.size for entry in entries if entry.kind == FILE))
     bundle = load_model(model)
     writer = ArchiveWriter(output)
-    writer.write_json(b"HEAD", {
-        "creator": f"osoa-zip {__version__}",
-        "model": {"name": bundle.name, "sha256": bundle.sha256, "family": bundle.family},
-        "engine": ENGINE,
-        "adaptation": adaptation.to_header(),
-    })
-    compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress, byte_exact, threads)
+    Header(f"osoa-zip {__version__}", {"name": bundle.name, "sha256": bundle.sha256, "family": bundle.family},
+           ENGINE, adaptation.to_header()).write(writer)
+    compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress, byte_exact, threads, note,
+                             Triage(bundle, adaptation) if triage else None)
     for entry in entries:
         compressor.add(entry)
     compressor.flush_images()
     for entry in entries:  # last, so that the file they name is always already restored
         if entry.kind == HARDLINK:
-            writer.write_json(b"HARD", {**encode_name(entry.name), "target": entry.target})
+            Hardlink(entry.name, entry.target).write(writer)
     summary = compressor.summary
     # Bits and sizes only: timings would make identical inputs give different archives.
-    writer.write_json(b"STAT", {"batches": [[s.bits, s.subpixels, s.flags] for s in summary.batches]})
+    Statistics([BatchRecord(s.bits, s.subpixels, s.flags) for s in summary.batches]).write(writer)
     writer.close()
     summary.seconds = time.perf_counter() - started
     return summary

@@ -14,14 +14,30 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import BinaryIO
 
 import numpy as np
 
 from .adapt.engine import FLAG_SEGMENT_START, AdaptationConfig, OnlineAdapter
 from .adapt.segments import RunEndError, run_segments
 from .coding.ans import CorruptStream
-from .container.format import ArchiveError, ArchiveReader, SalvagingReader, read_json
+from .container.format import ArchiveError, ArchiveReader, OversizedEntry, SalvagingReader
+from .container.records import (
+    KNOWN_TAGS,
+    SIDE_PLANES,
+    AlphaPlanes,
+    Batch,
+    Chunk,
+    Directory,
+    FileEntry,
+    Hardlink,
+    Header,
+    ImageEntry,
+    ImageTable,
+    PaletteIndices,
+    Statistics,
+    Symlink,
+)
 from .exact import ENGINE
 from .files.restore import Conflict, EntryNames, RefusedEntries, Staging, UnsafeEntry
 from .imaging.io import (
@@ -38,34 +54,28 @@ from .imaging.io import (
     save_picture,
     write_image,
 )
+from .imaging.messages import Note, library_messages
 from .imaging.pixel_file import PixelFile
 from .imaging.tiles import plan_batches
 from .layout import (
-    ALPHA_MODES,
-    CHUNK_TAGS,
-    CODEC_STORE,
-    CODEC_XZ,
     DATA_CHUNK_BYTES,
-    GROUP_SUBPIXELS,
-    INDEX_MODES,
-    MAX_IMAGE_SUBPIXELS,
-    SIDE_PLANES,
-    OversizedEntry,
     Progress,
     Summary,
     UsageError,
-    decode_name,
-    read_entry,
+    impossible_images,
     record_from_entry,
-    side_plane_members,
     xz_decompressor,
 )
 from .models.registry import load_model
 from .pause import pause_point
+from .reading import ChunkReader, Damaged
+
+_IMAGE_PARTS = (AlphaPlanes, PaletteIndices, Batch)  # what follows an image group's table
 
 
 class _Decoder:
-    """Consumes chunks in order and hands finished entries to a sink.
+    """The restorer: takes typed entries from the reader (reading.py) in order, decides what
+    happens to each, and hands finished entries to a sink.
 
     An entry that may not be restored (an unsafe name or link, a duplicate, an
     image whose declared size no encoder writes) is refused on its own: it is
@@ -87,252 +97,191 @@ class _Decoder:
         self.adapter: OnlineAdapter | None = None
         self.batches_decoded = 0
         self.refused: list[tuple[str | None, str]] = []
-        self._skipping_group = False  # the ALPH/BATC chunks of a refused image group are skipped
-        self._refused_group = ""      # an adapted group was refused: later groups cannot be replayed
+        self._refused_group = ""  # an adapted group was refused: later groups cannot be replayed
+        self._handlers = {Directory: self.directory, Symlink: self.symlink, Hardlink: self.hardlink,
+                          FileEntry: self.general_file, ImageTable: self.images}
 
     def run(self, reader: ArchiveReader) -> Summary:
-        try:
-            return self._run(reader)
-        except (KeyError, TypeError, ValueError, AttributeError) as error:
-            raise ArchiveError(f"archive entry is malformed ({type(error).__name__}: {error})") from None
-
-    def _refuse(self, name: str | None, reason: str) -> None:
-        self.refused.append((name, reason))
-
-    def _run(self, reader: ArchiveReader) -> Summary:
-        chunks = reader.chunks()
-        tag, payload = next(chunks, (None, None))
-        if tag != b"HEAD":
-            raise ArchiveError("archive has no header chunk")
-        self.header(read_json(payload, "the header"))
-        handlers = {b"FILE": self.general_file, b"IMGS": self.images, b"DIRE": self.directory,
-                    b"LINK": self.symlink, b"HARD": self.hardlink}
-        for tag, payload in chunks:
-            if self._skipping_group and tag in (b"ALPH", b"PIDX", b"BATC"):
-                if tag == b"BATC":
-                    self.adapter.skip_batch()
+        chunks = ChunkReader(reader.chunks())
+        self.header(chunks.header())
+        while (entry := self._next_entry(chunks)) is not None:
+            if entry is _SKIPPED or isinstance(entry, Statistics):
                 continue
-            self._skipping_group = False
-            if tag == b"STAT":
-                continue
-            if self.salvage:
-                self._salvaging(tag, payload, handlers, chunks)
-                continue
-            if tag not in handlers:
-                raise ArchiveError(f"unexpected chunk {tag!r}")
-            if tag == b"IMGS":
-                try:
-                    table = read_entry(tag, payload)
-                except OversizedEntry as error:
-                    self._refuse_group([], str(error))
-                    continue
-                self.images(table, chunks)
+            handler = self._handlers.get(type(entry))
+            if isinstance(entry, Damaged):
+                self._damaged(entry)
+            elif handler is None:  # a part out of place: damage, or (salvage) part of a lost entry
+                if not self.salvage:
+                    raise ArchiveError(f"unexpected chunk {entry.TAG!r}")
+                self.segment_lost = self.segment_lost or entry.MODEL_STATE
+            elif self.salvage:
+                self._salvaging(handler, entry, chunks)
             else:
-                handlers[tag](read_entry(tag, payload), chunks)
+                handler(entry, chunks)
         for name, target in self.sink.finish():
             self._refuse(name, f"refusing link {name!r} -> {target!r}: through other links, it leaves the "
                                f"destination")
         return self.summary
 
-    def _salvaging(self, tag, payload, handlers, chunks) -> None:
-        """One entry under --salvage: damage loses the entry (and, for images, the segment), nothing more."""
-        if payload is None or tag not in handlers:
-            if payload is None and tag not in (b"DATA", b"BATC", b"ALPH", b"PIDX", b"STAT"):
-                self.summary.lost.append(f"(an entry whose {tag.decode('ascii', 'replace')!r} chunk is damaged)")
-            if tag not in (b"DATA", b"ALPH", b"PIDX", b"DIRE", b"LINK", b"HARD", b"FILE", b"STAT"):
-                self.segment_lost = True  # it could have been an image table or batch
-            return  # parts of an entry already lost (DATA, BATC, ...) are skipped
-        entry = None
+    def _next_entry(self, chunks: ChunkReader):
+        """The next entry, _SKIPPED for one that could not be read but is dealt with, None at the end."""
         try:
-            entry = read_entry(tag, payload)
-            handlers[tag](entry, chunks)
-        except (ArchiveError, UnsafeEntry, OSError, KeyError, TypeError, ValueError, AttributeError) as error:
-            if tag == b"IMGS":
-                self.segment_lost = True
-            entries = entry if isinstance(entry, list) else [entry]
-            self.summary.lost.extend(f"{_name_or_unknown(e)}: {error}" for e in entries)
+            return chunks.next_entry()
+        except OversizedEntry as error:  # an image table larger than any writer writes
+            if self.salvage:
+                self._unreadable(chunks, error)
+            else:
+                self._refuse_group(chunks, [], str(error))
+            return _SKIPPED
+        except ArchiveError as error:  # intact checksum, unreadable payload
+            if not self.salvage:
+                raise
+            self._unreadable(chunks, error)
+            return _SKIPPED
 
-    def header(self, header: dict) -> None:
-        if header["engine"] != ENGINE:
-            raise ArchiveError(f"archive was written by numeric engine {header['engine'].get('name')} "
-                               f"v{header['engine'].get('version')}, which this version cannot replay")
-        config = AdaptationConfig.from_header(header["adaptation"])
-        bundle = load_model(header["model"]["name"], header["model"]["sha256"])
+    def _unreadable(self, chunks: ChunkReader, error: ArchiveError) -> None:
+        self.summary.lost.append(f"(an entry without a readable name): {error}")
+        kind = chunks.last_kind
+        self.segment_lost = self.segment_lost or kind is None or kind.MODEL_STATE
+
+    def _damaged(self, chunk: Damaged) -> None:
+        """A chunk whose checksum failed (--salvage): its entry is lost, and for what the model
+        reads (or a chunk of unknown kind), the rest of its segment."""
+        kind = chunk.kind
+        if kind is None or kind.ROLE == "entry":
+            self.summary.lost.append(f"(an entry whose {chunk.label!r} chunk is damaged)")
+        if kind is None or kind.MODEL_STATE:
+            self.segment_lost = True
+
+    def _salvaging(self, handler, entry: Chunk, chunks: ChunkReader) -> None:
+        """One entry under --salvage: damage loses the entry (and, for images, the segment), nothing more."""
+        try:
+            handler(entry, chunks)
+        except (ArchiveError, UnsafeEntry, OSError) as error:
+            names = [image.name for image in entry.images] if isinstance(entry, ImageTable) else [entry.name]
+            self.segment_lost = self.segment_lost or entry.MODEL_STATE
+            self.summary.lost.extend(f"{name!r}: {error}" for name in names)
+
+    def _refuse(self, name: str | None, reason: str) -> None:
+        self.refused.append((name, reason))
+
+    def header(self, header: Header) -> None:
+        if header.engine != ENGINE:
+            raise ArchiveError(f"archive was written by numeric engine {header.engine.get('name')} "
+                               f"v{header.engine.get('version')}, which this version cannot replay")
+        try:
+            config = AdaptationConfig.from_header(header.adaptation)
+        except (TypeError, ValueError) as error:
+            raise ArchiveError(f"the header's adaptation settings are malformed ({error})") from None
+        bundle = load_model(header.model["name"], header.model["sha256"])
         self.adapter = OnlineAdapter(bundle, config)
 
-    def directory(self, entry: dict, chunks) -> None:
-        name, mode, mtime_ns = decode_name(entry), int(entry["mode"]), int(entry["mtime_ns"])
+    def _placed(self, name: str, place, *details) -> None:
         try:
-            self.sink.directory(name, mode, mtime_ns)
+            place(name, *details)
         except UnsafeEntry as error:
             self._refuse(name, str(error))
 
-    def symlink(self, entry: dict, chunks) -> None:
-        name, target = decode_name(entry), str(entry["target"])
-        try:
-            self.sink.symlink(name, target)
-        except UnsafeEntry as error:
-            self._refuse(name, str(error))
+    def directory(self, entry: Directory, chunks: ChunkReader) -> None:
+        self._placed(entry.name, self.sink.directory, entry.mode, entry.mtime_ns)
 
-    def hardlink(self, entry: dict, chunks) -> None:
-        name, target = decode_name(entry), str(entry["target"])
-        try:
-            self.sink.hardlink(name, target)
-        except UnsafeEntry as error:
-            self._refuse(name, str(error))
+    def symlink(self, entry: Symlink, chunks: ChunkReader) -> None:
+        self._placed(entry.name, self.sink.symlink, entry.target)
 
-    def general_file(self, entry: dict, chunks) -> None:
-        name = decode_name(entry)
-        pieces = self._file_pieces(name, entry, chunks)
+    def hardlink(self, entry: Hardlink, chunks: ChunkReader) -> None:
+        self._placed(entry.name, self.sink.hardlink, entry.target)
+
+    def general_file(self, entry: FileEntry, chunks: ChunkReader) -> None:
+        pieces = chunks.file_pieces(entry, DATA_CHUNK_BYTES)
         try:
-            self.sink.file(name, pieces, int(entry["mode"]), int(entry["mtime_ns"]))
+            self.sink.file(entry.name, pieces, entry.mode, entry.mtime_ns)
         except UnsafeEntry as error:
-            self._refuse(name, str(error))
+            self._refuse(entry.name, str(error))
             for _ in pieces:  # its data chunks are still read and checked
                 pass
             return
         self.summary.files += 1
 
-    def _file_pieces(self, name: str, entry: dict, chunks) -> Iterator[bytes]:
-        remaining = int(entry["size"])
-        for index in range(int(entry["chunks"])):
-            tag, payload = next(chunks, (None, None))
-            if tag != b"DATA" or not payload:
-                raise ArchiveError(f"file {name!r}: data chunk {index} missing")
-            codec, body = payload[0], payload[1:]
-            if codec == CODEC_XZ:
-                try:
-                    body = xz_decompressor().decompress(body, max_length=DATA_CHUNK_BYTES + 1)
-                except lzma.LZMAError:
-                    raise ArchiveError(f"file {name!r}: data chunk {index} is damaged") from None
-            elif codec != CODEC_STORE:
-                raise ArchiveError(f"file {name!r}: unknown codec {codec}")
-            remaining -= len(body)
-            if len(body) > DATA_CHUNK_BYTES or remaining < 0:
-                raise ArchiveError(f"file {name!r}: more data than declared")
-            yield body
-        if remaining:
-            raise ArchiveError(f"file {name!r}: less data than declared")
-
-    def _refuse_group(self, names: list[str], reason: str) -> None:
+    def _refuse_group(self, chunks: ChunkReader, names: list[str], reason: str) -> None:
         """Refuse every image of a group that cannot be decoded, and skip its chunks.  With
         adaptation, every later group depends on this one's pixels: those are refused too."""
         for name in names or [None]:
             self._refuse(name, f"image {name!r} not restored: {reason}" if name is not None else reason)
-        self._skipping_group = True
+        for kind in chunks.skip_parts(_IMAGE_PARTS):
+            if kind is Batch:
+                self.adapter.skip_batch()  # segment starts stay where they are
         if self.adapter.config.adapt and not self._refused_group:
             self._refused_group = names[0] if names else "an image group"
 
-    def images(self, table: list, chunks) -> None:
-        if not isinstance(table, list):
-            raise ArchiveError("an image table is not a list")
-        names = [decode_name(entry) for entry in table]
+    def images(self, table: ImageTable, chunks: ChunkReader) -> None:
+        names = [image.name for image in table.images]
         if self._refused_group:
-            self._refuse_group(names, f"the adaptation it is coded with depends on refused image "
-                                      f"{self._refused_group!r}")
+            self._refuse_group(chunks, names, f"the adaptation it is coded with depends on refused image "
+                                              f"{self._refused_group!r}")
             return
-        shapes, problems = [], []
-        for name, entry in zip(names, table):
-            height, width, mode = int(entry["height"]), int(entry["width"]), entry["image_mode"]
-            if mode not in MODEL_MODES or height <= 0 or width <= 0:
-                problems.append(f"image {name!r} declares a bad mode or size ({mode!r}, {width}x{height})")
-            elif height * width * MODEL_MODES[mode] > MAX_IMAGE_SUBPIXELS:
-                problems.append(f"image {name!r} declares {width}x{height} pixels, more than any encoder writes")
-            else:
-                shapes.append((height, width, COLOR_CHANNELS[mode]))
-        if not problems and sum(h * w * MODEL_MODES[e["image_mode"]] for (h, w, _), e in zip(shapes, table)) \
-                > 4 * GROUP_SUBPIXELS + MAX_IMAGE_SUBPIXELS:
-            problems.append(f"its group of {len(table)} images declares more pixels than any encoder writes")
-        if problems:
-            self._refuse_group(names, problems[0])
+        problem = impossible_images(table.images)
+        if problem:
+            self._refuse_group(chunks, names, problem)
             return
+        group = _Group(table)
         lost: dict[int, str] = {}  # table index -> why (only under --salvage)
-        alpha, indices = (self._side_planes(table, shapes, chunks, *plane, lost) for plane in SIDE_PLANES)
-        alpha_index = _positions(table, ALPHA_MODES)
-        index_index = _positions(table, INDEX_MODES)
-        modelled_index = [i for i, shape in enumerate(shapes) if shape[2]]
-        canvases = [_Canvas(shapes[i][0], shapes[i][1], table[i]["image_mode"],
-                            _side_plane_view(alpha[alpha_index[i]]) if i in alpha_index else None)
-                    for i in modelled_index]
+        alpha, indices = (self._side_planes(group, chunks, kind, lost) for kind in SIDE_PLANES)
+        canvases = group.canvases(alpha)
         config = self.adapter.config
-        planned = plan_batches([shapes[i] for i in modelled_index], config.tile_size, config.batch_size_for)
+        planned = plan_batches([group.shapes[i] for i in group.modelled], config.tile_size, config.batch_size_for)
         if self.threads > 1 and not self.salvage:
             self._decode_in_parallel(planned, chunks, canvases)
-            planned = []
+        else:
+            self._decode_in_order(planned, chunks, canvases, group.modelled, lost)
+        self._write_images(group, canvases, indices, lost)
+        for plane in alpha + indices:  # large side planes not closed with their image
+            if isinstance(plane, PixelFile):
+                plane.close()
+
+    def _decode_in_order(self, planned: list, chunks: ChunkReader, canvases: list, modelled: list[int],
+                         lost: dict[int, str]) -> None:
+        """Decode the group's batches one after the other; under --salvage a batch that does not
+        decode loses its images (and the segment's later batches, until one starts a segment)."""
         for batch in planned:
             index = self.batches_decoded
             self.batches_decoded += 1
-            tag, payload = next(chunks, (None, None))
             try:
-                if tag != b"BATC" or payload is None:
-                    raise ArchiveError(f"batch {index}: chunk missing or damaged")
-                if self.segment_lost:
-                    if not payload or not payload[0] & FLAG_SEGMENT_START:
-                        raise ArchiveError(f"batch {index}: an earlier batch of its segment was lost")
-                    self.adapter.restart()  # a new segment: decoding can resume from θ0
-                    self.segment_lost = False
-                try:
-                    tiles = self.adapter.decode(payload, batch.shape)
-                except (CorruptStream, ValueError) as error:
-                    raise ArchiveError(f"batch {index} does not decode ({error})") from None
+                tiles, size = self._decode_batch(chunks, index, batch)
             except ArchiveError as error:
                 if not self.salvage:
                     raise
                 self.segment_lost = True
                 for member, _, _ in batch.members:
-                    lost.setdefault(modelled_index[member], str(error))
+                    lost.setdefault(modelled[member], str(error))
                 continue
             _paste_batch(batch, tiles, canvases)
-            self.summary.image_bits += 8 * len(payload)
+            self.summary.image_bits += 8 * size
         if planned and not self.segment_lost:
             try:
                 self.adapter.end_run()
             except ValueError as error:
                 raise ArchiveError(f"batch {self.batches_decoded - 1} does not decode ({error})") from None
-        canvases.reverse()
-        for number, (name, entry, (h, w, _)) in enumerate(zip(names, table, shapes)):
-            canvas = canvases.pop() if shapes[number][2] else None  # dropped once written: one image at a time
-            if number in lost:
-                self.summary.lost.append(f"{name!r}: {lost[number]}")
-                continue
-            if str(entry["format"]) not in LOSSLESS_FORMATS:  # `test` would not notice (found by test_fuzz.py)
-                self._refuse(name, f"image {name!r}: unknown image format {entry['format']!r}")
-                continue
-            if entry["image_mode"] in INDEX_MODES:
-                plane = indices[index_index[number]]
-                record = record_from_entry(entry, pixels=_side_plane_view(plane))
-                record.pixel_file = plane if isinstance(plane, PixelFile) else None
-            else:
-                record = record_from_entry(entry, picture=canvas.picture())
-                record.pixel_file = canvas.pixel_file
-            del canvas
-            try:
-                self.sink.image(name, record, int(entry["mode"]), int(entry["mtime_ns"]))
-            except UnsafeEntry as error:
-                self._refuse(name, str(error))
-                continue
-            finally:
-                if record.picture is not None:
-                    close_picture(record.picture)  # before the next image of the group is made
-                if record.pixel_file is not None:
-                    record.pixel_file.close()
-            self.summary.images += 1
-            self.summary.files += 1
-            if record.mode not in INDEX_MODES:
-                self.summary.image_subpixels += h * w * MODEL_MODES[record.mode]
-        for plane in alpha + indices:  # large side planes not closed with their image
-            if isinstance(plane, PixelFile):
-                plane.close()
 
-    def _decode_in_parallel(self, planned: list, chunks, canvases: list) -> None:
+    def _decode_batch(self, chunks: ChunkReader, index: int, batch) -> tuple[np.ndarray, int]:
+        """The tiles of the next batch chunk, and its size in bytes."""
+        part = chunks.part(Batch, f"batch {index}: chunk")
+        if isinstance(part, Damaged):
+            raise ArchiveError(f"batch {index}: chunk missing or damaged")
+        if self.segment_lost:
+            if not part.flags & FLAG_SEGMENT_START:
+                raise ArchiveError(f"batch {index}: an earlier batch of its segment was lost")
+            self.adapter.restart()  # a new segment: decoding can resume from θ0
+            self.segment_lost = False
+        try:
+            return self.adapter.decode(part.data, batch.shape), len(part.data)
+        except (CorruptStream, ValueError) as error:
+            raise ArchiveError(f"batch {index} does not decode ({error})") from None
+
+    def _decode_in_parallel(self, planned: list, chunks: ChunkReader, canvases: list) -> None:
         """Read the group's batches, then decode its segments side by side (same result as in order)."""
         first = self.batches_decoded
-        payloads = []
-        for index in range(first, first + len(planned)):
-            tag, payload = next(chunks, (None, None))
-            if tag != b"BATC" or payload is None:
-                raise ArchiveError(f"batch {index}: chunk missing")
-            payloads.append((index, payload))
+        payloads = [(index, chunks.part(Batch, f"batch {index}: chunk").data)
+                    for index in range(first, first + len(planned))]
         self.batches_decoded += len(planned)
 
         pasting = threading.Lock()  # a canvas makes its picture on its first tile: one thread at a time
@@ -353,24 +302,82 @@ class _Decoder:
             raise ArchiveError(f"batch {index} does not decode ({error})") from None
         self.summary.image_bits += sum(8 * len(payload) for _, payload in payloads)
 
-    def _side_planes(self, table: list, shapes: list, chunks, modes: tuple, tag_expected: bytes,
-                     what: str, lost: dict) -> list[np.ndarray | PixelFile]:
-        """The group's planes kept beside the model (one xz chunk), in table order, if any image has
-        one: h x w x 1 arrays, or for a large image a PixelFile (the plane never held in memory)."""
-        members = side_plane_members(table, modes)
-        sizes = [shapes[i][:2] for i in members]
-        if not sizes:
+    def _write_images(self, group: _Group, canvases: list, indices: list, lost: dict[int, str]) -> None:
+        """Hand the group's images to the sink in table order, one at a time (each canvas is
+        dropped once written)."""
+        canvases.reverse()
+        index_position = {i: k for k, i in enumerate(PaletteIndices.members(group.table))}
+        for number, image in enumerate(group.table.images):
+            canvas = canvases.pop() if group.shapes[number][2] else None
+            if number in lost:
+                self.summary.lost.append(f"{image.name!r}: {lost[number]}")
+            elif image.format not in LOSSLESS_FORMATS:  # `test` would not notice (found by test_fuzz.py)
+                self._refuse(image.name, f"image {image.name!r}: unknown image format {image.format!r}")
+            elif image.image_mode in PaletteIndices.MODES:
+                plane = indices[index_position[number]]
+                record = record_from_entry(image, pixels=_side_plane_view(plane))
+                record.pixel_file = plane if isinstance(plane, PixelFile) else None
+                self._write_image(image, record)
+            else:
+                record = record_from_entry(image, picture=canvas.picture())
+                record.pixel_file, canvas = canvas.pixel_file, None
+                self._write_image(image, record)
+
+    def _write_image(self, image: ImageEntry, record) -> None:
+        try:
+            self.sink.image(image.name, record, image.mode, image.mtime_ns)
+        except UnsafeEntry as error:
+            self._refuse(image.name, str(error))
+            return
+        finally:
+            if record.picture is not None:
+                close_picture(record.picture)  # before the next image of the group is made
+            if record.pixel_file is not None:
+                record.pixel_file.close()
+        self.summary.images += 1
+        self.summary.files += 1
+        if record.mode not in PaletteIndices.MODES:
+            self.summary.image_subpixels += image.height * image.width * MODEL_MODES[record.mode]
+
+    def _side_planes(self, group: _Group, chunks: ChunkReader, kind, lost: dict[int, str]) -> list:
+        """The group's planes of this kind (one xz chunk), in table order, if any image has one:
+        h x w x 1 arrays, or for a large image a PixelFile (the plane never held in memory)."""
+        members = kind.members(group.table)
+        if not members:
             return []
-        tag, payload = next(chunks, (None, None))
+        what = f"an image group's {kind.WHAT} are missing or damaged"
+        try:
+            part = chunks.part(kind, what)
+        except ArchiveError:
+            raise ArchiveError(what) from None
         # An index plane's file is a P image (it is written from), an alpha plane's an L one.
-        planes = [PixelFile("P" if table[i]["image_mode"] in INDEX_MODES else "L", w, h) if is_large(h, w, 1)
-                  else np.zeros((h, w, 1), np.uint8) for i, (h, w) in zip(members, sizes)]
-        if tag != tag_expected or not _inflate_planes(payload or b"", planes):
-            if not self.salvage or tag != tag_expected:
-                raise ArchiveError(f"an image group's {what} are missing or damaged")
+        planes = [PixelFile("P" if kind is PaletteIndices else "L", w, h) if is_large(h, w, 1)
+                  else np.zeros((h, w, 1), np.uint8) for h, w, _ in (group.shapes[i] for i in members)]
+        if isinstance(part, Damaged) or not _inflate_planes(part.packed, planes):
+            if not self.salvage:
+                raise ArchiveError(what)
             for i in members:
-                lost.setdefault(i, f"its {what} are damaged")
+                lost.setdefault(i, f"its {kind.WHAT} are damaged")
         return planes
+
+
+_SKIPPED = object()  # an entry the restorer could not read but has dealt with (refused, or lost)
+
+
+class _Group:
+    """An image group's table with the shapes it declares: (height, width, channels the model codes)."""
+
+    def __init__(self, table: ImageTable) -> None:
+        self.table = table
+        self.shapes = [(image.height, image.width, COLOR_CHANNELS[image.image_mode]) for image in table.images]
+        self.modelled = [i for i, shape in enumerate(self.shapes) if shape[2]]
+
+    def canvases(self, alpha: list) -> list[_Canvas]:
+        """One canvas per image the model codes, with its alpha plane if it has one."""
+        alpha_position = {i: k for k, i in enumerate(AlphaPlanes.members(self.table))}
+        return [_Canvas(self.shapes[i][0], self.shapes[i][1], self.table.images[i].image_mode,
+                        _side_plane_view(alpha[alpha_position[i]]) if i in alpha_position else None)
+                for i in self.modelled]
 
 
 def _inflate_planes(payload: bytes, planes: list[np.ndarray | PixelFile]) -> bool:
@@ -399,11 +406,6 @@ def _inflate_planes(payload: bytes, planes: list[np.ndarray | PixelFile]) -> boo
 def _side_plane_view(plane: np.ndarray | PixelFile):
     """h x w x 1 pixels to cut from: the array, or a view of the file."""
     return plane.view() if isinstance(plane, PixelFile) else plane
-
-
-def _positions(table: list, modes: tuple) -> dict[int, int]:
-    """Table index -> position among the group's images of these modes (their side planes' order)."""
-    return {i: k for k, i in enumerate(side_plane_members(table, modes))}
 
 
 class _Canvas:
@@ -456,8 +458,8 @@ def _paste_batch(batch, tiles: np.ndarray, canvases: list[_Canvas]) -> None:
 class _StagingSink:
     """Writes each entry into the staging folder."""
 
-    def __init__(self, staging: Staging) -> None:
-        self.staging = staging
+    def __init__(self, staging: Staging, note: Note | None = None) -> None:
+        self.staging, self.note = staging, note
         self.written: list[tuple[str, bool]] = []  # (name, is an image), for partial extraction's summary
 
     def file(self, name, pieces, mode, mtime_ns) -> None:
@@ -479,7 +481,8 @@ class _StagingSink:
     def image(self, name, record, mode, mtime_ns) -> None:
         path = self.staging.path(name)
         try:
-            write_image(path, record)
+            with library_messages(name, self.note):
+                write_image(path, record)
         except CannotReproduce as error:
             raise UnsafeEntry(f"image {name!r}: {error}") from None
         except OSError as error:
@@ -505,8 +508,8 @@ class _CheckingSink:
     """Decodes everything, writes nothing: for `osoa-zip test`.  Names obey the
     same rules as in decompress (files.restore.EntryNames)."""
 
-    def __init__(self) -> None:
-        self.names = EntryNames()
+    def __init__(self, note: Note | None = None) -> None:
+        self.names, self.note = EntryNames(), note
 
     def file(self, name, pieces, mode, mtime_ns) -> None:
         self.names.claim(name, "file")
@@ -517,7 +520,8 @@ class _CheckingSink:
         self.names.claim(name, "file")
         if record.sha256:  # decompress would refuse it: so must `test` (found by tests/test_fuzz.py)
             try:
-                check_reproduced(record, save_picture(record_picture(record), record, None)[0])
+                with library_messages(name, self.note):
+                    check_reproduced(record, save_picture(record_picture(record), record, None)[0])
             except CannotReproduce as error:
                 raise UnsafeEntry(f"image {name!r}: {error}") from None
 
@@ -552,10 +556,11 @@ def _counted(source: BinaryIO, progress: Progress | None) -> BinaryIO:
     return source if progress is None else _CountingReader(source, progress)
 
 
-def test_archive(source: BinaryIO, progress: Progress | None = None, threads: int = 1) -> Summary:
-    """Fully decode and verify an archive without writing anything."""
+def test_archive(source: BinaryIO, progress: Progress | None = None, threads: int = 1,
+                 note: Note | None = None) -> Summary:
+    """Fully decode and verify an archive without writing anything (``note`` as for decompress)."""
     started = time.perf_counter()
-    decoder = _Decoder(_CheckingSink(), progress, threads=threads)
+    decoder = _Decoder(_CheckingSink(note), progress, threads=threads)
     summary = decoder.run(ArchiveReader(_counted(source, progress)))
     summary.seconds = time.perf_counter() - started
     if decoder.refused:
@@ -572,7 +577,7 @@ def selected(name: str, patterns: list[str]) -> bool:
 
 def decompress(source: BinaryIO, destination: Path, force: bool = False,
                progress: Progress | None = None, patterns: list[str] | None = None,
-               salvage: bool = False, threads: int = 1) -> Summary:
+               salvage: bool = False, threads: int = 1, note: Note | None = None) -> Summary:
     """Restore an archive (or the entries matching ``patterns``) into ``destination``.
 
     Everything is decoded and verified even when only some entries are wanted:
@@ -584,13 +589,16 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
     restore either: every intact entry is restored, and the summary's ``lost``
     and ``damage`` say what was not (images from a damaged batch to the end of
     its segment, see --segment-size).  Callers must check them.
+
+    What the image library says while writing an image goes to ``note``, one line
+    per message naming the entry (otherwise it is dropped).
     """
     started = time.perf_counter()
     staging = Staging(Path(destination))
     try:
-        sink = _StagingSink(staging)
+        sink = _StagingSink(staging, note)
         decoder = _Decoder(sink, progress, salvage, threads)
-        reader = SalvagingReader(source, CHUNK_TAGS) if salvage else ArchiveReader(_counted(source, progress))
+        reader = SalvagingReader(source, KNOWN_TAGS) if salvage else ArchiveReader(_counted(source, progress))
         summary = decoder.run(reader)
         if salvage:
             summary.damage = list(reader.damage)
@@ -619,20 +627,14 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
     return summary
 
 
-def _name_or_unknown(entry) -> str:
-    try:
-        return repr(decode_name(entry))
-    except Exception:  # noqa: BLE001 — a damaged entry may not even have a name
-        return "(an entry without a readable name)"
-
 
 class _OneEntrySink(_CheckingSink):
     """`test`'s sink that also keeps the restored bytes of one entry, in a temporary
     file, exactly as decompress would write them (an image through the same
     write_image), for `decompress --stdout NAME`."""
 
-    def __init__(self, wanted: str, scratch: Path) -> None:
-        super().__init__()
+    def __init__(self, wanted: str, scratch: Path, note: Note | None = None) -> None:
+        super().__init__(note)
         self.wanted = wanted
         self.captured: Path | None = None
         self._scratch = scratch
@@ -653,14 +655,15 @@ class _OneEntrySink(_CheckingSink):
         self.names.claim(name, "file")
         path = self._scratch / "entry"
         try:
-            write_image(path, record)
+            with library_messages(name, self.note):
+                write_image(path, record)
         except CannotReproduce as error:
             raise UnsafeEntry(f"image {name!r}: {error}") from None
         self.captured = path
 
 
 def extract_entry(source: BinaryIO, name: str, output: BinaryIO, progress: Progress | None = None,
-                  threads: int = 1) -> Summary:
+                  threads: int = 1, note: Note | None = None) -> Summary:
     """Write the restored bytes of the one entry ``name`` (a file, an image, or a hard
     link to one) to ``output``, as decompress would restore it, and nothing else.
 
@@ -688,7 +691,7 @@ def extract_entry(source: BinaryIO, name: str, output: BinaryIO, progress: Progr
             raise UsageError(f"{name!r} is a {kind}, not a file")
         source.seek(start)
         started = time.perf_counter()
-        sink = _OneEntrySink(wanted, Path(scratch))
+        sink = _OneEntrySink(wanted, Path(scratch), note)
         decoder = _Decoder(sink, progress, threads=threads)
         summary = decoder.run(ArchiveReader(_counted(source, progress)))
         refused = [reason for refused_name, reason in decoder.refused if refused_name in (wanted, None)]

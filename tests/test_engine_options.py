@@ -8,6 +8,7 @@ replays the flags exactly.
 from __future__ import annotations
 
 import io
+import json
 
 import numpy as np
 import pytest
@@ -199,8 +200,14 @@ def test_info_reports_batches_and_flags(source, tmp_path):
     assert result.exit_code == 0, result.output
     batches = read_archive(io.BytesIO(archive.read_bytes()))[2]
     pretrained = sum(bool(b.flags & FLAG_PRETRAINED) for b in batches)
-    assert f"batches: {len(batches)} ({pretrained} coded with the pretrained model" in result.output
-    assert '"guard": true' in result.output
+    assert f"batches:    {len(batches)} ({pretrained} coded with the pretrained model" in result.output
+    assert "  guard: true" in result.output
+    scripted = CliRunner().invoke(main, ["info", "--json", str(archive)])
+    assert scripted.exit_code == 0, scripted.output
+    info = json.loads(scripted.output)  # one JSON object
+    assert info["adaptation"]["guard"] is True and info["engine"]["version"] == 1
+    assert info["totals"]["batches"]["count"] == len(batches)
+    assert info["totals"]["batches"]["pretrained"] == pretrained
 
 
 def test_list_shows_how_each_image_was_coded(source_tree, tmp_path):
@@ -258,7 +265,9 @@ def test_giving_up_round_trips_through_the_archive(source, tmp_path):
     assert given_up in (1, 2)  # at most once per channel count (the examples have RGB and grey)
     result = CliRunner().invoke(main, ["info", "-"], input=data)
     assert result.exit_code == 0, result.output
-    assert f"adaptation given up {given_up} times" in result.output and '"give_up_after": 2' in result.output
+    assert f"adaptation given up {given_up} times" in result.output and "  give_up_after: 2" in result.output
+    scripted = json.loads(CliRunner().invoke(main, ["info", "--json", "-"], input=data).output)
+    assert scripted["totals"]["batches"]["given_up"] == given_up and scripted["adaptation"]["give_up_after"] == 2
 
 
 def test_a_give_up_flag_that_cannot_be_obeyed_is_refused():

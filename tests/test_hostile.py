@@ -250,8 +250,8 @@ def test_impossible_image_groups_are_refused_in_bounded_memory(archive, original
 
 
 def test_table_larger_than_the_limit_is_refused(archive, original, tmp_path, monkeypatch):
-    from osoa_zip import layout
-    monkeypatch.setattr(layout, "MAX_TABLE_BYTES", 1 << 20)
+    from osoa_zip.container import records
+    monkeypatch.setattr(records, "MAX_TABLE_BYTES", 1 << 20)
     reasons, destination = _restore(_huge_table(archive), tmp_path / "box")
     assert len(reasons) == 1 and "larger than" in reasons[0]
     assert sorted(tree_differences(original, destination)) == ["missing: img0.png", "missing: img1.png"]

@@ -48,6 +48,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from .messages import Note, library_messages
 from .pixel_file import PixelFile, PixelView
 
 LOSSLESS_FORMATS = ("PNG", "BMP", "PPM", "TIFF")
@@ -463,7 +464,8 @@ def _rewrite_reproduces(record: ImageRecord, picture: Image.Image, rewrite: Bina
     return again_facts == facts and again_digest == pixels_digest
 
 
-def read_image(path: Path, byte_exact: bool = False, pixels_in_file: bool = False) -> ImageRecord | None:
+def read_image(path: Path, byte_exact: bool = False, pixels_in_file: bool = False,
+               note: Note | None = None) -> ImageRecord | None:
     """The pixels of a model-path image, or None for the general path.
 
     With byte_exact, only images whose restored file would be byte-identical
@@ -471,8 +473,14 @@ def read_image(path: Path, byte_exact: bool = False, pixels_in_file: bool = Fals
     A file that changes while it is read takes the general path (which notices).
     With pixels_in_file, a large image's pixels stay in a temporary file (``pixels``
     is a PixelView of ``pixel_file``, which the caller closes), as the compressor
-    keeps them; else they are read into an array.
+    keeps them; else they are read into an array.  What Pillow and its C libraries say
+    about the file goes to ``note``, one line per message naming the file (messages.py).
     """
+    with library_messages(str(path), note):
+        return _read_image(path, byte_exact, pixels_in_file)
+
+
+def _read_image(path: Path, byte_exact: bool, pixels_in_file: bool) -> ImageRecord | None:
     try:
         with open(path, "rb") as handle:
             head = handle.read(16)

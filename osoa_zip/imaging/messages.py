@@ -1,0 +1,82 @@
+"""What image libraries say about a file, caught and attributed to it.
+
+Pillow warns through Python's `warnings` (UserWarning for a truncated or odd
+file, DecompressionBombWarning, ...) and libtiff writes straight to file
+descriptor 2 from C ("TIFFFillStrip: Read error ..."), so left alone both reach
+the user's terminal with no word of which file they are about: a folder of
+odd images printed ~170 such lines.  Around each image read or write both are
+caught (the warnings recorded, descriptor 2 pointed at a temporary file) and
+handed to a ``note`` callback, one line per distinct message, prefixed with
+the file's name; the command line shows them only with -v.
+
+Descriptor 2 and the warning filters belong to the whole process, so captures
+take turns (a lock): whatever any thread writes to descriptor 2 while one runs
+is attributed to that capture's file.  Image reads happen one at a time anyway
+(the compressor reads in order; coding threads only code).
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import threading
+import warnings
+from contextlib import contextmanager
+from typing import Callable, Iterator
+
+Note = Callable[[str], None]
+MAX_CAPTURED_BYTES = 1 << 16  # a library that writes more about one file is summarised by its start
+
+_TURN = threading.RLock()
+
+
+@contextmanager
+def library_messages(name: str, note: Note | None) -> Iterator[None]:
+    """Catch what libraries say while the block runs; give ``note`` one line per distinct message
+    (``name: message``), also when the block raises.  ``note`` None: they are dropped."""
+    with _TURN:
+        lines: list[str] = []
+        try:
+            with warnings.catch_warnings(record=True) as caught, _descriptor_2_captured(lines):
+                warnings.simplefilter("always")
+                yield
+        finally:
+            lines[:0] = [_warning_line(warning) for warning in caught]
+            if note is not None:
+                for line in dict.fromkeys(line for line in lines if line):  # each once, in order
+                    note(f"{name}: {line}")
+
+
+def _warning_line(warning: warnings.WarningMessage) -> str:
+    return " ".join(f"{warning.category.__name__}: {warning.message}".split())
+
+
+@contextmanager
+def _descriptor_2_captured(lines: list[str]) -> Iterator[None]:
+    """Point descriptor 2 at a temporary file while the block runs, then append its lines."""
+    try:
+        saved = os.dup(2)
+    except OSError:  # no descriptor 2 at all: nothing to catch
+        yield
+        return
+    with tempfile.TemporaryFile(prefix="osoa-zip-stderr-") as capture:
+        _flush_python_stderr()
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        finally:
+            _flush_python_stderr()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            text = capture.read(MAX_CAPTURED_BYTES).decode("utf-8", "replace")
+            lines.extend(" ".join(line.split()) for line in text.splitlines())
+
+
+def _flush_python_stderr() -> None:
+    """Python's own buffered writes belong to the side of the redirect they were made on."""
+    try:
+        if sys.stderr is not None:
+            sys.stderr.flush()
+    except (OSError, ValueError):
+        pass
