@@ -12,6 +12,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from .adapt.config import MAX_CHAIN_BATCHES, PARAMETER_SELECTIONS
@@ -129,6 +130,32 @@ def _one_torch_thread_unless_asked() -> None:
         set_gemm_threads(min(2, len(os.sched_getaffinity(0))))
 
 
+def _dask_options(command):
+    """--dask ADDRESS and --dask-timeout (compress, decompress)."""
+    command = click.option("--dask-timeout", type=click.FloatRange(0, min_open=True), default=10.0,
+                           show_default=True, envvar="OSOA_ZIP_DASK_TIMEOUT", show_envvar=True,
+                           help="Seconds to reach the Dask scheduler and see a worker.")(command)
+    return click.option("--dask", "dask_address", metavar="ADDRESS", default=None,
+                        help="Code the segments as tasks on the Dask cluster whose scheduler is at ADDRESS "
+                             "(e.g. tcp://host:8786; needs osoa-zip[cluster] here and on the workers).  Same "
+                             "output as on one machine.  Connect only to clusters you trust: a scheduler can "
+                             "run code here (docs/CLUSTER.md).")(command)
+
+
+@contextmanager
+def _segments_on(address: str | None, timeout: float):
+    """The Dask cluster that codes the segments (osoa_zip.cluster), or None: this machine's threads."""
+    if address is None:
+        yield None
+        return
+    source = click.get_current_context().get_parameter_source("threads")
+    if source not in (ParameterSource.DEFAULT, ParameterSource.DEFAULT_MAP):
+        raise UsageError("--dask and -T do not combine: the cluster's workers code the segments")
+    from .cluster import connect
+    with connect(address, timeout) as segments:
+        yield segments
+
+
 @main.command("compress")
 @click.argument("sources", nargs=-1, type=click.Path(path_type=Path))
 @click.argument("archive", type=click.Path(path_type=Path))
@@ -183,10 +210,11 @@ def _one_torch_thread_unless_asked() -> None:
 @click.option("-f", "--force", is_flag=True, help="Overwrite an existing archive.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print per-batch statistics.")
+@_dask_options
 def compress_command(sources, archive, files_from, null_separated, model, no_adapt, learning_rate, steps_per_batch,
                      batch_size, batch_pixels, gray_batch_pixels, batch_pixels_max, chain_batches, tile_size,
                      segment_size, adapt_params, gray_adapt_params, adapt_batches, guard, give_up_after, threads,
-                     byte_exact, force, quiet, verbose) -> None:
+                     byte_exact, force, quiet, verbose, dask_address, dask_timeout) -> None:
     """Pack SOURCES into ARCHIVE ('-' for standard output).
 
     A folder contributes its contents, a file its name; paths from --files-from
@@ -210,17 +238,18 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
                                   batch_pixels=batch_pixels, give_up_after=give_up_after,
                                   gray_parameters=gray_adapt_params, batch_pixels_max=batch_pixels_max,
                                   gray_batch_pixels=gray_batch_pixels, chain_batches=chain_batches)
-        with _progress(None, quiet, "compressing") as progress:
+        if str(archive) != "-" and archive.exists() and not force:
+            raise UsageError(f"{archive} exists (use -f to overwrite)")
+        with _segments_on(dask_address, dask_timeout) as cluster, _progress(None, quiet, "compressing") as progress:
+            threads = 1 if cluster else _thread_count(threads)
             if str(archive) == "-":
                 with _naming_errors("standard output"):
                     summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet),
-                                       byte_exact, _thread_count(threads))
+                                       byte_exact, threads, cluster)
                     sys.stdout.buffer.flush()  # a full disk must fail here, not at interpreter exit
             else:
-                if archive.exists() and not force:
-                    raise UsageError(f"{archive} exists (use -f to overwrite)")
                 summary = _compress_to_file(sources, archive, model, config, progress, _warner(quiet),
-                                            byte_exact, _thread_count(threads))
+                                            byte_exact, threads, cluster)
         if not quiet:
             _report(summary, "compressed", verbose)
 
@@ -257,13 +286,13 @@ def _naming_errors(name: str):
         raise
 
 
-def _compress_to_file(sources, archive: Path, model, config, progress, warn, byte_exact, threads):
+def _compress_to_file(sources, archive: Path, model, config, progress, warn, byte_exact, threads, cluster):
     """Write beside the target and rename at the end: never a half-written archive."""
     directory = archive.resolve().parent
     handle, temporary = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".part", dir=directory)
     try:
         with _naming_errors(str(archive)), os.fdopen(handle, "wb") as output:
-            summary = compress(sources, output, model, config, progress, warn, byte_exact, threads)
+            summary = compress(sources, output, model, config, progress, warn, byte_exact, threads, cluster)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 is not what users expect
@@ -288,7 +317,9 @@ def _compress_to_file(sources, archive: Path, model, config, progress, warn, byt
                    "for any N.  Needs segments (written with compress --segment-size) to help.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print timing details.")
-def decompress_command(archive, destination, patterns, force, salvage, threads, quiet, verbose) -> None:
+@_dask_options
+def decompress_command(archive, destination, patterns, force, salvage, threads, quiet, verbose, dask_address,
+                       dask_timeout) -> None:
     """Restore ARCHIVE ('-' for standard input) into DESTINATION (created if missing).
 
     With PATTERNS (shell wildcards such as 'cats/*.png', quoted), only the matching
@@ -296,12 +327,14 @@ def decompress_command(archive, destination, patterns, force, salvage, threads, 
     archive is still decoded: each batch depends on the ones before it.
     """
     with _reported_errors():
+        if salvage and dask_address is not None:
+            raise UsageError("--salvage decodes batch by batch, on this machine: leave out --dask")
         with _progress(_archive_size(archive), quiet, "decompressing") as progress, \
-                _open_archive(archive) as source:
+                _open_archive(archive) as source, _segments_on(dask_address, dask_timeout) as cluster:
             if salvage and str(archive) == "-":
                 raise UsageError("--salvage needs an archive file, not standard input")
             summary = decompress(source, destination, force, progress, list(patterns), salvage,
-                                 _thread_count(threads))
+                                 1 if cluster else _thread_count(threads), cluster)
         if not quiet:
             _report(summary, "restored", verbose)
         if summary.lost or summary.damage:

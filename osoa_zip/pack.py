@@ -78,9 +78,9 @@ class _CodedBatches:
 
 class _Compressor:
     def __init__(self, writer: ArchiveWriter, adapter: OnlineAdapter, progress: Progress | None,
-                 byte_exact: bool = False, threads: int = 1) -> None:
+                 byte_exact: bool = False, threads: int = 1, cluster=None) -> None:
         self.writer, self.adapter, self.progress = writer, adapter, progress
-        self.threads = threads
+        self.threads, self.cluster = threads, cluster
         self.byte_exact = byte_exact
         self.summary = Summary()
         self.group: list[tuple[Entry, ImageRecord]] = []
@@ -161,8 +161,12 @@ class _Compressor:
         if self.progress and not batches:
             self.progress(group_bytes)
         with _CodedBatches(self.group_subpixels) as store:
-            coded, self.adapter = run_segments(adapter, batches, self._coder(store, colour, batches, group_bytes),
-                                               self.threads, chain=adapter.chain_length)
+            keep = self._keeper(store, len(batches), group_bytes)
+            if self.cluster is None:
+                coded, self.adapter = run_segments(adapter, batches, self._coder(colour, keep), self.threads,
+                                                   chain=adapter.chain_length)
+            else:  # the same runs as tasks on a Dask cluster (osoa_zip/cluster.py)
+                coded, self.adapter = self.cluster.encode(adapter, batches, lambda batch: gather(batch, colour), keep)
             group, self.group, self.group_subpixels = self.group, [], 0
             coded_bytes = (len(packed_table) + len(packed_alpha) + len(packed_indices) + 3 * CHUNK_OVERHEAD
                            + sum(length + CHUNK_OVERHEAD for (_, length), _ in coded))
@@ -186,15 +190,20 @@ class _Compressor:
         self.summary.images += len(group)
         self.summary.image_subpixels += sum(r.pixels.size for _, r in group if r.mode not in INDEX_MODES)
 
-    def _coder(self, store: _CodedBatches, colour: list, batches: list, group_bytes: int):
-        """What run_segments does per chain of batches: code them, keep their bytes in the store,
-        report progress."""
+    @staticmethod
+    def _coder(colour: list, keep):
+        """What run_segments does per chain of batches: code them, then ``keep`` them."""
         def code(segment_adapter: OnlineAdapter, chain: list) -> list:
-            coded = segment_adapter.encode_chain([gather(batch, colour) for batch in chain])
-            if self.progress:
-                self.progress(group_bytes * len(chain) / len(batches))  # progress counts input bytes
-            return [(store.put(data), stats) for data, stats in coded]
+            return keep(segment_adapter.encode_chain([gather(batch, colour) for batch in chain]))
         return code
+
+    def _keeper(self, store: _CodedBatches, batch_count: int, group_bytes: int):
+        """Keeps coded batches' bytes in the store and reports progress; returns [(where, stats)]."""
+        def keep(coded: list) -> list:
+            if self.progress:
+                self.progress(group_bytes * len(coded) / batch_count)  # progress counts input bytes
+            return [(store.put(data), stats) for data, stats in coded]
+        return keep
 
 
 def _channels(pixels, channels: slice):
@@ -232,12 +241,14 @@ _DEFAULT_ADAPTATION = AdaptationConfig()  # frozen, so one shared instance is sa
 
 def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
              adaptation: AdaptationConfig = _DEFAULT_ADAPTATION, progress: Progress | None = None,
-             warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1) -> Summary:
+             warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1,
+             cluster=None) -> Summary:
     """Archive the sources into ``output``.
 
     A source is a path (a directory contributes its contents, a file its name)
     or a (path, archive name) pair.  With segments, ``threads`` code them side
-    by side; the archive is the same for any number of threads.
+    by side, or ``cluster`` (osoa_zip.cluster.connect) codes them on a Dask
+    cluster; the archive is the same for any number of threads or workers.
     """
     started = time.perf_counter()
     try:
@@ -254,7 +265,7 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
         "engine": ENGINE,
         "adaptation": adaptation.to_header(),
     })
-    compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress, byte_exact, threads)
+    compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress, byte_exact, threads, cluster)
     for entry in entries:
         compressor.add(entry)
     compressor.flush_images()
