@@ -36,6 +36,7 @@ from .archive import (
     test_archive,
 )
 from .files.scan import SourceError, listed_name
+from .layout import ClusterError
 from .models.registry import DEFAULT_MODEL, available_models, recommended_learning_rate
 
 DATA_ERROR = 1
@@ -87,7 +88,7 @@ def _reported_errors():
         for reason in error.reasons[:-1]:
             click.echo(f"osoa-zip: error: {reason}", err=True)
         _fail(error.reasons[-1], DATA_ERROR)
-    except (ArchiveError, ModelError) as error:
+    except (ArchiveError, ModelError, ClusterError) as error:
         _fail(str(error), DATA_ERROR)
     except BrokenPipeError:
         # The reader went away (`osoa-zip list a.osoa | head`): end quietly, as a process

@@ -40,19 +40,13 @@ import numpy as np
 from . import __version__
 from .adapt.config import AdaptationConfig
 from .adapt.segments import split_runs
-from .layout import UsageError
+from .layout import ClusterError, UsageError
 
 INSTALL_HINT = "pip install 'osoa-zip[cluster]'"
 DEFAULT_TIMEOUT = 10.0  # seconds to reach the scheduler, and to see a worker
 RETRIES = 2             # reruns of a task that raised (worker loss is counted by the scheduler)
-# Tests only: with this set to a folder, every task writes DIR/started.PID and waits
-# for DIR/release, so that a test can kill the worker that is running it.
+# Tests only: a folder where tasks can be held (_wait_at_test_gate).
 TEST_GATE = "OSOA_ZIP_CLUSTER_TEST_GATE"
-
-
-class ClusterError(OSError):
-    """The cluster could not finish the work (workers lost too often, scheduler gone, a
-    worker that runs another osoa-zip)."""
 
 
 class DaskSegments:
@@ -116,7 +110,7 @@ class DaskSegments:
             return [], adapter
         common = {"version": __version__, "model": adapter.bundle.name, "sha256": adapter.bundle.sha256,
                   "adaptation": adapter.config.to_header()}
-        tag = f"osoa-zip-{task.__name__.strip('_')}-{uuid.uuid4().hex[:12]}"
+        tag = f"osoa-zip-{task.__name__.strip('_').replace('_', '-')}-{uuid.uuid4().hex[:12]}"
         window = max(2, 2 * sum(self.client.nthreads().values()))
         pending: deque = deque()
         results: list = []
@@ -148,8 +142,9 @@ class DaskSegments:
         try:
             outcome = future.result()
         except KilledWorker as error:
-            raise ClusterError(f"Dask workers died while coding a segment, more often than the scheduler "
-                               f"allows (distributed.scheduler.allowed-failures): {error}") from None
+            raise ClusterError(f"{error.allowed_failures + 1} Dask workers died while coding one segment, the "
+                               f"last {error.last_worker.address} (the scheduler's "
+                               f"distributed.scheduler.allowed-failures is {error.allowed_failures})") from None
         except (OSError, TimeoutError, CancelledError) as error:
             raise ClusterError(f"lost the Dask scheduler at {self.address}: {error}") from None
         finally:
@@ -225,8 +220,8 @@ def _on_worker(arguments: dict, code: Callable) -> dict:
     _wait_at_test_gate()
     try:
         if arguments["version"] != __version__:
-            raise ModelError(f"Dask worker {_worker_name()} runs osoa-zip {__version__}, this client "
-                             f"{arguments['version']}: install the same version everywhere")
+            raise ModelError(f"it runs osoa-zip {__version__}, this client {arguments['version']}: "
+                             f"install the same version everywhere")
         adapter = _adapter(arguments["model"], arguments["sha256"], arguments["adaptation"])
         adapter.import_state(arguments["state"])
         outcome = {"results": code(adapter, arguments)}
@@ -261,12 +256,14 @@ def _worker_name() -> str:
 
 
 def _wait_at_test_gate() -> None:
+    """Tests only (TEST_GATE): while DIR/hold exists, a task announces itself as
+    DIR/started.PID.N and waits, so that a test can kill its worker mid-task."""
     gate = os.environ.get(TEST_GATE)
-    if not gate:
+    if not gate or not os.path.exists(os.path.join(gate, "hold")):
         return
     with open(os.path.join(gate, f"started.{os.getpid()}.{uuid.uuid4().hex}"), "w"):
         pass
-    while not os.path.exists(os.path.join(gate, "release")):
+    while os.path.exists(os.path.join(gate, "hold")):
         time.sleep(0.05)
 
 
