@@ -93,10 +93,12 @@ def on_cluster(source, segments, config=CONFIG, model=MODEL) -> bytes:
     # Bits-back chains within runs (on images the tiny VAE codes smaller than their files).
     (VAE_MODEL, dataclasses.replace(VAE_ADAPTATION, segment_batches=5, chain_batches=3), None),
 ], ids=["segments", "segments-span-groups", "one-segment", "vae-chains"])
-def test_same_archive_as_two_threads_and_decodes_on_the_cluster(source, segments, tmp_path, monkeypatch,
+def test_same_archive_as_two_threads_and_decodes_on_the_cluster(source, source_tree, segments, tmp_path, monkeypatch,
                                                                  model, config, group_subpixels):
     if model == VAE_MODEL:
         source = _low_contrast_folder(tmp_path / "in")
+    elif not group_subpixels and config.segment_batches:
+        source = source_tree  # every kind of entry (general path, alpha, palettes, links) beside the images
     if group_subpixels:
         monkeypatch.setattr(osoa_zip.pack, "GROUP_SUBPIXELS", group_subpixels)
     archive = on_cluster(source, segments, config, model)
@@ -105,15 +107,15 @@ def test_same_archive_as_two_threads_and_decodes_on_the_cluster(source, segments
     assert_same_tree(source, tmp_path / "restored")
 
 
-def test_awkward_tree_round_trip_through_the_command_line(source_tree, local_cluster, tmp_path):
+def test_round_trip_through_the_command_line_and_pipes(source, local_cluster, tmp_path):
     """The way users run it, archive on standard output and read from standard input."""
     address = local_cluster.scheduler_address
-    written = run_cli("compress", "-q", "--dask", address, *CODING, source_tree, "-")
+    written = run_cli("compress", "-q", "--dask", address, *CODING, source, "-")
     assert written.returncode == 0, written.stderr
-    assert written.stdout == two_threads(source_tree)
+    assert written.stdout == two_threads(source)
     restored = run_cli("decompress", "-q", "--dask", address, "-", tmp_path / "out", stdin=written.stdout)
     assert restored.returncode == 0, restored.stderr
-    assert_same_tree(source_tree, tmp_path / "out")
+    assert_same_tree(source, tmp_path / "out")
 
 
 def test_state_carried_between_runs_is_exact(source):
