@@ -158,8 +158,14 @@ def connect(address: str, timeout: float = DEFAULT_TIMEOUT) -> DaskSegments:
     """A connection to the scheduler at ``address`` with at least one worker, or a UsageError."""
     try:
         from distributed import Client
+        from distributed.comm import get_address_host_port
     except ImportError:
         raise UsageError(f"--dask needs the cluster extra: {INSTALL_HINT}") from None
+    try:
+        get_address_host_port(address)  # checked first: a Client made from a bad address fails again at exit
+    except ValueError as error:
+        raise UsageError(f"--dask {address}: not a Dask scheduler address such as tcp://host:8786 ({error})") \
+            from None
     try:
         client = Client(address, timeout=timeout, set_as_default=False)
     except (OSError, TimeoutError, ValueError) as error:

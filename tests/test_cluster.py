@@ -270,6 +270,7 @@ def test_a_batch_that_does_not_decode_on_a_worker_is_named(source, segments, tmp
 @pytest.mark.parametrize("arguments, message", [
     (["-T", "2"], "--dask and -T do not combine"),
     (["--dask-timeout", "1", "--dask", "tcp://127.0.0.1:1"], "cannot reach the Dask scheduler at tcp://127.0.0.1:1"),
+    (["--dask", "localhost"], "--dask localhost: not a Dask scheduler address"),
 ])
 def test_usage_errors(source, tmp_path, arguments, message):
     dask = [] if "--dask" in arguments else ["--dask", "tcp://127.0.0.1:1"]
