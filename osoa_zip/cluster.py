@@ -52,8 +52,9 @@ TEST_GATE = "OSOA_ZIP_CLUSTER_TEST_GATE"
 class DaskSegments:
     """A connection to a Dask scheduler that codes runs of batches as tasks."""
 
-    def __init__(self, client, address: str) -> None:
+    def __init__(self, client, address: str, timeout: float = DEFAULT_TIMEOUT) -> None:
         self.client, self.address = client, address
+        self.timeout = timeout  # how long the cluster may have no worker at all before the run fails
 
     def close(self) -> None:
         self.client.close()
@@ -140,7 +141,7 @@ class DaskSegments:
         from distributed import KilledWorker
         from distributed.utils import CancelledError
         try:
-            outcome = future.result()
+            outcome = self._wait(future)
         except KilledWorker as error:
             raise ClusterError(f"{error.allowed_failures + 1} Dask workers died while coding one segment, the "
                                f"last {error.last_worker.address} (the scheduler's "
@@ -152,6 +153,22 @@ class DaskSegments:
         if "error" in outcome:
             raise _ERRORS[outcome["kind"]](outcome["error"])
         return outcome
+
+    def _wait(self, future):
+        """The future's result; a cluster left without any worker for ``timeout`` seconds is an
+        error (Dask itself would wait for workers forever)."""
+        alone_since = None
+        while True:
+            try:
+                return future.result(timeout=min(1.0, self.timeout))
+            except TimeoutError:
+                if self.client.nthreads():
+                    alone_since = None
+                elif alone_since is None:
+                    alone_since = time.monotonic()
+                elif time.monotonic() - alone_since >= self.timeout:
+                    raise ClusterError(f"the Dask cluster at {self.address} has had no worker for "
+                                       f"{self.timeout:g} s") from None
 
 
 def connect(address: str, timeout: float = DEFAULT_TIMEOUT) -> DaskSegments:
@@ -175,7 +192,7 @@ def connect(address: str, timeout: float = DEFAULT_TIMEOUT) -> DaskSegments:
     except (OSError, TimeoutError) as error:
         client.close()
         raise UsageError(f"the Dask cluster at {address} has no worker (waited {timeout:g} s: {error})") from None
-    return DaskSegments(client, address)
+    return DaskSegments(client, address, timeout)
 
 
 # -- on the worker --------------------------------------------------------------

@@ -32,8 +32,9 @@ from osoa_zip import cluster as dask_segments
 from osoa_zip import compress, decompress
 from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.adapt.engine import OnlineAdapter
-from osoa_zip.archive import ArchiveError, ModelError
+from osoa_zip.archive import ArchiveError, ModelError, UsageError
 from osoa_zip.container.format import ArchiveReader
+from osoa_zip.layout import ClusterError
 from osoa_zip.models.registry import load_model
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -297,3 +298,14 @@ def test_without_the_cluster_extra_the_error_names_the_install_command(source, t
     result = invoke("compress", "-q", "--dask", "tcp://127.0.0.1:1", *CODING, source, tmp_path / "out.osoa")
     assert_one_line_error(result, 2)
     assert "pip install 'osoa-zip[cluster]'" in result.stderr
+
+
+def test_a_cluster_without_workers_is_an_error_not_a_wait(source):
+    """At connection (a usage error), and while waiting for a task (a data error, not a hang)."""
+    with distributed.LocalCluster(n_workers=0, processes=False, protocol="tcp", dashboard_address=None) as empty:
+        with pytest.raises(UsageError, match="has no worker"):
+            dask_segments.connect(empty.scheduler_address, timeout=0.5)
+        with distributed.Client(empty.scheduler_address, set_as_default=False) as client:
+            segments = dask_segments.DaskSegments(client, empty.scheduler_address, timeout=0.5)
+            with pytest.raises(ClusterError, match="has had no worker for 0.5 s"):
+                compress([source], io.BytesIO(), model=MODEL, adaptation=CONFIG, cluster=segments)
