@@ -30,7 +30,9 @@ def run(arguments: list[str]) -> float:
     started = time.perf_counter()
     subprocess.run([sys.executable, "-m", "osoa_zip", *arguments], check=True, cwd=REPO,
                    env={**os.environ, "PYTHONPATH": str(REPO)})
-    return time.perf_counter() - started
+    seconds = time.perf_counter() - started
+    print(f"  {seconds:7.1f} s  osoa-zip {' '.join(arguments)}", file=sys.stderr, flush=True)
+    return seconds
 
 
 def main() -> None:

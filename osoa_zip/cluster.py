@@ -127,8 +127,9 @@ class DaskSegments:
         for k, run in enumerate(runs):
             if len(pending) >= window:
                 collect()
-            # The first run goes on from the caller's state; the others start segments (θ0).
-            start = adapter.export_state() if k == 0 else {"batches": adapter.batches_seen + run.start, "tracks": {}}
+            # The first run goes on from the caller's state, unless it starts a segment (θ0) as the others do.
+            going_on = k == 0 and not adapter.starts_segment()
+            start = adapter.export_state() if going_on else {"batches": adapter.batches_seen + run.start, "tracks": {}}
             arguments = {**common, **send(run), "state": start, "return_state": k == len(runs) - 1}
             pending.append((run, self.client.submit(task, arguments, key=f"{tag}-{k}", retries=RETRIES,
                                                     pure=False)))
