@@ -43,8 +43,15 @@ def run(arguments: list[str], workers: list[int]) -> tuple[float, float]:
 
 
 def _cpu(pids: list[int]) -> float:
+    """CPU seconds of the processes (a worker that was replaced counts from then on, and is named)."""
     import psutil
-    return sum(sum(psutil.Process(pid).cpu_times()[:2]) for pid in pids)
+    total = 0.0
+    for pid in pids:
+        try:
+            total += sum(psutil.Process(pid).cpu_times()[:2])
+        except psutil.NoSuchProcess:
+            print(f"  worker process {pid} is gone: its CPU time is not counted", file=sys.stderr, flush=True)
+    return total
 
 
 def main() -> None:
