@@ -44,6 +44,9 @@ from .layout import ClusterError, UsageError
 
 INSTALL_HINT = "pip install 'osoa-zip[cluster]'"
 DEFAULT_TIMEOUT = 10.0  # seconds to reach the scheduler, and to see a worker
+# Seconds a run waits while the cluster has no worker at all (a lone worker restarting
+# takes a while on a busy machine; Dask itself would wait forever).
+NO_WORKER_TIMEOUT = 300.0
 RETRIES = 2             # reruns of a task that raised (worker loss is counted by the scheduler)
 # Tests only: a folder where tasks can be held (_wait_at_test_gate).
 TEST_GATE = "OSOA_ZIP_CLUSTER_TEST_GATE"
@@ -52,9 +55,9 @@ TEST_GATE = "OSOA_ZIP_CLUSTER_TEST_GATE"
 class DaskSegments:
     """A connection to a Dask scheduler that codes runs of batches as tasks."""
 
-    def __init__(self, client, address: str, timeout: float = DEFAULT_TIMEOUT) -> None:
+    def __init__(self, client, address: str, no_worker_timeout: float = NO_WORKER_TIMEOUT) -> None:
         self.client, self.address = client, address
-        self.timeout = timeout  # how long the cluster may have no worker at all before the run fails
+        self.no_worker_timeout = no_worker_timeout
 
     def close(self) -> None:
         self.client.close()
@@ -156,20 +159,20 @@ class DaskSegments:
         return outcome
 
     def _wait(self, future):
-        """The future's result; a cluster left without any worker for ``timeout`` seconds is an
-        error (Dask itself would wait for workers forever)."""
+        """The future's result; a cluster left without any worker for ``no_worker_timeout``
+        seconds is an error (Dask itself would wait for workers forever)."""
         alone_since = None
         while True:
             try:
-                return future.result(timeout=min(1.0, self.timeout))
+                return future.result(timeout=min(1.0, self.no_worker_timeout))
             except TimeoutError:
                 if self.client.nthreads():
                     alone_since = None
                 elif alone_since is None:
                     alone_since = time.monotonic()
-                elif time.monotonic() - alone_since >= self.timeout:
+                elif time.monotonic() - alone_since >= self.no_worker_timeout:
                     raise ClusterError(f"the Dask cluster at {self.address} has had no worker for "
-                                       f"{self.timeout:g} s") from None
+                                       f"{self.no_worker_timeout:g} s") from None
 
 
 def connect(address: str, timeout: float = DEFAULT_TIMEOUT) -> DaskSegments:
@@ -193,7 +196,7 @@ def connect(address: str, timeout: float = DEFAULT_TIMEOUT) -> DaskSegments:
     except (OSError, TimeoutError) as error:
         client.close()
         raise UsageError(f"the Dask cluster at {address} has no worker (waited {timeout:g} s: {error})") from None
-    return DaskSegments(client, address, timeout)
+    return DaskSegments(client, address)
 
 
 # -- on the worker --------------------------------------------------------------

@@ -306,6 +306,6 @@ def test_a_cluster_without_workers_is_an_error_not_a_wait(source):
         with pytest.raises(UsageError, match="has no worker"):
             dask_segments.connect(empty.scheduler_address, timeout=0.5)
         with distributed.Client(empty.scheduler_address, set_as_default=False) as client:
-            segments = dask_segments.DaskSegments(client, empty.scheduler_address, timeout=0.5)
+            segments = dask_segments.DaskSegments(client, empty.scheduler_address, no_worker_timeout=0.5)
             with pytest.raises(ClusterError, match="has had no worker for 0.5 s"):
                 compress([source], io.BytesIO(), model=MODEL, adaptation=CONFIG, cluster=segments)
