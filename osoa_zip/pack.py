@@ -17,6 +17,7 @@ from typing import BinaryIO
 import numpy as np
 
 from . import __version__
+from .adapt.defaults import adaptation_for
 from .adapt.engine import AdaptationConfig, OnlineAdapter
 from .adapt.segments import run_segments
 from .container.format import ArchiveWriter, canonical_json
@@ -44,6 +45,7 @@ from .layout import (
     xz_filters,
 )
 from .models.registry import DEFAULT_MODEL, load_model
+from .pause import pause_point
 
 
 class _CodedBatches:
@@ -185,6 +187,7 @@ class _Compressor:
                 self.writer.write_chunk(b"PIDX", packed_indices)
             for where, stats in coded:
                 self.writer.write_chunk(b"BATC", store.get(where))
+                pause_point("compress-batch")  # test-only (pause.py)
                 self.summary.batches.append(stats)
                 self.summary.image_bits += stats.bits
         self.summary.images += len(group)
@@ -236,11 +239,8 @@ def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:
     return frozenset({(info.st_dev, info.st_ino)}) if stat.S_ISREG(info.st_mode) else frozenset()
 
 
-_DEFAULT_ADAPTATION = AdaptationConfig()  # frozen, so one shared instance is safe
-
-
 def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
-             adaptation: AdaptationConfig = _DEFAULT_ADAPTATION, progress: Progress | None = None,
+             adaptation: AdaptationConfig | None = None, progress: Progress | None = None,
              warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1,
              cluster=None) -> Summary:
     """Archive the sources into ``output``.
@@ -249,8 +249,11 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     or a (path, archive name) pair.  With segments, ``threads`` code them side
     by side, or ``cluster`` (osoa_zip.cluster.connect) codes them on a Dask
     cluster; the archive is the same for any number of threads or workers.
+    Settings that ``adaptation`` leaves unset (or all, if None) are the model's
+    defaults.
     """
     started = time.perf_counter()
+    adaptation = adaptation_for(model, adaptation)
     try:
         entries = scan(list(sources), warn, _identity(output))
     except SourceError as error:
