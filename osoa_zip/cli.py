@@ -423,8 +423,9 @@ def info_command(archive) -> None:
 
 @main.command("pretrain")
 @click.argument("data", type=click.Path(exists=True, path_type=Path))
-@click.option("--family", type=click.Choice(["flow", "vae"]), default="flow", show_default=True,
-              help="Integer discrete flow, or VAE coded with bits-back ANS.")
+@click.option("--family", metavar="NAME", default="flow", show_default=True,
+              help="Model family: flow (integer discrete flow), vae (VAE coded with bits-back ANS), or another "
+                   "registered one (docs/MODELS.md).")
 @click.option("-o", "--output", type=click.Path(path_type=Path), required=True,
               help="Checkpoint to write, e.g. models/my-model (its manifest is updated beside it).")
 @click.option("--steps", type=click.IntRange(1, None), default=4000, show_default=True, help="Optimiser steps.")

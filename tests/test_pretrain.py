@@ -76,9 +76,8 @@ def test_fine_tuning_cannot_change_the_width(tmp_path):
 
 
 def test_a_new_flow_gets_the_default_models_architecture():
-    from osoa_zip.models.pretrain import DEFAULT_CONFIGS
-    from osoa_zip.models.registry import DEFAULT_MODEL, load_model
-    assert DEFAULT_CONFIGS["flow"] == load_model(DEFAULT_MODEL).config
+    from osoa_zip.models.registry import DEFAULT_MODEL, family_class, load_model
+    assert family_class("flow").default_config == load_model(DEFAULT_MODEL).config
 
 
 def test_fine_tuning_can_turn_a_single_logistic_flow_into_a_mixture(tmp_path, monkeypatch):

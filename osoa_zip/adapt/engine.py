@@ -24,12 +24,15 @@ coding) is still decoded: release 1.0.0 wrote it.  It is no longer written
 because undoing updates cost more later than it saved (measured in
 benchmarks/guard_variants.py).
 
-The model family (``bundle.family``) picks the coder of a batch: the flow
+The engine knows a model only through its family's contract
+(models/protocol.py, ``CodingModel``): the family gives the coders (the flow
 queues its symbols and lays them on a fresh ANS stack at the end; the VAE
-pushes and pops one stack as it goes (bits-back, coding/bitsback.py).
-A batch is one independent byte string, except that the VAE lays up to
-``chain_batches`` consecutive batches on one stack (format 1.4, see
-``encode_chain``): the decoder keeps that stack open across them.
+pushes and pops one stack as it goes, bits-back, coding/bitsback.py), the
+loss, the parameters that adapt and what the engine may do with it.
+A batch is one independent byte string, except that a family that chains
+batches (the VAE) lays up to ``chain_batches`` consecutive batches on one
+stack (format 1.4, see ``encode_chain``): the decoder keeps that stack open
+across them.
 """
 from __future__ import annotations
 
@@ -42,8 +45,6 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from ..coding.ans import Decoder, Encoder
-from ..coding.bitsback import StackCoder
 from ..exact import ENGINE
 from ..exact.optim import ExactAdam
 from ..models.registry import FlowBundle
@@ -70,8 +71,8 @@ PROBE_MARGIN = 0.01
 # layers, was 0.2% larger with it, so the wider margin stays for "all" and "bias").
 PROBE_MARGIN_LAST_LAYERS = 0.0025
 MAX_PROBE_GAP = 8
-# Bits-back models (the VAE) compare θ0 on every batch: their adaptation swings more from
-# batch to batch (a single ELBO sample, all layers), and their forward pass is cheap.  With
+# Families with ``guard_every_batch`` (the VAE) compare θ0 on every batch: their adaptation
+# swings more from batch to batch (a single ELBO sample, all layers), and their forward pass is cheap.  With
 # the back-off, vae-hier-v3 on photos768 coded one batch 6.7% larger than θ0 right after the
 # adapted model had won by 2%, and the set 0.18% larger than --no-adapt.
 PROBE_MARGIN_BITS_BACK = math.inf
@@ -79,10 +80,6 @@ PROBE_MARGIN_BITS_BACK = math.inf
 
 class BatchError(ValueError):
     """A batch's flags or data cannot be replayed."""
-
-
-# family -> (encoder for a new batch, decoder of a batch's bytes)
-CODERS = {"flow": (Encoder, Decoder), "vae": (StackCoder, StackCoder)}
 
 
 @dataclass
@@ -106,7 +103,7 @@ class _Choice:
     flags: int
     adapting: bool
     loss: torch.Tensor | None
-    factors: object  # what the flow pushes (None: the model codes the pixels itself)
+    factors: object  # what the model pushes (None: the model codes the pixels itself)
 
 
 @dataclass
@@ -123,7 +120,7 @@ class _Planned:
 class _OpenChain:
     """Decoder: the stack of a chain being decoded, and how many of its batches are still to come."""
 
-    coder: StackCoder
+    coder: object  # the family's decoder, a stack (chains_batches)
     remaining: int
 
 
@@ -188,8 +185,6 @@ def _tensor_state(values: dict, like: list) -> tuple:
 
 def _select_parameters(network: torch.nn.Module, selection: str) -> None:
     """Freeze what the selection leaves out (frozen layers cost no weight gradients)."""
-    if not hasattr(network, "adaptable_parameters"):
-        return  # a model without selections (the VAE) adapts everything, whatever the selection
     chosen = network.adaptable_parameters(selection)
     for name, parameter in network.named_parameters():
         parameter.requires_grad_(name in chosen)
@@ -199,11 +194,9 @@ class OnlineAdapter:
     """Holds θ_t per channel count and the optimiser state; one per archive."""
 
     def __init__(self, bundle: FlowBundle, config: AdaptationConfig) -> None:
-        if bundle.family not in CODERS:
-            raise ValueError(f"unknown model family {bundle.family!r}")
         self.config = adaptation_for(bundle.name, config)  # validated by AdaptationConfig itself
         self._bundle = bundle
-        self._new_encoder, self._new_decoder = CODERS[bundle.family]
+        self._family = bundle.family_class
         self._tracks: dict[int, _Track] = {}
         self._batches = 0
         self._helper: ThreadPoolExecutor | None = None
@@ -260,7 +253,7 @@ class OnlineAdapter:
         optimizer = ExactAdam(network.parameters(), self.config.learning_rate,
                               (self.config.beta1, self.config.beta2), self.config.epsilon)
         margin = PROBE_MARGIN_LAST_LAYERS if selection == "last" else PROBE_MARGIN
-        if self._new_encoder is StackCoder:
+        if self._family.guard_every_batch:
             margin = PROBE_MARGIN_BITS_BACK
         return _Track(network, optimizer, probe_margin=margin)
 
@@ -330,7 +323,7 @@ class OnlineAdapter:
             # Detached factors: the entropy coder can run while the update changes the weights.
             stream = self._beside(self._push, choice.network, choice.factors)
         else:
-            encoder = self._new_encoder()
+            encoder = self._family.new_encoder()
             choice.network.encode(choice.pixels, encoder)  # the model codes as it goes: before any update
             stream = _Done(encoder.finish())
         if choice.adapting:
@@ -341,19 +334,20 @@ class OnlineAdapter:
     @property
     def chain_length(self) -> int:
         """How many consecutive batches ``encode_chain`` lays on one stack (1: each its own)."""
-        return self.config.chain_batches if self._new_encoder is StackCoder else 1
+        return self.config.chain_batches if self._family.chains_batches else 1
 
     def encode_chain(self, batches: list[np.ndarray]) -> list[tuple[bytes, BatchStatistics]]:
         """Code consecutive batches of one segment, as ``encode`` does one by one.
 
-        A bits-back model (the VAE) lays them on one stack, so that only the
-        batch coded first pays for its latents without bits back.  The stack
-        is last-in-first-out and the decoder meets the batches first to last,
-        so the batches are coded last to first, each with the weights it was
-        to be coded with: the encoder keeps one copy of the weights per batch
-        of the chain (its memory is bounded by the chain's length).  The first
-        batch's chunk holds the whole stream (FLAG_CHAIN_HEAD and the chain's
-        length); the others hold their flags alone (FLAG_CHAINED).
+        A family that chains batches (the VAE, bits-back) lays them on one
+        stack, so that only the batch coded first pays for its latents without
+        bits back.  The stack is last-in-first-out and the decoder meets the
+        batches first to last, so the batches are coded last to first, each
+        with the weights it was to be coded with: the encoder keeps one copy of
+        the weights per batch of the chain (its memory is bounded by the
+        chain's length).  The first batch's chunk holds the whole stream
+        (FLAG_CHAIN_HEAD and the chain's length); the others hold their flags
+        alone (FLAG_CHAINED).
         """
         if len(batches) > self.chain_length:
             raise ValueError(f"a chain of {len(batches)} batches is longer than chain_batches")
@@ -371,7 +365,7 @@ class OnlineAdapter:
             if choice.adapting:
                 self._adapt(choice.track, choice.pixels, choice.loss)
             planned.append(_Planned(choice, weights, time.perf_counter() - started))
-        coder, scratch = StackCoder(), {}
+        coder, scratch = self._family.new_encoder(), {}
         for index in reversed(range(len(planned))):
             started = time.perf_counter()
             batch = planned[index]
@@ -435,10 +429,8 @@ class OnlineAdapter:
 
     @staticmethod
     def _analyse(network, pixels: torch.Tensor, with_loss: bool):
-        """(loss or None, factors to push or None): one pass where the model offers it (the flow)."""
-        if hasattr(network, "analyse"):
-            return network.analyse(pixels, with_loss=with_loss)
-        return (network.nll(pixels) if with_loss else None), None
+        """(loss or None, factors to push or None): CodingModel.analyse."""
+        return network.analyse(pixels, with_loss=with_loss)
 
     def _beside(self, function, *arguments):
         """Run ``function`` on this adapter's helper thread (the second core); returns a future."""
@@ -452,7 +444,7 @@ class OnlineAdapter:
             return cls._analyse(network, pixels, True)
 
     def _push(self, network, factors) -> bytes:
-        encoder = self._new_encoder()
+        encoder = self._family.new_encoder()
         network.push(factors, encoder)
         return encoder.finish()
 
@@ -494,14 +486,13 @@ class OnlineAdapter:
                 raise BatchError("a batch gives up adaptation it cannot give up")
             track.gave_up = True
         adapting = self._will_adapt(track)
-        chained = {} if initial else {"initial": False}  # only bits-back models chain
         if flags & FLAG_PRETRAINED or track.gave_up:
-            pixels, loss = self._bundle.network(channels).decode(decoder, shape, **chained), None
-        elif adapting and hasattr(track.network, "decode_with_loss"):
-            # the decoding pass also starts the first step, as on the encoder
-            pixels, loss = track.network.decode_with_loss(decoder, shape)
+            pixels, loss = self._bundle.network(channels).decode(decoder, shape, initial), None
+        elif adapting:
+            # the decoding pass may also start the first step, as on the encoder
+            pixels, loss = track.network.decode_with_loss(decoder, shape, initial)
         else:
-            pixels, loss = track.network.decode(decoder, shape, **chained), None
+            pixels, loss = track.network.decode(decoder, shape, initial), None
         if self._chain is None:
             decoder.check_finished()
         else:
@@ -526,11 +517,11 @@ class OnlineAdapter:
             return self._chain.coder, self._chain.remaining == 1
         self.end_run()  # a batch that does not continue the open chain ends it early
         if not flags & FLAG_CHAIN_HEAD:
-            return self._new_decoder(payload[1:]), True
+            return self._family.new_decoder(payload[1:]), True
         length = declared_chain_length(payload)
-        if self._new_decoder is not StackCoder or not 2 <= length <= self.config.chain_batches:
+        if not self._family.chains_batches or not 2 <= length <= self.config.chain_batches:
             raise BatchError(f"a chain of {length} batches is not allowed here")
-        coder = self._new_decoder(payload[1 + CHAIN_LENGTH_BYTES:])
+        coder = self._family.new_decoder(payload[1 + CHAIN_LENGTH_BYTES:])
         self._chain = _OpenChain(coder, length)
         return coder, False
 

@@ -8,6 +8,15 @@ queue (and memory) is bounded by one batch.
 
 Only integer-valued probability tables and integer uniform models reach the
 coder: constriction's parametric models call the platform's libm.
+
+A symbol of a categorical row costs the coder only its interval in
+constriction's 24-bit quantization of the row, so ``push_intervals`` takes
+each symbol's cumulative counts (before it, through it) and the row's total
+and length, and codes the same interval with a three-bin row whose
+quantization is exact: the same bytes as ``push_categorical`` on the whole
+row, without building the row.  ``quantized_intervals`` is that
+quantization, replayed in integer-exact float64 (tests/test_coder_speed_paths.py
+checks it against constriction).
 """
 from __future__ import annotations
 
@@ -15,6 +24,44 @@ import constriction
 import numpy as np
 
 _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
+PRECISION = 24  # constriction's default ANS coder: 32-bit words, 24-bit probabilities
+_ONE = 1 << PRECISION
+
+
+def quantized_intervals(before: np.ndarray, through: np.ndarray, total: np.ndarray, size: np.ndarray,
+                        symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(start, end) of each symbol's interval out of 2**24, as Categorical(perfect=False) codes it.
+
+    Row i has ``size[i]`` integer counts summing to ``total[i]``; ``before[i]`` and
+    ``through[i]`` are its counts summed up to and through symbol ``symbols[i]``.
+    constriction (a lazy categorical model, 0.4 and 0.5) gives symbol s the interval
+    [floor(before * scale) + s, floor(through * scale) + s + 1) with scale =
+    (2**24 - size) / total, and the last symbol an end of 2**24.  Every count and sum
+    is an integer below 2**53, so the float64 sums are exact on any machine and the
+    product is one correctly rounded IEEE operation, as in constriction.
+    """
+    scale = (_ONE - size).astype(np.float64) / total.astype(np.float64)
+    start = (before.astype(np.float64) * scale).astype(np.int64) + symbols
+    end = np.where(symbols == size - 1, _ONE, (through.astype(np.float64) * scale).astype(np.int64) + symbols + 1)
+    return start, end
+
+
+def three_bin_rows(start: np.ndarray, end: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(symbols, rows): three-bin rows of total 2**24 - 3 under which each symbol's quantized
+    interval is exactly [start, end) (scale 1, so the quantization adds only the symbol's index).
+
+    The middle bin carries the interval; one that starts at 0 is the first bin, one that
+    ends at 2**24 the last (the lazy model's last symbol always ends there; it must then
+    start at 2 or later).
+    """
+    width = end - start
+    symbols = np.where(start == 0, 0, np.where(end == _ONE, 2, 1))
+    first = np.where(symbols == 0, width - 1, np.where(symbols == 1, start - 1, start - 2))
+    middle = np.where(symbols == 1, width - 1, 0)
+    rows = np.empty((len(start), 3), dtype=np.float64)
+    rows[:, 0], rows[:, 1] = first, middle
+    rows[:, 2] = (_ONE - 3) - first - middle
+    return symbols.astype(np.int32), rows
 
 
 class CorruptStream(ValueError):
@@ -30,6 +77,26 @@ class Encoder:
         if len(symbols):
             self._queue.append((np.ascontiguousarray(symbols, dtype=np.int32), _CATEGORICAL,
                                 np.ascontiguousarray(counts, dtype=np.float64)))
+
+    def push_intervals(self, symbols: np.ndarray, before: np.ndarray, through: np.ndarray,
+                       total: np.ndarray, size: np.ndarray) -> None:
+        """Code each symbol as ``push_categorical`` would under its row, from the row's cumulative
+        counts alone (``quantized_intervals``): the same bytes, O(1) per symbol."""
+        if len(symbols):
+            if not (total > 0).all():  # as constriction refuses such a row
+                raise ValueError("a probability row sums to zero")
+            start, end = quantized_intervals(before, through, total, size, symbols)
+            # Three bins cannot give [1, 2**24) (a two-symbol row's last symbol after a first
+            # of width 1): such symbols go as two-bin rows, in order with the others.
+            two_bins = (start == 1) & (end == _ONE)
+            cuts = np.nonzero(np.diff(two_bins))[0] + 1
+            for first, last in zip(np.concatenate([[0], cuts]), np.concatenate([cuts, [len(start)]])):
+                if two_bins[first]:
+                    rows = np.tile([0.0, _ONE - 2.0], (last - first, 1))
+                    self._queue.append((np.ones(last - first, dtype=np.int32), _CATEGORICAL, rows))
+                else:
+                    three, rows = three_bin_rows(start[first:last], end[first:last])
+                    self._queue.append((three, _CATEGORICAL, rows))
 
     def push_uniform(self, symbols: np.ndarray, size: int) -> None:
         if len(symbols):

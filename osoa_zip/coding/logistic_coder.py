@@ -115,9 +115,74 @@ def _windows(tables: LogisticTables) -> _Windows:
     return _WINDOWS[tables]
 
 
+class _WindowRows:
+    """The window rows of one bucket's members, looked up only when needed.
+
+    ``counts`` and ``cdf`` are the bucket's tables (``_Windows``), ``which`` the
+    members' rows in them, ``fold`` None or the bounds' window positions (first,
+    last) for edge bins (``_fold``).  The decoder needs the rows; the encoder needs
+    only each symbol's cumulative counts, two CDF edges of its row (``push``).
+    """
+
+    def __init__(self, counts: np.ndarray, cdf: np.ndarray, which: np.ndarray, fold: tuple | None = None) -> None:
+        self.table, self.cdf, self.which, self.fold = counts, cdf, which, fold
+
+    def counts(self, escape: bool = True) -> np.ndarray:
+        """The members' rows: 2W+1 window bins, then (``escape``) the escape."""
+        rows = self.table[self.which]
+        if self.fold is not None:
+            rows = _fold(rows, self.cdf, self.which, *self.fold)
+        return rows if escape else np.ascontiguousarray(rows[:, :-1])
+
+    def push(self, encoder: Encoder, symbols: np.ndarray, escape: bool = True) -> None:
+        """Queue the members' symbols under their rows: the same bytes as
+        ``encoder.push_categorical(symbols, self.counts(escape))``.
+
+        A row's bins telescope: the counts before window bin s sum to CDF(s) - CDF(0)
+        (the CDF at the bins' edges), the escape is what the window leaves of CDF_ONE.
+        """
+        if self.fold is not None:
+            self._push_folded(encoder, symbols)
+            return
+        width = self.cdf.shape[1] - 1  # window bins
+        at_zero = self.cdf[self.which, 0]
+        before = self.cdf[self.which, symbols] - at_zero
+        through = self.cdf[self.which, np.minimum(symbols + 1, width)] - at_zero
+        if escape:
+            total = np.full(len(symbols), CDF_ONE)
+            through = np.where(symbols == width, total, through)
+        else:
+            total = self.cdf[self.which, width] - at_zero
+        encoder.push_intervals(symbols, before, through, total, np.full(len(symbols), width + escape))
+
+    def _push_folded(self, encoder: Encoder, symbols: np.ndarray) -> None:
+        """``push`` for rows with edge bins (``_fold``), escape included.
+
+        Bins outside [lo, hi] (the bounds' positions inside the window) are empty; the
+        lower bound's bin starts at CDF 0 (sums from there are CDF(s), not CDF(s) - CDF(0));
+        the upper bound's bin ends at CDF_ONE, so every sum past it is CDF_ONE less what
+        lies before its first bin (all of the bin's mass when it is also the lower bound's,
+        which gives it CDF_ONE - CDF(upper) as ``_fold`` does).
+        """
+        first, last = self.fold
+        width = self.cdf.shape[1] - 1
+        cdf = lambda position: self.cdf[self.which, np.clip(position, 0, width)]  # noqa: E731
+        lo, hi = np.maximum(first, 0), np.minimum(last, width - 1)
+        high = last < width
+        base = np.where(first >= 0, 0.0, cdf(0))
+        after = np.where(high, np.where(last > lo, CDF_ONE - base, CDF_ONE - cdf(last)), cdf(width) - base)
+
+        def before_bin(position):
+            return np.where(position <= lo, 0.0, np.where(position <= hi, cdf(position) - base, after))
+
+        total = before_bin(width) + base + np.where(high, 0.0, CDF_ONE - cdf(width))
+        through = np.where(symbols == width, total, before_bin(symbols + 1))
+        encoder.push_intervals(symbols, before_bin(symbols), through, total, np.full(len(symbols), width + 1))
+
+
 def _plan(tables: LogisticTables, means: list[torch.Tensor], log_scales: list[torch.Tensor],
           bounds: list[tuple] | None = None):
-    """Yield (members, half_width, counts, low, in_range) per factor and window bucket, in coding order.
+    """Yield (members, half_width, rows, low, in_range) per factor and window bucket, in coding order.
 
     Factors in list order, each bucket by bucket, members in flat order;
     ``members`` index the factors' latents flattened and concatenated, and
@@ -125,7 +190,8 @@ def _plan(tables: LogisticTables, means: list[torch.Tensor], log_scales: list[to
     mean's offset from the window centre to 1/OFFSET_STEPS of a pixel and the
     log-scale to LOG_SCALE_STEP: the loss is far below a thousandth of a bit,
     and latents then share a few hundred distinct tables (``_Windows``), each
-    computed once per model.  All factors' keys are computed in one pass
+    computed once per model; ``rows`` (``_WindowRows``) gives the members' rows or
+    codes their symbols from the tables.  All factors' keys are computed in one pass
     (elementwise, so each value is what a pass over one factor would give).
 
     ``bounds``: per factor, () or (lower, upper) tensors shaped like its mean
@@ -161,12 +227,12 @@ def _plan(tables: LogisticTables, means: list[torch.Tensor], log_scales: list[to
             which = (offset_index[members] * count + (row[members] - first)).numpy()
             low = centre[members] - half_width
             if lower is None:
-                yield members, half_width, counts[which], low, None
+                yield members, half_width, _WindowRows(counts, cdf, which), low, None
                 continue
             low_bound, high_bound = lower[members].numpy(), upper[members].numpy()
             start_at = low.numpy()
-            rows = _fold(counts[which], cdf, which, (low_bound - start_at).astype(np.int64),
-                         (high_bound - start_at).astype(np.int64))
+            rows = _WindowRows(counts, cdf, which, ((low_bound - start_at).astype(np.int64),
+                                                    (high_bound - start_at).astype(np.int64)))
             yield (members, half_width, rows, low,
                    lambda values, lo=low_bound, hi=high_bound: bool(((values >= lo) & (values <= hi)).all()))
 
@@ -177,14 +243,14 @@ def push_factors(encoder: Encoder, tables: LogisticTables, factors: list) -> Non
     if not factors:
         return
     flat = torch.cat([f[0].reshape(-1) for f in factors]).to(torch.float64)
-    for members, half_width, counts, low, in_range in _plan(tables, [f[1] for f in factors],
-                                                            [f[2] for f in factors], [f[3:] for f in factors]):
+    for members, half_width, rows, low, in_range in _plan(tables, [f[1] for f in factors],
+                                                          [f[2] for f in factors], [f[3:] for f in factors]):
         if in_range is not None and not in_range(flat[members].numpy()):
             raise ValueError("latent outside its bounds")
         offset = (flat[members] - low).numpy().astype(np.int64)
         escaped = (offset < 0) | (offset > 2 * half_width)
         symbols = np.where(escaped, 2 * half_width + 1, offset)
-        encoder.push_categorical(symbols, counts)
+        rows.push(encoder, symbols)
         raw = flat[members].numpy()[escaped].astype(np.int64) + ESCAPE_OFFSET
         if raw.size and (raw.min() < 0 or raw.max() >= ESCAPE_SIZE):
             raise ValueError("latent outside the escape range")
@@ -197,25 +263,25 @@ def push_factor(encoder: Encoder, tables: LogisticTables, values: torch.Tensor,
         push_factors(encoder, tables, [(values, mean, log_scale)])
         return
     flat = values.reshape(-1).to(torch.float64)
-    for members, half_width, counts, low, _ in _plan(tables, [mean], [log_scale]):
+    for members, half_width, rows, low, _ in _plan(tables, [mean], [log_scale]):
         offset = (flat[members] - low).numpy().astype(np.int64)
         if ((offset < 0) | (offset > 2 * half_width)).any():
             raise CorruptStream("latent outside its window (a window without escape)")
-        encoder.push_categorical(offset, np.ascontiguousarray(counts[:, :-1]))
+        rows.push(encoder, offset, escape=False)
 
 
 def pop_factor(decoder: Decoder, tables: LogisticTables, mean: torch.Tensor,
                log_scale: torch.Tensor, escape: bool = True, bounds: tuple = ()) -> torch.Tensor:
     """Decode one factor; ``bounds`` = (lower, upper) for edge bins (only with escape)."""
     flat = torch.empty(mean.numel(), dtype=torch.float64)
-    for members, half_width, counts, low, in_range in _plan(tables, [mean], [log_scale], [bounds]):
+    for members, half_width, rows, low, in_range in _plan(tables, [mean], [log_scale], [bounds]):
         if not escape:  # the window's bins alone: the same masses, no escape column
-            symbols = decoder.pop_categorical(np.ascontiguousarray(counts[:, :-1])).astype(np.int64)
+            symbols = decoder.pop_categorical(rows.counts(escape=False)).astype(np.int64)
             if symbols.size != members.numel():
                 raise CorruptStream("coded data ended early")
             flat[members] = low + torch.from_numpy(symbols).to(torch.float64)
             continue
-        symbols = decoder.pop_categorical(counts).astype(np.int64)
+        symbols = decoder.pop_categorical(rows.counts()).astype(np.int64)
         if symbols.size != members.numel():
             raise CorruptStream("coded data ended early")
         escaped = symbols == 2 * half_width + 1

@@ -57,6 +57,8 @@ RANGE_SIZE = 256
 REACH = 384
 _CELLS_PER_BLOCK = 1 << 20  # rows are built in blocks of about this many bins (memory)
 MERGE_BELOW = 64  # a window bucket with fewer latents joins the next wider one
+_SIZES = np.array(BUCKETS + (RANGE_SIZE,))  # the window of each bucket; the last: none fits
+_LATENTS_PER_BLOCK = 16384  # the encoder's temporaries per block stay in the CPU's cache
 
 
 class _ComponentRows:
@@ -83,6 +85,7 @@ class _ComponentRows:
         self.cdf = np.zeros((OFFSET_STEPS * self.scale_rows, self.WIDTH), dtype=np.float64)  # integers
         self.filled = np.zeros(OFFSET_STEPS * self.scale_rows, dtype=bool)
         self._stretches: dict[int, np.ndarray] = {}
+        self.flat = self.cdf.reshape(-1)  # a view
 
     def stretches(self, width: int) -> np.ndarray:
         """Every ``width``-long stretch of the flat table: row i starts at flat position i (a view)."""
@@ -125,10 +128,10 @@ def _component_rows(tables: LogisticTables) -> _ComponentRows:
 
 
 class _Latents:
-    """Everything the rows of some latents need, as numpy arrays.
+    """Everything the rows of some latents need, as numpy arrays, components first (K x n).
 
-    Takes K x ... tensors (components first, as the models give them) and keeps each
-    latent's components side by side (latents x K), so that picking latents is a row gather.
+    Computed in blocks of _LATENTS_PER_BLOCK latents so that the temporaries stay in
+    the CPU's cache; every value is what one elementwise pass over all latents gives.
     """
 
     def __init__(self, tables: LogisticTables, means, log_scales, logits, lower, upper) -> None:
@@ -142,49 +145,96 @@ class _Latents:
             raise ValueError(f"a latent's range is wider than {RANGE_SIZE} values")
         if tables.exp is None:
             raise ValueError("these tables have no exp table (the model has no mixtures)")
-        # The exact core's lookups (LogisticTables.mixture_weights / scale_index), in numpy.
-        relative = np.clip(logits - logits.max(axis=0, keepdims=True), -EXP_RANGE, 0.0)
-        weights = tables.exp.numpy()[((relative + EXP_RANGE) * 2 ** ACT_FRAC_BITS).astype(np.int64)]
-        scale_index = (np.clip(log_scales, LOG_SCALE_MIN, LOG_SCALE_MAX) - LOG_SCALE_MIN) * 2 ** ACT_FRAC_BITS
-        rows = _component_rows(tables)
-        scale_row = np.floor(scale_index / LOG_SCALE_STEP).astype(np.int64)
-        centre = np.floor(means + 0.5)
-        offset = np.floor((means - centre + 0.5) * OFFSET_STEPS).astype(np.int64)
-        row = offset * rows.scale_rows + scale_row
-        rows.ensure(row.reshape(-1))
-        self.rows = rows
-        # Per latent, its components side by side (rows_for picks latents): the weights, the
-        # centres and where each component's CDF row sits in the flat table.
-        self.weights = np.ascontiguousarray(weights.T)
-        self.weight = self.weights.sum(axis=1)
-        self.centre = np.ascontiguousarray(centre.T.astype(np.int64))
-        self.row_start = np.ascontiguousarray((row * rows.WIDTH + REACH).T)
-        # Stage 1's window: around the heaviest component (ties: the first), inside the range.
-        top = np.argmax(weights, axis=0)[None, :]
-        self.bucket = rows.bucket[np.take_along_axis(scale_row, top, 0)[0]]
-        self.middle = np.take_along_axis(centre, top, 0)[0].astype(np.int64)
+        self.rows = rows = _component_rows(tables)
+        n = self.lower.size
+        # Per component: its integer weight e_k, where its CDF row's centre sits in the flat
+        # table, and its centre; per latent: the weights' sum, and stage 1's bucket and
+        # middle from the heaviest component (ties: the first).
+        self.weights = np.empty((k, n))
+        self.row_start = np.empty((k, n), dtype=np.int64)
+        self.centre = np.empty((k, n), dtype=np.int64)
+        self.weight = np.empty(n)
+        self.bucket = np.empty(n, dtype=np.int64)
+        self.middle = np.empty(n, dtype=np.int64)
+        exp = tables.exp.numpy()
+        for first in range(0, n, _LATENTS_PER_BLOCK):
+            part = slice(first, first + _LATENTS_PER_BLOCK)
+            # The exact core's lookups (LogisticTables.mixture_weights / scale_index), in numpy;
+            # (x * 2**8) / 8 is x * 32 exactly, and a non-negative value's floor is its truncation.
+            largest = logits[0, part].copy()
+            for component in range(1, k):
+                np.maximum(largest, logits[component, part], out=largest)
+            relative = logits[:, part] - largest
+            np.clip(relative, -EXP_RANGE, 0.0, out=relative)
+            relative += EXP_RANGE
+            relative *= 2 ** ACT_FRAC_BITS
+            weights = exp[relative.astype(np.int64)]
+            scale_row = np.clip(log_scales[:, part], LOG_SCALE_MIN, LOG_SCALE_MAX)
+            scale_row -= LOG_SCALE_MIN
+            scale_row *= 2 ** ACT_FRAC_BITS / LOG_SCALE_STEP
+            scale_row = scale_row.astype(np.int64)
+            centre = np.floor(means[:, part] + 0.5)
+            offset = means[:, part] - centre
+            offset += 0.5
+            offset *= OFFSET_STEPS
+            row = np.floor(offset).astype(np.int64)
+            if row.size and (row.min() < 0 or row.max() >= OFFSET_STEPS):  # only off the activation grid
+                raise ValueError("a mixture mean is not on the activation grid")
+            row *= rows.scale_rows
+            row += scale_row
+            rows.ensure(row.reshape(-1))
+            row *= rows.WIDTH
+            row += REACH
+            self.row_start[:, part] = row
+            self.centre[:, part] = centre
+            self.weights[:, part] = weights
+            top = np.zeros(weights.shape[1], dtype=np.int64)
+            heaviest = weights[0].copy()
+            total = weights[0].copy()
+            for component in range(1, k):
+                heavier = weights[component] > heaviest
+                top[heavier] = component
+                np.maximum(heaviest, weights[component], out=heaviest)
+                total += weights[component]
+            self.weight[part] = total
+            at_top = top * weights.shape[1] + np.arange(weights.shape[1])
+            self.bucket[part] = rows.bucket[scale_row.reshape(-1)[at_top]]
+            self.middle[part] = self.centre[:, part].reshape(-1)[at_top]
 
-    def window_start(self, pick: np.ndarray, size: int) -> np.ndarray:
-        """The first value of the ``size``-wide windows of latents ``pick`` (inside their range)."""
+    def window_start(self, pick, size) -> np.ndarray:
+        """The first value of the ``size``-wide windows of latents ``pick`` (inside their range;
+        ``size`` one for all or one per latent)."""
         return np.maximum(np.minimum(self.middle[pick] - (size - 1) // 2, self.upper[pick] - size + 1),
                           self.lower[pick])
 
     def rows_for(self, pick: np.ndarray, start: np.ndarray, size: int) -> np.ndarray:
-        """Counts of ``size`` bins from ``start`` and then the escape, for latents ``pick``.
+        """Counts of ``size`` bins from ``start`` and then the escape, for latents ``pick``."""
+        return self.rows_of(self.arrays_for(pick, start), size)
+
+    def arrays_for(self, pick, start: np.ndarray) -> tuple:
+        """What ``rows_of`` needs of latents ``pick`` whose windows start at ``start``."""
+        return (self.stretch_starts(pick, start), self.weights[:, pick], start, self.lower[pick], self.upper[pick],
+                self.weight[pick])
+
+    def rows_of(self, arrays: tuple, size: int) -> np.ndarray:
+        """Counts of ``size`` bins and then the escape, for latents given by ``arrays_for``.
 
         float64 throughout: every value is an integer below 2**53 (weights < 2**17,
         CDFs < 2**25, at most 8 components), so every product and sum is exact."""
-        if len(pick) * (size + 1) > _CELLS_PER_BLOCK and len(pick) > 1:
-            half = len(pick) // 2
-            return np.concatenate([self.rows_for(pick[:half], start[:half], size),
-                                   self.rows_for(pick[half:], start[half:], size)])
-        lower, upper, weight = self.lower[pick], self.upper[pick], self.weight[pick]
-        first = self.row_start[pick] + np.clip(start[:, None] - self.centre[pick], -REACH, REACH)
+        first, weights, start, lower, upper, weight = arrays
+        n = len(start)
+        if n * (size + 1) > _CELLS_PER_BLOCK and n > 1:
+            half = n // 2
+            return np.concatenate([self.rows_of(tuple(a[..., :half] for a in arrays), size),
+                                   self.rows_of(tuple(a[..., half:] for a in arrays), size)])
         # sum_k e_k CDF_k at the bin edges; each component's stretch of CDF is contiguous in
         # the table, so it is one row of a sliding-window view (a copy, not a gather per bin).
-        mixture = np.einsum("nk,nkj->nj", self.weights[pick], self.rows.stretches(size + 1)[first])
+        stretches = self.rows.stretches(size + 1)
+        mixture = stretches[first[0]] * weights[0][:, None]
+        for component in range(1, len(first)):
+            mixture += stretches[first[component]] * weights[component][:, None]
         total = weight * CDF_ONE
-        counts = np.empty((len(pick), size + 1), dtype=np.float64)
+        counts = np.empty((n, size + 1), dtype=np.float64)
         np.subtract(mixture[:, 1:], mixture[:, :-1], out=counts[:, :size])
         counts[:, :size] += weight[:, None]
         below, above = mixture[:, 0].copy(), total - mixture[:, size]  # the mass outside the window
@@ -217,26 +267,96 @@ class _Latents:
         rows[(position >= first) & (position < first + window_size[:, None])] = 0.0
         return np.ascontiguousarray(rows)
 
+    # -- the encoder's path: a symbol's cumulative counts from a few edges, not its row --
 
-def _buckets(latents: _Latents, index: np.ndarray) -> list:
-    """[(window size, members in coding order)] for the latents ``index`` (one factor).
+    def stretch_starts(self, pick, start: np.ndarray) -> np.ndarray:
+        """Where each component's CDF stretch for windows starting at ``start`` begins in the
+        flat table (K x n; a component's centre at most REACH bins away, as ``rows_for``)."""
+        first = start - self.centre[:, pick]
+        np.clip(first, -REACH, REACH, out=first)
+        first += self.row_start[:, pick]
+        return first
 
-    A bucket with fewer than MERGE_BELOW members joins the next larger one in use
-    (wider windows, fewer calls): a rule on counts both sides know.
-    """
-    bucket = latents.bucket[index]
-    order = np.argsort(bucket, kind="stable")
-    bounds = np.searchsorted(bucket[order], np.arange(len(BUCKETS) + 2))
-    groups, carried = [], []
-    for b in range(len(BUCKETS) + 1):
-        members = order[bounds[b]:bounds[b + 1]]
-        if not members.size:
-            continue
-        carried.append(members)
-        if sum(part.size for part in carried) >= MERGE_BELOW or bounds[b + 1] == len(order):
-            groups.append((BUCKETS[b] if b < len(BUCKETS) else RANGE_SIZE, index[np.sort(np.concatenate(carried))]))
-            carried = []
-    return groups
+    def mixture_at(self, pick, first: np.ndarray, edge) -> np.ndarray:
+        """sum_k e_k CDF_k at bin edge ``edge`` of latents ``pick`` whose stretches start at
+        ``first`` (``stretch_starts``): the value ``rows_for`` holds in that column, without
+        the rest of the row."""
+        values = self.rows.flat.take(first + edge)
+        values *= self.weights[:, pick]
+        return values.sum(axis=0)
+
+    def window_intervals(self, pick, start: np.ndarray, size: np.ndarray,
+                         symbols: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(before, through, total) of ``symbols`` in the rows ``rows_for(pick, start, size)``
+        builds (``size`` per latent; the escape is symbol ``size``), from four edges per latent.
+
+        The sum of a row's counts before bin j telescopes: sum_k e_k CDF_k at edge j, less
+        the CDF at the window's lower edge unless that went to the first bin (lower
+        bound), plus j floors of ``weight``; beyond the upper bound's bin it stays at its
+        value there.  The same integers as summing the row (all exact in float64).
+        """
+        lower, upper, weight = self.lower[pick], self.upper[pick], self.weight[pick]
+        first = self.stretch_starts(pick, start)
+        total_mass = weight * CDF_ONE
+        past_upper = start + size > upper
+        last = np.where(past_upper, upper - start, size)
+        at_lower_edge = self.mixture_at(pick, first, 0)
+        at_upper_edge = self.mixture_at(pick, first, size)
+        base = np.where(start <= lower, 0.0, at_lower_edge)
+        beyond = total_mass - base + (last + 1) * weight
+
+        def before_edge(j, at_j):
+            return np.where(j == 0, 0.0, np.where(j <= last, at_j - base + j * weight, beyond))
+
+        inside = np.minimum(start + size - 1, upper) - start + 1
+        above = np.where(past_upper, 0.0, total_mass - at_upper_edge)
+        total = before_edge(size, at_upper_edge) + base + above + weight * ((upper - lower + 1) - inside)
+        before = before_edge(symbols, self.mixture_at(pick, first, symbols))
+        through = np.where(symbols == size, total,
+                           before_edge(symbols + 1, self.mixture_at(pick, first, np.minimum(symbols + 1, size))))
+        return before, through, total
+
+    def range_intervals(self, pick: np.ndarray, window_start: np.ndarray, window_size: np.ndarray,
+                        values: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(before, through, total) of ``values`` in the rows ``range_rows`` builds (RANGE_SIZE bins)."""
+        lower, upper, weight = self.lower[pick], self.upper[pick], self.weight[pick]
+        last = upper - lower  # the range row starts at the lower bound and ends past the upper one
+        beyond = weight * CDF_ONE + (last + 1) * weight
+
+        first = self.stretch_starts(pick, lower)
+
+        def before_edge(j):  # the counts of the row before zeroing, before bin j
+            return np.where(j == 0, 0.0, np.where(j <= last, self.mixture_at(pick, first, j) + j * weight, beyond))
+
+        zero_from = window_start - lower
+        zero_to = np.minimum(zero_from + window_size, RANGE_SIZE)
+        window_from, window_to = before_edge(zero_from), before_edge(zero_to)
+
+        def zeroed_before(j):  # minus the zeroed bins before bin j
+            at_j = before_edge(j)
+            return at_j - (np.where(j <= zero_from, window_from, np.where(j >= zero_to, window_to, at_j)) - window_from)
+
+        position = values - lower
+        return zeroed_before(position), zeroed_before(position + 1), beyond - (window_to - window_from)
+
+
+def _closing_buckets(counts: np.ndarray) -> np.ndarray:
+    """Per factor (row of ``counts``: its latents per bucket, the range last), the bucket whose
+    window each bucket's latents use: their own, or the next one in use where a group reaches
+    MERGE_BELOW latents or the factor's last bucket in use."""
+    closing = np.zeros(counts.shape, dtype=np.int64)
+    for factor, row in enumerate(counts.tolist()):
+        carried, waiting, remaining = 0, [], sum(row)
+        for b, count in enumerate(row):
+            if not count:
+                continue
+            carried += count
+            remaining -= count
+            waiting.append(b)
+            if carried >= MERGE_BELOW or not remaining:
+                closing[factor, waiting] = b
+                carried, waiting = 0, []
+    return closing
 
 
 def push_mixture_factors(encoder: Encoder, tables: LogisticTables, factors: list) -> None:
@@ -251,53 +371,64 @@ def push_mixture_factors(encoder: Encoder, tables: LogisticTables, factors: list
     values = torch.cat([f[0].reshape(-1) for f in factors]).to(torch.float64).numpy().astype(np.int64)
     if ((values < latents.lower) | (values > latents.upper)).any():
         raise ValueError("latent outside its bounds")
-    ends = np.cumsum([0] + [f[0].numel() for f in factors])
-    plan = [_buckets(latents, np.arange(first, last)) for first, last in zip(ends[:-1], ends[1:])]
-    # Every window row of one size, for all factors at once (rows_at: a latent's row there).
-    size_of, start = np.empty(len(values), dtype=np.int64), np.empty(len(values), dtype=np.int64)
-    for groups in plan:
-        for size, members in groups:
-            size_of[members] = size
-    rows_by_size, rows_at = {}, np.empty(len(values), dtype=np.int64)
-    for size in np.unique(size_of):
-        members = np.nonzero(size_of == size)[0]
-        start[members] = latents.window_start(members, int(size))
-        rows_by_size[int(size)] = latents.rows_for(members, start[members], int(size))
-        rows_at[members] = np.arange(members.size)
-    offset = values - start
-    escaped = (offset < 0) | (offset >= size_of)
+    n, groups = len(values), len(BUCKETS) + 1
+    factor = np.repeat(np.arange(len(factors)), [f[0].numel() for f in factors])
+    closing = _closing_buckets(np.bincount(factor * groups + latents.bucket, minlength=len(factors) * groups)
+                               .reshape(len(factors), groups))
+    group = closing[factor, latents.bucket]
+    size = _SIZES[group]
+    before, through, total = np.empty(n), np.empty(n), np.empty(n)
+    symbols, escaped = np.empty(n, dtype=np.int64), np.empty(n, dtype=bool)
+    for first in range(0, n, _LATENTS_PER_BLOCK):
+        part = slice(first, first + _LATENTS_PER_BLOCK)
+        start = latents.window_start(part, size[part])
+        offset = values[part] - start
+        escaped[part] = (offset < 0) | (offset >= size[part])
+        symbols[part] = np.where(escaped[part], size[part], offset)
+        before[part], through[part], total[part] = latents.window_intervals(part, start, size[part], symbols[part])
     chosen = np.nonzero(escaped)[0]
-    range_rows = latents.range_rows(chosen, start[chosen], size_of[chosen])
-    range_at = np.empty(len(values), dtype=np.int64)
-    range_at[chosen] = np.arange(chosen.size)
-    for groups in plan:  # the decoder's order: a factor's windows bucket by bucket, then its escapes
-        for size, members in groups:
-            encoder.push_categorical(np.where(escaped[members], size, offset[members]),
-                                     rows_by_size[size][rows_at[members]])
-        out = np.concatenate([members[escaped[members]] for _, members in groups])
-        if out.size:
-            encoder.push_categorical(values[out] - latents.lower[out], range_rows[range_at[out]])
+    start = latents.window_start(chosen, size[chosen])
+    range_coded = latents.range_intervals(chosen, start, size[chosen], values[chosen])
+    # The decoder's order: per factor, its windows group by group (latents in flat order),
+    # then its escapes in the same order; a stable sort of windows then escapes by
+    # (factor, escape or not, group) gives it.
+    key = np.concatenate([factor * 2 * groups + group, (factor * 2 * groups + groups + group)[chosen]])
+    order = np.argsort(key.astype(np.int16) if key.max() < 2 ** 15 else key, kind="stable")
+    encoder.push_intervals(np.concatenate([symbols, values[chosen] - latents.lower[chosen]])[order],
+                           np.concatenate([before, range_coded[0]])[order],
+                           np.concatenate([through, range_coded[1]])[order],
+                           np.concatenate([total, range_coded[2]])[order],
+                           np.concatenate([size + 1, np.full(chosen.size, RANGE_SIZE)])[order])
 
 
 def pop_mixture_factor(decoder: Decoder, tables: LogisticTables, means, log_scales, logits, lower,
                        upper) -> torch.Tensor:
     """Decode one factor coded by ``push_mixture_factors``; shaped like ``lower``."""
     latents = _Latents(tables, means, log_scales, logits, lower, upper)
+    groups = len(BUCKETS) + 1
+    group = _closing_buckets(np.bincount(latents.bucket, minlength=groups)[None, :])[0][latents.bucket]
+    # Every window in coding order at once (group by group, flat order inside a group), so
+    # that each group's arrays are slices.
+    order = np.argsort(group.astype(np.int16), kind="stable")
+    bounds = np.searchsorted(group[order], np.arange(groups + 1))
+    size = _SIZES[group[order]]
+    start = latents.window_start(order, size)
+    arrays = latents.arrays_for(order, start)
     values = np.empty(lower.numel(), dtype=np.int64)
-    escaped_members, escaped_starts, escaped_sizes = [], [], []
-    for size, members in _buckets(latents, np.arange(lower.numel())):
-        start = latents.window_start(members, size)
-        symbols = decoder.pop_categorical(latents.rows_for(members, start, size)).astype(np.int64)
-        if symbols.size != members.size:
+    escaped = np.zeros(len(order), dtype=bool)
+    for b in range(groups):
+        part = slice(bounds[b], bounds[b + 1])
+        if part.start == part.stop:
+            continue
+        window_size = int(_SIZES[b])
+        symbols = decoder.pop_categorical(latents.rows_of(tuple(a[..., part] for a in arrays), window_size))
+        if symbols.size != part.stop - part.start:
             raise CorruptStream("coded data ended early")
-        escaped = symbols == size
-        values[members] = start + symbols
-        escaped_members.append(members[escaped])
-        escaped_starts.append(start[escaped])
-        escaped_sizes.append(np.full(int(escaped.sum()), size))
-    out = np.concatenate(escaped_members)
-    if out.size:
-        rows = latents.range_rows(out, np.concatenate(escaped_starts), np.concatenate(escaped_sizes))
+        escaped[part] = symbols == window_size
+        values[order[part]] = start[part] + symbols
+    if escaped.any():
+        out = order[escaped]
+        rows = latents.range_rows(out, start[escaped], size[escaped])
         positions = decoder.pop_categorical(rows).astype(np.int64)
         if positions.size != out.size:
             raise CorruptStream("coded data ended early")

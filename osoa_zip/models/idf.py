@@ -70,6 +70,7 @@ from ..exact.fixed import quantize_activation, round_to_integer
 from ..exact.layers import ConvStack
 from ..exact.logistic import LogisticTables, mixture_nll_bits, nll_bits
 from .mixture import extra_outputs, mixture_components
+from .protocol import CodingModel, register_family
 
 CONTEXT_SCALE = 1.0 / 64.0  # pixels enter the networks in [-2, 2)
 PIXEL_CENTER = 128.0
@@ -159,8 +160,22 @@ class LevelPredictor(nn.Module):
         self.centres = ConvStack(3 * channels, hidden, (3 + extra) * channels + coefficients, depth)
 
 
-class SubLatticeFlow(nn.Module):
-    """The flow for images of one channel count (1 = L, 3 = RGB)."""
+@register_family("flow", architecture="sublattice-idf")
+class SubLatticeFlow(CodingModel):
+    """The flow for images of one channel count (1 = L, 3 = RGB).
+
+    Checkpoints without a ``family`` key are flows (models/registry.py).  Each
+    batch is its own stream (no chains): ``analyse`` gives detached factors, so
+    the engine codes them while it adapts, and the decoding pass is ``nll``'s
+    forward pass (``decode_with_loss``).
+    """
+
+    config_keys = frozenset({"hidden", "depth", "levels", "channel_coupling", "mean_remainder", "deep_levels",
+                             "edge_bins", "mixture_components"})
+    # A new flow gets the shipped default's architecture (v6: cross-channel couplings,
+    # deep levels, edge bins, three-logistic mixtures).
+    default_config = {"hidden": 48, "depth": 3, "levels": 3, "channel_coupling": True, "mean_remainder": True,
+                      "deep_levels": True, "edge_bins": True, "mixture_components": 3}
 
     def __init__(self, channels: int, hidden: int, depth: int, levels: int, channel_coupling: bool = False,
                  mean_remainder: bool = False, deep_levels: bool = False, edge_bins: bool = False,
@@ -185,6 +200,27 @@ class SubLatticeFlow(nn.Module):
         self.final_mean = nn.Parameter(torch.zeros(channels))
         self.final_log_scale = nn.Parameter(torch.full((channels,), 3.5))
         self.tables: LogisticTables | None = None
+
+    @classmethod
+    def from_config(cls, channels: int, config: dict) -> "SubLatticeFlow":
+        """``channel_coupling`` and ``mean_remainder`` (v2) add cross-channel
+        conditioning to the RGB network (the gray one is unaffected);
+        ``deep_levels`` (v3) takes the sub-lattice levels down to 1 x 1;
+        ``edge_bins`` (v4) gives the pixel range's tails to the edge bins;
+        ``mixture_components`` (v6) makes every sub-lattice factor a mixture of
+        that many logistics.  Configs without them (v1, the tiny test model)
+        build exactly the networks they always did."""
+        return cls(channels, config["hidden"], config["depth"], config["levels"],
+                   channel_coupling=bool(config.get("channel_coupling", False)),
+                   mean_remainder=bool(config.get("mean_remainder", False)),
+                   deep_levels=bool(config.get("deep_levels", False)),
+                   edge_bins=bool(config.get("edge_bins", False)),
+                   mixture_components=int(config.get("mixture_components", 1)))
+
+    def mixture_layers(self) -> list[tuple[nn.Module, int]]:
+        """Every coupling's last layer: the edges predict two sub-lattices, the centres one."""
+        return [(stack.convs[-1], groups * self.channels) for level in self.levels
+                for stack, groups in ((level.edges, 2), (level.centres, 1))]
 
     # -- the one traversal ---------------------------------------------------
     def adaptable_parameters(self, selection: str) -> set[str]:
@@ -349,15 +385,16 @@ class SubLatticeFlow(nn.Module):
             push_factors(encoder, self.tables, factors)
 
     @torch.no_grad()
-    def encode(self, pixels: torch.Tensor, encoder) -> None:
+    def encode(self, pixels: torch.Tensor, encoder, initial: bool = True) -> None:
+        """Queue a batch on ``encoder`` (flows never chain: ``initial`` is always True)."""
         self.push(self.analyse(pixels, with_loss=False)[1], encoder)
 
     @torch.no_grad()
-    def decode(self, decoder, shape) -> torch.Tensor:
+    def decode(self, decoder, shape, initial: bool = True) -> torch.Tensor:
         return self._decode(decoder, shape, with_loss=False)[0]
 
     @torch.enable_grad()
-    def decode_with_loss(self, decoder, shape) -> tuple[torch.Tensor, torch.Tensor]:
+    def decode_with_loss(self, decoder, shape, initial: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
         """Decode a batch and return (pixels, the differentiable ``nll`` of them).
 
         The decoding pass is the forward pass of ``nll`` on the decoded

@@ -18,20 +18,18 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file, save_file
 
-from .registry import CHANNEL_PREFIXES, MANIFEST, ModelError, available_models, build_networks, load_model
+from .registry import (
+    CHANNEL_PREFIXES,
+    MANIFEST,
+    ModelError,
+    available_models,
+    build_networks,
+    families,
+    family_class,
+    load_model,
+)
 from .training import evaluate, export, spread_mixture, train, warm_start
 
-# A new flow gets the shipped default's architecture (v6: cross-channel couplings,
-# deep levels, edge bins, three-logistic mixtures), a new VAE vae-hier-v3's (a
-# three-logistic mixture likelihood, a top latent level of 8 channels); fine-tuning
-# (--init-from) keeps the starting model's own, except that --mixture-components may
-# turn a single-logistic model into a mixture (as v6 was made from v5), warm-started
-# at its own likelihood.
-DEFAULT_CONFIGS = {
-    "flow": {"hidden": 48, "depth": 3, "levels": 3, "channel_coupling": True, "mean_remainder": True,
-             "deep_levels": True, "edge_bins": True, "mixture_components": 3},
-    "vae": {"family": "vae", "hidden": 48, "latent_channels": 16, "mixture_components": 3, "top_latent_channels": 8},
-}
 IMAGE_SUFFIXES = (".png", ".bmp", ".ppm", ".pgm", ".tif", ".tiff", ".jpg", ".jpeg", ".webp")
 
 
@@ -78,6 +76,8 @@ def collect_tiles(data: Path, tile_size: int, crops_per_image: int, seed: int) -
 def pretrain(data: Path, output: Path, settings: PretrainSettings, init_from: str | None = None,
              description: str = "", log: Callable[[str], None] = print) -> str:
     """Train (or resume), export ``output`` (.safetensors) and register it; return its SHA-256."""
+    if settings.family not in families():
+        raise ValueError(f"--family {settings.family}: this version knows {', '.join(families())}")
     output = output.with_suffix(".safetensors")
     name = output.stem
     if name in available_models():
@@ -87,9 +87,13 @@ def pretrain(data: Path, output: Path, settings: PretrainSettings, init_from: st
     if not tiles:
         raise ValueError(f"{data}: no images of at least {settings.tile_size}x{settings.tile_size} pixels")
     start = load_model(init_from) if init_from else None
-    if start is not None and start.config.get("family", "flow") != settings.family:
-        raise ModelError(f"{init_from} is a {start.config.get('family', 'flow')} model, not {settings.family}")
-    config = dict(start.config if start is not None else DEFAULT_CONFIGS[settings.family])
+    if start is not None and start.family != settings.family:
+        raise ModelError(f"{init_from} is a {start.family} model, not {settings.family}")
+    # A new model gets its family's default architecture (models/protocol.py); fine-tuning
+    # (--init-from) keeps the starting model's own, except that --mixture-components may
+    # turn a single-logistic model into a mixture (as v6 was made from v5), warm-started
+    # at its own likelihood.
+    config = dict(start.config if start is not None else family_class(settings.family).default_config)
     if settings.hidden and settings.hidden != config["hidden"]:
         if start is not None:
             raise ValueError(f"--hidden {settings.hidden}: {init_from} has {config['hidden']} hidden channels "

@@ -3,9 +3,11 @@
 A checkpoint is one safetensors file holding a network per channel count
 (``gray.*`` for L, ``rgb.*`` for RGB) plus the integer tables of the exact
 core (``tables.*``); its metadata holds the architecture as JSON, whose
-``family`` key names the kind of network: absent or ``flow`` for the
-sub-lattice flow (models/idf.py), ``vae`` for the bits-back VAE
-(models/vae.py).  The manifest (``models/manifest.json``) maps each name to
+``family`` key names the model family (models/protocol.py) that builds the
+networks: absent or ``flow`` for the sub-lattice flow (models/idf.py), ``vae``
+for the bits-back VAE (models/vae.py).  A family registers itself with
+``@register_family`` when its module is imported; this module imports every
+family it ships.  The manifest (``models/manifest.json``) maps each name to
 its file and hash.
 Archives record name and hash, so a decoder loads exactly the weights the
 encoder used or refuses with a clear message.
@@ -24,19 +26,16 @@ from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
 from ..exact.logistic import LogisticTables
-from .idf import SubLatticeFlow
-from .vae import ConvVAE
+from . import idf, vae  # noqa: F401  (each module registers its family)
+from .protocol import CodingModel, register_family, registered_families
 
 MANIFEST = "manifest.json"
 CHANNEL_PREFIXES = {1: "gray", 3: "rgb"}
 # v6 since release 1.5: 1-3% smaller than v5 everywhere, and with the faster mixture
 # coder and larger grey batches above 0.25 MB/s both ways on the speed folders.
 DEFAULT_MODEL = "idf-sublattice-v6"
-# Architecture keys this version understands; a checkpoint naming another one
-# was made by a newer version and is refused rather than misread.
-CONFIG_KEYS = {"hidden", "depth", "levels", "channel_coupling", "mean_remainder", "family", "latent_channels",
-               "deep_levels", "edge_bins", "mixture_components", "top_latent_channels"}
-FAMILIES = ("flow", "vae")
+# The family of a config without a ``family`` key (every flow checkpoint since v1).
+LEGACY_FAMILY = "flow"
 
 
 class ModelError(Exception):
@@ -82,6 +81,24 @@ def sha256_file(path: Path) -> str:
     return digest.hexdigest()
 
 
+def family_of(config: dict) -> str:
+    """The family a checkpoint config names."""
+    return config.get("family", LEGACY_FAMILY)
+
+
+def families() -> list[str]:
+    """The names of the families this version knows (registered with ``@register_family``), sorted."""
+    return sorted(registered_families())
+
+
+def family_class(name: str) -> type[CodingModel]:
+    """The class of a family name (models/protocol.py)."""
+    try:
+        return registered_families()[name]
+    except KeyError:
+        raise ModelError(f"unknown model family {name!r} (this version knows {', '.join(families())})") from None
+
+
 @dataclass
 class FlowBundle:
     """The networks of one checkpoint, one per channel count, sharing tables."""
@@ -89,51 +106,29 @@ class FlowBundle:
     name: str
     sha256: str
     config: dict
-    networks: dict[int, SubLatticeFlow | ConvVAE]
+    networks: dict[int, CodingModel]
 
     @property
     def family(self) -> str:
-        """``flow`` or ``vae``: how batches are coded (archives record it in HEAD)."""
-        return self.config.get("family", "flow")
+        """The family's name (``flow``, ``vae``, ...): archives record it in HEAD."""
+        return family_of(self.config)
 
-    def network(self, channels: int) -> SubLatticeFlow | ConvVAE:
+    @property
+    def family_class(self) -> type[CodingModel]:
+        """The family's class: what it allows the engine (chains, the guard's back-off) and its coders."""
+        return family_class(self.family)
+
+    def network(self, channels: int) -> CodingModel:
         try:
             return self.networks[channels]
         except KeyError:
             raise ModelError(f"model {self.name} has no network for {channels}-channel images") from None
 
 
-def build_networks(config: dict) -> dict[int, SubLatticeFlow | ConvVAE]:
-    """The networks a config describes.
-
-    ``family: vae`` gives the bits-back VAE (``hidden``, ``latent_channels``,
-    ``mixture_components`` for a mixture likelihood with edge bins, and
-    ``top_latent_channels`` for a second, top latent level).
-
-    ``channel_coupling`` and ``mean_remainder`` (v2) add cross-channel
-    conditioning to the RGB network (the gray one is unaffected);
-    ``deep_levels`` (v3) takes the sub-lattice levels down to 1 x 1;
-    ``edge_bins`` (v4) gives the pixel range's tails to the edge bins;
-    ``mixture_components`` (v6) makes every sub-lattice factor a mixture of
-    that many logistics.  Configs
-    without them (v1, the tiny test model) build exactly the networks they
-    always did.
-    """
-    family = config.get("family", "flow")
-    if family == "vae":
-        return {channels: ConvVAE(channels, config["hidden"], config["latent_channels"],
-                                  mixture_components=int(config.get("mixture_components", 1)),
-                                  top_latent_channels=int(config.get("top_latent_channels", 0)))
-                for channels in CHANNEL_PREFIXES}
-    if family != "flow":
-        raise ModelError(f"unknown model family {family!r} (this version knows {', '.join(FAMILIES)})")
-    return {channels: SubLatticeFlow(channels, config["hidden"], config["depth"], config["levels"],
-                                     channel_coupling=bool(config.get("channel_coupling", False)),
-                                     mean_remainder=bool(config.get("mean_remainder", False)),
-                                     deep_levels=bool(config.get("deep_levels", False)),
-                                     edge_bins=bool(config.get("edge_bins", False)),
-                                     mixture_components=int(config.get("mixture_components", 1)))
-            for channels in CHANNEL_PREFIXES}
+def build_networks(config: dict) -> dict[int, CodingModel]:
+    """The networks a config describes, built by its family's ``from_config``."""
+    cls = family_class(family_of(config))
+    return {channels: cls.from_config(channels, config) for channels in CHANNEL_PREFIXES}
 
 
 def load_model(name: str, expected_sha256: str | None = None) -> FlowBundle:
@@ -161,7 +156,7 @@ def load_checkpoint(path: Path, name: str, sha256: str) -> FlowBundle:
     with safe_open(str(path), framework="pt") as reader:
         metadata = reader.metadata() or {}
     config = json.loads(metadata["config"])
-    unknown = set(config) - CONFIG_KEYS
+    unknown = set(config) - family_class(family_of(config)).config_keys - {"family"}
     if unknown:
         raise ModelError(f"model {name!r} needs architecture features this version lacks: {sorted(unknown)}")
     tables = LogisticTables.from_tensors({key.split(".", 1)[1]: value for key, value in tensors.items()
@@ -176,7 +171,7 @@ def load_checkpoint(path: Path, name: str, sha256: str) -> FlowBundle:
     return FlowBundle(name=name, sha256=sha256, config=config, networks=networks)
 
 
-def save_checkpoint(path: Path, config: dict, networks: dict[int, SubLatticeFlow]) -> str:
+def save_checkpoint(path: Path, config: dict, networks: dict[int, CodingModel]) -> str:
     """Write weights (float32) and integer tables; return the file's SHA-256."""
     mixture = int(config.get("mixture_components", 1)) > 1
     tensors = {f"tables.{key}": value for key, value in LogisticTables.build(mixture=mixture).items()}
@@ -187,3 +182,9 @@ def save_checkpoint(path: Path, config: dict, networks: dict[int, SubLatticeFlow
     # weights must always give the same file (and SHA-256).
     save_file(tensors, str(path), metadata={"config": json.dumps(config, sort_keys=True)})
     return sha256_file(path)
+
+
+__all__ = ["CHANNEL_PREFIXES", "DEFAULT_MODEL", "MANIFEST", "CodingModel", "FlowBundle", "ModelError",
+           "available_models", "build_networks", "families", "family_class", "family_of", "load_checkpoint",
+           "load_model", "model_dirs", "recommended_learning_rate", "register_family", "save_checkpoint",
+           "sha256_file"]

@@ -18,9 +18,15 @@ import numpy as np
 import torch
 
 from ..exact.logistic import LogisticTables
-from .idf import SubLatticeFlow
 from .mixture import extra_outputs
-from .registry import CHANNEL_PREFIXES, build_networks, save_checkpoint
+from .registry import (
+    CHANNEL_PREFIXES,
+    CodingModel,
+    build_networks,
+    family_class,
+    family_of,
+    save_checkpoint,
+)
 
 
 def batches(tiles: np.ndarray, batch_size: int, rng: np.random.Generator):
@@ -49,7 +55,7 @@ def mixed_batches(sources: list[np.ndarray], batch_sizes: list[int], weights: li
         yield next(streams[int(rng.choice(len(streams), p=p))])
 
 
-def evaluate(network: SubLatticeFlow, tiles: np.ndarray, batch_size: int = 64) -> float:
+def evaluate(network: CodingModel, tiles: np.ndarray, batch_size: int = 64) -> float:
     """Bits per sub-pixel of the float model on held-out tiles."""
     total = 0.0
     with torch.no_grad():
@@ -59,10 +65,10 @@ def evaluate(network: SubLatticeFlow, tiles: np.ndarray, batch_size: int = 64) -
     return total / tiles.size
 
 
-def train(network: SubLatticeFlow, tiles: np.ndarray | list[np.ndarray], steps: int,
+def train(network: CodingModel, tiles: np.ndarray | list[np.ndarray], steps: int,
           batch_size: int | list[int] = 32, lr: float = 2e-3, seed: int = 0, log=print, on_checkpoint=None,
           checkpoint_every: int = 500, validation: np.ndarray | dict[str, np.ndarray] | None = None,
-          mix: list[float] | None = None) -> SubLatticeFlow:
+          mix: list[float] | None = None) -> CodingModel:
     """Adam with a cosine schedule; ``on_checkpoint(step)`` runs every checkpoint_every steps.
 
     ``tiles`` may be a list of arrays of different tile shapes, drawn per batch
@@ -104,15 +110,14 @@ def train(network: SubLatticeFlow, tiles: np.ndarray | list[np.ndarray], steps: 
     return network
 
 
-def export(path: Path, config: dict, networks: dict[int, SubLatticeFlow], manifest: Path, name: str,
+def export(path: Path, config: dict, networks: dict[int, CodingModel], manifest: Path, name: str,
            description: str, extra: dict) -> str:
     """Write the checkpoint and (re)register it in the manifest; return its hash."""
     digest = save_checkpoint(path, config, networks)
     entries = json.loads(manifest.read_text()) if manifest.is_file() else {"models": {}}
-    family = config.get("family", "flow")
+    family = family_of(config)
     entries["models"][name] = {
-        "file": path.name, "sha256": digest, "family": family,
-        "architecture": {"flow": "sublattice-idf", "vae": "conv-vae-bitsback"}[family],
+        "file": path.name, "sha256": digest, "family": family, "architecture": family_class(family).architecture,
         "config": config, "description": description,
         "parameters": sum(p.numel() for n in networks.values() for p in n.parameters()), **extra}
     manifest.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
@@ -120,7 +125,7 @@ def export(path: Path, config: dict, networks: dict[int, SubLatticeFlow], manife
 
 
 @torch.no_grad()
-def warm_start(network: SubLatticeFlow, state: dict[str, torch.Tensor], new_prefixes: tuple[str, ...] = ()
+def warm_start(network: CodingModel, state: dict[str, torch.Tensor], new_prefixes: tuple[str, ...] = ()
                ) -> list[str]:
     """Load weights of a smaller-output ancestor (e.g. v1 into v2); return the widened keys.
 
@@ -168,17 +173,13 @@ def spread_mixture(network, widened: list[str], seed: int = 0) -> int:
     ``warm_start`` leaves the rows it appended zero, which makes every extra
     component a copy of component 0 (the same likelihood, but the copies would
     get the same gradients forever).  Their biases are set from MIXTURE_START
-    and their weights get small random values.  Works for the flow (every
-    coupling's last layer) and the VAE (the generative network's last layer).
-    Returns the number of layers changed.
+    and their weights get small random values.  The layers are the family's
+    ``mixture_layers`` (the flow: every coupling's last layer; the VAE: the
+    generative network's last layer).  Returns the number of layers changed.
     """
     if network.components == 1:
         return 0
-    if isinstance(network, SubLatticeFlow):
-        layers = [(stack.convs[-1], groups * network.channels) for level in network.levels
-                  for stack, groups in ((level.edges, 2), (level.centres, 1))]
-    else:
-        layers = [(network.generative[-1], network.channels)]
+    layers = network.mixture_layers()
     generator = torch.Generator().manual_seed(seed)
     changed = 0
     for conv, predicted in layers:

@@ -59,6 +59,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from ..coding.ans import Encoder
+from ..coding.bitsback import StackCoder
 from ..coding.logistic_coder import pop_factor, push_factor
 from ..coding.mixture_coder import pop_mixture_factor, push_mixture_factors
 from ..exact.fixed import quantize_activation
@@ -66,6 +67,7 @@ from ..exact.layers import ExactConv2d, leaky_relu
 from ..exact.logistic import LOG_SCALE_MAX, LOG_SCALE_MIN, LogisticTables, mixture_nll_bits, nll_bits
 from ..exact.noise import logistic_noise, seed_of
 from .mixture import extra_outputs, mixture_components
+from .protocol import CodingModel, register_family
 
 PIXEL_CENTER = 128.0
 CONTEXT_SCALE = 1.0 / 64.0  # pixels enter the inference network in [-2, 2)
@@ -111,8 +113,25 @@ class _Reparameterize(torch.autograd.Function):
         return grad, grad * spread, None
 
 
-class ConvVAE(nn.Module):
-    """The VAE for tiles of one channel count (1 = L, 3 = RGB)."""
+@register_family("vae", architecture="conv-vae-bitsback")
+class ConvVAE(CodingModel):
+    """The VAE for tiles of one channel count (1 = L, 3 = RGB).
+
+    Coded with bits-back on one stack that pushes and pops (coding/bitsback.py),
+    so consecutive batches may share it (format 1.4's chains).  Every parameter
+    adapts, whatever the selection, and the guard compares θ0 on every batch:
+    the one-sample ELBO swings from batch to batch.
+    """
+
+    config_keys = frozenset({"hidden", "latent_channels", "mixture_components", "top_latent_channels"})
+    # A new VAE gets vae-hier-v3's architecture (a three-logistic mixture likelihood,
+    # a top latent level of 8 channels).
+    default_config = {"family": "vae", "hidden": 48, "latent_channels": 16, "mixture_components": 3,
+                      "top_latent_channels": 8}
+    chains_batches = True
+    guard_every_batch = True
+    new_encoder = staticmethod(StackCoder)
+    new_decoder = staticmethod(StackCoder)
 
     def __init__(self, channels: int, hidden: int, latent_channels: int, mixture_components: int = 1,
                  top_latent_channels: int = 0):
@@ -152,6 +171,18 @@ class ConvVAE(nn.Module):
             if self.top_channels:  # p(z|z_top) starts as the flat prior p(z) (a warm start keeps its ELBO)
                 self.top_generative[-1].weight.zero_()
                 self.top_generative[-1].bias.zero_()
+
+    @classmethod
+    def from_config(cls, channels: int, config: dict) -> "ConvVAE":
+        """``hidden``, ``latent_channels``; ``mixture_components`` for a mixture likelihood
+        with edge bins, ``top_latent_channels`` for a second, top latent level."""
+        return cls(channels, config["hidden"], config["latent_channels"],
+                   mixture_components=int(config.get("mixture_components", 1)),
+                   top_latent_channels=int(config.get("top_latent_channels", 0)))
+
+    def mixture_layers(self) -> list[tuple[nn.Module, int]]:
+        """The generative network's last layer: one value per channel."""
+        return [(self.generative[-1], self.channels)]
 
     # -- the three distributions -------------------------------------------
     def posterior(self, pixels: torch.Tensor):

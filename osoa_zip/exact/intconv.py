@@ -1,0 +1,403 @@
+"""Engine 2's quantised 3x3 convolution: forward and backward as exact integer products.
+
+Every tensor is an integer tensor with a power-of-two scale (value = ints *
+2**exponent); every reduction is a product of kernels.py's contract, so it
+is the same integer on every kernel, ISA and thread count, and every other
+step is an elementwise integer operation.  Layout: NHWC, so the 3x3 window
+of a position is nine contiguous channel runs (im2col by one ``torch.cat``).
+
+The three products of a layer, and which operand carries which limbs
+(first operand: 8-bit limbs, second: 7-bit limbs):
+
+* forward      y  = im2col(x) @ W           x in 8-bit limbs, W in 7-bit limbs
+* input grad   dx = im2col'(g) @ W'         g in 8-bit limbs, W in 7-bit limbs
+* weight grad  dW = im2col(x)^T @ g         x in 8-bit limbs, g in 7-bit limbs
+
+Scales: the input, output and gradients have one exponent per tensor; the
+weights one per tensor or per output channel (``per_channel``).  The bias
+is held in the accumulator's units (exponent input + weight), so it is
+added to the integer sum before the one rounding.  Requantisation is
+kernels.shift_round (round half up) then a clamp whose gradient is masked,
+as engine 1's activation grid.  Gradients are rounded (the same rule) onto
+a per-tensor exponent taken from their exact extremes (as engine 1's
+quantize_gradient) so that |g| <= gradient_limit(gradient_limbs): 8127 for
+the default two 7-bit limbs (about 13 significant bits), which is also two
+8-bit limbs for the input-gradient product.
+
+Master weights stay float64 parameters updated by exact/optim.ExactAdam; the
+forward pass rounds them onto their integer grid elementwise (exact IEEE
+operations), and their gradients are integers times powers of two, which
+float64 holds exactly while below 2**53 (``_as_float`` checks).
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from .kernels import (
+    FULL_LIMB_BITS,
+    SEVEN_BIT_LIMB_BITS,
+    Kernel,
+    limb_range,
+    rounding_half,
+    shift_round,
+    split_limbs,
+    stacked_product,
+)
+
+GRADIENT_LIMBS = 2  # 7-bit limbs of a gradient: |g| <= 8127, about 13 significant bits
+# Hidden layers: the conv output is clamped to [-1024, 127] so that the leaky
+# ReLU (slope 1/8, rounded half up) maps it onto the full int8 range [-128, 127].
+LEAKY_SHIFT = 3
+HIDDEN_RANGE = (-1024, 127)
+ACTIVATION_RANGE = limb_range(FULL_LIMB_BITS, 1)
+FLOAT64_EXACT = 2 ** 53
+INT32_LIMIT = 2 ** 31
+
+
+@dataclass(frozen=True)
+class Fixed:
+    """An integer tensor and its power-of-two exponent: the value is ints * 2**exponent."""
+
+    ints: torch.Tensor
+    exponent: int
+
+
+def gradient_limit(limbs: int) -> int:
+    """The symmetric range +-limit of a gradient in ``limbs`` 7-bit limbs (63, 8127, ...)."""
+    return limb_range(SEVEN_BIT_LIMB_BITS, limbs)[1]
+
+
+def quantize_gradient(ints: torch.Tensor, exponent: int, limit: int, in_place: bool = False) -> Fixed:
+    """Round onto a coarser grid so that |result| <= limit (int32), the exponent from the exact extremes.
+
+    The smallest shift s for which round_half_up(x / 2**s) of the largest and the
+    smallest entry lands in [-limit, limit]; as engine 1's quantize_gradient,
+    one scale per tensor, the same on every machine because it comes from exact
+    integers.  ``in_place``: ``ints`` may be overwritten.
+    """
+    if not ints.numel():
+        return Fixed(ints.to(torch.int32), exponent)
+    low, high = (int(v) for v in torch.aminmax(ints))
+    shift = max(0, max(high, -low).bit_length() - limit.bit_length())
+    while (high + rounding_half(shift)) >> shift > limit or (low + rounding_half(shift)) >> shift < -limit:
+        shift += 1
+    if shift == 0:
+        return Fixed(ints.to(torch.int32), exponent)
+    if ints.dtype == torch.int32 and high + rounding_half(shift) >= INT32_LIMIT:
+        ints = ints.long()
+    if in_place:
+        return Fixed(ints.add_(rounding_half(shift)).bitwise_right_shift_(shift).to(torch.int32), exponent + shift)
+    return Fixed(shift_round(ints, shift).to(torch.int32), exponent + shift)
+
+
+def _as_float(ints: torch.Tensor, exponent: int) -> torch.Tensor:
+    """ints * 2**exponent in float64, exactly (refused if an integer leaves float64's 53 bits)."""
+    if ints.numel() and int(ints.abs().max()) >= FLOAT64_EXACT:
+        raise ValueError("an engine-2 gradient left float64's exact integer range")
+    return torch.ldexp(ints.double(), torch.tensor(exponent, dtype=torch.float64))
+
+
+def padded(batch: int, height: int, width: int, channels: int) -> torch.Tensor:
+    """A zero B x (H+2) x (W+2) x C int8 tensor: its frame is a 3x3 conv's zero padding."""
+    return torch.zeros(batch, height + 2, width + 2, channels, dtype=torch.int8)
+
+
+def interior(t: torch.Tensor) -> torch.Tensor:
+    return t[:, 1:-1, 1:-1]
+
+
+def _padded_limbs(x: torch.Tensor, count: int) -> torch.Tensor:
+    """x's 8-bit limbs, stacked along the batch, each inside a zero frame (count * B images)."""
+    batch, height, width, channels = x.shape
+    out = padded(count * batch, height, width, channels)
+    split_limbs(x, FULL_LIMB_BITS, count, [interior(out[i * batch:(i + 1) * batch]) for i in range(count)])
+    return out
+
+
+def _im2col(framed: torch.Tensor) -> torch.Tensor:
+    """B x (H+2) x (W+2) x C (zero frame) -> (B*H*W) x 9C: each position's 3x3 window, taps (ky, kx) row-major.
+
+    One copy of a strided view (window rows and columns are the image's own
+    strides); measured ~5x faster than a torch.cat of nine windows, whose
+    contiguous runs are only C bytes long.
+    """
+    framed = framed.contiguous()
+    batch, height, width, channels = framed.shape[0], framed.shape[1] - 2, framed.shape[2] - 2, framed.shape[3]
+    b, row, column, _ = framed.stride()
+    windows = framed.as_strided((batch, height, width, 3, 3, channels), (b, row, column, row, column, 1))
+    # Always a copy: a reshape may return a view whose rows overlap, which _int_mm misreads.
+    columns = torch.empty(batch * height * width, 9 * channels, dtype=framed.dtype)
+    columns.view(windows.shape).copy_(windows)
+    return columns
+
+
+def _limb_columns(b: torch.Tensor, count: int) -> torch.Tensor:
+    """b's 7-bit limbs side by side (K x count*N int8), written in place of a cat."""
+    if count == 1:
+        return b.to(torch.int8)
+    columns = b.shape[1]
+    out = torch.empty(b.shape[0], count * columns, dtype=torch.int8)
+    split_limbs(b, SEVEN_BIT_LIMB_BITS, count, [out[:, i * columns:(i + 1) * columns] for i in range(count)])
+    return out
+
+
+class IntConv3x3(nn.Module):
+    """A same-padded 3x3 convolution on integers (NHWC), with explicit exact forward and backward.
+
+    ``input_exponent`` / ``output_exponent`` and ``output_range`` fix the
+    activation grids; ``input_limbs`` is how many 8-bit limbs the input
+    needs (1: int8; 2: 16 bits); ``weight_limbs`` how many 7-bit limbs the
+    weights get (1: [-64, 63]; 2: [-8256, 8127]); ``gradient_limbs`` how many
+    7-bit limbs a gradient gets (|g| <= gradient_limit).  Weight exponents are
+    calibrated once from the initial weights (the largest magnitude lands in
+    the top limb) and then fixed; later weights are clamped onto the grid.
+    """
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor, *, input_exponent: int, output_exponent: int,
+                 output_range: tuple[int, int] = HIDDEN_RANGE, input_limbs: int = 1, weight_limbs: int = 1,
+                 per_channel: bool = True, gradient_limbs: int = GRADIENT_LIMBS):
+        super().__init__()
+        if weight.shape[2:] != (3, 3):
+            raise ValueError("IntConv3x3 needs a 3x3 kernel")
+        self.weight = nn.Parameter(weight.detach().double().clone())
+        self.bias = nn.Parameter(bias.detach().double().clone())
+        self.input_exponent, self.output_exponent = int(input_exponent), int(output_exponent)
+        self.output_range = (int(output_range[0]), int(output_range[1]))
+        self.input_limbs, self.weight_limbs = int(input_limbs), int(weight_limbs)
+        self.input_range = limb_range(FULL_LIMB_BITS, self.input_limbs)
+        self.weight_range = limb_range(SEVEN_BIT_LIMB_BITS, self.weight_limbs)
+        self.gradient_limbs = int(gradient_limbs)
+        self.gradient_limit = gradient_limit(self.gradient_limbs)
+        magnitudes = self.weight.detach().abs().amax(dim=(1, 2, 3))
+        if not per_channel:
+            magnitudes = magnitudes.amax().expand_as(magnitudes)
+        top_bits = self.weight_range[1].bit_length()  # 6 for one limb, 13 for two
+        exponents = [math.frexp(float(m))[1] - top_bits if m > 0 else -top_bits for m in magnitudes]
+        self.register_buffer("weight_exponents", torch.tensor(exponents, dtype=torch.int64))
+        # The input gradient sums over output channels, so it takes the weights on one scale, the
+        # coarsest: W_c rounded by (max e - e_c) bits (a right shift cannot leave W's range, so W's
+        # limbs still do; exact per-channel weights, W << (e_c - min e), measured 2 limbs and a
+        # ~25% slower step on v6).
+        self.weight_coarsening = max(exponents) - self.weight_exponents
+
+    # -- the integer grids ---------------------------------------------------
+    def weight_ints(self) -> torch.Tensor:
+        """round_half_up(w * 2**-e) clamped to the limbs' range: elementwise, exact in float64."""
+        scale = torch.ldexp(torch.ones_like(self.weight[:, 0, 0, 0]), -self.weight_exponents.double())
+        scaled = self.weight.detach() * scale[:, None, None, None]
+        return torch.floor(scaled + 0.5).clamp_(*self.weight_range).to(torch.int32)
+
+    def bias_ints(self) -> torch.Tensor:
+        """The bias in accumulator units (exponent input + weight[c]), rounded half up."""
+        exponents = (self.input_exponent + self.weight_exponents).double()
+        return torch.floor(torch.ldexp(self.bias.detach(), -exponents) + 0.5).long()
+
+    def _output_shift(self) -> int | torch.Tensor:
+        shifts = self.output_exponent - (self.input_exponent + self.weight_exponents)
+        first = int(shifts[0])
+        return first if bool((shifts == first).all()) else shifts
+
+    def _bound(self, depth: int, a: tuple[int, int], b: tuple[int, int]) -> int:
+        return depth * max(-a[0], a[1]) * max(-b[0], b[1])
+
+    def input_gradient_bound(self) -> int:
+        """The largest |input gradient| integer backward_ints can return."""
+        limit = self.gradient_limit
+        return self._bound(9 * self.weight.shape[0], (-limit, limit), self.weight_range)
+
+    # -- forward and backward ------------------------------------------------
+    def forward_ints(self, x: torch.Tensor, kernel: Kernel | None = None, framed: bool = False
+                     ) -> tuple[torch.Tensor, tuple]:
+        """x: B x H x W x Ci integers on the input grid -> (y on the output grid, what backward needs).
+
+        With ``framed``, x is B x (H+2) x (W+2) x Ci with a zero frame (see ``padded``),
+        which saves a copy.
+        """
+        if framed:
+            batch, height, width = x.shape[0], x.shape[1] - 2, x.shape[2] - 2
+            source = x if self.input_limbs == 1 else torch.cat(split_limbs(x, FULL_LIMB_BITS, self.input_limbs))
+        else:
+            batch, height, width = x.shape[:3]
+            source = _padded_limbs(x, self.input_limbs)
+        in_channels = x.shape[3]
+        weights = self.weight_ints()
+        columns = weights.permute(2, 3, 1, 0).reshape(-1, weights.shape[0])  # (ky, kx, ci) x co
+        patches = _im2col(source.to(torch.int8))
+        depth = 9 * in_channels
+        acc = stacked_product(patches, self.input_limbs, _limb_columns(columns, self.weight_limbs),
+                              self.weight_limbs, kernel, self._bound(depth, self.input_range, self.weight_range))
+        shift = self._output_shift()
+        # The bias and shift_round's half step, added in one pass; int64 if they could overflow int32
+        # (an int32 acc is below 2**31 - offset) or if a negative shift would multiply.
+        offset = self.bias_ints() + rounding_half(shift)
+        left = max(0, -int(torch.as_tensor(shift).min()))  # a negative shift multiplies by 2**left
+        if acc.dtype == torch.int32 and ((self._bound(depth, self.input_range, self.weight_range)
+                                          + int(offset.abs().max())) << left) >= INT32_LIMIT:
+            acc = acc.long()
+        if left:
+            shifted = shift_round(acc + self.bias_ints().to(acc.dtype), shift)
+        else:
+            acc.add_(offset.to(acc.dtype))
+            shifted = acc.bitwise_right_shift_(shift if isinstance(shift, int) else shift.to(acc.dtype))
+        y = shifted.clamp(*self.output_range)
+        inside = y == shifted  # the clamp's straight-through gradient mask
+        return y.to(torch.int32).view(batch, height, width, -1), (patches, weights, inside, (batch, height, width,
+                                                                                               in_channels))
+
+    def backward_ints(self, saved: tuple, grad: Fixed, kernel: Kernel | None = None,
+                      need_input: bool = True, masked: bool = False) -> Fixed | None:
+        """The output's gradient -> parameter gradients (set as .grad, float64) and the input's gradient.
+
+        ``masked``: the clamp's mask (``saved[2]``) is already applied to ``grad`` (IntConvStack
+        folds it into the leaky ReLU's gradient), which saves a pass; ``grad.ints`` is then
+        the caller's scratch and is overwritten.
+        """
+        patches, weights, inside, shape = saved
+        batch, height, width, in_channels = shape
+        positions = batch * height * width
+        limit = self.gradient_limit
+        ints = grad.ints.reshape(positions, -1)
+        g = quantize_gradient(ints if masked else ints * inside, grad.exponent, limit, in_place=True)
+        g_columns = _limb_columns(g.ints, self.gradient_limbs)
+        # The bias gradient (g's column sums) as one more limb product: a row of ones times g's limbs.
+        ones = torch.ones(1, positions, dtype=torch.int8)
+        total = stacked_product(ones, 1, g_columns, self.gradient_limbs, kernel, positions * limit)
+        self.bias.grad = _as_float(total[0], g.exponent)
+        if self.input_limbs == 1:
+            transposed = patches.T
+        else:
+            transposed = torch.cat([block.T for block in patches.split(positions)])
+        weight_grad = stacked_product(transposed, self.input_limbs, g_columns, self.gradient_limbs, kernel,
+                                      self._bound(positions, self.input_range, (-limit, limit)))
+        weight_grad = weight_grad.view(3, 3, in_channels, -1).permute(3, 2, 0, 1)
+        self.weight.grad = _as_float(weight_grad, self.input_exponent + g.exponent)
+        if not need_input:
+            return None
+        # The transposed convolution: the windows of g (its 7-bit limbs, already split for the
+        # weight gradient, each in a zero frame) times the kernel rotated by 180 degrees.
+        out_channels = g.ints.shape[1]
+        framed = padded(self.gradient_limbs * batch, height, width, out_channels)
+        for limb in range(self.gradient_limbs):
+            interior(framed[limb * batch:(limb + 1) * batch]).copy_(
+                g_columns[:, limb * out_channels:(limb + 1) * out_channels].view(batch, height, width, -1))
+        rows = weights.flip(2, 3).permute(2, 3, 0, 1).reshape(-1, in_channels)  # (ky, kx, co) x ci
+        if bool(self.weight_coarsening.any()):
+            rows = shift_round(rows, self.weight_coarsening.to(rows.dtype).repeat(9)[:, None])
+        input_grad = stacked_product(_im2col(framed), self.gradient_limbs,
+                                     _limb_columns(rows, self.weight_limbs), self.weight_limbs,
+                                     kernel, self.input_gradient_bound(), a_width=SEVEN_BIT_LIMB_BITS)
+        coarsest = int(self.weight_exponents.max())
+        return Fixed(input_grad.view(batch, height, width, in_channels), g.exponent + coarsest)
+
+
+def leaky_relu_ints(y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+    """Slope 1/8 on the same grid: y if y > 0 else round_half_up(y / 8); [-1024, 127] -> [-128, 127].
+
+    max(y, (y + 4) >> 3) is that: for y > 0, (y + 4) >> 3 <= y; for y <= 0 it is >= y.
+    """
+    return torch.maximum(y, (y + (1 << (LEAKY_SHIFT - 1))) >> LEAKY_SHIFT, out=out)
+
+
+def leaky_relu_backward(grad: Fixed, y: torch.Tensor, bound: int, inside: torch.Tensor | None = None) -> Fixed:
+    """Gradient 1 above zero, 1/8 elsewhere, exactly: the positive side is multiplied by 8 instead.
+
+    One multiplier per position, 8 where y > 0 and 1 elsewhere, times ``inside``
+    (the clamp's mask of the conv that produced y, if given: 0 where it clamped).
+    ``bound``: the largest |grad.ints|; int32 stays int32 while 8 * bound < 2**31.
+    """
+    ints = grad.ints if grad.ints.dtype == torch.int64 or (bound << LEAKY_SHIFT) < INT32_LIMIT \
+        else grad.ints.long()
+    multiplier = (y > 0).to(ints.dtype).mul_((1 << LEAKY_SHIFT) - 1).add_(1)
+    if inside is not None:
+        multiplier.mul_(inside.view(multiplier.shape))
+    return Fixed(ints * multiplier, grad.exponent - LEAKY_SHIFT)
+
+
+class IntConvStack(nn.Module):
+    """conv -> leaky ReLU -> ... -> conv on engine 2 (the shape of exact/layers.ConvStack).
+
+    ``step_ints`` runs forward and backward: it returns the output (on the last
+    layer's grid) and leaves float64 gradients on the master parameters for
+    exact/optim.ExactAdam.
+    """
+
+    def __init__(self, convs: list[IntConv3x3]):
+        super().__init__()
+        self.convs = nn.ModuleList(convs)
+
+    @classmethod
+    def from_float(cls, weights: list[tuple[torch.Tensor, torch.Tensor]], samples, input_exponent: int,
+                   output_limbs: int = 2, first_weight_limbs: int = 1, last_input_limbs: int = 1,
+                   clip_bits: int = 0, **options) -> IntConvStack:
+        """Engine-2 layers for float (weight, bias) pairs, activation exponents calibrated on ``samples``.
+
+        ``samples``: a float B x Ci x H x W batch or a list of them; each layer's
+        output exponent is the smallest that holds the samples' extremes
+        (power-of-two scales from min/max).  Hidden outputs use HIDDEN_RANGE; the
+        last layer's output gets ``output_limbs`` 8-bit limbs (2: 16 bits).
+        ``first_weight_limbs``: 7-bit limbs of the first conv's weights (2: 14 bits);
+        ``last_input_limbs``: 8-bit limbs of the last conv's input (2: 16 bits).
+        ``clip_bits``: make every activation scale 2**clip_bits finer than min/max gives
+        (the rare values beyond are clamped): post-training, 1 bit cost v6 far less than
+        the resolution it bought (docs/ENGINE2.md).
+        ``options`` go to every IntConv3x3 (per_channel, gradient_limbs).
+        """
+        samples = list(samples) if isinstance(samples, (list, tuple)) else [samples]
+        convs, exponent, xs = [], input_exponent, [sample.double() for sample in samples]
+        count = len(weights)
+        for index, (weight, bias) in enumerate(weights):
+            ys = [torch.nn.functional.conv2d(x, weight.double(), bias.double(), padding=1) for x in xs]
+            if index == count - 1:
+                low, high = limb_range(FULL_LIMB_BITS, output_limbs)
+            else:  # the leaky ReLU maps [8 low, high] onto the next input's [low, high]
+                low, high = limb_range(FULL_LIMB_BITS, last_input_limbs if index == count - 2 else 1)
+                low <<= LEAKY_SHIFT
+            peak = max(max(float(y.max()) / high, float(y.min()) / low) for y in ys)
+            output_exponent = math.ceil(math.log2(max(peak, 2.0 ** -60))) - clip_bits
+            convs.append(IntConv3x3(weight, bias, input_exponent=exponent, output_exponent=output_exponent,
+                                    output_range=(low, high),
+                                    input_limbs=last_input_limbs if index == count - 1 and index else 1,
+                                    weight_limbs=first_weight_limbs if index == 0 else 1, **options))
+            xs, exponent = [torch.nn.functional.leaky_relu(y, 1 / 8) for y in ys], output_exponent
+        return cls(convs)
+
+    def _forward(self, x: torch.Tensor, kernel: Kernel | None, keep: bool):
+        saved, pre_activations = [], []
+        for index, conv in enumerate(self.convs):
+            y, memo = conv.forward_ints(x, kernel, framed=index > 0 and conv.input_limbs == 1)
+            if keep:
+                saved.append(memo)
+            if index < len(self.convs) - 1:
+                if keep:
+                    pre_activations.append(y)
+                if self.convs[index + 1].input_limbs == 1:
+                    x = padded(*y.shape)
+                    leaky_relu_ints(y, out=interior(x))
+                else:
+                    x = leaky_relu_ints(y)
+        return Fixed(y, self.convs[-1].output_exponent), saved, pre_activations
+
+    @torch.no_grad()
+    def forward_ints(self, x: torch.Tensor, kernel: Kernel | None = None) -> Fixed:
+        """The output of B x H x W x Ci int8 input x, without what backward would need."""
+        return self._forward(x, kernel, keep=False)[0]
+
+    def step_ints(self, x: torch.Tensor, loss_grad, kernel: Kernel | None = None) -> Fixed:
+        """Forward, then backward of ``loss_grad(output: Fixed) -> Fixed`` (the loss's gradient).
+
+        x: B x H x W x Ci int8 (the first layer takes one limb).
+        """
+        output, saved, pre_activations = self._forward(x, kernel, keep=True)
+        grad, masked = loss_grad(output), False
+        for index in reversed(range(len(self.convs))):
+            conv = self.convs[index]
+            grad = conv.backward_ints(saved[index], grad, kernel, need_input=index > 0, masked=masked)
+            if index > 0:
+                grad = leaky_relu_backward(grad, pre_activations[index - 1], conv.input_gradient_bound(),
+                                           inside=saved[index - 1][2])
+                masked = True
+        return output

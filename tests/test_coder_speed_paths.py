@@ -1,0 +1,212 @@
+"""The encoder's fast paths code exactly what the row-by-row reference codes.
+
+The encoders no longer build a probability row per latent: each symbol is coded
+from its cumulative counts (``ans.quantized_intervals``, ``three_bin_rows``),
+which the coders take from a few CDF edges.  The rows themselves still exist
+(the decoder needs them: ``rows_for``, ``range_rows``, ``_WindowRows.counts``),
+so every check here compares the fast path with those rows pushed whole by
+``Encoder.push_categorical``, the way every earlier release encoded: the same
+integers and the same bytes, on random parameters and at the extremes (scales at
+both ends of the table, means far outside the range, logits past the exp table,
+narrow ranges, values on the bounds, escapes).
+"""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from osoa_zip.coding import logistic_coder, mixture_coder
+from osoa_zip.coding.ans import Decoder, Encoder
+from osoa_zip.coding.mixture_coder import BUCKETS, RANGE_SIZE, pop_mixture_factor, push_mixture_factors
+from osoa_zip.exact.logistic import LOG_SCALE_MAX, LOG_SCALE_MIN, LogisticTables
+
+TABLES = LogisticTables.from_tensors(LogisticTables.build(mixture=True))
+SETTINGS = settings(max_examples=25, deadline=None)
+
+
+def _cumulative(rows: np.ndarray, symbols: np.ndarray) -> tuple:
+    """(before, through, total) of each row's symbol, summed from the row (exact integers)."""
+    sums = np.concatenate([np.zeros((len(rows), 1)), np.cumsum(rows, axis=1)], axis=1)
+    pick = np.arange(len(rows))
+    return sums[pick, symbols], sums[pick, symbols + 1], sums[:, -1]
+
+
+@SETTINGS
+@given(st.integers(0, 2 ** 32 - 1), st.integers(2, 300), st.integers(1, 40),
+       st.sampled_from(["small", "wide", "one heavy bin", "zeros"]))
+def test_intervals_code_the_bytes_of_whole_rows(seed, size, count, kind):
+    rng = np.random.default_rng(seed)
+    if kind == "small":
+        rows = rng.integers(0, 2 ** 24, (count, size)).astype(np.float64)
+    elif kind == "wide":
+        rows = rng.integers(0, 2 ** 44, (count, size)).astype(np.float64)
+    elif kind == "one heavy bin":
+        rows = rng.integers(0, 3, (count, size)).astype(np.float64)
+        rows[np.arange(count), rng.integers(0, size, count)] = 2.0 ** 44
+    else:
+        rows = np.zeros((count, size))
+        rows[:, rng.integers(0, size)] = rng.integers(1, 2 ** 30, count)
+    symbols = rng.integers(0, size, count)
+    symbols[: count // 3] = size - 1  # the last symbol ends at 2**24
+    symbols[count // 3: count // 2] = 0
+    whole, fast = Encoder(), Encoder()
+    whole.push_categorical(symbols, rows)
+    fast.push_intervals(symbols, *_cumulative(rows, symbols), np.full(count, size))
+    assert fast.finish() == whole.finish()
+
+
+def test_two_symbol_rows_whose_last_symbol_starts_at_one():
+    """[1, 2**24) is no three-bin row's interval: such symbols go as two-bin rows, in order."""
+    rows = np.array([[5.0, 0.0], [0.0, 5.0], [5.0, 0.0], [3.0, 4.0], [5.0, 0.0]])
+    symbols = np.array([1, 1, 1, 0, 1])
+    whole, fast = Encoder(), Encoder()
+    whole.push_categorical(symbols, rows)
+    fast.push_intervals(symbols, *_cumulative(rows, symbols), np.full(len(rows), 2))
+    assert fast.finish() == whole.finish()
+
+
+def test_a_row_of_zeros_is_refused_like_constriction_refuses_it():
+    with pytest.raises(ValueError):
+        Encoder().push_intervals(np.zeros(1, dtype=np.int64), np.zeros(1), np.zeros(1), np.zeros(1), np.full(1, 3))
+
+
+def _mixture(seed: int, n: int, k: int, extreme: bool):
+    """Random mixtures on the activation grid over [lower, lower + span] (each latent its own range)."""
+    rng = np.random.default_rng(seed)
+    lower = rng.integers(-300, 300, n).astype(np.float64)
+    span = rng.choice([0, 1, 3, 40, 255], n) if extreme else np.full(n, 255)
+    upper = lower + span
+    centre = rng.uniform(-0.2, 1.2, (k, n)) * span + lower
+    if extreme:
+        centre[:, : n // 4] += rng.choice([-2000.0, -450.0, 450.0, 2000.0], (k, n // 4))
+    means = np.round(centre * 256) / 256
+    log_scales = np.round(rng.uniform(LOG_SCALE_MIN - 1, LOG_SCALE_MAX + 1, (k, n)) * 256) / 256
+    if extreme:
+        log_scales[:, : n // 3] = rng.choice([LOG_SCALE_MIN, LOG_SCALE_MAX], (k, n // 3))
+    logits = np.round(rng.uniform(-20.0 if extreme else -6.0, 6.0, (k, n)) * 256) / 256
+    draws = np.round(rng.normal(centre[0], np.exp(np.clip(log_scales[0], LOG_SCALE_MIN, LOG_SCALE_MAX)) * 3))
+    values = np.clip(draws, lower, upper)
+    values[: n // 8] = rng.integers(0, 256, n // 8) % (span[: n // 8] + 1) + lower[: n // 8]  # escapes
+    values[n // 8: n // 6] = upper[n // 8: n // 6]
+    values[n // 6: n // 5] = lower[n // 6: n // 5]
+    as_tensor = lambda a: torch.from_numpy(np.ascontiguousarray(a, dtype=np.float64))  # noqa: E731
+    return (as_tensor(values), as_tensor(means), as_tensor(log_scales), as_tensor(logits), as_tensor(lower),
+            as_tensor(upper))
+
+
+@SETTINGS
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 400), st.integers(1, 4), st.booleans())
+def test_mixture_window_and_range_intervals_are_the_rows_sums(seed, n, k, extreme):
+    values, means, log_scales, logits, lower, upper = _mixture(seed, n, k, extreme)
+    latents = mixture_coder._Latents(TABLES, means, log_scales, logits, lower, upper)
+    values = values.numpy().astype(np.int64)
+    everyone = np.arange(n)
+    for size in (*BUCKETS, RANGE_SIZE):
+        start = latents.window_start(everyone, size)
+        offset = values - start
+        escaped = (offset < 0) | (offset >= size)
+        symbols = np.where(escaped, size, offset)
+        rows = latents.rows_for(everyone, start, size)
+        fast = latents.window_intervals(everyone, start, np.full(n, size), symbols)
+        for got, want in zip(fast, _cumulative(rows, symbols)):
+            np.testing.assert_array_equal(got, want)
+        chosen = np.nonzero(escaped)[0]
+        if chosen.size:
+            sizes = np.full(chosen.size, size)
+            ranges = latents.range_rows(chosen, start[chosen], sizes)
+            fast = latents.range_intervals(chosen, start[chosen], sizes, values[chosen])
+            for got, want in zip(fast, _cumulative(ranges, values[chosen] - latents.lower[chosen])):
+                np.testing.assert_array_equal(got, want)
+
+
+def _reference_push(encoder: Encoder, tables, factors) -> None:
+    """Release 1.6's mixture encoder: every window row built and pushed whole, factor by factor."""
+    for values, means, log_scales, logits, lower, upper in factors:
+        latents = mixture_coder._Latents(tables, means, log_scales, logits, lower, upper)
+        values = values.reshape(-1).numpy().astype(np.int64)
+        groups = len(BUCKETS) + 1
+        closing = mixture_coder._closing_buckets(np.bincount(latents.bucket, minlength=groups)[None, :])[0]
+        group = closing[latents.bucket]
+        escapes = []
+        for b in range(groups):
+            members = np.nonzero(group == b)[0]
+            if not members.size:
+                continue
+            size = int(mixture_coder._SIZES[b])
+            start = latents.window_start(members, size)
+            offset = values[members] - start
+            escaped = (offset < 0) | (offset >= size)
+            encoder.push_categorical(np.where(escaped, size, offset), latents.rows_for(members, start, size))
+            escapes.append((members[escaped], start[escaped], np.full(int(escaped.sum()), size)))
+        out, starts, sizes = (np.concatenate(parts) for parts in zip(*escapes))
+        if out.size:
+            encoder.push_categorical(values[out] - latents.lower[out], latents.range_rows(out, starts, sizes))
+
+
+@SETTINGS
+@given(st.integers(0, 2 ** 32 - 1), st.lists(st.integers(1, 300), min_size=1, max_size=4), st.booleans())
+def test_mixture_encoder_writes_the_reference_bytes_and_decodes(seed, sizes, extreme):
+    factors = [_mixture(seed + i, n, 3, extreme) for i, n in enumerate(sizes)]
+    fast, reference = Encoder(), Encoder()
+    push_mixture_factors(fast, TABLES, factors)
+    _reference_push(reference, TABLES, factors)
+    data = fast.finish()
+    assert data == reference.finish()
+    decoder = Decoder(data)
+    for values, *distribution in factors:
+        assert torch.equal(pop_mixture_factor(decoder, TABLES, *distribution), values)
+    decoder.check_finished()
+
+
+def test_mixture_encoder_uses_every_window_size_and_escapes():
+    """Enough latents per scale that no bucket merges: each window size, and escapes, occur."""
+    n = 64 * (len(BUCKETS) + 2)
+    values, means, log_scales, logits, lower, upper = _mixture(7, n, 2, extreme=False)
+    log_scales = torch.linspace(LOG_SCALE_MIN, LOG_SCALE_MAX, n).repeat(2, 1)
+    log_scales = torch.round(log_scales * 256) / 256
+    latents = mixture_coder._Latents(TABLES, means, log_scales, logits, lower, upper)
+    assert set(np.unique(latents.bucket)) == set(range(len(BUCKETS) + 1))
+    factors = [(values, means, log_scales, logits, lower, upper)]
+    fast, reference = Encoder(), Encoder()
+    push_mixture_factors(fast, TABLES, factors)
+    _reference_push(reference, TABLES, factors)
+    assert fast.finish() == reference.finish()
+
+
+@SETTINGS
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 500), st.booleans())
+def test_logistic_window_rows_push_the_bytes_of_their_rows(seed, n, escape):
+    rng = np.random.default_rng(seed)
+    mean = torch.from_numpy(np.round(rng.uniform(-300, 300, n) * 256) / 256)
+    log_scale = torch.from_numpy(np.round(rng.uniform(LOG_SCALE_MIN - 1, LOG_SCALE_MAX + 1, n) * 256) / 256)
+    log_scale[: n // 4] = float(rng.choice([LOG_SCALE_MIN, LOG_SCALE_MAX]))
+    for members, half_width, rows, _, _ in logistic_coder._plan(TABLES, [mean], [log_scale]):
+        width = 2 * half_width + 1
+        symbols = rng.integers(0, width + escape, members.numel())
+        symbols[: len(symbols) // 4] = width - 1 + escape
+        fast, whole = Encoder(), Encoder()
+        rows.push(fast, symbols, escape)
+        whole.push_categorical(symbols, rows.counts(escape))
+        assert fast.finish() == whole.finish()
+
+
+@SETTINGS
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 500))
+def test_logistic_rows_with_edge_bins_push_the_bytes_of_their_rows(seed, n):
+    """Bounds anywhere around the window (a single value, one side only, both), every symbol."""
+    rng = np.random.default_rng(seed)
+    mean = torch.from_numpy(np.round(rng.uniform(-300, 300, n) * 256) / 256)
+    log_scale = torch.from_numpy(np.round(rng.uniform(LOG_SCALE_MIN - 1, LOG_SCALE_MAX + 1, n) * 256) / 256)
+    lower = torch.round(mean + torch.from_numpy(rng.choice([-1000.0, -40.0, -3.0, 0.0, 2.0], n)))
+    upper = lower + torch.from_numpy(rng.choice([0.0, 1.0, 5.0, 255.0, 3000.0], n))
+    for members, half_width, rows, _, _ in logistic_coder._plan(TABLES, [mean], [log_scale], [(lower, upper)]):
+        width = 2 * half_width + 1
+        symbols = rng.integers(0, width + 1, members.numel())
+        symbols[: len(symbols) // 4] = width
+        fast, whole = Encoder(), Encoder()
+        rows.push(fast, symbols)
+        whole.push_categorical(symbols, rows.counts())
+        assert fast.finish() == whole.finish()
