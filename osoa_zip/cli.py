@@ -13,6 +13,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 
 from . import __version__
 from .adapt.config import DEFAULT_LEARNING_RATE, MAX_CHAIN_BATCHES, PARAMETER_SELECTIONS
@@ -33,6 +34,7 @@ from .archive import (
     test_archive,
 )
 from .files.scan import SourceError, listed_name
+from .layout import ClusterError
 from .models.registry import DEFAULT_MODEL, available_models
 
 DATA_ERROR = 1
@@ -84,7 +86,7 @@ def _reported_errors():
         for reason in error.reasons[:-1]:
             click.echo(f"osoa-zip: error: {reason}", err=True)
         _fail(error.reasons[-1], DATA_ERROR)
-    except (ArchiveError, ModelError) as error:
+    except (ArchiveError, ModelError, ClusterError) as error:
         _fail(str(error), DATA_ERROR)
     except BrokenPipeError:
         # The reader went away (`osoa-zip list a.osoa | head`): end quietly, as a process
@@ -145,7 +147,32 @@ _LEVEL_SETTINGS = {"steps_per_batch": "steps_per_batch", "batch_size": "batch_si
 def _given(name: str) -> bool:
     """Was this option given (command line or environment), not left at its default?"""
     source = click.get_current_context().get_parameter_source(name)
-    return source not in (None, click.core.ParameterSource.DEFAULT)
+    return source not in (None, ParameterSource.DEFAULT)
+
+
+def _dask_options(command):
+    """--dask ADDRESS and --dask-timeout (compress, decompress)."""
+    command = click.option("--dask-timeout", type=click.FloatRange(0, min_open=True), default=10.0,
+                           show_default=True, envvar="OSOA_ZIP_DASK_TIMEOUT", show_envvar=True,
+                           help="Seconds to reach the Dask scheduler and see a worker.")(command)
+    return click.option("--dask", "dask_address", metavar="ADDRESS", default=None,
+                        help="Code the segments as tasks on the Dask cluster whose scheduler is at ADDRESS "
+                             "(e.g. tcp://host:8786; needs osoa-zip[cluster] here and on the workers).  Same "
+                             "output as on one machine.  Connect only to clusters you trust: a scheduler can "
+                             "run code here (docs/CLUSTER.md).")(command)
+
+
+@contextmanager
+def _segments_on(address: str | None, timeout: float):
+    """The Dask cluster that codes the segments (osoa_zip.cluster), or None: this machine's threads."""
+    if address is None:
+        yield None
+        return
+    if _given("threads"):
+        raise UsageError("--dask and -T do not combine: the cluster's workers code the segments")
+    from .cluster import connect
+    with connect(address, timeout) as segments:
+        yield segments
 
 
 @main.command("compress")
@@ -210,8 +237,10 @@ def _given(name: str) -> bool:
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Print the summary, per-batch statistics, and what image libraries said about each file.")
+@_dask_options
 def compress_command(sources, archive, level, files_from, null_separated, excludes, exclude_from, model, no_adapt,
-                     learning_rate, threads, byte_exact, force, quiet, verbose, **settings) -> None:
+                     learning_rate, threads, byte_exact, force, quiet, verbose, dask_address,
+                     dask_timeout, **settings) -> None:
     """Pack SOURCES into ARCHIVE ('-' for standard output).
 
     A folder contributes its contents, a file its name; paths from --files-from
@@ -238,17 +267,20 @@ def compress_command(sources, archive, level, files_from, null_separated, exclud
         if _given("no_adapt"):
             explicit["adapt"] = not no_adapt
         config = _settings(**{**chosen.settings, "learning_rate": learning_rate, **explicit})
-        with _progress(None, quiet, "compressing") as progress, _library_warnings(verbose):
+        if str(archive) != "-" and archive.exists() and not force:
+            raise UsageError(f"{archive} exists (use -f to overwrite)")
+        with _segments_on(dask_address, dask_timeout) as cluster, _progress(None, quiet, "compressing") as progress, \
+                _library_warnings(verbose):
+            threads = 1 if cluster else _thread_count(threads)
             if str(archive) == "-":
                 with _naming_errors("standard output"):
                     summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet),
-                                       byte_exact, _thread_count(threads), note=_noter(verbose), excludes=patterns)
+                                       byte_exact, threads, note=_noter(verbose), excludes=patterns,
+                                       cluster=cluster)
                     sys.stdout.buffer.flush()  # a full disk must fail here, not at interpreter exit
             else:
-                if archive.exists() and not force:
-                    raise UsageError(f"{archive} exists (use -f to overwrite)")
                 summary = _compress_to_file(sources, archive, model, config, progress, _warner(quiet),
-                                            byte_exact, _thread_count(threads), _noter(verbose), patterns)
+                                            byte_exact, threads, _noter(verbose), patterns, cluster)
         if _summary_wanted(quiet, verbose):
             _report(summary, "compressed", verbose)
 
@@ -331,14 +363,15 @@ def _naming_errors(name: str):
         raise
 
 
-def _compress_to_file(sources, archive: Path, model, config, progress, warn, byte_exact, threads, note, excludes):
+def _compress_to_file(sources, archive: Path, model, config, progress, warn, byte_exact, threads, note, excludes,
+                      cluster):
     """Write beside the target and rename at the end: never a half-written archive."""
     directory = archive.resolve().parent
     handle, temporary = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".part", dir=directory)
     try:
         with _naming_errors(str(archive)), os.fdopen(handle, "wb") as output:
             summary = compress(sources, output, model, config, progress, warn, byte_exact, threads,
-                               note=note, excludes=excludes)
+                               note=note, excludes=excludes, cluster=cluster)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 is not what users expect
@@ -369,8 +402,9 @@ def _compress_to_file(sources, archive: Path, model, config, progress, warn, byt
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Print the summary, and what the image library said about each file.")
+@_dask_options
 def decompress_command(archive, destination, patterns, entry_to_stdout, force, salvage, threads, quiet,
-                       verbose) -> None:
+                       verbose, dask_address, dask_timeout) -> None:
     """Restore ARCHIVE ('-' for standard input) into DESTINATION (created if missing).
 
     With PATTERNS (shell wildcards such as 'cats/*.png', quoted), only the matching
@@ -381,17 +415,22 @@ def decompress_command(archive, destination, patterns, entry_to_stdout, force, s
     (as tar -xOf and unzip -p do), once the whole archive has been verified.
     """
     if entry_to_stdout is not None:
+        if dask_address is not None:
+            _fail("--stdout NAME decodes on this machine: leave out --dask", 2)
         _entry_to_stdout(archive, destination, patterns, entry_to_stdout, force, salvage, threads, quiet)
         return
     with _reported_errors():
         if destination is None:
             raise UsageError("missing DESTINATION (or --stdout NAME)")
+        if salvage and dask_address is not None:
+            raise UsageError("--salvage decodes batch by batch, on this machine: leave out --dask")
         with _progress(_archive_size(archive), quiet, "decompressing") as progress, \
-                _open_archive(archive, force) as source, _library_warnings(verbose):
+                _open_archive(archive, force) as source, _library_warnings(verbose), \
+                _segments_on(dask_address, dask_timeout) as cluster:
             if salvage and str(archive) == "-":
                 raise UsageError("--salvage needs an archive file, not standard input")
             summary = decompress(source, destination, force, progress, list(patterns), salvage,
-                                 _thread_count(threads), _noter(verbose))
+                                 1 if cluster else _thread_count(threads), _noter(verbose), cluster)
         if _summary_wanted(quiet, verbose):
             _report(summary, "restored", verbose)
         if summary.lost or summary.damage:

@@ -32,6 +32,11 @@ class UsageError(Exception):
     """The request itself is wrong: missing sources, existing output, ..."""
 
 
+class ClusterError(Exception):
+    """A Dask cluster (--dask) could not finish the work: workers lost too often, the
+    scheduler gone, a worker that runs another osoa-zip (osoa_zip/cluster.py)."""
+
+
 @dataclass
 class Summary:
     files: int = 0

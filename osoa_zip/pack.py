@@ -91,10 +91,10 @@ class _CodedBatches:
 class _Compressor:
     def __init__(self, writer: ArchiveWriter, adapter: OnlineAdapter, progress: Progress | None,
                  byte_exact: bool = False, threads: int = 1, note: Note | None = None,
-                 triage: Triage | None = None) -> None:
+                 triage: Triage | None = None, cluster=None) -> None:
         self.writer, self.adapter, self.progress, self.note = writer, adapter, progress, note
         self.triage = triage
-        self.threads = threads
+        self.threads, self.cluster = threads, cluster
         self.byte_exact = byte_exact
         self.summary = Summary()
         self.group: list[tuple[Entry, ImageRecord]] = []
@@ -171,8 +171,12 @@ class _Compressor:
         if self.progress and not batches:
             self.progress(group_bytes)
         with _CodedBatches(self.group_subpixels) as store:
-            coded, self.adapter = run_segments(adapter, batches, self._coder(store, colour, batches, group_bytes),
-                                               self.threads, chain=adapter.chain_length)
+            keep = self._keeper(store, len(batches), group_bytes)
+            if self.cluster is None:
+                coded, self.adapter = run_segments(adapter, batches, self._coder(colour, keep), self.threads,
+                                                   chain=adapter.chain_length)
+            else:  # the same runs as tasks on a Dask cluster (osoa_zip/cluster.py)
+                coded, self.adapter = self.cluster.encode(adapter, batches, lambda batch: gather(batch, colour), keep)
             group, self.group, self.group_subpixels = self.group, [], 0
             coded_bytes = (len(packed_table) + len(packed_alpha) + len(packed_indices) + 3 * CHUNK_OVERHEAD
                            + sum(length + CHUNK_OVERHEAD for (_, length), _ in coded))
@@ -197,15 +201,20 @@ class _Compressor:
         self.summary.images += len(group)
         self.summary.image_subpixels += sum(r.pixels.size for _, r in group if r.mode not in PaletteIndices.MODES)
 
-    def _coder(self, store: _CodedBatches, colour: list, batches: list, group_bytes: int):
-        """What run_segments does per chain of batches: code them, keep their bytes in the store,
-        report progress."""
+    @staticmethod
+    def _coder(colour: list, keep):
+        """What run_segments does per chain of batches: code them, then ``keep`` them."""
         def code(segment_adapter: OnlineAdapter, chain: list) -> list:
-            coded = segment_adapter.encode_chain([gather(batch, colour) for batch in chain])
-            if self.progress:
-                self.progress(group_bytes * len(chain) / len(batches))  # progress counts input bytes
-            return [(store.put(data), stats) for data, stats in coded]
+            return keep(segment_adapter.encode_chain([gather(batch, colour) for batch in chain]))
         return code
+
+    def _keeper(self, store: _CodedBatches, batch_count: int, group_bytes: int):
+        """Keeps coded batches' bytes in the store and reports progress; returns [(where, stats)]."""
+        def keep(coded: list) -> list:
+            if self.progress:
+                self.progress(group_bytes * len(coded) / batch_count)  # progress counts input bytes
+            return [(store.put(data), stats) for data, stats in coded]
+        return keep
 
 
 def _channels(pixels, channels: slice):
@@ -241,19 +250,21 @@ def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:
 def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
              adaptation: AdaptationConfig | None = None, progress: Progress | None = None,
              warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1,
-             note: Note | None = None, triage: bool = False, excludes: Sequence[str] = ()) -> Summary:
+             note: Note | None = None, triage: bool = False, excludes: Sequence[str] = (),
+             cluster=None) -> Summary:
     """Archive the sources into ``output``.
 
     A source is a path (a directory contributes its contents, a file its name)
     or a (path, archive name) pair.  With segments, ``threads`` code them side
-    by side; the archive is the same for any number of threads.  Settings that
-    ``adaptation`` leaves unset (or all, if None) are the model's defaults.  ``warn`` gets
-    osoa-zip's own warnings; ``note`` what image libraries say about a file (one line each,
-    naming it), which is otherwise dropped.  With ``triage``, each image takes the model path
-    only if the frozen model's bits on a few of its tiles beat its file (triage.py); the
-    format is the same.
-    Entries whose archive name matches one of ``excludes`` are left out, as tar
-    --exclude does (files.scan.ExcludePatterns).
+    by side, or ``cluster`` (osoa_zip.cluster.connect) codes them on a Dask
+    cluster; the archive is the same for any number of threads or workers.
+    Settings that ``adaptation`` leaves unset (or all, if None) are the model's
+    defaults.  ``warn`` gets osoa-zip's own warnings; ``note`` what image libraries
+    say about a file (one line each, naming it), which is otherwise dropped.  With
+    ``triage``, each image takes the model path only if the frozen model's bits on a
+    few of its tiles beat its file (triage.py); the format is the same.  Entries whose
+    archive name matches one of ``excludes`` are left out, as tar --exclude does
+    (files.scan.ExcludePatterns).
     """
     started = time.perf_counter()
     adaptation = adaptation_for(model, adaptation)
@@ -268,7 +279,7 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     Header(f"osoa-zip {__version__}", {"name": bundle.name, "sha256": bundle.sha256, "family": bundle.family},
            ENGINE, adaptation.to_header()).write(writer)
     compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress, byte_exact, threads, note,
-                             Triage(bundle, adaptation) if triage else None)
+                             Triage(bundle, adaptation) if triage else None, cluster)
     for entry in entries:
         compressor.add(entry)
     compressor.flush_images()

@@ -87,10 +87,11 @@ class _Decoder:
     (the model state in between is unknown).
     """
 
-    def __init__(self, sink, progress: Progress | None, salvage: bool = False, threads: int = 1) -> None:
+    def __init__(self, sink, progress: Progress | None, salvage: bool = False, threads: int = 1,
+                 cluster=None) -> None:
         self.sink = sink
         self.progress = progress
-        self.threads = threads
+        self.threads, self.cluster = threads, cluster
         self.salvage = salvage
         self.segment_lost = False
         self.summary = Summary()
@@ -229,7 +230,7 @@ class _Decoder:
         canvases = group.canvases(alpha)
         config = self.adapter.config
         planned = plan_batches([group.shapes[i] for i in group.modelled], config.tile_size, config.batch_size_for)
-        if self.threads > 1 and not self.salvage:
+        if (self.threads > 1 or self.cluster is not None) and not self.salvage:
             self._decode_in_parallel(planned, chunks, canvases)
         else:
             self._decode_in_order(planned, chunks, canvases, group.modelled, lost)
@@ -284,6 +285,11 @@ class _Decoder:
                     for index in range(first, first + len(planned))]
         self.batches_decoded += len(planned)
 
+        if self.cluster is not None:  # the same runs as tasks on a Dask cluster (osoa_zip/cluster.py)
+            self.adapter = self.cluster.decode(self.adapter, payloads, [batch.shape for batch in planned],
+                                               lambda k, tiles: _paste_batch(planned[k], tiles, canvases))
+            self.summary.image_bits += sum(8 * len(payload) for _, payload in payloads)
+            return
         pasting = threading.Lock()  # a canvas makes its picture on its first tile: one thread at a time
 
         def decode(adapter: OnlineAdapter, item):
@@ -557,10 +563,11 @@ def _counted(source: BinaryIO, progress: Progress | None) -> BinaryIO:
 
 
 def test_archive(source: BinaryIO, progress: Progress | None = None, threads: int = 1,
-                 note: Note | None = None) -> Summary:
-    """Fully decode and verify an archive without writing anything (``note`` as for decompress)."""
+                 note: Note | None = None, cluster=None) -> Summary:
+    """Fully decode and verify an archive without writing anything (``note`` and ``cluster`` as
+    for decompress)."""
     started = time.perf_counter()
-    decoder = _Decoder(_CheckingSink(note), progress, threads=threads)
+    decoder = _Decoder(_CheckingSink(note), progress, threads=threads, cluster=cluster)
     summary = decoder.run(ArchiveReader(_counted(source, progress)))
     summary.seconds = time.perf_counter() - started
     if decoder.refused:
@@ -577,7 +584,7 @@ def selected(name: str, patterns: list[str]) -> bool:
 
 def decompress(source: BinaryIO, destination: Path, force: bool = False,
                progress: Progress | None = None, patterns: list[str] | None = None,
-               salvage: bool = False, threads: int = 1, note: Note | None = None) -> Summary:
+               salvage: bool = False, threads: int = 1, note: Note | None = None, cluster=None) -> Summary:
     """Restore an archive (or the entries matching ``patterns``) into ``destination``.
 
     Everything is decoded and verified even when only some entries are wanted:
@@ -591,13 +598,15 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
     its segment, see --segment-size).  Callers must check them.
 
     What the image library says while writing an image goes to ``note``, one line
-    per message naming the entry (otherwise it is dropped).
+    per message naming the entry (otherwise it is dropped).  ``cluster``
+    (osoa_zip.cluster.connect) decodes the segments on a Dask cluster (not with
+    ``salvage``, which goes batch by batch).
     """
     started = time.perf_counter()
     staging = Staging(Path(destination))
     try:
         sink = _StagingSink(staging, note)
-        decoder = _Decoder(sink, progress, salvage, threads)
+        decoder = _Decoder(sink, progress, salvage, threads, cluster)
         reader = SalvagingReader(source, KNOWN_TAGS) if salvage else ArchiveReader(_counted(source, progress))
         summary = decoder.run(reader)
         if salvage:

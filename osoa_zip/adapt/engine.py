@@ -148,6 +148,41 @@ class _Track:
     gave_up: bool = False         # θ0 codes the rest of the segment; no more steps (FLAG_GIVE_UP)
 
 
+# The _Track fields besides the weights and moments, carried by export_state as they are.
+_TRACK_COUNTERS = ("batches", "updated", "probe_wait", "probe_gap", "probe_margin", "pretrained_wins", "gave_up")
+
+
+def _plain_track(track: _Track) -> dict:
+    optimizer = track.optimizer
+    values = _plain_state((optimizer.params, optimizer.first, optimizer.second,
+                           optimizer.beta1_power, optimizer.beta2_power))
+    values["previous"] = None if track.previous is None else _plain_state(track.previous)
+    values.update({name: getattr(track, name) for name in _TRACK_COUNTERS})
+    return values
+
+
+def _plain_state(state: tuple) -> dict:
+    """OnlineAdapter._state's tuple as numpy copies and floats."""
+    weights, first, second, power1, power2 = state
+    return {"weights": _arrays(weights), "first": _arrays(first), "second": _arrays(second),
+            "beta1_power": float(power1), "beta2_power": float(power2)}
+
+
+def _arrays(tensors: list) -> list[np.ndarray]:
+    return [tensor.detach().numpy().copy() for tensor in tensors]
+
+
+def _tensor_state(values: dict, like: list) -> tuple:
+    """_plain_state's inverse, checked against the parameters ``like`` (shape and dtype)."""
+    lists = []
+    for key in ("weights", "first", "second"):
+        arrays = values[key]
+        if len(arrays) != len(like) or any(np.shape(a) != tuple(p.shape) for a, p in zip(arrays, like)):
+            raise ValueError("an adaptation state does not fit the network")
+        lists.append([torch.from_numpy(np.array(a, dtype=np.float64)).to(p.dtype) for a, p in zip(arrays, like)])
+    return (*lists, float(values["beta1_power"]), float(values["beta2_power"]))
+
+
 def _select_parameters(network: torch.nn.Module, selection: str) -> None:
     """Freeze what the selection leaves out (frozen layers cost no weight gradients)."""
     chosen = network.adaptable_parameters(selection)
@@ -175,6 +210,11 @@ class OnlineAdapter:
         return self._batches == 0 or bool(segment and self._batches % segment == 0)
 
     @property
+    def bundle(self) -> FlowBundle:
+        """The pretrained model (θ0) this adapter starts every segment from."""
+        return self._bundle
+
+    @property
     def batches_seen(self) -> int:
         """The global index of the next batch (segments are counted from it)."""
         return self._batches
@@ -200,18 +240,22 @@ class OnlineAdapter:
             self._tracks = {}  # a new segment starts from θ0
         self._batches += 1
         if channels not in self._tracks:
-            network = copy.deepcopy(self._bundle.network(channels))
-            selection = self.config.parameters_for(channels)
-            _select_parameters(network, selection)
-            optimizer = ExactAdam(network.parameters(), self.config.learning_rate,
-                                  (self.config.beta1, self.config.beta2), self.config.epsilon)
-            margin = PROBE_MARGIN_LAST_LAYERS if selection == "last" else PROBE_MARGIN
-            if self._family.guard_every_batch:
-                margin = PROBE_MARGIN_BITS_BACK
-            self._tracks[channels] = _Track(network, optimizer, probe_margin=margin)
+            self._tracks[channels] = self._new_track(channels)
         track = self._tracks[channels]
         track.batches += 1
         return track
+
+    def _new_track(self, channels: int) -> _Track:
+        """θ0 for this channel count, with a fresh optimiser."""
+        network = copy.deepcopy(self._bundle.network(channels))
+        selection = self.config.parameters_for(channels)
+        _select_parameters(network, selection)
+        optimizer = ExactAdam(network.parameters(), self.config.learning_rate,
+                              (self.config.beta1, self.config.beta2), self.config.epsilon)
+        margin = PROBE_MARGIN_LAST_LAYERS if selection == "last" else PROBE_MARGIN
+        if self._family.guard_every_batch:
+            margin = PROBE_MARGIN_BITS_BACK
+        return _Track(network, optimizer, probe_margin=margin)
 
     @staticmethod
     def _state(track: _Track) -> tuple:
@@ -240,6 +284,29 @@ class OnlineAdapter:
 
     def restore(self, state) -> None:
         self._tracks, self._batches = state
+
+    def export_state(self) -> dict:
+        """The adaptation state between runs as plain values (numpy arrays, numbers, bools),
+        so that another process with the same model can go on from here (``import_state``)
+        without a pickled network: osoa_zip.cluster sends it to Dask workers."""
+        if self._chain is not None:
+            raise ValueError("a chain of batches is still open")
+        return {"batches": self._batches,
+                "tracks": {channels: _plain_track(track) for channels, track in self._tracks.items()}}
+
+    def import_state(self, state: dict) -> None:
+        """Go on from ``export_state``'s values (exact: float64 arrays copied bit for bit)."""
+        tracks = {}
+        for channels, values in state["tracks"].items():
+            track = self._new_track(int(channels))
+            parameters = track.optimizer.params
+            self._load(track, _tensor_state(values, parameters))
+            previous = values["previous"]
+            track.previous = None if previous is None else _tensor_state(previous, parameters)
+            for name in _TRACK_COUNTERS:
+                setattr(track, name, values[name])
+            tracks[int(channels)] = track
+        self._tracks, self._batches, self._chain = tracks, int(state["batches"]), None
 
     def _will_adapt(self, track: _Track) -> bool:
         config = self.config
