@@ -4,11 +4,11 @@
     decompress(source, destination)     unpack.py
     test_archive(source)                unpack.py (decode and verify, write nothing)
 """
-from .adapt.engine import AdaptationConfig
+from .adapt.config import AdaptationConfig
 from .container.format import ArchiveError
 from .files.restore import RefusedEntries
 from .layout import Summary, UsageError
-from .models.registry import ModelError
+from .models.catalog import ModelError
 from .pack import compress
 from .unpack import decompress, test_archive
 

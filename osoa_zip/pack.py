@@ -12,12 +12,12 @@ import os
 import stat
 import threading
 import time
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
 from . import __version__
-from .adapt.engine import AdaptationConfig, OnlineAdapter
+from .adapt.config import AdaptationConfig
 from .adapt.segments import run_segments
 from .container.format import ArchiveWriter, canonical_json
 from .exact import ENGINE
@@ -43,7 +43,11 @@ from .layout import (
     xz_compress,
     xz_filters,
 )
-from .models.registry import DEFAULT_MODEL, load_model
+from .models.catalog import DEFAULT_MODEL
+from .torch_loading import load_model, online_adapter
+
+if TYPE_CHECKING:
+    from .adapt.engine import OnlineAdapter
 
 
 class _CodedBatches:
@@ -254,7 +258,7 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
         "engine": ENGINE,
         "adaptation": adaptation.to_header(),
     })
-    compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress, byte_exact, threads)
+    compressor = _Compressor(writer, online_adapter(bundle, adaptation), progress, byte_exact, threads)
     for entry in entries:
         compressor.add(entry)
     compressor.flush_images()

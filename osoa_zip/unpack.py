@@ -11,12 +11,13 @@ import lzma
 import threading
 import time
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import TYPE_CHECKING, BinaryIO, Iterator
 
 import numpy as np
 
-from .adapt.engine import FLAG_SEGMENT_START, AdaptationConfig, OnlineAdapter
-from .adapt.segments import RunEndError, run_segments
+from .adapt.config import AdaptationConfig
+from .adapt.flags import FLAG_SEGMENT_START
+from .adapt.segments import RunEndError, run_segments, split_runs
 from .coding.ans import CorruptStream
 from .container.format import ArchiveError, ArchiveReader, SalvagingReader, read_json
 from .exact import ENGINE
@@ -57,7 +58,10 @@ from .layout import (
     side_plane_members,
     xz_decompressor,
 )
-from .models.registry import load_model
+from .torch_loading import load_model, online_adapter
+
+if TYPE_CHECKING:
+    from .adapt.engine import OnlineAdapter
 
 
 class _Decoder:
@@ -80,7 +84,9 @@ class _Decoder:
         self.salvage = salvage
         self.segment_lost = False
         self.summary = Summary()
-        self.adapter: OnlineAdapter | None = None
+        self.config: AdaptationConfig | None = None
+        self._model: tuple[str, str] | None = None  # (name, SHA-256) from the header
+        self._adapter: OnlineAdapter | None = None
         self.batches_decoded = 0
         self.refused: list[tuple[str | None, str]] = []
         self._skipping_group = False  # the ALPH/BATC chunks of a refused image group are skipped
@@ -152,9 +158,20 @@ class _Decoder:
         if header["engine"] != ENGINE:
             raise ArchiveError(f"archive was written by numeric engine {header['engine'].get('name')} "
                                f"v{header['engine'].get('version')}, which this version cannot replay")
-        config = AdaptationConfig.from_header(header["adaptation"])
-        bundle = load_model(header["model"]["name"], header["model"]["sha256"])
-        self.adapter = OnlineAdapter(bundle, config)
+        self.config = AdaptationConfig.from_header(header["adaptation"])
+        self._model = (str(header["model"]["name"]), str(header["model"]["sha256"]))
+
+    @property
+    def adapter(self) -> OnlineAdapter:
+        """The model and its adaptation state, loaded when the first image batch needs them
+        (an archive without model-coded images is decoded without torch)."""
+        if self._adapter is None:
+            self._adapter = online_adapter(load_model(*self._model), self.config)
+        return self._adapter
+
+    @adapter.setter
+    def adapter(self, adapter: OnlineAdapter) -> None:
+        self._adapter = adapter
 
     def directory(self, entry: dict, chunks) -> None:
         name, mode, mtime_ns = decode_name(entry), int(entry["mode"]), int(entry["mtime_ns"])
@@ -216,7 +233,7 @@ class _Decoder:
         for name in names or [None]:
             self._refuse(name, f"image {name!r} not restored: {reason}" if name is not None else reason)
         self._skipping_group = True
-        if self.adapter.config.adapt and not self._refused_group:
+        if self.config.adapt and not self._refused_group:
             self._refused_group = names[0] if names else "an image group"
 
     def images(self, table: list, chunks) -> None:
@@ -250,9 +267,10 @@ class _Decoder:
         canvases = [_Canvas(shapes[i][0], shapes[i][1], table[i]["image_mode"],
                             _side_plane_view(alpha[alpha_index[i]]) if i in alpha_index else None)
                     for i in modelled_index]
-        config = self.adapter.config
+        config = self.config
         planned = plan_batches([shapes[i] for i in modelled_index], config.tile_size, config.batch_size_for)
-        if self.threads > 1 and not self.salvage:
+        if (self.threads > 1 and not self.salvage and planned
+                and len(split_runs(self.adapter.batches_seen, len(planned), config.segment_batches)) > 1):
             self._decode_in_parallel(planned, chunks, canvases)
             planned = []
         for batch in planned:
@@ -327,7 +345,7 @@ class _Decoder:
         for index in range(first, first + len(planned)):
             tag, payload = next(chunks, (None, None))
             if tag != b"BATC" or payload is None:
-                raise ArchiveError(f"batch {index}: chunk missing")
+                raise ArchiveError(f"batch {index}: chunk missing or damaged")
             payloads.append((index, payload))
         self.batches_decoded += len(planned)
 

@@ -26,8 +26,8 @@ from osoa_zip.bench.runner import BenchResult, ScalingRow
 from osoa_zip.bench.sets import model_batches, tile_folder
 from osoa_zip.cli import main
 from osoa_zip.exact.fixed import WEIGHT_FRAC_BITS, quantize_weight
-from osoa_zip.table import batch_statistics
 from osoa_zip.models.registry import FlowBundle, load_model
+from osoa_zip.table import batch_statistics
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 

@@ -26,8 +26,8 @@ from osoa_zip.adapt.engine import (
     OnlineAdapter,
 )
 from osoa_zip.cli import main
-from osoa_zip.table import read_archive
 from osoa_zip.models.registry import load_model
+from osoa_zip.table import read_archive
 
 
 @pytest.fixture(scope="module")
