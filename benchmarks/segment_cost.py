@@ -6,7 +6,7 @@
 Each folder (default: data/eval/* and, if built, data/speed/*) is compressed in
 process with the default settings and each segment size, plus (--default) the
 size the command line uses when --segment-size is not given
-(osoa_zip.adapt.segments.DEFAULT_SEGMENT_BATCHES).  The bytes do not depend on
+(AdaptationConfig.segment_batches).  The bytes do not depend on
 --threads (it only makes the run shorter).  Prints a markdown table: batches,
 bytes per segment size and the cost against one segment in percent.
 
@@ -24,7 +24,6 @@ import time
 from pathlib import Path
 
 from osoa_zip import AdaptationConfig, compress
-from osoa_zip.adapt.segments import DEFAULT_SEGMENT_BATCHES
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -65,7 +64,7 @@ def main() -> None:
     print("| folder | batches | segment size | segments | bytes | cost against one segment | s |")
     print("|---|---:|---:|---:|---:|---:|---:|")
     for folder in folders:
-        wanted = sizes + ([DEFAULT_SEGMENT_BATCHES] if args.default else [])
+        wanted = sizes + ([AdaptationConfig.segment_batches] if args.default else [])
         one = None
         for size in dict.fromkeys([0] + wanted):
             size_bytes, bits, seconds = archive_size(folder, size, args.threads)

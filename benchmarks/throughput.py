@@ -1,6 +1,6 @@
 """Whole-command-line speed: `osoa-zip compress` and `decompress`, MB/s of raw pixels.
 
-  python benchmarks/throughput.py [FOLDER ...] [--repeat 2] [--option "--give-up-after 0" ...] [--jxl]
+  python benchmarks/throughput.py [FOLDER ...] [--repeat 2] [--option "--give-up-after 0" ...] [--jxl] [--limit N]
 
 For each folder (default: data/eval/* and, if built, data/speed/*:
 `python scripts/build_corpus.py --speed-sets`), each variant of the command line
@@ -60,6 +60,7 @@ def main() -> None:
     parser.add_argument("--option", action="append", default=[],
                         help="a variant: extra compress options, as one string (its -T also for decompress)")
     parser.add_argument("--jxl", action="store_true", help="also JPEG XL lossless e7 on one core, same images")
+    parser.add_argument("--limit", type=int, default=None, help="only the first N images of each folder (copied)")
     args = parser.parse_args()
     if args.jxl and not jxl_backend():
         parser.error("--jxl needs pillow-jxl-plugin (pip install 'osoa-zip[bench]')")
@@ -78,6 +79,8 @@ def main() -> None:
         print("| folder | raw MB | options | bytes | compress s (CPU s) | MB/s | decompress s (CPU s) | MB/s |")
         print("|---|---:|---|---:|---:|---:|---:|---:|")
         for folder in folders:
+            if args.limit:
+                folder = _first_images(folder, args.limit, scratch)
             raw = raw_bytes(folder)
             for _ in range(args.repeat):
                 for variant in variants:
@@ -90,6 +93,15 @@ def main() -> None:
                           f"| {raw / 1e6 / d_wall:.3f} |", flush=True)
                 if args.jxl:
                     _jxl_row(folder, raw, scratch)
+
+
+def _first_images(folder: Path, count: int, scratch: Path) -> Path:
+    """A copy of the folder's first ``count`` files (named like it, with the count)."""
+    subset = scratch / "subsets" / f"{folder.name}[:{count}]"
+    subset.mkdir(parents=True)
+    for path in sorted(folder.iterdir())[:count]:
+        shutil.copyfile(path, subset / path.name)
+    return subset
 
 
 def _threads_of(options: list[str]) -> list[str]:

@@ -24,7 +24,6 @@ from .adapt.flags import (
     FLAG_ROLLBACK,
     FLAG_SEGMENT_START,
 )
-from .adapt.segments import DEFAULT_SEGMENT_BATCHES
 from .archive import (
     AdaptationConfig,
     ArchiveError,
@@ -158,7 +157,8 @@ def _one_torch_thread_unless_asked(torch) -> None:
                                       "one batch in N pays for its latents in full (1: each batch alone).")
 @click.option("--tile-size", type=click.IntRange(2, 512), default=AdaptationConfig.tile_size, show_default=True,
               help="Images are cut into tiles of this side (even).")
-@click.option("--segment-size", type=click.IntRange(0, None), default=DEFAULT_SEGMENT_BATCHES, show_default=True,
+@click.option("--segment-size", type=click.IntRange(0, None), default=AdaptationConfig.segment_batches,
+              show_default=True,
               help="Restart the model from the pretrained weights every N batches (0: never), so that "
                    "segments can be coded and decoded side by side (-T).  The default costs at most "
                    "~0.3% in size; folders of fewer batches are one segment.")

@@ -9,9 +9,9 @@ from click.testing import CliRunner
 from conftest import EXAMPLES, MODEL, assert_same_tree, uncompressed_copy
 
 from osoa_zip import compress, decompress, test_archive, unpack
-from osoa_zip.adapt.config import AdaptationConfig
+from osoa_zip.adapt.config import SEGMENT_BATCHES, AdaptationConfig
 from osoa_zip.adapt.flags import FLAG_SEGMENT_START
-from osoa_zip.adapt.segments import DEFAULT_SEGMENT_BATCHES, run_segments, split_runs
+from osoa_zip.adapt.segments import run_segments, split_runs
 from osoa_zip.cli import main
 from osoa_zip.cpus import available_cpus
 from osoa_zip.exact import stack
@@ -65,12 +65,12 @@ def test_command_line_same_archive_for_any_thread_count_and_the_default(source, 
     assert sum(bool(b.flags & FLAG_SEGMENT_START) for b in batches) >= 3  # several segments were cut
 
 
-def test_default_segment_size_is_a_constant_of_the_command_line(source, tmp_path):
+def test_default_segment_size_is_a_constant(source, tmp_path):
+    """Of the library and the command line alike: never of the thread count or the machine."""
     archive = tmp_path / "default.osoa"
-    cli_compress(source, archive)
+    cli_compress(source, archive, "-T", "1")
     header, _, _ = read_archive(io.BytesIO(archive.read_bytes()))
-    assert header["adaptation"]["segment_batches"] == DEFAULT_SEGMENT_BATCHES
-    assert AdaptationConfig().segment_batches == 0  # the library's default is unchanged
+    assert header["adaptation"]["segment_batches"] == AdaptationConfig().segment_batches == SEGMENT_BATCHES > 0
 
 
 def test_decoder_uses_every_cpu_by_default(source, tmp_path, monkeypatch):
@@ -141,3 +141,9 @@ def test_models_are_loaded_once(source, tmp_path, monkeypatch):
     assert len(loads) == 1
     decompress(io.BytesIO(output.getvalue()), tmp_path / "out", threads=2)
     assert len(loads) == 2
+
+
+def test_a_header_without_a_segment_size_means_one_segment():
+    header = AdaptationConfig().to_header()
+    del header["segment_batches"]
+    assert AdaptationConfig.from_header(header).segment_batches == 0

@@ -18,16 +18,6 @@ from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 if TYPE_CHECKING:  # imported by the command line, which must not load torch for it
     from .engine import OnlineAdapter
 
-# The command line's segment size when --segment-size is not given (AdaptationConfig
-# keeps 0, so that the library's default and every earlier header mean what they did).
-# A restart from θ0 costs about the same bytes wherever it happens (the adaptation's
-# early gain is lost once more), so the relative cost falls with the segment's length;
-# this many batches kept it at or below 0.3% on every set measured
-# (benchmarks/segment_cost.py, docs/PERFORMANCE.md "Every core by default").  A folder
-# of fewer batches is one segment; the cuts depend on the batches alone, never on the
-# number of threads or machines that code them.
-DEFAULT_SEGMENT_BATCHES = 64
-
 Item = TypeVar("Item")
 Result = TypeVar("Result")
 
