@@ -34,7 +34,7 @@ from .archive import (
     decompress,
     test_archive,
 )
-from .cpus import available_cpus
+from .cpus import available_cpus, default_threads
 from .files.scan import SourceError, listed_name
 from .models.catalog import DEFAULT_MODEL, available_models, recommended_learning_rate
 
@@ -178,7 +178,7 @@ def _one_torch_thread_unless_asked(torch) -> None:
                                       "keep it and stop adapting that kind of image (0: never).")
 @click.option("-T", "--threads", type=click.IntRange(0, 256), default=0,
               help=f"Code segments side by side on N threads; the output is the same for any N.  "
-                   f"[default: 0, one per CPU this process may use ({available_cpus()} here)]")
+                   f"[default: 0, one per CPU this process may use, as memory allows ({default_threads()} here)]")
 @click.option("--byte-exact", is_flag=True,
               help="Restore images byte for byte: an image takes the model path only if re-encoding "
                    "its pixels gives back the original file exactly.")
@@ -241,8 +241,9 @@ def _warner(quiet: bool):
 
 
 def _thread_count(threads: int) -> int:
-    """-T: 0 means every CPU this process may use (affinity and cgroup quota, cpus.py)."""
-    return threads or available_cpus()
+    """-T: 0 means every CPU this process may use (affinity and cgroup quota), as many as
+    its available memory holds (cpus.py)."""
+    return threads or default_threads()
 
 
 @contextmanager
@@ -284,8 +285,8 @@ def _compress_to_file(sources, archive: Path, model, config, progress, warn, byt
                    "--segment-size).")
 @click.option("-T", "--threads", type=click.IntRange(0, 256), default=0,
               help=f"Decode segments side by side on N threads (written with compress --segment-size); "
-                   f"the output is the same for any N.  [default: 0, one per CPU this process may use "
-                   f"({available_cpus()} here)]")
+                   f"the output is the same for any N.  [default: 0, one per CPU this process may use, "
+                   f"as memory allows ({default_threads()} here)]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True, help="Print timing details.")
 def decompress_command(archive, destination, patterns, force, salvage, threads, quiet, verbose) -> None:
@@ -327,7 +328,7 @@ def _open_archive(archive: Path):
 @click.argument("archive", type=click.Path(path_type=Path, allow_dash=True))
 @click.option("-T", "--threads", type=click.IntRange(0, 256), default=0,
               help=f"Decode segments side by side on N threads.  [default: 0, one per CPU this process may "
-                   f"use ({available_cpus()} here)]")
+                   f"use, as memory allows ({default_threads()} here)]")
 @click.option("-q", "--quiet", is_flag=True, help="Only the exit code tells.")
 def test_command(archive, threads, quiet) -> None:
     """Decode and verify ARCHIVE completely, writing nothing (exit 0 if intact, 1 if not)."""

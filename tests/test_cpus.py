@@ -1,11 +1,18 @@
-"""cpus.available_cpus: -T's default counts the CPUs this process may use, not the machine's."""
+"""cpus.py: -T's default counts the CPUs this process may use, not the machine's, within its memory."""
 from __future__ import annotations
 
 import os
 
 import pytest
 
-from osoa_zip.cpus import available_cpus, cgroup_cpu_limit
+from osoa_zip.cpus import (
+    FIXED_MEMORY,
+    SEGMENT_MEMORY,
+    available_cpus,
+    available_memory,
+    cgroup_cpu_limit,
+    default_threads,
+)
 
 
 def affinity() -> int:
@@ -85,3 +92,37 @@ def test_affinity_is_counted(tmp_path, monkeypatch):
 
 def test_this_machine():
     assert 1 <= available_cpus() <= affinity()
+
+
+MIB = 1 << 20
+
+
+def test_threads_are_kept_within_the_available_memory(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(64)))
+    meminfo = tmp_path / "meminfo"
+    root, proc = fake_cgroups(tmp_path, ["0::/"], {})
+    for available, threads in ((100, 1), (FIXED_MEMORY // MIB + 10, 1),
+                               ((FIXED_MEMORY + 3 * SEGMENT_MEMORY) // MIB, 4), (1 << 30, 64)):
+        meminfo.write_text(f"MemTotal:       99999999 kB\nMemAvailable:   {available * 1024} kB\n")
+        assert default_threads(root, proc, meminfo) == threads, available
+
+
+def test_a_cgroup_memory_limit_counts_what_is_left_under_it(tmp_path, monkeypatch):
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    meminfo = tmp_path / "meminfo"
+    meminfo.write_text(f"MemAvailable:   {64 << 20} kB\n")  # 64 GiB free on the host
+    limit = FIXED_MEMORY + 2 * SEGMENT_MEMORY + 500 * MIB
+    root, proc = fake_cgroups(tmp_path, ["0::/job"], {"job/memory.max": str(limit),
+                                                      "job/memory.current": str(500 * MIB)})
+    assert available_memory(root, proc, meminfo) == limit - 500 * MIB
+    assert default_threads(root, proc, meminfo) == 3
+    root, proc = fake_cgroups(tmp_path / "v1", ["5:memory:/job"], {"memory/job/memory.limit_in_bytes": str(1 << 62),
+                                                                   "memory/job/memory.usage_in_bytes": "0"})
+    assert available_memory(root, proc, meminfo) == 64 << 30  # v1's "no limit" is a huge number
+    root, proc = fake_cgroups(tmp_path / "max", ["0::/job"], {"job/memory.max": "max", "job/memory.current": "5"})
+    assert default_threads(root, proc, meminfo) == 8
+
+
+def test_unknown_memory_leaves_the_cpus(tmp_path):
+    assert available_memory(tmp_path / "none", tmp_path / "none", tmp_path / "none") is None
+    assert default_threads(tmp_path / "none", tmp_path / "none", tmp_path / "none") == affinity()

@@ -13,7 +13,7 @@ from osoa_zip.adapt.config import SEGMENT_BATCHES, AdaptationConfig
 from osoa_zip.adapt.flags import FLAG_SEGMENT_START
 from osoa_zip.adapt.segments import run_segments, split_runs
 from osoa_zip.cli import main
-from osoa_zip.cpus import available_cpus
+from osoa_zip.cpus import default_threads
 from osoa_zip.exact import stack
 from osoa_zip.models import registry
 from osoa_zip.table import read_archive
@@ -88,8 +88,8 @@ def test_decoder_uses_every_cpu_by_default(source, tmp_path, monkeypatch):
         result = CliRunner().invoke(main, command)
         assert result.exit_code == 0, result.output
     assert_same_tree(source, tmp_path / "out")
-    if available_cpus() > 1:  # one CPU decodes in order, without the pool
-        assert asked and set(asked) == {available_cpus()}
+    if default_threads() > 1:  # one CPU decodes in order, without the pool
+        assert asked and set(asked) == {default_threads()}
 
 
 class _FakeConfig:
