@@ -8,7 +8,7 @@ from dataclasses import asdict, dataclass, fields
 
 PARAMETER_SELECTIONS = ("all", "last", "bias")
 MAX_CHAIN_BATCHES = 1024  # a chain's length takes two bytes in its head; this bounds the encoder's memory
-SEGMENT_BATCHES = 256  # the default segment size (see AdaptationConfig.segment_batches)
+SEGMENT_BATCHES = 0  # the default segment size: one segment (see AdaptationConfig.segment_batches)
 MAX_BATCH_SIZE = 1024  # the command line's limit too; batch_pixels never makes a batch larger
 # What a header written before a setting existed meant by leaving it out
 # (format 1.0 had none of these, 1.1 not the last three, 1.2 not the last two,
@@ -16,8 +16,7 @@ MAX_BATCH_SIZE = 1024  # the command line's limit too; batch_pixels never makes 
 # default below changes.
 LEGACY_VALUES = {"batch_pixels": 0, "give_up_after": 0, "gray_parameters": "", "batch_pixels_max": 0,
                  "gray_batch_pixels": 0, "chain_batches": 1,
-                 # every header has it (format 1.0 on); should one lack it, it meant what the
-                 # default meant before release 1.7: one segment
+                 # every header has it (format 1.0 on); should one lack it, it means one segment
                  "segment_batches": 0}
 
 
@@ -40,14 +39,12 @@ class AdaptationConfig:
     optimizer: str = "adam"
     # The model restarts from θ0 every this many batches (0: never), so that
     # segments are independent of each other: coded and decoded side by side
-    # (-T), or on other machines.  A restart costs about the same bytes wherever
-    # it happens (the adaptation's early gain is paid once more, a little more
-    # the longer the segment before it was), so the relative cost falls with the
-    # segment's length; this many batches kept it at or below 0.3% on every set
-    # measured (benchmarks/segment_cost.py; docs/PERFORMANCE.md, "Every core by
-    # default").  A folder of fewer batches is one segment.  The cuts depend on the
-    # batches alone, never on the number of threads or machines.  Before release
-    # 1.7 the default was 0; every header records the value it was written with.
+    # (-T), or on other machines.  One segment by default: a restart pays the
+    # adaptation's gain so far once more, and on RGB tiles that gain kept growing
+    # for as long as we measured, so every cut cost more than the 0.3% allowed
+    # (tiles32: +1.36% every 32 batches, +0.64% at 64 of 128, +0.56% at 256 of 512;
+    # benchmarks/segment_cost.py, docs/PERFORMANCE.md "Every core by default").
+    # Every header records the value it was written with.
     segment_batches: int = SEGMENT_BATCHES
     beta1: float = 0.9
     beta2: float = 0.999
