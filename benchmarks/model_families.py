@@ -31,11 +31,12 @@ import numpy as np
 import torch
 from PIL import Image
 
+from osoa_zip.adapt.defaults import adaptation_for
 from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
 from osoa_zip.bench import classical
 from osoa_zip.exact.stack import set_gemm_threads
 from osoa_zip.imaging.tiles import gather, pad_even, plan_batches
-from osoa_zip.models.registry import available_models, load_model, recommended_learning_rate
+from osoa_zip.models.registry import load_model
 
 
 def images_of(folder: Path, limit: int | None) -> list[Path]:
@@ -125,8 +126,7 @@ def main() -> None:
         classic = " | ".join("—" if sizes.get(key) is None else f"{8 * sizes[key] / subpixels:.3f}"
                              for key in ("png", "webp", "jxl"))
         for model in args.models:
-            rate = (args.learning_rate or recommended_learning_rate(available_models().get(model, {}))
-                    or AdaptationConfig.learning_rate)
+            rate = args.learning_rate or adaptation_for(model).learning_rate
             frozen_config = AdaptationConfig(adapt=False, chain_batches=args.chain_batches)
             batches = batches_of(paths, frozen_config)
             frozen = code(model, batches, frozen_config)

@@ -49,7 +49,7 @@ def main() -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--batch", type=int, default=AdaptationConfig.batch_size)
     parser.add_argument("--tile", type=int, default=AdaptationConfig.tile_size)
-    parser.add_argument("--lr", type=float, default=AdaptationConfig.learning_rate)
+    parser.add_argument("--lr", type=float, default=None, help="default: the model's own (as compress)")
     parser.add_argument("--steps", type=int, default=AdaptationConfig.steps_per_batch)
     parser.add_argument("--no-adapt", action="store_true")
     parser.add_argument("--gemm-threads", type=int, default=1,

@@ -26,6 +26,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 from speed import batches_of  # noqa: E402
 
 from osoa_zip.adapt.config import PARAMETER_SELECTIONS, AdaptationConfig  # noqa: E402
+from osoa_zip.adapt.defaults import adaptation_for  # noqa: E402
 from osoa_zip.adapt.engine import _select_parameters  # noqa: E402
 from osoa_zip.coding.ans import Decoder, Encoder  # noqa: E402
 from osoa_zip.exact.optim import ExactAdam  # noqa: E402
@@ -50,7 +51,7 @@ def main() -> None:
                         help="parameter selection (default: the engine's for the folder's channel count)")
     args = parser.parse_args()
     torch.set_num_threads(1)
-    config = AdaptationConfig(batch_size=args.batch_size, batch_pixels=args.batch_pixels)
+    config = adaptation_for(args.model, AdaptationConfig(batch_size=args.batch_size, batch_pixels=args.batch_pixels))
     batches = batches_of(args.folder, config, None)
     channels = batches[0].shape[1]
     bundle = load_model(args.model)

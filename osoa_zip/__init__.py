@@ -3,9 +3,10 @@
 Package map (each folder knows only its neighbours):
   imaging/    image reading, classification, tiling and batching
   exact/      the bit-exact numeric core (fixed-point grids, tables, optimiser)
-  models/     the flows, the checkpoint registry, pretraining
+  models/     the flows and VAEs, the checkpoint registry, pretraining
   coding/     entropy coding with constriction's ANS coder
-  adapt/      the OSOA engine: code a batch, then take the replayable update
+  adapt/      the OSOA engine: code a batch, then take the replayable update;
+              the settings, their checks and defaults (config.py, defaults.py)
   container/  the archive format's framing (no torch here)
   files/      scanning sources into entries; restoring them safely
   layout.py   what entries look like (names, limits, shared types)
@@ -13,17 +14,12 @@ Package map (each folder knows only its neighbours):
   table.py    the table without decoding (list, info);  verify.py  tree comparison
   archive.py  the library API: compress, decompress, test_archive
   cli.py      argument parsing only
+  pause.py    a test-only hook that holds the process at a named point
   bench/      `osoa-zip bench`: every codec on the same images (the archiver never imports it)
 """
 import os
 
-# Format 1.0 (docs/FORMAT.md) up to 1.2; 1.1: model v3 by default, the guard no longer undoes
-# updates; 1.2: model v4 (edge bins) by default; 1.3: format 1.1 (batches by pixel count,
-# giving up adaptation that does not pay, grey networks adapting their last layers), model v5;
-# 1.4: format 1.2 (large tiles batched by pixels, tiles of 128), logistic-mixture models
-# idf-sublattice-v6 and vae-conv-v2 (v5 stays the default: v6 is smaller but slower);
-# 1.5: format 1.3 (grey batches by their own pixel count), a faster mixture coder, v6 by default.
-__version__ = "1.6.0"
+__version__ = "1.6.0"  # what each release changed: docs/CHANGELOG.md
 
 # Must happen before torch loads OpenMP.  With the default (spinning) wait
 # policy, two busy processes on a 2-core machine slowed each other from 12 s

@@ -14,7 +14,8 @@ from pathlib import Path
 import click
 
 from . import __version__, torch_loading
-from .adapt.config import MAX_CHAIN_BATCHES, PARAMETER_SELECTIONS
+from .adapt.config import DEFAULT_LEARNING_RATE, MAX_CHAIN_BATCHES, PARAMETER_SELECTIONS
+from .adapt.defaults import adaptation_for
 from .adapt.flags import (
     FLAG_CHAIN_HEAD,
     FLAG_CHAINED,
@@ -36,7 +37,7 @@ from .archive import (
 )
 from .cpus import available_cpus, default_threads
 from .files.scan import SourceError, listed_name
-from .models.catalog import DEFAULT_MODEL, available_models, recommended_learning_rate
+from .models.catalog import DEFAULT_MODEL, available_models
 
 DATA_ERROR = 1
 USAGE_ERROR = 2
@@ -138,7 +139,7 @@ def _one_torch_thread_unless_asked(torch) -> None:
 @click.option("--no-adapt", is_flag=True, help="Code with the pretrained model frozen (no online adaptation).")
 @click.option("--learning-rate", "--lr", type=float, default=None,
               help=f"Adam learning rate of the online adaptation  [default: the model's own (see `osoa-zip "
-                   f"models`), else {AdaptationConfig.learning_rate:g}]")
+                   f"models`), else {DEFAULT_LEARNING_RATE:g}]")
 @click.option("--steps-per-batch", type=click.IntRange(0, 100), default=AdaptationConfig.steps_per_batch,
               show_default=True, help="Optimiser steps after each batch.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=AdaptationConfig.batch_size,
@@ -196,22 +197,17 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
     compress --files-from - -0 out.osoa`).
     """
     with _reported_errors():
-        if tile_size % 2:
-            raise UsageError("--tile-size must be even")
         sources = list(sources)
         if files_from is not None:
             sources += _listed_sources(files_from.read(), null_separated)
         if not sources:
             raise UsageError("nothing to archive: give SOURCES or --files-from")
-        if learning_rate is None:
-            learning_rate = (recommended_learning_rate(available_models().get(model, {}))
-                             or AdaptationConfig.learning_rate)
-        config = AdaptationConfig(adapt=not no_adapt, learning_rate=learning_rate, steps_per_batch=steps_per_batch,
-                                  batch_size=batch_size, tile_size=tile_size, segment_batches=segment_size,
-                                  parameters=adapt_params, adapt_batches=adapt_batches, guard=guard,
-                                  batch_pixels=batch_pixels, give_up_after=give_up_after,
-                                  gray_parameters=gray_adapt_params, batch_pixels_max=batch_pixels_max,
-                                  gray_batch_pixels=gray_batch_pixels, chain_batches=chain_batches)
+        config = _settings(adapt=not no_adapt, learning_rate=learning_rate, steps_per_batch=steps_per_batch,
+                           batch_size=batch_size, tile_size=tile_size, segment_batches=segment_size,
+                           parameters=adapt_params, adapt_batches=adapt_batches, guard=guard,
+                           batch_pixels=batch_pixels, give_up_after=give_up_after,
+                           gray_parameters=gray_adapt_params, batch_pixels_max=batch_pixels_max,
+                           gray_batch_pixels=gray_batch_pixels, chain_batches=chain_batches)
         with _progress(None, quiet, "compressing") as progress:
             if str(archive) == "-":
                 with _naming_errors("standard output"):
@@ -225,6 +221,15 @@ def compress_command(sources, archive, files_from, null_separated, model, no_ada
                                             byte_exact, _thread_count(threads))
         if not quiet:
             _report(summary, "compressed", verbose)
+
+
+def _settings(**settings) -> AdaptationConfig:
+    """The adaptation settings as given (AdaptationConfig checks them; the model's defaults
+    fill in what is left unset, in the library)."""
+    try:
+        return AdaptationConfig(**settings)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _listed_sources(listing: bytes, null_separated: bool) -> list[tuple[Path, str]]:
@@ -438,7 +443,7 @@ def models_command() -> None:
     with _reported_errors():
         for name, entry in sorted(available_models().items()):
             mark = "*" if name == DEFAULT_MODEL else " "
-            rate = recommended_learning_rate(entry) or AdaptationConfig.learning_rate
+            rate = adaptation_for(name).learning_rate
             click.echo(f"{mark} {name:24} {entry.get('family', 'flow'):4}  sha256:{entry['sha256'][:16]}  "
                        f"{entry.get('parameters', '?'):>8} params  lr {rate:<6g}  {entry.get('description', '')}")
 
@@ -449,8 +454,8 @@ def models_command() -> None:
               show_default=True, help="Folder for results.md, results.csv and the plots.")
 @click.option("--limit", type=click.IntRange(1, None), default=None, help="Only the first N images of each folder.")
 @click.option("--model", default=DEFAULT_MODEL, show_default=True, help="Pretrained model to start from.")
-@click.option("--learning-rate", "--lr", type=float, default=AdaptationConfig.learning_rate, show_default=True,
-              help="As for compress; fine-tune + store uses the same.")
+@click.option("--learning-rate", "--lr", type=float, default=None,
+              help="As for compress (the model's own by default); fine-tune + store uses the same.")
 @click.option("--steps-per-batch", type=click.IntRange(1, 100), default=AdaptationConfig.steps_per_batch,
               show_default=True, help="As for compress; fine-tune + store takes as many.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=AdaptationConfig.batch_size, show_default=True,
@@ -471,18 +476,17 @@ def bench_command(folders, output, limit, model, learning_rate, steps_per_batch,
     import shlex
 
     from .bench import BenchError
-    from .bench.runner import BenchOptions, run_bench
+    from .bench.results import BenchOptions
+    from .bench.runner import run_bench
     with _reported_errors():
-        if tile_size % 2:
-            raise UsageError("--tile-size must be even")
         try:
             counts = [int(item) for item in scaling.split(",") if item.strip()]
         except ValueError:
             raise UsageError(f"--scaling wants numbers separated by commas, not {scaling!r}") from None
         if any(count < 1 for count in counts):
             raise UsageError("--scaling counts must be positive")
-        config = AdaptationConfig(learning_rate=learning_rate, steps_per_batch=steps_per_batch,
-                                  batch_size=batch_size, tile_size=tile_size)
+        config = _settings(learning_rate=learning_rate, steps_per_batch=steps_per_batch, batch_size=batch_size,
+                           tile_size=tile_size)
         options = BenchOptions(list(folders), output, model, config, limit, fast_baselines, counts, not no_plots,
                                command="osoa-zip " + shlex.join(sys.argv[1:]))
         try:

@@ -12,6 +12,8 @@ import os
 import signal
 import sys
 
+from .pause import pause_point
+
 
 def _interrupted_while_loading(signum, frame) -> None:
     sys.stderr.write("osoa-zip: error: interrupted\n")
@@ -24,5 +26,6 @@ def run() -> None:
     if previous is not signal.SIG_IGN:  # a background job started with SIGINT ignored keeps ignoring it
         signal.signal(signal.SIGINT, _interrupted_while_loading)
     from .cli import main
+    pause_point("loaded")  # test-only (pause.py)
     signal.signal(signal.SIGINT, previous)
     main()

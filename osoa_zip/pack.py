@@ -18,6 +18,7 @@ import numpy as np
 
 from . import __version__
 from .adapt.config import AdaptationConfig
+from .adapt.defaults import adaptation_for
 from .adapt.segments import run_segments
 from .container.format import ArchiveWriter, canonical_json
 from .exact import ENGINE
@@ -44,6 +45,7 @@ from .layout import (
     xz_filters,
 )
 from .models.catalog import DEFAULT_MODEL
+from .pause import pause_point
 from .torch_loading import load_model, online_adapter
 
 if TYPE_CHECKING:
@@ -185,6 +187,7 @@ class _Compressor:
                 self.writer.write_chunk(b"PIDX", packed_indices)
             for where, stats in coded:
                 self.writer.write_chunk(b"BATC", store.get(where))
+                pause_point("compress-batch")  # test-only (pause.py)
                 self.summary.batches.append(stats)
                 self.summary.image_bits += stats.bits
         self.summary.images += len(group)
@@ -231,19 +234,18 @@ def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:
     return frozenset({(info.st_dev, info.st_ino)}) if stat.S_ISREG(info.st_mode) else frozenset()
 
 
-_DEFAULT_ADAPTATION = AdaptationConfig()  # frozen, so one shared instance is safe
-
-
 def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
-             adaptation: AdaptationConfig = _DEFAULT_ADAPTATION, progress: Progress | None = None,
+             adaptation: AdaptationConfig | None = None, progress: Progress | None = None,
              warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1) -> Summary:
     """Archive the sources into ``output``.
 
     A source is a path (a directory contributes its contents, a file its name)
     or a (path, archive name) pair.  With segments, ``threads`` code them side
-    by side; the archive is the same for any number of threads.
+    by side; the archive is the same for any number of threads.  Settings that
+    ``adaptation`` leaves unset (or all, if None) are the model's defaults.
     """
     started = time.perf_counter()
+    adaptation = adaptation_for(model, adaptation)
     try:
         entries = scan(list(sources), warn, _identity(output))
     except SourceError as error:

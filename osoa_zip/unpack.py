@@ -58,6 +58,7 @@ from .layout import (
     side_plane_members,
     xz_decompressor,
 )
+from .pause import pause_point
 from .torch_loading import load_model, online_adapter
 
 if TYPE_CHECKING:
@@ -488,6 +489,7 @@ class _StagingSink:
             raise
         self.written.append((name, False))
         self.staging.finish_file(path, mode, mtime_ns)
+        pause_point("decompress-entry")  # test-only (pause.py)
 
     def image(self, name, record, mode, mtime_ns) -> None:
         path = self.staging.path(name)
@@ -499,6 +501,7 @@ class _StagingSink:
             raise OSError(error.errno, f"restoring {name!r}: {error.strerror}") from None
         self.written.append((name, True))
         self.staging.finish_file(path, mode, mtime_ns)
+        pause_point("decompress-entry")  # test-only (pause.py)
 
     def directory(self, name, mode, mtime_ns) -> None:
         self.staging.directory(name, mode, mtime_ns)

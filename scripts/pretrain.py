@@ -105,7 +105,7 @@ one thread per network, side by side):
   python scripts/pretrain.py export --run runs/hvae3 --name vae-hier-v3 ...   # as in models/manifest.json
 
   A control run without --top-latent-channels (runs/vae2ctl, the first 6000 / 4000 steps)
-  coded 1.3-3.7% larger than the hierarchical model at the same point (README).
+  coded 1.3-3.7% larger than the hierarchical model at the same point (docs/MODELS.md).
 
 `train` checkpoints to RUN/<gray|rgb>.safetensors every few hundred steps and
 resumes from there, so an interrupted run loses little.  The corpus comes from

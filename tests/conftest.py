@@ -19,6 +19,7 @@ from PIL import Image, PngImagePlugin
 import osoa_zip  # noqa: F401  (first: sets OpenMP's passive wait policy before torch loads)
 from osoa_zip.verify import tree_differences
 
+# The checkout and its bundled photos: every test module takes them from here.
 REPO = Path(__file__).resolve().parents[1]
 EXAMPLES = REPO / "examples" / "images"
 MODEL = "idf-tiny-test"
@@ -48,9 +49,11 @@ NON_IMAGE_FILES = [
 ]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="module", autouse=True)
 def one_torch_thread():
-    """Use in a module with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    """One torch thread in every test module: on a machine shared with other jobs, more
+    than one intra-op thread per process makes everything many times slower.  Tests
+    about thread counts set their own and put this one back."""
     previous = torch.get_num_threads()
     torch.set_num_threads(1)
     yield

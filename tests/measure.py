@@ -1,4 +1,5 @@
-"""Run the CLI in a subprocess under resource limits and measure its peak memory.
+"""Run the CLI in a subprocess: under resource limits, measuring its peak memory, or held
+at a named point (osoa_zip/pause.py) until the test signals it.
 
 `os.wait4` gives the rusage of that one child (RUSAGE_CHILDREN would mix in
 every earlier subprocess of the test session).  The CLI is started by a small
@@ -17,6 +18,8 @@ import tempfile
 import threading
 
 from conftest import subprocess_env
+
+from osoa_zip.pause import VARIABLE as PAUSE_VARIABLE
 
 
 def run_cli(*args, address_space: int | None = None, file_size: int | None = None, stdout=None,
@@ -42,6 +45,29 @@ def run_cli(*args, address_space: int | None = None, file_size: int | None = Non
         result = subprocess.CompletedProcess(command[4:], os.waitstatus_to_exitcode(status), out.read(),
                                              err.read().decode("utf-8", "replace"))
     return result, peak_kib * 1024
+
+
+def start_paused(arguments, point: str, timeout: float = 300) -> subprocess.Popen:
+    """Start `python -m osoa_zip ARGUMENTS` with the test-only pause at ``point`` and return it
+    once it is paused there, for the test to signal it; stderr stays a pipe for what follows.
+
+    The test fails (it does not skip) if the process ends, or has not paused within
+    ``timeout`` seconds: then the moment the test is about never came."""
+    process = subprocess.Popen([sys.executable, "-m", "osoa_zip", *map(str, arguments)],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                               env={**subprocess_env(), PAUSE_VARIABLE: point})
+    timer = threading.Timer(timeout, process.kill)
+    timer.start()
+    try:
+        before = []
+        for line in process.stderr:  # warnings may come first
+            if line.decode("utf-8", "replace").strip() == f"osoa-zip: test pause at {point}":
+                return process
+            before.append(line)
+    finally:
+        timer.cancel()
+    code = process.wait()
+    raise AssertionError(f"osoa-zip ended (exit {code}) without reaching {point!r}: {b''.join(before)!r}")
 
 
 # argv: [limits as JSON, report file, command...]; runs the command as its child under the

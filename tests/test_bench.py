@@ -8,6 +8,7 @@ from __future__ import annotations
 import copy
 import csv
 import io
+import json
 import lzma
 import sys
 
@@ -15,21 +16,20 @@ import numpy as np
 import pytest
 import torch
 from click.testing import CliRunner
-from conftest import EXAMPLES, MODEL, SINGLE_THREAD_ENV
+from conftest import EXAMPLES, MODEL, REPO, SINGLE_THREAD_ENV
 from PIL import Image
 
+from osoa_zip.adapt.config import DEFAULT_LEARNING_RATE
 from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
 from osoa_zip.archive import compress
-from osoa_zip.bench import classical, finetune, report
-from osoa_zip.bench.processes import run_measured
-from osoa_zip.bench.runner import BenchResult, ScalingRow
+from osoa_zip.bench import classical, finetune, report, runner
+from osoa_zip.bench.processes import Measured, run_measured
+from osoa_zip.bench.results import BenchResult, ScalingRow
 from osoa_zip.bench.sets import model_batches, tile_folder
 from osoa_zip.cli import main
 from osoa_zip.exact.fixed import WEIGHT_FRAC_BITS, quantize_weight
-from osoa_zip.models.registry import FlowBundle, load_model
-from osoa_zip.table import batch_statistics
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
+from osoa_zip.models.registry import FlowBundle, available_models, load_model
+from osoa_zip.table import batch_statistics, read_archive
 
 TILE, BATCH = 16, 4
 CONFIG = AdaptationConfig(tile_size=TILE, batch_size=BATCH, batch_pixels=0)
@@ -94,6 +94,47 @@ def test_scaling_folder_and_table(tiny_folder, tmp_path):
     table = "\n".join(report._scaling_table(BenchResult(None, {}, 0.0, [], rows)))
     assert "| 100 | 100 | 76800 | 0.938 | 30.0 | 300.0 | 200.0 |" in table  # (30 - 12) s / 90 tiles
     assert "peak memory x1.03" in table
+
+
+SHIPPED_MODELS = sorted(json.loads((REPO / "models" / "manifest.json").read_text())["models"])
+
+
+class _Stop(Exception):
+    """Ends a bench run at its first osoa-zip compress: the command line is what is wanted."""
+
+
+@pytest.mark.parametrize("model", SHIPPED_MODELS)
+def test_bench_and_compress_adapt_at_the_same_rate(model, tiny_folder, tmp_path, monkeypatch):
+    """`bench --model M` measures the setting `compress --model M` uses: without --lr, both
+    adapt at the rate M's manifest entry recommends (else the default), and so does the API."""
+    commands = []
+
+    def caught(argv, env=None):
+        commands.append(argv)
+        if "compress" in argv:
+            raise _Stop
+        return Measured(0.0, 0.0, b"")
+
+    monkeypatch.setattr(runner, "run_measured", caught)
+    result = CliRunner().invoke(main, ["bench", str(tiny_folder), "--model", model, "--limit", "1", "--no-plots",
+                                       "-o", str(tmp_path / "results")])
+    assert isinstance(result.exception, SystemExit) and "_Stop" in result.stderr, result.output
+    compressing = commands[-1]
+    assert compressing[compressing.index("--model") + 1] == model
+    bench_rate = float(compressing[compressing.index("--learning-rate") + 1])
+
+    (tmp_path / "empty").mkdir()
+    archive = tmp_path / "empty.osoa"
+    result = CliRunner().invoke(main, ["compress", "-q", "--model", model, str(tmp_path / "empty"), str(archive)])
+    assert result.exit_code == 0, result.output
+    with open(archive, "rb") as handle:
+        compress_rate = read_archive(handle)[0]["adaptation"]["learning_rate"]
+    output = io.BytesIO()
+    compress([tmp_path / "empty"], output, model=model)
+    api_rate = read_archive(io.BytesIO(output.getvalue()))[0]["adaptation"]["learning_rate"]
+
+    recommended = available_models()[model].get("adaptation", {}).get("learning_rate", DEFAULT_LEARNING_RATE)
+    assert bench_rate == compress_rate == api_rate == recommended
 
 
 def test_scaling_counts_are_checked():

@@ -42,8 +42,6 @@ from osoa_zip.archive import ArchiveError, ModelError, RefusedEntries, UsageErro
 from osoa_zip.cli import main
 from osoa_zip.container.format import ArchiveReader
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 CODING = ["--model", MODEL, "--tile-size", str(TILE_SIZE), "--batch-size", str(BATCH_SIZE),
           "--batch-pixels", "0"]
 API_CONFIG = AdaptationConfig(tile_size=TILE_SIZE, batch_size=BATCH_SIZE, batch_pixels=0)
@@ -400,17 +398,59 @@ def test_python_api_existing_file_is_a_usage_error(small_archive, tmp_path):
     assert snapshot(destination) == before
 
 
-def test_sources_with_clashing_names_never_give_an_unreadable_archive(tmp_path):
-    """Either compress refuses the clash (UsageError) or the archive must decompress."""
-    for name in ("a", "b"):
-        (tmp_path / name).mkdir()
-        (tmp_path / name / "x.txt").write_text(f"from {name}\n")
+def _clash_tree(root: Path) -> Path:
+    """a/x.txt, b/x.txt (the same name in two folders), c/x (a file) and d/x/y (a folder
+    of that name), e/y.txt and e/sub/z.bin (no clash)."""
+    for name, data in {"a/x.txt": b"from a\n", "b/x.txt": b"from b\n", "c/x": b"a file x\n",
+                       "d/x/y": b"below a folder x\n", "e/y.txt": b"e\n", "e/sub/z.bin": bytes(range(256))}.items():
+        (root / name).parent.mkdir(parents=True, exist_ok=True)
+        (root / name).write_bytes(data)
+    os.chmod(root / "e" / "y.txt", 0o600)
+    return root
+
+
+@pytest.mark.parametrize("sources, clash", [
+    (["a", "b"], "same archive path 'x.txt'"),                            # the same name in two folders
+    (["a", "a"], "same archive path 'x.txt'"),                            # one folder twice
+    (["c", "d"], "same archive path 'x'"),                                # a file where the other has a folder
+    (["d", "c"], "same archive path 'x'"),                                # and the other way round
+    (["e", ("c/x", "y.txt")], "same archive path 'y.txt'"),                # a name given with the source
+    ([("c/x", "f/x"), ("a/x.txt", "./f/x")], "same archive path 'f/x'"),  # given names are normalised
+    (["c", ("e/y.txt", "x/y")], "'x/y' goes through the file 'x'"),        # a name below another's file
+    ([("e/y.txt", "x/y"), "c"], "'x' is already a folder"),               # and the other way round
+], ids=["two-folders", "one-folder-twice", "file-then-folder", "folder-then-file", "given-name",
+        "normalised-name", "given-below-file", "file-above-given"])
+def test_sources_with_clashing_names_are_refused(tmp_path, sources, clash):
+    """Sources whose names would not restore as one tree (decompress refuses duplicates and
+    paths through files) are refused before anything is written: one line, exit 2."""
+    root = _clash_tree(tmp_path / "src")
+    resolved = [root / s if isinstance(s, str) else (root / s[0], s[1]) for s in sources]
     output = io.BytesIO()
-    try:
-        compress([tmp_path / "a", tmp_path / "b"], output, model=MODEL, adaptation=API_CONFIG)
-    except UsageError:
-        return
-    decompress(io.BytesIO(output.getvalue()), tmp_path / "restored")
+    with pytest.raises(UsageError, match=re.escape(clash)):
+        compress(resolved, output, model=MODEL, adaptation=API_CONFIG)
+    assert output.getvalue() == b""
+    if all(isinstance(s, str) for s in sources):  # the same through the command line
+        result = invoke("compress", *CODING, *resolved, tmp_path / "out.osoa")
+        assert result.returncode == 2 and clash in result.stderr, result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert not (tmp_path / "out.osoa").exists()
+
+
+def test_sources_without_clashes_restore_every_file_from_its_source(tmp_path):
+    """Several folders and named files in one archive: every file comes back with its own
+    source's bytes and mode, under the name it was given."""
+    root = _clash_tree(tmp_path / "src")
+    output = io.BytesIO()
+    compress([root / "a", root / "d", root / "e", (root / "b" / "x.txt", "from-b/x.txt")], output,
+             model=MODEL, adaptation=API_CONFIG)
+    restored = tmp_path / "restored"
+    decompress(io.BytesIO(output.getvalue()), restored)
+    expected = {"x.txt": root / "a" / "x.txt", "x/y": root / "d" / "x" / "y", "y.txt": root / "e" / "y.txt",
+                "sub/z.bin": root / "e" / "sub" / "z.bin", "from-b/x.txt": root / "b" / "x.txt"}
+    assert relative_files(restored) == set(expected)
+    for name, source in expected.items():
+        assert (restored / name).read_bytes() == source.read_bytes(), name
+        assert (restored / name).stat().st_mode == source.stat().st_mode, name
 
 
 def test_failed_decompress_leaves_no_new_parent_folders(small_archive, tmp_path):

@@ -18,8 +18,6 @@ from osoa_zip.coding.logistic_coder import ESCAPE_OFFSET, ESCAPE_SIZE, pop_facto
 from osoa_zip.exact.fixed import ACT_FRAC_BITS
 from osoa_zip.exact.logistic import LOG_SCALE_MAX, LOG_SCALE_MIN, LogisticTables, nll_bits
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 TABLES = LogisticTables.from_tensors(LogisticTables.build())
 GRID = 2 ** ACT_FRAC_BITS  # means and log-scales live on the 2**-8 grid
 

@@ -16,7 +16,7 @@ from conftest import BATCH_SIZE, EXAMPLES, MODEL, TILE_SIZE, assert_same_tree, u
 from PIL import Image
 
 from osoa_zip import compress, decompress
-from osoa_zip.adapt.config import LEGACY_VALUES, AdaptationConfig
+from osoa_zip.adapt.config import DEFAULT_LEARNING_RATE, LEGACY_VALUES, AdaptationConfig
 from osoa_zip.adapt.engine import (
     FLAG_GIVE_UP,
     FLAG_PRETRAINED,
@@ -298,7 +298,7 @@ def test_large_tiles_are_batched_by_pixels_too(height, width, expected):
 
 
 def test_a_header_from_before_1_2_has_no_cap():
-    header = AdaptationConfig().to_header()
+    header = AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE).to_header()
     del header["batch_pixels_max"]
     config = AdaptationConfig.from_header(header)
     assert config.batch_pixels_max == 0 and config.batch_size_for(256, 256, 3) == 8
@@ -318,7 +318,7 @@ def test_grey_tiles_have_their_own_pixel_count(side, gray_batch_pixels, expected
 
 
 def test_a_header_from_before_1_3_batches_grey_tiles_like_rgb_ones():
-    header = AdaptationConfig().to_header()
+    header = AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE).to_header()
     del header["gray_batch_pixels"]
     config = AdaptationConfig.from_header(header)
     assert config.gray_batch_pixels == 0
@@ -340,11 +340,11 @@ def test_large_tiles_round_trip_one_to_a_batch(source, tmp_path):
 
 def test_a_header_from_before_1_1_means_what_it_meant_then():
     """Format 1.0 headers have no batch_pixels or give_up_after: whole batch_size batches, never give up."""
-    header = AdaptationConfig().to_header()
+    header = AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE).to_header()
     old = {key: value for key, value in header.items() if key not in LEGACY_VALUES}
     config = AdaptationConfig.from_header(old)
     assert (config.batch_pixels, config.give_up_after) == (0, 0)
-    assert AdaptationConfig.from_header(header) == AdaptationConfig()
+    assert AdaptationConfig.from_header(header) == AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE)
 
 
 def test_batches_by_pixels_round_trip_and_list(source, tmp_path):
@@ -379,3 +379,29 @@ def test_grey_images_adapt_their_last_layers_by_default():
     assert legacy.parameters_for(1) == "all"
     with pytest.raises(ValueError, match="unknown parameter selection"):
         AdaptationConfig(gray_parameters="most")
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("tile_size", 15, "the tile size must be even and at least 2, not 15"),
+    ("tile_size", 0, "the tile size must be even and at least 2, not 0"),
+    ("batch_size", 0, "the batch size must be at least 1"),
+    ("steps_per_batch", -1, "steps per batch and the segment size must not be negative"),
+    ("optimizer", "sgd", "unknown optimizer 'sgd'"),
+])
+def test_settings_are_checked_in_one_place(setting, value, message, tmp_path):
+    """AdaptationConfig refuses a bad setting with one message wherever it comes from: the
+    Python API, a header (data from outside), and both commands that take it."""
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        AdaptationConfig(**{setting: value})
+    header = {**AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE).to_header(), setting: value}
+    with pytest.raises(ValueError, match=f"^{message}$"):
+        AdaptationConfig.from_header(header)
+    options = {"tile_size": "--tile-size", "batch_size": "--batch-size", "steps_per_batch": "--steps-per-batch"}
+    if setting in options and value > 0:  # the options' own ranges catch the others first
+        for command in ("compress", "bench"):
+            result = CliRunner().invoke(main, [command, str(EXAMPLES), str(tmp_path / "out"), options[setting],
+                                               str(value)] if command == "compress" else
+                                        [command, str(EXAMPLES), "-o", str(tmp_path / "out"), options[setting],
+                                         str(value)])
+            assert result.exit_code == 2 and result.stderr == f"osoa-zip: error: {message}\n", result.output
+        assert not (tmp_path / "out").exists()

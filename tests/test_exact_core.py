@@ -11,10 +11,10 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLES
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
-from test_portability import EXAMPLES
 
 from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
 from osoa_zip.exact import fixed

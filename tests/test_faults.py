@@ -15,20 +15,15 @@ import os
 import re
 import shutil
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 from conftest import EXAMPLES, MODEL, subprocess_env, uncompressed_copy
-from measure import run_cli
+from measure import run_cli, start_paused
 
 from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.archive import ModelError, compress, decompress
 from osoa_zip.models.registry import MANIFEST, available_models
-
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CODING = ["--model", MODEL, "--tile-size", "16", "--batch-size", "2", "--batch-pixels", "0"]
 ARCHIVE_PART = re.compile(r"^\.a\.osoa\.[A-Za-z0-9_]{8}\.part$")
@@ -38,8 +33,8 @@ STAGING = re.compile(r"^\.osoa-zip-[A-Za-z0-9_]{8}$")
 
 @pytest.fixture(scope="module")
 def source(tmp_path_factory) -> Path:
-    """Enough images for a few seconds of coding with the tiny model, and a plain file
-    (written early, so a full disk fails early)."""
+    """Images the tiny model codes (the model path), and a plain file that comes first
+    (so a full disk fails early, and decompress restores it before any image)."""
     root = tmp_path_factory.mktemp("faults") / "src"
     for copy in range(2):
         uncompressed_copy(EXAMPLES, root / f"copy{copy}")
@@ -55,34 +50,28 @@ def archive(source, tmp_path_factory) -> Path:
     return path
 
 
-def _kill_when(arguments, appeared, timeout=120.0) -> int:
-    """Start the CLI; SIGKILL it as soon as `appeared()` is true (plus a moment of work)."""
-    process = subprocess.Popen([sys.executable, "-m", "osoa_zip", *map(str, arguments)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=subprocess_env())
-    deadline = time.monotonic() + timeout
-    while not appeared() and process.poll() is None and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.3)
+def _killed(process) -> None:
     process.send_signal(signal.SIGKILL)
-    return process.wait()
+    assert process.wait() == -signal.SIGKILL
+    process.stderr.close()
 
 
 def test_sigkill_during_compress_leaves_no_archive(source, tmp_path):
+    """Killed once a batch of coded images is in the temporary archive: only that remains."""
     work = tmp_path / "work"
     work.mkdir()
     archive = work / "a.osoa"
-    code = _kill_when(["compress", *CODING, source, archive],
-                      lambda: any(ARCHIVE_PART.match(p.name) for p in work.iterdir()))
-    if code == 0:
-        pytest.skip("finished before the kill")
-    assert code == -signal.SIGKILL
-    left = [p.name for p in work.iterdir()]
+    process = start_paused(["compress", *CODING, source, archive], "compress-batch")
+    parts = [p for p in work.iterdir() if ARCHIVE_PART.match(p.name)]
+    assert len(parts) == 1 and parts[0].stat().st_size > 0  # the work was under way
+    _killed(process)
     assert not archive.exists()
-    assert len(left) == 1 and ARCHIVE_PART.match(left[0]), left  # recognisably temporary
+    assert [p.name for p in work.iterdir()] == [parts[0].name]  # recognisably temporary
 
 
 @pytest.mark.parametrize("existing", [False, True], ids=["new-dest", "existing-dest"])
 def test_sigkill_during_decompress_leaves_nothing_that_looks_restored(archive, tmp_path, existing):
+    """Killed once an entry is restored into the staging folder: only that folder remains."""
     work = tmp_path / "work"
     destination = work / "dest"
     destination.mkdir(parents=True)
@@ -90,23 +79,17 @@ def test_sigkill_during_decompress_leaves_nothing_that_looks_restored(archive, t
         (destination / "mine.txt").write_text("mine")
     else:
         destination.rmdir()
-
-    def staged() -> bool:
-        folder = destination if existing else work
-        pattern = STAGING if existing else DEST_PART
-        return any(pattern.match(p.name) for p in folder.iterdir()) if folder.exists() else False
-
-    code = _kill_when(["decompress", archive, destination], staged)
-    if code == 0:
-        pytest.skip("finished before the kill")
-    assert code == -signal.SIGKILL
+    process = start_paused(["decompress", archive, destination], "decompress-entry")
+    folder, pattern = (destination, STAGING) if existing else (work, DEST_PART)
+    staged = [p for p in folder.iterdir() if pattern.match(p.name)]
+    assert len(staged) == 1 and any(staged[0].rglob("*")), staged  # an entry is restored in it
+    _killed(process)
     if existing:
         left = sorted(p.name for p in destination.iterdir())
-        assert left[1:] == ["mine.txt"] and STAGING.match(left[0]), left
+        assert left == sorted(["mine.txt", staged[0].name]), left
     else:
-        left = [p.name for p in work.iterdir()]
         assert not destination.exists()
-        assert len(left) == 1 and DEST_PART.match(left[0]), left
+        assert [p.name for p in work.iterdir()] == [staged[0].name]
 
 
 # -- a full disk -----------------------------------------------------------------

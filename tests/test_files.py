@@ -9,16 +9,20 @@ from __future__ import annotations
 import io
 import os
 import shutil
+import signal
 import stat
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
-from test_portability import EXAMPLES
+from conftest import EXAMPLES, subprocess_env
+from measure import start_paused
 
 from osoa_zip.adapt.engine import AdaptationConfig
 from osoa_zip.archive import UsageError, compress, decompress
+from osoa_zip.pause import VARIABLE as PAUSE_VARIABLE
 
 SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0))
 
@@ -75,6 +79,20 @@ def test_metadata_links_and_names_survive(tree, tmp_path):
     assert len(warnings) == 3 and all("skipping" in w for w in warnings)
     assert sum("fifo" in w for w in warnings) == 1
     assert (restored / "sub" / "same-notes.txt").stat().st_ino == (restored / "notes.txt").stat().st_ino
+
+
+def test_names_decompress_would_refuse_are_skipped_with_a_warning(tmp_path):
+    """A backslash (refused on restore, as a path separator elsewhere) is skipped, as a
+    control character is, with one warning each; the rest is archived and restored."""
+    root = tmp_path / "src"
+    root.mkdir()
+    (root / "a\\b.txt").write_text("backslash\n")
+    (root / "bell\a.txt").write_text("control\n")
+    (root / "fine.txt").write_text("fine\n")
+    warnings = []
+    restored = _round_trip([root], tmp_path, warnings)
+    assert sorted(p.name for p in restored.iterdir()) == ["fine.txt"]
+    assert len(warnings) == 2 and any("backslash" in w for w in warnings) and any("control" in w for w in warnings)
 
 
 def test_files_from_stores_paths_as_given(tree, tmp_path):
@@ -139,80 +157,113 @@ def test_byte_exact_restores_identical_bytes(tmp_path):
         assert (restored / path.name).read_bytes() == path.read_bytes(), path.name
 
 
-def test_images_the_model_codes_badly_are_stored_instead(tmp_path):
-    """An archive is never much larger than its inputs: a group that codes larger than its
-    files is stored as files, and the adaptation it caused is rolled back (decode stays exact)."""
+def _noise_png(path: Path, seed: int) -> None:
+    """Noise: PNG stores it at ~8 bits per sub-pixel, the model needs more."""
     import numpy as np
     from PIL import Image
+    Image.fromarray(np.random.default_rng(seed).integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(path)
+
+
+def _same_pixels(source: Path, restored: Path) -> None:
+    import numpy as np
+    from PIL import Image
+    for path in source.iterdir():
+        with Image.open(path) as a, Image.open(restored / path.name) as b:
+            assert a.mode == b.mode and np.array_equal(np.asarray(a), np.asarray(b)), path.name
+
+
+def test_images_the_model_codes_badly_are_stored_as_files(tmp_path):
+    """An archive is never much larger than its inputs: a group that codes larger than its
+    files is stored as files (byte for byte)."""
     source = tmp_path / "src"
     source.mkdir()
-    noise = np.random.default_rng(3).integers(0, 256, (40, 40, 3), dtype=np.uint8)
-    Image.fromarray(noise).save(source / "noise.png")  # PNG stores noise at ~8 bits; the model needs more
-    Image.fromarray(np.zeros((40, 40), np.uint8)).save(source / "flat.png")
+    _noise_png(source / "noise1.png", 3)
+    _noise_png(source / "noise2.png", 4)
     buffer = io.BytesIO()
     summary = compress([source], buffer, **SETTINGS)
+    assert (summary.files, summary.images, summary.batches) == (2, 0, [])
     total = sum(p.stat().st_size for p in source.iterdir())
     (tmp_path / "empty").mkdir()
     empty = io.BytesIO()
     compress([tmp_path / "empty"], empty, **SETTINGS)  # the header and the framing (~0.8 kB)
     assert len(buffer.getvalue()) <= total + len(empty.getvalue()) + 256
-    buffer.seek(0)
     restored = tmp_path / "out"
-    decompress(buffer, restored)
-    assert summary.images in (0, 2)
+    decompress(io.BytesIO(buffer.getvalue()), restored)
     for path in source.iterdir():
-        with Image.open(path) as a, Image.open(restored / path.name) as b:
-            assert np.array_equal(np.asarray(a), np.asarray(b))
+        assert (restored / path.name).read_bytes() == path.read_bytes(), path.name
+
+
+def test_images_the_model_codes_well_take_the_model_path(tmp_path):
+    from conftest import uncompressed_copy
+    source = uncompressed_copy(EXAMPLES, tmp_path / "src")
+    buffer = io.BytesIO()
+    summary = compress([source], buffer, **SETTINGS)
+    images = len(list(source.iterdir()))
+    assert summary.images == images and summary.batches
+    assert len(buffer.getvalue()) < sum(p.stat().st_size for p in source.iterdir())
+    restored = tmp_path / "out"
+    decompress(io.BytesIO(buffer.getvalue()), restored)
+    _same_pixels(source, restored)
+
+
+def test_a_group_stored_as_files_leaves_no_adaptation_behind(tmp_path, monkeypatch):
+    """One image per group: the noise group between two photos is stored as files and the
+    adaptation it caused is rolled back, so the photos are coded with exactly the bits they
+    get without it (and the decoder, which never sees that group, stays exact)."""
+    from conftest import uncompressed_copy
+
+    from osoa_zip import pack
+    monkeypatch.setattr(pack, "MAX_GROUP_IMAGES", 1)
+    photos = uncompressed_copy(EXAMPLES, tmp_path / "photos")
+    first, last = sorted(photos.iterdir())[:2]
+    source = tmp_path / "src"
+    source.mkdir()
+    shutil.copy(first, source / "a.png")
+    _noise_png(source / "b.png", 3)
+    shutil.copy(last, source / "c.png")
+    without = tmp_path / "without"
+    shutil.copytree(source, without)
+    (without / "b.png").unlink()
+    bits = {}
+    for name, folder in (("with", source), ("without", without)):
+        buffer = io.BytesIO()
+        summary = compress([folder], buffer, **SETTINGS)
+        assert summary.images == 2
+        bits[name] = [batch.bits for batch in summary.batches]
+        restored = tmp_path / f"out-{name}"
+        decompress(io.BytesIO(buffer.getvalue()), restored)
+        _same_pixels(folder, restored)
+    assert bits["with"] == bits["without"]
 
 
 @pytest.mark.parametrize("command", ["compress", "decompress"])
 def test_ctrl_c_leaves_nothing_half_written(tmp_path, command):
-    """SIGINT mid-way: exit 130, one line, no archive, no temporary files, no partial folder."""
-    import signal
-    import time
-
+    """SIGINT mid-way (a batch in the temporary archive, an entry in the staging folder):
+    exit 130, one line, no archive, no temporary files, no partial folder."""
     from conftest import uncompressed_copy
-    source = tmp_path / "src"
-    for copy in range(6):
-        uncompressed_copy(EXAMPLES, source / f"copy{copy}")
+    source = uncompressed_copy(EXAMPLES, tmp_path / "src")
     archive = tmp_path / "a.osoa"
-    cli = [sys.executable, "-m", "osoa_zip"]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    coding = ["--model", "idf-tiny-test", "--tile-size", "16", "--batch-size", "2", "--batch-pixels", "0"]
     if command == "decompress":
-        subprocess.run(cli + ["compress", "-q", "--model", "idf-tiny-test", "--tile-size", "16", "--batch-size", "2",
-                              "--batch-pixels", "0",
-                              str(source), str(archive)], check=True, env=env)
-        arguments = ["decompress", str(archive), str(tmp_path / "out")]
+        subprocess.run([sys.executable, "-m", "osoa_zip", "compress", "-q", *coding, str(source), str(archive)],
+                       check=True, env=subprocess_env())
+        process = start_paused(["decompress", archive, tmp_path / "out"], "decompress-entry")
     else:
-        arguments = ["compress", "--model", "idf-tiny-test", "--tile-size", "16", "--batch-size", "2",
-                     "--batch-pixels", "0",
-                     str(source), str(archive)]
-    process = subprocess.Popen(cli + arguments, stderr=subprocess.PIPE, env=env)
-    # Interrupt once the work has begun (a temporary archive or staging folder
-    # exists), not at a fixed time: on a loaded machine start-up alone takes seconds.
-    deadline = time.monotonic() + 60
-    while ({p.name for p in tmp_path.iterdir()} <= {"src", "a.osoa"} and process.poll() is None
-           and time.monotonic() < deadline):
-        time.sleep(0.05)
-    time.sleep(0.5)
+        process = start_paused(["compress", *coding, source, archive], "compress-batch")
+    assert {p.name for p in tmp_path.iterdir()} - {"src", "a.osoa"}  # the temporary archive or staging folder
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    if process.returncode == 0:
-        pytest.skip("finished before the interrupt arrived")
-    assert process.returncode == 130 and b"Traceback" not in stderr, stderr
-    leftovers = {p.name for p in tmp_path.iterdir()} - {"src", "a.osoa"}
-    assert leftovers == set()
-    if command == "compress":
-        assert not archive.exists()
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert stderr.decode().splitlines() == ["osoa-zip: error: interrupted"]
+    assert {p.name for p in tmp_path.iterdir()} == {"src"} | ({"a.osoa"} if command == "decompress" else set())
 
 
-def _wait_until_torch_loads(process, timeout: float = 30.0) -> bool:
+def _wait_until_torch_loads(process, timeout: float = 120.0) -> bool:
     """Poll the process's memory map until a torch library is mapped (it is importing torch).
 
     A fixed delay was flaky: on a loaded machine (or a fresh clone compiling its .pyc
     files) 0.3 s could land in the interpreter's own start-up, where Python itself
     prints the KeyboardInterrupt traceback before any of our code runs."""
-    import time
     maps = Path(f"/proc/{process.pid}/maps")
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and process.poll() is None:
@@ -225,28 +276,28 @@ def _wait_until_torch_loads(process, timeout: float = 30.0) -> bool:
     return False
 
 
-@pytest.mark.parametrize("delay", [0.0, 0.2, 0.5])
+@pytest.mark.parametrize("delay", [0.0, 0.2, 0.5, 5.0])
 def test_ctrl_c_while_starting_prints_no_traceback(tmp_path, delay):
-    """SIGINT while the console script is still importing torch: one line, exit 130."""
-    import signal
-    import time
+    """SIGINT while the console script is still importing torch, or just after (held at the
+    test-only pause "loaded", where the launcher's handler is still in place, so the
+    process cannot have finished): one line, exit 130."""
     script = Path(sys.executable).with_name("osoa-zip")
     if not script.is_file():
         pytest.skip("the console script is not installed beside this Python")
     if not Path("/proc/self/maps").is_file():
         pytest.skip("needs /proc to see when torch starts loading")
-    process = subprocess.Popen([str(script), "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    if not _wait_until_torch_loads(process):
+    process = subprocess.Popen([str(script), "models"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                               env={**os.environ, PAUSE_VARIABLE: "loaded"})
+    try:
+        assert _wait_until_torch_loads(process), "torch was never seen loading"
+        time.sleep(delay)
+        process.send_signal(signal.SIGINT)
+        _, stderr = process.communicate(timeout=120)
+    finally:
         process.kill()
-        process.communicate()
-        pytest.skip("torch was never seen loading")
-    time.sleep(delay)
-    process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=60)
-    if process.returncode == 0:
-        pytest.skip("finished before the interrupt arrived")
-    assert b"Traceback" not in stderr, stderr
-    assert process.returncode in (130, -signal.SIGINT), (process.returncode, stderr)
+    assert process.returncode == 130, stderr
+    lines = [line for line in stderr.decode().splitlines() if line != "osoa-zip: test pause at loaded"]
+    assert lines == ["osoa-zip: error: interrupted"], stderr
 
 
 def test_segments_restart_the_model(tmp_path):

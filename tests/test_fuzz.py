@@ -27,8 +27,6 @@ from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.archive import compress
 from osoa_zip.cli import main
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 TALLY = Tally()
 HYPOTHESIS = settings(deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture,
                                                             HealthCheck.too_slow])

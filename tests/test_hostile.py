@@ -24,8 +24,6 @@ from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.archive import RefusedEntries, UsageError, compress, decompress, test_archive
 from osoa_zip.verify import tree_differences
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
-
 SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0))
 MEMORY_LIMIT = 3 << 29  # 1.5 GiB of address space: the CLI needs ~250 MB of RSS on these archives
 

@@ -20,7 +20,6 @@ from osoa_zip.models.registry import FlowBundle, build_networks
 TINY_V3 = {"hidden": 8, "depth": 2, "levels": 2, "channel_coupling": True, "mean_remainder": True,
            "deep_levels": True}
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _networks(config: dict = TINY_V3) -> dict:

@@ -27,7 +27,6 @@ TINY_V4 = {"hidden": 8, "depth": 2, "levels": 2, "channel_coupling": True, "mean
            "deep_levels": True, "edge_bins": True}
 TABLES = LogisticTables.from_tensors(LogisticTables.build())
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _networks(config: dict = TINY_V4) -> dict:

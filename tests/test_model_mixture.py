@@ -29,7 +29,6 @@ TINY_V4 = {"hidden": 8, "depth": 2, "levels": 2, "channel_coupling": True, "mean
 TINY_V6 = {**TINY_V4, "mixture_components": 3}
 TABLES = LogisticTables.from_tensors(LogisticTables.build(mixture=True))
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _networks(config: dict = TINY_V6, seed: int = 0) -> dict:

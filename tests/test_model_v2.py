@@ -11,11 +11,11 @@ from __future__ import annotations
 import copy
 import io
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from conftest import EXAMPLES
 from PIL import Image
 
 from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
@@ -33,13 +33,10 @@ from osoa_zip.models.registry import (
 )
 from osoa_zip.models.training import warm_start
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples" / "images"
 TINY_V2 = {"hidden": 8, "depth": 2, "levels": 2, "channel_coupling": True, "mean_remainder": True}
 TILE = 16
 ADAPTATION = AdaptationConfig(tile_size=TILE, batch_size=4, batch_pixels=0, learning_rate=2e-3, steps_per_batch=1)
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiny_v2_networks(seed: int = 0) -> dict:

@@ -10,11 +10,10 @@ import io
 import lzma
 import os
 import zlib
-from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import EXAMPLES, assert_same_tree
+from conftest import EXAMPLES, REPO, assert_same_tree
 from PIL import Image, PngImagePlugin
 
 import osoa_zip.imaging.io as imaging_io
@@ -23,7 +22,6 @@ from osoa_zip.archive import compress, decompress
 from osoa_zip.imaging.io import read_image, write_image
 from osoa_zip.imaging.pixel_file import PixelFile, PixelView
 
-REPO = Path(__file__).resolve().parents[1]
 PHOTOS = sorted((REPO / "data" / "eval" / "photos768").glob("*.png"))[:3] + sorted(EXAMPLES.glob("*.png"))[:3]
 MODES = {"L": 1, "RGB": 3, "LA": 2, "RGBA": 4, "P": 1}
 SPILL_BYTES = imaging_io.SPILL_BYTES

@@ -18,14 +18,12 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import uncompressed_copy
+from conftest import EXAMPLES, uncompressed_copy
 from PIL import Image
 
 from osoa_zip.adapt.engine import AdaptationConfig
 from osoa_zip.archive import compress
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples" / "images"
 SETTINGS = dict(model="idf-tiny-test",
                 adaptation=AdaptationConfig(tile_size=16, batch_size=4,
                                             batch_pixels=0, learning_rate=2e-3, steps_per_batch=1))

@@ -20,10 +20,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import subprocess_env
+from conftest import EXAMPLES, subprocess_env
 from PIL import Image
 from test_portability import FULL_MATRIX, SUBSET, _check, _ids, _tree_digest
 
+from osoa_zip.adapt.config import DEFAULT_LEARNING_RATE
 from osoa_zip.adapt.engine import FLAG_CHAIN_HEAD, FLAG_CHAINED, AdaptationConfig, BatchError, OnlineAdapter
 from osoa_zip.coding.ans import CorruptStream, Encoder
 from osoa_zip.coding.bitsback import StackCoder
@@ -33,8 +34,6 @@ from osoa_zip.exact.noise import logistic_quantile, uniform_q24
 from osoa_zip.models.registry import ModelError, build_networks, load_model
 from osoa_zip.models.vae import TOP_NOISE_SALT
 
-REPO = Path(__file__).resolve().parents[1]
-EXAMPLES = REPO / "examples" / "images"
 MODEL = "vae-tiny-test"
 HIERARCHICAL = "vae-hier-tiny-test"  # two latent levels, mixture likelihood
 MODELS = [MODEL, HIERARCHICAL]
@@ -46,7 +45,6 @@ ADAPTATION = AdaptationConfig(tile_size=TILE, batch_size=4, batch_pixels=0, lear
 GOLDEN_ADAPTED_WEIGHTS = {MODEL: "2e79ff0100aee60dbb3b6735fe81c7f80a9b958bd35b9d18cc1af06163aa43c0",
                           HIERARCHICAL: "8080b31758e3f831d2ad68d2a4e01ba9c50cf3072d15593b77ab9ef9ea6ec497"}
 
-pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tiles(mode: str, tile: int = TILE) -> np.ndarray:
@@ -517,7 +515,7 @@ def test_compress_takes_the_model_s_learning_rate_unless_told(tmp_path):
         assert result.exit_code == 0, result.output
         with open(archive, "rb") as handle:
             rates[name] = read_archive(handle)[0]["adaptation"]["learning_rate"]
-    assert rates == {"own": 2e-3, "told": 1e-3, "flow": AdaptationConfig.learning_rate}
+    assert rates == {"own": 2e-3, "told": 1e-3, "flow": DEFAULT_LEARNING_RATE}
 
 
 def test_unknown_family_is_refused():

@@ -48,6 +48,7 @@ from ..exact import ENGINE
 from ..exact.optim import ExactAdam
 from ..models.registry import FlowBundle
 from .config import AdaptationConfig
+from .defaults import adaptation_for
 from .flags import (  # noqa: F401
     CHAIN_LENGTH_BYTES,
     FLAG_CHAIN_HEAD,
@@ -80,7 +81,7 @@ class BatchError(ValueError):
     """A batch's flags or data cannot be replayed."""
 
 
-# family -> (encoder for a new batch, decoder of a batch's bytes)  [vae: added for the VAE family]
+# family -> (encoder for a new batch, decoder of a batch's bytes)
 CODERS = {"flow": (Encoder, Decoder), "vae": (StackCoder, StackCoder)}
 
 
@@ -163,14 +164,9 @@ class OnlineAdapter:
     """Holds θ_t per channel count and the optimiser state; one per archive."""
 
     def __init__(self, bundle: FlowBundle, config: AdaptationConfig) -> None:
-        if config.optimizer != "adam":
-            raise ValueError(f"unknown optimizer {config.optimizer!r}")
-        if (config.tile_size % 2 or config.tile_size < 2 or config.batch_size < 1 or config.steps_per_batch < 0
-                or config.segment_batches < 0):
-            raise ValueError("tile size must be even and positive, batch size and steps positive")
         if bundle.family not in CODERS:
             raise ValueError(f"unknown model family {bundle.family!r}")
-        self.config = config
+        self.config = adaptation_for(bundle.name, config)  # validated by AdaptationConfig itself
         self._bundle = bundle
         self._new_encoder, self._new_decoder = CODERS[bundle.family]
         self._tracks: dict[int, _Track] = {}

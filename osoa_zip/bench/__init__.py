@@ -6,6 +6,7 @@
   processes.py   run a codec as a separate process: wall time and peak RSS (os.wait4)
   classical.py   PNG, WebP lossless, JPEG XL lossless, tar + xz (optional ones reported as skipped)
   finetune.py    the paper's baseline: fine-tune the same parameters, store them, code frozen
+  results.py     the rows and options of a run (plain data)
   report.py      markdown table, CSV and (with matplotlib) plots
   runner.py      runs everything and collects the rows
 

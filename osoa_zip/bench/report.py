@@ -10,7 +10,7 @@ import csv
 from pathlib import Path
 
 from ..layout import GROUP_SUBPIXELS
-from .runner import FINE_TUNE, FROZEN, OSOA, STORED_AS_FILES, BenchResult, Row, SetResult
+from .results import FINE_TUNE, FROZEN, OSOA, STORED_AS_FILES, BenchResult, Row, SetResult
 
 SUMMARY_CODECS = [(FROZEN, "pretrained only"), (FINE_TUNE, "fine-tune + store (paper)"), ("png", "PNG"),
                   ("webp", "WebP-LL"), ("jxl", "JPEG XL-LL"), ("tar-xz", "tar+xz")]

@@ -8,13 +8,13 @@ codec that does not give the pixels back fails the benchmark.
 """
 from __future__ import annotations
 
+import dataclasses
 import datetime
 import os
 import platform
 import shutil
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -22,78 +22,20 @@ from .. import __version__
 from ..adapt.config import AdaptationConfig
 from . import BenchError, classical
 from .processes import Measured, osoa_zip_command, run_measured
+from .report import write_outputs
+from .results import (
+    FINE_TUNE,
+    FINE_TUNE_F32,
+    FROZEN,
+    OSOA,
+    STORED_AS_FILES,
+    BenchOptions,
+    BenchResult,
+    Row,
+    ScalingRow,
+    SetResult,
+)
 from .sets import BenchSet, model_batches, prepare_set, tile_folder
-
-OSOA, FROZEN, FINE_TUNE, FINE_TUNE_F32 = "osoa", "no-adapt", "finetune-f16", "finetune-f32"
-STORED_AS_FILES = "stored as files"  # starts the note of an osoa-zip row whose archive did not code every image
-
-
-@dataclass
-class Row:
-    set_name: str
-    codec: str                         # key: osoa, no-adapt, finetune-f16, png, ...
-    label: str
-    subpixels: int
-    bytes: int | None = None           # None: skipped
-    compress_seconds: float | None = None
-    decompress_seconds: float | None = None
-    compress_rss_mb: float | None = None
-    decompress_rss_mb: float | None = None
-    measured_as: str = "process"       # "process" (wall time, peak RSS of the child) or "in-process"
-    note: str = ""
-
-    @property
-    def skipped(self) -> bool:
-        return self.bytes is None
-
-    @property
-    def bpsp(self) -> float | None:
-        return None if self.bytes is None else 8 * self.bytes / self.subpixels
-
-    def megabytes_per_second(self, seconds: float | None) -> float | None:
-        return self.subpixels / 1e6 / seconds if seconds else None
-
-
-@dataclass
-class SetResult:
-    bench_set: BenchSet
-    rows: list[Row]
-    curves: dict[str, list[float]]     # per-batch bpsp along the archive, by label
-    fine_tune_note: str = ""
-
-
-@dataclass
-class ScalingRow:
-    tiles: int
-    distinct: int      # different tiles among them (the first folder may have fewer)
-    subpixels: int
-    bytes: int
-    seconds: float
-    peak_rss_mb: float
-
-
-@dataclass
-class BenchOptions:
-    folders: list[Path]
-    output: Path
-    model: str
-    config: AdaptationConfig = AdaptationConfig()
-    limit: int | None = None
-    fast_baselines: bool = False
-    scaling: list[int] = field(default_factory=list)
-    plots: bool = True
-    command: str = ""
-
-
-@dataclass
-class BenchResult:
-    options: BenchOptions
-    machine: dict
-    startup_seconds: float
-    sets: list[SetResult]
-    scaling: list[ScalingRow]
-    outputs: list[Path] = field(default_factory=list)
-    plot_note: str = ""
 
 
 def machine_description() -> dict:
@@ -283,8 +225,10 @@ def run_scaling(options: BenchOptions, log: Callable[[str], None]) -> list[Scali
 
 
 def run_bench(options: BenchOptions, log: Callable[[str], None] = lambda message: None) -> BenchResult:
-    """Measure every codec on every folder, write the table, CSV and plots into options.output."""
-    from .report import write_outputs
+    """Measure every codec on every folder, write the table, CSV and plots into options.output.
+    Settings that ``options.config`` leaves unset are the model's, as for compress."""
+    from ..adapt.defaults import adaptation_for  # loads torch: not at import (see __init__.py)
+    options = dataclasses.replace(options, config=adaptation_for(options.model, options.config))
     options.output.mkdir(parents=True, exist_ok=True)
     machine = machine_description()
     result = BenchResult(options, machine, run_measured(osoa_zip_command("--version")).seconds, [], [])

@@ -10,8 +10,9 @@ at once.
 
 A *push* takes an ``Encoder`` holding one group of symbols written in the
 order the decoder will pop them, and lays it on the stack backwards; pops
-come from ``Decoder``.  Each batch still gets its own stack, so a batch is
-one independent byte string.
+come from ``Decoder``.  One stack holds a whole chain of batches (up to
+AdaptationConfig.chain_batches, adapt/engine.py ``encode_chain``): the
+decoder keeps it open from the chain's first batch to its last.
 """
 from __future__ import annotations
 

@@ -4,7 +4,8 @@ A directory source contributes its contents; a file source its base name.
 Directories (so empty ones survive), regular files, hard links (the second
 and later names of one inode) and symbolic links that stay inside their
 source tree become entries; links that leave it, FIFOs, sockets and devices
-are skipped with a warning, and so are names holding control characters.
+are skipped with a warning, and so are names holding control characters or a
+backslash (decompress refuses them).
 Nothing is ever followed.  Entries come sorted,
 parents before children, so archives are deterministic.
 """
@@ -71,11 +72,16 @@ def scan(sources: list[Path | tuple[Path, str]], warn: Callable[[str], None],
     A source is a path (a folder gives its contents, a file its base name) or
     a (path, name) pair that stores the source itself under `name`.
     """
+    from .restore import EntryNames, UnsafeEntry  # restore.py imports this module
+
     entries: list[Entry] = []
     seen_inodes: dict[tuple[int, int], str] = {}
     names: set[str] = set()
+    tree = EntryNames()  # the rules decompress restores by: sources that break them are refused here
     for source in sources:
         source, given_name = (Path(source[0]), source[1]) if isinstance(source, tuple) else (Path(source), None)
+        if given_name is not None:
+            given_name = listed_name(given_name)
         try:
             info = source.lstat()
         except FileNotFoundError:
@@ -96,12 +102,20 @@ def scan(sources: list[Path | tuple[Path, str]], warn: Callable[[str], None],
             if has_control_characters(name):
                 warn(f"skipping {name!r}: its name holds control characters")
                 continue
+            if "\\" in name:  # decompress refuses such names (files.restore.checked_name)
+                warn(f"skipping {name!r}: its name holds a backslash")
+                continue
             if name in names:
                 raise SourceError(f"two sources give the same archive path {name!r}")
             names.add(name)
             entry = _entry(name, relative, path, item, seen_inodes, warn)
-            if entry is not None:
-                entries.append(entry)
+            if entry is None:
+                continue
+            try:
+                tree.claim(name, {DIRECTORY: "dir", SYMLINK: "symlink"}.get(entry.kind, "file"))
+            except UnsafeEntry as error:  # a file where another source has a folder, or the reverse
+                raise SourceError(f"the sources clash: {error}") from None
+            entries.append(entry)
     return entries
 
 

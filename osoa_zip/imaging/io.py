@@ -248,13 +248,6 @@ def save_picture(picture: Image.Image, record: ImageRecord, out: BinaryIO | None
     return sink.digest.hexdigest(), sink.size
 
 
-def encode_image(record: ImageRecord) -> bytes:
-    """The file bytes to restore: Pillow's encoding, with PNG metadata spliced back."""
-    buffer = io.BytesIO()
-    save_picture(record_picture(record), record, buffer)
-    return buffer.getvalue()
-
-
 class _Reader:
     """A file for Pillow without a descriptor: given one, Pillow hands some TIFFs to
     libtiff by descriptor, and a spill file's descriptor may not exist yet.
@@ -505,13 +498,6 @@ def check_reproduced(record: ImageRecord, digest: str) -> None:
     """With --byte-exact, the bytes written must be the original's."""
     if record.sha256 and digest != record.sha256:
         raise CannotReproduce("the image encoder here does not reproduce its exact bytes (the pixels are intact)")
-
-
-def checked_image_bytes(record: ImageRecord) -> bytes:
-    """The bytes to restore; with --byte-exact, only if they are the original's."""
-    data = encode_image(record)
-    check_reproduced(record, hashlib.sha256(data).hexdigest())
-    return data
 
 
 def write_image(path: Path, record: ImageRecord) -> None:

@@ -20,7 +20,7 @@ import torch
 from ..exact.logistic import LogisticTables
 from .idf import SubLatticeFlow
 from .mixture import extra_outputs
-from .registry import CHANNEL_PREFIXES, build_networks, load_checkpoint, save_checkpoint
+from .registry import CHANNEL_PREFIXES, build_networks, save_checkpoint
 
 
 def batches(tiles: np.ndarray, batch_size: int, rng: np.random.Generator):
@@ -198,10 +198,5 @@ def _name_of(network: torch.nn.Module, module: torch.nn.Module) -> str:
     return next(name for name, candidate in network.named_modules() if candidate is module)
 
 
-def load_networks_float(path: Path) -> dict[int, SubLatticeFlow]:
-    bundle = load_checkpoint(path, name=path.stem, sha256="")
-    return {c: n.to(torch.float32) for c, n in bundle.networks.items()}
-
-
-__all__ = ["train", "evaluate", "export", "build_networks", "CHANNEL_PREFIXES", "load_networks_float", "warm_start",
+__all__ = ["train", "evaluate", "export", "build_networks", "CHANNEL_PREFIXES", "warm_start",
            "spread_mixture"]
