@@ -90,6 +90,7 @@ def test_an_interrupt_while_torch_loads_is_an_interrupt():
     script = """
 import os, signal, time
 from osoa_zip import torch_loading
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job may have inherited SIG_IGN
 try:
     with torch_loading._importing():
         try:
