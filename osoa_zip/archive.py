@@ -5,11 +5,11 @@
     test_archive(source)                unpack.py (decode and verify, write nothing)
     extract_entry(source, name, output) unpack.py (one entry's restored bytes)
 """
-from .adapt.engine import AdaptationConfig
+from .adapt.config import AdaptationConfig
 from .container.format import ArchiveError
 from .files.restore import RefusedEntries
 from .layout import Summary, UsageError
-from .models.registry import ModelError
+from .models.catalog import ModelError
 from .pack import compress
 from .unpack import decompress, extract_entry, test_archive
 

@@ -15,7 +15,7 @@ from pathlib import Path
 import click
 from click.core import ParameterSource
 
-from . import __version__
+from . import __version__, torch_loading
 from .adapt.config import DEFAULT_LEARNING_RATE, MAX_CHAIN_BATCHES, PARAMETER_SELECTIONS
 from .adapt.defaults import adaptation_for
 from .adapt.flags import (
@@ -33,9 +33,10 @@ from .archive import (
     extract_entry,
     test_archive,
 )
+from .cpus import available_cpus, default_threads
 from .files.scan import SourceError, listed_name
 from .layout import ClusterError
-from .models.registry import DEFAULT_MODEL, available_models
+from .models.catalog import DEFAULT_MODEL, available_models
 
 DATA_ERROR = 1
 USAGE_ERROR = 2
@@ -111,22 +112,20 @@ def main() -> None:
 
     Decompression replays the adaptation, so it takes about as long as compression.
     """
-    _one_torch_thread_unless_asked()
+    torch_loading.prepare(_one_torch_thread_unless_asked)  # torch loads with the first model, if any
 
 
-def _one_torch_thread_unless_asked() -> None:
+def _one_torch_thread_unless_asked(torch) -> None:
     """One intra-op thread unless OMP_NUM_THREADS says otherwise: the engine's tensors are
     small, and a second OpenMP thread cost time on an idle 2-core machine (tiles64 4.50 /
     5.01 s with one, 5.07 / 5.28 s with two; photos768 9.33 / 10.40 against 11.34 / 12.88;
     docs/PERFORMANCE.md) and far more on a loaded one.  Only the matrix products of wide
-    blocks, where a second thread does pay, get two (exact/stack.py).  Segments (-T) are
-    the way to use more cores."""
+    blocks, where a second thread does pay, get two (exact/stack.py), unless segments
+    run side by side (adapt/segments.py).  Segments (-T) are the way to use more cores."""
     if "OMP_NUM_THREADS" not in os.environ:
-        import torch
-
         from .exact.stack import set_gemm_threads
         torch.set_num_threads(1)
-        set_gemm_threads(min(2, len(os.sched_getaffinity(0))))
+        set_gemm_threads(min(2, available_cpus()))
 
 
 def _level_options(command):
@@ -210,8 +209,11 @@ def _segments_on(address: str | None, timeout: float):
                                       "one batch in N pays for its latents in full (1: each batch alone).")
 @click.option("--tile-size", type=click.IntRange(2, 512), default=AdaptationConfig.tile_size, show_default=True,
               help="Images are cut into tiles of this side (even).")
-@click.option("--segment-size", type=click.IntRange(0, None), default=0, show_default=True,
-              help="Restart the model from the pretrained weights every N batches (0: never).")
+@click.option("--segment-size", type=click.IntRange(0, None), default=AdaptationConfig.segment_batches,
+              show_default=True,
+              help="Restart the model from the pretrained weights every N batches (0: never), so that "
+                   "segments can be coded and decoded side by side (-T).  Each restart costs size: "
+                   "about 0.5-1.4% on RGB tiles at 32-256 batches, far less on grey images.")
 @click.option("--adapt-params", type=click.Choice(PARAMETER_SELECTIONS), default=AdaptationConfig.parameters,
               show_default=True, help="Which parameters adapt: all; the last layer of each predictor; "
                                       "or only biases.")
@@ -226,9 +228,9 @@ def _segments_on(address: str | None, timeout: float):
 @click.option("--give-up-after", type=click.IntRange(0, None), default=AdaptationConfig.give_up_after,
               show_default=True, help="With the guard: after the pretrained model wins N batches in a row, "
                                       "keep it and stop adapting that kind of image (0: never).")
-@click.option("-T", "--threads", type=click.IntRange(0, 256), default=1, show_default=True,
-              help="Code segments side by side on N threads (0: one per CPU); the output is the same "
-                   "for any N.  Needs segments (compress --segment-size) to help.")
+@click.option("-T", "--threads", type=click.IntRange(0, 256), default=0,
+              help=f"Code segments side by side on N threads; the output is the same for any N.  "
+                   f"[default: 0, one per CPU this process may use, as memory allows ({default_threads()} here)]")
 @click.option("--byte-exact", is_flag=True,
               help="Restore images byte for byte: an image takes the model path only if re-encoding "
                    "its pixels gives back the original file exactly.")
@@ -345,11 +347,9 @@ def _library_warnings(verbose: bool):
 
 
 def _thread_count(threads: int) -> int:
-    count = threads or os.cpu_count() or 1
-    if count > 1:  # segments side by side take the cores; wide products stay on one thread each
-        from .exact.stack import set_gemm_threads
-        set_gemm_threads(1)
-    return count
+    """-T: 0 means every CPU this process may use (affinity and cgroup quota), as many as
+    its available memory holds (cpus.py)."""
+    return threads or default_threads()
 
 
 @contextmanager
@@ -396,9 +396,10 @@ def _compress_to_file(sources, archive: Path, model, config, progress, warn, byt
               help="Restore every intact entry of a damaged archive and list the lost ones (exit 1 if any). "
                    "Images are lost from a damaged batch to the end of its segment (see compress "
                    "--segment-size).")
-@click.option("-T", "--threads", type=click.IntRange(0, 256), default=1, show_default=True,
-              help="Code segments side by side on N threads (0: one per CPU); the output is the same "
-                   "for any N.  Needs segments (written with compress --segment-size) to help.")
+@click.option("-T", "--threads", type=click.IntRange(0, 256), default=0,
+              help=f"Decode segments side by side on N threads (written with compress --segment-size); "
+                   f"the output is the same for any N.  [default: 0, one per CPU this process may use, "
+                   f"as memory allows ({default_threads()} here)]")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
 @click.option("-v", "--verbose", is_flag=True,
               help="Print the summary, and what the image library said about each file.")
@@ -471,14 +472,17 @@ _FORCE_TERMINAL = click.option("-f", "--force", is_flag=True, help="Read an arch
 
 @main.command("test")
 @click.argument("archive", type=click.Path(path_type=Path, allow_dash=True))
+@click.option("-T", "--threads", type=click.IntRange(0, 256), default=0,
+              help=f"Decode segments side by side on N threads.  [default: 0, one per CPU this process may "
+                   f"use, as memory allows ({default_threads()} here)]")
 @click.option("-q", "--quiet", is_flag=True, help="Only the exit code tells.")
 @_FORCE_TERMINAL
-def test_command(archive, quiet, force) -> None:
+def test_command(archive, threads, quiet, force) -> None:
     """Decode and verify ARCHIVE completely, writing nothing (exit 0 if intact, 1 if not)."""
     with _reported_errors():
         with _progress(_archive_size(archive), quiet, "testing") as progress, \
                 _open_archive(archive, force) as source:
-            summary = test_archive(source, progress)
+            summary = test_archive(source, progress, _thread_count(threads))
         if not quiet:
             click.echo(f"{archive}: OK ({summary.files} files, {summary.images} images)")
 

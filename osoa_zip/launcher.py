@@ -1,12 +1,12 @@
 """The console script's entry point: a Ctrl-C that lands while torch is still loading.
 
 pip's generated `osoa-zip` script imports its entry module before calling it, so
-the entry module must be light: heavy imports (click, torch) happen inside
-``run``.  An interrupt during them must end with one line, not a traceback, and
-a KeyboardInterrupt raised there is not enough: inside torch's C extension
-imports it can come out as another exception (seen: ``TypeError: expected a
-message argument`` from torch._C._distributed_c10d).  So until the imports are
-done, SIGINT ends the process at once; nothing has been written yet.
+the entry module must be light: the command line's imports (click, numpy,
+Pillow) happen inside ``run``.  An interrupt during them must end with one
+line, not a traceback, so until they are done SIGINT ends the process at once;
+nothing has been written yet.  torch is imported later, only when a command
+loads a model (torch_loading.py, which guards that import its own way: by then
+there may be output to clean up).
 """
 import os
 import signal

@@ -12,13 +12,13 @@ import os
 import stat
 import threading
 import time
-from typing import BinaryIO, Sequence
+from typing import TYPE_CHECKING, BinaryIO, Sequence
 
 import numpy as np
 
 from . import __version__
+from .adapt.config import AdaptationConfig
 from .adapt.defaults import adaptation_for
-from .adapt.engine import AdaptationConfig, OnlineAdapter
 from .adapt.segments import run_segments
 from .container.format import ArchiveWriter
 from .container.records import (
@@ -53,9 +53,13 @@ from .layout import (
     image_entry,
     xz_filters,
 )
-from .models.registry import DEFAULT_MODEL, load_model
+from .models.catalog import DEFAULT_MODEL
 from .pause import pause_point
-from .triage import Triage
+from .torch_loading import load_model, online_adapter
+
+if TYPE_CHECKING:
+    from .adapt.engine import OnlineAdapter
+    from .triage import Triage
 
 
 class _CodedBatches:
@@ -278,7 +282,9 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     writer = ArchiveWriter(output)
     Header(f"osoa-zip {__version__}", {"name": bundle.name, "sha256": bundle.sha256, "family": bundle.family},
            ENGINE, adaptation.to_header()).write(writer)
-    compressor = _Compressor(writer, OnlineAdapter(bundle, adaptation), progress, byte_exact, threads, note,
+    if triage:
+        from .triage import Triage  # needs the engine (torch), as coding does
+    compressor = _Compressor(writer, online_adapter(bundle, adaptation), progress, byte_exact, threads, note,
                              Triage(bundle, adaptation) if triage else None, cluster)
     for entry in entries:
         compressor.add(entry)

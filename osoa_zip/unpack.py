@@ -14,12 +14,13 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import BinaryIO
+from typing import TYPE_CHECKING, BinaryIO
 
 import numpy as np
 
-from .adapt.engine import FLAG_SEGMENT_START, AdaptationConfig, OnlineAdapter
-from .adapt.segments import RunEndError, run_segments
+from .adapt.config import AdaptationConfig
+from .adapt.flags import FLAG_SEGMENT_START
+from .adapt.segments import RunEndError, run_segments, split_runs
 from .coding.ans import CorruptStream
 from .container.format import ArchiveError, ArchiveReader, OversizedEntry, SalvagingReader
 from .container.records import (
@@ -66,9 +67,12 @@ from .layout import (
     record_from_entry,
     xz_decompressor,
 )
-from .models.registry import load_model
 from .pause import pause_point
 from .reading import ChunkReader, Damaged
+from .torch_loading import load_model, online_adapter
+
+if TYPE_CHECKING:
+    from .adapt.engine import OnlineAdapter
 
 _IMAGE_PARTS = (AlphaPlanes, PaletteIndices, Batch)  # what follows an image group's table
 
@@ -95,7 +99,9 @@ class _Decoder:
         self.salvage = salvage
         self.segment_lost = False
         self.summary = Summary()
-        self.adapter: OnlineAdapter | None = None
+        self.config: AdaptationConfig | None = None
+        self._model: tuple[str, str] | None = None  # (name, SHA-256) from the header
+        self._adapter: OnlineAdapter | None = None
         self.batches_decoded = 0
         self.refused: list[tuple[str | None, str]] = []
         self._refused_group = ""  # an adapted group was refused: later groups cannot be replayed
@@ -171,11 +177,22 @@ class _Decoder:
             raise ArchiveError(f"archive was written by numeric engine {header.engine.get('name')} "
                                f"v{header.engine.get('version')}, which this version cannot replay")
         try:
-            config = AdaptationConfig.from_header(header.adaptation)
+            self.config = AdaptationConfig.from_header(header.adaptation)
         except (TypeError, ValueError) as error:
             raise ArchiveError(f"the header's adaptation settings are malformed ({error})") from None
-        bundle = load_model(header.model["name"], header.model["sha256"])
-        self.adapter = OnlineAdapter(bundle, config)
+        self._model = (str(header.model["name"]), str(header.model["sha256"]))
+
+    @property
+    def adapter(self) -> OnlineAdapter:
+        """The model and its adaptation state, loaded when the first image batch needs them
+        (an archive without model-coded images is decoded without torch)."""
+        if self._adapter is None:
+            self._adapter = online_adapter(load_model(*self._model), self.config)
+        return self._adapter
+
+    @adapter.setter
+    def adapter(self, adapter: OnlineAdapter) -> None:
+        self._adapter = adapter
 
     def _placed(self, name: str, place, *details) -> None:
         try:
@@ -211,7 +228,7 @@ class _Decoder:
         for kind in chunks.skip_parts(_IMAGE_PARTS):
             if kind is Batch:
                 self.adapter.skip_batch()  # segment starts stay where they are
-        if self.adapter.config.adapt and not self._refused_group:
+        if self.config.adapt and not self._refused_group:
             self._refused_group = names[0] if names else "an image group"
 
     def images(self, table: ImageTable, chunks: ChunkReader) -> None:
@@ -228,9 +245,12 @@ class _Decoder:
         lost: dict[int, str] = {}  # table index -> why (only under --salvage)
         alpha, indices = (self._side_planes(group, chunks, kind, lost) for kind in SIDE_PLANES)
         canvases = group.canvases(alpha)
-        config = self.adapter.config
+        config = self.config
         planned = plan_batches([group.shapes[i] for i in group.modelled], config.tile_size, config.batch_size_for)
-        if (self.threads > 1 or self.cluster is not None) and not self.salvage:
+        side_by_side = self.cluster is not None or (
+            self.threads > 1 and planned
+            and len(split_runs(self.adapter.batches_seen, len(planned), config.segment_batches)) > 1)
+        if side_by_side and not self.salvage:
             self._decode_in_parallel(planned, chunks, canvases)
         else:
             self._decode_in_order(planned, chunks, canvases, group.modelled, lost)

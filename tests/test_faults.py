@@ -149,9 +149,11 @@ def models_copy(tmp_path, monkeypatch) -> Path:
 
 
 @pytest.fixture(scope="module")
-def small_archive() -> bytes:
+def small_archive(tmp_path_factory) -> bytes:
+    """One model-coded image: decoding it needs the model (an archive without model-coded
+    images is restored without loading it)."""
     output = io.BytesIO()
-    source = EXAMPLES / "0008.png"
+    source = uncompressed_copy(EXAMPLES, tmp_path_factory.mktemp("faults") / "images") / "0008.png"
     compress([source], output, model=MODEL, adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0))
     return output.getvalue()
 

@@ -15,6 +15,7 @@ from dataclasses import asdict, dataclass, fields
 
 PARAMETER_SELECTIONS = ("all", "last", "bias")
 MAX_CHAIN_BATCHES = 1024  # a chain's length takes two bytes in its head; this bounds the encoder's memory
+SEGMENT_BATCHES = 0  # the default segment size: one segment (see AdaptationConfig.segment_batches)
 MAX_BATCH_SIZE = 1024  # the command line's limit too; batch_pixels never makes a batch larger
 OPTIMIZERS = ("adam",)
 # The learning rate of a model whose manifest entry recommends none (the flows).
@@ -24,7 +25,9 @@ DEFAULT_LEARNING_RATE = 3e-4
 # 1.3 not the last): old archives decode as they were written even when a
 # default below changes.
 LEGACY_VALUES = {"batch_pixels": 0, "give_up_after": 0, "gray_parameters": "", "batch_pixels_max": 0,
-                 "gray_batch_pixels": 0, "chain_batches": 1}
+                 "gray_batch_pixels": 0, "chain_batches": 1,
+                 # every header has it (format 1.0 on); should one lack it, it means one segment
+                 "segment_batches": 0}
 
 
 @dataclass(frozen=True)
@@ -41,8 +44,11 @@ class AdaptationConfig:
     tile_size: int = 128
     optimizer: str = "adam"
     # The model restarts from θ0 every this many batches (0: never), so that
-    # segments are independent of each other.
-    segment_batches: int = 0
+    # segments are independent of each other: coded and decoded side by side
+    # (-T), or on other machines.  One segment by default: a restart pays the
+    # adaptation's gain so far once more, and every cut measured on RGB tiles cost
+    # more than 0.3% (docs/PERFORMANCE.md, "Every core by default").
+    segment_batches: int = SEGMENT_BATCHES
     beta1: float = 0.9
     beta2: float = 0.999
     epsilon: float = 1e-8

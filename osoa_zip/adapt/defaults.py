@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 
-from ..models.registry import available_models, recommended_learning_rate
+from ..models.catalog import available_models, recommended_learning_rate
 from .config import DEFAULT_LEARNING_RATE, AdaptationConfig
 
 

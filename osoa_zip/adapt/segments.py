@@ -12,9 +12,11 @@ Chains of batches on one bits-back stack (the VAE) start at every run's start.
 from __future__ import annotations
 
 from concurrent.futures import ThreadPoolExecutor
-from typing import Callable, Sequence, TypeVar
+from contextlib import contextmanager
+from typing import TYPE_CHECKING, Callable, Sequence, TypeVar
 
-from .engine import OnlineAdapter
+if TYPE_CHECKING:  # imported by the command line, which must not load torch for it
+    from .engine import OnlineAdapter
 
 Item = TypeVar("Item")
 Result = TypeVar("Result")
@@ -67,8 +69,22 @@ def run_segments(adapter: OnlineAdapter, items: Sequence[Item],
         return results
 
     if threads > 1 and len(runs) > 1:
-        with ThreadPoolExecutor(max_workers=threads) as pool:
+        with _one_gemm_thread_each(), ThreadPoolExecutor(max_workers=threads) as pool:
             parts = list(pool.map(code_run, range(len(runs))))
     else:
         parts = [code_run(k) for k in range(len(runs))]
     return [result for part in parts for result in part], adapters[-1]
+
+
+@contextmanager
+def _one_gemm_thread_each():
+    """Within: wide products on one thread.  Segments side by side already keep the cores
+    busy, and torch's thread count is one setting for the whole process, which threads
+    raising and restoring it around their products would fight over (exact/stack.py)."""
+    from ..exact import stack  # torch is in: the adapters hold networks
+    previous = stack.gemm_threads()
+    stack.set_gemm_threads(1)
+    try:
+        yield
+    finally:
+        stack.set_gemm_threads(previous)

@@ -23,11 +23,8 @@ import math
 
 import torch
 
-WEIGHT_FRAC_BITS = 14
-WEIGHT_LIMIT = 4.0
-ACT_FRAC_BITS = 8
-ACT_LIMIT = 1024.0
-GRAD_BITS = 16
+from .grid import ACT_FRAC_BITS, ACT_LIMIT, GRAD_BITS, WEIGHT_FRAC_BITS, WEIGHT_LIMIT  # noqa: F401
+
 # Gradients whose grid step would fall below this are flushed to zero, so no
 # subnormal number (whose handling varies with FTZ/DAZ settings) ever appears.
 MIN_GRAD_EXPONENT = -1000

@@ -32,8 +32,8 @@ from dataclasses import dataclass
 import torch
 
 from .fixed import ACT_FRAC_BITS, quantize_gradient
+from .grid import CDF_BITS
 
-CDF_BITS = 24
 CDF_ONE = float(2 ** CDF_BITS)
 CDF_STEP_BITS = 6
 CDF_RANGE = 16  # sigmoid tabulated on [-CDF_RANGE, CDF_RANGE]

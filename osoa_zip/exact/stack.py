@@ -71,6 +71,11 @@ def set_gemm_threads(count: int) -> None:
     _gemm_threads = max(1, int(count))
 
 
+def gemm_threads() -> int:
+    """The current set_gemm_threads count."""
+    return _gemm_threads
+
+
 class _WideBlockThreads:
     """Within: torch runs on _gemm_threads threads if ``columns`` is wide enough."""
 

@@ -16,8 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -27,50 +25,19 @@ from safetensors.torch import load_file, save_file
 
 from ..exact.logistic import LogisticTables
 from . import idf, vae  # noqa: F401  (each module registers its family)
+from .catalog import (  # noqa: F401  (the torch-free part, re-exported)
+    DEFAULT_MODEL,
+    MANIFEST,
+    ModelError,
+    available_models,
+    model_dirs,
+    recommended_learning_rate,
+)
 from .protocol import CodingModel, register_family, registered_families
 
-MANIFEST = "manifest.json"
 CHANNEL_PREFIXES = {1: "gray", 3: "rgb"}
-# v6 since release 1.5: 1-3% smaller than v5 everywhere, and with the faster mixture
-# coder and larger grey batches above 0.25 MB/s both ways on the speed folders.
-DEFAULT_MODEL = "idf-sublattice-v6"
 # The family of a config without a ``family`` key (every flow checkpoint since v1).
 LEGACY_FAMILY = "flow"
-
-
-class ModelError(Exception):
-    """A model is missing, unknown, or not the one an archive needs."""
-
-
-def model_dirs() -> list[Path]:
-    """Where checkpoints live: $OSOA_ZIP_MODELS, the checkout, the installed data."""
-    dirs = []
-    if os.environ.get("OSOA_ZIP_MODELS"):
-        dirs.append(Path(os.environ["OSOA_ZIP_MODELS"]))
-    dirs.append(Path(__file__).resolve().parents[2] / "models")
-    dirs.append(Path(sys.prefix) / "share" / "osoa-zip" / "models")
-    return [d for d in dirs if (d / MANIFEST).is_file()]
-
-
-def available_models() -> dict[str, dict]:
-    """name -> manifest entry (with the directory it was found in); first found wins."""
-    found: dict[str, dict] = {}
-    for directory in model_dirs():
-        entries = json.loads((directory / MANIFEST).read_text())["models"]
-        for name, entry in entries.items():
-            found.setdefault(name, {**entry, "directory": str(directory)})
-    return found
-
-
-def recommended_learning_rate(entry: dict) -> float | None:
-    """The adaptation learning rate a manifest entry recommends (``adaptation``), if any.
-
-    The flows adapt well at the engine's default; a VAE wants far smaller steps
-    (its loss is a one-sample ELBO and every layer adapts).  Archives record the
-    rate used, so this only picks a default for the encoder.
-    """
-    rate = entry.get("adaptation", {}).get("learning_rate")
-    return float(rate) if rate is not None else None
 
 
 def sha256_file(path: Path) -> str:

@@ -1,0 +1,105 @@
+"""Start-up: commands that need no model never import torch (it is most of the start-up time).
+
+Each command runs in a fresh interpreter (the way users run it) through a wrapper
+that reports, after the command returns, whether torch was imported.
+"""
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import EXAMPLES, MODEL, subprocess_env, uncompressed_copy
+from PIL import Image
+
+from osoa_zip import compress
+from osoa_zip.adapt.config import AdaptationConfig
+from osoa_zip.table import read_table
+
+# Runs the command line's main() and prints whether torch was loaded, then exits with its code.
+WRAPPER = """
+import sys
+from osoa_zip.cli import main
+code = 0
+try:
+    main(sys.argv[1:], prog_name="osoa-zip")
+except SystemExit as end:
+    code = end.code
+print("torch loaded" if "torch" in sys.modules else "torch not loaded", file=sys.stderr)
+sys.exit(code)
+"""
+
+
+def run_wrapped(*args) -> tuple[int, str]:
+    result = subprocess.run([sys.executable, "-c", WRAPPER, *map(str, args)], capture_output=True,
+                            env=subprocess_env(), timeout=300)
+    return result.returncode, result.stderr.decode()
+
+
+@pytest.fixture(scope="module")
+def archives(tmp_path_factory):
+    """An archive without model-coded images (text files and a palette image, whose indices
+    are stored beside the model), and one with them."""
+    folder = tmp_path_factory.mktemp("startup")
+    plain = folder / "plain"
+    plain.mkdir()
+    (plain / "notes.txt").write_text("".join(f"line {i}\n" for i in range(300)))
+    (plain / "empty.bin").write_bytes(b"")
+    indices = (np.arange(64 * 64).reshape(64, 64) // 7 % 5).astype(np.uint8)
+    palette = Image.fromarray(indices, mode="P")
+    palette.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0, 0, 0, 255, 255, 255, 255])
+    palette.save(plain / "palette.png", compress_level=0)
+    config = AdaptationConfig(tile_size=16, batch_size=4)
+    made = {}
+    for name, sources in (("plain", [plain]), ("images", [uncompressed_copy(EXAMPLES, folder / "images")])):
+        output = io.BytesIO()
+        compress(sources, output, model=MODEL, adaptation=config)
+        made[name] = folder / f"{name}.osoa"
+        made[name].write_bytes(output.getvalue())
+    with open(made["plain"], "rb") as handle:
+        methods = {entry.name: entry.method for entry in read_table(handle)[1]}
+    with open(made["images"], "rb") as handle:
+        image_methods = {entry.method for entry in read_table(handle)[1]}
+    assert methods["palette.png"] != methods["notes.txt"]  # the palette image took the image path
+    assert "model" in image_methods
+    return made
+
+
+@pytest.mark.parametrize("command", [["--help"], ["compress", "--help"], ["list", "ARCHIVE"], ["info", "ARCHIVE"],
+                                     ["test", "ARCHIVE"], ["decompress", "ARCHIVE", "OUT"]])
+def test_commands_without_a_model_never_import_torch(archives, tmp_path, command):
+    args = [archives["plain"] if a == "ARCHIVE" else tmp_path / "out" if a == "OUT" else a for a in command]
+    code, stderr = run_wrapped(*args)
+    assert code == 0, stderr
+    assert stderr.splitlines()[-1] == "torch not loaded", stderr
+    if command[0] == "decompress":
+        assert (tmp_path / "out" / "notes.txt").read_text().startswith("line 0\n")
+        assert Image.open(tmp_path / "out" / "palette.png").mode == "P"
+
+
+def test_an_archive_of_model_coded_images_does_load_torch(archives):
+    code, stderr = run_wrapped("test", archives["images"])
+    assert code == 0, stderr
+    assert stderr.splitlines()[-1] == "torch loaded", stderr
+
+
+def test_an_interrupt_while_torch_loads_is_an_interrupt():
+    """Whatever torch's C extension makes of the KeyboardInterrupt, it comes out as one."""
+    script = """
+import os, signal, time
+from osoa_zip import torch_loading
+signal.signal(signal.SIGINT, signal.default_int_handler)  # a background job may have inherited SIG_IGN
+try:
+    with torch_loading._importing():
+        try:
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(5)
+        except KeyboardInterrupt:
+            raise TypeError("expected a message argument") from None
+except KeyboardInterrupt:
+    print("interrupted")
+"""
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, env=subprocess_env(), timeout=60)
+    assert result.stdout.decode().strip() == "interrupted", result.stderr.decode()
