@@ -33,6 +33,7 @@ import os
 import random
 import shutil
 import sqlite3
+import struct
 import subprocess
 import sys
 import sysconfig
@@ -89,6 +90,25 @@ def _encode(image: Image.Image, fmt: str, **options) -> bytes:
     return buffer.getvalue()
 
 
+def _gimp_pnm(image: Image.Image) -> bytes:
+    """PPM/PGM as GIMP writes it: a comment line Pillow does not write back."""
+    magic = b"P5" if image.mode == "L" else b"P6"
+    return (magic + b"\n# CREATOR: GIMP PNM Filter Version 1.1\n"
+            + f"{image.width} {image.height}\n255\n".encode() + image.tobytes())
+
+
+def _foreign_bmp(image: Image.Image) -> bytes:
+    """24-bit BMP as many tools write it: 72 dpi and biSizeImage 0 (allowed for BI_RGB),
+    which Pillow writes differently, so the bytes are not Pillow's."""
+    rgb = np.asarray(image.convert("RGB"))[::-1, :, ::-1]
+    stride = (3 * image.width + 3) // 4 * 4
+    rows = np.zeros((image.height, stride), dtype=np.uint8)
+    rows[:, :3 * image.width] = rgb.reshape(image.height, -1)
+    pixels = rows.tobytes()
+    info = struct.pack("<IiiHHIIiiII", 40, image.width, image.height, 1, 24, 0, 0, 2835, 2835, 0, 0)
+    return b"BM" + struct.pack("<IHHI", 14 + len(info) + len(pixels), 0, 0, 14 + len(info)) + info + pixels
+
+
 def _photo_file(rng: random.Random, index: int, photos, tiles) -> tuple[str, bytes]:
     if rng.random() < 0.3:
         image = Image.open(rng.choice(tiles)).convert("RGB")
@@ -97,7 +117,12 @@ def _photo_file(rng: random.Random, index: int, photos, tiles) -> tuple[str, byt
     if rng.random() < 0.2:
         image = image.convert("L")
     grey = image.mode == "L"
-    fmt = rng.choices(["png", "bmp", "pnm", "tiff", "tiff_lzw"], weights=[5, 1, 1, 1, 1])[0]
+    fmt = rng.choices(["png", "bmp", "pnm", "tiff", "tiff_lzw", "foreign_bmp", "gimp_pnm"],
+                      weights=[10, 1, 1, 1, 2, 2, 2])[0]
+    if fmt == "foreign_bmp":
+        return f"photos/photo_{index:03d}.bmp", _foreign_bmp(image)
+    if fmt == "gimp_pnm":
+        return f"photos/photo_{index:03d}.{'pgm' if grey else 'ppm'}", _gimp_pnm(image)
     if fmt == "png":
         return f"photos/photo_{index:03d}.png", _encode(image, "PNG", compress_level=rng.choice([6, 9]))
     if fmt == "bmp":
@@ -304,8 +329,16 @@ def run_osoa(arguments: list[str], output: Path | None = None) -> Run:
     return Run(size, seconds, done.stderr, done.returncode)
 
 
-def list_entries(archive: Path) -> list[tuple[str, str, str]]:
-    """(kind, method, name) of each entry, from `osoa-zip list` (names here have no spaces)."""
+@dataclass
+class Entry:
+    kind: str      # file, image, dir, ...
+    coded: int     # bytes the archive spends on it, as `list` apportions them
+    method: str    # model, palette, xz, store, ... ("" for a directory or link)
+    name: str
+
+
+def list_entries(archive: Path) -> list[Entry]:
+    """The entries of `osoa-zip list` (names here have no spaces)."""
     done = subprocess.run(_osoa_zip() + ["list", str(archive)], capture_output=True, text=True, check=True)
     entries = []
     for line in done.stdout.splitlines()[1:]:
@@ -313,8 +346,18 @@ def list_entries(archive: Path) -> list[tuple[str, str, str]]:
         if len(fields) < 4:
             continue
         method = fields[3] if len(fields) >= 5 else ""
-        entries.append((fields[0], method, fields[-1]))
+        entries.append(Entry(fields[0], int(float(fields[2])), method, fields[-1]))
     return entries
+
+
+def tar_xz_bytes(folder: Path, names: list[str]) -> int:
+    """Size of `tar | xz -9e` over these files alone: what one solid stream would give them."""
+    tar = subprocess.Popen(["tar", "--sort=name", "-cf", "-", "-C", str(folder), *sorted(names)],
+                           stdout=subprocess.PIPE)
+    xz = subprocess.run(["xz", "-9e"], stdin=tar.stdout, capture_output=True, check=True)
+    tar.stdout.close()
+    tar.wait()
+    return len(xz.stdout)
 
 
 def _same_pixels(original: Path, restored: Path) -> bool:
@@ -343,6 +386,24 @@ def compare(folder: Path, restored: Path, image_names: set[str]) -> Counter:
     extra = {path.relative_to(restored).as_posix() for path in restored.rglob("*") if path.is_file()}
     counts["extra"] = len(extra - originals)
     return counts
+
+
+def print_breakdown(folder: Path, kinds: dict[str, str], entries: list[Entry], archive_size: int) -> None:
+    """Where the bytes go, by kind of file: osoa-zip's coded bytes against one solid
+    `tar | xz -9e` over that kind alone (the container's own overhead is the remainder)."""
+    coded = {entry.name: entry.coded for entry in entries}
+    print()
+    print("| kind | files | bytes | tar \\| xz -9e of these alone | osoa-zip coded | ratio | method model |")
+    print("|---|---:|---:|---:|---:|---:|---:|")
+    model = {entry.name for entry in entries if entry.method == "model"}
+    for kind in SHARES:
+        names = [name for name, of in kinds.items() if of == kind]
+        raw = sum((folder / name).stat().st_size for name in names)
+        solid = tar_xz_bytes(folder, names)
+        ours = sum(coded.get(name, 0) for name in names)
+        print(f"| {kind} | {len(names)} | {raw} | {solid} | {ours} | {ours / solid:.2f} | "
+              f"{sum(name in model for name in names)} |")
+    print(f"| container overhead | | | | {archive_size - sum(coded.values())} | | |")
 
 
 def _cpu_flags() -> str:
@@ -387,11 +448,15 @@ def main() -> None:
             sys.exit(f"mixed_folder: osoa-zip compress failed:\n{packed.stderr}")
 
         entries = list_entries(archive)
-        methods = Counter(method or "link" for _, method, _ in entries)
-        image_names = {name for kind, _, name in entries if kind == "image"}
-        on_model = {name for _, method, name in entries if method == "model"}
+        methods = Counter(entry.method or "link" for entry in entries if entry.kind != "dir")
+        image_names = {entry.name for entry in entries if entry.kind == "image"}
+        on_model = {entry.name for entry in entries if entry.method == "model"}
         photos = [name for name, kind in kinds.items() if kind == PHOTO]
         photos_on_model = sum(name in on_model for name in photos)
+        method_of = {entry.name: entry.method for entry in entries}
+        for name in sorted(set(photos) - on_model):
+            size = (folder / name).stat().st_size
+            print(f"  photo-like, not on the model path: {name} ({size} B, {method_of.get(name, '?')})")
 
         restored = work / "restored"
         if restored.exists():
@@ -422,6 +487,7 @@ def main() -> None:
               f"({len(packed.stderr.splitlines())} lines) | |")
         print(f"| photo-like images on the model path | | {photos_on_model} / {len(photos)} | |")
         print(f"| entries by method | | {', '.join(f'{m} {n}' for m, n in sorted(methods.items()))} | |")
+        print_breakdown(folder, kinds, entries, packed.size)
     finally:
         if not args.keep:
             shutil.rmtree(work if args.out is None else folder, ignore_errors=True)
