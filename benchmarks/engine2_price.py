@@ -31,9 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import torch
-from PIL import Image
 from torch.nn import functional as F
 
 from osoa_zip.exact.intconv import IntConvStack
@@ -43,18 +41,15 @@ from osoa_zip.exact.optim import ExactAdam
 from osoa_zip.models.idf import context, sublattices
 from osoa_zip.models.registry import load_model
 
-REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from exactness_price import _batch as exactness_price_batch  # noqa: E402  (a sibling script)
+
 MODEL = "idf-sublattice-v6"
 
 
 def _batch(size: int, tile: int) -> torch.Tensor:
-    folder = REPO / "data" / "eval" / "tiles64"
-    if not folder.is_dir():
-        folder = REPO / "examples" / "images"
-    images = [np.asarray(Image.open(p).convert("RGB")) for p in sorted(folder.glob("*.png"))]
-    tiles = [im[y:y + tile, x:x + tile] for im in images
-             for y in range(0, im.shape[0] - tile + 1, tile) for x in range(0, im.shape[1] - tile + 1, tile)]
-    return torch.from_numpy(np.stack((tiles * size)[:size]).transpose(0, 3, 1, 2).copy()).long()
+    """exactness_price.py's batch of RGB tiles, as integers."""
+    return exactness_price_batch(size, tile).long()
 
 
 def _workload(pixels: torch.Tensor):
