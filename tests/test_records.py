@@ -116,6 +116,7 @@ def test_data_is_xz_only_when_smaller():
     (Directory, canonical_json({"path": "a", "mode": True, "mtime_ns": 2})),        # a bool for a number
     (Symlink, canonical_json({"path": 3, "target": "b"})),
     (Symlink, canonical_json({"path_b64": "not base64!", "target": "b"})),
+    (FileEntry, canonical_json({"path_b64": "\x80", "mode": 1, "mtime_ns": 2, "size": 0, "chunks": 0})),
     (FileEntry, canonical_json({"path": "a", "mode": 1, "mtime_ns": 2, "size": -1, "chunks": 0})),
     (FileEntry, canonical_json([{"path": "a"}])),
     (Header, canonical_json({"model": {"name": "m"}, "engine": {}, "adaptation": {}})),
@@ -126,9 +127,12 @@ def test_data_is_xz_only_when_smaller():
     (ImageTable, lzma.compress(canonical_json({"not": "a list"}))),
     (ImageTable, lzma.compress(canonical_json([{"path": "a", "mode": 1}]))),
     (ImageTable, b"not xz at all"),
-], ids=["no-name", "string-mode", "bool-mode", "number-path", "bad-base64", "negative-size", "file-not-object",
-        "model-without-hash", "short-batch", "string-flags", "empty-data", "unknown-codec", "table-not-list",
-        "image-without-fields", "table-not-xz"])
+    (ImageTable, lzma.compress(canonical_json([{"path": "a.png", "mode": 420, "mtime_ns": 1, "height": 1,
+                                                "width": 1, "image_mode": "L", "format": "PNG",
+                                                "png_before": "\u00e9"}]))),
+], ids=["no-name", "string-mode", "bool-mode", "number-path", "bad-base64", "non-ascii-base64", "negative-size",
+        "file-not-object", "model-without-hash", "short-batch", "string-flags", "empty-data", "unknown-codec",
+        "table-not-list", "image-without-fields", "table-not-xz", "non-ascii-binary-field"])
 def test_readers_refuse_what_no_writer_writes(kind, payload):
     with pytest.raises(MalformedChunk):
         kind.parse(payload)

@@ -16,7 +16,6 @@ canonical (format.canonical_json), optional keys are left out when empty.
 from __future__ import annotations
 
 import base64
-import binascii
 import lzma
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
@@ -138,7 +137,7 @@ class _Fields:
         """An optional base64 field (absent: empty)."""
         try:
             return base64.b64decode(self._get(key, (str,), "", required=False), validate=True)
-        except binascii.Error:
+        except ValueError:  # binascii.Error, or a string that is not ASCII
             raise MalformedChunk(f"{self.what}: {key!r} is not base64") from None
 
     def name(self) -> str:
@@ -146,7 +145,7 @@ class _Fields:
         if "path_b64" in self.value:
             try:
                 raw = base64.b64decode(self._get("path_b64", (str,)), validate=True)
-            except binascii.Error:
+            except ValueError:  # binascii.Error, or a string that is not ASCII
                 raise MalformedChunk(f"{self.what}: 'path_b64' is not base64") from None
             return raw.decode("utf-8", "surrogateescape")
         return self.text("path")
