@@ -481,6 +481,16 @@ def _paste_batch(batch, tiles: np.ndarray, canvases: list[_Canvas]) -> None:
         canvases[i].forget()
 
 
+def _write_restored_image(path: Path, name: str, record, note: Note | None) -> None:
+    """Write one restored image file, as decompress and `--stdout` both do: what the image
+    library says goes to ``note``, and an image that cannot be reproduced is refused."""
+    try:
+        with library_messages(name, note):
+            write_image(path, record)
+    except CannotReproduce as error:
+        raise UnsafeEntry(f"image {name!r}: {error}") from None
+
+
 class _StagingSink:
     """Writes each entry into the staging folder."""
 
@@ -507,10 +517,7 @@ class _StagingSink:
     def image(self, name, record, mode, mtime_ns) -> None:
         path = self.staging.path(name)
         try:
-            with library_messages(name, self.note):
-                write_image(path, record)
-        except CannotReproduce as error:
-            raise UnsafeEntry(f"image {name!r}: {error}") from None
+            _write_restored_image(path, name, record, self.note)
         except OSError as error:
             raise OSError(error.errno, f"restoring {name!r}: {error.strerror}") from None
         self.written.append((name, True))
@@ -683,11 +690,7 @@ class _OneEntrySink(_CheckingSink):
             return super().image(name, record, mode, mtime_ns)
         self.names.claim(name, "file")
         path = self._scratch / "entry"
-        try:
-            with library_messages(name, self.note):
-                write_image(path, record)
-        except CannotReproduce as error:
-            raise UnsafeEntry(f"image {name!r}: {error}") from None
+        _write_restored_image(path, name, record, self.note)
         self.captured = path
 
 
