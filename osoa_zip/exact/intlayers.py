@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .fixed import quantize_activation
+from .fixed import MIN_GRAD_EXPONENT, quantize_activation
 from .grid import CONTEXT_EXPONENT, FIRST_WEIGHT_LIMBS, GRAD_BITS, LAST_INPUT_LIMBS, OUTPUT_LIMBS
 from .intconv import Fixed, IntConv3x3, IntConvStack, layer_layout
 from .kernels import current_kernel
@@ -40,12 +40,15 @@ def gradient_to_fixed(grad: torch.Tensor) -> Fixed:
     """A float gradient as integers on one exponent: GRAD_BITS below its exact peak, rounded half up.
 
     On engine 1's float64 path the gradient is already on that grid (fixed.quantize_gradient),
-    so the rounding changes nothing there; in float32 training it rounds.
+    so the rounding changes nothing there (unless engine 1 rounded the peak up to a power of
+    two: then the scale is one bit coarser); in float32 training it rounds.  A gradient whose
+    exponent would fall below MIN_GRAD_EXPONENT is zero, as engine 1 makes it (its scale
+    2**-exponent would overflow float64).
     """
     peak = float(grad.abs().max()) if grad.numel() else 0.0
-    if not peak > 0:
-        return Fixed(torch.zeros(grad.shape, dtype=torch.int32), 0)
     exponent = math.frexp(peak)[1] - GRAD_BITS
+    if not peak > 0 or exponent < MIN_GRAD_EXPONENT:
+        return Fixed(torch.zeros(grad.shape, dtype=torch.int32), 0)
     ints = torch.floor(grad.double() * 2.0 ** -exponent + 0.5)
     return Fixed(ints.to(torch.int32), exponent)
 
