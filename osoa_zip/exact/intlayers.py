@@ -28,7 +28,7 @@ import torch
 
 from .fixed import quantize_activation
 from .grid import CONTEXT_EXPONENT, FIRST_WEIGHT_LIMBS, GRAD_BITS, LAST_INPUT_LIMBS, OUTPUT_LIMBS
-from .intconv import Fixed, IntConv3x3, IntConvStack, layer_layout
+from .intconv import Fixed, IntConv3x3, IntConvStack, interior, layer_layout, padded
 from .kernels import current_kernel
 
 # Options every engine-2 stack is built with (the ENGINE2 record names them).
@@ -56,21 +56,29 @@ class _IntegerStackFunction(torch.autograd.Function):
     @staticmethod
     def forward(ctx, x, stack: IntegerConvStack, *parameters):
         kernel = current_kernel()
-        ints = x.detach().permute(0, 2, 3, 1).mul(2.0 ** -stack.convs[0].input_exponent).to(torch.int8)
+        first = stack.convs[0]
+        # x * 2**-e are integers (the coupling context): written straight into the first
+        # conv's framed int8 input, one conversion and no intermediate copies.
+        nhwc = x.detach().permute(0, 2, 3, 1)
+        if first.input_limbs == 1:
+            source = padded(*nhwc.shape)
+            interior(source).copy_(nhwc.mul(2.0 ** -first.input_exponent))
+            framed = True
+        else:
+            source, framed = nhwc.mul(2.0 ** -first.input_exponent).to(torch.int32), False
         wanted = [(ctx.needs_input_grad[2 + 2 * index], ctx.needs_input_grad[3 + 2 * index])
                   for index in range(len(stack.convs))]
         keep = any(any(pair) for pair in wanted)
-        output, saved, pre_activations = stack._forward(ints, kernel, keep)
+        output, saved = stack._forward(source, kernel, keep, framed=framed)
         if keep:
-            ctx.state = (stack, saved, pre_activations, wanted, kernel)
+            ctx.state = (stack, saved, wanted, kernel)
         return output.ints.to(x.dtype).mul_(2.0 ** output.exponent).permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad):
-        stack, saved, pre_activations, wanted, kernel = ctx.state
+        stack, saved, wanted, kernel = ctx.state
         del ctx.state  # the saved activations are large; free them with the step
-        gradients = stack.backward(saved, pre_activations, gradient_to_fixed(grad.permute(0, 2, 3, 1)),
-                                   kernel, wanted)
+        gradients = stack.backward(saved, gradient_to_fixed(grad.permute(0, 2, 3, 1)), kernel, wanted, scratch=True)
         flat = []
         for conv, (weight_grad, bias_grad) in zip(stack.convs, gradients):
             flat += [None if weight_grad is None else weight_grad.to(conv.weight.dtype),
