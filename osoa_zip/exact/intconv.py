@@ -258,9 +258,17 @@ class IntConv3x3(nn.Module):
         if bool(coarsening.any()):
             coarse = (rounding_half(coarsening)[:, None, None, None], coarsening[:, None, None, None])
         shift = self._output_shift()
-        left = max(0, -int(torch.as_tensor(shift).min()))  # a negative shift multiplies by 2**left
+        # shift_round(acc + bias, shift) = ((acc << l) + (bias << l) + half(r)) >> r with
+        # l = max(0, -shift) and r = max(0, shift), per channel: three in-place passes.
+        if isinstance(shift, int):
+            left_shift, right_shift = max(0, -shift), max(0, shift)
+        else:
+            left_shift, right_shift = (-shift).clamp(min=0), shift.clamp(min=0)
+            left_shift = left_shift if bool(left_shift.any()) else 0
+        left = max(0, int(torch.as_tensor(left_shift).max()))  # the largest multiplication, 2**left
         product_bound = self._bound(9 * self.weight.shape[1], self.input_range, self.weight_range)
-        value = _Scales(weight_scale, bias_exponents, coarse, shift, rounding_half(shift), left, product_bound)
+        value = _Scales(weight_scale, bias_exponents, coarse, left_shift, right_shift, rounding_half(right_shift), left,
+                        product_bound)
         self.__dict__["_scales_cache"] = (weakref.ref(self.weight_exponents), key, value)
         return value
 
@@ -280,14 +288,13 @@ class IntConv3x3(nn.Module):
             # |input gradient| <= limit * (the largest column sum of |rows|): a bound from the actual
             # weights, far below the limbs' static one, keeps the leaky ReLU's x8 inside int32.
             input_gradient_bound = self.gradient_limit * int(rows.abs().sum(0).max())
-        offset = bias + scales.half
-        shift, left = scales.shift, scales.left
-        wide = ((scales.product_bound + int(offset.abs().max())) << left) >= INT32_LIMIT
+        offset = (bias << scales.left_shift) + scales.half
+        wide = (scales.product_bound << scales.left) + int(offset.abs().max()) >= INT32_LIMIT
         dtype = torch.int64 if wide else torch.int32
-        if not isinstance(shift, int):
-            shift = shift.to(dtype)
-        return _Prepared(weights, columns, _limb_columns(rows, self.weight_limbs), bias.to(dtype),
-                         offset.to(dtype), shift, left, dtype, scales.product_bound, input_gradient_bound)
+        left_shift, right_shift = (shift if isinstance(shift, int) else shift.to(dtype)
+                                   for shift in (scales.left_shift, scales.right_shift))
+        return _Prepared(weights, columns, _limb_columns(rows, self.weight_limbs), offset.to(dtype), left_shift,
+                         right_shift, dtype, scales.product_bound, input_gradient_bound)
 
     # -- forward and backward ------------------------------------------------
     def _accumulate(self, source: torch.Tensor, prep: _Prepared, kernel: Kernel | None
@@ -299,10 +306,10 @@ class IntConv3x3(nn.Module):
         acc = stacked_product(patches, self.input_limbs, prep.columns, self.weight_limbs, kernel, prep.product_bound)
         if acc.dtype != prep.dtype:
             acc = acc.to(prep.dtype)
-        if prep.left:
-            return patches, shift_round(acc + prep.bias, prep.shift)
+        if not isinstance(prep.left_shift, int) or prep.left_shift:
+            acc.bitwise_left_shift_(prep.left_shift)  # a negative output shift multiplies
         # The bias and shift_round's half step in one pass, then the shift: (acc + b + half) >> s.
-        return patches, acc.add_(prep.offset).bitwise_right_shift_(prep.shift)
+        return patches, acc.add_(prep.offset).bitwise_right_shift_(prep.right_shift)
 
     def _clamp(self, shifted: torch.Tensor) -> tuple[torch.Tensor, bool]:
         """(shifted clamped to one beyond the output range, whether anything was clamped).
@@ -398,10 +405,9 @@ class _Prepared(NamedTuple):
     weights: torch.Tensor  # Co x Ci x 3 x 3 int32, on the weight grid
     columns: torch.Tensor  # the forward product's second operand: (ky, kx, ci) x co, 7-bit limbs side by side
     rows: torch.Tensor  # the input gradient's: (ky, kx, co) x ci, rotated by 180 degrees and coarsened, limbs
-    bias: torch.Tensor  # Co, in accumulator units
-    offset: torch.Tensor  # Co: bias + shift_round's half step
-    shift: int | torch.Tensor  # the output shift (per channel if the weight exponents differ)
-    left: int  # > 0 when some shift is negative (a multiplication)
+    offset: torch.Tensor  # Co: (the bias in accumulator units << left_shift) + shift_round's half step
+    left_shift: int | torch.Tensor  # max(0, -output shift): a negative shift multiplies
+    right_shift: int | torch.Tensor  # max(0, output shift) (per channel if the weight exponents differ)
     dtype: torch.dtype  # the accumulator: int32 when every sum + offset stays below 2**31
     product_bound: int  # the largest |forward product|
     input_gradient_bound: int  # the largest |input gradient| these weights give
@@ -413,9 +419,10 @@ class _Scales(NamedTuple):
     weight_scale: torch.Tensor  # Co x 1 x 1 x 1: 2**-e_c (weight_ints' scale)
     bias_exponents: torch.Tensor  # Co: -(input exponent + e_c) (bias_ints')
     coarse: tuple | None  # the input gradient's weight coarsening: (half step, shift), Co x 1 x 1 x 1
-    shift: int | torch.Tensor  # the output shift
-    half: int | torch.Tensor  # shift_round's half step of it
-    left: int  # > 0 when some shift is negative
+    left_shift: int | torch.Tensor  # max(0, -output shift), per channel
+    right_shift: int | torch.Tensor  # max(0, output shift), per channel
+    half: int | torch.Tensor  # shift_round's half step of right_shift
+    left: int  # the largest left_shift
     product_bound: int  # the largest |forward product|
 
 
@@ -460,9 +467,10 @@ def _gradient_columns(ints: torch.Tensor, exponent: int, limit: int, limbs: int,
     if ints.dtype != torch.int64 and (high + add >= INT32_LIMIT or low + add < -INT32_LIMIT):
         ints, scratch = ints.long(), True
     t = (ints.add_(add) if scratch else ints + add).bitwise_right_shift_(shift)  # round_half_up(g / 2**s) + 64
+    t = t.to(torch.int16)  # in [-8063, 8191]: the limb passes run on half the bytes
     columns = torch.empty(positions, 2 * channels, dtype=torch.int8)
-    torch.bitwise_right_shift(t, SEVEN_BIT_LIMB_BITS, out=columns[:, channels:])
-    torch.sub(t.bitwise_and_((1 << SEVEN_BIT_LIMB_BITS) - 1), 1 << (SEVEN_BIT_LIMB_BITS - 1), out=columns[:, :channels])
+    columns[:, channels:].copy_(t >> SEVEN_BIT_LIMB_BITS)
+    columns[:, :channels].copy_(t.bitwise_and_((1 << SEVEN_BIT_LIMB_BITS) - 1).sub_(1 << (SEVEN_BIT_LIMB_BITS - 1)))
     return columns, exponent + shift
 
 
@@ -587,10 +595,11 @@ class IntConvStack(nn.Module):
         saved = []
         for index, conv in enumerate(self.convs):
             memo = conv._forward_saved(source, shape + (source.shape[3],), kernel)
+            if index < len(self.convs) - 1:
+                source, values = _leaky_framed(memo, conv.output_range, self.convs[index + 1].input_limbs, shape)
+                memo = memo._replace(values=values)
             if keep:
                 saved.append(memo)
-            if index < len(self.convs) - 1:
-                source = _leaky_framed(memo, conv.output_range, self.convs[index + 1].input_limbs, shape)
         last = self.convs[-1]
         y = memo.values.clamp(*last.output_range) if memo.clamped else memo.values
         return Fixed(y.to(torch.int32).reshape(*shape, -1), last.output_exponent), saved
@@ -646,13 +655,18 @@ class IntConvStack(nn.Module):
         return gradients
 
 
-def _leaky_framed(saved: _Saved, output_range: tuple[int, int], next_limbs: int, shape: tuple) -> torch.Tensor:
+def _leaky_framed(saved: _Saved, output_range: tuple[int, int], next_limbs: int, shape: tuple
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
     """The leaky ReLU of a hidden conv's output, written into the next conv's framed input limbs.
 
     leaky(clamp(c, low, high)) = clamp(leaky(c), leaky(low), leaky(high)) (leaky is
     monotone), so it is computed on the values clamped one beyond the range, then
-    clamped only if anything was: max(c, (c + 4) >> 3), as leaky_relu_ints."""
+    clamped only if anything was: max(c, (c + 4) >> 3), as leaky_relu_ints.
+    Returns (the framed input, the values in the narrowest type that holds them:
+    int16 for an int8 next input, what backward keeps)."""
     values = saved.values
+    if next_limbs == 1:  # values in [-1025, 128]
+        values = values.to(torch.int16)
     t = values + (1 << (LEAKY_SHIFT - 1))
     torch.maximum(values, t.bitwise_right_shift_(LEAKY_SHIFT), out=t)
     if saved.clamped:
@@ -666,7 +680,7 @@ def _leaky_framed(saved: _Saved, output_range: tuple[int, int], next_limbs: int,
     else:
         split_limbs(t, FULL_LIMB_BITS, next_limbs,
                     [interior(framed[i * batch:(i + 1) * batch]) for i in range(next_limbs)])
-    return framed
+    return framed, values
 
 
 def _leaky_gradient(grad: Fixed, saved: _Saved, output_range: tuple[int, int], bound: int) -> Fixed:
@@ -678,12 +692,10 @@ def _leaky_gradient(grad: Fixed, saved: _Saved, output_range: tuple[int, int], b
     ints = grad.ints.reshape(values.shape)
     if ints.dtype != torch.int64 and (bound << LEAKY_SHIFT) >= INT32_LIMIT:
         ints = ints.long()
-    positive = values.clamp(0, 1)
-    if positive.dtype != ints.dtype:
-        positive = positive.to(ints.dtype)
+    positive = values.clamp(0, 1)  # in values' (narrow) type, converted once
     if saved.clamped:
         multiplier = positive.mul_((1 << LEAKY_SHIFT) - 1).add_(1).mul_(_inside(values, *output_range))
-        ints = ints.mul_(multiplier)
+        ints = ints.mul_(multiplier.to(ints.dtype))
     else:
-        ints = ints.bitwise_left_shift_(positive.mul_(LEAKY_SHIFT))
+        ints = ints.bitwise_left_shift_(positive.mul_(LEAKY_SHIFT).to(ints.dtype))
     return Fixed(ints, grad.exponent - LEAKY_SHIFT)
