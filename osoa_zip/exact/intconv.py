@@ -95,9 +95,11 @@ def quantize_gradient(ints: torch.Tensor, exponent: int, limit: int, in_place: b
     return Fixed(shift_round(ints, shift).to(torch.int32), exponent + shift)
 
 
-def _as_float(ints: torch.Tensor, exponent: int) -> torch.Tensor:
-    """ints * 2**exponent in float64, exactly (refused if an integer leaves float64's 53 bits)."""
-    if ints.numel() and int(ints.abs().max()) >= FLOAT64_EXACT:
+def _as_float(ints: torch.Tensor, exponent: int, bound: int | None = None) -> torch.Tensor:
+    """ints * 2**exponent in float64, exactly (refused if an integer leaves float64's 53 bits).
+
+    ``bound``: the largest |ints| the caller's operands allow; below 2**53 nothing is checked."""
+    if (bound is None or bound >= FLOAT64_EXACT) and ints.numel() and int(ints.abs().max()) >= FLOAT64_EXACT:
         raise ValueError("an engine-2 gradient left float64's exact integer range")
     return torch.ldexp(ints.double(), torch.tensor(exponent, dtype=torch.float64))
 
@@ -377,13 +379,14 @@ class IntConv3x3(nn.Module):
         # The bias gradient (g's column sums) as one more limb product: a row of ones times g's limbs.
         ones = torch.ones(1, positions, dtype=torch.int8)
         total = stacked_product(ones, 1, g_columns, self.gradient_limbs, kernel, positions * limit)
-        bias_grad = _as_float(total[0], exponent)
+        bias_grad = _as_float(total[0], exponent, positions * limit)
         weight_grad = None
         if need_weight:
+            bound = self._bound(positions, self.input_range, (-limit, limit))
             weight_ints = _weight_product(saved.patches, self.input_limbs, g_columns, self.gradient_limbs, kernel,
-                                          self._bound(positions, self.input_range, (-limit, limit)))
+                                          bound)
             weight_ints = weight_ints.view(3, 3, in_channels, -1).permute(3, 2, 0, 1)
-            weight_grad = _as_float(weight_ints, self.input_exponent + exponent)
+            weight_grad = _as_float(weight_ints, self.input_exponent + exponent, bound)
         if not need_input:
             return None, weight_grad, bias_grad
         # The transposed convolution: the windows of g (its 7-bit limbs, already split for the

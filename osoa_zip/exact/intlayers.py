@@ -42,11 +42,15 @@ def gradient_to_fixed(grad: torch.Tensor) -> Fixed:
     On engine 1's float64 path the gradient is already on that grid (fixed.quantize_gradient),
     so the rounding changes nothing there; in float32 training it rounds.
     """
-    peak = float(grad.abs().max()) if grad.numel() else 0.0
+    if grad.numel():
+        low, high = (float(v) for v in torch.aminmax(grad))
+        peak = max(-low, high)  # |grad|'s maximum, NaN if any is (then not > 0, as abs().max())
+    else:
+        peak = 0.0
     if not peak > 0:
         return Fixed(torch.zeros(grad.shape, dtype=torch.int32), 0)
     exponent = math.frexp(peak)[1] - GRAD_BITS
-    ints = torch.floor(grad.double() * 2.0 ** -exponent + 0.5)
+    ints = grad.double().mul(2.0 ** -exponent).add_(0.5).floor_()  # floor(g * 2**-e + 1/2), in place
     return Fixed(ints.to(torch.int32), exponent)
 
 
