@@ -66,6 +66,7 @@ def main() -> None:
                         help="a variant: extra compress options, as one string (its -T also for decompress)")
     parser.add_argument("--jxl", action="store_true", help="also JPEG XL lossless e7 on one core, same images")
     parser.add_argument("--limit", type=int, default=None, help="only the first N images of each folder (copied)")
+    parser.add_argument("--no-defaults", action="store_true", help="only the --option variants, not the defaults")
     parser.add_argument("--models", default="", help="comma-separated models, each run with every variant "
                                                      "(default: the command line's default model)")
     args = parser.parse_args()
@@ -74,7 +75,8 @@ def main() -> None:
     folders = args.folders or sorted(p for base in ("data/eval", "data/speed") for p in (REPO / base).glob("*")
                                      if p.is_dir())
     models = [name.strip() for name in args.models.split(",") if name.strip()] or [""]
-    variants = [(model, option) for model in models for option in [""] + args.option]
+    options = args.option if args.no_defaults and args.option else [""] + args.option
+    variants = [(model, option) for model in models for option in options]
     print(f"load average {os.getloadavg()[0]:.2f}; OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS', 'unset')}")
     with tempfile.TemporaryDirectory() as scratch:
         scratch = Path(scratch)
