@@ -44,6 +44,7 @@ from .kernels import (
     FULL_LIMB_BITS,
     SEVEN_BIT_LIMB_BITS,
     Kernel,
+    current_kernel,
     limb_range,
     rounding_half,
     shift_round,
@@ -121,7 +122,7 @@ def _padded_limbs(x: torch.Tensor, count: int) -> torch.Tensor:
     return out
 
 
-def _im2col(framed: torch.Tensor) -> torch.Tensor:
+def _im2col(framed: torch.Tensor, dtype: torch.dtype = torch.int8) -> torch.Tensor:
     """B x (H+2) x (W+2) x C (zero frame) -> (B*H*W) x 9C: each position's 3x3 window, taps (ky, kx) row-major.
 
     One copy of a strided view (window rows and columns are the image's own
@@ -133,7 +134,7 @@ def _im2col(framed: torch.Tensor) -> torch.Tensor:
     b, row, column, _ = framed.stride()
     windows = framed.as_strided((batch, height, width, 3, 3, channels), (b, row, column, row, column, 1))
     # Always a copy: a reshape may return a view whose rows overlap, which _int_mm misreads.
-    columns = torch.empty(batch * height * width, 9 * channels, dtype=framed.dtype)
+    columns = torch.empty(batch * height * width, 9 * channels, dtype=dtype)
     columns.view(windows.shape).copy_(windows)
     return columns
 
@@ -304,7 +305,8 @@ class IntConv3x3(nn.Module):
         """(patches, the requantised sums before the clamp, positions x Co) of a framed source.
 
         ``source``: input_limbs * B framed images (int8), each limb's images stacked along the batch."""
-        patches = _im2col(source)
+        kernel = kernel or current_kernel()
+        patches = _im2col(source, kernel.operand_dtype)  # a float kernel's copy, converted once for both products
         acc = stacked_product(patches, self.input_limbs, prep.columns, self.weight_limbs, kernel, prep.product_bound)
         if acc.dtype != prep.dtype:
             acc = acc.to(prep.dtype)
@@ -396,8 +398,10 @@ class IntConv3x3(nn.Module):
         for limb in range(self.gradient_limbs):
             interior(framed[limb * batch:(limb + 1) * batch]).copy_(
                 g_columns[:, limb * out_channels:(limb + 1) * out_channels].view(batch, height, width, -1))
-        input_grad = stacked_product(_im2col(framed), self.gradient_limbs, saved.prep.rows, self.weight_limbs,
-                                     kernel, saved.prep.input_gradient_bound, a_width=SEVEN_BIT_LIMB_BITS)
+        kernel = kernel or current_kernel()
+        input_grad = stacked_product(_im2col(framed, kernel.operand_dtype), self.gradient_limbs, saved.prep.rows,
+                                     self.weight_limbs, kernel, saved.prep.input_gradient_bound,
+                                     a_width=SEVEN_BIT_LIMB_BITS)
         coarsest = int(self.weight_exponents.max())
         return Fixed(input_grad.view(batch, height, width, in_channels), exponent + coarsest), weight_grad, bias_grad
 
