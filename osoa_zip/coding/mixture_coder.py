@@ -46,6 +46,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..exact.fixed import ACT_FRAC_BITS
 from ..exact.logistic import CDF_ONE, CDF_RANGE, EXP_RANGE, LOG_SCALE_MAX, LOG_SCALE_MIN, LogisticTables
+from . import native
 from .ans import CorruptStream, Decoder, Encoder
 from .logistic_coder import LOG_SCALE_STEP, OFFSET_STEPS
 
@@ -412,6 +413,12 @@ def pop_mixture_factor(decoder: Decoder, tables: LogisticTables, means, log_scal
     order = np.argsort(group.astype(np.int16), kind="stable")
     bounds = np.searchsorted(group[order], np.arange(groups + 1))
     size = _SIZES[group[order]]
+    if native.available():
+        values = np.empty(lower.numel(), dtype=np.int64)
+        decoder.run(native.pop_mixture, latents.rows.flat, order, size, latents.weights, latents.row_start,
+                    latents.centre, latents.weight, latents.lower, latents.upper, latents.middle, REACH, CDF_ONE,
+                    RANGE_SIZE, values)
+        return _checked(latents, values, lower.shape)
     start = latents.window_start(order, size)
     arrays = latents.arrays_for(order, start)
     values = np.empty(lower.numel(), dtype=np.int64)
@@ -433,6 +440,10 @@ def pop_mixture_factor(decoder: Decoder, tables: LogisticTables, means, log_scal
         if positions.size != out.size:
             raise CorruptStream("coded data ended early")
         values[out] = latents.lower[out] + positions
+    return _checked(latents, values, lower.shape)
+
+
+def _checked(latents: _Latents, values: np.ndarray, shape) -> torch.Tensor:
     if ((values < latents.lower) | (values > latents.upper)).any():
         raise CorruptStream("a decoded value lies outside its known range")
-    return torch.from_numpy(values.astype(np.float64)).reshape(lower.shape)
+    return torch.from_numpy(values.astype(np.float64)).reshape(shape)

@@ -1,0 +1,195 @@
+"""Compiled decoding loops (numba, optional): a symbol's interval found from the CDF, not a row.
+
+constriction decodes a symbol by finding which quantized interval of its row holds the
+ANS state's quantile, so the Python decoder must build every bin of every row first
+(``mixture_coder._Latents.rows_of``): that is most of its time.  The loop here runs
+constriction's stack-ANS decoding step itself (32-bit words, a 64-bit state, 24-bit
+probabilities, the lazy categorical model's quantization, ``ans.quantized_intervals``)
+and finds the interval by a binary search over the row's cumulative counts, each
+computed from a few CDF table entries when the search needs it: O(K log S) per symbol
+instead of O(K S), no rows, no Python per symbol.
+
+It works on the coder's words from the position and state constriction reports
+(``AnsCoder.pos``) and hands the new ones back (``AnsCoder.seek``), so every other
+symbol stays constriction's.  The bytes are the format's, unchanged: the loop decodes
+exactly what constriction decodes from the rows (tests/test_native_decoder.py).
+
+Without numba (``pip install osoa-zip[fast]``), or with OSOA_ZIP_NO_NUMBA=1 in the
+environment, ``available()`` is False and the coders build rows as before.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+try:  # numba is an optional extra
+    import numba
+except ImportError:  # pragma: no cover - exercised where numba is absent
+    numba = None
+
+ENABLED = numba is not None and os.environ.get("OSOA_ZIP_NO_NUMBA", "") in ("", "0")
+
+PRECISION = 24
+_ONE = 1 << PRECISION
+
+
+def available() -> bool:
+    """Whether the compiled loops are used (numba installed and not switched off)."""
+    return ENABLED
+
+
+def _jit(function):
+    if numba is None:
+        return function
+    return numba.njit(nogil=True, cache=True)(function)
+
+
+@_jit
+def _step(words, position, state, start, end):
+    """One stack-ANS decoding step of a symbol whose quantized interval is [start, end) out of
+    2**24, constriction's: the state keeps what the symbol did not use, and takes the next
+    32-bit word from the top of the stack when it falls below 2**32."""
+    quantile = state & np.uint64(_ONE - 1)
+    state = (state >> np.uint64(PRECISION)) * np.uint64(end - start) + (quantile - np.uint64(start))
+    if state < np.uint64(1 << 32) and position > 0:
+        position -= 1
+        state = (state << np.uint64(32)) | np.uint64(words[position])
+    return position, state
+
+
+@_jit
+def _mixture_edge(flat, stretch, weights, i, j):
+    """sum_k e_k CDF_k at bin edge j of latent i whose component stretches start at ``stretch``."""
+    total = 0.0
+    for k in range(stretch.shape[0]):
+        total += weights[k, i] * flat[stretch[k] + j]
+    return total
+
+
+@_jit
+def _window_start(j, sigma, before_j):
+    return np.int64(before_j * sigma) + j
+
+
+@_jit
+def pop_mixture(words, position, state, flat, order, sizes, weights, row_start, centre, weight, lower, upper,
+                middle, reach, cdf_one, range_size, values):
+    """Decode one factor of ``mixture_coder``: its windows in coding order (``order``, each
+    latent's window ``sizes[t]``), then the escaped latents' range rows in the same order.
+
+    The arrays are ``_Latents``' (components first); ``values`` (natural order) receives
+    each latent's value.  Every cumulative count is the one ``_Latents.window_intervals``
+    and ``range_intervals`` give (the rows' sums: exact integers in float64), the interval
+    [floor(C_s sigma) + s, floor(C_{s+1} sigma) + s + 1) of constriction's lazy categorical
+    model, the last symbol ending at 2**24.  Returns the new (position, state).
+    """
+    k_count = weights.shape[0]
+    stretch = np.empty(k_count, dtype=np.int64)
+    escaped = np.zeros(order.shape[0], dtype=np.bool_)
+    for t in range(order.shape[0]):
+        i = order[t]
+        size = sizes[t]
+        lo, up, w = lower[i], upper[i], weight[i]
+        start = max(min(middle[i] - (size - 1) // 2, up - size + 1), lo)
+        for k in range(k_count):
+            stretch[k] = min(max(start - centre[k, i], -reach), reach) + row_start[k, i]
+        total_mass = w * cdf_one
+        past_upper = start + size > up
+        last = up - start if past_upper else size
+        base = 0.0 if start <= lo else _mixture_edge(flat, stretch, weights, i, 0)
+        beyond = total_mass - base + (last + 1) * w
+        inside = min(start + size - 1, up) - start + 1
+        if past_upper:
+            above, before_size = 0.0, beyond
+        else:
+            at_size = _mixture_edge(flat, stretch, weights, i, size)
+            above = total_mass - at_size
+            before_size = at_size - base + size * w
+        total = before_size + base + above + w * ((up - lo + 1) - inside)
+        sigma = (_ONE - (size + 1)) / total
+        quantile = np.int64(state & np.uint64(_ONE - 1))
+        # The last symbol (the escape) starts at floor(C_size sigma) + size; the others by search.
+        escape_start = _window_start(size, sigma, before_size)
+        if escape_start <= quantile:
+            symbol, first, end = size, escape_start, _ONE
+        else:
+            low, high = 0, size - 1  # the largest j with start_j <= quantile; start_0 = 0
+            while low < high:
+                mid = (low + high + 1) >> 1
+                before = (_mixture_edge(flat, stretch, weights, i, mid) - base + mid * w) if mid <= last else beyond
+                if _window_start(mid, sigma, before) <= quantile:
+                    low = mid
+                else:
+                    high = mid - 1
+            symbol = low
+            if symbol == 0:
+                first = 0
+            else:
+                before = (_mixture_edge(flat, stretch, weights, i, symbol) - base + symbol * w) \
+                    if symbol <= last else beyond
+                first = _window_start(symbol, sigma, before)
+            after = symbol + 1
+            if after == size:
+                end = escape_start
+            else:
+                before = (_mixture_edge(flat, stretch, weights, i, after) - base + after * w) \
+                    if after <= last else beyond
+                end = _window_start(after, sigma, before)
+        position, state = _step(words, position, state, first, end)
+        escaped[t] = symbol == size
+        values[i] = start + symbol
+    for t in range(order.shape[0]):
+        if not escaped[t]:
+            continue
+        i = order[t]
+        size = sizes[t]
+        lo, up, w = lower[i], upper[i], weight[i]
+        start = max(min(middle[i] - (size - 1) // 2, up - size + 1), lo)
+        for k in range(k_count):
+            stretch[k] = min(max(lo - centre[k, i], -reach), reach) + row_start[k, i]
+        last = up - lo  # the range row starts at the lower bound
+        beyond = w * cdf_one + (last + 1) * w
+        zero_from = start - lo
+        zero_to = min(zero_from + size, range_size)
+        window_from = 0.0 if zero_from == 0 else (
+            (_mixture_edge(flat, stretch, weights, i, zero_from) + zero_from * w) if zero_from <= last else beyond)
+        window_to = (_mixture_edge(flat, stretch, weights, i, zero_to) + zero_to * w) if zero_to <= last else beyond
+        total = beyond - (window_to - window_from)
+        sigma = (_ONE - range_size) / total
+        quantile = np.int64(state & np.uint64(_ONE - 1))
+        low, high = 0, range_size - 1
+        first = 0
+        while low < high:
+            mid = (low + high + 1) >> 1
+            before = _range_before(flat, stretch, weights, i, mid, w, last, beyond, zero_from, zero_to,
+                                   window_from, window_to)
+            mid_start = _window_start(mid, sigma, before)
+            if mid_start <= quantile:
+                low, first = mid, mid_start
+            else:
+                high = mid - 1
+        if low == 0:
+            first = 0
+        elif first == 0:
+            first = _window_start(low, sigma, _range_before(flat, stretch, weights, i, low, w, last, beyond,
+                                                             zero_from, zero_to, window_from, window_to))
+        if low == range_size - 1:
+            end = _ONE
+        else:
+            end = _window_start(low + 1, sigma, _range_before(flat, stretch, weights, i, low + 1, w, last, beyond,
+                                                               zero_from, zero_to, window_from, window_to))
+        position, state = _step(words, position, state, first, end)
+        values[i] = lo + low
+    return position, state
+
+
+@_jit
+def _range_before(flat, stretch, weights, i, j, w, last, beyond, zero_from, zero_to, window_from, window_to):
+    """Counts of a range row before bin j, the window's bins zeroed (``range_intervals``)."""
+    if j <= zero_from:
+        return 0.0 if j == 0 else ((_mixture_edge(flat, stretch, weights, i, j) + j * w) if j <= last else beyond)
+    if j >= zero_to:
+        at_j = (_mixture_edge(flat, stretch, weights, i, j) + j * w) if j <= last else beyond
+        return at_j - (window_to - window_from)
+    return window_from
