@@ -158,6 +158,16 @@ class _Latents:
         self.bucket = np.empty(n, dtype=np.int64)
         self.middle = np.empty(n, dtype=np.int64)
         exp = tables.exp.numpy()
+        if native.available():
+            row = np.empty((k, n), dtype=np.int64)
+            if native.mixture_latents(means, log_scales, logits, exp, LOG_SCALE_MIN, LOG_SCALE_MAX, float(EXP_RANGE),
+                                      float(2 ** ACT_FRAC_BITS), 2 ** ACT_FRAC_BITS / LOG_SCALE_STEP,
+                                      float(OFFSET_STEPS), rows.scale_rows, rows.WIDTH, REACH, rows.bucket,
+                                      self.weights, row, self.row_start, self.centre, self.weight, self.bucket,
+                                      self.middle):
+                raise ValueError("a mixture mean is not on the activation grid")
+            rows.ensure(row.reshape(-1))
+            return
         for first in range(0, n, _LATENTS_PER_BLOCK):
             part = slice(first, first + _LATENTS_PER_BLOCK)
             # The exact core's lookups (LogisticTables.mixture_weights / scale_index), in numpy;

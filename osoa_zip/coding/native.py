@@ -193,3 +193,51 @@ def _range_before(flat, stretch, weights, i, j, w, last, beyond, zero_from, zero
         at_j = (_mixture_edge(flat, stretch, weights, i, j) + j * w) if j <= last else beyond
         return at_j - (window_to - window_from)
     return window_from
+
+
+@_jit
+def mixture_latents(means, log_scales, logits, exp, log_scale_min, log_scale_max, exp_range, grid, scale_grid,
+                    offset_steps, scale_rows, width, reach, bucket_of_scale_row,
+                    weights, row, row_start, centre, weight, bucket, middle):
+    """``mixture_coder._Latents``' per-latent lookups in one pass, by the same elementwise
+    float64 operations in the same order (so the same integers): each component's integer
+    weight e_k (``LogisticTables.mixture_weights``), CDF table row and its centre in the flat
+    table, its centre; per latent the weights' sum, and the bucket and centre of its heaviest
+    component (the first on ties).  Returns 0, or 1 when a mean or a logit is off the
+    activation grid (a row or exp entry outside its table)."""
+    k_count, n = means.shape
+    status = 0
+    for i in range(n):
+        largest = logits[0, i]
+        for k in range(1, k_count):
+            largest = max(largest, logits[k, i])
+        heaviest, top, top_scale, total = 0.0, 0, 0, 0.0
+        for k in range(k_count):
+            relative = min(max(logits[k, i] - largest, -exp_range), 0.0)
+            relative += exp_range
+            relative *= grid
+            at = np.int64(relative)
+            scale = min(max(log_scales[k, i], log_scale_min), log_scale_max)
+            scale -= log_scale_min
+            scale *= scale_grid
+            scale_row = np.int64(scale)
+            middle_k = np.floor(means[k, i] + 0.5)
+            offset = means[k, i] - middle_k
+            offset += 0.5
+            offset *= offset_steps
+            offset_row = np.int64(np.floor(offset))
+            if not (0 <= offset_row < offset_steps and 0 <= at < exp.shape[0] and 0 <= scale_row < scale_rows):
+                status = 1
+                offset_row, at, scale_row = 0, 0, 0
+            e = exp[at]
+            row[k, i] = offset_row * scale_rows + scale_row
+            row_start[k, i] = row[k, i] * width + reach
+            centre[k, i] = np.int64(middle_k)
+            weights[k, i] = e
+            if k == 0 or e > heaviest:
+                heaviest, top, top_scale = e, k, scale_row
+            total += e
+        weight[i] = total
+        bucket[i] = bucket_of_scale_row[top_scale]
+        middle[i] = centre[top, i]
+    return status
