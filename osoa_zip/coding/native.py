@@ -68,8 +68,17 @@ def _mixture_edge(flat, stretch, weights, i, j):
 
 
 @_jit
-def _window_start(j, sigma, before_j):
-    return np.int64(before_j * sigma) + j
+def _window_start(flat, stretch, weights, i, j, sigma, base, w, last, beyond):
+    """floor(C_j sigma) + j: where bin j of a window row starts (``window_intervals``' C_j:
+    the mixture at edge j less the window's lower edge unless the lower bound's bin took it,
+    plus j floors; past the upper bound's bin, all of the row but the escape)."""
+    if j == 0:
+        return 0
+    if j <= last:
+        before = _mixture_edge(flat, stretch, weights, i, j) - base + j * w
+    else:
+        before = beyond
+    return np.int64(before * sigma) + j
 
 
 @_jit
@@ -94,48 +103,37 @@ def pop_mixture(words, position, state, flat, order, sizes, weights, row_start, 
         start = max(min(middle[i] - (size - 1) // 2, up - size + 1), lo)
         for k in range(k_count):
             stretch[k] = min(max(start - centre[k, i], -reach), reach) + row_start[k, i]
-        total_mass = w * cdf_one
         past_upper = start + size > up
         last = up - start if past_upper else size
         base = 0.0 if start <= lo else _mixture_edge(flat, stretch, weights, i, 0)
-        beyond = total_mass - base + (last + 1) * w
-        inside = min(start + size - 1, up) - start + 1
-        if past_upper:
-            above, before_size = 0.0, beyond
-        else:
-            at_size = _mixture_edge(flat, stretch, weights, i, size)
-            above = total_mass - at_size
-            before_size = at_size - base + size * w
-        total = before_size + base + above + w * ((up - lo + 1) - inside)
+        # The row's total is the mixture's mass plus one floor per range value and per bin past
+        # it (the table entries cancel: the same integer as summing the row, read nowhere).
+        total = w * cdf_one + ((last + 1 if past_upper else size) + (up - lo + 1)
+                               - (min(start + size - 1, up) - start + 1)) * w
         sigma = (_ONE - (size + 1)) / total
+        beyond = w * cdf_one - base + (last + 1) * w
         quantile = np.int64(state & np.uint64(_ONE - 1))
-        # The last symbol (the escape) starts at floor(C_size sigma) + size; the others by search.
-        escape_start = _window_start(size, sigma, before_size)
-        if escape_start <= quantile:
-            symbol, first, end = size, escape_start, _ONE
+        # Walk from the heaviest component's centre: most symbols lie a few bins from it.
+        symbol = min(max(middle[i] - start, 0), size)
+        first = _window_start(flat, stretch, weights, i, symbol, sigma, base, w, last, beyond)
+        if first <= quantile:
+            end = _ONE
+            while symbol < size:
+                end = _window_start(flat, stretch, weights, i, symbol + 1, sigma, base, w, last, beyond)
+                if end > quantile:
+                    break
+                symbol += 1
+                first = end
+            if symbol == size:
+                end = _ONE
         else:
-            low, high = 0, size - 1  # the largest j with start_j <= quantile; start_0 = 0
-            while low < high:
-                mid = (low + high + 1) >> 1
-                before = (_mixture_edge(flat, stretch, weights, i, mid) - base + mid * w) if mid <= last else beyond
-                if _window_start(mid, sigma, before) <= quantile:
-                    low = mid
-                else:
-                    high = mid - 1
-            symbol = low
-            if symbol == 0:
-                first = 0
-            else:
-                before = (_mixture_edge(flat, stretch, weights, i, symbol) - base + symbol * w) \
-                    if symbol <= last else beyond
-                first = _window_start(symbol, sigma, before)
-            after = symbol + 1
-            if after == size:
-                end = escape_start
-            else:
-                before = (_mixture_edge(flat, stretch, weights, i, after) - base + after * w) \
-                    if after <= last else beyond
-                end = _window_start(after, sigma, before)
+            end = first
+            while True:
+                symbol -= 1
+                first = _window_start(flat, stretch, weights, i, symbol, sigma, base, w, last, beyond)
+                if first <= quantile:
+                    break
+                end = first
         position, state = _step(words, position, state, first, end)
         escaped[t] = symbol == size
         values[i] = start + symbol
@@ -164,7 +162,7 @@ def pop_mixture(words, position, state, flat, order, sizes, weights, row_start, 
             mid = (low + high + 1) >> 1
             before = _range_before(flat, stretch, weights, i, mid, w, last, beyond, zero_from, zero_to,
                                    window_from, window_to)
-            mid_start = _window_start(mid, sigma, before)
+            mid_start = np.int64(before * sigma) + mid
             if mid_start <= quantile:
                 low, first = mid, mid_start
             else:
@@ -172,13 +170,13 @@ def pop_mixture(words, position, state, flat, order, sizes, weights, row_start, 
         if low == 0:
             first = 0
         elif first == 0:
-            first = _window_start(low, sigma, _range_before(flat, stretch, weights, i, low, w, last, beyond,
-                                                             zero_from, zero_to, window_from, window_to))
+            first = np.int64(_range_before(flat, stretch, weights, i, low, w, last, beyond, zero_from, zero_to,
+                                           window_from, window_to) * sigma) + low
         if low == range_size - 1:
             end = _ONE
         else:
-            end = _window_start(low + 1, sigma, _range_before(flat, stretch, weights, i, low + 1, w, last, beyond,
-                                                               zero_from, zero_to, window_from, window_to))
+            end = np.int64(_range_before(flat, stretch, weights, i, low + 1, w, last, beyond, zero_from, zero_to,
+                                         window_from, window_to) * sigma) + low + 1
         position, state = _step(words, position, state, first, end)
         values[i] = lo + low
     return position, state
