@@ -127,12 +127,15 @@ class Decoder:
         takes words from the top, so they are the words it was given)."""
         return self._words
 
-    def run(self, loop, *arguments) -> None:
+    def run(self, loop, *arguments) -> int:
         """Run a compiled decoding loop (``native``) on the coder: it takes the words and
-        (position, state) of ``AnsCoder.pos`` and returns the new position and state."""
+        (position, state) of ``AnsCoder.pos`` and returns the new position and state, or a
+        negative position (returned here) when what it decoded cannot be right."""
         position, state = self._coder.pos()
         position, state = loop(self._bulk(), position, np.uint64(state), *arguments)
-        self._coder.seek(int(position), int(state))
+        if position >= 0:
+            self._coder.seek(int(position), int(state))
+        return int(position)
 
     def pop_categorical(self, counts: np.ndarray) -> np.ndarray:
         if not len(counts):

@@ -416,6 +416,13 @@ def pop_mixture_factor(decoder: Decoder, tables: LogisticTables, means, log_scal
                        upper) -> torch.Tensor:
     """Decode one factor coded by ``push_mixture_factors``; shaped like ``lower``."""
     latents = _Latents(tables, means, log_scales, logits, lower, upper)
+    if native.available():
+        values = np.empty(lower.numel(), dtype=np.int64)
+        if decoder.run(native.pop_mixture, latents.rows.flat, latents.bucket, _SIZES, MERGE_BELOW, latents.weights,
+                       latents.row_start, latents.centre, latents.weight, latents.lower, latents.upper,
+                       latents.middle, REACH, CDF_ONE, RANGE_SIZE, values) < 0:
+            raise CorruptStream("a decoded value lies outside its known range")
+        return torch.from_numpy(values).to(torch.float64).reshape(lower.shape)
     groups = len(BUCKETS) + 1
     group = _closing_buckets(np.bincount(latents.bucket, minlength=groups)[None, :])[0][latents.bucket]
     # Every window in coding order at once (group by group, flat order inside a group), so
@@ -423,12 +430,6 @@ def pop_mixture_factor(decoder: Decoder, tables: LogisticTables, means, log_scal
     order = np.argsort(group.astype(np.int16), kind="stable")
     bounds = np.searchsorted(group[order], np.arange(groups + 1))
     size = _SIZES[group[order]]
-    if native.available():
-        values = np.empty(lower.numel(), dtype=np.int64)
-        decoder.run(native.pop_mixture, latents.rows.flat, order, size, latents.weights, latents.row_start,
-                    latents.centre, latents.weight, latents.lower, latents.upper, latents.middle, REACH, CDF_ONE,
-                    RANGE_SIZE, values)
-        return _checked(latents, values, lower.shape)
     start = latents.window_start(order, size)
     arrays = latents.arrays_for(order, start)
     values = np.empty(lower.numel(), dtype=np.int64)

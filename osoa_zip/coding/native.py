@@ -82,17 +82,19 @@ def _window_start(flat, stretch, weights, i, j, sigma, base, w, last, beyond):
 
 
 @_jit
-def pop_mixture(words, position, state, flat, order, sizes, weights, row_start, centre, weight, lower, upper,
-                middle, reach, cdf_one, range_size, values):
-    """Decode one factor of ``mixture_coder``: its windows in coding order (``order``, each
-    latent's window ``sizes[t]``), then the escaped latents' range rows in the same order.
+def pop_mixture(words, position, state, flat, bucket, window_sizes, merge_below, weights, row_start, centre, weight,
+                lower, upper, middle, reach, cdf_one, range_size, values):
+    """Decode one factor of ``mixture_coder``: its windows in coding order (``coding_order``),
+    then the escaped latents' range rows in the same order.
 
     The arrays are ``_Latents``' (components first); ``values`` (natural order) receives
     each latent's value.  Every cumulative count is the one ``_Latents.window_intervals``
     and ``range_intervals`` give (the rows' sums: exact integers in float64), the interval
     [floor(C_s sigma) + s, floor(C_{s+1} sigma) + s + 1) of constriction's lazy categorical
-    model, the last symbol ending at 2**24.  Returns the new (position, state).
+    model, the last symbol ending at 2**24.  Returns the new (position, state), or position
+    -1 when a value lies outside its range (corrupt data).
     """
+    order, sizes = coding_order(bucket, window_sizes, merge_below)
     k_count = weights.shape[0]
     stretch = np.empty(k_count, dtype=np.int64)
     escaped = np.zeros(order.shape[0], dtype=np.bool_)
@@ -179,7 +181,47 @@ def pop_mixture(words, position, state, flat, order, sizes, weights, row_start, 
                                          window_from, window_to) * sigma) + low + 1
         position, state = _step(words, position, state, first, end)
         values[i] = lo + low
+    for i in range(values.shape[0]):
+        if not lower[i] <= values[i] <= upper[i]:
+            return -1, state
     return position, state
+
+
+@_jit
+def coding_order(bucket, window_sizes, merge_below):
+    """(order, sizes): one factor's latents in coding order and their window sizes, as
+    ``mixture_coder.pop_mixture_factor`` orders them: each bucket's latents take the window of
+    the next bucket in use where the buckets so far reach ``merge_below`` latents, or of the
+    last bucket in use (``_closing_buckets``); group by group, flat order inside a group."""
+    groups = window_sizes.shape[0]
+    counts = np.zeros(groups, dtype=np.int64)
+    for i in range(bucket.shape[0]):
+        counts[bucket[i]] += 1
+    closing = np.zeros(groups, dtype=np.int64)
+    carried, waiting_from, remaining = 0, 0, bucket.shape[0]
+    for b in range(groups):
+        if counts[b] == 0:
+            continue
+        carried += counts[b]
+        remaining -= counts[b]
+        if carried >= merge_below or remaining == 0:
+            for waiting in range(waiting_from, b + 1):
+                closing[waiting] = b
+            carried, waiting_from = 0, b + 1
+    next_at = np.zeros(groups, dtype=np.int64)
+    for b in range(groups):
+        next_at[closing[b]] += counts[b]
+    at = 0
+    for b in range(groups):
+        at, next_at[b] = at + next_at[b], at
+    order = np.empty(bucket.shape[0], dtype=np.int64)
+    sizes = np.empty(bucket.shape[0], dtype=np.int64)
+    for i in range(bucket.shape[0]):
+        group = closing[bucket[i]]
+        order[next_at[group]] = i
+        sizes[next_at[group]] = window_sizes[group]
+        next_at[group] += 1
+    return order, sizes
 
 
 @_jit
