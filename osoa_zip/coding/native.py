@@ -2,17 +2,17 @@
 
 constriction decodes a symbol by finding which quantized interval of its row holds the
 ANS state's quantile, so the Python decoder must build every bin of every row first
-(``mixture_coder._Latents.rows_of``): that is most of its time.  The loop here runs
+(``mixture_coder._Latents.rows_of``): that was most of its time.  The loop here runs
 constriction's stack-ANS decoding step itself (32-bit words, a 64-bit state, 24-bit
 probabilities, the lazy categorical model's quantization, ``ans.quantized_intervals``)
-and finds the interval by a binary search over the row's cumulative counts, each
-computed from a few CDF table entries when the search needs it: O(K log S) per symbol
-instead of O(K S), no rows, no Python per symbol.
+and finds the interval by walking from the heaviest component's centre over the row's
+cumulative counts, each computed from K CDF table entries only where the walk goes: a
+few table reads per symbol instead of K (S + 1), and no Python per symbol.
 
 It works on the coder's words from the position and state constriction reports
 (``AnsCoder.pos``) and hands the new ones back (``AnsCoder.seek``), so every other
 symbol stays constriction's.  The bytes are the format's, unchanged: the loop decodes
-exactly what constriction decodes from the rows (tests/test_native_decoder.py).
+exactly what constriction decodes from the rows (tests/test_coder_speed_paths.py).
 
 Without numba (``pip install osoa-zip[fast]``), or with OSOA_ZIP_NO_NUMBA=1 in the
 environment, ``available()`` is False and the coders build rows as before.
@@ -23,12 +23,14 @@ import os
 
 import numpy as np
 
-try:  # numba is an optional extra
-    import numba
-except ImportError:  # pragma: no cover - exercised where numba is absent
-    numba = None
+numba = None
+if os.environ.get("OSOA_ZIP_NO_NUMBA", "") in ("", "0"):
+    try:  # an optional extra
+        import numba
+    except ImportError:
+        pass
 
-ENABLED = numba is not None and os.environ.get("OSOA_ZIP_NO_NUMBA", "") in ("", "0")
+ENABLED = numba is not None
 
 PRECISION = 24
 _ONE = 1 << PRECISION
@@ -40,9 +42,14 @@ def available() -> bool:
 
 
 def _jit(function):
+    """Compiled once per machine (numba's cache beside this file, or its user-wide cache);
+    without a writable cache, once per process.  ``nogil``: segments decode in threads."""
     if numba is None:
         return function
-    return numba.njit(nogil=True, cache=True)(function)
+    try:
+        return numba.njit(nogil=True, cache=True)(function)
+    except RuntimeError:  # no writable cache directory
+        return numba.njit(nogil=True)(function)
 
 
 @_jit
