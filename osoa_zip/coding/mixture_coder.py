@@ -83,7 +83,9 @@ class _ComponentRows:
         # reach is WINDOW_SCALES scales of its heaviest component (BUCKETS' length: none is).
         reach = np.ceil(WINDOW_SCALES / self.inv_scale)
         self.bucket = np.searchsorted(BUCKETS, 2 * reach + 1, side="left")
-        self.cdf = np.zeros((OFFSET_STEPS * self.scale_rows, self.WIDTH), dtype=np.float64)  # integers
+        # Integers in [0, 2**24]: int32 halves the cache lines a decoder's table reads touch
+        # (every product with a weight is taken in float64, exactly).
+        self.cdf = np.zeros((OFFSET_STEPS * self.scale_rows, self.WIDTH), dtype=np.int32)
         self.filled = np.zeros(OFFSET_STEPS * self.scale_rows, dtype=bool)
         self._stretches: dict[int, np.ndarray] = {}
         self.flat = self.cdf.reshape(-1)  # a view
@@ -292,8 +294,7 @@ class _Latents:
         """sum_k e_k CDF_k at bin edge ``edge`` of latents ``pick`` whose stretches start at
         ``first`` (``stretch_starts``): the value ``rows_for`` holds in that column, without
         the rest of the row."""
-        values = self.rows.flat.take(first + edge)
-        values *= self.weights[:, pick]
+        values = self.rows.flat.take(first + edge) * self.weights[:, pick]
         return values.sum(axis=0)
 
     def window_intervals(self, pick, start: np.ndarray, size: np.ndarray,
