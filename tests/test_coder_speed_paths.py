@@ -354,3 +354,35 @@ def test_the_compiled_loops_can_be_switched_off():
     result = subprocess.run([sys.executable, "-c", script], env={**os.environ, "OSOA_ZIP_NO_NUMBA": "1"},
                             capture_output=True, text=True, check=True)
     assert result.stdout.split() == ["False", "False"]
+
+
+@needs_numba
+@SETTINGS
+@given(st.integers(0, 2 ** 32 - 1), st.lists(st.integers(1, 400), min_size=1, max_size=3), st.booleans())
+def test_compiled_logistic_pop_decodes_what_the_rows_decode(seed, sizes, escape):
+    """Single-logistic windows (every bucket: scales at both table ends), with escapes (values
+    far outside the window, coded uniform) or without (a bits-back posterior's windows)."""
+    rng = np.random.default_rng(seed)
+    factors = []
+    for n in sizes:
+        mean = torch.from_numpy(np.round(rng.uniform(-300, 300, n) * 256) / 256)
+        log_scale = torch.from_numpy(np.round(rng.uniform(LOG_SCALE_MIN - 1, LOG_SCALE_MAX + 1, n) * 256) / 256)
+        log_scale[: n // 4] = float(rng.choice([LOG_SCALE_MIN, LOG_SCALE_MAX]))
+        spread = np.exp(np.clip(log_scale.numpy(), LOG_SCALE_MIN, LOG_SCALE_MAX)) * 20
+        if not escape:  # inside the window: the narrowest is 4 bins either side of the rounded mean
+            spread = np.minimum(spread, 3.0)
+        values = np.clip(np.round(mean.numpy() + rng.uniform(-1, 1, n) * spread), -2000, 2000)
+        factors.append((torch.from_numpy(values), mean, log_scale))
+    encoder = Encoder()
+    for values, mean, log_scale in factors:
+        logistic_coder.push_factor(encoder, TABLES, values, mean, log_scale, escape=escape)
+    data, outcomes = encoder.finish(), []
+    for enabled in (True, False):
+        with _compiled(enabled):
+            decoder, seen = Decoder(data), []
+            for values, mean, log_scale in factors:
+                decoded = logistic_coder.pop_factor(decoder, TABLES, mean, log_scale, escape=escape)
+                assert torch.equal(decoded, values)
+                seen.append(decoder._coder.pos())
+            outcomes.append(seen)
+    assert outcomes[0] == outcomes[1] and outcomes[0][-1] == (0, 0)

@@ -288,3 +288,47 @@ def mixture_latents(means, log_scales, logits, exp, log_scale_min, log_scale_max
         bucket[i] = bucket_of_scale_row[top_scale]
         middle[i] = centre[top, i]
     return status
+
+
+@_jit
+def pop_windows(words, position, state, cdf, which, escape, cdf_one, symbols):
+    """Decode the symbols of ``logistic_coder`` window rows without edge bins: row t is the
+    2W+1 bins between consecutive edges of ``cdf[which[t]]`` (the CDF at the window's bin
+    edges), then with ``escape`` the mass outside the window.  The counts before bin j are
+    CDF(j) - CDF(0) (the rows telescope), as ``_WindowRows.push`` codes them; the search
+    walks from the window's centre.  ``symbols`` receives them; returns (position, state),
+    or position -1 for a row without mass.
+    """
+    width = cdf.shape[1] - 1
+    count = width + 1 if escape else width
+    for t in range(which.shape[0]):
+        row = which[t]
+        at_zero = cdf[row, 0]
+        total = cdf_one if escape else cdf[row, width] - at_zero
+        if not total > 0:  # as constriction refuses such a row
+            return -1, state
+        sigma = (_ONE - count) / total
+        quantile = np.int64(state & np.uint64(_ONE - 1))
+        symbol = width // 2
+        first = np.int64((cdf[row, symbol] - at_zero) * sigma) + symbol
+        if first <= quantile:
+            end = _ONE
+            while symbol < count - 1:
+                end = np.int64((cdf[row, symbol + 1] - at_zero) * sigma) + symbol + 1
+                if end > quantile:
+                    break
+                symbol += 1
+                first = end
+            if symbol == count - 1:
+                end = _ONE
+        else:
+            end = first
+            while True:
+                symbol -= 1
+                first = 0 if symbol == 0 else np.int64((cdf[row, symbol] - at_zero) * sigma) + symbol
+                if first <= quantile:
+                    break
+                end = first
+        position, state = _step(words, position, state, first, end)
+        symbols[t] = symbol
+    return position, state
