@@ -28,6 +28,7 @@ from .container.records import (
     SIDE_PLANES,
     AlphaPlanes,
     Batch,
+    BlockData,
     BlockMember,
     Chunk,
     Directory,
@@ -142,9 +143,12 @@ class _Decoder:
         """The next entry, _SKIPPED for one that could not be read but is dealt with, None at the end."""
         try:
             return chunks.next_entry()
-        except OversizedEntry as error:  # an image table larger than any writer writes
+        except OversizedEntry as error:  # an image table or solid block larger than any writer writes
             if self.salvage:
                 self._unreadable(chunks, error)
+            elif chunks.last_kind is SolidBlock:
+                self._refuse(None, str(error))
+                chunks.skip_parts((BlockData,))
             else:
                 self._refuse_group(chunks, [], str(error))
             return _SKIPPED
