@@ -693,15 +693,7 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
         summary = decoder.run(reader)
         if salvage:
             summary.damage = list(reader.damage)
-        if patterns:
-            for pattern in patterns:
-                if not any(selected(name, [pattern]) for name in staging.names.kinds):
-                    raise UsageError(f"no entry matches {pattern!r}")
-            staging.commit(force, lambda name: selected(name, list(patterns)))
-            kept = [is_image for name, is_image in sink.written if selected(name, list(patterns))]
-            summary.files, summary.images = len(kept), sum(kept)
-        else:
-            staging.commit(force)
+        _commit(staging, sink, summary, patterns, force)
     except Conflict as error:
         staging.abort()
         raise UsageError(str(error)) from None
@@ -716,6 +708,19 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
     elif refused:
         raise RefusedEntries(refused, summary)
     return summary
+
+
+def _commit(staging: Staging, sink: _StagingSink, summary: Summary, patterns: list[str] | None, force: bool) -> None:
+    """Move the staged entries (those matching ``patterns``, if any) into place."""
+    if not patterns:
+        staging.commit(force)
+        return
+    for pattern in patterns:
+        if not any(selected(name, [pattern]) for name in staging.names.kinds):
+            raise UsageError(f"no entry matches {pattern!r}")
+    staging.commit(force, lambda name: selected(name, list(patterns)))
+    kept = [is_image for name, is_image in sink.written if selected(name, list(patterns))]
+    summary.files, summary.images = len(kept), sum(kept)
 
 
 def _wanted_by(source: BinaryIO, patterns: list[str]) -> Callable[[str], bool] | None:
