@@ -373,6 +373,30 @@ def test_cli_hostile_index_is_one_line_without_traceback(archive, tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize("bad", ["../escape.txt", "/tmp/osoa-zip-solid-abs.txt", "docs/../../up.txt", "new\nline.txt",
+                                 "code/module_00.py"], ids=["dotdot", "absolute", "inner-dotdot", "newline",
+                                                            "duplicate"])
+def test_unsafe_names_in_a_block_are_refused_alone(source, archive, tmp_path, bad):
+    """A block member's name obeys the rules every entry does: that file is refused (its bytes are
+    still decoded, so the block's later files come out right), the rest restored, nothing outside."""
+    # the first file of the last block with several (after the .py files, so that the duplicate comes second)
+    victim = next(block.files[0].name for block in reversed(_blocks(archive)) if len(block.files) > 1)
+    assert victim.endswith(".txt")
+    data = Crafted.parse(archive).edit(victim, path=bad).build()
+    box = tmp_path / "box"
+    box.mkdir()
+    with pytest.raises(RefusedEntries) as caught:
+        decompress(io.BytesIO(data), box / "dest")
+    assert len(caught.value.reasons) == 1 and repr(bad) in caught.value.reasons[0]
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["box"]
+    assert sorted(path.name for path in box.iterdir()) == ["dest"]
+    restored = {path.relative_to(box / "dest").as_posix() for path in (box / "dest").rglob("*") if path.is_file()}
+    assert restored == {path.relative_to(source).as_posix() for path in source.rglob("*") if path.is_file()} - {victim}
+    for name in restored:
+        assert (box / "dest" / name).read_bytes() == (source / name).read_bytes(), name
+    assert not Path("/tmp/osoa-zip-solid-abs.txt").exists()
+
+
 # -- streaming -------------------------------------------------------------------------------
 
 def test_blocks_stream_through_pipes(source, tmp_path):
