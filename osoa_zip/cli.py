@@ -435,8 +435,9 @@ def decompress_command(archive, destination, patterns, entry_to_stdout, force, s
     """Restore ARCHIVE ('-' for standard input) into DESTINATION (created if missing).
 
     With PATTERNS (shell wildcards such as 'cats/*.png', quoted), only the matching
-    entries, or everything below a matching folder, are restored.  The whole
-    archive is still decoded: each batch depends on the ones before it.
+    entries, or everything below a matching folder, are restored.  Every image
+    batch is still decoded (each depends on the ones before it); solid blocks
+    without a wanted file are only read and checked.
 
     `decompress ARCHIVE --stdout NAME` writes one entry to standard output instead
     (as tar -xOf and unzip -p do), once the whole archive has been verified.
@@ -565,7 +566,9 @@ def _info_lines(archive: Path, overview) -> list[str]:
              f"entries:    {totals['entries']} ({totals['images']} images, {totals['files']} other files, "
              f"{totals['directories']} directories, {totals['symlinks'] + totals['hardlinks']} links)"]
     if totals["files"]:
-        lines.append(f"files:      {totals['file_bytes']} bytes, coded in {totals['file_coded_bytes']}")
+        blocks = totals["solid_blocks"]
+        lines.append(f"files:      {totals['file_bytes']} bytes, coded in {totals['file_coded_bytes']}"
+                     + (f" ({blocks} solid block{'s' if blocks != 1 else ''})" if blocks else ""))
     if totals["image_subpixels"]:
         lines.append(f"images:     {totals['image_subpixels']} sub-pixels, coded in {totals['image_coded_bytes']} "
                      f"bytes: {totals['bits_per_subpixel']:.3f} bits per sub-pixel")

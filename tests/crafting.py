@@ -132,9 +132,11 @@ class Crafted:
 
     def duplicate(self, name: str, new_name: str | None = None, at: int | None = None) -> "Crafted":
         """Copy a FILE/DIRE/LINK/HARD entry (with its data chunks), optionally renamed, before `at`
-        (default: right after the original)."""
+        (default: right after the original).  A file in a solid block copies the whole block
+        (every name in it then appears twice); it cannot be renamed."""
         index, position = self.find(name)
-        assert position is None, "duplicate() takes a non-image entry"
+        assert position is None or (self.chunks[index][0] == b"BLCK" and new_name is None), \
+            "duplicate() takes a non-image entry"
         start, end = self.entry_span(index)
         copied = list(self.chunks[start:end])
         if new_name is not None:
