@@ -24,6 +24,7 @@ import format_1_1  # noqa: E402
 import format_1_2  # noqa: E402
 import format_1_3  # noqa: E402
 import format_1_4  # noqa: E402
+import format_1_5  # noqa: E402
 
 # Every golden archive, with the format version its preamble must say.
 ARCHIVES = {**dict.fromkeys(format_1_0.ARCHIVES, b"\x01\x00\x00\x00"),
@@ -121,3 +122,28 @@ def test_engine_2_tiny_golden_archive_replays_both_networks():
     batches = read_archive(io.BytesIO((GOLDEN / "format-1.4-engine-2-idf-tiny-test-e2.osoa").read_bytes()))[2]
     adapted = [batch.subpixels for batch in batches if not batch.flags & FLAG_PRETRAINED]
     assert len(batches) >= 30 and adapted.count(2 * 3 * 64) >= 10 and adapted.count(2 * 64) >= 4
+
+
+@pytest.mark.parametrize("name", sorted(format_1_5.ARCHIVES))
+def test_format_1_5_golden_archives_decode_exactly(name, tmp_path):
+    """1.5's folder (1.0's plus files for solid blocks) comes back exactly, through every block."""
+    data = (GOLDEN / name).read_bytes()
+    assert data[8:12] == b"\x01\x00\x05\x00"
+    source = format_1_5.build_source(tmp_path / "source")
+    summary = decompress(io.BytesIO(data), tmp_path / "restored")
+    assert_same_tree(source, tmp_path / "restored")
+    assert summary.blocks == 6 and summary.images == 7
+    assert os.stat(tmp_path / "restored" / "code" / "part_1.py").st_mode & 0o777 == 0o755
+    assert os.stat(tmp_path / "restored" / "texts" / "empty.txt").st_mtime_ns == format_1_0.MTIME_NS
+    assert test_archive(io.BytesIO(data)).blocks == 6
+
+
+def test_format_1_5_golden_archives_hold_what_1_5_added():
+    """Solid blocks, one of them stored; files in streams of their own (larger than a block, incompressible)."""
+    from osoa_zip.table import read_overview
+    overview = read_overview(io.BytesIO((GOLDEN / "format-1.5-solid-idf-tiny-test.osoa").read_bytes()))
+    methods = {entry.name: entry.method for entry in overview.entries if entry.kind == "file"}
+    assert overview.version == (1, 5) and overview.totals()["solid_blocks"] == 6
+    assert methods["texts/long.log"] == "xz" and methods["code/blob.bin"] == "store"
+    assert methods["texts/salt.bin"] == "store" and methods["texts/chapter_0.txt"] == "solid"
+    assert methods["texts/empty.txt"] == "solid"
