@@ -275,9 +275,9 @@ def test_a_fully_frozen_stack_keeps_nothing_for_backward():
     kept = []
     original = IntegerConvStack._forward
 
-    def spy(self, ints, kernel, keep):
+    def spy(self, ints, kernel, keep, **options):
         kept.append(keep)
-        return original(self, ints, kernel, keep)
+        return original(self, ints, kernel, keep, **options)
     with kernel_in_use("int8"), mock.patch.object(IntegerConvStack, "_forward", spy):
         wanted = stack(x)
         stack.requires_grad_(False)
