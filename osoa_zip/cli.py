@@ -268,7 +268,9 @@ def compress_command(sources, archive, level, files_from, null_separated, exclud
         explicit = {field: settings[option] for option, field in _LEVEL_SETTINGS.items() if _given(option)}
         if _given("no_adapt"):
             explicit["adapt"] = not no_adapt
-        config = _settings(**{**chosen.settings, "learning_rate": learning_rate, **explicit})
+        if learning_rate is not None:
+            explicit["learning_rate"] = learning_rate
+        config = _level_settings(chosen, model, explicit)
         if str(archive) != "-" and archive.exists() and not force:
             raise UsageError(f"{archive} exists (use -f to overwrite)")
         with _segments_on(dask_address, dask_timeout) as cluster, _progress(None, quiet, "compressing") as progress, \
@@ -285,6 +287,14 @@ def compress_command(sources, archive, level, files_from, null_separated, exclud
                                             byte_exact, threads, _noter(verbose), patterns, cluster)
         if _summary_wanted(quiet, verbose):
             _report(summary, "compressed", verbose)
+
+
+def _level_settings(chosen, model: str, explicit: dict) -> AdaptationConfig:
+    """A level's adaptation settings for ``model``, the options given explicitly on top."""
+    try:
+        return chosen.config(model, **explicit)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _settings(**settings) -> AdaptationConfig:
