@@ -76,8 +76,7 @@ class Preset:
 
 PRESETS: Mapping[int, Preset] = MappingProxyType({preset.level: preset for preset in (
     Preset(1, "frozen model, no adaptation (fastest)",
-           {"adapt": False, "guard": False, "batch_pixels": 65536, "gray_batch_pixels": 65536,
-            "segment_batches": 1}),
+           {"adapt": False, "guard": False, "batch_pixels": 65536, "gray_batch_pixels": 65536}),
     Preset(2, "last layers adapt, first 16 batches only",
            {"parameters": "last", "gray_parameters": "last", "adapt_batches": 16, "give_up_after": 4}),
     Preset(3, "last layers adapt, giving up early",
