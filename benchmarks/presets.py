@@ -5,7 +5,7 @@
 For each evaluation set (default: data/eval/{tiles32,tiles64,fashion_mnist,gray32,
 photos768}) the first N images (--limits; by default half of tiles32 and tiles64,
 8 batches each at -6, every Fashion-MNIST image and grey tile, 7 and 2 batches,
-and the first of the 0.7 MB photos, 11 batches) are compressed at every level through
+and the first photo, 533 x 401) are compressed at every level through
 the library (osoa_zip.archive.compress into memory), then decompressed into a
 scratch folder (osoa_zip.archive.decompress) and checked pixel for pixel against
 the originals.  Levels run one after the other within each set, so that a noisy
