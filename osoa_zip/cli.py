@@ -10,6 +10,7 @@ import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
 
 import click
@@ -135,6 +136,16 @@ def _level_options(command):
     return command
 
 
+def _scaled_rates() -> str:
+    """'; -7, -8, -9 take 2/3 of it' for the levels that scale the model's learning rate."""
+    levels: dict[float, list[str]] = {}
+    for level, chosen in sorted(PRESETS.items()):
+        if chosen.rate_scale != 1:
+            levels.setdefault(chosen.rate_scale, []).append(f"-{level}")
+    return "".join(f"; {', '.join(names)} take{'s' if len(names) == 1 else ''} "
+                   f"{Fraction(scale).limit_denominator(100)} of it" for scale, names in levels.items())
+
+
 # Compress options a level sets, and the AdaptationConfig field each one fills.
 _LEVEL_SETTINGS = {"steps_per_batch": "steps_per_batch", "batch_size": "batch_size", "batch_pixels": "batch_pixels",
                    "gray_batch_pixels": "gray_batch_pixels", "batch_pixels_max": "batch_pixels_max",
@@ -190,7 +201,7 @@ def _segments_on(address: str | None, timeout: float):
 @click.option("--no-adapt", is_flag=True, help="Code with the pretrained model frozen (no online adaptation).")
 @click.option("--learning-rate", "--lr", type=float, default=None,
               help=f"Adam learning rate of the online adaptation  [default: the model's own (see `osoa-zip "
-                   f"models`), else {DEFAULT_LEARNING_RATE:g}]")
+                   f"models`), else {DEFAULT_LEARNING_RATE:g}{_scaled_rates()}]")
 @click.option("--steps-per-batch", type=click.IntRange(0, 100), default=AdaptationConfig.steps_per_batch,
               show_default=True, help="Optimiser steps after each batch.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=AdaptationConfig.batch_size,
