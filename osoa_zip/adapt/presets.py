@@ -8,8 +8,9 @@ level's value (the command line decides which options were given).
 
 Speed comes from adapting less (the frozen model needs one forward pass per
 batch and no backward pass; last-layer updates need no gradient through the
-big layers; stopping after some batches), size from adapting more (more
-parameters, more steps, never giving up).  Level 6 is release 1.6's defaults
+big layers; stopping after some batches), size from adapting more carefully
+(more, smaller steps; never giving up) and from fewer grey batches, each of which
+costs its framing.  Level 6 is release 1.6's defaults
 exactly, so an archive written without a level is the same as before levels
 existed.  Measured: docs/PERFORMANCE.md, "Compression levels"
 (benchmarks/presets.py).
