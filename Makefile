@@ -1,5 +1,6 @@
 # Every target sets itself up: a virtual environment in .venv with the CPU
-# build of torch, then this package (editable) with its test extras and the
+# build of torch, then this package (editable) with its test extras, the
+# fast extra (numba: compiled decoding loops) and the
 # cluster extra (tests/test_cluster.py runs a two-worker Dask cluster).
 PYTHON ?= python3
 VENV ?= .venv
@@ -11,7 +12,7 @@ STAMP := $(VENV)/.installed
 $(STAMP): setup.cfg pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -e '.[test,cluster]'
+	$(PY) -m pip install --quiet -e '.[test,cluster,fast]'
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -35,6 +35,7 @@ import torch
 from torch.nn import functional as F
 
 from osoa_zip.exact.intconv import IntConvStack
+from osoa_zip.exact.intlayers import ENGINE2_LAYOUT
 from osoa_zip.exact.kernels import KERNELS, current_kernel
 from osoa_zip.exact.layers import LEAKY_SLOPE
 from osoa_zip.exact.optim import ExactAdam
@@ -162,10 +163,14 @@ def main() -> None:
     parser.add_argument("--variants", default="engine1,int8,float32,float64")
     parser.add_argument("--gradient-limbs", type=int, default=2, help="7-bit limbs per gradient (2: 13 bits)")
     parser.add_argument("--per-tensor", action="store_true", help="one weight scale per tensor, not per channel")
+    parser.add_argument("--archive-layout", action="store_true",
+                        help="the layout engine-2 archives use (exact/intlayers.ENGINE2_LAYOUT: the first conv's "
+                             "weights in two 7-bit limbs, the last conv's input in two 8-bit limbs)")
     parser.add_argument("--no-avx2", action="store_true", help="skip the ONEDNN_MAX_CPU_ISA=AVX2 run")
     parser.add_argument("--json", action="store_true", help=argparse.SUPPRESS)  # the AVX2 child's output
     args = parser.parse_args()
-    EngineTwo.options = {"gradient_limbs": args.gradient_limbs, "per_channel": not args.per_tensor}
+    EngineTwo.options = {"gradient_limbs": args.gradient_limbs, "per_channel": not args.per_tensor,
+                         **(ENGINE2_LAYOUT if args.archive_layout else {})}
     seconds = measure(args.batch, args.tile, args.repeat, args.variants.split(","))
     if args.json:
         print(json.dumps(seconds))
@@ -174,13 +179,15 @@ def main() -> None:
           f"ATen capability {torch.backends.cpu.get_cpu_capability()}, default kernel {current_kernel().name}")
     print(f"step: v6 RGB coupling networks on every level of a batch of {args.batch} {args.tile}x{args.tile} tiles; "
           f"engine 2 with {args.gradient_limbs} 7-bit gradient limbs, "
-          f"{'per-tensor' if args.per_tensor else 'per-channel'} weight scales")
+          f"{'per-tensor' if args.per_tensor else 'per-channel'} weight scales"
+          + ("; the archive layout (14-bit first weights, 16-bit last inputs)" if args.archive_layout else ""))
     _report("default oneDNN ISA:", seconds)
     if not args.no_avx2:
         env = {**os.environ, "ONEDNN_MAX_CPU_ISA": "AVX2", "OMP_NUM_THREADS": "1"}
         child = subprocess.run([sys.executable, __file__, "--json", "--batch", str(args.batch), "--tile",
                                 str(args.tile), "--repeat", str(args.repeat), "--variants", "int8,float32",
-                                "--gradient-limbs", str(args.gradient_limbs)] + ["--per-tensor"] * args.per_tensor,
+                                "--gradient-limbs", str(args.gradient_limbs)] + ["--per-tensor"] * args.per_tensor
+                               + ["--archive-layout"] * args.archive_layout,
                                env=env, capture_output=True, text=True, check=True)
         _report("ONEDNN_MAX_CPU_ISA=AVX2 (no VNNI for oneDNN):", json.loads(child.stdout.strip().splitlines()[-1]))
 

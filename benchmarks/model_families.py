@@ -103,6 +103,8 @@ def main() -> None:
     parser.add_argument("--sets", nargs="+", default=["tiles32", "tiles64"])
     parser.add_argument("--limit", type=int, default=None, help="first N images of each set")
     parser.add_argument("--no-adapt-only", action="store_true")
+    parser.add_argument("--parameters", default=AdaptationConfig.parameters,
+                        help="which RGB parameters adapt (all, last, bias; AdaptationConfig.parameters)")
     parser.add_argument("--learning-rate", type=float, default=None,
                         help="for every model (default: each model's recommended rate, see `osoa-zip models`)")
     parser.add_argument("--chain-batches", type=int, default=AdaptationConfig.chain_batches,
@@ -134,7 +136,8 @@ def main() -> None:
             if args.no_adapt_only:
                 row += ["—", "—", f"{frozen['bits'] / frozen['nll']:.4f}", "—", "—"]
             else:
-                adapted = code(model, batches, AdaptationConfig(learning_rate=rate, chain_batches=args.chain_batches))
+                adapted = code(model, batches, AdaptationConfig(learning_rate=rate, chain_batches=args.chain_batches,
+                                                                 parameters=args.parameters))
                 megabytes = subpixels / 1e6
                 row += [f"{adapted['bits'] / subpixels:.3f}", f"{adapted['bits'] / frozen['bits']:.4f}",
                         f"{frozen['bits'] / frozen['nll']:.4f}", f"{megabytes / adapted['encode_seconds']:.3f}",

@@ -124,7 +124,8 @@ def main() -> None:
     channels = batches[0].shape[1]
     bundle = load_model(args.model)
     network = copy.deepcopy(bundle.network(channels))
-    bits_back = not hasattr(network, "analyse")
+    # Bits-back families code from the pixels on a stack (their analyse returns no factors).
+    bits_back = not hasattr(network, "analyse") or getattr(type(network), "new_encoder", None) is bitsback.StackCoder
     selection = args.params or config.parameters_for(channels)
     _select_parameters(network, selection)
     optimizer = ExactAdam(network.parameters(), config.learning_rate, (config.beta1, config.beta2), config.epsilon)

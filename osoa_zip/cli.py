@@ -226,8 +226,8 @@ def _segments_on(address: str | None, timeout: float):
                    "segments can be coded and decoded side by side (-T).  Each restart costs size: "
                    "about 0.5-1.4% on RGB tiles at 32-256 batches, far less on grey images.")
 @click.option("--adapt-params", type=click.Choice(PARAMETER_SELECTIONS), default=AdaptationConfig.parameters,
-              show_default=True, help="Which parameters adapt: all; the last layer of each predictor; "
-                                      "or only biases.")
+              help="Which parameters adapt: all; the last layer of each predictor; or only biases.  "
+                   "[default: the model's choice (`osoa-zip models`), else all]")
 @click.option("--gray-adapt-params", type=click.Choice(PARAMETER_SELECTIONS), default=AdaptationConfig.gray_parameters,
               show_default=True, help="The same for grey images (cheaper than all: a grey pixel costs the "
                                       "model as much as an RGB one).")
@@ -634,9 +634,10 @@ def models_command() -> None:
     with _reported_errors():
         for name, entry in sorted(available_models().items()):
             mark = "*" if name == DEFAULT_MODEL else " "
-            rate = adaptation_for(name).learning_rate
-            click.echo(f"{mark} {name:24} {entry.get('family', 'flow'):4}  sha256:{entry['sha256'][:16]}  "
-                       f"{entry.get('parameters', '?'):>8} params  lr {rate:<6g}  {entry.get('description', '')}")
+            chosen = adaptation_for(name)
+            click.echo(f"{mark} {name:24} {entry.get('family', 'flow'):4}  engine {entry.get('engine', 1)}  "
+                       f"sha256:{entry['sha256'][:16]}  {entry.get('parameters', '?'):>8} params  "
+                       f"lr {chosen.learning_rate:<6g} adapts {chosen.parameters:4}  {entry.get('description', '')}")
 
 
 @main.command("bench")

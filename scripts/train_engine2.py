@@ -101,7 +101,7 @@ def command_export(args) -> None:
         network = build_networks(progress["config"])[channels]
         network.load_state_dict(load_file(str(run / f"{prefix}.safetensors")))
         networks[channels] = network
-    models = REPO / "models"
+    models = Path(args.models_dir)
     digest = export(models / f"{args.name}.safetensors", config, networks, models / MANIFEST, args.name,
                     args.description, {"training": {"recipe": args.recipe}})
     print(f"{args.name}: {digest}")
@@ -129,6 +129,9 @@ def main() -> None:
     exporter.add_argument("--name", required=True)
     exporter.add_argument("--description", required=True)
     exporter.add_argument("--recipe", default="")
+    exporter.add_argument("--models-dir", default=str(REPO / "models"),
+                          help="where the checkpoint and its manifest entry go (a candidate: any folder, "
+                               "used through $OSOA_ZIP_MODELS)")
     args = parser.parse_args()
     if args.command == "train":
         args.batch_size = args.batch_size or [32]

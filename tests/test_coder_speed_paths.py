@@ -12,14 +12,20 @@ narrow ranges, values on the bounds, escapes).
 """
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osoa_zip.coding import logistic_coder, mixture_coder
-from osoa_zip.coding.ans import Decoder, Encoder
+from osoa_zip.coding import logistic_coder, mixture_coder, native
+from osoa_zip.coding.ans import CorruptStream, Decoder, Encoder
+from osoa_zip.coding.bitsback import StackCoder
 from osoa_zip.coding.mixture_coder import BUCKETS, RANGE_SIZE, pop_mixture_factor, push_mixture_factors
 from osoa_zip.exact.logistic import LOG_SCALE_MAX, LOG_SCALE_MIN, LogisticTables
 
@@ -210,3 +216,173 @@ def test_logistic_rows_with_edge_bins_push_the_bytes_of_their_rows(seed, n):
         rows.push(fast, symbols)
         whole.push_categorical(symbols, rows.counts())
         assert fast.finish() == whole.finish()
+
+
+# -- the decoder's compiled loop (coding/native.py): what constriction decodes from the rows --
+
+needs_numba = pytest.mark.skipif(not native.ENABLED, reason="numba (the fast extra) is not installed")
+
+
+@contextlib.contextmanager
+def _compiled(enabled: bool):
+    """The compiled loops on or off (as without numba) inside the block."""
+    saved, native.ENABLED = native.ENABLED, enabled
+    try:
+        yield
+    finally:
+        native.ENABLED = saved
+
+
+def _pop_both_ways(data: bytes, factors) -> list:
+    """Each factor popped by the compiled loop and by the rows (constriction), from the same
+    bytes: (values or the error, the coder's position and state) per factor, both ways."""
+    outcomes = []
+    for enabled in (True, False):
+        decoder, seen = Decoder(data), []
+        with _compiled(enabled):
+            for _, *distribution in factors:
+                try:
+                    seen.append((pop_mixture_factor(decoder, TABLES, *distribution).numpy().tobytes(),
+                                 decoder._coder.pos()))
+                except CorruptStream as error:
+                    seen.append(str(error))
+                    break
+        outcomes.append(seen)
+    return outcomes
+
+
+@needs_numba
+@SETTINGS
+@given(st.integers(0, 2 ** 32 - 1), st.lists(st.integers(1, 300), min_size=1, max_size=4), st.integers(1, 4),
+       st.booleans())
+def test_compiled_mixture_pop_decodes_what_the_rows_decode(seed, sizes, k, extreme):
+    """Random and extreme mixtures (scales at both table ends, means far outside the range,
+    logits past the exp table, ranges of 1 to 256 values, values on the bounds, escapes),
+    coded by release 1.6's row-by-row encoder: the same values and the same coder state
+    after every factor, and the stream ends where it should."""
+    factors = [_mixture(seed + i, n, k, extreme) for i, n in enumerate(sizes)]
+    reference = Encoder()
+    _reference_push(reference, TABLES, factors)
+    data = reference.finish()
+    compiled, rows = _pop_both_ways(data, factors)
+    assert compiled == rows
+    for (values, _), factor in zip(compiled, factors):
+        assert np.array_equal(np.frombuffer(values), factor[0].reshape(-1).numpy())
+    assert compiled[-1][1] == (0, 0)  # every word used: check_finished holds
+
+
+@needs_numba
+def test_compiled_mixture_pop_uses_every_window_size_and_escapes():
+    n = 64 * (len(BUCKETS) + 2)
+    values, means, log_scales, logits, lower, upper = _mixture(11, n, 3, extreme=False)
+    log_scales = torch.round(torch.linspace(LOG_SCALE_MIN, LOG_SCALE_MAX, n).repeat(3, 1) * 256) / 256
+    factors = [(values, means, log_scales, logits, lower, upper)]
+    encoder = Encoder()
+    push_mixture_factors(encoder, TABLES, factors)
+    compiled, rows = _pop_both_ways(encoder.finish(), factors)
+    assert compiled == rows
+    assert np.array_equal(np.frombuffer(compiled[0][0]), values.numpy())
+
+
+@needs_numba
+@SETTINGS
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 2000))
+def test_compiled_mixture_pop_of_damaged_data_fails_as_the_rows_do(seed, words):
+    """Arbitrary words: the same values, the same state, or the same clean error."""
+    rng = np.random.default_rng(seed)
+    factors = [_mixture(seed + i, n, 3, extreme=True) for i, n in enumerate((300, 200))]
+    data = rng.integers(0, 2 ** 32, words, dtype=np.uint64).astype("<u4").tobytes()
+    compiled, rows = _pop_both_ways(data, factors)
+    assert compiled == rows
+
+
+@needs_numba
+@SETTINGS
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 4))
+def test_compiled_mixture_pop_on_a_bits_back_stack(seed, k):
+    """A stack that was pushed onto after it was read (bits-back): the loop reads the words
+    the pushes laid down, not the ones the stack started with."""
+    first, second = _mixture(seed, 150, k, True), _mixture(seed + 1, 150, k, True)
+    below = Encoder()
+    push_mixture_factors(below, TABLES, [first])
+    data, outcomes = below.finish(), []
+    for enabled in (True, False):
+        with _compiled(enabled):
+            stack = StackCoder(data)
+            popped = pop_mixture_factor(stack, TABLES, *first[1:])
+            group = Encoder()
+            push_mixture_factors(group, TABLES, [second])
+            stack.push(group)
+            outcomes.append((popped.numpy().tobytes(),
+                             pop_mixture_factor(stack, TABLES, *second[1:]).numpy().tobytes(), stack._coder.pos()))
+    assert outcomes[0] == outcomes[1]
+    assert np.array_equal(np.frombuffer(outcomes[0][0]), first[0].numpy())
+    assert np.array_equal(np.frombuffer(outcomes[0][1]), second[0].numpy())
+
+
+@needs_numba
+@SETTINGS
+@given(st.integers(0, 2 ** 32 - 1), st.integers(1, 400), st.integers(1, 5), st.booleans())
+def test_compiled_latent_lookups_are_numpys(seed, n, k, extreme):
+    _, means, log_scales, logits, lower, upper = _mixture(seed, n, k, extreme)
+    fields = ("weights", "row_start", "centre", "weight", "bucket", "middle", "lower", "upper")
+    found = []
+    for enabled in (True, False):
+        with _compiled(enabled):
+            latents = mixture_coder._Latents(TABLES, means, log_scales, logits, lower, upper)
+        found.append([getattr(latents, field) for field in fields])
+    for field, got, want in zip(fields, *found):
+        assert got.dtype == want.dtype and np.array_equal(got, want), field
+
+
+@needs_numba
+@SETTINGS
+@given(st.lists(st.integers(0, len(BUCKETS)), min_size=1, max_size=3000), st.integers(1, 3000))
+def test_compiled_coding_order_is_the_rows_order(buckets, skew):
+    bucket = np.array(buckets, dtype=np.int64)
+    bucket[: skew % len(bucket)] = bucket[0]  # long runs of one bucket, so that some groups close early
+    groups = len(BUCKETS) + 1
+    group = mixture_coder._closing_buckets(np.bincount(bucket, minlength=groups)[None, :])[0][bucket]
+    order, sizes = native.coding_order(bucket, mixture_coder._SIZES, mixture_coder.MERGE_BELOW)
+    assert np.array_equal(order, np.argsort(group, kind="stable"))
+    assert np.array_equal(sizes, mixture_coder._SIZES[group[order]])
+
+
+def test_the_compiled_loops_can_be_switched_off():
+    """OSOA_ZIP_NO_NUMBA=1: the rows, as without numba (numba is then not even imported)."""
+    script = "import sys; from osoa_zip.coding import native; print(native.available(), 'numba' in sys.modules)"
+    result = subprocess.run([sys.executable, "-c", script], env={**os.environ, "OSOA_ZIP_NO_NUMBA": "1"},
+                            capture_output=True, text=True, check=True)
+    assert result.stdout.split() == ["False", "False"]
+
+
+@needs_numba
+@SETTINGS
+@given(st.integers(0, 2 ** 32 - 1), st.lists(st.integers(1, 400), min_size=1, max_size=3), st.booleans())
+def test_compiled_logistic_pop_decodes_what_the_rows_decode(seed, sizes, escape):
+    """Single-logistic windows (every bucket: scales at both table ends), with escapes (values
+    far outside the window, coded uniform) or without (a bits-back posterior's windows)."""
+    rng = np.random.default_rng(seed)
+    factors = []
+    for n in sizes:
+        mean = torch.from_numpy(np.round(rng.uniform(-300, 300, n) * 256) / 256)
+        log_scale = torch.from_numpy(np.round(rng.uniform(LOG_SCALE_MIN - 1, LOG_SCALE_MAX + 1, n) * 256) / 256)
+        log_scale[: n // 4] = float(rng.choice([LOG_SCALE_MIN, LOG_SCALE_MAX]))
+        spread = np.exp(np.clip(log_scale.numpy(), LOG_SCALE_MIN, LOG_SCALE_MAX)) * 20
+        if not escape:  # inside the window: the narrowest is 4 bins either side of the rounded mean
+            spread = np.minimum(spread, 3.0)
+        values = np.clip(np.round(mean.numpy() + rng.uniform(-1, 1, n) * spread), -2000, 2000)
+        factors.append((torch.from_numpy(values), mean, log_scale))
+    encoder = Encoder()
+    for values, mean, log_scale in factors:
+        logistic_coder.push_factor(encoder, TABLES, values, mean, log_scale, escape=escape)
+    data, outcomes = encoder.finish(), []
+    for enabled in (True, False):
+        with _compiled(enabled):
+            decoder, seen = Decoder(data), []
+            for values, mean, log_scale in factors:
+                decoded = logistic_coder.pop_factor(decoder, TABLES, mean, log_scale, escape=escape)
+                assert torch.equal(decoded, values)
+                seen.append(decoder._coder.pos())
+            outcomes.append(seen)
+    assert outcomes[0] == outcomes[1] and outcomes[0][-1] == (0, 0)

@@ -18,6 +18,7 @@ from PIL import Image
 
 from osoa_zip import compress, decompress
 from osoa_zip.adapt.config import DEFAULT_LEARNING_RATE, LEGACY_VALUES, AdaptationConfig
+from osoa_zip.adapt.defaults import adaptation_for
 from osoa_zip.adapt.engine import (
     FLAG_GIVE_UP,
     FLAG_PRETRAINED,
@@ -307,7 +308,7 @@ def test_large_tiles_are_batched_by_pixels_too(height, width, expected):
 
 
 def test_a_header_from_before_1_2_has_no_cap():
-    header = AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE).to_header()
+    header = AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE, parameters="all").to_header()
     del header["batch_pixels_max"]
     config = AdaptationConfig.from_header(header)
     assert config.batch_pixels_max == 0 and config.batch_size_for(256, 256, 3) == 8
@@ -327,7 +328,7 @@ def test_grey_tiles_have_their_own_pixel_count(side, gray_batch_pixels, expected
 
 
 def test_a_header_from_before_1_3_batches_grey_tiles_like_rgb_ones():
-    header = AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE).to_header()
+    header = AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE, parameters="all").to_header()
     del header["gray_batch_pixels"]
     config = AdaptationConfig.from_header(header)
     assert config.gray_batch_pixels == 0
@@ -349,11 +350,12 @@ def test_large_tiles_round_trip_one_to_a_batch(source, tmp_path):
 
 def test_a_header_from_before_1_1_means_what_it_meant_then():
     """Format 1.0 headers have no batch_pixels or give_up_after: whole batch_size batches, never give up."""
-    header = AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE).to_header()
+    header = AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE, parameters="all").to_header()
     old = {key: value for key, value in header.items() if key not in LEGACY_VALUES}
     config = AdaptationConfig.from_header(old)
     assert (config.batch_pixels, config.give_up_after) == (0, 0)
-    assert AdaptationConfig.from_header(header) == AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE)
+    assert AdaptationConfig.from_header(header) == AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE,
+                                                                    parameters="all")
 
 
 def test_batches_by_pixels_round_trip_and_list(source, tmp_path):
@@ -372,7 +374,8 @@ def test_grey_images_adapt_their_last_layers_by_default():
     """gray_parameters (1.1, default "last"): the grey network steps only its output layers and
     final prior, the RGB one everything; a 1.0 header ("" by LEGACY_VALUES) means `parameters`."""
     bundle = load_model(MODEL)
-    config = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=1e-2, guard=False)
+    config = adaptation_for(MODEL, AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=1e-2,
+                                                    guard=False))
     assert (config.parameters_for(1), config.parameters_for(3)) == ("last", "all")
     adapter = OnlineAdapter(bundle, config)
     grey = np.ascontiguousarray(_tiles(4).mean(axis=1, keepdims=True).astype(np.uint8))
@@ -402,7 +405,7 @@ def test_settings_are_checked_in_one_place(setting, value, message, tmp_path):
     Python API, a header (data from outside), and both commands that take it."""
     with pytest.raises(ValueError, match=f"^{message}$"):
         AdaptationConfig(**{setting: value})
-    header = {**AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE).to_header(), setting: value}
+    header = {**AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE, parameters="all").to_header(), setting: value}
     with pytest.raises(ValueError, match=f"^{message}$"):
         AdaptationConfig.from_header(header)
     options = {"tile_size": "--tile-size", "batch_size": "--batch-size", "steps_per_batch": "--steps-per-batch"}

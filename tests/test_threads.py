@@ -144,6 +144,6 @@ def test_models_are_loaded_once(source, tmp_path, monkeypatch):
 
 
 def test_a_header_without_a_segment_size_means_one_segment():
-    header = AdaptationConfig(learning_rate=1e-3).to_header()
+    header = AdaptationConfig(learning_rate=1e-3, parameters="all").to_header()
     del header["segment_batches"]
     assert AdaptationConfig.from_header(header).segment_batches == 0

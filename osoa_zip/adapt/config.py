@@ -30,6 +30,11 @@ LEGACY_VALUES = {"batch_pixels": 0, "give_up_after": 0, "gray_parameters": "", "
                  "segment_batches": 0}
 
 
+# Settings a model's manifest entry may choose (``"adaptation": {...}``): None in a
+# config until adapt.defaults.adaptation_for resolves them; the type each must have.
+MODEL_CHOICES = {"learning_rate": float, "parameters": str}
+
+
 @dataclass(frozen=True)
 class AdaptationConfig:
     """Everything the decoder must know to replay the adaptation (all in the header)."""
@@ -54,7 +59,9 @@ class AdaptationConfig:
     epsilon: float = 1e-8
     # Which parameters take optimiser steps: "all"; "last" (the last layer of
     # every predictor, plus the final prior); "bias" (biases and the prior).
-    parameters: str = "all"
+    # None: the model's own choice (adapt.defaults.adaptation_for), else "all";
+    # a header always holds a selection.
+    parameters: str | None = None
     # Early stopping: no more steps after this many batches of a segment (0: never stop).
     adapt_batches: int = 0
     # Never worse than frozen: per batch, the encoder may code with θ0 (a flag
@@ -97,8 +104,8 @@ class AdaptationConfig:
     def __post_init__(self) -> None:
         for field in fields(self):  # a header is data from outside: check the types too
             value = getattr(self, field.name)
-            wanted = float if field.name == "learning_rate" else type(field.default)
-            if value is None and field.name == "learning_rate":
+            wanted = MODEL_CHOICES.get(field.name, type(field.default))
+            if value is None and field.name in MODEL_CHOICES:
                 continue
             allowed = (int, float) if wanted is float else wanted
             if not isinstance(value, allowed) or (wanted is not bool and isinstance(value, bool)):
@@ -113,7 +120,7 @@ class AdaptationConfig:
         if self.steps_per_batch < 0 or self.segment_batches < 0:
             raise ValueError("steps per batch and the segment size must not be negative")
         for selection in (self.parameters, self.gray_parameters or self.parameters):
-            if selection not in PARAMETER_SELECTIONS:
+            if selection is not None and selection not in PARAMETER_SELECTIONS:
                 raise ValueError(f"unknown parameter selection {selection!r} "
                                  f"(one of {', '.join(PARAMETER_SELECTIONS)})")
         if not 1 <= self.chain_batches <= MAX_CHAIN_BATCHES:
@@ -139,8 +146,9 @@ class AdaptationConfig:
         return count
 
     def to_header(self) -> dict:
-        if self.learning_rate is None:
-            raise ValueError("the learning rate is not resolved (adapt.defaults.adaptation_for)")
+        unresolved = [name for name in MODEL_CHOICES if getattr(self, name) is None]
+        if unresolved:
+            raise ValueError(f"{', '.join(unresolved)} not resolved (adapt.defaults.adaptation_for)")
         return asdict(self)
 
     @classmethod
@@ -150,6 +158,7 @@ class AdaptationConfig:
         if unknown:
             raise ValueError(f"unknown adaptation settings {sorted(unknown)}")
         config = cls(**{**LEGACY_VALUES, **values})
-        if config.learning_rate is None:
-            raise ValueError("the header records no learning rate")
+        unresolved = [name for name in MODEL_CHOICES if getattr(config, name) is None]
+        if unresolved:
+            raise ValueError(f"the header records no {', '.join(unresolved)}")
         return config

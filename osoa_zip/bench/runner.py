@@ -20,6 +20,7 @@ from typing import Callable
 
 from .. import __version__
 from ..adapt.config import AdaptationConfig
+from ..adapt.defaults import adaptation_for
 from . import BenchError, classical
 from .processes import Measured, osoa_zip_command, run_measured
 from .report import write_outputs
@@ -62,6 +63,7 @@ def _load_average() -> str:
 
 
 def _compress_arguments(model: str, config: AdaptationConfig, adapt: bool) -> list[str]:
+    config = adaptation_for(model, config)
     arguments = ["--model", model, "--learning-rate", repr(config.learning_rate),
                  "--steps-per-batch", str(config.steps_per_batch), "--batch-size", str(config.batch_size),
                  "--batch-pixels", str(config.batch_pixels), "--give-up-after", str(config.give_up_after),

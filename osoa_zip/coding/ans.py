@@ -119,7 +119,23 @@ class Decoder:
     def __init__(self, data: bytes) -> None:
         if len(data) % 4:
             raise CorruptStream("coded length is not a whole number of 32-bit words")
-        self._coder = constriction.stream.stack.AnsCoder(np.frombuffer(data, dtype="<u4").astype(np.uint32))
+        self._words = np.frombuffer(data, dtype="<u4").astype(np.uint32)
+        self._coder = constriction.stream.stack.AnsCoder(self._words.copy())
+
+    def _bulk(self) -> np.ndarray:
+        """The coder's words: its stack holds the first ``pos()[0]`` of them (decoding only
+        takes words from the top, so they are the words it was given)."""
+        return self._words
+
+    def run(self, loop, *arguments) -> int:
+        """Run a compiled decoding loop (``native``) on the coder: it takes the words and
+        (position, state) of ``AnsCoder.pos`` and returns the new position and state, or a
+        negative position (returned here) when what it decoded cannot be right."""
+        position, state = self._coder.pos()
+        position, state = loop(self._bulk(), position, np.uint64(state), *arguments)
+        if position >= 0:
+            self._coder.seek(int(position), int(state))
+        return int(position)
 
     def pop_categorical(self, counts: np.ndarray) -> np.ndarray:
         if not len(counts):

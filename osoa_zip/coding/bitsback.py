@@ -16,6 +16,8 @@ decoder keeps it open from the chain's first batch to its last.
 """
 from __future__ import annotations
 
+import numpy as np
+
 from .ans import CorruptStream, Decoder, Encoder
 
 
@@ -24,9 +26,17 @@ class StackCoder(Decoder):
 
     def __init__(self, data: bytes = b"") -> None:
         super().__init__(data)
+        self._current: np.ndarray | None = self._words
+
+    def _bulk(self) -> np.ndarray:
+        """A push lays new words on the stack, so the words are read back after one."""
+        if self._current is None:
+            self._current = self._coder.get_compressed()
+        return self._current
 
     def push(self, group: Encoder) -> None:
         group.replay_onto(self._coder)
+        self._current = None
 
     def num_bits(self) -> int:
         return int(self._coder.num_bits())

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from ..exact.logistic import CDF_ONE, LogisticTables
+from . import native
 from .ans import CorruptStream, Decoder, Encoder
 
 WINDOW_HALF_WIDTHS = (4, 8, 16, 32, 64, 128, 256)
@@ -126,6 +127,16 @@ class _WindowRows:
 
     def __init__(self, counts: np.ndarray, cdf: np.ndarray, which: np.ndarray, fold: tuple | None = None) -> None:
         self.table, self.cdf, self.which, self.fold = counts, cdf, which, fold
+
+    def pop(self, decoder: Decoder, escape: bool = True) -> np.ndarray:
+        """Decode the members' symbols under their rows (``counts``): by the compiled loop
+        where there is one (rows without edge bins), else through the rows."""
+        if self.fold is None and native.available():
+            symbols = np.empty(len(self.which), dtype=np.int64)
+            if decoder.run(native.pop_windows, self.cdf, self.which, escape, CDF_ONE, symbols) < 0:
+                raise ValueError("a probability row sums to zero")
+            return symbols
+        return decoder.pop_categorical(self.counts(escape)).astype(np.int64)
 
     def counts(self, escape: bool = True) -> np.ndarray:
         """The members' rows: 2W+1 window bins, then (``escape``) the escape."""
@@ -276,12 +287,12 @@ def pop_factor(decoder: Decoder, tables: LogisticTables, mean: torch.Tensor,
     flat = torch.empty(mean.numel(), dtype=torch.float64)
     for members, half_width, rows, low, in_range in _plan(tables, [mean], [log_scale], [bounds]):
         if not escape:  # the window's bins alone: the same masses, no escape column
-            symbols = decoder.pop_categorical(rows.counts(escape=False)).astype(np.int64)
+            symbols = rows.pop(decoder, escape=False)
             if symbols.size != members.numel():
                 raise CorruptStream("coded data ended early")
             flat[members] = low + torch.from_numpy(symbols).to(torch.float64)
             continue
-        symbols = decoder.pop_categorical(rows.counts()).astype(np.int64)
+        symbols = rows.pop(decoder)
         if symbols.size != members.numel():
             raise CorruptStream("coded data ended early")
         escaped = symbols == 2 * half_width + 1

@@ -46,6 +46,7 @@ from numpy.lib.stride_tricks import sliding_window_view
 
 from ..exact.fixed import ACT_FRAC_BITS
 from ..exact.logistic import CDF_ONE, CDF_RANGE, EXP_RANGE, LOG_SCALE_MAX, LOG_SCALE_MIN, LogisticTables
+from . import native
 from .ans import CorruptStream, Decoder, Encoder
 from .logistic_coder import LOG_SCALE_STEP, OFFSET_STEPS
 
@@ -82,7 +83,9 @@ class _ComponentRows:
         # reach is WINDOW_SCALES scales of its heaviest component (BUCKETS' length: none is).
         reach = np.ceil(WINDOW_SCALES / self.inv_scale)
         self.bucket = np.searchsorted(BUCKETS, 2 * reach + 1, side="left")
-        self.cdf = np.zeros((OFFSET_STEPS * self.scale_rows, self.WIDTH), dtype=np.float64)  # integers
+        # Integers in [0, 2**24]: int32 halves the cache lines a decoder's table reads touch
+        # (every product with a weight is taken in float64, exactly).
+        self.cdf = np.zeros((OFFSET_STEPS * self.scale_rows, self.WIDTH), dtype=np.int32)
         self.filled = np.zeros(OFFSET_STEPS * self.scale_rows, dtype=bool)
         self._stretches: dict[int, np.ndarray] = {}
         self.flat = self.cdf.reshape(-1)  # a view
@@ -157,6 +160,16 @@ class _Latents:
         self.bucket = np.empty(n, dtype=np.int64)
         self.middle = np.empty(n, dtype=np.int64)
         exp = tables.exp.numpy()
+        if native.available():
+            row = np.empty((k, n), dtype=np.int64)
+            if native.mixture_latents(means, log_scales, logits, exp, LOG_SCALE_MIN, LOG_SCALE_MAX, float(EXP_RANGE),
+                                      float(2 ** ACT_FRAC_BITS), 2 ** ACT_FRAC_BITS / LOG_SCALE_STEP,
+                                      float(OFFSET_STEPS), rows.scale_rows, rows.WIDTH, REACH, rows.bucket,
+                                      self.weights, row, self.row_start, self.centre, self.weight, self.bucket,
+                                      self.middle):
+                raise ValueError("a mixture mean is not on the activation grid")
+            rows.ensure(row.reshape(-1))
+            return
         for first in range(0, n, _LATENTS_PER_BLOCK):
             part = slice(first, first + _LATENTS_PER_BLOCK)
             # The exact core's lookups (LogisticTables.mixture_weights / scale_index), in numpy;
@@ -281,8 +294,7 @@ class _Latents:
         """sum_k e_k CDF_k at bin edge ``edge`` of latents ``pick`` whose stretches start at
         ``first`` (``stretch_starts``): the value ``rows_for`` holds in that column, without
         the rest of the row."""
-        values = self.rows.flat.take(first + edge)
-        values *= self.weights[:, pick]
+        values = self.rows.flat.take(first + edge) * self.weights[:, pick]
         return values.sum(axis=0)
 
     def window_intervals(self, pick, start: np.ndarray, size: np.ndarray,
@@ -405,6 +417,13 @@ def pop_mixture_factor(decoder: Decoder, tables: LogisticTables, means, log_scal
                        upper) -> torch.Tensor:
     """Decode one factor coded by ``push_mixture_factors``; shaped like ``lower``."""
     latents = _Latents(tables, means, log_scales, logits, lower, upper)
+    if native.available():
+        values = np.empty(lower.numel(), dtype=np.int64)
+        if decoder.run(native.pop_mixture, latents.rows.flat, latents.bucket, _SIZES, MERGE_BELOW, latents.weights,
+                       latents.row_start, latents.centre, latents.weight, latents.lower, latents.upper,
+                       latents.middle, REACH, CDF_ONE, RANGE_SIZE, values) < 0:
+            raise CorruptStream("a decoded value lies outside its known range")
+        return torch.from_numpy(values).to(torch.float64).reshape(lower.shape)
     groups = len(BUCKETS) + 1
     group = _closing_buckets(np.bincount(latents.bucket, minlength=groups)[None, :])[0][latents.bucket]
     # Every window in coding order at once (group by group, flat order inside a group), so
@@ -433,6 +452,10 @@ def pop_mixture_factor(decoder: Decoder, tables: LogisticTables, means, log_scal
         if positions.size != out.size:
             raise CorruptStream("coded data ended early")
         values[out] = latents.lower[out] + positions
+    return _checked(latents, values, lower.shape)
+
+
+def _checked(latents: _Latents, values: np.ndarray, shape) -> torch.Tensor:
     if ((values < latents.lower) | (values > latents.upper)).any():
         raise CorruptStream("a decoded value lies outside its known range")
-    return torch.from_numpy(values.astype(np.float64)).reshape(lower.shape)
+    return torch.from_numpy(values.astype(np.float64)).reshape(shape)

@@ -32,7 +32,9 @@ float64 holds exactly while below 2**53 (``_as_float`` checks).
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 from torch import nn
@@ -42,6 +44,7 @@ from .kernels import (
     FULL_LIMB_BITS,
     SEVEN_BIT_LIMB_BITS,
     Kernel,
+    current_kernel,
     limb_range,
     rounding_half,
     shift_round,
@@ -93,9 +96,11 @@ def quantize_gradient(ints: torch.Tensor, exponent: int, limit: int, in_place: b
     return Fixed(shift_round(ints, shift).to(torch.int32), exponent + shift)
 
 
-def _as_float(ints: torch.Tensor, exponent: int) -> torch.Tensor:
-    """ints * 2**exponent in float64, exactly (refused if an integer leaves float64's 53 bits)."""
-    if ints.numel() and int(ints.abs().max()) >= FLOAT64_EXACT:
+def _as_float(ints: torch.Tensor, exponent: int, bound: int | None = None) -> torch.Tensor:
+    """ints * 2**exponent in float64, exactly (refused if an integer leaves float64's 53 bits).
+
+    ``bound``: the largest |ints| the caller's operands allow; below 2**53 nothing is checked."""
+    if (bound is None or bound >= FLOAT64_EXACT) and ints.numel() and int(ints.abs().max()) >= FLOAT64_EXACT:
         raise ValueError("an engine-2 gradient left float64's exact integer range")
     return torch.ldexp(ints.double(), torch.tensor(exponent, dtype=torch.float64))
 
@@ -117,7 +122,7 @@ def _padded_limbs(x: torch.Tensor, count: int) -> torch.Tensor:
     return out
 
 
-def _im2col(framed: torch.Tensor) -> torch.Tensor:
+def _im2col(framed: torch.Tensor, dtype: torch.dtype = torch.int8) -> torch.Tensor:
     """B x (H+2) x (W+2) x C (zero frame) -> (B*H*W) x 9C: each position's 3x3 window, taps (ky, kx) row-major.
 
     One copy of a strided view (window rows and columns are the image's own
@@ -129,7 +134,7 @@ def _im2col(framed: torch.Tensor) -> torch.Tensor:
     b, row, column, _ = framed.stride()
     windows = framed.as_strided((batch, height, width, 3, 3, channels), (b, row, column, row, column, 1))
     # Always a copy: a reshape may return a view whose rows overlap, which _int_mm misreads.
-    columns = torch.empty(batch * height * width, 9 * channels, dtype=framed.dtype)
+    columns = torch.empty(batch * height * width, 9 * channels, dtype=dtype)
     columns.view(windows.shape).copy_(windows)
     return columns
 
@@ -220,9 +225,111 @@ class IntConv3x3(nn.Module):
         limit = self.gradient_limit
         return self._bound(9 * self.weight.shape[0], (-limit, limit), self.weight_range)
 
+    def prepared(self) -> _Prepared:
+        """Everything a step derives from the weights alone, computed once per weight value.
+
+        The master weights change only in optimiser steps (in place, which bumps their
+        version counters), so the integer weights, their limb matrices for the forward
+        and the input-gradient products, the bias in accumulator units and the output
+        shift are cached under the parameters' and buffers' versions and storage: a
+        coupling network that serves several levels, and every pass of a frozen
+        network, rounds its weights once.  A deep copy (another network) never sees
+        the original's cache: it is tied to the original weight object by a weak
+        reference."""
+        key = (self.weight._version, self.bias._version, self.activation_exponents._version,
+               self.weight_exponents._version, self.weight.data_ptr(), self.bias.data_ptr(), self.weight.dtype)
+        cache = self.__dict__.get("_prepared_cache")
+        if cache is not None and cache[0]() is self.weight and cache[1] == key:
+            return cache[2]
+        with torch.no_grad():
+            value = self._prepare()
+        self.__dict__["_prepared_cache"] = (weakref.ref(self.weight), key, value)
+        return value
+
+    def _scales(self) -> _Scales:
+        """What depends on the exponents alone (fixed after calibration): computed once per value."""
+        key = (self.activation_exponents._version, self.weight_exponents._version, self.weight.dtype,
+               self.activation_exponents.data_ptr(), self.weight_exponents.data_ptr())
+        cache = self.__dict__.get("_scales_cache")
+        if cache is not None and cache[0]() is self.weight_exponents and cache[1] == key:
+            return cache[2]
+        exponents = self.weight_exponents
+        weight_scale = torch.ldexp(torch.ones_like(self.weight[:, 0, 0, 0]), -exponents.double())[:, None, None, None]
+        bias_exponents = -(self.input_exponent + exponents).double()
+        coarsening = self.weight_coarsening.to(torch.int32)
+        coarse = None
+        if bool(coarsening.any()):
+            coarse = (rounding_half(coarsening)[:, None, None, None], coarsening[:, None, None, None])
+        shift = self._output_shift()
+        # shift_round(acc + bias, shift) = ((acc << l) + (bias << l) + half(r)) >> r with
+        # l = max(0, -shift) and r = max(0, shift), per channel: three in-place passes.
+        if isinstance(shift, int):
+            left_shift, right_shift = max(0, -shift), max(0, shift)
+        else:
+            left_shift, right_shift = (-shift).clamp(min=0), shift.clamp(min=0)
+            left_shift = left_shift if bool(left_shift.any()) else 0
+        left = max(0, int(torch.as_tensor(left_shift).max()))  # the largest multiplication, 2**left
+        product_bound = self._bound(9 * self.weight.shape[1], self.input_range, self.weight_range)
+        value = _Scales(weight_scale, bias_exponents, coarse, left_shift, right_shift, rounding_half(right_shift), left,
+                        product_bound)
+        self.__dict__["_scales_cache"] = (weakref.ref(self.weight_exponents), key, value)
+        return value
+
+    def _prepare(self) -> _Prepared:
+        scales = self._scales()
+        # weight_ints and bias_ints, with their scales computed once.
+        weights = torch.floor(self.weight.detach() * scales.weight_scale + 0.5).clamp_(*self.weight_range)
+        weights = weights.to(torch.int32)
+        bias = torch.floor(torch.ldexp(self.bias.detach(), scales.bias_exponents) + 0.5).long()
+        out_channels, in_channels = weights.shape[:2]
+        columns = _limb_columns(weights.permute(2, 3, 1, 0).reshape(-1, out_channels), self.weight_limbs)
+        coarse = weights if scales.coarse is None else (weights + scales.coarse[0]).bitwise_right_shift_(
+            scales.coarse[1])
+        rows = coarse.flip(2, 3).permute(2, 3, 0, 1).reshape(-1, in_channels)  # (ky, kx, co) x ci
+        input_gradient_bound = self.input_gradient_bound()
+        if input_gradient_bound << LEAKY_SHIFT >= INT32_LIMIT and rows.numel():
+            # |input gradient| <= limit * (the largest column sum of |rows|): a bound from the actual
+            # weights, far below the limbs' static one, keeps the leaky ReLU's x8 inside int32.
+            input_gradient_bound = self.gradient_limit * int(rows.abs().sum(0).max())
+        offset = (bias << scales.left_shift) + scales.half
+        wide = (scales.product_bound << scales.left) + int(offset.abs().max()) >= INT32_LIMIT
+        dtype = torch.int64 if wide else torch.int32
+        left_shift, right_shift = (shift if isinstance(shift, int) else shift.to(dtype)
+                                   for shift in (scales.left_shift, scales.right_shift))
+        return _Prepared(weights, columns, _limb_columns(rows, self.weight_limbs), offset.to(dtype), left_shift,
+                         right_shift, dtype, scales.product_bound, input_gradient_bound)
+
     # -- forward and backward ------------------------------------------------
+    def _accumulate(self, source: torch.Tensor, prep: _Prepared, kernel: Kernel | None
+                    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """(patches, the requantised sums before the clamp, positions x Co) of a framed source.
+
+        ``source``: input_limbs * B framed images (int8), each limb's images stacked along the batch."""
+        kernel = kernel or current_kernel()
+        patches = _im2col(source, kernel.operand_dtype)  # a float kernel's copy, converted once for both products
+        acc = stacked_product(patches, self.input_limbs, prep.columns, self.weight_limbs, kernel, prep.product_bound)
+        if acc.dtype != prep.dtype:
+            acc = acc.to(prep.dtype)
+        if not isinstance(prep.left_shift, int) or prep.left_shift:
+            acc.bitwise_left_shift_(prep.left_shift)  # a negative output shift multiplies
+        # The bias and shift_round's half step in one pass, then the shift: (acc + b + half) >> s.
+        return patches, acc.add_(prep.offset).bitwise_right_shift_(prep.right_shift)
+
+    def _clamp(self, shifted: torch.Tensor) -> tuple[torch.Tensor, bool]:
+        """(shifted clamped to one beyond the output range, whether anything was clamped).
+
+        One step beyond the range on either side keeps the clamp's gradient mask (zero
+        there) in the same tensor as the value: y = clamp(c, low, high), inside = low <= c <= high."""
+        low, high = self.output_range
+        if not shifted.numel():
+            return shifted, False
+        smallest, largest = (int(v) for v in torch.aminmax(shifted))
+        if smallest >= low and largest <= high:
+            return shifted, False
+        return shifted.clamp_(low - 1, high + 1), True
+
     def forward_ints(self, x: torch.Tensor, kernel: Kernel | None = None, framed: bool = False
-                     ) -> tuple[torch.Tensor, tuple]:
+                     ) -> tuple[torch.Tensor, _Saved]:
         """x: B x H x W x Ci integers on the input grid -> (y on the output grid, what backward needs).
 
         With ``framed``, x is B x (H+2) x (W+2) x Ci with a zero frame (see ``padded``),
@@ -230,91 +337,166 @@ class IntConv3x3(nn.Module):
         """
         if framed:
             batch, height, width = x.shape[0], x.shape[1] - 2, x.shape[2] - 2
-            source = x if self.input_limbs == 1 else torch.cat(split_limbs(x, FULL_LIMB_BITS, self.input_limbs))
+            source = x.to(torch.int8) if self.input_limbs == 1 else torch.cat(
+                split_limbs(x, FULL_LIMB_BITS, self.input_limbs))
         else:
             batch, height, width = x.shape[:3]
             source = _padded_limbs(x, self.input_limbs)
-        in_channels = x.shape[3]
-        weights = self.weight_ints()
-        columns = weights.permute(2, 3, 1, 0).reshape(-1, weights.shape[0])  # (ky, kx, ci) x co
-        patches = _im2col(source.to(torch.int8))
-        depth = 9 * in_channels
-        acc = stacked_product(patches, self.input_limbs, _limb_columns(columns, self.weight_limbs),
-                              self.weight_limbs, kernel, self._bound(depth, self.input_range, self.weight_range))
-        shift = self._output_shift()
-        # The bias and shift_round's half step, added in one pass; int64 if they could overflow int32
-        # (an int32 acc is below 2**31 - offset) or if a negative shift would multiply.
-        offset = self.bias_ints() + rounding_half(shift)
-        left = max(0, -int(torch.as_tensor(shift).min()))  # a negative shift multiplies by 2**left
-        if acc.dtype == torch.int32 and ((self._bound(depth, self.input_range, self.weight_range)
-                                          + int(offset.abs().max())) << left) >= INT32_LIMIT:
-            acc = acc.long()
-        if left:
-            shifted = shift_round(acc + self.bias_ints().to(acc.dtype), shift)
-        else:
-            acc.add_(offset.to(acc.dtype))
-            shifted = acc.bitwise_right_shift_(shift if isinstance(shift, int) else shift.to(acc.dtype))
-        y = shifted.clamp(*self.output_range)
-        inside = y == shifted  # the clamp's straight-through gradient mask
-        return y.to(torch.int32).view(batch, height, width, -1), (patches, weights, inside, (batch, height, width,
-                                                                                               in_channels))
+        saved = self._forward_saved(source, (batch, height, width, x.shape[3]), kernel)
+        y = saved.values.clamp(*self.output_range) if saved.clamped else saved.values.clone()
+        return y.to(torch.int32).reshape(batch, height, width, -1), saved
 
-    def backward_ints(self, saved: tuple, grad: Fixed, kernel: Kernel | None = None,
+    def _forward_saved(self, source: torch.Tensor, shape: tuple, kernel: Kernel | None) -> _Saved:
+        prep = self.prepared()
+        patches, shifted = self._accumulate(source.to(torch.int8), prep, kernel)
+        values, clamped = self._clamp(shifted)
+        return _Saved(patches, prep, values, clamped, shape)
+
+    def backward_ints(self, saved: _Saved, grad: Fixed, kernel: Kernel | None = None,
                       need_input: bool = True, masked: bool = False) -> Fixed | None:
         """The output's gradient -> parameter gradients (set as .grad, float64) and the input's gradient.
 
-        ``masked``: the clamp's mask (``saved[2]``) is already applied to ``grad`` (IntConvStack
-        folds it into the leaky ReLU's gradient), which saves a pass; ``grad.ints`` is then
-        the caller's scratch and is overwritten.
+        ``masked``: the clamp's mask is already applied to ``grad`` (IntConvStack folds it
+        into the leaky ReLU's gradient), which saves a pass; ``grad.ints`` is then the
+        caller's scratch and is overwritten.
         """
         input_grad, self.weight.grad, self.bias.grad = self.gradients(saved, grad, kernel, need_input, masked)
         return input_grad
 
-    def gradients(self, saved: tuple, grad: Fixed, kernel: Kernel | None = None, need_input: bool = True,
+    def gradients(self, saved: _Saved, grad: Fixed, kernel: Kernel | None = None, need_input: bool = True,
                   masked: bool = False, need_weight: bool = True
                   ) -> tuple[Fixed | None, torch.Tensor | None, torch.Tensor]:
         """``backward_ints``'s three gradients, returned: (input, weight or None, bias).
 
         The weight gradient, the costliest product, is skipped without ``need_weight``
         (adaptation of biases only)."""
-        patches, weights, inside, shape = saved
-        batch, height, width, in_channels = shape
+        batch, height, width, in_channels = saved.shape
         positions = batch * height * width
-        limit = self.gradient_limit
         ints = grad.ints.reshape(positions, -1)
-        g = quantize_gradient(ints if masked else ints * inside, grad.exponent, limit, in_place=True)
-        g_columns = _limb_columns(g.ints, self.gradient_limbs)
+        scratch = masked
+        if not masked and saved.clamped:
+            ints, scratch = ints * _inside(saved.values, *self.output_range), True
+        limit = self.gradient_limit
+        g_columns, exponent = _gradient_columns(ints, grad.exponent, limit, self.gradient_limbs, scratch)
         # The bias gradient (g's column sums) as one more limb product: a row of ones times g's limbs.
         ones = torch.ones(1, positions, dtype=torch.int8)
         total = stacked_product(ones, 1, g_columns, self.gradient_limbs, kernel, positions * limit)
-        bias_grad = _as_float(total[0], g.exponent)
+        bias_grad = _as_float(total[0], exponent, positions * limit)
         weight_grad = None
         if need_weight:
-            if self.input_limbs == 1:
-                transposed = patches.T
-            else:
-                transposed = torch.cat([block.T for block in patches.split(positions)])
-            weight_ints = stacked_product(transposed, self.input_limbs, g_columns, self.gradient_limbs, kernel,
-                                          self._bound(positions, self.input_range, (-limit, limit)))
+            bound = self._bound(positions, self.input_range, (-limit, limit))
+            weight_ints = _weight_product(saved.patches, self.input_limbs, g_columns, self.gradient_limbs, kernel,
+                                          bound)
             weight_ints = weight_ints.view(3, 3, in_channels, -1).permute(3, 2, 0, 1)
-            weight_grad = _as_float(weight_ints, self.input_exponent + g.exponent)
+            weight_grad = _as_float(weight_ints, self.input_exponent + exponent, bound)
         if not need_input:
             return None, weight_grad, bias_grad
         # The transposed convolution: the windows of g (its 7-bit limbs, already split for the
         # weight gradient, each in a zero frame) times the kernel rotated by 180 degrees.
-        out_channels = g.ints.shape[1]
+        out_channels = g_columns.shape[1] // self.gradient_limbs
         framed = padded(self.gradient_limbs * batch, height, width, out_channels)
         for limb in range(self.gradient_limbs):
             interior(framed[limb * batch:(limb + 1) * batch]).copy_(
                 g_columns[:, limb * out_channels:(limb + 1) * out_channels].view(batch, height, width, -1))
-        rows = weights.flip(2, 3).permute(2, 3, 0, 1).reshape(-1, in_channels)  # (ky, kx, co) x ci
-        if bool(self.weight_coarsening.any()):
-            rows = shift_round(rows, self.weight_coarsening.to(rows.dtype).repeat(9)[:, None])
-        input_grad = stacked_product(_im2col(framed), self.gradient_limbs,
-                                     _limb_columns(rows, self.weight_limbs), self.weight_limbs,
-                                     kernel, self.input_gradient_bound(), a_width=SEVEN_BIT_LIMB_BITS)
+        kernel = kernel or current_kernel()
+        input_grad = stacked_product(_im2col(framed, kernel.operand_dtype), self.gradient_limbs, saved.prep.rows,
+                                     self.weight_limbs, kernel, saved.prep.input_gradient_bound,
+                                     a_width=SEVEN_BIT_LIMB_BITS)
         coarsest = int(self.weight_exponents.max())
-        return Fixed(input_grad.view(batch, height, width, in_channels), g.exponent + coarsest), weight_grad, bias_grad
+        return Fixed(input_grad.view(batch, height, width, in_channels), exponent + coarsest), weight_grad, bias_grad
+
+
+class _Prepared(NamedTuple):
+    """IntConv3x3.prepared: what one weight value gives every pass (see there)."""
+
+    weights: torch.Tensor  # Co x Ci x 3 x 3 int32, on the weight grid
+    columns: torch.Tensor  # the forward product's second operand: (ky, kx, ci) x co, 7-bit limbs side by side
+    rows: torch.Tensor  # the input gradient's: (ky, kx, co) x ci, rotated by 180 degrees and coarsened, limbs
+    offset: torch.Tensor  # Co: (the bias in accumulator units << left_shift) + shift_round's half step
+    left_shift: int | torch.Tensor  # max(0, -output shift): a negative shift multiplies
+    right_shift: int | torch.Tensor  # max(0, output shift) (per channel if the weight exponents differ)
+    dtype: torch.dtype  # the accumulator: int32 when every sum + offset stays below 2**31
+    product_bound: int  # the largest |forward product|
+    input_gradient_bound: int  # the largest |input gradient| these weights give
+
+
+class _Scales(NamedTuple):
+    """IntConv3x3._scales: what the exponents alone give every pass."""
+
+    weight_scale: torch.Tensor  # Co x 1 x 1 x 1: 2**-e_c (weight_ints' scale)
+    bias_exponents: torch.Tensor  # Co: -(input exponent + e_c) (bias_ints')
+    coarse: tuple | None  # the input gradient's weight coarsening: (half step, shift), Co x 1 x 1 x 1
+    left_shift: int | torch.Tensor  # max(0, -output shift), per channel
+    right_shift: int | torch.Tensor  # max(0, output shift), per channel
+    half: int | torch.Tensor  # shift_round's half step of right_shift
+    left: int  # the largest left_shift
+    product_bound: int  # the largest |forward product|
+
+
+class _Saved(NamedTuple):
+    """What a conv's backward needs from its forward pass."""
+
+    patches: torch.Tensor  # im2col of the input (input_limbs blocks of rows)
+    prep: _Prepared  # the weights of the pass
+    values: torch.Tensor  # positions x Co: the requantised output, clamped one beyond the range
+    clamped: bool  # whether anything lies beyond the range (else values is the output itself)
+    shape: tuple  # (B, H, W, Ci)
+
+
+def _inside(values: torch.Tensor, low: int, high: int) -> torch.Tensor:
+    """1 where low <= values <= high, else 0, as values' dtype (values lie in [low - 1, high + 1])."""
+    return (values - (low - 1)).clamp_(max=1).mul_(torch.sub(high + 1, values).clamp_(max=1))
+
+
+def _gradient_columns(ints: torch.Tensor, exponent: int, limit: int, limbs: int, scratch: bool
+                      ) -> tuple[torch.Tensor, int]:
+    """quantize_gradient's rounding and _limb_columns' split in one go: (positions x limbs*C int8, exponent).
+
+    For two 7-bit limbs, t = round_half_up(g / 2**s) + 64 = (g + half + 64 * 2**s) >> s;
+    the high limb is t >> 7 and the low one (t & 127) - 64 (split_limbs' rule), each
+    written straight into its int8 columns.  ``scratch``: ``ints`` may be overwritten."""
+    positions, channels = ints.shape
+    if not ints.numel() or limbs > 2:
+        g = quantize_gradient(ints, exponent, limit, in_place=scratch)
+        return _limb_columns(g.ints, limbs), g.exponent
+    low, high = (int(v) for v in torch.aminmax(ints))
+    shift = max(0, max(high, -low).bit_length() - limit.bit_length())
+    while (high + rounding_half(shift)) >> shift > limit or (low + rounding_half(shift)) >> shift < -limit:
+        shift += 1
+    if limbs == 1:
+        if shift:
+            t = ints.long() if ints.dtype == torch.int32 and high + rounding_half(shift) >= INT32_LIMIT else ints
+            t = (t.add_ if scratch and t is ints else t.add)(rounding_half(shift)).bitwise_right_shift_(shift)
+        else:
+            t = ints
+        return t.to(torch.int8), exponent + shift
+    add = rounding_half(shift) + (1 << (SEVEN_BIT_LIMB_BITS - 1) << shift)
+    if ints.dtype != torch.int64 and (high + add >= INT32_LIMIT or low + add < -INT32_LIMIT):
+        ints, scratch = ints.long(), True
+    t = (ints.add_(add) if scratch else ints + add).bitwise_right_shift_(shift)  # round_half_up(g / 2**s) + 64
+    t = t.to(torch.int16)  # in [-8063, 8191]: the limb passes run on half the bytes
+    columns = torch.empty(positions, 2 * channels, dtype=torch.int8)
+    columns[:, channels:].copy_(t >> SEVEN_BIT_LIMB_BITS)
+    columns[:, :channels].copy_(t.bitwise_and_((1 << SEVEN_BIT_LIMB_BITS) - 1).sub_(1 << (SEVEN_BIT_LIMB_BITS - 1)))
+    return columns, exponent + shift
+
+
+def _weight_product(patches: torch.Tensor, input_limbs: int, g_columns: torch.Tensor, gradient_limbs: int,
+                    kernel: Kernel | None, bound: int) -> torch.Tensor:
+    """im2col(x)^T @ g exactly: each input limb's block of patches, transposed in place (a view), times g's limbs.
+
+    The input limbs are K blocks here (rows of patches), so each block is its own product,
+    recombined with 8-bit shifts, instead of a copy that stacks the transposed blocks."""
+    if input_limbs == 1:
+        return stacked_product(patches.T, 1, g_columns, gradient_limbs, kernel, bound)
+    positions = patches.shape[0] // input_limbs
+    block_bound = positions * (1 << (FULL_LIMB_BITS - 1)) * gradient_limit(gradient_limbs)
+    total = None
+    for limb, block in enumerate(patches.split(positions)):
+        part = stacked_product(block.T, 1, g_columns, gradient_limbs, kernel, block_bound)
+        part = part.long() if bound >= INT32_LIMIT else part
+        total = part if total is None else total.add_(part.__ilshift__(FULL_LIMB_BITS * limb))
+    return total
 
 
 def leaky_relu_ints(y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -405,21 +587,29 @@ class IntConvStack(nn.Module):
             xs, exponent = [torch.nn.functional.leaky_relu(y, 1 / 8) for y in ys], output_exponent
         return cls(convs)
 
-    def _forward(self, x: torch.Tensor, kernel: Kernel | None, keep: bool):
-        saved, pre_activations = [], []
+    def _forward(self, x: torch.Tensor, kernel: Kernel | None, keep: bool, framed: bool = False
+                 ) -> tuple[Fixed, list[_Saved]]:
+        """(the output, what backward needs if ``keep``) of B x H x W x Ci integer input x.
+
+        ``framed``: x is already the first conv's int8 input in a zero frame
+        (B x (H+2) x (W+2) x Ci, see ``padded``).  Each hidden output goes through the
+        leaky ReLU straight into the next conv's framed int8 input."""
+        first = self.convs[0]
+        if framed:
+            source, shape = x, (x.shape[0], x.shape[1] - 2, x.shape[2] - 2)
+        else:
+            source, shape = _padded_limbs(x, first.input_limbs), tuple(x.shape[:3])
+        saved = []
         for index, conv in enumerate(self.convs):
-            y, memo = conv.forward_ints(x, kernel, framed=index > 0 and conv.input_limbs == 1)
+            memo = conv._forward_saved(source, shape + (source.shape[3],), kernel)
+            if index < len(self.convs) - 1:
+                source, values = _leaky_framed(memo, conv.output_range, self.convs[index + 1].input_limbs, shape)
+                memo = memo._replace(values=values)
             if keep:
                 saved.append(memo)
-            if index < len(self.convs) - 1:
-                if keep:
-                    pre_activations.append(y)
-                if self.convs[index + 1].input_limbs == 1:
-                    x = padded(*y.shape)
-                    leaky_relu_ints(y, out=interior(x))
-                else:
-                    x = leaky_relu_ints(y)
-        return Fixed(y, self.convs[-1].output_exponent), saved, pre_activations
+        last = self.convs[-1]
+        y = memo.values.clamp(*last.output_range) if memo.clamped else memo.values
+        return Fixed(y.to(torch.int32).reshape(*shape, -1), last.output_exponent), saved
 
     @torch.no_grad()
     def forward_ints(self, x: torch.Tensor, kernel: Kernel | None = None) -> Fixed:
@@ -431,34 +621,88 @@ class IntConvStack(nn.Module):
 
         x: B x H x W x Ci int8 (the first layer takes one limb).
         """
-        output, saved, pre_activations = self._forward(x, kernel, keep=True)
-        gradients = self.backward(saved, pre_activations, loss_grad(output), kernel)
+        output, saved = self._forward(x, kernel, keep=True)
+        gradients = self.backward(saved, loss_grad(output), kernel)
         for conv, (weight_grad, bias_grad) in zip(self.convs, gradients):
             conv.weight.grad, conv.bias.grad = weight_grad, bias_grad
         return output
 
-    def backward(self, saved: list, pre_activations: list, grad: Fixed, kernel: Kernel | None = None,
-                 wanted: list[tuple[bool, bool]] | None = None) -> list[tuple[torch.Tensor | None, ...]]:
+    def backward(self, saved: list[_Saved], grad: Fixed, kernel: Kernel | None = None,
+                 wanted: list[tuple[bool, bool]] | None = None, scratch: bool = False
+                 ) -> list[tuple[torch.Tensor | None, ...]]:
         """The output's gradient -> (weight gradient, bias gradient) of every conv, float64.
 
-        ``saved`` and ``pre_activations`` come from ``_forward(..., keep=True)``.
-        ``wanted``: per conv, whether its (weight, bias) gradients are needed (default:
-        all); the pass stops below the lowest conv with a wanted gradient, and a
-        weight gradient nobody wants is not computed (None is returned for what is skipped).
+        ``saved`` comes from ``_forward(..., keep=True)``.  ``wanted``: per conv, whether
+        its (weight, bias) gradients are needed (default: all); the pass stops below the
+        lowest conv with a wanted gradient, and a weight gradient nobody wants is not
+        computed (None is returned for what is skipped).  ``scratch``: ``grad.ints`` may
+        be overwritten (it is the caller's own copy).
         """
         wanted = wanted or [(True, True)] * len(self.convs)
         needed = [index for index, pair in enumerate(wanted) if any(pair)]
         gradients: list[tuple[torch.Tensor | None, ...]] = [(None, None)] * len(self.convs)
         if not needed:
             return gradients
-        lowest, masked = needed[0], False
+        lowest = needed[0]
+        last = self.convs[-1]
+        if saved[-1].clamped:  # the clamp's mask of the last conv (the hidden ones fold theirs below)
+            grad = Fixed(grad.ints.reshape(saved[-1].values.shape) * _inside(saved[-1].values, *last.output_range),
+                         grad.exponent)
+            scratch = True
         for index in reversed(range(lowest, len(self.convs))):
             conv = self.convs[index]
             grad, weight_grad, bias_grad = conv.gradients(saved[index], grad, kernel, need_input=index > lowest,
-                                                          masked=masked, need_weight=wanted[index][0])
+                                                          masked=scratch, need_weight=wanted[index][0])
             gradients[index] = (weight_grad, bias_grad if wanted[index][1] else None)
             if index > lowest:
-                grad = leaky_relu_backward(grad, pre_activations[index - 1], conv.input_gradient_bound(),
-                                           inside=saved[index - 1][2])
-                masked = True
+                below = self.convs[index - 1]
+                grad = _leaky_gradient(grad, saved[index - 1], below.output_range,
+                                       saved[index].prep.input_gradient_bound)
+                scratch = True
         return gradients
+
+
+def _leaky_framed(saved: _Saved, output_range: tuple[int, int], next_limbs: int, shape: tuple
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """The leaky ReLU of a hidden conv's output, written into the next conv's framed input limbs.
+
+    leaky(clamp(c, low, high)) = clamp(leaky(c), leaky(low), leaky(high)) (leaky is
+    monotone), so it is computed on the values clamped one beyond the range, then
+    clamped only if anything was: max(c, (c + 4) >> 3), as leaky_relu_ints.
+    Returns (the framed input, the values in the narrowest type that holds them:
+    int16 for an int8 next input, what backward keeps)."""
+    values = saved.values
+    if next_limbs == 1:  # values in [-1025, 128]
+        values = values.to(torch.int16)
+    t = values + (1 << (LEAKY_SHIFT - 1))
+    torch.maximum(values, t.bitwise_right_shift_(LEAKY_SHIFT), out=t)
+    if saved.clamped:
+        low, high = output_range
+        t.clamp_(max(low, (low + (1 << (LEAKY_SHIFT - 1))) >> LEAKY_SHIFT), high)
+    batch = shape[0]
+    framed = padded(next_limbs * batch, *shape[1:], values.shape[1])
+    t = t.view(*shape, -1)
+    if next_limbs == 1:
+        interior(framed).copy_(t)
+    else:
+        split_limbs(t, FULL_LIMB_BITS, next_limbs,
+                    [interior(framed[i * batch:(i + 1) * batch]) for i in range(next_limbs)])
+    return framed, values
+
+
+def _leaky_gradient(grad: Fixed, saved: _Saved, output_range: tuple[int, int], bound: int) -> Fixed:
+    """leaky_relu_backward folded with the clamp's mask of the conv below: x8 where its output is
+    positive (the exponent lowered by 3), x1 at or below zero, x0 where it was clamped.
+
+    ``grad.ints`` (the input gradient of the conv above, |ints| <= ``bound``) is overwritten."""
+    values = saved.values
+    ints = grad.ints.reshape(values.shape)
+    if ints.dtype != torch.int64 and (bound << LEAKY_SHIFT) >= INT32_LIMIT:
+        ints = ints.long()
+    positive = values.clamp(0, 1)  # in values' (narrow) type, converted once
+    if saved.clamped:
+        multiplier = positive.mul_((1 << LEAKY_SHIFT) - 1).add_(1).mul_(_inside(values, *output_range))
+        ints = ints.mul_(multiplier.to(ints.dtype))
+    else:
+        ints = ints.bitwise_left_shift_(positive.mul_(LEAKY_SHIFT).to(ints.dtype))
+    return Fixed(ints, grad.exponent - LEAKY_SHIFT)

@@ -26,9 +26,17 @@ import math
 
 import torch
 
-from .fixed import quantize_activation
-from .grid import CONTEXT_EXPONENT, FIRST_WEIGHT_LIMBS, GRAD_BITS, LAST_INPUT_LIMBS, OUTPUT_LIMBS
-from .intconv import Fixed, IntConv3x3, IntConvStack, layer_layout
+from .fixed import quantize_activation, quantize_gradient
+from .grid import (
+    ACT_FRAC_BITS,
+    ACT_LIMIT,
+    CONTEXT_EXPONENT,
+    FIRST_WEIGHT_LIMBS,
+    GRAD_BITS,
+    LAST_INPUT_LIMBS,
+    OUTPUT_LIMBS,
+)
+from .intconv import Fixed, IntConv3x3, IntConvStack, interior, layer_layout, padded
 from .kernels import current_kernel
 
 # Options every engine-2 stack is built with (the ENGINE2 record names them).
@@ -42,11 +50,15 @@ def gradient_to_fixed(grad: torch.Tensor) -> Fixed:
     On engine 1's float64 path the gradient is already on that grid (fixed.quantize_gradient),
     so the rounding changes nothing there; in float32 training it rounds.
     """
-    peak = float(grad.abs().max()) if grad.numel() else 0.0
+    if grad.numel():
+        low, high = (float(v) for v in torch.aminmax(grad))
+        peak = max(-low, high)  # |grad|'s maximum, NaN if any is (then not > 0, as abs().max())
+    else:
+        peak = 0.0
     if not peak > 0:
         return Fixed(torch.zeros(grad.shape, dtype=torch.int32), 0)
     exponent = math.frexp(peak)[1] - GRAD_BITS
-    ints = torch.floor(grad.double() * 2.0 ** -exponent + 0.5)
+    ints = grad.double().mul(2.0 ** -exponent).add_(0.5).floor_()  # floor(g * 2**-e + 1/2), in place
     return Fixed(ints.to(torch.int32), exponent)
 
 
@@ -54,28 +66,41 @@ class _IntegerStackFunction(torch.autograd.Function):
     """x (float NCHW) -> the stack's output (float NCHW); parameters are inputs so autograd routes their grads."""
 
     @staticmethod
-    def forward(ctx, x, stack: IntegerConvStack, *parameters):
+    def forward(ctx, x, stack: IntegerConvStack, on_grid: bool, *parameters):
         kernel = current_kernel()
-        ints = x.detach().permute(0, 2, 3, 1).mul(2.0 ** -stack.convs[0].input_exponent).to(torch.int8)
-        wanted = [(ctx.needs_input_grad[2 + 2 * index], ctx.needs_input_grad[3 + 2 * index])
+        first = stack.convs[0]
+        # x * 2**-e are integers (the coupling context): written straight into the first
+        # conv's framed int8 input, one conversion and no intermediate copies.
+        nhwc = x.detach().permute(0, 2, 3, 1)
+        if first.input_limbs == 1:
+            source = padded(*nhwc.shape)
+            interior(source).copy_(nhwc.mul(2.0 ** -first.input_exponent))
+            framed = True
+        else:
+            source, framed = nhwc.mul(2.0 ** -first.input_exponent).to(torch.int32), False
+        wanted = [(ctx.needs_input_grad[3 + 2 * index], ctx.needs_input_grad[4 + 2 * index])
                   for index in range(len(stack.convs))]
         keep = any(any(pair) for pair in wanted)
-        output, saved, pre_activations = stack._forward(ints, kernel, keep)
+        output, saved = stack._forward(source, kernel, keep, framed=framed)
         if keep:
-            ctx.state = (stack, saved, pre_activations, wanted, kernel)
+            ctx.state = (stack, saved, wanted, kernel, on_grid)
+        if on_grid:  # quantize_activation's floor onto 2**-ACT_FRAC_BITS, as an integer shift
+            ints = output.ints >> -(output.exponent + ACT_FRAC_BITS)
+            return ints.to(x.dtype).mul_(2.0 ** -ACT_FRAC_BITS).permute(0, 3, 1, 2)
         return output.ints.to(x.dtype).mul_(2.0 ** output.exponent).permute(0, 3, 1, 2)
 
     @staticmethod
     def backward(ctx, grad):
-        stack, saved, pre_activations, wanted, kernel = ctx.state
+        stack, saved, wanted, kernel, on_grid = ctx.state
         del ctx.state  # the saved activations are large; free them with the step
-        gradients = stack.backward(saved, pre_activations, gradient_to_fixed(grad.permute(0, 2, 3, 1)),
-                                   kernel, wanted)
+        if on_grid and grad.dtype == torch.float64:  # quantize_activation's backward (every value was inside)
+            grad = quantize_gradient(grad)
+        gradients = stack.backward(saved, gradient_to_fixed(grad.permute(0, 2, 3, 1)), kernel, wanted, scratch=True)
         flat = []
         for conv, (weight_grad, bias_grad) in zip(stack.convs, gradients):
             flat += [None if weight_grad is None else weight_grad.to(conv.weight.dtype),
                      None if bias_grad is None else bias_grad.to(conv.bias.dtype)]
-        return (None, None, *flat)
+        return (None, None, None, *flat)
 
 
 class IntegerConvStack(IntConvStack):
@@ -96,5 +121,17 @@ class IntegerConvStack(IntConvStack):
                     for i, (a, b, layer) in enumerate(zip(widths[:-1], widths[1:], layers))])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """The stack's output on engine 1's activation grid (fixed.quantize_activation).
+
+        When the last conv's grid is at least as fine as the activation grid and its
+        range lies inside ACT_LIMIT, quantize_activation is a floor that is an integer
+        shift and a clamp that never acts: the autograd function does both itself (its
+        backward then applies quantize_activation's gradient rounding), saving a
+        float64 pass set over the output."""
         parameters = [t for conv in self.convs for t in (conv.weight, conv.bias)]
-        return quantize_activation(_IntegerStackFunction.apply(x, self, *parameters))
+        last = self.convs[-1]
+        low, high = last.output_range
+        on_grid = (last.output_exponent <= -ACT_FRAC_BITS
+                   and max(-low, high) * 2.0 ** last.output_exponent <= ACT_LIMIT)
+        output = _IntegerStackFunction.apply(x, self, on_grid, *parameters)
+        return output if on_grid else quantize_activation(output)

@@ -162,8 +162,16 @@ class Kernel:
 
     name: str
 
+    @property
+    def operand_dtype(self) -> torch.dtype:
+        """The dtype this kernel multiplies in: a caller that copies an operand anyway (im2col)
+        can write it in this dtype, holding the same integers, and save the kernel's conversion."""
+        return {"int8": torch.int8, "float32": torch.float32}.get(self.name, torch.float64)
+
     def limb_product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-        """M x K full limbs (int8) times K x N 7-bit limbs (int8) -> M x N int32, exactly; K <= MAX_K."""
+        """M x K full limbs times K x N 7-bit limbs -> M x N int32, exactly; K <= MAX_K.
+
+        The limbs are int8 tensors, or (float kernels) ``operand_dtype`` tensors of the same integers."""
         if a.shape[1] > MAX_K:
             raise ValueError(f"limb product over K={a.shape[1]} > {MAX_K} (split K first)")
         a, b = _matrix_layout(a), _matrix_layout(b)

@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 MANIFEST = "manifest.json"
-# v6 since release 1.5: 1-3% smaller than v5 everywhere, and with the faster mixture
-# coder and larger grey batches above 0.25 MB/s both ways on the speed folders.
-DEFAULT_MODEL = "idf-sublattice-v6"
+# v7 (engine 2: v6's architecture with exact integer convolutions, trained through
+# them) since release 1.8: within 1% of v6's size on every evaluation set, and faster
+# (docs/MODELS.md).
+DEFAULT_MODEL = "idf-sublattice-v7"
 
 
 class ModelError(Exception):
@@ -51,3 +52,9 @@ def recommended_learning_rate(entry: dict) -> float | None:
     """
     rate = entry.get("adaptation", {}).get("learning_rate")
     return float(rate) if rate is not None else None
+
+
+def recommended_parameters(entry: dict) -> str | None:
+    """The parameter selection a manifest entry recommends adapting (``adaptation.parameters``), if any."""
+    selection = entry.get("adaptation", {}).get("parameters")
+    return str(selection) if selection is not None else None
