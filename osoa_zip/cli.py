@@ -34,6 +34,7 @@ from .archive import (
     extract_entry,
     test_archive,
 )
+from .container.records import DEFAULT_BLOCK_BYTES, MAX_BLOCK_BYTES
 from .cpus import available_cpus, default_threads
 from .files.scan import SourceError, listed_name
 from .layout import ClusterError
@@ -127,6 +128,26 @@ def _one_torch_thread_unless_asked(torch) -> None:
         from .exact.stack import set_gemm_threads
         torch.set_num_threads(1)
         set_gemm_threads(min(2, available_cpus()))
+
+
+class _ByteSize(click.ParamType):
+    """A size in bytes: a number, optionally with K, M or G (powers of 1024), up to the largest block."""
+
+    name = "size"
+    _UNITS = {"": 1, "K": 1 << 10, "M": 1 << 20, "G": 1 << 30}
+
+    def convert(self, value, param, ctx) -> int:
+        if isinstance(value, int):
+            return value
+        text = str(value).strip().upper().removesuffix("IB").removesuffix("B")
+        unit = text[-1:] if text[-1:] in self._UNITS else ""
+        try:
+            size = int(text[:len(text) - len(unit)]) * self._UNITS[unit]
+        except ValueError:
+            self.fail(f"{value!r} is not a size (a number of bytes, optionally with K, M or G)", param, ctx)
+        if not 0 <= size <= MAX_BLOCK_BYTES:
+            self.fail(f"{value!r} is not between 0 and 4G", param, ctx)
+        return size
 
 
 def _level_options(command):
@@ -242,6 +263,11 @@ def _segments_on(address: str | None, timeout: float):
 @click.option("-T", "--threads", type=click.IntRange(0, 256), default=0,
               help=f"Code segments side by side on N threads; the output is the same for any N.  "
                    f"[default: 0, one per CPU this process may use, as memory allows ({default_threads()} here)]")
+@click.option("--block-size", type=_ByteSize(), default=DEFAULT_BLOCK_BYTES, metavar="SIZE",
+              help="Files not on the model path go into solid blocks of about SIZE bytes (K, M, G suffixes; "
+                   "default 64M), sorted by type: one xz stream over many similar files, as 7z does.  "
+                   "Larger blocks compress better; extracting one file decodes its whole block, and a damaged "
+                   "block loses its files.  0: every file in a stream of its own.")
 @click.option("--byte-exact", is_flag=True,
               help="Restore images byte for byte: an image takes the model path only if re-encoding "
                    "its pixels gives back the original file exactly.")
@@ -252,7 +278,7 @@ def _segments_on(address: str | None, timeout: float):
               help="Print the summary, per-batch statistics, and what image libraries said about each file.")
 @_dask_options
 def compress_command(sources, archive, level, files_from, null_separated, excludes, exclude_from, model, no_adapt,
-                     learning_rate, threads, byte_exact, force, quiet, verbose, dask_address,
+                     learning_rate, threads, block_size, byte_exact, force, quiet, verbose, dask_address,
                      dask_timeout, **settings) -> None:
     """Pack SOURCES into ARCHIVE ('-' for standard output).
 
@@ -291,11 +317,11 @@ def compress_command(sources, archive, level, files_from, null_separated, exclud
                 with _naming_errors("standard output"):
                     summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet),
                                        byte_exact, threads, note=_noter(verbose), excludes=patterns,
-                                       cluster=cluster)
+                                       cluster=cluster, block_size=block_size)
                     sys.stdout.buffer.flush()  # a full disk must fail here, not at interpreter exit
             else:
                 summary = _compress_to_file(sources, archive, model, config, progress, _warner(quiet),
-                                            byte_exact, threads, _noter(verbose), patterns, cluster)
+                                            byte_exact, threads, _noter(verbose), patterns, cluster, block_size)
         if _summary_wanted(quiet, verbose):
             _report(summary, "compressed", verbose)
 
@@ -385,14 +411,14 @@ def _naming_errors(name: str):
 
 
 def _compress_to_file(sources, archive: Path, model, config, progress, warn, byte_exact, threads, note, excludes,
-                      cluster):
+                      cluster, block_size):
     """Write beside the target and rename at the end: never a half-written archive."""
     directory = archive.resolve().parent
     handle, temporary = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".part", dir=directory)
     try:
         with _naming_errors(str(archive)), os.fdopen(handle, "wb") as output:
             summary = compress(sources, output, model, config, progress, warn, byte_exact, threads,
-                               note=note, excludes=excludes, cluster=cluster)
+                               note=note, excludes=excludes, cluster=cluster, block_size=block_size)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 is not what users expect
@@ -430,8 +456,9 @@ def decompress_command(archive, destination, patterns, entry_to_stdout, force, s
     """Restore ARCHIVE ('-' for standard input) into DESTINATION (created if missing).
 
     With PATTERNS (shell wildcards such as 'cats/*.png', quoted), only the matching
-    entries, or everything below a matching folder, are restored.  The whole
-    archive is still decoded: each batch depends on the ones before it.
+    entries, or everything below a matching folder, are restored.  Every image
+    batch is still decoded (each depends on the ones before it); solid blocks
+    without a wanted file are only read and checked.
 
     `decompress ARCHIVE --stdout NAME` writes one entry to standard output instead
     (as tar -xOf and unzip -p do), once the whole archive has been verified.
@@ -560,7 +587,9 @@ def _info_lines(archive: Path, overview) -> list[str]:
              f"entries:    {totals['entries']} ({totals['images']} images, {totals['files']} other files, "
              f"{totals['directories']} directories, {totals['symlinks'] + totals['hardlinks']} links)"]
     if totals["files"]:
-        lines.append(f"files:      {totals['file_bytes']} bytes, coded in {totals['file_coded_bytes']}")
+        blocks = totals["solid_blocks"]
+        lines.append(f"files:      {totals['file_bytes']} bytes, coded in {totals['file_coded_bytes']}"
+                     + (f" ({blocks} solid block{'s' if blocks != 1 else ''})" if blocks else ""))
     if totals["image_subpixels"]:
         lines.append(f"images:     {totals['image_subpixels']} sub-pixels, coded in {totals['image_coded_bytes']} "
                      f"bytes: {totals['bits_per_subpixel']:.3f} bits per sub-pixel")

@@ -45,6 +45,7 @@ class Summary:
     image_subpixels: int = 0
     image_bits: int = 0
     batches: list = field(default_factory=list)
+    blocks: int = 0  # solid blocks written (compress) or decoded (decompress, test)
     seconds: float = 0.0
     lost: list = field(default_factory=list)    # --salvage: entries that could not be restored
     damage: list = field(default_factory=list)  # --salvage: what was damaged, one line each

@@ -1,8 +1,10 @@
 """Writing an archive: scan the sources, code image groups, stream the rest.
 
 Chunk order (docs/FORMAT.md): HEAD; entries as they are scanned (DIRE,
-LINK, FILE + DATA), with model-path images collected into groups, each an
-IMGS table (+ ALPH, PIDX) followed by its BATC chunks; then HARD links; STAT; END.
+LINK, FILE + DATA for a file that keeps its own stream), with model-path images
+collected into groups, each an IMGS table (+ ALPH, PIDX) followed by its BATC
+chunks; then the other files in solid blocks (BLCK + BDAT, solid.py); then HARD
+links; STAT; END.
 """
 from __future__ import annotations
 
@@ -22,6 +24,8 @@ from .adapt.defaults import adaptation_for
 from .adapt.segments import run_segments
 from .container.format import ArchiveWriter
 from .container.records import (
+    DEFAULT_BLOCK_BYTES,
+    MAX_BLOCK_BYTES,
     AlphaPlanes,
     Batch,
     BatchRecord,
@@ -54,6 +58,7 @@ from .layout import (
 )
 from .models.catalog import DEFAULT_MODEL
 from .pause import pause_point
+from .solid import OWN_STREAM_MIN, FileChanged, file_pieces, incompressible, plan_blocks, write_block
 from .torch_loading import load_model, online_adapter
 
 if TYPE_CHECKING:
@@ -94,9 +99,11 @@ class _CodedBatches:
 class _Compressor:
     def __init__(self, writer: ArchiveWriter, adapter: OnlineAdapter, progress: Progress | None,
                  byte_exact: bool = False, threads: int = 1, note: Note | None = None,
-                 triage: Triage | None = None, cluster=None) -> None:
+                 triage: Triage | None = None, cluster=None, block_size: int = DEFAULT_BLOCK_BYTES) -> None:
         self.writer, self.adapter, self.progress, self.note = writer, adapter, progress, note
         self.triage = triage
+        self.block_size = block_size
+        self.solid: list[tuple[Entry, bool]] = []  # files for the solid blocks, and whether progress counted them
         self.threads, self.cluster = threads, cluster
         self.byte_exact = byte_exact
         self.summary = Summary()
@@ -123,20 +130,35 @@ class _Compressor:
                 self._queue_image(entry, record)
 
     def _general_file(self, entry: Entry, counted: bool = False) -> None:
+        """A file off the model path: into a solid block (written at the end), or into a stream
+        of its own if it is larger than a block or incompressible (solid.py says why)."""
+        raw = entry.size >= OWN_STREAM_MIN and incompressible(entry.source, entry.size)
+        if self.block_size and entry.size <= self.block_size and not raw:
+            self.solid.append((entry, counted))
+            return
         chunks = (entry.size + DATA_CHUNK_BYTES - 1) // DATA_CHUNK_BYTES
         FileEntry(entry.name, entry.mode, entry.mtime_ns, entry.size, chunks).write(self.writer)
-        remaining = entry.size
-        with open(entry.source, "rb") as handle:
-            for _ in range(chunks):
-                piece = handle.read(min(remaining, DATA_CHUNK_BYTES))
-                if len(piece) != min(remaining, DATA_CHUNK_BYTES):
-                    raise UsageError(f"{entry.source}: file shrank while it was being archived")
-                remaining -= len(piece)
+        try:
+            for piece in file_pieces(entry, DATA_CHUNK_BYTES):
                 if self.progress and not counted:
                     self.progress(len(piece))
-                Data.packed(piece).write(self.writer)
-            if handle.read(1):
-                raise UsageError(f"{entry.source}: file grew while it was being archived")
+                Data.packed(piece, try_xz=not raw).write(self.writer)
+        except FileChanged as error:
+            raise UsageError(str(error)) from None
+
+    def write_blocks(self) -> None:
+        """The solid blocks, after every image group (which may still send files here)."""
+        counted = {id(entry) for entry, was_counted in self.solid if was_counted}
+        for members in plan_blocks([entry for entry, _ in self.solid], self.block_size):
+            uncounted = sum(entry.size for entry in members if id(entry) not in counted)
+            try:
+                write_block(self.writer, members)
+            except FileChanged as error:
+                raise UsageError(str(error)) from None
+            if self.progress and uncounted:
+                self.progress(uncounted)
+            self.summary.blocks += 1
+        self.solid = []
 
     def _queue_image(self, entry: Entry, record: ImageRecord) -> None:
         self.group.append((entry, record))
@@ -254,7 +276,7 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
              adaptation: AdaptationConfig | None = None, progress: Progress | None = None,
              warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1,
              note: Note | None = None, triage: bool = False, excludes: Sequence[str] = (),
-             cluster=None) -> Summary:
+             cluster=None, block_size: int = DEFAULT_BLOCK_BYTES) -> Summary:
     """Archive the sources into ``output``.
 
     A source is a path (a directory contributes its contents, a file its name)
@@ -267,9 +289,12 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     ``triage``, each image takes the model path only if the frozen model's bits on a
     few of its tiles beat its file (triage.py); the format is the same.  Entries whose
     archive name matches one of ``excludes`` are left out, as tar --exclude does
-    (files.scan.ExcludePatterns).
+    (files.scan.ExcludePatterns).  Files off the model path go into solid blocks of about
+    ``block_size`` bytes (0: each file in a stream of its own; solid.py).
     """
     started = time.perf_counter()
+    if not 0 <= block_size <= MAX_BLOCK_BYTES:
+        raise UsageError(f"the block size must be between 0 and {MAX_BLOCK_BYTES} bytes, not {block_size}")
     adaptation = adaptation_for(model, adaptation)
     try:
         entries = scan(list(sources), warn, _identity(output), ExcludePatterns(excludes))
@@ -284,10 +309,11 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     if triage:
         from .triage import Triage  # needs the engine (torch), as coding does
     compressor = _Compressor(writer, online_adapter(bundle, adaptation), progress, byte_exact, threads, note,
-                             Triage(bundle, adaptation) if triage else None, cluster)
+                             Triage(bundle, adaptation) if triage else None, cluster, block_size)
     for entry in entries:
         compressor.add(entry)
     compressor.flush_images()
+    compressor.write_blocks()
     for entry in entries:  # last, so that the file they name is always already restored
         if entry.kind == HARDLINK:
             Hardlink(entry.name, entry.target).write(writer)

@@ -8,11 +8,26 @@ Under --salvage (format.SalvagingReader) a damaged chunk arrives as Damaged.
 """
 from __future__ import annotations
 
+import lzma
 from dataclasses import dataclass
 from typing import Iterator, TypeVar
 
 from .container.format import ArchiveError
-from .container.records import Chunk, Data, FileEntry, Header, MalformedChunk, kind_of, parse_chunk
+from .container.records import (
+    CODEC_XZ,
+    BlockData,
+    BlockMember,
+    Chunk,
+    Data,
+    FileEntry,
+    Header,
+    MalformedChunk,
+    SolidBlock,
+    check_version,
+    kind_of,
+    parse_chunk,
+    xz_decompressor,
+)
 
 _Kind = TypeVar("_Kind", bound=Chunk)
 
@@ -34,8 +49,9 @@ class Damaged:
 class ChunkReader:
     """Typed chunks from (tag, payload) pairs (payload None: damaged), one chunk of look-ahead."""
 
-    def __init__(self, chunks: Iterator[tuple[bytes, bytes | None]]) -> None:
+    def __init__(self, chunks: Iterator[tuple[bytes, bytes | None]], version: tuple[int, int] | None = None) -> None:
         self._chunks = chunks
+        self._version = version  # the archive's: a chunk kind newer than it is refused
         self._ahead: tuple[bytes, bytes | None] | None = None
         self.last_tag: bytes | None = None  # of the chunk read last (an unreadable one's, say)
 
@@ -69,13 +85,19 @@ class ChunkReader:
         if item is None:
             return None
         tag, payload = item
-        return Damaged(tag) if payload is None else parse_chunk(tag, payload)
+        if payload is None:
+            return Damaged(tag)
+        if self._version is not None and kind_of(tag) is not None:
+            check_version(kind_of(tag), self._version)
+        return parse_chunk(tag, payload)
 
     def part(self, kind: type[_Kind], what: str) -> _Kind | Damaged:
         """The next chunk, which must be of this kind (a damaged one is Damaged, under --salvage)."""
         item = self._next_raw()
         if item is None or item[0] != kind.TAG:
             raise ArchiveError(f"{what} missing")
+        if self._version is not None:
+            check_version(kind, self._version)
         return Damaged(item[0]) if item[1] is None else kind.parse(item[1])
 
     def has_part(self, kind: type[Chunk]) -> bool:
@@ -106,3 +128,89 @@ class ChunkReader:
             yield body
         if remaining:
             raise ArchiveError(f"file {entry.name!r}: less data than declared")
+
+    def skip_file(self, entry: FileEntry) -> None:
+        """Read past a file's DATA chunks without decompressing them (an entry nobody asked for):
+        the framing has checked their bytes."""
+        for index in range(entry.chunks):
+            self.part(Data, f"file {entry.name!r}: data chunk {index}")
+
+    def skip_block(self, block: SolidBlock) -> None:
+        """Read past a solid block's BDAT chunks without decoding them."""
+        for index in range(block.chunks):
+            self.part(BlockData, f"a solid block's data chunk {index}")
+
+
+class BlockStream:
+    """One solid block's files, decoded in order from its BDAT chunks as they are read.
+
+    Memory stays bounded whatever the index declares: each read decodes at most the
+    bytes asked for (xz's ``max_length``), the decoder's memory is capped
+    (XZ_MEMORY_LIMIT), and every file gets exactly the bytes its entry declares: a
+    stream that ends early, runs on past the index, or leaves data or chunks over is
+    an ArchiveError naming the block and file.
+    """
+
+    def __init__(self, chunks: ChunkReader, block: SolidBlock, what: str) -> None:
+        self._chunks, self._block, self.what = chunks, block, what
+        self._decompressor = xz_decompressor() if block.codec == CODEC_XZ else None
+        self._stored = b""  # a stored block's bytes read but not handed out yet
+        self._chunks_read = 0
+
+    def _next_payload(self) -> bytes | None:
+        """The next BDAT chunk's bytes, or None once every declared chunk is read."""
+        if self._chunks_read == self._block.chunks:
+            return None
+        index = self._chunks_read
+        self._chunks_read += 1
+        part = self._chunks.part(BlockData, f"{self.what}: data chunk {index}")
+        if isinstance(part, Damaged):  # --salvage
+            raise ArchiveError(f"{self.what}: data chunk {index} is damaged")
+        return part.data
+
+    def read(self, size: int) -> bytes:
+        """Up to ``size`` decoded bytes (at least one), b"" once the stream has ended."""
+        if self._decompressor is None:
+            while not self._stored:
+                payload = self._next_payload()
+                if payload is None:
+                    return b""
+                self._stored = payload
+            piece, self._stored = self._stored[:size], self._stored[size:]
+            return piece
+        decompressor = self._decompressor
+        try:
+            while not decompressor.eof:
+                data = b""
+                if decompressor.needs_input:
+                    data = self._next_payload()
+                    if data is None:
+                        raise ArchiveError(f"{self.what}: its stream is truncated")
+                piece = decompressor.decompress(data, max_length=size)
+                if piece:
+                    return piece
+        except lzma.LZMAError:
+            raise ArchiveError(f"{self.what} is damaged (xz)") from None
+        return b""
+
+    def pieces(self, member: BlockMember, limit: int) -> Iterator[bytes]:
+        """One file's bytes, at most ``limit`` at a time."""
+        remaining = member.size
+        while remaining:
+            piece = self.read(min(remaining, limit))
+            if not piece:
+                raise ArchiveError(f"{self.what}: file {member.name!r}: less data than declared")
+            remaining -= len(piece)
+            yield piece
+
+    def finish(self) -> None:
+        """After the last file: the stream must end here, its chunks used up."""
+        if self.read(1):
+            raise ArchiveError(f"{self.what}: more data than its files declare")
+        unused = self._decompressor.unused_data if self._decompressor is not None else b""
+        if unused or self._next_payload() is not None:
+            raise ArchiveError(f"{self.what}: data after the end of its stream")
+
+    def skip_rest(self) -> None:
+        """Read past the block's data chunks that come next (--salvage, after damage), decoding nothing."""
+        self._chunks_read += len(self._chunks.skip_parts((BlockData,)))

@@ -22,14 +22,17 @@ from .adapt.flags import (
 from .container.format import ArchiveError, ArchiveReader
 from .container.records import (
     CODEC_NAMES,
+    CODEC_XZ,
     SIDE_PLANES,
     Batch,
     BatchRecord,
+    BlockData,
     Data,
     Directory,
     FileEntry,
     Hardlink,
     ImageTable,
+    SolidBlock,
     Statistics,
     Symlink,
 )
@@ -44,7 +47,7 @@ class Listed:
     name: str
     kind: str            # file, image, dir, symlink, hardlink
     size: int            # bytes (files) or sub-pixels (images)
-    method: str          # xz, store, mixed, model, or the link target
+    method: str          # xz, store, mixed, solid (in an xz block), model, palette, or the link target
     coded_bytes: float
 
 
@@ -66,6 +69,7 @@ class Overview:
     header: dict
     entries: list[Listed]
     batches: list[BatchRecord]
+    blocks: int = 0  # solid blocks
 
     def totals(self) -> dict:
         """Counts and sizes over the whole archive (for `info`, and `info --json` under "totals")."""
@@ -77,7 +81,7 @@ class Overview:
         return {
             "entries": len(self.entries), "images": len(images), "files": kinds.count("file"),
             "directories": kinds.count("dir"), "symlinks": kinds.count("symlink"),
-            "hardlinks": kinds.count("hardlink"),
+            "hardlinks": kinds.count("hardlink"), "solid_blocks": self.blocks,
             "file_bytes": sum(entry.size for entry in self.entries if entry.kind == "file"),
             "file_coded_bytes": round(sum(entry.coded_bytes for entry in self.entries if entry.kind == "file")),
             "image_subpixels": subpixels, "image_coded_bytes": round(image_bytes),
@@ -92,7 +96,7 @@ class Overview:
 def read_overview(source: BinaryIO) -> Overview:
     """Everything `info` shows, without decoding any batch."""
     reader = ArchiveReader(source)
-    chunks = ChunkReader(reader.chunks())
+    chunks = ChunkReader(reader.chunks(), reader.version)
     header = chunks.header()
     try:
         adaptation = AdaptationConfig.from_header(header.adaptation)
@@ -100,11 +104,15 @@ def read_overview(source: BinaryIO) -> Overview:
         raise ArchiveError(f"the header's adaptation settings are malformed ({error})") from None
     listed: list[Listed] = []
     batches: list[BatchRecord] = []
+    blocks = 0
     while (entry := chunks.next_entry()) is not None:
         if isinstance(entry, Statistics):
             batches = entry.batches
         elif isinstance(entry, FileEntry):
             listed.append(_file(entry, chunks))
+        elif isinstance(entry, SolidBlock):
+            listed.extend(_block(entry, chunks))
+            blocks += 1
         elif isinstance(entry, ImageTable):
             listed.extend(_images(entry, chunks, adaptation.tile_size, adaptation.batch_size_for))
         elif isinstance(entry, Directory):
@@ -113,7 +121,7 @@ def read_overview(source: BinaryIO) -> Overview:
             listed.append(Listed(entry.name, "symlink" if isinstance(entry, Symlink) else "hardlink", 0,
                                  "-> " + entry.target, 0))
         # parts out of place (DATA, BATC, ...) are skipped: the END chunk has vouched for the bytes
-    return Overview(reader.version, header.to_json(), listed, batches)
+    return Overview(reader.version, header.to_json(), listed, batches, blocks)
 
 
 def _file(entry: FileEntry, chunks: ChunkReader) -> Listed:
@@ -124,6 +132,16 @@ def _file(entry: FileEntry, chunks: ChunkReader) -> Listed:
         coded += len(piece.payload())
     method = codecs.pop() if len(codecs) == 1 else ("mixed" if codecs else "store")
     return Listed(entry.name, "file", entry.size, method, coded)
+
+
+def _block(block: SolidBlock, chunks: ChunkReader) -> list[Listed]:
+    """A solid block's files, its coded bytes shared by their sizes."""
+    coded = 0
+    for index in range(block.chunks):
+        coded += len(chunks.part(BlockData, f"a solid block's data chunk {index}").data)
+    method = "solid" if block.codec == CODEC_XZ else "store"
+    return [Listed(member.name, "file", member.size, method, coded * member.size / block.size if block.size else 0)
+            for member in block.files]
 
 
 def _images(table: ImageTable, chunks: ChunkReader, tile: int, batch_size) -> list[Listed]:

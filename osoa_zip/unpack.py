@@ -14,7 +14,7 @@ import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
-from typing import TYPE_CHECKING, BinaryIO
+from typing import TYPE_CHECKING, BinaryIO, Callable
 
 import numpy as np
 
@@ -28,6 +28,8 @@ from .container.records import (
     SIDE_PLANES,
     AlphaPlanes,
     Batch,
+    BlockData,
+    BlockMember,
     Chunk,
     Directory,
     FileEntry,
@@ -36,6 +38,7 @@ from .container.records import (
     ImageEntry,
     ImageTable,
     PaletteIndices,
+    SolidBlock,
     Statistics,
     Symlink,
 )
@@ -68,7 +71,7 @@ from .layout import (
     xz_decompressor,
 )
 from .pause import pause_point
-from .reading import ChunkReader, Damaged
+from .reading import BlockStream, ChunkReader, Damaged
 from .torch_loading import load_model, online_adapter
 
 if TYPE_CHECKING:
@@ -89,11 +92,16 @@ class _Decoder:
     ``salvage``: then the damaged entry is recorded in ``summary.lost`` and,
     for image batches, nothing is decoded until a batch that starts a segment
     (the model state in between is unknown).
+
+    ``wanted`` (partial extraction): a file or solid block holding no file it
+    accepts is read (and so checksummed) but not decoded; image groups are always
+    decoded, since every later batch depends on them through the adaptation.
     """
 
     def __init__(self, sink, progress: Progress | None, salvage: bool = False, threads: int = 1,
-                 cluster=None) -> None:
+                 cluster=None, wanted: Callable[[str], bool] | None = None) -> None:
         self.sink = sink
+        self.wanted = wanted
         self.progress = progress
         self.threads, self.cluster = threads, cluster
         self.salvage = salvage
@@ -104,13 +112,14 @@ class _Decoder:
         self._engine: dict | None = None  # the header's engine record
         self._adapter: OnlineAdapter | None = None
         self.batches_decoded = 0
+        self.blocks_skipped = 0
         self.refused: list[tuple[str | None, str]] = []
         self._refused_group = ""  # an adapted group was refused: later groups cannot be replayed
         self._handlers = {Directory: self.directory, Symlink: self.symlink, Hardlink: self.hardlink,
-                          FileEntry: self.general_file, ImageTable: self.images}
+                          FileEntry: self.general_file, ImageTable: self.images, SolidBlock: self.solid_block}
 
     def run(self, reader: ArchiveReader) -> Summary:
-        chunks = ChunkReader(reader.chunks())
+        chunks = ChunkReader(reader.chunks(), reader.version)
         self.header(chunks.header())
         while (entry := self._next_entry(chunks)) is not None:
             if entry is _SKIPPED or isinstance(entry, Statistics):
@@ -135,9 +144,12 @@ class _Decoder:
         """The next entry, _SKIPPED for one that could not be read but is dealt with, None at the end."""
         try:
             return chunks.next_entry()
-        except OversizedEntry as error:  # an image table larger than any writer writes
+        except OversizedEntry as error:  # an image table or solid block larger than any writer writes
             if self.salvage:
                 self._unreadable(chunks, error)
+            elif chunks.last_kind is SolidBlock:
+                self._refuse(None, str(error))
+                chunks.skip_parts((BlockData,))
             else:
                 self._refuse_group(chunks, [], str(error))
             return _SKIPPED
@@ -156,7 +168,9 @@ class _Decoder:
         """A chunk whose checksum failed (--salvage): its entry is lost, and for what the model
         reads (or a chunk of unknown kind), the rest of its segment."""
         kind = chunk.kind
-        if kind is None or kind.ROLE == "entry":
+        if kind is SolidBlock:
+            self.summary.lost.append(f"(the files of a solid block whose index chunk {chunk.label!r} is damaged)")
+        elif kind is None or kind.ROLE == "entry":
             self.summary.lost.append(f"(an entry whose {chunk.label!r} chunk is damaged)")
         if kind is None or kind.MODEL_STATE:
             self.segment_lost = True
@@ -166,7 +180,8 @@ class _Decoder:
         try:
             handler(entry, chunks)
         except (ArchiveError, UnsafeEntry, OSError) as error:
-            names = [image.name for image in entry.images] if isinstance(entry, ImageTable) else [entry.name]
+            names = ([image.name for image in entry.images] if isinstance(entry, ImageTable)
+                     else [member.name for member in entry.files] if isinstance(entry, SolidBlock) else [entry.name])
             self.segment_lost = self.segment_lost or entry.MODEL_STATE
             self.summary.lost.extend(f"{name!r}: {error}" for name in names)
 
@@ -216,15 +231,51 @@ class _Decoder:
         self._placed(entry.name, self.sink.hardlink, entry.target)
 
     def general_file(self, entry: FileEntry, chunks: ChunkReader) -> None:
-        pieces = chunks.file_pieces(entry, DATA_CHUNK_BYTES)
+        if self.wanted is not None and not self.wanted(entry.name):
+            chunks.skip_file(entry)
+            return
+        self._file(entry.name, chunks.file_pieces(entry, DATA_CHUNK_BYTES), entry.mode, entry.mtime_ns)
+
+    def _file(self, name: str, pieces, mode: int, mtime_ns: int) -> None:
+        """Hand one file's pieces to the sink; a refused file's pieces are still read and checked."""
         try:
-            self.sink.file(entry.name, pieces, entry.mode, entry.mtime_ns)
+            self.sink.file(name, pieces, mode, mtime_ns)
         except UnsafeEntry as error:
-            self._refuse(entry.name, str(error))
-            for _ in pieces:  # its data chunks are still read and checked
+            self._refuse(name, str(error))
+            for _ in pieces:
                 pass
             return
         self.summary.files += 1
+
+    def solid_block(self, block: SolidBlock, chunks: ChunkReader) -> None:
+        """A solid block's files, decoded from its one stream in order: all of them, or none if
+        no file in it is wanted.  Under --salvage, damage loses the file it hits and the
+        block's files after it; the files before it are already restored."""
+        what = f"solid block {self.summary.blocks + self.blocks_skipped} (files {block.files[0].name!r} ...)"
+        if self.wanted is not None and not any(self.wanted(member.name) for member in block.files):
+            chunks.skip_block(block)
+            self.blocks_skipped += 1
+            return
+        self.summary.blocks += 1
+        stream = BlockStream(chunks, block, what)
+        for number, member in enumerate(block.files):
+            try:
+                self._file(member.name, stream.pieces(member, DATA_CHUNK_BYTES), member.mode, member.mtime_ns)
+            except ArchiveError as error:
+                if not self.salvage:
+                    raise
+                self._lose_block_files(block.files[number:], stream, error)
+                return
+        try:
+            stream.finish()
+        except ArchiveError as error:
+            if not self.salvage:
+                raise
+            self.summary.lost.append(f"(after the last file of {what}): {error}")
+
+    def _lose_block_files(self, members: list[BlockMember], stream: BlockStream, error: ArchiveError) -> None:
+        self.summary.lost.extend(f"{member.name!r}: {error}" for member in members)
+        stream.skip_rest()
 
     def _refuse_group(self, chunks: ChunkReader, names: list[str], reason: str) -> None:
         """Refuse every image of a group that cannot be decoded, and skip its chunks.  With
@@ -620,8 +671,11 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
                salvage: bool = False, threads: int = 1, note: Note | None = None, cluster=None) -> Summary:
     """Restore an archive (or the entries matching ``patterns``) into ``destination``.
 
-    Everything is decoded and verified even when only some entries are wanted:
-    each batch depends on the ones before it through the adaptation.  Entries
+    Every chunk is read and verified even when only some entries are wanted, and
+    every image batch decoded (each depends on the ones before it through the
+    adaptation); files and solid blocks holding none of the wanted entries (nor a
+    file a wanted hard link names) are not decoded, if the source can seek (a pipe
+    is read once: everything is decoded then).  Entries
     that may not be restored are skipped; once everything else is in place,
     RefusedEntries names them (damage to the archive itself restores nothing).
 
@@ -639,20 +693,13 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
     staging = Staging(Path(destination))
     try:
         sink = _StagingSink(staging, note)
-        decoder = _Decoder(sink, progress, salvage, threads, cluster)
+        wanted = _wanted_by(source, patterns) if patterns and not salvage else None
+        decoder = _Decoder(sink, progress, salvage, threads, cluster, wanted)
         reader = SalvagingReader(source, KNOWN_TAGS) if salvage else ArchiveReader(_counted(source, progress))
         summary = decoder.run(reader)
         if salvage:
             summary.damage = list(reader.damage)
-        if patterns:
-            for pattern in patterns:
-                if not any(selected(name, [pattern]) for name in staging.names.kinds):
-                    raise UsageError(f"no entry matches {pattern!r}")
-            staging.commit(force, lambda name: selected(name, list(patterns)))
-            kept = [is_image for name, is_image in sink.written if selected(name, list(patterns))]
-            summary.files, summary.images = len(kept), sum(kept)
-        else:
-            staging.commit(force)
+        _commit(staging, sink, summary, patterns, force)
     except Conflict as error:
         staging.abort()
         raise UsageError(str(error)) from None
@@ -668,6 +715,37 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
         raise RefusedEntries(refused, summary)
     return summary
 
+
+def _commit(staging: Staging, sink: _StagingSink, summary: Summary, patterns: list[str] | None, force: bool) -> None:
+    """Move the staged entries (those matching ``patterns``, if any) into place."""
+    if not patterns:
+        staging.commit(force)
+        return
+    for pattern in patterns:
+        if not any(selected(name, [pattern]) for name in staging.names.kinds):
+            raise UsageError(f"no entry matches {pattern!r}")
+    staging.commit(force, lambda name: selected(name, list(patterns)))
+    kept = [is_image for name, is_image in sink.written if selected(name, list(patterns))]
+    summary.files, summary.images = len(kept), sum(kept)
+
+
+def _wanted_by(source: BinaryIO, patterns: list[str]) -> Callable[[str], bool] | None:
+    """What partial extraction must decode: the selected names and the files that selected
+    hard links name (hard links come last, so a first pass over the chunks finds them;
+    nothing is decoded in it).  None (decode everything) for a source that cannot seek."""
+    try:
+        start = source.tell()
+        source.seek(start)
+    except (AttributeError, OSError, ValueError):
+        return None
+    targets = set()
+    for tag, payload in ArchiveReader(source).chunks():
+        if tag == Hardlink.TAG:
+            link = Hardlink.parse(payload)
+            if selected(link.name, patterns):
+                targets.add(link.target)
+    source.seek(start)
+    return lambda name: name in targets or selected(name, patterns)
 
 
 class _OneEntrySink(_CheckingSink):
@@ -730,7 +808,7 @@ def extract_entry(source: BinaryIO, name: str, output: BinaryIO, progress: Progr
         source.seek(start)
         started = time.perf_counter()
         sink = _OneEntrySink(wanted, Path(scratch), note)
-        decoder = _Decoder(sink, progress, threads=threads)
+        decoder = _Decoder(sink, progress, threads=threads, wanted={wanted}.__contains__)
         summary = decoder.run(ArchiveReader(_counted(source, progress)))
         refused = [reason for refused_name, reason in decoder.refused if refused_name in (wanted, None)]
         if refused or sink.captured is None:

@@ -6,7 +6,8 @@ Everything is expressed as edits of an archive that osoa-zip itself wrote
 (rename an entry, change one field, duplicate or swap chunks), so the helpers
 keep working when the layout of the chunks changes: they only assume what
 docs/FORMAT.md promises (entry chunks are JSON, or xz'd JSON for IMGS, with
-`path`; FILE is followed by its DATA chunks; IMGS by ALPH? and BATC chunks).
+`path`; FILE is followed by its DATA chunks; IMGS by ALPH? and BATC chunks;
+BLCK, whose "files" are entries, by BDAT chunks).
 """
 from __future__ import annotations
 
@@ -25,7 +26,8 @@ from osoa_zip.container.format import ArchiveReader, ArchiveWriter
 PREAMBLE_SIZE = 12
 CHUNK_FRAMING = 16  # tag, u64 length, crc32
 ENTRY_TAGS = (b"DIRE", b"LINK", b"HARD", b"FILE")
-FOLLOWERS = (b"DATA", b"ALPH", b"PIDX", b"BATC")  # chunks that belong to the entry before them
+FOLLOWERS = (b"DATA", b"ALPH", b"PIDX", b"BATC", b"BDAT")  # chunks that belong to the entry before them
+TABLE_TAGS = (b"IMGS", b"BLCK")  # entry chunks that hold several entries
 
 
 def frame(chunks) -> bytes:
@@ -47,6 +49,12 @@ def chunk_spans(data: bytes) -> list[tuple[int, int, bytes]]:
         spans.append((offset, end, tag))
         offset = end
     return spans
+
+
+def _members(tag: bytes, value) -> list:
+    """The entries a table chunk holds: an image table is a list of them, a solid block's index
+    (1.5) holds them under "files"."""
+    return value["files"] if tag == b"BLCK" else value
 
 
 def _load(tag: bytes, payload: bytes):
@@ -97,8 +105,8 @@ class Crafted:
         for index, (tag, payload) in enumerate(self.chunks):
             if tag in ENTRY_TAGS and _load(tag, payload).get("path") == name:
                 return index, None
-            if tag == b"IMGS":
-                for position, entry in enumerate(_load(tag, payload)):
+            if tag in TABLE_TAGS:
+                for position, entry in enumerate(_members(tag, _load(tag, payload))):
                     if entry.get("path") == name:
                         return index, position
         raise KeyError(name)
@@ -107,7 +115,7 @@ class Crafted:
         """Change (or with value None, remove) fields of the entry called `name`."""
         index, position = self.find(name)
         value = self.value(index)
-        entry = value if position is None else value[position]
+        entry = value if position is None else _members(self.chunks[index][0], value)[position]
         for key, new in fields.items():
             if new is None:
                 entry.pop(key, None)
@@ -124,9 +132,11 @@ class Crafted:
 
     def duplicate(self, name: str, new_name: str | None = None, at: int | None = None) -> "Crafted":
         """Copy a FILE/DIRE/LINK/HARD entry (with its data chunks), optionally renamed, before `at`
-        (default: right after the original)."""
+        (default: right after the original).  A file in a solid block copies the whole block
+        (every name in it then appears twice); it cannot be renamed."""
         index, position = self.find(name)
-        assert position is None, "duplicate() takes a non-image entry"
+        assert position is None or (self.chunks[index][0] == b"BLCK" and new_name is None), \
+            "duplicate() takes a non-image entry"
         start, end = self.entry_span(index)
         copied = list(self.chunks[start:end])
         if new_name is not None:
@@ -148,8 +158,8 @@ class Crafted:
         for tag, payload in self.chunks:
             if tag in ENTRY_TAGS:
                 found.append(_load(tag, payload).get("path"))
-            elif tag == b"IMGS":
-                found += [entry.get("path") for entry in _load(tag, payload)]
+            elif tag in TABLE_TAGS:
+                found += [entry.get("path") for entry in _members(tag, _load(tag, payload))]
         return found
 
 

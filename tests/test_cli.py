@@ -108,7 +108,7 @@ def small_archive(tmp_path_factory) -> bytes:
     (source / "a.txt").write_text("hello\n" * 30)
     (source / "b.bin").write_bytes(bytes(range(200)))
     output = io.BytesIO()
-    compress([source], output, model=MODEL, adaptation=API_CONFIG)
+    compress([source], output, model=MODEL, adaptation=API_CONFIG, block_size=0)  # FILE entries, which tests edit
     return output.getvalue()
 
 
@@ -618,7 +618,7 @@ def test_large_general_files_are_split_into_data_chunks(monkeypatch, tmp_path):
     (source / "random.bin").write_bytes(os.urandom(5000))  # incompressible: stored
     (source / "text.txt").write_bytes(os.urandom(3000).hex().encode())  # hex compresses to ~half: xz
     output = io.BytesIO()
-    compress([source], output, model=MODEL, adaptation=API_CONFIG)
+    compress([source], output, model=MODEL, adaptation=API_CONFIG, block_size=0)
     tags = [tag for tag, _ in _chunks(output.getvalue())]
     assert tags.count(b"DATA") >= 5 + 3
     decompress(io.BytesIO(output.getvalue()), tmp_path / "restored")

@@ -63,7 +63,7 @@ def test_sigkill_during_compress_leaves_no_archive(source, tmp_path):
     archive = work / "a.osoa"
     process = start_paused(["compress", *CODING, source, archive], "compress-batch")
     parts = [p for p in work.iterdir() if ARCHIVE_PART.match(p.name)]
-    assert len(parts) == 1 and parts[0].stat().st_size > 0  # the work was under way
+    assert len(parts) == 1  # the work was under way (its first chunks may still be in the writer's buffer)
     _killed(process)
     assert not archive.exists()
     assert [p.name for p in work.iterdir()] == [parts[0].name]  # recognisably temporary

@@ -45,7 +45,7 @@ def original(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def archive(original) -> bytes:
-    """A ~2 KB archive with every entry kind and two adapted image batches."""
+    """A ~2 KB archive with every entry kind (its files in a solid block) and two adapted image batches."""
     output = io.BytesIO()
     compress([original], output, model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4,
                                                                                     batch_pixels=0))
@@ -176,16 +176,21 @@ JSON_VALUES = st.recursive(st.none() | st.booleans() | st.integers(-2 ** 70, 2 *
 @settings(HYPOTHESIS, max_examples=120)
 @given(which=st.integers(0, 100), key=st.sampled_from(
     ["path", "mode", "mtime_ns", "size", "chunks", "target", "height", "width", "image_mode", "format",
-     "png_before", "png_after", "sha256", "path_b64", "engine", "adaptation", "model", "batches"]),
+     "png_before", "png_after", "sha256", "path_b64", "engine", "adaptation", "model", "batches", "offset", "codec",
+     "files"]),
     value=JSON_VALUES)
 def test_entry_fields_replaced(archive, which, key, value, cases):
     """Any JSON value in any field of any entry (or the header): a verdict, never a crash."""
     crafted = Crafted.parse(archive)
     indexes = [i for i, tag in enumerate(crafted.tags) if tag in (b"HEAD", b"FILE", b"DIRE", b"LINK", b"HARD",
-                                                                    b"IMGS", b"STAT")]
+                                                                    b"IMGS", b"BLCK", b"STAT")]
     index = indexes[which % len(indexes)]
     entry = crafted.value(index)
-    target = entry[which % len(entry)] if isinstance(entry, list) else entry
+    if crafted.tags[index] == b"BLCK" and which % 2:  # a field of one of the block's files
+        entry_list = entry["files"]
+        target = entry_list[which % len(entry_list)]
+    else:
+        target = entry[which % len(entry)] if isinstance(entry, list) else entry
     target[key] = value
     crafted.set_value(index, entry)
     cases.check(crafted.build(), original=False)
@@ -205,7 +210,8 @@ def test_chunk_payload_replaced(archive, which, payload, cases):
 @given(which=st.integers(0, 100), value=JSON_VALUES)
 def test_entry_replaced_by_any_json(archive, which, value, cases):
     crafted = Crafted.parse(archive)
-    indexes = [i for i, tag in enumerate(crafted.tags) if tag in (b"FILE", b"DIRE", b"LINK", b"HARD", b"IMGS")]
+    indexes = [i for i, tag in enumerate(crafted.tags) if tag in (b"FILE", b"DIRE", b"LINK", b"HARD", b"IMGS",
+                                                                    b"BLCK")]
     crafted.set_value(indexes[which % len(indexes)], value)
     cases.check(crafted.build(), original=False)
 
@@ -227,7 +233,7 @@ def test_cli_verdicts(archive, tmp_path, damage):
         crafted.chunks[first], crafted.chunks[first + 1] = crafted.chunks[first + 1], crafted.chunks[first]
         data = crafted.build()
     else:
-        data = crafted.duplicate("docs/a.txt").build()
+        data = crafted.duplicate("docs/link-to-a").build()  # one entry (a.txt is in a solid block with others)
     path = tmp_path / "damaged.osoa"
     path.write_bytes(data)
     for command in (["decompress", str(path), str(tmp_path / "out")], ["test", str(path)]):
@@ -239,7 +245,7 @@ def test_cli_verdicts(archive, tmp_path, damage):
         assert lines and all(line.startswith("osoa-zip: error: ") for line in lines), result.stderr
         assert "Traceback" not in result.stderr
         if damage == "duplicate-entry":
-            assert len(lines) == 1 and "'docs/a.txt'" in lines[0]
+            assert len(lines) == 1 and "'docs/link-to-a'" in lines[0]
         TALLY.add("cli")
     if damage == "duplicate-entry":
         assert (tmp_path / "out" / "img0.png").exists()

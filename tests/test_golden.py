@@ -23,6 +23,7 @@ import format_1_1  # noqa: E402
 import format_1_2  # noqa: E402
 import format_1_3  # noqa: E402
 import format_1_4  # noqa: E402
+import format_1_5  # noqa: E402
 
 # Every golden archive, with the format version its preamble must say.
 ARCHIVES = {**dict.fromkeys(format_1_0.ARCHIVES, b"\x01\x00\x00\x00"),
@@ -95,3 +96,28 @@ def test_format_1_4_golden_archives_hold_what_1_4_added():
         assert header["model"]["family"] == "vae"
         assert sum(bool(b.flags & FLAG_CHAIN_HEAD) for b in batches) == heads
         assert sum(bool(b.flags & FLAG_CHAINED) for b in batches) == chained
+
+
+@pytest.mark.parametrize("name", sorted(format_1_5.ARCHIVES))
+def test_format_1_5_golden_archives_decode_exactly(name, tmp_path):
+    """1.5's folder (1.0's plus files for solid blocks) comes back exactly, through every block."""
+    data = (GOLDEN / name).read_bytes()
+    assert data[8:12] == b"\x01\x00\x05\x00"
+    source = format_1_5.build_source(tmp_path / "source")
+    summary = decompress(io.BytesIO(data), tmp_path / "restored")
+    assert_same_tree(source, tmp_path / "restored")
+    assert summary.blocks == 6 and summary.images == 7
+    assert os.stat(tmp_path / "restored" / "code" / "part_1.py").st_mode & 0o777 == 0o755
+    assert os.stat(tmp_path / "restored" / "texts" / "empty.txt").st_mtime_ns == format_1_0.MTIME_NS
+    assert test_archive(io.BytesIO(data)).blocks == 6
+
+
+def test_format_1_5_golden_archives_hold_what_1_5_added():
+    """Solid blocks, one of them stored; files in streams of their own (larger than a block, incompressible)."""
+    from osoa_zip.table import read_overview
+    overview = read_overview(io.BytesIO((GOLDEN / "format-1.5-solid-idf-tiny-test.osoa").read_bytes()))
+    methods = {entry.name: entry.method for entry in overview.entries if entry.kind == "file"}
+    assert overview.version == (1, 5) and overview.totals()["solid_blocks"] == 6
+    assert methods["texts/long.log"] == "xz" and methods["code/blob.bin"] == "store"
+    assert methods["texts/salt.bin"] == "store" and methods["texts/chapter_0.txt"] == "solid"
+    assert methods["texts/empty.txt"] == "solid"

@@ -24,7 +24,10 @@ from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.archive import RefusedEntries, UsageError, compress, decompress, test_archive
 from osoa_zip.verify import tree_differences
 
-SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0))
+# block_size 0: every file in a FILE entry of its own, which these tests edit (format 1.5 still writes them;
+# names inside solid blocks are checked by tests/test_solid.py::test_unsafe_names_in_a_block_are_refused_alone).
+SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0),
+                block_size=0)
 MEMORY_LIMIT = 3 << 29  # 1.5 GiB of address space: the CLI needs ~250 MB of RSS on these archives
 
 

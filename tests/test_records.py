@@ -55,7 +55,8 @@ def test_every_golden_chunk_reads_and_writes_back_the_same(path):
 def test_the_registry_knows_every_kind_by_its_tag():
     assert KNOWN_TAGS == frozenset(CHUNK_KINDS)
     assert {tag.decode() for tag in KNOWN_TAGS} == {"HEAD", "DIRE", "LINK", "HARD", "FILE", "DATA", "IMGS", "ALPH",
-                                                     "PIDX", "BATC", "STAT"}
+                                                     "PIDX", "BATC", "STAT", "BLCK", "BDAT"}
+    assert {kind.TAG for kind in CHUNK_KINDS.values() if kind.SINCE == (1, 5)} == {b"BLCK", b"BDAT"}
     for tag, kind in CHUNK_KINDS.items():
         assert kind.TAG == tag and kind.ROLE in ("header", "entry", "part", "statistics")
     assert {kind.TAG for kind in CHUNK_KINDS.values() if kind.MODEL_STATE} == {b"IMGS", b"BATC"}

@@ -28,6 +28,9 @@ MAX_TABLE_BYTES = 1 << 28       # an image table larger than this, decompressed,
 XZ_MEMORY_LIMIT = 1 << 28       # a decoder needs ~65 MiB for the 64 MiB dictionary of preset 9
 CODEC_STORE, CODEC_XZ = 0, 1    # a DATA chunk's first byte
 CODEC_NAMES = {CODEC_STORE: "store", CODEC_XZ: "xz"}
+DEFAULT_BLOCK_BYTES = 64 << 20  # a solid block holds about this many bytes of files (compress --block-size)
+MAX_BLOCK_BYTES = 1 << 32       # the largest block a writer writes; a block index declaring more is refused
+MAX_BLOCK_FILES = 1 << 16       # ... or more files than this (about 16 values each: within MAX_JSON_VALUES)
 
 
 class MalformedChunk(ArchiveError):
@@ -75,6 +78,7 @@ class Chunk:
     TAG: ClassVar[bytes]
     ROLE: ClassVar[str]
     MODEL_STATE: ClassVar[bool] = False
+    SINCE: ClassVar[tuple[int, int]] = (1, 0)  # the first format version that has this kind
 
     def payload(self) -> bytes:
         raise NotImplementedError
@@ -102,6 +106,13 @@ def parse_chunk(tag: bytes, payload: bytes) -> Chunk:
 
 def kind_of(tag: bytes) -> type[Chunk] | None:
     return CHUNK_KINDS.get(tag)
+
+
+def check_version(kind: type[Chunk], version: tuple[int, int]) -> None:
+    """A chunk kind newer than the archive's format version is damage or forgery."""
+    if kind.SINCE > version:
+        raise ArchiveError(f"{kind.label()} chunks are new in format {'%d.%d' % kind.SINCE}, but the archive "
+                           f"says it is format {'%d.%d' % version}")
 
 
 # -- checked JSON fields --------------------------------------------------------
@@ -132,6 +143,9 @@ class _Fields:
 
     def mapping(self, key: str) -> dict:
         return self._get(key, (dict,))
+
+    def items(self, key: str) -> list:
+        return self._get(key, (list,))
 
     def binary(self, key: str) -> bytes:
         """An optional base64 field (absent: empty)."""
@@ -292,9 +306,9 @@ class Data(Chunk):
     body: bytes
 
     @classmethod
-    def packed(cls, piece: bytes) -> Data:
-        """xz if that is smaller, else stored."""
-        packed = xz_compress(piece)
+    def packed(cls, piece: bytes, try_xz: bool = True) -> Data:
+        """xz if that is smaller (tried only if ``try_xz``), else stored."""
+        packed = xz_compress(piece) if try_xz else piece
         return cls(CODEC_XZ, packed) if len(packed) < len(piece) else cls(CODEC_STORE, piece)
 
     def payload(self) -> bytes:
@@ -479,6 +493,101 @@ class Statistics(_JsonChunk):
                 isinstance(row, list) and len(row) == 3 and all(type(item) is int for item in row) for row in rows):
             raise MalformedChunk("the statistics chunk is malformed")
         return cls([BatchRecord(*row) for row in rows])
+
+
+@dataclass
+class BlockMember:
+    """One file of a solid block: where it goes, and which bytes of the block's stream are its."""
+
+    name: str
+    mode: int
+    mtime_ns: int
+    offset: int
+    size: int
+
+    def to_json(self) -> dict:
+        return {**name_fields(self.name), "mode": self.mode, "mtime_ns": self.mtime_ns, "offset": self.offset,
+                "size": self.size}
+
+    @classmethod
+    def from_json(cls, value: Any) -> BlockMember:
+        fields = _Fields(value, "a solid block's file")
+        return cls(fields.name(), fields.integer("mode"), fields.integer("mtime_ns"), fields.integer("offset"),
+                   fields.integer("size"))
+
+
+@chunk_kind
+@dataclass
+class SolidBlock(_JsonChunk):
+    """BLCK (1.5): the index of a solid block, followed by its ``chunks`` BDAT chunks.
+
+    The files' bytes, one after the other in index order, make ``size`` bytes that
+    one stream codes (``codec``: xz, or stored when xz would not shrink them), so
+    that similar files share one dictionary, as 7z's solid archives do.  The index
+    is checked before anything is decoded: each file starts where the one before it
+    ends (no gaps, no overlaps), and the block at most MAX_BLOCK_BYTES."""
+
+    TAG: ClassVar[bytes] = b"BLCK"
+    ROLE: ClassVar[str] = "entry"
+    SINCE: ClassVar[tuple[int, int]] = (1, 5)
+    codec: int
+    size: int
+    chunks: int
+    files: list[BlockMember] = field(default_factory=list)
+
+    def to_json(self) -> dict:
+        return {"codec": CODEC_NAMES[self.codec], "size": self.size, "chunks": self.chunks,
+                "files": [member.to_json() for member in self.files]}
+
+    @classmethod
+    def parse(cls, payload: bytes) -> SolidBlock:
+        fields = cls._fields(payload)
+        codec = {name: code for code, name in CODEC_NAMES.items()}.get(fields.text("codec"))
+        if codec is None:
+            raise MalformedChunk(f"a solid block's codec {fields.value['codec']!r} is unknown")
+        size, chunks = fields.integer("size"), fields.integer("chunks")
+        if size > MAX_BLOCK_BYTES:
+            raise OversizedEntry(f"a solid block declares {size} bytes, more than any writer writes "
+                                 f"({MAX_BLOCK_BYTES})")
+        files = fields.items("files")
+        if not 0 < len(files) <= MAX_BLOCK_FILES:
+            raise MalformedChunk(f"a solid block declares {len(files)} files (1 to {MAX_BLOCK_FILES})")
+        block = cls(codec, size, chunks, [BlockMember.from_json(value) for value in files])
+        block._check_layout()
+        return block
+
+    def _check_layout(self) -> None:
+        if self.size < 0 or self.chunks < 0 or (self.size and not self.chunks):
+            raise MalformedChunk("a solid block declares a negative size or no data chunks")
+        end = 0
+        for member in self.files:
+            if member.size < 0 or member.offset != end:
+                raise MalformedChunk(f"solid block: file {member.name!r} at {member.offset} (+{member.size}) "
+                                     f"overlaps another or leaves a gap (expected offset {end})")
+            end += member.size
+            if end > self.size:
+                raise MalformedChunk(f"solid block: file {member.name!r} ends at {end}, beyond the block's "
+                                     f"{self.size} bytes")
+        if end != self.size:
+            raise MalformedChunk(f"a solid block's files hold {end} bytes, not the {self.size} it declares")
+
+
+@chunk_kind
+@dataclass
+class BlockData(Chunk):
+    """BDAT (1.5): the next piece (at most DATA_CHUNK_BYTES) of the solid block before it: its coded stream."""
+
+    TAG: ClassVar[bytes] = b"BDAT"
+    ROLE: ClassVar[str] = "part"
+    SINCE: ClassVar[tuple[int, int]] = (1, 5)
+    data: bytes
+
+    def payload(self) -> bytes:
+        return self.data
+
+    @classmethod
+    def parse(cls, payload: bytes) -> BlockData:
+        return cls(payload)
 
 
 KNOWN_TAGS = frozenset(CHUNK_KINDS)
