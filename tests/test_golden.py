@@ -18,6 +18,7 @@ from osoa_zip import decompress, test_archive
 
 GOLDEN = Path(__file__).parent / "golden"
 sys.path.insert(0, str(GOLDEN))
+import engine_2  # noqa: E402
 import format_1_0  # noqa: E402
 import format_1_1  # noqa: E402
 import format_1_2  # noqa: E402
@@ -30,7 +31,8 @@ ARCHIVES = {**dict.fromkeys(format_1_0.ARCHIVES, b"\x01\x00\x00\x00"),
             **dict.fromkeys(format_1_1.ARCHIVES, b"\x01\x00\x01\x00"),
             **dict.fromkeys(format_1_2.ARCHIVES, b"\x01\x00\x02\x00"),
             **dict.fromkeys(format_1_3.ARCHIVES, b"\x01\x00\x03\x00"),
-            **dict.fromkeys(format_1_4.ARCHIVES, b"\x01\x00\x04\x00")}
+            **dict.fromkeys(format_1_4.ARCHIVES, b"\x01\x00\x04\x00"),
+            **dict.fromkeys(engine_2.ARCHIVES, b"\x01\x00\x04\x00")}
 
 
 @pytest.fixture(scope="module")
@@ -96,6 +98,30 @@ def test_format_1_4_golden_archives_hold_what_1_4_added():
         assert header["model"]["family"] == "vae"
         assert sum(bool(b.flags & FLAG_CHAIN_HEAD) for b in batches) == heads
         assert sum(bool(b.flags & FLAG_CHAINED) for b in batches) == chained
+
+
+
+@pytest.mark.parametrize("name", sorted(engine_2.ARCHIVES))
+def test_engine_2_golden_archives_name_engine_2(name):
+    """HEAD's engine record is exact-integer version 2 with every bound, and the model named
+    runs on engine 2 (its manifest entry says so)."""
+    from osoa_zip.exact.grid import ENGINE2
+    from osoa_zip.models.catalog import available_models
+    from osoa_zip.table import read_archive
+    header = read_archive(io.BytesIO((GOLDEN / name).read_bytes()))[0]
+    model, _ = engine_2.ARCHIVES[name]
+    assert header["engine"] == ENGINE2 and header["model"]["name"] == model
+    assert available_models()[model]["engine"] == 2
+
+
+def test_engine_2_tiny_golden_archive_replays_both_networks():
+    """The tiny model's archive replays adapted batches of both channel counts: whole 8 x 8 tiles
+    two to a batch are 2 * 64 sub-pixels only when grey, 2 * 3 * 64 only when RGB."""
+    from osoa_zip.adapt.flags import FLAG_PRETRAINED
+    from osoa_zip.table import read_archive
+    batches = read_archive(io.BytesIO((GOLDEN / "format-1.4-engine-2-idf-tiny-test-e2.osoa").read_bytes()))[2]
+    adapted = [batch.subpixels for batch in batches if not batch.flags & FLAG_PRETRAINED]
+    assert len(batches) >= 30 and adapted.count(2 * 3 * 64) >= 10 and adapted.count(2 * 64) >= 4
 
 
 @pytest.mark.parametrize("name", sorted(format_1_5.ARCHIVES))

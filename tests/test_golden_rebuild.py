@@ -5,7 +5,9 @@ encoder still *writes* the same archive, so that a refactor of the engine, a
 model family or the coders cannot change the bytes unnoticed.  The folder is
 format 1.0's golden source.  The tiny VAEs' archives are compared with their
 format-1.4 golden archives (written by release 1.6's encoder) chunk by chunk, but
-for the files off the model path (format 1.5 put them in solid blocks);
+for the files off the model path (format 1.5 put them in solid blocks), and so
+is the engine-2 archive (a faster kernel or a fused integer pass must not
+change one integer);
 the flows', which have no golden archive of the current format, with pinned
 digests.  Only the header's ``creator`` (the writer's version) is left out of
 the comparison.  A deliberate change of the bytes (a new format version or
@@ -27,6 +29,7 @@ from osoa_zip.container.records import BlockData, Data, FileEntry, SolidBlock
 
 GOLDEN = Path(__file__).parent / "golden"
 sys.path.insert(0, str(GOLDEN))
+import engine_2  # noqa: E402
 import format_1_0  # noqa: E402
 import format_1_4  # noqa: E402
 
@@ -39,7 +42,10 @@ PINNED = {
     "vae-hier-tiny-test": (format_1_4.ARCHIVES["format-1.4-vae-hier-tiny-test.osoa"][1],
                            "8aa46d8a406553a36b589e64ffcd103e1830776e3477fc1b9f90423321697911"),
 }
-REBUILT = ["format-1.4-vae-tiny-test.osoa", "format-1.4-vae-hier-tiny-test.osoa"]
+# name -> (model, settings) of the golden archives written again: the tiny models' (fast).
+REBUILT = {name: {**format_1_4.ARCHIVES, **engine_2.ARCHIVES}[name]
+           for name in ("format-1.4-vae-tiny-test.osoa", "format-1.4-vae-hier-tiny-test.osoa",
+                        "format-1.4-engine-2-idf-tiny-test-e2.osoa")}
 
 
 @pytest.fixture(scope="module")
@@ -78,9 +84,9 @@ def _compress(source: Path, model: str, settings: dict) -> bytes:
 GENERAL_FILES = frozenset({FileEntry.TAG, Data.TAG, SolidBlock.TAG, BlockData.TAG})
 
 
-@pytest.mark.parametrize("name", REBUILT)
-def test_the_encoder_rebuilds_the_golden_vae_archives(name, source):
-    model, settings = format_1_4.ARCHIVES[name]
+@pytest.mark.parametrize("name", sorted(REBUILT))
+def test_the_encoder_rebuilds_the_golden_archives(name, source):
+    model, settings = REBUILT[name]
     rebuilt = _compress(source, model, settings)
     assert _chunks(rebuilt, GENERAL_FILES) == _chunks((GOLDEN / name).read_bytes(), GENERAL_FILES)
 

@@ -5,12 +5,16 @@ threading, SIMD level, oneDNN ISA and MKL reproducibility mode all differ.
 Any last-bit difference in a forward pass, gradient or Adam update would
 change the probability tables of later batches and break the round trip.
 The full matrix is `slow`; the default run takes a subset that still varies
-every dimension.
+every dimension.  An engine-2 archive (exact integer convolutions, docs/ENGINE2.md)
+adds two dimensions: oneDNN's AVX512_CORE (no VNNI: int8 pair sums saturate
+there unless the engine's bounds hold) and the kernel, forced with
+OSOA_ZIP_KERNEL; its archive must also be *written* the same under each.
 """
 from __future__ import annotations
 
 import hashlib
 import itertools
+import json
 import os
 import shutil
 import subprocess
@@ -24,9 +28,7 @@ from PIL import Image
 from osoa_zip.adapt.engine import AdaptationConfig
 from osoa_zip.archive import compress
 
-SETTINGS = dict(model="idf-tiny-test",
-                adaptation=AdaptationConfig(tile_size=16, batch_size=4,
-                                            batch_pixels=0, learning_rate=2e-3, steps_per_batch=1))
+ADAPTATION = {"tile_size": 16, "batch_size": 4, "batch_pixels": 0, "learning_rate": 2e-3, "steps_per_batch": 1}
 
 THREADS = ["1", "2"]
 CAPABILITIES = ["default", "avx2", "avx512"]
@@ -35,6 +37,18 @@ MKL_MODES = ["COMPATIBLE", "AUTO"]
 FULL_MATRIX = list(itertools.product(THREADS, CAPABILITIES, ONEDNN_ISAS, MKL_MODES))
 SUBSET = [("1", "default", "SSE41", "COMPATIBLE"), ("2", "avx2", "AVX2", "AUTO"),
           ("2", "avx512", None, "COMPATIBLE"), ("2", "default", None, "AUTO")]
+
+# Engine 2: every oneDNN ISA of issue #15 and a fifth dimension, the kernel ("chosen": the one
+# the process chooses, OSOA_ZIP_KERNEL unset).  The full matrix under the chosen kernel, then
+# each forced kernel under every ISA and capability (threads and MKL mode taking turns).
+KERNELS = ["int8", "float32", "float64"]
+ENGINE2_ISAS = ["SSE41", "AVX2", "AVX512_CORE", None]
+ENGINE2_MATRIX = ([c + ("chosen",) for c in itertools.product(THREADS, CAPABILITIES, ENGINE2_ISAS, MKL_MODES)]
+                  + [(THREADS[i % 2], capability, isa, MKL_MODES[i // 2 % 2], kernel) for i, (kernel, capability, isa)
+                     in enumerate(itertools.product(KERNELS, CAPABILITIES, ENGINE2_ISAS))])
+# The CI subset: every kernel, every ISA (int8 under SSE41 and AVX2 is where saturation would show).
+ENGINE2_SUBSET = [("1", "default", "SSE41", "COMPATIBLE", "int8"), ("2", "avx2", "AVX2", "AUTO", "float32"),
+                  ("2", "avx512", "AVX512_CORE", "COMPATIBLE", "float64"), ("1", "default", None, "AUTO", "chosen")]
 
 
 def _cpu_flags() -> set[str]:
@@ -49,12 +63,14 @@ def _cpu_flags() -> set[str]:
 REQUIRED_FLAG = {"default": None, "avx2": "avx2", "avx512": "avx512f"}
 
 
-def _environment(threads, capability, onednn_isa, mkl_mode) -> dict:
+def _environment(threads, capability, onednn_isa, mkl_mode, kernel=None) -> dict:
     env = {k: v for k, v in os.environ.items()
-           if k not in ("OMP_NUM_THREADS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR")}
+           if k not in ("OMP_NUM_THREADS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "MKL_CBWR", "OSOA_ZIP_KERNEL")}
     env.update(OMP_NUM_THREADS=threads, ATEN_CPU_CAPABILITY=capability, MKL_CBWR=mkl_mode)
     if onednn_isa:
         env["ONEDNN_MAX_CPU_ISA"] = onednn_isa
+    if kernel and kernel != "chosen":
+        env["OSOA_ZIP_KERNEL"] = kernel
     return env
 
 
@@ -77,21 +93,30 @@ def source(tmp_path_factory) -> Path:
 
 # v5: one logistic per factor (table-built coder rows; the default of releases 1.3-1.4);
 # v6: logistic mixtures (numpy-built coder rows; the default since release 1.5)
-MODELS = {"tiny": "idf-tiny-test", "single": "idf-sublattice-v5", "mixture": "idf-sublattice-v6"}
+# engine2: the tiny flow on engine 2 (exact integer convolutions)
+MODELS = {"tiny": "idf-tiny-test", "single": "idf-sublattice-v5", "mixture": "idf-sublattice-v6",
+          "engine2": "idf-tiny-test-e2"}
+# Engine 2's archive also adapts every layer of the grey network over several batches
+# (grey tiles four to a batch: 7 grey batches besides 24 RGB ones).
+MODEL_ADAPTATION = {"engine2": {"gray_batch_pixels": 0, "gray_parameters": ""}}
+
+
+def _adaptation(model: str) -> dict:
+    return dict(ADAPTATION, **MODEL_ADAPTATION.get(model, {}))
 
 
 def _compress_examples(source: Path, model: str) -> Path:
     path = source.parent / f"examples-{model}.osoa"
     if not path.exists():
         with open(path, "wb") as output:
-            summary = compress([source], output, **dict(SETTINGS, model=model))
+            summary = compress([source], output, model=MODELS[model], adaptation=AdaptationConfig(**_adaptation(model)))
         assert len(summary.batches) >= 20, "the test must adapt over at least 20 batches"
     return path
 
 
 @pytest.fixture(scope="module")
 def archive(source) -> Path:
-    return _compress_examples(source, MODELS["tiny"])
+    return _compress_examples(source, "tiny")
 
 
 def _decode_under(archive: Path, tmp_path: Path, combination) -> Path:
@@ -102,10 +127,14 @@ def _decode_under(archive: Path, tmp_path: Path, combination) -> Path:
     return destination
 
 
-def _check(archive: Path, source: Path, tmp_path: Path, combination) -> None:
+def _skip_without_capability(combination) -> None:
     flag = REQUIRED_FLAG[combination[1]]
     if flag and flag not in _cpu_flags():
         pytest.skip(f"this CPU has no {flag}")
+
+
+def _check(archive: Path, source: Path, tmp_path: Path, combination) -> None:
+    _skip_without_capability(combination)
     destination = _decode_under(archive, tmp_path, combination)
     assert _tree_digest(destination) == _tree_digest(source), f"decode differs under {combination}"
     shutil.rmtree(destination)
@@ -120,13 +149,25 @@ def _ids(value) -> str:
                          [("tiny", c) for c in SUBSET] + [(m, c) for m in ("single", "mixture") for c in SUBSET[:2]],
                          ids=_ids)
 def test_decode_exact_in_other_environments(source, tmp_path, model, combination):
-    _check(_compress_examples(source, MODELS[model]), source, tmp_path, combination)
+    _check(_compress_examples(source, model), source, tmp_path, combination)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("model, combination", [(m, c) for m in MODELS for c in FULL_MATRIX], ids=_ids)
+@pytest.mark.parametrize("model, combination", [(m, c) for m in MODELS if m != "engine2" for c in FULL_MATRIX],
+                         ids=_ids)
 def test_decode_exact_full_matrix(source, tmp_path, model, combination):
-    _check(_compress_examples(source, MODELS[model]), source, tmp_path, combination)
+    _check(_compress_examples(source, model), source, tmp_path, combination)
+
+
+@pytest.mark.parametrize("combination", ENGINE2_SUBSET, ids=_ids)
+def test_engine2_decode_exact_in_other_environments(source, tmp_path, combination):
+    _check(_compress_examples(source, "engine2"), source, tmp_path, combination)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combination", ENGINE2_MATRIX, ids=_ids)
+def test_engine2_decode_exact_full_matrix(source, tmp_path, combination):
+    _check(_compress_examples(source, "engine2"), source, tmp_path, combination)
 
 
 def test_mixture_decode_exact_without_numpy_simd(source, tmp_path):
@@ -136,7 +177,7 @@ def test_mixture_decode_exact_without_numpy_simd(source, tmp_path):
     enabled = [name for name in umath.__cpu_dispatch__ if umath.__cpu_features__.get(name)]
     if not enabled:
         pytest.skip("numpy dispatches no SIMD level beyond its baseline on this CPU")
-    archive = _compress_examples(source, MODELS["mixture"])
+    archive = _compress_examples(source, "mixture")
     destination = tmp_path / "out"
     env = {**os.environ, "NPY_DISABLE_CPU_FEATURES": " ".join(enabled)}
     result = subprocess.run([sys.executable, "-m", "osoa_zip", "decompress", "-q", str(archive), str(destination)],
@@ -145,15 +186,41 @@ def test_mixture_decode_exact_without_numpy_simd(source, tmp_path):
     assert _tree_digest(destination) == _tree_digest(source)
 
 
-def test_encode_identical_in_other_environment(archive, source, tmp_path):
-    """Same input -> same archive bytes, whatever the machine's SIMD level."""
-    other = tmp_path / "again.osoa"
-    code = ("import sys; from pathlib import Path; from osoa_zip.archive import compress; "
+def _encode_under(source: Path, model: str, other: Path, combination) -> bytes:
+    code = ("import json, sys; from pathlib import Path; from osoa_zip.archive import compress; "
             "from osoa_zip.adapt.engine import AdaptationConfig; "
-            f"compress([Path({str(source)!r})], open({str(other)!r}, 'wb'), model='idf-tiny-test', "
-            "adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=2e-3, "
-            "steps_per_batch=1))")
-    result = subprocess.run([sys.executable, "-c", code], env=_environment("2", "default", "SSE41", "COMPATIBLE"),
+            f"compress([Path({str(source)!r})], open({str(other)!r}, 'wb'), model={MODELS[model]!r}, "
+            f"adaptation=AdaptationConfig(**json.loads({json.dumps(_adaptation(model))!r})))")
+    result = subprocess.run([sys.executable, "-c", code], env=_environment(*combination),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr
-    assert other.read_bytes() == archive.read_bytes()
+    return other.read_bytes()
+
+
+def test_encode_identical_in_other_environment(archive, source, tmp_path):
+    """Same input -> same archive bytes, whatever the machine's SIMD level."""
+    combination = ("2", "default", "SSE41", "COMPATIBLE")
+    assert _encode_under(source, "tiny", tmp_path / "again.osoa", combination) == archive.read_bytes()
+
+
+# Engine 2 in CI: the int8 kernel where oneDNN has no VNNI (its pair sums saturate at int16 unless
+# the engine's 7-bit bound holds), and float32 at the lowest ISA.
+ENGINE2_ENCODE_SUBSET = [("2", "default", "SSE41", "COMPATIBLE", "int8"), ("1", "avx2", "AVX2", "AUTO", "float32")]
+ENGINE2_ENCODE_MATRIX = [(THREADS[i % 2], "default", isa, MKL_MODES[i // 2 % 2], kernel)
+                         for i, (kernel, isa) in enumerate(itertools.product(KERNELS, ENGINE2_ISAS))]
+
+
+@pytest.mark.parametrize("combination", ENGINE2_ENCODE_SUBSET, ids=_ids)
+def test_engine2_encode_identical_in_other_environment(source, tmp_path, combination):
+    _skip_without_capability(combination)
+    expected = _compress_examples(source, "engine2").read_bytes()
+    assert _encode_under(source, "engine2", tmp_path / "again.osoa", combination) == expected
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("combination", ENGINE2_ENCODE_MATRIX, ids=_ids)
+def test_engine2_encode_identical_full_matrix(source, tmp_path, combination):
+    """`compress` under every forced kernel and oneDNN ISA writes the default run's bytes."""
+    _skip_without_capability(combination)
+    expected = _compress_examples(source, "engine2").read_bytes()
+    assert _encode_under(source, "engine2", tmp_path / "again.osoa", combination) == expected

@@ -26,7 +26,7 @@ import math
 
 import torch
 
-from .fixed import quantize_activation, quantize_gradient
+from .fixed import MIN_GRAD_EXPONENT, quantize_activation, quantize_gradient
 from .grid import (
     ACT_FRAC_BITS,
     ACT_LIMIT,
@@ -48,16 +48,19 @@ def gradient_to_fixed(grad: torch.Tensor) -> Fixed:
     """A float gradient as integers on one exponent: GRAD_BITS below its exact peak, rounded half up.
 
     On engine 1's float64 path the gradient is already on that grid (fixed.quantize_gradient),
-    so the rounding changes nothing there; in float32 training it rounds.
+    so the rounding changes nothing there (unless engine 1 rounded the peak up to a power of
+    two: then the scale is one bit coarser); in float32 training it rounds.  A gradient whose
+    exponent would fall below MIN_GRAD_EXPONENT is zero, as engine 1 makes it (its scale
+    2**-exponent would overflow float64).
     """
     if grad.numel():
         low, high = (float(v) for v in torch.aminmax(grad))
         peak = max(-low, high)  # |grad|'s maximum, NaN if any is (then not > 0, as abs().max())
     else:
         peak = 0.0
-    if not peak > 0:
+    exponent = math.frexp(peak)[1] - GRAD_BITS if peak > 0 else 0
+    if not peak > 0 or exponent < MIN_GRAD_EXPONENT:
         return Fixed(torch.zeros(grad.shape, dtype=torch.int32), 0)
-    exponent = math.frexp(peak)[1] - GRAD_BITS
     ints = grad.double().mul(2.0 ** -exponent).add_(0.5).floor_()  # floor(g * 2**-e + 1/2), in place
     return Fixed(ints.to(torch.int32), exponent)
 
