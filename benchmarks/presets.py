@@ -1,23 +1,24 @@
 """Compression levels -1 ... -9 side by side: bpsp and MB/s both ways, every level, every set.
 
-  python benchmarks/presets.py [SET ...] [--limits tiles32=64,...] [--levels 1,6,9]
+  python benchmarks/presets.py [SET ...] [--limits tiles32=64,...] [--levels 1,6,9] [--gemm-threads 1]
+                               [--repeat 1]
 
 For each evaluation set (default: data/eval/{tiles32,tiles64,fashion_mnist,gray32,
-photos768}) the first N images (--limits; by default 48 of the 32x32 tiles
-and 24 of the 64x64 ones, three batches each; 128 Fashion-MNIST images and
-all 128 grey tiles, two batches of 65536 pixels each; the first of the 0.7 MB
-photos, six batches of four 128x128 tiles) are compressed at every level
-through the library
-(osoa_zip.archive.compress into memory), then decompressed into a scratch
-folder (osoa_zip.archive.decompress) and checked pixel for pixel against the
-originals.  Levels run one after the other within each set, so that a noisy
+photos768}) the first N images (--limits; by default half of tiles32 and tiles64,
+8 batches each at -6, every Fashion-MNIST image and grey tile, 7 and 2 batches,
+and the first photo, 533 x 401) are compressed at every level through
+the library (osoa_zip.archive.compress into memory), then decompressed into a
+scratch folder (osoa_zip.archive.decompress) and checked pixel for pixel against
+the originals.  Levels run one after the other within each set, so that a noisy
 shared machine slows every level alike.  Timings are wall seconds inside this
-process (after a warm-up archive, so torch's start-up is excluded; model
-loading is included, as it is in every archive; the command line adds
-~1.4 s) and CPU seconds of the process (all threads), steadier on a shared
-machine; threading as on the command line (one intra-op thread, two for wide
-products).  bpsp counts the whole archive per sub-pixel.  Prints a markdown
-table for docs/PERFORMANCE.md.
+process (after a warm-up archive at every level, so torch's start-up, ~2 s of
+every command whatever its level, is excluded; each archive loads and checks its
+model, as the command line does) and CPU seconds of the process (all threads).
+Products run on one thread by default (--gemm-threads; the command line uses two
+for wide products): on a shared machine a second OpenMP thread spins while it
+waits for a core, which inflated the CPU time of the two-thread runs by up to
+3x, unevenly between levels.  bpsp counts the whole archive per sub-pixel.
+Prints a markdown table for docs/PERFORMANCE.md.
 """
 from __future__ import annotations
 
@@ -51,7 +52,16 @@ def pixels(path: Path) -> tuple[str, np.ndarray]:
         return image.mode, np.asarray(image)
 
 
-DEFAULT_LIMITS = "tiles32=48,tiles64=24,fashion_mnist=128,gray32=128,photos768=1"
+DEFAULT_LIMITS = "tiles32=128,tiles64=64,fashion_mnist=512,gray32=128,photos768=1"
+
+
+def cpu_flags() -> str:
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split("flags", 1)[1].split("\n", 1)[0].split()
+    except (OSError, IndexError):
+        return "unknown"
+    wanted = ("avx2", "avx512f", "avx512_vnni", "avx_vnni", "amx_int8", "amx_bf16")
+    return " ".join(flag for flag in wanted if flag in flags) or "no AVX2"
 
 
 def timed(work) -> tuple[float, float]:
@@ -64,9 +74,10 @@ def timed(work) -> tuple[float, float]:
 def run_level(level: int, files: list[Path], scratch: Path) -> tuple[int, tuple, tuple]:
     """(archive bytes, compress (wall, CPU) seconds, decompress (wall, CPU)); the restored pixels are checked."""
     chosen = PRESETS[level]
+    model = chosen.model or DEFAULT_MODEL
     output = io.BytesIO()
-    encode = timed(lambda: compress(list(files), output, chosen.model or DEFAULT_MODEL, chosen.config()))
-    destination = scratch / f"level{level}"
+    encode = timed(lambda: compress(list(files), output, model, chosen.config(model)))
+    destination = Path(tempfile.mkdtemp(prefix=f"level{level}-", dir=scratch))
     output.seek(0)
     decode = timed(lambda: decompress(output, destination))
     for path in files:
@@ -83,24 +94,33 @@ def main() -> None:
     parser.add_argument("sets", nargs="*", default=list(SETS))
     parser.add_argument("--limits", default=DEFAULT_LIMITS, help="SET=N,...: the first N images of each set")
     parser.add_argument("--levels", default=",".join(str(level) for level in PRESETS))
+    parser.add_argument("--gemm-threads", type=int, default=1, help="threads for wide products (CLI: 2)")
+    parser.add_argument("--repeat", type=int, default=1, help="rounds of every level; the least time counts")
     args = parser.parse_args()
     levels = [int(item) for item in args.levels.split(",")]
     limits = {name: int(count) for name, count in (item.split("=") for item in args.limits.split(","))}
     torch.set_num_threads(1)  # what the command line does (osoa_zip/cli.py)
-    set_gemm_threads(min(2, len(os.sched_getaffinity(0))))
-    print(f"load average {os.getloadavg()[0]:.2f} at the start", flush=True)
+    set_gemm_threads(args.gemm_threads)
+    print(f"CPU flags: {cpu_flags()}; torch {torch.__version__}, one intra-op thread, "
+          f"{args.gemm_threads} for wide products; load average {os.getloadavg()[0]:.2f} at the start", flush=True)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        run_level(DEFAULT_LEVEL, first_images(REPO / "data" / "eval" / "gray32", 1), Path(scratch) / "warm-up")
+        for level in levels:  # each level's model loaded, and every code path run once
+            run_level(level, first_images(REPO / "data" / "eval" / "gray32", 1), Path(scratch))
         for name in args.sets:
             files = first_images(REPO / "data" / "eval" / name, limits.get(name, 64))
             subpixels = sum(image_subpixels(path) for path in files)
-            for level in levels:
-                size, encode, decode = run_level(level, files, Path(scratch) / name)
-                rows.append((name, len(files), subpixels, level, size, encode, decode))
-                print(f"{name} -{level}: {8 * size / subpixels:.4f} bpsp, {size} bytes, "
-                      f"wall {encode[0]:.1f} / {decode[0]:.1f} s, CPU {encode[1]:.1f} / {decode[1]:.1f} s, "
-                      f"load {os.getloadavg()[0]:.1f}", flush=True)
+            best: dict[int, tuple] = {}
+            for _ in range(args.repeat):  # levels in turn, each round; the fastest round of each counts
+                for level in levels:
+                    size, encode, decode = run_level(level, files, Path(scratch))
+                    print(f"{name} -{level}: {8 * size / subpixels:.4f} bpsp, {size} bytes, "
+                          f"wall {encode[0]:.1f} / {decode[0]:.1f} s, CPU {encode[1]:.1f} / {decode[1]:.1f} s, "
+                          f"load {os.getloadavg()[0]:.1f}", flush=True)
+                    if level in best:
+                        encode, decode = (tuple(map(min, a, b)) for a, b in zip(best[level][1:], (encode, decode)))
+                    best[level] = (size, encode, decode)
+            rows += [(name, len(files), subpixels, level, *best[level]) for level in levels]
     print(f"load average {os.getloadavg()[0]:.2f} at the end\n")
     print(f"| set (images, MB) | level | bpsp | size vs -{DEFAULT_LEVEL} | MB/s compress / decompress (wall) "
           f"| MB/s by CPU time | speed vs -{DEFAULT_LEVEL} by CPU time |")

@@ -10,6 +10,7 @@ import sys
 import tempfile
 import warnings
 from contextlib import contextmanager
+from fractions import Fraction
 from pathlib import Path
 
 import click
@@ -156,6 +157,16 @@ def _level_options(command):
     return command
 
 
+def _scaled_rates() -> str:
+    """'; -7, -8, -9 take 2/3 of it' for the levels that scale the model's learning rate."""
+    levels: dict[float, list[str]] = {}
+    for level, chosen in sorted(PRESETS.items()):
+        if chosen.rate_scale != 1:
+            levels.setdefault(chosen.rate_scale, []).append(f"-{level}")
+    return "".join(f"; {', '.join(names)} take{'s' if len(names) == 1 else ''} "
+                   f"{Fraction(scale).limit_denominator(100)} of it" for scale, names in levels.items())
+
+
 # Compress options a level sets, and the AdaptationConfig field each one fills.
 _LEVEL_SETTINGS = {"steps_per_batch": "steps_per_batch", "batch_size": "batch_size", "batch_pixels": "batch_pixels",
                    "gray_batch_pixels": "gray_batch_pixels", "batch_pixels_max": "batch_pixels_max",
@@ -211,7 +222,7 @@ def _segments_on(address: str | None, timeout: float):
 @click.option("--no-adapt", is_flag=True, help="Code with the pretrained model frozen (no online adaptation).")
 @click.option("--learning-rate", "--lr", type=float, default=None,
               help=f"Adam learning rate of the online adaptation  [default: the model's own (see `osoa-zip "
-                   f"models`), else {DEFAULT_LEARNING_RATE:g}]")
+                   f"models`), else {DEFAULT_LEARNING_RATE:g}{_scaled_rates()}]")
 @click.option("--steps-per-batch", type=click.IntRange(0, 100), default=AdaptationConfig.steps_per_batch,
               show_default=True, help="Optimiser steps after each batch.")
 @click.option("--batch-size", type=click.IntRange(1, 1024), default=AdaptationConfig.batch_size,
@@ -294,7 +305,9 @@ def compress_command(sources, archive, level, files_from, null_separated, exclud
         explicit = {field: settings[option] for option, field in _LEVEL_SETTINGS.items() if _given(option)}
         if _given("no_adapt"):
             explicit["adapt"] = not no_adapt
-        config = _settings(**{**chosen.settings, "learning_rate": learning_rate, **explicit})
+        if learning_rate is not None:
+            explicit["learning_rate"] = learning_rate
+        config = _level_settings(chosen, model, explicit)
         if str(archive) != "-" and archive.exists() and not force:
             raise UsageError(f"{archive} exists (use -f to overwrite)")
         with _segments_on(dask_address, dask_timeout) as cluster, _progress(None, quiet, "compressing") as progress, \
@@ -311,6 +324,14 @@ def compress_command(sources, archive, level, files_from, null_separated, exclud
                                             byte_exact, threads, _noter(verbose), patterns, cluster, block_size)
         if _summary_wanted(quiet, verbose):
             _report(summary, "compressed", verbose)
+
+
+def _level_settings(chosen, model: str, explicit: dict) -> AdaptationConfig:
+    """A level's adaptation settings for ``model``, the options given explicitly on top."""
+    try:
+        return chosen.config(model, **explicit)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
 
 
 def _settings(**settings) -> AdaptationConfig:

@@ -272,6 +272,23 @@ def test_default_level_is_release_defaults():
         preset(0)
     with pytest.raises(ValueError, match="unknown settings"):
         type(preset(1))(10, "x", {"not_a_setting": 1})
+    with pytest.raises(ValueError, match="rate_scale"):
+        type(preset(1))(10, "x", {"learning_rate": 1e-3})
+
+
+def test_a_level_scales_the_rate_of_the_model_it_codes_with():
+    """A level names no learning rate: -7 ... -9 take a share of the chosen model's own
+    (a flow's rate would be ~30x too large for a VAE); an explicit rate wins."""
+    scaled = [chosen for chosen in PRESETS.values() if chosen.rate_scale != 1]
+    assert scaled and all(chosen.level > DEFAULT_LEVEL for chosen in scaled)
+    for chosen in scaled:
+        for model in ("idf-sublattice-v6", "vae-hier-tiny-test", MODEL):
+            own = adaptation_for(model).learning_rate
+            assert chosen.config(model).learning_rate == pytest.approx(own * chosen.rate_scale, rel=5e-3)  # 3 digits
+        assert chosen.config().learning_rate == chosen.config("idf-sublattice-v6").learning_rate
+        assert chosen.config(MODEL, learning_rate=1e-3).learning_rate == 1e-3
+    assert preset(9).config("idf-sublattice-v6").learning_rate == 2e-4  # recorded as meant, not 1.9999...e-4
+    assert all(chosen.config(MODEL).learning_rate is None for chosen in PRESETS.values() if chosen.rate_scale == 1)
 
 
 def test_help_explains_each_level_in_one_line():
@@ -297,7 +314,7 @@ def model_images(source_tree, tmp_path_factory) -> Path:
 def test_every_level_decodes_exactly(level, model_images, tmp_path):
     """Each level's settings (small tiles and batches so the tiny model codes several batches)."""
     chosen = PRESETS[level]
-    config = chosen.config(tile_size=TILE_SIZE, batch_size=4, batch_pixels=0, gray_batch_pixels=0)
+    config = chosen.config(MODEL, tile_size=TILE_SIZE, batch_size=4, batch_pixels=0, gray_batch_pixels=0)
     with open(tmp_path / "a.osoa", "wb") as output:
         summary = compress([model_images], output, MODEL, config)
     assert summary.images >= 10 and len(summary.batches) > 4
@@ -327,16 +344,19 @@ def test_levels_on_the_command_line(small_archive, tmp_path):
     source.write_text("hello\n")
     archives = {}
     for name, options in {"none": [], "6": ["-6"], "1": ["-1"], "9": ["-9"], "1+adapt": ["-1", "--guard"],
-                          "9+steps": ["-9", "--steps-per-batch", "1", "--give-up-after", "5"]}.items():
+                          "9+steps": ["-9", "--steps-per-batch", "1", "--give-up-after", "5"],
+                          "9+rate": ["-9", "--learning-rate", "0.001"]}.items():
         archives[name] = tmp_path / f"{name}.osoa"
         result = run_cli("compress", "-q", "--model", MODEL, *options, source, archives[name])
         assert result.returncode == 0, result.stderr
     assert archives["none"].read_bytes() == archives["6"].read_bytes()
     assert header_of(archives["none"]) == recorded(AdaptationConfig())
-    assert header_of(archives["1"]) == recorded(PRESETS[1].config())
-    assert header_of(archives["9"]) == recorded(PRESETS[9].config())
-    assert header_of(archives["1+adapt"]) == recorded(PRESETS[1].config(guard=True))
-    assert header_of(archives["9+steps"]) == recorded(PRESETS[9].config(steps_per_batch=1, give_up_after=5))
+    assert header_of(archives["1"]) == recorded(PRESETS[1].config(MODEL))
+    assert header_of(archives["9"]) == recorded(PRESETS[9].config(MODEL))
+    assert header_of(archives["1+adapt"]) == recorded(PRESETS[1].config(MODEL, guard=True))
+    assert header_of(archives["9+steps"]) == recorded(PRESETS[9].config(MODEL, steps_per_batch=1, give_up_after=5))
+    assert header_of(archives["9+rate"]) == recorded(PRESETS[9].config(MODEL, learning_rate=1e-3))
+    assert header_of(archives["9"])["learning_rate"] == pytest.approx(2 / 3 * adaptation_for(MODEL).learning_rate)
 
 
 # --- one entry to standard output ---------------------------------------------------------------------------
