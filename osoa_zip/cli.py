@@ -36,6 +36,7 @@ from .archive import (
 )
 from .container.records import DEFAULT_BLOCK_BYTES, MAX_BLOCK_BYTES
 from .cpus import available_cpus, default_threads
+from .exact.grid import requested_kernel
 from .files.scan import SourceError, listed_name
 from .layout import ClusterError
 from .models.catalog import DEFAULT_MODEL, available_models
@@ -115,6 +116,11 @@ def main() -> None:
     Decompression replays the adaptation, so it takes about as long as compression.
     """
     torch_loading.prepare(_one_torch_thread_unless_asked)  # torch loads with the first model, if any
+    with _reported_errors():
+        try:
+            requested_kernel(os.environ)  # a wrong OSOA_ZIP_KERNEL is refused whatever the model
+        except ValueError as error:
+            raise UsageError(str(error)) from None
 
 
 def _one_torch_thread_unless_asked(torch) -> None:

@@ -50,3 +50,17 @@ ENGINE2 = dict(ENGINE, **{
 
 # version -> the record an archive's header carries for it.
 ENGINES = {1: ENGINE, 2: ENGINE2}
+
+# The exact kernels engine 2 may run its products on (exact/kernels.py), fastest first
+# where measured; OSOA_ZIP_KERNEL forces one.  Named here so that a wrong value is
+# refused before anything loads torch.
+KERNEL_ENVIRONMENT = "OSOA_ZIP_KERNEL"
+KERNEL_NAMES = ("int8", "float32", "float64")
+
+
+def requested_kernel(environ) -> str | None:
+    """The kernel ``environ`` forces (None: the fastest exact one); ValueError for any other value."""
+    requested = environ.get(KERNEL_ENVIRONMENT, "").strip() or None
+    if requested is not None and requested not in KERNEL_NAMES:
+        raise ValueError(f"{KERNEL_ENVIRONMENT} must be one of {', '.join(KERNEL_NAMES)}, not {requested!r}")
+    return requested

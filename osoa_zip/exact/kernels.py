@@ -47,6 +47,7 @@ from dataclasses import dataclass
 import torch
 
 from ..layout import UsageError
+from .grid import KERNEL_ENVIRONMENT, KERNEL_NAMES, requested_kernel
 
 FULL_LIMB_BITS = 8  # first-operand limbs: int8, [-128, 127]
 SEVEN_BIT_LIMB_BITS = 7  # second-operand limbs: [-64, 63]
@@ -59,7 +60,6 @@ FLOAT32_CHUNK = 2 ** 24 // LIMB_PRODUCT_MAX
 # returns wrong sums for N = 1 (a matrix-vector product), even inside the 7-bit bound (measured:
 # every M in 1..64 and most K); N >= 2 was exact.  A one-column second operand is padded with zeros.
 INT8_MIN_COLUMNS = 2
-KERNEL_ENVIRONMENT = "OSOA_ZIP_KERNEL"
 
 
 class KernelError(UsageError):
@@ -223,7 +223,7 @@ def _float32_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 
 KERNELS = {name: Kernel(name) for name in ("int8", "float32", "float64")}
-PREFERENCE = ("int8", "float32", "float64")  # fastest first: measured on AMX, VNNI and AVX2 (docs/ENGINE2.md)
+PREFERENCE = KERNEL_NAMES  # fastest first: measured on AMX, VNNI and AVX2 (docs/ENGINE2.md)
 
 
 # -- the wide product --------------------------------------------------------
@@ -350,8 +350,10 @@ def choose_kernel(requested: str | None = None) -> Kernel:
     integers, the choice changes speed only.
     """
     if requested:
-        if requested not in KERNELS:
-            raise KernelError(f"{KERNEL_ENVIRONMENT} must be one of {', '.join(PREFERENCE)}, not {requested!r}")
+        try:
+            requested_kernel({KERNEL_ENVIRONMENT: requested})
+        except ValueError as error:
+            raise KernelError(str(error)) from None
         kernel = KERNELS[requested]
         problem = kernel.environment_problem()
         if problem:
@@ -371,7 +373,7 @@ def current_kernel() -> Kernel:
     """The process's kernel, chosen once (``OSOA_ZIP_KERNEL`` read at the first call)."""
     global _chosen
     if _chosen is None:
-        _chosen = choose_kernel(os.environ.get(KERNEL_ENVIRONMENT, "").strip() or None)
+        _chosen = choose_kernel(os.environ.get(KERNEL_ENVIRONMENT, "").strip() or None)  # checked there
     return _chosen
 
 
