@@ -34,6 +34,7 @@ from .container.records import (
     PaletteIndices,
     Statistics,
     Symlink,
+    writes_verbatim,
 )
 from .exact import ENGINE
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, ExcludePatterns, SourceError, scan
@@ -112,20 +113,29 @@ class _Compressor:
         elif entry.kind == FILE:
             self.summary.input_bytes += entry.size
             self.summary.files += 1
-            record = read_image(entry.source, self.byte_exact, pixels_in_file=True, note=self.note)
-            if record is not None and self.triage is not None \
-                    and not self.triage.model_pays(record, entry.size):
-                if record.pixel_file is not None:
-                    record.pixel_file.close()
-                record = None  # the model would not pay for this one: stored as its file
+            record = read_image(entry.source, self.byte_exact, pixels_in_file=True, note=self.note,
+                                verbatim=writes_verbatim())
+            packed = None
+            if record is not None and self.triage is not None:
+                verdict = self.triage.judge(record, entry.source, entry.size)
+                if not verdict.model:  # the model would not pay for this one: stored as its file
+                    if record.pixel_file is not None:
+                        record.pixel_file.close()
+                    record, packed = None, verdict.packed
             if record is None:
-                self._general_file(entry)
+                self._general_file(entry, packed=packed)
             else:
                 self._queue_image(entry, record)
 
-    def _general_file(self, entry: Entry, counted: bool = False) -> None:
+    def _general_file(self, entry: Entry, counted: bool = False, packed: Data | None = None) -> None:
+        """A FILE entry and its DATA chunks (``packed``: the file's one chunk, already packed)."""
         chunks = (entry.size + DATA_CHUNK_BYTES - 1) // DATA_CHUNK_BYTES
         FileEntry(entry.name, entry.mode, entry.mtime_ns, entry.size, chunks).write(self.writer)
+        if packed is not None and chunks == 1:
+            if self.progress and not counted:
+                self.progress(entry.size)
+            packed.write(self.writer)
+            return
         remaining = entry.size
         with open(entry.source, "rb") as handle:
             for _ in range(chunks):
@@ -254,7 +264,7 @@ def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:
 def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
              adaptation: AdaptationConfig | None = None, progress: Progress | None = None,
              warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1,
-             note: Note | None = None, triage: bool = False, excludes: Sequence[str] = (),
+             note: Note | None = None, triage: bool = True, excludes: Sequence[str] = (),
              cluster=None) -> Summary:
     """Archive the sources into ``output``.
 
@@ -265,8 +275,10 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     Settings that ``adaptation`` leaves unset (or all, if None) are the model's
     defaults.  ``warn`` gets osoa-zip's own warnings; ``note`` what image libraries
     say about a file (one line each, naming it), which is otherwise dropped.  With
-    ``triage``, each image takes the model path only if the frozen model's bits on a
-    few of its tiles beat its file (triage.py); the format is the same.  Entries whose
+    ``triage`` (the default), each image takes the model path only if the frozen model's
+    bits on a few samples of it beat its file, as the general path would pack it
+    (triage.py); without, every image the model may code is grouped, and a group that
+    codes larger than its files is stored as files.  Entries whose
     archive name matches one of ``excludes`` are left out, as tar --exclude does
     (files.scan.ExcludePatterns).
     """
