@@ -154,12 +154,12 @@ def fits(verbatim: bytes, rasters: tuple[Raster, ...], mode: str, width: int, he
     """Why a table entry's verbatim bytes and rasters are not what a writer writes, or None."""
     if not rasters:
         return "verbatim bytes without rasters"
-    if sum((r.box[2] - r.box[0]) * (r.box[3] - r.box[1]) for r in rasters) > width * height:
-        return "rasters of more pixels than the image has"
     for raster in rasters:
         reason = problem(raster, mode, width, height)
         if reason:
             return reason
+    if sum((r.box[2] - r.box[0]) * (r.box[3] - r.box[1]) for r in rasters) > width * height:
+        return "rasters of more pixels than the image has"
     if overlapping(rasters) or any(b.offset < a.offset for a, b in zip(rasters, rasters[1:])):
         return "rasters out of order or overlapping"
     if len(verbatim) > MAX_VERBATIM_BYTES:
