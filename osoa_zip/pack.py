@@ -62,6 +62,10 @@ if TYPE_CHECKING:
     from .adapt.engine import OnlineAdapter
     from .triage import Triage
 
+# Images read before triage decides on them together (its model passes cost ~20 ms each,
+# however few tiles they hold); general-path files do not wait for them.
+TRIAGE_IMAGES = 32
+
 
 class _CodedBatches:
     """A group's coded batches until it is known whether the model path pays (they are
@@ -104,6 +108,8 @@ class _Compressor:
         self.summary = Summary()
         self.group: list[tuple[Entry, ImageRecord]] = []
         self.group_subpixels = 0
+        self.pending: list[tuple[Entry, ImageRecord]] = []  # read, waiting for triage
+        self.pending_subpixels = 0
 
     def add(self, entry: Entry) -> None:
         if entry.kind == DIRECTORY:
@@ -115,17 +121,30 @@ class _Compressor:
             self.summary.files += 1
             record = read_image(entry.source, self.byte_exact, pixels_in_file=True, note=self.note,
                                 verbatim=writes_verbatim())
-            packed = None
-            if record is not None and self.triage is not None:
-                verdict = self.triage.judge(record, entry.source, entry.size)
-                if not verdict.model:  # the model would not pay for this one: stored as its file
-                    if record.pixel_file is not None:
-                        record.pixel_file.close()
-                    record, packed = None, verdict.packed
             if record is None:
-                self._general_file(entry, packed=packed)
-            else:
+                self._general_file(entry)
+            elif self.triage is None:
                 self._queue_image(entry, record)
+            else:
+                self.pending.append((entry, record))
+                self.pending_subpixels += record.pixels.size
+                if len(self.pending) >= TRIAGE_IMAGES or self.pending_subpixels >= GROUP_SUBPIXELS:
+                    self._decide_pending()
+
+    def _decide_pending(self) -> None:
+        """Triage the images read so far, together: each that pays joins the group, each that
+        does not is stored as its file (from the packing triage made, if it made one)."""
+        pending, self.pending, self.pending_subpixels = self.pending, [], 0
+        if not pending:
+            return
+        verdicts = self.triage.judge([(record, entry.source, entry.size) for entry, record in pending])
+        for (entry, record), verdict in zip(pending, verdicts):
+            if verdict.model:
+                self._queue_image(entry, record)
+                continue
+            if record.pixel_file is not None:
+                record.pixel_file.close()
+            self._general_file(entry, packed=verdict.packed)
 
     def _general_file(self, entry: Entry, counted: bool = False, packed: Data | None = None) -> None:
         """A FILE entry and its DATA chunks (``packed``: the file's one chunk, already packed)."""
@@ -156,6 +175,8 @@ class _Compressor:
             self.flush_images()
 
     def flush_images(self) -> None:
+        if self.pending:
+            self._decide_pending()  # may code full groups on the way
         if not self.group:
             return
         group = self.group

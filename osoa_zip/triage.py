@@ -39,6 +39,7 @@ from .imaging.pixel_file import PixelView
 from .imaging.tiles import Batch, gather, padded_size
 
 SAMPLE_TILES = 4
+PASS_TILES = 64         # sample tiles per pass through the model (bounded memory)
 SAMPLE_SIDE = 32        # patches of at most this side (measured: the estimate costs ~1/4 of coding a photo)
 MARGIN = 1.1            # the model path is given up only when θ0's estimate exceeds the file's cost by this
 TABLE_ENTRY_BYTES = 24  # an image's share of its group's xz'd table, roughly
@@ -53,33 +54,49 @@ class Verdict:
 
 
 class Triage:
-    """Estimates an image's model-path bytes with θ0 on a few small patches of it."""
+    """Estimates images' model-path bytes with θ0 on a few small patches of each, many images at once."""
 
     def __init__(self, bundle, config: AdaptationConfig) -> None:
         self._bundle = bundle
         self._side = min(SAMPLE_SIDE, config.tile_size)
 
-    def estimate(self, record: ImageRecord) -> float:
-        """θ0's bytes for the image's colour channels, from a sample of it, plus what it keeps beside
-        them verbatim (the alpha plane and palette indices go beside the model and are not counted)."""
-        side_bytes = len(record.verbatim) + len(record.png_before) + len(record.png_after)
-        channels = COLOR_CHANNELS[record.mode]
-        if not channels:
-            return float(side_bytes)
-        pixels = record.pixels
-        colour = pixels.channels(slice(0, channels)) if isinstance(pixels, PixelView) else pixels[:, :, :channels]
-        height, width = colour.shape[:2]
-        tiles = gather(_sample(height, width, channels, self._side), [colour])
-        with torch.no_grad():
-            bits = float(self._bundle.network(channels).nll(torch.from_numpy(tiles).to(torch.float64)))
-        return bits / 8 * (height * width * channels) / tiles.size + TABLE_ENTRY_BYTES + side_bytes
+    def estimates(self, records: list[ImageRecord]) -> list[float]:
+        """θ0's bytes for each image's colour channels, from a sample of it, plus what it keeps
+        beside them verbatim (alpha planes and palette indices go beside the model and are not
+        counted).  Samples of one shape from all the images go through the model together
+        (CodingModel.tile_bits): a pass costs ~20 ms however few tiles it holds."""
+        bits, sample_size = [0.0] * len(records), [0] * len(records)
+        sampled: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
+        for index, record in enumerate(records):
+            channels = COLOR_CHANNELS[record.mode]
+            if channels:
+                pixels = record.pixels
+                colour = (pixels.channels(slice(0, channels)) if isinstance(pixels, PixelView)
+                          else pixels[:, :, :channels])
+                tiles = gather(_sample(colour.shape[0], colour.shape[1], channels, self._side), [colour])
+                sampled.setdefault(tiles.shape[1:], []).append((index, tiles))
+                sample_size[index] = tiles.size
+        for shape, items in sampled.items():
+            owners = [index for index, tiles in items for _ in range(len(tiles))]
+            stacked = np.concatenate([tiles for _, tiles in items])
+            network = self._bundle.network(shape[0])
+            for start in range(0, len(stacked), PASS_TILES):
+                tile_bits = network.tile_bits(torch.from_numpy(stacked[start:start + PASS_TILES]).to(torch.float64))
+                for owner, value in zip(owners[start:start + PASS_TILES], tile_bits.tolist()):
+                    bits[owner] += value
+        return [_estimate(record, bits[index], sample_size[index]) for index, record in enumerate(records)]
 
-    def judge(self, record: ImageRecord, path: Path, size: int) -> Verdict:
-        """Whether the image of a ``size``-byte file at ``path`` should take the model path rather
-        than be stored as its file (then with the file's packing, when it was needed to decide)."""
+    def judge(self, items: list[tuple[ImageRecord, Path, int]]) -> list[Verdict]:
+        """For each (image, its file's path, its size): whether it should take the model path
+        rather than be stored as its file (then with the file's packing, if deciding needed it)."""
+        estimates = self.estimates([record for record, _, _ in items])
+        return [self._verdict(record, path, size, estimate)
+                for (record, path, size), estimate in zip(items, estimates)]
+
+    @staticmethod
+    def _verdict(record: ImageRecord, path: Path, size: int, estimate: float) -> Verdict:
         if not COLOR_CHANNELS[record.mode]:
-            return Verdict(True)  # palette images: their index plane is xz'd either way
-        estimate = self.estimate(record)
+            return Verdict(True, estimate)  # palette images: their index plane is xz'd either way
         if estimate > MARGIN * size:
             return Verdict(False, estimate)
         if size > DATA_CHUNK_BYTES:
@@ -93,7 +110,17 @@ class Triage:
 
     def model_pays(self, record: ImageRecord, size: int) -> bool:
         """Whether the image beats its file's size (the first step of ``judge`` alone)."""
-        return not COLOR_CHANNELS[record.mode] or self.estimate(record) <= MARGIN * size
+        return not COLOR_CHANNELS[record.mode] or self.estimates([record])[0] <= MARGIN * size
+
+
+def _estimate(record: ImageRecord, bits: float, sample_size: int) -> float:
+    """An image's model-path bytes: its sample's bits scaled to its colour sub-pixels, plus its
+    share of the table and the bytes it keeps verbatim beside its pixels."""
+    side_bytes = len(record.verbatim) + len(record.png_before) + len(record.png_after)
+    if not sample_size:
+        return float(side_bytes)
+    height, width = record.pixels.shape[:2]
+    return bits / 8 * (height * width * COLOR_CHANNELS[record.mode]) / sample_size + TABLE_ENTRY_BYTES + side_bytes
 
 
 def _sample(height: int, width: int, channels: int, tile: int) -> Batch:
