@@ -24,7 +24,8 @@ from osoa_zip.adapt.engine import AdaptationConfig
 from osoa_zip.archive import UsageError, compress, decompress
 from osoa_zip.pause import VARIABLE as PAUSE_VARIABLE
 
-SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0))
+SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0),
+                triage=False)  # the model path for every image the model can take
 
 
 @pytest.fixture

@@ -24,7 +24,8 @@ from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.archive import RefusedEntries, UsageError, compress, decompress, test_archive
 from osoa_zip.verify import tree_differences
 
-SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0))
+SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0),
+                triage=False)  # the model path for every image the model can take
 MEMORY_LIMIT = 3 << 29  # 1.5 GiB of address space: the CLI needs ~250 MB of RSS on these archives
 
 
@@ -286,7 +287,7 @@ def test_refused_group_and_the_groups_after_it(tmp_path, monkeypatch, adapt):
     original = source
     output = io.BytesIO()
     compress([original], output, model="idf-tiny-test",
-             adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, adapt=adapt))
+             adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, adapt=adapt), triage=False)
     crafted = Crafted.parse(output.getvalue())
     assert crafted.tags.count(b"IMGS") == 2
     reasons, destination = _restore(crafted.edit("img0.png", width=0).build(), tmp_path / "box")
