@@ -32,8 +32,11 @@ MiB compressing and 288-314 MiB decompressing from 4 to 100 MP (it grew by
 at 100 MP).  Smaller images are held in memory as before (a group holds ~2^25
 sub-pixels), and everything else works in row bands of about BAND_BYTES.
 Checking an image holds one image at a time: its pixels wait (in memory or in
-their file) while the re-encoded file is written to a scratch file and decoded
-again, and the two decodes are compared by the SHA-256 of their pixels.
+their file) while the file is written again as the decoder will write it.  A file
+that must come back byte for byte (BMP, PPM/PGM, TIFF, or any with --byte-exact) is
+compared with the original by SHA-256 and size, nothing more: the same bytes decode
+to the same pixels.  A PNG's rewrite goes to a scratch file and is decoded again,
+and the two decodes are compared by the SHA-256 of their pixels.
 """
 from __future__ import annotations
 
