@@ -26,7 +26,8 @@ from osoa_zip.archive import compress
 
 SETTINGS = dict(model="idf-tiny-test",
                 adaptation=AdaptationConfig(tile_size=16, batch_size=4,
-                                            batch_pixels=0, learning_rate=2e-3, steps_per_batch=1))
+                                            batch_pixels=0, learning_rate=2e-3, steps_per_batch=1),
+                triage=False)  # the model path for every image the model can take
 
 THREADS = ["1", "2"]
 CAPABILITIES = ["default", "avx2", "avx512"]
@@ -152,7 +153,7 @@ def test_encode_identical_in_other_environment(archive, source, tmp_path):
             "from osoa_zip.adapt.engine import AdaptationConfig; "
             f"compress([Path({str(source)!r})], open({str(other)!r}, 'wb'), model='idf-tiny-test', "
             "adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=2e-3, "
-            "steps_per_batch=1))")
+            "steps_per_batch=1), triage=False)")
     result = subprocess.run([sys.executable, "-c", code], env=_environment("2", "default", "SSE41", "COMPATIBLE"),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr

@@ -36,7 +36,7 @@ def source(tmp_path_factory):
 @pytest.fixture(scope="module")
 def archive(source) -> bytes:
     output = io.BytesIO()
-    compress([source], output, model=MODEL, adaptation=SEGMENTED)
+    compress([source], output, model=MODEL, adaptation=SEGMENTED, triage=False)
     return output.getvalue()
 
 
