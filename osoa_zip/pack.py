@@ -36,7 +36,6 @@ from .container.records import (
     Symlink,
     writes_verbatim,
 )
-from .exact import ENGINE
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, ExcludePatterns, SourceError, scan
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image, scratch_file
 from .imaging.messages import Note
@@ -314,7 +313,7 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     bundle = load_model(model)
     writer = ArchiveWriter(output)
     Header(f"osoa-zip {__version__}", {"name": bundle.name, "sha256": bundle.sha256, "family": bundle.family},
-           ENGINE, adaptation.to_header()).write(writer)
+           bundle.engine, adaptation.to_header()).write(writer)
     if triage:
         from .triage import Triage  # needs the engine (torch), as coding does
     compressor = _Compressor(writer, online_adapter(bundle, adaptation), progress, byte_exact, threads, note,

@@ -47,7 +47,7 @@ from .container.records import (
     Statistics,
     Symlink,
 )
-from .exact import ENGINE
+from .exact import ENGINES
 from .files.restore import Conflict, EntryNames, RefusedEntries, Staging, UnsafeEntry
 from .imaging.io import (
     COLOR_CHANNELS,
@@ -109,6 +109,7 @@ class _Decoder:
         self.summary = Summary()
         self.config: AdaptationConfig | None = None
         self._model: tuple[str, str] | None = None  # (name, SHA-256) from the header
+        self._engine: dict | None = None  # the header's engine record
         self._adapter: OnlineAdapter | None = None
         self.batches_decoded = 0
         self.refused: list[tuple[str | None, str]] = []
@@ -183,9 +184,10 @@ class _Decoder:
         self.refused.append((name, reason))
 
     def header(self, header: Header) -> None:
-        if header.engine != ENGINE:
+        if header.engine not in ENGINES.values():
             raise ArchiveError(f"archive was written by numeric engine {header.engine.get('name')} "
                                f"v{header.engine.get('version')}, which this version cannot replay")
+        self._engine = header.engine
         try:
             self.config = AdaptationConfig.from_header(header.adaptation)
         except (TypeError, ValueError) as error:
@@ -197,7 +199,11 @@ class _Decoder:
         """The model and its adaptation state, loaded when the first image batch needs them
         (an archive without model-coded images is decoded without torch)."""
         if self._adapter is None:
-            self._adapter = online_adapter(load_model(*self._model), self.config)
+            bundle = load_model(*self._model)
+            if bundle.engine != self._engine:
+                raise ArchiveError(f"archive says numeric engine v{self._engine.get('version')}, but its model "
+                                   f"{bundle.name} runs on engine v{bundle.engine['version']}")
+            self._adapter = online_adapter(bundle, self.config)
         return self._adapter
 
     @adapter.setter

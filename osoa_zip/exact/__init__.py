@@ -1,6 +1,7 @@
 """The bit-exact numeric core: fixed-point grids, integer tables, exact Adam.
 
-ENGINE names this core and its parameters; archives record it, and a decoder
-refuses an archive written by a different engine.
+ENGINES names each engine (version -> record of its parameters); an archive
+records the one its model runs on, and a decoder refuses an archive whose
+record it does not know.
 """
-from .grid import ENGINE  # noqa: F401  (torch-free: see grid.py)
+from .grid import ENGINE, ENGINE2, ENGINES  # noqa: F401  (torch-free: see grid.py)

@@ -37,6 +37,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from .grid import GRADIENT_LIMBS, LEAKY_SHIFT  # GRADIENT_LIMBS: |g| <= 8127, about 13 significant bits
 from .kernels import (
     FULL_LIMB_BITS,
     SEVEN_BIT_LIMB_BITS,
@@ -48,10 +49,8 @@ from .kernels import (
     stacked_product,
 )
 
-GRADIENT_LIMBS = 2  # 7-bit limbs of a gradient: |g| <= 8127, about 13 significant bits
 # Hidden layers: the conv output is clamped to [-1024, 127] so that the leaky
 # ReLU (slope 1/8, rounded half up) maps it onto the full int8 range [-128, 127].
-LEAKY_SHIFT = 3
 HIDDEN_RANGE = (-1024, 127)
 ACTIVATION_RANGE = limb_range(FULL_LIMB_BITS, 1)
 FLOAT64_EXACT = 2 ** 53
@@ -165,7 +164,8 @@ class IntConv3x3(nn.Module):
             raise ValueError("IntConv3x3 needs a 3x3 kernel")
         self.weight = nn.Parameter(weight.detach().double().clone())
         self.bias = nn.Parameter(bias.detach().double().clone())
-        self.input_exponent, self.output_exponent = int(input_exponent), int(output_exponent)
+        # Part of the model (checkpoints carry them), fixed after calibration: (input, output).
+        self.register_buffer("activation_exponents", torch.tensor([int(input_exponent), int(output_exponent)]))
         self.output_range = (int(output_range[0]), int(output_range[1]))
         self.input_limbs, self.weight_limbs = int(input_limbs), int(weight_limbs)
         self.input_range = limb_range(FULL_LIMB_BITS, self.input_limbs)
@@ -178,11 +178,22 @@ class IntConv3x3(nn.Module):
         top_bits = self.weight_range[1].bit_length()  # 6 for one limb, 13 for two
         exponents = [math.frexp(float(m))[1] - top_bits if m > 0 else -top_bits for m in magnitudes]
         self.register_buffer("weight_exponents", torch.tensor(exponents, dtype=torch.int64))
-        # The input gradient sums over output channels, so it takes the weights on one scale, the
-        # coarsest: W_c rounded by (max e - e_c) bits (a right shift cannot leave W's range, so W's
-        # limbs still do; exact per-channel weights, W << (e_c - min e), measured 2 limbs and a
-        # ~25% slower step on v6).
-        self.weight_coarsening = max(exponents) - self.weight_exponents
+
+    @property
+    def input_exponent(self) -> int:
+        return int(self.activation_exponents[0])
+
+    @property
+    def output_exponent(self) -> int:
+        return int(self.activation_exponents[1])
+
+    @property
+    def weight_coarsening(self) -> torch.Tensor:
+        """The input gradient sums over output channels, so it takes the weights on one scale, the
+        coarsest: W_c rounded by (max e - e_c) bits (a right shift cannot leave W's range, so W's
+        limbs still do; exact per-channel weights, W << (e_c - min e), measured 2 limbs and a
+        ~25% slower step on v6)."""
+        return self.weight_exponents.max() - self.weight_exponents
 
     # -- the integer grids ---------------------------------------------------
     def weight_ints(self) -> torch.Tensor:
@@ -256,6 +267,16 @@ class IntConv3x3(nn.Module):
         folds it into the leaky ReLU's gradient), which saves a pass; ``grad.ints`` is then
         the caller's scratch and is overwritten.
         """
+        input_grad, self.weight.grad, self.bias.grad = self.gradients(saved, grad, kernel, need_input, masked)
+        return input_grad
+
+    def gradients(self, saved: tuple, grad: Fixed, kernel: Kernel | None = None, need_input: bool = True,
+                  masked: bool = False, need_weight: bool = True
+                  ) -> tuple[Fixed | None, torch.Tensor | None, torch.Tensor]:
+        """``backward_ints``'s three gradients, returned: (input, weight or None, bias).
+
+        The weight gradient, the costliest product, is skipped without ``need_weight``
+        (adaptation of biases only)."""
         patches, weights, inside, shape = saved
         batch, height, width, in_channels = shape
         positions = batch * height * width
@@ -266,17 +287,19 @@ class IntConv3x3(nn.Module):
         # The bias gradient (g's column sums) as one more limb product: a row of ones times g's limbs.
         ones = torch.ones(1, positions, dtype=torch.int8)
         total = stacked_product(ones, 1, g_columns, self.gradient_limbs, kernel, positions * limit)
-        self.bias.grad = _as_float(total[0], g.exponent)
-        if self.input_limbs == 1:
-            transposed = patches.T
-        else:
-            transposed = torch.cat([block.T for block in patches.split(positions)])
-        weight_grad = stacked_product(transposed, self.input_limbs, g_columns, self.gradient_limbs, kernel,
-                                      self._bound(positions, self.input_range, (-limit, limit)))
-        weight_grad = weight_grad.view(3, 3, in_channels, -1).permute(3, 2, 0, 1)
-        self.weight.grad = _as_float(weight_grad, self.input_exponent + g.exponent)
+        bias_grad = _as_float(total[0], g.exponent)
+        weight_grad = None
+        if need_weight:
+            if self.input_limbs == 1:
+                transposed = patches.T
+            else:
+                transposed = torch.cat([block.T for block in patches.split(positions)])
+            weight_ints = stacked_product(transposed, self.input_limbs, g_columns, self.gradient_limbs, kernel,
+                                          self._bound(positions, self.input_range, (-limit, limit)))
+            weight_ints = weight_ints.view(3, 3, in_channels, -1).permute(3, 2, 0, 1)
+            weight_grad = _as_float(weight_ints, self.input_exponent + g.exponent)
         if not need_input:
-            return None
+            return None, weight_grad, bias_grad
         # The transposed convolution: the windows of g (its 7-bit limbs, already split for the
         # weight gradient, each in a zero frame) times the kernel rotated by 180 degrees.
         out_channels = g.ints.shape[1]
@@ -291,7 +314,7 @@ class IntConv3x3(nn.Module):
                                      _limb_columns(rows, self.weight_limbs), self.weight_limbs,
                                      kernel, self.input_gradient_bound(), a_width=SEVEN_BIT_LIMB_BITS)
         coarsest = int(self.weight_exponents.max())
-        return Fixed(input_grad.view(batch, height, width, in_channels), g.exponent + coarsest)
+        return Fixed(input_grad.view(batch, height, width, in_channels), g.exponent + coarsest), weight_grad, bias_grad
 
 
 def leaky_relu_ints(y: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
@@ -315,6 +338,29 @@ def leaky_relu_backward(grad: Fixed, y: torch.Tensor, bound: int, inside: torch.
     if inside is not None:
         multiplier.mul_(inside.view(multiplier.shape))
     return Fixed(ints * multiplier, grad.exponent - LEAKY_SHIFT)
+
+
+def layer_layout(count: int, output_limbs: int = 2, first_weight_limbs: int = 1, last_input_limbs: int = 1
+                 ) -> list[dict]:
+    """Each conv's ``output_range``, ``input_limbs`` and ``weight_limbs`` in a stack of ``count``.
+
+    The last conv's output has ``output_limbs`` 8-bit limbs; a hidden conv's output range
+    is what the leaky ReLU maps onto the next conv's input range ([8 low, high] ->
+    [low, high]); only the last conv's input may be wider than one limb, and only the
+    first conv's weights wider than one 7-bit limb.
+    """
+    layers = []
+    for index in range(count):
+        last = index == count - 1
+        if last:
+            output_range = limb_range(FULL_LIMB_BITS, output_limbs)
+        else:
+            low, high = limb_range(FULL_LIMB_BITS, last_input_limbs if index == count - 2 else 1)
+            output_range = (low << LEAKY_SHIFT, high)
+        layers.append({"output_range": output_range,
+                       "input_limbs": last_input_limbs if last and index else 1,
+                       "weight_limbs": first_weight_limbs if index == 0 else 1})
+    return layers
 
 
 class IntConvStack(nn.Module):
@@ -348,20 +394,14 @@ class IntConvStack(nn.Module):
         """
         samples = list(samples) if isinstance(samples, (list, tuple)) else [samples]
         convs, exponent, xs = [], input_exponent, [sample.double() for sample in samples]
-        count = len(weights)
-        for index, (weight, bias) in enumerate(weights):
+        layers = layer_layout(len(weights), output_limbs, first_weight_limbs, last_input_limbs)
+        for (weight, bias), layer in zip(weights, layers):
             ys = [torch.nn.functional.conv2d(x, weight.double(), bias.double(), padding=1) for x in xs]
-            if index == count - 1:
-                low, high = limb_range(FULL_LIMB_BITS, output_limbs)
-            else:  # the leaky ReLU maps [8 low, high] onto the next input's [low, high]
-                low, high = limb_range(FULL_LIMB_BITS, last_input_limbs if index == count - 2 else 1)
-                low <<= LEAKY_SHIFT
+            low, high = layer["output_range"]
             peak = max(max(float(y.max()) / high, float(y.min()) / low) for y in ys)
             output_exponent = math.ceil(math.log2(max(peak, 2.0 ** -60))) - clip_bits
             convs.append(IntConv3x3(weight, bias, input_exponent=exponent, output_exponent=output_exponent,
-                                    output_range=(low, high),
-                                    input_limbs=last_input_limbs if index == count - 1 and index else 1,
-                                    weight_limbs=first_weight_limbs if index == 0 else 1, **options))
+                                    **layer, **options))
             xs, exponent = [torch.nn.functional.leaky_relu(y, 1 / 8) for y in ys], output_exponent
         return cls(convs)
 
@@ -392,12 +432,33 @@ class IntConvStack(nn.Module):
         x: B x H x W x Ci int8 (the first layer takes one limb).
         """
         output, saved, pre_activations = self._forward(x, kernel, keep=True)
-        grad, masked = loss_grad(output), False
-        for index in reversed(range(len(self.convs))):
+        gradients = self.backward(saved, pre_activations, loss_grad(output), kernel)
+        for conv, (weight_grad, bias_grad) in zip(self.convs, gradients):
+            conv.weight.grad, conv.bias.grad = weight_grad, bias_grad
+        return output
+
+    def backward(self, saved: list, pre_activations: list, grad: Fixed, kernel: Kernel | None = None,
+                 wanted: list[tuple[bool, bool]] | None = None) -> list[tuple[torch.Tensor | None, ...]]:
+        """The output's gradient -> (weight gradient, bias gradient) of every conv, float64.
+
+        ``saved`` and ``pre_activations`` come from ``_forward(..., keep=True)``.
+        ``wanted``: per conv, whether its (weight, bias) gradients are needed (default:
+        all); the pass stops below the lowest conv with a wanted gradient, and a
+        weight gradient nobody wants is not computed (None is returned for what is skipped).
+        """
+        wanted = wanted or [(True, True)] * len(self.convs)
+        needed = [index for index, pair in enumerate(wanted) if any(pair)]
+        gradients: list[tuple[torch.Tensor | None, ...]] = [(None, None)] * len(self.convs)
+        if not needed:
+            return gradients
+        lowest, masked = needed[0], False
+        for index in reversed(range(lowest, len(self.convs))):
             conv = self.convs[index]
-            grad = conv.backward_ints(saved[index], grad, kernel, need_input=index > 0, masked=masked)
-            if index > 0:
+            grad, weight_grad, bias_grad = conv.gradients(saved[index], grad, kernel, need_input=index > lowest,
+                                                          masked=masked, need_weight=wanted[index][0])
+            gradients[index] = (weight_grad, bias_grad if wanted[index][1] else None)
+            if index > lowest:
                 grad = leaky_relu_backward(grad, pre_activations[index - 1], conv.input_gradient_bound(),
                                            inside=saved[index - 1][2])
                 masked = True
-        return output
+        return gradients

@@ -67,6 +67,7 @@ from torch import nn
 from ..coding.logistic_coder import pop_factor, push_factors
 from ..coding.mixture_coder import pop_mixture_factor, push_mixture_factors
 from ..exact.fixed import quantize_activation, round_to_integer
+from ..exact.intlayers import IntegerConvStack
 from ..exact.layers import ConvStack
 from ..exact.logistic import LogisticTables, mixture_nll_bits, nll_bits
 from .mixture import extra_outputs, mixture_components
@@ -153,11 +154,13 @@ class LevelPredictor(nn.Module):
     ends with (mean shift, log-scale shift, logit) blocks per extra component.
     """
 
-    def __init__(self, channels: int, hidden: int, depth: int, coefficients: int = 0, components: int = 1):
+    def __init__(self, channels: int, hidden: int, depth: int, coefficients: int = 0, components: int = 1,
+                 engine: int = 1):
         super().__init__()
         extra = extra_outputs(components)
-        self.edges = ConvStack(channels, hidden, (3 + extra) * 2 * channels + 2 * coefficients, depth)
-        self.centres = ConvStack(3 * channels, hidden, (3 + extra) * channels + coefficients, depth)
+        stack = ConvStack if engine == 1 else IntegerConvStack.empty
+        self.edges = stack(channels, hidden, (3 + extra) * 2 * channels + 2 * coefficients, depth)
+        self.centres = stack(3 * channels, hidden, (3 + extra) * channels + coefficients, depth)
 
 
 @register_family("flow", architecture="sublattice-idf")
@@ -171,7 +174,7 @@ class SubLatticeFlow(CodingModel):
     """
 
     config_keys = frozenset({"hidden", "depth", "levels", "channel_coupling", "mean_remainder", "deep_levels",
-                             "edge_bins", "mixture_components"})
+                             "edge_bins", "mixture_components", "engine"})
     # A new flow gets the shipped default's architecture (v6: cross-channel couplings,
     # deep levels, edge bins, three-logistic mixtures).
     default_config = {"hidden": 48, "depth": 3, "levels": 3, "channel_coupling": True, "mean_remainder": True,
@@ -179,8 +182,11 @@ class SubLatticeFlow(CodingModel):
 
     def __init__(self, channels: int, hidden: int, depth: int, levels: int, channel_coupling: bool = False,
                  mean_remainder: bool = False, deep_levels: bool = False, edge_bins: bool = False,
-                 mixture_components: int = 1):
+                 mixture_components: int = 1, engine: int = 1):
         super().__init__()
+        if engine not in (1, 2):
+            raise ValueError(f"the flow runs on engine 1 or 2, not {engine!r}")
+        self.engine = engine
         self.channels = channels
         self.edge_bins = bool(edge_bins)
         self.components = int(mixture_components)
@@ -195,7 +201,7 @@ class SubLatticeFlow(CodingModel):
         self.channel_coupling = bool(channel_coupling) and channels > 1
         self.mean_remainder = bool(mean_remainder) and self.channel_coupling
         coefficients = coefficient_count(channels) if self.channel_coupling else 0
-        self.levels = nn.ModuleList(LevelPredictor(channels, hidden, depth, coefficients, self.components)
+        self.levels = nn.ModuleList(LevelPredictor(channels, hidden, depth, coefficients, self.components, engine)
                                     for _ in range(levels))
         self.final_mean = nn.Parameter(torch.zeros(channels))
         self.final_log_scale = nn.Parameter(torch.full((channels,), 3.5))
@@ -208,14 +214,16 @@ class SubLatticeFlow(CodingModel):
         ``deep_levels`` (v3) takes the sub-lattice levels down to 1 x 1;
         ``edge_bins`` (v4) gives the pixel range's tails to the edge bins;
         ``mixture_components`` (v6) makes every sub-lattice factor a mixture of
-        that many logistics.  Configs without them (v1, the tiny test model)
-        build exactly the networks they always did."""
+        that many logistics; ``engine`` 2 makes every coupling network an
+        engine-2 integer stack (exact/intlayers.py).  Configs without them
+        (v1, the tiny test model) build exactly the networks they always did."""
         return cls(channels, config["hidden"], config["depth"], config["levels"],
                    channel_coupling=bool(config.get("channel_coupling", False)),
                    mean_remainder=bool(config.get("mean_remainder", False)),
                    deep_levels=bool(config.get("deep_levels", False)),
                    edge_bins=bool(config.get("edge_bins", False)),
-                   mixture_components=int(config.get("mixture_components", 1)))
+                   mixture_components=int(config.get("mixture_components", 1)),
+                   engine=int(config.get("engine", 1)))
 
     def mixture_layers(self) -> list[tuple[nn.Module, int]]:
         """Every coupling's last layer: the edges predict two sub-lattices, the centres one."""

@@ -23,6 +23,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 
+from ..exact.grid import ENGINES
 from ..exact.logistic import LogisticTables
 from . import idf, vae  # noqa: F401  (each module registers its family)
 from .catalog import (  # noqa: F401  (the torch-free part, re-exported)
@@ -79,6 +80,11 @@ class FlowBundle:
     def family(self) -> str:
         """The family's name (``flow``, ``vae``, ...): archives record it in HEAD."""
         return family_of(self.config)
+
+    @property
+    def engine(self) -> dict:
+        """The exact engine's record (exact/grid.py ENGINES) its networks run on: archives carry it in HEAD."""
+        return ENGINES[int(self.config.get("engine", 1))]
 
     @property
     def family_class(self) -> type[CodingModel]:

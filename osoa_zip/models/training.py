@@ -118,7 +118,7 @@ def export(path: Path, config: dict, networks: dict[int, CodingModel], manifest:
     family = family_of(config)
     entries["models"][name] = {
         "file": path.name, "sha256": digest, "family": family, "architecture": family_class(family).architecture,
-        "config": config, "description": description,
+        "config": config, "description": description, "engine": int(config.get("engine", 1)),
         "parameters": sum(p.numel() for n in networks.values() for p in n.parameters()), **extra}
     manifest.write_text(json.dumps(entries, indent=2, sort_keys=True) + "\n")
     return digest
