@@ -277,6 +277,9 @@ def _segments_on(address: str | None, timeout: float):
 @click.option("--byte-exact", is_flag=True,
               help="Restore images byte for byte: an image takes the model path only if re-encoding "
                    "its pixels gives back the original file exactly.")
+@click.option("--every-image", is_flag=True,
+              help="Code every image the model can take, without deciding per image whether the model "
+                   "beats its file (a group that codes larger than its files is stored as files).")
 @click.option("-f", "--force", is_flag=True,
               help="Overwrite an existing archive; write one to a terminal.")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar and no summary.")
@@ -284,7 +287,7 @@ def _segments_on(address: str | None, timeout: float):
               help="Print the summary, per-batch statistics, and what image libraries said about each file.")
 @_dask_options
 def compress_command(sources, archive, level, files_from, null_separated, excludes, exclude_from, model, no_adapt,
-                     learning_rate, threads, block_size, byte_exact, force, quiet, verbose, dask_address,
+                     learning_rate, threads, block_size, byte_exact, every_image, force, quiet, verbose, dask_address,
                      dask_timeout, **settings) -> None:
     """Pack SOURCES into ARCHIVE ('-' for standard output).
 
@@ -323,11 +326,12 @@ def compress_command(sources, archive, level, files_from, null_separated, exclud
                 with _naming_errors("standard output"):
                     summary = compress(sources, sys.stdout.buffer, model, config, progress, _warner(quiet),
                                        byte_exact, threads, note=_noter(verbose), excludes=patterns,
-                                       cluster=cluster, block_size=block_size)
+                                       cluster=cluster, block_size=block_size, triage=not every_image)
                     sys.stdout.buffer.flush()  # a full disk must fail here, not at interpreter exit
             else:
                 summary = _compress_to_file(sources, archive, model, config, progress, _warner(quiet),
-                                            byte_exact, threads, _noter(verbose), patterns, cluster, block_size)
+                                            byte_exact, threads, _noter(verbose), patterns, cluster, block_size,
+                                            triage=not every_image)
         if _summary_wanted(quiet, verbose):
             _report(summary, "compressed", verbose)
 
@@ -417,14 +421,15 @@ def _naming_errors(name: str):
 
 
 def _compress_to_file(sources, archive: Path, model, config, progress, warn, byte_exact, threads, note, excludes,
-                      cluster, block_size):
+                      cluster, block_size, triage: bool = True):
     """Write beside the target and rename at the end: never a half-written archive."""
     directory = archive.resolve().parent
     handle, temporary = tempfile.mkstemp(prefix=f".{archive.name}.", suffix=".part", dir=directory)
     try:
         with _naming_errors(str(archive)), os.fdopen(handle, "wb") as output:
             summary = compress(sources, output, model, config, progress, warn, byte_exact, threads,
-                               note=note, excludes=excludes, cluster=cluster, block_size=block_size)
+                               note=note, excludes=excludes, cluster=cluster, block_size=block_size,
+                               triage=triage)
         umask = os.umask(0)
         os.umask(umask)
         os.chmod(temporary, 0o666 & ~umask)  # mkstemp's 0600 is not what users expect

@@ -20,6 +20,7 @@ from .container.records import (  # noqa: F401 — re-exported: the writer's lim
     xz_filters,
 )
 from .imaging.io import MODEL_MODES, ImageRecord
+from .imaging.verbatim import Raster, fits
 
 CHUNK_OVERHEAD = 16  # tag, length and CRC of one chunk
 GROUP_SUBPIXELS = 1 << 25       # images are coded in groups of about this many sub-pixels
@@ -57,17 +58,20 @@ class Summary:
 
 def image_entry(name: str, mode: int, mtime_ns: int, record: ImageRecord) -> ImageEntry:
     """The table entry of an image to archive: its place, its shape, and what Pillow needs to
-    write it back (verbatim PNG chunks, palette), with the hash promised by --byte-exact."""
+    write it back (verbatim PNG chunks, palette, a raster file's verbatim bytes), with the hash
+    promised by --byte-exact."""
     height, width = record.pixels.shape[:2]
     return ImageEntry(name, mode, mtime_ns, height, width, record.mode, record.format, record.palette,
-                      record.png_before, record.png_after, record.sha256)
+                      record.png_before, record.png_after, record.sha256, record.compression, record.verbatim,
+                      [tuple(raster.to_json()) for raster in record.rasters])
 
 
 def record_from_entry(entry: ImageEntry, pixels: np.ndarray | None = None, picture=None) -> ImageRecord:
     """An image to restore, its pixels in an array (palette indices) or already in a Pillow picture."""
     return ImageRecord(pixels=pixels, picture=picture, mode=entry.image_mode, format=entry.format,
                        png_before=entry.png_before, png_after=entry.png_after, sha256=entry.sha256,
-                       palette=entry.palette)
+                       palette=entry.palette, compression=entry.compression, verbatim=entry.verbatim,
+                       rasters=tuple(Raster.from_json(row) for row in entry.rasters))
 
 
 def impossible_images(images: list[ImageEntry]) -> str | None:
@@ -79,6 +83,10 @@ def impossible_images(images: list[ImageEntry]) -> str | None:
             return f"image {image.name!r} declares a bad mode or size ({mode!r}, {width}x{height})"
         if height * width * MODEL_MODES[mode] > MAX_IMAGE_SUBPIXELS:
             return f"image {image.name!r} declares {width}x{height} pixels, more than any encoder writes"
+        rasters = [Raster.from_json(row) for row in image.rasters]
+        problem = fits(image.verbatim, rasters, mode, width, height) if image.verbatim or rasters else None
+        if problem:
+            return f"image {image.name!r} declares {problem}, which no encoder writes"
     if sum(image.height * image.width * MODEL_MODES[image.image_mode] for image in images) \
             > 4 * GROUP_SUBPIXELS + MAX_IMAGE_SUBPIXELS:
         return f"its group of {len(images)} images declares more pixels than any encoder writes"

@@ -38,6 +38,7 @@ from .container.records import (
     PaletteIndices,
     Statistics,
     Symlink,
+    writes_verbatim,
 )
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, ExcludePatterns, SourceError, scan
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image, scratch_file
@@ -64,6 +65,10 @@ from .torch_loading import load_model, online_adapter
 if TYPE_CHECKING:
     from .adapt.engine import OnlineAdapter
     from .triage import Triage
+
+# Images read before triage decides on them together (its model passes cost ~20 ms each,
+# however few tiles they hold); general-path files do not wait for them.
+TRIAGE_IMAGES = 32
 
 
 class _CodedBatches:
@@ -109,6 +114,8 @@ class _Compressor:
         self.summary = Summary()
         self.group: list[tuple[Entry, ImageRecord]] = []
         self.group_subpixels = 0
+        self.pending: list[tuple[Entry, ImageRecord]] = []  # read, waiting for triage
+        self.pending_subpixels = 0
 
     def add(self, entry: Entry) -> None:
         if entry.kind == DIRECTORY:
@@ -118,26 +125,48 @@ class _Compressor:
         elif entry.kind == FILE:
             self.summary.input_bytes += entry.size
             self.summary.files += 1
-            record = read_image(entry.source, self.byte_exact, pixels_in_file=True, note=self.note)
-            if record is not None and self.triage is not None \
-                    and not self.triage.model_pays(record, entry.size):
-                if record.pixel_file is not None:
-                    record.pixel_file.close()
-                record = None  # the model would not pay for this one: stored as its file
+            record = read_image(entry.source, self.byte_exact, pixels_in_file=True, note=self.note,
+                                verbatim=writes_verbatim())
             if record is None:
                 self._general_file(entry)
-            else:
+            elif self.triage is None:
                 self._queue_image(entry, record)
+            else:
+                self.pending.append((entry, record))
+                self.pending_subpixels += record.pixels.size
+                if len(self.pending) >= TRIAGE_IMAGES or self.pending_subpixels >= GROUP_SUBPIXELS:
+                    self._decide_pending()
 
-    def _general_file(self, entry: Entry, counted: bool = False) -> None:
+    def _decide_pending(self) -> None:
+        """Triage the images read so far, together: each that pays joins the group, each that
+        does not is stored as its file (from the packing triage made, if it made one)."""
+        pending, self.pending, self.pending_subpixels = self.pending, [], 0
+        if not pending:
+            return
+        verdicts = self.triage.judge([(record, entry.source, entry.size) for entry, record in pending])
+        for (entry, record), verdict in zip(pending, verdicts):
+            if verdict.model:
+                self._queue_image(entry, record)
+                continue
+            if record.pixel_file is not None:
+                record.pixel_file.close()
+            self._general_file(entry, packed=verdict.packed)
+
+    def _general_file(self, entry: Entry, counted: bool = False, packed: Data | None = None) -> None:
         """A file off the model path: into a solid block (written at the end), or into a stream
-        of its own if it is larger than a block or incompressible (solid.py says why)."""
+        of its own if it is larger than a block or incompressible (solid.py says why).
+        ``packed``: the file's one chunk as triage already packed it (for a stream of its own)."""
         raw = entry.size >= OWN_STREAM_MIN and incompressible(entry.source, entry.size)
         if self.block_size and entry.size <= self.block_size and not raw:
             self.solid.append((entry, counted))
             return
         chunks = (entry.size + DATA_CHUNK_BYTES - 1) // DATA_CHUNK_BYTES
         FileEntry(entry.name, entry.mode, entry.mtime_ns, entry.size, chunks).write(self.writer)
+        if packed is not None and chunks == 1:
+            if self.progress and not counted:
+                self.progress(entry.size)
+            packed.write(self.writer)
+            return
         try:
             for piece in file_pieces(entry, DATA_CHUNK_BYTES):
                 if self.progress and not counted:
@@ -167,6 +196,8 @@ class _Compressor:
             self.flush_images()
 
     def flush_images(self) -> None:
+        if self.pending:
+            self._decide_pending()  # may code full groups on the way
         if not self.group:
             return
         group = self.group
@@ -275,7 +306,7 @@ def _identity(output: BinaryIO) -> frozenset[tuple[int, int]]:
 def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
              adaptation: AdaptationConfig | None = None, progress: Progress | None = None,
              warn: Warn = lambda message: None, byte_exact: bool = False, threads: int = 1,
-             note: Note | None = None, triage: bool = False, excludes: Sequence[str] = (),
+             note: Note | None = None, triage: bool = True, excludes: Sequence[str] = (),
              cluster=None, block_size: int = DEFAULT_BLOCK_BYTES) -> Summary:
     """Archive the sources into ``output``.
 
@@ -286,8 +317,10 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     Settings that ``adaptation`` leaves unset (or all, if None) are the model's
     defaults.  ``warn`` gets osoa-zip's own warnings; ``note`` what image libraries
     say about a file (one line each, naming it), which is otherwise dropped.  With
-    ``triage``, each image takes the model path only if the frozen model's bits on a
-    few of its tiles beat its file (triage.py); the format is the same.  Entries whose
+    ``triage`` (the default), each image takes the model path only if the frozen model's
+    bits on a few samples of it beat its file, as the general path would pack it
+    (triage.py); without, every image the model may code is grouped, and a group that
+    codes larger than its files is stored as files.  Entries whose
     archive name matches one of ``excludes`` are left out, as tar --exclude does
     (files.scan.ExcludePatterns).  Files off the model path go into solid blocks of about
     ``block_size`` bytes (0: each file in a stream of its own; solid.py).

@@ -1,72 +1,140 @@
-"""Per image, before any coding: would the model path pay for it?
+"""Per image, before any coding: would the model path pay for it?  (On by default.)
 
-An image group is coded whole and kept only if it codes smaller than its files; a
-group that does not is thrown away whole (issue #17: 220 s of a 226 s profile went
-to groups that were then stored as files, and a photo the model would have coded
-30% smaller went with its group's majority).  Triage decides per image, as it is
-read: the frozen model (θ0, no adaptation, no guard) codes up to SAMPLE_TILES of
-the image's tiles exactly as the encoder would, and the bits it spends, scaled to
-the whole image, are set against the file's size, as the group's own check does
-(what the general path costs is the file's business: its own xz today, a share of
-a solid block later).  An image that loses is stored as a file on its own;
-the group's own check still confirms the rest once they are coded.
+Without it, an image group is coded whole and kept only if it codes smaller than its
+files (issue #17: 220 s of a 226 s profile went to groups that were then stored as
+files, and a photo the model would have coded 30% smaller went with its group's
+majority).  Triage decides per image, as it is read, in two cheap steps:
 
-Adaptation lowers the model's bits on average, so θ0's estimate overstates what the
-coded image will cost: an image goes to the general path only when θ0 loses by more
-than MARGIN.  Nothing here changes the format: an image stored as
-a file is a FILE entry like any other, and the decision is deterministic.
+1. the frozen model θ0 (no adaptation) measures its bits (the loss it adapts on,
+   ``CodingModel.tile_bits``) on a few patches of at most SAMPLE_SIDE pixels a side,
+   spread over the image (two, more for large images), and scales them to the whole
+   image; the verbatim bytes the image would carry beside its pixels are added;
+2. only if that beats the file's own size does the general path's cost of the file
+   matter: the file is packed as the general path packs it (Data.packed: xz if
+   smaller, else stored), and the model must beat that too.  The packing is kept,
+   so an image that loses is stored from it without reading or packing it again.
+
+An image that loses is stored as a file on its own; the rest of its group is coded
+as before, and the group's own check (never larger than its files, pack.py) still
+confirms the rest once they are coded.  Adaptation lowers the model's bits on
+average, so θ0's estimate overstates what the coded image will cost: an image goes to
+the general path only when θ0 loses by more than MARGIN.  The samples are small
+(a forward pass over a whole 128-pixel tile costs about as much as coding it, which
+is what triage saves), so the estimate is rough at the margin.  Images are judged
+in batches (pack.py's TRIAGE_IMAGES): the samples of one shape from all of them go
+through the model in one pass.
+Nothing here changes the format: an image stored as a file is a FILE entry like any
+other, and every decision is deterministic (the same files give the same archive).
 """
 from __future__ import annotations
 
-import dataclasses
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
+import torch
 
-from .adapt.engine import AdaptationConfig, OnlineAdapter
+from .adapt.engine import AdaptationConfig
+from .container.records import DATA_CHUNK_BYTES, Data
 from .imaging.io import COLOR_CHANNELS, ImageRecord
 from .imaging.pixel_file import PixelView
 from .imaging.tiles import Batch, gather, padded_size
 
-SAMPLE_TILES = 4
+SAMPLE_TILES = 8        # at most; two, and one more per SAMPLE_AREA pixels of the image
+SAMPLE_AREA = 256 * 256
+PASS_TILES = 64         # sample tiles per pass through the model (bounded memory)
+SAMPLE_SIDE = 32        # patches of at most this side
 MARGIN = 1.1            # the model path is given up only when θ0's estimate exceeds the file's cost by this
 TABLE_ENTRY_BYTES = 24  # an image's share of its group's xz'd table, roughly
 
 
+@dataclass
+class Verdict:
+    """Whether an image takes the model path; if not, maybe its file already packed for the general path."""
+    model: bool
+    estimate: float = 0.0
+    packed: Data | None = None
+
+
 class Triage:
-    """Estimates an image's model-path bytes with θ0 on a few of its tiles."""
+    """Estimates images' model-path bytes with θ0 on a few small patches of each, many images at once."""
 
     def __init__(self, bundle, config: AdaptationConfig) -> None:
-        frozen = dataclasses.replace(config, adapt=False, guard=False, segment_batches=0, chain_batches=1)
-        self._adapter = OnlineAdapter(bundle, frozen)
-        self._tile = config.tile_size
+        self._bundle = bundle
+        self._side = min(SAMPLE_SIDE, config.tile_size)
 
-    def estimate(self, record: ImageRecord) -> float:
-        """θ0's bytes for the image's colour channels, from a sample of its tiles (the alpha plane
-        and palette indices go beside the model and are not counted)."""
-        channels = COLOR_CHANNELS[record.mode]
-        if not channels:
-            return 0.0
-        pixels = record.pixels
-        colour = pixels.channels(slice(0, channels)) if isinstance(pixels, PixelView) else pixels[:, :, :channels]
-        tiles = gather(_sample(colour.shape[0], colour.shape[1], channels, self._tile), [colour])
-        _, statistics = self._adapter.encode(tiles)
-        height, width = colour.shape[:2]
-        return statistics.bits / 8 * (height * width * channels) / tiles.size + TABLE_ENTRY_BYTES
+    def estimates(self, records: list[ImageRecord]) -> list[float]:
+        """θ0's bytes for each image's colour channels, from a sample of it, plus what it keeps
+        beside them verbatim (alpha planes and palette indices go beside the model and are not
+        counted).  Samples of one shape from all the images go through the model together
+        (CodingModel.tile_bits): a pass costs ~20 ms however few tiles it holds."""
+        bits, sample_size = [0.0] * len(records), [0] * len(records)
+        sampled: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
+        for index, record in enumerate(records):
+            channels = COLOR_CHANNELS[record.mode]
+            if channels:
+                pixels = record.pixels
+                colour = (pixels.channels(slice(0, channels)) if isinstance(pixels, PixelView)
+                          else pixels[:, :, :channels])
+                tiles = gather(_sample(colour.shape[0], colour.shape[1], channels, self._side), [colour])
+                sampled.setdefault(tiles.shape[1:], []).append((index, tiles))
+                sample_size[index] = tiles.size
+        for shape, items in sampled.items():
+            owners = [index for index, tiles in items for _ in range(len(tiles))]
+            stacked = np.concatenate([tiles for _, tiles in items])
+            network = self._bundle.network(shape[0])
+            for start in range(0, len(stacked), PASS_TILES):
+                tile_bits = network.tile_bits(torch.from_numpy(stacked[start:start + PASS_TILES]).to(torch.float64))
+                for owner, value in zip(owners[start:start + PASS_TILES], tile_bits.tolist()):
+                    bits[owner] += value
+        return [_estimate(record, bits[index], sample_size[index]) for index, record in enumerate(records)]
+
+    def judge(self, items: list[tuple[ImageRecord, Path, int]]) -> list[Verdict]:
+        """For each (image, its file's path, its size): whether it should take the model path
+        rather than be stored as its file (then with the file's packing, if deciding needed it)."""
+        estimates = self.estimates([record for record, _, _ in items])
+        return [self._verdict(record, path, size, estimate)
+                for (record, path, size), estimate in zip(items, estimates)]
+
+    @staticmethod
+    def _verdict(record: ImageRecord, path: Path, size: int, estimate: float) -> Verdict:
+        if not COLOR_CHANNELS[record.mode]:
+            return Verdict(True, estimate)  # palette images: their index plane is xz'd either way
+        if estimate > MARGIN * size:
+            return Verdict(False, estimate)
+        if size > DATA_CHUNK_BYTES:
+            return Verdict(True, estimate)  # a file of several DATA chunks: its size stands for its cost
+        with open(path, "rb") as handle:
+            data = handle.read(DATA_CHUNK_BYTES + 1)
+        if len(data) != size:
+            return Verdict(False, estimate)  # it changed since it was read: the general path says so
+        packed = Data.packed(data)
+        return Verdict(estimate <= MARGIN * (len(packed.body) + 1), estimate, packed)
 
     def model_pays(self, record: ImageRecord, size: int) -> bool:
-        """Whether the image of a ``size``-byte file should take the model path rather than be
-        stored as its file."""
-        if not COLOR_CHANNELS[record.mode]:
-            return True  # palette images: their index plane is xz'd either way
-        return self.estimate(record) <= MARGIN * size
+        """Whether the image beats its file's size (the first step of ``judge`` alone)."""
+        return not COLOR_CHANNELS[record.mode] or self.estimates([record])[0] <= MARGIN * size
+
+
+def _estimate(record: ImageRecord, bits: float, sample_size: int) -> float:
+    """An image's model-path bytes: its sample's bits scaled to its colour sub-pixels, plus its
+    share of the table and the bytes it keeps verbatim beside its pixels."""
+    side_bytes = len(record.verbatim) + len(record.png_before) + len(record.png_after)
+    if not sample_size:
+        return float(side_bytes)
+    height, width = record.pixels.shape[:2]
+    return bits / 8 * (height * width * COLOR_CHANNELS[record.mode]) / sample_size + TABLE_ENTRY_BYTES + side_bytes
 
 
 def _sample(height: int, width: int, channels: int, tile: int) -> Batch:
-    """Up to SAMPLE_TILES whole tiles of one shape, spread evenly over the image in raster order
-    (an image smaller than a tile is one tile, padded as the encoder pads it)."""
+    """Whole tiles of one shape, spread evenly over the image in raster order: two, one more per
+    SAMPLE_AREA pixels, at most SAMPLE_TILES (an image smaller than a tile is one tile, padded as
+    the encoder pads it).  On the mixed folder (benchmarks/mixed_folder.py) two tiles of 32 x 32
+    decided all 156 images as four did, for 1.6 s of CPU instead of 2.5."""
+    count = min(SAMPLE_TILES, 2 + height * width // SAMPLE_AREA)
     padded_height, padded_width = padded_size(height, width)
     tile_height, tile_width = min(tile, padded_height), min(tile, padded_width)
     places = [(y, x) for y in range(0, padded_height - tile_height + 1, tile)
               for x in range(0, padded_width - tile_width + 1, tile)]
-    chosen = sorted({int(i) for i in np.linspace(0, len(places) - 1, min(SAMPLE_TILES, len(places))).round()})
+    chosen = sorted({int(i) for i in np.linspace(0, len(places) - 1, min(count, len(places))).round()})
     return Batch(channels, tile_height, tile_width, [(0, *places[i]) for i in chosen])

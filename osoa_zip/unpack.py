@@ -22,10 +22,18 @@ from .adapt.config import AdaptationConfig
 from .adapt.flags import FLAG_SEGMENT_START
 from .adapt.segments import RunEndError, run_segments, split_runs
 from .coding.ans import CorruptStream
-from .container.format import ArchiveError, ArchiveReader, OversizedEntry, SalvagingReader
+from .container.format import (
+    FORMAT_MAJOR,
+    FORMAT_MINOR,
+    ArchiveError,
+    ArchiveReader,
+    OversizedEntry,
+    SalvagingReader,
+)
 from .container.records import (
     KNOWN_TAGS,
     SIDE_PLANES,
+    VERBATIM_SINCE,
     AlphaPlanes,
     Batch,
     BlockData,
@@ -115,11 +123,13 @@ class _Decoder:
         self.blocks_skipped = 0
         self.refused: list[tuple[str | None, str]] = []
         self._refused_group = ""  # an adapted group was refused: later groups cannot be replayed
+        self.version = (FORMAT_MAJOR, FORMAT_MINOR)  # the archive's format (run() reads it)
         self._handlers = {Directory: self.directory, Symlink: self.symlink, Hardlink: self.hardlink,
                           FileEntry: self.general_file, ImageTable: self.images, SolidBlock: self.solid_block}
 
     def run(self, reader: ArchiveReader) -> Summary:
         chunks = ChunkReader(reader.chunks(), reader.version)
+        self.version = reader.version
         self.header(chunks.header())
         while (entry := self._next_entry(chunks)) is not None:
             if entry is _SKIPPED or isinstance(entry, Statistics):
@@ -298,6 +308,10 @@ class _Decoder:
         if problem:
             self._refuse_group(chunks, names, problem)
             return
+        older = next((image.name for image in table.images if image.since_1_5), None)
+        if older is not None and self.version < VERBATIM_SINCE:
+            raise ArchiveError(f"image {older!r} has fields of format 1.5 in a format "
+                               f"{'%d.%d' % self.version} archive; the archive is damaged")
         group = _Group(table)
         lost: dict[int, str] = {}  # table index -> why (only under --salvage)
         alpha, indices = (self._side_planes(group, chunks, kind, lost) for kind in SIDE_PLANES)

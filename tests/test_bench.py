@@ -152,7 +152,7 @@ def test_model_batches_are_the_archives_batches(tiny_folder):
     """The bench's own batching codes to exactly the --no-adapt archive's per-batch bits."""
     archive = io.BytesIO()
     frozen = AdaptationConfig(adapt=False, tile_size=TILE, batch_size=BATCH, batch_pixels=0)
-    compress([tiny_folder], archive, MODEL, frozen)
+    compress([tiny_folder], archive, MODEL, frozen, triage=False)
     archive.seek(0)
     recorded = batch_statistics(archive)
     coder = OnlineAdapter(load_model(MODEL), frozen)

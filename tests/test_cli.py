@@ -42,8 +42,9 @@ from osoa_zip.archive import ArchiveError, ModelError, RefusedEntries, UsageErro
 from osoa_zip.cli import main
 from osoa_zip.container.format import ArchiveReader
 
+# Every image the model can take is coded (no per-image triage): these tests are about the model path.
 CODING = ["--model", MODEL, "--tile-size", str(TILE_SIZE), "--batch-size", str(BATCH_SIZE),
-          "--batch-pixels", "0"]
+          "--batch-pixels", "0", "--every-image"]
 API_CONFIG = AdaptationConfig(tile_size=TILE_SIZE, batch_size=BATCH_SIZE, batch_pixels=0)
 
 
@@ -108,7 +109,8 @@ def small_archive(tmp_path_factory) -> bytes:
     (source / "a.txt").write_text("hello\n" * 30)
     (source / "b.bin").write_bytes(bytes(range(200)))
     output = io.BytesIO()
-    compress([source], output, model=MODEL, adaptation=API_CONFIG, block_size=0)  # FILE entries, which tests edit
+    compress([source], output, model=MODEL, adaptation=API_CONFIG, block_size=0,
+             triage=False)  # FILE entries, which tests edit
     return output.getvalue()
 
 
@@ -346,7 +348,7 @@ def test_archive_inside_the_source_folder(tmp_path):
 def test_python_api_round_trip(source_tree, tree_archive, tmp_path):
     """compress/decompress with in-memory streams; same bytes as the CLI, same summary counts."""
     output = io.BytesIO()
-    summary = compress([source_tree], output, model=MODEL, adaptation=API_CONFIG)
+    summary = compress([source_tree], output, model=MODEL, adaptation=API_CONFIG, triage=False)
     data = output.getvalue()
     n_images = len(model_path_images())
     n_files = n_images + len(GENERAL_PATH_IMAGES) + len(NON_IMAGE_FILES)
@@ -365,8 +367,8 @@ def test_python_api_is_deterministic(small_archive, tmp_path):
     destination = tmp_path / "restored"
     decompress(io.BytesIO(small_archive), destination)
     first, second = io.BytesIO(), io.BytesIO()
-    compress([destination], first, model=MODEL, adaptation=API_CONFIG)
-    compress([destination], second, model=MODEL, adaptation=API_CONFIG)
+    compress([destination], first, model=MODEL, adaptation=API_CONFIG, triage=False)
+    compress([destination], second, model=MODEL, adaptation=API_CONFIG, triage=False)
     assert first.getvalue() == second.getvalue()
 
 
@@ -427,7 +429,7 @@ def test_sources_with_clashing_names_are_refused(tmp_path, sources, clash):
     resolved = [root / s if isinstance(s, str) else (root / s[0], s[1]) for s in sources]
     output = io.BytesIO()
     with pytest.raises(UsageError, match=re.escape(clash)):
-        compress(resolved, output, model=MODEL, adaptation=API_CONFIG)
+        compress(resolved, output, model=MODEL, adaptation=API_CONFIG, triage=False)
     assert output.getvalue() == b""
     if all(isinstance(s, str) for s in sources):  # the same through the command line
         result = invoke("compress", *CODING, *resolved, tmp_path / "out.osoa")
@@ -442,7 +444,7 @@ def test_sources_without_clashes_restore_every_file_from_its_source(tmp_path):
     root = _clash_tree(tmp_path / "src")
     output = io.BytesIO()
     compress([root / "a", root / "d", root / "e", (root / "b" / "x.txt", "from-b/x.txt")], output,
-             model=MODEL, adaptation=API_CONFIG)
+             model=MODEL, adaptation=API_CONFIG, triage=False)
     restored = tmp_path / "restored"
     decompress(io.BytesIO(output.getvalue()), restored)
     expected = {"x.txt": root / "a" / "x.txt", "x/y": root / "d" / "x" / "y", "y.txt": root / "e" / "y.txt",
@@ -618,7 +620,7 @@ def test_large_general_files_are_split_into_data_chunks(monkeypatch, tmp_path):
     (source / "random.bin").write_bytes(os.urandom(5000))  # incompressible: stored
     (source / "text.txt").write_bytes(os.urandom(3000).hex().encode())  # hex compresses to ~half: xz
     output = io.BytesIO()
-    compress([source], output, model=MODEL, adaptation=API_CONFIG, block_size=0)
+    compress([source], output, model=MODEL, adaptation=API_CONFIG, block_size=0, triage=False)
     tags = [tag for tag, _ in _chunks(output.getvalue())]
     assert tags.count(b"DATA") >= 5 + 3
     decompress(io.BytesIO(output.getvalue()), tmp_path / "restored")
@@ -632,7 +634,7 @@ def test_empty_folder_and_single_file_sources(tmp_path):
     with Image.open(EXAMPLES / "0008.png") as image:  # uncompressed, so the model path wins
         image.save(lone, compress_level=0)
     output = io.BytesIO()
-    summary = compress([tmp_path / "empty", lone], output, model=MODEL, adaptation=API_CONFIG)
+    summary = compress([tmp_path / "empty", lone], output, model=MODEL, adaptation=API_CONFIG, triage=False)
     assert (summary.files, summary.images) == (1, 1)
     destination = tmp_path / "restored"
     decompress(io.BytesIO(output.getvalue()), destination)

@@ -37,7 +37,8 @@ from osoa_zip.table import read_archive, read_table
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
-CODING = ["--model", MODEL, "--tile-size", str(TILE_SIZE), "--batch-size", "4", "--batch-pixels", "0"]
+CODING = ["--model", MODEL, "--tile-size", str(TILE_SIZE), "--batch-size", "4", "--batch-pixels", "0",
+          "--every-image"]  # the model path for every image (no triage)
 SCRIPT = Path(sys.executable).with_name("osoa-zip")  # the console script users run
 
 

@@ -40,7 +40,8 @@ from osoa_zip.models.registry import load_model
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 CONFIG = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, segment_batches=3)
-CODING = ["--model", MODEL, "--tile-size", "16", "--batch-size", "4", "--batch-pixels", "0", "--segment-size", "3"]
+CODING = ["--model", MODEL, "--tile-size", "16", "--batch-size", "4", "--batch-pixels", "0", "--segment-size", "3",
+          "--every-image"]  # the model path for every image (no triage)
 WAIT = 180  # seconds for a held task to show up (a worker imports torch first)
 
 
@@ -73,14 +74,14 @@ def segments(local_cluster):
 
 def two_threads(source, config=CONFIG, model=MODEL) -> bytes:
     output = io.BytesIO()
-    compress([source], output, model=model, adaptation=config, threads=2)
+    compress([source], output, model=model, adaptation=config, threads=2, triage=False)
     return output.getvalue()
 
 
 def on_cluster(source, segments, config=CONFIG, model=MODEL) -> bytes:
     output = io.BytesIO()
     with distributed.get_task_stream(client=segments.client) as tasks:
-        summary = compress([source], output, model=model, adaptation=config, cluster=segments)
+        summary = compress([source], output, model=model, adaptation=config, cluster=segments, triage=False)
     assert summary.batches, "the images must take the model path"
     assert any(task["key"].startswith("osoa-zip-encode-run") for task in tasks.data)
     return output.getvalue()

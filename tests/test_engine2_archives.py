@@ -43,7 +43,7 @@ TILE = 16
 SETTINGS = {"tile_size": TILE, "batch_size": 4, "batch_pixels": 0, "gray_batch_pixels": 0,
             "learning_rate": 2e-3, "gray_parameters": ""}
 CLI_SETTINGS = ["--model", MODEL, "--tile-size", str(TILE), "--batch-size", "4", "--batch-pixels", "0",
-                "--gray-batch-pixels", "0", "--lr", "2e-3", "--gray-adapt-params", "all"]
+                "--gray-batch-pixels", "0", "--lr", "2e-3", "--gray-adapt-params", "all", "--every-image"]
 RGB_SUBPIXELS, GRAY_SUBPIXELS = 4 * TILE * TILE * 3, 4 * TILE * TILE
 
 
@@ -100,7 +100,7 @@ def test_round_trip_with_every_parameter_selection(source, tmp_path, selection):
     decoder must replay every update exactly: 20+ RGB and several grey batches."""
     config = AdaptationConfig(**dict(SETTINGS, parameters=selection, guard=False))
     output = io.BytesIO()
-    summary = compress([source], output, model=MODEL, adaptation=config)
+    summary = compress([source], output, model=MODEL, adaptation=config, triage=False)
     assert len(summary.batches) >= 30
     counts = _adapted_full_batches(output.getvalue())
     assert counts["rgb"] >= 20 and counts["gray"] >= 5, counts
@@ -114,7 +114,8 @@ def test_parameter_selections_adapt_different_parameters(source):
     for selection in ("all", "last", "bias"):
         output = io.BytesIO()
         compress([source], output, model=MODEL, adaptation=AdaptationConfig(**dict(SETTINGS, parameters=selection,
-                                                                                     guard=False)))
+                                                                                     guard=False)),
+                 triage=False)
         sizes.add(tuple(batch.bits for batch in read_archive(io.BytesIO(output.getvalue()))[2]))
     assert len(sizes) == 3
 
@@ -123,7 +124,8 @@ def test_round_trip_of_the_fixture_tree(source_tree, tmp_path):
     """Every kind of file of the shared fixture (alpha, palettes, text chunks, 16-bit and broken
     images, plain files), with the guard and the model's default settings but small tiles."""
     output = io.BytesIO()
-    compress([source_tree], output, model=MODEL, adaptation=AdaptationConfig(tile_size=TILE, batch_size=4))
+    compress([source_tree], output, model=MODEL, adaptation=AdaptationConfig(tile_size=TILE, batch_size=4),
+             triage=False)
     decompress(io.BytesIO(output.getvalue()), tmp_path / "restored")
     assert_same_tree(source_tree, tmp_path / "restored")
 
@@ -209,7 +211,8 @@ def small_archives(tmp_path_factory) -> dict[str, bytes]:
     archives = {"source": source}
     for model in (MODEL, ENGINE1_MODEL):
         output = io.BytesIO()
-        compress([source], output, model=model, adaptation=AdaptationConfig(tile_size=TILE, batch_size=4))
+        compress([source], output, model=model, adaptation=AdaptationConfig(tile_size=TILE, batch_size=4),
+                 triage=False)
         archives[model] = output.getvalue()
     return archives
 

@@ -40,7 +40,7 @@ def source(tmp_path_factory):
 def _archive(source, **settings) -> bytes:
     output = io.BytesIO()
     config = AdaptationConfig(tile_size=TILE_SIZE, **{"batch_size": BATCH_SIZE, "batch_pixels": 0, **settings})
-    compress([source], output, model=MODEL, adaptation=config)
+    compress([source], output, model=MODEL, adaptation=config, triage=False)
     return output.getvalue()
 
 
@@ -339,7 +339,7 @@ def test_large_tiles_round_trip_one_to_a_batch(source, tmp_path):
     """48 x 48 tiles capped at 2304 pixels: one per batch, decoded exactly through the archive."""
     output = io.BytesIO()
     compress([source], output, model=MODEL, adaptation=AdaptationConfig(
-        tile_size=48, batch_size=8, batch_pixels=0, batch_pixels_max=48 * 48))
+        tile_size=48, batch_size=8, batch_pixels=0, batch_pixels_max=48 * 48), triage=False)
     data = output.getvalue()
     decompress(io.BytesIO(data), tmp_path / "restored")
     assert_same_tree(source, tmp_path / "restored")

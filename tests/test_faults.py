@@ -25,7 +25,8 @@ from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.archive import ModelError, compress, decompress
 from osoa_zip.models.registry import MANIFEST, available_models
 
-CODING = ["--model", MODEL, "--tile-size", "16", "--batch-size", "2", "--batch-pixels", "0"]
+CODING = ["--model", MODEL, "--tile-size", "16", "--batch-size", "2", "--batch-pixels", "0",
+          "--every-image"]  # the model path for every image (no triage)
 ARCHIVE_PART = re.compile(r"^\.a\.osoa\.[A-Za-z0-9_]{8}\.part$")
 DEST_PART = re.compile(r"^\.dest\.osoa-zip-[A-Za-z0-9_]{8}\.part$")
 STAGING = re.compile(r"^\.osoa-zip-[A-Za-z0-9_]{8}$")
@@ -154,7 +155,8 @@ def small_archive(tmp_path_factory) -> bytes:
     images is restored without loading it)."""
     output = io.BytesIO()
     source = uncompressed_copy(EXAMPLES, tmp_path_factory.mktemp("faults") / "images") / "0008.png"
-    compress([source], output, model=MODEL, adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0))
+    compress([source], output, model=MODEL, adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0),
+             triage=False)
     return output.getvalue()
 
 

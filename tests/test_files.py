@@ -24,7 +24,8 @@ from osoa_zip.adapt.engine import AdaptationConfig
 from osoa_zip.archive import UsageError, compress, decompress
 from osoa_zip.pause import VARIABLE as PAUSE_VARIABLE
 
-SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0))
+SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0),
+                triage=False)  # the model path for every image the model can take
 
 
 @pytest.fixture
@@ -311,7 +312,7 @@ def test_segments_restart_the_model(tmp_path):
                          "frozen": AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, adapt=False),
                          "adapted": AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0)}.items():
         buffer = io.BytesIO()
-        summary = compress([source], buffer, model="idf-tiny-test", adaptation=config)
+        summary = compress([source], buffer, model="idf-tiny-test", adaptation=config, triage=False)
         sizes[name] = [s.bits for s in summary.batches]
         buffer.seek(0)
         decompress(buffer, tmp_path / name)

@@ -48,7 +48,7 @@ def archive(original) -> bytes:
     """A ~2 KB archive with every entry kind (its files in a solid block) and two adapted image batches."""
     output = io.BytesIO()
     compress([original], output, model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4,
-                                                                                    batch_pixels=0))
+                                                                                    batch_pixels=0), triage=False)
     return output.getvalue()
 
 

@@ -25,6 +25,7 @@ import format_1_2  # noqa: E402
 import format_1_3  # noqa: E402
 import format_1_4  # noqa: E402
 import format_1_5  # noqa: E402
+import format_1_5_verbatim  # noqa: E402
 
 # Every golden archive, with the format version its preamble must say.
 ARCHIVES = {**dict.fromkeys(format_1_0.ARCHIVES, b"\x01\x00\x00\x00"),
@@ -147,3 +148,45 @@ def test_format_1_5_golden_archives_hold_what_1_5_added():
     assert methods["texts/long.log"] == "xz" and methods["code/blob.bin"] == "store"
     assert methods["texts/salt.bin"] == "store" and methods["texts/chapter_0.txt"] == "solid"
     assert methods["texts/empty.txt"] == "solid"
+
+@pytest.fixture(scope="module")
+def source_1_5_verbatim(tmp_path_factory) -> Path:
+    return format_1_5_verbatim.build_source(tmp_path_factory.mktemp("golden") / "source")
+
+
+@pytest.mark.parametrize("name", sorted(format_1_5_verbatim.ARCHIVES))
+def test_format_1_5_verbatim_golden_archive_decodes_byte_for_byte(name, source_1_5_verbatim, tmp_path):
+    """Files other tools wrote (images/foreign) come back byte for byte from their pixels and
+    verbatim bytes; the rest of the folder as format 1.0's archives restore it."""
+    data = (GOLDEN / name).read_bytes()
+    assert data[8:12] == b"\x01\x00\x05\x00"
+    destination = tmp_path / "restored"
+    decompress(io.BytesIO(data), destination)
+    assert_same_tree(source_1_5_verbatim, destination)
+    foreign = source_1_5_verbatim / "images" / "foreign"
+    for path in sorted(foreign.iterdir()):
+        assert (destination / "images" / "foreign" / path.name).read_bytes() == path.read_bytes(), path.name
+    assert test_archive(io.BytesIO(data)).images == 7 + len(format_1_5_verbatim.FOREIGN)
+
+
+def test_format_1_5_verbatim_golden_archives_hold_what_1_5_added():
+    """Every foreign file is on the model path (or the palette path) with verbatim bytes and
+    rasters; the LZW TIFF with its compression; strips.tif with one raster per strip."""
+    from osoa_zip.container.format import ArchiveReader
+    from osoa_zip.container.records import ImageTable
+    from osoa_zip.table import read_table
+    for name in format_1_5_verbatim.ARCHIVES:
+        data = (GOLDEN / name).read_bytes()
+        _, entries = read_table(io.BytesIO(data))
+        methods = {entry.name: entry.method for entry in entries}
+        images = {image.name: image for tag, payload in ArchiveReader(io.BytesIO(data)).chunks()
+                  if tag == ImageTable.TAG for image in ImageTable.parse(payload).images}
+        for file, (fmt, mode) in format_1_5_verbatim.FOREIGN.items():
+            image = images[f"images/foreign/{file}"]
+            assert (image.format, image.image_mode) == (fmt, mode), file
+            assert methods[image.name] == ("palette" if mode == "P" else "model"), file
+            if file == "lzw.tif":
+                assert image.compression == "tiff_lzw" and not image.rasters
+            else:
+                assert image.rasters and image.verbatim and not image.compression, file
+        assert len(images["images/foreign/strips.tif"].rasters) == 6

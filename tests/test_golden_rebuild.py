@@ -75,8 +75,10 @@ def _digest(chunks: list[tuple[bytes, bytes]]) -> str:
 
 
 def _compress(source: Path, model: str, settings: dict) -> bytes:
+    """Every image the model can take is coded (triage=False, as every writer before 1.8 did):
+    this pins the coding; which images triage sends to the model is test_triage.py's."""
     output = io.BytesIO()
-    compress([source], output, model=model, adaptation=AdaptationConfig(**settings))
+    compress([source], output, model=model, adaptation=AdaptationConfig(**settings), triage=False)
     return output.getvalue()
 
 

@@ -27,7 +27,7 @@ from osoa_zip.verify import tree_differences
 # block_size 0: every file in a FILE entry of its own, which these tests edit (format 1.5 still writes them;
 # names inside solid blocks are checked by tests/test_solid.py::test_unsafe_names_in_a_block_are_refused_alone).
 SETTINGS = dict(model="idf-tiny-test", adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0),
-                block_size=0)
+                block_size=0, triage=False)  # triage off: the model path for every image it can take
 MEMORY_LIMIT = 3 << 29  # 1.5 GiB of address space: the CLI needs ~250 MB of RSS on these archives
 
 
@@ -289,7 +289,7 @@ def test_refused_group_and_the_groups_after_it(tmp_path, monkeypatch, adapt):
     original = source
     output = io.BytesIO()
     compress([original], output, model="idf-tiny-test",
-             adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, adapt=adapt))
+             adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, adapt=adapt), triage=False)
     crafted = Crafted.parse(output.getvalue())
     assert crafted.tags.count(b"IMGS") == 2
     reasons, destination = _restore(crafted.edit("img0.png", width=0).build(), tmp_path / "box")

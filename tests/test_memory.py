@@ -177,7 +177,7 @@ def test_cli_memory_does_not_grow_with_the_image(tmp_path):
         image = realistic_photo(megapixels)
         image.save(folder / "src" / "photo.png", compress_level=0)
         archive = folder / "a.osoa"
-        compress = _cli_peak("compress", "-q", "--no-adapt", folder / "src", archive)
+        compress = _cli_peak("compress", "-q", "--no-adapt", "--every-image", folder / "src", archive)
         decompress = _cli_peak("decompress", "-q", archive, folder / "out")
         with Image.open(folder / "out" / "photo.png") as restored:
             assert np.array_equal(np.asarray(restored), np.asarray(image))

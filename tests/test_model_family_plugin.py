@@ -167,7 +167,8 @@ def test_compress_loads_a_new_family_from_its_checkpoint(tmp_path, monkeypatch):
             image.save(source / name, compress_level=0)
     archive = io.BytesIO()
     compress([source], archive, model="per-pixel-test",
-             adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=8.0))
+             adaptation=AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=8.0),
+             triage=False)
     header, _, batches = read_archive(io.BytesIO(archive.getvalue()))
     assert header["model"] == {"name": "per-pixel-test", "sha256": digest, "family": FAMILY}
     assert len(batches) > 3  # the images took the model path, in several batches each

@@ -109,7 +109,8 @@ def _compress_examples(source: Path, model: str) -> Path:
     path = source.parent / f"examples-{model}.osoa"
     if not path.exists():
         with open(path, "wb") as output:
-            summary = compress([source], output, model=MODELS[model], adaptation=AdaptationConfig(**_adaptation(model)))
+            summary = compress([source], output, model=MODELS[model], adaptation=AdaptationConfig(**_adaptation(model)),
+                               triage=False)  # the model path for every image the model can take
         assert len(summary.batches) >= 20, "the test must adapt over at least 20 batches"
     return path
 
@@ -190,7 +191,7 @@ def _encode_under(source: Path, model: str, other: Path, combination) -> bytes:
     code = ("import json, sys; from pathlib import Path; from osoa_zip.archive import compress; "
             "from osoa_zip.adapt.engine import AdaptationConfig; "
             f"compress([Path({str(source)!r})], open({str(other)!r}, 'wb'), model={MODELS[model]!r}, "
-            f"adaptation=AdaptationConfig(**json.loads({json.dumps(_adaptation(model))!r})))")
+            f"adaptation=AdaptationConfig(**json.loads({json.dumps(_adaptation(model))!r})), triage=False)")
     result = subprocess.run([sys.executable, "-c", code], env=_environment(*combination),
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stderr

@@ -20,7 +20,8 @@ from PIL import Image
 
 from osoa_zip.imaging.messages import library_messages
 
-CODING = ["--model", MODEL, "--tile-size", "16", "--batch-size", "4", "--batch-pixels", "0"]
+CODING = ["--model", MODEL, "--tile-size", "16", "--batch-size", "4", "--batch-pixels", "0",
+          "--every-image"]  # the model path for every image (no triage)
 
 
 def run_cli(*args) -> subprocess.CompletedProcess:

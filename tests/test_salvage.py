@@ -36,7 +36,7 @@ def source(tmp_path_factory):
 @pytest.fixture(scope="module")
 def archive(source) -> bytes:
     output = io.BytesIO()  # block_size 0: a file in each DATA chunk (tests/test_solid.py salvages blocks)
-    compress([source], output, model=MODEL, adaptation=SEGMENTED, block_size=0)
+    compress([source], output, model=MODEL, adaptation=SEGMENTED, block_size=0, triage=False)
     return output.getvalue()
 
 

@@ -37,7 +37,7 @@ def test_same_archive_for_any_thread_count(source, tmp_path, segment):
     archives = {}
     for threads in (1, 3):
         output = io.BytesIO()
-        compress([source], output, model=MODEL, adaptation=config, threads=threads)
+        compress([source], output, model=MODEL, adaptation=config, threads=threads, triage=False)
         archives[threads] = output.getvalue()
     assert archives[1] == archives[3]
     for threads in (1, 2):
@@ -49,7 +49,7 @@ def test_same_archive_for_any_thread_count(source, tmp_path, segment):
 
 def cli_compress(source, archive, *options) -> None:
     result = CliRunner().invoke(main, ["compress", "-q", "--model", MODEL, "--tile-size", "16", "--batch-size", "4",
-                                       "--batch-pixels", "0", *options, str(source), str(archive)])
+                                       "--batch-pixels", "0", "--every-image", *options, str(source), str(archive)])
     assert result.exit_code == 0, result.output
 
 
@@ -137,7 +137,7 @@ def test_models_are_loaded_once(source, tmp_path, monkeypatch):
     monkeypatch.setattr(registry, "load_checkpoint", lambda *a, **k: loads.append(a) or real(*a, **k))
     config = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, segment_batches=2)
     output = io.BytesIO()
-    compress([source], output, model=MODEL, adaptation=config, threads=2)
+    compress([source], output, model=MODEL, adaptation=config, threads=2, triage=False)
     assert len(loads) == 1
     decompress(io.BytesIO(output.getvalue()), tmp_path / "out", threads=2)
     assert len(loads) == 2

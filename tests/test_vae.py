@@ -374,7 +374,7 @@ def low_contrast_archive(tmp_path_factory, request):
     source = _low_contrast_folder(root / "low_contrast")
     archive = root / "low_contrast.osoa"
     with open(archive, "wb") as output:
-        summary = compress([source], output, model=request.param, adaptation=ADAPTATION)
+        summary = compress([source], output, model=request.param, adaptation=ADAPTATION, triage=False)
     assert summary.images == len(list(source.glob("*.png"))) and len(summary.batches) >= 20
     assert any(batch.flags & FLAG_CHAINED for batch in summary.batches)
     return source, archive
@@ -418,7 +418,7 @@ def test_chains_with_segments_threads_and_salvage(tmp_path):
     archives = {}
     for threads in (1, 2):
         output = io.BytesIO()
-        compress([source], output, model=MODEL, adaptation=config, threads=threads)
+        compress([source], output, model=MODEL, adaptation=config, threads=threads, triage=False)
         archives[threads] = output.getvalue()
     assert archives[1] == archives[2]
     flags = [batch.flags for batch in read_archive(io.BytesIO(archives[1]))[2]]
@@ -442,7 +442,7 @@ def _chained_archive(tmp_path) -> bytes:
     from osoa_zip import compress
     output = io.BytesIO()
     compress([_low_contrast_folder(tmp_path / "in")], output, model=MODEL,
-             adaptation=dataclasses.replace(ADAPTATION, segment_batches=5, chain_batches=3))
+             adaptation=dataclasses.replace(ADAPTATION, segment_batches=5, chain_batches=3), triage=False)
     return output.getvalue()
 
 
@@ -484,8 +484,8 @@ def test_cli_round_trip_with_the_vae(tmp_path):
     archive, restored = tmp_path / "a.osoa", tmp_path / "out"
     run = lambda *args: subprocess.run([sys.executable, "-m", "osoa_zip", *map(str, args)],  # noqa: E731
                                        env=subprocess_env(), capture_output=True, text=True, timeout=600)
-    result = run("compress", "--model", MODEL, "--tile-size", TILE, "--batch-size", 4, "--batch-pixels", 0, source,
-                 archive)
+    result = run("compress", "--model", MODEL, "--tile-size", TILE, "--batch-size", 4, "--batch-pixels", 0,
+                 "--every-image", source, archive)
     assert result.returncode == 0, result.stderr
     assert "0 images" not in result.stderr
     result = run("decompress", archive, restored)
@@ -511,7 +511,8 @@ def test_compress_takes_the_model_s_learning_rate_unless_told(tmp_path):
     for name, options in (("own", []), ("told", ["--lr", "0.001"]), ("flow", None)):
         archive = tmp_path / f"{name}.osoa"
         model = ["--model", "idf-tiny-test"] if options is None else ["--model", HIERARCHICAL, *options]
-        result = CliRunner().invoke(main, ["compress", "-q", *model, "--tile-size", "16", str(source), str(archive)])
+        result = CliRunner().invoke(main, ["compress", "-q", *model, "--tile-size", "16", "--every-image", str(source),
+                                           str(archive)])
         assert result.exit_code == 0, result.output
         with open(archive, "rb") as handle:
             rates[name] = read_archive(handle)[0]["adaptation"]["learning_rate"]

@@ -69,7 +69,8 @@ def _compress_arguments(model: str, config: AdaptationConfig, adapt: bool) -> li
                  "--batch-pixels", str(config.batch_pixels), "--give-up-after", str(config.give_up_after),
                  "--adapt-params", config.parameters, "--gray-adapt-params", config.parameters_for(1),
                  "--tile-size", str(config.tile_size), "--batch-pixels-max", str(config.batch_pixels_max),
-                 "--gray-batch-pixels", str(config.gray_batch_pixels)]
+                 "--gray-batch-pixels", str(config.gray_batch_pixels),
+                 "--every-image"]  # the bench measures the model on every image, not triage's choice
     return arguments + ([] if adapt else ["--no-adapt"])
 
 

@@ -20,6 +20,7 @@ import lzma
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from . import format as _format
 from .format import ArchiveError, OversizedEntry, canonical_json, read_json
 
 DATA_CHUNK_BYTES = 1 << 24      # a general file travels in DATA chunks of up to this many bytes
@@ -31,6 +32,12 @@ CODEC_NAMES = {CODEC_STORE: "store", CODEC_XZ: "xz"}
 DEFAULT_BLOCK_BYTES = 64 << 20  # a solid block holds about this many bytes of files (compress --block-size)
 MAX_BLOCK_BYTES = 1 << 32       # the largest block a writer writes; a block index declaring more is refused
 MAX_BLOCK_FILES = 1 << 16       # ... or more files than this (about 16 values each: within MAX_JSON_VALUES)
+VERBATIM_SINCE = (1, 5)         # the format that added an image's verbatim bytes, rasters and compression
+
+
+def writes_verbatim() -> bool:
+    """Whether the archives this release writes may hold 1.5's image fields (ImageEntry)."""
+    return (_format.FORMAT_MAJOR, _format.FORMAT_MINOR) >= VERBATIM_SINCE
 
 
 class MalformedChunk(ArchiveError):
@@ -146,6 +153,14 @@ class _Fields:
 
     def items(self, key: str) -> list:
         return self._get(key, (list,))
+    def rows(self, key: str, types: tuple[type, ...]) -> list[tuple]:
+        """An optional list (absent: empty) of lists whose items have these types."""
+        rows = self._get(key, (list,), [], required=False)
+        for row in rows:
+            if not isinstance(row, list) or len(row) != len(types) or not all(
+                    type(item) is kind for item, kind in zip(row, types)):
+                raise MalformedChunk(f"{self.what}: {key!r} holds a malformed row")
+        return [tuple(row) for row in rows]
 
     def binary(self, key: str) -> bytes:
         """An optional base64 field (absent: empty)."""
@@ -347,24 +362,48 @@ class ImageEntry:
     png_before: bytes = b""  # PNG chunks between IHDR and the first IDAT, verbatim
     png_after: bytes = b""   # ... between the last IDAT and IEND
     sha256: str = ""         # of the original file (--byte-exact)
+    # (1.5) the TIFF compression Pillow writes the file with ("tiff_lzw"), "" for none
+    compression: str = ""
+    # (1.5) the file minus its rasters, verbatim, and where each raster goes: the rows RASTER_ROW
+    # describes (the imaging side's verbatim.Raster); restored by interleaving the two
+    verbatim: bytes = b""
+    rasters: list[tuple] = field(default_factory=list)
+
+    # offset, x0, y0, x1, y1, raw mode, stride, row step
+    RASTER_ROW: ClassVar[tuple[type, ...]] = (int, int, int, int, int, str, int, int)
+    COMPRESSIONS: ClassVar[tuple[str, ...]] = ("tiff_lzw",)
 
     def to_json(self) -> dict:
         value = {**name_fields(self.name), "mode": self.mode, "mtime_ns": self.mtime_ns, "height": self.height,
                  "width": self.width, "image_mode": self.image_mode, "format": self.format}
-        for key in ("png_before", "png_after", "palette"):
+        for key in ("png_before", "png_after", "palette", "verbatim"):
             if getattr(self, key):
                 value[key] = _base64(getattr(self, key))
-        if self.sha256:
-            value["sha256"] = self.sha256
+        for key in ("sha256", "compression"):
+            if getattr(self, key):
+                value[key] = getattr(self, key)
+        if self.rasters:
+            value["rasters"] = [list(row) for row in self.rasters]
         return value
+
+    @property
+    def since_1_5(self) -> bool:
+        """Whether the entry uses a field format 1.5 added (an older archive may not)."""
+        return bool(self.compression or self.verbatim or self.rasters)
 
     @classmethod
     def from_json(cls, value: Any) -> ImageEntry:
         fields = _Fields(value, "an image table's entry")
-        return cls(fields.name(), fields.integer("mode"), fields.integer("mtime_ns"), fields.integer("height"),
-                   fields.integer("width"), fields.text("image_mode"), fields.text("format"),
-                   fields.binary("palette"), fields.binary("png_before"), fields.binary("png_after"),
-                   fields.text("sha256", ""))
+        entry = cls(fields.name(), fields.integer("mode"), fields.integer("mtime_ns"), fields.integer("height"),
+                    fields.integer("width"), fields.text("image_mode"), fields.text("format"),
+                    fields.binary("palette"), fields.binary("png_before"), fields.binary("png_after"),
+                    fields.text("sha256", ""), fields.text("compression", ""), fields.binary("verbatim"),
+                    fields.rows("rasters", cls.RASTER_ROW))
+        if entry.compression and entry.compression not in cls.COMPRESSIONS:
+            raise MalformedChunk(f"image {entry.name!r}: unknown compression {entry.compression!r}")
+        if entry.rasters and entry.compression:
+            raise MalformedChunk(f"image {entry.name!r} has both rasters and a compression")
+        return entry
 
 
 @chunk_kind

@@ -7,7 +7,11 @@ nothing but the pixel encoding:
 * PNG: every chunk besides IHDR/IDAT/IEND (text, ICC profile, gamma, DPI,
   EXIF, transparency, private chunks) is kept verbatim and spliced back
   around Pillow's IDAT on restore, so metadata survive byte for byte;
-* BMP, PPM/PGM, TIFF: only when Pillow re-writes the file byte for byte.
+* BMP, PPM/PGM, TIFF: when Pillow re-writes the file byte for byte (for an
+  LZW TIFF: given ``compression="tiff_lzw"``, which the archive then records), or
+  (format 1.5) when the file's pixels are plain raster: everything else is kept
+  verbatim beside the model-coded pixels and the raster is re-encoded in place
+  (verbatim.py), so files other tools wrote come back byte for byte too.
 
 LA and RGBA images qualify too: the model codes the colour channels and the
 archive keeps the alpha plane beside them.  Palette (P) PNGs keep their
@@ -28,8 +32,11 @@ MiB compressing and 288-314 MiB decompressing from 4 to 100 MP (it grew by
 at 100 MP).  Smaller images are held in memory as before (a group holds ~2^25
 sub-pixels), and everything else works in row bands of about BAND_BYTES.
 Checking an image holds one image at a time: its pixels wait (in memory or in
-their file) while the re-encoded file is written to a scratch file and decoded
-again, and the two decodes are compared by the SHA-256 of their pixels.
+their file) while the file is written again as the decoder will write it.  A file
+that must come back byte for byte (BMP, PPM/PGM, TIFF, or any with --byte-exact) is
+compared with the original by SHA-256 and size, nothing more: the same bytes decode
+to the same pixels.  A PNG's rewrite goes to a scratch file and is decoded again,
+and the two decodes are compared by the SHA-256 of their pixels.
 """
 from __future__ import annotations
 
@@ -50,6 +57,7 @@ from PIL import Image
 
 from .messages import Note, library_messages
 from .pixel_file import PixelFile, PixelView
+from .verbatim import Raster, rasters_of, verbatim_bytes, write_file
 
 LOSSLESS_FORMATS = ("PNG", "BMP", "PPM", "TIFF")
 MODEL_MODES = {"L": 1, "RGB": 3, "LA": 2, "RGBA": 4, "P": 1}  # channels in the file
@@ -73,6 +81,9 @@ class ImageRecord:
     png_before: bytes = b""  # PNG chunks between IHDR and the first IDAT, verbatim
     png_after: bytes = b""   # PNG chunks between the last IDAT and IEND, verbatim
     sha256: str = ""         # of the original file, when its exact bytes are promised
+    compression: str = ""    # TIFF: the compression Pillow writes it with ("tiff_lzw"; "" = none)
+    verbatim: bytes = b""    # the file minus its rasters, when the rasters are re-encoded in place (verbatim.py)
+    rasters: tuple[Raster, ...] = ()
     palette: bytes = b""     # P images: the palette as Pillow reports it (RGB triples)
     picture: Image.Image | None = None  # the decoder's pixels, already in the Pillow image that writes them
     # A large image's pixels are in this temporary file (`pixels` is its view, or `picture` maps
@@ -244,8 +255,13 @@ class _PngSplicer:
 def save_picture(picture: Image.Image, record: ImageRecord, out: BinaryIO | None) -> tuple[str, int]:
     """Write the file to restore to ``out`` (None: nowhere) as it is encoded; its (SHA-256, size)."""
     sink = _Hashing(out, record.pixel_file.forget if record.pixel_file is not None else None)
+    if record.rasters:
+        write_file(picture, record.verbatim, record.rasters, sink)
+        return sink.digest.hexdigest(), sink.size
     splice = record.format == "PNG" and (record.png_before or record.png_after)
-    picture.save(_PngSplicer(sink, record.png_before, record.png_after) if splice else sink, format=record.format)
+    options = {"compression": record.compression} if record.compression else {}
+    picture.save(_PngSplicer(sink, record.png_before, record.png_after) if splice else sink, format=record.format,
+                 **options)
     return sink.digest.hexdigest(), sink.size
 
 
@@ -394,14 +410,16 @@ def scratch_file(size_hint: int) -> BinaryIO:
     return io.BytesIO() if size_hint <= SPILL_BYTES else tempfile.TemporaryFile(prefix="osoa-zip-")
 
 
-def _model_record(handle: BinaryIO, size: int, byte_exact: bool) -> ImageRecord | None:
+def _model_record(handle: BinaryIO, size: int, byte_exact: bool, verbatim: bool) -> ImageRecord | None:
     """The record of an image file if writing its pixels back loses nothing, else None.
 
     One image at a time: the decode goes to a spill buffer (a small image) or
     straight into a PixelFile (a large one) and is closed; the rewrite is
-    encoded into a scratch file and decoded again, compared by hash.  Then a
-    small image's pixels are read back once; a large one's stay in their file
-    (the record's ``pixel_file``, closed once its group is coded).
+    encoded (into a scratch file, if it must be decoded again) and compared by
+    hash.  Then a small image's pixels are read back once; a large one's stay in
+    their file (the record's ``pixel_file``, closed once its group is coded).
+    With ``verbatim`` (the archive's format holds 1.5's fields), an LZW TIFF may be
+    re-written LZW and a raster file around verbatim bytes (verbatim.py).
     """
     reader = _Reader(handle)
     with ExitStack() as scratch, ExitStack() as kept:
@@ -409,27 +427,38 @@ def _model_record(handle: BinaryIO, size: int, byte_exact: bool) -> ImageRecord 
             mode, image_format, frames = image.mode, image.format, getattr(image, "n_frames", 1)
             if image_format not in LOSSLESS_FORMATS or mode not in MODEL_MODES or frames != 1:
                 return None
-            if mode == "P" and image_format != "PNG":
+            rasters = rasters_of(image) if verbatim and image_format != "PNG" else None
+            if mode == "P" and image_format != "PNG" and rasters is None:
                 return None
+            lzw = verbatim and image_format == "TIFF" and image.info.get("compression") == "tiff_lzw"
             width, height = image.size
             shape = (height, width, MODEL_MODES[mode])
             spill = None if is_large(*shape) else scratch.enter_context(scratch_file(height * width * shape[2]))
             facts, pixels_digest, pixel_file = _decode(image, reader, spill)
         if pixel_file is not None:
             kept.callback(pixel_file.close)
-        record = ImageRecord(pixels=None, mode=mode, format=image_format, palette=facts[3], pixel_file=pixel_file)
+        record = ImageRecord(pixels=None, mode=mode, format=image_format, palette=facts[3], pixel_file=pixel_file,
+                             compression="tiff_lzw" if lzw else "")
         if image_format == "PNG":
             ancillary = _split_png(handle, size)
             if ancillary is None:
                 return None
             record.png_before, record.png_after = ancillary
-        rewrite = scratch.enter_context(scratch_file(height * width * shape[2]))
-        if spill is None:
-            picture = record_picture(record)
+
+        def picture() -> Image.Image:
+            if spill is None:
+                return record_picture(record)
+            return picture_from_bands(_spilled_bands(spill, *shape), mode, width, height, record.palette)
+
+        if image_format != "PNG" or byte_exact:
+            reproduced = _reproduces_file(record, picture, handle, size, rasters)
         else:
-            picture = picture_from_bands(_spilled_bands(spill, *shape), mode, width, height, record.palette)
-        if not _rewrite_reproduces(record, picture, rewrite, facts, pixels_digest, handle, size, byte_exact):
+            rewrite = scratch.enter_context(scratch_file(height * width * shape[2]))
+            reproduced = _rewrite_decodes_alike(record, picture(), rewrite, facts, pixels_digest)
+        if not reproduced:
             return None
+        if byte_exact:
+            record.sha256 = _file_sha256(handle)
         if pixel_file is None:
             record.pixels = _spilled_pixels(spill, *shape)
         else:
@@ -439,21 +468,41 @@ def _model_record(handle: BinaryIO, size: int, byte_exact: bool) -> ImageRecord 
     return record
 
 
-def _rewrite_reproduces(record: ImageRecord, picture: Image.Image, rewrite: BinaryIO, facts: tuple,
-                        pixels_digest: str, original: BinaryIO, size: int, byte_exact: bool) -> bool:
-    """Write the picture (the record's pixels) as the decoder will; true if that gives back the same
-    pixels and facts (and, for BMP/PPM/TIFF or byte_exact, the original bytes: then the
-    record takes their SHA-256).  Only the rewrite's own Pillow image is held meanwhile
-    (a large one's pixels in a PixelFile)."""
+def _written(record: ImageRecord, picture: Image.Image, out: BinaryIO | None) -> tuple[str, int]:
+    """Write the picture as the decoder will write the record (SHA-256 and size), then free it."""
     try:
-        rewrite_digest, rewrite_size = save_picture(picture, record, rewrite)
+        return save_picture(picture, record, out)
     finally:
         close_picture(picture)
-    if record.format != "PNG" or byte_exact:
-        original_digest = _file_sha256(original)
-        if (rewrite_digest, rewrite_size) != (original_digest, size):
-            return False
-        record.sha256 = original_digest if byte_exact else ""
+
+
+def _reproduces_file(record: ImageRecord, picture: Callable[[], Image.Image], original: BinaryIO, size: int,
+                     rasters: tuple[Raster, ...] | None) -> bool:
+    """Whether the record's pixels, written as the decoder will, give back the original bytes:
+    first as Pillow writes the format, then (given rasters) as the original's verbatim bytes
+    around its re-encoded rasters, which the record then keeps.  Identical bytes decode to
+    the same pixels and facts, so nothing is decoded again."""
+    original_digest = _file_sha256(original)
+    if _written(record, picture(), None) == (original_digest, size):
+        return True
+    if not rasters:
+        return False
+    verbatim = verbatim_bytes(original, size, rasters)
+    if verbatim is None:
+        return False
+    record.compression, record.verbatim, record.rasters = "", verbatim, rasters
+    if _written(record, picture(), None) == (original_digest, size):
+        return True
+    record.verbatim, record.rasters = b"", ()
+    return False
+
+
+def _rewrite_decodes_alike(record: ImageRecord, picture: Image.Image, rewrite: BinaryIO, facts: tuple,
+                           pixels_digest: str) -> bool:
+    """Write the picture (the record's pixels) as the decoder will; true if that gives back the same
+    pixels and facts (a PNG: its IDAT may differ).  Only the rewrite's own Pillow image is held
+    meanwhile (a large one's pixels in a PixelFile)."""
+    _written(record, picture, rewrite)
     reader = _Reader(rewrite)
     with _opened(reader) as again:
         if again.mode != record.mode:
@@ -465,7 +514,7 @@ def _rewrite_reproduces(record: ImageRecord, picture: Image.Image, rewrite: Bina
 
 
 def read_image(path: Path, byte_exact: bool = False, pixels_in_file: bool = False,
-               note: Note | None = None) -> ImageRecord | None:
+               note: Note | None = None, verbatim: bool = False) -> ImageRecord | None:
     """The pixels of a model-path image, or None for the general path.
 
     With byte_exact, only images whose restored file would be byte-identical
@@ -475,19 +524,21 @@ def read_image(path: Path, byte_exact: bool = False, pixels_in_file: bool = Fals
     is a PixelView of ``pixel_file``, which the caller closes), as the compressor
     keeps them; else they are read into an array.  What Pillow and its C libraries say
     about the file goes to ``note``, one line per message naming the file (messages.py).
+    With ``verbatim`` (an archive of format 1.5 on), files whose bytes Pillow does not write
+    back may keep them verbatim around their re-encoded raster (verbatim.py).
     """
     with library_messages(str(path), note):
-        return _read_image(path, byte_exact, pixels_in_file)
+        return _read_image(path, byte_exact, pixels_in_file, verbatim)
 
 
-def _read_image(path: Path, byte_exact: bool, pixels_in_file: bool) -> ImageRecord | None:
+def _read_image(path: Path, byte_exact: bool, pixels_in_file: bool, verbatim: bool) -> ImageRecord | None:
     try:
         with open(path, "rb") as handle:
             head = handle.read(16)
             before = os.fstat(handle.fileno())
             if not head.startswith(IMAGE_SIGNATURES) or before.st_size > MAX_IMAGE_FILE_BYTES:
                 return None  # never read a non-image (or a huge file) whole just to ask Pillow
-            record = _model_record(handle, before.st_size, byte_exact)
+            record = _model_record(handle, before.st_size, byte_exact, verbatim)
             after = os.fstat(handle.fileno())
             changed = (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
             if record is not None and record.pixel_file is not None and (changed or not pixels_in_file):

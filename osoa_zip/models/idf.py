@@ -385,6 +385,23 @@ class SubLatticeFlow(CodingModel):
         """Total negative log-likelihood of a batch in bits (differentiable)."""
         return self.analyse(pixels)[0]
 
+    @torch.no_grad()
+    def tile_bits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Each tile's bits, from one forward pass: every factor's latents are laid out tile
+        first, so its bits summed over all but the first dimension are the tile's."""
+        pixels = pixels.to(self.final_mean.dtype)
+        targets = self._targets(pixels)
+        terms = []
+
+        def take(key, mean, log_scale, logits, offset):
+            target = self._target(targets, key)
+            bits = self._nll(target - offset, mean, log_scale, logits, self._bounds(offset))
+            terms.append(bits.reshape(pixels.shape[0], -1).sum(1))
+            return target
+
+        self._traverse(pixels.shape, take)
+        return torch.stack(terms).sum(0)
+
     def push(self, factors: list, encoder) -> None:
         """Queue the factors from ``analyse`` on an entropy encoder, in order."""
         if self.components > 1:

@@ -89,6 +89,13 @@ class CodingModel(nn.Module, metaclass=ABCMeta):
         """
         return (self.nll(pixels) if with_loss else None), None
 
+    @torch.no_grad()
+    def tile_bits(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Each tile's bits under these weights (B values, no gradient): what per-image triage
+        sets against a file (triage.py), for tiles of many images in one batch.  The default
+        is ``nll`` tile by tile; a family whose loss is a sum over tiles may do it in one pass."""
+        return torch.stack([self.nll(pixels[i:i + 1]) for i in range(pixels.shape[0])])
+
     def push(self, factors, coder) -> None:
         """Code the factors ``analyse`` returned (only families whose ``analyse`` returns some)."""
         raise NotImplementedError(f"the {self.family} family's analyse returns no factors to push")
