@@ -33,7 +33,7 @@ ARCHIVES = {**dict.fromkeys(format_1_0.ARCHIVES, b"\x01\x00\x00\x00"),
             **dict.fromkeys(format_1_2.ARCHIVES, b"\x01\x00\x02\x00"),
             **dict.fromkeys(format_1_3.ARCHIVES, b"\x01\x00\x03\x00"),
             **dict.fromkeys(format_1_4.ARCHIVES, b"\x01\x00\x04\x00"),
-            **dict.fromkeys(engine_2.ARCHIVES, b"\x01\x00\x04\x00")}
+            **dict.fromkeys(engine_2.ARCHIVES, b"\x01\x00\x05\x00")}
 
 
 @pytest.fixture(scope="module")
@@ -120,7 +120,7 @@ def test_engine_2_tiny_golden_archive_replays_both_networks():
     two to a batch are 2 * 64 sub-pixels only when grey, 2 * 3 * 64 only when RGB."""
     from osoa_zip.adapt.flags import FLAG_PRETRAINED
     from osoa_zip.table import read_archive
-    batches = read_archive(io.BytesIO((GOLDEN / "format-1.4-engine-2-idf-tiny-test-e2.osoa").read_bytes()))[2]
+    batches = read_archive(io.BytesIO((GOLDEN / "format-1.5-engine-2-idf-tiny-test-e2.osoa").read_bytes()))[2]
     adapted = [batch.subpixels for batch in batches if not batch.flags & FLAG_PRETRAINED]
     assert len(batches) >= 30 and adapted.count(2 * 3 * 64) >= 10 and adapted.count(2 * 64) >= 4
 

@@ -45,7 +45,7 @@ PINNED = {
 # name -> (model, settings) of the golden archives written again: the tiny models' (fast).
 REBUILT = {name: {**format_1_4.ARCHIVES, **engine_2.ARCHIVES}[name]
            for name in ("format-1.4-vae-tiny-test.osoa", "format-1.4-vae-hier-tiny-test.osoa",
-                        "format-1.4-engine-2-idf-tiny-test-e2.osoa")}
+                        "format-1.5-engine-2-idf-tiny-test-e2.osoa")}
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""The golden archives of engine 2 (format 1.4; the first release with engine 2 on), from format 1.0's folder.
+"""The golden archives of engine 2 (format 1.5: release 1.8, the first with engine 2), from format 1.0's folder.
 
 FROZEN, like the modules of each format: these archives must decode to
 format_1_0.build_source's folder in every later release (tests/test_golden.py),
@@ -10,11 +10,12 @@ use small tiles in batches of two, both channel counts adapting every layer,
 so that they replay many integer updates of each network.
 
 A new engine-2 model gets its archive here from its first release on: add one
-line to ARCHIVES, ``"format-1.4-engine-2-<model>.osoa": ("<model>", {settings})``
-(for the default flow idf-sublattice-v7, the settings of
-format_1_3's v6 archive: tiles of 16, batches of 2, 512 and 1024 pixels), then
-run this module, which writes the archives that do not exist yet and never
-rewrites one; tests/test_golden.py decodes every archive listed here.
+line to ARCHIVES, ``"format-1.<minor>-engine-2-<model>.osoa": ("<model>", {settings})``,
+then run this module, which writes the archives that do not exist yet and never
+rewrites one; tests/test_golden.py decodes every archive listed here.  The default
+flow idf-sublattice-v7 has the settings of format_1_3's v6 archive (tiles of 16,
+batches of 2, 512 and 1024 pixels) and adapts its last layers, as its manifest
+entry chooses.
 
     python tests/golden/engine_2.py
 """
@@ -28,10 +29,15 @@ sys.path.insert(0, str(HERE))
 from format_1_0 import MTIME_NS, build_source, write_missing  # noqa: E402,F401
 
 ARCHIVES = {  # file name -> (model, adaptation settings)
-    "format-1.4-engine-2-idf-tiny-test-e2.osoa": ("idf-tiny-test-e2", {"tile_size": 8, "batch_size": 2,
+    "format-1.5-engine-2-idf-tiny-test-e2.osoa": ("idf-tiny-test-e2", {"tile_size": 8, "batch_size": 2,
                                                                        "batch_pixels": 0, "gray_batch_pixels": 0,
-                                                                       "gray_parameters": "",
+                                                                       "gray_parameters": "", "parameters": "all",
                                                                        "learning_rate": 2e-3}),
+    "format-1.5-engine-2-idf-sublattice-v7.osoa": ("idf-sublattice-v7", {"tile_size": 16, "batch_size": 2,
+                                                                         "batch_pixels": 512,
+                                                                         "gray_batch_pixels": 1024,
+                                                                         "parameters": "last",
+                                                                         "learning_rate": 3e-4}),
 }
 
 

@@ -72,7 +72,8 @@ def write_missing(archives: dict) -> None:
             if (HERE / name).exists():
                 continue
             output = io.BytesIO()
-            compress([source], output, model=model, adaptation=AdaptationConfig(**settings))
+            # every image the model can take on the model path, as before per-image decisions (1.8)
+            compress([source], output, model=model, adaptation=AdaptationConfig(**settings), triage=False)
             (HERE / name).write_bytes(output.getvalue())
             print(name, len(output.getvalue()), "bytes")
 
