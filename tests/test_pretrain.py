@@ -76,8 +76,12 @@ def test_fine_tuning_cannot_change_the_width(tmp_path):
 
 
 def test_a_new_flow_gets_the_default_models_architecture():
+    """The default model's architecture, on engine 1: pretraining starts a flow in float32 on
+    engine 1's grids (scripts/train_engine2.py converts and trains one for engine 2)."""
     from osoa_zip.models.registry import DEFAULT_MODEL, family_class, load_model
-    assert family_class("flow").default_config == load_model(DEFAULT_MODEL).config
+    config = load_model(DEFAULT_MODEL).config
+    assert config["engine"] == 2
+    assert family_class("flow").default_config == {key: value for key, value in config.items() if key != "engine"}
 
 
 def test_fine_tuning_can_turn_a_single_logistic_flow_into_a_mixture(tmp_path, monkeypatch):

@@ -61,7 +61,7 @@ def test_an_image_that_loses_is_stored_as_its_file_and_the_rest_takes_the_model(
     _, entries = read_table(io.BytesIO(output.getvalue()))
     kinds = {entry.name: (entry.kind, entry.method) for entry in entries}
     assert kinds["flat.png"][0] == "file" and kinds["photo.png"] == ("image", "model")
-    assert kinds["smooth.png"] == ("file", "xz")
+    assert kinds["smooth.png"] == ("file", "solid")  # a file like any other: into a solid block
     assert summary.images == 1
     decompress(io.BytesIO(output.getvalue()), tmp_path / "out")
     assert_same_tree(folder, tmp_path / "out")
