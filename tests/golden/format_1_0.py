@@ -59,21 +59,26 @@ def build_source(root: Path) -> Path:
     return root
 
 
-def write_missing(archives: dict) -> None:
-    """Write each archive of ``archives`` (name -> (model, settings)) that does not exist yet,
-    from build_source's folder, with this release's writer; never rewrite one."""
+def write_missing(archives: dict, build=None) -> None:
+    """Write each archive of ``archives`` that does not exist yet, from ``build``'s folder
+    (default: build_source), with this release's writer; never rewrite one.
+
+    ``archives``: name -> (model, settings) or (model, settings, compress options).  Every
+    image the model can take goes on the model path (per-image decisions off, 1.8), as when
+    the earlier archives were written.
+    """
     import tempfile
 
     from osoa_zip import compress
     from osoa_zip.adapt.config import AdaptationConfig
     with tempfile.TemporaryDirectory() as scratch:
-        source = build_source(Path(scratch) / "source")
-        for name, (model, settings) in archives.items():
+        source = (build or build_source)(Path(scratch) / "source")
+        for name, (model, settings, *options) in archives.items():
             if (HERE / name).exists():
                 continue
             output = io.BytesIO()
-            # every image the model can take on the model path, as before per-image decisions (1.8)
-            compress([source], output, model=model, adaptation=AdaptationConfig(**settings), triage=False)
+            compress([source], output, model=model, adaptation=AdaptationConfig(**settings), triage=False,
+                     **(options[0] if options else {}))
             (HERE / name).write_bytes(output.getvalue())
             print(name, len(output.getvalue()), "bytes")
 

@@ -14,21 +14,20 @@ of their own (FILE + DATA, xz and stored).
 from __future__ import annotations
 
 import hashlib
-import io
 import os
 import sys
-import tempfile
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 import format_1_0  # noqa: E402
-from format_1_0 import MTIME_NS  # noqa: E402
+from format_1_0 import MTIME_NS, write_missing  # noqa: E402
 
 BLOCK_SIZE = 2048
-ARCHIVES = {  # file name -> (model, adaptation settings, block size)
+ARCHIVES = {  # file name -> (model, adaptation settings, compress options)
     "format-1.5-solid-idf-tiny-test.osoa": ("idf-tiny-test", {"tile_size": 8, "batch_size": 2, "learning_rate": 0.3,
-                                                              "segment_batches": 3}, BLOCK_SIZE),
+                                                              "segment_batches": 3},
+                                            {"block_size": BLOCK_SIZE}),
 }
 WORDS = ["solid", "block", "stream", "index", "golden", "archive", "format", "osoa", "zip", "bytes"]
 
@@ -62,20 +61,5 @@ def build_source(root: Path) -> Path:
     return root
 
 
-def write_missing(archives: dict) -> None:
-    """Write each archive that does not exist yet with this release's writer; never rewrite one."""
-    from osoa_zip import compress
-    from osoa_zip.adapt.config import AdaptationConfig
-    with tempfile.TemporaryDirectory() as scratch:
-        source = build_source(Path(scratch) / "source")
-        for name, (model, settings, block_size) in archives.items():
-            if (HERE / name).exists():
-                continue
-            output = io.BytesIO()
-            compress([source], output, model=model, adaptation=AdaptationConfig(**settings), block_size=block_size)
-            (HERE / name).write_bytes(output.getvalue())
-            print(name, len(output.getvalue()), "bytes")
-
-
 if __name__ == "__main__":
-    write_missing(ARCHIVES)
+    write_missing(ARCHIVES, build_source)

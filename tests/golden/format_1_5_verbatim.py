@@ -126,26 +126,13 @@ def build_source(root: Path) -> Path:
     return root
 
 
-def write_missing(archives: dict) -> None:
-    """Write each archive that does not exist yet from build_source's folder, every image the
-    model can take on the model path (triage off: the tiny models would lose some to xz)."""
-    import tempfile
-
-    from osoa_zip import compress
-    from osoa_zip.adapt.config import AdaptationConfig
+def write_missing_1_5(archives: dict) -> None:
+    """format_1_0.write_missing from this module's folder, refused by a writer older than 1.5."""
     from osoa_zip.container.format import FORMAT_MINOR
     if FORMAT_MINOR < 5:
         raise SystemExit("this release writes format 1.%d, not 1.5" % FORMAT_MINOR)
-    with tempfile.TemporaryDirectory() as scratch:
-        source = build_source(Path(scratch) / "source")
-        for name, (model, settings) in archives.items():
-            if (HERE / name).exists():
-                continue
-            output = io.BytesIO()
-            compress([source], output, model=model, adaptation=AdaptationConfig(**settings), triage=False)
-            (HERE / name).write_bytes(output.getvalue())
-            print(name, len(output.getvalue()), "bytes")
+    format_1_0.write_missing(archives, build_source)
 
 
 if __name__ == "__main__":
-    write_missing(ARCHIVES)
+    write_missing_1_5(ARCHIVES)
