@@ -26,10 +26,13 @@ def to_engine2(network: SubLatticeFlow, samples: torch.Tensor, clip_bits: int = 
     """An engine-2 copy of an engine-1 flow (same weights, rounded), scales from ``samples`` (B x C x H x W pixels)."""
     if network.engine != 1:
         raise ValueError("to_engine2 converts an engine-1 flow")
-    inputs: dict[int, list[torch.Tensor]] = {}
-    stacks = {id(module): module for module in network.modules() if isinstance(module, ConvStack)}
-    hooks = [stack.register_forward_pre_hook(lambda module, args: inputs.setdefault(id(module), []).append(
-        args[0].detach().double())) for stack in stacks.values()]
+    inputs: dict[str, list[torch.Tensor]] = {}  # stack's module name -> its inputs on the samples
+
+    def recorder(name: str):
+        return lambda module, args: inputs.setdefault(name, []).append(args[0].detach().double())
+
+    hooks = [module.register_forward_pre_hook(recorder(name)) for name, module in network.named_modules()
+             if isinstance(module, ConvStack)]
     try:
         with torch.no_grad():
             for start in range(0, len(samples), batch):
@@ -39,19 +42,14 @@ def to_engine2(network: SubLatticeFlow, samples: torch.Tensor, clip_bits: int = 
             hook.remove()
     converted = copy.deepcopy(network)
     converted.engine = 2
-    for level in converted.levels:
+    for index, level in enumerate(converted.levels):
         for name in ("edges", "centres"):
             stack = getattr(level, name)
             weights = [(conv.weight.detach(), conv.bias.detach()) for conv in stack.convs]
-            recorded = inputs.get(id(stacks_by_copy(network, converted, stack)), [])
+            recorded = inputs.get(f"levels.{index}.{name}", [])
             if not recorded:  # a predictor no level reaches on these samples: scales from zeros
                 recorded = [torch.zeros(1, weights[0][0].shape[1], 4, 4, dtype=torch.float64)]
             setattr(level, name, IntegerConvStack.from_float(weights, recorded, CONTEXT_EXPONENT,
                                                              clip_bits=clip_bits, **ENGINE2_LAYOUT))
     return converted.to(torch.float64)
 
-
-def stacks_by_copy(original: SubLatticeFlow, converted: SubLatticeFlow, stack: ConvStack) -> ConvStack:
-    """The stack of ``original`` that ``stack`` (of its deep copy ``converted``) was copied from."""
-    names = {id(module): name for name, module in converted.named_modules()}
-    return dict(original.named_modules())[names[id(stack)]]
