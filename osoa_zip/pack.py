@@ -116,6 +116,8 @@ class _Compressor:
         self.group_subpixels = 0
         self.pending: list[tuple[Entry, ImageRecord]] = []  # read, waiting for triage
         self.pending_subpixels = 0
+        # A frozen model's images are judged after coding, by their own coded bits (triage.py).
+        self.judge_after_coding = triage is not None and not adapter.config.adapt
 
     def add(self, entry: Entry) -> None:
         if entry.kind == DIRECTORY:
@@ -129,7 +131,7 @@ class _Compressor:
                                 verbatim=writes_verbatim())
             if record is None:
                 self._general_file(entry)
-            elif self.triage is None:
+            elif self.triage is None or self.judge_after_coding:
                 self._queue_image(entry, record)
             else:
                 self.pending.append((entry, record))
@@ -208,7 +210,7 @@ class _Compressor:
                 if record.pixel_file is not None:
                     record.pixel_file.close()
 
-    def _code_group(self) -> None:
+    def _code_group(self, judged: bool = False) -> None:
         packed_table = ImageTable([image_entry(e.name, e.mode, e.mtime_ns, r) for e, r in self.group]).payload()
         # Views, not copies: gather() cuts tiles (and pads odd sides) from the pixels as they are
         # (a large image's from its file).
@@ -224,15 +226,21 @@ class _Compressor:
         before = adapter.snapshot()
         batches = plan_batches([c.shape for c in colour], config.tile_size, config.batch_size_for)
         group_bytes = sum(entry.size for entry, _ in self.group)
-        if self.progress and not batches:
+        if self.progress and not batches and not judged:
             self.progress(group_bytes)
         with _CodedBatches(self.group_subpixels) as store:
-            keep = self._keeper(store, len(batches), group_bytes)
+            keep = self._keeper(store, len(batches), group_bytes if not judged else 0)
             if self.cluster is None:
                 coded, self.adapter = run_segments(adapter, batches, self._coder(colour, keep), self.threads,
                                                    chain=adapter.chain_length)
             else:  # the same runs as tasks on a Dask cluster (osoa_zip/cluster.py)
                 coded, self.adapter = self.cluster.encode(adapter, batches, lambda batch: gather(batch, colour), keep)
+            if self.judge_after_coding and not judged and self._drop_losers(batches, coded):
+                adapter.restore(before)  # nothing was written: the rest is coded again, from here
+                self.adapter = adapter
+                if self.group:
+                    self._code_group(judged=True)
+                return
             group, self.group, self.group_subpixels = self.group, [], 0
             coded_bytes = (len(packed_table) + len(packed_alpha) + len(packed_indices) + 3 * CHUNK_OVERHEAD
                            + sum(length + CHUNK_OVERHEAD for (_, length), _ in coded))
@@ -257,6 +265,31 @@ class _Compressor:
         self.summary.images += len(group)
         self.summary.image_subpixels += sum(r.pixels.size for _, r in group if r.mode not in PaletteIndices.MODES)
 
+    def _drop_losers(self, batches: list, coded: list) -> bool:
+        """A frozen model's group, coded: triage judges each image by the bits its tiles cost
+        (sampled as usual where a batch did not count them); the images that lose leave the
+        group for the general path.  Whether any did."""
+        owners = [index for index, (_, record) in enumerate(self.group) if COLOR_CHANNELS[record.mode]]
+        bits: list[float | None] = [0.0 if COLOR_CHANNELS[record.mode] else None for _, record in self.group]
+        for batch, (_, stats) in zip(batches, coded):
+            for (image, _, _), value in zip(batch.members, stats.tile_bits or [None] * len(batch.members)):
+                owner = owners[image]
+                bits[owner] = None if value is None or bits[owner] is None else bits[owner] + value
+        verdicts = self.triage.judge_coded([(record, entry.source, entry.size) for entry, record in self.group],
+                                           bits)
+        if all(verdict.model for verdict in verdicts):
+            return False
+        kept = []
+        for (entry, record), verdict in zip(self.group, verdicts):
+            if verdict.model:
+                kept.append((entry, record))
+                continue
+            if record.pixel_file is not None:
+                record.pixel_file.close()
+            self._general_file(entry, counted=True, packed=verdict.packed)  # counted as the group was coded
+        self.group, self.group_subpixels = kept, sum(record.pixels.size for _, record in kept)
+        return True
+
     @staticmethod
     def _coder(colour: list, keep):
         """What run_segments does per chain of batches: code them, then ``keep`` them."""
@@ -267,7 +300,7 @@ class _Compressor:
     def _keeper(self, store: _CodedBatches, batch_count: int, group_bytes: int):
         """Keeps coded batches' bytes in the store and reports progress; returns [(where, stats)]."""
         def keep(coded: list) -> list:
-            if self.progress:
+            if self.progress and group_bytes:
                 self.progress(group_bytes * len(coded) / batch_count)  # progress counts input bytes
             return [(store.put(data), stats) for data, stats in coded]
         return keep

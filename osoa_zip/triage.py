@@ -23,6 +23,10 @@ the general path only when θ0 loses by more than MARGIN.  The samples are small
 is what triage saves), so the estimate is rough at the margin.  Images are judged
 in batches (pack.py's TRIAGE_IMAGES): the samples of one shape from all of them go
 through the model in one pass.
+With a frozen model (no adaptation: -1, --no-adapt) the image's bits under θ0 are
+exactly what coding it costs and do not depend on the other images, so pack.py
+codes each group first and judges its images by the bits the coding pass counted,
+tile by tile (``judge_coded``): step 1 costs no pass of its own.
 Nothing here changes the format: an image stored as a file is a FILE entry like any
 other, and every decision is deterministic (the same files give the same archive).
 """
@@ -96,6 +100,17 @@ class Triage:
         return [self._verdict(record, path, size, estimate)
                 for (record, path, size), estimate in zip(items, estimates)]
 
+    def judge_coded(self, items: list[tuple[ImageRecord, Path, int]], bits: list[float | None]) -> list[Verdict]:
+        """``judge`` for images whose bits under θ0 are known exactly (a frozen model's coding
+        pass counted them tile by tile): nothing is coded again.  None: not known, sampled as
+        ``judge`` does."""
+        unknown = [index for index, value in enumerate(bits) if value is None]
+        sampled = dict(zip(unknown, self.estimates([items[index][0] for index in unknown]))) if unknown else {}
+        estimates = [sampled[index] if value is None else _estimate(record, value, _colour_subpixels(record))
+                     for index, ((record, _, _), value) in enumerate(zip(items, bits))]
+        return [self._verdict(record, path, size, estimate)
+                for (record, path, size), estimate in zip(items, estimates)]
+
     @staticmethod
     def _verdict(record: ImageRecord, path: Path, size: int, estimate: float) -> Verdict:
         if not COLOR_CHANNELS[record.mode]:
@@ -114,6 +129,11 @@ class Triage:
     def model_pays(self, record: ImageRecord, size: int) -> bool:
         """Whether the image beats its file's size (the first step of ``judge`` alone)."""
         return not COLOR_CHANNELS[record.mode] or self.estimates([record])[0] <= MARGIN * size
+
+
+def _colour_subpixels(record: ImageRecord) -> int:
+    height, width = record.pixels.shape[:2]
+    return height * width * COLOR_CHANNELS[record.mode]
 
 
 def _estimate(record: ImageRecord, bits: float, sample_size: int) -> float:

@@ -130,6 +130,9 @@ class BatchStatistics:
     subpixels: int
     seconds: float
     flags: int = 0
+    # A frozen archive's batches: each tile's bits under θ0, from the coding pass
+    # (CodingModel.factor_tile_bits; None if the family cannot tell).
+    tile_bits: list[float] | None = None
 
 
 @dataclass
@@ -326,10 +329,14 @@ class OnlineAdapter:
             encoder = self._family.new_encoder()
             choice.network.encode(choice.pixels, encoder)  # the model codes as it goes: before any update
             stream = _Done(encoder.finish())
+        tile_bits = None
+        if not self.config.adapt and choice.factors is not None:
+            tile_bits = choice.network.factor_tile_bits(choice.factors, tiles.shape[0])
         if choice.adapting:
             self._adapt(choice.track, choice.pixels, choice.loss)
         data = bytes([choice.flags]) + stream.result()
-        return data, BatchStatistics(8 * len(data), tiles.size, time.perf_counter() - started, choice.flags)
+        return data, BatchStatistics(8 * len(data), tiles.size, time.perf_counter() - started, choice.flags,
+                                     None if tile_bits is None else tile_bits.tolist())
 
     @property
     def chain_length(self) -> int:
