@@ -249,7 +249,10 @@ class OnlineAdapter:
         return track
 
     def _new_track(self, channels: int) -> _Track:
-        """θ0 for this channel count, with a fresh optimiser."""
+        """θ0 for this channel count, with a fresh optimiser.  Without adaptation nothing ever
+        changes the weights: θ0's own network codes, and the optimiser holds no parameters."""
+        if not self.config.adapt:
+            return _Track(self._bundle.network(channels), ExactAdam([], self.config.learning_rate))
         network = copy.deepcopy(self._bundle.network(channels))
         selection = self.config.parameters_for(channels)
         _select_parameters(network, selection)
@@ -282,8 +285,10 @@ class OnlineAdapter:
         return track.network if track else self._bundle.network(channels)
 
     def snapshot(self):
-        """The whole adaptation state (weights and optimiser moments), to roll back to."""
-        return copy.deepcopy((self._tracks, self._batches))
+        """The whole adaptation state (weights and optimiser moments), to roll back to.
+        θ0's networks, which nothing changes, are shared rather than copied."""
+        pretrained = [self._bundle.network(channels) for channels in self._tracks]
+        return copy.deepcopy((self._tracks, self._batches), {id(network): network for network in pretrained})
 
     def restore(self, state) -> None:
         self._tracks, self._batches = state
