@@ -116,8 +116,9 @@ class _Compressor:
         self.group_subpixels = 0
         self.pending: list[tuple[Entry, ImageRecord]] = []  # read, waiting for triage
         self.pending_subpixels = 0
-        # A frozen model's images are judged after coding, by their own coded bits (triage.py).
+        # A frozen model's smaller images are judged after coding, by their own coded bits (triage.py).
         self.judge_after_coding = triage is not None and not adapter.config.adapt
+        self.unjudged: set[int] = set()  # id() of the group's records to be judged so
 
     def add(self, entry: Entry) -> None:
         if entry.kind == DIRECTORY:
@@ -131,7 +132,10 @@ class _Compressor:
                                 verbatim=writes_verbatim())
             if record is None:
                 self._general_file(entry)
-            elif self.triage is None or self.judge_after_coding:
+            elif self.triage is None:
+                self._queue_image(entry, record)
+            elif self.judge_after_coding and self.triage.judged_by_coding(record):
+                self.unjudged.add(id(record))
                 self._queue_image(entry, record)
             else:
                 self.pending.append((entry, record))
@@ -230,12 +234,13 @@ class _Compressor:
             self.progress(group_bytes)
         with _CodedBatches(self.group_subpixels) as store:
             keep = self._keeper(store, len(batches), group_bytes if not judged else 0)
+            counted = self._batches_to_count(batches)
             if self.cluster is None:
-                coded, self.adapter = run_segments(adapter, batches, self._coder(colour, keep), self.threads,
-                                                   chain=adapter.chain_length)
+                coded, self.adapter = run_segments(adapter, batches, self._coder(colour, keep, counted),
+                                                   self.threads, chain=adapter.chain_length)
             else:  # the same runs as tasks on a Dask cluster (osoa_zip/cluster.py)
                 coded, self.adapter = self.cluster.encode(adapter, batches, lambda batch: gather(batch, colour), keep)
-            if self.judge_after_coding and not judged and self._drop_losers(batches, coded):
+            if any(id(record) in self.unjudged for _, record in self.group) and self._drop_losers(batches, coded):
                 adapter.restore(before)  # nothing was written: the rest is coded again, from here
                 self.adapter = adapter
                 if self.group:
@@ -265,23 +270,33 @@ class _Compressor:
         self.summary.images += len(group)
         self.summary.image_subpixels += sum(r.pixels.size for _, r in group if r.mode not in PaletteIndices.MODES)
 
+    def _batches_to_count(self, batches: list) -> set[int]:
+        """id() of the batches holding tiles of images to be judged by their coded bits."""
+        if not self.unjudged:
+            return set()
+        colour = [id(record) in self.unjudged for _, record in self.group if COLOR_CHANNELS[record.mode]]
+        return {id(batch) for batch in batches if any(colour[image] for image, _, _ in batch.members)}
+
     def _drop_losers(self, batches: list, coded: list) -> bool:
-        """A frozen model's group, coded: triage judges each image by the bits its tiles cost
-        (sampled as usual where a batch did not count them); the images that lose leave the
-        group for the general path.  Whether any did."""
+        """A frozen model's group, coded: triage judges each image left to it by the bits its
+        tiles cost (sampled as usual where a batch did not count them); the images that lose
+        leave the group for the general path.  Whether any did."""
         owners = [index for index, (_, record) in enumerate(self.group) if COLOR_CHANNELS[record.mode]]
         bits: list[float | None] = [0.0 if COLOR_CHANNELS[record.mode] else None for _, record in self.group]
         for batch, (_, stats) in zip(batches, coded):
             for (image, _, _), value in zip(batch.members, stats.tile_bits or [None] * len(batch.members)):
                 owner = owners[image]
                 bits[owner] = None if value is None or bits[owner] is None else bits[owner] + value
-        verdicts = self.triage.judge_coded([(record, entry.source, entry.size) for entry, record in self.group],
-                                           bits)
-        if all(verdict.model for verdict in verdicts):
+        judged = [index for index, (_, record) in enumerate(self.group) if id(record) in self.unjudged]
+        self.unjudged -= {id(self.group[index][1]) for index in judged}
+        items = [(self.group[index][1], self.group[index][0].source, self.group[index][0].size) for index in judged]
+        verdicts = dict(zip(judged, self.triage.judge_coded(items, [bits[index] for index in judged])))
+        if all(verdict.model for verdict in verdicts.values()):
             return False
         kept = []
-        for (entry, record), verdict in zip(self.group, verdicts):
-            if verdict.model:
+        for index, (entry, record) in enumerate(self.group):
+            verdict = verdicts.get(index)
+            if verdict is None or verdict.model:
                 kept.append((entry, record))
                 continue
             if record.pixel_file is not None:
@@ -291,10 +306,12 @@ class _Compressor:
         return True
 
     @staticmethod
-    def _coder(colour: list, keep):
-        """What run_segments does per chain of batches: code them, then ``keep`` them."""
+    def _coder(colour: list, keep, counted: set[int]):
+        """What run_segments does per chain of batches: code them (counting each tile's bits in
+        the batches whose id() is in ``counted``), then ``keep`` them."""
         def code(segment_adapter: OnlineAdapter, chain: list) -> list:
-            return keep(segment_adapter.encode_chain([gather(batch, colour) for batch in chain]))
+            tiles = [gather(batch, colour) for batch in chain]
+            return keep(segment_adapter.encode_chain(tiles, any(id(batch) in counted for batch in chain)))
         return code
 
     def _keeper(self, store: _CodedBatches, batch_count: int, group_bytes: int):

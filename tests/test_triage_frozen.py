@@ -1,9 +1,11 @@
-"""A frozen model's per-image triage (-1, --no-adapt): each image is judged by the bits its
-own tiles cost in the coding pass, not by a separate pass over samples (pack.py, triage.py)."""
+"""A frozen model's per-image triage (-1, --no-adapt): an image whose samples would be a good
+share of it is judged by the bits its own tiles cost in the coding pass, not by a separate pass
+over samples (pack.py, triage.py); larger images are sampled as before."""
 from __future__ import annotations
 
 import dataclasses
 import io
+import shutil
 
 import numpy as np
 import pytest
@@ -17,7 +19,8 @@ from osoa_zip.models.registry import load_model
 from osoa_zip.table import read_table
 from osoa_zip.triage import Triage
 
-FROZEN = AdaptationConfig(adapt=False, tile_size=16, batch_size=4, batch_pixels=0)
+# Samples of 32 x 32: half of a 64 x 64 image, 44% of a 48 x 48 one (judged by coding).
+FROZEN = AdaptationConfig(adapt=False, tile_size=64, batch_size=4, batch_pixels=0)
 
 
 @pytest.mark.parametrize("model, channels", [(MODEL, 3), ("idf-tiny-test-e2", 1), ("idf-sublattice-v7", 3),
@@ -86,3 +89,18 @@ def test_a_frozen_archive_with_every_image_codes_them_all(folder):
     compress([folder], output, model=MODEL, adaptation=FROZEN, triage=False)
     methods = _methods(output.getvalue())
     assert methods["flat.png"][0] == methods["photo.png"][0]  # one group: kept or stored whole
+
+
+def test_large_images_are_still_judged_by_samples(folder, tmp_path, monkeypatch):
+    """A 256 x 192 image's two 32 x 32 samples are 4% of it: sampling costs less than counting."""
+    shutil.copytree(folder, tmp_path / "src")
+    with Image.open(EXAMPLES / "0001.png") as image:
+        image.resize((256, 192)).save(tmp_path / "src" / "large.png", compress_level=0)
+    sampled = []
+    real = Triage.estimates
+    monkeypatch.setattr(Triage, "estimates", lambda self, records: sampled.extend(records) or real(self, records))
+    output = io.BytesIO()
+    compress([tmp_path / "src"], output, model=MODEL, adaptation=FROZEN)
+    assert [record.pixels.shape[:2] for record in sampled] == [(192, 256)]
+    decompress(io.BytesIO(output.getvalue()), tmp_path / "out")
+    assert_same_tree(tmp_path / "src", tmp_path / "out")

@@ -323,8 +323,9 @@ class OnlineAdapter:
 
     # -- coding --------------------------------------------------------------
 
-    def encode(self, tiles: np.ndarray) -> tuple[bytes, BatchStatistics]:
-        """Code a B x C x H x W uint8 batch (flag byte + stream), then adapt on it."""
+    def encode(self, tiles: np.ndarray, tile_bits: bool = False) -> tuple[bytes, BatchStatistics]:
+        """Code a B x C x H x W uint8 batch (flag byte + stream), then adapt on it.  With
+        ``tile_bits``, a frozen archive's statistics also hold each tile's bits."""
         started = time.perf_counter()
         choice = self._choose(tiles)
         if choice.factors is not None:
@@ -334,9 +335,10 @@ class OnlineAdapter:
             encoder = self._family.new_encoder()
             choice.network.encode(choice.pixels, encoder)  # the model codes as it goes: before any update
             stream = _Done(encoder.finish())
-        tile_bits = None
-        if not self.config.adapt and choice.factors is not None:
+        if tile_bits and not self.config.adapt and choice.factors is not None:
             tile_bits = choice.network.factor_tile_bits(choice.factors, tiles.shape[0])
+        else:
+            tile_bits = None
         if choice.adapting:
             self._adapt(choice.track, choice.pixels, choice.loss)
         data = bytes([choice.flags]) + stream.result()
@@ -348,7 +350,8 @@ class OnlineAdapter:
         """How many consecutive batches ``encode_chain`` lays on one stack (1: each its own)."""
         return self.config.chain_batches if self._family.chains_batches else 1
 
-    def encode_chain(self, batches: list[np.ndarray]) -> list[tuple[bytes, BatchStatistics]]:
+    def encode_chain(self, batches: list[np.ndarray], tile_bits: bool = False
+                     ) -> list[tuple[bytes, BatchStatistics]]:
         """Code consecutive batches of one segment, as ``encode`` does one by one.
 
         A family that chains batches (the VAE, bits-back) lays them on one
@@ -364,7 +367,7 @@ class OnlineAdapter:
         if len(batches) > self.chain_length:
             raise ValueError(f"a chain of {len(batches)} batches is longer than chain_batches")
         if len(batches) < 2:
-            return [self.encode(tiles) for tiles in batches]
+            return [self.encode(tiles, tile_bits) for tiles in batches]
         planned: list[_Planned] = []
         for index, tiles in enumerate(batches):
             started = time.perf_counter()
