@@ -100,7 +100,8 @@ def main() -> None:
     torch.set_num_threads(1)
     set_gemm_threads(1)
     print(f"load average {os.getloadavg()[0]:.2f} at the start", flush=True)
-    print("| set | run | bytes | vs first | bpsp | model-coded bpsp | batches | θ0 | given up | CPU enc s | CPU dec s |")
+    print("| set | run | bytes | vs first | bpsp | model-coded bpsp | batches | θ0 | given up "
+          "| CPU enc s | CPU dec s |")
     print("|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     for set_name in args.sets:
         folder = REPO / "data" / "eval" / set_name
