@@ -45,12 +45,15 @@ def test_levels_adapt_more_as_they_rise(model):
 
 
 def test_the_middle_levels_adapt_the_last_layers_whatever_the_model():
-    """-2 ... -4 name their parameters; -5 and up keep the model's own choice (v6: all, v7: last)."""
-    for level in (2, 3, 4):
-        assert {resolved(level, model).parameters for model in MODELS} == {"last"}
-    v6 = "idf-sublattice-v6"
-    assert resolved(5, v6).parameters == "all" == resolved(DEFAULT_LEVEL, v6).parameters
-    assert resolved(5, DEFAULT_MODEL).parameters == "last" == resolved(DEFAULT_LEVEL, DEFAULT_MODEL).parameters
+    """-2 ... -4 name their parameters (at the model's rate for them); -5 and up keep the
+    model's own choice (v6 and v7: every layer of colour networks, the last of grey ones)."""
+    for model in MODELS:
+        for level in (2, 3, 4):
+            config = resolved(level, model)
+            assert (config.parameters, config.gray_parameters) == ("last", "last")
+            assert config.learning_rate == adaptation_for(model, dataclasses.replace(
+                PRESETS[DEFAULT_LEVEL].config(model), parameters="last")).learning_rate
+        assert resolved(5, model).parameters == resolved(DEFAULT_LEVEL, model).parameters
 
 
 def test_the_frozen_level_codes_larger_batches_than_the_default():

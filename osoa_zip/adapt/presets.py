@@ -9,10 +9,10 @@ level's value (the command line decides which options were given).
 Speed comes from adapting less: the frozen model needs one forward pass per
 batch, no backward pass and no guard (and its coding pass tells per-image triage
 what each image costs, so triage codes no samples of its own: pack.py); the
-middle levels adapt the last layers only (no gradient into the big layers, which
-the default model, v7, adapts alone anyway) on the first few batches of each kind
-of image, and give up once θ0 wins that many comparisons in a row (then decoding
-stops adapting too).  Size comes from adapting more carefully (more, smaller steps;
+middle levels adapt the last layers only (no gradient into the big layers; at the
+model's rate for them, v7's 3e-4) on the first 4 to 32 batches of each kind of image,
+and -2 and -3 give up once θ0 wins 2 or 4 comparisons in a row (then decoding stops
+adapting too).  Size comes from adapting more carefully (more, smaller steps;
 never giving up) and from fewer grey batches, each of which costs its framing.
 Level 6 is the defaults exactly, so an archive written without a level is the same
 as one written before levels existed.  Measured: docs/PERFORMANCE.md, "Compression
