@@ -76,12 +76,14 @@ def test_a_frozen_archive_judges_images_by_their_coded_bits_alone(folder, tmp_pa
 
 
 def test_a_frozen_archive_keeps_what_sampled_triage_keeps(folder):
-    """On these images the exact bits and the samples' estimate agree: the same archive, but for
-    the adapting model's settings."""
+    """On these images the exact bits and the samples' estimate agree: the same images take the
+    model path.  (The files may be blocked differently: an image found to lose after coding joins
+    a block after the ones coded beside the last group.)"""
     frozen, adapting = io.BytesIO(), io.BytesIO()
     compress([folder], frozen, model=MODEL, adaptation=FROZEN)
     compress([folder], adapting, model=MODEL, adaptation=dataclasses.replace(FROZEN, adapt=True))
-    assert _methods(frozen.getvalue()) == _methods(adapting.getvalue())
+    kinds = [{name: kind for name, (kind, _) in _methods(archive.getvalue()).items()} for archive in (frozen, adapting)]
+    assert kinds[0] == kinds[1] and kinds[0]["photo.png"] == "image" and kinds[0]["flat.png"] == "file"
 
 
 def test_a_frozen_archive_with_every_image_codes_them_all(folder):
