@@ -125,6 +125,9 @@ class _Compressor:
         self.group_subpixels = 0
         self.pending: list[tuple[Entry, ImageRecord]] = []  # read, waiting for triage
         self.pending_subpixels = 0
+        # A frozen model's smaller images are judged after coding, by their own coded bits (triage.py).
+        self.judge_after_coding = triage is not None and not adapter.config.adapt
+        self.unjudged: set[int] = set()  # id() of the group's records to be judged so
 
     def add(self, entry: Entry) -> None:
         if entry.kind == DIRECTORY:
@@ -139,6 +142,9 @@ class _Compressor:
             if record is None:
                 self._general_file(entry)
             elif self.triage is None:
+                self._queue_image(entry, record)
+            elif self.judge_after_coding and self.triage.judged_by_coding(record):
+                self.unjudged.add(id(record))
                 self._queue_image(entry, record)
             else:
                 self.pending.append((entry, record))
@@ -236,7 +242,7 @@ class _Compressor:
                 if record.pixel_file is not None:
                     record.pixel_file.close()
 
-    def _code_group(self) -> None:
+    def _code_group(self, judged: bool = False) -> None:
         packed_table = ImageTable([image_entry(e.name, e.mode, e.mtime_ns, r) for e, r in self.group]).payload()
         # Views, not copies: gather() cuts tiles (and pads odd sides) from the pixels as they are
         # (a large image's from its file).
@@ -252,15 +258,22 @@ class _Compressor:
         before = adapter.snapshot()
         batches = plan_batches([c.shape for c in colour], config.tile_size, config.batch_size_for)
         group_bytes = sum(entry.size for entry, _ in self.group)
-        if self.progress and not batches:
+        if self.progress and not batches and not judged:
             self.progress(group_bytes)
         with _CodedBatches(self.group_subpixels) as store:
-            keep = self._keeper(store, len(batches), group_bytes)
+            keep = self._keeper(store, len(batches), group_bytes if not judged else 0)
+            counted = self._batches_to_count(batches)
             if self.cluster is None:
-                coded, self.adapter = run_segments(adapter, batches, self._coder(colour, keep), self.threads,
-                                                   chain=adapter.chain_length)
+                coded, self.adapter = run_segments(adapter, batches, self._coder(colour, keep, counted),
+                                                   self.threads, chain=adapter.chain_length)
             else:  # the same runs as tasks on a Dask cluster (osoa_zip/cluster.py)
                 coded, self.adapter = self.cluster.encode(adapter, batches, lambda batch: gather(batch, colour), keep)
+            if any(id(record) in self.unjudged for _, record in self.group) and self._drop_losers(batches, coded):
+                adapter.restore(before)  # nothing was written: the rest is coded again, from here
+                self.adapter = adapter
+                if self.group:
+                    self._code_group(judged=True)
+                return
             group, self.group, self.group_subpixels = self.group, [], 0
             coded_bytes = (len(packed_table) + len(packed_alpha) + len(packed_indices) + 3 * CHUNK_OVERHEAD
                            + sum(length + CHUNK_OVERHEAD for (_, length), _ in coded))
@@ -285,17 +298,54 @@ class _Compressor:
         self.summary.images += len(group)
         self.summary.image_subpixels += sum(r.pixels.size for _, r in group if r.mode not in PaletteIndices.MODES)
 
+    def _batches_to_count(self, batches: list) -> set[int]:
+        """id() of the batches holding tiles of images to be judged by their coded bits."""
+        if not self.unjudged:
+            return set()
+        colour = [id(record) in self.unjudged for _, record in self.group if COLOR_CHANNELS[record.mode]]
+        return {id(batch) for batch in batches if any(colour[image] for image, _, _ in batch.members)}
+
+    def _drop_losers(self, batches: list, coded: list) -> bool:
+        """A frozen model's group, coded: triage judges each image left to it by the bits its
+        tiles cost (sampled as usual where a batch did not count them); the images that lose
+        leave the group for the general path.  Whether any did."""
+        owners = [index for index, (_, record) in enumerate(self.group) if COLOR_CHANNELS[record.mode]]
+        bits: list[float | None] = [0.0 if COLOR_CHANNELS[record.mode] else None for _, record in self.group]
+        for batch, (_, stats) in zip(batches, coded):
+            for (image, _, _), value in zip(batch.members, stats.tile_bits or [None] * len(batch.members)):
+                owner = owners[image]
+                bits[owner] = None if value is None or bits[owner] is None else bits[owner] + value
+        judged = [index for index, (_, record) in enumerate(self.group) if id(record) in self.unjudged]
+        self.unjudged -= {id(self.group[index][1]) for index in judged}
+        items = [(self.group[index][1], self.group[index][0].source, self.group[index][0].size) for index in judged]
+        verdicts = dict(zip(judged, self.triage.judge_coded(items, [bits[index] for index in judged])))
+        if all(verdict.model for verdict in verdicts.values()):
+            return False
+        kept = []
+        for index, (entry, record) in enumerate(self.group):
+            verdict = verdicts.get(index)
+            if verdict is None or verdict.model:
+                kept.append((entry, record))
+                continue
+            if record.pixel_file is not None:
+                record.pixel_file.close()
+            self._general_file(entry, counted=True, packed=verdict.packed)  # counted as the group was coded
+        self.group, self.group_subpixels = kept, sum(record.pixels.size for _, record in kept)
+        return True
+
     @staticmethod
-    def _coder(colour: list, keep):
-        """What run_segments does per chain of batches: code them, then ``keep`` them."""
+    def _coder(colour: list, keep, counted: set[int]):
+        """What run_segments does per chain of batches: code them (counting each tile's bits in
+        the batches whose id() is in ``counted``), then ``keep`` them."""
         def code(segment_adapter: OnlineAdapter, chain: list) -> list:
-            return keep(segment_adapter.encode_chain([gather(batch, colour) for batch in chain]))
+            tiles = [gather(batch, colour) for batch in chain]
+            return keep(segment_adapter.encode_chain(tiles, any(id(batch) in counted for batch in chain)))
         return code
 
     def _keeper(self, store: _CodedBatches, batch_count: int, group_bytes: int):
         """Keeps coded batches' bytes in the store and reports progress; returns [(where, stats)]."""
         def keep(coded: list) -> list:
-            if self.progress:
+            if self.progress and group_bytes:
                 self.progress(group_bytes * len(coded) / batch_count)  # progress counts input bytes
             return [(store.put(data), stats) for data, stats in coded]
         return keep

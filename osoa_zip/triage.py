@@ -27,6 +27,12 @@ the general path only when θ0 loses by more than MARGIN.  The samples are small
 is what triage saves), so the estimate is rough at the margin.  Images are judged
 in batches (pack.py's TRIAGE_IMAGES): the samples of one shape from all of them go
 through the model in one pass.
+With a frozen model (no adaptation: -1, --no-adapt) the image's bits under θ0 are
+exactly what coding it costs and do not depend on the other images, so pack.py
+codes each group first and judges its smaller images (those whose sample would be at
+least CODED_JUDGE_SHARE of them: all of a 32 x 32 tile, half of a 64 x 64 one) by the
+bits the coding pass counted, tile by tile (``judge_coded``): step 1 costs them no pass
+of its own.
 Nothing here changes the format: an image stored as a file is a FILE entry like any
 other, and every decision is deterministic (the same files give the same archive).
 """
@@ -49,6 +55,10 @@ SAMPLE_TILES = 8        # at most; two, and one more per SAMPLE_AREA pixels of t
 SAMPLE_AREA = 256 * 256
 PASS_TILES = 64         # sample tiles per pass through the model (bounded memory)
 SAMPLE_SIDE = 32        # patches of at most this side
+# A frozen archive judges an image by its coded bits when its sample is at least this share of
+# it: counting every tile's bits from the coding pass's factors costs ~1/5 of that pass, less
+# than a pass over samples of a quarter of the image (a 64 x 64 tile's two samples: half).
+CODED_JUDGE_SHARE = 0.25
 MARGIN = 1.1            # the model path is given up only when θ0's estimate exceeds the file's cost by this
 TABLE_ENTRY_BYTES = 24  # an image's share of its group's xz'd table, roughly
 DEFLATED = 0.98         # a PNG that zlib's fastest level keeps above this share of is taken to cost this share under xz
@@ -102,6 +112,27 @@ class Triage:
         return [self._verdict(record, path, size, estimate)
                 for (record, path, size), estimate in zip(items, estimates)]
 
+    def judged_by_coding(self, record: ImageRecord) -> bool:
+        """Whether a frozen archive judges this image by its coded bits (``judge_coded``) rather
+        than by samples: when counting all of its bits costs less than coding its samples."""
+        channels = COLOR_CHANNELS[record.mode]
+        if not channels:
+            return True  # nothing to sample: palette images take the model path
+        height, width = record.pixels.shape[:2]
+        sample = _sample(height, width, channels, self._side)
+        return len(sample.members) * sample.height * sample.width >= CODED_JUDGE_SHARE * height * width
+
+    def judge_coded(self, items: list[tuple[ImageRecord, Path, int]], bits: list[float | None]) -> list[Verdict]:
+        """``judge`` for images whose bits under θ0 are known exactly (a frozen model's coding
+        pass counted them tile by tile): nothing is coded again.  None: not known, sampled as
+        ``judge`` does."""
+        unknown = [index for index, value in enumerate(bits) if value is None]
+        sampled = dict(zip(unknown, self.estimates([items[index][0] for index in unknown]))) if unknown else {}
+        estimates = [sampled[index] if value is None else _estimate(record, value, _colour_subpixels(record))
+                     for index, ((record, _, _), value) in enumerate(zip(items, bits))]
+        return [self._verdict(record, path, size, estimate)
+                for (record, path, size), estimate in zip(items, estimates)]
+
     @staticmethod
     def _verdict(record: ImageRecord, path: Path, size: int, estimate: float) -> Verdict:
         if not COLOR_CHANNELS[record.mode]:
@@ -124,6 +155,11 @@ class Triage:
     def model_pays(self, record: ImageRecord, size: int) -> bool:
         """Whether the image beats its file's size (the first step of ``judge`` alone)."""
         return not COLOR_CHANNELS[record.mode] or self.estimates([record])[0] <= MARGIN * size
+
+
+def _colour_subpixels(record: ImageRecord) -> int:
+    height, width = record.pixels.shape[:2]
+    return height * width * COLOR_CHANNELS[record.mode]
 
 
 def _estimate(record: ImageRecord, bits: float, sample_size: int) -> float:

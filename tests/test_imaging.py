@@ -208,3 +208,60 @@ def test_byte_exact_records_only_reproducible_files(tmp_path):
         heavy = _save(tmp_path, "level1.png", opened.copy(), compress_level=1)
     assert read_image(heavy) is not None
     assert read_image(heavy, byte_exact=True) is None
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+
+def _raw_png(width: int, height: int, depth: int, colour_type: int, interlace: int, rows: bytes) -> bytes:
+    """A PNG written by hand: one IDAT of ``rows`` (each row led by its filter byte)."""
+    header = struct.pack(">IIBBBBB", width, height, depth, colour_type, 0, 0, interlace)
+    return (b"\x89PNG\r\n\x1a\n" + _png_chunk(b"IHDR", header) + _png_chunk(b"IDAT", zlib.compress(rows))
+            + _png_chunk(b"IEND", b""))
+
+
+@pytest.mark.parametrize("mode", ["L", "RGB", "LA", "RGBA"])
+def test_pngs_pillow_writes_alike_skip_the_rewrite_check(tmp_path, monkeypatch, mode):
+    """8-bit, non-interlaced grey/RGB(A) PNGs are not decoded a second time: their restored file
+    differs only in its image data; it still gives back the pixels, mode and chunks."""
+    rng = np.random.default_rng(7)
+    channels = {"L": 1, "RGB": 3, "LA": 2, "RGBA": 4}[mode]
+    pixels = rng.integers(0, 256, (13, 17, channels), dtype=np.uint8)
+    path = _save(tmp_path, "plain.png", Image.fromarray(pixels.squeeze(2) if channels == 1 else pixels, mode),
+                 dpi=(72, 72))
+
+    def second_decode(*_):
+        raise AssertionError("the rewrite was decoded again")
+
+    monkeypatch.setattr("osoa_zip.imaging.io._rewrite_decodes_alike", second_decode)
+    record = read_image(path)
+    assert record is not None and np.array_equal(record.pixels, pixels.reshape(13, 17, channels))
+    restored = tmp_path / "restored.png"
+    write_image(restored, record)
+    with Image.open(path) as a, Image.open(restored) as b:
+        assert (a.mode, a.info) == (b.mode, b.info) and np.array_equal(np.asarray(a), np.asarray(b))
+
+
+@pytest.mark.parametrize("name, depth, colour_type, interlace, rows", [
+    ("interlaced", 8, 0, 1, b"".join(b"\x00" + bytes(range(i, i + 4)) for i in range(4))),
+    ("two-bit grey", 2, 0, 0, b"\x00\x1b" * 4),  # samples 0, 1, 2, 3 in each row of four
+    ("sixteen-bit grey", 16, 0, 0, b"".join(b"\x00" + bytes(8) for _ in range(4))),
+])
+def test_other_pngs_still_prove_their_rewrite(tmp_path, monkeypatch, name, depth, colour_type, interlace, rows):
+    """A PNG whose header Pillow would not write as it is (interlaced, fewer or more bits) is decoded
+    again before it may take the model path, and never loses a pixel either way."""
+    path = tmp_path / "odd.png"
+    path.write_bytes(_raw_png(4, 4, depth, colour_type, interlace, rows))
+    calls = []
+    from osoa_zip.imaging import io as imaging_io
+    real = imaging_io._rewrite_decodes_alike
+    monkeypatch.setattr(imaging_io, "_rewrite_decodes_alike", lambda *a: calls.append(1) or real(*a))
+    record = read_image(path)
+    if record is None:
+        return  # the general path: stored byte for byte
+    assert calls, f"the {name} PNG took the model path unchecked"
+    restored = tmp_path / "restored.png"
+    write_image(restored, record)
+    with Image.open(path) as a, Image.open(restored) as b:
+        assert a.mode == b.mode and np.array_equal(np.asarray(a), np.asarray(b))

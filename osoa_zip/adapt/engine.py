@@ -130,6 +130,9 @@ class BatchStatistics:
     subpixels: int
     seconds: float
     flags: int = 0
+    # A frozen archive's batches: each tile's bits under θ0, from the coding pass
+    # (CodingModel.factor_tile_bits; None if the family cannot tell).
+    tile_bits: list[float] | None = None
 
 
 @dataclass
@@ -246,7 +249,10 @@ class OnlineAdapter:
         return track
 
     def _new_track(self, channels: int) -> _Track:
-        """θ0 for this channel count, with a fresh optimiser."""
+        """θ0 for this channel count, with a fresh optimiser.  Without adaptation nothing ever
+        changes the weights: θ0's own network codes, and the optimiser holds no parameters."""
+        if not self.config.adapt:
+            return _Track(self._bundle.network(channels), ExactAdam([], self.config.learning_rate))
         network = copy.deepcopy(self._bundle.network(channels))
         selection = self.config.parameters_for(channels)
         _select_parameters(network, selection)
@@ -279,8 +285,10 @@ class OnlineAdapter:
         return track.network if track else self._bundle.network(channels)
 
     def snapshot(self):
-        """The whole adaptation state (weights and optimiser moments), to roll back to."""
-        return copy.deepcopy((self._tracks, self._batches))
+        """The whole adaptation state (weights and optimiser moments), to roll back to.
+        θ0's networks, which nothing changes, are shared rather than copied."""
+        pretrained = [self._bundle.network(channels) for channels in self._tracks]
+        return copy.deepcopy((self._tracks, self._batches), {id(network): network for network in pretrained})
 
     def restore(self, state) -> None:
         self._tracks, self._batches = state
@@ -315,8 +323,9 @@ class OnlineAdapter:
 
     # -- coding --------------------------------------------------------------
 
-    def encode(self, tiles: np.ndarray) -> tuple[bytes, BatchStatistics]:
-        """Code a B x C x H x W uint8 batch (flag byte + stream), then adapt on it."""
+    def encode(self, tiles: np.ndarray, tile_bits: bool = False) -> tuple[bytes, BatchStatistics]:
+        """Code a B x C x H x W uint8 batch (flag byte + stream), then adapt on it.  With
+        ``tile_bits``, a frozen archive's statistics also hold each tile's bits."""
         started = time.perf_counter()
         choice = self._choose(tiles)
         if choice.factors is not None:
@@ -326,17 +335,23 @@ class OnlineAdapter:
             encoder = self._family.new_encoder()
             choice.network.encode(choice.pixels, encoder)  # the model codes as it goes: before any update
             stream = _Done(encoder.finish())
+        if tile_bits and not self.config.adapt and choice.factors is not None:
+            tile_bits = choice.network.factor_tile_bits(choice.factors, tiles.shape[0])
+        else:
+            tile_bits = None
         if choice.adapting:
             self._adapt(choice.track, choice.pixels, choice.loss)
         data = bytes([choice.flags]) + stream.result()
-        return data, BatchStatistics(8 * len(data), tiles.size, time.perf_counter() - started, choice.flags)
+        return data, BatchStatistics(8 * len(data), tiles.size, time.perf_counter() - started, choice.flags,
+                                     None if tile_bits is None else tile_bits.tolist())
 
     @property
     def chain_length(self) -> int:
         """How many consecutive batches ``encode_chain`` lays on one stack (1: each its own)."""
         return self.config.chain_batches if self._family.chains_batches else 1
 
-    def encode_chain(self, batches: list[np.ndarray]) -> list[tuple[bytes, BatchStatistics]]:
+    def encode_chain(self, batches: list[np.ndarray], tile_bits: bool = False
+                     ) -> list[tuple[bytes, BatchStatistics]]:
         """Code consecutive batches of one segment, as ``encode`` does one by one.
 
         A family that chains batches (the VAE, bits-back) lays them on one
@@ -352,7 +367,7 @@ class OnlineAdapter:
         if len(batches) > self.chain_length:
             raise ValueError(f"a chain of {len(batches)} batches is longer than chain_batches")
         if len(batches) < 2:
-            return [self.encode(tiles) for tiles in batches]
+            return [self.encode(tiles, tile_bits) for tiles in batches]
         planned: list[_Planned] = []
         for index, tiles in enumerate(batches):
             started = time.perf_counter()

@@ -6,14 +6,17 @@ always, so the decoder knows nothing of levels and every level decodes with any
 release that knows the settings.  An option given explicitly wins over its
 level's value (the command line decides which options were given).
 
-Speed comes from adapting less (the frozen model needs one forward pass per
-batch and no backward pass; last-layer updates need no gradient through the
-big layers; stopping after some batches), size from adapting more carefully
-(more, smaller steps; never giving up) and from fewer grey batches, each of which
-costs its framing.  Level 6 is release 1.6's defaults
-exactly, so an archive written without a level is the same as before levels
-existed.  Measured: docs/PERFORMANCE.md, "Compression levels"
-(benchmarks/presets.py).
+Speed comes from adapting less: the frozen model needs one forward pass per
+batch, no backward pass and no guard (and its coding pass tells per-image triage
+what each image costs, so triage codes no samples of its own: pack.py); the
+middle levels adapt the last layers only (no gradient into the big layers; at the
+model's rate for them, v7's 3e-4) on the first 4 to 32 batches of each kind of image,
+and -2 and -3 give up once θ0 wins 2 or 4 comparisons in a row (then decoding stops
+adapting too).  Size comes from adapting more carefully (more, smaller steps;
+never giving up) and from fewer grey batches, each of which costs its framing.
+Level 6 is the defaults exactly, so an archive written without a level is the same
+as one written before levels existed.  Measured: docs/PERFORMANCE.md, "Compression
+levels" (benchmarks/presets.py).
 
 Kept free of torch, like config.py, so that `--help` stays fast.
 """
@@ -75,18 +78,24 @@ class Preset:
         return dataclasses.replace(config, learning_rate=rate)
 
 
+# -1's batches: twice the default's pixels (grey and small tiles; large ones eight 128 x 128
+# tiles): fewer batches cost less framing and less per-batch work, and a frozen pass keeps no
+# activations for a backward pass (651 MiB peak on a photo against the default's 701).
+FROZEN_BATCHES = {"batch_pixels": 131072, "gray_batch_pixels": 131072, "batch_pixels_max": 131072}
+LAST_LAYERS = {"parameters": "last", "gray_parameters": "last"}
+
 PRESETS: Mapping[int, Preset] = MappingProxyType({preset.level: preset for preset in (
     Preset(1, "frozen model, no adaptation (fastest)",
-           {"adapt": False, "guard": False, "batch_pixels": 65536, "gray_batch_pixels": 65536}),
-    Preset(2, "last layers adapt, first 16 batches only",
-           {"parameters": "last", "gray_parameters": "last", "adapt_batches": 16, "give_up_after": 4}),
-    Preset(3, "last layers adapt, giving up early",
-           {"parameters": "last", "gray_parameters": "last", "give_up_after": 4}),
-    Preset(4, "last layers adapt",
-           {"parameters": "last", "gray_parameters": "last"}),
-    Preset(5, "as 6, first 32 batches adapt, then frozen",
+           {"adapt": False, "guard": False, **FROZEN_BATCHES}),
+    Preset(2, "last layers adapt on 4 batches at most",
+           {**LAST_LAYERS, "adapt_batches": 4, "give_up_after": 2}),
+    Preset(3, "last layers adapt on 8 batches at most",
+           {**LAST_LAYERS, "adapt_batches": 8, "give_up_after": 4}),
+    Preset(4, "last layers adapt on 16 batches at most",
+           {**LAST_LAYERS, "adapt_batches": 16}),
+    Preset(5, "as 6, adapting on 32 batches at most",
            {"adapt_batches": 32}),
-    Preset(6, "default: all layers adapt (grey: last)", {}),
+    Preset(6, "default: one step a batch, guarded", {}),
     Preset(7, "two steps per batch at 2/3 the rate",
            {"steps_per_batch": 2, **UPPER_BATCHES}, rate_scale=2 / 3),
     Preset(8, "three steps per batch at 2/3 the rate",

@@ -60,6 +60,7 @@ _CELLS_PER_BLOCK = 1 << 20  # rows are built in blocks of about this many bins (
 MERGE_BELOW = 64  # a window bucket with fewer latents joins the next wider one
 _SIZES = np.array(BUCKETS + (RANGE_SIZE,))  # the window of each bucket; the last: none fits
 _LATENTS_PER_BLOCK = 16384  # the encoder's temporaries per block stay in the CPU's cache
+_ROWS_PER_FILL = 256  # CDF rows computed together (their temporaries: a few MB)
 
 
 class _ComponentRows:
@@ -97,28 +98,34 @@ class _ComponentRows:
         return self._stretches[width]
 
     def ensure(self, rows: np.ndarray) -> None:
+        """Compute the rows not computed yet (their values as _fill gives them)."""
         missing = rows[~self.filled[rows]]
         if not missing.size:
             return
         missing = np.unique(missing)
-        low_end, high_end = self.tables.cdf[0].item(), self.tables.cdf[-1].item()
-        edges = np.arange(self.WIDTH, dtype=np.float64) - REACH - 0.5
-        for scale_row in np.unique(missing % self.scale_rows):
-            group = missing[missing % self.scale_rows == scale_row]
-            inv_scale = self.inv_scale[scale_row]
-            # Beyond +-CDF_RANGE the interpolation returns the table's end values, so only
-            # the core of a row (a few scales wide) needs computing.
-            reach = int(np.ceil(CDF_RANGE / inv_scale)) + 2
-            first, last = max(0, REACH - reach), min(self.WIDTH, REACH + reach + 1)
-            offset = ((group // self.scale_rows) + 0.5) / OFFSET_STEPS - 0.5
-            u = (edges[None, first:last] - offset[:, None]) * inv_scale
-            core = np.where(u <= -CDF_RANGE, low_end, np.where(u >= CDF_RANGE, high_end, 0.0))
-            inner = np.abs(u) < CDF_RANGE
-            core[inner] = self.tables.cdf_q24(torch.from_numpy(u[inner])).numpy()
-            self.cdf[group, :first] = low_end
-            self.cdf[group, first:last] = core
-            self.cdf[group, last:] = high_end
+        for start in range(0, missing.size, _ROWS_PER_FILL):
+            self._fill(missing[start:start + _ROWS_PER_FILL])
         self.filled[missing] = True
+
+    def _fill(self, rows: np.ndarray) -> None:
+        """Rows, all in one pass: a row is the table's low end left of its core, the high end
+        right of it, and in the core (a few scales either side of the centre; beyond
+        +-CDF_RANGE the interpolation returns the table's end values) the CDF at each edge.
+        Every value is the same elementwise expression whichever rows are filled together."""
+        low_end, high_end = self.tables.cdf[0].item(), self.tables.cdf[-1].item()
+        inv_scale = self.inv_scale[rows % self.scale_rows]
+        reach = np.ceil(CDF_RANGE / inv_scale).astype(np.int64) + 2
+        first, last = np.maximum(0, REACH - reach), np.minimum(self.WIDTH, REACH + reach + 1)
+        offset = ((rows // self.scale_rows) + 0.5) / OFFSET_STEPS - 0.5
+        self.cdf[rows] = np.where(np.arange(self.WIDTH) < first[:, None], low_end, high_end)
+        widths = last - first
+        owner = np.repeat(np.arange(rows.size), widths)
+        column = np.arange(owner.size) - np.repeat(np.cumsum(widths) - widths, widths) + first[owner]
+        u = (column - REACH - 0.5 - offset[owner]) * inv_scale[owner]
+        core = np.where(u <= -CDF_RANGE, low_end, np.where(u >= CDF_RANGE, high_end, 0.0))
+        inner = np.abs(u) < CDF_RANGE
+        core[inner] = self.tables.cdf_q24(torch.from_numpy(u[inner])).numpy()
+        self.cdf[rows[owner], column] = core
 
 
 _ROWS: "weakref.WeakKeyDictionary[LogisticTables, _ComponentRows]" = weakref.WeakKeyDictionary()

@@ -402,6 +402,16 @@ class SubLatticeFlow(CodingModel):
         self._traverse(pixels.shape, take)
         return torch.stack(terms).sum(0)
 
+    @torch.no_grad()
+    def factor_tile_bits(self, factors: list, tiles: int) -> torch.Tensor:
+        """``tile_bits`` from ``analyse``'s factors: the same terms, laid out tile first."""
+        terms = []
+        for factor in factors:
+            latents, mean, log_scale = factor[:3]
+            logits, bounds = (factor[3], factor[4:]) if self.components > 1 else (None, factor[3:])
+            terms.append(self._nll(latents, mean, log_scale, logits, bounds).reshape(tiles, -1).sum(1))
+        return torch.stack(terms).sum(0)
+
     def push(self, factors: list, encoder) -> None:
         """Queue the factors from ``analyse`` on an entropy encoder, in order."""
         if self.components > 1:

@@ -96,6 +96,13 @@ class CodingModel(nn.Module, metaclass=ABCMeta):
         is ``nll`` tile by tile; a family whose loss is a sum over tiles may do it in one pass."""
         return torch.stack([self.nll(pixels[i:i + 1]) for i in range(pixels.shape[0])])
 
+    def factor_tile_bits(self, factors, tiles: int) -> torch.Tensor | None:
+        """Each of the ``tiles`` tiles' bits (B values) from the factors ``analyse`` returned,
+        without another pass through the network: a frozen model's coding pass then tells
+        per-image triage what each image costs exactly (pack.py).  None (the default): the
+        family cannot tell from its factors."""
+        return None
+
     def push(self, factors, coder) -> None:
         """Code the factors ``analyse`` returned (only families whose ``analyse`` returns some)."""
         raise NotImplementedError(f"the {self.family} family's analyse returns no factors to push")

@@ -1,0 +1,68 @@
+"""What each compression level means for the models it is used with (osoa_zip/adapt/presets.py).
+
+The command-line behaviour of levels (recorded settings, explicit options winning, every level
+decoding exactly) is tested in test_cli_habits.py; here: that the levels are nine different
+trade-offs for the default model and for the other shipped flows, ordered from fast to small.
+"""
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+
+from osoa_zip.adapt.defaults import adaptation_for
+from osoa_zip.adapt.presets import DEFAULT_LEVEL, PRESETS
+from osoa_zip.models.catalog import DEFAULT_MODEL
+
+MODELS = (DEFAULT_MODEL, "idf-sublattice-v6")
+
+
+def resolved(level: int, model: str):
+    return adaptation_for(model, PRESETS[level].config(model))
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_every_level_is_its_own_setting_for_the_model(model):
+    """No level repeats another's settings once the model's own choices are filled in (v7
+    adapts its last layers by default, so "last layers" alone no longer tells -2 from -6)."""
+    configs = [resolved(level, model) for level in sorted(PRESETS)]
+    assert len({tuple(sorted(dataclasses.asdict(config).items())) for config in configs}) == len(configs)
+
+
+@pytest.mark.parametrize("model", MODELS)
+def test_levels_adapt_more_as_they_rise(model):
+    """-1 is frozen; -2 ... -5 adapt on more and more batches; from -6 on adaptation never stops
+    but by giving up, and -7 ... -9 take more and more steps per batch."""
+    assert not resolved(1, model).adapt
+    limits = [resolved(level, model).adapt_batches for level in range(2, DEFAULT_LEVEL)]
+    assert all(limits) and limits == sorted(limits) and len(set(limits)) == len(limits)
+    give_up = [resolved(level, model).give_up_after for level in range(2, DEFAULT_LEVEL + 1)]
+    assert give_up == sorted(give_up)
+    steps = [resolved(level, model).steps_per_batch for level in range(DEFAULT_LEVEL, 10)]
+    assert steps == sorted(steps) and len(set(steps)) == len(steps)
+    assert all(resolved(level, model).adapt_batches == 0 for level in range(DEFAULT_LEVEL, 10))
+    assert resolved(9, model).give_up_after == 0
+
+
+def test_the_middle_levels_adapt_the_last_layers_whatever_the_model():
+    """-2 ... -4 name their parameters (at the model's rate for them); -5 and up keep the
+    model's own choice (v6 and v7: every layer of colour networks, the last of grey ones)."""
+    for model in MODELS:
+        for level in (2, 3, 4):
+            config = resolved(level, model)
+            assert (config.parameters, config.gray_parameters) == ("last", "last")
+            assert config.learning_rate == adaptation_for(model, dataclasses.replace(
+                PRESETS[DEFAULT_LEVEL].config(model), parameters="last")).learning_rate
+        assert resolved(5, model).parameters == resolved(DEFAULT_LEVEL, model).parameters
+
+
+def test_the_frozen_level_codes_larger_batches_than_the_default():
+    frozen, default = resolved(1, DEFAULT_MODEL), resolved(DEFAULT_LEVEL, DEFAULT_MODEL)
+    for height, width, channels in ((28, 28, 1), (32, 32, 1), (32, 32, 3), (64, 64, 3), (128, 128, 3)):
+        assert frozen.batch_size_for(height, width, channels) > default.batch_size_for(height, width, channels)
+
+
+def test_summaries_fit_one_help_line_and_name_the_default():
+    assert all(len(chosen.summary) <= 44 for chosen in PRESETS.values())
+    assert PRESETS[DEFAULT_LEVEL].summary.startswith("default")
+    assert "fastest" in PRESETS[1].summary and "smallest" in PRESETS[9].summary
