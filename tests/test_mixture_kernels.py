@@ -106,3 +106,24 @@ def test_constants_agree_with_logistic():
     assert mixture_kernels.LOG_SCALE_MAX == logistic.LOG_SCALE_MAX
     assert mixture_kernels.EXP_RANGE == logistic.EXP_RANGE
     assert mixture_kernels.TAIL_PROBABILITY == logistic._TAIL_PROBABILITY
+
+
+def test_output_pieces_gradient_is_the_slices_gradient():
+    """models/mixture.output_pieces: the same pieces and, bit for bit, the same gradient of the
+    whole output as indexing each piece (pieces that do not cover the output included)."""
+    from osoa_zip.models.mixture import output_pieces
+
+    g = torch.Generator().manual_seed(5)
+    output = torch.randn((2, 14, 3, 4), generator=g, dtype=torch.float64)
+    pieces = [slice(0, 3), slice(3, 9, 3), slice(4, 9, 3), slice(5, 9, 3), slice(10, 14, 2), slice(11, 14, 2)]
+    weights = [torch.randn(output[:, p].shape, generator=g, dtype=torch.float64) for p in pieces]
+    weights[1] = torch.zeros_like(weights[1]) * -1.0  # negative zeros in one piece's gradient
+    grads = []
+    for gathered in (True, False):
+        leaf = output.clone().requires_grad_(True)
+        parts = output_pieces(leaf, pieces) if gathered else [leaf[:, p] for p in pieces]
+        for part, p in zip(parts, pieces):
+            assert torch.equal(part, output[:, p])
+        sum((part * w).sum() for part, w in zip(parts, weights)).backward()
+        grads.append(leaf.grad)
+    assert torch.equal(_bits(grads[0]), _bits(grads[1]))
