@@ -127,3 +127,22 @@ def test_output_pieces_gradient_is_the_slices_gradient():
         sum((part * w).sum() for part, w in zip(parts, weights)).backward()
         grads.append(leaf.grad)
     assert torch.equal(_bits(grads[0]), _bits(grads[1]))
+
+
+def test_compiled_component_rows_equal_numpy_rows(monkeypatch):
+    """coding/mixture_coder's CDF rows, filled by the compiled loop and by the numpy passes:
+    every row of the table, entry for entry."""
+    import numpy as np
+
+    from osoa_zip.coding import mixture_coder
+
+    tables = LogisticTables.from_tensors(LogisticTables.build(mixture=True))
+    every = np.arange(mixture_coder.OFFSET_STEPS * mixture_coder._ComponentRows(tables).scale_rows)
+    filled = []
+    for compiled in (True, False):
+        monkeypatch.setattr(mixture_kernels, "available", lambda compiled=compiled: compiled)
+        rows = mixture_coder._ComponentRows(tables)
+        rows.ensure(every[::-1].copy())
+        assert rows.filled.all()
+        filled.append(rows.cdf)
+    assert np.array_equal(filled[0], filled[1])

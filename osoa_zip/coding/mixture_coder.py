@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..exact import mixture_kernels
 from ..exact.fixed import ACT_FRAC_BITS
 from ..exact.logistic import CDF_ONE, CDF_RANGE, EXP_RANGE, LOG_SCALE_MAX, LOG_SCALE_MIN, LogisticTables
 from . import native
@@ -101,6 +102,11 @@ class _ComponentRows:
         if not missing.size:
             return
         missing = np.unique(missing)
+        if mixture_kernels.available():
+            mixture_kernels.fill_component_rows(self.tables.cdf.numpy(), self.inv_scale, missing, self.scale_rows,
+                                                OFFSET_STEPS, REACH, self.cdf)
+            self.filled[missing] = True
+            return
         low_end, high_end = self.tables.cdf[0].item(), self.tables.cdf[-1].item()
         edges = np.arange(self.WIDTH, dtype=np.float64) - REACH - 0.5
         for scale_row in np.unique(missing % self.scale_rows):

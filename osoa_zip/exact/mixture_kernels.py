@@ -220,6 +220,36 @@ def mixture_backward(cdf, inv_table, exp_table, value, means, log_scales, logits
 
 
 @_jit
+def fill_component_rows(cdf, inv_scale, missing, scale_rows, offset_steps, reach, out):
+    """``mixture_coder._ComponentRows.ensure``'s rows: row r = o * scale_rows + s holds the
+    CDF at the edges j - reach - 1/2 - offset_o for the scale of row s, by the same
+    elementwise operations as its numpy passes (table ends beyond +-CDF_RANGE, else
+    ``cdf_q24``'s interpolation)."""
+    width = out.shape[1]
+    low_end, high_end = cdf[0], cdf[cdf.shape[0] - 1]
+    for t in range(missing.shape[0]):
+        row = missing[t]
+        inv = inv_scale[row % scale_rows]
+        offset = ((row // scale_rows) + 0.5) / offset_steps - 0.5
+        core = np.int64(np.ceil(CDF_RANGE / inv)) + 2
+        first, last = max(0, reach - core), min(width, reach + core + 1)
+        for j in range(width):
+            if j < first:
+                value = low_end
+            elif j >= last:
+                value = high_end
+            else:
+                u = ((j - reach - 0.5) - offset) * inv
+                if u <= -CDF_RANGE:
+                    value = low_end
+                elif u >= CDF_RANGE:
+                    value = high_end
+                else:
+                    value = _cdf_q24(cdf, u)
+            out[row, j] = np.int32(value)
+
+
+@_jit
 def _round_onto(values, step):
     """values = rint(values / step) * step, in place (``(g / step).round_().mul_(step)``)."""
     flat = values.reshape(-1)
