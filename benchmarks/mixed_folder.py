@@ -18,7 +18,9 @@ byte-for-byte comparison of every file (pixels, mode, size and palette for image
 differ); and `osoa-zip list`, to count entries by method and the photo-like images on the
 model path. Usage:
 
-    python benchmarks/mixed_folder.py [--count 300] [--out DIR] [--keep]
+    python benchmarks/mixed_folder.py [--count 300] [--out DIR] [--keep] [--flags='-1 ...']
+
+--flags passes options to `osoa-zip compress` (default: none, i.e. default flags).
 
 The same seed, Python and Pillow give the same folder (the standard-library files copied are
 the running interpreter's own).
@@ -479,6 +481,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=17)
     parser.add_argument("--out", type=Path, help="work here (default: a temporary folder)")
     parser.add_argument("--keep", action="store_true", help="keep the folder, archives and restored copy")
+    parser.add_argument("--flags", default="", help="options for `osoa-zip compress`, e.g. --flags='-1'")
     args = parser.parse_args()
 
     work = args.out or Path(tempfile.mkdtemp(prefix="mixed-folder-"))
@@ -498,8 +501,9 @@ def main() -> None:
         print(f"tar | xz -9e ({_tool_version('xz')}): {tar_xz.size} B in {tar_xz.seconds:.1f} s")
         archive = work / "mixed.osoa"
         archive.unlink(missing_ok=True)
-        packed = run_osoa(["compress", str(folder), str(archive)], archive)
-        print(f"osoa-zip compress: {packed.size} B in {packed.seconds:.1f} s, exit {packed.returncode}, "
+        packed = run_osoa(["compress", *args.flags.split(), str(folder), str(archive)], archive)
+        print(f"osoa-zip compress {args.flags}".rstrip() + f": {packed.size} B in {packed.seconds:.1f} s, "
+              f"exit {packed.returncode}, "
               f"{len(packed.stderr.splitlines())} stderr lines")
         if packed.returncode != 0:
             sys.exit(f"mixed_folder: osoa-zip compress failed:\n{packed.stderr}")

@@ -59,7 +59,15 @@ from .layout import (
 )
 from .models.catalog import DEFAULT_MODEL
 from .pause import pause_point
-from .solid import OWN_STREAM_MIN, FileChanged, file_pieces, incompressible, plan_blocks, write_block
+from .solid import (
+    OWN_STREAM_MIN,
+    BlockCoder,
+    FileChanged,
+    file_pieces,
+    incompressible,
+    plan_blocks,
+    write_coded,
+)
 from .torch_loading import load_model, online_adapter
 
 if TYPE_CHECKING:
@@ -109,6 +117,7 @@ class _Compressor:
         self.triage = triage
         self.block_size = block_size
         self.solid: list[tuple[Entry, bool]] = []  # files for the solid blocks, and whether progress counted them
+        self.block_counted: set[int] = set()  # of the blocks started early: ids of entries progress counted
         self.threads, self.cluster = threads, cluster
         self.byte_exact = byte_exact
         self.summary = Summary()
@@ -175,19 +184,38 @@ class _Compressor:
         except FileChanged as error:
             raise UsageError(str(error)) from None
 
-    def write_blocks(self) -> None:
-        """The solid blocks, after every image group (which may still send files here)."""
-        counted = {id(entry) for entry, was_counted in self.solid if was_counted}
-        for members in plan_blocks([entry for entry, _ in self.solid], self.block_size):
-            uncounted = sum(entry.size for entry in members if id(entry) not in counted)
-            try:
-                write_block(self.writer, members)
-            except FileChanged as error:
-                raise UsageError(str(error)) from None
-            if self.progress and uncounted:
-                self.progress(uncounted)
-            self.summary.blocks += 1
+    def start_blocks(self) -> BlockCoder:
+        """Start coding the solid blocks of the files off the model path so far, on a helper
+        thread (solid.BlockCoder), while the last image group codes.  Call after the last
+        triage: files a group sends here after this go into blocks of their own."""
+        self._decide_pending()
+        solid, self.solid = self.solid, []
+        self.block_counted = {id(entry) for entry, counted in solid if counted}
+        return BlockCoder(plan_blocks([entry for entry, _ in solid], self.block_size))
+
+    def write_blocks(self, started: BlockCoder | None = None) -> None:
+        """The solid blocks, after every image group (which may still send files here):
+        those ``started`` codes, then blocks of the files sent here since."""
+        counted = self.block_counted | {id(entry) for entry, was_counted in self.solid if was_counted}
+        later = BlockCoder(plan_blocks([entry for entry, _ in self.solid], self.block_size)) if self.solid else None
         self.solid = []
+        try:
+            for coder in (started, later):
+                if coder is None:
+                    continue
+                with coder:
+                    for block in coder:
+                        write_coded(self.writer, block)
+                        uncounted = sum(entry.size for entry in block.members if id(entry) not in counted)
+                        if self.progress and uncounted:
+                            self.progress(uncounted)
+                        self.summary.blocks += 1
+        except FileChanged as error:
+            raise UsageError(str(error)) from None
+        finally:
+            for coder in (started, later):
+                if coder is not None:
+                    coder.close()
 
     def _queue_image(self, entry: Entry, record: ImageRecord) -> None:
         self.group.append((entry, record))
@@ -345,8 +373,13 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
                              Triage(bundle, adaptation) if triage else None, cluster, block_size)
     for entry in entries:
         compressor.add(entry)
-    compressor.flush_images()
-    compressor.write_blocks()
+    blocks = compressor.start_blocks() if block_size else None
+    try:
+        compressor.flush_images()
+        compressor.write_blocks(blocks)
+    finally:
+        if blocks is not None:
+            blocks.close()
     for entry in entries:  # last, so that the file they name is always already restored
         if entry.kind == HARDLINK:
             Hardlink(entry.name, entry.target).write(writer)

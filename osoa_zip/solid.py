@@ -19,7 +19,10 @@ import io
 import lzma
 import posixpath
 import tempfile
+import threading
 import zlib
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import BinaryIO, Iterator
 
 from .container.format import ArchiveWriter
@@ -97,35 +100,120 @@ def _spill(size: int) -> BinaryIO:
     return io.BytesIO() if size <= SPILL_BYTES else tempfile.TemporaryFile(prefix="osoa-zip-block-")
 
 
-def write_block(writer: ArchiveWriter, members: list[Entry]) -> None:
-    """One solid block: its index (BLCK), then its coded stream in BDAT chunks of up to
-    DATA_CHUNK_BYTES.  The stream is coded first (into memory, or a temporary file for a
-    large block) because the index declares how many chunks follow; a block that xz
-    would not shrink is stored instead (its files read a second time)."""
+class Stopped(Exception):
+    """Coding a block was called off (the archive is being abandoned)."""
+
+
+@dataclass
+class CodedBlock:
+    """A solid block ready to be written: its members, index, and coded stream (None when
+    xz would not shrink it: then it is stored, its files read again as it is written)."""
+
+    members: list[Entry]
+    size: int
+    index: list[BlockMember]
+    stream: BinaryIO | None
+
+    def close(self) -> None:
+        if self.stream is not None:
+            self.stream.close()
+            self.stream = None
+
+
+def code_block(members: list[Entry], stop: threading.Event | None = None) -> CodedBlock:
+    """A block's index and xz stream, coded into memory (or a temporary file for a large
+    block) because the index declares how many chunks follow.  Reads each file once;
+    ``stop`` set calls it off between pieces (Stopped)."""
     size = sum(entry.size for entry in members)
     index, offset = [], 0
     for entry in members:
         index.append(BlockMember(entry.name, entry.mode, entry.mtime_ns, offset, entry.size))
         offset += entry.size
-    with _spill(size) as packed:
+    packed = _spill(size)
+    try:
         compressor = lzma.LZMACompressor(format=lzma.FORMAT_XZ, filters=xz_filters(size))
         for entry in members:
             for piece in file_pieces(entry, READ_BYTES):
+                if stop is not None and stop.is_set():
+                    raise Stopped()
                 packed.write(compressor.compress(piece))
         packed.write(compressor.flush())
-        if packed.tell() < size:
-            SolidBlock(CODEC_XZ, size, -(-packed.tell() // DATA_CHUNK_BYTES), index).write(writer)
-            packed.seek(0)
-            while piece := packed.read(DATA_CHUNK_BYTES):
+    except BaseException:
+        packed.close()
+        raise
+    if packed.tell() < size:
+        return CodedBlock(members, size, index, packed)
+    packed.close()
+    return CodedBlock(members, size, index, None)
+
+
+def write_coded(writer: ArchiveWriter, block: CodedBlock) -> None:
+    """A coded block as its index (BLCK), then its stream in BDAT chunks of up to DATA_CHUNK_BYTES."""
+    try:
+        if block.stream is not None:
+            stream = block.stream
+            SolidBlock(CODEC_XZ, block.size, -(-stream.tell() // DATA_CHUNK_BYTES), block.index).write(writer)
+            stream.seek(0)
+            while piece := stream.read(DATA_CHUNK_BYTES):
                 BlockData(piece).write(writer)
             return
-    SolidBlock(CODEC_STORE, size, -(-size // DATA_CHUNK_BYTES), index).write(writer)
-    pending = bytearray()
-    for entry in members:
-        for piece in file_pieces(entry, READ_BYTES):
-            pending += piece
-            while len(pending) >= DATA_CHUNK_BYTES:
-                BlockData(bytes(pending[:DATA_CHUNK_BYTES])).write(writer)
-                del pending[:DATA_CHUNK_BYTES]
-    if pending:
-        BlockData(bytes(pending)).write(writer)
+        SolidBlock(CODEC_STORE, block.size, -(-block.size // DATA_CHUNK_BYTES), block.index).write(writer)
+        pending = bytearray()
+        for entry in block.members:
+            for piece in file_pieces(entry, READ_BYTES):
+                pending += piece
+                while len(pending) >= DATA_CHUNK_BYTES:
+                    BlockData(bytes(pending[:DATA_CHUNK_BYTES])).write(writer)
+                    del pending[:DATA_CHUNK_BYTES]
+        if pending:
+            BlockData(bytes(pending)).write(writer)
+    finally:
+        block.close()
+
+
+def write_block(writer: ArchiveWriter, members: list[Entry]) -> None:
+    """One solid block, coded and written at once."""
+    write_coded(writer, code_block(members))
+
+
+class BlockCoder:
+    """Codes planned blocks on a helper thread, one block ahead of the writer.
+
+    Why: xz over the files off the model path (~0.8 s of CPU per 2.4 MB at preset 9)
+    need not wait for the model to finish coding images; with a second core the
+    two run side by side.  Each block is coded exactly as ``write_block`` codes it,
+    so the archive's bytes do not depend on it.  At most one coded block waits
+    (memory, or a temporary file for a large block)."""
+
+    def __init__(self, plans: list[list[Entry]]) -> None:
+        self._plans = list(plans)
+        self._stop = threading.Event()
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="osoa-solid")
+        self._next: Future | None = None
+        self._submit()
+
+    def _submit(self) -> None:
+        self._next = self._pool.submit(code_block, self._plans.pop(0), self._stop) if self._plans else None
+
+    def __iter__(self) -> Iterator[CodedBlock]:
+        while self._next is not None:
+            block = self._next.result()
+            self._submit()
+            yield block
+
+    def close(self) -> None:
+        """Call off what is still being coded, and free what waits."""
+        self._stop.set()
+        if self._next is not None:
+            try:
+                self._next.result().close()
+            except (Stopped, FileChanged, OSError, lzma.LZMAError):
+                pass
+            self._next = None
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> "BlockCoder":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

@@ -11,8 +11,12 @@ majority).  Triage decides per image, as it is read, in two cheap steps:
    image; the verbatim bytes the image would carry beside its pixels are added;
 2. only if that beats the file's own size does the general path's cost of the file
    matter: the file is packed as the general path packs it (Data.packed: xz if
-   smaller, else stored), and the model must beat that too.  The packing is kept,
-   so an image that loses is stored from it without reading or packing it again.
+   smaller, else stored), and the model must beat that too.  The packing is kept
+   for an image that loses and takes a stream of its own (``--block-size 0``).
+   A PNG whose bytes zlib's fastest level cannot shrink is not packed: its
+   general-path cost is taken as DEFLATED of its size (xz gains next to nothing on
+   deflated pixels), so the xz that most model-path images would throw away is
+   not paid for (~0.25 s of CPU on the mixed folder, benchmarks/mixed_folder.py).
 
 An image that loses is stored as a file on its own; the rest of its group is coded
 as before, and the group's own check (never larger than its files, pack.py) still
@@ -28,6 +32,7 @@ other, and every decision is deterministic (the same files give the same archive
 """
 from __future__ import annotations
 
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -46,6 +51,7 @@ PASS_TILES = 64         # sample tiles per pass through the model (bounded memor
 SAMPLE_SIDE = 32        # patches of at most this side
 MARGIN = 1.1            # the model path is given up only when θ0's estimate exceeds the file's cost by this
 TABLE_ENTRY_BYTES = 24  # an image's share of its group's xz'd table, roughly
+DEFLATED = 0.98         # a PNG that zlib's fastest level keeps above this share of is taken to cost this share under xz
 
 
 @dataclass
@@ -108,6 +114,10 @@ class Triage:
             data = handle.read(DATA_CHUNK_BYTES + 1)
         if len(data) != size:
             return Verdict(False, estimate)  # it changed since it was read: the general path says so
+        if record.format == "PNG" and len(zlib.compress(data, 1)) > DEFLATED * len(data):
+            # Its pixels are deflated already: xz would gain at most a few percent (on the mixed
+            # folder, 109 such PNGs: xz kept 98.3-100% of each), so it is not paid for here.
+            return Verdict(estimate <= MARGIN * DEFLATED * size, estimate)
         packed = Data.packed(data)
         return Verdict(estimate <= MARGIN * (len(packed.body) + 1), estimate, packed)
 

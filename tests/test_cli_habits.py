@@ -33,6 +33,7 @@ from osoa_zip.adapt.presets import DEFAULT_LEVEL, PRESETS, preset
 from osoa_zip.archive import compress, decompress
 from osoa_zip.cli import main
 from osoa_zip.files.scan import ExcludePatterns, scan
+from osoa_zip.models.catalog import DEFAULT_MODEL
 from osoa_zip.table import read_archive, read_table
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -286,7 +287,7 @@ def test_a_level_scales_the_rate_of_the_model_it_codes_with():
         for model in ("idf-sublattice-v6", "vae-hier-tiny-test", MODEL):
             own = adaptation_for(model).learning_rate
             assert chosen.config(model).learning_rate == pytest.approx(own * chosen.rate_scale, rel=5e-3)  # 3 digits
-        assert chosen.config().learning_rate == chosen.config("idf-sublattice-v6").learning_rate
+        assert chosen.config().learning_rate == chosen.config(DEFAULT_MODEL).learning_rate  # no model: the default
         assert chosen.config(MODEL, learning_rate=1e-3).learning_rate == 1e-3
     assert preset(9).config("idf-sublattice-v6").learning_rate == 2e-4  # recorded as meant, not 1.9999...e-4
     assert all(chosen.config(MODEL).learning_rate is None for chosen in PRESETS.values() if chosen.rate_scale == 1)

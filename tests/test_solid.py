@@ -18,12 +18,13 @@ import numpy as np
 import pytest
 from conftest import MODEL, assert_same_tree, subprocess_env
 from crafting import Crafted
+from PIL import Image
 from test_container import chunk_offsets
 
 from osoa_zip import compress, decompress, test_archive
 from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.archive import extract_entry
-from osoa_zip.container.format import ArchiveError, OversizedEntry, canonical_json
+from osoa_zip.container.format import ArchiveError, ArchiveWriter, OversizedEntry, canonical_json
 from osoa_zip.container.records import (
     MAX_BLOCK_BYTES,
     MAX_BLOCK_FILES,
@@ -34,7 +35,16 @@ from osoa_zip.container.records import (
 )
 from osoa_zip.files.restore import RefusedEntries
 from osoa_zip.files.scan import FILE, Entry
-from osoa_zip.solid import OWN_STREAM_MIN, plan_blocks, solid_order
+from osoa_zip.solid import (
+    OWN_STREAM_MIN,
+    BlockCoder,
+    FileChanged,
+    code_block,
+    plan_blocks,
+    solid_order,
+    write_block,
+    write_coded,
+)
 from osoa_zip.table import read_overview
 
 CONFIG = AdaptationConfig(tile_size=16, batch_size=4)
@@ -133,6 +143,71 @@ def test_list_and_info_show_the_blocks(archive):
     assert overview.totals()["solid_blocks"] == len(_blocks(archive))
     coded = sum(entry.coded_bytes for entry in overview.entries if entry.method == "solid")
     assert 0 < coded < len(archive)
+
+
+def _entries(root: Path) -> list[Entry]:
+    return [Entry(FILE, path.relative_to(root).as_posix(), path, 0o644, 0, path.stat().st_size)
+            for path in sorted(root.rglob("*")) if path.is_file()]
+
+
+def _written(write) -> bytes:
+    output = io.BytesIO()
+    write(ArchiveWriter(output))
+    return output.getvalue()
+
+
+def test_blocks_coded_ahead_are_the_blocks_written_at_once(source):
+    """BlockCoder codes each block on its helper thread exactly as write_block does, stored
+    blocks (xz would not shrink them) included."""
+    plans = plan_blocks(_entries(source), BLOCK)
+    stored = [members for members in plans if [entry.name for entry in members] == ["data/random.bin"]]
+    assert len(plans) > 3 and len(stored) == 1 and code_block(stored[0]).stream is None
+
+    def at_once(writer):
+        for members in plans:
+            write_block(writer, members)
+
+    def ahead(writer):
+        with BlockCoder(plans) as coder:
+            for block in coder:
+                write_coded(writer, block)
+
+    assert _written(ahead) == _written(at_once)
+
+
+def test_a_block_coder_closed_early_stops_its_thread(source):
+    import threading
+    coder = BlockCoder(plan_blocks(_entries(source), BLOCK))
+    first = next(iter(coder))
+    first.close()
+    coder.close()
+    assert not [thread for thread in threading.enumerate() if thread.name.startswith("osoa-solid")]
+
+
+def test_a_file_that_changed_before_its_block_is_coded_ahead_is_reported(tmp_path):
+    (tmp_path / "a.txt").write_text("grown since it was scanned\n")
+    entry = Entry(FILE, "a.txt", tmp_path / "a.txt", 0o644, 0, 5)
+    with BlockCoder([[entry]]) as coder, pytest.raises(FileChanged, match="grew"):
+        list(coder)
+
+
+def test_files_a_group_sends_back_after_the_blocks_started_get_blocks_of_their_own(tmp_path):
+    """Without triage, a group of noise images codes larger than its files and is stored as
+    files: after the blocks of the other files were started, so in a block after them."""
+    root = tmp_path / "src"
+    root.mkdir()
+    rng = np.random.default_rng(3)
+    for number in range(3):
+        Image.fromarray(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8)).save(root / f"noise_{number}.png")
+    (root / "notes.txt").write_text(_text(1, 30))
+    output = io.BytesIO()
+    summary = compress([root], output, model=MODEL, adaptation=CONFIG, triage=False)
+    blocks = _blocks(output.getvalue())
+    assert [[member.name for member in block.files] for block in blocks] == [
+        ["notes.txt"], ["noise_0.png", "noise_1.png", "noise_2.png"]]
+    assert summary.images == 0 and summary.blocks == 2
+    decompress(io.BytesIO(output.getvalue()), tmp_path / "out")
+    assert_same_tree(root, tmp_path / "out")
 
 
 def test_block_size_zero_gives_every_file_its_own_stream(source):

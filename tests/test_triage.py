@@ -18,7 +18,7 @@ from osoa_zip.imaging.io import read_image
 from osoa_zip.imaging.tiles import padded_size
 from osoa_zip.models.registry import load_model
 from osoa_zip.table import read_table
-from osoa_zip.triage import MARGIN, SAMPLE_TILES, Triage, _sample
+from osoa_zip.triage import DEFLATED, MARGIN, SAMPLE_TILES, Triage, _sample
 
 CONFIG = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0)
 
@@ -77,6 +77,21 @@ def test_the_second_step_sets_the_model_against_the_file_as_the_general_path_pac
     packed = Data.packed(path.read_bytes())
     assert not verdict.model and verdict.packed == packed  # ... not its xz, which is kept for storing it
     assert verdict.estimate > MARGIN * (len(packed.body) + 1)
+
+
+def test_a_png_of_deflated_pixels_is_judged_without_packing_it(tmp_path):
+    """xz is not paid for a PNG whose bytes zlib cannot shrink: its cost is taken as DEFLATED of
+    its size, which its xz (on this photo) does not undercut; an uncompressed PNG is still packed."""
+    triage = Triage(load_model(MODEL), CONFIG)
+    with Image.open(EXAMPLES / "0006.png") as image:
+        image.save(tmp_path / "deflated.png", compress_level=9)
+        image.save(tmp_path / "stored.png", compress_level=0)
+    deflated, stored = tmp_path / "deflated.png", tmp_path / "stored.png"
+    verdicts = triage.judge([(read_image(path), path, path.stat().st_size) for path in (deflated, stored)])
+    size = deflated.stat().st_size
+    assert verdicts[0].packed is None and verdicts[0].model == (verdicts[0].estimate <= MARGIN * DEFLATED * size)
+    assert len(Data.packed(deflated.read_bytes()).body) >= DEFLATED * size
+    assert verdicts[1].packed == Data.packed(stored.read_bytes())
 
 
 def test_images_judged_together_are_judged_as_alone(folder, tmp_path):

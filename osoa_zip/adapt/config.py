@@ -40,7 +40,8 @@ class AdaptationConfig:
     """Everything the decoder must know to replay the adaptation (all in the header)."""
 
     adapt: bool = True
-    # None: the model's own rate (adapt.defaults.adaptation_for); a header always holds a number.
+    # None: the model's own rate for the parameters that adapt (adapt.defaults.adaptation_for);
+    # a header always holds a number.
     learning_rate: float | None = None
     steps_per_batch: int = 1
     batch_size: int = 8

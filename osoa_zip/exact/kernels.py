@@ -193,19 +193,29 @@ class Kernel:
 
 
 def _matrix_layout(m: torch.Tensor) -> torch.Tensor:
-    """m itself if it is a plain row- or column-major matrix view, else a contiguous copy.
+    """m itself if it is a plain row- or column-major matrix view, else a row-major copy.
 
     torch._int_mm silently returns wrong sums for views whose rows overlap
     (e.g. a 2 x 9 view with strides (3, 1), which a reshape of a strided
-    im2col view can produce); measured with torch 2.13.
+    im2col view can produce), and *unwritten memory* -- different on every
+    call -- when a dimension of size 1 has a stride other than the row-major
+    one (e.g. a 1 x K view with strides (1, 1), as ``x.view(K, 1).T`` gives):
+    torch counts such a view as contiguous, but _int_mm reads its leading
+    dimension from that stride.  Measured with torch 2.13 under every
+    ONEDNN_MAX_CPU_ISA.  So a matrix with a dimension of size 1 passes only
+    with exactly the row-major strides (columns, 1), and the copy is made
+    with those strides (``contiguous()`` would return such a view unchanged).
     """
     rows, columns = m.shape
     row_stride, column_stride = m.stride()
-    if (column_stride == 1 or columns == 1) and (row_stride >= columns or rows == 1):
+    if rows == 1 or columns == 1:
+        if (row_stride, column_stride) == (columns, 1):
+            return m
+    elif column_stride == 1 and row_stride >= columns:
         return m
-    if (row_stride == 1 or rows == 1) and (column_stride >= rows or columns == 1):
+    elif row_stride == 1 and column_stride >= rows:
         return m
-    return m.contiguous()
+    return torch.empty(rows, columns, dtype=m.dtype).copy_(m)
 
 
 def _float32_product(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

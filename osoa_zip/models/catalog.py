@@ -43,14 +43,20 @@ def available_models() -> dict[str, dict]:
     return found
 
 
-def recommended_learning_rate(entry: dict) -> float | None:
+def recommended_learning_rate(entry: dict, parameters: str | None = None) -> float | None:
     """The adaptation learning rate a manifest entry recommends (``adaptation``), if any.
 
     The flows adapt well at the engine's default; a VAE wants far smaller steps
-    (its loss is a one-sample ELBO and every layer adapts).  Archives record the
+    (its loss is a one-sample ELBO and every layer adapts).  The best rate also
+    depends on which parameters adapt: on engine 2, every layer of v7 wants 5e-5
+    but its last layers alone 3e-4, so an entry may name a rate per selection
+    (``adaptation.learning_rates``, e.g. ``{"last": 3e-4}``), which wins over
+    ``learning_rate`` when ``parameters`` is that selection.  Archives record the
     rate used, so this only picks a default for the encoder.
     """
-    rate = entry.get("adaptation", {}).get("learning_rate")
+    adaptation = entry.get("adaptation", {})
+    rate = adaptation.get("learning_rates", {}).get(parameters) if parameters is not None else None
+    rate = adaptation.get("learning_rate") if rate is None else rate
     return float(rate) if rate is not None else None
 
 
