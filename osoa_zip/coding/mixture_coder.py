@@ -44,6 +44,7 @@ import numpy as np
 import torch
 from numpy.lib.stride_tricks import sliding_window_view
 
+from ..exact import mixture_kernels
 from ..exact.fixed import ACT_FRAC_BITS
 from ..exact.logistic import CDF_ONE, CDF_RANGE, EXP_RANGE, LOG_SCALE_MAX, LOG_SCALE_MIN, LogisticTables
 from . import native
@@ -103,6 +104,11 @@ class _ComponentRows:
         if not missing.size:
             return
         missing = np.unique(missing)
+        if mixture_kernels.available():
+            mixture_kernels.fill_component_rows(self.tables.cdf.numpy(), self.inv_scale, missing, self.scale_rows,
+                                                OFFSET_STEPS, REACH, self.cdf)
+            self.filled[missing] = True
+            return
         for start in range(0, missing.size, _ROWS_PER_FILL):
             self._fill(missing[start:start + _ROWS_PER_FILL])
         self.filled[missing] = True

@@ -39,6 +39,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
+from . import conv_kernels
 from .grid import GRADIENT_LIMBS, LEAKY_SHIFT  # GRADIENT_LIMBS: |g| <= 8127, about 13 significant bits
 from .kernels import (
     FULL_LIMB_BITS,
@@ -672,6 +673,8 @@ def _leaky_framed(saved: _Saved, output_range: tuple[int, int], next_limbs: int,
     Returns (the framed input, the values in the narrowest type that holds them:
     int16 for an int8 next input, what backward keeps)."""
     values = saved.values
+    if conv_kernels.available() and values.dim() == 2 and values.is_contiguous():
+        return _leaky_framed_compiled(saved, output_range, next_limbs, shape)
     if next_limbs == 1:  # values in [-1025, 128]
         values = values.to(torch.int16)
     t = values + (1 << (LEAKY_SHIFT - 1))
@@ -688,6 +691,19 @@ def _leaky_framed(saved: _Saved, output_range: tuple[int, int], next_limbs: int,
         split_limbs(t, FULL_LIMB_BITS, next_limbs,
                     [interior(framed[i * batch:(i + 1) * batch]) for i in range(next_limbs)])
     return framed, values
+
+
+def _leaky_framed_compiled(saved: _Saved, output_range: tuple[int, int], next_limbs: int, shape: tuple
+                           ) -> tuple[torch.Tensor, torch.Tensor]:
+    """``_leaky_framed`` in one compiled pass (exact/conv_kernels.py): the same integers."""
+    values = saved.values
+    low, high = output_range
+    framed = padded(next_limbs * shape[0], *shape[1:], values.shape[1])
+    narrow = torch.empty(values.shape, dtype=torch.int16) if next_limbs == 1 else torch.empty(0, 0, dtype=torch.int16)
+    conv_kernels.leaky_framed(values.numpy(), LEAKY_SHIFT, bool(saved.clamped),
+                              max(low, (low + (1 << (LEAKY_SHIFT - 1))) >> LEAKY_SHIFT), high, framed.numpy(),
+                              narrow.numpy())
+    return framed, (narrow if next_limbs == 1 else values)
 
 
 def _leaky_gradient(grad: Fixed, saved: _Saved, output_range: tuple[int, int], bound: int) -> Fixed:

@@ -29,8 +29,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
+from . import mixture_kernels
 from .fixed import ACT_FRAC_BITS, quantize_gradient
 from .grid import CDF_BITS
 
@@ -220,6 +222,13 @@ class _ExactMixtureNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, value, means, log_scales, logits, tables, lower, upper):
+        compiled = _compiled_forward(value, means, log_scales, logits, tables, lower, upper)
+        if compiled is not None:
+            joint, total = compiled
+            ctx.compiled, ctx.tables, ctx.edges = True, tables, lower is not None
+            ctx.save_for_backward(value, means, log_scales, logits, *((lower, upper) if ctx.edges else ()))
+            return CDF_BITS + torch.log2(total) - torch.log2(joint)
+        ctx.compiled = False
         inv_scale = tables.inverse_scale(log_scales)
         mass, u_plus, u_minus, cdf_plus, cdf_minus = bin_probability_q24(
             tables, value.unsqueeze(0), means, inv_scale,
@@ -235,6 +244,11 @@ class _ExactMixtureNLL(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        if ctx.compiled:
+            value, means, log_scales, logits = ctx.saved_tensors[:4]
+            grads = _compiled_backward(grad_out, value, means, log_scales, logits, ctx.tables,
+                                       *(ctx.saved_tensors[4:] if ctx.edges else (None, None)))
+            return (*grads, None, None, None)
         (value, means, log_scales, inv_scale, mass, u_plus, u_minus, cdf_plus, cdf_minus,
          weights, joint, total) = ctx.saved_tensors[:12]
         bounds = tuple(b.unsqueeze(0) for b in ctx.saved_tensors[12:])
@@ -249,6 +263,59 @@ class _ExactMixtureNLL(torch.autograd.Function):
         for k in range(1, grad_mean.shape[0]):
             grad_value = grad_value - grad_mean[k]
         return grad_value, grad_mean, grad_log_scale, grad_logits, None, None, None
+
+
+def _flat_operands(value, means, log_scales, logits, tables, lower, upper):
+    """The compiled loops' operands (float64 numpy views, K x n and n), or None when the
+    torch passes must run: no numba, another dtype or layout, or bounds given one-sided."""
+    if not mixture_kernels.available() or tables.exp is None or (lower is None) != (upper is None):
+        return None
+    tensors = (value, means, log_scales, logits) + (() if lower is None else (lower, upper))
+    if any(t.dtype != torch.float64 or t.device.type != "cpu" for t in tensors):
+        return None
+    k = means.shape[0]
+    if (means.shape[1:] != value.shape or log_scales.shape != means.shape or logits.shape != means.shape
+            or (lower is not None and (lower.shape != value.shape or upper.shape != value.shape))):
+        return None
+
+    def flat(t, rows=None):
+        t = t.detach().contiguous()
+        return (t.view(-1) if rows is None else t.view(rows, -1)).numpy()
+
+    edges = lower is not None
+    return (tables.cdf.numpy(), tables.inv_scale.numpy(), tables.exp.numpy(), flat(value), flat(means, k),
+            flat(log_scales, k), flat(logits, k), edges, flat(lower) if edges else _NO_BOUNDS,
+            flat(upper) if edges else _NO_BOUNDS)
+
+
+_NO_BOUNDS = np.zeros(0)
+
+
+def _compiled_forward(value, means, log_scales, logits, tables, lower, upper):
+    """(joint, total) from mixture_kernels, or None (the torch passes then run)."""
+    operands = _flat_operands(value, means, log_scales, logits, tables, lower, upper)
+    if operands is None:
+        return None
+    joint, total = torch.empty(value.shape, dtype=torch.float64), torch.empty(value.shape, dtype=torch.float64)
+    if not mixture_kernels.mixture_forward(*operands, joint.view(-1).numpy(), total.view(-1).numpy()):
+        return None  # an index off its table: the torch passes raise their own error
+    return joint, total
+
+
+def _compiled_backward(grad_out, value, means, log_scales, logits, tables, lower, upper):
+    """(grad value, grad means, grad log-scales, grad logits), as the torch backward gives them."""
+    operands = _flat_operands(value, means, log_scales, logits, tables, lower, upper)
+    shape = means.shape
+    grad_mean, grad_log_scale, grad_logits = (torch.empty(shape, dtype=torch.float64) for _ in range(3))
+    flat = [g.view(shape[0], -1).numpy() for g in (grad_mean, grad_log_scale, grad_logits)]
+    extremes = np.empty((3, 2))
+    out = grad_out.to(torch.float64).expand(value.shape).reshape(-1).contiguous().numpy()
+    if not mixture_kernels.mixture_backward(*operands, out, *flat, extremes):
+        raise IndexError("a mixture's log-scale or logit is off its table")
+    for values, (low, high) in zip(flat, extremes.tolist()):
+        mixture_kernels.quantize_in_place(values, low, high)
+    grad_value = torch.from_numpy(mixture_kernels.negated_sum(flat[0])).view(value.shape)
+    return grad_value, grad_mean, grad_log_scale, grad_logits
 
 
 def _float_nll_bits(value, mean, log_scale, lower=None, upper=None):

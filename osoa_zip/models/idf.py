@@ -70,7 +70,7 @@ from ..exact.fixed import quantize_activation, round_to_integer
 from ..exact.intlayers import IntegerConvStack
 from ..exact.layers import ConvStack
 from ..exact.logistic import LogisticTables, mixture_nll_bits, nll_bits
-from .mixture import extra_outputs, mixture_components
+from .mixture import extra_outputs, mixture_from_blocks, output_pieces
 from .protocol import CodingModel, register_family
 
 CONTEXT_SCALE = 1.0 / 64.0  # pixels enter the networks in [-2, 2)
@@ -286,41 +286,58 @@ class SubLatticeFlow(CodingModel):
         """Predict one group of sub-lattices (base has their layout: sub-lattice-major)."""
         predicted = base.shape[1]
         output = net(features)
-        translation, mean, log_scale = output[:, :3 * predicted].chunk(3, dim=1)
-        extra = output[:, output.shape[1] - extra_outputs(self.components) * predicted:]
+        extra_blocks = extra_outputs(self.components)
+        extra_start = output.shape[1] - extra_blocks * predicted
         if not self.channel_coupling:
+            translation, mean, log_scale, *extra = output_pieces(
+                output, [slice(start, start + predicted) for start in range(0, 3 * predicted, predicted)]
+                + [slice(extra_start + b * predicted, extra_start + (b + 1) * predicted) for b in range(extra_blocks)])
             offset = round_to_integer(base + translation)
-            return take(key, *self._mixture(mean, log_scale, extra, slice(None)), offset)
+            return take(key, *self._mixture(mean, log_scale, extra), offset)
         channels = self.channels
         pairs = coefficient_count(channels)
-        coefficients = torch.clamp(output[:, 3 * predicted:3 * predicted + pairs * predicted // channels],
-                                   -COEFFICIENT_LIMIT, COEFFICIENT_LIMIT)
+        coefficients_end = 3 * predicted + pairs * predicted // channels
         # Channel c of every sub-lattice in the group: c, c + C, ...; coefficient
         # p of every sub-lattice: p, p + pairs, ...  Pair p = (c, j), j < c, in
-        # the order (1,0), (2,0), (2,1).
-        values, deviations, pair = [], [], 0
+        # the order (1,0), (2,0), (2,1).  Each channel's pieces of the output, in
+        # its order: translation, mean, log-scale, its coefficients, its extra blocks.
+        layout, counts, pair = [], [], 0
         for c in range(channels):
+            pieces = [slice(block * predicted + c, (block + 1) * predicted, channels) for block in range(3)]
+            pieces += [slice(3 * predicted + pair + j, coefficients_end, pairs) for j in range(c)]
+            pieces += [slice(extra_start + b * predicted + c, extra_start + (b + 1) * predicted, channels)
+                       for b in range(extra_blocks)]
+            pair += c
+            layout += pieces
+            counts.append(len(pieces))
+        pieces = output_pieces(output, layout)
+        values, deviations, at = [], [], 0
+        for c in range(channels):
+            translation, mean, log_scale = pieces[at:at + 3]
+            coefficients = pieces[at + 3:at + 3 + c]
+            extra = pieces[at + 3 + c:at + counts[c]]
+            at += counts[c]
             pick = slice(c, None, channels)
-            shift = base[:, pick] + translation[:, pick]
+            shift = base[:, pick] + translation
             if c:
-                cross = sum(coefficients[:, pair + j::pairs] * deviations[j] for j in range(c))
+                cross = sum(torch.clamp(coefficients[j], -COEFFICIENT_LIMIT, COEFFICIENT_LIMIT) * deviations[j]
+                            for j in range(c))
                 shift = shift + quantize_activation(cross)
-                pair += c
             offset = round_to_integer(shift)
-            centre = mean[:, pick]
+            centre = mean
             if self.mean_remainder:
                 centre = centre + (shift - offset)
-            value = take(key + (c,), *self._mixture(centre, log_scale[:, pick], extra, pick), offset)
+            value = take(key + (c,), *self._mixture(centre, log_scale, extra), offset)
             values.append(value)
             deviations.append(value - base[:, pick])
         batch, groups, height, width = values[0].shape
         return torch.stack(values, dim=2).reshape(batch, groups * channels, height, width)
 
-    def _mixture(self, mean, log_scale, extra, pick) -> tuple:
+    def _mixture(self, mean, log_scale, extra) -> tuple:
         """(mean, log_scale, logits) of a factor: single tensors, or K components first (mixtures)."""
         if self.components == 1:
             return mean, log_scale, None
-        return mixture_components(mean, log_scale, extra, self.components, pick)
+        return mixture_from_blocks(mean, log_scale, extra, self.components)
 
     # -- the model API ------------------------------------------------------
     def _targets(self, pixels: torch.Tensor) -> dict:

@@ -25,10 +25,47 @@ def mixture_components(mean: torch.Tensor, log_scale: torch.Tensor, extra: torch
     multiplied by ``shift_gain`` (a power of two, so exact).
     """
     blocks = extra.chunk(extra_outputs(components), dim=1)
+    return mixture_from_blocks(mean, log_scale, [block[:, pick] for block in blocks], components, shift_gain)
+
+
+def mixture_from_blocks(mean: torch.Tensor, log_scale: torch.Tensor, blocks, components: int,
+                        shift_gain: float = 1.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """``mixture_components`` from the extra blocks' rows that belong to ``mean``, already picked."""
     means, log_scales, logits = [mean], [log_scale], [torch.zeros_like(mean)]
     for k in range(components - 1):
-        shift_mean, shift_log_scale, logit = (block[:, pick] for block in blocks[3 * k:3 * k + 3])
+        shift_mean, shift_log_scale, logit = blocks[3 * k:3 * k + 3]
         means.append(mean + (shift_mean if shift_gain == 1.0 else shift_mean * shift_gain))
         log_scales.append(log_scale + shift_log_scale)
         logits.append(logit)
     return torch.stack(means), torch.stack(log_scales), torch.stack(logits)
+
+
+class _OutputPieces(torch.autograd.Function):
+    """Pieces of a network's output along dim 1, with one backward for all of them.
+
+    Taking the pieces by indexing gives autograd one slice node per piece, each of
+    whose backward passes allocates a zero tensor of the whole output and adds it
+    to the others': tens of full-size passes per coupling.  Here the pieces' gradients
+    are added into one zero tensor, piece by piece: the pieces are disjoint, so
+    every element is 0.0 + its one gradient, as the sum of the padded tensors gives it.
+    """
+
+    @staticmethod
+    def forward(ctx, output, pieces):
+        ctx.pieces, ctx.shape, ctx.dtype = pieces, output.shape, output.dtype
+        return tuple(output[:, piece].clone() for piece in pieces)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        grad = torch.zeros(ctx.shape, dtype=ctx.dtype)
+        for piece, piece_grad in zip(ctx.pieces, grads):
+            if piece_grad is not None:
+                grad[:, piece] += piece_grad
+        return grad, None
+
+
+def output_pieces(output: torch.Tensor, pieces: list[slice]) -> list[torch.Tensor]:
+    """``[output[:, piece] for piece in pieces]`` for pieces that do not overlap (one backward node)."""
+    if not output.requires_grad or not torch.is_grad_enabled():
+        return [output[:, piece] for piece in pieces]
+    return list(_OutputPieces.apply(output, pieces))

@@ -1,0 +1,59 @@
+"""Engine 2's leaky ReLU into the next conv's framed input, as one compiled pass (numba, optional).
+
+``intconv._leaky_framed`` takes a hidden conv's requantised sums through six
+elementwise torch passes (narrowing, add, shift, max, clamp, the copy into the
+frame, or a limb split); each pass reads and writes the whole activation, and
+the frozen forward runs in every coding, triage and guard pass.  The loop here
+does the same integer operations per element in one pass.  Integers: the
+results are the same by construction; tests/test_engine2_conv.py checks them
+against the torch passes (``test_compiled_leaky_framed_matches_torch``).
+Without numba (or with OSOA_ZIP_NO_NUMBA=1) the torch passes run.
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from ..coding import native
+
+_jit = native._jit
+
+
+def available() -> bool:
+    return native.available()
+
+
+@_jit
+def leaky_framed(values, shift, clamped, low, high, framed, narrow):
+    """values (B*H*W x C, rows in (b, h, w) order) -> max(v, (v + half) >> shift), clamped to
+    [low, high] if ``clamped``, written into the interior of ``framed`` (limbs x B x (H+2) x
+    (W+2) x C, its frame already zero): one limb as int8, two as balanced 8-bit limbs (the
+    low limb in the first B images).  ``narrow`` (int16, same shape as values, or empty)
+    receives the values themselves."""
+    count, height, width, channels = framed.shape[0], framed.shape[1] - 2, framed.shape[2] - 2, framed.shape[3]
+    half = 1 << (shift - 1)
+    keep = narrow.shape[0] > 0
+    batch = values.shape[0] // (height * width) if height * width > 0 else 0
+    limbs = count // batch if batch > 0 else 1
+    row = 0
+    for b in range(batch):
+        for y in range(height):
+            for x in range(width):
+                for c in range(channels):
+                    v = np.int64(values[row, c])
+                    if keep:
+                        narrow[row, c] = v
+                    t = (v + half) >> shift
+                    if v > t:
+                        t = v
+                    if clamped:
+                        if t < low:
+                            t = low
+                        elif t > high:
+                            t = high
+                    if limbs == 1:
+                        framed[b, y + 1, x + 1, c] = t
+                    else:
+                        shifted = t + 128
+                        framed[b, y + 1, x + 1, c] = (shifted & 255) - 128
+                        framed[batch + b, y + 1, x + 1, c] = shifted >> 8
+                row += 1
