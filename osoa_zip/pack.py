@@ -207,15 +207,12 @@ class _Compressor:
         self.solid = []
         try:
             for coder in (started, later):
-                if coder is None:
-                    continue
-                with coder:
-                    for block in coder:
-                        write_coded(self.writer, block)
-                        uncounted = sum(entry.size for entry in block.members if id(entry) not in counted)
-                        if self.progress and uncounted:
-                            self.progress(uncounted)
-                        self.summary.blocks += 1
+                for block in coder or ():
+                    write_coded(self.writer, block)
+                    uncounted = sum(entry.size for entry in block.members if id(entry) not in counted)
+                    if self.progress and uncounted:
+                        self.progress(uncounted)
+                    self.summary.blocks += 1
         except FileChanged as error:
             raise UsageError(str(error)) from None
         finally:

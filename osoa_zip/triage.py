@@ -108,9 +108,7 @@ class Triage:
     def judge(self, items: list[tuple[ImageRecord, Path, int]]) -> list[Verdict]:
         """For each (image, its file's path, its size): whether it should take the model path
         rather than be stored as its file (then with the file's packing, if deciding needed it)."""
-        estimates = self.estimates([record for record, _, _ in items])
-        return [self._verdict(record, path, size, estimate)
-                for (record, path, size), estimate in zip(items, estimates)]
+        return self.judge_coded(items, [None] * len(items))
 
     def judged_by_coding(self, record: ImageRecord) -> bool:
         """Whether a frozen archive judges this image by its coded bits (``judge_coded``) rather
