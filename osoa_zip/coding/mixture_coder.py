@@ -107,10 +107,9 @@ class _ComponentRows:
         if mixture_kernels.available():
             mixture_kernels.fill_component_rows(self.tables.cdf.numpy(), self.inv_scale, missing, self.scale_rows,
                                                 OFFSET_STEPS, REACH, self.cdf)
-            self.filled[missing] = True
-            return
-        for start in range(0, missing.size, _ROWS_PER_FILL):
-            self._fill(missing[start:start + _ROWS_PER_FILL])
+        else:
+            for start in range(0, missing.size, _ROWS_PER_FILL):
+                self._fill(missing[start:start + _ROWS_PER_FILL])
         self.filled[missing] = True
 
     def _fill(self, rows: np.ndarray) -> None:
