@@ -57,8 +57,9 @@ def _operand(shape, low, high, mode, generator):
 
 # (M, K, N): odd shapes from 1 x 1 x 1, a conv's 8192 x 432 x 48 scaled down, a one-row product
 # (the bias gradient's ones row), K across the float32 kernel's chunk boundary, and K at the
-# int8 kernel's int32 bound.
+# int8 kernel's int32 bound; 30 and 9 columns (v7's last convs), which the int8 kernel pads to 32 and 16.
 SWEEP_SHAPES = [(1, 1, 1), (1, 7, 1), (3, 5, 2), (17, 33, 5), (64, 432, 48), (257, 300, 129), (1, 5000, 96),
+                (40, 432, 30), (33, 100, 9),
                 (5, FLOAT32_CHUNK, 3), (5, FLOAT32_CHUNK + 1, 3), (7, 4 * FLOAT32_CHUNK + 3, 9), (2, MAX_K, 3)]
 SWEEP_MODES = [("random", "random"), ("extreme", "extreme"), ("low", "low"), ("low", "high"), ("high", "low")]
 

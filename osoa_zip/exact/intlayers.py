@@ -84,7 +84,7 @@ class _IntegerStackFunction(torch.autograd.Function):
         wanted = [(ctx.needs_input_grad[3 + 2 * index], ctx.needs_input_grad[4 + 2 * index])
                   for index in range(len(stack.convs))]
         keep = any(any(pair) for pair in wanted)
-        output, saved = stack._forward(source, kernel, keep, framed=framed)
+        output, saved = stack._forward(source, kernel, keep, framed=framed, patches=[pair[0] for pair in wanted])
         if keep:
             ctx.state = (stack, saved, wanted, kernel, on_grid)
         if on_grid:  # quantize_activation's floor onto 2**-ACT_FRAC_BITS, as an integer shift

@@ -60,6 +60,13 @@ FLOAT32_CHUNK = 2 ** 24 // LIMB_PRODUCT_MAX
 # returns wrong sums for N = 1 (a matrix-vector product), even inside the 7-bit bound (measured:
 # every M in 1..64 and most K); N >= 2 was exact.  A one-column second operand is padded with zeros.
 INT8_MIN_COLUMNS = 2
+# int8 kernel, speed only: oneDNN's int8 GEMM (torch 2.13, one thread) handles a column count
+# just short of a multiple of 16 slowly: 8192 x 432 by 432 x 30 took 1.27 ms, by 432 x 32 0.75 ms
+# (the centres' last conv, 30 outputs on v7's RGB network), 432 x 9 0.79 ms against 432 x 16
+# 0.60 ms (the grey centres); 18, 36, 48, 60, 96 and 120 columns gained nothing or lost.  Such a
+# second operand is padded with zero columns up to the multiple of INT8_COLUMN_BLOCK, which
+# adds whole zero columns to the result and changes none of the others.
+INT8_COLUMN_BLOCK = 16
 
 
 class KernelError(UsageError):
@@ -176,10 +183,12 @@ class Kernel:
             raise ValueError(f"limb product over K={a.shape[1]} > {MAX_K} (split K first)")
         a, b = _matrix_layout(a), _matrix_layout(b)
         if self.name == "int8":
-            if b.shape[1] == 1:  # see INT8_MIN_COLUMNS
-                padded = torch.zeros(b.shape[0], INT8_MIN_COLUMNS, dtype=torch.int8)
-                padded[:, :1] = b
-                return torch._int_mm(a, padded)[:, :1].contiguous()
+            columns = b.shape[1]
+            wide = int8_columns(columns)
+            if wide != columns:  # zero columns: see INT8_MIN_COLUMNS and INT8_COLUMN_BLOCK
+                padded = torch.zeros(b.shape[0], wide, dtype=torch.int8)
+                padded[:, :columns] = b
+                return torch._int_mm(a, padded)[:, :columns].contiguous()
             return torch._int_mm(a, b)
         if self.name == "float64":
             return torch.mm(a.double(), b.double()).to(torch.int32)
@@ -190,6 +199,20 @@ class Kernel:
         if self.name == "float32":
             return FloatSettingsGuard.environment_problem()
         return None
+
+
+def int8_columns(columns: int) -> int:
+    """How many columns the int8 kernel gives ``_int_mm`` for a second operand of ``columns``.
+
+    One column is padded to INT8_MIN_COLUMNS (exactness); fewer than two blocks of
+    INT8_COLUMN_BLOCK with a remainder above half a block are padded to the next block
+    (speed).  The extra columns are zeros, so the columns kept are the same integers."""
+    if columns == 1:
+        return INT8_MIN_COLUMNS
+    remainder = columns % INT8_COLUMN_BLOCK
+    if columns < 2 * INT8_COLUMN_BLOCK and remainder > INT8_COLUMN_BLOCK // 2:
+        return columns - remainder + INT8_COLUMN_BLOCK
+    return columns
 
 
 def _matrix_layout(m: torch.Tensor) -> torch.Tensor:
