@@ -63,18 +63,16 @@ def log2_fixed(values: np.ndarray) -> np.ndarray:
 
 def _med_residuals(plane: np.ndarray) -> np.ndarray:
     """MED's prediction residuals of an H x W int32 plane, wrapped into [0, 256) (the first
-    row is predicted from the left, the first column from above)."""
-    left = np.zeros_like(plane)
-    up = np.zeros_like(plane)
-    corner = np.zeros_like(plane)
-    left[:, 1:] = plane[:, :-1]
-    up[1:, :] = plane[:-1, :]
-    corner[1:, 1:] = plane[:-1, :-1]
-    up[0, :] = left[0, :]
-    left[1:, 0] = up[1:, 0]
-    corner[1:, 0] = up[1:, 0]
-    high, low = np.maximum(left, up), np.minimum(left, up)
-    prediction = np.where(corner >= high, low, np.where(corner <= low, high, left + up - corner))
+    row is predicted from the left, the first column from above).  MED's prediction is the
+    median of left, up and left + up - corner."""
+    left = np.empty_like(plane)
+    up = np.empty_like(plane)
+    corner = np.empty_like(plane)
+    left[:, 1:], up[1:, :], corner[1:, 1:] = plane[:, :-1], plane[:-1, :], plane[:-1, :-1]
+    left[0, 0] = up[0, 0] = corner[0, 0] = 0
+    up[0, 1:] = corner[0, 1:] = left[0, 1:]  # the first row: from the left
+    left[1:, 0] = corner[1:, 0] = up[1:, 0]  # the first column: from above
+    prediction = np.maximum(np.minimum(left, up), np.minimum(np.maximum(left, up), left + up - corner))
     return (plane - prediction) & 255
 
 
