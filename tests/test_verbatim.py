@@ -234,13 +234,7 @@ def test_a_1_4_archive_holding_1_5_fields_is_refused(archive, format_1_5, tmp_pa
 
 def _with_minor(data: bytes, minor: int) -> bytes:
     """The archive re-framed as another minor version (the END digest covers the preamble)."""
-    crafted = Crafted.parse(data)
-    original = container_format.FORMAT_MINOR
-    container_format.FORMAT_MINOR = minor
-    try:
-        return crafted.build()
-    finally:
-        container_format.FORMAT_MINOR = original
+    return Crafted.parse(data).as_minor(minor).build()
 
 
 def _first_raster(crafted: Crafted) -> tuple[str, list]:
