@@ -9,8 +9,10 @@ for the files off the model path (format 1.5 put them in solid blocks), and so
 is the engine-2 archive (a faster kernel or a fused integer pass must not
 change one integer);
 the flows', which have no golden archive of the current format, with pinned
-digests.  Only the header's ``creator`` (the writer's version) is left out of
-the comparison.  A deliberate change of the bytes (a new format version or
+digests.  Format 1.6's archives (tests/golden/format_1_6.py, one per engine) are
+written again chunk for chunk, solid blocks included.  HEAD is compared by what
+it says (the engine's whole record, whether the format spelt it out or named it
+by version), without its ``creator`` (the writer's version).  A deliberate change of the bytes (a new format version or
 engine) updates the digests in the same commit.
 """
 from __future__ import annotations
