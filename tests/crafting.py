@@ -75,6 +75,12 @@ def _members(tag: bytes, value) -> list:
     return value["files"] if tag == b"BLCK" else value
 
 
+def deflate(data: bytes) -> bytes:
+    """Raw DEFLATE at level 9, as a 1.6 writer deflates HEAD."""
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return deflater.compress(data) + deflater.flush()
+
+
 def _deflated_head(tag: bytes, minor: int) -> bool:
     return tag == b"HEAD" and (1, minor) >= COMPACT_HEADER_SINCE
 
@@ -88,8 +94,7 @@ def _load(tag: bytes, payload: bytes, minor: int):
 def _dump(tag: bytes, value, minor: int) -> bytes:
     data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")
     if _deflated_head(tag, minor):
-        deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
-        return deflater.compress(data) + deflater.flush()
+        return deflate(data)
     return lzma.compress(data) if tag == b"IMGS" else data
 
 

@@ -33,7 +33,7 @@ from conftest import (
     relative_files,
     subprocess_env,
 )
-from crafting import frame
+from crafting import deflate, frame
 from PIL import Image
 
 from osoa_zip import pack as pack_module
@@ -487,8 +487,7 @@ def _load_entry(payload: bytes) -> tuple[object, str]:
 def _dump_entry(value, compressed: str) -> bytes:
     data = json.dumps(value).encode()
     if compressed == "deflate":
-        deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
-        return deflater.compress(data) + deflater.flush()
+        return deflate(data)
     return lzma.compress(data) if compressed else data
 
 

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 from conftest import subprocess_env
+from crafting import deflate
 from test_golden import GOLDEN
 
 from osoa_zip.container.format import (
@@ -45,11 +46,6 @@ from osoa_zip.container.records import (
 from osoa_zip.exact.grid import ENGINES
 
 PACKAGE = Path(__file__).parent.parent / "osoa_zip"
-
-
-def _deflated(text: bytes) -> bytes:
-    deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
-    return deflater.compress(text) + deflater.flush()
 
 ARCHIVES = sorted(GOLDEN.glob("format-1.*.osoa"))
 
@@ -140,7 +136,7 @@ def test_data_is_xz_only_when_smaller():
     (FileEntry, canonical_json({"path_b64": "\x80", "mode": 1, "mtime_ns": 2, "size": 0, "chunks": 0})),
     (FileEntry, canonical_json({"path": "a", "mode": 1, "mtime_ns": 2, "size": -1, "chunks": 0})),
     (FileEntry, canonical_json([{"path": "a"}])),
-    (Header, _deflated(canonical_json({"model": {"name": "m"}, "engine": {"version": 1}, "adaptation": {}}))),
+    (Header, deflate(canonical_json({"model": {"name": "m"}, "engine": {"version": 1}, "adaptation": {}}))),
     (Statistics, canonical_json({"batches": [[1, 2]]})),
     (Statistics, canonical_json({"batches": [[1, 2, "3"]]})),
     (Data, b""),
@@ -220,7 +216,7 @@ def test_only_a_shipped_engine_is_named_by_its_version():
 
 
 def _header_1_6(**changes) -> bytes:
-    return _deflated(canonical_json({"creator": "c", "model": MODEL, "engine": {"version": 2},
+    return deflate(canonical_json({"creator": "c", "model": MODEL, "engine": {"version": 2},
                                      "adaptation": ADAPTATION, **changes}))
 
 
@@ -235,8 +231,8 @@ def _header_1_6(**changes) -> bytes:
      "damaged"),
     (_header_1_6() + b"\x00", MalformedChunk, "followed by other bytes"),
     (_header_1_6()[:-3], MalformedChunk, "truncated"),
-    (_deflated(b" " * (1 << 20) + b"{}"), OversizedEntry, "more than 65536 bytes"),
-    (_deflated(b"[1, 2]"), MalformedChunk, "not a JSON object"),
+    (deflate(b" " * (1 << 20) + b"{}"), OversizedEntry, "more than 65536 bytes"),
+    (deflate(b"[1, 2]"), MalformedChunk, "not a JSON object"),
 ], ids=["unknown-version", "version-as-text", "version-and-name", "whole-record", "empty", "not-an-object",
         "not-deflated", "trailing-bytes", "truncated", "bomb", "not-an-object-at-all"])
 def test_a_1_6_header_refuses_what_no_writer_writes(payload, error, match):
