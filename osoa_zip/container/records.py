@@ -16,6 +16,7 @@ canonical (format.canonical_json), optional keys are left out when empty.
 from __future__ import annotations
 
 import base64
+import copy
 import lzma
 import zlib
 from dataclasses import dataclass, field
@@ -36,7 +37,7 @@ MAX_BLOCK_BYTES = 1 << 32       # the largest block a writer writes; a block ind
 MAX_BLOCK_FILES = 1 << 16       # ... or more files than this (about 16 values each: within MAX_JSON_VALUES)
 VERBATIM_SINCE = (1, 5)         # the format that added an image's verbatim bytes, rasters and compression
 COMPACT_HEADER_SINCE = (1, 6)   # the format whose HEAD is deflated and names its engine by version alone
-MAX_HEADER_BYTES = 1 << 16      # a deflated HEAD inflating to more than this is refused (writers write < 2 KiB)
+MAX_HEADER_BYTES = 1 << 16      # a deflated HEAD inflating to more than this is refused (writers write < 1 KiB)
 
 
 def written_format() -> tuple[int, int]:
@@ -300,7 +301,7 @@ def _named_engine(engine: dict, named: bool) -> dict:
     if version not in ENGINES:
         raise ArchiveError(f"archive was written by numeric engine v{version}, which this version cannot replay "
                            f"(it knows v{', v'.join(map(str, sorted(ENGINES)))}); upgrade osoa-zip")
-    return dict(ENGINES[version])
+    return copy.deepcopy(ENGINES[version])  # the caller's to keep: the frozen table stays untouched
 
 
 @chunk_kind
