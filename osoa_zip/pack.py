@@ -75,7 +75,8 @@ if TYPE_CHECKING:
     from .triage import Triage
 
 # Images read before triage decides on them together (its model passes cost ~20 ms each,
-# however few tiles they hold); general-path files do not wait for them.
+# however few tiles they hold); general-path files do not wait for them.  Images that
+# triage's classical bound clears (prefilter.py) need no pass and do not count.
 TRIAGE_IMAGES = 32
 
 
@@ -123,8 +124,9 @@ class _Compressor:
         self.summary = Summary()
         self.group: list[tuple[Entry, ImageRecord]] = []
         self.group_subpixels = 0
-        self.pending: list[tuple[Entry, ImageRecord]] = []  # read, waiting for triage
+        self.pending: list[tuple[Entry, ImageRecord, bool]] = []  # read, waiting for triage; cleared?
         self.pending_subpixels = 0
+        self.pending_unclear = 0  # pending images that need θ0's pass
         # A frozen model's smaller images are judged after coding, by their own coded bits (triage.py).
         self.judge_after_coding = triage is not None and not adapter.config.adapt
         self.unjudged: set[int] = set()  # id() of the group's records to be judged so
@@ -147,19 +149,22 @@ class _Compressor:
                 self.unjudged.add(id(record))
                 self._queue_image(entry, record)
             else:
-                self.pending.append((entry, record))
+                clear = self.triage.clearly_pays(record, entry.source, entry.size)
+                self.pending.append((entry, record, clear))
                 self.pending_subpixels += record.pixels.size
-                if len(self.pending) >= TRIAGE_IMAGES or self.pending_subpixels >= GROUP_SUBPIXELS:
+                self.pending_unclear += not clear
+                if self.pending_unclear >= TRIAGE_IMAGES or self.pending_subpixels >= GROUP_SUBPIXELS:
                     self._decide_pending()
 
     def _decide_pending(self) -> None:
         """Triage the images read so far, together: each that pays joins the group, each that
         does not is stored as its file (from the packing triage made, if it made one)."""
-        pending, self.pending, self.pending_subpixels = self.pending, [], 0
+        pending, self.pending, self.pending_subpixels, self.pending_unclear = self.pending, [], 0, 0
         if not pending:
             return
-        verdicts = self.triage.judge([(record, entry.source, entry.size) for entry, record in pending])
-        for (entry, record), verdict in zip(pending, verdicts):
+        verdicts = self.triage.judge([(record, entry.source, entry.size) for entry, record, _ in pending],
+                                     [clear for _, _, clear in pending])
+        for (entry, record, _), verdict in zip(pending, verdicts):
             if verdict.model:
                 self._queue_image(entry, record)
                 continue

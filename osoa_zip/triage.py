@@ -33,6 +33,10 @@ codes each group first and judges its smaller images (those whose sample would b
 least CODED_JUDGE_SHARE of them: all of a 32 x 32 tile, half of a 64 x 64 one) by the
 bits the coding pass counted, tile by tile (``judge_coded``): step 1 costs them no pass
 of its own.
+Before step 1, a classical bound (prefilter.py: MED residuals' entropy, integers only) sends
+a small image whose deflated file it already beats by a clear margin to the model path with
+no pass of θ0 at all; the group's check still confirms it once coded.  Images it clears do
+not count towards pack.py's TRIAGE_IMAGES, so θ0's passes hold only the images it does not.
 Nothing here changes the format: an image stored as a file is a FILE entry like any
 other, and every decision is deterministic (the same files give the same archive).
 """
@@ -50,6 +54,7 @@ from .container.records import DATA_CHUNK_BYTES, Data
 from .imaging.io import COLOR_CHANNELS, ImageRecord
 from .imaging.pixel_file import PixelView
 from .imaging.tiles import Batch, gather, padded_size
+from .prefilter import clearly_pays
 
 SAMPLE_TILES = 8        # at most; two, and one more per SAMPLE_AREA pixels of the image
 SAMPLE_AREA = 256 * 256
@@ -62,6 +67,7 @@ CODED_JUDGE_SHARE = 0.25
 MARGIN = 1.1            # the model path is given up only when θ0's estimate exceeds the file's cost by this
 TABLE_ENTRY_BYTES = 24  # an image's share of its group's xz'd table, roughly
 DEFLATED = 0.98         # a PNG that zlib's fastest level keeps above this share of is taken to cost this share under xz
+DEFLATED_SHARE = (98, 100)  # DEFLATED as a fraction, for prefilter.py's integer comparison
 
 
 @dataclass
@@ -105,10 +111,11 @@ class Triage:
                     bits[owner] += value
         return [_estimate(record, bits[index], sample_size[index]) for index, record in enumerate(records)]
 
-    def judge(self, items: list[tuple[ImageRecord, Path, int]]) -> list[Verdict]:
+    def judge(self, items: list[tuple[ImageRecord, Path, int]], clear: list[bool] | None = None) -> list[Verdict]:
         """For each (image, its file's path, its size): whether it should take the model path
-        rather than be stored as its file (then with the file's packing, if deciding needed it)."""
-        return self.judge_coded(items, [None] * len(items))
+        rather than be stored as its file (then with the file's packing, if deciding needed it).
+        ``clear``: for each, ``clearly_pays`` if the caller asked it already."""
+        return self.judge_coded(items, [None] * len(items), clear)
 
     def judged_by_coding(self, record: ImageRecord) -> bool:
         """Whether a frozen archive judges this image by its coded bits (``judge_coded``) rather
@@ -120,16 +127,34 @@ class Triage:
         sample = _sample(height, width, channels, self._side)
         return len(sample.members) * sample.height * sample.width >= CODED_JUDGE_SHARE * height * width
 
-    def judge_coded(self, items: list[tuple[ImageRecord, Path, int]], bits: list[float | None]) -> list[Verdict]:
+    def judge_coded(self, items: list[tuple[ImageRecord, Path, int]], bits: list[float | None],
+                    clear: list[bool] | None = None) -> list[Verdict]:
         """``judge`` for images whose bits under θ0 are known exactly (a frozen model's coding
         pass counted them tile by tile): nothing is coded again.  None: not known, sampled as
-        ``judge`` does."""
+        ``judge`` does, unless the classical bound clears the image (``clearly_pays``, or
+        ``clear`` if given)."""
         unknown = [index for index, value in enumerate(bits) if value is None]
+        clear = {index for index in unknown
+                 if (clear[index] if clear is not None else self.clearly_pays(*items[index]))}
+        unknown = [index for index in unknown if index not in clear]
         sampled = dict(zip(unknown, self.estimates([items[index][0] for index in unknown]))) if unknown else {}
-        estimates = [sampled[index] if value is None else _estimate(record, value, _colour_subpixels(record))
-                     for index, ((record, _, _), value) in enumerate(zip(items, bits))]
-        return [self._verdict(record, path, size, estimate)
-                for (record, path, size), estimate in zip(items, estimates)]
+        verdicts = []
+        for index, ((record, path, size), value) in enumerate(zip(items, bits)):
+            if index in clear:
+                verdicts.append(Verdict(True))
+                continue
+            estimate = sampled[index] if value is None else _estimate(record, value, _colour_subpixels(record))
+            verdicts.append(self._verdict(record, path, size, estimate))
+        return verdicts
+
+    def clearly_pays(self, record: ImageRecord, path: Path, size: int) -> bool:
+        """Whether a small image's classical bound already beats its deflated file by a clear
+        margin (prefilter.py): then it takes the model path without θ0's pass."""
+        channels = COLOR_CHANNELS[record.mode]
+        if not channels or isinstance(record.pixels, PixelView) or not self.judged_by_coding(record):
+            return False
+        side_bytes = len(record.verbatim) + len(record.png_before) + len(record.png_after) + TABLE_ENTRY_BYTES
+        return clearly_pays(record.pixels[:, :, :channels], side_bytes, path, size, DEFLATED_SHARE)
 
     @staticmethod
     def _verdict(record: ImageRecord, path: Path, size: int, estimate: float) -> Verdict:
