@@ -113,7 +113,8 @@ def _jit(function):
     """A compiled loop: registered here, and numba's dispatcher from the first ``available()``
     that says yes (at once, if that came before this module was imported).  Until then the
     name holds the Python function, which the callers do not call: they ask ``available()``
-    first."""
+    first, and call the kernel as its module's attribute (``native.pop_windows``), never by a
+    name imported from here, which would keep the Python function."""
     if not ENABLED:
         return function
     with _load_lock:
