@@ -40,9 +40,11 @@ ENABLED = (os.environ.get("OSOA_ZIP_NO_NUMBA", "") in ("", "0")
 
 # Below these amounts of work a process codes faster without numba than with it (its
 # fixed cost above against the loops' savings: docs/PERFORMANCE.md, "Start-up, release
-# 1.10").  The loops give the same integers either way, so this only moves time.
-COMPRESS_MIN_BYTES = 384 << 10   # of input files, for compress (its loops save ~0.6 us a sub-pixel)
-DECODE_MIN_SUBPIXELS = 256 << 10  # model-coded, for decompress and test (~1.5 us a sub-pixel)
+# 1.10").  The loops give the same integers either way, so this only moves time.  Compress's
+# loops save ~0.6 us a sub-pixel on RGB tiles, less on grey ones; `-T 1` breaks even near
+# 350 KiB of files, the default -T (the torch passes in several threads) lower: 128 KiB.
+COMPRESS_MIN_BYTES = 128 << 10    # of input files, for compress
+DECODE_MIN_SUBPIXELS = 256 << 10  # model-coded, for decompress and test (~1.5 us a sub-pixel saved)
 
 _kernels: list[tuple[dict, str, object]] = []  # (module globals, name, Python function), not yet compiled
 _loaded = False  # every kernel so far is numba's dispatcher (later ones are compiled as they come)
