@@ -76,7 +76,7 @@ class ChunkReader:
         item = self._next_raw()
         if item is None or item[0] != Header.TAG or item[1] is None:
             raise ArchiveError("archive has no header chunk")
-        return Header.parse(item[1])
+        return Header.parse(item[1], self._version)
 
     def next_entry(self) -> Chunk | Damaged | None:
         """The next chunk that is not a part of the entry before it (None at the end).  A part

@@ -7,7 +7,8 @@ Everything is expressed as edits of an archive that osoa-zip itself wrote
 keep working when the layout of the chunks changes: they only assume what
 docs/FORMAT.md promises (entry chunks are JSON, or xz'd JSON for IMGS, with
 `path`; FILE is followed by its DATA chunks; IMGS by ALPH? and BATC chunks;
-BLCK, whose "files" are entries, by BDAT chunks).
+BLCK, whose "files" are entries, by BDAT chunks; HEAD is JSON, deflated since
+format 1.6).  A crafted archive keeps the format version it was read with.
 """
 from __future__ import annotations
 
@@ -16,12 +17,16 @@ import json
 import lzma
 import os
 import struct
+import zlib
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from PIL import Image
 
+from osoa_zip.container import format as container_format
 from osoa_zip.container.format import ArchiveReader, ArchiveWriter
+from osoa_zip.container.records import COMPACT_HEADER_SINCE, Header
 
 PREAMBLE_SIZE = 12
 CHUNK_FRAMING = 16  # tag, u64 length, crc32
@@ -30,10 +35,23 @@ FOLLOWERS = (b"DATA", b"ALPH", b"PIDX", b"BATC", b"BDAT")  # chunks that belong 
 TABLE_TAGS = (b"IMGS", b"BLCK")  # entry chunks that hold several entries
 
 
-def frame(chunks) -> bytes:
-    """Frame (tag, payload) pairs with correct CRCs and END digest."""
+@contextmanager
+def writing_minor(minor: int | None):
+    """The writer's format minor set to ``minor`` for a while (None: left as it is)."""
+    original = container_format.FORMAT_MINOR
+    container_format.FORMAT_MINOR = original if minor is None else minor
+    try:
+        yield
+    finally:
+        container_format.FORMAT_MINOR = original
+
+
+def frame(chunks, minor: int | None = None) -> bytes:
+    """Frame (tag, payload) pairs with correct CRCs and END digest (as format 1.``minor``:
+    by default the one this release writes)."""
     output = io.BytesIO()
-    writer = ArchiveWriter(output)
+    with writing_minor(minor):
+        writer = ArchiveWriter(output)
     for tag, payload in chunks:
         writer.write_chunk(tag, payload)
     writer.close()
@@ -57,12 +75,26 @@ def _members(tag: bytes, value) -> list:
     return value["files"] if tag == b"BLCK" else value
 
 
-def _load(tag: bytes, payload: bytes):
+def deflate(data: bytes) -> bytes:
+    """Raw DEFLATE at level 9, as a 1.6 writer deflates HEAD."""
+    deflater = zlib.compressobj(9, zlib.DEFLATED, -15)
+    return deflater.compress(data) + deflater.flush()
+
+
+def _deflated_head(tag: bytes, minor: int) -> bool:
+    return tag == b"HEAD" and (1, minor) >= COMPACT_HEADER_SINCE
+
+
+def _load(tag: bytes, payload: bytes, minor: int):
+    if _deflated_head(tag, minor):
+        return json.loads(zlib.decompress(payload, -15))
     return json.loads(lzma.decompress(payload) if tag == b"IMGS" else payload)
 
 
-def _dump(tag: bytes, value) -> bytes:
+def _dump(tag: bytes, value, minor: int) -> bytes:
     data = json.dumps(value, sort_keys=True, separators=(",", ":")).encode("utf-8")
+    if _deflated_head(tag, minor):
+        return deflate(data)
     return lzma.compress(data) if tag == b"IMGS" else data
 
 
@@ -71,16 +103,28 @@ class Crafted:
     """An archive as an editable list of chunks."""
 
     chunks: list[tuple[bytes, bytes]] = field(default_factory=list)
+    minor: int = field(default_factory=lambda: container_format.FORMAT_MINOR)
 
     @classmethod
     def parse(cls, data: bytes) -> "Crafted":
-        return cls(list(ArchiveReader(io.BytesIO(data)).chunks()))
+        reader = ArchiveReader(io.BytesIO(data))
+        return cls(list(reader.chunks()), reader.version[1])
 
     def copy(self) -> "Crafted":
-        return Crafted(list(self.chunks))
+        return Crafted(list(self.chunks), self.minor)
 
     def build(self) -> bytes:
-        return frame(self.chunks)
+        return frame(self.chunks, self.minor)
+
+    def as_minor(self, minor: int) -> "Crafted":
+        """The same chunks said to be format 1.``minor``, HEAD written as that format writes it
+        (the engine's whole record before 1.6): what a forger of an older archive would make."""
+        index = self.index(b"HEAD")
+        header = Header.parse(self.chunks[index][1], (1, self.minor))
+        older = Header(header.creator, header.model, header.engine, header.adaptation, (1, minor))
+        crafted = Crafted(list(self.chunks), minor)
+        crafted.chunks[index] = (b"HEAD", older.payload())
+        return crafted
 
     @property
     def tags(self) -> list[bytes]:
@@ -93,20 +137,20 @@ class Crafted:
 
     def value(self, index: int):
         tag, payload = self.chunks[index]
-        return _load(tag, payload)
+        return _load(tag, payload, self.minor)
 
     def set_value(self, index: int, value) -> "Crafted":
         tag = self.chunks[index][0]
-        self.chunks[index] = (tag, _dump(tag, value))
+        self.chunks[index] = (tag, _dump(tag, value, self.minor))
         return self
 
     def find(self, name: str) -> tuple[int, int | None]:
         """(chunk index, position in the image table or None) of the entry called `name`."""
         for index, (tag, payload) in enumerate(self.chunks):
-            if tag in ENTRY_TAGS and _load(tag, payload).get("path") == name:
+            if tag in ENTRY_TAGS and _load(tag, payload, self.minor).get("path") == name:
                 return index, None
             if tag in TABLE_TAGS:
-                for position, entry in enumerate(_members(tag, _load(tag, payload))):
+                for position, entry in enumerate(_members(tag, _load(tag, payload, self.minor))):
                     if entry.get("path") == name:
                         return index, position
         raise KeyError(name)
@@ -140,9 +184,9 @@ class Crafted:
         start, end = self.entry_span(index)
         copied = list(self.chunks[start:end])
         if new_name is not None:
-            value = _load(*copied[0])
+            value = _load(*copied[0], self.minor)
             value["path"] = new_name
-            copied[0] = (copied[0][0], _dump(copied[0][0], value))
+            copied[0] = (copied[0][0], _dump(copied[0][0], value, self.minor))
         at = end if at is None else at
         self.chunks[at:at] = copied
         return self
@@ -150,16 +194,16 @@ class Crafted:
     def insert_entry(self, tag: bytes, value, at: int | None = None) -> "Crafted":
         """A new entry chunk (e.g. a LINK) before the STAT chunk, or before `at`."""
         at = self.tags.index(b"STAT") if at is None else at
-        self.chunks.insert(at, (tag, _dump(tag, value)))
+        self.chunks.insert(at, (tag, _dump(tag, value, self.minor)))
         return self
 
     def names(self) -> list[str]:
         found = []
         for tag, payload in self.chunks:
             if tag in ENTRY_TAGS:
-                found.append(_load(tag, payload).get("path"))
+                found.append(_load(tag, payload, self.minor).get("path"))
             elif tag in TABLE_TAGS:
-                found += [entry.get("path") for entry in _members(tag, _load(tag, payload))]
+                found += [entry.get("path") for entry in _members(tag, _load(tag, payload, self.minor))]
         return found
 
 

@@ -15,6 +15,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -32,7 +33,7 @@ from conftest import (
     relative_files,
     subprocess_env,
 )
-from crafting import frame
+from crafting import deflate, frame
 from PIL import Image
 
 from osoa_zip import pack as pack_module
@@ -470,20 +471,27 @@ def _chunks(data: bytes) -> list[tuple[bytes, bytes]]:
 _rebuild = frame  # correct CRCs and END digest, as a hostile writer would
 
 
-def _load_entry(payload: bytes) -> tuple[object, bool]:
-    """An entry chunk's JSON, and whether it was xz-compressed (image tables may be)."""
+def _load_entry(payload: bytes) -> tuple[object, str]:
+    """An entry chunk's JSON, and how it was compressed: "" (plain), "xz" (image tables)
+    or "deflate" (a 1.6 header)."""
     try:
-        return json.loads(payload), False
+        return json.loads(payload), ""
     except (UnicodeDecodeError, json.JSONDecodeError):
-        return json.loads(lzma.decompress(payload)), True
+        pass
+    try:
+        return json.loads(lzma.decompress(payload)), "xz"
+    except lzma.LZMAError:
+        return json.loads(zlib.decompress(payload, -15)), "deflate"
 
 
-def _dump_entry(value, compressed: bool) -> bytes:
+def _dump_entry(value, compressed: str) -> bytes:
     data = json.dumps(value).encode()
+    if compressed == "deflate":
+        return deflate(data)
     return lzma.compress(data) if compressed else data
 
 
-def _first_entry(chunks, tag: bytes) -> tuple[object, bool]:
+def _first_entry(chunks, tag: bytes) -> tuple[object, str]:
     return _load_entry(next(p for t, p in chunks if t == tag))
 
 

@@ -32,8 +32,8 @@ from osoa_zip.container.format import (
 # fails, the on-disk format changed and FORMAT_MAJOR/MINOR (and old-archive
 # compatibility) must be considered before updating the literal.
 GOLDEN_CHUNKS = [(b"HEAD", {"name": "golden", "n": [1, 2]}), (b"DATA", b"osoa\x00zip"), (b"NULL", b"")]
-# Format 1.0's output (release 1.0-1.2); its framing is also 1.1's to 1.5's (1.5 added chunk kinds),
-# which changed only what the header and batch flags may say (docs/FORMAT.md).
+# Format 1.0's output (release 1.0-1.2); its framing is also 1.1's to 1.6's (1.5 added chunk kinds),
+# which changed only what the header and batch flags may say, and how HEAD is spelt (1.6; docs/FORMAT.md).
 GOLDEN_HEX_1_0 = (
     "4f534f415a49501a01000000484541441b000000000000007b226e223a5b312c"
     "325d2c226e616d65223a22676f6c64656e227d5c43109f444154410800000000"
@@ -69,12 +69,19 @@ GOLDEN_HEX_1_4 = (  # format 1.4, written by releases 1.6-1.7
     "4e442028000000000000000300000000000000e9139462c261182dcad24d0587"
     "930046945690d8bfedbab0a2952e3963852e8bd856a965"
 )
-GOLDEN_HEX = (  # format 1.5, written since release 1.8
+GOLDEN_HEX_1_5 = (  # format 1.5, written by releases 1.8-1.9
     "4f534f415a49501a01000500484541441b000000000000007b226e223a5b312c"
     "325d2c226e616d65223a22676f6c64656e227d5c43109f444154410800000000"
     "0000006f736f61007a6970b3a1b8ec4e554c4c0000000000000000dac44e1745"
     "4e442028000000000000000300000000000000fdd072b53d260e1be98b8b23e2"
     "1c5e55100ebf8b51bb12b5750c44b4f4f93e10764afc0a"
+)
+GOLDEN_HEX = (  # format 1.6, written by the releases after 1.9.0
+    "4f534f415a49501a01000600484541441b000000000000007b226e223a5b312c"
+    "325d2c226e616d65223a22676f6c64656e227d5c43109f444154410800000000"
+    "0000006f736f61007a6970b3a1b8ec4e554c4c0000000000000000dac44e1745"
+    "4e442028000000000000000300000000000000c50df61adf6793419fb9067084"
+    "89e9a0ae4d989ce7e4f11ba7ee91f0e9e965db68b0a84c"
 )
 PREAMBLE_SIZE = 12
 HEAD_SIZE = 12  # tag + u64 length
@@ -129,6 +136,7 @@ GOLDEN_1_1 = bytes.fromhex(GOLDEN_HEX_1_1)
 GOLDEN_1_2 = bytes.fromhex(GOLDEN_HEX_1_2)
 GOLDEN_1_3 = bytes.fromhex(GOLDEN_HEX_1_3)
 GOLDEN_1_4 = bytes.fromhex(GOLDEN_HEX_1_4)
+GOLDEN_1_5 = bytes.fromhex(GOLDEN_HEX_1_5)
 
 
 def test_round_trip_preserves_tags_payloads_and_order():
@@ -162,8 +170,8 @@ def test_golden_bytes():
     assert build(GOLDEN_CHUNKS).hex() == GOLDEN_HEX
 
 
-@pytest.mark.parametrize("golden", [GOLDEN, GOLDEN_1_4, GOLDEN_1_3, GOLDEN_1_2, GOLDEN_1_1, GOLDEN_1_0],
-                         ids=["1.5", "1.4", "1.3", "1.2", "1.1", "1.0"])
+@pytest.mark.parametrize("golden", [GOLDEN, GOLDEN_1_5, GOLDEN_1_4, GOLDEN_1_3, GOLDEN_1_2, GOLDEN_1_1,
+                                    GOLDEN_1_0], ids=["1.6", "1.5", "1.4", "1.3", "1.2", "1.1", "1.0"])
 def test_golden_archive_still_reads(golden):
     """Archives written by this format version and by every earlier 1.x stay readable."""
     assert ArchiveReader(io.BytesIO(golden)).version == (1, golden[10])

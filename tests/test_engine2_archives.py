@@ -6,9 +6,10 @@ come back exactly after long adaptation runs of both channel counts with every
 parameter selection; ``compress`` must write the same bytes under every forced
 kernel (OSOA_ZIP_KERNEL, read once per process, hence subprocesses) and any
 thread count, and every kernel must decode every other's archive; HEAD carries
-ENGINE2, which ``info`` shows; and an archive whose engine record is unknown,
-or is not its model's engine, is refused in one line before anything is
-written.  The ISA x capability x thread matrix is tests/test_portability.py's.
+ENGINE2 (since format 1.6 named by its version alone), which ``info`` shows in
+full; and an archive whose engine record is unknown, or is not its model's
+engine, is refused in one line before anything is written.  The ISA x
+capability x thread matrix is tests/test_portability.py's.
 """
 from __future__ import annotations
 
@@ -29,11 +30,11 @@ from test_cli import assert_left_nothing, assert_one_line_error
 
 from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.adapt.flags import FLAG_PRETRAINED, FLAG_SEGMENT_START
-from osoa_zip.archive import ArchiveError, compress, decompress
+from osoa_zip.archive import ArchiveError, compress, decompress, test_archive
 from osoa_zip.cli import main
-from osoa_zip.exact.grid import ENGINE, ENGINE2
+from osoa_zip.exact.grid import ENGINE, ENGINE2, ENGINES
 from osoa_zip.exact.kernels import KERNEL_ENVIRONMENT, KERNELS
-from osoa_zip.table import read_archive
+from osoa_zip.table import read_archive, read_overview
 
 MODEL = "idf-tiny-test-e2"
 ENGINE1_MODEL = "idf-tiny-test"  # the same architecture on engine 1
@@ -217,41 +218,77 @@ def small_archives(tmp_path_factory) -> dict[str, bytes]:
     return archives
 
 
-def _with_engine(data: bytes, engine: dict) -> bytes:
+def _with_engine(data: bytes, engine: dict, minor: int | None = None) -> bytes:
+    """The archive with HEAD's engine object replaced, as format 1.``minor`` (default: as written)."""
     crafted = Crafted.parse(data)
+    crafted = crafted if minor is None else crafted.as_minor(minor)
     index = crafted.index(b"HEAD")
     header = crafted.value(index)
     header["engine"] = engine
     return crafted.set_value(index, header).build()
 
 
-UNKNOWN_ENGINES = {
+# Format 1.5 and older: HEAD carries the whole record, compared with the known ones.
+UNKNOWN_RECORDS = {
     "version-3": dict(ENGINE2, version=3),
     "engine-2-other-bounds": dict(ENGINE2, leaky_shift=4),
     "engine-2-without-a-field": {key: value for key, value in ENGINE2.items() if key != "gradient_limbs"},
     "engine-1-renamed": dict(ENGINE, name="exact-integer"),
     "empty": {},
+    "named-by-version-alone": {"version": 2},  # 1.6's spelling, in a 1.5 archive
 }
+# Format 1.6: HEAD names the engine by version alone.
+UNKNOWN_NAMES = {
+    "version-3": {"version": 3},
+    "version-0": {"version": 0},
+    "version-as-text": {"version": "2"},
+    "version-as-bool": {"version": True},
+    "the-whole-record": ENGINE2,  # 1.5's spelling, in a 1.6 archive
+    "version-and-more": {"version": 2, "leaky_shift": 4},
+    "empty": {},
+}
+ENGINE_CASES = [(5, name) for name in sorted(UNKNOWN_RECORDS)] + [(None, name) for name in sorted(UNKNOWN_NAMES)]
 
 
-@pytest.mark.parametrize("engine", sorted(UNKNOWN_ENGINES))
-def test_an_unknown_engine_record_is_refused_in_one_line(small_archives, tmp_path, engine):
+@pytest.mark.parametrize("minor, engine", ENGINE_CASES,
+                         ids=[f"{'1.5' if minor else 'today'}-{name}" for minor, name in ENGINE_CASES])
+def test_an_unknown_engine_record_is_refused_in_one_line(small_archives, tmp_path, minor, engine):
+    """By `decompress`, `test` and `info` alike, before anything is written."""
+    record = (UNKNOWN_RECORDS if minor else UNKNOWN_NAMES)[engine]
     archive, destination = tmp_path / "crafted.osoa", tmp_path / "restored"
-    archive.write_bytes(_with_engine(small_archives[MODEL], UNKNOWN_ENGINES[engine]))
+    archive.write_bytes(_with_engine(small_archives[MODEL], record, minor))
     result = run_cli("decompress", archive, destination)
     assert_one_line_error(result, 1)
     assert "engine" in result.stderr
     assert_left_nothing(destination)
+    readers = [test_archive] + ([read_overview] if not minor or engine == "named-by-version-alone" else [])
+    for read in readers:  # `info` shows a 1.5 archive's whole record as stored, known or not
+        with pytest.raises(ArchiveError, match="engine") as caught:
+            read(io.BytesIO(archive.read_bytes()))
+        assert "\n" not in str(caught.value)
 
 
-@pytest.mark.parametrize("model, engine", [(MODEL, ENGINE), (ENGINE1_MODEL, ENGINE2)],
+@pytest.mark.parametrize("model, record", [(MODEL, ENGINE2), (ENGINE1_MODEL, ENGINE)], ids=["engine-2", "engine-1"])
+def test_a_1_5_archive_keeps_its_whole_record(small_archives, tmp_path, model, record):
+    """The same archive said to be format 1.5, HEAD spelt as 1.5 spelt it: it decodes, and
+    `info` shows the record it holds."""
+    data = Crafted.parse(small_archives[model]).as_minor(5).build()
+    assert data[10:12] == b"\x05\x00"
+    assert read_archive(io.BytesIO(data))[0]["engine"] == record
+    decompress(io.BytesIO(data), tmp_path / "restored")
+    assert_same_tree(small_archives["source"], tmp_path / "restored")
+
+
+@pytest.mark.parametrize("minor", [None, 5], ids=["today", "1.5"])
+@pytest.mark.parametrize("model, version", [(MODEL, 1), (ENGINE1_MODEL, 2)],
                          ids=["engine-1-record-with-an-engine-2-model", "engine-2-record-with-an-engine-1-model"])
-def test_an_engine_that_is_not_the_models_is_refused_in_one_line(small_archives, tmp_path, model, engine):
-    """Both records are known, but the model named by the header runs on the other engine: its
+def test_an_engine_that_is_not_the_models_is_refused_in_one_line(small_archives, tmp_path, model, version, minor):
+    """Both engines are known, but the model named by the header runs on the other one: its
     replay would not be the encoder's.  The refusal comes when the first image batch loads the
-    model, after plain files were decoded: none of them may be left behind."""
-    data = _with_engine(small_archives[model], engine)
-    with pytest.raises(ArchiveError, match=f"engine v{engine['version']}.*{model}"):
+    model, after plain files were decoded: none of them may be left behind.  Format 1.6 names
+    the engine by version, 1.5 spelt out its whole record."""
+    data = _with_engine(small_archives[model], ENGINES[version] if minor else {"version": version}, minor)
+    with pytest.raises(ArchiveError, match=f"engine v{version}.*{model}"):
         decompress(io.BytesIO(data), tmp_path / "api")
     assert_left_nothing(tmp_path / "api")
     archive, destination = tmp_path / "crafted.osoa", tmp_path / "restored"

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import io
 import itertools
-import json
 
 import pytest
 from click.testing import CliRunner
@@ -259,4 +258,4 @@ def test_json_helper_round_trips(archive):
     """Sanity check of the crafting helper: re-framing changes nothing."""
     crafted = Crafted.parse(archive)
     assert crafted.build() == archive
-    assert json.loads(crafted.chunks[0][1])["model"]["name"] == "idf-tiny-test"
+    assert crafted.value(0)["model"]["name"] == "idf-tiny-test"

@@ -26,6 +26,7 @@ import format_1_3  # noqa: E402
 import format_1_4  # noqa: E402
 import format_1_5  # noqa: E402
 import format_1_5_verbatim  # noqa: E402
+import format_1_6  # noqa: E402
 
 # Every golden archive, with the format version its preamble must say.
 ARCHIVES = {**dict.fromkeys(format_1_0.ARCHIVES, b"\x01\x00\x00\x00"),
@@ -33,7 +34,8 @@ ARCHIVES = {**dict.fromkeys(format_1_0.ARCHIVES, b"\x01\x00\x00\x00"),
             **dict.fromkeys(format_1_2.ARCHIVES, b"\x01\x00\x02\x00"),
             **dict.fromkeys(format_1_3.ARCHIVES, b"\x01\x00\x03\x00"),
             **dict.fromkeys(format_1_4.ARCHIVES, b"\x01\x00\x04\x00"),
-            **dict.fromkeys(engine_2.ARCHIVES, b"\x01\x00\x05\x00")}
+            **dict.fromkeys(engine_2.ARCHIVES, b"\x01\x00\x05\x00"),
+            **dict.fromkeys(format_1_6.ARCHIVES, b"\x01\x00\x06\x00")}
 
 
 @pytest.fixture(scope="module")
@@ -113,6 +115,30 @@ def test_engine_2_golden_archives_name_engine_2(name):
     model, _ = engine_2.ARCHIVES[name]
     assert header["engine"] == ENGINE2 and header["model"]["name"] == model
     assert available_models()[model]["engine"] == 2
+
+
+@pytest.mark.parametrize("name", sorted(format_1_6.ARCHIVES))
+def test_format_1_6_golden_archives_hold_what_1_6_added(name):
+    """HEAD is deflated JSON that names the engine by version alone; the reader (and `info`)
+    expands it to the engine's whole record, which is the model's engine."""
+    import json
+    import zlib
+
+    from osoa_zip.container.format import ArchiveReader
+    from osoa_zip.exact.grid import ENGINES
+    from osoa_zip.models.catalog import available_models
+    from osoa_zip.table import read_archive
+    data = (GOLDEN / name).read_bytes()
+    tag, payload = next(ArchiveReader(io.BytesIO(data)).chunks())
+    stored = json.loads(zlib.decompress(payload, -15))
+    version = format_1_6.ENGINES[name]
+    assert tag == b"HEAD" and stored["engine"] == {"version": version}
+    header = read_archive(io.BytesIO(data))[0]
+    model, _ = format_1_6.ARCHIVES[name]
+    assert header["engine"] == ENGINES[version] and header["model"]["name"] == model
+    assert available_models()[model].get("engine", 1) == version
+    assert {key: value for key, value in header.items() if key != "engine"} == {
+        key: value for key, value in stored.items() if key != "engine"}
 
 
 def test_engine_2_tiny_golden_archive_replays_both_networks():

@@ -9,8 +9,10 @@ for the files off the model path (format 1.5 put them in solid blocks), and so
 is the engine-2 archive (a faster kernel or a fused integer pass must not
 change one integer);
 the flows', which have no golden archive of the current format, with pinned
-digests.  Only the header's ``creator`` (the writer's version) is left out of
-the comparison.  A deliberate change of the bytes (a new format version or
+digests.  Format 1.6's archives (tests/golden/format_1_6.py, one per engine) are
+written again chunk for chunk, solid blocks included.  HEAD is compared by what
+it says (the engine's whole record, whether the format spelt it out or named it
+by version), without its ``creator`` (the writer's version).  A deliberate change of the bytes (a new format version or
 engine) updates the digests in the same commit.
 """
 from __future__ import annotations
@@ -24,14 +26,15 @@ import pytest
 
 from osoa_zip import compress
 from osoa_zip.adapt.config import AdaptationConfig
-from osoa_zip.container.format import ArchiveReader, canonical_json, read_json
-from osoa_zip.container.records import BlockData, Data, FileEntry, SolidBlock
+from osoa_zip.container.format import ArchiveReader, canonical_json
+from osoa_zip.container.records import BlockData, Data, FileEntry, Header, SolidBlock
 
 GOLDEN = Path(__file__).parent / "golden"
 sys.path.insert(0, str(GOLDEN))
 import engine_2  # noqa: E402
 import format_1_0  # noqa: E402
 import format_1_4  # noqa: E402
+import format_1_6  # noqa: E402
 
 # model -> (adaptation settings, SHA-256 of the archive's chunks without the creator)
 PINNED = {
@@ -54,13 +57,15 @@ def source(tmp_path_factory) -> Path:
 
 
 def _chunks(archive: bytes, skip: frozenset[bytes] = frozenset()) -> list[tuple[bytes, bytes]]:
-    """Every chunk (but those with a tag in ``skip``), the header without its ``creator``."""
+    """Every chunk (but those with a tag in ``skip``); the header as what it says (whatever format
+    spelt it: the engine's whole record, canonical JSON), without its ``creator``."""
     chunks = []
-    for tag, payload in ArchiveReader(io.BytesIO(archive)).chunks():
+    reader = ArchiveReader(io.BytesIO(archive))
+    for tag, payload in reader.chunks():
         if tag in skip:
             continue
-        if tag == b"HEAD":
-            header = read_json(payload, "the header")
+        if tag == Header.TAG:
+            header = Header.parse(payload, reader.version).to_json()
             header.pop("creator")
             payload = canonical_json(header)
         chunks.append((tag, payload))
@@ -91,6 +96,14 @@ def test_the_encoder_rebuilds_the_golden_archives(name, source):
     model, settings = REBUILT[name]
     rebuilt = _compress(source, model, settings)
     assert _chunks(rebuilt, GENERAL_FILES) == _chunks((GOLDEN / name).read_bytes(), GENERAL_FILES)
+
+
+@pytest.mark.parametrize("name", sorted(format_1_6.ARCHIVES))
+def test_the_encoder_rebuilds_the_format_1_6_golden_archives(name, source):
+    """Today's format: every chunk again, the solid blocks too; HEAD by what it says (its bytes
+    hold the writer's version, deflated)."""
+    model, settings = format_1_6.ARCHIVES[name]
+    assert _chunks(_compress(source, model, settings)) == _chunks((GOLDEN / name).read_bytes())
 
 
 @pytest.mark.parametrize("model", sorted(PINNED))

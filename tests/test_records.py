@@ -7,13 +7,23 @@ import json
 import lzma
 import subprocess
 import sys
+import zlib
 from pathlib import Path
 
 import pytest
 from conftest import subprocess_env
+from crafting import deflate
 from test_golden import GOLDEN
 
-from osoa_zip.container.format import ArchiveError, ArchiveReader, ArchiveWriter, canonical_json
+from osoa_zip.container.format import (
+    FORMAT_MAJOR,
+    FORMAT_MINOR,
+    ArchiveError,
+    ArchiveReader,
+    ArchiveWriter,
+    OversizedEntry,
+    canonical_json,
+)
 from osoa_zip.container.records import (
     CHUNK_KINDS,
     CODEC_STORE,
@@ -33,8 +43,10 @@ from osoa_zip.container.records import (
     chunk_kind,
     parse_chunk,
 )
+from osoa_zip.exact.grid import ENGINES
 
 PACKAGE = Path(__file__).parent.parent / "osoa_zip"
+
 ARCHIVES = sorted(GOLDEN.glob("format-1.*.osoa"))
 
 
@@ -42,12 +54,16 @@ ARCHIVES = sorted(GOLDEN.glob("format-1.*.osoa"))
 def test_every_golden_chunk_reads_and_writes_back_the_same(path):
     """Each chunk parses with its registered kind and its writer gives back its payload: the typed
     records describe the bytes of every format version, they do not change them."""
-    for tag, payload in ArchiveReader(path.open("rb")).chunks():
-        chunk = parse_chunk(tag, payload)
+    reader = ArchiveReader(path.open("rb"))
+    for tag, payload in reader.chunks():
+        chunk = Header.parse(payload, reader.version) if tag == Header.TAG else parse_chunk(tag, payload)
         assert type(chunk).TAG == tag
         if isinstance(chunk, ImageTable):  # xz: compare what it holds (the encoder may differ by version)
             assert [image.to_json() for image in chunk.images] == json.loads(lzma.decompress(payload))
             assert ImageTable.parse(chunk.payload()) == chunk
+        elif isinstance(chunk, Header) and chunk.layout >= (1, 6):  # deflated: compare what it says, too
+            assert zlib.decompress(chunk.payload(), -15) == zlib.decompress(payload, -15)
+            assert Header.parse(chunk.payload(), reader.version) == chunk
         else:
             assert chunk.payload() == payload
 
@@ -120,7 +136,7 @@ def test_data_is_xz_only_when_smaller():
     (FileEntry, canonical_json({"path_b64": "\x80", "mode": 1, "mtime_ns": 2, "size": 0, "chunks": 0})),
     (FileEntry, canonical_json({"path": "a", "mode": 1, "mtime_ns": 2, "size": -1, "chunks": 0})),
     (FileEntry, canonical_json([{"path": "a"}])),
-    (Header, canonical_json({"model": {"name": "m"}, "engine": {}, "adaptation": {}})),
+    (Header, deflate(canonical_json({"model": {"name": "m"}, "engine": {"version": 1}, "adaptation": {}}))),
     (Statistics, canonical_json({"batches": [[1, 2]]})),
     (Statistics, canonical_json({"batches": [[1, 2, "3"]]})),
     (Data, b""),
@@ -172,3 +188,62 @@ def test_written_chunks_are_framed_by_their_tag():
     writer.close()
     ((tag, payload),) = list(ArchiveReader(io.BytesIO(output.getvalue())).chunks())
     assert tag == Symlink.TAG and Symlink.parse(payload) == Symlink("a", "b")
+
+
+# -- HEAD: the engine's whole record up to 1.5, named by version (deflated) since 1.6 --------
+
+MODEL = {"name": "m", "sha256": "0" * 64, "family": "flow"}
+ADAPTATION = {"adapt": True, "learning_rate": 0.0003}
+
+
+@pytest.mark.parametrize("version", sorted(ENGINES))
+def test_a_header_is_spelt_as_its_format_spells_it(version):
+    """1.5: the whole record, plain JSON, as every release wrote it; 1.6: deflated, the engine
+    named by version; both read back to the same header, the engine's whole record."""
+    older = Header("osoa-zip x", MODEL, ENGINES[version], ADAPTATION, (1, 5))
+    assert json.loads(older.payload())["engine"] == ENGINES[version]
+    newer = Header("osoa-zip x", MODEL, ENGINES[version], ADAPTATION, (1, 6))
+    assert json.loads(zlib.decompress(newer.payload(), -15)) == {**newer.to_json(), "engine": {"version": version}}
+    assert len(newer.payload()) < len(older.payload()) // 2
+    assert Header.parse(older.payload(), (1, 5)).to_json() == Header.parse(newer.payload(), (1, 6)).to_json()
+    assert Header.parse(newer.payload()) == newer  # by default, the format this release writes
+    assert Header("c", MODEL, ENGINES[version], ADAPTATION).layout == (FORMAT_MAJOR, FORMAT_MINOR)
+
+
+def test_only_a_shipped_engine_is_named_by_its_version():
+    with pytest.raises(ValueError, match="shipped engine"):
+        Header("c", MODEL, dict(ENGINES[2], leaky_shift=4), ADAPTATION, (1, 6)).payload()
+
+
+def _header_1_6(**changes) -> bytes:
+    return deflate(canonical_json({"creator": "c", "model": MODEL, "engine": {"version": 2},
+                                     "adaptation": ADAPTATION, **changes}))
+
+
+@pytest.mark.parametrize("payload, error, match", [
+    (_header_1_6(engine={"version": 3}), ArchiveError, "numeric engine v3, which this version cannot replay"),
+    (_header_1_6(engine={"version": "2"}), MalformedChunk, "by its version alone"),
+    (_header_1_6(engine={"version": 2, "name": "exact-integer"}), MalformedChunk, "by its version alone"),
+    (_header_1_6(engine=ENGINES[2]), MalformedChunk, "by its version alone"),
+    (_header_1_6(engine={}), MalformedChunk, "by its version alone"),
+    (_header_1_6(engine=2), MalformedChunk, "'engine' is not a dict"),
+    (canonical_json({"creator": "c", "model": MODEL, "engine": {"version": 2}, "adaptation": {}}), MalformedChunk,
+     "damaged"),
+    (_header_1_6() + b"\x00", MalformedChunk, "followed by other bytes"),
+    (_header_1_6()[:-3], MalformedChunk, "truncated"),
+    (deflate(b" " * (1 << 20) + b"{}"), OversizedEntry, "more than 65536 bytes"),
+    (deflate(b"[1, 2]"), MalformedChunk, "not a JSON object"),
+], ids=["unknown-version", "version-as-text", "version-and-name", "whole-record", "empty", "not-an-object",
+        "not-deflated", "trailing-bytes", "truncated", "bomb", "not-an-object-at-all"])
+def test_a_1_6_header_refuses_what_no_writer_writes(payload, error, match):
+    with pytest.raises(error, match=match) as caught:
+        Header.parse(payload, (1, 6))
+    assert "\n" not in str(caught.value)
+
+
+def test_a_1_5_header_may_not_name_its_engine_by_version():
+    payload = canonical_json({"creator": "c", "model": MODEL, "engine": {"version": 2}, "adaptation": {}})
+    with pytest.raises(MalformedChunk, match="damaged or forged"):
+        Header.parse(payload, (1, 5))
+    assert Header.parse(canonical_json({"creator": "c", "model": MODEL, "engine": {"name": "future", "version": 9},
+                                        "adaptation": {}}), (1, 5)).engine["version"] == 9  # unpack.py refuses it

@@ -205,7 +205,7 @@ def archive(folder) -> bytes:
 
 
 def test_every_file_comes_back_byte_identical(folder, archive, format_1_5, tmp_path):
-    assert archive[8:12] == b"\x01\x00\x05\x00"
+    assert archive[8:12] == bytes([1, 0, max(5, container_format.FORMAT_MINOR), 0])  # 1.5's fields or later
     _, entries = read_table(io.BytesIO(archive))
     methods = {entry.name: entry.method for entry in entries}
     for name in [*FOREIGN, "lzw.tif", "pillow.bmp", "pillow.ppm"]:
@@ -234,13 +234,7 @@ def test_a_1_4_archive_holding_1_5_fields_is_refused(archive, format_1_5, tmp_pa
 
 def _with_minor(data: bytes, minor: int) -> bytes:
     """The archive re-framed as another minor version (the END digest covers the preamble)."""
-    crafted = Crafted.parse(data)
-    original = container_format.FORMAT_MINOR
-    container_format.FORMAT_MINOR = minor
-    try:
-        return crafted.build()
-    finally:
-        container_format.FORMAT_MINOR = original
+    return Crafted.parse(data).as_minor(minor).build()
 
 
 def _first_raster(crafted: Crafted) -> tuple[str, list]:

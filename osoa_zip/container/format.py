@@ -20,7 +20,7 @@ import numpy as np
 
 MAGIC = b"OSOAZIP\x1a"
 FORMAT_MAJOR = 1
-FORMAT_MINOR = 5  # the one place the written format version is set (docs/FORMAT.md says what each minor added)
+FORMAT_MINOR = 6  # the one place the written format version is set (docs/FORMAT.md says what each minor added)
 # Format 1 is frozen: every later release reads every 1.x archive up to its own
 # minor.  Format 0 was the unstable development layout and is refused by version.
 MAX_CHUNK_BYTES = 1 << 31  # a larger declared length is damage or hostility, never data

@@ -16,10 +16,13 @@ canonical (format.canonical_json), optional keys are left out when empty.
 from __future__ import annotations
 
 import base64
+import copy
 import lzma
+import zlib
 from dataclasses import dataclass, field
 from typing import Any, ClassVar, TypeVar
 
+from ..exact.grid import ENGINES
 from . import format as _format
 from .format import ArchiveError, OversizedEntry, canonical_json, read_json
 
@@ -33,11 +36,18 @@ DEFAULT_BLOCK_BYTES = 64 << 20  # a solid block holds about this many bytes of f
 MAX_BLOCK_BYTES = 1 << 32       # the largest block a writer writes; a block index declaring more is refused
 MAX_BLOCK_FILES = 1 << 16       # ... or more files than this (about 16 values each: within MAX_JSON_VALUES)
 VERBATIM_SINCE = (1, 5)         # the format that added an image's verbatim bytes, rasters and compression
+COMPACT_HEADER_SINCE = (1, 6)   # the format whose HEAD is deflated and names its engine by version alone
+MAX_HEADER_BYTES = 1 << 16      # a deflated HEAD inflating to more than this is refused (writers write < 1 KiB)
+
+
+def written_format() -> tuple[int, int]:
+    """The format version this release writes (format.py's constants, read when called)."""
+    return _format.FORMAT_MAJOR, _format.FORMAT_MINOR
 
 
 def writes_verbatim() -> bool:
     """Whether the archives this release writes may hold 1.5's image fields (ImageEntry)."""
-    return (_format.FORMAT_MAJOR, _format.FORMAT_MINOR) >= VERBATIM_SINCE
+    return written_format() >= VERBATIM_SINCE
 
 
 class MalformedChunk(ArchiveError):
@@ -213,8 +223,16 @@ class _JsonChunk(Chunk):
 @chunk_kind
 @dataclass
 class Header(_JsonChunk):
-    """HEAD: who wrote the archive, with which model, engine and adaptation settings.  The
-    engine and adaptation objects are checked by those who replay them (exact/, adapt/)."""
+    """HEAD: who wrote the archive, with which model, engine and adaptation settings.
+
+    ``engine`` is always the engine's whole record (exact/grid.py ENGINES), as `info`
+    shows it.  Up to format 1.5 HEAD carries that record whole, and the decoder
+    compares it with the records it knows (unpack.py).  Since 1.6 HEAD names the
+    engine by its version alone, ``{"version": 2}``, and is deflated: a shipped
+    engine's record never changes, so its version says all of it, and the reader
+    takes the record from ENGINES.  ``layout`` is the format version whose bytes
+    the header is read from or written as (by default, the one this release writes).
+    The adaptation object is checked by those who replay it (adapt/)."""
 
     TAG: ClassVar[bytes] = b"HEAD"
     ROLE: ClassVar[str] = "header"
@@ -222,18 +240,68 @@ class Header(_JsonChunk):
     model: dict
     engine: dict
     adaptation: dict
+    layout: tuple[int, int] = field(default_factory=written_format)
 
     def to_json(self) -> dict:
         return {"creator": self.creator, "model": self.model, "engine": self.engine, "adaptation": self.adaptation}
 
+    def payload(self) -> bytes:
+        if self.layout < COMPACT_HEADER_SINCE:
+            return canonical_json(self.to_json())
+        version = self.engine.get("version")
+        if type(version) is not int or ENGINES.get(version) != self.engine:
+            raise ValueError(f"engine record {self.engine!r} is not a shipped engine's (exact/grid.py ENGINES): "
+                             f"its version cannot name it")
+        text = canonical_json({**self.to_json(), "engine": {"version": version}})
+        if len(text) > MAX_HEADER_BYTES:
+            raise ValueError(f"the header holds {len(text)} bytes, more than a reader takes ({MAX_HEADER_BYTES})")
+        deflater = zlib.compressobj(9, zlib.DEFLATED, -15)  # raw DEFLATE: the chunk's CRC-32 checks it
+        return deflater.compress(text) + deflater.flush()
+
     @classmethod
-    def parse(cls, payload: bytes) -> Header:
-        fields = _Fields(read_json(payload, "the header"), "the header")
+    def parse(cls, payload: bytes, version: tuple[int, int] | None = None) -> Header:
+        """The header of a format ``version`` archive (by default, the format this release writes)."""
+        version = version or written_format()
+        compact = version >= COMPACT_HEADER_SINCE
+        fields = _Fields(read_json(_inflate_header(payload) if compact else payload, "the header"), "the header")
         model = _Fields(fields.mapping("model"), "the header's model")
         model.text("name")  # the decoder loads the model by name and checks its hash
         model.text("sha256")
-        return cls(fields.text("creator", ""), fields.value["model"], fields.mapping("engine"),
-                   fields.mapping("adaptation"))
+        engine = fields.mapping("engine")
+        named = set(engine) == {"version"}
+        if named and not compact:
+            raise MalformedChunk(f"the header names its engine by version alone, as format "
+                                 f"{'%d.%d' % COMPACT_HEADER_SINCE} began to, but the archive says it is format "
+                                 f"{'%d.%d' % version}; it is damaged or forged")
+        if compact:
+            engine = _named_engine(engine, named)
+        return cls(fields.text("creator", ""), fields.value["model"], engine, fields.mapping("adaptation"), version)
+
+
+def _inflate_header(payload: bytes) -> bytes:
+    """A 1.6 HEAD's JSON, inflated to at most MAX_HEADER_BYTES (a bomb stops there)."""
+    inflater = zlib.decompressobj(-15)
+    try:
+        text = inflater.decompress(payload, MAX_HEADER_BYTES + 1)
+    except zlib.error:
+        raise MalformedChunk("the header is damaged (deflate)") from None
+    if len(text) > MAX_HEADER_BYTES:
+        raise OversizedEntry(f"the header inflates to more than {MAX_HEADER_BYTES} bytes")
+    if not inflater.eof or inflater.unused_data:
+        raise MalformedChunk("the header's deflate stream is truncated or followed by other bytes")
+    return text
+
+
+def _named_engine(engine: dict, named: bool) -> dict:
+    """The whole record of the engine a 1.6 header names by version; refused if unknown."""
+    version = engine.get("version")
+    if not named or type(version) is not int:
+        raise MalformedChunk('the header\'s engine is not {"version": N} (format 1.6 names an engine by its '
+                             'version alone)')
+    if version not in ENGINES:
+        raise ArchiveError(f"archive was written by numeric engine v{version}, which this version cannot replay "
+                           f"(it knows v{', v'.join(map(str, sorted(ENGINES)))}); upgrade osoa-zip")
+    return copy.deepcopy(ENGINES[version])  # the caller's to keep: the frozen table stays untouched
 
 
 @chunk_kind
