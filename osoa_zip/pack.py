@@ -22,6 +22,7 @@ from . import __version__
 from .adapt.config import AdaptationConfig
 from .adapt.defaults import adaptation_for
 from .adapt.segments import run_segments
+from .coding import native
 from .container.format import ArchiveWriter
 from .container.records import (
     DEFAULT_BLOCK_BYTES,
@@ -413,8 +414,10 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
         entries = scan(list(sources), warn, _identity(output), ExcludePatterns(excludes))
     except SourceError as error:
         raise UsageError(str(error)) from None
+    input_bytes = sum(entry.size for entry in entries if entry.kind == FILE)
     if progress is not None and hasattr(progress, "set_total"):
-        progress.set_total(sum(entry.size for entry in entries if entry.kind == FILE))
+        progress.set_total(input_bytes)
+    native.expect_compress(input_bytes)  # numba or not: the same bytes, less start-up for a small folder
     bundle = load_model(model)
     writer = ArchiveWriter(output)
     Header(f"osoa-zip {__version__}", {"name": bundle.name, "sha256": bundle.sha256, "family": bundle.family},

@@ -21,6 +21,7 @@ import numpy as np
 from .adapt.config import AdaptationConfig
 from .adapt.flags import FLAG_SEGMENT_START
 from .adapt.segments import RunEndError, run_segments, split_runs
+from .coding import native
 from .coding.ans import CorruptStream
 from .container.format import (
     FORMAT_MAJOR,
@@ -318,6 +319,8 @@ class _Decoder:
         canvases = group.canvases(alpha)
         config = self.config
         planned = plan_batches([group.shapes[i] for i in group.modelled], config.tile_size, config.batch_size_for)
+        # numba or not: the same pixels, less start-up for a small archive
+        native.expect_decode(sum(group.shapes[i][0] * group.shapes[i][1] * group.shapes[i][2] for i in group.modelled))
         side_by_side = self.cluster is not None or (
             self.threads > 1 and planned
             and len(split_runs(self.adapter.batches_seen, len(planned), config.segment_batches)) > 1)

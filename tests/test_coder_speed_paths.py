@@ -220,7 +220,8 @@ def test_logistic_rows_with_edge_bins_push_the_bytes_of_their_rows(seed, n):
 
 # -- the decoder's compiled loop (coding/native.py): what constriction decodes from the rows --
 
-needs_numba = pytest.mark.skipif(not native.ENABLED, reason="numba (the fast extra) is not installed")
+# available() loads numba (lazily, on the first yes), so that the kernels below are its dispatchers.
+needs_numba = pytest.mark.skipif(not native.available(), reason="numba (the fast extra) is not installed")
 
 
 @contextlib.contextmanager
@@ -346,6 +347,25 @@ def test_compiled_coding_order_is_the_rows_order(buckets, skew):
     order, sizes = native.coding_order(bucket, mixture_coder._SIZES, mixture_coder.MERGE_BELOW)
     assert np.array_equal(order, np.argsort(group, kind="stable"))
     assert np.array_equal(sizes, mixture_coder._SIZES[group[order]])
+
+
+@needs_numba
+def test_every_kernel_is_compiled_once_the_loops_are_available():
+    """The kernels are registered as Python functions and become numba's dispatchers on the
+    first available() that says yes (a module imported after that compiles its own at once)."""
+    import numba
+
+    from osoa_zip.exact import conv_kernels, mixture_kernels
+    kernels = {"native": (native, ["_step", "_mixture_edge", "_window_start", "pop_mixture", "coding_order",
+                                   "_range_before", "mixture_latents", "pop_windows"]),
+               "mixture_kernels": (mixture_kernels, ["_cdf_q24", "_component", "_weights", "mixture_forward",
+                                                     "_sign", "mixture_backward", "fill_component_rows",
+                                                     "_round_onto", "_zero", "_negated_sum"]),
+               "conv_kernels": (conv_kernels, ["leaky_framed"])}
+    assert native.available()
+    for module, names in kernels.values():
+        for name in names:
+            assert isinstance(getattr(module, name), numba.core.dispatcher.Dispatcher), (module.__name__, name)
 
 
 def test_the_compiled_loops_can_be_switched_off():

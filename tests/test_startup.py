@@ -16,6 +16,7 @@ from PIL import Image
 
 from osoa_zip import compress
 from osoa_zip.adapt.config import AdaptationConfig
+from osoa_zip.coding import native
 from osoa_zip.table import read_table
 
 # Runs the command line's main() and prints whether torch was loaded, then exits with its code.
@@ -103,3 +104,73 @@ except KeyboardInterrupt:
 """
     result = subprocess.run([sys.executable, "-c", script], capture_output=True, env=subprocess_env(), timeout=60)
     assert result.stdout.decode().strip() == "interrupted", result.stderr.decode()
+
+
+# Compresses the folder argv[1] (idf-tiny-test-e2: engine 2, whose forward has a compiled loop) and
+# decodes it again, with the compiled loops' thresholds as they are or, with argv[2] == "always", at
+# zero; prints the archive's bytes (hex), the decoded pixels' digest and whether numba was imported.
+SMALL_JOB = """
+import hashlib, io, sys, tempfile
+from pathlib import Path
+from PIL import Image
+from osoa_zip import compress, decompress
+from osoa_zip.adapt.config import AdaptationConfig
+from osoa_zip.coding import native
+from osoa_zip.coding import native
+if sys.argv[2] == "always":
+    native.COMPRESS_MIN_BYTES = native.DECODE_MIN_SUBPIXELS = 0
+output = io.BytesIO()
+compress([Path(sys.argv[1])], output, model="idf-tiny-test-e2", adaptation=AdaptationConfig(tile_size=16, batch_size=4))
+digest = hashlib.sha256()
+with tempfile.TemporaryDirectory() as folder:
+    decompress(io.BytesIO(output.getvalue()), Path(folder) / "out")
+    for path in sorted((Path(folder) / "out").rglob("*.png")):
+        digest.update(path.name.encode() + Image.open(path).tobytes())
+print(output.getvalue().hex(), digest.hexdigest(), "numba" in sys.modules)
+"""
+
+
+@pytest.mark.skipif(not native.ENABLED, reason="numba (the fast extra) is not installed")
+def test_a_small_job_codes_the_same_bytes_without_loading_numba(tmp_path):
+    """Below the thresholds numba is not even imported (its start-up costs more than its loops
+    save there); the archive and the decoded pixels are those of the compiled loops."""
+    images = uncompressed_copy(EXAMPLES, tmp_path / "images")
+    size = sum(path.stat().st_size for path in images.iterdir())
+    assert size < native.COMPRESS_MIN_BYTES
+    outcomes = {}
+    for mode in ("as-is", "always"):
+        result = subprocess.run([sys.executable, "-c", SMALL_JOB, str(images), mode], capture_output=True,
+                                env=subprocess_env(), timeout=600)
+        assert result.returncode == 0, result.stderr.decode()
+        outcomes[mode] = result.stdout.decode().split()
+    assert outcomes["as-is"][2] == "False" and outcomes["always"][2] == "True"
+    assert outcomes["as-is"][:2] == outcomes["always"][:2]
+
+
+def test_the_compiled_loops_pay_only_past_the_announced_work(monkeypatch):
+    """available() loads numba only when the work announced so far reaches a threshold; once
+    loaded it stays in use; a process that announced nothing uses it."""
+    monkeypatch.setattr(native, "ENABLED", True)
+    monkeypatch.setattr(native, "_loaded", False)
+    loads = []
+    monkeypatch.setattr(native, "_load", lambda: loads.append(1))
+    for name, value in (("_worth", True), ("_compress_bytes", 0), ("_decode_subpixels", 0)):
+        monkeypatch.setattr(native, name, value)
+    assert native.available() and loads == [1]  # nothing announced: a library caller
+    native.expect_compress(native.COMPRESS_MIN_BYTES - 1)
+    assert not native.available() and loads == [1]
+    native.expect_decode(native.DECODE_MIN_SUBPIXELS - 1)
+    assert not native.available()
+    native.expect_decode(1)  # the groups so far reach the threshold
+    assert native.available() and loads == [1, 1]
+    monkeypatch.setattr(native, "_worth", True)
+    monkeypatch.setattr(native, "_compress_bytes", 0)
+    monkeypatch.setattr(native, "_decode_subpixels", 0)
+    native.expect_compress(native.COMPRESS_MIN_BYTES)
+    assert native.available()
+    monkeypatch.setattr(native, "_loaded", True)
+    native.expect_decode(0)
+    monkeypatch.setattr(native, "_worth", False)
+    assert native.available()  # loaded: used whatever comes
+    monkeypatch.setattr(native, "ENABLED", False)
+    assert not native.available()

@@ -15,41 +15,115 @@ symbol stays constriction's.  The bytes are the format's, unchanged: the loop de
 exactly what constriction decodes from the rows (tests/test_coder_speed_paths.py).
 
 Without numba (``pip install osoa-zip[fast]``), or with OSOA_ZIP_NO_NUMBA=1 in the
-environment, ``available()`` is False and the coders build rows as before.
+environment, ``available()`` is False and the coders build rows as before.  numba is
+imported, and the loops loaded from its cache, on the first ``available()`` that says
+yes; commands with little to code say no (``expect_compress``, ``expect_decode``).
 """
 from __future__ import annotations
 
+import importlib.util
 import os
+import threading
 
 import numpy as np
-
-numba = None
-if os.environ.get("OSOA_ZIP_NO_NUMBA", "") in ("", "0"):
-    try:  # an optional extra
-        import numba
-    except ImportError:
-        pass
-
-ENABLED = numba is not None
 
 PRECISION = 24
 _ONE = 1 << PRECISION
 
+# numba installed and not switched off.  Whether it is installed is asked of the import
+# system, without importing it: numba costs ~0.15 CPU s to import and ~0.25 s more to
+# set up its compiler on first use (its typing and lowering registries, its runtime),
+# whatever it then loads from its cache; a command with little to code does not pay it
+# (``expect_compress``, ``expect_decode``).
+ENABLED = (os.environ.get("OSOA_ZIP_NO_NUMBA", "") in ("", "0")
+           and importlib.util.find_spec("numba") is not None)
+
+# Below these amounts of work a process codes faster without numba than with it (its
+# fixed cost above against the loops' savings: docs/PERFORMANCE.md, "Start-up, release
+# 1.10").  The loops give the same integers either way, so this only moves time.  Compress's
+# loops save ~0.6 us a sub-pixel on RGB tiles, less on grey ones; `-T 1` breaks even near
+# 350 KiB of files, the default -T (the torch passes in several threads) lower: 128 KiB.
+COMPRESS_MIN_BYTES = 128 << 10    # of input files, for compress
+DECODE_MIN_SUBPIXELS = 256 << 10  # model-coded, for decompress and test (~1.5 us a sub-pixel saved)
+
+_kernels: list[tuple[dict, str, object]] = []  # (module globals, name, Python function), not yet compiled
+_loaded = False  # every kernel so far is numba's dispatcher (later ones are compiled as they come)
+_load_lock = threading.Lock()
+_worth = True  # no command said how much it codes: a long-lived caller, numba pays off
+_compress_bytes = 0
+_decode_subpixels = 0
+
 
 def available() -> bool:
-    """Whether the compiled loops are used (numba installed and not switched off)."""
+    """Whether the compiled loops are used now: numba is installed and not switched off, and it
+    is already loaded or the work announced so far pays for loading it (loaded here, then)."""
+    if not ENABLED:
+        return False
+    if not _loaded:
+        if not _worth:
+            return False
+        _load()
     return ENABLED
 
 
-def _jit(function):
-    """Compiled once per machine (numba's cache beside this file, or its user-wide cache);
-    without a writable cache, once per process.  ``nogil``: segments decode in threads."""
-    if numba is None:
-        return function
+def expect_compress(input_bytes: int) -> None:
+    """A compress is about to code files of ``input_bytes`` in all (the model codes at most
+    those): the compiled loops are used if that is at least ``COMPRESS_MIN_BYTES``."""
+    global _worth, _compress_bytes
+    _compress_bytes += input_bytes
+    _worth = _compress_bytes >= COMPRESS_MIN_BYTES or _decode_subpixels >= DECODE_MIN_SUBPIXELS
+
+
+def expect_decode(subpixels: int) -> None:
+    """A decoder is about to decode ``subpixels`` model-coded sub-pixels (one image group):
+    the compiled loops are used once the groups so far reach ``DECODE_MIN_SUBPIXELS``."""
+    global _worth, _decode_subpixels
+    _decode_subpixels += subpixels
+    _worth = _compress_bytes >= COMPRESS_MIN_BYTES or _decode_subpixels >= DECODE_MIN_SUBPIXELS
+
+
+def _compiled(function):
+    """numba's dispatcher of a kernel: compiled once per machine (numba's cache beside this
+    file, or its user-wide cache), without a writable cache once per process.  ``nogil``:
+    segments decode in threads."""
+    import numba
     try:
         return numba.njit(nogil=True, cache=True)(function)
     except RuntimeError:  # no writable cache directory
         return numba.njit(nogil=True)(function)
+
+
+def _load() -> None:
+    """Import numba and make every registered kernel its dispatcher, in its module's globals:
+    the kernels call each other by those names, and numba resolves them when it first
+    compiles (or loads from its cache) a kernel that is called, after this."""
+    global _loaded, ENABLED
+    with _load_lock:
+        if _loaded:
+            return
+        try:
+            for namespace, name, function in _kernels:
+                namespace[name] = _compiled(function)
+        except ImportError:  # installed but broken: the torch passes, as without it
+            ENABLED = False
+            return
+        _kernels.clear()
+        _loaded = True
+
+
+def _jit(function):
+    """A compiled loop: registered here, and numba's dispatcher from the first ``available()``
+    that says yes (at once, if that came before this module was imported).  Until then the
+    name holds the Python function, which the callers do not call: they ask ``available()``
+    first, and call the kernel as its module's attribute (``native.pop_windows``), never by a
+    name imported from here, which would keep the Python function."""
+    if not ENABLED:
+        return function
+    with _load_lock:
+        if not _loaded:
+            _kernels.append((function.__globals__, function.__name__, function))
+            return function
+    return _compiled(function)
 
 
 @_jit

@@ -7,7 +7,7 @@ the frozen forward runs in every coding, triage and guard pass.  The loop here
 does the same integer operations per element in one pass.  Integers: the
 results are the same by construction; tests/test_engine2_conv.py checks them
 against the torch passes (``test_compiled_leaky_framed_matches_torch``).
-Without numba (or with OSOA_ZIP_NO_NUMBA=1) the torch passes run.
+Without numba (or with OSOA_ZIP_NO_NUMBA=1, or for a small job: coding/native.py) the torch passes run.
 """
 from __future__ import annotations
 

@@ -18,8 +18,9 @@ IEEE float64 operations in the same order, one latent at a time:
   which ``torch.round`` is) in a second loop.
 
 The logarithms of the reported loss stay torch's (``log2`` is not an exact operation,
-and the guard compares those sums).  Without numba, or with ``OSOA_ZIP_NO_NUMBA=1``,
-``available()`` is False and the torch passes run as before; the tests compare the two
+and the guard compares those sums).  Without numba, with ``OSOA_ZIP_NO_NUMBA=1``, or for a
+command with little to code (coding/native.py), ``available()`` is False and the torch passes
+run as before; the tests compare the two
 bit for bit (tests/test_mixture_kernels.py).
 """
 from __future__ import annotations
@@ -48,7 +49,8 @@ _jit = native._jit
 
 
 def available() -> bool:
-    """Whether the compiled loops serve the exact mixture NLL (numba installed and on)."""
+    """Whether the compiled loops serve the exact mixture NLL (``native.available()``: numba
+    installed and on, and worth loading for the work the command announced)."""
     return native.available()
 
 
