@@ -1,4 +1,4 @@
-"""The golden archives of format 1.6 (the releases after 1.9.0 on), from format 1.0's folder.
+"""The golden archives of format 1.6 (release 1.10.0 on), from format 1.0's folder.
 
 FROZEN, like the modules of earlier formats: these archives must decode to
 format_1_0.build_source's folder in every later release (tests/test_golden.py),
