@@ -66,8 +66,10 @@ SAMPLE_SIDE = 32        # patches of at most this side
 CODED_JUDGE_SHARE = 0.25
 MARGIN = 1.1            # the model path is given up only when θ0's estimate exceeds the file's cost by this
 TABLE_ENTRY_BYTES = 24  # an image's share of its group's xz'd table, roughly
-DEFLATED = 0.98         # a PNG that zlib's fastest level keeps above this share of is taken to cost this share under xz
-DEFLATED_SHARE = (98, 100)  # DEFLATED as a fraction, for prefilter.py's integer comparison
+# A PNG that zlib's fastest level keeps above this share of is taken to cost this share under
+# xz: a fraction for prefilter.py's integer comparison, a float for the estimates here.
+DEFLATED_SHARE = (98, 100)
+DEFLATED = DEFLATED_SHARE[0] / DEFLATED_SHARE[1]
 
 
 @dataclass
