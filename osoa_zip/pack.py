@@ -147,7 +147,10 @@ class _Compressor:
             elif self.triage is None:
                 self._queue_image(entry, record)
             elif self.judge_after_coding and self.triage.judged_by_coding(record):
-                self.unjudged.add(id(record))
+                # Judged by its coded bits, unless triage's classical bound already clears it:
+                # then nobody needs its bits, and the coding pass does not count them.
+                if not self.triage.clearly_pays(record, entry.source, entry.size):
+                    self.unjudged.add(id(record))
                 self._queue_image(entry, record)
             else:
                 clear = self.triage.clearly_pays(record, entry.source, entry.size)

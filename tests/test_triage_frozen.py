@@ -106,3 +106,46 @@ def test_large_images_are_still_judged_by_samples(folder, tmp_path, monkeypatch)
     assert [record.pixels.shape[:2] for record in sampled] == [(192, 256)]
     decompress(io.BytesIO(output.getvalue()), tmp_path / "out")
     assert_same_tree(tmp_path / "src", tmp_path / "out")
+
+
+def test_images_the_classical_bound_clears_are_not_counted_and_code_alike(tmp_path, monkeypatch):
+    """-1 on small deflated photos: triage's classical bound (prefilter.py) clears them, so the
+    coding pass counts no tile bits for them, and the archive is the one that judging them by
+    their coded bits writes (v7 beats every one of these files)."""
+    from osoa_zip.adapt.engine import OnlineAdapter
+    from osoa_zip.adapt.presets import PRESETS
+
+    level_1 = PRESETS[1].config("idf-sublattice-v7")
+    counting, cleared = [], {}
+    encode_chain, clearly_pays = OnlineAdapter.encode_chain, Triage.clearly_pays
+
+    def recording_encode_chain(self, batches, tile_bits=False):
+        counting.append(tile_bits)
+        return encode_chain(self, batches, tile_bits)
+
+    def recording_clearly_pays(self, record, path, size):
+        cleared[path.name] = clearly_pays(self, record, path, size)
+        return cleared[path.name]
+
+    def archive(source) -> bytes:
+        output = io.BytesIO()
+        compress([source], output, model="idf-sublattice-v7", adaptation=level_1)
+        return output.getvalue()
+
+    monkeypatch.setattr(OnlineAdapter, "encode_chain", recording_encode_chain)
+    monkeypatch.setattr(Triage, "clearly_pays", recording_clearly_pays)
+    archive(EXAMPLES)  # the bundled deflated 64 x 64 and 48 x 48 photos: which does the bound clear?
+    source = tmp_path / "src"
+    source.mkdir()
+    for name in [name for name, clear in cleared.items() if clear]:
+        shutil.copy(EXAMPLES / name, source / name)
+    assert len(list(source.iterdir())) >= 3
+    counting.clear()
+    fast = archive(source)
+    assert counting and not any(counting)
+    counting.clear()
+    monkeypatch.setattr(Triage, "clearly_pays", lambda self, *arguments: False)
+    assert archive(source) == fast and any(counting)  # judged by their coded bits: counted, the same verdicts
+    assert set(_methods(fast).values()) == {("image", "model")}
+    decompress(io.BytesIO(fast), tmp_path / "out")
+    assert_same_tree(source, tmp_path / "out")
