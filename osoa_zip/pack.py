@@ -210,7 +210,7 @@ class _Compressor:
 
     def write_blocks(self, started: BlockCoder | None = None) -> None:
         """The solid blocks, after every image group (which may still send files here):
-        those ``started`` codes, then blocks of the files sent here since."""
+        those ``started`` codes (its caller closes it), then blocks of the files sent here since."""
         counted = self.block_counted | {id(entry) for entry, was_counted in self.solid if was_counted}
         later = BlockCoder(plan_blocks([entry for entry, _ in self.solid], self.block_size)) if self.solid else None
         self.solid = []
@@ -225,9 +225,8 @@ class _Compressor:
         except FileChanged as error:
             raise UsageError(str(error)) from None
         finally:
-            for coder in (started, later):
-                if coder is not None:
-                    coder.close()
+            if later is not None:
+                later.close()
 
     def _queue_image(self, entry: Entry, record: ImageRecord) -> None:
         self.group.append((entry, record))

@@ -79,9 +79,9 @@ def _med_residuals(plane: np.ndarray) -> np.ndarray:
 _log2_table = log2_fixed(np.arange(1, 2))  # log2_fixed(n) at index n - 1, grown as needed
 
 
-def _log2_of_counts(counts: np.ndarray, total: int) -> np.ndarray:
-    """log2_fixed of 1 ... total, from a table (one vectorised pass per new size instead of
-    one per image)."""
+def _log2_table_to(total: int) -> np.ndarray:
+    """log2_fixed of 1 ... total (at least), from a table (one vectorised pass per new size
+    instead of one per image)."""
     global _log2_table
     if total > len(_log2_table):
         _log2_table = log2_fixed(np.arange(1, max(total, 2 * len(_log2_table)) + 1))
@@ -94,7 +94,7 @@ def _entropy_fixed(symbols: np.ndarray) -> int:
     counts = np.bincount(symbols.ravel(), minlength=256)
     counts = counts[counts > 0]
     total = int(counts.sum())
-    table = _log2_of_counts(counts, total)
+    table = _log2_table_to(total)
     return int((counts * (table[total - 1] - table[counts - 1])).sum())
 
 

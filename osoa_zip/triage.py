@@ -136,13 +136,13 @@ class Triage:
         ``judge`` does, unless the classical bound clears the image (``clearly_pays``, or
         ``clear`` if given)."""
         unknown = [index for index, value in enumerate(bits) if value is None]
-        clear = {index for index in unknown
-                 if (clear[index] if clear is not None else self.clearly_pays(*items[index]))}
-        unknown = [index for index in unknown if index not in clear]
+        cleared = {index for index in unknown
+                   if (clear[index] if clear is not None else self.clearly_pays(*items[index]))}
+        unknown = [index for index in unknown if index not in cleared]
         sampled = dict(zip(unknown, self.estimates([items[index][0] for index in unknown]))) if unknown else {}
         verdicts = []
         for index, ((record, path, size), value) in enumerate(zip(items, bits)):
-            if index in clear:
+            if index in cleared:
                 verdicts.append(Verdict(True))
                 continue
             estimate = sampled[index] if value is None else _estimate(record, value, _colour_subpixels(record))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import fnmatch
 import lzma
+import math
 import shutil
 import tempfile
 import threading
@@ -320,7 +321,7 @@ class _Decoder:
         config = self.config
         planned = plan_batches([group.shapes[i] for i in group.modelled], config.tile_size, config.batch_size_for)
         # numba or not: the same pixels, less start-up for a small archive
-        native.expect_decode(sum(group.shapes[i][0] * group.shapes[i][1] * group.shapes[i][2] for i in group.modelled))
+        native.expect_decode(sum(math.prod(group.shapes[i]) for i in group.modelled))
         side_by_side = self.cluster is not None or (
             self.threads > 1 and planned
             and len(split_runs(self.adapter.batches_seen, len(planned), config.segment_batches)) > 1)
