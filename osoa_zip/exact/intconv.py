@@ -104,7 +104,14 @@ def _as_float(ints: torch.Tensor, exponent: int, bound: int | None = None) -> to
     ``bound``: the largest |ints| the caller's operands allow; below 2**53 nothing is checked."""
     if (bound is None or bound >= FLOAT64_EXACT) and ints.numel() and int(ints.abs().max()) >= FLOAT64_EXACT:
         raise ValueError("an engine-2 gradient left float64's exact integer range")
-    return torch.ldexp(ints.double(), torch.tensor(exponent, dtype=torch.float64))
+    return ints.double().mul_(power_of_two(exponent))
+
+
+def power_of_two(exponent: int) -> float:
+    """2.0**exponent as torch.ldexp multiplies by it (x * pow(2, e)): 0.0 below the subnormals, inf
+    above float64's range, so x * power_of_two(e) is torch.ldexp(x, e) bit for bit, without a
+    tensor for the exponent."""
+    return math.ldexp(1.0, exponent) if exponent <= 1023 else math.inf
 
 
 def padded(batch: int, height: int, width: int, channels: int) -> torch.Tensor:
@@ -293,7 +300,8 @@ class IntConv3x3(nn.Module):
             return cache[2]
         exponents = self.weight_exponents
         weight_scale = torch.ldexp(torch.ones_like(self.weight[:, 0, 0, 0]), -exponents.double())[:, None, None, None]
-        bias_exponents = -(self.input_exponent + exponents).double()
+        # ldexp(bias, e) is bias * 2**e: the power of two once, as torch.ldexp computes it.
+        bias_scale = torch.ldexp(torch.ones_like(self.bias.detach()), -(self.input_exponent + exponents).double())
         coarsening = self.weight_coarsening.to(torch.int32)
         coarse = None
         if bool(coarsening.any()):
@@ -308,34 +316,45 @@ class IntConv3x3(nn.Module):
             left_shift = left_shift if bool(left_shift.any()) else 0
         left = max(0, int(torch.as_tensor(left_shift).max()))  # the largest multiplication, 2**left
         product_bound = self._bound(9 * self.weight.shape[1], self.input_range, self.weight_range)
-        value = _Scales(weight_scale, bias_exponents, coarse, left_shift, right_shift, rounding_half(right_shift), left,
+        value = _Scales(weight_scale, bias_scale, coarse, left_shift, right_shift, rounding_half(right_shift), left,
                         product_bound)
         self.__dict__["_scales_cache"] = (weakref.ref(self.weight_exponents), key, value)
         return value
 
     def _prepare(self) -> _Prepared:
         scales = self._scales()
-        # weight_ints and bias_ints, with their scales computed once.
-        weights = torch.floor(self.weight.detach() * scales.weight_scale + 0.5).clamp_(*self.weight_range)
-        weights = weights.to(torch.int32)
-        bias = torch.floor(torch.ldexp(self.bias.detach(), scales.bias_exponents) + 0.5).long()
-        out_channels, in_channels = weights.shape[:2]
-        columns = _limb_columns(weights.permute(2, 3, 1, 0).reshape(-1, out_channels), self.weight_limbs)
+        out_channels, in_channels = self.weight.shape[:2]
+        one_limb = self.weight_limbs == 1
+        # weight_ints and bias_ints, with their scales computed once: the same IEEE operations,
+        # the later ones in place; the integers stay float64 (exact) until they are copied out.
+        rounded = torch.mul(self.weight.detach(), scales.weight_scale).add_(0.5).floor_().clamp_(*self.weight_range)
+        weights = rounded.to(torch.int32)
+        bias = torch.mul(self.bias.detach(), scales.bias_scale).add_(0.5).floor_().long()
+        if one_limb:  # the limb matrix is the weights themselves: one conversion and one layout copy
+            columns = torch.empty(3, 3, in_channels, out_channels, dtype=torch.int8)
+            columns = columns.copy_(rounded.permute(2, 3, 1, 0)).view(-1, out_channels)
+        else:
+            columns = _limb_columns(weights.permute(2, 3, 1, 0).reshape(-1, out_channels), self.weight_limbs)
         coarse = weights if scales.coarse is None else (weights + scales.coarse[0]).bitwise_right_shift_(
             scales.coarse[1])
-        rows = coarse.flip(2, 3).permute(2, 3, 0, 1).reshape(-1, in_channels)  # (ky, kx, co) x ci
+        rotated = coarse.flip(2, 3).permute(2, 3, 0, 1)  # (ky, kx, co, ci)
+        if one_limb:
+            rows = torch.empty(rotated.shape, dtype=torch.int8).copy_(rotated).view(-1, in_channels)
+        else:
+            rows = _limb_columns(rotated.reshape(-1, in_channels), self.weight_limbs)
         input_gradient_bound = self.input_gradient_bound()
-        if input_gradient_bound << LEAKY_SHIFT >= INT32_LIMIT and rows.numel():
-            # |input gradient| <= limit * (the largest column sum of |rows|): a bound from the actual
-            # weights, far below the limbs' static one, keeps the leaky ReLU's x8 inside int32.
-            input_gradient_bound = self.gradient_limit * int(rows.abs().sum(0).max())
+        if input_gradient_bound << LEAKY_SHIFT >= INT32_LIMIT and coarse.numel():
+            # |input gradient| <= limit * (the largest column sum of |rows|, per input channel):
+            # a bound from the actual weights, far below the limbs' static one, keeps the leaky
+            # ReLU's x8 inside int32.
+            input_gradient_bound = self.gradient_limit * int(coarse.abs().sum((0, 2, 3)).max())
         offset = (bias << scales.left_shift) + scales.half
         wide = (scales.product_bound << scales.left) + int(offset.abs().max()) >= INT32_LIMIT
         dtype = torch.int64 if wide else torch.int32
         left_shift, right_shift = (shift if isinstance(shift, int) else shift.to(dtype)
                                    for shift in (scales.left_shift, scales.right_shift))
-        return _Prepared(weights, columns, _limb_columns(rows, self.weight_limbs), offset.to(dtype), left_shift,
-                         right_shift, dtype, scales.product_bound, input_gradient_bound)
+        return _Prepared(weights, columns, rows, offset.to(dtype), left_shift, right_shift, dtype,
+                         scales.product_bound, input_gradient_bound)
 
     # -- forward and backward ------------------------------------------------
     def _accumulate(self, source: torch.Tensor, prep: _Prepared, kernel: Kernel | None, keep_patches: bool = True
@@ -467,7 +486,7 @@ class _Scales(NamedTuple):
     """IntConv3x3._scales: what the exponents alone give every pass."""
 
     weight_scale: torch.Tensor  # Co x 1 x 1 x 1: 2**-e_c (weight_ints' scale)
-    bias_exponents: torch.Tensor  # Co: -(input exponent + e_c) (bias_ints')
+    bias_scale: torch.Tensor  # Co: 2**-(input exponent + e_c) (bias_ints' scale)
     coarse: tuple | None  # the input gradient's weight coarsening: (half step, shift), Co x 1 x 1 x 1
     left_shift: int | torch.Tensor  # max(0, -output shift), per channel
     right_shift: int | torch.Tensor  # max(0, output shift), per channel
