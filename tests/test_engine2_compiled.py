@@ -33,6 +33,28 @@ def test_compiled_leaky_framed_matches_torch(seed, monkeypatch):
     assert kept.dtype == expected_kept.dtype and torch.equal(kept, expected_kept)
 
 
+@pytest.mark.parametrize("seed", range(12))
+def test_compiled_gradient_columns_match_torch(seed, monkeypatch):
+    """A gradient rounded onto its grid and split into two 7-bit limbs: int32 and int64 sums,
+    extremes at +-2**31 and beyond, shifts from 0 up, ties: the same columns and exponent."""
+    g = torch.Generator().manual_seed(seed)
+    positions, channels = 1 + 37 * (seed % 4), 1 + 11 * (seed % 5)
+    peak = [100, 8127, 8128, 2 ** 20, 2 ** 31 - 1, 2 ** 40][seed % 6]
+    ints = torch.randint(-peak, peak + 1, (positions, channels), generator=g)
+    ints.view(-1)[0] = peak if seed % 2 else -peak
+    if seed % 3 == 1:  # ties: odd multiples of half a step
+        ints = ints.bitwise_or(1 << 5)
+    dtype = torch.int64 if peak >= 2 ** 31 or seed % 4 == 3 else torch.int32
+    ints = ints.to(dtype)
+    results = []
+    for compiled in (True, False):
+        monkeypatch.setattr(conv_kernels, "available", lambda compiled=compiled: compiled)
+        results.append(intconv._gradient_columns(ints.clone(), -7, intconv.gradient_limit(2), 2, seed % 2 == 0))
+    (columns, exponent), (expected, expected_exponent) = results
+    assert exponent == expected_exponent
+    assert columns.dtype == expected.dtype == torch.int8 and torch.equal(columns, expected)
+
+
 def test_compiled_stack_step_matches_torch(monkeypatch):
     """A v7-shaped engine-2 stack (two-limb first weights and last input), forward and backward,
     both ways: identical outputs and gradients."""
