@@ -784,6 +784,10 @@ def _leaky_gradient(grad: Fixed, saved: _Saved, output_range: tuple[int, int], b
     ints = grad.ints.reshape(values.shape)
     if ints.dtype != torch.int64 and (bound << LEAKY_SHIFT) >= INT32_LIMIT:
         ints = ints.long()
+    if conv_kernels.available() and ints.is_contiguous() and values.is_contiguous():
+        conv_kernels.leaky_gradient(ints.numpy(), values.numpy(), bool(saved.clamped), *output_range,
+                                    1 << LEAKY_SHIFT)  # one compiled pass: the same integers
+        return Fixed(ints, grad.exponent - LEAKY_SHIFT)
     positive = values.clamp(0, 1)  # in values' (narrow) type, converted once
     if saved.clamped:
         multiplier = positive.mul_((1 << LEAKY_SHIFT) - 1).add_(1).mul_(_inside(values, *output_range))
