@@ -354,7 +354,8 @@ class IntConv3x3(nn.Module):
         left_shift, right_shift = (shift if isinstance(shift, int) else shift.to(dtype)
                                    for shift in (scales.left_shift, scales.right_shift))
         return _Prepared(weights, columns, rows, offset.to(dtype), left_shift, right_shift, dtype,
-                         scales.product_bound, input_gradient_bound)
+                         scales.product_bound, input_gradient_bound, self.input_exponent,
+                         int(self.weight_exponents.max()))
 
     # -- forward and backward ------------------------------------------------
     def _accumulate(self, source: torch.Tensor, prep: _Prepared, kernel: Kernel | None, keep_patches: bool = True
@@ -449,7 +450,7 @@ class IntConv3x3(nn.Module):
             weight_ints = _weight_product(saved.patches, self.input_limbs, g_columns, self.gradient_limbs, kernel,
                                           bound)
             weight_ints = weight_ints.view(3, 3, in_channels, -1).permute(3, 2, 0, 1)
-            weight_grad = _as_float(weight_ints, self.input_exponent + exponent, bound)
+            weight_grad = _as_float(weight_ints, saved.prep.input_exponent + exponent, bound)
         if not need_input:
             return None, weight_grad, bias_grad
         # The transposed convolution: the windows of g (its 7-bit limbs, already split for the
@@ -464,8 +465,8 @@ class IntConv3x3(nn.Module):
                                      saved.prep.rows,
                                      self.weight_limbs, kernel, saved.prep.input_gradient_bound,
                                      a_width=SEVEN_BIT_LIMB_BITS)
-        coarsest = int(self.weight_exponents.max())
-        return Fixed(input_grad.view(batch, height, width, in_channels), exponent + coarsest), weight_grad, bias_grad
+        return (Fixed(input_grad.view(batch, height, width, in_channels), exponent + saved.prep.coarsest), weight_grad,
+                bias_grad)
 
 
 class _Prepared(NamedTuple):
@@ -480,6 +481,8 @@ class _Prepared(NamedTuple):
     dtype: torch.dtype  # the accumulator: int32 when every sum + offset stays below 2**31
     product_bound: int  # the largest |forward product|
     input_gradient_bound: int  # the largest |input gradient| these weights give
+    input_exponent: int  # the input grid's exponent (read once here, not per backward pass)
+    coarsest: int  # the largest weight exponent: the input gradient's weights are on it
 
 
 class _Scales(NamedTuple):
