@@ -122,10 +122,15 @@ def test_stacked_product_recombines_limbs_exactly(seed):
         assert torch.equal(got.long(), a_value @ b_value)
 
 
-def test_output_pieces_backward_is_the_sum_into_zeros():
-    """Disjoint strided pieces, some without a gradient, -0.0 among the gradients: 0.0 + g, bit for bit."""
+@pytest.mark.parametrize("batch, side", [(2, 3), (16, 9)])
+def test_output_pieces_backward_is_the_sum_into_zeros(batch, side):
+    """Disjoint strided pieces, some without a gradient, -0.0 among the gradients: 0.0 + g, bit for bit
+    (a small output through index_select, a large one through the loop)."""
     g = torch.Generator().manual_seed(5)
-    output = torch.randn(2, 12, 3, 3, generator=g, dtype=torch.float64, requires_grad=True)
+    output = torch.randn(batch, 12, side, side, generator=g, dtype=torch.float64, requires_grad=True)
+    if side == 9:
+        output = output.repeat(1, 8, 1, 1).detach().requires_grad_(True)  # 96 channels: past SMALL_OUTPUT
+    assert (output.numel() <= mixture.SMALL_OUTPUT) == (side == 3)
     pieces = [slice(0, 6, 3), slice(1, 6, 3), slice(6, 9), slice(10, 12)]
     parts = mixture.output_pieces(output, pieces)
     weights = [torch.randn(p.shape, generator=g, dtype=torch.float64) for p in parts]
