@@ -317,45 +317,35 @@ class IntConv3x3(nn.Module):
         left = max(0, int(torch.as_tensor(left_shift).max()))  # the largest multiplication, 2**left
         product_bound = self._bound(9 * self.weight.shape[1], self.input_range, self.weight_range)
         value = _Scales(weight_scale, bias_scale, coarse, left_shift, right_shift, rounding_half(right_shift), left,
-                        product_bound)
+                        product_bound, self.input_exponent, int(exponents.max()))
         self.__dict__["_scales_cache"] = (weakref.ref(self.weight_exponents), key, value)
         return value
 
     def _prepare(self) -> _Prepared:
         scales = self._scales()
-        out_channels, in_channels = self.weight.shape[:2]
-        one_limb = self.weight_limbs == 1
         # weight_ints and bias_ints, with their scales computed once: the same IEEE operations,
-        # the later ones in place; the integers stay float64 (exact) until they are copied out.
-        rounded = torch.mul(self.weight.detach(), scales.weight_scale).add_(0.5).floor_().clamp_(*self.weight_range)
-        weights = rounded.to(torch.int32)
+        # the later ones in place.
+        weights = torch.mul(self.weight.detach(), scales.weight_scale).add_(0.5).floor_().clamp_(*self.weight_range)
+        weights = weights.to(torch.int32)
         bias = torch.mul(self.bias.detach(), scales.bias_scale).add_(0.5).floor_().long()
-        if one_limb:  # the limb matrix is the weights themselves: one conversion and one layout copy
-            columns = torch.empty(3, 3, in_channels, out_channels, dtype=torch.int8)
-            columns = columns.copy_(rounded.permute(2, 3, 1, 0)).view(-1, out_channels)
-        else:
-            columns = _limb_columns(weights.permute(2, 3, 1, 0).reshape(-1, out_channels), self.weight_limbs)
+        out_channels, in_channels = weights.shape[:2]
+        columns = _limb_columns(weights.permute(2, 3, 1, 0).reshape(-1, out_channels), self.weight_limbs)
         coarse = weights if scales.coarse is None else (weights + scales.coarse[0]).bitwise_right_shift_(
             scales.coarse[1])
-        rotated = coarse.flip(2, 3).permute(2, 3, 0, 1)  # (ky, kx, co, ci)
-        if one_limb:
-            rows = torch.empty(rotated.shape, dtype=torch.int8).copy_(rotated).view(-1, in_channels)
-        else:
-            rows = _limb_columns(rotated.reshape(-1, in_channels), self.weight_limbs)
+        rows = coarse.flip(2, 3).permute(2, 3, 0, 1).reshape(-1, in_channels)  # (ky, kx, co) x ci
         input_gradient_bound = self.input_gradient_bound()
-        if input_gradient_bound << LEAKY_SHIFT >= INT32_LIMIT and coarse.numel():
-            # |input gradient| <= limit * (the largest column sum of |rows|, per input channel):
-            # a bound from the actual weights, far below the limbs' static one, keeps the leaky
-            # ReLU's x8 inside int32.
-            input_gradient_bound = self.gradient_limit * int(coarse.abs().sum((0, 2, 3)).max())
+        if input_gradient_bound << LEAKY_SHIFT >= INT32_LIMIT and rows.numel():
+            # |input gradient| <= limit * (the largest column sum of |rows|): a bound from the actual
+            # weights, far below the limbs' static one, keeps the leaky ReLU's x8 inside int32.
+            input_gradient_bound = self.gradient_limit * int(rows.abs().sum(0).max())
         offset = (bias << scales.left_shift) + scales.half
         wide = (scales.product_bound << scales.left) + int(offset.abs().max()) >= INT32_LIMIT
         dtype = torch.int64 if wide else torch.int32
         left_shift, right_shift = (shift if isinstance(shift, int) else shift.to(dtype)
                                    for shift in (scales.left_shift, scales.right_shift))
-        return _Prepared(weights, columns, rows, offset.to(dtype), left_shift, right_shift, dtype,
-                         scales.product_bound, input_gradient_bound, self.input_exponent,
-                         int(self.weight_exponents.max()))
+        return _Prepared(weights, columns, _limb_columns(rows, self.weight_limbs), offset.to(dtype), left_shift,
+                         right_shift, dtype, scales.product_bound, input_gradient_bound, scales.input_exponent,
+                         scales.coarsest)
 
     # -- forward and backward ------------------------------------------------
     def _accumulate(self, source: torch.Tensor, prep: _Prepared, kernel: Kernel | None, keep_patches: bool = True
@@ -481,7 +471,7 @@ class _Prepared(NamedTuple):
     dtype: torch.dtype  # the accumulator: int32 when every sum + offset stays below 2**31
     product_bound: int  # the largest |forward product|
     input_gradient_bound: int  # the largest |input gradient| these weights give
-    input_exponent: int  # the input grid's exponent (read once here, not per backward pass)
+    input_exponent: int  # the input grid's exponent (read once per exponent value, not per backward pass)
     coarsest: int  # the largest weight exponent: the input gradient's weights are on it
 
 
@@ -496,6 +486,8 @@ class _Scales(NamedTuple):
     half: int | torch.Tensor  # shift_round's half step of right_shift
     left: int  # the largest left_shift
     product_bound: int  # the largest |forward product|
+    input_exponent: int  # the input grid's exponent
+    coarsest: int  # the largest weight exponent
 
 
 class _Saved(NamedTuple):
