@@ -31,8 +31,11 @@ MiB compressing and 288-314 MiB decompressing from 4 to 100 MP (it grew by
 ~1.0 and ~1.3 bytes per sub-pixel with one Pillow image held: 661 and 713 MiB
 at 100 MP).  Smaller images are held in memory as before (a group holds ~2^25
 sub-pixels), and everything else works in row bands of about BAND_BYTES.
-Checking an image holds one image at a time: its pixels wait (in memory or in
-their file) while the file is written again as the decoder will write it.  A file
+Checking an image holds one image at a time: its pixels wait (in their own array or
+in their file) while the file is written again as the decoder will write it.  A file
+of at most SMALL_FILE_BYTES is read in one read and decoded and checked from memory
+(most of a small image's cost was the work around Pillow's: reads, copies, hashes;
+docs/PERFORMANCE.md, "Small files").  A file
 that must come back byte for byte (BMP, PPM/PGM, TIFF, or any with --byte-exact) is
 compared with the original by SHA-256 and size, nothing more: the same bytes decode
 to the same pixels.  A PNG whose header is the one Pillow writes for its pixels
@@ -40,7 +43,8 @@ to the same pixels.  A PNG whose header is the one Pillow writes for its pixels
 rewrite differs from it only in the image data, which Pillow encodes from exactly
 the samples it decoded (_rewrite_is_same_png).  Any other PNG's rewrite goes to a
 scratch file and is decoded again, and the two decodes are compared by the SHA-256
-of their pixels (on Fashion-MNIST that check was ~45% of reading an image).
+of their pixels (on Fashion-MNIST that check was ~45% of reading an image); the pixels'
+SHA-256 is taken for that check only.
 """
 from __future__ import annotations
 
@@ -431,6 +435,18 @@ def _decode(image: Image.Image, reader: _Reader) -> tuple[tuple, np.ndarray | Pi
         raise
 
 
+def _decoded_digest(image: Image.Image, reader: _Reader) -> tuple[tuple, str]:
+    """Load an opened image only to compare it: its facts and the SHA-256 of its pixels, hashed
+    band by band as they are cut from Pillow's image (a large one's from a PixelFile, closed again)."""
+    width, height = image.size
+    if not is_large(height, width, MODEL_MODES.get(image.mode, 1)):
+        image.load()
+        return _facts(image), _digest(pixel_bands(image))
+    facts, pixels, pixel_file = _decode(image, reader)
+    with pixel_file:
+        return facts, _pixels_digest(pixels)
+
+
 def scratch_file(size_hint: int) -> BinaryIO:
     """Where pixels, rewrites and coded batches wait: in memory when small, else a temporary file.
     Decided up front: a file that starts in memory and moves to disk
@@ -531,9 +547,8 @@ def _rewrite_decodes_alike(record: ImageRecord, picture: Image.Image, rewrite: B
     with _opened(reader) as again:
         if again.mode != record.mode:
             return False
-        again_facts, again_pixels, again_file = _decode(again, reader)
-    with again_file if again_file is not None else ExitStack():
-        return again_facts == facts and _pixels_digest(again_pixels) == pixels_digest
+        again_facts, again_digest = _decoded_digest(again, reader)
+    return again_facts == facts and again_digest == pixels_digest
 
 
 def read_image(path: Path, byte_exact: bool = False, pixels_in_file: bool = False,
