@@ -216,3 +216,25 @@ def test_a_forked_child_makes_capture_files_of_its_own():
     with library_messages("parent", lines.append):
         os.write(2, b"from the parent\n")
     assert lines == ["parent: from the parent"]
+
+
+def test_a_staged_folder_checked_once_stays_a_folder(tmp_path):
+    """Staging.path checks and makes each folder once: no later entry can turn that folder (or one
+    above it) into a link or a file, so the files after it still land inside the staging folder."""
+    from osoa_zip.files.restore import Staging, UnsafeEntry
+
+    staging = Staging(tmp_path / "out")
+    try:
+        first = staging.path("a/b/1.png")
+        first.write_bytes(b"1")
+        for refused in (lambda: staging.symlink("a/b", ".."), lambda: staging.symlink("a", "."),
+                        lambda: staging.path("a"), lambda: staging.path("a/b"),
+                        lambda: staging.hardlink("a", "a/b/1.png")):
+            with pytest.raises(UnsafeEntry):
+                refused()
+        second = staging.path("a/b/2.png")
+        assert second.parent == first.parent and second.parent.is_dir() and not second.parent.is_symlink()
+        assert second.resolve().is_relative_to(staging.root.resolve())
+        assert staging.path("a/c/3.png").parent.is_dir()
+    finally:
+        staging.abort()
