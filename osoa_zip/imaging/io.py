@@ -577,7 +577,7 @@ def _read_image(path: Path, byte_exact: bool, pixels_in_file: bool, verbatim: bo
             if not head.startswith(IMAGE_SIGNATURES) or before.st_size > MAX_IMAGE_FILE_BYTES:
                 return None  # never read a non-image (or a huge file) whole just to ask Pillow
             if before.st_size <= SMALL_FILE_BYTES:  # read once; Pillow and the checks read memory
-                data = head + handle.read()
+                data = head + handle.read(SMALL_FILE_BYTES)  # bounded: a file growing meanwhile is noticed below
                 record = _model_record(io.BytesIO(data), len(data), byte_exact, verbatim)
             else:
                 record = _model_record(handle, before.st_size, byte_exact, verbatim)
