@@ -191,6 +191,7 @@ def test_captures_in_turn_reuse_their_file_and_keep_their_messages_apart():
     assert lines == ["a: " + "x" * 5000, "a: first", "b: second", "inner: nested", "outer: before", "outer: after"]
 
 
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="no fork on this platform")
 def test_a_forked_child_makes_capture_files_of_its_own():
     """A child does not write into its parent's capture files (they share their offsets)."""
     with library_messages("parent", None):
