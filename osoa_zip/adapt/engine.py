@@ -47,6 +47,7 @@ import torch
 
 from ..exact import ENGINE
 from ..exact.optim import ExactAdam
+from ..exact.trunk import TrunkMemo
 from ..models.registry import FlowBundle
 from .config import AdaptationConfig
 from .defaults import adaptation_for
@@ -104,6 +105,7 @@ class _Choice:
     adapting: bool
     loss: torch.Tensor | None
     factors: object  # what the model pushes (None: the model codes the pixels itself)
+    trunks: TrunkMemo  # the batch's frozen trunk activations, for the update's later passes
 
 
 @dataclass
@@ -340,7 +342,7 @@ class OnlineAdapter:
         else:
             tile_bits = None
         if choice.adapting:
-            self._adapt(choice.track, choice.pixels, choice.loss)
+            self._adapt(choice.track, choice.pixels, choice.loss, choice.trunks)
         data = bytes([choice.flags]) + stream.result()
         return data, BatchStatistics(8 * len(data), tiles.size, time.perf_counter() - started, choice.flags,
                                      None if tile_bits is None else tile_bits.tolist())
@@ -378,7 +380,7 @@ class OnlineAdapter:
             weights = None if choice.network is pretrained else [p.detach().clone()
                                                                   for p in choice.network.parameters()]
             if choice.adapting:
-                self._adapt(choice.track, choice.pixels, choice.loss)
+                self._adapt(choice.track, choice.pixels, choice.loss, choice.trunks)
             planned.append(_Planned(choice, weights, time.perf_counter() - started))
         coder, scratch = self._family.new_encoder(), {}
         for index in reversed(range(len(planned))):
@@ -419,16 +421,19 @@ class OnlineAdapter:
         adapting = self._will_adapt(track)
         guarding = self.config.guard and track.updated and not track.gave_up and self._probe_due(track)
         pretrained = self._bundle.network(channels)
-        # θ0 never changes, so its pass for the guard can run beside the adapted one.
-        pretrained_pass = self._beside(self._analyse_frozen, pretrained, pixels) if guarding else None
-        # One forward pass codes the batch, gives the guard its bit count and starts
-        # the first step (the weights are the ones it steps from).
         network = pretrained if track.gave_up else track.network
-        with torch.set_grad_enabled(adapting):
-            loss, factors = self._analyse(network, pixels, adapting or guarding)
+        trunks = TrunkMemo()
+        with trunks.active():
+            # One forward pass codes the batch, gives the guard its bit count and starts
+            # the first step (the weights are the ones it steps from).
+            with torch.set_grad_enabled(adapting):
+                loss, factors = self._analyse(network, pixels, adapting or guarding)
+            # θ0's pass for the guard comes second, on this thread: where the trunks are frozen
+            # it runs only what adapts (exact/trunk.py), far less CPU than a whole pass beside.
+            pretrained_pass = self._analyse_frozen(pretrained, pixels) if guarding else None
         flags = 0
         if pretrained_pass is not None:
-            pretrained_loss, pretrained_factors = pretrained_pass.result()
+            pretrained_loss, pretrained_factors = pretrained_pass
             adapted_bits, pretrained_bits = float(loss.detach()), float(pretrained_loss)
             self._schedule_probe(track, adapted_bits, pretrained_bits)
             if pretrained_bits < adapted_bits:  # a tie keeps the adapted model
@@ -440,7 +445,7 @@ class OnlineAdapter:
             else:
                 track.pretrained_wins = 0
         flags |= segment_flag
-        return _Choice(pixels, channels, track, network, flags, adapting, loss, factors)
+        return _Choice(pixels, channels, track, network, flags, adapting, loss, factors, trunks)
 
     @staticmethod
     def _analyse(network, pixels: torch.Tensor, with_loss: bool):
@@ -501,13 +506,15 @@ class OnlineAdapter:
                 raise BatchError("a batch gives up adaptation it cannot give up")
             track.gave_up = True
         adapting = self._will_adapt(track)
-        if flags & FLAG_PRETRAINED or track.gave_up:
-            pixels, loss = self._bundle.network(channels).decode(decoder, shape, initial), None
-        elif adapting:
-            # the decoding pass may also start the first step, as on the encoder
-            pixels, loss = track.network.decode_with_loss(decoder, shape, initial)
-        else:
-            pixels, loss = track.network.decode(decoder, shape, initial), None
+        trunks = TrunkMemo()  # the update's passes reuse the decoding pass's frozen trunks
+        with trunks.active():
+            if flags & FLAG_PRETRAINED or track.gave_up:
+                pixels, loss = self._bundle.network(channels).decode(decoder, shape, initial), None
+            elif adapting:
+                # the decoding pass may also start the first step, as on the encoder
+                pixels, loss = track.network.decode_with_loss(decoder, shape, initial)
+            else:
+                pixels, loss = track.network.decode(decoder, shape, initial), None
         if self._chain is None:
             decoder.check_finished()
         else:
@@ -519,7 +526,7 @@ class OnlineAdapter:
             raise BatchError("decoded pixels out of range")
         if adapting:
             # An archive may undo this update with its next batch (FLAG_ROLLBACK, written by 1.0.0).
-            self._adapt(track, pixels, loss, keep_previous=self.config.guard)
+            self._adapt(track, pixels, loss, trunks, keep_previous=self.config.guard)
         return pixels.to(torch.uint8).numpy()
 
     def _batch_stream(self, flags: int, payload: bytes) -> tuple:
@@ -546,15 +553,17 @@ class OnlineAdapter:
             chain, self._chain = self._chain, None
             raise BatchError(f"a chain of batches ends {chain.remaining} batch(es) early")
 
-    def _adapt(self, track: _Track, pixels: torch.Tensor, loss: torch.Tensor | None,
+    def _adapt(self, track: _Track, pixels: torch.Tensor, loss: torch.Tensor | None, trunks: TrunkMemo,
                keep_previous: bool = False) -> None:
+        """The update's steps on a batch; ``trunks`` holds its earlier passes' frozen trunks."""
         if keep_previous:
             track.previous = self._state(track)
         network, optimizer = track.network, track.optimizer
-        for step in range(self.config.steps_per_batch):
-            optimizer.zero_grad()
-            (loss if step == 0 and loss is not None else network.nll(pixels)).backward()
-            optimizer.step()
+        with trunks.active():
+            for step in range(self.config.steps_per_batch):
+                optimizer.zero_grad()
+                (loss if step == 0 and loss is not None else network.nll(pixels)).backward()
+                optimizer.step()
         track.updated = True
 
 
