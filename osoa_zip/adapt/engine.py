@@ -13,7 +13,12 @@ can cost at most a few bits per batch more than --no-adapt, however badly
 an update goes.  The comparison costs a forward pass of θ0, so after θ0
 loses clearly the encoder waits 1, 2, 4, then 8 batches before it asks
 again (encoder-only: the flags tell the decoder everything); bits-back
-models (the VAE) are compared on every batch.
+models (the VAE) are compared on every batch.  Where only the last layers
+adapt, θ0's pass runs only those: every pass over a batch shares one
+``TrunkMemo`` (exact/trunk.py), which lets a later pass reuse the frozen
+layers' activations of an earlier one (the guard's θ0 pass after the
+adapted pass; on the decoder, the update's pass after θ0's decoding pass
+of a FLAG_PRETRAINED batch; every step after the first).
 After θ0 has won ``give_up_after`` comparisons in a row (format 1.1), the
 encoder sets FLAG_GIVE_UP: that batch and every later batch of its channel
 count in the segment are coded with θ0 and nothing adapts (data the model
@@ -47,7 +52,7 @@ import torch
 
 from ..exact import ENGINE
 from ..exact.optim import ExactAdam
-from ..exact.trunk import TrunkMemo
+from ..exact.trunk import TrunkMemo, sharing
 from ..models.registry import FlowBundle
 from .config import AdaptationConfig
 from .defaults import adaptation_for
@@ -105,7 +110,7 @@ class _Choice:
     adapting: bool
     loss: torch.Tensor | None
     factors: object  # what the model pushes (None: the model codes the pixels itself)
-    trunks: TrunkMemo  # the batch's frozen trunk activations, for the update's later passes
+    trunks: TrunkMemo | None  # the batch's frozen trunk activations, if the update makes more passes
 
 
 @dataclass
@@ -422,8 +427,9 @@ class OnlineAdapter:
         guarding = self.config.guard and track.updated and not track.gave_up and self._probe_due(track)
         pretrained = self._bundle.network(channels)
         network = pretrained if track.gave_up else track.network
-        trunks = TrunkMemo()
-        with trunks.active():
+        # A memo where a second pass over the batch will come (exact/trunk.py).
+        trunks = TrunkMemo() if guarding or (adapting and self.config.steps_per_batch > 1) else None
+        with sharing(trunks):
             # One forward pass codes the batch, gives the guard its bit count and starts
             # the first step (the weights are the ones it steps from).
             with torch.set_grad_enabled(adapting):
@@ -506,8 +512,11 @@ class OnlineAdapter:
                 raise BatchError("a batch gives up adaptation it cannot give up")
             track.gave_up = True
         adapting = self._will_adapt(track)
-        trunks = TrunkMemo()  # the update's passes reuse the decoding pass's frozen trunks
-        with trunks.active():
+        # The update's passes may reuse the decoding pass's frozen trunks (exact/trunk.py): a
+        # FLAG_PRETRAINED batch is decoded with θ0, and every step after the first makes a pass.
+        later = adapting and (bool(flags & FLAG_PRETRAINED) or self.config.steps_per_batch > 1)
+        trunks = TrunkMemo() if later else None
+        with sharing(trunks):
             if flags & FLAG_PRETRAINED or track.gave_up:
                 pixels, loss = self._bundle.network(channels).decode(decoder, shape, initial), None
             elif adapting:
@@ -553,13 +562,13 @@ class OnlineAdapter:
             chain, self._chain = self._chain, None
             raise BatchError(f"a chain of batches ends {chain.remaining} batch(es) early")
 
-    def _adapt(self, track: _Track, pixels: torch.Tensor, loss: torch.Tensor | None, trunks: TrunkMemo,
+    def _adapt(self, track: _Track, pixels: torch.Tensor, loss: torch.Tensor | None, trunks: TrunkMemo | None,
                keep_previous: bool = False) -> None:
-        """The update's steps on a batch; ``trunks`` holds its earlier passes' frozen trunks."""
+        """The update's steps on a batch; ``trunks``: its earlier passes' frozen trunks (or None)."""
         if keep_previous:
             track.previous = self._state(track)
         network, optimizer = track.network, track.optimizer
-        with trunks.active():
+        with sharing(trunks):
             for step in range(self.config.steps_per_batch):
                 optimizer.zero_grad()
                 (loss if step == 0 and loss is not None else network.nll(pixels)).backward()

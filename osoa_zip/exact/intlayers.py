@@ -15,6 +15,11 @@ arguments, the same parameter names and the same float NCHW interface:
   integer backward runs, and the parameter gradients are returned to autograd,
   so a stack that serves several levels accumulates them like any module.
 
+Under an active trunk memo (exact/trunk.py) a pass over a batch that an earlier
+pass has seen skips the convs whose integers the memo shows to be unchanged
+(the frozen trunk below an adapting last conv) and resumes from their recorded
+activations: the same integers, less work.
+
 The same integers come out under every kernel, ISA and thread count, so an
 adaptation step replays bit for bit; in float32 (pretraining) it is the same
 integer network, which makes quantisation-aware training exact by

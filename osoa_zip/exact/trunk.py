@@ -38,7 +38,7 @@ segments coded side by side and the adapter's helper thread never meet it).
 from __future__ import annotations
 
 import threading
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from typing import Iterator
 
@@ -50,6 +50,11 @@ _active = threading.local()
 def active_trunk_memo() -> TrunkMemo | None:
     """The memo this thread's stacks record into and resume from, or None."""
     return getattr(_active, "memo", None)
+
+
+def sharing(memo: TrunkMemo | None):
+    """``memo.active()``, or nothing when None (a batch with a single pass has nothing to share)."""
+    return nullcontext() if memo is None else memo.active()
 
 
 @dataclass(frozen=True)
