@@ -13,7 +13,12 @@ can cost at most a few bits per batch more than --no-adapt, however badly
 an update goes.  The comparison costs a forward pass of θ0, so after θ0
 loses clearly the encoder waits 1, 2, 4, then 8 batches before it asks
 again (encoder-only: the flags tell the decoder everything); bits-back
-models (the VAE) are compared on every batch.
+models (the VAE) are compared on every batch.  Where only the last layers
+adapt, θ0's pass runs only those: every pass over a batch shares one
+``TrunkMemo`` (exact/trunk.py), which lets a later pass reuse the frozen
+layers' activations of an earlier one (the guard's θ0 pass after the
+adapted pass; on the decoder, the update's pass after θ0's decoding pass
+of a FLAG_PRETRAINED batch; every step after the first).
 After θ0 has won ``give_up_after`` comparisons in a row (format 1.1), the
 encoder sets FLAG_GIVE_UP: that batch and every later batch of its channel
 count in the segment are coded with θ0 and nothing adapts (data the model
@@ -47,6 +52,7 @@ import torch
 
 from ..exact import ENGINE
 from ..exact.optim import ExactAdam
+from ..exact.trunk import TrunkMemo, sharing
 from ..models.registry import FlowBundle
 from .config import AdaptationConfig
 from .defaults import adaptation_for
@@ -104,6 +110,7 @@ class _Choice:
     adapting: bool
     loss: torch.Tensor | None
     factors: object  # what the model pushes (None: the model codes the pixels itself)
+    trunks: TrunkMemo | None  # the batch's frozen trunk activations, if the update makes more passes
 
 
 @dataclass
@@ -344,7 +351,7 @@ class OnlineAdapter:
         else:
             tile_bits = None
         if choice.adapting:
-            self._adapt(choice.track, choice.pixels, choice.loss)
+            self._adapt(choice.track, choice.pixels, choice.loss, choice.trunks)
         data = bytes([choice.flags]) + stream.result()
         return data, BatchStatistics(8 * len(data), tiles.size, time.perf_counter() - started, choice.flags,
                                      None if tile_bits is None else tile_bits.tolist())
@@ -382,7 +389,7 @@ class OnlineAdapter:
             weights = None if choice.network is pretrained else [p.detach().clone()
                                                                   for p in choice.network.parameters()]
             if choice.adapting:
-                self._adapt(choice.track, choice.pixels, choice.loss)
+                self._adapt(choice.track, choice.pixels, choice.loss, choice.trunks)
             planned.append(_Planned(choice, weights, time.perf_counter() - started))
         coder, scratch = self._family.new_encoder(), {}
         for index in reversed(range(len(planned))):
@@ -423,16 +430,20 @@ class OnlineAdapter:
         adapting = self._will_adapt(track)
         guarding = self.config.guard and track.updated and not track.gave_up and self._probe_due(track)
         pretrained = self._bundle.network(channels)
-        # θ0 never changes, so its pass for the guard can run beside the adapted one.
-        pretrained_pass = self._beside(self._analyse_frozen, pretrained, pixels) if guarding else None
-        # One forward pass codes the batch, gives the guard its bit count and starts
-        # the first step (the weights are the ones it steps from).
         network = pretrained if track.gave_up else track.network
-        with torch.set_grad_enabled(adapting):
-            loss, factors = self._analyse(network, pixels, adapting or guarding)
+        # A memo where a second pass over the batch will come (exact/trunk.py).
+        trunks = TrunkMemo() if guarding or (adapting and self.config.steps_per_batch > 1) else None
+        with sharing(trunks):
+            # One forward pass codes the batch, gives the guard its bit count and starts
+            # the first step (the weights are the ones it steps from).
+            with torch.set_grad_enabled(adapting):
+                loss, factors = self._analyse(network, pixels, adapting or guarding)
+            # θ0's pass for the guard comes second, on this thread: where the trunks are frozen
+            # it runs only what adapts (exact/trunk.py), far less CPU than a whole pass beside.
+            pretrained_pass = self._analyse_frozen(pretrained, pixels) if guarding else None
         flags = 0
         if pretrained_pass is not None:
-            pretrained_loss, pretrained_factors = pretrained_pass.result()
+            pretrained_loss, pretrained_factors = pretrained_pass
             adapted_bits, pretrained_bits = float(loss.detach()), float(pretrained_loss)
             self._schedule_probe(track, adapted_bits, pretrained_bits)
             if pretrained_bits < adapted_bits:  # a tie keeps the adapted model
@@ -444,7 +455,7 @@ class OnlineAdapter:
             else:
                 track.pretrained_wins = 0
         flags |= segment_flag
-        return _Choice(pixels, channels, track, network, flags, adapting, loss, factors)
+        return _Choice(pixels, channels, track, network, flags, adapting, loss, factors, trunks)
 
     @staticmethod
     def _analyse(network, pixels: torch.Tensor, with_loss: bool):
@@ -505,13 +516,18 @@ class OnlineAdapter:
                 raise BatchError("a batch gives up adaptation it cannot give up")
             track.gave_up = True
         adapting = self._will_adapt(track)
-        if flags & FLAG_PRETRAINED or track.gave_up:
-            pixels, loss = self._bundle.network(channels).decode(decoder, shape, initial), None
-        elif adapting:
-            # the decoding pass may also start the first step, as on the encoder
-            pixels, loss = track.network.decode_with_loss(decoder, shape, initial)
-        else:
-            pixels, loss = track.network.decode(decoder, shape, initial), None
+        # The update's passes may reuse the decoding pass's frozen trunks (exact/trunk.py): a
+        # FLAG_PRETRAINED batch is decoded with θ0, and every step after the first makes a pass.
+        later = adapting and (bool(flags & FLAG_PRETRAINED) or self.config.steps_per_batch > 1)
+        trunks = TrunkMemo() if later else None
+        with sharing(trunks):
+            if flags & FLAG_PRETRAINED or track.gave_up:
+                pixels, loss = self._bundle.network(channels).decode(decoder, shape, initial), None
+            elif adapting:
+                # the decoding pass may also start the first step, as on the encoder
+                pixels, loss = track.network.decode_with_loss(decoder, shape, initial)
+            else:
+                pixels, loss = track.network.decode(decoder, shape, initial), None
         if self._chain is None:
             decoder.check_finished()
         else:
@@ -523,7 +539,7 @@ class OnlineAdapter:
             raise BatchError("decoded pixels out of range")
         if adapting:
             # An archive may undo this update with its next batch (FLAG_ROLLBACK, written by 1.0.0).
-            self._adapt(track, pixels, loss, keep_previous=self.config.guard and self._rollbacks)
+            self._adapt(track, pixels, loss, trunks, keep_previous=self.config.guard and self._rollbacks)
         return pixels.to(torch.uint8).numpy()
 
     def _batch_stream(self, flags: int, payload: bytes) -> tuple:
@@ -550,15 +566,17 @@ class OnlineAdapter:
             chain, self._chain = self._chain, None
             raise BatchError(f"a chain of batches ends {chain.remaining} batch(es) early")
 
-    def _adapt(self, track: _Track, pixels: torch.Tensor, loss: torch.Tensor | None,
+    def _adapt(self, track: _Track, pixels: torch.Tensor, loss: torch.Tensor | None, trunks: TrunkMemo | None,
                keep_previous: bool = False) -> None:
+        """The update's steps on a batch; ``trunks``: its earlier passes' frozen trunks (or None)."""
         if keep_previous:
             track.previous = self._state(track)
         network, optimizer = track.network, track.optimizer
-        for step in range(self.config.steps_per_batch):
-            optimizer.zero_grad()
-            (loss if step == 0 and loss is not None else network.nll(pixels)).backward()
-            optimizer.step()
+        with sharing(trunks):
+            for step in range(self.config.steps_per_batch):
+                optimizer.zero_grad()
+                (loss if step == 0 and loss is not None else network.nll(pixels)).backward()
+                optimizer.step()
         track.updated = True
 
 

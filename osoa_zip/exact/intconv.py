@@ -145,7 +145,7 @@ def scratch_matrix(rows: int, columns: int, dtype: torch.dtype) -> torch.Tensor:
     patches, the input gradient's windows) takes this buffer instead.  The caller
     writes every entry and is done with it before its thread asks again: the
     next call on the same thread returns the same memory.  One buffer per thread
-    and dtype (the guard's frozen pass runs on a helper thread beside the main one)."""
+    and dtype (segments are coded side by side on threads)."""
     buffers = getattr(_scratch, "buffers", None)
     if buffers is None:
         buffers = _scratch.buffers = {}
@@ -650,22 +650,30 @@ class IntConvStack(nn.Module):
         return cls(convs)
 
     def _forward(self, x: torch.Tensor, kernel: Kernel | None, keep: bool, framed: bool = False,
-                 patches: list[bool] | None = None) -> tuple[Fixed, list[_Saved]]:
+                 patches: list[bool] | None = None, start: int = 0, inputs: list | None = None
+                 ) -> tuple[Fixed, list[_Saved | None]]:
         """(the output, what backward needs if ``keep``) of B x H x W x Ci integer input x.
 
         ``framed``: x is already the first conv's int8 input in a zero frame
         (B x (H+2) x (W+2) x Ci, see ``padded``).  Each hidden output goes through the
         leaky ReLU straight into the next conv's framed int8 input.  ``patches``: per conv,
-        whether backward will need its patches (its weight gradient; default: all if ``keep``)."""
+        whether backward will need its patches (its weight gradient; default: all if ``keep``).
+        ``start``: x is conv ``start``'s framed input (its limbs stacked along the batch), as
+        an earlier pass made it; the convs below are not run and their saved entries are None
+        (backward must not reach them: intlayers.TrunkMemo).  ``inputs``: a list that receives
+        the framed input of every conv after the first that runs, in order."""
         if patches is None or not keep:
             patches = [keep] * len(self.convs)
-        first = self.convs[0]
-        if framed:
-            source, shape = x, (x.shape[0], x.shape[1] - 2, x.shape[2] - 2)
+        first = self.convs[start]
+        if framed or start:
+            source, shape = x, (x.shape[0] // first.input_limbs, x.shape[1] - 2, x.shape[2] - 2)
         else:
             source, shape = _padded_limbs(x, first.input_limbs), tuple(x.shape[:3])
-        saved = []
-        for index, conv in enumerate(self.convs):
+        saved: list[_Saved | None] = [None] * start if keep else []
+        for index in range(start, len(self.convs)):
+            conv = self.convs[index]
+            if inputs is not None and index > start:
+                inputs.append(source)
             memo = conv._forward_saved(source, shape + (source.shape[3],), kernel, patches[index])
             if index < len(self.convs) - 1:
                 source, values = _leaky_framed(memo, conv.output_range, self.convs[index + 1].input_limbs, shape)

@@ -15,6 +15,11 @@ arguments, the same parameter names and the same float NCHW interface:
   integer backward runs, and the parameter gradients are returned to autograd,
   so a stack that serves several levels accumulates them like any module.
 
+Under an active trunk memo (exact/trunk.py) a pass over a batch that an earlier
+pass has seen skips the convs whose integers the memo shows to be unchanged
+(the frozen trunk below an adapting last conv) and resumes from their recorded
+activations: the same integers, less work.
+
 The same integers come out under every kernel, ISA and thread count, so an
 adaptation step replays bit for bit; in float32 (pretraining) it is the same
 integer network, which makes quantisation-aware training exact by
@@ -38,6 +43,7 @@ from .grid import (
 )
 from .intconv import Fixed, IntConv3x3, IntConvStack, interior, layer_layout, padded
 from .kernels import current_kernel
+from .trunk import active_trunk_memo
 
 # Options every engine-2 stack is built with (the ENGINE2 record names them).
 ENGINE2_LAYOUT = {"output_limbs": OUTPUT_LIMBS, "first_weight_limbs": FIRST_WEIGHT_LIMBS,
@@ -89,26 +95,48 @@ def grid_gradient_to_fixed(grad: torch.Tensor) -> Fixed:
     return Fixed(k.to(torch.int32), exponent)
 
 
+def _first_input(first: IntConv3x3, x: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(the first conv's input, whether it is framed) from the float NCHW stack input x.
+
+    x * 2**-e are integers (the coupling context): for an int8 input they are written
+    straight into the first conv's framed input, one conversion and no intermediate copies."""
+    nhwc = x.detach().permute(0, 2, 3, 1)
+    if first.input_limbs == 1:
+        source = padded(*nhwc.shape)
+        interior(source).copy_(nhwc.mul(2.0 ** -first.input_exponent))
+        return source, True
+    return nhwc.mul(2.0 ** -first.input_exponent).to(torch.int32), False
+
+
 class _IntegerStackFunction(torch.autograd.Function):
-    """x (float NCHW) -> the stack's output (float NCHW); parameters are inputs so autograd routes their grads."""
+    """x (float NCHW) -> the stack's output (float NCHW); parameters are inputs so autograd routes their grads.
+
+    ``grad_enabled``: autograd's mode where the stack was called (inside ``forward`` it is always
+    off, and ``needs_input_grad`` follows the parameters' requires_grad alone): without it no
+    gradient is wanted, so nothing is kept for a backward pass that cannot come."""
 
     @staticmethod
-    def forward(ctx, x, stack: IntegerConvStack, on_grid: bool, *parameters):
+    def forward(ctx, x, stack: IntegerConvStack, on_grid: bool, grad_enabled: bool, *parameters):
         kernel = current_kernel()
-        first = stack.convs[0]
-        # x * 2**-e are integers (the coupling context): written straight into the first
-        # conv's framed int8 input, one conversion and no intermediate copies.
-        nhwc = x.detach().permute(0, 2, 3, 1)
-        if first.input_limbs == 1:
-            source = padded(*nhwc.shape)
-            interior(source).copy_(nhwc.mul(2.0 ** -first.input_exponent))
+        wanted = [(grad_enabled and ctx.needs_input_grad[4 + 2 * index],
+                   grad_enabled and ctx.needs_input_grad[5 + 2 * index]) for index in range(len(stack.convs))]
+        keep = any(any(pair) for pair in wanted)
+        # A trunk memo (exact/trunk.py) may hold this batch's trunk from an earlier pass: the
+        # convs below the lowest one with a wanted gradient, and below the last, may be skipped.
+        memo = active_trunk_memo() if len(stack.convs) > 1 else None
+        start, source, inputs = 0, None, None
+        if memo is not None:
+            trunk = next((index for index, pair in enumerate(wanted) if any(pair)), len(stack.convs) - 1)
+            start, source = memo.resume(stack, x, min(trunk, len(stack.convs) - 1))
+            inputs = None if start else []
+        if start:
             framed = True
         else:
-            source, framed = nhwc.mul(2.0 ** -first.input_exponent).to(torch.int32), False
-        wanted = [(ctx.needs_input_grad[3 + 2 * index], ctx.needs_input_grad[4 + 2 * index])
-                  for index in range(len(stack.convs))]
-        keep = any(any(pair) for pair in wanted)
-        output, saved = stack._forward(source, kernel, keep, framed=framed, patches=[pair[0] for pair in wanted])
+            source, framed = _first_input(stack.convs[0], x)
+        output, saved = stack._forward(source, kernel, keep, framed=framed, patches=[pair[0] for pair in wanted],
+                                       start=start, inputs=inputs)
+        if inputs is not None:
+            memo.record(stack, x, inputs)
         if keep:
             ctx.state = (stack, saved, wanted, kernel, on_grid)
         if on_grid:  # quantize_activation's floor onto 2**-ACT_FRAC_BITS, as an integer shift
@@ -130,7 +158,7 @@ class _IntegerStackFunction(torch.autograd.Function):
         for conv, (weight_grad, bias_grad) in zip(stack.convs, gradients):
             flat += [None if weight_grad is None else weight_grad.to(conv.weight.dtype),
                      None if bias_grad is None else bias_grad.to(conv.bias.dtype)]
-        return (None, None, None, *flat)
+        return (None, None, None, None, *flat)
 
 
 class IntegerConvStack(IntConvStack):
@@ -163,5 +191,5 @@ class IntegerConvStack(IntConvStack):
         low, high = last.output_range
         on_grid = (last.output_exponent <= -ACT_FRAC_BITS
                    and max(-low, high) * 2.0 ** last.output_exponent <= ACT_LIMIT)
-        output = _IntegerStackFunction.apply(x, self, on_grid, *parameters)
+        output = _IntegerStackFunction.apply(x, self, on_grid, torch.is_grad_enabled(), *parameters)
         return output if on_grid else quantize_activation(output)

@@ -146,15 +146,23 @@ class Staging:
             self.root = Path(tempfile.mkdtemp(prefix=".osoa-zip-", dir=self.destination))
         self.names = EntryNames()
         self._directories: list[tuple[str, int, int]] = []
+        self._folders_ready: set[tuple[str, ...]] = set()  # staged folders path() made or checked
 
     def path(self, name: str, kind: str = "file") -> Path:
         """A fresh path in staging for a new entry, with its parents created.  Its folders
-        are never links or files (EntryNames.claim), so nothing is written through a link."""
-        path = self.root.joinpath(*self.names.claim(name, kind).parts)
+        are never links or files (EntryNames.claim), so nothing is written through a link.
+        A folder checked (and made) once is not checked again: it stays a folder, since no
+        later entry may claim its name or a name above it as anything else (EntryNames.claim)."""
+        parts = self.names.claim(name, kind).parts
+        path = self.root.joinpath(*parts)
+        folder = parts[:-1]
+        if folder in self._folders_ready:
+            return path
         parent = path.parent
         if parent.is_symlink() or (parent.exists() and not parent.is_dir()):
             raise UnsafeEntry(f"path {name!r} goes through a link or a file")
         parent.mkdir(parents=True, exist_ok=True)
+        self._folders_ready.add(folder)
         return path
 
     def finish_file(self, path: Path, mode: int, mtime_ns: int) -> None:

@@ -31,8 +31,11 @@ MiB compressing and 288-314 MiB decompressing from 4 to 100 MP (it grew by
 ~1.0 and ~1.3 bytes per sub-pixel with one Pillow image held: 661 and 713 MiB
 at 100 MP).  Smaller images are held in memory as before (a group holds ~2^25
 sub-pixels), and everything else works in row bands of about BAND_BYTES.
-Checking an image holds one image at a time: its pixels wait (in memory or in
-their file) while the file is written again as the decoder will write it.  A file
+Checking an image holds one image at a time: its pixels wait (in their own array or
+in their file) while the file is written again as the decoder will write it.  A file
+of at most SMALL_FILE_BYTES is read in one read and decoded and checked from memory
+(most of a small image's cost was the work around Pillow's: reads, copies, hashes;
+docs/PERFORMANCE.md, "Small files").  A file
 that must come back byte for byte (BMP, PPM/PGM, TIFF, or any with --byte-exact) is
 compared with the original by SHA-256 and size, nothing more: the same bytes decode
 to the same pixels.  A PNG whose header is the one Pillow writes for its pixels
@@ -40,7 +43,8 @@ to the same pixels.  A PNG whose header is the one Pillow writes for its pixels
 rewrite differs from it only in the image data, which Pillow encodes from exactly
 the samples it decoded (_rewrite_is_same_png).  Any other PNG's rewrite goes to a
 scratch file and is decoded again, and the two decodes are compared by the SHA-256
-of their pixels (on Fashion-MNIST that check was ~45% of reading an image).
+of their pixels (on Fashion-MNIST that check was ~45% of reading an image); the pixels'
+SHA-256 is taken for that check only.
 """
 from __future__ import annotations
 
@@ -76,6 +80,9 @@ IMAGE_SIGNATURES = (PNG_SIGNATURE, b"BM", b"P5", b"P6", b"II*\x00", b"MM\x00*")
 MAX_IMAGE_FILE_BYTES = 1 << 30
 BAND_BYTES = 1 << 20   # pixels moved between Pillow, numpy and files per step
 SPILL_BYTES = 1 << 24  # images with more bytes of pixels are checked through temporary files
+# Files no larger are read into memory in one read, and decoded and checked from there (Pillow
+# reads a PNG chunk by chunk, and the checks read the file again).
+SMALL_FILE_BYTES = 1 << 20
 # The PNG colour type Pillow writes for each mode at 8 bits per sample (P is left out: Pillow
 # writes a palette image with fewer bits when its palette is short).
 PILLOW_PNG_COLOUR_TYPES = {"L": 0, "RGB": 2, "LA": 4, "RGBA": 6}
@@ -141,6 +148,9 @@ def pixel_bands(image: Image.Image) -> Iterator[np.ndarray]:
     would go through tobytes(), which holds the pixels twice more besides Pillow's copy."""
     width, height = image.size
     rows = band_rows(width)
+    if rows >= height:  # one band: the image itself, no crop copy first
+        yield np.asarray(image).reshape(height, width, -1)
+        return
     for y in range(0, height, rows):
         band = np.asarray(image.crop((0, y, width, min(height, y + rows))))
         yield band.reshape(band.shape[0], width, -1)
@@ -375,26 +385,38 @@ def _file_sha256(handle: BinaryIO) -> str:
     return digest.hexdigest()
 
 
-def _digest(bands: Iterable[np.ndarray], spill: BinaryIO | None = None) -> str:
-    """The SHA-256 of an image's pixels, given as H x W x C bands; the bands also go to ``spill`` if given."""
+def _digest(bands: Iterable[np.ndarray]) -> str:
+    """The SHA-256 of an image's pixels, given as H x W x C bands."""
     digest = hashlib.sha256()
     for band in bands:
-        data = band.tobytes()
-        if spill is not None:
-            spill.write(data)
-        digest.update(data)
+        digest.update(np.ascontiguousarray(band).data)
     return digest.hexdigest()
 
 
-def _decode(image: Image.Image, reader: _Reader, spill: BinaryIO | None) -> tuple[tuple, str, PixelFile | None]:
-    """Load an opened image: (its facts, the SHA-256 of its pixels, the PixelFile holding them if it is
-    large).  A small image's pixels also go to ``spill`` if given; a large one is decoded straight into a
-    PixelFile (Pillow decodes into the image memory it finds: ImageFile.load_prepare), forgetting the
-    pages decoded after each read of the file."""
+def _pixels_digest(pixels: np.ndarray | PixelView) -> str:
+    """The SHA-256 of a record's pixels (an array, or a large image's file, band by band)."""
+    return _digest(pixels.bands() if isinstance(pixels, PixelView) else (pixels,))
+
+
+def _pixel_array(image: Image.Image, shape: tuple[int, int, int]) -> np.ndarray:
+    """A loaded small image's pixels as an H x W x C array of its own, filled band by band."""
+    pixels, y = np.empty(shape, np.uint8), 0
+    for band in pixel_bands(image):
+        pixels[y:y + band.shape[0]] = band
+        y += band.shape[0]
+    return pixels
+
+
+def _decode(image: Image.Image, reader: _Reader) -> tuple[tuple, np.ndarray | PixelView, PixelFile | None]:
+    """Load an opened image: (its facts, its pixels, the PixelFile holding them if it is large).  A
+    small image's pixels are copied into an array of their own; a large one is decoded straight into
+    a PixelFile (Pillow decodes into the image memory it finds: ImageFile.load_prepare), forgetting
+    the pages decoded after each read of the file, and its pixels are a view of that file."""
     width, height = image.size
-    if not is_large(height, width, MODEL_MODES.get(image.mode, 1)):
+    shape = (height, width, MODEL_MODES.get(image.mode, 1))
+    if not is_large(*shape):
         image.load()  # before _facts: loading reads the chunks after the image data into info
-        return _facts(image), _digest(pixel_bands(image), spill), None
+        return _facts(image), _pixel_array(image, shape), None
     pixel_file = PixelFile(image.mode, width, height)
     try:
         mapped = image.im = pixel_file.core()
@@ -407,27 +429,22 @@ def _decode(image: Image.Image, reader: _Reader, spill: BinaryIO | None) -> tupl
             raise ValueError("Pillow decoded the image elsewhere than into the mapped file")
         del mapped
         pixel_file.forget()
-        return _facts(image), _digest(pixel_file.view().bands()), pixel_file
+        return _facts(image), pixel_file.view(), pixel_file
     except BaseException:
         pixel_file.close()
         raise
 
 
-def _spilled_bands(spill: BinaryIO, height: int, width: int, channels: int) -> Iterator[np.ndarray]:
-    spill.seek(0)
-    rows = band_rows(width)
-    for y in range(0, height, rows):
-        count = min(rows, height - y)
-        data = spill.read(count * width * channels)
-        yield np.frombuffer(data, np.uint8).reshape(count, width, channels)
-
-
-def _spilled_pixels(spill: BinaryIO, height: int, width: int, channels: int) -> np.ndarray:
-    pixels, y = np.empty((height, width, channels), np.uint8), 0
-    for band in _spilled_bands(spill, height, width, channels):
-        pixels[y:y + band.shape[0]] = band
-        y += band.shape[0]
-    return pixels
+def _decoded_digest(image: Image.Image, reader: _Reader) -> tuple[tuple, str]:
+    """Load an opened image only to compare it: its facts and the SHA-256 of its pixels, hashed
+    band by band as they are cut from Pillow's image (a large one's from a PixelFile, closed again)."""
+    width, height = image.size
+    if not is_large(height, width, MODEL_MODES.get(image.mode, 1)):
+        image.load()
+        return _facts(image), _digest(pixel_bands(image))
+    facts, pixels, pixel_file = _decode(image, reader)
+    with pixel_file:
+        return facts, _pixels_digest(pixels)
 
 
 def scratch_file(size_hint: int) -> BinaryIO:
@@ -440,13 +457,14 @@ def scratch_file(size_hint: int) -> BinaryIO:
 def _model_record(handle: BinaryIO, size: int, byte_exact: bool, verbatim: bool) -> ImageRecord | None:
     """The record of an image file if writing its pixels back loses nothing, else None.
 
-    One image at a time: the decode goes to a spill buffer (a small image) or
-    straight into a PixelFile (a large one) and is closed; the rewrite is
-    encoded (into a scratch file, if it must be decoded again) and compared by
-    hash.  Then a small image's pixels are read back once; a large one's stay in
-    their file (the record's ``pixel_file``, closed once its group is coded).
-    With ``verbatim`` (the archive's format holds 1.5's fields), an LZW TIFF may be
-    re-written LZW and a raster file around verbatim bytes (verbatim.py).
+    One image at a time: a small image is decoded into an array of its own, a
+    large one straight into a PixelFile; the rewrite is encoded (into a scratch
+    file, if it must be decoded again) and compared by hash.  A large image's
+    pixels stay in their file (the record's ``pixel_file``, closed once its group
+    is coded).  The SHA-256 of the pixels is taken only for a rewrite that is
+    decoded again: the other checks compare files.  With ``verbatim`` (the
+    archive's format holds 1.5's fields), an LZW TIFF may be re-written LZW and a
+    raster file around verbatim bytes (verbatim.py).
     """
     reader = _Reader(handle)
     with ExitStack() as scratch, ExitStack() as kept:
@@ -460,11 +478,10 @@ def _model_record(handle: BinaryIO, size: int, byte_exact: bool, verbatim: bool)
             lzw = verbatim and image_format == "TIFF" and image.info.get("compression") == "tiff_lzw"
             width, height = image.size
             shape = (height, width, MODEL_MODES[mode])
-            spill = None if is_large(*shape) else scratch.enter_context(scratch_file(height * width * shape[2]))
-            facts, pixels_digest, pixel_file = _decode(image, reader, spill)
+            facts, pixels, pixel_file = _decode(image, reader)
         if pixel_file is not None:
             kept.callback(pixel_file.close)
-        record = ImageRecord(pixels=None, mode=mode, format=image_format, palette=facts[3], pixel_file=pixel_file,
+        record = ImageRecord(pixels=pixels, mode=mode, format=image_format, palette=facts[3], pixel_file=pixel_file,
                              compression="tiff_lzw" if lzw else "")
         if image_format == "PNG":
             split = _split_png(handle, size)
@@ -473,9 +490,7 @@ def _model_record(handle: BinaryIO, size: int, byte_exact: bool, verbatim: bool)
             ihdr, record.png_before, record.png_after = split
 
         def picture() -> Image.Image:
-            if spill is None:
-                return record_picture(record)
-            return picture_from_bands(_spilled_bands(spill, *shape), mode, width, height, record.palette)
+            return record_picture(record)
 
         if image_format != "PNG" or byte_exact:
             reproduced = _reproduces_file(record, picture, handle, size, rasters)
@@ -483,16 +498,12 @@ def _model_record(handle: BinaryIO, size: int, byte_exact: bool, verbatim: bool)
             reproduced = True
         else:
             rewrite = scratch.enter_context(scratch_file(height * width * shape[2]))
-            reproduced = _rewrite_decodes_alike(record, picture(), rewrite, facts, pixels_digest)
+            reproduced = _rewrite_decodes_alike(record, picture(), rewrite, facts, _pixels_digest(pixels))
         if not reproduced:
             return None
         if byte_exact:
             record.sha256 = _file_sha256(handle)
-        if pixel_file is None:
-            record.pixels = _spilled_pixels(spill, *shape)
-        else:
-            record.pixels = pixel_file.view()
-            kept.pop_all()
+        kept.pop_all()
     give_back_memory(record.pixels.nbytes)
     return record
 
@@ -536,9 +547,7 @@ def _rewrite_decodes_alike(record: ImageRecord, picture: Image.Image, rewrite: B
     with _opened(reader) as again:
         if again.mode != record.mode:
             return False
-        again_facts, again_digest, again_file = _decode(again, reader, None)
-    if again_file is not None:
-        again_file.close()
+        again_facts, again_digest = _decoded_digest(again, reader)
     return again_facts == facts and again_digest == pixels_digest
 
 
@@ -567,7 +576,11 @@ def _read_image(path: Path, byte_exact: bool, pixels_in_file: bool, verbatim: bo
             before = os.fstat(handle.fileno())
             if not head.startswith(IMAGE_SIGNATURES) or before.st_size > MAX_IMAGE_FILE_BYTES:
                 return None  # never read a non-image (or a huge file) whole just to ask Pillow
-            record = _model_record(handle, before.st_size, byte_exact, verbatim)
+            if before.st_size <= SMALL_FILE_BYTES:  # read once; Pillow and the checks read memory
+                data = head + handle.read(SMALL_FILE_BYTES)  # bounded: a file growing meanwhile is noticed below
+                record = _model_record(io.BytesIO(data), len(data), byte_exact, verbatim)
+            else:
+                record = _model_record(handle, before.st_size, byte_exact, verbatim)
             after = os.fstat(handle.fileno())
             changed = (after.st_size, after.st_mtime_ns) != (before.st_size, before.st_mtime_ns)
             if record is not None and record.pixel_file is not None and (changed or not pixels_in_file):

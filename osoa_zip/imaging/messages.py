@@ -53,24 +53,58 @@ def _warning_line(warning: warnings.WarningMessage) -> str:
 
 @contextmanager
 def _descriptor_2_captured(lines: list[str]) -> Iterator[None]:
-    """Point descriptor 2 at a temporary file while the block runs, then append its lines."""
+    """Point descriptor 2 at a capture file while the block runs, then append its lines."""
     try:
         saved = os.dup(2)
     except OSError:  # no descriptor 2 at all: nothing to catch
         yield
         return
-    with tempfile.TemporaryFile(prefix="osoa-zip-stderr-") as capture:
+    capture = _capture_file()
+    try:
         _flush_python_stderr()
-        os.dup2(capture.fileno(), 2)
+        os.dup2(capture, 2)
         try:
             yield
         finally:
             _flush_python_stderr()
             os.dup2(saved, 2)
             os.close(saved)
-            capture.seek(0)
-            text = capture.read(MAX_CAPTURED_BYTES).decode("utf-8", "replace")
+            text = os.pread(capture, MAX_CAPTURED_BYTES, 0).decode("utf-8", "replace")
             lines.extend(" ".join(line.split()) for line in text.splitlines())
+    finally:
+        _give_back(capture)
+
+
+# Capture files kept for the next capture: creating a temporary file is most of a capture's
+# cost, paid per image file read or written.  Each is emptied before it is handed out again;
+# a nested capture (the lock is re-entrant) takes another.  Owned by the process that made them.
+_SPARE: list[int] = []
+_SPARE_PID = os.getpid()
+
+
+def _capture_file() -> int:
+    """An empty temporary file's descriptor, at offset 0 (taken under _TURN)."""
+    global _SPARE_PID
+    if _SPARE_PID != os.getpid():  # a forked child: its parent's files are shared, not its own
+        for inherited in _SPARE:
+            os.close(inherited)
+        _SPARE.clear()
+        _SPARE_PID = os.getpid()
+    if _SPARE:
+        return _SPARE.pop()
+    with tempfile.TemporaryFile(prefix="osoa-zip-stderr-") as made:
+        return os.dup(made.fileno())
+
+
+def _give_back(capture: int) -> None:
+    """Empty a capture file and keep it for the next capture (or close it, if that fails)."""
+    try:
+        os.ftruncate(capture, 0)
+        os.lseek(capture, 0, os.SEEK_SET)
+    except OSError:
+        os.close(capture)
+        return
+    _SPARE.append(capture)
 
 
 def _flush_python_stderr() -> None:
