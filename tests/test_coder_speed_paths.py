@@ -361,7 +361,7 @@ def test_every_kernel_is_compiled_once_the_loops_are_available():
                "mixture_kernels": (mixture_kernels, ["_cdf_q24", "_component", "_weights", "mixture_forward",
                                                      "_sign", "mixture_backward", "fill_component_rows",
                                                      "_round_onto", "_zero", "_negated_sum"]),
-               "conv_kernels": (conv_kernels, ["leaky_framed"])}
+               "conv_kernels": (conv_kernels, ["leaky_framed", "gradient_columns", "leaky_gradient"])}
     assert native.available()
     for module, names in kernels.values():
         for name in names:

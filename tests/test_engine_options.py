@@ -194,6 +194,33 @@ def test_unknown_flags_are_refused():
                                                                                  (4, 3, 16, 16))
 
 
+def test_rollback_state_is_kept_for_engine_1_only():
+    """FLAG_ROLLBACK came from release 1.0.0 (engine-1 models only): an engine-1 decoder keeps the
+    state before each update to undo it; an engine-2 decoder keeps none and refuses the flag."""
+    tiles = _tiles(8)
+    for model, keeps in ((MODEL, True), ("idf-tiny-test-e2", False)):
+        bundle = load_model(model)
+        assert int(bundle.engine["version"]) == (1 if keeps else 2)
+        config = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=0.05)
+        encoder = OnlineAdapter(bundle, config)
+        first, _ = encoder.encode(tiles[:4])
+        second, _ = encoder.encode(tiles[4:])
+        decoder = OnlineAdapter(bundle, config)
+        decoder.decode(first, (4, 3, 16, 16))
+        previous = decoder._tracks[3].previous
+        if keeps:  # θ0's weights, the state before the first update
+            adapted = dict(decoder.adapted_network(3).named_parameters())
+            chosen = [name for name, p in adapted.items() if p.requires_grad]
+            expected = dict(bundle.network(3).named_parameters())
+            assert len(previous[0]) == len(chosen)
+            assert all(torch_equal(value, expected[name]) for name, value in zip(chosen, previous[0]))
+        else:
+            assert previous is None
+            undoing = bytes([second[0] | FLAG_ROLLBACK]) + second[1:]
+            with pytest.raises(ValueError, match="never made"):
+                decoder.decode(undoing, (4, 3, 16, 16))
+
+
 def test_info_reports_batches_and_flags(source, tmp_path):
     archive = tmp_path / "a.osoa"
     archive.write_bytes(_archive(source, learning_rate=0.05))

@@ -211,6 +211,10 @@ class OnlineAdapter:
         self._batches = 0
         self._helper: ThreadPoolExecutor | None = None
         self._chain: _OpenChain | None = None  # decoder: a chain of batches being decoded
+        # FLAG_ROLLBACK was written by release 1.0.0 alone, whose models all run on engine 1: a
+        # decoder of any other engine keeps no copy of the state before each update (a rollback
+        # there is refused as undoing an update that was never made).
+        self._rollbacks = int(bundle.engine["version"]) == 1
 
     # -- state ---------------------------------------------------------------
 
@@ -535,7 +539,7 @@ class OnlineAdapter:
             raise BatchError("decoded pixels out of range")
         if adapting:
             # An archive may undo this update with its next batch (FLAG_ROLLBACK, written by 1.0.0).
-            self._adapt(track, pixels, loss, trunks, keep_previous=self.config.guard)
+            self._adapt(track, pixels, loss, trunks, keep_previous=self.config.guard and self._rollbacks)
         return pixels.to(torch.uint8).numpy()
 
     def _batch_stream(self, flags: int, payload: bytes) -> tuple:

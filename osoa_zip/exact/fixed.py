@@ -48,14 +48,16 @@ def quantize_gradient(g: torch.Tensor) -> torch.Tensor:
     """
     if g.numel() == 0:
         return g
-    low, high = torch.aminmax(g)  # one pass; max(-low, high) is the exact max |g|
-    peak = torch.maximum(-low, high)
-    if not bool(peak > 0):
+    low, high = (float(v) for v in torch.aminmax(g))  # one pass; max(-low, high) is the exact max |g|
+    if low != low or high != high:  # a NaN: no peak (torch.maximum would propagate it)
         return torch.zeros_like(g)
-    _, exponent = torch.frexp(peak)
-    if int(exponent) - GRAD_BITS < MIN_GRAD_EXPONENT:
+    peak = max(-low, high)
+    if not peak > 0:
         return torch.zeros_like(g)
-    step = math.ldexp(1.0, int(exponent) - GRAD_BITS)
+    exponent = math.frexp(peak)[1]  # torch.frexp's exponent, also for inf (0)
+    if exponent - GRAD_BITS < MIN_GRAD_EXPONENT:
+        return torch.zeros_like(g)
+    step = math.ldexp(1.0, exponent - GRAD_BITS)
     return (g / step).round_().mul_(step)  # in place on the quotient: the same two roundings
 
 

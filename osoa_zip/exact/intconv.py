@@ -104,7 +104,14 @@ def _as_float(ints: torch.Tensor, exponent: int, bound: int | None = None) -> to
     ``bound``: the largest |ints| the caller's operands allow; below 2**53 nothing is checked."""
     if (bound is None or bound >= FLOAT64_EXACT) and ints.numel() and int(ints.abs().max()) >= FLOAT64_EXACT:
         raise ValueError("an engine-2 gradient left float64's exact integer range")
-    return torch.ldexp(ints.double(), torch.tensor(exponent, dtype=torch.float64))
+    return ints.double().mul_(power_of_two(exponent))
+
+
+def power_of_two(exponent: int) -> float:
+    """2.0**exponent as torch.ldexp multiplies by it (x * pow(2, e)): 0.0 below the subnormals, inf
+    above float64's range, so x * power_of_two(e) is torch.ldexp(x, e) bit for bit, without a
+    tensor for the exponent."""
+    return math.ldexp(1.0, exponent) if exponent <= 1023 else math.inf
 
 
 def padded(batch: int, height: int, width: int, channels: int) -> torch.Tensor:
@@ -293,7 +300,8 @@ class IntConv3x3(nn.Module):
             return cache[2]
         exponents = self.weight_exponents
         weight_scale = torch.ldexp(torch.ones_like(self.weight[:, 0, 0, 0]), -exponents.double())[:, None, None, None]
-        bias_exponents = -(self.input_exponent + exponents).double()
+        # ldexp(bias, e) is bias * 2**e: the power of two once, as torch.ldexp computes it.
+        bias_scale = torch.ldexp(torch.ones_like(self.bias.detach()), -(self.input_exponent + exponents).double())
         coarsening = self.weight_coarsening.to(torch.int32)
         coarse = None
         if bool(coarsening.any()):
@@ -308,17 +316,18 @@ class IntConv3x3(nn.Module):
             left_shift = left_shift if bool(left_shift.any()) else 0
         left = max(0, int(torch.as_tensor(left_shift).max()))  # the largest multiplication, 2**left
         product_bound = self._bound(9 * self.weight.shape[1], self.input_range, self.weight_range)
-        value = _Scales(weight_scale, bias_exponents, coarse, left_shift, right_shift, rounding_half(right_shift), left,
-                        product_bound)
+        value = _Scales(weight_scale, bias_scale, coarse, left_shift, right_shift, rounding_half(right_shift), left,
+                        product_bound, self.input_exponent, int(exponents.max()))
         self.__dict__["_scales_cache"] = (weakref.ref(self.weight_exponents), key, value)
         return value
 
     def _prepare(self) -> _Prepared:
         scales = self._scales()
-        # weight_ints and bias_ints, with their scales computed once.
-        weights = torch.floor(self.weight.detach() * scales.weight_scale + 0.5).clamp_(*self.weight_range)
+        # weight_ints and bias_ints, with their scales computed once: the same IEEE operations,
+        # the later ones in place.
+        weights = torch.mul(self.weight.detach(), scales.weight_scale).add_(0.5).floor_().clamp_(*self.weight_range)
         weights = weights.to(torch.int32)
-        bias = torch.floor(torch.ldexp(self.bias.detach(), scales.bias_exponents) + 0.5).long()
+        bias = torch.mul(self.bias.detach(), scales.bias_scale).add_(0.5).floor_().long()
         out_channels, in_channels = weights.shape[:2]
         columns = _limb_columns(weights.permute(2, 3, 1, 0).reshape(-1, out_channels), self.weight_limbs)
         coarse = weights if scales.coarse is None else (weights + scales.coarse[0]).bitwise_right_shift_(
@@ -335,7 +344,8 @@ class IntConv3x3(nn.Module):
         left_shift, right_shift = (shift if isinstance(shift, int) else shift.to(dtype)
                                    for shift in (scales.left_shift, scales.right_shift))
         return _Prepared(weights, columns, _limb_columns(rows, self.weight_limbs), offset.to(dtype), left_shift,
-                         right_shift, dtype, scales.product_bound, input_gradient_bound)
+                         right_shift, dtype, scales.product_bound, input_gradient_bound, scales.input_exponent,
+                         scales.coarsest)
 
     # -- forward and backward ------------------------------------------------
     def _accumulate(self, source: torch.Tensor, prep: _Prepared, kernel: Kernel | None, keep_patches: bool = True
@@ -430,7 +440,7 @@ class IntConv3x3(nn.Module):
             weight_ints = _weight_product(saved.patches, self.input_limbs, g_columns, self.gradient_limbs, kernel,
                                           bound)
             weight_ints = weight_ints.view(3, 3, in_channels, -1).permute(3, 2, 0, 1)
-            weight_grad = _as_float(weight_ints, self.input_exponent + exponent, bound)
+            weight_grad = _as_float(weight_ints, saved.prep.input_exponent + exponent, bound)
         if not need_input:
             return None, weight_grad, bias_grad
         # The transposed convolution: the windows of g (its 7-bit limbs, already split for the
@@ -445,8 +455,8 @@ class IntConv3x3(nn.Module):
                                      saved.prep.rows,
                                      self.weight_limbs, kernel, saved.prep.input_gradient_bound,
                                      a_width=SEVEN_BIT_LIMB_BITS)
-        coarsest = int(self.weight_exponents.max())
-        return Fixed(input_grad.view(batch, height, width, in_channels), exponent + coarsest), weight_grad, bias_grad
+        return (Fixed(input_grad.view(batch, height, width, in_channels), exponent + saved.prep.coarsest), weight_grad,
+                bias_grad)
 
 
 class _Prepared(NamedTuple):
@@ -461,19 +471,23 @@ class _Prepared(NamedTuple):
     dtype: torch.dtype  # the accumulator: int32 when every sum + offset stays below 2**31
     product_bound: int  # the largest |forward product|
     input_gradient_bound: int  # the largest |input gradient| these weights give
+    input_exponent: int  # the input grid's exponent (read once per exponent value, not per backward pass)
+    coarsest: int  # the largest weight exponent: the input gradient's weights are on it
 
 
 class _Scales(NamedTuple):
     """IntConv3x3._scales: what the exponents alone give every pass."""
 
     weight_scale: torch.Tensor  # Co x 1 x 1 x 1: 2**-e_c (weight_ints' scale)
-    bias_exponents: torch.Tensor  # Co: -(input exponent + e_c) (bias_ints')
+    bias_scale: torch.Tensor  # Co: 2**-(input exponent + e_c) (bias_ints' scale)
     coarse: tuple | None  # the input gradient's weight coarsening: (half step, shift), Co x 1 x 1 x 1
     left_shift: int | torch.Tensor  # max(0, -output shift), per channel
     right_shift: int | torch.Tensor  # max(0, output shift), per channel
     half: int | torch.Tensor  # shift_round's half step of right_shift
     left: int  # the largest left_shift
     product_bound: int  # the largest |forward product|
+    input_exponent: int  # the input grid's exponent
+    coarsest: int  # the largest weight exponent
 
 
 class _Saved(NamedTuple):
@@ -514,6 +528,11 @@ def _gradient_columns(ints: torch.Tensor, exponent: int, limit: int, limbs: int,
             t = ints
         return t.to(torch.int8), exponent + shift
     add = rounding_half(shift) + (1 << (SEVEN_BIT_LIMB_BITS - 1) << shift)
+    if conv_kernels.available() and ints.dtype in (torch.int32, torch.int64) and ints.is_contiguous():
+        # One compiled pass instead of seven (the int16 ones are slow): the same integers.
+        columns = torch.empty(positions, 2 * channels, dtype=torch.int8)
+        conv_kernels.gradient_columns(ints.numpy(), add, shift, columns.numpy())
+        return columns, exponent + shift
     if ints.dtype != torch.int64 and (high + add >= INT32_LIMIT or low + add < -INT32_LIMIT):
         ints, scratch = ints.long(), True
     t = (ints.add_(add) if scratch else ints + add).bitwise_right_shift_(shift)  # round_half_up(g / 2**s) + 64
@@ -768,6 +787,10 @@ def _leaky_gradient(grad: Fixed, saved: _Saved, output_range: tuple[int, int], b
     ints = grad.ints.reshape(values.shape)
     if ints.dtype != torch.int64 and (bound << LEAKY_SHIFT) >= INT32_LIMIT:
         ints = ints.long()
+    if conv_kernels.available() and ints.is_contiguous() and values.is_contiguous():
+        conv_kernels.leaky_gradient(ints.numpy(), values.numpy(), bool(saved.clamped), *output_range,
+                                    1 << LEAKY_SHIFT)  # one compiled pass: the same integers
+        return Fixed(ints, grad.exponent - LEAKY_SHIFT)
     positive = values.clamp(0, 1)  # in values' (narrow) type, converted once
     if saved.clamped:
         multiplier = positive.mul_((1 << LEAKY_SHIFT) - 1).add_(1).mul_(_inside(values, *output_range))

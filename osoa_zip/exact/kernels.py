@@ -305,13 +305,15 @@ def stacked_product(a_stack: torch.Tensor, a_limbs: int, b_stack: torch.Tensor, 
             products = part if products is None else products.add_(part)
     if a_limbs == 1 and b_limbs == 1:
         return products.to(dtype)
-    result = None
-    for i in range(a_limbs):
-        for j in range(b_limbs):
-            block = products[i * rows:(i + 1) * rows, j * columns:(j + 1) * columns].to(dtype)
-            shift = a_width * i + SEVEN_BIT_LIMB_BITS * j
-            term = block.__ilshift__(shift) if shift else block
-            result = term if result is None else result.add_(term)
+    # sum(P_ij << s_ij) as P_00 + 2**s_01 * P_01 + ...: integer adds with alpha (exact, the
+    # caller's bound keeps every partial sum inside ``dtype``; an int32 block is added to an
+    # int64 sum in int64).  The first add writes a new contiguous matrix.
+    blocks = [(products[i * rows:(i + 1) * rows, j * columns:(j + 1) * columns], a_width * i + SEVEN_BIT_LIMB_BITS * j)
+              for i in range(a_limbs) for j in range(b_limbs)]
+    first, (second, shift) = blocks[0][0], blocks[1]
+    result = torch.add(first if dtype == torch.int32 else first.to(dtype), second, alpha=1 << shift)
+    for block, shift in blocks[2:]:
+        result.add_(block, alpha=1 << shift)
     return result
 
 

@@ -222,10 +222,14 @@ class _ExactMixtureNLL(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, value, means, log_scales, logits, tables, lower, upper):
-        compiled = _compiled_forward(value, means, log_scales, logits, tables, lower, upper)
+        operands = _flat_operands(value, means, log_scales, logits, tables, lower, upper)
+        compiled = _compiled_forward(operands, value.shape)
         if compiled is not None:
             joint, total = compiled
             ctx.compiled, ctx.tables, ctx.edges = True, tables, lower is not None
+            # The backward's numpy views of the same tensors (saved below, so autograd still
+            # refuses a backward after any of them changed in place).
+            ctx.operands = operands
             ctx.save_for_backward(value, means, log_scales, logits, *((lower, upper) if ctx.edges else ()))
             return CDF_BITS + torch.log2(total) - torch.log2(joint)
         ctx.compiled = False
@@ -245,9 +249,8 @@ class _ExactMixtureNLL(torch.autograd.Function):
     @staticmethod
     def backward(ctx, grad_out):
         if ctx.compiled:
-            value, means, log_scales, logits = ctx.saved_tensors[:4]
-            grads = _compiled_backward(grad_out, value, means, log_scales, logits, ctx.tables,
-                                       *(ctx.saved_tensors[4:] if ctx.edges else (None, None)))
+            value, means = ctx.saved_tensors[:2]  # (their version check)
+            grads = _compiled_backward(grad_out, ctx.operands, value.shape, means.shape)
             return (*grads, None, None, None)
         (value, means, log_scales, inv_scale, mass, u_plus, u_minus, cdf_plus, cdf_minus,
          weights, joint, total) = ctx.saved_tensors[:12]
@@ -291,30 +294,29 @@ def _flat_operands(value, means, log_scales, logits, tables, lower, upper):
 _NO_BOUNDS = np.zeros(0)
 
 
-def _compiled_forward(value, means, log_scales, logits, tables, lower, upper):
-    """(joint, total) from mixture_kernels, or None (the torch passes then run)."""
-    operands = _flat_operands(value, means, log_scales, logits, tables, lower, upper)
+def _compiled_forward(operands, shape):
+    """(joint, total) from mixture_kernels for ``_flat_operands``' operands, or None (the torch passes
+    then run)."""
     if operands is None:
         return None
-    joint, total = torch.empty(value.shape, dtype=torch.float64), torch.empty(value.shape, dtype=torch.float64)
+    joint, total = torch.empty(shape, dtype=torch.float64), torch.empty(shape, dtype=torch.float64)
     if not mixture_kernels.mixture_forward(*operands, joint.view(-1).numpy(), total.view(-1).numpy()):
         return None  # an index off its table: the torch passes raise their own error
     return joint, total
 
 
-def _compiled_backward(grad_out, value, means, log_scales, logits, tables, lower, upper):
-    """(grad value, grad means, grad log-scales, grad logits), as the torch backward gives them."""
-    operands = _flat_operands(value, means, log_scales, logits, tables, lower, upper)
-    shape = means.shape
+def _compiled_backward(grad_out, operands, value_shape, shape):
+    """(grad value, grad means, grad log-scales, grad logits), as the torch backward gives them;
+    ``operands``: the forward's ``_flat_operands``."""
     grad_mean, grad_log_scale, grad_logits = (torch.empty(shape, dtype=torch.float64) for _ in range(3))
     flat = [g.view(shape[0], -1).numpy() for g in (grad_mean, grad_log_scale, grad_logits)]
     extremes = np.empty((3, 2))
-    out = grad_out.to(torch.float64).expand(value.shape).reshape(-1).contiguous().numpy()
+    out = grad_out.to(torch.float64).expand(value_shape).reshape(-1).contiguous().numpy()
     if not mixture_kernels.mixture_backward(*operands, out, *flat, extremes):
         raise IndexError("a mixture's log-scale or logit is off its table")
     for values, (low, high) in zip(flat, extremes.tolist()):
         mixture_kernels.quantize_in_place(values, low, high)
-    grad_value = torch.from_numpy(mixture_kernels.negated_sum(flat[0])).view(value.shape)
+    grad_value = torch.from_numpy(mixture_kernels.negated_sum(flat[0])).view(value_shape)
     return grad_value, grad_mean, grad_log_scale, grad_logits
 
 
