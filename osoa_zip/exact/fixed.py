@@ -40,24 +40,40 @@ def quantize_weight(w: torch.Tensor) -> torch.Tensor:
     return torch.round(w * _WEIGHT_SCALE) / _WEIGHT_SCALE
 
 
+def gradient_grid(g: torch.Tensor) -> tuple[float, int] | None:
+    """(max |g|, e): the gradient grid 2**e that keeps GRAD_BITS significant bits of g's peak,
+    from one exact pass; None where g has no grid (empty, all zeros, a NaN, or e below
+    MIN_GRAD_EXPONENT), which every caller turns into zeros.
+
+    One rule for every gradient that reaches integers or is rounded onto its grid
+    (quantize_gradient here, intlayers.gradient_to_fixed and grid_gradient_to_fixed): the
+    exponent comes from the exact maximum, so it is the same on every machine."""
+    if g.numel() == 0:
+        return None
+    low, high = (float(v) for v in torch.aminmax(g))  # one pass; max(-low, high) is the exact max |g|
+    if low != low or high != high:  # a NaN: no peak (torch.maximum would propagate it)
+        return None
+    peak = max(-low, high)
+    if not peak > 0:
+        return None
+    exponent = math.frexp(peak)[1] - GRAD_BITS  # torch.frexp's exponent, also for inf (0)
+    if exponent < MIN_GRAD_EXPONENT:
+        return None
+    return peak, exponent
+
+
 def quantize_gradient(g: torch.Tensor) -> torch.Tensor:
     """Keep GRAD_BITS significant bits, with one power-of-two scale per tensor.
 
-    The scale comes from the exact maximum, so it is the same on every
+    The scale comes from the exact maximum (gradient_grid), so it is the same on every
     machine; the rounding is elementwise, so it is too.
     """
     if g.numel() == 0:
         return g
-    low, high = (float(v) for v in torch.aminmax(g))  # one pass; max(-low, high) is the exact max |g|
-    if low != low or high != high:  # a NaN: no peak (torch.maximum would propagate it)
+    grid = gradient_grid(g)
+    if grid is None:
         return torch.zeros_like(g)
-    peak = max(-low, high)
-    if not peak > 0:
-        return torch.zeros_like(g)
-    exponent = math.frexp(peak)[1]  # torch.frexp's exponent, also for inf (0)
-    if exponent - GRAD_BITS < MIN_GRAD_EXPONENT:
-        return torch.zeros_like(g)
-    step = math.ldexp(1.0, exponent - GRAD_BITS)
+    step = math.ldexp(1.0, grid[1])
     return (g / step).round_().mul_(step)  # in place on the quotient: the same two roundings
 
 

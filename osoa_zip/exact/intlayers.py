@@ -31,7 +31,7 @@ import math
 
 import torch
 
-from .fixed import MIN_GRAD_EXPONENT, quantize_activation
+from .fixed import gradient_grid, quantize_activation
 from .grid import (
     ACT_FRAC_BITS,
     ACT_LIMIT,
@@ -59,14 +59,10 @@ def gradient_to_fixed(grad: torch.Tensor) -> Fixed:
     exponent would fall below MIN_GRAD_EXPONENT is zero, as engine 1 makes it (its scale
     2**-exponent would overflow float64).
     """
-    if grad.numel():
-        low, high = (float(v) for v in torch.aminmax(grad))
-        peak = max(-low, high)  # |grad|'s maximum, NaN if any is (then not > 0, as abs().max())
-    else:
-        peak = 0.0
-    exponent = math.frexp(peak)[1] - GRAD_BITS if peak > 0 else 0
-    if not peak > 0 or exponent < MIN_GRAD_EXPONENT:
+    grid = gradient_grid(grad)
+    if grid is None:
         return Fixed(torch.zeros(grad.shape, dtype=torch.int32), 0)
+    exponent = grid[1]
     ints = grad.double().mul(2.0 ** -exponent).add_(0.5).floor_()  # floor(g * 2**-e + 1/2), in place
     return Fixed(ints.to(torch.int32), exponent)
 
@@ -79,14 +75,10 @@ def grid_gradient_to_fixed(grad: torch.Tensor) -> Fixed:
     gradient_to_fixed's exponent for that is e again, unless max|k| reached 2**GRAD_BITS (the
     peak rounded up to a power of two): then it is e + 1 and its integers floor(k * 0.5 + 0.5).
     Zeros, NaN and an exponent below MIN_GRAD_EXPONENT give zeros on exponent 0, as the pair does."""
-    if grad.numel():
-        low, high = (float(v) for v in torch.aminmax(grad))
-        peak = math.nan if low != low or high != high else max(-low, high)
-    else:
-        peak = 0.0
-    exponent = math.frexp(peak)[1] - GRAD_BITS if peak > 0 else 0
-    if not peak > 0 or exponent < MIN_GRAD_EXPONENT:
+    grid = gradient_grid(grad)
+    if grid is None:
         return Fixed(torch.zeros(grad.shape, dtype=torch.int32), 0)
+    peak, exponent = grid
     k = grad / math.ldexp(1.0, exponent)
     k.round_()
     if math.isfinite(peak) and round(math.ldexp(peak, -exponent)) == 1 << GRAD_BITS:  # as round_() rounds it
