@@ -65,7 +65,7 @@ import numpy as np
 from PIL import Image
 
 from .messages import Note, library_messages
-from .pixel_file import PixelFile, PixelView
+from .pixel_file import PixelFile, PixelView, array_from_bands
 from .verbatim import Raster, rasters_of, verbatim_bytes, write_file
 
 LOSSLESS_FORMATS = ("PNG", "BMP", "PPM", "TIFF")
@@ -398,15 +398,6 @@ def _pixels_digest(pixels: np.ndarray | PixelView) -> str:
     return _digest(pixels.bands() if isinstance(pixels, PixelView) else (pixels,))
 
 
-def _pixel_array(image: Image.Image, shape: tuple[int, int, int]) -> np.ndarray:
-    """A loaded small image's pixels as an H x W x C array of its own, filled band by band."""
-    pixels, y = np.empty(shape, np.uint8), 0
-    for band in pixel_bands(image):
-        pixels[y:y + band.shape[0]] = band
-        y += band.shape[0]
-    return pixels
-
-
 def _decode(image: Image.Image, reader: _Reader) -> tuple[tuple, np.ndarray | PixelView, PixelFile | None]:
     """Load an opened image: (its facts, its pixels, the PixelFile holding them if it is large).  A
     small image's pixels are copied into an array of their own; a large one is decoded straight into
@@ -416,7 +407,7 @@ def _decode(image: Image.Image, reader: _Reader) -> tuple[tuple, np.ndarray | Pi
     shape = (height, width, MODEL_MODES.get(image.mode, 1))
     if not is_large(*shape):
         image.load()  # before _facts: loading reads the chunks after the image data into info
-        return _facts(image), _pixel_array(image, shape), None
+        return _facts(image), array_from_bands(pixel_bands(image), shape), None
     pixel_file = PixelFile(image.mode, width, height)
     try:
         mapped = image.im = pixel_file.core()
@@ -489,16 +480,13 @@ def _model_record(handle: BinaryIO, size: int, byte_exact: bool, verbatim: bool)
                 return None
             ihdr, record.png_before, record.png_after = split
 
-        def picture() -> Image.Image:
-            return record_picture(record)
-
         if image_format != "PNG" or byte_exact:
-            reproduced = _reproduces_file(record, picture, handle, size, rasters)
+            reproduced = _reproduces_file(record, handle, size, rasters)
         elif _rewrite_is_same_png(ihdr, mode, width, height):
             reproduced = True
         else:
             rewrite = scratch.enter_context(scratch_file(height * width * shape[2]))
-            reproduced = _rewrite_decodes_alike(record, picture(), rewrite, facts, _pixels_digest(pixels))
+            reproduced = _rewrite_decodes_alike(record, record_picture(record), rewrite, facts, _pixels_digest(pixels))
         if not reproduced:
             return None
         if byte_exact:
@@ -516,14 +504,13 @@ def _written(record: ImageRecord, picture: Image.Image, out: BinaryIO | None) ->
         close_picture(picture)
 
 
-def _reproduces_file(record: ImageRecord, picture: Callable[[], Image.Image], original: BinaryIO, size: int,
-                     rasters: tuple[Raster, ...] | None) -> bool:
+def _reproduces_file(record: ImageRecord, original: BinaryIO, size: int, rasters: tuple[Raster, ...] | None) -> bool:
     """Whether the record's pixels, written as the decoder will, give back the original bytes:
     first as Pillow writes the format, then (given rasters) as the original's verbatim bytes
     around its re-encoded rasters, which the record then keeps.  Identical bytes decode to
     the same pixels and facts, so nothing is decoded again."""
     original_digest = _file_sha256(original)
-    if _written(record, picture(), None) == (original_digest, size):
+    if _written(record, record_picture(record), None) == (original_digest, size):
         return True
     if not rasters:
         return False
@@ -531,7 +518,7 @@ def _reproduces_file(record: ImageRecord, picture: Callable[[], Image.Image], or
     if verbatim is None:
         return False
     record.compression, record.verbatim, record.rasters = "", verbatim, rasters
-    if _written(record, picture(), None) == (original_digest, size):
+    if _written(record, record_picture(record), None) == (original_digest, size):
         return True
     record.verbatim, record.rasters = b"", ()
     return False

@@ -146,8 +146,13 @@ class PixelView:
 
     def array(self) -> np.ndarray:
         """The pixels read into memory."""
-        pixels, y = np.empty(self.shape, np.uint8), 0
-        for band in self.bands():
-            pixels[y:y + band.shape[0]] = band
-            y += band.shape[0]
-        return pixels
+        return array_from_bands(self.bands(), self.shape)
+
+
+def array_from_bands(bands: Iterator[np.ndarray], shape: tuple[int, ...]) -> np.ndarray:
+    """An H x W x C uint8 array of its own, filled from h x W x C bands given top to bottom."""
+    pixels, y = np.empty(shape, np.uint8), 0
+    for band in bands:
+        pixels[y:y + band.shape[0]] = band
+        y += band.shape[0]
+    return pixels
