@@ -8,10 +8,15 @@
 * a pass that resumes at a stack's last conv (exact/trunk.py) reads the patches
   the recording pass kept of that conv's input instead of its own im2col, in the
   encoder's order and the decoder's, under every kernel: the same output and
-  gradients as passes without a memo, and the shared patches are never written.
+  gradients as passes without a memo, and the shared patches are never written;
+* a mixture's components are assembled by one autograd node (``mixture.mixture_stack``):
+  the flow's loss, factors and every parameter's gradient are those of autograd's own
+  adds and stacks, bit for bit (signed zeros too), on small random flows (RGB and grey,
+  pixels at the edges) and on the shipped default on engine 2.
 """
 from __future__ import annotations
 
+import copy
 from unittest import mock
 
 import pytest
@@ -33,7 +38,11 @@ from osoa_zip.exact.kernels import (
     split_limbs,
     stacked_product,
 )
+from osoa_zip.exact.logistic import LogisticTables
 from osoa_zip.exact.trunk import TrunkMemo
+from osoa_zip.models import idf, mixture
+from osoa_zip.models.idf import SubLatticeFlow
+from osoa_zip.models.registry import DEFAULT_MODEL, load_model
 
 
 def _operand(generator, shape, low, high, extreme):
@@ -136,3 +145,84 @@ def test_patches_of_another_input_or_kernel_are_not_read():
         assert (memo.hits, memo.shared_patches) == (1, 0)
         assert torch.equal(_frozen(frozen, x), expected)
         assert (memo.hits, memo.shared_patches) == (2, 1)
+
+
+# -- a mixture's components through one autograd node (models/mixture.py) ----------------------
+
+def _flow(channels: int, seed: int):
+    """A small flow with v7's coupling layout (cross-channel couplings, edge bins, three logistics)
+    on engine 1, random weights (the couplings' glue is the same on both engines)."""
+    torch.manual_seed(seed)
+    flow = SubLatticeFlow.from_config(channels, {"hidden": 8, "depth": 2, "levels": 2, "channel_coupling": True,
+                                                 "mean_remainder": True, "deep_levels": True, "edge_bins": True,
+                                                 "mixture_components": 3}).double()
+    with torch.no_grad():
+        for parameter in flow.parameters():
+            parameter.add_(torch.randn(parameter.shape, dtype=torch.float64) * 0.05)
+    flow.tables = LogisticTables.from_tensors(LogisticTables.build(mixture=True))
+    return flow
+
+
+def _pass(flow, pixels, fused: bool):
+    """(loss, factors, every parameter's gradient) of one analyse pass and its backward."""
+    patch = (mock.patch.object(idf, "mixture_stack", mixture.mixture_from_blocks) if not fused
+             else mock.patch.object(idf, "mixture_stack", mixture.mixture_stack))
+    for parameter in flow.parameters():
+        parameter.grad = None
+    with patch:
+        loss, factors = flow.analyse(pixels)
+        loss.backward()
+    return loss.detach(), factors, [parameter.grad.clone() for parameter in flow.parameters()]
+
+
+def _identical(a: torch.Tensor, b: torch.Tensor) -> bool:
+    """Bit for bit: the same values, NaNs and signs of zero."""
+    return a.dtype == b.dtype and a.shape == b.shape and bool(
+        (a.view(torch.int64) == b.view(torch.int64)).all()) if a.dtype == torch.float64 else torch.equal(a, b)
+
+
+@pytest.mark.parametrize("channels", [1, 3])
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_fused_mixture_gives_the_same_loss_factors_and_gradients(channels, seed):
+    flow = _flow(channels, seed)
+    generator = torch.Generator().manual_seed(seed + 10)
+    pixels = torch.randint(0, 256, (3, channels, 12, 10), generator=generator).double()
+    pixels[0] = 0  # edge bins and far tails
+    pixels[1, :, :4] = 255
+    old_loss, old_factors, old_grads = _pass(flow, pixels, fused=False)
+    new_loss, new_factors, new_grads = _pass(flow, pixels, fused=True)
+    assert _identical(old_loss, new_loss)
+    assert len(old_factors) == len(new_factors)
+    assert all(_identical(a, b) for old, new in zip(old_factors, new_factors) for a, b in zip(old, new))
+    assert all(_identical(a, b) for a, b in zip(old_grads, new_grads))
+    assert any(bool(grad.any()) for grad in new_grads)
+
+
+def test_the_fused_mixture_on_v7_gives_the_same_gradients():
+    """The shipped default on engine 2 (its mixture NLL's compiled or torch passes), RGB and grey."""
+    bundle = load_model(DEFAULT_MODEL)
+    for channels in (3, 1):
+        flow = copy.deepcopy(bundle.network(channels))
+        for parameter in flow.parameters():
+            parameter.requires_grad_(True)
+        generator = torch.Generator().manual_seed(channels)
+        pixels = torch.randint(0, 256, (2, channels, 16, 16), generator=generator).double()
+        old_loss, old_factors, old_grads = _pass(flow, pixels, fused=False)
+        new_loss, new_factors, new_grads = _pass(flow, pixels, fused=True)
+        assert _identical(old_loss, new_loss)
+        assert all(_identical(a, b) for old, new in zip(old_factors, new_factors) for a, b in zip(old, new))
+        assert all(_identical(a, b) for a, b in zip(old_grads, new_grads))
+
+
+def test_the_fused_mixture_is_used_only_where_a_gradient_is_wanted_in_float64():
+    mean, log_scale = torch.zeros(2, 3, dtype=torch.float64, requires_grad=True), torch.ones(2, 3, dtype=torch.float64)
+    blocks = [torch.full((2, 3), float(b), dtype=torch.float64) for b in range(6)]
+    means, log_scales, logits = mixture.mixture_stack(mean, log_scale, blocks, 3)
+    assert type(means.grad_fn).__name__ == "_MixtureStackBackward"
+    expected = mixture.mixture_from_blocks(mean, log_scale, blocks, 3)
+    assert all(_identical(a.detach(), b.detach()) for a, b in zip((means, log_scales, logits), expected))
+    with torch.no_grad():
+        assert mixture.mixture_stack(mean, log_scale, blocks, 3)[0].grad_fn is None
+    single = mixture.mixture_stack(mean.detach().float().requires_grad_(), log_scale.float(),
+                                   [b.float() for b in blocks], 3)[0]
+    assert type(single.grad_fn).__name__ == "StackBackward0"  # float32 training keeps autograd's own nodes
