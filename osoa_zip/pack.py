@@ -14,6 +14,7 @@ import os
 import stat
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO, Sequence
 
 import numpy as np
@@ -254,10 +255,16 @@ class _Compressor:
         colour = [_channels(r.pixels, slice(0, COLOR_CHANNELS[r.mode])) for _, r in self.group
                   if COLOR_CHANNELS[r.mode]]
         # Alpha planes (mostly flat or simple masks) and palette indices go beside
-        # the model, xz-compressed (docs/FORMAT.md says why).
-        packed_alpha = _packed_planes([_channels(r.pixels, slice(-1, None)) for _, r in self.group
-                                       if r.mode in AlphaPlanes.MODES])
-        packed_indices = _packed_planes([r.pixels for _, r in self.group if r.mode in PaletteIndices.MODES])
+        # the model, xz-compressed (docs/FORMAT.md says why), on a helper thread while
+        # the model codes (xz releases the GIL): the same bytes, off the critical path.
+        side_planes = _SidePlanes([_channels(r.pixels, slice(-1, None)) for _, r in self.group
+                                   if r.mode in AlphaPlanes.MODES],
+                                  [r.pixels for _, r in self.group if r.mode in PaletteIndices.MODES])
+        with side_planes:
+            self._code_group_beside(packed_table, colour, side_planes, judged)
+
+    def _code_group_beside(self, packed_table: bytes, colour: list, side_planes: "_SidePlanes",
+                           judged: bool) -> None:
         config = self.adapter.config
         adapter = self.adapter
         before = adapter.snapshot()
@@ -280,6 +287,7 @@ class _Compressor:
                     self._code_group(judged=True)
                 return
             group, self.group, self.group_subpixels = self.group, [], 0
+            packed_alpha, packed_indices = side_planes.result()
             coded_bytes = (len(packed_table) + len(packed_alpha) + len(packed_indices) + 3 * CHUNK_OVERHEAD
                            + sum(length + CHUNK_OVERHEAD for (_, length), _ in coded))
             if coded_bytes > sum(entry.size for entry, _ in group):
@@ -359,6 +367,30 @@ class _Compressor:
 def _channels(pixels, channels: slice):
     """Some channels of an image's H x W x C pixels: a view of the array, or of its PixelFile."""
     return pixels.channels(channels) if isinstance(pixels, PixelView) else pixels[:, :, channels]
+
+
+class _SidePlanes:
+    """A group's alpha planes and palette indices, xz-packed on a helper thread (``_packed_planes``)
+    while the group codes; ``result()`` waits for them.  Leaving the ``with`` waits for the
+    thread too (the planes may be views of pixel files the caller closes next)."""
+
+    def __init__(self, alpha: list, indices: list) -> None:
+        self._pool = None
+        if not alpha and not indices:
+            self._packed = None
+            return
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="osoa-planes")
+        self._packed = self._pool.submit(lambda: (_packed_planes(alpha), _packed_planes(indices)))
+
+    def result(self) -> tuple[bytes, bytes]:
+        return (b"", b"") if self._packed is None else self._packed.result()
+
+    def __enter__(self) -> "_SidePlanes":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
 
 
 def _packed_planes(planes: list) -> bytes:
