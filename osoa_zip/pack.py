@@ -44,7 +44,7 @@ from .container.records import (
 )
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, ExcludePatterns, SourceError, scan
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image, scratch_file
-from .imaging.messages import Note
+from .imaging.messages import Note, between_captures
 from .imaging.pixel_file import PixelView
 from .imaging.tiles import gather, plan_batches
 from .layout import (
@@ -61,6 +61,7 @@ from .layout import (
 )
 from .models.catalog import DEFAULT_MODEL
 from .pause import pause_point
+from .read_ahead import ReadAhead
 from .solid import (
     OWN_STREAM_MIN,
     BlockCoder,
@@ -116,7 +117,10 @@ class _Compressor:
     def __init__(self, writer: ArchiveWriter, adapter: OnlineAdapter, progress: Progress | None,
                  byte_exact: bool = False, threads: int = 1, note: Note | None = None,
                  triage: Triage | None = None, cluster=None, block_size: int = DEFAULT_BLOCK_BYTES) -> None:
-        self.writer, self.adapter, self.progress, self.note = writer, adapter, progress, note
+        # Progress may be reported while the reader thread captures descriptor 2 (messages.py).
+        self.writer, self.adapter, self.note = writer, adapter, note
+        self.progress = between_captures(progress)
+        self.reader: ReadAhead | None = None  # images read ahead (read_ahead.py), else read here
         self.triage = triage
         self.block_size = block_size
         self.solid: list[tuple[Entry, bool]] = []  # files for the solid blocks, and whether progress counted them
@@ -141,8 +145,7 @@ class _Compressor:
         elif entry.kind == FILE:
             self.summary.input_bytes += entry.size
             self.summary.files += 1
-            record = read_image(entry.source, self.byte_exact, pixels_in_file=True, note=self.note,
-                                verbatim=writes_verbatim())
+            record = self.reader.take(entry) if self.reader is not None else self.read(entry)
             if record is None:
                 self._general_file(entry)
             elif self.triage is None:
@@ -160,6 +163,11 @@ class _Compressor:
                 self.pending_unclear += not clear
                 if self.pending_unclear >= TRIAGE_IMAGES or self.pending_subpixels >= GROUP_SUBPIXELS:
                     self._decide_pending()
+
+    def read(self, entry: Entry) -> ImageRecord | None:
+        """The file's image record for the model path, or None (imaging.io.read_image)."""
+        return read_image(entry.source, self.byte_exact, pixels_in_file=True, note=self.note,
+                          verbatim=writes_verbatim())
 
     def _decide_pending(self) -> None:
         """Triage the images read so far, together: each that pays joins the group, each that
@@ -460,8 +468,12 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
         from .triage import Triage  # needs the engine (torch), as coding does
     compressor = _Compressor(writer, online_adapter(bundle, adaptation), progress, byte_exact, threads, note,
                              Triage(bundle, adaptation) if triage else None, cluster, block_size)
-    for entry in entries:
-        compressor.add(entry)
+    # Files are read as images on a helper thread, ahead of triage and coding (read_ahead.py).
+    with ReadAhead([entry for entry in entries if entry.kind == FILE], compressor.read) as reader:
+        compressor.reader = reader
+        for entry in entries:
+            compressor.add(entry)
+        compressor.reader = None
     blocks = compressor.start_blocks() if block_size else None
     try:
         compressor.flush_images()
