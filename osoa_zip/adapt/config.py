@@ -80,7 +80,7 @@ class AdaptationConfig:
     # decoder).  0: never.  Recorded for `info`; the decoder obeys the flag
     # whatever this says.  Adam's first steps are large, so θ0 may win the
     # first few comparisons of data that adaptation later pays on.
-    give_up_after: int = 8
+    give_up_after: int = 4
     # Which parameters of the grey network take steps ("": as `parameters`).
     # A grey pixel costs the network as much as an RGB one for a third of the
     # bytes; "last" (no gradient then flows into the big layers) keeps most of
