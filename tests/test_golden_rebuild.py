@@ -84,7 +84,7 @@ def _compress(source: Path, model: str, settings: dict) -> bytes:
     """Every image the model can take is coded (triage=False, as every writer before 1.8 did):
     this pins the coding; which images triage sends to the model is test_triage.py's."""
     output = io.BytesIO()
-    # They were written while the default gave up after 8 lost comparisons (4 since 1.12; the
+    # They were written while the default gave up after 8 lost comparisons (4 after release 1.11.0; the
     # header records it, so the decoder is the same either way).
     settings = {"give_up_after": WRITTEN_GIVE_UP_AFTER, **settings}
     compress([source], output, model=model, adaptation=AdaptationConfig(**settings), triage=False)
