@@ -5,6 +5,7 @@ archive left behind."""
 from __future__ import annotations
 
 import io
+import os
 import threading
 
 import pytest
@@ -14,6 +15,7 @@ from conftest import MODEL, assert_same_tree
 from osoa_zip import compress, decompress, pack
 from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.cli import main
+from osoa_zip.imaging.messages import between_captures, library_messages
 from osoa_zip.read_ahead import ReadAhead
 
 CONFIG = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0)
@@ -129,3 +131,24 @@ def test_a_failure_in_the_reader_thread_is_one_line_and_leaves_no_archive(source
     lines = result.output.splitlines()
     assert len(lines) == 1 and lines[0].startswith("osoa-zip: error: ") and message in lines[0], lines
     assert not archive.exists() and list(tmp_path.iterdir()) == []
+
+
+def test_progress_waits_for_a_capture_on_the_reader_thread(capfd):
+    """What a progress report writes to descriptor 2 while the reader captures it for a file's
+    notes reaches the terminal, not that file's notes (messages.between_captures)."""
+    notes, inside, release = [], threading.Event(), threading.Event()
+
+    def reader():
+        with library_messages("photo.png", notes.append):
+            inside.set()
+            release.wait(5)
+
+    thread = threading.Thread(target=reader)
+    thread.start()
+    inside.wait(5)
+    threading.Timer(0.2, release.set).start()
+    between_captures(lambda: os.write(2, b"progress 50%\n"))()
+    thread.join()
+    assert notes == []
+    assert "progress 50%" in capfd.readouterr().err
+    assert between_captures(None) is None
