@@ -8,8 +8,8 @@ passes of θ0; with a second core the reads now run beside triage and the coding
 earlier group.  Nothing depends on when a file was read, so the archive is the same.
 
 The compressor takes the records in scan order (``take``); the reader stays at most
-AHEAD_FILES files and AHEAD_PIXEL_BYTES bytes of pixels in memory ahead of it (a large
-image's pixels wait in its pixel file, not in memory).  An exception in the reader is
+AHEAD_FILES files and AHEAD_PIXEL_BYTES bytes of pixels ahead of it (in memory, or for a
+large image in its pixel file), and reads one file more only while it is below both.  An exception in the reader is
 raised in the compressor when it takes that file's record, as if it had read the file
 itself; ``close`` stops the reader and frees what it read that nobody took.
 """
@@ -22,7 +22,7 @@ from typing import Callable, Generic, Sequence, TypeVar
 import numpy as np
 
 AHEAD_FILES = 64
-AHEAD_PIXEL_BYTES = 64 << 20
+AHEAD_PIXEL_BYTES = 16 << 20  # half a group's pixels (layout.GROUP_SUBPIXELS): memory grows little
 
 Item = TypeVar("Item")
 Record = TypeVar("Record")
@@ -99,6 +99,6 @@ class ReadAhead(Generic[Item, Record]):
 
 
 def _memory(record) -> int:
-    """Bytes of pixels a record holds in memory (a PixelView's are in its file)."""
-    pixels = getattr(record, "pixels", None)
-    return pixels.nbytes if isinstance(pixels, np.ndarray) else 0
+    """Bytes of pixels a record holds (an array's in memory, a PixelView's in its file)."""
+    shape = getattr(getattr(record, "pixels", None), "shape", None)
+    return int(np.prod(shape)) if shape is not None else 0

@@ -8,6 +8,7 @@ import io
 import os
 import threading
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from conftest import MODEL, assert_same_tree
@@ -152,3 +153,25 @@ def test_progress_waits_for_a_capture_on_the_reader_thread(capfd):
     assert notes == []
     assert "progress 50%" in capfd.readouterr().err
     assert between_captures(None) is None
+
+
+def test_the_reader_stops_at_its_pixel_bytes():
+    """It reads one more file only while the pixels it holds are below the bound."""
+    class Record:
+        def __init__(self, item):
+            self.pixels = np.zeros((10, 10, 1), np.uint8)  # 100 bytes
+
+    reading = []
+
+    def read(item):
+        reading.append(item)
+        return Record(item)
+
+    with ReadAhead(range(8), read, ahead_bytes=150) as reader:
+        while len(reading) < 2:
+            threading.Event().wait(0.01)
+        threading.Event().wait(0.2)
+        assert reading == [0, 1]  # 0 bytes: read; 100 bytes: read; 200: wait
+        reader.take(0)
+        reader.take(1)
+        assert [type(reader.take(item)) for item in range(2, 8)] == [Record] * 6
