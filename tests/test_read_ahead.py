@@ -175,3 +175,23 @@ def test_the_reader_stops_at_its_pixel_bytes():
         reader.take(0)
         reader.take(1)
         assert [type(reader.take(item)) for item in range(2, 8)] == [Record] * 6
+
+
+def test_a_failure_packing_side_planes_is_one_line_and_leaves_no_archive(source_tree, tmp_path, monkeypatch):
+    """The alpha planes and palette indices are packed on a helper thread (pack._SidePlanes)."""
+    threads = set()
+
+    def failing(planes):
+        threads.add(threading.current_thread().name)
+        raise MemoryError("no room for the planes")
+
+    monkeypatch.setattr(pack, "_packed_planes", failing)
+    monkeypatch.delenv("OSOA_ZIP_DEBUG", raising=False)
+    archive = tmp_path / "out.osoa"
+    result = CliRunner().invoke(main, ["compress", "-q", "--model", MODEL, "--tile-size", "16",
+                                       "--batch-size", "4", str(source_tree), str(archive)])
+    assert threads and all(name.startswith("osoa-planes") for name in threads)
+    lines = result.output.splitlines()
+    assert result.exit_code != 0
+    assert len(lines) == 1 and lines[0].startswith("osoa-zip: error: ") and "no room for the planes" in lines[0], lines
+    assert list(tmp_path.iterdir()) == []
