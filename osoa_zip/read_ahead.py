@@ -9,9 +9,14 @@ earlier group.  Nothing depends on when a file was read, so the archive is the s
 
 The compressor takes the records in scan order (``take``); the reader stays at most
 AHEAD_FILES files and AHEAD_PIXEL_BYTES bytes of pixels ahead of it (in memory, or for a
-large image in its pixel file), and reads one file more only while it is below both.  An exception in the reader is
-raised in the compressor when it takes that file's record, as if it had read the file
-itself; ``close`` stops the reader and frees what it read that nobody took.
+large image in its pixel file), and reads one file more only while it is below both.  An
+exception in the reader is raised in the compressor when it takes that file's record, as
+if it had read the file itself; ``close`` stops the reader and frees what it read that
+nobody took.
+
+The reader starts once torch is imported (pack.compress): a capture of what Pillow says
+(imaging/messages.py) swaps the process's warning filters for its duration, and would
+throw away the filters torch's import installs meanwhile.
 """
 from __future__ import annotations
 
