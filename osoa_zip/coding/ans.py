@@ -85,7 +85,12 @@ class Encoder:
         if len(symbols):
             if not (total > 0).all():  # as constriction refuses such a row
                 raise ValueError("a probability row sums to zero")
-            start, end = quantized_intervals(before, through, total, size, symbols)
+            self.push_quantized(*quantized_intervals(before, through, total, size, symbols))
+
+    def push_quantized(self, start: np.ndarray, end: np.ndarray) -> None:
+        """Code each symbol by its quantized interval [start, end) out of 2**24 (as
+        ``quantized_intervals`` gives it): the bytes ``push_intervals`` writes."""
+        if len(start):
             # Three bins cannot give [1, 2**24) (a two-symbol row's last symbol after a first
             # of width 1): such symbols go as two-bin rows, in order with the others.
             two_bins = (start == 1) & (end == _ONE)

@@ -400,6 +400,15 @@ def push_mixture_factors(encoder: Encoder, tables: LogisticTables, factors: list
     closing = _closing_buckets(np.bincount(factor * groups + latents.bucket, minlength=len(factors) * groups)
                                .reshape(len(factors), groups))
     group = closing[factor, latents.bucket]
+    if native.available():
+        start, end, status = native.push_mixture(latents.rows.flat, latents.weights, latents.row_start,
+                                                 latents.centre, latents.weight, latents.lower, latents.upper,
+                                                 latents.middle, values, factor, group, _SIZES, groups,
+                                                 len(factors), REACH, CDF_ONE, RANGE_SIZE)
+        if status:
+            raise ValueError("a probability row sums to zero")
+        encoder.push_quantized(start, end)
+        return
     size = _SIZES[group]
     before, through, total = np.empty(n), np.empty(n), np.empty(n)
     symbols, escaped = np.empty(n, dtype=np.int64), np.empty(n, dtype=bool)
