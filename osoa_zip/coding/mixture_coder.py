@@ -38,6 +38,8 @@ model name (or a format version) that selects it.
 """
 from __future__ import annotations
 
+import hashlib
+import threading
 import weakref
 
 import numpy as np
@@ -137,12 +139,28 @@ class _ComponentRows:
 
 
 _ROWS: "weakref.WeakKeyDictionary[LogisticTables, _ComponentRows]" = weakref.WeakKeyDictionary()
+# Rows by the content of the tables they come from: every load of a model (each archive
+# a library caller codes, each segment's worker) brings its own tables object, whose rows
+# are the same integers.  The last few contents are kept (a table: 3600 x 1025 int32,
+# touched only where rows were filled).
+_ROWS_BY_CONTENT: dict[bytes, _ComponentRows] = {}
+_CONTENTS_KEPT = 2
+_rows_lock = threading.Lock()
 
 
 def _component_rows(tables: LogisticTables) -> _ComponentRows:
-    if tables not in _ROWS:
-        _ROWS[tables] = _ComponentRows(tables)
-    return _ROWS[tables]
+    rows = _ROWS.get(tables)
+    if rows is not None:
+        return rows
+    # The rows depend on the CDF and scale tables alone (exact float64 integers and steps).
+    key = hashlib.sha256(tables.cdf.numpy().tobytes() + tables.inv_scale.numpy().tobytes()).digest()
+    with _rows_lock:
+        rows = _ROWS_BY_CONTENT.pop(key, None) or _ComponentRows(tables)
+        _ROWS_BY_CONTENT[key] = rows  # the newest last
+        while len(_ROWS_BY_CONTENT) > _CONTENTS_KEPT:
+            del _ROWS_BY_CONTENT[next(iter(_ROWS_BY_CONTENT))]
+        _ROWS[tables] = rows
+    return rows
 
 
 class _Latents:
