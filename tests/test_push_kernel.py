@@ -103,3 +103,20 @@ def test_latents_outside_their_bounds_are_refused_both_ways():
     for enabled in (True, False):
         with _compiled(enabled), pytest.raises(ValueError, match="outside its bounds"):
             push_mixture_factors(Encoder(), TABLES, [(values, *rest)])
+
+
+@needs_numba
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1), st.integers(0, 300))
+def test_compiled_three_bin_rows_are_numpys(seed, n):
+    """Intervals anywhere in [0, 2**24): at the start, at the end, one wide, nearly all of it."""
+    from osoa_zip.coding.ans import _ONE, three_bin_rows
+    rng = np.random.default_rng(seed)
+    start = rng.integers(0, _ONE - 1, n)
+    end = np.minimum(start + rng.choice([1, 2, 3, 1000, _ONE], n), _ONE)
+    start[: n // 4] = 0
+    end[n // 4: n // 2] = _ONE
+    start[n // 4: n // 2] = np.maximum(start[n // 4: n // 2], 2)  # the lazy model's last symbol
+    compiled, numpy_rows = native.three_bin_rows(start, end), three_bin_rows(start, end)
+    for got, want in zip(compiled, numpy_rows):
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()

@@ -23,6 +23,8 @@ from __future__ import annotations
 import constriction
 import numpy as np
 
+from . import native
+
 _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
 PRECISION = 24  # constriction's default ANS coder: 32-bit words, 24-bit probabilities
 _ONE = 1 << PRECISION
@@ -100,7 +102,8 @@ class Encoder:
                     rows = np.tile([0.0, _ONE - 2.0], (last - first, 1))
                     self._queue.append((np.ones(last - first, dtype=np.int32), _CATEGORICAL, rows))
                 else:
-                    three, rows = three_bin_rows(start[first:last], end[first:last])
+                    three, rows = (native.three_bin_rows if native.available() else three_bin_rows)(
+                        start[first:last], end[first:last])
                     self._queue.append((three, _CATEGORICAL, rows))
 
     def push_uniform(self, symbols: np.ndarray, size: int) -> None:

@@ -463,13 +463,12 @@ def push_mixture(flat, weights, row_start, centre, weight, lower, upper, middle,
         total_mass = w * cdf_one
         past_upper = start + size > up
         last = up - start if past_upper else size
-        at_upper = _mixture_edge(flat, stretch, weights, i, size)
         base = 0.0 if start <= lo else _mixture_edge(flat, stretch, weights, i, 0)
         beyond = total_mass - base + (last + 1) * w
         inside = min(start + size - 1, up) - start + 1
-        above = 0.0 if past_upper else total_mass - at_upper
-        at_size = (at_upper - base + size * w) if size <= last else beyond
-        total = at_size + base + above + w * ((up - lo + 1) - inside)
+        # ``window_intervals``' total, whose table entries cancel (exact integers): the mixture's
+        # mass plus one floor per bin of the row up to the bound and per range value outside it.
+        total = total_mass + ((last + 1 if past_upper else size) + (up - lo + 1) - inside) * w
         if symbol == 0:
             before = 0.0
         elif symbol <= last:
@@ -527,3 +526,24 @@ def push_mixture(flat, weights, row_start, centre, weight, lower, upper, middle,
         counts[key + groups] += 1
         start_of[at], end_of[at] = _quantized(before, through, total, range_size, position)
     return start_of, end_of, status
+
+
+@_jit
+def three_bin_rows(start, end):
+    """``ans.three_bin_rows`` in one pass: the same symbols and rows."""
+    n = start.shape[0]
+    symbols = np.empty(n, dtype=np.int32)
+    rows = np.empty((n, 3), dtype=np.float64)
+    for i in range(n):
+        width = end[i] - start[i]
+        if start[i] == 0:
+            symbol, first, middle = 0, width - 1, 0
+        elif end[i] == _ONE:
+            symbol, first, middle = 2, start[i] - 2, 0
+        else:
+            symbol, first, middle = 1, start[i] - 1, width - 1
+        symbols[i] = symbol
+        rows[i, 0] = first
+        rows[i, 1] = middle
+        rows[i, 2] = (_ONE - 3) - first - middle
+    return symbols, rows
