@@ -14,6 +14,7 @@ import os
 import stat
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from typing import TYPE_CHECKING, BinaryIO, Sequence
 
 import numpy as np
@@ -43,7 +44,7 @@ from .container.records import (
 )
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, ExcludePatterns, SourceError, scan
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image, scratch_file
-from .imaging.messages import Note
+from .imaging.messages import Note, between_captures
 from .imaging.pixel_file import PixelView
 from .imaging.tiles import gather, plan_batches
 from .layout import (
@@ -60,6 +61,7 @@ from .layout import (
 )
 from .models.catalog import DEFAULT_MODEL
 from .pause import pause_point
+from .read_ahead import ReadAhead
 from .solid import (
     OWN_STREAM_MIN,
     BlockCoder,
@@ -115,7 +117,10 @@ class _Compressor:
     def __init__(self, writer: ArchiveWriter, adapter: OnlineAdapter, progress: Progress | None,
                  byte_exact: bool = False, threads: int = 1, note: Note | None = None,
                  triage: Triage | None = None, cluster=None, block_size: int = DEFAULT_BLOCK_BYTES) -> None:
-        self.writer, self.adapter, self.progress, self.note = writer, adapter, progress, note
+        # Progress may be reported while the reader thread captures descriptor 2 (messages.py).
+        self.writer, self.adapter, self.note = writer, adapter, note
+        self.progress = between_captures(progress)
+        self.reader: ReadAhead | None = None  # images read ahead (read_ahead.py), else read here
         self.triage = triage
         self.block_size = block_size
         self.solid: list[tuple[Entry, bool]] = []  # files for the solid blocks, and whether progress counted them
@@ -140,8 +145,7 @@ class _Compressor:
         elif entry.kind == FILE:
             self.summary.input_bytes += entry.size
             self.summary.files += 1
-            record = read_image(entry.source, self.byte_exact, pixels_in_file=True, note=self.note,
-                                verbatim=writes_verbatim())
+            record = self.reader.take(entry) if self.reader is not None else self.read(entry)
             if record is None:
                 self._general_file(entry)
             elif self.triage is None:
@@ -159,6 +163,11 @@ class _Compressor:
                 self.pending_unclear += not clear
                 if self.pending_unclear >= TRIAGE_IMAGES or self.pending_subpixels >= GROUP_SUBPIXELS:
                     self._decide_pending()
+
+    def read(self, entry: Entry) -> ImageRecord | None:
+        """The file's image record for the model path, or None (imaging.io.read_image)."""
+        return read_image(entry.source, self.byte_exact, pixels_in_file=True, note=self.note,
+                          verbatim=writes_verbatim())
 
     def _decide_pending(self) -> None:
         """Triage the images read so far, together: each that pays joins the group, each that
@@ -254,10 +263,16 @@ class _Compressor:
         colour = [_channels(r.pixels, slice(0, COLOR_CHANNELS[r.mode])) for _, r in self.group
                   if COLOR_CHANNELS[r.mode]]
         # Alpha planes (mostly flat or simple masks) and palette indices go beside
-        # the model, xz-compressed (docs/FORMAT.md says why).
-        packed_alpha = _packed_planes([_channels(r.pixels, slice(-1, None)) for _, r in self.group
-                                       if r.mode in AlphaPlanes.MODES])
-        packed_indices = _packed_planes([r.pixels for _, r in self.group if r.mode in PaletteIndices.MODES])
+        # the model, xz-compressed (docs/FORMAT.md says why), on a helper thread while
+        # the model codes (xz releases the GIL): the same bytes, off the critical path.
+        side_planes = _SidePlanes([_channels(r.pixels, slice(-1, None)) for _, r in self.group
+                                   if r.mode in AlphaPlanes.MODES],
+                                  [r.pixels for _, r in self.group if r.mode in PaletteIndices.MODES])
+        with side_planes:
+            self._code_group_beside(packed_table, colour, side_planes, judged)
+
+    def _code_group_beside(self, packed_table: bytes, colour: list, side_planes: "_SidePlanes",
+                           judged: bool) -> None:
         config = self.adapter.config
         adapter = self.adapter
         before = adapter.snapshot()
@@ -280,6 +295,7 @@ class _Compressor:
                     self._code_group(judged=True)
                 return
             group, self.group, self.group_subpixels = self.group, [], 0
+            packed_alpha, packed_indices = side_planes.result()
             coded_bytes = (len(packed_table) + len(packed_alpha) + len(packed_indices) + 3 * CHUNK_OVERHEAD
                            + sum(length + CHUNK_OVERHEAD for (_, length), _ in coded))
             if coded_bytes > sum(entry.size for entry, _ in group):
@@ -364,6 +380,30 @@ def _channels(pixels, channels: slice):
     return pixels.channels(channels) if isinstance(pixels, PixelView) else pixels[:, :, channels]
 
 
+class _SidePlanes:
+    """A group's alpha planes and palette indices, xz-packed on a helper thread (``_packed_planes``)
+    while the group codes; ``result()`` waits for them.  Leaving the ``with`` waits for the
+    thread too (the planes may be views of pixel files the caller closes next)."""
+
+    def __init__(self, alpha: list, indices: list) -> None:
+        self._pool = None
+        if not alpha and not indices:
+            self._packed = None
+            return
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="osoa-planes")
+        self._packed = self._pool.submit(lambda: (_packed_planes(alpha), _packed_planes(indices)))
+
+    def result(self) -> tuple[bytes, bytes]:
+        return (b"", b"") if self._packed is None else self._packed.result()
+
+    def __enter__(self) -> "_SidePlanes":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self._pool is not None:
+            self._pool.shutdown(wait=True)
+
+
 def _packed_planes(planes: list) -> bytes:
     """xz of the planes' bytes in order (H x W x 1 each), b"" if there are none.  They are
     compressed band by band, never joined: a palette image's plane is a whole copy of it
@@ -409,7 +449,9 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     codes larger than its files is stored as files.  Entries whose
     archive name matches one of ``excludes`` are left out, as tar --exclude does
     (files.scan.ExcludePatterns).  Files off the model path go into solid blocks of about
-    ``block_size`` bytes (0: each file in a stream of its own; solid.py).
+    ``block_size`` bytes (0: each file in a stream of its own; solid.py).  Images are read
+    on a helper thread ahead of triage and coding (read_ahead.py), the solid blocks and a
+    group's side planes are xz-packed beside the coding: none of it changes a byte.
     """
     started = time.perf_counter()
     if not 0 <= block_size <= MAX_BLOCK_BYTES:
@@ -431,8 +473,12 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
         from .triage import Triage  # needs the engine (torch), as coding does
     compressor = _Compressor(writer, online_adapter(bundle, adaptation), progress, byte_exact, threads, note,
                              Triage(bundle, adaptation) if triage else None, cluster, block_size)
-    for entry in entries:
-        compressor.add(entry)
+    # Files are read as images on a helper thread, ahead of triage and coding (read_ahead.py).
+    with ReadAhead([entry for entry in entries if entry.kind == FILE], compressor.read) as reader:
+        compressor.reader = reader
+        for entry in entries:
+            compressor.add(entry)
+        compressor.reader = None
     blocks = compressor.start_blocks() if block_size else None
     try:
         compressor.flush_images()

@@ -12,7 +12,9 @@ the file's name; the command line shows them only with -v.
 Descriptor 2 and the warning filters belong to the whole process, so captures
 take turns (a lock): whatever any thread writes to descriptor 2 while one runs
 is attributed to that capture's file.  Image reads happen one at a time anyway
-(the compressor reads in order; coding threads only code).
+(the compressor's reader thread reads in order, read_ahead.py; coding threads only
+code), and the compressor's progress reports wait for a capture to end
+(``between_captures``).
 """
 from __future__ import annotations
 
@@ -45,6 +47,19 @@ def library_messages(name: str, note: Note | None) -> Iterator[None]:
             if note is not None:
                 for line in dict.fromkeys(line for line in lines if line):  # each once, in order
                     note(f"{name}: {line}")
+
+
+def between_captures(callback: Callable | None) -> Callable | None:
+    """``callback``, called only while no capture runs: what it writes to descriptor 2 (a
+    progress bar, say) then reaches the terminal, not the notes of a file another thread
+    reads meanwhile (read_ahead.py)."""
+    if callback is None:
+        return None
+
+    def call(*arguments, **keywords):
+        with _TURN:
+            return callback(*arguments, **keywords)
+    return call
 
 
 def _warning_line(warning: warnings.WarningMessage) -> str:
