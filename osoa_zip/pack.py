@@ -319,12 +319,14 @@ class _Compressor:
         self.summary.images += len(group)
         self.summary.image_subpixels += sum(r.pixels.size for _, r in group if r.mode not in PaletteIndices.MODES)
 
-    def _batches_to_count(self, batches: list) -> set[int]:
-        """id() of the batches holding tiles of images to be judged by their coded bits."""
+    def _batches_to_count(self, batches: list) -> dict[int, np.ndarray]:
+        """id() of each batch holding tiles of images to be judged by their coded bits, and which
+        of its tiles are theirs (only those tiles' bits are counted)."""
         if not self.unjudged:
-            return set()
+            return {}
         colour = [id(record) in self.unjudged for _, record in self.group if COLOR_CHANNELS[record.mode]]
-        return {id(batch) for batch in batches if any(colour[image] for image, _, _ in batch.members)}
+        wanted = {id(batch): np.array([colour[image] for image, _, _ in batch.members]) for batch in batches}
+        return {key: tiles for key, tiles in wanted.items() if tiles.any()}
 
     def _drop_losers(self, batches: list, coded: list) -> bool:
         """A frozen model's group, coded: triage judges each image left to it by the bits its
@@ -355,12 +357,13 @@ class _Compressor:
         return True
 
     @staticmethod
-    def _coder(colour: list, keep, counted: set[int]):
-        """What run_segments does per chain of batches: code them (counting each tile's bits in
-        the batches whose id() is in ``counted``), then ``keep`` them."""
+    def _coder(colour: list, keep, counted: dict[int, np.ndarray]):
+        """What run_segments does per chain of batches: code them (counting the bits of the tiles
+        ``counted`` names by their batch's id()), then ``keep`` them."""
         def code(segment_adapter: OnlineAdapter, chain: list) -> list:
             tiles = [gather(batch, colour) for batch in chain]
-            return keep(segment_adapter.encode_chain(tiles, any(id(batch) in counted for batch in chain)))
+            wanted = [counted.get(id(batch)) for batch in chain]
+            return keep(segment_adapter.encode_chain(tiles, wanted if any(w is not None for w in wanted) else False))
         return code
 
     def _keeper(self, store: _CodedBatches, batch_count: int, group_bytes: int):

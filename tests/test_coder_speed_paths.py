@@ -357,7 +357,8 @@ def test_every_kernel_is_compiled_once_the_loops_are_available():
 
     from osoa_zip.exact import conv_kernels, mixture_kernels
     kernels = {"native": (native, ["_step", "_mixture_edge", "_window_start", "pop_mixture", "coding_order",
-                                   "_range_before", "mixture_latents", "pop_windows"]),
+                                   "_range_before", "mixture_latents", "pop_windows", "_quantized",
+                                   "push_mixture", "three_bin_rows"]),
                "mixture_kernels": (mixture_kernels, ["_cdf_q24", "_component", "_weights", "mixture_forward",
                                                      "_sign", "mixture_backward", "fill_component_rows",
                                                      "_round_onto", "_zero", "_negated_sum"]),

@@ -35,6 +35,28 @@ def test_the_coding_pass_counts_each_tile_as_tile_bits_does(model, channels):
     assert torch.equal(network.factor_tile_bits(factors, 3), network.tile_bits(pixels))
 
 
+@pytest.mark.parametrize("numba", [True, False])
+@pytest.mark.parametrize("model, channels", [(MODEL, 3), ("idf-tiny-test-e2", 1), ("idf-sublattice-v7", 1)])
+def test_counting_some_tiles_gives_each_of_them_the_whole_batchs_value(model, channels, numba, monkeypatch):
+    """Only the tiles of images judged by their bits are counted: each one's bits are the float
+    the whole batch gives it, bit for bit (so the same verdicts), whichever tiles are asked for."""
+    from osoa_zip.exact import mixture_kernels
+    if not numba:
+        monkeypatch.setattr(mixture_kernels, "available", lambda: False)
+    network = load_model(model).network(channels)
+    rng = np.random.default_rng(7 + channels)
+    pixels = torch.from_numpy(rng.integers(0, 256, (9, channels, 16, 12)).astype(np.float64))
+    pixels[1::3] = pixels[1::3] // 32 * 32
+    pixels[4] = 255.0  # edge bins
+    _, factors = network.analyse(pixels, with_loss=False)
+    whole = network.factor_tile_bits(factors, 9)
+    for wanted in ([True] + [False] * 8, [False] * 8 + [True], [i % 2 == 1 for i in range(9)],
+                   list(rng.random(9) < 0.3) + [False], [True] * 9):
+        wanted = np.array(wanted[:9])
+        some = network.factor_tile_bits(factors, 9, wanted)
+        assert some[torch.from_numpy(wanted)].numpy().tobytes() == whole[torch.from_numpy(wanted)].numpy().tobytes()
+
+
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     root = tmp_path_factory.mktemp("frozen") / "src"

@@ -334,9 +334,10 @@ class OnlineAdapter:
 
     # -- coding --------------------------------------------------------------
 
-    def encode(self, tiles: np.ndarray, tile_bits: bool = False) -> tuple[bytes, BatchStatistics]:
+    def encode(self, tiles: np.ndarray, tile_bits=False) -> tuple[bytes, BatchStatistics]:
         """Code a B x C x H x W uint8 batch (flag byte + stream), then adapt on it.  With
-        ``tile_bits``, a frozen archive's statistics also hold each tile's bits."""
+        ``tile_bits`` (True, or B booleans: those tiles only), a frozen archive's statistics
+        also hold each tile's bits (None for the tiles not asked for)."""
         started = time.perf_counter()
         choice = self._choose(tiles)
         if choice.factors is not None:
@@ -346,22 +347,25 @@ class OnlineAdapter:
             encoder = self._family.new_encoder()
             choice.network.encode(choice.pixels, encoder)  # the model codes as it goes: before any update
             stream = _Done(encoder.finish())
-        if tile_bits and not self.config.adapt and choice.factors is not None:
-            tile_bits = choice.network.factor_tile_bits(choice.factors, tiles.shape[0])
+        wanted = np.full(tiles.shape[0], bool(tile_bits)) if isinstance(tile_bits, bool) else np.asarray(tile_bits)
+        if wanted.any() and not self.config.adapt and choice.factors is not None:
+            values = choice.network.factor_tile_bits(choice.factors, tiles.shape[0], wanted)
+            tile_bits = None if values is None else [value if want else None
+                                                     for value, want in zip(values.tolist(), wanted.tolist())]
         else:
             tile_bits = None
         if choice.adapting:
             self._adapt(choice.track, choice.pixels, choice.loss, choice.trunks)
         data = bytes([choice.flags]) + stream.result()
         return data, BatchStatistics(8 * len(data), tiles.size, time.perf_counter() - started, choice.flags,
-                                     None if tile_bits is None else tile_bits.tolist())
+                                     tile_bits)
 
     @property
     def chain_length(self) -> int:
         """How many consecutive batches ``encode_chain`` lays on one stack (1: each its own)."""
         return self.config.chain_batches if self._family.chains_batches else 1
 
-    def encode_chain(self, batches: list[np.ndarray], tile_bits: bool = False
+    def encode_chain(self, batches: list[np.ndarray], tile_bits=False
                      ) -> list[tuple[bytes, BatchStatistics]]:
         """Code consecutive batches of one segment, as ``encode`` does one by one.
 
@@ -378,6 +382,9 @@ class OnlineAdapter:
         if len(batches) > self.chain_length:
             raise ValueError(f"a chain of {len(batches)} batches is longer than chain_batches")
         if len(batches) < 2:
+            if isinstance(tile_bits, (list, tuple)):  # one entry per batch: its tiles, or None
+                return [self.encode(tiles, False if wanted is None else wanted)
+                        for tiles, wanted in zip(batches, tile_bits)]
             return [self.encode(tiles, tile_bits) for tiles in batches]
         planned: list[_Planned] = []
         for index, tiles in enumerate(batches):

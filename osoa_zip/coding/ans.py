@@ -23,6 +23,8 @@ from __future__ import annotations
 import constriction
 import numpy as np
 
+from . import native
+
 _CATEGORICAL = constriction.stream.model.Categorical(perfect=False)
 PRECISION = 24  # constriction's default ANS coder: 32-bit words, 24-bit probabilities
 _ONE = 1 << PRECISION
@@ -85,7 +87,12 @@ class Encoder:
         if len(symbols):
             if not (total > 0).all():  # as constriction refuses such a row
                 raise ValueError("a probability row sums to zero")
-            start, end = quantized_intervals(before, through, total, size, symbols)
+            self.push_quantized(*quantized_intervals(before, through, total, size, symbols))
+
+    def push_quantized(self, start: np.ndarray, end: np.ndarray) -> None:
+        """Code each symbol by its quantized interval [start, end) out of 2**24 (as
+        ``quantized_intervals`` gives it): the bytes ``push_intervals`` writes."""
+        if len(start):
             # Three bins cannot give [1, 2**24) (a two-symbol row's last symbol after a first
             # of width 1): such symbols go as two-bin rows, in order with the others.
             two_bins = (start == 1) & (end == _ONE)
@@ -95,7 +102,8 @@ class Encoder:
                     rows = np.tile([0.0, _ONE - 2.0], (last - first, 1))
                     self._queue.append((np.ones(last - first, dtype=np.int32), _CATEGORICAL, rows))
                 else:
-                    three, rows = three_bin_rows(start[first:last], end[first:last])
+                    three, rows = (native.three_bin_rows if native.available() else three_bin_rows)(
+                        start[first:last], end[first:last])
                     self._queue.append((three, _CATEGORICAL, rows))
 
     def push_uniform(self, symbols: np.ndarray, size: int) -> None:

@@ -38,6 +38,8 @@ model name (or a format version) that selects it.
 """
 from __future__ import annotations
 
+import hashlib
+import threading
 import weakref
 
 import numpy as np
@@ -103,7 +105,10 @@ class _ComponentRows:
         missing = rows[~self.filled[rows]]
         if not missing.size:
             return
-        missing = np.unique(missing)
+        # The distinct rows, ascending (np.unique's answer; a scatter, not a sort of every latent's row).
+        wanted = np.zeros(self.filled.size, dtype=bool)
+        wanted[missing] = True
+        missing = np.flatnonzero(wanted)
         if mixture_kernels.available():
             mixture_kernels.fill_component_rows(self.tables.cdf.numpy(), self.inv_scale, missing, self.scale_rows,
                                                 OFFSET_STEPS, REACH, self.cdf)
@@ -134,12 +139,28 @@ class _ComponentRows:
 
 
 _ROWS: "weakref.WeakKeyDictionary[LogisticTables, _ComponentRows]" = weakref.WeakKeyDictionary()
+# Rows by the content of the tables they come from: every load of a model (each archive
+# a library caller codes, each segment's worker) brings its own tables object, whose rows
+# are the same integers.  The last few contents are kept (a table: 3600 x 1025 int32,
+# touched only where rows were filled).
+_ROWS_BY_CONTENT: dict[bytes, _ComponentRows] = {}
+_CONTENTS_KEPT = 2
+_rows_lock = threading.Lock()
 
 
 def _component_rows(tables: LogisticTables) -> _ComponentRows:
-    if tables not in _ROWS:
-        _ROWS[tables] = _ComponentRows(tables)
-    return _ROWS[tables]
+    rows = _ROWS.get(tables)
+    if rows is not None:
+        return rows
+    # The rows depend on the CDF and scale tables alone (exact float64 integers and steps).
+    key = hashlib.sha256(tables.cdf.numpy().tobytes() + tables.inv_scale.numpy().tobytes()).digest()
+    with _rows_lock:
+        rows = _ROWS_BY_CONTENT.pop(key, None) or _ComponentRows(tables)
+        _ROWS_BY_CONTENT[key] = rows  # the newest last
+        while len(_ROWS_BY_CONTENT) > _CONTENTS_KEPT:
+            del _ROWS_BY_CONTENT[next(iter(_ROWS_BY_CONTENT))]
+        _ROWS[tables] = rows
+    return rows
 
 
 class _Latents:
@@ -400,6 +421,15 @@ def push_mixture_factors(encoder: Encoder, tables: LogisticTables, factors: list
     closing = _closing_buckets(np.bincount(factor * groups + latents.bucket, minlength=len(factors) * groups)
                                .reshape(len(factors), groups))
     group = closing[factor, latents.bucket]
+    if native.available():
+        start, end, status = native.push_mixture(latents.rows.flat, latents.weights, latents.row_start,
+                                                 latents.centre, latents.weight, latents.lower, latents.upper,
+                                                 latents.middle, values, factor, group, _SIZES, groups,
+                                                 len(factors), REACH, CDF_ONE, RANGE_SIZE)
+        if status:
+            raise ValueError("a probability row sums to zero")
+        encoder.push_quantized(start, end)
+        return
     size = _SIZES[group]
     before, through, total = np.empty(n), np.empty(n), np.empty(n)
     symbols, escaped = np.empty(n, dtype=np.int64), np.empty(n, dtype=bool)

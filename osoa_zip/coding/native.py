@@ -1,4 +1,4 @@
-"""Compiled decoding loops (numba, optional): a symbol's interval found from the CDF, not a row.
+"""Compiled coding loops (numba, optional): a symbol's interval found from the CDF, not a row.
 
 constriction decodes a symbol by finding which quantized interval of its row holds the
 ANS state's quantile, so the Python decoder must build every bin of every row first
@@ -8,6 +8,12 @@ probabilities, the lazy categorical model's quantization, ``ans.quantized_interv
 and finds the interval by walking from the heaviest component's centre over the row's
 cumulative counts, each computed from K CDF table entries only where the walk goes: a
 few table reads per symbol instead of K (S + 1), and no Python per symbol.
+
+The encoder has one loop too (``push_mixture``): each latent's window and escape
+intervals from a few table entries in one pass, where the numpy passes go over all
+latents a dozen times (``_Latents.window_intervals``, ``range_intervals``,
+``ans.quantized_intervals``, a sort into coding order); the same integers, so the same
+bytes (tests/test_push_kernel.py).
 
 It works on the coder's words from the position and state constriction reports
 (``AnsCoder.pos``) and hands the new ones back (``AnsCoder.seek``), so every other
@@ -406,3 +412,138 @@ def pop_windows(words, position, state, cdf, which, escape, cdf_one, symbols):
         position, state = _step(words, position, state, first, end)
         symbols[t] = symbol
     return position, state
+
+
+@_jit
+def _quantized(before, through, total, size, symbol):
+    """[start, end) of ``symbol`` out of 2**24 in constriction's lazy categorical model
+    (``ans.quantized_intervals``: the same float64 operations, so the same integers)."""
+    scale = (_ONE - size) / total
+    start = np.int64(before * scale) + symbol
+    end = _ONE if symbol == size - 1 else np.int64(through * scale) + symbol + 1
+    return start, end
+
+
+@_jit
+def push_mixture(flat, weights, row_start, centre, weight, lower, upper, middle, values, factor, group,
+                 window_sizes, groups, factors, reach, cdf_one, range_size):
+    """The quantized intervals ``mixture_coder.push_mixture_factors`` codes, in coding order.
+
+    Per latent, its window (bucket group ``group``, the window size ``window_sizes[group]``)
+    and symbol, and the (before, through, total) ``_Latents.window_intervals`` gives, from
+    the same table entries; for an escaped latent also ``range_intervals``' for its range
+    row.  Every count is an exact integer in float64 (``_Latents.rows_of``), so summing in
+    another order gives the same values, and the quantization is ``ans.quantized_intervals``'
+    one division, product and truncation.  The order is the decoder's: per factor (latents of
+    a factor are consecutive), its windows group by group in flat order, then its escapes
+    likewise.  Returns (start, end, status); status 1: a row without mass (constriction
+    refuses those), and start/end are then not to be used.
+    """
+    k_count, n = weights.shape
+    stretch = np.empty(k_count, dtype=np.int64)
+    window_start = np.empty(n, dtype=np.int64)
+    win_start = np.empty(n, dtype=np.int64)
+    win_end = np.empty(n, dtype=np.int64)
+    escaped = np.zeros(n, dtype=np.bool_)
+    keys = 2 * groups * factors
+    counts = np.zeros(keys + 1, dtype=np.int64)
+    status = 0
+    for i in range(n):
+        size = window_sizes[group[i]]
+        lo, up, w = lower[i], upper[i], weight[i]
+        start = max(min(middle[i] - (size - 1) // 2, up - size + 1), lo)
+        window_start[i] = start
+        offset = values[i] - start
+        symbol = offset
+        if offset < 0 or offset >= size:
+            symbol = size
+            escaped[i] = True
+        for k in range(k_count):
+            stretch[k] = min(max(start - centre[k, i], -reach), reach) + row_start[k, i]
+        total_mass = w * cdf_one
+        past_upper = start + size > up
+        last = up - start if past_upper else size
+        base = 0.0 if start <= lo else _mixture_edge(flat, stretch, weights, i, 0)
+        beyond = total_mass - base + (last + 1) * w
+        inside = min(start + size - 1, up) - start + 1
+        # ``window_intervals``' total, whose table entries cancel (exact integers): the mixture's
+        # mass plus one floor per bin of the row up to the bound and per range value outside it.
+        total = total_mass + ((last + 1 if past_upper else size) + (up - lo + 1) - inside) * w
+        if symbol == 0:
+            before = 0.0
+        elif symbol <= last:
+            before = _mixture_edge(flat, stretch, weights, i, symbol) - base + symbol * w
+        else:
+            before = beyond
+        if symbol == size:
+            through = total
+        elif symbol + 1 <= last:
+            through = _mixture_edge(flat, stretch, weights, i, symbol + 1) - base + (symbol + 1) * w
+        else:
+            through = beyond
+        if not total > 0:
+            status = 1
+            total = 1.0
+        win_start[i], win_end[i] = _quantized(before, through, total, size + 1, symbol)
+        key = factor[i] * 2 * groups + group[i]
+        counts[key + 1] += 1
+        if escaped[i]:
+            counts[key + groups + 1] += 1
+    for key in range(keys):
+        counts[key + 1] += counts[key]
+    out = counts[keys]
+    start_of = np.empty(out, dtype=np.int64)
+    end_of = np.empty(out, dtype=np.int64)
+    for i in range(n):
+        key = factor[i] * 2 * groups + group[i]
+        at = counts[key]
+        counts[key] += 1
+        start_of[at], end_of[at] = win_start[i], win_end[i]
+        if not escaped[i]:
+            continue
+        # The range row: from the lower bound, the window's bins zeroed (``range_intervals``).
+        size = window_sizes[group[i]]
+        lo, up, w = lower[i], upper[i], weight[i]
+        for k in range(k_count):
+            stretch[k] = min(max(lo - centre[k, i], -reach), reach) + row_start[k, i]
+        last = up - lo
+        beyond = w * cdf_one + (last + 1) * w
+        zero_from = window_start[i] - lo
+        zero_to = min(zero_from + size, range_size)
+        window_from = 0.0 if zero_from == 0 else (
+            (_mixture_edge(flat, stretch, weights, i, zero_from) + zero_from * w) if zero_from <= last else beyond)
+        window_to = (_mixture_edge(flat, stretch, weights, i, zero_to) + zero_to * w) if zero_to <= last else beyond
+        total = beyond - (window_to - window_from)
+        position = values[i] - lo
+        before = _range_before(flat, stretch, weights, i, position, w, last, beyond, zero_from, zero_to,
+                               window_from, window_to)
+        through = _range_before(flat, stretch, weights, i, position + 1, w, last, beyond, zero_from, zero_to,
+                                window_from, window_to)
+        if not total > 0:
+            status = 1
+            total = 1.0
+        at = counts[key + groups]
+        counts[key + groups] += 1
+        start_of[at], end_of[at] = _quantized(before, through, total, range_size, position)
+    return start_of, end_of, status
+
+
+@_jit
+def three_bin_rows(start, end):
+    """``ans.three_bin_rows`` in one pass: the same symbols and rows."""
+    n = start.shape[0]
+    symbols = np.empty(n, dtype=np.int32)
+    rows = np.empty((n, 3), dtype=np.float64)
+    for i in range(n):
+        width = end[i] - start[i]
+        if start[i] == 0:
+            symbol, first, middle = 0, width - 1, 0
+        elif end[i] == _ONE:
+            symbol, first, middle = 2, start[i] - 2, 0
+        else:
+            symbol, first, middle = 1, start[i] - 1, width - 1
+        symbols[i] = symbol
+        rows[i, 0] = first
+        rows[i, 1] = middle
+        rows[i, 2] = (_ONE - 3) - first - middle
+    return symbols, rows

@@ -420,13 +420,31 @@ class SubLatticeFlow(CodingModel):
         return torch.stack(terms).sum(0)
 
     @torch.no_grad()
-    def factor_tile_bits(self, factors: list, tiles: int) -> torch.Tensor:
-        """``tile_bits`` from ``analyse``'s factors: the same terms, laid out tile first."""
+    def factor_tile_bits(self, factors: list, tiles: int, wanted=None) -> torch.Tensor:
+        """``tile_bits`` from ``analyse``'s factors: the same terms, laid out tile first.
+
+        With ``wanted`` (B booleans), only those tiles' terms are computed: the NLL is
+        elementwise, so theirs are the values the whole batch gives, and they are summed in
+        a tensor of the batch's shape (zeros elsewhere) by the same reductions, so each wanted
+        tile's bits are the same float64 value bit for bit; the other tiles' values are 0."""
+        wanted = None if wanted is None else torch.as_tensor(wanted, dtype=torch.bool)
+        pick = None if wanted is None or bool(wanted.all()) else torch.nonzero(wanted).reshape(-1)
+        components = self.components > 1  # means, log-scales and logits have the K components first
         terms = []
         for factor in factors:
             latents, mean, log_scale = factor[:3]
-            logits, bounds = (factor[3], factor[4:]) if self.components > 1 else (None, factor[3:])
-            terms.append(self._nll(latents, mean, log_scale, logits, bounds).reshape(tiles, -1).sum(1))
+            logits, bounds = (factor[3], factor[4:]) if components else (None, factor[3:])
+            if pick is None:
+                bits = self._nll(latents, mean, log_scale, logits, bounds)
+            else:
+                tile_dim = 1 if components else 0
+                part = self._nll(latents[pick], mean.index_select(tile_dim, pick),
+                                 log_scale.index_select(tile_dim, pick),
+                                 None if logits is None else logits.index_select(1, pick),
+                                 tuple(bound[pick] for bound in bounds))
+                bits = torch.zeros(latents.shape, dtype=part.dtype)
+                bits[pick] = part
+            terms.append(bits.reshape(tiles, -1).sum(1))
         return torch.stack(terms).sum(0)
 
     def push(self, factors: list, encoder) -> None:

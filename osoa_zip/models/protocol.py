@@ -96,11 +96,12 @@ class CodingModel(nn.Module, metaclass=ABCMeta):
         is ``nll`` tile by tile; a family whose loss is a sum over tiles may do it in one pass."""
         return torch.stack([self.nll(pixels[i:i + 1]) for i in range(pixels.shape[0])])
 
-    def factor_tile_bits(self, factors, tiles: int) -> torch.Tensor | None:
+    def factor_tile_bits(self, factors, tiles: int, wanted=None) -> torch.Tensor | None:
         """Each of the ``tiles`` tiles' bits (B values) from the factors ``analyse`` returned,
         without another pass through the network: a frozen model's coding pass then tells
-        per-image triage what each image costs exactly (pack.py).  None (the default): the
-        family cannot tell from its factors."""
+        per-image triage what each image costs exactly (pack.py).  ``wanted`` (B booleans, or
+        None for all): the tiles whose bits are asked for; the others' values are not theirs.
+        None (the default): the family cannot tell from its factors."""
         return None
 
     def push(self, factors, coder) -> None:

@@ -1,0 +1,122 @@
+"""The compiled mixture encoder (native.push_mixture) queues exactly what the numpy passes queue.
+
+``push_mixture_factors`` takes the compiled loop when numba is there and the numpy
+passes (``_Latents.window_intervals`` / ``range_intervals``, ``ans.quantized_intervals``)
+otherwise; both must lay down the same three-bin rows in the same order, or an
+archive would depend on whether numba was installed.  Checked symbol by symbol on the
+encoder's queue, and on the bytes, for random and extreme mixtures (scales at both
+table ends, means far outside the range, logits past the exp table, ranges of one to
+256 values, values on the bounds, escapes, several factors whose buckets merge) and
+on the factors of the shipped default model.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from test_coder_speed_paths import TABLES, _mixture
+
+from osoa_zip.coding import mixture_coder, native
+from osoa_zip.coding.ans import Decoder, Encoder
+from osoa_zip.coding.mixture_coder import BUCKETS, pop_mixture_factor, push_mixture_factors
+from osoa_zip.exact.logistic import LOG_SCALE_MAX, LOG_SCALE_MIN
+
+needs_numba = pytest.mark.skipif(not native.available(), reason="numba (the fast extra) is not installed")
+
+
+@contextlib.contextmanager
+def _compiled(enabled: bool):
+    saved, native.ENABLED = native.ENABLED, enabled
+    try:
+        yield
+    finally:
+        native.ENABLED = saved
+
+
+def _queued_both_ways(tables, factors) -> list:
+    """(the encoder's queue as plain arrays, its bytes), compiled and then numpy."""
+    outcomes = []
+    for enabled in (True, False):
+        encoder = Encoder()
+        with _compiled(enabled):
+            push_mixture_factors(encoder, tables, factors)
+        queue = [(symbols.dtype.str, symbols.tobytes(), rows.dtype.str, rows.shape, rows.tobytes())
+                 for symbols, _, rows in encoder._queue]
+        outcomes.append((queue, encoder.finish()))
+    return outcomes
+
+
+@needs_numba
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1), st.lists(st.integers(1, 400), min_size=1, max_size=5), st.integers(1, 5),
+       st.booleans())
+def test_compiled_push_queues_what_numpy_queues(seed, sizes, k, extreme):
+    factors = [_mixture(seed + i, n, k, extreme) for i, n in enumerate(sizes)]
+    compiled, numpy_passes = _queued_both_ways(TABLES, factors)
+    assert compiled == numpy_passes
+    decoder = Decoder(compiled[1])
+    for values, *distribution in factors:
+        assert torch.equal(pop_mixture_factor(decoder, TABLES, *distribution), values)
+    decoder.check_finished()
+
+
+@needs_numba
+def test_compiled_push_with_every_window_size_escapes_and_merged_buckets():
+    """Factors with every bucket in use (no merging), then small ones whose buckets merge."""
+    n = 64 * (len(BUCKETS) + 2)
+    values, means, log_scales, logits, lower, upper = _mixture(5, n, 3, extreme=False)
+    log_scales = torch.round(torch.linspace(LOG_SCALE_MIN, LOG_SCALE_MAX, n).repeat(3, 1) * 256) / 256
+    latents = mixture_coder._Latents(TABLES, means, log_scales, logits, lower, upper)
+    assert set(np.unique(latents.bucket)) == set(range(len(BUCKETS) + 1))
+    factors = [(values, means, log_scales, logits, lower, upper), _mixture(6, 90, 3, True), _mixture(7, 3, 3, True)]
+    compiled, numpy_passes = _queued_both_ways(TABLES, factors)
+    assert compiled == numpy_passes
+    coded = sum(len(symbols) // 4 for _, symbols, *_ in compiled[0])
+    assert coded > sum(f[0].numel() for f in factors)  # escapes: a window symbol and a range symbol
+
+
+@needs_numba
+@pytest.mark.parametrize("channels", [1, 3])
+def test_compiled_push_of_the_default_models_factors(channels):
+    """The shipped default model's own factors on smooth and noisy images: the same queue."""
+    from osoa_zip.models.registry import DEFAULT_MODEL, load_model
+    network = load_model(DEFAULT_MODEL).network(channels)
+    rng = np.random.default_rng(channels)
+    ramp = np.add.outer(np.arange(32), np.arange(32)) * 4
+    pixels = np.stack([(ramp + rng.integers(-spread, spread + 1, (channels, 32, 32))) % 256
+                       for spread in (0, 3, 40, 128, 0, 7)])
+    pixels[4] = 255  # saturated: edge bins
+    with torch.no_grad():
+        _, factors = network.analyse(torch.from_numpy(pixels).to(torch.float64), with_loss=False)
+    compiled, numpy_passes = _queued_both_ways(network.tables, factors)
+    assert compiled == numpy_passes
+
+
+def test_latents_outside_their_bounds_are_refused_both_ways():
+    values, *rest = _mixture(3, 50, 2, extreme=True)
+    values = values.clone()
+    values[7] = rest[-1][7] + 1  # one above its upper bound
+    for enabled in (True, False):
+        with _compiled(enabled), pytest.raises(ValueError, match="outside its bounds"):
+            push_mixture_factors(Encoder(), TABLES, [(values, *rest)])
+
+
+@needs_numba
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1), st.integers(0, 300))
+def test_compiled_three_bin_rows_are_numpys(seed, n):
+    """Intervals anywhere in [0, 2**24): at the start, at the end, one wide, nearly all of it."""
+    from osoa_zip.coding.ans import _ONE, three_bin_rows
+    rng = np.random.default_rng(seed)
+    start = rng.integers(0, _ONE - 1, n)
+    end = np.minimum(start + rng.choice([1, 2, 3, 1000, _ONE], n), _ONE)
+    start[: n // 4] = 0
+    end[n // 4: n // 2] = _ONE
+    start[n // 4: n // 2] = np.maximum(start[n // 4: n // 2], 2)  # the lazy model's last symbol
+    compiled, numpy_rows = native.three_bin_rows(start, end), three_bin_rows(start, end)
+    for got, want in zip(compiled, numpy_rows):
+        assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
