@@ -16,8 +16,11 @@ from __future__ import annotations
 
 import hashlib
 import json
+import threading
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable, Iterator
 
 import torch
 from safetensors import safe_open
@@ -74,7 +77,7 @@ class FlowBundle:
     name: str
     sha256: str
     config: dict
-    networks: dict[int, CodingModel]
+    networks: Mapping[int, CodingModel]
 
     @property
     def family(self) -> str:
@@ -129,19 +132,52 @@ def load_checkpoint(path: Path, name: str, sha256: str) -> FlowBundle:
     with safe_open(str(path), framework="pt") as reader:
         metadata = reader.metadata() or {}
     config = json.loads(metadata["config"])
-    unknown = set(config) - family_class(family_of(config)).config_keys - {"family"}
+    family = family_class(family_of(config))
+    unknown = set(config) - family.config_keys - {"family"}
     if unknown:
         raise ModelError(f"model {name!r} needs architecture features this version lacks: {sorted(unknown)}")
     tables = LogisticTables.from_tensors({key.split(".", 1)[1]: value for key, value in tensors.items()
                                           if key.startswith("tables.")})
-    networks = build_networks(config)
-    for channels, network in networks.items():
+
+    def build(channels: int) -> CodingModel:
+        network = family.from_config(channels, config)
         prefix = CHANNEL_PREFIXES[channels] + "."
-        state = {key[len(prefix):]: value for key, value in tensors.items() if key.startswith(prefix)}
-        network.load_state_dict(state)
+        network.load_state_dict({key[len(prefix):]: value for key, value in tensors.items()
+                                 if key.startswith(prefix)})
         network.to(torch.float64)
         network.tables = tables
-    return FlowBundle(name=name, sha256=sha256, config=config, networks=networks)
+        return network
+
+    return FlowBundle(name=name, sha256=sha256, config=config, networks=LazyNetworks(CHANNEL_PREFIXES, build))
+
+
+class LazyNetworks(Mapping):
+    """A checkpoint's networks, each built and loaded the first time it is asked for.
+
+    Why: building a network (its convs' grids) and loading its weights is about half of a
+    model load, and a folder of grey images never asks for the colour network, nor a folder
+    of photos for the grey one.  Segments on other threads may ask at once: one lock
+    builds each network once.
+    """
+
+    def __init__(self, channels: Mapping[int, str], build: Callable[[int], CodingModel]) -> None:
+        self._channels, self._build = tuple(channels), build
+        self._built: dict[int, CodingModel] = {}
+        self._lock = threading.Lock()
+
+    def __getitem__(self, channels: int) -> CodingModel:
+        if channels not in self._channels:
+            raise KeyError(channels)
+        with self._lock:
+            if channels not in self._built:
+                self._built[channels] = self._build(channels)
+            return self._built[channels]
+
+    def __iter__(self) -> Iterator[int]:
+        return iter(self._channels)
+
+    def __len__(self) -> int:
+        return len(self._channels)
 
 
 def save_checkpoint(path: Path, config: dict, networks: dict[int, CodingModel]) -> str:
