@@ -57,9 +57,10 @@ def _operand(shape, low, high, mode, generator):
 
 # (M, K, N): odd shapes from 1 x 1 x 1, a conv's 8192 x 432 x 48 scaled down, a one-row product
 # (the bias gradient's ones row), K across the float32 kernel's chunk boundary, and K at the
-# int8 kernel's int32 bound; 30 and 9 columns (v7's last convs), which the int8 kernel pads to 32 and 16.
+# int8 kernel's int32 bound; 30 and 9 columns (v7's last convs), which the int8 kernel pads to 32 and 16,
+# and 18, 36 and 60 columns, which it pads to 32, 48 and 64 for a strided result (kernels.int8_columns).
 SWEEP_SHAPES = [(1, 1, 1), (1, 7, 1), (3, 5, 2), (17, 33, 5), (64, 432, 48), (257, 300, 129), (1, 5000, 96),
-                (40, 432, 30), (33, 100, 9),
+                (40, 432, 30), (33, 100, 9), (40, 432, 18), (21, 300, 36), (19, 432, 60),
                 (5, FLOAT32_CHUNK, 3), (5, FLOAT32_CHUNK + 1, 3), (7, 4 * FLOAT32_CHUNK + 3, 9), (2, MAX_K, 3)]
 SWEEP_MODES = [("random", "random"), ("extreme", "extreme"), ("low", "low"), ("low", "high"), ("high", "low")]
 
@@ -81,8 +82,8 @@ def sweep(seed: int = 0, second=SEVEN_BITS) -> dict[str, int]:
         if rows * columns > 1:  # the same product from transposed storage (the weight gradient's layout)
             views.append((a8.T.contiguous().T, b8.T.contiguous().T))
         for name, kernel in KERNELS.items():
-            for left, right in views:
-                wrong[name] += int((kernel.limb_product(left, right).long() != expected).sum())
+            for (left, right), contiguous in itertools.product(views, (True, False)):
+                wrong[name] += int((kernel.limb_product(left, right, contiguous).long() != expected).sum())
     return wrong
 
 

@@ -348,16 +348,19 @@ class IntConv3x3(nn.Module):
                          scales.coarsest)
 
     # -- forward and backward ------------------------------------------------
-    def _accumulate(self, source: torch.Tensor, prep: _Prepared, kernel: Kernel | None, keep_patches: bool = True
-                    ) -> tuple[torch.Tensor | None, torch.Tensor]:
+    def _accumulate(self, source: torch.Tensor, prep: _Prepared, kernel: Kernel | None, keep_patches: bool = True,
+                    given: torch.Tensor | None = None) -> tuple[torch.Tensor | None, torch.Tensor]:
         """(patches, the requantised sums before the clamp, positions x Co) of a framed source.
 
         ``source``: input_limbs * B framed images (int8), each limb's images stacked along the batch.
         Without ``keep_patches`` (no weight gradient will need them) the patches are the thread's
-        scratch matrix and None is returned for them."""
+        scratch matrix and None is returned for them.  ``given``: im2col of this very source, made
+        by an earlier pass (exact/trunk.py), read instead of made again (never written)."""
         kernel = kernel or current_kernel()
-        # A float kernel's copy, converted once for both products.
-        patches = _im2col(source, kernel.operand_dtype, scratch=not keep_patches)
+        if given is not None and given.dtype == kernel.operand_dtype:
+            patches = given
+        else:  # a float kernel's copy, converted once for both products
+            patches = _im2col(source, kernel.operand_dtype, scratch=not keep_patches)
         acc = stacked_product(patches, self.input_limbs, prep.columns, self.weight_limbs, kernel, prep.product_bound)
         if acc.dtype != prep.dtype:
             acc = acc.to(prep.dtype)
@@ -397,10 +400,10 @@ class IntConv3x3(nn.Module):
         y = saved.values.clamp(*self.output_range) if saved.clamped else saved.values.clone()
         return y.to(torch.int32).reshape(batch, height, width, -1), saved
 
-    def _forward_saved(self, source: torch.Tensor, shape: tuple, kernel: Kernel | None, keep_patches: bool = True
-                       ) -> _Saved:
+    def _forward_saved(self, source: torch.Tensor, shape: tuple, kernel: Kernel | None, keep_patches: bool = True,
+                       given: torch.Tensor | None = None) -> _Saved:
         prep = self.prepared()
-        patches, shifted = self._accumulate(source.to(torch.int8), prep, kernel, keep_patches)
+        patches, shifted = self._accumulate(source.to(torch.int8), prep, kernel, keep_patches, given)
         values, clamped = self._clamp(shifted)
         return _Saved(patches, prep, values, clamped, shape)
 
@@ -650,7 +653,8 @@ class IntConvStack(nn.Module):
         return cls(convs)
 
     def _forward(self, x: torch.Tensor, kernel: Kernel | None, keep: bool, framed: bool = False,
-                 patches: list[bool] | None = None, start: int = 0, inputs: list | None = None
+                 patches: list[bool] | None = None, start: int = 0, inputs: list | None = None,
+                 last_patches: torch.Tensor | None = None, patches_out: list | None = None
                  ) -> tuple[Fixed, list[_Saved | None]]:
         """(the output, what backward needs if ``keep``) of B x H x W x Ci integer input x.
 
@@ -661,9 +665,13 @@ class IntConvStack(nn.Module):
         ``start``: x is conv ``start``'s framed input (its limbs stacked along the batch), as
         an earlier pass made it; the convs below are not run and their saved entries are None
         (backward must not reach them: intlayers.TrunkMemo).  ``inputs``: a list that receives
-        the framed input of every conv after the first that runs, in order."""
+        the framed input of every conv after the first that runs, in order.  ``last_patches``: the
+        last conv's im2col of its input, made by an earlier pass from the very tensor that is its
+        input now (exact/trunk.py), read instead of made again; ``patches_out``: a list that receives
+        the last conv's patches (kept in memory of their own, for a later pass)."""
         if patches is None or not keep:
             patches = [keep] * len(self.convs)
+        final = len(self.convs) - 1
         first = self.convs[start]
         if framed or start:
             source, shape = x, (x.shape[0] // first.input_limbs, x.shape[1] - 2, x.shape[2] - 2)
@@ -674,8 +682,16 @@ class IntConvStack(nn.Module):
             conv = self.convs[index]
             if inputs is not None and index > start:
                 inputs.append(source)
-            memo = conv._forward_saved(source, shape + (source.shape[3],), kernel, patches[index])
-            if index < len(self.convs) - 1:
+            if index < final:
+                memo = conv._forward_saved(source, shape + (source.shape[3],), kernel, patches[index])
+            else:
+                memo = conv._forward_saved(source, shape + (source.shape[3],), kernel,
+                                           patches[index] or patches_out is not None, last_patches)
+                if patches_out is not None:
+                    patches_out.append(memo.patches)
+                if not patches[index]:
+                    memo = memo._replace(patches=None)
+            if index < final:
                 source, values = _leaky_framed(memo, conv.output_range, self.convs[index + 1].input_limbs, shape)
                 memo = memo._replace(values=values)
             if keep:

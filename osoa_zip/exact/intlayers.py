@@ -116,19 +116,22 @@ class _IntegerStackFunction(torch.autograd.Function):
         # A trunk memo (exact/trunk.py) may hold this batch's trunk from an earlier pass: the
         # convs below the lowest one with a wanted gradient, and below the last, may be skipped.
         memo = active_trunk_memo() if len(stack.convs) > 1 else None
-        start, source, inputs = 0, None, None
+        start, source, inputs, last_patches, patches_out = 0, None, None, None, None
         if memo is not None:
-            trunk = next((index for index, pair in enumerate(wanted) if any(pair)), len(stack.convs) - 1)
-            start, source = memo.resume(stack, x, min(trunk, len(stack.convs) - 1))
-            inputs = None if start else []
+            final = len(stack.convs) - 1
+            trunk = next((index for index, pair in enumerate(wanted) if any(pair)), final)
+            start, source = memo.resume(stack, x, min(trunk, final))
+            if start == final:  # the last conv's input is a recorded one: so may its patches be
+                last_patches = memo.patches_of(stack, x, source, kernel.operand_dtype)
+            inputs, patches_out = (None, None) if start else ([], [])
         if start:
             framed = True
         else:
             source, framed = _first_input(stack.convs[0], x)
         output, saved = stack._forward(source, kernel, keep, framed=framed, patches=[pair[0] for pair in wanted],
-                                       start=start, inputs=inputs)
+                                       start=start, inputs=inputs, last_patches=last_patches, patches_out=patches_out)
         if inputs is not None:
-            memo.record(stack, x, inputs)
+            memo.record(stack, x, inputs, patches_out[0] if patches_out else None)
         if keep:
             ctx.state = (stack, saved, wanted, kernel, on_grid)
         if on_grid:  # quantize_activation's floor onto 2**-ACT_FRAC_BITS, as an integer shift

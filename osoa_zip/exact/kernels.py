@@ -63,10 +63,15 @@ INT8_MIN_COLUMNS = 2
 # int8 kernel, speed only: oneDNN's int8 GEMM (torch 2.13, one thread) handles a column count
 # just short of a multiple of 16 slowly: 8192 x 432 by 432 x 30 took 1.27 ms, by 432 x 32 0.75 ms
 # (the centres' last conv, 30 outputs on v7's RGB network), 432 x 9 0.79 ms against 432 x 16
-# 0.60 ms (the grey centres); 18, 36, 48, 60, 96 and 120 columns gained nothing or lost.  Such a
-# second operand is padded with zero columns up to the multiple of INT8_COLUMN_BLOCK, which
-# adds whole zero columns to the result and changes none of the others.
+# 0.60 ms (the grey centres).  Such a second operand is padded with zero columns up to the
+# multiple of INT8_COLUMN_BLOCK, which adds whole zero columns to the result and changes none
+# of the others.  Most of what padding 18, 36 or 60 columns saved went into copying the kept
+# columns out of the wider result (32768 x 432 by 432 x 18: 3.14 ms, padded to 32 columns 2.53 ms,
+# 3.21 ms with the copy), so those are padded only for a caller that takes the result as a
+# strided view (``limb_product(..., contiguous=False)``: the limb recombination writes a new
+# matrix anyway): every column count under INT8_WIDE_PADDING that is not a multiple of 16.
 INT8_COLUMN_BLOCK = 16
+INT8_WIDE_PADDING = 64
 
 
 class KernelError(UsageError):
@@ -175,20 +180,23 @@ class Kernel:
         can write it in this dtype, holding the same integers, and save the kernel's conversion."""
         return {"int8": torch.int8, "float32": torch.float32}.get(self.name, torch.float64)
 
-    def limb_product(self, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    def limb_product(self, a: torch.Tensor, b: torch.Tensor, contiguous: bool = True) -> torch.Tensor:
         """M x K full limbs times K x N 7-bit limbs -> M x N int32, exactly; K <= MAX_K.
 
-        The limbs are int8 tensors, or (float kernels) ``operand_dtype`` tensors of the same integers."""
+        The limbs are int8 tensors, or (float kernels) ``operand_dtype`` tensors of the same integers.
+        Without ``contiguous`` the result may be a view of the first N columns of a wider matrix
+        (the caller reads it, or copies it into a new matrix, but never needs its rows packed)."""
         if a.shape[1] > MAX_K:
             raise ValueError(f"limb product over K={a.shape[1]} > {MAX_K} (split K first)")
         a, b = _matrix_layout(a), _matrix_layout(b)
         if self.name == "int8":
             columns = b.shape[1]
-            wide = int8_columns(columns)
+            wide = int8_columns(columns, strided=not contiguous and a.shape[0] > 1)
             if wide != columns:  # zero columns: see INT8_MIN_COLUMNS and INT8_COLUMN_BLOCK
                 padded = torch.zeros(b.shape[0], wide, dtype=torch.int8)
                 padded[:, :columns] = b
-                return torch._int_mm(a, padded)[:, :columns].contiguous()
+                kept = torch._int_mm(a, padded)[:, :columns]
+                return kept.contiguous() if contiguous else kept
             return torch._int_mm(a, b)
         if self.name == "float64":
             return torch.mm(a.double(), b.double()).to(torch.int32)
@@ -201,16 +209,21 @@ class Kernel:
         return None
 
 
-def int8_columns(columns: int) -> int:
+def int8_columns(columns: int, strided: bool = False) -> int:
     """How many columns the int8 kernel gives ``_int_mm`` for a second operand of ``columns``.
 
     One column is padded to INT8_MIN_COLUMNS (exactness); fewer than two blocks of
     INT8_COLUMN_BLOCK with a remainder above half a block are padded to the next block
-    (speed).  The extra columns are zeros, so the columns kept are the same integers."""
+    (speed); with ``strided`` (the result may stay a view of the wider product, no copy
+    of the kept columns) every count under INT8_WIDE_PADDING that is not a whole number
+    of blocks is.  The extra columns are zeros, so the columns kept are the same integers."""
     if columns == 1:
         return INT8_MIN_COLUMNS
     remainder = columns % INT8_COLUMN_BLOCK
-    if columns < 2 * INT8_COLUMN_BLOCK and remainder > INT8_COLUMN_BLOCK // 2:
+    if not remainder:
+        return columns
+    if (strided and columns < INT8_WIDE_PADDING) or (columns < 2 * INT8_COLUMN_BLOCK
+                                                      and remainder > INT8_COLUMN_BLOCK // 2):
         return columns - remainder + INT8_COLUMN_BLOCK
     return columns
 
@@ -296,15 +309,19 @@ def stacked_product(a_stack: torch.Tensor, a_limbs: int, b_stack: torch.Tensor, 
         b_low, b_high = limb_range(SEVEN_BIT_LIMB_BITS, b_limbs)
         bound = depth * max(-a_low, a_high) * max(-b_low, b_high)
     dtype = torch.int32 if bound < 2 ** 31 else torch.int64
+    # One block is returned as a contiguous matrix of its own; limb blocks are recombined into
+    # a new one, so their product may stay a strided view (kernels.int8_columns).
+    single = a_limbs == 1 and b_limbs == 1
     if depth <= MAX_K:
-        products = kernel.limb_product(a_stack, b_stack)
+        products = kernel.limb_product(a_stack, b_stack, contiguous=single and dtype == torch.int32)
     else:
         products = None
         for start in range(0, depth, MAX_K):
-            part = kernel.limb_product(a_stack[:, start:start + MAX_K], b_stack[start:start + MAX_K]).long()
+            part = kernel.limb_product(a_stack[:, start:start + MAX_K], b_stack[start:start + MAX_K],
+                                       contiguous=False).long()
             products = part if products is None else products.add_(part)
-    if a_limbs == 1 and b_limbs == 1:
-        return products.to(dtype)
+    if single:
+        return products.to(dtype, memory_format=torch.contiguous_format)
     # sum(P_ij << s_ij) as P_00 + 2**s_01 * P_01 + ...: integer adds with alpha (exact, the
     # caller's bound keeps every partial sum inside ``dtype``; an int32 block is added to an
     # int64 sum in int64).  The first add writes a new contiguous matrix.

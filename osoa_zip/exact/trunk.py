@@ -75,6 +75,7 @@ class _Recorded:
     version: int  # input._version when recorded
     layers: tuple[_Layer, ...]  # convs[:-1]
     inputs: tuple[torch.Tensor, ...]  # inputs[i]: conv i + 1's framed int8 input (limbs stacked along the batch)
+    last_patches: torch.Tensor | None = None  # the last conv's im2col of inputs[-1], if the pass kept it
 
 
 def _layer(conv, following) -> _Layer:
@@ -99,6 +100,7 @@ class TrunkMemo:
         self.hits = 0  # stack passes that started above their first conv
         self.skipped_convs = 0  # convs those passes did not run
         self.misses = 0  # stack passes that ran from their input (and were recorded)
+        self.shared_patches = 0  # last convs that read a recorded pass's patches instead of their own im2col
 
     @contextmanager
     def active(self) -> Iterator[TrunkMemo]:
@@ -140,12 +142,27 @@ class TrunkMemo:
             self.skipped_convs += best
         return best, source
 
-    def record(self, stack, x: torch.Tensor, inputs: list[torch.Tensor]) -> None:
-        """Keep a stack pass that ran from its input: ``inputs`` are the framed inputs of its convs after the first."""
+    def patches_of(self, stack, x: torch.Tensor, source: torch.Tensor, dtype: torch.dtype) -> torch.Tensor | None:
+        """The last conv's patches of ``source`` (a framed input ``resume`` returned for the last
+        conv) in ``dtype`` (the kernel's operand type), as the pass that recorded it kept them, or
+        None.  The patches depend on that input alone, so any later pass over it, on any weights,
+        may read them (and must not write them)."""
+        for recorded in self._recorded.get(self._key(stack, x), ()):
+            patches = recorded.last_patches
+            if recorded.inputs and recorded.inputs[-1] is source and patches is not None and patches.dtype == dtype:
+                self.shared_patches += 1
+                return patches
+        return None
+
+    def record(self, stack, x: torch.Tensor, inputs: list[torch.Tensor], last_patches: torch.Tensor | None = None
+               ) -> None:
+        """Keep a stack pass that ran from its input: ``inputs`` are the framed inputs of its convs after the first,
+        ``last_patches`` the last conv's im2col of ``inputs[-1]`` (or None)."""
         convs = stack.convs
         if len(inputs) != len(convs) - 1:
             raise ValueError("a stack pass is recorded with every conv's input")
         self.misses += 1
         layers = tuple(_layer(conv, following) for conv, following in zip(convs[:-1], convs[1:]))
         x = x.detach()
-        self._recorded.setdefault(self._key(stack, x), []).append(_Recorded(x, x._version, layers, tuple(inputs)))
+        self._recorded.setdefault(self._key(stack, x), []).append(
+            _Recorded(x, x._version, layers, tuple(inputs), last_patches))

@@ -70,7 +70,7 @@ from ..exact.fixed import quantize_activation, round_to_integer
 from ..exact.intlayers import IntegerConvStack
 from ..exact.layers import ConvStack
 from ..exact.logistic import LogisticTables, mixture_nll_bits, nll_bits
-from .mixture import extra_outputs, mixture_from_blocks, output_pieces
+from .mixture import extra_outputs, mixture_stack, output_pieces
 from .protocol import CodingModel, register_family
 
 CONTEXT_SCALE = 1.0 / 64.0  # pixels enter the networks in [-2, 2)
@@ -337,7 +337,7 @@ class SubLatticeFlow(CodingModel):
         """(mean, log_scale, logits) of a factor: single tensors, or K components first (mixtures)."""
         if self.components == 1:
             return mean, log_scale, None
-        return mixture_from_blocks(mean, log_scale, extra, self.components)
+        return mixture_stack(mean, log_scale, extra, self.components)
 
     # -- the model API ------------------------------------------------------
     def _targets(self, pixels: torch.Tensor) -> dict:
