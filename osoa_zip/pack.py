@@ -61,7 +61,7 @@ from .layout import (
 )
 from .models.catalog import DEFAULT_MODEL
 from .pause import pause_point
-from .read_ahead import ReadAhead
+from .read_ahead import ReadAhead, reads_ahead
 from .solid import (
     OWN_STREAM_MIN,
     BlockCoder,
@@ -145,7 +145,7 @@ class _Compressor:
         elif entry.kind == FILE:
             self.summary.input_bytes += entry.size
             self.summary.files += 1
-            record = self.reader.take(entry) if self.reader is not None else self.read(entry)
+            record = self.reader.take(entry) if self.reader is not None and reads_ahead(entry) else self.read(entry)
             if record is None:
                 self._general_file(entry)
             elif self.triage is None:
@@ -473,8 +473,10 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
         from .triage import Triage  # needs the engine (torch), as coding does
     compressor = _Compressor(writer, online_adapter(bundle, adaptation), progress, byte_exact, threads, note,
                              Triage(bundle, adaptation) if triage else None, cluster, block_size)
-    # Files are read as images on a helper thread, ahead of triage and coding (read_ahead.py).
-    with ReadAhead([entry for entry in entries if entry.kind == FILE], compressor.read) as reader:
+    # Files of some size are read as images on a helper thread, ahead of triage and coding
+    # (read_ahead.py); small ones when the compressor comes to them.
+    ahead = [entry for entry in entries if entry.kind == FILE and reads_ahead(entry)]
+    with ReadAhead(ahead, compressor.read) as reader:
         compressor.reader = reader
         for entry in entries:
             compressor.add(entry)

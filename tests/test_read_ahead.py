@@ -13,13 +13,19 @@ import pytest
 from click.testing import CliRunner
 from conftest import MODEL, assert_same_tree
 
-from osoa_zip import compress, decompress, pack
+from osoa_zip import compress, decompress, pack, read_ahead
 from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.cli import main
 from osoa_zip.imaging.messages import between_captures, library_messages
 from osoa_zip.read_ahead import ReadAhead
 
 CONFIG = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0)
+
+
+@pytest.fixture(autouse=True)
+def every_file_read_ahead(monkeypatch):
+    """The fixture tree's files are all small: here the reader takes every file."""
+    monkeypatch.setattr(read_ahead, "READ_AHEAD_MIN_BYTES", 0)
 
 
 class _InLine:
@@ -56,6 +62,28 @@ def test_reading_ahead_does_not_change_the_archive(source_tree, tmp_path, monkey
     assert len(set(archives.values())) == 1, {name: len(data) for name, data in archives.items()}
     decompress(io.BytesIO(archives["ahead"]), tmp_path / "out")
     assert_same_tree(source_tree, tmp_path / "out")
+
+
+def test_files_read_ahead_or_in_line_by_size_give_the_same_archive(source_tree, monkeypatch):
+    """Files below READ_AHEAD_MIN_BYTES are read when the compressor comes to them, the others
+    on the reader thread: with the bound between the tree's sizes both kinds interleave."""
+    sizes = sorted(path.stat().st_size for path in source_tree.rglob("*") if path.is_file())
+    ahead = _archive(source_tree)
+    taken = []
+    real = ReadAhead
+
+    def counting(items, read):
+        taken.extend(items)
+        return real(items, read)
+
+    monkeypatch.setattr(pack, "ReadAhead", counting)
+    monkeypatch.setattr(read_ahead, "READ_AHEAD_MIN_BYTES", sizes[len(sizes) // 2])
+    assert _archive(source_tree) == ahead
+    assert 0 < len(taken) < len(sizes)
+    assert all(entry.size >= sizes[len(sizes) // 2] for entry in taken)
+    monkeypatch.setattr(read_ahead, "READ_AHEAD_MIN_BYTES", 1 << 62)
+    taken.clear()
+    assert _archive(source_tree) == ahead and taken == []
 
 
 def test_the_reader_keeps_order_and_its_bounds():

@@ -11,10 +11,10 @@ the file's name; the command line shows them only with -v.
 
 Descriptor 2 and the warning filters belong to the whole process, so captures
 take turns (a lock): whatever any thread writes to descriptor 2 while one runs
-is attributed to that capture's file.  Image reads happen one at a time anyway
-(the compressor's reader thread reads in order, read_ahead.py; coding threads only
-code), and the compressor's progress reports wait for a capture to end
-(``between_captures``).
+is attributed to that capture's file.  The compressor reads larger files on its
+reader thread and small ones on the main thread (read_ahead.py), so their
+captures take turns; coding threads only code, and the compressor's progress
+reports wait for a capture to end (``between_captures``).
 """
 from __future__ import annotations
 
