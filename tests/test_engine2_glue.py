@@ -63,7 +63,8 @@ def test_strided_products_pad_every_short_remainder():
 
 
 @settings(max_examples=60, deadline=None)
-@given(rows=st.integers(1, 80), depth=st.integers(1, 600), columns=st.integers(1, 70),
+@given(rows=st.integers(1, 80), depth=st.integers(1, 600),
+       columns=st.one_of(st.sampled_from([9, 13, 15, 16, 18, 25, 30, 31, 33, 36, 60]), st.integers(1, 70)),
        extreme=st.booleans(), transposed=st.booleans(), contiguous=st.booleans(), seed=st.integers(0, 2 ** 31))
 def test_strided_products_are_exact_on_every_kernel(rows, depth, columns, extreme, transposed, contiguous, seed):
     generator = torch.Generator().manual_seed(seed)

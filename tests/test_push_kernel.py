@@ -11,30 +11,17 @@ on the factors of the shipped default model.
 """
 from __future__ import annotations
 
-import contextlib
-
 import numpy as np
 import pytest
 import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from test_coder_speed_paths import TABLES, _mixture
+from test_coder_speed_paths import TABLES, _compiled, _mixture, needs_numba
 
 from osoa_zip.coding import mixture_coder, native
 from osoa_zip.coding.ans import Decoder, Encoder
 from osoa_zip.coding.mixture_coder import BUCKETS, pop_mixture_factor, push_mixture_factors
 from osoa_zip.exact.logistic import LOG_SCALE_MAX, LOG_SCALE_MIN
-
-needs_numba = pytest.mark.skipif(not native.available(), reason="numba (the fast extra) is not installed")
-
-
-@contextlib.contextmanager
-def _compiled(enabled: bool):
-    saved, native.ENABLED = native.ENABLED, enabled
-    try:
-        yield
-    finally:
-        native.ENABLED = saved
 
 
 def _queued_both_ways(tables, factors) -> list:
