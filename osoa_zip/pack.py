@@ -362,8 +362,8 @@ class _Compressor:
         ``counted`` names by their batch's id()), then ``keep`` them."""
         def code(segment_adapter: OnlineAdapter, chain: list) -> list:
             tiles = [gather(batch, colour) for batch in chain]
-            wanted = [counted.get(id(batch)) for batch in chain]
-            return keep(segment_adapter.encode_chain(tiles, wanted if any(w is not None for w in wanted) else False))
+            counts = [counted.get(id(batch)) for batch in chain]
+            return keep(segment_adapter.encode_chain(tiles, counts if any(c is not None for c in counts) else None))
         return code
 
     def _keeper(self, store: _CodedBatches, batch_count: int, group_bytes: int):

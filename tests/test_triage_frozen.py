@@ -141,9 +141,9 @@ def test_images_the_classical_bound_clears_are_not_counted_and_code_alike(tmp_pa
     counting, cleared = [], {}
     encode_chain, clearly_pays = OnlineAdapter.encode_chain, Triage.clearly_pays
 
-    def recording_encode_chain(self, batches, tile_bits=False):
-        counting.append(tile_bits)
-        return encode_chain(self, batches, tile_bits)
+    def recording_encode_chain(self, batches, count_tiles=None):
+        counting.append(count_tiles)
+        return encode_chain(self, batches, count_tiles)
 
     def recording_clearly_pays(self, record, path, size):
         cleared[path.name] = clearly_pays(self, record, path, size)

@@ -46,6 +46,7 @@ import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Sequence
 
 import numpy as np
 import torch
@@ -334,10 +335,10 @@ class OnlineAdapter:
 
     # -- coding --------------------------------------------------------------
 
-    def encode(self, tiles: np.ndarray, tile_bits=False) -> tuple[bytes, BatchStatistics]:
+    def encode(self, tiles: np.ndarray, count_tiles: np.ndarray | None = None) -> tuple[bytes, BatchStatistics]:
         """Code a B x C x H x W uint8 batch (flag byte + stream), then adapt on it.  With
-        ``tile_bits`` (True, or B booleans: those tiles only), a frozen archive's statistics
-        also hold each tile's bits (None for the tiles not asked for)."""
+        ``count_tiles`` (B booleans), a frozen archive's statistics also hold the coded bits of
+        those tiles (None for the others): triage judges their images by them."""
         started = time.perf_counter()
         choice = self._choose(tiles)
         if choice.factors is not None:
@@ -347,13 +348,11 @@ class OnlineAdapter:
             encoder = self._family.new_encoder()
             choice.network.encode(choice.pixels, encoder)  # the model codes as it goes: before any update
             stream = _Done(encoder.finish())
-        wanted = np.full(tiles.shape[0], bool(tile_bits)) if isinstance(tile_bits, bool) else np.asarray(tile_bits)
-        if wanted.any() and not self.config.adapt and choice.factors is not None:
-            values = choice.network.factor_tile_bits(choice.factors, tiles.shape[0], wanted)
-            tile_bits = None if values is None else [value if want else None
-                                                     for value, want in zip(values.tolist(), wanted.tolist())]
-        else:
-            tile_bits = None
+        tile_bits = None
+        if count_tiles is not None and np.any(count_tiles) and not self.config.adapt and choice.factors is not None:
+            values = choice.network.factor_tile_bits(choice.factors, tiles.shape[0], count_tiles)
+            if values is not None:
+                tile_bits = [value if counted else None for value, counted in zip(values.tolist(), count_tiles)]
         if choice.adapting:
             self._adapt(choice.track, choice.pixels, choice.loss, choice.trunks)
         data = bytes([choice.flags]) + stream.result()
@@ -365,9 +364,10 @@ class OnlineAdapter:
         """How many consecutive batches ``encode_chain`` lays on one stack (1: each its own)."""
         return self.config.chain_batches if self._family.chains_batches else 1
 
-    def encode_chain(self, batches: list[np.ndarray], tile_bits=False
+    def encode_chain(self, batches: list[np.ndarray], count_tiles: Sequence[np.ndarray | None] | None = None
                      ) -> list[tuple[bytes, BatchStatistics]]:
-        """Code consecutive batches of one segment, as ``encode`` does one by one.
+        """Code consecutive batches of one segment, as ``encode`` does one by one
+        (``count_tiles``: each batch's ``encode`` argument; a chain counts none).
 
         A family that chains batches (the VAE, bits-back) lays them on one
         stack, so that only the batch coded first pays for its latents without
@@ -382,10 +382,8 @@ class OnlineAdapter:
         if len(batches) > self.chain_length:
             raise ValueError(f"a chain of {len(batches)} batches is longer than chain_batches")
         if len(batches) < 2:
-            if isinstance(tile_bits, (list, tuple)):  # one entry per batch: its tiles, or None
-                return [self.encode(tiles, False if wanted is None else wanted)
-                        for tiles, wanted in zip(batches, tile_bits)]
-            return [self.encode(tiles, tile_bits) for tiles in batches]
+            counts = [None] * len(batches) if count_tiles is None else count_tiles
+            return [self.encode(tiles, counted) for tiles, counted in zip(batches, counts)]
         planned: list[_Planned] = []
         for index, tiles in enumerate(batches):
             started = time.perf_counter()
