@@ -684,6 +684,8 @@ class IntConvStack(nn.Module):
                 inputs.append(source)
             if index < final:
                 memo = conv._forward_saved(source, shape + (source.shape[3],), kernel, patches[index])
+                source, values = _leaky_framed(memo, conv.output_range, self.convs[index + 1].input_limbs, shape)
+                memo = memo._replace(values=values)
             else:
                 memo = conv._forward_saved(source, shape + (source.shape[3],), kernel,
                                            patches[index] or patches_out is not None, last_patches)
@@ -691,9 +693,6 @@ class IntConvStack(nn.Module):
                     patches_out.append(memo.patches)
                 if not patches[index]:
                     memo = memo._replace(patches=None)
-            if index < final:
-                source, values = _leaky_framed(memo, conv.output_range, self.convs[index + 1].input_limbs, shape)
-                memo = memo._replace(values=values)
             if keep:
                 saved.append(memo)
         last = self.convs[-1]
