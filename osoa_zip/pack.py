@@ -449,9 +449,10 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     codes larger than its files is stored as files.  Entries whose
     archive name matches one of ``excludes`` are left out, as tar --exclude does
     (files.scan.ExcludePatterns).  Files off the model path go into solid blocks of about
-    ``block_size`` bytes (0: each file in a stream of its own; solid.py).  Images are read
-    on a helper thread ahead of triage and coding (read_ahead.py), the solid blocks and a
-    group's side planes are xz-packed beside the coding: none of it changes a byte.
+    ``block_size`` bytes (0: each file in a stream of its own; solid.py).  Image files of
+    16 KiB or more are read on a helper thread ahead of triage and coding (read_ahead.py),
+    the solid blocks and a group's side planes are xz-packed beside the coding: none of it
+    changes a byte.
     """
     started = time.perf_counter()
     if not 0 <= block_size <= MAX_BLOCK_BYTES:
