@@ -71,7 +71,8 @@ def main() -> None:
     set_gemm_threads(1)
     files = sorted(p for p in args.folder.iterdir() if p.suffix.lower() == ".png")[:args.limit]
     levels = [int(level) for level in args.levels.split(",")]
-    configs = {level: PRESETS[level].config(DEFAULT_MODEL) for level in levels}
+    models = {level: PRESETS[level].model or DEFAULT_MODEL for level in levels}  # -1 names its own
+    configs = {level: PRESETS[level].config(models[level]) for level in levels}
     spent: dict[str, float] = {}
     timed_parts(spent)
     totals: dict[int, list[float]] = {level: [] for level in levels}
@@ -82,7 +83,7 @@ def main() -> None:
             spent.clear()
             output = io.BytesIO()
             started = time.process_time()
-            compress(files, output, DEFAULT_MODEL, configs[level])
+            compress(files, output, models[level], configs[level])
             seconds = time.process_time() - started
             digests[level] = hashlib.sha256(output.getvalue()).hexdigest()[:16]
             if round_ >= 2:

@@ -207,5 +207,8 @@ def _sample(height: int, width: int, channels: int, tile: int) -> Batch:
     tile_height, tile_width = min(tile, padded_height), min(tile, padded_width)
     places = [(y, x) for y in range(0, padded_height - tile_height + 1, tile)
               for x in range(0, padded_width - tile_width + 1, tile)]
-    chosen = sorted({int(i) for i in np.linspace(0, len(places) - 1, min(count, len(places))).round()})
+    if len(places) <= count:  # every place (what the spread below gives then, without numpy's call)
+        chosen = range(len(places))
+    else:
+        chosen = sorted({int(i) for i in np.linspace(0, len(places) - 1, count).round()})
     return Batch(channels, tile_height, tile_width, [(0, *places[i]) for i in chosen])

@@ -7,6 +7,8 @@
       --data data/train_gray32.npy --batch-size 32 --data data/train_fashion28.npy --batch-size 32 --mix 0.4,0.6 \
       --steps 3000 --lr 1e-4
   python scripts/train_engine2.py export --run runs/v7 --name idf-sublattice-v7 --description ...
+  python scripts/train_engine2.py export --run runs/fast16/e2 --reuse rgb=idf-sublattice-v7 --name idf-fast-v1 ...
+      # level -1's model: a small grey network beside v7's colour one (scripts/train_fast_grey.sh)
 
 ``train`` converts the shipped engine-1 network to engine 2 (models/quantise.py:
 weights rounded onto their integer grids, activation scales from min/max on
@@ -35,7 +37,14 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from osoa_zip.models.quantise import to_engine2  # noqa: E402
-from osoa_zip.models.registry import CHANNEL_PREFIXES, MANIFEST, build_networks, load_model  # noqa: E402
+from osoa_zip.models.registry import (  # noqa: E402
+    CHANNEL_PREFIXES,
+    MANIFEST,
+    NETWORK_OVERRIDES,
+    build_networks,
+    load_model,
+    network_config,
+)
 from osoa_zip.models.training import evaluate, export, train  # noqa: E402
 
 
@@ -93,14 +102,27 @@ def command_train(args) -> None:
 
 
 def command_export(args) -> None:
+    """Both networks from the run, or one reused from an installed model (--reuse rgb=MODEL,
+    weight for weight).  Networks of different shapes share one config: the colour network's,
+    with the grey one's differences as its own values (registry.network_config)."""
     run = Path(args.run)
-    networks, config = {}, None
+    reused = dict(item.split("=", 1) for item in args.reuse)
+    networks, configs = {}, {}
     for channels, prefix in CHANNEL_PREFIXES.items():
+        if prefix in reused:
+            bundle = load_model(reused[prefix])
+            configs[prefix] = network_config(bundle.config, channels)
+            networks[channels] = bundle.network(channels)
+            continue
         progress = json.loads((run / f"{prefix}.json").read_text())
-        config = config or progress["config"]
+        configs[prefix] = progress["config"]
         network = build_networks(progress["config"])[channels]
         network.load_state_dict(load_file(str(run / f"{prefix}.safetensors")))
         networks[channels] = network
+    config = dict(configs["rgb"])
+    own = {key: value for key, value in configs["gray"].items() if config.get(key) != value}
+    if own:
+        config[NETWORK_OVERRIDES] = {"gray": own}
     models = Path(args.models_dir)
     digest = export(models / f"{args.name}.safetensors", config, networks, models / MANIFEST, args.name,
                     args.description, {"training": {"recipe": args.recipe}})
@@ -129,6 +151,8 @@ def main() -> None:
     exporter.add_argument("--name", required=True)
     exporter.add_argument("--description", required=True)
     exporter.add_argument("--recipe", default="")
+    exporter.add_argument("--reuse", action="append", default=[], metavar="PREFIX=MODEL",
+                          help="take that network (gray or rgb) from an installed model, e.g. rgb=idf-sublattice-v7")
     exporter.add_argument("--models-dir", default=str(REPO / "models"),
                           help="where the checkpoint and its manifest entry go (a candidate: any folder, "
                                "used through $OSOA_ZIP_MODELS)")

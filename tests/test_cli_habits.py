@@ -33,7 +33,7 @@ from osoa_zip.adapt.presets import DEFAULT_LEVEL, PRESETS, preset
 from osoa_zip.archive import compress, decompress
 from osoa_zip.cli import main
 from osoa_zip.files.scan import ExcludePatterns, scan
-from osoa_zip.models.catalog import DEFAULT_MODEL
+from osoa_zip.models.catalog import DEFAULT_MODEL, FAST_MODEL
 from osoa_zip.table import read_archive, read_table
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
@@ -359,6 +359,27 @@ def test_levels_on_the_command_line(small_archive, tmp_path):
     assert header_of(archives["9+steps"]) == recorded(PRESETS[9].config(MODEL, steps_per_batch=1, give_up_after=5))
     assert header_of(archives["9+rate"]) == recorded(PRESETS[9].config(MODEL, learning_rate=1e-3))
     assert header_of(archives["9"])["learning_rate"] == pytest.approx(2 / 3 * adaptation_for(MODEL).learning_rate)
+
+
+def test_level_1_codes_with_the_fast_model_unless_a_model_is_given(tmp_path):
+    """-1 names its own model (catalog.FAST_MODEL, a small engine-2 flow) in the header and decodes
+    exactly with it; --model still wins over the level's model, and -6 keeps the default model."""
+    source = tmp_path / "src"
+    shutil.copytree(Path(__file__).resolve().parents[1] / "examples" / "images", source,
+                    ignore=shutil.ignore_patterns("*.txt"))  # 64 x 64 RGB photos and 48 x 48 grey ones
+    models = {}
+    for name, options in {"1": ["-1"], "1+model": ["-1", "--model", MODEL], "6": ["-6"]}.items():
+        archive = tmp_path / f"{name}.osoa"
+        result = run_cli("compress", "-q", *options, source, archive)
+        assert result.returncode == 0, result.stderr
+        with open(archive, "rb") as stream:
+            header, entries, _ = read_archive(stream)
+        models[name] = header["model"]["name"], {entry.method for entry in entries}
+        with open(archive, "rb") as stream:
+            decompress(stream, tmp_path / f"out-{name}")
+        assert_same_tree(source, tmp_path / f"out-{name}")
+    assert models == {"1": (FAST_MODEL, {"model"}), "6": (DEFAULT_MODEL, {"model"}),
+                      "1+model": (MODEL, {"solid"})}  # the tiny test model codes nothing smaller than PNG
 
 
 # --- one entry to standard output ---------------------------------------------------------------------------

@@ -22,12 +22,14 @@ from osoa_zip.adapt.engine import AdaptationConfig, OnlineAdapter
 from osoa_zip.exact.logistic import LogisticTables
 from osoa_zip.models.idf import COEFFICIENT_LIMIT
 from osoa_zip.models.registry import (
+    NETWORK_OVERRIDES,
     FlowBundle,
     ModelError,
     available_models,
     build_networks,
     load_checkpoint,
     load_model,
+    network_config,
     save_checkpoint,
     sha256_file,
 )
@@ -237,6 +239,34 @@ def test_unknown_architecture_keys_are_refused(tmp_path):
     path = tmp_path / "future.safetensors"
     save_checkpoint(path, {"hidden": 4, "depth": 2, "levels": 1, "attention": True}, networks)
     with pytest.raises(ModelError, match="attention"):
+        load_checkpoint(path, name="future", sha256=sha256_file(path))
+
+
+def test_a_network_may_have_its_own_shape_and_loads_as_saved(tmp_path):
+    """config["networks"]["gray"] gives the grey network values of its own (level -1's model pairs
+    a small grey network with the default's colour one); the checkpoint loads both as written."""
+    config = {"hidden": 6, "depth": 3, "levels": 1, "channel_coupling": True, NETWORK_OVERRIDES: {"gray": {"hidden": 4,
+                                                                                                           "depth": 2}}}
+    networks = build_networks(config)
+    assert (len(networks[3].levels[0].edges.convs), len(networks[1].levels[0].edges.convs)) == (3, 2)
+    assert network_config(config, 1)["hidden"] == 4 and network_config(config, 3)["hidden"] == 6
+    assert NETWORK_OVERRIDES not in network_config(config, 1)
+    path = tmp_path / "paired.safetensors"
+    save_checkpoint(path, config, networks)
+    bundle = load_checkpoint(path, name="paired", sha256=sha256_file(path))
+    for channels, network in networks.items():
+        loaded = bundle.network(channels).state_dict()
+        assert loaded.keys() == network.state_dict().keys()
+        assert all(torch.equal(loaded[key], value.to(loaded[key].dtype)) for key, value in network.state_dict().items())
+
+
+@pytest.mark.parametrize("overrides, named", [({"gray": {"attention": True}}, "networks.gray.attention"),
+                                              ({"cmyk": {"hidden": 4}}, "networks.cmyk")])
+def test_unknown_network_values_are_refused(tmp_path, overrides, named):
+    networks = build_networks({"hidden": 4, "depth": 2, "levels": 1})
+    path = tmp_path / "future.safetensors"
+    save_checkpoint(path, {"hidden": 4, "depth": 2, "levels": 1, NETWORK_OVERRIDES: overrides}, networks)
+    with pytest.raises(ModelError, match=named):
         load_checkpoint(path, name="future", sha256=sha256_file(path))
 
 

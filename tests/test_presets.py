@@ -9,10 +9,12 @@ from __future__ import annotations
 import dataclasses
 
 import pytest
+import torch
 
 from osoa_zip.adapt.defaults import adaptation_for
 from osoa_zip.adapt.presets import DEFAULT_LEVEL, PRESETS
-from osoa_zip.models.catalog import DEFAULT_MODEL
+from osoa_zip.models.catalog import DEFAULT_MODEL, FAST_MODEL, available_models
+from osoa_zip.models.registry import load_model, network_config
 
 MODELS = (DEFAULT_MODEL, "idf-sublattice-v6")
 
@@ -66,3 +68,25 @@ def test_summaries_fit_one_help_line_and_name_the_default():
     assert all(len(chosen.summary) <= 44 for chosen in PRESETS.values())
     assert PRESETS[DEFAULT_LEVEL].summary.startswith("default")
     assert "fastest" in PRESETS[1].summary and "smallest" in PRESETS[9].summary
+
+
+def test_the_fastest_level_codes_grey_images_with_a_smaller_network_and_colour_ones_as_the_default():
+    """-1 alone names a model: a shipped engine-2 flow whose colour network is the default
+    model's, weight for weight (frozen, it is fast already), and whose grey network has the same
+    architecture at a smaller width and depth (the default's frozen grey pass is not)."""
+    assert [chosen.level for chosen in PRESETS.values() if chosen.model] == [1]
+    assert PRESETS[1].model == FAST_MODEL
+    models = available_models()
+    fast, default = models[FAST_MODEL]["config"], models[DEFAULT_MODEL]["config"]
+    assert network_config(fast, 3) == default
+    grey, default_grey = network_config(fast, 1), network_config(default, 1)
+    shape = ("hidden", "depth")
+    assert {key: grey[key] for key in grey if key not in shape} == {key: default_grey[key] for key in default_grey
+                                                                     if key not in shape}
+    assert all(grey[key] < default_grey[key] for key in shape)
+    fast_bundle, default_bundle = load_model(FAST_MODEL), load_model(DEFAULT_MODEL)
+    colour, default_colour = fast_bundle.network(3).state_dict(), default_bundle.network(3).state_dict()
+    assert colour.keys() == default_colour.keys()
+    assert all(torch.equal(colour[key], default_colour[key]) for key in colour)
+    assert sum(p.numel() for p in fast_bundle.network(1).parameters()) * 3 < \
+        sum(p.numel() for p in default_bundle.network(1).parameters())

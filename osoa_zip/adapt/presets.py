@@ -8,7 +8,9 @@ level's value (the command line decides which options were given).
 
 Speed comes from adapting less: the frozen model needs one forward pass per
 batch, no backward pass and no guard (and its coding pass tells per-image triage
-what each image costs, so triage codes no samples of its own: pack.py); the
+what each image costs, so triage codes no samples of its own: pack.py); -1 also
+codes grey images with a smaller network (FAST_MODEL: the default's colour network
+beside a grey one of half the width and two thirds the depth); the
 middle levels adapt the last layers only (no gradient into the big layers; at the
 model's rate for them, v7's 3e-4) on the first 4 to 32 batches of each kind of image,
 and -2 and -3 give up once θ0 wins 2 or 4 comparisons in a row (then decoding stops
@@ -27,7 +29,7 @@ from dataclasses import dataclass, field, fields
 from types import MappingProxyType
 from typing import Mapping
 
-from ..models.catalog import DEFAULT_MODEL
+from ..models.catalog import DEFAULT_MODEL, FAST_MODEL
 from .config import AdaptationConfig
 from .defaults import adaptation_for
 
@@ -85,8 +87,8 @@ FROZEN_BATCHES = {"batch_pixels": 131072, "gray_batch_pixels": 131072, "batch_pi
 LAST_LAYERS = {"parameters": "last", "gray_parameters": "last"}
 
 PRESETS: Mapping[int, Preset] = MappingProxyType({preset.level: preset for preset in (
-    Preset(1, "frozen model, no adaptation (fastest)",
-           {"adapt": False, "guard": False, **FROZEN_BATCHES}),
+    Preset(1, "frozen model, small grey network (fastest)",
+           {"adapt": False, "guard": False, **FROZEN_BATCHES}, model=FAST_MODEL),
     Preset(2, "last layers adapt on 4 batches at most",
            {**LAST_LAYERS, "adapt_batches": 4, "give_up_after": 2}),
     Preset(3, "last layers adapt on 8 batches at most",

@@ -101,10 +101,34 @@ class FlowBundle:
             raise ModelError(f"model {self.name} has no network for {channels}-channel images") from None
 
 
+# A checkpoint config's key for what one network has of its own: {"gray": {"hidden": 24, ...}}.
+NETWORK_OVERRIDES = "networks"
+
+
+def network_config(config: dict, channels: int) -> dict:
+    """The config of the network for ``channels``: the checkpoint's, with that network's own
+    values on top (``config["networks"][prefix]``).  Why: one bundle may pair networks of
+    different sizes; level -1's model has a small grey network beside the default's colour one,
+    because v7's colour network frozen is already fast and its grey one is not."""
+    own = config.get(NETWORK_OVERRIDES, {}).get(CHANNEL_PREFIXES[channels], {})
+    return {**{key: value for key, value in config.items() if key != NETWORK_OVERRIDES}, **own}
+
+
+def unknown_config_keys(config: dict, family: type[CodingModel]) -> list[str]:
+    """The keys of a checkpoint config (its networks' own values included) that this version's
+    ``family`` does not know: a checkpoint that needs them cannot be built here."""
+    unknown = set(config) - family.config_keys - {"family", NETWORK_OVERRIDES}
+    for prefix, values in config.get(NETWORK_OVERRIDES, {}).items():
+        if prefix not in CHANNEL_PREFIXES.values():
+            unknown.add(f"{NETWORK_OVERRIDES}.{prefix}")
+        unknown |= {f"{NETWORK_OVERRIDES}.{prefix}.{key}" for key in set(values) - family.config_keys}
+    return sorted(unknown)
+
+
 def build_networks(config: dict) -> dict[int, CodingModel]:
     """The networks a config describes, built by its family's ``from_config``."""
     cls = family_class(family_of(config))
-    return {channels: cls.from_config(channels, config) for channels in CHANNEL_PREFIXES}
+    return {channels: cls.from_config(channels, network_config(config, channels)) for channels in CHANNEL_PREFIXES}
 
 
 def load_model(name: str, expected_sha256: str | None = None) -> FlowBundle:
@@ -133,14 +157,14 @@ def load_checkpoint(path: Path, name: str, sha256: str) -> FlowBundle:
         metadata = reader.metadata() or {}
     config = json.loads(metadata["config"])
     family = family_class(family_of(config))
-    unknown = set(config) - family.config_keys - {"family"}
+    unknown = unknown_config_keys(config, family)
     if unknown:
-        raise ModelError(f"model {name!r} needs architecture features this version lacks: {sorted(unknown)}")
+        raise ModelError(f"model {name!r} needs architecture features this version lacks: {unknown}")
     tables = LogisticTables.from_tensors({key.split(".", 1)[1]: value for key, value in tensors.items()
                                           if key.startswith("tables.")})
 
     def build(channels: int) -> CodingModel:
-        network = family.from_config(channels, config)
+        network = family.from_config(channels, network_config(config, channels))
         prefix = CHANNEL_PREFIXES[channels] + "."
         network.load_state_dict({key[len(prefix):]: value for key, value in tensors.items()
                                  if key.startswith(prefix)})
@@ -193,7 +217,7 @@ def save_checkpoint(path: Path, config: dict, networks: dict[int, CodingModel]) 
     return sha256_file(path)
 
 
-__all__ = ["CHANNEL_PREFIXES", "DEFAULT_MODEL", "MANIFEST", "CodingModel", "FlowBundle", "ModelError",
-           "available_models", "build_networks", "families", "family_class", "family_of", "load_checkpoint",
-           "load_model", "model_dirs", "recommended_learning_rate", "register_family", "save_checkpoint",
-           "sha256_file"]
+__all__ = ["CHANNEL_PREFIXES", "DEFAULT_MODEL", "MANIFEST", "NETWORK_OVERRIDES", "CodingModel", "FlowBundle",
+           "ModelError", "available_models", "build_networks", "families", "family_class", "family_of",
+           "load_checkpoint", "load_model", "model_dirs", "network_config", "recommended_learning_rate",
+           "register_family", "save_checkpoint", "sha256_file"]

@@ -9,10 +9,9 @@ coupling convolution of the model is an exact integer product.  The archives
 use small tiles in batches of two, both channel counts adapting every layer,
 so that they replay many integer updates of each network.
 
-A new engine-2 model gets its archive here from its first release on: add one
-line to ARCHIVES, ``"format-1.<minor>-engine-2-<model>.osoa": ("<model>", {settings})``,
-then run this module, which writes the archives that do not exist yet and never
-rewrites one; tests/test_golden.py decodes every archive listed here.  The default
+A new engine-2 model of a format-1.5 release got its archive here; since format 1.6
+(release 1.10.0) a new model's archive goes into format_1_6.py, the module of the format
+that release writes (tests/test_golden.py decodes every archive either lists).  The default
 flow idf-sublattice-v7 has the settings of format_1_3's v6 archive (tiles of 16,
 batches of 2, 512 and 1024 pixels) and adapts its last layers, as its manifest
 entry chooses.

@@ -8,7 +8,9 @@ engine by version alone (``"engine": {"version": 2}``), the decoder taking the
 engine's whole record from its frozen table (exact/grid.py ENGINES).  One
 archive per engine, each with its tiny test model and format_1_5's engine-2
 settings (small tiles in batches of two, both channel counts adapting every
-layer), so that both compact records are decoded on every test run.
+layer), so that both compact records are decoded on every test run; and one per
+engine-2 model added since (its first release writes it: add its line to ARCHIVES and run
+this module).
 
     python tests/golden/format_1_6.py   # writes the archives that do not exist yet, never rewrites one
 """
@@ -23,11 +25,18 @@ import engine_2  # noqa: E402
 import format_1_0  # noqa: E402
 
 ENGINE_2_SETTINGS = engine_2.ARCHIVES["format-1.5-engine-2-idf-tiny-test-e2.osoa"][1]
+# Level -1's model (release 1.13.0 on): v7's settings in its archive, but every layer of the
+# grey network adapting, so that its own integer updates are replayed on every test run, and
+# giving up after 4 lost comparisons, the default it was written with.
+FAST_SETTINGS = {**engine_2.ARCHIVES["format-1.5-engine-2-idf-sublattice-v7.osoa"][1], "gray_parameters": "all",
+                 "give_up_after": 4}
 ARCHIVES = {  # file name -> (model, adaptation settings)
     "format-1.6-engine-2-idf-tiny-test-e2.osoa": ("idf-tiny-test-e2", ENGINE_2_SETTINGS),
     "format-1.6-engine-1-idf-tiny-test.osoa": ("idf-tiny-test", ENGINE_2_SETTINGS),
+    "format-1.6-engine-2-idf-fast-v1.osoa": ("idf-fast-v1", FAST_SETTINGS),
 }
-ENGINES = {"format-1.6-engine-2-idf-tiny-test-e2.osoa": 2, "format-1.6-engine-1-idf-tiny-test.osoa": 1}
+ENGINES = {"format-1.6-engine-2-idf-tiny-test-e2.osoa": 2, "format-1.6-engine-1-idf-tiny-test.osoa": 1,
+           "format-1.6-engine-2-idf-fast-v1.osoa": 2}
 
 
 def write_missing_1_6(archives: dict) -> None:
