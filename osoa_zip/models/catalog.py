@@ -18,7 +18,7 @@ MANIFEST = "manifest.json"
 # (docs/MODELS.md).
 DEFAULT_MODEL = "idf-sublattice-v7"
 # Level -1's model: v7's colour network, weight for weight, beside a grey network of v7's
-# architecture at hidden width 24 and depth 2 (v7: 48 and 3), trained through engine 2 on
+# architecture at hidden width 16 and depth 2 (v7: 48 and 3), trained through engine 2 on
 # v7's grey tiles: frozen, v7's grey pass costs the most per pixel (docs/MODELS.md).
 FAST_MODEL = "idf-fast-v1"
 

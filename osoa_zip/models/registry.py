@@ -101,7 +101,7 @@ class FlowBundle:
             raise ModelError(f"model {self.name} has no network for {channels}-channel images") from None
 
 
-# A checkpoint config's key for what one network has of its own: {"gray": {"hidden": 24, ...}}.
+# A checkpoint config's key for what one network has of its own: {"gray": {"hidden": 16, ...}}.
 NETWORK_OVERRIDES = "networks"
 
 
