@@ -7,8 +7,8 @@
 # 1. Float pretraining of a grey network of v6's architecture at hidden width WIDTH and depth 2
 #    (scripts/pretrain.py; 8000 steps, Adam at 2e-3 on a cosine, gray photo tiles and
 #    Fashion-MNIST's training split half and half).
-# 2. That network exported as a float (engine-1) model in RUN/models, with v6's config at that
-#    width and depth (its colour network is untrained and never used).
+# 2. That network exported as a float (engine-1) model in RUN/models, with the config pretrain.py
+#    wrote into RUN/config.json (its colour network is untrained and never used).
 # 3. Quantisation-aware training through engine 2 (scripts/train_engine2.py; 12000 steps at
 #    2e-4, mix 0.4/0.6 as v7's grey network had).
 # 4. With NAME: the export into models/, the colour network taken from idf-sublattice-v7 weight
@@ -33,11 +33,11 @@ from pathlib import Path
 
 from safetensors.torch import load_file
 
-from osoa_zip.models.registry import build_networks, load_model
+from osoa_zip.models.registry import build_networks
 from osoa_zip.models.training import export
 
 run, width = Path(sys.argv[1]), int(sys.argv[2])
-config = dict(load_model("idf-sublattice-v6").config, hidden=width, depth=2)
+config = json.loads((run / "config.json").read_text())
 networks = build_networks(config)
 networks[1].load_state_dict(load_file(str(run / "gray.safetensors")))
 print(export(run / "models" / "float.safetensors", config, {c: n.float() for c, n in networks.items()},
