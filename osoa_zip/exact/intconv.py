@@ -37,6 +37,7 @@ import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -316,13 +317,28 @@ class IntConv3x3(nn.Module):
             left_shift = left_shift if bool(left_shift.any()) else 0
         left = max(0, int(torch.as_tensor(left_shift).max()))  # the largest multiplication, 2**left
         product_bound = self._bound(9 * self.weight.shape[1], self.input_range, self.weight_range)
-        value = _Scales(weight_scale, bias_scale, coarse, left_shift, right_shift, rounding_half(right_shift), left,
-                        product_bound, self.input_exponent, int(exponents.max()))
+        half = rounding_half(right_shift)
+        channels = self.weight.shape[0]
+
+        def per_channel(value) -> np.ndarray:
+            return torch.as_tensor(value, dtype=torch.int64).reshape(-1).expand(channels).contiguous().numpy()
+
+        compiled = None
+        if self.weight.dtype == torch.float64:  # the compiled pass's operands (conv_kernels.prepare_weights)
+            coarse_half, coarse_shift = (0, 0) if coarse is None else coarse
+            compiled = (weight_scale.reshape(-1).contiguous().numpy(), bias_scale.contiguous().numpy(),
+                        per_channel(coarse_half), per_channel(coarse_shift), per_channel(left_shift), per_channel(half))
+        value = _Scales(weight_scale, bias_scale, coarse, left_shift, right_shift, half, left,
+                        product_bound, self.input_exponent, int(exponents.max()), compiled)
         self.__dict__["_scales_cache"] = (weakref.ref(self.weight_exponents), key, value)
         return value
 
     def _prepare(self) -> _Prepared:
         scales = self._scales()
+        if scales.compiled is not None and conv_kernels.available():
+            prepared = self._prepare_compiled(scales)
+            if prepared is not None:
+                return prepared
         # weight_ints and bias_ints, with their scales computed once: the same IEEE operations,
         # the later ones in place.
         weights = torch.mul(self.weight.detach(), scales.weight_scale).add_(0.5).floor_().clamp_(*self.weight_range)
@@ -346,6 +362,35 @@ class IntConv3x3(nn.Module):
         return _Prepared(weights, columns, _limb_columns(rows, self.weight_limbs), offset.to(dtype), left_shift,
                          right_shift, dtype, scales.product_bound, input_gradient_bound, scales.input_exponent,
                          scales.coarsest)
+
+    def _prepare_compiled(self, scales: _Scales) -> _Prepared | None:
+        """``_prepare``'s integers from one compiled pass (exact/conv_kernels.py), or None for weights or
+        biases that are not finite or beyond int64 (the torch passes then give their integers).
+
+        Why: the torch passes are some thirty small operations per conv (~0.15 ms), and an adapting
+        network's convs change every batch, so each batch pays them again in every process that
+        replays it (18 convs in v7's RGB network)."""
+        weight = self.weight.detach().contiguous()
+        out_channels, in_channels = weight.shape[:2]
+        limbs = self.weight_limbs
+        weights = torch.empty(weight.shape, dtype=torch.int32)
+        columns = torch.empty(9 * in_channels, limbs * out_channels, dtype=torch.int8)
+        rows = torch.empty(9 * out_channels, limbs * in_channels, dtype=torch.int8)
+        offset = torch.empty(out_channels, dtype=torch.int64)
+        finite, column_sum, largest_offset = conv_kernels.prepare_weights(
+            weight.numpy(), scales.compiled[0], *self.weight_range, self.bias.detach().contiguous().numpy(),
+            *scales.compiled[1:], limbs, weights.numpy(), columns.numpy(), rows.numpy(), offset.numpy())
+        if not finite:
+            return None
+        input_gradient_bound = self.input_gradient_bound()
+        if input_gradient_bound << LEAKY_SHIFT >= INT32_LIMIT and rows.numel():
+            input_gradient_bound = self.gradient_limit * int(column_sum)  # as _prepare: from the actual weights
+        wide = (scales.product_bound << scales.left) + int(largest_offset) >= INT32_LIMIT
+        dtype = torch.int64 if wide else torch.int32
+        left_shift, right_shift = (shift if isinstance(shift, int) else shift.to(dtype)
+                                   for shift in (scales.left_shift, scales.right_shift))
+        return _Prepared(weights, columns, rows, offset.to(dtype), left_shift, right_shift, dtype,
+                         scales.product_bound, input_gradient_bound, scales.input_exponent, scales.coarsest)
 
     # -- forward and backward ------------------------------------------------
     def _accumulate(self, source: torch.Tensor, prep: _Prepared, kernel: Kernel | None, keep_patches: bool = True,
@@ -491,6 +536,8 @@ class _Scales(NamedTuple):
     product_bound: int  # the largest |forward product|
     input_exponent: int  # the input grid's exponent
     coarsest: int  # the largest weight exponent
+    compiled: tuple | None  # float64 weights: (weight scale, bias scale, coarsening half step and shift, left
+    # shift, half step), per channel as numpy arrays, for conv_kernels.prepare_weights
 
 
 class _Saved(NamedTuple):
