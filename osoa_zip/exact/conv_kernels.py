@@ -164,11 +164,7 @@ def grid_gradient_nhwc(grad, scale, halve, out):
         for c in range(channels):
             for y in range(height):
                 for x in range(width):
-                    k = grad[b, c, y, x] * scale
-                    rounded = np.floor(k)
-                    rest = k - rounded  # exact: |k| <= 2**17
-                    if rest > 0.5 or (rest == 0.5 and np.floor(rounded * 0.5) * 2.0 != rounded):
-                        rounded += 1.0
+                    rounded = np.rint(grad[b, c, y, x] * scale)  # IEEE's default rounding: half to even
                     if halve:
                         rounded = np.floor(rounded * 0.5 + 0.5)
                     out[b, y, x, c] = np.int32(rounded)
