@@ -168,3 +168,13 @@ def grid_gradient_nhwc(grad, scale, halve, out):
                     if halve:
                         rounded = np.floor(rounded * 0.5 + 0.5)
                     out[b, y, x, c] = np.int32(rounded)
+
+
+@_jit
+def scaled_output(ints, shift, scale, out):
+    """float64(ints >> shift) * scale into ``out`` (the same shape as ``ints``, any integer type):
+    ``_IntegerStackFunction``'s three passes over a stack's output (the shift onto the activation
+    grid, the conversion, the product by a power of two) in one; exact, so the same floats."""
+    flat, result = ints.reshape(-1), out.reshape(-1)
+    for i in range(flat.shape[0]):
+        result[i] = np.float64(np.int64(flat[i]) >> shift) * scale
