@@ -52,9 +52,13 @@ def test_compiled_gradient_columns_match_torch(seed, monkeypatch):
     for compiled in (True, False):
         monkeypatch.setattr(conv_kernels, "available", lambda compiled=compiled: compiled)
         results.append(intconv._gradient_columns(ints.clone(), -7, intconv.gradient_limit(2), 2, seed % 2 == 0))
-    (columns, exponent), (expected, expected_exponent) = results
+    (columns, exponent, sums), (expected, expected_exponent, no_sums) = results
     assert exponent == expected_exponent
     assert columns.dtype == expected.dtype == torch.int8 and torch.equal(columns, expected)
+    # The column sums (the bias gradient) are those of the limbs' recombination, low + 2**7 * high.
+    assert no_sums is None
+    rounded = expected[:, :channels].long() + (expected[:, channels:].long() << 7)
+    assert sums.dtype == torch.int64 and torch.equal(sums, rounded.sum(0))
 
 
 @pytest.mark.parametrize("seed", range(12))

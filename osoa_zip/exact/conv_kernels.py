@@ -62,17 +62,20 @@ def leaky_framed(values, shift, clamped, low, high, framed, narrow):
 
 
 @_jit
-def gradient_columns(ints, add, shift, columns):
+def gradient_columns(ints, add, shift, columns, sums):
     """``intconv._gradient_columns``' two 7-bit limbs in one pass: per entry of ``ints``
     (positions x C, int32 or int64), t = (g + add) >> shift (round half up onto the gradient's
     grid, plus the limb offset 64), the high limb t >> 7 into ``columns[:, C:]`` and the low one
-    (t & 127) - 64 into ``columns[:, :C]`` (int8, positions x 2C): the torch passes' integers."""
+    (t & 127) - 64 into ``columns[:, :C]`` (int8, positions x 2C): the torch passes' integers.
+    ``sums`` (int64, C, zeros) receives each column's sum of the rounded gradient, t - 64 (low
+    limb + high limb * 2**7): the bias gradient, which is the product of a row of ones with the limbs."""
     positions, channels = ints.shape
     for p in range(positions):
         for c in range(channels):
             t = (np.int64(ints[p, c]) + add) >> shift
             columns[p, channels + c] = t >> 7
             columns[p, c] = (t & 127) - 64
+            sums[c] += t - 64
 
 
 @_jit

@@ -477,11 +477,12 @@ class IntConv3x3(nn.Module):
         if not masked and saved.clamped:
             ints, scratch = ints * _inside(saved.values, *self.output_range), True
         limit = self.gradient_limit
-        g_columns, exponent = _gradient_columns(ints, grad.exponent, limit, self.gradient_limbs, scratch)
-        # The bias gradient (g's column sums) as one more limb product: a row of ones times g's limbs.
-        ones = torch.ones(1, positions, dtype=torch.int8)
-        total = stacked_product(ones, 1, g_columns, self.gradient_limbs, kernel, positions * limit)
-        bias_grad = _as_float(total[0], exponent, positions * limit)
+        g_columns, exponent, total = _gradient_columns(ints, grad.exponent, limit, self.gradient_limbs, scratch)
+        if total is None:
+            # The bias gradient (g's column sums) as one more limb product: a row of ones times g's limbs.
+            ones = torch.ones(1, positions, dtype=torch.int8)
+            total = stacked_product(ones, 1, g_columns, self.gradient_limbs, kernel, positions * limit)[0]
+        bias_grad = _as_float(total, exponent, positions * limit)
         weight_grad = None
         if need_weight:
             bound = self._bound(positions, self.input_range, (-limit, limit))
@@ -556,8 +557,9 @@ def _inside(values: torch.Tensor, low: int, high: int) -> torch.Tensor:
 
 
 def _gradient_columns(ints: torch.Tensor, exponent: int, limit: int, limbs: int, scratch: bool
-                      ) -> tuple[torch.Tensor, int]:
-    """quantize_gradient's rounding and _limb_columns' split in one go: (positions x limbs*C int8, exponent).
+                      ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    """quantize_gradient's rounding and _limb_columns' split in one go: (positions x limbs*C int8, exponent,
+    the column sums of the rounded gradient (int64) where the compiled pass made them, else None).
 
     For two 7-bit limbs, t = round_half_up(g / 2**s) + 64 = (g + half + 64 * 2**s) >> s;
     the high limb is t >> 7 and the low one (t & 127) - 64 (split_limbs' rule), each
@@ -565,7 +567,7 @@ def _gradient_columns(ints: torch.Tensor, exponent: int, limit: int, limbs: int,
     positions, channels = ints.shape
     if not ints.numel() or limbs > 2:
         g = quantize_gradient(ints, exponent, limit, in_place=scratch)
-        return _limb_columns(g.ints, limbs), g.exponent
+        return _limb_columns(g.ints, limbs), g.exponent, None
     low, high = (int(v) for v in torch.aminmax(ints))
     shift = max(0, max(high, -low).bit_length() - limit.bit_length())
     while (high + rounding_half(shift)) >> shift > limit or (low + rounding_half(shift)) >> shift < -limit:
@@ -576,13 +578,14 @@ def _gradient_columns(ints: torch.Tensor, exponent: int, limit: int, limbs: int,
             t = (t.add_ if scratch and t is ints else t.add)(rounding_half(shift)).bitwise_right_shift_(shift)
         else:
             t = ints
-        return t.to(torch.int8), exponent + shift
+        return t.to(torch.int8), exponent + shift, None
     add = rounding_half(shift) + (1 << (SEVEN_BIT_LIMB_BITS - 1) << shift)
     if conv_kernels.available() and ints.dtype in (torch.int32, torch.int64) and ints.is_contiguous():
         # One compiled pass instead of seven (the int16 ones are slow): the same integers.
         columns = torch.empty(positions, 2 * channels, dtype=torch.int8)
-        conv_kernels.gradient_columns(ints.numpy(), add, shift, columns.numpy())
-        return columns, exponent + shift
+        sums = torch.zeros(channels, dtype=torch.int64)
+        conv_kernels.gradient_columns(ints.numpy(), add, shift, columns.numpy(), sums.numpy())
+        return columns, exponent + shift, sums
     if ints.dtype != torch.int64 and (high + add >= INT32_LIMIT or low + add < -INT32_LIMIT):
         ints, scratch = ints.long(), True
     t = (ints.add_(add) if scratch else ints + add).bitwise_right_shift_(shift)  # round_half_up(g / 2**s) + 64
@@ -590,7 +593,7 @@ def _gradient_columns(ints: torch.Tensor, exponent: int, limit: int, limbs: int,
     columns = torch.empty(positions, 2 * channels, dtype=torch.int8)
     columns[:, channels:].copy_(t >> SEVEN_BIT_LIMB_BITS)
     columns[:, :channels].copy_(t.bitwise_and_((1 << SEVEN_BIT_LIMB_BITS) - 1).sub_(1 << (SEVEN_BIT_LIMB_BITS - 1)))
-    return columns, exponent + shift
+    return columns, exponent + shift, None
 
 
 def _weight_product(patches: torch.Tensor, input_limbs: int, g_columns: torch.Tensor, gradient_limbs: int,
