@@ -91,10 +91,25 @@ class ExactAdam:
         contiguous float64 CPU tensor of p's size; else False (the torch lines run).  Why: the
         torch lines are 13 operations per parameter (494 for v7's RGB network), each batch, on
         the encoder and the decoder alike."""
-        arrays = [_flat(t) for t in (p, g, m, v)]
+        arrays = [*self._state_arrays(p, m, v), _flat(g)]
         if any(a is None for a in arrays) or len({a.shape for a in arrays}) != 1:
             return False
+        arrays = [arrays[0], arrays[3], arrays[1], arrays[2]]  # p, g, m, v
         _adam_update(*arrays, self.beta1, self.beta2, 1.0 - self.beta1, 1.0 - self.beta2, correction1, correction2,
                      self.eps, self.lr)
         torch.autograd.graph.increment_version(p)  # as p.sub_ does: prepared weights are cached on it
         return True
+
+    def _state_arrays(self, p, m, v) -> tuple:
+        """numpy views of p, m and v (``_flat``), kept from step to step while they are the same
+        tensors on the same memory (the engine may swap in restored moments; a parameter's
+        storage could be replaced): a view is never used on memory its tensor no longer has."""
+        views = self.__dict__.setdefault("_views", {})
+        key = (id(p), id(m), id(v))
+        cached = views.get(key)
+        pointers = (p.data_ptr(), m.data_ptr(), v.data_ptr(), p.numel(), m.numel(), v.numel())
+        if cached is None or cached[0] is not p or cached[1] is not m or cached[2] is not v or cached[3] != pointers:
+            if len(views) > 4 * len(self.params):  # moments swapped in many times: start over
+                views.clear()
+            cached = views[key] = (p, m, v, pointers, tuple(_flat(t) for t in (p, m, v)))
+        return cached[4]
