@@ -1,5 +1,8 @@
 """Engine 2's elementwise integer passes compiled (numba, optional): the leaky ReLU into the next
-conv's framed input, its gradient, and a gradient's rounding and split into two 7-bit limbs.
+conv's framed input, its gradient, a gradient's rounding and split into two 7-bit limbs (with its
+column sums, the bias gradient), a conv's prepared integers from its float64 weights
+(``prepare_weights``), a stack's incoming float gradient onto its integer grid
+(``grid_gradient_nhwc``) and a stack's output onto the activation grid (``scaled_output``).
 
 ``intconv._leaky_framed`` takes a hidden conv's requantised sums through six
 elementwise torch passes (narrowing, add, shift, max, clamp, the copy into the
@@ -8,7 +11,7 @@ the frozen forward runs in every coding, triage and guard pass.  The loop here
 does the same integer operations per element in one pass.  Integers: the
 results are the same by construction; tests/test_engine2_conv.py checks them
 against the torch passes (``test_compiled_leaky_framed_matches_torch``); ``gradient_columns``
-and ``leaky_gradient`` likewise (tests/test_engine2_compiled.py).
+and ``leaky_gradient`` likewise, and the later kernels (tests/test_engine2_compiled.py).
 Without numba (or with OSOA_ZIP_NO_NUMBA=1, or for a small job: coding/native.py) the torch passes run.
 """
 from __future__ import annotations
