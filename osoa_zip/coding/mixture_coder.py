@@ -171,12 +171,15 @@ class _Latents:
     """
 
     def __init__(self, tables: LogisticTables, means, log_scales, logits, lower, upper) -> None:
+        """``means``, ``log_scales``, ``logits``: K x ... tensors or arrays; ``lower``, ``upper``: one
+        value per latent.  Taken as numpy arrays (a factor is a few dozen latents on the decoder's
+        deepest levels, where torch's per-call cost was most of the work), C-ordered, so that the
+        compiled loop sees one layout."""
         k = means.shape[0]
-        means = means.detach().reshape(k, -1).to(torch.float64).numpy()
-        log_scales = log_scales.detach().reshape(k, -1).to(torch.float64).numpy()
-        logits = logits.detach().reshape(k, -1).to(torch.float64).numpy()
-        self.lower = lower.detach().reshape(-1).to(torch.float64).numpy().astype(np.int64)
-        self.upper = upper.detach().reshape(-1).to(torch.float64).numpy().astype(np.int64)
+        means, log_scales, logits = (_float64(values).reshape(k, -1) for values in (means, log_scales, logits))
+        means, log_scales, logits = (np.ascontiguousarray(values) for values in (means, log_scales, logits))
+        self.lower = _float64(lower).reshape(-1).astype(np.int64)
+        self.upper = _float64(upper).reshape(-1).astype(np.int64)
         if (self.upper - self.lower >= RANGE_SIZE).any():
             raise ValueError(f"a latent's range is wider than {RANGE_SIZE} values")
         if tables.exp is None:
@@ -389,8 +392,9 @@ def _closing_buckets(counts: np.ndarray) -> np.ndarray:
     """Per factor (row of ``counts``: its latents per bucket, the range last), the bucket whose
     window each bucket's latents use: their own, or the next one in use where a group reaches
     MERGE_BELOW latents or the factor's last bucket in use."""
-    closing = np.zeros(counts.shape, dtype=np.int64)
-    for factor, row in enumerate(counts.tolist()):
+    closing = []
+    for row in counts.tolist():
+        closed = [0] * len(row)
         carried, waiting, remaining = 0, [], sum(row)
         for b, count in enumerate(row):
             if not count:
@@ -399,9 +403,31 @@ def _closing_buckets(counts: np.ndarray) -> np.ndarray:
             remaining -= count
             waiting.append(b)
             if carried >= MERGE_BELOW or not remaining:
-                closing[factor, waiting] = b
+                for member in waiting:
+                    closed[member] = b
                 carried, waiting = 0, []
-    return closing
+        closing.append(closed)
+    return np.array(closing, dtype=np.int64).reshape(counts.shape)
+
+
+def _float64(values) -> np.ndarray:
+    """A tensor's (or an array's) values as a float64 numpy array, a view where they are one."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach()
+        values = (values if values.dtype == torch.float64 else values.to(torch.float64)).numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def _gathered(tensors: list, rows: int, total: int) -> np.ndarray:
+    """Factors' tensors (each ``rows`` x its latents) side by side in one float64 array:
+    ``torch.cat`` of their reshapes, without a torch call per tensor."""
+    out = np.empty((rows, total))
+    start = 0
+    for tensor in tensors:
+        values = _float64(tensor).reshape(rows, -1)
+        out[:, start:start + values.shape[1]] = values
+        start += values.shape[1]
+    return out
 
 
 def push_mixture_factors(encoder: Encoder, tables: LogisticTables, factors: list) -> None:
@@ -409,15 +435,15 @@ def push_mixture_factors(encoder: Encoder, tables: LogisticTables, factors: list
     log_scales and logits are shaped (K, *latents.shape), lower and upper like latents."""
     if not factors:
         return
-    cat = lambda tensors: torch.cat([t.reshape(t.shape[0], -1) for t in tensors], dim=1)  # noqa: E731
-    latents = _Latents(tables, cat([f[1] for f in factors]), cat([f[2] for f in factors]),
-                       cat([f[3] for f in factors]), torch.cat([f[4].reshape(-1) for f in factors]),
-                       torch.cat([f[5].reshape(-1) for f in factors]))
-    values = torch.cat([f[0].reshape(-1) for f in factors]).to(torch.float64).numpy().astype(np.int64)
+    sizes = [f[0].numel() for f in factors]
+    n, k = sum(sizes), factors[0][1].shape[0]
+    latents = _Latents(tables, *(_gathered([f[i] for f in factors], k, n) for i in (1, 2, 3)),
+                       *(_gathered([f[i] for f in factors], 1, n) for i in (4, 5)))
+    values = _gathered([f[0] for f in factors], 1, n).reshape(-1).astype(np.int64)
     if ((values < latents.lower) | (values > latents.upper)).any():
         raise ValueError("latent outside its bounds")
-    n, groups = len(values), len(BUCKETS) + 1
-    factor = np.repeat(np.arange(len(factors)), [f[0].numel() for f in factors])
+    groups = len(BUCKETS) + 1
+    factor = np.repeat(np.arange(len(factors)), sizes)
     closing = _closing_buckets(np.bincount(factor * groups + latents.bucket, minlength=len(factors) * groups)
                                .reshape(len(factors), groups))
     group = closing[factor, latents.bucket]
