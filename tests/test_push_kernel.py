@@ -83,6 +83,29 @@ def test_compiled_push_of_the_default_models_factors(channels):
     assert compiled == numpy_passes
 
 
+@needs_numba
+def test_compiled_push_in_runs_of_factors_queues_what_one_numpy_pass_queues():
+    """The compiled push codes runs of factors of at most _LATENTS_PER_BLOCK latents one after
+    the other (a larger factor alone): across run boundaries the queue is one pass's."""
+    block = mixture_coder._LATENTS_PER_BLOCK
+    sizes = [block // 2 + 3, block // 2, 5, block + 100, 300, block - 300]
+    factors = [_mixture(60 + i, n, 3, extreme=True) for i, n in enumerate(sizes)]
+    compiled, numpy_passes = _queued_both_ways(TABLES, factors)
+    assert compiled == numpy_passes
+    decoder = Decoder(compiled[1])
+    for values, *distribution in factors:
+        assert torch.equal(pop_mixture_factor(decoder, TABLES, *distribution), values)
+    decoder.check_finished()
+    values, *rest = factors[3]
+    values = values.clone()
+    values[-1] = rest[-2][-1] - 1  # below its lower bound, in the third run
+    for enabled in (True, False):
+        encoder = Encoder()
+        with _compiled(enabled), pytest.raises(ValueError, match="outside its bounds"):
+            push_mixture_factors(encoder, TABLES, [*factors[:3], (values, *rest), *factors[4:]])
+        assert not encoder._queue
+
+
 def _strided(flat: torch.Tensor, shape: tuple) -> torch.Tensor:
     """``flat`` reshaped to ``shape`` (channels second), as a view with the channels last in
     memory (not contiguous unless H = W = 1), like the factors a model's pass hands the coder."""
