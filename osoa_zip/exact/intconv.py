@@ -37,6 +37,7 @@ import weakref
 from dataclasses import dataclass
 from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -316,13 +317,28 @@ class IntConv3x3(nn.Module):
             left_shift = left_shift if bool(left_shift.any()) else 0
         left = max(0, int(torch.as_tensor(left_shift).max()))  # the largest multiplication, 2**left
         product_bound = self._bound(9 * self.weight.shape[1], self.input_range, self.weight_range)
-        value = _Scales(weight_scale, bias_scale, coarse, left_shift, right_shift, rounding_half(right_shift), left,
-                        product_bound, self.input_exponent, int(exponents.max()))
+        half = rounding_half(right_shift)
+        channels = self.weight.shape[0]
+
+        def per_channel(value) -> np.ndarray:
+            return torch.as_tensor(value, dtype=torch.int64).reshape(-1).expand(channels).contiguous().numpy()
+
+        compiled = None
+        if self.weight.dtype == torch.float64:  # the compiled pass's operands (conv_kernels.prepare_weights)
+            coarse_half, coarse_shift = (0, 0) if coarse is None else coarse
+            compiled = (weight_scale.reshape(-1).contiguous().numpy(), bias_scale.contiguous().numpy(),
+                        per_channel(coarse_half), per_channel(coarse_shift), per_channel(left_shift), per_channel(half))
+        value = _Scales(weight_scale, bias_scale, coarse, left_shift, right_shift, half, left,
+                        product_bound, self.input_exponent, int(exponents.max()), compiled)
         self.__dict__["_scales_cache"] = (weakref.ref(self.weight_exponents), key, value)
         return value
 
     def _prepare(self) -> _Prepared:
         scales = self._scales()
+        if scales.compiled is not None and conv_kernels.available():
+            prepared = self._prepare_compiled(scales)
+            if prepared is not None:
+                return prepared
         # weight_ints and bias_ints, with their scales computed once: the same IEEE operations,
         # the later ones in place.
         weights = torch.mul(self.weight.detach(), scales.weight_scale).add_(0.5).floor_().clamp_(*self.weight_range)
@@ -346,6 +362,35 @@ class IntConv3x3(nn.Module):
         return _Prepared(weights, columns, _limb_columns(rows, self.weight_limbs), offset.to(dtype), left_shift,
                          right_shift, dtype, scales.product_bound, input_gradient_bound, scales.input_exponent,
                          scales.coarsest)
+
+    def _prepare_compiled(self, scales: _Scales) -> _Prepared | None:
+        """``_prepare``'s integers from one compiled pass (exact/conv_kernels.py), or None for weights or
+        biases that are not finite or beyond int64 (the torch passes then give their integers).
+
+        Why: the torch passes are some thirty small operations per conv (~0.15 ms), and an adapting
+        network's convs change every batch, so each batch pays them again in every process that
+        replays it (18 convs in v7's RGB network)."""
+        weight = self.weight.detach().contiguous()
+        out_channels, in_channels = weight.shape[:2]
+        limbs = self.weight_limbs
+        weights = torch.empty(weight.shape, dtype=torch.int32)
+        columns = torch.empty(9 * in_channels, limbs * out_channels, dtype=torch.int8)
+        rows = torch.empty(9 * out_channels, limbs * in_channels, dtype=torch.int8)
+        offset = torch.empty(out_channels, dtype=torch.int64)
+        finite, column_sum, largest_offset = conv_kernels.prepare_weights(
+            weight.numpy(), scales.compiled[0], *self.weight_range, self.bias.detach().contiguous().numpy(),
+            *scales.compiled[1:], limbs, weights.numpy(), columns.numpy(), rows.numpy(), offset.numpy())
+        if not finite:
+            return None
+        input_gradient_bound = self.input_gradient_bound()
+        if input_gradient_bound << LEAKY_SHIFT >= INT32_LIMIT and rows.numel():
+            input_gradient_bound = self.gradient_limit * int(column_sum)  # as _prepare: from the actual weights
+        wide = (scales.product_bound << scales.left) + int(largest_offset) >= INT32_LIMIT
+        dtype = torch.int64 if wide else torch.int32
+        left_shift, right_shift = (shift if isinstance(shift, int) else shift.to(dtype)
+                                   for shift in (scales.left_shift, scales.right_shift))
+        return _Prepared(weights, columns, rows, offset.to(dtype), left_shift, right_shift, dtype,
+                         scales.product_bound, input_gradient_bound, scales.input_exponent, scales.coarsest)
 
     # -- forward and backward ------------------------------------------------
     def _accumulate(self, source: torch.Tensor, prep: _Prepared, kernel: Kernel | None, keep_patches: bool = True,
@@ -432,11 +477,12 @@ class IntConv3x3(nn.Module):
         if not masked and saved.clamped:
             ints, scratch = ints * _inside(saved.values, *self.output_range), True
         limit = self.gradient_limit
-        g_columns, exponent = _gradient_columns(ints, grad.exponent, limit, self.gradient_limbs, scratch)
-        # The bias gradient (g's column sums) as one more limb product: a row of ones times g's limbs.
-        ones = torch.ones(1, positions, dtype=torch.int8)
-        total = stacked_product(ones, 1, g_columns, self.gradient_limbs, kernel, positions * limit)
-        bias_grad = _as_float(total[0], exponent, positions * limit)
+        g_columns, exponent, total = _gradient_columns(ints, grad.exponent, limit, self.gradient_limbs, scratch)
+        if total is None:
+            # The bias gradient (g's column sums) as one more limb product: a row of ones times g's limbs.
+            ones = torch.ones(1, positions, dtype=torch.int8)
+            total = stacked_product(ones, 1, g_columns, self.gradient_limbs, kernel, positions * limit)[0]
+        bias_grad = _as_float(total, exponent, positions * limit)
         weight_grad = None
         if need_weight:
             bound = self._bound(positions, self.input_range, (-limit, limit))
@@ -491,6 +537,8 @@ class _Scales(NamedTuple):
     product_bound: int  # the largest |forward product|
     input_exponent: int  # the input grid's exponent
     coarsest: int  # the largest weight exponent
+    compiled: tuple | None  # float64 weights: (weight scale, bias scale, coarsening half step and shift, left
+    # shift, half step), per channel as numpy arrays, for conv_kernels.prepare_weights
 
 
 class _Saved(NamedTuple):
@@ -509,8 +557,9 @@ def _inside(values: torch.Tensor, low: int, high: int) -> torch.Tensor:
 
 
 def _gradient_columns(ints: torch.Tensor, exponent: int, limit: int, limbs: int, scratch: bool
-                      ) -> tuple[torch.Tensor, int]:
-    """quantize_gradient's rounding and _limb_columns' split in one go: (positions x limbs*C int8, exponent).
+                      ) -> tuple[torch.Tensor, int, torch.Tensor | None]:
+    """quantize_gradient's rounding and _limb_columns' split in one go: (positions x limbs*C int8, exponent,
+    the column sums of the rounded gradient (int64) where the compiled pass made them, else None).
 
     For two 7-bit limbs, t = round_half_up(g / 2**s) + 64 = (g + half + 64 * 2**s) >> s;
     the high limb is t >> 7 and the low one (t & 127) - 64 (split_limbs' rule), each
@@ -518,7 +567,7 @@ def _gradient_columns(ints: torch.Tensor, exponent: int, limit: int, limbs: int,
     positions, channels = ints.shape
     if not ints.numel() or limbs > 2:
         g = quantize_gradient(ints, exponent, limit, in_place=scratch)
-        return _limb_columns(g.ints, limbs), g.exponent
+        return _limb_columns(g.ints, limbs), g.exponent, None
     low, high = (int(v) for v in torch.aminmax(ints))
     shift = max(0, max(high, -low).bit_length() - limit.bit_length())
     while (high + rounding_half(shift)) >> shift > limit or (low + rounding_half(shift)) >> shift < -limit:
@@ -529,13 +578,14 @@ def _gradient_columns(ints: torch.Tensor, exponent: int, limit: int, limbs: int,
             t = (t.add_ if scratch and t is ints else t.add)(rounding_half(shift)).bitwise_right_shift_(shift)
         else:
             t = ints
-        return t.to(torch.int8), exponent + shift
+        return t.to(torch.int8), exponent + shift, None
     add = rounding_half(shift) + (1 << (SEVEN_BIT_LIMB_BITS - 1) << shift)
     if conv_kernels.available() and ints.dtype in (torch.int32, torch.int64) and ints.is_contiguous():
         # One compiled pass instead of seven (the int16 ones are slow): the same integers.
         columns = torch.empty(positions, 2 * channels, dtype=torch.int8)
-        conv_kernels.gradient_columns(ints.numpy(), add, shift, columns.numpy())
-        return columns, exponent + shift
+        sums = torch.zeros(channels, dtype=torch.int64)
+        conv_kernels.gradient_columns(ints.numpy(), add, shift, columns.numpy(), sums.numpy())
+        return columns, exponent + shift, sums
     if ints.dtype != torch.int64 and (high + add >= INT32_LIMIT or low + add < -INT32_LIMIT):
         ints, scratch = ints.long(), True
     t = (ints.add_(add) if scratch else ints + add).bitwise_right_shift_(shift)  # round_half_up(g / 2**s) + 64
@@ -543,7 +593,7 @@ def _gradient_columns(ints: torch.Tensor, exponent: int, limit: int, limbs: int,
     columns = torch.empty(positions, 2 * channels, dtype=torch.int8)
     columns[:, channels:].copy_(t >> SEVEN_BIT_LIMB_BITS)
     columns[:, :channels].copy_(t.bitwise_and_((1 << SEVEN_BIT_LIMB_BITS) - 1).sub_(1 << (SEVEN_BIT_LIMB_BITS - 1)))
-    return columns, exponent + shift
+    return columns, exponent + shift, None
 
 
 def _weight_product(patches: torch.Tensor, input_limbs: int, g_columns: torch.Tensor, gradient_limbs: int,

@@ -31,6 +31,7 @@ import math
 
 import torch
 
+from . import conv_kernels
 from .fixed import gradient_grid, quantize_activation
 from .grid import (
     ACT_FRAC_BITS,
@@ -67,21 +68,32 @@ def gradient_to_fixed(grad: torch.Tensor) -> Fixed:
     return Fixed(ints.to(torch.int32), exponent)
 
 
-def grid_gradient_to_fixed(grad: torch.Tensor) -> Fixed:
+def grid_gradient_to_fixed(grad: torch.Tensor, nchw: torch.Tensor | None = None) -> Fixed:
     """``gradient_to_fixed(quantize_gradient(grad))`` of a float64 gradient, in four passes instead of nine.
 
     quantize_gradient rounds g / 2**e half to even (e: GRAD_BITS below its peak's exponent), giving
     integers k with 2**(GRAD_BITS-1) <= max|k| <= 2**GRAD_BITS, and returns k * 2**e (exact);
     gradient_to_fixed's exponent for that is e again, unless max|k| reached 2**GRAD_BITS (the
     peak rounded up to a power of two): then it is e + 1 and its integers floor(k * 0.5 + 0.5).
-    Zeros, NaN and an exponent below MIN_GRAD_EXPONENT give zeros on exponent 0, as the pair does."""
+    Zeros, NaN and an exponent below MIN_GRAD_EXPONENT give zeros on exponent 0, as the pair does.
+
+    ``nchw``: ``grad`` is this B x C x H x W tensor's B x H x W x C view (a permute); with numba one
+    compiled pass (exact/conv_kernels.py) reads it and writes the integers NHWC-contiguous (the
+    layout every later pass reads), instead of four strided passes and a copy: the same integers.
+    Its multiplication by 2**-e is the division by 2**e exactly, as e lies in [MIN_GRAD_EXPONENT,
+    1008], where both powers of two are finite floats."""
     grid = gradient_grid(grad)
     if grid is None:
         return Fixed(torch.zeros(grad.shape, dtype=torch.int32), 0)
     peak, exponent = grid
+    halve = math.isfinite(peak) and round(math.ldexp(peak, -exponent)) == 1 << GRAD_BITS
+    if nchw is not None and math.isfinite(peak) and conv_kernels.available():
+        ints = torch.empty(grad.shape, dtype=torch.int32)
+        conv_kernels.grid_gradient_nhwc(nchw.numpy(), math.ldexp(1.0, -exponent), halve, ints.numpy())
+        return Fixed(ints, exponent + 1 if halve else exponent)
     k = grad / math.ldexp(1.0, exponent)
     k.round_()
-    if math.isfinite(peak) and round(math.ldexp(peak, -exponent)) == 1 << GRAD_BITS:  # as round_() rounds it
+    if halve:  # max|k| reached 2**GRAD_BITS (as round_() rounds the peak)
         k.mul_(0.5).add_(0.5).floor_()
         exponent += 1
     return Fixed(k.to(torch.int32), exponent)
@@ -135,7 +147,12 @@ class _IntegerStackFunction(torch.autograd.Function):
         if keep:
             ctx.state = (stack, saved, wanted, kernel, on_grid)
         if on_grid:  # quantize_activation's floor onto 2**-ACT_FRAC_BITS, as an integer shift
-            ints = output.ints >> -(output.exponent + ACT_FRAC_BITS)
+            shift = -(output.exponent + ACT_FRAC_BITS)
+            if x.dtype == torch.float64 and shift < 31 and output.ints.is_contiguous() and conv_kernels.available():
+                values = torch.empty(output.ints.shape, dtype=torch.float64)  # one compiled pass, the same floats
+                conv_kernels.scaled_output(output.ints.numpy(), shift, 2.0 ** -ACT_FRAC_BITS, values.numpy())
+                return values.permute(0, 3, 1, 2)
+            ints = output.ints >> shift
             return ints.to(x.dtype).mul_(2.0 ** -ACT_FRAC_BITS).permute(0, 3, 1, 2)
         return output.ints.to(x.dtype).mul_(2.0 ** output.exponent).permute(0, 3, 1, 2)
 
@@ -145,7 +162,7 @@ class _IntegerStackFunction(torch.autograd.Function):
         del ctx.state  # the saved activations are large; free them with the step
         nhwc = grad.permute(0, 2, 3, 1)
         if on_grid and grad.dtype == torch.float64:  # quantize_activation's backward (every value was inside)
-            fixed = grid_gradient_to_fixed(nhwc)
+            fixed = grid_gradient_to_fixed(nhwc, grad)
         else:
             fixed = gradient_to_fixed(nhwc)
         gradients = stack.backward(saved, fixed, kernel, wanted, scratch=True)

@@ -27,6 +27,7 @@ largest logit.  A bin's mass is then sum_k e_k * mass_k out of
 from __future__ import annotations
 
 import math
+import weakref
 from dataclasses import dataclass
 
 import numpy as np
@@ -281,17 +282,27 @@ def _flat_operands(value, means, log_scales, logits, tables, lower, upper):
             or (lower is not None and (lower.shape != value.shape or upper.shape != value.shape))):
         return None
 
-    def flat(t, rows=None):
-        t = t.detach().contiguous()
-        return (t.view(-1) if rows is None else t.view(rows, -1)).numpy()
+    def flat(t, rows=None):  # numpy's reshape of the contiguous view: no torch operation per operand
+        t = (t.detach() if t.requires_grad else t).contiguous()
+        return t.numpy().reshape(-1 if rows is None else (rows, -1))
 
     edges = lower is not None
-    return (tables.cdf.numpy(), tables.inv_scale.numpy(), tables.exp.numpy(), flat(value), flat(means, k),
-            flat(log_scales, k), flat(logits, k), edges, flat(lower) if edges else _NO_BOUNDS,
-            flat(upper) if edges else _NO_BOUNDS)
+    return (*_table_arrays(tables), flat(value), flat(means, k), flat(log_scales, k), flat(logits, k), edges,
+            flat(lower) if edges else _NO_BOUNDS, flat(upper) if edges else _NO_BOUNDS)
 
 
 _NO_BOUNDS = np.zeros(0)
+_TABLE_ARRAYS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+
+
+def _table_arrays(tables: LogisticTables) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """numpy views of the tables' cdf, inv_scale and exp tensors, made once per tables object (the
+    tensors are its fields, fixed for its life: a frozen dataclass)."""
+    fields = (tables.cdf, tables.inv_scale, tables.exp)
+    arrays = _TABLE_ARRAYS.get(tables)
+    if arrays is None or any(a is not b for a, b in zip(arrays[0], fields)):
+        arrays = _TABLE_ARRAYS[tables] = (fields, tuple(t.numpy() for t in fields))
+    return arrays[1]
 
 
 def _compiled_forward(operands, shape):
@@ -300,7 +311,7 @@ def _compiled_forward(operands, shape):
     if operands is None:
         return None
     joint, total = torch.empty(shape, dtype=torch.float64), torch.empty(shape, dtype=torch.float64)
-    if not mixture_kernels.mixture_forward(*operands, joint.view(-1).numpy(), total.view(-1).numpy()):
+    if not mixture_kernels.mixture_forward(*operands, joint.numpy().reshape(-1), total.numpy().reshape(-1)):
         return None  # an index off its table: the torch passes raise their own error
     return joint, total
 
@@ -309,7 +320,7 @@ def _compiled_backward(grad_out, operands, value_shape, shape):
     """(grad value, grad means, grad log-scales, grad logits), as the torch backward gives them;
     ``operands``: the forward's ``_flat_operands``."""
     grad_mean, grad_log_scale, grad_logits = (torch.empty(shape, dtype=torch.float64) for _ in range(3))
-    flat = [g.view(shape[0], -1).numpy() for g in (grad_mean, grad_log_scale, grad_logits)]
+    flat = [g.numpy().reshape(shape[0], -1) for g in (grad_mean, grad_log_scale, grad_logits)]
     extremes = np.empty((3, 2))
     out = grad_out.to(torch.float64).expand(value_shape).reshape(-1).contiguous().numpy()
     if not mixture_kernels.mixture_backward(*operands, out, *flat, extremes):
