@@ -61,19 +61,19 @@ def log2_fixed(values: np.ndarray) -> np.ndarray:
     return (exponent << FRACTION_BITS) + fraction
 
 
-def _med_residuals(plane: np.ndarray) -> np.ndarray:
-    """MED's prediction residuals of an H x W int32 plane, wrapped into [0, 256) (the first
-    row is predicted from the left, the first column from above).  MED's prediction is the
-    median of left, up and left + up - corner."""
-    left = np.empty_like(plane)
-    up = np.empty_like(plane)
-    corner = np.empty_like(plane)
-    left[:, 1:], up[1:, :], corner[1:, 1:] = plane[:, :-1], plane[:-1, :], plane[:-1, :-1]
+def _med_residuals(planes: np.ndarray) -> np.ndarray:
+    """MED's prediction residuals of H x W x C int32 planes (each channel on its own), wrapped
+    into [0, 256) (the first row is predicted from the left, the first column from above).
+    MED's prediction is the median of left, up and left + up - corner."""
+    left = np.empty_like(planes)
+    up = np.empty_like(planes)
+    corner = np.empty_like(planes)
+    left[:, 1:], up[1:, :], corner[1:, 1:] = planes[:, :-1], planes[:-1, :], planes[:-1, :-1]
     left[0, 0] = up[0, 0] = corner[0, 0] = 0
     up[0, 1:] = corner[0, 1:] = left[0, 1:]  # the first row: from the left
     left[1:, 0] = corner[1:, 0] = up[1:, 0]  # the first column: from above
     prediction = np.maximum(np.minimum(left, up), np.minimum(np.maximum(left, up), left + up - corner))
-    return (plane - prediction) & 255
+    return (planes - prediction) & 255
 
 
 _log2_table = log2_fixed(np.arange(1, 2))  # log2_fixed(n) at index n - 1, grown as needed
@@ -89,12 +89,13 @@ def _log2_table_to(total: int) -> np.ndarray:
 
 
 def _entropy_fixed(symbols: np.ndarray) -> int:
-    """The empirical entropy of symbols in [0, 256), in bits << FRACTION_BITS:
-    sum over symbols of count * log2(total / count)."""
-    counts = np.bincount(symbols.ravel(), minlength=256)
-    counts = counts[counts > 0]
-    total = int(counts.sum())
+    """The empirical entropy of each channel of H x W x C symbols in [0, 256), summed, in bits
+    << FRACTION_BITS: per channel, sum over symbols of count * log2(total / count)."""
+    channels = symbols.shape[-1]
+    counts = np.bincount((symbols + 256 * np.arange(channels)).ravel(), minlength=256 * channels)
+    total = symbols.size // channels
     table = _log2_table_to(total)
+    counts = counts[counts > 0]
     return int((counts * (table[total - 1] - table[counts - 1])).sum())
 
 
@@ -103,12 +104,12 @@ def classical_bits(colour: np.ndarray) -> int:
     or 3): their MED residuals' entropy, green first and red and blue less green, but at
     least FLOOR_BITS_PER_SUBPIXEL."""
     pixels = np.asarray(colour, dtype=np.int32)
-    if pixels.shape[2] == 3:
-        green = pixels[:, :, 1]
-        planes = [green, pixels[:, :, 0] - green, pixels[:, :, 2] - green]
+    if pixels.shape[2] == 3:  # all planes at once: ~3 times fewer numpy calls for a small image
+        planes = pixels[:, :, [1, 0, 2]]
+        planes[:, :, 1:] -= planes[:, :, :1]
     else:
-        planes = [pixels[:, :, channel] for channel in range(pixels.shape[2])]
-    bits = sum(_entropy_fixed(_med_residuals(plane)) for plane in planes)
+        planes = pixels
+    bits = _entropy_fixed(_med_residuals(planes))
     numerator, denominator = FLOOR_BITS_PER_SUBPIXEL
     return max(bits, (numerator * pixels.size << FRACTION_BITS) // denominator)
 

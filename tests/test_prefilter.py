@@ -57,6 +57,45 @@ def test_the_bound_is_an_entropy_with_a_floor():
     assert classical_bits(tripled) == max(classical_bits(grey), (3 * tripled.size << FRACTION_BITS) // 2)
 
 
+def _plane_by_plane(colour: np.ndarray) -> int:
+    """The bound spelled out one plane at a time (MED's median of left, up and left + up - corner;
+    the first row from the left, the first column from above; the entropy of each plane's
+    residuals mod 256), for the all-planes-at-once implementation to match."""
+    pixels = colour.astype(np.int64)
+    planes = ([pixels[:, :, 1], pixels[:, :, 0] - pixels[:, :, 1], pixels[:, :, 2] - pixels[:, :, 1]]
+              if pixels.shape[2] == 3 else [pixels[:, :, 0]])
+    bits = 0
+    for plane in planes:
+        height, width = plane.shape
+        residuals = np.zeros(256, dtype=np.int64)
+        for y in range(height):
+            for x in range(width):
+                if y == 0 and x == 0:
+                    predicted = 0
+                elif y == 0:
+                    predicted = plane[0, x - 1]
+                elif x == 0:
+                    predicted = plane[y - 1, 0]
+                else:
+                    left, up, corner = plane[y, x - 1], plane[y - 1, x], plane[y - 1, x - 1]
+                    predicted = max(min(left, up), min(max(left, up), left + up - corner))
+                residuals[(plane[y, x] - predicted) & 255] += 1
+        used = residuals[residuals > 0]
+        total = int(used.sum())
+        bits += int((used * (log2_fixed(np.array([total]))[0] - log2_fixed(used))).sum())
+    return max(bits, (3 * pixels.size << FRACTION_BITS) // 2)
+
+
+@pytest.mark.parametrize("shape", [(1, 1, 3), (1, 9, 1), (7, 1, 3), (13, 17, 3), (32, 32, 1), (24, 20, 3)])
+def test_the_bound_is_the_per_plane_definition(shape):
+    rng = np.random.default_rng(sum(shape))
+    noise = rng.integers(0, 256, shape, dtype=np.uint8)
+    ramp = ((np.add.outer(np.arange(shape[0]), 3 * np.arange(shape[1]))[:, :, None] + rng.integers(0, 9, shape))
+            % 256).astype(np.uint8)
+    for pixels in (noise, ramp, _photo("0000.png")[:shape[0], :shape[1], :shape[2]]):
+        assert classical_bits(pixels) == _plane_by_plane(pixels)
+
+
 def _save(path, pixels, **options):
     Image.fromarray(pixels[:, :, 0] if pixels.shape[2] == 1 else pixels).save(path, **options)
     return path

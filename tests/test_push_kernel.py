@@ -83,6 +83,97 @@ def test_compiled_push_of_the_default_models_factors(channels):
     assert compiled == numpy_passes
 
 
+@needs_numba
+def test_compiled_push_in_runs_of_factors_queues_what_one_numpy_pass_queues():
+    """The compiled push codes runs of factors of at most _LATENTS_PER_BLOCK latents one after
+    the other (a larger factor alone): across run boundaries the queue is one pass's."""
+    block = mixture_coder._LATENTS_PER_BLOCK
+    sizes = [block // 2 + 3, block // 2, 5, block + 100, 300, block - 300]
+    factors = [_mixture(60 + i, n, 3, extreme=True) for i, n in enumerate(sizes)]
+    compiled, numpy_passes = _queued_both_ways(TABLES, factors)
+    assert compiled == numpy_passes
+    decoder = Decoder(compiled[1])
+    for values, *distribution in factors:
+        assert torch.equal(pop_mixture_factor(decoder, TABLES, *distribution), values)
+    decoder.check_finished()
+    values, *rest = factors[3]
+    values = values.clone()
+    values[-1] = rest[-2][-1] - 1  # below its lower bound, in the third run
+    for enabled in (True, False):
+        encoder = Encoder()
+        with _compiled(enabled), pytest.raises(ValueError, match="outside its bounds"):
+            push_mixture_factors(encoder, TABLES, [*factors[:3], (values, *rest), *factors[4:]])
+        assert not encoder._queue
+
+
+def _strided(flat: torch.Tensor, shape: tuple) -> torch.Tensor:
+    """``flat`` reshaped to ``shape`` (channels second), as a view with the channels last in
+    memory (not contiguous unless H = W = 1), like the factors a model's pass hands the coder."""
+    shaped = flat.reshape(shape)
+    last = list(range(len(shape)))
+    last.append(last.pop(-3))  # channels to the end
+    kept = shaped.permute(*last).contiguous()
+    back = list(range(len(shape) - 3)) + [len(shape) - 1, len(shape) - 3, len(shape) - 2]
+    view = kept.permute(*back)
+    assert torch.equal(view, shaped)
+    return view
+
+
+@pytest.mark.parametrize("enabled", [True, False])
+def test_factors_laid_out_as_views_code_as_their_flat_copies(enabled):
+    """A model's factors are K x B x C x H x W views, not contiguous, of several sizes: gathered
+    as they are, they queue the bytes their contiguous (K, n) copies queue, and decode from
+    such views to the same values."""
+    if enabled and not native.ENABLED:
+        pytest.skip("numba (the fast extra) is not installed")
+    shapes = [(4, 2, 3, 5), (2, 2, 1, 1), (3, 4, 4, 4), (1, 3, 2, 2)]
+    flat, views = [], []
+    for seed, shape in enumerate(shapes):
+        n = int(np.prod(shape))
+        values, means, log_scales, logits, lower, upper = _mixture(40 + seed, n, 3, extreme=True)
+        flat.append((values, means, log_scales, logits, lower, upper))
+        views.append((_strided(values, shape), *(_strided(t, (3, *shape)) for t in (means, log_scales, logits)),
+                      _strided(lower, shape), _strided(upper, shape)))
+    assert sum(not tensor.is_contiguous() for factor in views for tensor in factor) >= 18
+    coded = []
+    for factors in (flat, views):
+        encoder = Encoder()
+        with _compiled(enabled):
+            push_mixture_factors(encoder, TABLES, factors)
+        coded.append(encoder.finish())
+    assert coded[0] == coded[1]
+    decoder = Decoder(coded[1])
+    with _compiled(enabled):
+        for values, *distribution in views:
+            decoded = pop_mixture_factor(decoder, TABLES, *distribution)
+            assert decoded.shape == values.shape and torch.equal(decoded, values)
+    decoder.check_finished()
+
+
+def _closing_reference(row: list[int]) -> list[int]:
+    """The rule bucket by bucket: latents of buckets in use wait until the waiting ones reach
+    MERGE_BELOW or no bucket in use follows; then all waiting take the last one's window."""
+    closing, waiting, carried = [0] * len(row), [], 0
+    for b, count in enumerate(row):
+        if count:
+            waiting.append(b)
+            carried += count
+            if carried >= mixture_coder.MERGE_BELOW or not any(row[b + 1:]):
+                closing = [b if c in waiting else value for c, value in enumerate(closing)]
+                waiting, carried = [], 0
+    return closing
+
+
+def test_closing_buckets_follow_the_rule_per_factor():
+    rng = np.random.default_rng(3)
+    counts = rng.choice([0, 0, 1, 5, 30, 63, 64, 200], (60, len(BUCKETS) + 1))
+    counts[0] = 0
+    closing = mixture_coder._closing_buckets(counts)
+    assert closing.shape == counts.shape and closing.dtype == np.int64
+    assert closing.tolist() == [_closing_reference(row) for row in counts.tolist()]
+    assert mixture_coder._closing_buckets(np.array([[0, 3, 0, 70, 1, 0]])).tolist() == [[0, 3, 0, 3, 4, 0]]
+
+
 def test_latents_outside_their_bounds_are_refused_both_ways():
     values, *rest = _mixture(3, 50, 2, extreme=True)
     values = values.clone()

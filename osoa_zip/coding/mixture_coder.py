@@ -171,12 +171,15 @@ class _Latents:
     """
 
     def __init__(self, tables: LogisticTables, means, log_scales, logits, lower, upper) -> None:
+        """``means``, ``log_scales``, ``logits``: K x ... tensors or arrays; ``lower``, ``upper``: one
+        value per latent.  Taken as numpy arrays (a factor is a few dozen latents on the decoder's
+        deepest levels, where torch's per-call cost was most of the work), C-ordered, so that the
+        compiled loop sees one layout."""
         k = means.shape[0]
-        means = means.detach().reshape(k, -1).to(torch.float64).numpy()
-        log_scales = log_scales.detach().reshape(k, -1).to(torch.float64).numpy()
-        logits = logits.detach().reshape(k, -1).to(torch.float64).numpy()
-        self.lower = lower.detach().reshape(-1).to(torch.float64).numpy().astype(np.int64)
-        self.upper = upper.detach().reshape(-1).to(torch.float64).numpy().astype(np.int64)
+        means, log_scales, logits = (_float64(values).reshape(k, -1) for values in (means, log_scales, logits))
+        means, log_scales, logits = (np.ascontiguousarray(values) for values in (means, log_scales, logits))
+        self.lower = _float64(lower).reshape(-1).astype(np.int64)
+        self.upper = _float64(upper).reshape(-1).astype(np.int64)
         if (self.upper - self.lower >= RANGE_SIZE).any():
             raise ValueError(f"a latent's range is wider than {RANGE_SIZE} values")
         if tables.exp is None:
@@ -389,8 +392,9 @@ def _closing_buckets(counts: np.ndarray) -> np.ndarray:
     """Per factor (row of ``counts``: its latents per bucket, the range last), the bucket whose
     window each bucket's latents use: their own, or the next one in use where a group reaches
     MERGE_BELOW latents or the factor's last bucket in use."""
-    closing = np.zeros(counts.shape, dtype=np.int64)
-    for factor, row in enumerate(counts.tolist()):
+    closing = []
+    for row in counts.tolist():
+        closed = [0] * len(row)
         carried, waiting, remaining = 0, [], sum(row)
         for b, count in enumerate(row):
             if not count:
@@ -399,9 +403,31 @@ def _closing_buckets(counts: np.ndarray) -> np.ndarray:
             remaining -= count
             waiting.append(b)
             if carried >= MERGE_BELOW or not remaining:
-                closing[factor, waiting] = b
+                for member in waiting:
+                    closed[member] = b
                 carried, waiting = 0, []
-    return closing
+        closing.append(closed)
+    return np.array(closing, dtype=np.int64).reshape(counts.shape)
+
+
+def _float64(values) -> np.ndarray:
+    """A tensor's (or an array's) values as a float64 numpy array, a view where they are one."""
+    if isinstance(values, torch.Tensor):
+        values = values.detach()
+        values = (values if values.dtype == torch.float64 else values.to(torch.float64)).numpy()
+    return np.asarray(values, dtype=np.float64)
+
+
+def _gathered(tensors: list, rows: int, total: int) -> np.ndarray:
+    """Factors' tensors (each ``rows`` x its latents) side by side in one float64 array:
+    ``torch.cat`` of their reshapes, without a torch call per tensor."""
+    out = np.empty((rows, total))
+    start = 0
+    for tensor in tensors:
+        values = _float64(tensor).reshape(rows, -1)
+        out[:, start:start + values.shape[1]] = values
+        start += values.shape[1]
+    return out
 
 
 def push_mixture_factors(encoder: Encoder, tables: LogisticTables, factors: list) -> None:
@@ -409,27 +435,21 @@ def push_mixture_factors(encoder: Encoder, tables: LogisticTables, factors: list
     log_scales and logits are shaped (K, *latents.shape), lower and upper like latents."""
     if not factors:
         return
-    cat = lambda tensors: torch.cat([t.reshape(t.shape[0], -1) for t in tensors], dim=1)  # noqa: E731
-    latents = _Latents(tables, cat([f[1] for f in factors]), cat([f[2] for f in factors]),
-                       cat([f[3] for f in factors]), torch.cat([f[4].reshape(-1) for f in factors]),
-                       torch.cat([f[5].reshape(-1) for f in factors]))
-    values = torch.cat([f[0].reshape(-1) for f in factors]).to(torch.float64).numpy().astype(np.int64)
+    if native.available():
+        _push_natively(encoder, tables, factors)
+        return
+    sizes = [f[0].numel() for f in factors]
+    n, k = sum(sizes), factors[0][1].shape[0]
+    latents = _Latents(tables, *(_gathered([f[i] for f in factors], k, n) for i in (1, 2, 3)),
+                       *(_gathered([f[i] for f in factors], 1, n) for i in (4, 5)))
+    values = _gathered([f[0] for f in factors], 1, n).reshape(-1).astype(np.int64)
     if ((values < latents.lower) | (values > latents.upper)).any():
         raise ValueError("latent outside its bounds")
-    n, groups = len(values), len(BUCKETS) + 1
-    factor = np.repeat(np.arange(len(factors)), [f[0].numel() for f in factors])
+    groups = len(BUCKETS) + 1
+    factor = np.repeat(np.arange(len(factors)), sizes)
     closing = _closing_buckets(np.bincount(factor * groups + latents.bucket, minlength=len(factors) * groups)
                                .reshape(len(factors), groups))
     group = closing[factor, latents.bucket]
-    if native.available():
-        start, end, status = native.push_mixture(latents.rows.flat, latents.weights, latents.row_start,
-                                                 latents.centre, latents.weight, latents.lower, latents.upper,
-                                                 latents.middle, values, factor, group, _SIZES, groups,
-                                                 len(factors), REACH, CDF_ONE, RANGE_SIZE)
-        if status:
-            raise ValueError("a probability row sums to zero")
-        encoder.push_quantized(start, end)
-        return
     size = _SIZES[group]
     before, through, total = np.empty(n), np.empty(n), np.empty(n)
     symbols, escaped = np.empty(n, dtype=np.int64), np.empty(n, dtype=bool)
@@ -453,6 +473,51 @@ def push_mixture_factors(encoder: Encoder, tables: LogisticTables, factors: list
                            np.concatenate([through, range_coded[1]])[order],
                            np.concatenate([total, range_coded[2]])[order],
                            np.concatenate([size + 1, np.full(chosen.size, RANGE_SIZE)])[order])
+
+
+def _push_natively(encoder: Encoder, tables: LogisticTables, factors: list) -> None:
+    """``push_mixture_factors`` by the compiled loops (native.py), run by run of consecutive
+    factors of at most _LATENTS_PER_BLOCK latents (a larger factor alone), so that each run's
+    arrays stay in the CPU's cache between the two loops: a batch's whole arrays (~50 000 RGB
+    latents, K = 3) took ~1.5 times as long in ``mixture_latents``.  The coding order is factor
+    by factor, so the runs' intervals, one after the other, are the whole batch's.  The same
+    errors as one pass over all: a latent's parameters at once, then its bounds, then a row
+    without mass."""
+    runs, run, held = [], [], 0
+    for factor in factors:
+        count = factor[0].numel()
+        if run and held + count > _LATENTS_PER_BLOCK:
+            runs.append(run)
+            run, held = [], 0
+        run.append(factor)
+        held += count
+    runs.append(run)
+    groups = len(BUCKETS) + 1
+    starts, ends, outside, massless = [], [], False, False
+    for run in runs:
+        sizes = [f[0].numel() for f in run]
+        n, k = sum(sizes), run[0][1].shape[0]
+        latents = _Latents(tables, *(_gathered([f[i] for f in run], k, n) for i in (1, 2, 3)),
+                           *(_gathered([f[i] for f in run], 1, n) for i in (4, 5)))
+        values = _gathered([f[0] for f in run], 1, n).reshape(-1).astype(np.int64)
+        if ((values < latents.lower) | (values > latents.upper)).any():
+            outside = True
+            continue
+        factor = np.repeat(np.arange(len(run)), sizes)
+        closing = _closing_buckets(np.bincount(factor * groups + latents.bucket, minlength=len(run) * groups)
+                                   .reshape(len(run), groups))
+        start, end, status = native.push_mixture(latents.rows.flat, latents.weights, latents.row_start,
+                                                 latents.centre, latents.weight, latents.lower, latents.upper,
+                                                 latents.middle, values, factor, closing[factor, latents.bucket],
+                                                 _SIZES, groups, len(run), REACH, CDF_ONE, RANGE_SIZE)
+        massless = massless or bool(status)
+        starts.append(start)
+        ends.append(end)
+    if outside:
+        raise ValueError("latent outside its bounds")
+    if massless:
+        raise ValueError("a probability row sums to zero")
+    encoder.push_quantized(np.concatenate(starts), np.concatenate(ends))
 
 
 def pop_mixture_factor(decoder: Decoder, tables: LogisticTables, means, log_scales, logits, lower,

@@ -564,7 +564,9 @@ def _read_image(path: Path, byte_exact: bool, pixels_in_file: bool, verbatim: bo
             if not head.startswith(IMAGE_SIGNATURES) or before.st_size > MAX_IMAGE_FILE_BYTES:
                 return None  # never read a non-image (or a huge file) whole just to ask Pillow
             if before.st_size <= SMALL_FILE_BYTES:  # read once; Pillow and the checks read memory
-                data = head + handle.read(SMALL_FILE_BYTES)  # bounded: a file growing meanwhile is noticed below
+                # Its size and one byte more (a read of SMALL_FILE_BYTES allocates that much first: ~20 us
+                # of a small PNG's ~170); a file growing or shrinking meanwhile is noticed below.
+                data = head + handle.read(min(before.st_size + 1, SMALL_FILE_BYTES))
                 record = _model_record(io.BytesIO(data), len(data), byte_exact, verbatim)
             else:
                 record = _model_record(handle, before.st_size, byte_exact, verbatim)
