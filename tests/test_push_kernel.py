@@ -37,18 +37,23 @@ def _queued_both_ways(tables, factors) -> list:
     return outcomes
 
 
-@needs_numba
-@settings(max_examples=40, deadline=None)
-@given(st.integers(0, 2 ** 32 - 1), st.lists(st.integers(1, 400), min_size=1, max_size=5), st.integers(1, 5),
-       st.booleans())
-def test_compiled_push_queues_what_numpy_queues(seed, sizes, k, extreme):
-    factors = [_mixture(seed + i, n, k, extreme) for i, n in enumerate(sizes)]
+def _assert_one_queue_that_decodes(factors) -> None:
+    """The compiled push queues what the numpy passes queue, and its bytes decode to ``factors``."""
     compiled, numpy_passes = _queued_both_ways(TABLES, factors)
     assert compiled == numpy_passes
     decoder = Decoder(compiled[1])
     for values, *distribution in factors:
         assert torch.equal(pop_mixture_factor(decoder, TABLES, *distribution), values)
     decoder.check_finished()
+
+
+@needs_numba
+@settings(max_examples=40, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1), st.lists(st.integers(1, 400), min_size=1, max_size=5), st.integers(1, 5),
+       st.booleans())
+def test_compiled_push_queues_what_numpy_queues(seed, sizes, k, extreme):
+    factors = [_mixture(seed + i, n, k, extreme) for i, n in enumerate(sizes)]
+    _assert_one_queue_that_decodes(factors)
 
 
 @needs_numba
@@ -90,12 +95,7 @@ def test_compiled_push_in_runs_of_factors_queues_what_one_numpy_pass_queues():
     block = mixture_coder._LATENTS_PER_BLOCK
     sizes = [block // 2 + 3, block // 2, 5, block + 100, 300, block - 300]
     factors = [_mixture(60 + i, n, 3, extreme=True) for i, n in enumerate(sizes)]
-    compiled, numpy_passes = _queued_both_ways(TABLES, factors)
-    assert compiled == numpy_passes
-    decoder = Decoder(compiled[1])
-    for values, *distribution in factors:
-        assert torch.equal(pop_mixture_factor(decoder, TABLES, *distribution), values)
-    decoder.check_finished()
+    _assert_one_queue_that_decodes(factors)
     values, *rest = factors[3]
     values = values.clone()
     values[-1] = rest[-2][-1] - 1  # below its lower bound, in the third run
