@@ -68,7 +68,7 @@ def gradient_to_fixed(grad: torch.Tensor) -> Fixed:
     return Fixed(ints.to(torch.int32), exponent)
 
 
-def grid_gradient_to_fixed(grad: torch.Tensor, nchw: torch.Tensor | None = None) -> Fixed:
+def grid_gradient_to_fixed(grad: torch.Tensor) -> Fixed:
     """``gradient_to_fixed(quantize_gradient(grad))`` of a float64 gradient, in four passes instead of nine.
 
     quantize_gradient rounds g / 2**e half to even (e: GRAD_BITS below its peak's exponent), giving
@@ -77,9 +77,10 @@ def grid_gradient_to_fixed(grad: torch.Tensor, nchw: torch.Tensor | None = None)
     peak rounded up to a power of two): then it is e + 1 and its integers floor(k * 0.5 + 0.5).
     Zeros, NaN and an exponent below MIN_GRAD_EXPONENT give zeros on exponent 0, as the pair does.
 
-    ``nchw``: ``grad`` is this B x C x H x W tensor's B x H x W x C view (a permute); with numba one
-    compiled pass (exact/conv_kernels.py) reads it and writes the integers NHWC-contiguous (the
-    layout every later pass reads), instead of four strided passes and a copy: the same integers.
+    A B x H x W x C ``grad`` (the stacks': a B x C x H x W gradient's permuted view) takes, with
+    numba, one compiled pass (exact/conv_kernels.py) that reads it in any strides and writes the
+    integers NHWC-contiguous (the layout every later pass reads), instead of four strided passes
+    and a copy: the same integers.
     Its multiplication by 2**-e is the division by 2**e exactly, as e lies in [MIN_GRAD_EXPONENT,
     1008], where both powers of two are finite floats."""
     grid = gradient_grid(grad)
@@ -87,8 +88,9 @@ def grid_gradient_to_fixed(grad: torch.Tensor, nchw: torch.Tensor | None = None)
         return Fixed(torch.zeros(grad.shape, dtype=torch.int32), 0)
     peak, exponent = grid
     halve = math.isfinite(peak) and round(math.ldexp(peak, -exponent)) == 1 << GRAD_BITS
-    if nchw is not None and math.isfinite(peak) and conv_kernels.available():
+    if grad.dim() == 4 and math.isfinite(peak) and conv_kernels.available():
         ints = torch.empty(grad.shape, dtype=torch.int32)
+        nchw = grad.permute(0, 3, 1, 2)  # the stack's own layout: the kernel reads it in order
         conv_kernels.grid_gradient_nhwc(nchw.numpy(), math.ldexp(1.0, -exponent), halve, ints.numpy())
         return Fixed(ints, exponent + 1 if halve else exponent)
     k = grad / math.ldexp(1.0, exponent)
@@ -162,7 +164,7 @@ class _IntegerStackFunction(torch.autograd.Function):
         del ctx.state  # the saved activations are large; free them with the step
         nhwc = grad.permute(0, 2, 3, 1)
         if on_grid and grad.dtype == torch.float64:  # quantize_activation's backward (every value was inside)
-            fixed = grid_gradient_to_fixed(nhwc, grad)
+            fixed = grid_gradient_to_fixed(nhwc)
         else:
             fixed = gradient_to_fixed(nhwc)
         gradients = stack.backward(saved, fixed, kernel, wanted, scratch=True)
