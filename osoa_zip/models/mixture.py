@@ -133,37 +133,41 @@ class _OutputPieces(torch.autograd.Function):
 # the loop was faster, 519 against 596 us).
 SMALL_OUTPUT = 16 * 90 * 8 * 8
 _PIECE_ORDER: dict[tuple, tuple[torch.Tensor, bool]] = {}
+_PIECE_GATHER: dict[tuple, tuple[torch.Tensor, list[int]]] = {}
+
+
+def _per_layout(cache: dict, pieces: tuple[slice, ...], size: int, build):
+    """``build(pieces, size)``, kept in ``cache`` per layout of pieces (a few per model; bounded all the same)."""
+    key = (size, *((piece.start, piece.stop, piece.step) for piece in pieces))
+    cached = cache.get(key)
+    if cached is None:
+        cached = build(pieces, size)
+        if len(cache) < 1024:
+            cache[key] = cached
+    return cached
 
 
 def _piece_order(pieces: tuple[slice, ...], size: int) -> tuple[torch.Tensor, bool]:
     """(for each of ``size`` channels, its position among the pieces' channels side by side, or
     the one zero channel after them; whether any channel has no piece), cached per layout."""
-    key = (size, *((piece.start, piece.stop, piece.step) for piece in pieces))
-    cached = _PIECE_ORDER.get(key)
-    if cached is None:
-        channels = [c for piece in pieces for c in range(*piece.indices(size))]
-        order = torch.full((size,), len(channels), dtype=torch.int64)
-        order[torch.tensor(channels, dtype=torch.int64)] = torch.arange(len(channels))
-        cached = (order, len(set(channels)) < size)
-        if len(_PIECE_ORDER) < 1024:  # a few layouts per model; bounded all the same
-            _PIECE_ORDER[key] = cached
-    return cached
+    return _per_layout(_PIECE_ORDER, pieces, size, _build_piece_order)
 
 
-_PIECE_GATHER: dict[tuple, tuple[torch.Tensor, list[int]]] = {}
+def _build_piece_order(pieces: tuple[slice, ...], size: int) -> tuple[torch.Tensor, bool]:
+    channels = [c for piece in pieces for c in range(*piece.indices(size))]
+    order = torch.full((size,), len(channels), dtype=torch.int64)
+    order[torch.tensor(channels, dtype=torch.int64)] = torch.arange(len(channels))
+    return order, len(set(channels)) < size
 
 
 def _piece_gather(pieces: tuple[slice, ...], size: int) -> tuple[torch.Tensor, list[int]]:
     """(the channels of ``pieces`` one after another, each piece's channel count), cached per layout."""
-    key = (size, *((piece.start, piece.stop, piece.step) for piece in pieces))
-    cached = _PIECE_GATHER.get(key)
-    if cached is None:
-        channels = [list(range(*piece.indices(size))) for piece in pieces]
-        cached = (torch.tensor([c for part in channels for c in part], dtype=torch.int64),
-                  [len(part) for part in channels])
-        if len(_PIECE_GATHER) < 1024:  # a few layouts per model; bounded all the same
-            _PIECE_GATHER[key] = cached
-    return cached
+    return _per_layout(_PIECE_GATHER, pieces, size, _build_piece_gather)
+
+
+def _build_piece_gather(pieces: tuple[slice, ...], size: int) -> tuple[torch.Tensor, list[int]]:
+    channels = [list(range(*piece.indices(size))) for piece in pieces]
+    return torch.tensor([c for part in channels for c in part], dtype=torch.int64), [len(part) for part in channels]
 
 
 def output_pieces(output: torch.Tensor, pieces: list[slice]) -> list[torch.Tensor]:
