@@ -430,6 +430,22 @@ def _gathered(tensors: list, rows: int, total: int) -> np.ndarray:
     return out
 
 
+def _factor_arrays(tables: LogisticTables, factors: list) -> tuple:
+    """What both pushes start from, for factors coded one after another: (their latents' ``_Latents``,
+    the values (int64), each latent's factor index, the window group it is coded in, whether every
+    value lies inside its bounds)."""
+    sizes = [f[0].numel() for f in factors]
+    n, k, groups = sum(sizes), factors[0][1].shape[0], len(BUCKETS) + 1
+    latents = _Latents(tables, *(_gathered([f[i] for f in factors], k, n) for i in (1, 2, 3)),
+                       *(_gathered([f[i] for f in factors], 1, n) for i in (4, 5)))
+    values = _gathered([f[0] for f in factors], 1, n).reshape(-1).astype(np.int64)
+    inside = not ((values < latents.lower) | (values > latents.upper)).any()
+    factor = np.repeat(np.arange(len(factors)), sizes)
+    closing = _closing_buckets(np.bincount(factor * groups + latents.bucket, minlength=len(factors) * groups)
+                               .reshape(len(factors), groups))
+    return latents, values, factor, closing[factor, latents.bucket], inside
+
+
 def push_mixture_factors(encoder: Encoder, tables: LogisticTables, factors: list) -> None:
     """Queue factors (latents, means, log_scales, logits, lower, upper), in order; means,
     log_scales and logits are shaped (K, *latents.shape), lower and upper like latents."""
@@ -438,18 +454,10 @@ def push_mixture_factors(encoder: Encoder, tables: LogisticTables, factors: list
     if native.available():
         _push_natively(encoder, tables, factors)
         return
-    sizes = [f[0].numel() for f in factors]
-    n, k = sum(sizes), factors[0][1].shape[0]
-    latents = _Latents(tables, *(_gathered([f[i] for f in factors], k, n) for i in (1, 2, 3)),
-                       *(_gathered([f[i] for f in factors], 1, n) for i in (4, 5)))
-    values = _gathered([f[0] for f in factors], 1, n).reshape(-1).astype(np.int64)
-    if ((values < latents.lower) | (values > latents.upper)).any():
+    latents, values, factor, group, inside = _factor_arrays(tables, factors)
+    if not inside:
         raise ValueError("latent outside its bounds")
-    groups = len(BUCKETS) + 1
-    factor = np.repeat(np.arange(len(factors)), sizes)
-    closing = _closing_buckets(np.bincount(factor * groups + latents.bucket, minlength=len(factors) * groups)
-                               .reshape(len(factors), groups))
-    group = closing[factor, latents.bucket]
+    n, groups = len(values), len(BUCKETS) + 1
     size = _SIZES[group]
     before, through, total = np.empty(n), np.empty(n), np.empty(n)
     symbols, escaped = np.empty(n, dtype=np.int64), np.empty(n, dtype=bool)
@@ -492,24 +500,16 @@ def _push_natively(encoder: Encoder, tables: LogisticTables, factors: list) -> N
         run.append(factor)
         held += count
     runs.append(run)
-    groups = len(BUCKETS) + 1
     starts, ends, outside, massless = [], [], False, False
     for run in runs:
-        sizes = [f[0].numel() for f in run]
-        n, k = sum(sizes), run[0][1].shape[0]
-        latents = _Latents(tables, *(_gathered([f[i] for f in run], k, n) for i in (1, 2, 3)),
-                           *(_gathered([f[i] for f in run], 1, n) for i in (4, 5)))
-        values = _gathered([f[0] for f in run], 1, n).reshape(-1).astype(np.int64)
-        if ((values < latents.lower) | (values > latents.upper)).any():
+        latents, values, factor, group, inside = _factor_arrays(tables, run)
+        if not inside:
             outside = True
             continue
-        factor = np.repeat(np.arange(len(run)), sizes)
-        closing = _closing_buckets(np.bincount(factor * groups + latents.bucket, minlength=len(run) * groups)
-                                   .reshape(len(run), groups))
         start, end, status = native.push_mixture(latents.rows.flat, latents.weights, latents.row_start,
                                                  latents.centre, latents.weight, latents.lower, latents.upper,
-                                                 latents.middle, values, factor, closing[factor, latents.bucket],
-                                                 _SIZES, groups, len(run), REACH, CDF_ONE, RANGE_SIZE)
+                                                 latents.middle, values, factor, group, _SIZES, len(BUCKETS) + 1,
+                                                 len(run), REACH, CDF_ONE, RANGE_SIZE)
         massless = massless or bool(status)
         starts.append(start)
         ends.append(end)
