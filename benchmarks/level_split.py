@@ -55,110 +55,8 @@ from osoa_zip.adapt.config import AdaptationConfig  # noqa: E402
 from osoa_zip.adapt.defaults import adaptation_for  # noqa: E402
 from osoa_zip.adapt.engine import _select_parameters  # noqa: E402
 from osoa_zip.coding.ans import Decoder, Encoder  # noqa: E402
-from osoa_zip.coding.mixture_coder import pop_mixture_factor  # noqa: E402
-from osoa_zip.exact.fixed import quantize_activation  # noqa: E402
 from osoa_zip.exact.optim import ExactAdam  # noqa: E402
-from osoa_zip.models.idf import (  # noqa: E402
-    PIXEL_CENTER,
-    context,
-    level_sizes,
-    merge_sublattices,
-    next_along,
-    pad_to_even,
-    sublattices,
-)
 from osoa_zip.models.registry import DEFAULT_MODEL, load_model  # noqa: E402
-
-
-def level_inputs(network, pixels: torch.Tensor) -> list[torch.Tensor]:
-    """y at every scale, finest first: what ``_traverse`` rebuilds level by level on the
-    encoder's side, where every ``take`` returns the known target."""
-    ys = [pixels]
-    for _ in range(len(level_sizes(pixels.shape[2], pixels.shape[3], network.deep_levels)) - 1):
-        ys.append(sublattices(pad_to_even(ys[-1]))[0])
-    return ys
-
-
-def prior(network, final_shape) -> tuple:
-    """(mean, log_scale, logits, offset) of the final prior's factor, as ``_traverse`` starts (mixtures)."""
-    dtype = network.final_mean.dtype
-    mean = (quantize_activation(network.final_mean) + PIXEL_CENTER).view(1, -1, 1, 1).expand(final_shape)
-    log_scale = quantize_activation(network.final_log_scale).view(1, -1, 1, 1).expand(final_shape)
-    components = (network.components, *final_shape)
-    return (mean.unsqueeze(0).expand(components), log_scale.unsqueeze(0).expand(components),
-            torch.zeros(components, dtype=dtype), torch.zeros(final_shape, dtype=dtype))
-
-
-def couple_level(network, level: int, s0: torch.Tensor, take) -> tuple:
-    """One level's two couplings, as ``_traverse`` runs them: (s1, s2, s3) given s0."""
-    predictor = network._predictor(level)
-    base = torch.cat([(s0 + next_along(s0, 3)) * 0.5, (s0 + next_along(s0, 2)) * 0.5], dim=1)
-    s1, s2 = network._coupling(predictor.edges, context(s0), base, take, (level, "edges")).chunk(2, dim=1)
-    base = (s1 + next_along(s1, 2) + s2 + next_along(s2, 3)) * 0.25
-    return s1, s2, network._coupling(predictor.centres, context(s0, s1, s2), base, take, (level, "centres"))
-
-
-def analyse_levels(network, pixels: torch.Tensor, levels: list, with_loss: bool = True):
-    """``SubLatticeFlow.analyse`` restricted to ``levels`` (ints, and "final" for the prior):
-    the same couplings on the same inputs, so the same factors and loss terms."""
-    pixels = pixels.to(network.final_mean.dtype)
-    targets = network._targets(pixels)
-    terms, factors = [], []
-
-    def take(key, mean, log_scale, logits, offset):
-        target = network._target(targets, key)
-        latents = target - offset
-        bounds = network._bounds(offset)
-        factors.append((latents.detach(), mean.detach(), log_scale.detach(),
-                        *(() if logits is None else (logits.detach(),)), *bounds))
-        if with_loss:
-            terms.append(network._nll(latents, mean, log_scale, logits, bounds).sum())
-        return target
-
-    ys = level_inputs(network, pixels)
-    n_levels = len(ys) - 1
-    if "final" in levels:
-        take(("final",), *prior(network, ys[-1].shape))
-    for level in reversed(range(n_levels)):
-        if level in levels:
-            couple_level(network, level, ys[level + 1], take)
-    loss = torch.stack(terms).sum() if with_loss and terms else None
-    return loss, factors
-
-
-def decode_levels(network, decoder, shape, levels: list, y: torch.Tensor | None = None):
-    """``SubLatticeFlow._decode`` (with its loss) restricted to ``levels``, coarsest first:
-    "final" and the coarse levels from nothing, or the finest levels from ``y``, the image at
-    the scale just above them.  Returns (y after the last level, loss)."""
-    terms = []
-
-    def take(key, mean, log_scale, logits, offset):
-        bounds = network._bounds(offset)
-        latents = pop_mixture_factor(decoder, network.tables, mean.detach(), log_scale.detach(), logits.detach(),
-                                     *bounds)
-        target = latents + offset.detach()
-        terms.append(network._nll(target - offset, mean, log_scale, logits, bounds).sum())
-        return target
-
-    batch, channels, height, width = shape
-    sizes = level_sizes(height, width, network.deep_levels)
-    if "final" in levels:
-        y = take(("final",), *prior(network, (batch, channels, *sizes[-1])))
-    for level in reversed(range(len(sizes) - 1)):
-        if level in levels:
-            y = merge_sublattices(y, *couple_level(network, level, y, take))[:, :, :sizes[level][0], :sizes[level][1]]
-    return y, torch.stack(terms).sum()
-
-
-def part_parameters(network, levels: list) -> set[str]:
-    """The names of the parameters only these levels use (a predictor serves every level from
-    its index on: ``_predictor``)."""
-    used = {min(level, len(network.levels) - 1) for level in levels if level != "final"}
-    names = {f"levels.{index}." for index in used}
-    chosen = {name for name, _ in network.named_parameters() if any(name.startswith(p) for p in names)}
-    if "final" in levels:
-        chosen |= {"final_mean", "final_log_scale"}
-    return chosen
 
 
 def adapting_network(bundle, channels: int, config: AdaptationConfig, owned: set[str] | None):
@@ -191,10 +89,11 @@ def weights_digest(network, owned: set[str] | None = None) -> dict[str, str]:
 
 def worker_main(connection, model: str, channels: int, levels: list) -> None:
     torch.set_num_threads(1)
+    levels = frozenset(levels)
     bundle = load_model(model)
     config = adaptation_for(model, AdaptationConfig())
     network, optimizer = adapting_network(bundle, channels, config, None)
-    owned = part_parameters(network, levels)
+    owned = network.part_parameters(levels)
     network, optimizer = adapting_network(bundle, channels, config, owned)
     connection.send_bytes(b"ready")
     cpu = 0.0
@@ -208,9 +107,8 @@ def worker_main(connection, model: str, channels: int, levels: list) -> None:
             header_length = int.from_bytes(message[1:5], "little")
             shape = json.loads(message[5:5 + header_length])
             decoder = Decoder(message[5 + header_length:])
-            y, loss = decode_levels(network, decoder, shape, levels)
-            position, state = decoder._coder.pos()
-            connection.send_bytes(json.dumps([list(y.shape), int(position), int(state)]).encode() + b"\n"
+            y, loss = network.decode_levels(decoder, shape, levels)
+            connection.send_bytes(json.dumps([list(y.shape), *decoder.position()]).encode() + b"\n"
                                   + y.to(torch.uint8).numpy().tobytes())
             step(network, optimizer, loss)
             cpu += time.process_time() - started
@@ -218,13 +116,25 @@ def worker_main(connection, model: str, channels: int, levels: list) -> None:
         header_length = int.from_bytes(message[:4], "little")
         shape = json.loads(message[4:4 + header_length])
         pixels = torch.from_numpy(np.frombuffer(message[4 + header_length:], dtype=np.uint8).reshape(shape).copy())
-        loss, factors = analyse_levels(network, pixels.to(torch.float64), levels)
+        terms, factors = network.analyse_part(pixels.to(torch.float64), levels)
+        loss = torch.stack(terms).sum()
         arrays = [tensor.contiguous().numpy() for factor in factors for tensor in factor]
         header = json.dumps({"factors": [len(f) for f in factors],
                              "arrays": [[str(a.dtype), list(a.shape)] for a in arrays]}).encode()
         connection.send_bytes(len(header).to_bytes(4, "little") + header + b"".join(a.tobytes() for a in arrays))
         step(network, optimizer, loss)
         cpu += time.process_time() - started
+
+
+def start_worker(model: str, channels: int, levels) -> tuple:
+    """A spawned worker for ``levels`` and this side's end of its pipe (levels go as a list)."""
+    context = multiprocessing.get_context("spawn")
+    here, there = context.Pipe()
+    worker = context.Process(target=worker_main, args=(there, model, channels, sorted(levels, key=str)), daemon=True)
+    worker.start()
+    if here.recv_bytes() != b"ready":
+        raise RuntimeError("the worker did not start")
+    return here, worker
 
 
 def unpack_factors(message: bytes) -> list[tuple]:
@@ -258,16 +168,10 @@ def run_one(bundle, model, batches, config) -> tuple[str, dict, float, float]:
 
 def run_split(bundle, model, batches, config, ahead: int) -> tuple[str, dict, float, float]:
     channels = batches[0].shape[1]
-    levels_here = [0]
     probe = bundle.network(channels)
-    n_levels = len(level_sizes(batches[0].shape[2], batches[0].shape[3], probe.deep_levels)) - 1
-    levels_there = ["final"] + list(range(1, n_levels))
-    context_ = multiprocessing.get_context("spawn")
-    here, there = context_.Pipe()
-    worker = context_.Process(target=worker_main, args=(there, model, channels, levels_there), daemon=True)
-    worker.start()
-    assert here.recv_bytes() == b"ready"
-    owned = part_parameters(probe, levels_here)
+    levels_there, levels_here = probe.part_levels(*batches[0].shape[2:])
+    here, worker = start_worker(model, channels, levels_there)
+    owned = probe.part_parameters(levels_here)
     network, optimizer = adapting_network(bundle, channels, config, owned)
     digest = hashlib.sha256()
 
@@ -281,7 +185,8 @@ def run_split(bundle, model, batches, config, ahead: int) -> tuple[str, dict, fl
         while sent < len(batches) and sent <= index + ahead:
             send(batches[sent])
             sent += 1
-        loss, factors = analyse_levels(network, torch.from_numpy(tiles).to(torch.float64), levels_here)
+        terms, factors = network.analyse_part(torch.from_numpy(tiles).to(torch.float64), levels_here)
+        loss = torch.stack(terms).sum()
         coarse = unpack_factors(here.recv_bytes())
         for chunk in factor_bytes(coarse) + factor_bytes(factors):  # the decoder meets the coarse levels first
             digest.update(chunk)
@@ -326,14 +231,9 @@ def decode_split(bundle, model, batches, streams, config, ahead: int) -> tuple[s
     needs only its own weights, so it decodes ahead while this process finishes a batch."""
     channels = batches[0].shape[1]
     probe = bundle.network(channels)
-    n_levels = len(level_sizes(batches[0].shape[2], batches[0].shape[3], probe.deep_levels)) - 1
-    context_ = multiprocessing.get_context("spawn")
-    here, there = context_.Pipe()
-    worker = context_.Process(target=worker_main, args=(there, model, channels, ["final"] + list(range(1, n_levels))),
-                              daemon=True)
-    worker.start()
-    assert here.recv_bytes() == b"ready"
-    owned = part_parameters(probe, [0])
+    levels_there, levels_here = probe.part_levels(*batches[0].shape[2:])
+    here, worker = start_worker(model, channels, levels_there)
+    owned = probe.part_parameters(levels_here)
     network, optimizer = adapting_network(bundle, channels, config, owned)
     digest = hashlib.sha256()
 
@@ -352,8 +252,8 @@ def decode_split(bundle, model, batches, streams, config, ahead: int) -> tuple[s
         shape, position, state = json.loads(header)
         coarse = torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).reshape(shape).copy()).to(torch.float64)
         decoder = Decoder(stream)
-        decoder._coder.seek(position, state)
-        pixels, loss = decode_levels(network, decoder, tiles.shape, [0], coarse)
+        decoder.resume((position, state))
+        pixels, loss = network.decode_levels(decoder, tiles.shape, levels_here, coarse)
         decoder.check_finished()
         digest.update(pixels.to(torch.uint8).numpy().tobytes())
         step(network, optimizer, loss)

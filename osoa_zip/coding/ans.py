@@ -135,6 +135,16 @@ class Decoder:
         takes words from the top, so they are the words it was given)."""
         return self._words
 
+    def position(self) -> tuple[int, int]:
+        """Where decoding stands: (words still on the stack, the coder's state)."""
+        position, state = self._coder.pos()
+        return int(position), int(state)
+
+    def resume(self, position: tuple[int, int]) -> None:
+        """Go on from ``position``, which a decoder of the same data reached (possibly in another
+        process): what it has popped is not popped again."""
+        self._coder.seek(*position)
+
     def run(self, loop, *arguments) -> int:
         """Run a compiled decoding loop (``native``) on the coder: it takes the words and
         (position, state) of ``AnsCoder.pos`` and returns the new position and state, or a

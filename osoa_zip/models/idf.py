@@ -81,6 +81,9 @@ COEFFICIENT_LIMIT = 2.0  # cross-channel coefficients are clamped to [-2, 2]
 
 # take(key, mean, log_scale, logits, offset): logits None for one logistic, else (K, ...) components
 Take = Callable[[tuple, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
+FINAL = "final"  # the final prior's factor key, and its name in a part's levels
+# Some of a traversal's factors (SubLatticeFlow.part_levels): level indices, and FINAL for the prior.
+Levels = frozenset
 
 
 def sublattices(y: torch.Tensor):
@@ -254,15 +257,48 @@ class SubLatticeFlow(CodingModel):
                     and int(name.split(".convs.")[1].split(".")[0]) == last[name.split(".convs.")[0]]} | prior
         raise ValueError(f"unknown parameter selection {selection!r}")
 
+    def part_levels(self, height: int, width: int) -> list[Levels]:
+        """The factors of a batch of height x width tiles cut into parts that share no parameter,
+        coarsest first: the prior with every level but the finest, then the finest level alone
+        (about half of an RGB batch's work; empty for tiles too small for a level), or one part
+        when one predictor serves every level.  The parts own the same parameters whatever the
+        tile size.  On the encoder's side each part needs only the pixels
+        (``analyse_part``); on the decoder's side a part needs the image the coarser
+        parts decoded (``decode_levels``); its gradients reach only its own parameters
+        (``part_parameters``), and exact Adam is elementwise, so the parts can adapt apart."""
+        count = len(level_sizes(height, width, self.deep_levels)) - 1
+        every = Levels({FINAL, *range(count)})
+        if len(self.levels) < 2:
+            return [every]
+        return [every - {0}, every & {0}]
+
+    def part_parameters(self, levels: Levels) -> set[str]:
+        """The names of the parameters that the factors of ``levels`` depend on (a predictor
+        serves every level from its index on, ``_predictor``)."""
+        used = {f"levels.{min(level, len(self.levels) - 1)}." for level in levels if level != FINAL}
+        names = {name for name, _ in self.named_parameters() if name.startswith(tuple(used))}
+        return names | ({"final_mean", "final_log_scale"} if FINAL in levels else set())
+
     def _predictor(self, level: int) -> LevelPredictor:
         return self.levels[min(level, len(self.levels) - 1)]
 
-    def _traverse(self, shape, take: Take) -> torch.Tensor:
+    def _traverse(self, shape, take: Take, levels: Levels | None = None, y: torch.Tensor | None = None
+                  ) -> torch.Tensor:
+        """Every factor, coarsest first; returns the image.  ``levels`` (``part_levels``): only
+        the prior ("final") and those levels, which must follow each other, starting from
+        ``y``, the image at the scale of the first of them's input (None: from the prior)."""
         batch, channels, height, width = shape
         sizes = level_sizes(height, width, self.deep_levels)
-        n_levels = len(sizes) - 1
+        if levels is None or FINAL in levels:
+            y = take((FINAL,), *self._prior((batch, channels, *sizes[-1])))
+        for level in reversed(range(len(sizes) - 1)):
+            if levels is None or level in levels:
+                y = merge_sublattices(y, *self._level(level, y, take))[:, :, :sizes[level][0], :sizes[level][1]]
+        return y
+
+    def _prior(self, final_shape: tuple) -> tuple:
+        """(mean, log_scale, logits, offset) of the final prior's factor over the coarsest image."""
         dtype = self.final_mean.dtype
-        final_shape = (batch, channels, *sizes[-1])
         mean = (quantize_activation(self.final_mean) + PIXEL_CENTER).view(1, -1, 1, 1).expand(final_shape)
         log_scale = quantize_activation(self.final_log_scale).view(1, -1, 1, 1).expand(final_shape)
         logits = None
@@ -270,17 +306,29 @@ class SubLatticeFlow(CodingModel):
             components = (self.components, *final_shape)
             mean, log_scale = mean.unsqueeze(0).expand(components), log_scale.unsqueeze(0).expand(components)
             logits = torch.zeros(components, dtype=dtype)
-        y = take(("final",), mean, log_scale, logits, torch.zeros(final_shape, dtype=dtype))
-        for level in reversed(range(n_levels)):
-            predictor = self._predictor(level)
-            s0 = y
-            base = torch.cat([(s0 + next_along(s0, 3)) * 0.5, (s0 + next_along(s0, 2)) * 0.5], dim=1)
-            s12 = self._coupling(predictor.edges, context(s0), base, take, (level, "edges"))
-            s1, s2 = s12.chunk(2, dim=1)
-            base = (s1 + next_along(s1, 2) + s2 + next_along(s2, 3)) * 0.25
-            s3 = self._coupling(predictor.centres, context(s0, s1, s2), base, take, (level, "centres"))
-            y = merge_sublattices(s0, s1, s2, s3)[:, :, :sizes[level][0], :sizes[level][1]]
-        return y
+        return mean, log_scale, logits, torch.zeros(final_shape, dtype=dtype)
+
+    def _level(self, level: int, s0: torch.Tensor, take: Take) -> tuple:
+        """One level's two couplings given its s0 (the image at the next coarser scale): (s1, s2, s3)."""
+        predictor = self._predictor(level)
+        base = torch.cat([(s0 + next_along(s0, 3)) * 0.5, (s0 + next_along(s0, 2)) * 0.5], dim=1)
+        s12 = self._coupling(predictor.edges, context(s0), base, take, (level, "edges"))
+        s1, s2 = s12.chunk(2, dim=1)
+        base = (s1 + next_along(s1, 2) + s2 + next_along(s2, 3)) * 0.25
+        return s1, s2, self._coupling(predictor.centres, context(s0, s1, s2), base, take, (level, "centres"))
+
+    def _traverse_known(self, pixels: torch.Tensor, take: Take, levels: Levels) -> None:
+        """``_traverse`` of a known batch restricted to ``levels`` (any of them): each level's
+        input is the pixels at the next coarser scale, which the full traversal rebuilds from
+        the levels below it, so each factor sees the same values."""
+        scales = [pixels]
+        for _ in range(len(level_sizes(pixels.shape[2], pixels.shape[3], self.deep_levels)) - 1):
+            scales.append(sublattices(pad_to_even(scales[-1]))[0])
+        if FINAL in levels:
+            take((FINAL,), *self._prior(scales[-1].shape))
+        for level in reversed(range(len(scales) - 1)):
+            if level in levels:
+                self._level(level, scales[level + 1], take)
 
     def _coupling(self, net, features, base, take: Take, key) -> torch.Tensor:
         """Predict one group of sub-lattices (base has their layout: sub-lattice-major)."""
@@ -348,7 +396,7 @@ class SubLatticeFlow(CodingModel):
             targets[(level, "edges")] = torch.cat([s1, s2], dim=1)
             targets[(level, "centres")] = s3
             y = s0
-        targets[("final",)] = y
+        targets[(FINAL,)] = y
         return targets
 
     def _target(self, targets: dict, key: tuple) -> torch.Tensor:
@@ -367,6 +415,19 @@ class SubLatticeFlow(CodingModel):
         pass: it is the same graph on the same weights as ``nll``, so the
         gradients are bit for bit those of a separate ``nll(pixels)``.
         """
+        terms, factors = self._analyse(pixels, with_loss, None)
+        return (torch.stack(terms).sum() if with_loss else None), factors
+
+    def analyse_part(self, pixels: torch.Tensor, levels: Levels, with_loss: bool = True) -> tuple[list, list]:
+        """``analyse`` of one part of ``part_levels``: (its loss terms, its factors).
+
+        The factors of the prior and of ``levels`` have the values the whole pass gives them,
+        and so do the terms (one 0-d tensor per factor, in the factors' order): the parts,
+        coarsest first, give the whole pass's factors, and the sum of all their terms stacked
+        in that order is the whole pass's loss, bit for bit."""
+        return self._analyse(pixels, with_loss, levels)
+
+    def _analyse(self, pixels: torch.Tensor, with_loss: bool, levels: Levels | None) -> tuple[list, list]:
         pixels = pixels.to(self.final_mean.dtype)
         targets = self._targets(pixels)
         terms, factors = [], []
@@ -383,8 +444,11 @@ class SubLatticeFlow(CodingModel):
                 terms.append(self._nll(latents, mean, log_scale, logits, bounds).sum())
             return target
 
-        self._traverse(pixels.shape, take)
-        return (torch.stack(terms).sum() if with_loss else None), factors
+        if levels is None:
+            self._traverse(pixels.shape, take)
+        else:
+            self._traverse_known(pixels, take, levels)
+        return terms, factors
 
     def _bounds(self, offset: torch.Tensor) -> tuple:
         """The latents' range z = x - offset for x in [0, 255] (with edge bins), else ()."""
@@ -473,7 +537,16 @@ class SubLatticeFlow(CodingModel):
         """
         return self._decode(decoder, shape, with_loss=True)
 
-    def _decode(self, decoder, shape, with_loss: bool):
+    def decode_levels(self, decoder, shape, levels: Levels, y: torch.Tensor | None = None,
+                      with_loss: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``decode_with_loss`` of one part of ``part_levels``: pops the prior and those levels
+        (coarsest first) from ``decoder``, starting from ``y`` (the image at the scale above
+        them, which the coarser parts decoded; None for the part with the prior).  Returns
+        (the image at the finest of them's scale, their differentiable NLL)."""
+        with torch.set_grad_enabled(with_loss):
+            return self._decode(decoder, shape, with_loss, levels, y)
+
+    def _decode(self, decoder, shape, with_loss: bool, levels: Levels | None = None, y: torch.Tensor | None = None):
         terms = []
 
         def take(key, mean, log_scale, logits, offset):
@@ -490,5 +563,5 @@ class SubLatticeFlow(CodingModel):
                 terms.append(self._nll(target - offset, mean, log_scale, logits, bounds).sum())
             return target
 
-        pixels = self._traverse(shape, take)
-        return pixels, (torch.stack(terms).sum() if with_loss else None)
+        pixels = self._traverse(shape, take, levels, y)
+        return pixels, (torch.stack(terms).sum() if with_loss and terms else None)
