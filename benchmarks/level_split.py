@@ -107,7 +107,7 @@ def worker_main(connection, model: str, channels: int, levels: list) -> None:
             header_length = int.from_bytes(message[1:5], "little")
             shape = json.loads(message[5:5 + header_length])
             decoder = Decoder(message[5 + header_length:])
-            y, loss = network.decode_levels(decoder, shape, levels)
+            y, loss = network.decode_part(decoder, shape, levels)
             connection.send_bytes(json.dumps([list(y.shape), *decoder.position()]).encode() + b"\n"
                                   + y.to(torch.uint8).numpy().tobytes())
             step(network, optimizer, loss)
@@ -169,7 +169,7 @@ def run_one(bundle, model, batches, config) -> tuple[str, dict, float, float]:
 def run_split(bundle, model, batches, config, ahead: int) -> tuple[str, dict, float, float]:
     channels = batches[0].shape[1]
     probe = bundle.network(channels)
-    levels_there, levels_here = probe.part_levels(*batches[0].shape[2:])
+    levels_there, levels_here = probe.parts(*batches[0].shape[2:])
     here, worker = start_worker(model, channels, levels_there)
     owned = probe.part_parameters(levels_here)
     network, optimizer = adapting_network(bundle, channels, config, owned)
@@ -231,7 +231,7 @@ def decode_split(bundle, model, batches, streams, config, ahead: int) -> tuple[s
     needs only its own weights, so it decodes ahead while this process finishes a batch."""
     channels = batches[0].shape[1]
     probe = bundle.network(channels)
-    levels_there, levels_here = probe.part_levels(*batches[0].shape[2:])
+    levels_there, levels_here = probe.parts(*batches[0].shape[2:])
     here, worker = start_worker(model, channels, levels_there)
     owned = probe.part_parameters(levels_here)
     network, optimizer = adapting_network(bundle, channels, config, owned)
@@ -253,7 +253,7 @@ def decode_split(bundle, model, batches, streams, config, ahead: int) -> tuple[s
         coarse = torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).reshape(shape).copy()).to(torch.float64)
         decoder = Decoder(stream)
         decoder.resume((position, state))
-        pixels, loss = network.decode_levels(decoder, tiles.shape, levels_here, coarse)
+        pixels, loss = network.decode_part(decoder, tiles.shape, levels_here, coarse)
         decoder.check_finished()
         digest.update(pixels.to(torch.uint8).numpy().tobytes())
         step(network, optimizer, loss)

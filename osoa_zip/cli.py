@@ -38,7 +38,7 @@ from .container.records import DEFAULT_BLOCK_BYTES, MAX_BLOCK_BYTES
 from .cpus import available_cpus, default_threads
 from .exact.grid import requested_kernel
 from .files.scan import SourceError, listed_name
-from .layout import ClusterError
+from .layout import ClusterError, PartsError
 from .models.catalog import DEFAULT_MODEL, available_models
 
 DATA_ERROR = 1
@@ -90,7 +90,7 @@ def _reported_errors():
         for reason in error.reasons[:-1]:
             click.echo(f"osoa-zip: error: {reason}", err=True)
         _fail(error.reasons[-1], DATA_ERROR)
-    except (ArchiveError, ModelError, ClusterError) as error:
+    except (ArchiveError, ModelError, ClusterError, PartsError) as error:
         _fail(str(error), DATA_ERROR)
     except BrokenPipeError:
         # The reader went away (`osoa-zip list a.osoa | head`): end quietly, as a process

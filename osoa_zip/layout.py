@@ -38,6 +38,11 @@ class ClusterError(Exception):
     scheduler gone, a worker that runs another osoa-zip (osoa_zip/cluster.py)."""
 
 
+class PartsError(Exception):
+    """The process that adapts the first part of each batch (adapt/parts.py) failed or stopped:
+    the command cannot finish."""
+
+
 @dataclass
 class Summary:
     files: int = 0

@@ -22,7 +22,9 @@ import numpy as np
 from . import __version__
 from .adapt.config import AdaptationConfig
 from .adapt.defaults import adaptation_for
-from .adapt.segments import run_segments
+from .adapt.parts import MIN_INPUT_BYTES as PARTS_MIN_INPUT_BYTES
+from .adapt.parts import attach, start_worker
+from .adapt.segments import run_segments, split_runs
 from .coding import native
 from .container.format import ArchiveWriter
 from .container.records import (
@@ -136,6 +138,7 @@ class _Compressor:
         # A frozen model's smaller images are judged after coding, by their own coded bits (triage.py).
         self.judge_after_coding = triage is not None and not adapter.config.adapt
         self.unjudged: set[int] = set()  # id() of the group's records to be judged so
+        self.parts = None  # a worker process for the first part of each batch (adapt/parts.py), starting
 
     def add(self, entry: Entry) -> None:
         if entry.kind == DIRECTORY:
@@ -284,6 +287,8 @@ class _Compressor:
             keep = self._keeper(store, len(batches), group_bytes if not judged else 0)
             counted = self._batches_to_count(batches)
             if self.cluster is None:
+                if len(split_runs(adapter.batches_seen, len(batches), config.segment_batches)) == 1:
+                    attach(self.parts, adapter, len(batches))  # one run: the worker takes half of each batch
                 coded, self.adapter = run_segments(adapter, batches, self._coder(colour, keep, counted),
                                                    self.threads, chain=adapter.chain_length)
             else:  # the same runs as tasks on a Dask cluster (osoa_zip/cluster.py)
@@ -474,21 +479,29 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
         from .triage import Triage  # needs the engine (torch), as coding does
     compressor = _Compressor(writer, online_adapter(bundle, adaptation), progress, byte_exact, threads, note,
                              Triage(bundle, adaptation) if triage else None, cluster, block_size)
-    # Files of some size are read as images on a helper thread, ahead of triage and coding
-    # (read_ahead.py); small ones when the compressor comes to them.
-    ahead = [entry for entry in entries if entry.kind == FILE and reads_ahead(entry)]
-    with ReadAhead(ahead, compressor.read) as reader:
-        compressor.reader = reader
-        for entry in entries:
-            compressor.add(entry)
-        compressor.reader = None
-    blocks = compressor.start_blocks() if block_size else None
+    # With a second core, a worker process starts now (it imports torch and loads the model
+    # while files are read) to take the first part of each adapting batch (adapt/parts.py).
+    if threads > 1 and cluster is None and input_bytes >= PARTS_MIN_INPUT_BYTES:
+        compressor.parts = start_worker(compressor.adapter)
     try:
-        compressor.flush_images()
-        compressor.write_blocks(blocks)
+        # Files of some size are read as images on a helper thread, ahead of triage and coding
+        # (read_ahead.py); small ones when the compressor comes to them.
+        ahead = [entry for entry in entries if entry.kind == FILE and reads_ahead(entry)]
+        with ReadAhead(ahead, compressor.read) as reader:
+            compressor.reader = reader
+            for entry in entries:
+                compressor.add(entry)
+            compressor.reader = None
+        blocks = compressor.start_blocks() if block_size else None
+        try:
+            compressor.flush_images()
+            compressor.write_blocks(blocks)
+        finally:
+            if blocks is not None:
+                blocks.close()
     finally:
-        if blocks is not None:
-            blocks.close()
+        if compressor.parts is not None:
+            compressor.parts.close()
     for entry in entries:  # last, so that the file they name is always already restored
         if entry.kind == HARDLINK:
             Hardlink(entry.name, entry.target).write(writer)

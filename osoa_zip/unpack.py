@@ -21,6 +21,8 @@ import numpy as np
 
 from .adapt.config import AdaptationConfig
 from .adapt.flags import FLAG_SEGMENT_START
+from .adapt.parts import MIN_BATCHES as PARTS_MIN_BATCHES
+from .adapt.parts import attach, start_worker
 from .adapt.segments import RunEndError, run_segments, split_runs
 from .coding import native
 from .coding.ans import CorruptStream
@@ -121,6 +123,7 @@ class _Decoder:
         self._model: tuple[str, str] | None = None  # (name, SHA-256) from the header
         self._engine: dict | None = None  # the header's engine record
         self._adapter: OnlineAdapter | None = None
+        self.parts = None  # the worker process for the first part of each batch (adapt/parts.py)
         self.batches_decoded = 0
         self.blocks_skipped = 0
         self.refused: list[tuple[str | None, str]] = []
@@ -130,6 +133,13 @@ class _Decoder:
                           FileEntry: self.general_file, ImageTable: self.images, SolidBlock: self.solid_block}
 
     def run(self, reader: ArchiveReader) -> Summary:
+        try:
+            return self._run(reader)
+        finally:
+            if self.parts is not None:
+                self.parts.close()
+
+    def _run(self, reader: ArchiveReader) -> Summary:
         chunks = ChunkReader(reader.chunks(), reader.version)
         self.version = reader.version
         self.header(chunks.header())
@@ -328,11 +338,22 @@ class _Decoder:
         if side_by_side and not self.salvage:
             self._decode_in_parallel(planned, chunks, canvases)
         else:
+            self._attach_parts(len(planned))
             self._decode_in_order(planned, chunks, canvases, group.modelled, lost)
         self._write_images(group, canvases, indices, lost)
         for plane in alpha + indices:  # large side planes not closed with their image
             if isinstance(plane, PixelFile):
                 plane.close()
+
+    def _attach_parts(self, batches: int) -> None:
+        """With a second core, a group of PARTS_MIN_BATCHES batches or more starts the worker process
+        that decodes the first part of each batch (adapt/parts.py) and waits for it; later groups
+        in order take it as it is.  Not under --salvage, whose restarts go batch by batch."""
+        if self.threads < 2 or self.cluster is not None or self.salvage:
+            return
+        if self.parts is None and batches >= PARTS_MIN_BATCHES:
+            self.parts = start_worker(self.adapter)
+        attach(self.parts, self.adapter, batches)
 
     def _decode_in_order(self, planned: list, chunks: ChunkReader, canvases: list, modelled: list[int],
                          lost: dict[int, str]) -> None:

@@ -1,4 +1,4 @@
-"""A flow's parts (SubLatticeFlow.part_levels): pieces of a batch that another process can take.
+"""A flow's parts (SubLatticeFlow.parts): pieces of a batch that another process can take.
 
 The parts of a partition must give the whole pass's factors, loss gradients and decoded
 pixels bit for bit; each part's gradients reach only its own parameters
@@ -59,7 +59,7 @@ def test_the_parts_give_the_whole_pass_factors_and_gradients(bundle, channels, h
     pixels = _tiles(channels, 5, height, width)
     loss, factors = network.analyse(pixels)
     whole = _gradients(network, loss)
-    parts = network.part_levels(height, width)
+    parts = network.parts(height, width)
     assert len(parts) == 2 and FINAL in parts[0] and parts[1] == {0} and not parts[0] & parts[1]
     part_factors, part_terms, gradients = [], [], {}
     for part in parts:
@@ -91,12 +91,12 @@ def test_the_parts_decode_the_batch_from_one_stream_in_turn(bundle, channels, he
     whole_decoder = Decoder(stream)
     decoded, whole_loss = network.decode_with_loss(whole_decoder, pixels.shape)
     whole = _gradients(network, whole_loss)
-    coarse_part, fine_part = network.part_levels(height, width)
+    coarse_part, fine_part = network.parts(height, width)
     first = Decoder(stream)
-    coarse, coarse_loss = network.decode_levels(first, pixels.shape, coarse_part)
+    coarse, coarse_loss = network.decode_part(first, pixels.shape, coarse_part)
     second = Decoder(stream)  # as another process would: the same bytes, resumed where the first stopped
     second.resume(first.position())
-    restored, fine_loss = network.decode_levels(second, pixels.shape, fine_part, coarse)
+    restored, fine_loss = network.decode_part(second, pixels.shape, fine_part, coarse)
     second.check_finished()
     assert torch.equal(restored, pixels) and torch.equal(decoded, pixels)
     gradients = {**_gradients(network, coarse_loss), **_gradients(network, fine_loss)}
@@ -111,15 +111,15 @@ def test_a_stream_resumed_elsewhere_pops_the_rest_and_not_more(bundle):
     network.push(network.analyse(pixels, with_loss=False)[1], encoder)
     stream = encoder.finish()
     first = Decoder(stream)
-    coarse_part, fine_part = network.part_levels(32, 32)
+    coarse_part, fine_part = network.parts(32, 32)
     with torch.no_grad():
-        coarse, _ = network.decode_levels(first, pixels.shape, coarse_part, with_loss=False)
+        coarse, _ = network.decode_part(first, pixels.shape, coarse_part, with_loss=False)
     fresh = Decoder(stream)
     assert fresh.position() != first.position()
     fresh.resume(first.position())
     assert fresh.position() == first.position()
     with torch.no_grad():
-        restored, loss = network.decode_levels(fresh, pixels.shape, fine_part, coarse, with_loss=False)
+        restored, loss = network.decode_part(fresh, pixels.shape, fine_part, coarse, with_loss=False)
     assert loss is None and torch.equal(restored, pixels)
     fresh.check_finished()
 
@@ -128,18 +128,18 @@ def test_no_parameter_serves_both_parts_whatever_the_tile_size(bundle):
     network = bundle.network(3)
     coarse, fine = set(), set()
     for height, width in ((32, 32), (17, 30), (9, 6), (2, 2), (1, 1)):
-        first, second = network.part_levels(height, width)
+        first, second = network.parts(height, width)
         coarse |= network.part_parameters(first)
         fine |= network.part_parameters(second)
     assert fine and coarse and not fine & coarse
     assert coarse | fine == {name for name, _ in network.named_parameters()}
-    assert network.part_levels(1, 1) == [frozenset({FINAL}), frozenset()]  # no level: the prior alone
-    assert network.part_levels(2, 2) == [frozenset({FINAL}), frozenset({0})]
+    assert network.parts(1, 1) == [frozenset({FINAL}), frozenset()]  # no level: the prior alone
+    assert network.parts(2, 2) == [frozenset({FINAL}), frozenset({0})]
 
 
 def test_one_part_where_one_predictor_serves_every_level(bundle):
     network = bundle.network(3)
     single = copy.deepcopy(network)
     single.levels = single.levels[:1]                         # one predictor serves every level
-    (part,) = single.part_levels(32, 32)
+    (part,) = single.parts(32, 32)
     assert single.part_parameters(part) == {name for name, _ in single.named_parameters()}

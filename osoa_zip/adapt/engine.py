@@ -157,6 +157,8 @@ class _Track:
     probe_margin: float = PROBE_MARGIN  # encoder: the lead that lets θ0's comparison wait
     pretrained_wins: int = 0      # encoder: comparisons won by θ0 in a row
     gave_up: bool = False         # θ0 codes the rest of the segment; no more steps (FLAG_GIVE_UP)
+    parts: object | None = None   # the worker process that adapts the first of the batches' parts (parts.py)
+    parts_stepped: bool = False   # the worker took this batch's step already (it needed no decision of ours)
 
 
 # The _Track fields besides the weights and moments, carried by export_state as they are.
@@ -201,6 +203,26 @@ def _select_parameters(network: torch.nn.Module, selection: str) -> None:
         parameter.requires_grad_(name in chosen)
 
 
+@dataclass
+class _PartsLoss:
+    """A batch's loss when two processes run its parts: ``bits``, the whole batch's bit count
+    (the terms of both parts stacked in the whole pass's order and summed: the same float
+    as one process's loss), and ``parts_loss``, the second part's differentiable sum (or
+    None if it has no factor), which this thread's step starts from."""
+
+    bits: torch.Tensor
+    parts_loss: torch.Tensor | None
+
+    @classmethod
+    def of(cls, first_terms: torch.Tensor, second_terms: list) -> "_PartsLoss":
+        second = torch.stack(second_terms) if second_terms else first_terms.new_zeros(0)
+        bits = torch.cat([first_terms, second.detach()]).sum()
+        return cls(bits, second.sum() if second_terms else None)
+
+    def detach(self) -> torch.Tensor:
+        return self.bits
+
+
 class OnlineAdapter:
     """Holds θ_t per channel count and the optimiser state; one per archive."""
 
@@ -216,6 +238,26 @@ class OnlineAdapter:
         # decoder of any other engine keeps no copy of the state before each update (a rollback
         # there is refused as undoing an update that was never made).
         self._rollbacks = int(bundle.engine["version"]) == 1
+        self._parts = None  # a parts.PartWorker that new tracks hand their batches' first parts to
+        # With the worker, this thread's step on a batch waits until the worker has the next
+        # batch's request (``_flush``), so that the two run at once: (track, loss) or None.
+        self._deferred: tuple | None = None
+
+    def can_use_parts(self) -> bool:
+        """Whether ``use_parts`` would take a worker: the family splits a batch, and one step per
+        batch is taken without rollbacks (whose replay would need the worker's state too)."""
+        family_splits = all(network.split_parameters() is not None for network in self._bundle.networks.values())
+        return (self.config.adapt and self.config.steps_per_batch == 1 and not self._rollbacks
+                and not self._family.chains_batches and family_splits)
+
+    def use_parts(self, worker) -> bool:
+        """Let ``worker`` (adapt/parts.py) adapt the first part of every batch of the tracks this
+        adapter starts from now on, beside this thread's second part: the same bytes, on two
+        cores.  Tracks started before stay on this thread.  False: not used (``can_use_parts``)."""
+        if self._parts is not None or not self.can_use_parts():
+            return False
+        self._parts = worker
+        return True
 
     # -- state ---------------------------------------------------------------
 
@@ -242,17 +284,18 @@ class OnlineAdapter:
 
     def skip_batch(self) -> None:
         """Count a batch that is not decoded (a refused group), so segment starts stay where they are."""
+        self._flush()
         self._batches += 1
         self._chain = None
 
     def restart(self) -> None:
         """Start a new segment now (--salvage resumes decoding at a segment start)."""
-        self._tracks, self._batches, self._chain = {}, 0, None
+        self._tracks, self._batches, self._chain, self._deferred = {}, 0, None, None
 
     def _track(self, channels: int) -> _Track:
         segment = self.config.segment_batches
         if segment and self._batches and self._batches % segment == 0:
-            self._tracks = {}  # a new segment starts from θ0
+            self._tracks, self._deferred = {}, None  # a new segment starts from θ0
         self._batches += 1
         if channels not in self._tracks:
             self._tracks[channels] = self._new_track(channels)
@@ -268,12 +311,18 @@ class OnlineAdapter:
         network = copy.deepcopy(self._bundle.network(channels))
         selection = self.config.parameters_for(channels)
         _select_parameters(network, selection)
+        if self._parts is not None:  # the worker adapts the first part's parameters
+            self._parts.open(channels)
+            theirs = network.split_parameters()[0]
+            for name, parameter in network.named_parameters():
+                if name in theirs:
+                    parameter.requires_grad_(False)
         optimizer = ExactAdam(network.parameters(), self.config.learning_rate,
                               (self.config.beta1, self.config.beta2), self.config.epsilon)
         margin = PROBE_MARGIN_LAST_LAYERS if selection == "last" else PROBE_MARGIN
         if self._family.guard_every_batch:
             margin = PROBE_MARGIN_BITS_BACK
-        return _Track(network, optimizer, probe_margin=margin)
+        return _Track(network, optimizer, probe_margin=margin, parts=self._parts)
 
     @staticmethod
     def _state(track: _Track) -> tuple:
@@ -293,17 +342,27 @@ class OnlineAdapter:
 
     def adapted_network(self, channels: int) -> torch.nn.Module:
         """θ_t for this channel count (θ0 if no batch of it was seen in this segment)."""
+        self._flush()
         track = self._tracks.get(channels)
         return track.network if track else self._bundle.network(channels)
 
     def snapshot(self):
         """The whole adaptation state (weights and optimiser moments), to roll back to.
-        θ0's networks, which nothing changes, are shared rather than copied."""
+        θ0's networks, which nothing changes, are shared rather than copied; the worker
+        keeps its own half (one snapshot at a time)."""
+        self._flush()
         pretrained = [self._bundle.network(channels) for channels in self._tracks]
-        return copy.deepcopy((self._tracks, self._batches), {id(network): network for network in pretrained})
+        shared = {id(network): network for network in pretrained}
+        if self._parts is not None:
+            shared[id(self._parts)] = self._parts
+        tracks, batches = copy.deepcopy((self._tracks, self._batches), shared)
+        return tracks, batches, None if self._parts is None else self._parts.snapshot()
 
     def restore(self, state) -> None:
-        self._tracks, self._batches = state
+        self._deferred = None  # a step of the state given up
+        self._tracks, self._batches, worker_snapshot = state
+        if worker_snapshot is not None:
+            self._parts.restore(worker_snapshot)
 
     def export_state(self) -> dict:
         """The adaptation state between runs as plain values (numpy arrays, numbers, bools),
@@ -311,6 +370,9 @@ class OnlineAdapter:
         without a pickled network: osoa_zip.cluster sends it to Dask workers."""
         if self._chain is not None:
             raise ValueError("a chain of batches is still open")
+        self._flush()
+        if any(track.parts is not None for track in self._tracks.values()):
+            raise ValueError("a worker process holds part of the adaptation state")
         return {"batches": self._batches,
                 "tracks": {channels: _plain_track(track) for channels, track in self._tracks.items()}}
 
@@ -438,14 +500,17 @@ class OnlineAdapter:
         network = pretrained if track.gave_up else track.network
         # A memo where a second pass over the batch will come (exact/trunk.py).
         trunks = TrunkMemo() if guarding or (adapting and self.config.steps_per_batch > 1) else None
-        with sharing(trunks):
-            # One forward pass codes the batch, gives the guard its bit count and starts
-            # the first step (the weights are the ones it steps from).
-            with torch.set_grad_enabled(adapting):
-                loss, factors = self._analyse(network, pixels, adapting or guarding)
-            # θ0's pass for the guard comes second, on this thread: where the trunks are frozen
-            # it runs only what adapts (exact/trunk.py), far less CPU than a whole pass beside.
-            pretrained_pass = self._analyse_frozen(pretrained, pixels) if guarding else None
+        if track.parts is not None:
+            loss, factors, pretrained_pass = self._analyse_in_parts(track, tiles, pixels, adapting, guarding, trunks)
+        else:
+            with sharing(trunks):
+                # One forward pass codes the batch, gives the guard its bit count and starts
+                # the first step (the weights are the ones it steps from).
+                with torch.set_grad_enabled(adapting):
+                    loss, factors = self._analyse(network, pixels, adapting or guarding)
+                # θ0's pass for the guard comes second, on this thread: where the trunks are frozen
+                # it runs only what adapts (exact/trunk.py), far less CPU than a whole pass beside.
+                pretrained_pass = self._analyse_frozen(pretrained, pixels) if guarding else None
         flags = 0
         if pretrained_pass is not None:
             pretrained_loss, pretrained_factors = pretrained_pass
@@ -459,8 +524,43 @@ class OnlineAdapter:
                     track.gave_up, adapting = True, False
             else:
                 track.pretrained_wins = 0
+        if track.parts is not None and not adapting:
+            track.parts.drop(channels)
+            track.parts_stepped = False
+        if track.parts is not None and loss is not None:
+            loss = loss.parts_loss  # what this thread's step starts from: the second part's
         flags |= segment_flag
         return _Choice(pixels, channels, track, network, flags, adapting, loss, factors, trunks)
+
+    def _analyse_in_parts(self, track: _Track, tiles: np.ndarray, pixels: torch.Tensor, adapting: bool,
+                          guarding: bool, trunks: TrunkMemo | None) -> tuple:
+        """``_choose``'s passes with the worker: it runs the first part (and θ0's, for the guard)
+        while this thread runs the second; then (loss, factors, θ0's (loss, factors) or None),
+        each loss the whole batch's bit count, bit for bit (``_PartsLoss``)."""
+        channels, (height, width) = pixels.shape[1], pixels.shape[2:]
+        pretrained = self._bundle.network(channels)
+        network = pretrained if track.gave_up else track.network
+        first, second = network.parts(height, width)
+        with_loss = adapting or guarding
+        # Without the guard nothing can stop this batch's step: the worker takes it at once.
+        track.parts_stepped = adapting and not guarding
+        track.parts.analyse(channels, first, tiles, track.gave_up, adapting, with_loss, guarding,
+                            step=track.parts_stepped)
+        self._flush()  # the last batch's step, while the worker codes its part of this one
+        with sharing(trunks):
+            with torch.set_grad_enabled(adapting):
+                terms, factors = network.analyse_part(pixels, second, with_loss)
+            pretrained_part = None
+            if guarding:
+                with torch.no_grad():
+                    pretrained_part = pretrained.analyse_part(pixels, second, True)
+        theirs = track.parts.analysed()
+        loss = _PartsLoss.of(theirs.terms, terms) if with_loss else None
+        pretrained_pass = None
+        if pretrained_part is not None:
+            pretrained_pass = (_PartsLoss.of(theirs.pretrained_terms, pretrained_part[0]).bits,
+                               theirs.pretrained_factors + pretrained_part[1])
+        return loss, theirs.factors + factors, pretrained_pass
 
     @staticmethod
     def _analyse(network, pixels: torch.Tensor, with_loss: bool):
@@ -525,14 +625,10 @@ class OnlineAdapter:
         # FLAG_PRETRAINED batch is decoded with θ0, and every step after the first makes a pass.
         later = adapting and (bool(flags & FLAG_PRETRAINED) or self.config.steps_per_batch > 1)
         trunks = TrunkMemo() if later else None
-        with sharing(trunks):
-            if flags & FLAG_PRETRAINED or track.gave_up:
-                pixels, loss = self._bundle.network(channels).decode(decoder, shape, initial), None
-            elif adapting:
-                # the decoding pass may also start the first step, as on the encoder
-                pixels, loss = track.network.decode_with_loss(decoder, shape, initial)
-            else:
-                pixels, loss = track.network.decode(decoder, shape, initial), None
+        if track.parts is not None:
+            pixels, loss = self._decode_in_parts(track, decoder, payload, shape, flags, adapting)
+        else:
+            pixels, loss = self._decode_whole(track, decoder, shape, flags, adapting, initial, trunks)
         if self._chain is None:
             decoder.check_finished()
         else:
@@ -547,6 +643,52 @@ class OnlineAdapter:
             self._adapt(track, pixels, loss, trunks, keep_previous=self.config.guard and self._rollbacks)
         return pixels.to(torch.uint8).numpy()
 
+    def _decode_whole(self, track: _Track, decoder, shape: tuple, flags: int, adapting: bool, initial: bool,
+                      trunks: TrunkMemo | None) -> tuple:
+        """(pixels, the loss the update starts from or None), all on this thread."""
+        channels = shape[1]
+        with sharing(trunks):
+            if flags & FLAG_PRETRAINED or track.gave_up:
+                return self._bundle.network(channels).decode(decoder, shape, initial), None
+            if adapting:  # the decoding pass may also start the first step, as on the encoder
+                return track.network.decode_with_loss(decoder, shape, initial)
+            return track.network.decode(decoder, shape, initial), None
+
+    def _decode_in_parts(self, track: _Track, decoder, payload: bytes, shape: tuple, flags: int,
+                         adapting: bool) -> tuple:
+        """``_decode_whole`` with the worker: it pops the batch's first part from its own copy of the
+        stream and hands this thread the image so far and the coder's position; this thread pops
+        the second part from there.  Returns (pixels, the second part's loss or None)."""
+        channels, (height, width) = shape[1], shape[2:]
+        pretrained = bool(flags & FLAG_PRETRAINED) or track.gave_up
+        network = self._bundle.network(channels) if pretrained else track.network
+        first, second = network.parts(height, width)
+        graph = adapting and not pretrained
+        track.parts_stepped = graph  # the worker's step needs nothing more from this thread
+        track.parts.decode(channels, first, payload[1:], shape, pretrained, graph, step=graph)
+        self._flush()  # the last batch's step, while the worker decodes its part of this one
+        image, position = track.parts.decoded()
+        decoder.resume(position)
+        with torch.set_grad_enabled(graph):
+            pixels, loss = network.decode_part(decoder, shape, second, image, graph)
+        if adapting and pretrained:  # θ0 decoded it: the update's pass over the pixels, in two parts
+            track.parts.adapt_on(channels, first, pixels.to(torch.uint8).numpy())
+            with torch.enable_grad():
+                terms, _ = track.network.analyse_part(pixels, second, True)
+            loss = torch.stack(terms).sum() if terms else None
+        return pixels, loss
+
+    def _flush(self) -> None:
+        """Take this thread's deferred step (``_adapt`` with the worker), if one is waiting: before
+        any pass with the weights it changes, and before anyone looks at the state."""
+        if self._deferred is not None:
+            track, loss = self._deferred
+            self._deferred = None
+            track.optimizer.zero_grad()
+            if loss is not None:
+                loss.backward()
+            track.optimizer.step()
+
     def _batch_stream(self, flags: int, payload: bytes) -> tuple:
         """(the coder a batch is decoded from, whether it was laid on an empty stack)."""
         if flags & FLAG_CHAINED:
@@ -555,7 +697,7 @@ class OnlineAdapter:
             if self.starts_segment():
                 raise BatchError("a chain of batches crosses a segment start")
             return self._chain.coder, self._chain.remaining == 1
-        self.end_run()  # a batch that does not continue the open chain ends it early
+        self._end_chain()  # a batch that does not continue the open chain ends it early
         if not flags & FLAG_CHAIN_HEAD:
             return self._family.new_decoder(payload[1:]), True
         length = declared_chain_length(payload)
@@ -567,6 +709,10 @@ class OnlineAdapter:
 
     def end_run(self) -> None:
         """After the last batch of a run of batches (a group, or a segment in it): no chain may be open."""
+        self._flush()
+        self._end_chain()
+
+    def _end_chain(self) -> None:
         if self._chain is not None:
             chain, self._chain = self._chain, None
             raise BatchError(f"a chain of batches ends {chain.remaining} batch(es) early")
@@ -577,6 +723,13 @@ class OnlineAdapter:
         if keep_previous:
             track.previous = self._state(track)
         network, optimizer = track.network, track.optimizer
+        if track.parts is not None:  # one step (use_parts): the worker's on the first part, this one's on the second
+            if not track.parts_stepped:
+                track.parts.step(pixels.shape[1])
+            track.parts_stepped = False
+            self._deferred = (track, loss)  # taken by _flush, once the worker has its next request
+            track.updated = True
+            return
         with sharing(trunks):
             for step in range(self.config.steps_per_batch):
                 optimizer.zero_grad()

@@ -82,7 +82,7 @@ COEFFICIENT_LIMIT = 2.0  # cross-channel coefficients are clamped to [-2, 2]
 # take(key, mean, log_scale, logits, offset): logits None for one logistic, else (K, ...) components
 Take = Callable[[tuple, torch.Tensor, torch.Tensor, torch.Tensor | None, torch.Tensor], torch.Tensor]
 FINAL = "final"  # the final prior's factor key, and its name in a part's levels
-# Some of a traversal's factors (SubLatticeFlow.part_levels): level indices, and FINAL for the prior.
+# Some of a traversal's factors (SubLatticeFlow.parts): level indices, and FINAL for the prior.
 Levels = frozenset
 
 
@@ -257,20 +257,28 @@ class SubLatticeFlow(CodingModel):
                     and int(name.split(".convs.")[1].split(".")[0]) == last[name.split(".convs.")[0]]} | prior
         raise ValueError(f"unknown parameter selection {selection!r}")
 
-    def part_levels(self, height: int, width: int) -> list[Levels]:
+    def parts(self, height: int, width: int) -> list[Levels]:
         """The factors of a batch of height x width tiles cut into parts that share no parameter,
         coarsest first: the prior with every level but the finest, then the finest level alone
         (about half of an RGB batch's work; empty for tiles too small for a level), or one part
         when one predictor serves every level.  The parts own the same parameters whatever the
         tile size.  On the encoder's side each part needs only the pixels
         (``analyse_part``); on the decoder's side a part needs the image the coarser
-        parts decoded (``decode_levels``); its gradients reach only its own parameters
+        parts decoded (``decode_part``); its gradients reach only its own parameters
         (``part_parameters``), and exact Adam is elementwise, so the parts can adapt apart."""
         count = len(level_sizes(height, width, self.deep_levels)) - 1
         every = Levels({FINAL, *range(count)})
         if len(self.levels) < 2:
             return [every]
         return [every - {0}, every & {0}]
+
+    def split_parameters(self) -> tuple[set[str], set[str]] | None:
+        """The parameters of the first and of the second of ``parts`` for every tile size (the
+        finest level's predictor, and the rest), or None where one predictor serves every level."""
+        if len(self.levels) < 2:
+            return None
+        finest = self.part_parameters(Levels({0}))
+        return {name for name, _ in self.named_parameters()} - finest, finest
 
     def part_parameters(self, levels: Levels) -> set[str]:
         """The names of the parameters that the factors of ``levels`` depend on (a predictor
@@ -284,7 +292,7 @@ class SubLatticeFlow(CodingModel):
 
     def _traverse(self, shape, take: Take, levels: Levels | None = None, y: torch.Tensor | None = None
                   ) -> torch.Tensor:
-        """Every factor, coarsest first; returns the image.  ``levels`` (``part_levels``): only
+        """Every factor, coarsest first; returns the image.  ``levels`` (``parts``): only
         the prior ("final") and those levels, which must follow each other, starting from
         ``y``, the image at the scale of the first of them's input (None: from the prior)."""
         batch, channels, height, width = shape
@@ -419,7 +427,7 @@ class SubLatticeFlow(CodingModel):
         return (torch.stack(terms).sum() if with_loss else None), factors
 
     def analyse_part(self, pixels: torch.Tensor, levels: Levels, with_loss: bool = True) -> tuple[list, list]:
-        """``analyse`` of one part of ``part_levels``: (its loss terms, its factors).
+        """``analyse`` of one part of ``parts``: (its loss terms, its factors).
 
         The factors of the prior and of ``levels`` have the values the whole pass gives them,
         and so do the terms (one 0-d tensor per factor, in the factors' order): the parts,
@@ -537,9 +545,9 @@ class SubLatticeFlow(CodingModel):
         """
         return self._decode(decoder, shape, with_loss=True)
 
-    def decode_levels(self, decoder, shape, levels: Levels, y: torch.Tensor | None = None,
-                      with_loss: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """``decode_with_loss`` of one part of ``part_levels``: pops the prior and those levels
+    def decode_part(self, decoder, shape, levels: Levels, y: torch.Tensor | None = None,
+                    with_loss: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``decode_with_loss`` of one part of ``parts``: pops the prior and those levels
         (coarsest first) from ``decoder``, starting from ``y`` (the image at the scale above
         them, which the coarser parts decoded; None for the part with the prior).  Returns
         (the image at the finest of them's scale, their differentiable NLL)."""

@@ -123,6 +123,32 @@ class CodingModel(nn.Module, metaclass=ABCMeta):
         returns the loss (differentiable) and saves the adaptation step a forward pass."""
         return self.decode(coder, shape, initial), None
 
+    # -- parts: two pieces of a batch that two processes can adapt apart (adapt/parts.py) --
+
+    def split_parameters(self) -> tuple[set[str], set[str]] | None:
+        """The names of the parameters that the first and the second of ``parts`` depend on,
+        the same for every tile size and sharing none; None (the default): the family cannot
+        split a batch, and one process does it all."""
+        return None
+
+    def parts(self, height: int, width: int) -> list:
+        """The two parts of a batch of height x width tiles (opaque to the engine), in the
+        order the decoder meets their symbols; only with ``split_parameters``."""
+        raise NotImplementedError(f"the {self.family} family cannot split a batch")
+
+    def analyse_part(self, pixels: torch.Tensor, part, with_loss: bool = True) -> tuple[list, object]:
+        """``analyse`` of one of ``parts``: (its loss terms, its factors).  The parts' factors,
+        first part first, are ``analyse``'s, and the sum of all their terms stacked in that
+        order is its loss, bit for bit; each part's terms depend only on its own parameters."""
+        raise NotImplementedError(f"the {self.family} family cannot split a batch")
+
+    def decode_part(self, coder, shape: tuple[int, int, int, int], part, image: torch.Tensor | None = None,
+                    with_loss: bool = True) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """``decode_with_loss`` of one of ``parts``: (the image so far, the part's loss).  The
+        first part starts from nothing; the second from the first's image, on a coder resumed
+        where the first stopped (``Decoder.resume``)."""
+        raise NotImplementedError(f"the {self.family} family cannot split a batch")
+
     def adaptable_parameters(self, selection: str) -> set[str]:
         """Names of the parameters adaptation changes under ``selection`` (AdaptationConfig's
         ``parameters``/``gray_parameters``); the default: all of them, whatever the selection."""

@@ -1,0 +1,462 @@
+"""A second process for the first part of every adapting batch: two cores on one segment.
+
+Why: an adapting batch is a chain (code under θ_{t-1}, backward, exact Adam) that threads
+cannot share, because about half of its CPU is Python holding the GIL (two threads on two
+independent streams of batches ran ~1.2x faster than one, two processes 2x).  A family
+with ``split_parameters`` cuts each batch into two ``parts`` that share no parameter (the
+flow: the prior with the coarse levels, and the finest level), and exact Adam is
+elementwise per parameter, so the first part can live in another process with its own
+copy of the weights it owns, its own gradients and its own Adam moments.  Nothing but
+pixels, coded bytes, factors and loss terms cross, and every one of them is the value one
+process computes, so the archive is the same bytes, and a decoder the same pixels and
+weights, with or without the worker (tests/test_parts.py).
+
+The engine (adapt/engine.py) drives the worker batch by batch: it sends what to compute
+before computing its own part, and reads the answer when it needs it, so both parts run at
+once.  Messages are bytes: a JSON header and raw arrays, never pickle.  The worker loads
+the model by name and checks its SHA-256, as the parent did.  A worker that fails sends its
+error and stops; the parent raises it (``PartsError``), or the coder's own exception for a
+damaged stream, so a broken archive reads the same either way.
+"""
+from __future__ import annotations
+
+import json
+import os
+import select
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from ..layout import PartsError
+
+READY = "ready"
+# A worker is started for a compress of at least this many input bytes (it takes ~1.5 s to
+# import torch and load the model, beside the reading and triage), and waited for by an image
+# group of at least this many batches; a smaller group takes it only if it is ready.
+MIN_INPUT_BYTES = 1 << 20
+MIN_BATCHES = 16
+# Errors the worker passes on by name, raised again in the parent as what they were.
+_PASSED_ON = ("CorruptStream", "BatchError")
+
+
+def _pack(header: dict, arrays: list[np.ndarray]) -> bytes:
+    arrays = [np.ascontiguousarray(a) for a in arrays]
+    head = json.dumps({**header, "arrays": [[a.dtype.str, list(a.shape)] for a in arrays]}).encode()
+    return len(head).to_bytes(4, "little") + head + b"".join(a.tobytes() for a in arrays)
+
+
+def _unpack(message: bytes) -> tuple[dict, list[np.ndarray]]:
+    length = int.from_bytes(message[:4], "little")
+    header = json.loads(message[4:4 + length])
+    at, arrays = 4 + length, []
+    for dtype, shape in header.pop("arrays"):
+        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
+        arrays.append(np.frombuffer(message, dtype=dtype, count=size // np.dtype(dtype).itemsize,
+                                    offset=at).reshape(shape))
+        at += size
+    return header, arrays
+
+
+def _factor_arrays(factors) -> tuple[list[int], list[np.ndarray]]:
+    return [len(f) for f in factors], [t.detach().contiguous().numpy() for f in factors for t in f]
+
+
+def _factors_of(counts: list[int], arrays: list[np.ndarray]) -> list[tuple]:
+    import torch
+    tensors = [torch.from_numpy(a.copy()) for a in arrays]
+    factors, at = [], 0
+    for count in counts:
+        factors.append(tuple(tensors[at:at + count]))
+        at += count
+    return factors
+
+
+@dataclass
+class Analysed:
+    """The worker's part of a batch: its loss terms (float64, 1-D) and factors, and θ0's if asked."""
+    terms: object
+    factors: list
+    pretrained_terms: object = None
+    pretrained_factors: list | None = None
+
+
+class _Pipe:
+    """Length-prefixed messages over a pair of byte streams (a child's stdin and stdout)."""
+
+    def __init__(self, reading, writing) -> None:
+        self.reading, self.writing = reading, writing
+
+    def send_bytes(self, data: bytes) -> None:
+        self.writing.write(len(data).to_bytes(8, "little"))
+        self.writing.write(data)
+        self.writing.flush()
+
+    def recv_bytes(self) -> bytes:
+        head = self.reading.read(8)
+        if len(head) < 8:
+            raise EOFError("the other process closed its end")
+        size = int.from_bytes(head, "little")
+        data = self.reading.read(size)
+        if len(data) < size:
+            raise EOFError("the other process closed its end")
+        return data
+
+    def poll(self) -> bool:
+        return bool(select.select([self.reading], [], [], 0)[0])
+
+    def close(self) -> None:
+        for stream in (self.reading, self.writing):
+            try:
+                stream.close()
+            except OSError:
+                pass
+
+
+def start_worker(adapter) -> "PartWorker | None":
+    """A worker for ``adapter``'s model and settings, starting (``attach`` gives it to the
+    adapter), or None if the adapter cannot use one."""
+    if not adapter.can_use_parts():
+        return None
+    return PartWorker(adapter.bundle.name, adapter.bundle.sha256, adapter.config.to_header())
+
+
+def attach(worker: "PartWorker | None", adapter, batches: int) -> None:
+    """Give a started worker to the adapter that is about to code or decode ``batches`` batches
+    in order: a group of MIN_BATCHES or more waits for it to be ready, a smaller one takes it
+    only if it already is.  A worker that failed to start is left out (the same bytes)."""
+    if worker is None or worker.failed:
+        return
+    try:
+        if batches >= MIN_BATCHES:
+            worker.wait_ready()
+        if worker.ready_now():
+            adapter.use_parts(worker)
+    except PartsError:
+        worker.failed = True
+
+
+class PartWorker:
+    """The parent's handle on the worker: one per adapter, used by one thread at a time.
+
+    The worker is ``python -m osoa_zip.adapt.parts`` (a plain child process: it imports this
+    package, not the parent's main module); its messages go over its stdin and stdout, and
+    what it writes to stderr goes to a file that an error quotes."""
+
+    def __init__(self, model: str, sha256: str, config_header: dict) -> None:
+        package_root = str(Path(__file__).resolve().parents[2])
+        environment = dict(os.environ)
+        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
+        self._stderr = tempfile.TemporaryFile()
+        self._process = subprocess.Popen(
+            [sys.executable, "-m", "osoa_zip.adapt.parts", model, sha256, json.dumps(config_header)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=environment)
+        self._connection = _Pipe(self._process.stdout, self._process.stdin)
+        self._ready = False
+        self.failed = False  # it did not start: nobody uses it
+        self.snapshots = 0
+
+    def wait_ready(self) -> None:
+        if not self._ready:
+            header, _ = self._receive()
+            if header.get("op") != READY:
+                raise PartsError("the worker process did not start")
+            self._ready = True
+
+    def ready_now(self) -> bool:
+        """Whether the worker has started (without waiting for it)."""
+        if not self._ready and self._connection.poll():
+            self.wait_ready()
+        return self._ready
+
+    # -- messages --------------------------------------------------------------------------
+    def _send(self, header: dict, arrays: list[np.ndarray] = ()) -> None:
+        try:
+            self._connection.send_bytes(_pack(header, list(arrays)))
+        except (OSError, EOFError) as error:
+            raise PartsError(f"the worker process stopped ({error})") from None
+
+    def _receive(self) -> tuple[dict, list[np.ndarray]]:
+        try:
+            header, arrays = _unpack(self._connection.recv_bytes())
+        except (OSError, EOFError):
+            raise PartsError(f"the worker process stopped{self._last_words()}") from None
+        if "error" in header:
+            kind, message = header["error"], header["message"]
+            if kind in _PASSED_ON:
+                from ..coding.ans import CorruptStream
+                from .engine import BatchError
+                raise {"CorruptStream": CorruptStream, "BatchError": BatchError}[kind](message)
+            raise PartsError(f"the worker process failed: {kind}: {message}")
+        return header, arrays
+
+    def _last_words(self) -> str:
+        """What the stopped worker said last on stderr, as ': ...' (or its exit code)."""
+        code = self._process.wait(timeout=5) if self._process.poll() is None else self._process.returncode
+        self._stderr.seek(0)
+        lines = [line for line in self._stderr.read().decode(errors="replace").splitlines() if line.strip()]
+        return f": {lines[-1].strip()}" if lines else f" (exit code {code})"
+
+    def open(self, channels: int) -> None:
+        """A track for this channel count at θ0 (a new one replaces the old)."""
+        self._send({"op": "open", "channels": channels})
+
+    def analyse(self, channels: int, part, pixels: np.ndarray, pretrained: bool, graph: bool, loss: bool,
+                guard: bool, step: bool = False) -> None:
+        """Start the first part of a batch: with θ0's weights or the track's (``pretrained``), its
+        graph kept for a step (``graph``), its loss terms (``loss``), and θ0's pass too (``guard``).
+        ``step``: the track's step follows at once, after the answer (as ``step`` would)."""
+        self._send({"op": "analyse", "channels": channels, "part": _plain(part), "pretrained": pretrained,
+                    "graph": graph, "loss": loss, "guard": guard, "step": step}, [pixels])
+
+    def analysed(self) -> Analysed:
+        import torch
+        header, arrays = self._receive()
+        split = header["split"]
+        result = Analysed(torch.from_numpy(arrays[0].copy()), _factors_of(header["counts"], arrays[1:split]))
+        if header.get("guard"):
+            result.pretrained_terms = torch.from_numpy(arrays[split].copy())
+            result.pretrained_factors = _factors_of(header["pretrained_counts"], arrays[split + 1:])
+        return result
+
+    def step(self, channels: int) -> None:
+        """The track's step on its last graph (backward and exact Adam), or Adam's counters alone
+        if that part had no factor."""
+        self._send({"op": "step", "channels": channels})
+
+    def drop(self, channels: int) -> None:
+        """Forget the track's last graph (no step on this batch)."""
+        self._send({"op": "drop", "channels": channels})
+
+    def decode(self, channels: int, part, stream: bytes, shape: tuple, pretrained: bool, graph: bool,
+               step: bool = False) -> None:
+        """Start decoding the first part of a batch from its stream (``step``: as ``analyse``)."""
+        self._send({"op": "decode", "channels": channels, "part": _plain(part), "shape": list(shape),
+                    "pretrained": pretrained, "graph": graph, "step": step}, [np.frombuffer(stream, dtype=np.uint8)])
+
+    def decoded(self) -> tuple:
+        """(the first part's image, float64, and the coder's position after it)."""
+        import torch
+        header, arrays = self._receive()
+        return torch.from_numpy(arrays[0].copy()).to(torch.float64), tuple(header["position"])
+
+    def adapt_on(self, channels: int, part, pixels: np.ndarray) -> None:
+        """The track's graph of a decoded batch (coded with θ0: its decoding pass gave none)."""
+        self._send({"op": "adapt_on", "channels": channels, "part": _plain(part)}, [pixels])
+
+    def snapshot(self) -> int:
+        """Keep the worker's tracks as they are now (one snapshot at a time); returns its number."""
+        self.snapshots += 1
+        self._send({"op": "snapshot", "number": self.snapshots})
+        return self.snapshots
+
+    def restore(self, number: int) -> None:
+        self._send({"op": "restore", "number": number})
+
+    def reset(self) -> None:
+        """No track any more (a new segment)."""
+        self._send({"op": "reset"})
+
+    def close(self) -> None:
+        if self._process.poll() is None:
+            try:
+                self._connection.send_bytes(_pack({"op": "stop"}, []))
+            except (OSError, EOFError):
+                pass
+            try:
+                self._process.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                self._process.kill()
+                self._process.wait()
+        self._connection.close()
+        self._stderr.close()
+
+
+def _plain(part) -> list:
+    return sorted(part, key=str)
+
+
+def _part(values: list) -> frozenset:
+    return frozenset(values)
+
+
+# -- the worker process ---------------------------------------------------------------------
+
+class _Track:
+    """The worker's half of one channel count's track."""
+
+    def __init__(self, bundle, config, channels: int) -> None:
+        import copy
+
+        from ..exact.optim import ExactAdam
+        from .engine import _select_parameters
+        self.pretrained = bundle.network(channels)
+        network = copy.deepcopy(self.pretrained)
+        _select_parameters(network, config.parameters_for(channels))
+        owned = network.split_parameters()[0]
+        for name, parameter in network.named_parameters():
+            if name not in owned:
+                parameter.requires_grad_(False)
+        self.network = network
+        self.optimizer = ExactAdam(network.parameters(), config.learning_rate, (config.beta1, config.beta2),
+                                   config.epsilon)
+        self.loss = None
+
+
+def _serve(connection, model: str, sha256: str, config_header: dict) -> None:
+    """The worker's loop: one message at a time, in order; the first error is sent and ends it."""
+    try:
+        import torch
+        torch.set_num_threads(1)
+        from ..torch_loading import load_model
+        from .config import AdaptationConfig
+        bundle = load_model(model, sha256)
+        config = AdaptationConfig.from_header(config_header)
+        connection.send_bytes(_pack({"op": READY, "pid": os.getpid()}, []))
+        _Server(bundle, config, connection).run()
+    except EOFError:  # the parent went away
+        pass
+    except Exception as error:  # noqa: BLE001 (sent to the parent, which raises it)
+        try:
+            connection.send_bytes(_pack({"error": type(error).__name__, "message": str(error)}, []))
+        except (OSError, EOFError):
+            pass
+
+
+class _Server:
+    def __init__(self, bundle, config, connection) -> None:
+        self.bundle, self.config, self.connection = bundle, config, connection
+        self.tracks: dict[int, _Track] = {}
+        self.saved: tuple[int, dict] | None = None
+
+    def run(self) -> None:
+        while True:
+            header, arrays = _unpack(self.connection.recv_bytes())
+            operation = header["op"]
+            if operation == "stop":
+                return
+            getattr(self, "_" + operation)(header, arrays)
+
+    def _reply(self, header: dict, arrays: list[np.ndarray]) -> None:
+        self.connection.send_bytes(_pack(header, arrays))
+
+    def _open(self, header: dict, arrays) -> None:
+        self.tracks[header["channels"]] = _Track(self.bundle, self.config, header["channels"])
+
+    def _analyse(self, header: dict, arrays) -> None:
+        import torch
+
+        from ..exact.trunk import TrunkMemo, sharing
+        track = self.tracks[header["channels"]]
+        part, pixels = _part(header["part"]), torch.from_numpy(arrays[0].copy()).to(torch.float64)
+        network = track.pretrained if header["pretrained"] else track.network
+        with sharing(TrunkMemo() if header["guard"] else None):
+            with torch.set_grad_enabled(header["graph"]):
+                terms, factors = network.analyse_part(pixels, part, header["loss"] or header["graph"])
+            if header["graph"]:
+                track.loss = torch.stack(terms).sum() if terms else None
+            counts, factor_arrays = _factor_arrays(factors)
+            out = [_terms_array(terms), *factor_arrays]
+            reply = {"counts": counts, "split": len(out), "guard": header["guard"]}
+            if header["guard"]:
+                with torch.no_grad():
+                    pretrained_terms, pretrained_factors = track.pretrained.analyse_part(pixels, part, True)
+                reply["pretrained_counts"], arrays_0 = _factor_arrays(pretrained_factors)
+                out += [_terms_array(pretrained_terms), *arrays_0]
+        self._reply(reply, out)
+        if header["step"]:
+            self._step(header, arrays)
+
+    def _step(self, header: dict, arrays) -> None:
+        track = self.tracks[header["channels"]]
+        track.optimizer.zero_grad()
+        if track.loss is not None:
+            track.loss.backward()
+        track.optimizer.step()
+        track.loss = None
+
+    def _drop(self, header: dict, arrays) -> None:
+        self.tracks[header["channels"]].loss = None
+
+    def _decode(self, header: dict, arrays) -> None:
+        import torch
+
+        from ..coding.ans import Decoder
+        track = self.tracks[header["channels"]]
+        network = track.pretrained if header["pretrained"] else track.network
+        decoder = Decoder(arrays[0].tobytes())
+        try:
+            image, loss = network.decode_part(decoder, tuple(header["shape"]), _part(header["part"]), None,
+                                              header["graph"])
+        except Exception as error:  # noqa: BLE001 (a damaged stream: the parent raises the same)
+            self._reply({"error": type(error).__name__, "message": str(error)}, [])
+            return
+        if header["graph"]:
+            track.loss = loss
+        self._reply({"position": list(decoder.position())}, [image.detach().to(torch.uint8).numpy()])
+        if header["step"]:
+            self._step(header, arrays)
+
+    def _adapt_on(self, header: dict, arrays) -> None:
+        import torch
+        track = self.tracks[header["channels"]]
+        pixels = torch.from_numpy(arrays[0].copy()).to(torch.float64)
+        with torch.enable_grad():
+            terms, _ = track.network.analyse_part(pixels, _part(header["part"]), True)
+        track.loss = torch.stack(terms).sum() if terms else None
+
+    def _snapshot(self, header: dict, arrays) -> None:
+        self.saved = (header["number"], {channels: _state(track) for channels, track in self.tracks.items()})
+
+    def _restore(self, header: dict, arrays) -> None:
+        if self.saved is None or self.saved[0] != header["number"]:
+            raise PartsError("a snapshot to restore is not there")
+        states = self.saved[1]
+        self.tracks = {channels: track for channels, track in self.tracks.items() if channels in states}
+        for channels, state in states.items():
+            if channels not in self.tracks:
+                self.tracks[channels] = _Track(self.bundle, self.config, channels)
+            _load(self.tracks[channels], state)
+
+    def _reset(self, header: dict, arrays) -> None:
+        self.tracks, self.saved = {}, None
+
+
+def _terms_array(terms: list) -> np.ndarray:
+    import torch
+    if not terms:
+        return np.zeros(0, dtype=np.float64)
+    return torch.stack(terms).detach().numpy()
+
+
+def _state(track: _Track) -> tuple:
+    optimizer = track.optimizer
+    return ([p.detach().clone() for p in optimizer.params], [m.clone() for m in optimizer.first],
+            [v.clone() for v in optimizer.second], optimizer.beta1_power, optimizer.beta2_power)
+
+
+def _load(track: _Track, state: tuple) -> None:
+    import torch
+    weights, first, second, power1, power2 = state
+    optimizer = track.optimizer
+    with torch.no_grad():
+        for target, source in zip(optimizer.params, weights):
+            target.copy_(source)
+    optimizer.first, optimizer.second = [m.clone() for m in first], [v.clone() for v in second]
+    optimizer.beta1_power, optimizer.beta2_power = power1, power2
+    track.loss = None
+
+
+def main(arguments: list[str]) -> None:
+    """``python -m osoa_zip.adapt.parts MODEL SHA256 CONFIG``: serve the parent on stdin/stdout."""
+    model, sha256, config = arguments
+    stdout = sys.stdout.buffer
+    sys.stdout = sys.stderr  # a stray print must not corrupt the messages
+    _serve(_Pipe(sys.stdin.buffer, stdout), model, sha256, json.loads(config))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -1,0 +1,196 @@
+"""The worker process that takes the first part of each adapting batch (adapt/parts.py).
+
+With a second core, compress and decompress hand each batch's first part (the flow's prior
+and coarse levels) to a worker process: the archive must be the bytes one thread writes, and
+the restored files the same, on every path the engine takes (the guard choosing θ0, giving
+up, a group rolled back, grey and colour tracks, tiles too small for a level).  A worker that
+cannot start is left out; one that dies mid-run is a one-line error and no archive.
+"""
+from __future__ import annotations
+
+import io
+
+import numpy as np
+import pytest
+import torch
+from click.testing import CliRunner
+from conftest import EXAMPLES, assert_same_tree
+from PIL import Image
+
+from osoa_zip import compress, decompress, pack, test_archive, unpack
+from osoa_zip.adapt import parts
+from osoa_zip.adapt.config import AdaptationConfig
+from osoa_zip.adapt.engine import FLAG_GIVE_UP, FLAG_PRETRAINED, OnlineAdapter, _PartsLoss
+from osoa_zip.cli import main
+from osoa_zip.layout import PartsError
+from osoa_zip.models.registry import load_model
+from osoa_zip.table import read_archive
+
+MODEL = "idf-tiny-test-e2"  # engine 2, two predictors: its batches split
+SMALL_TILES = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0)
+
+
+@pytest.fixture
+def always(monkeypatch):
+    """The worker for any input and any group (the thresholds are for speed, not bytes); counts
+    the batches it took."""
+    monkeypatch.setattr(pack, "PARTS_MIN_INPUT_BYTES", 0)
+    monkeypatch.setattr(unpack, "PARTS_MIN_BATCHES", 0)
+    monkeypatch.setattr(parts, "MIN_BATCHES", 0)
+    taken = {"analyse": 0, "decode": 0}
+    for name in taken:
+        original = getattr(parts.PartWorker, name)
+
+        def counted(self, *arguments, _original=original, _name=name, **options):
+            taken[_name] += 1
+            return _original(self, *arguments, **options)
+        monkeypatch.setattr(parts.PartWorker, name, counted)
+    return taken
+
+
+@pytest.fixture(scope="module")
+def source(tmp_path_factory):
+    """Colour and grey photos, uncompressed (so the model path wins), and odd crops whose
+    edge tiles are too small for some levels."""
+    folder = tmp_path_factory.mktemp("parts") / "images"
+    folder.mkdir()
+    for index, path in enumerate(sorted(EXAMPLES.glob("*.png"))):
+        with Image.open(path) as image:
+            image.save(folder / path.name, compress_level=0)
+            image.convert("L").save(folder / f"gray_{path.name}", compress_level=0)
+            if index < 2:
+                image.crop((3, 5, 20, 35)).save(folder / f"crop_{path.name}", compress_level=0)
+                image.convert("L").crop((0, 0, 2, 3)).save(folder / f"tiny_{path.name}", compress_level=0)
+    return folder
+
+
+def _archive(source, threads: int, config: AdaptationConfig = SMALL_TILES) -> bytes:
+    output = io.BytesIO()
+    compress([source], output, model=MODEL, adaptation=config, threads=threads, triage=False)
+    return output.getvalue()
+
+
+@pytest.mark.parametrize("config", [SMALL_TILES, AdaptationConfig(tile_size=32, batch_size=3, batch_pixels=0)])
+def test_the_worker_writes_the_archive_one_thread_writes_and_restores_it(source, tmp_path, always, config):
+    alone = _archive(source, 1, config)
+    assert always["analyse"] == 0
+    beside = _archive(source, 2, config)
+    assert always["analyse"] > 4, "the worker took no batch"
+    assert beside == alone
+    for threads in (1, 2):
+        destination = tmp_path / f"restored-{threads}"
+        decompress(io.BytesIO(alone), destination, threads=threads)
+        assert_same_tree(source, destination)
+    assert always["decode"] > 4
+    assert test_archive(io.BytesIO(alone), threads=2).images == len(list(source.iterdir()))
+
+
+@pytest.mark.parametrize("learning_rate,give_up_after", [(0.01, 0), (0.05, 3)])
+def test_the_guard_choosing_theta0_and_giving_up_read_the_same_with_the_worker(source, tmp_path, always,
+                                                                                learning_rate, give_up_after):
+    """Learning rates too large: θ0 wins some of the guard's comparisons (FLAG_PRETRAINED) and
+    the adapted model later codes again, so the decoder's update on batches θ0 decoded must be
+    right; or θ0 wins three in a row and the encoder gives up (FLAG_GIVE_UP)."""
+    config = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=learning_rate,
+                              give_up_after=give_up_after)
+    alone = _archive(source, 1, config)
+    flags = [record.flags & (FLAG_PRETRAINED | FLAG_GIVE_UP) for record in read_archive(io.BytesIO(alone))[2]]
+    if give_up_after:
+        assert FLAG_PRETRAINED | FLAG_GIVE_UP in flags
+    else:  # a batch θ0 coded, then one the adapted model coded
+        assert any(first == FLAG_PRETRAINED and not then for first, then in zip(flags, flags[1:]))
+    assert _archive(source, 2, config) == alone
+    destination = tmp_path / "restored"
+    decompress(io.BytesIO(alone), destination, threads=2)
+    assert_same_tree(source, destination)
+
+
+def test_the_bits_of_two_parts_are_the_bits_of_the_whole_pass():
+    """The guard's bit count from the parts' terms is the one-process loss bit for bit: the
+    terms stacked in the whole pass's order, not the parts' sums added (which differ in the
+    last bit for some terms)."""
+    generator = np.random.default_rng(5)
+    differs = 0
+    for _ in range(200):
+        terms = [torch.tensor(value) for value in generator.uniform(0, 1, 31) * 10.0 ** generator.integers(0, 6, 31)]
+        cut = int(generator.integers(0, 32))
+        whole = torch.stack(terms).sum()
+        first = torch.stack(terms[:cut]) if cut else torch.zeros(0, dtype=torch.float64)
+        loss = _PartsLoss.of(first, [t.requires_grad_() for t in terms[cut:]])
+        assert torch.equal(loss.bits, whole)
+        assert (loss.parts_loss is None) == (cut == 31)
+        differs += not torch.equal(first.sum() + torch.stack(terms[cut:]).sum().detach() if cut < 31 else first.sum(),
+                                   whole)
+    assert differs  # the naive sum would not have been the same
+
+
+def _tiles(channels: int, count: int, seed: int) -> list[np.ndarray]:
+    pictures = []
+    for path in sorted(EXAMPLES.glob("*.png")):
+        with Image.open(path) as image:
+            pixels = np.asarray(image.convert("RGB" if channels == 3 else "L"))
+        pixels = pixels.reshape(*pixels.shape[:2], channels)
+        height, width = pixels.shape[:2]
+        pictures += [pixels[y:y + 16, x:x + 16] for y in (0, height // 3, height - 16)
+                     for x in (0, width // 2, width - 16)]
+    order = np.random.default_rng(seed).permutation(len(pictures))
+    return [np.stack([pictures[i] for i in order[k:k + 4]]).transpose(0, 3, 1, 2).copy()
+            for k in range(0, 4 * count, 4)]
+
+
+def test_a_rolled_back_group_is_rolled_back_in_the_worker_too(always):
+    """snapshot, code on, restore, code again: what the group that did not pay leaves behind."""
+    bundle = load_model(MODEL)
+    batches = _tiles(3, 6, 0) + _tiles(1, 3, 1)
+
+    def coded(with_worker: bool) -> list[bytes]:
+        adapter = OnlineAdapter(bundle, SMALL_TILES)
+        worker = parts.start_worker(adapter) if with_worker else None
+        try:
+            parts.attach(worker, adapter, len(batches))
+            out = [adapter.encode(tiles)[0] for tiles in batches[:3]]
+            before = adapter.snapshot()
+            for tiles in batches[3:]:
+                adapter.encode(tiles)
+            adapter.restore(before)
+            out += [adapter.encode(tiles)[0] for tiles in batches[3:]]
+            adapter.end_run()
+            return out
+        finally:
+            if worker is not None:
+                worker.close()
+
+    assert coded(True) == coded(False)
+    assert always["analyse"] == 2 * len(batches) - 3
+
+
+def test_a_worker_that_cannot_start_is_left_out(source, always, monkeypatch):
+    original = parts.PartWorker.__init__
+
+    def wrong_model(self, model, sha256, config_header):
+        original(self, model, "0" * 64, config_header)  # the worker refuses a model with another hash
+    monkeypatch.setattr(parts.PartWorker, "__init__", wrong_model)
+    assert _archive(source, 2) == _archive(source, 1)
+    assert always["analyse"] == 0
+
+
+def test_a_worker_that_dies_stops_the_command_with_one_line_and_no_archive(source, tmp_path, always, monkeypatch):
+    started = []
+    original = parts.PartWorker.analyse
+
+    def dying(self, *arguments, **options):
+        started.append(self)
+        if len(started) == 3:
+            self._process.kill()
+            self._process.wait()
+        return original(self, *arguments, **options)
+    monkeypatch.setattr(parts.PartWorker, "analyse", dying)
+    with pytest.raises(PartsError, match="the worker process stopped"):
+        _archive(source, 2)
+    started.clear()
+    archive = tmp_path / "out.osoa"
+    result = CliRunner().invoke(main, ["compress", "-q", "--model", MODEL, "--tile-size", "16", "--batch-size", "4",
+                                       "--batch-pixels", "0", "--every-image", "-T", "2", str(source), str(archive)])
+    assert result.exit_code != 0 and not archive.exists()
+    lines = [line for line in result.output.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("osoa-zip: error: the worker process stopped"), result.output
