@@ -194,3 +194,14 @@ def test_a_worker_that_dies_stops_the_command_with_one_line_and_no_archive(sourc
     assert result.exit_code != 0 and not archive.exists()
     lines = [line for line in result.output.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("osoa-zip: error: the worker process stopped"), result.output
+
+
+def test_a_large_archive_file_starts_the_worker_at_its_header(source, tmp_path, always, monkeypatch):
+    monkeypatch.setattr(unpack, "PARTS_MIN_INPUT_BYTES", 0)
+    monkeypatch.setattr(unpack, "PARTS_MIN_BATCHES", 10 ** 9)  # no group would start it
+    archive = tmp_path / "a.osoa"
+    archive.write_bytes(_archive(source, 1))
+    with open(archive, "rb") as handle:
+        decompress(handle, tmp_path / "restored", threads=2)
+    assert always["decode"] > 4
+    assert_same_tree(source, tmp_path / "restored")

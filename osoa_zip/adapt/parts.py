@@ -313,8 +313,9 @@ def _serve(connection, model: str, sha256: str, config_header: dict) -> None:
         torch.set_num_threads(1)
         from ..torch_loading import load_model
         from .config import AdaptationConfig
+        from .defaults import adaptation_for
         bundle = load_model(model, sha256)
-        config = AdaptationConfig.from_header(config_header)
+        config = adaptation_for(bundle.name, AdaptationConfig.from_header(config_header))  # as OnlineAdapter
         connection.send_bytes(_pack({"op": READY, "pid": os.getpid()}, []))
         _Server(bundle, config, connection).run()
     except EOFError:  # the parent went away
