@@ -161,7 +161,7 @@ def test_a_rolled_back_group_is_rolled_back_in_the_worker_too(always):
                 worker.close()
 
     assert coded(True) == coded(False)
-    assert always["analyse"] == 2 * len(batches) - 3
+    assert always["analyse"] == 3 + 2 * 3  # colour batches only: the grey track adapts its last layers here
 
 
 def test_a_worker_that_cannot_start_is_left_out(source, always, monkeypatch):
@@ -196,12 +196,22 @@ def test_a_worker_that_dies_stops_the_command_with_one_line_and_no_archive(sourc
     assert len(lines) == 1 and lines[0].startswith("osoa-zip: error: the worker process stopped"), result.output
 
 
-def test_a_large_archive_file_starts_the_worker_at_its_header(source, tmp_path, always, monkeypatch):
-    monkeypatch.setattr(unpack, "PARTS_MIN_INPUT_BYTES", 0)
-    monkeypatch.setattr(unpack, "PARTS_MIN_BATCHES", 10 ** 9)  # no group would start it
-    archive = tmp_path / "a.osoa"
-    archive.write_bytes(_archive(source, 1))
-    with open(archive, "rb") as handle:
-        decompress(handle, tmp_path / "restored", threads=2)
-    assert always["decode"] > 4
-    assert_same_tree(source, tmp_path / "restored")
+def test_no_worker_for_tracks_that_adapt_their_last_layers(source, tmp_path, always, monkeypatch):
+    """Grey images adapt their last layers by default: their batches stay in this process (the
+    worker cost more than it saved there), and no worker is started for them."""
+    started = []
+    original = parts.PartWorker.__init__
+
+    def counted(self, *arguments):
+        started.append(arguments)
+        original(self, *arguments)
+    monkeypatch.setattr(parts.PartWorker, "__init__", counted)
+    grey = tmp_path / "grey"
+    grey.mkdir()
+    for path in sorted(source.glob("gray_*.png")):
+        (grey / path.name).write_bytes(path.read_bytes())
+    archive = _archive(grey, 2)
+    decompress(io.BytesIO(archive), tmp_path / "restored", threads=2)
+    assert_same_tree(grey, tmp_path / "restored")
+    assert not started and always == {"analyse": 0, "decode": 0}
+    assert archive == _archive(grey, 1)

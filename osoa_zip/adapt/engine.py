@@ -250,10 +250,18 @@ class OnlineAdapter:
         return (self.config.adapt and self.config.steps_per_batch == 1 and not self._rollbacks
                 and not self._family.chains_batches and family_splits)
 
+    def parts_would_take(self, channels: int) -> bool:
+        """Whether a track of this channel count would hand its batches' first parts to a worker."""
+        return self.can_use_parts() and self.config.parameters_for(channels) == "all"
+
     def use_parts(self, worker) -> bool:
         """Let ``worker`` (adapt/parts.py) adapt the first part of every batch of the tracks this
-        adapter starts from now on, beside this thread's second part: the same bytes, on two
-        cores.  Tracks started before stay on this thread.  False: not used (``can_use_parts``)."""
+        adapter starts from now on that adapt every layer, beside this thread's second part: the
+        same bytes, on two cores.  A track that adapts its last layers (grey images by default)
+        stays here: its backward pass is small and its finest level most of the work, so the
+        worker cost more than it saved (gray32_2048: compress 1.1x, decompress 1.4x the wall
+        time, docs/PERFORMANCE.md).  Tracks started before stay here too.  False: not used
+        (``can_use_parts``)."""
         if self._parts is not None or not self.can_use_parts():
             return False
         self._parts = worker
@@ -311,7 +319,8 @@ class OnlineAdapter:
         network = copy.deepcopy(self._bundle.network(channels))
         selection = self.config.parameters_for(channels)
         _select_parameters(network, selection)
-        if self._parts is not None:  # the worker adapts the first part's parameters
+        remote = self._parts is not None and self.parts_would_take(channels)
+        if remote:  # the worker adapts the first part's parameters
             self._parts.open(channels)
             theirs = network.split_parameters()[0]
             for name, parameter in network.named_parameters():
@@ -322,7 +331,7 @@ class OnlineAdapter:
         margin = PROBE_MARGIN_LAST_LAYERS if selection == "last" else PROBE_MARGIN
         if self._family.guard_every_batch:
             margin = PROBE_MARGIN_BITS_BACK
-        return _Track(network, optimizer, probe_margin=margin, parts=self._parts)
+        return _Track(network, optimizer, probe_margin=margin, parts=self._parts if remote else None)
 
     @staticmethod
     def _state(track: _Track) -> tuple:
