@@ -292,7 +292,8 @@ class _Compressor:
             counted = self._batches_to_count(batches)
             if self.cluster is None:
                 if len(split_runs(adapter.batches_seen, len(batches), config.segment_batches)) == 1:
-                    attach(self.parts, adapter, len(batches))  # one run: the worker takes half of each batch
+                    # one run: the worker takes half of each batch it would take
+                    attach(self.parts, adapter, sum(adapter.parts_would_take(batch.channels) for batch in batches))
                 coded, self.adapter = run_segments(adapter, batches, self._coder(colour, keep, counted),
                                                    self.threads, chain=adapter.chain_length)
             else:  # the same runs as tasks on a Dask cluster (osoa_zip/cluster.py)

@@ -9,7 +9,9 @@ from __future__ import annotations
 import fnmatch
 import lzma
 import math
+import os
 import shutil
+import stat
 import tempfile
 import threading
 import time
@@ -22,7 +24,8 @@ import numpy as np
 from .adapt.config import AdaptationConfig
 from .adapt.flags import FLAG_SEGMENT_START
 from .adapt.parts import MIN_BATCHES as PARTS_MIN_BATCHES
-from .adapt.parts import attach, start_worker
+from .adapt.parts import MIN_INPUT_BYTES as PARTS_MIN_INPUT_BYTES
+from .adapt.parts import PartWorker, attach, start_worker
 from .adapt.segments import RunEndError, run_segments, split_runs
 from .coding import native
 from .coding.ans import CorruptStream
@@ -111,8 +114,9 @@ class _Decoder:
     """
 
     def __init__(self, sink, progress: Progress | None, salvage: bool = False, threads: int = 1,
-                 cluster=None, wanted: Callable[[str], bool] | None = None) -> None:
+                 cluster=None, wanted: Callable[[str], bool] | None = None, early_parts: bool = False) -> None:
         self.sink = sink
+        self.early_parts = early_parts  # start the worker process at the header (a large archive file)
         self.wanted = wanted
         self.progress = progress
         self.threads, self.cluster = threads, cluster
@@ -220,6 +224,11 @@ class _Decoder:
         except (TypeError, ValueError) as error:
             raise ArchiveError(f"the header's adaptation settings are malformed ({error})") from None
         self._model = (str(header.model["name"]), str(header.model["sha256"]))
+        if self.early_parts and self.threads > 1 and self.cluster is None and not self.salvage and self.config.adapt:
+            # A large archive file: the worker process imports torch and loads the model while
+            # this process reads up to the first image group (left unused if no track would
+            # give it a part: grey images, a model that cannot split).
+            self.parts = PartWorker(*self._model, header.adaptation)
 
     @property
     def adapter(self) -> OnlineAdapter:
@@ -351,12 +360,14 @@ class _Decoder:
         it as it is.  Not under --salvage, whose restarts go batch by batch."""
         if not planned or self.threads < 2 or self.cluster is not None or self.salvage:
             return  # (a group without model-coded images loads no model)
+        taken = sum(self.adapter.parts_would_take(batch.channels) for batch in planned)
+        if not taken:
+            return
         if self.parts is None:
-            taken = sum(self.adapter.parts_would_take(batch.channels) for batch in planned)
-            if not taken or taken < PARTS_MIN_BATCHES:
+            if taken < PARTS_MIN_BATCHES:
                 return
             self.parts = start_worker(self.adapter)
-        attach(self.parts, self.adapter, len(planned))
+        attach(self.parts, self.adapter, taken)
 
     def _decode_in_order(self, planned: list, chunks: ChunkReader, canvases: list, modelled: list[int],
                          lost: dict[int, str]) -> None:
@@ -688,12 +699,23 @@ def _counted(source: BinaryIO, progress: Progress | None) -> BinaryIO:
     return source if progress is None else _CountingReader(source, progress)
 
 
+def _large_archive(source: BinaryIO) -> bool:
+    """Whether ``source`` is a file of PARTS_MIN_INPUT_BYTES or more (a pipe's size is unknown:
+    its first large image group starts the worker)."""
+    try:
+        status = os.fstat(source.fileno())
+    except (AttributeError, OSError, ValueError):
+        return False
+    return stat.S_ISREG(status.st_mode) and status.st_size >= PARTS_MIN_INPUT_BYTES
+
+
 def test_archive(source: BinaryIO, progress: Progress | None = None, threads: int = 1,
                  note: Note | None = None, cluster=None) -> Summary:
     """Fully decode and verify an archive without writing anything (``note`` and ``cluster`` as
     for decompress)."""
     started = time.perf_counter()
-    decoder = _Decoder(_CheckingSink(note), progress, threads=threads, cluster=cluster)
+    decoder = _Decoder(_CheckingSink(note), progress, threads=threads, cluster=cluster,
+                       early_parts=_large_archive(source))
     summary = decoder.run(ArchiveReader(_counted(source, progress)))
     summary.seconds = time.perf_counter() - started
     if decoder.refused:
@@ -736,7 +758,7 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
     try:
         sink = _StagingSink(staging, note)
         wanted = _wanted_by(source, patterns) if patterns and not salvage else None
-        decoder = _Decoder(sink, progress, salvage, threads, cluster, wanted)
+        decoder = _Decoder(sink, progress, salvage, threads, cluster, wanted, _large_archive(source))
         reader = SalvagingReader(source, KNOWN_TAGS) if salvage else ArchiveReader(_counted(source, progress))
         summary = decoder.run(reader)
         if salvage:

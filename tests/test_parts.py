@@ -215,3 +215,14 @@ def test_no_worker_for_tracks_that_adapt_their_last_layers(source, tmp_path, alw
     assert_same_tree(grey, tmp_path / "restored")
     assert not started and always == {"analyse": 0, "decode": 0}
     assert archive == _archive(grey, 1)
+
+
+def test_a_large_archive_file_starts_the_worker_at_its_header(source, tmp_path, always, monkeypatch):
+    monkeypatch.setattr(unpack, "PARTS_MIN_INPUT_BYTES", 0)
+    monkeypatch.setattr(unpack, "PARTS_MIN_BATCHES", 10 ** 9)  # no group would start it
+    archive = tmp_path / "a.osoa"
+    archive.write_bytes(_archive(source, 1))
+    with open(archive, "rb") as handle:
+        decompress(handle, tmp_path / "restored", threads=2)
+    assert always["decode"] > 4
+    assert_same_tree(source, tmp_path / "restored")
