@@ -245,10 +245,16 @@ class OnlineAdapter:
 
     def can_use_parts(self) -> bool:
         """Whether ``use_parts`` would take a worker: the family splits a batch, and one step per
-        batch is taken without rollbacks (whose replay would need the worker's state too)."""
-        family_splits = all(network.split_parameters() is not None for network in self._bundle.networks.values())
-        return (self.config.adapt and self.config.steps_per_batch == 1 and not self._rollbacks
+        batch is taken without rollbacks (whose replay would need the worker's state too).
+        Asked per image while a folder is read: the answer is kept."""
+        answer = self.__dict__.get("_can_use_parts")
+        if answer is None:
+            family_splits = all(network.split_parameters() is not None
+                                for network in self._bundle.networks.values())
+            answer = self._can_use_parts = bool(
+                self.config.adapt and self.config.steps_per_batch == 1 and not self._rollbacks
                 and not self._family.chains_batches and family_splits)
+        return answer
 
     def parts_would_take(self, channels: int) -> bool:
         """Whether a track of this channel count would hand its batches' first parts to a worker."""
