@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__
 from .adapt.config import AdaptationConfig
 from .adapt.defaults import adaptation_for
-from .adapt.parts import MIN_INPUT_BYTES as PARTS_MIN_INPUT_BYTES
+from .adapt.parts import MIN_SUBPIXELS as PARTS_MIN_SUBPIXELS
 from .adapt.parts import attach, start_worker
 from .adapt.segments import run_segments, split_runs
 from .coding import native
@@ -139,7 +139,8 @@ class _Compressor:
         self.judge_after_coding = triage is not None and not adapter.config.adapt
         self.unjudged: set[int] = set()  # id() of the group's records to be judged so
         self.parts = None  # a worker process for the first part of each batch (adapt/parts.py), starting
-        self.parts_allowed = False  # compress sets it: a second core and enough input
+        self.parts_allowed = False  # compress sets it: a second core
+        self.parts_subpixels = 0  # read so far of images the worker would take
 
     def add(self, entry: Entry) -> None:
         if entry.kind == DIRECTORY:
@@ -243,8 +244,9 @@ class _Compressor:
 
     def _queue_image(self, entry: Entry, record: ImageRecord) -> None:
         if self.parts_allowed and self.parts is None and self.adapter.parts_would_take(COLOR_CHANNELS[record.mode]):
-            # The first image a worker would take half of: it starts now, beside the reading.
-            self.parts = start_worker(self.adapter)
+            self.parts_subpixels += record.pixels.size
+            if self.parts_subpixels >= PARTS_MIN_SUBPIXELS:  # it loads beside the rest of the reading
+                self.parts = start_worker(self.adapter)
         self.group.append((entry, record))
         self.group_subpixels += record.pixels.size
         if self.group_subpixels >= GROUP_SUBPIXELS or len(self.group) >= MAX_GROUP_IMAGES:
@@ -484,9 +486,9 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
         from .triage import Triage  # needs the engine (torch), as coding does
     compressor = _Compressor(writer, online_adapter(bundle, adaptation), progress, byte_exact, threads, note,
                              Triage(bundle, adaptation) if triage else None, cluster, block_size)
-    # With a second core, a worker process takes the first part of each adapting batch
-    # (adapt/parts.py): it starts at the first image it would take, while files are read.
-    compressor.parts_allowed = threads > 1 and cluster is None and input_bytes >= PARTS_MIN_INPUT_BYTES
+    # With a second core, a worker process takes the first part of each adapting batch of
+    # large groups (adapt/parts.py): it starts while files are read.
+    compressor.parts_allowed = threads > 1 and cluster is None
     try:
         # Files of some size are read as images on a helper thread, ahead of triage and coding
         # (read_ahead.py); small ones when the compressor comes to them.

@@ -9,9 +9,7 @@ from __future__ import annotations
 import fnmatch
 import lzma
 import math
-import os
 import shutil
-import stat
 import tempfile
 import threading
 import time
@@ -24,8 +22,7 @@ import numpy as np
 from .adapt.config import AdaptationConfig
 from .adapt.flags import FLAG_SEGMENT_START
 from .adapt.parts import MIN_BATCHES as PARTS_MIN_BATCHES
-from .adapt.parts import MIN_INPUT_BYTES as PARTS_MIN_INPUT_BYTES
-from .adapt.parts import PartWorker, attach, start_worker
+from .adapt.parts import attach, start_worker
 from .adapt.segments import RunEndError, run_segments, split_runs
 from .coding import native
 from .coding.ans import CorruptStream
@@ -114,9 +111,8 @@ class _Decoder:
     """
 
     def __init__(self, sink, progress: Progress | None, salvage: bool = False, threads: int = 1,
-                 cluster=None, wanted: Callable[[str], bool] | None = None, early_parts: bool = False) -> None:
+                 cluster=None, wanted: Callable[[str], bool] | None = None) -> None:
         self.sink = sink
-        self.early_parts = early_parts  # start the worker process at the header (a large archive file)
         self.wanted = wanted
         self.progress = progress
         self.threads, self.cluster = threads, cluster
@@ -224,11 +220,6 @@ class _Decoder:
         except (TypeError, ValueError) as error:
             raise ArchiveError(f"the header's adaptation settings are malformed ({error})") from None
         self._model = (str(header.model["name"]), str(header.model["sha256"]))
-        if self.early_parts and self.threads > 1 and self.cluster is None and not self.salvage and self.config.adapt:
-            # A large archive file: the worker process imports torch and loads the model while
-            # this process reads up to the first image group (left unused if no track would
-            # give it a part: grey images, a model that cannot split).
-            self.parts = PartWorker(*self._model, header.adaptation)
 
     @property
     def adapter(self) -> OnlineAdapter:
@@ -356,16 +347,14 @@ class _Decoder:
 
     def _attach_parts(self, planned: list) -> None:
         """With a second core, a group with PARTS_MIN_BATCHES batches or more that a worker process
-        would take half of (adapt/parts.py) starts that worker and waits for it; later groups take
-        it as it is.  Not under --salvage, whose restarts go batch by batch."""
+        would take half of (adapt/parts.py) starts that worker (once) and waits for it.  Not under
+        --salvage, whose restarts go batch by batch."""
         if not planned or self.threads < 2 or self.cluster is not None or self.salvage:
             return  # (a group without model-coded images loads no model)
         taken = sum(self.adapter.parts_would_take(batch.channels) for batch in planned)
-        if not taken:
+        if not taken or taken < PARTS_MIN_BATCHES:
             return
         if self.parts is None:
-            if taken < PARTS_MIN_BATCHES:
-                return
             self.parts = start_worker(self.adapter)
         attach(self.parts, self.adapter, taken)
 
@@ -699,23 +688,12 @@ def _counted(source: BinaryIO, progress: Progress | None) -> BinaryIO:
     return source if progress is None else _CountingReader(source, progress)
 
 
-def _large_archive(source: BinaryIO) -> bool:
-    """Whether ``source`` is a file of PARTS_MIN_INPUT_BYTES or more (a pipe's size is unknown:
-    its first large image group starts the worker)."""
-    try:
-        status = os.fstat(source.fileno())
-    except (AttributeError, OSError, ValueError):
-        return False
-    return stat.S_ISREG(status.st_mode) and status.st_size >= PARTS_MIN_INPUT_BYTES
-
-
 def test_archive(source: BinaryIO, progress: Progress | None = None, threads: int = 1,
                  note: Note | None = None, cluster=None) -> Summary:
     """Fully decode and verify an archive without writing anything (``note`` and ``cluster`` as
     for decompress)."""
     started = time.perf_counter()
-    decoder = _Decoder(_CheckingSink(note), progress, threads=threads, cluster=cluster,
-                       early_parts=_large_archive(source))
+    decoder = _Decoder(_CheckingSink(note), progress, threads=threads, cluster=cluster)
     summary = decoder.run(ArchiveReader(_counted(source, progress)))
     summary.seconds = time.perf_counter() - started
     if decoder.refused:
@@ -758,7 +736,7 @@ def decompress(source: BinaryIO, destination: Path, force: bool = False,
     try:
         sink = _StagingSink(staging, note)
         wanted = _wanted_by(source, patterns) if patterns and not salvage else None
-        decoder = _Decoder(sink, progress, salvage, threads, cluster, wanted, _large_archive(source))
+        decoder = _Decoder(sink, progress, salvage, threads, cluster, wanted)
         reader = SalvagingReader(source, KNOWN_TAGS) if salvage else ArchiveReader(_counted(source, progress))
         summary = decoder.run(reader)
         if salvage:

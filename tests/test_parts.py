@@ -34,7 +34,7 @@ SMALL_TILES = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0)
 def always(monkeypatch):
     """The worker for any input and any group (the thresholds are for speed, not bytes); counts
     the batches it took."""
-    monkeypatch.setattr(pack, "PARTS_MIN_INPUT_BYTES", 0)
+    monkeypatch.setattr(pack, "PARTS_MIN_SUBPIXELS", 0)
     monkeypatch.setattr(unpack, "PARTS_MIN_BATCHES", 0)
     monkeypatch.setattr(parts, "MIN_BATCHES", 0)
     taken = {"analyse": 0, "decode": 0}
@@ -216,13 +216,3 @@ def test_no_worker_for_tracks_that_adapt_their_last_layers(source, tmp_path, alw
     assert not started and always == {"analyse": 0, "decode": 0}
     assert archive == _archive(grey, 1)
 
-
-def test_a_large_archive_file_starts_the_worker_at_its_header(source, tmp_path, always, monkeypatch):
-    monkeypatch.setattr(unpack, "PARTS_MIN_INPUT_BYTES", 0)
-    monkeypatch.setattr(unpack, "PARTS_MIN_BATCHES", 10 ** 9)  # no group would start it
-    archive = tmp_path / "a.osoa"
-    archive.write_bytes(_archive(source, 1))
-    with open(archive, "rb") as handle:
-        decompress(handle, tmp_path / "restored", threads=2)
-    assert always["decode"] > 4
-    assert_same_tree(source, tmp_path / "restored")

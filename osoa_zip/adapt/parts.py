@@ -34,11 +34,13 @@ import numpy as np
 from ..layout import PartsError
 
 READY = "ready"
-# A worker is started for a compress of at least this many input bytes, or a decompress of an
-# archive file of that size (it takes ~1.5 s to import torch and load the model, beside the
-# reading), and waited for by an image group of at least this many batches (a worker saves
-# ~35 ms a batch of RGB tiles); a smaller group takes it only if it is ready.
-MIN_INPUT_BYTES = 1 << 20
+# A worker takes an image group of at least MIN_BATCHES batches that it would take half of (a
+# worker saves ~35 ms a batch of RGB tiles; it takes ~1.5 s to import torch and load the model,
+# and ~2.4 s of CPU beside the command's own work, which smaller groups did not win back: the
+# mixed folder of benchmarks/mixed_folder.py compressed 5-10% slower with it).  compress
+# starts it once MIN_SUBPIXELS of such images are read (64 batches of 16 RGB 32 x 32 tiles), so
+# that it loads while the rest is read; decompress and test at the first such group.
+MIN_SUBPIXELS = 3 << 20
 MIN_BATCHES = 64
 # Errors the worker passes on by name, raised again in the parent as what they were.
 _PASSED_ON = ("CorruptStream", "BatchError")
@@ -126,16 +128,14 @@ def start_worker(adapter) -> "PartWorker | None":
 
 
 def attach(worker: "PartWorker | None", adapter, batches: int) -> None:
-    """Give a started worker to the adapter that is about to code or decode ``batches`` batches
-    in order: a group of MIN_BATCHES or more waits for it to be ready, a smaller one takes it
-    only if it already is.  A worker that failed to start is left out (the same bytes)."""
-    if worker is None or worker.failed:
+    """Give a started worker to the adapter that is about to code or decode a group in order
+    with ``batches`` batches the worker would take, if they are MIN_BATCHES or more (waiting for
+    it to be ready).  A worker that failed to start is left out (the same bytes)."""
+    if worker is None or worker.failed or not batches or batches < MIN_BATCHES:
         return
     try:
-        if batches >= MIN_BATCHES:
-            worker.wait_ready()
-        if worker.ready_now():
-            adapter.use_parts(worker)
+        worker.wait_ready()
+        adapter.use_parts(worker)
     except PartsError:
         worker.failed = True
 
