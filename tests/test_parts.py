@@ -216,3 +216,29 @@ def test_no_worker_for_tracks_that_adapt_their_last_layers(source, tmp_path, alw
     assert not started and always == {"analyse": 0, "decode": 0}
     assert archive == _archive(grey, 1)
 
+
+
+def test_a_damaged_batch_reads_the_same_with_the_worker(always):
+    """Bytes that do not decode: the worker passes the coder's error on, so the message is the
+    one a single process gives (unpack turns it into "batch N does not decode (...)")."""
+    bundle = load_model(MODEL)
+    batches = _tiles(3, 4, 2)
+    encoder = OnlineAdapter(bundle, SMALL_TILES)
+    coded = [encoder.encode(tiles)[0] for tiles in batches]
+    damaged = coded[2][:1] + bytes(b ^ 0x5A for b in coded[2][1:9]) + coded[2][9:]
+    errors = []
+    for with_worker in (False, True):
+        decoder = OnlineAdapter(bundle, SMALL_TILES)
+        worker = parts.start_worker(decoder) if with_worker else None
+        try:
+            parts.attach(worker, decoder, len(batches))
+            for payload, tiles in zip(coded[:2], batches):
+                assert np.array_equal(decoder.decode(payload, tiles.shape), tiles)
+            with pytest.raises(ValueError) as error:  # CorruptStream and BatchError are ValueErrors
+                decoder.decode(damaged, batches[2].shape)
+            errors.append((type(error.value), str(error.value)))
+        finally:
+            if worker is not None:
+                worker.close()
+    assert always["decode"] == 3
+    assert errors[0] == errors[1], errors

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import json
 import os
-import select
 import subprocess
 import sys
 import tempfile
@@ -42,8 +41,9 @@ READY = "ready"
 # that it loads while the rest is read; decompress and test at the first such group.
 MIN_SUBPIXELS = 3 << 20
 MIN_BATCHES = 64
-# Errors the worker passes on by name, raised again in the parent as what they were.
-_PASSED_ON = ("CorruptStream", "BatchError")
+# Errors the worker passes on by name, raised again in the parent as what they were (a
+# damaged batch then reads as it does in one process: "batch N does not decode (...)").
+_PASSED_ON = ("CorruptStream", "BatchError", "ValueError")
 
 
 def _pack(header: dict, arrays: list[np.ndarray]) -> bytes:
@@ -108,9 +108,6 @@ class _Pipe:
             raise EOFError("the other process closed its end")
         return data
 
-    def poll(self) -> bool:
-        return bool(select.select([self.reading], [], [], 0)[0])
-
     def close(self) -> None:
         for stream in (self.reading, self.writing):
             try:
@@ -167,12 +164,6 @@ class PartWorker:
                 raise PartsError("the worker process did not start")
             self._ready = True
 
-    def ready_now(self) -> bool:
-        """Whether the worker has started (without waiting for it)."""
-        if not self._ready and self._connection.poll():
-            self.wait_ready()
-        return self._ready
-
     # -- messages --------------------------------------------------------------------------
     def _send(self, header: dict, arrays: list[np.ndarray] = ()) -> None:
         try:
@@ -190,7 +181,8 @@ class PartWorker:
             if kind in _PASSED_ON:
                 from ..coding.ans import CorruptStream
                 from .engine import BatchError
-                raise {"CorruptStream": CorruptStream, "BatchError": BatchError}[kind](message)
+                passed = {"CorruptStream": CorruptStream, "BatchError": BatchError, "ValueError": ValueError}
+                raise passed[kind](message)
             raise PartsError(f"the worker process failed: {kind}: {message}")
         return header, arrays
 
