@@ -166,13 +166,19 @@ def run_one(bundle, model, batches, config) -> tuple[str, dict, float, float]:
     return digest.hexdigest()[:16], weights_digest(network), time.perf_counter() - wall, time.process_time() - cpu
 
 
-def run_split(bundle, model, batches, config, ahead: int) -> tuple[str, dict, float, float]:
+def split_halves(bundle, model, batches, config) -> tuple:
+    """(pipe to the worker, its process, this side's levels, the parameters it owns, its
+    adapting network and optimiser) for batches of the first batch's shape."""
     channels = batches[0].shape[1]
     probe = bundle.network(channels)
     levels_there, levels_here = probe.parts(*batches[0].shape[2:])
     here, worker = start_worker(model, channels, levels_there)
     owned = probe.part_parameters(levels_here)
-    network, optimizer = adapting_network(bundle, channels, config, owned)
+    return (here, worker, levels_here, owned, *adapting_network(bundle, channels, config, owned))
+
+
+def run_split(bundle, model, batches, config, ahead: int) -> tuple[str, dict, float, float]:
+    here, worker, levels_here, owned, network, optimizer = split_halves(bundle, model, batches, config)
     digest = hashlib.sha256()
 
     def send(tiles):
@@ -229,12 +235,7 @@ def decode_split(bundle, model, batches, streams, config, ahead: int) -> tuple[s
     """The worker pops the prior and the coarse levels, hands this process the coarse image and
     the coder's (position, state); this process pops level 0 from there.  The worker's next batch
     needs only its own weights, so it decodes ahead while this process finishes a batch."""
-    channels = batches[0].shape[1]
-    probe = bundle.network(channels)
-    levels_there, levels_here = probe.parts(*batches[0].shape[2:])
-    here, worker = start_worker(model, channels, levels_there)
-    owned = probe.part_parameters(levels_here)
-    network, optimizer = adapting_network(bundle, channels, config, owned)
+    here, worker, levels_here, owned, network, optimizer = split_halves(bundle, model, batches, config)
     digest = hashlib.sha256()
 
     def send(index):

@@ -420,9 +420,14 @@ class _Server:
         track.loss = torch.stack(terms).sum() if terms else None
 
     def _snapshot(self, header: dict, arrays) -> None:
-        self.saved = (header["number"], {channels: _state(track) for channels, track in self.tracks.items()})
+        from .engine import OnlineAdapter
+        states = {channels: OnlineAdapter._state(track) for channels, track in self.tracks.items()}
+        self.saved = (header["number"], states)
 
     def _restore(self, header: dict, arrays) -> None:
+        import copy
+
+        from .engine import OnlineAdapter
         if self.saved is None or self.saved[0] != header["number"]:
             raise PartsError("a snapshot to restore is not there")
         states = self.saved[1]
@@ -430,7 +435,9 @@ class _Server:
         for channels, state in states.items():
             if channels not in self.tracks:
                 self.tracks[channels] = _Track(self.bundle, self.config, channels)
-            _load(self.tracks[channels], state)
+            track = self.tracks[channels]
+            OnlineAdapter._load(track, copy.deepcopy(state))  # the moments change in place later
+            track.loss = None
 
     def _reset(self, header: dict, arrays) -> None:
         self.tracks, self.saved = {}, None
@@ -441,24 +448,6 @@ def _terms_array(terms: list) -> np.ndarray:
     if not terms:
         return np.zeros(0, dtype=np.float64)
     return torch.stack(terms).detach().numpy()
-
-
-def _state(track: _Track) -> tuple:
-    optimizer = track.optimizer
-    return ([p.detach().clone() for p in optimizer.params], [m.clone() for m in optimizer.first],
-            [v.clone() for v in optimizer.second], optimizer.beta1_power, optimizer.beta2_power)
-
-
-def _load(track: _Track, state: tuple) -> None:
-    import torch
-    weights, first, second, power1, power2 = state
-    optimizer = track.optimizer
-    with torch.no_grad():
-        for target, source in zip(optimizer.params, weights):
-            target.copy_(source)
-    optimizer.first, optimizer.second = [m.clone() for m in first], [v.clone() for v in second]
-    optimizer.beta1_power, optimizer.beta2_power = power1, power2
-    track.loss = None
 
 
 def main(arguments: list[str]) -> None:
