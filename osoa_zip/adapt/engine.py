@@ -356,9 +356,12 @@ class OnlineAdapter:
         optimizer.beta1_power, optimizer.beta2_power = power1, power2
 
     def adapted_network(self, channels: int) -> torch.nn.Module:
-        """θ_t for this channel count (θ0 if no batch of it was seen in this segment)."""
+        """θ_t for this channel count (θ0 if no batch of it was seen in this segment); not for a
+        track whose first part a worker adapts (this process holds only the second part's θ_t)."""
         self._flush()
         track = self._tracks.get(channels)
+        if track is not None and track.parts is not None:
+            raise ValueError("a worker process holds part of the adapted weights")
         return track.network if track else self._bundle.network(channels)
 
     def snapshot(self):
