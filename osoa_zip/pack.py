@@ -22,7 +22,7 @@ import numpy as np
 from . import __version__
 from .adapt.config import AdaptationConfig
 from .adapt.defaults import adaptation_for
-from .adapt.parts import MIN_SUBPIXELS as PARTS_MIN_SUBPIXELS
+from .adapt.parts import MIN_BATCHES as PARTS_MIN_BATCHES
 from .adapt.parts import attach, start_worker
 from .adapt.segments import run_segments, split_runs
 from .coding import native
@@ -48,7 +48,7 @@ from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, ExcludePatter
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image, scratch_file
 from .imaging.messages import Note, between_captures
 from .imaging.pixel_file import PixelView
-from .imaging.tiles import gather, plan_batches
+from .imaging.tiles import BatchCount, gather, plan_batches
 from .layout import (
     CHUNK_OVERHEAD,
     DATA_CHUNK_BYTES,
@@ -140,7 +140,7 @@ class _Compressor:
         self.unjudged: set[int] = set()  # id() of the group's records to be judged so
         self.parts = None  # a worker process for the first part of each batch (adapt/parts.py), starting
         self.parts_allowed = False  # compress sets it: a second core
-        self.parts_subpixels = 0  # read so far of images the worker would take
+        self.parts_batches: BatchCount | None = None  # the batches of images read so far that it would take
 
     def add(self, entry: Entry) -> None:
         if entry.kind == DIRECTORY:
@@ -243,9 +243,13 @@ class _Compressor:
                 later.close()
 
     def _queue_image(self, entry: Entry, record: ImageRecord) -> None:
-        if self.parts_allowed and self.parts is None and self.adapter.parts_would_take(COLOR_CHANNELS[record.mode]):
-            self.parts_subpixels += record.pixels.size
-            if self.parts_subpixels >= PARTS_MIN_SUBPIXELS:  # it loads beside the rest of the reading
+        channels = COLOR_CHANNELS[record.mode]
+        if self.parts_allowed and self.parts is None and self.adapter.parts_would_take(channels):
+            if self.parts_batches is None:
+                config = self.adapter.config
+                self.parts_batches = BatchCount(config.tile_size, config.batch_size_for)
+            # Enough batches for the worker to pay: it starts now and loads beside the rest of the reading.
+            if self.parts_batches.add(*record.pixels.shape[:2], channels) >= PARTS_MIN_BATCHES:
                 self.parts = start_worker(self.adapter)
         self.group.append((entry, record))
         self.group_subpixels += record.pixels.size

@@ -34,7 +34,7 @@ SMALL_TILES = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0)
 def always(monkeypatch):
     """The worker for any input and any group (the thresholds are for speed, not bytes); counts
     the batches it took."""
-    monkeypatch.setattr(pack, "PARTS_MIN_SUBPIXELS", 0)
+    monkeypatch.setattr(pack, "PARTS_MIN_BATCHES", 0)
     monkeypatch.setattr(unpack, "PARTS_MIN_BATCHES", 0)
     monkeypatch.setattr(parts, "MIN_BATCHES", 0)
     taken = {"analyse": 0, "decode": 0}

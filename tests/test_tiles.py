@@ -11,7 +11,7 @@ import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osoa_zip.imaging.tiles import edge_tile, gather, pad_even, padded_size, plan_batches, scatter
+from osoa_zip.imaging.tiles import BatchCount, edge_tile, gather, pad_even, padded_size, plan_batches, scatter
 
 shapes_st = st.lists(st.tuples(st.integers(1, 45), st.integers(1, 45), st.sampled_from([1, 3])),
                      min_size=0, max_size=7)
@@ -126,3 +126,16 @@ def test_plan_of_known_shapes():
         ((2, 3, 16, 2), [(0, 0, 16), (0, 16, 16)]),
         ((1, 1, 2, 2), [(1, 0, 0)]),
     ]
+
+
+@given(shapes_st, tiles_st, batch_sizes_st)
+@settings(max_examples=200, deadline=None)
+def test_batch_count_as_images_come_is_the_plans_length(shapes, tile, batch_size):
+    """BatchCount (the compressor's running count, adapt/parts.py) against plan_batches itself,
+    after every image, with a batch size that depends on the tile's shape and channels."""
+    def size_for(height, width, channels):
+        return batch_size + (height * width) % 3 + channels // 3
+
+    count = BatchCount(tile, size_for)
+    for index, (height, width, channels) in enumerate(shapes):
+        assert count.add(height, width, channels) == len(plan_batches(shapes[:index + 1], tile, size_for))

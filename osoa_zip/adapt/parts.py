@@ -37,9 +37,8 @@ READY = "ready"
 # worker saves ~35 ms a batch of RGB tiles; it takes ~1.5 s to import torch and load the model,
 # and ~2.4 s of CPU beside the command's own work, which smaller groups did not win back: the
 # mixed folder of benchmarks/mixed_folder.py compressed 5-10% slower with it).  compress
-# starts it once MIN_SUBPIXELS of such images are read (64 batches of 16 RGB 32 x 32 tiles), so
-# that it loads while the rest is read; decompress and test at the first such group.
-MIN_SUBPIXELS = 3 << 20
+# starts it as soon as the images read so far make that many such batches, so that it loads
+# while the rest is read; decompress and test at the first such group.
 MIN_BATCHES = 64
 # Errors the worker passes on by name, raised again in the parent as what they were (a
 # damaged batch then reads as it does in one process: "batch N does not decode (...)").
