@@ -35,7 +35,6 @@ seconds are of the whole loop; CPU seconds add the worker's.
 from __future__ import annotations
 
 import argparse
-import copy
 import hashlib
 import json
 import multiprocessing
@@ -53,21 +52,17 @@ from speed import batches_of  # noqa: E402
 
 from osoa_zip.adapt.config import AdaptationConfig  # noqa: E402
 from osoa_zip.adapt.defaults import adaptation_for  # noqa: E402
-from osoa_zip.adapt.engine import _select_parameters  # noqa: E402
+from osoa_zip.adapt.engine import adapting_copy  # noqa: E402
+from osoa_zip.adapt.parts import _factor_arrays, _factors_of, _pack, _unpack  # noqa: E402
 from osoa_zip.coding.ans import Decoder, Encoder  # noqa: E402
-from osoa_zip.exact.optim import ExactAdam  # noqa: E402
 from osoa_zip.models.registry import DEFAULT_MODEL, load_model  # noqa: E402
 
 
 def adapting_network(bundle, channels: int, config: AdaptationConfig, owned: set[str] | None):
-    network = copy.deepcopy(bundle.network(channels))
-    _select_parameters(network, config.parameters_for(channels))
-    if owned is not None:
-        for name, parameter in network.named_parameters():
-            if name not in owned:
-                parameter.requires_grad_(False)
-    optimizer = ExactAdam(network.parameters(), config.learning_rate, (config.beta1, config.beta2), config.epsilon)
-    return network, optimizer
+    """A track's start as the engine makes it, adapting only ``owned`` (None: everything)."""
+    pretrained = bundle.network(channels)
+    frozen = () if owned is None else {name for name, _ in pretrained.named_parameters()} - set(owned)
+    return adapting_copy(pretrained, config, channels, frozen)
 
 
 def step(network, optimizer, loss) -> None:
@@ -88,40 +83,31 @@ def weights_digest(network, owned: set[str] | None = None) -> dict[str, str]:
 # -- the worker ---------------------------------------------------------------------------
 
 def worker_main(connection, model: str, channels: int, levels: list) -> None:
+    """The worker's loop; messages are osoa_zip.adapt.parts's (a JSON header and raw arrays)."""
     torch.set_num_threads(1)
     levels = frozenset(levels)
     bundle = load_model(model)
     config = adaptation_for(model, AdaptationConfig())
-    network, optimizer = adapting_network(bundle, channels, config, None)
-    owned = network.part_parameters(levels)
+    owned = bundle.network(channels).part_parameters(levels)
     network, optimizer = adapting_network(bundle, channels, config, owned)
-    connection.send_bytes(b"ready")
+    connection.send_bytes(_pack({"op": "ready"}, []))
     cpu = 0.0
     while True:
-        message = connection.recv_bytes()
-        if message == b"stop":
-            connection.send_bytes(json.dumps({"cpu": cpu, "weights": weights_digest(network, owned)}).encode())
+        header, arrays = _unpack(connection.recv_bytes())
+        if header["op"] == "stop":
+            connection.send_bytes(_pack({"cpu": cpu, "weights": weights_digest(network, owned)}, []))
             return
         started = time.process_time()
-        if message[:1] == b"D":  # decode the coarse levels of one batch: (shape, stream) -> (y, position)
-            header_length = int.from_bytes(message[1:5], "little")
-            shape = json.loads(message[5:5 + header_length])
-            decoder = Decoder(message[5 + header_length:])
-            y, loss = network.decode_part(decoder, shape, levels)
-            connection.send_bytes(json.dumps([list(y.shape), *decoder.position()]).encode() + b"\n"
-                                  + y.to(torch.uint8).numpy().tobytes())
-            step(network, optimizer, loss)
-            cpu += time.process_time() - started
-            continue
-        header_length = int.from_bytes(message[:4], "little")
-        shape = json.loads(message[4:4 + header_length])
-        pixels = torch.from_numpy(np.frombuffer(message[4 + header_length:], dtype=np.uint8).reshape(shape).copy())
-        terms, factors = network.analyse_part(pixels.to(torch.float64), levels)
-        loss = torch.stack(terms).sum()
-        arrays = [tensor.contiguous().numpy() for factor in factors for tensor in factor]
-        header = json.dumps({"factors": [len(f) for f in factors],
-                             "arrays": [[str(a.dtype), list(a.shape)] for a in arrays]}).encode()
-        connection.send_bytes(len(header).to_bytes(4, "little") + header + b"".join(a.tobytes() for a in arrays))
+        if header["op"] == "decode":  # the coarse levels of one batch: (shape, stream) -> (image, position)
+            decoder = Decoder(arrays[0].tobytes())
+            y, loss = network.decode_part(decoder, header["shape"], levels)
+            connection.send_bytes(_pack({"position": list(decoder.position())}, [y.to(torch.uint8).numpy()]))
+        else:  # "analyse": pixels -> factors
+            pixels = torch.from_numpy(arrays[0].copy()).to(torch.float64)
+            terms, factors = network.analyse_part(pixels, levels)
+            loss = torch.stack(terms).sum()
+            counts, factor_arrays = _factor_arrays(factors)
+            connection.send_bytes(_pack({"counts": counts}, factor_arrays))
         step(network, optimizer, loss)
         cpu += time.process_time() - started
 
@@ -132,24 +118,17 @@ def start_worker(model: str, channels: int, levels) -> tuple:
     here, there = context.Pipe()
     worker = context.Process(target=worker_main, args=(there, model, channels, sorted(levels, key=str)), daemon=True)
     worker.start()
-    if here.recv_bytes() != b"ready":
+    if _unpack(here.recv_bytes())[0].get("op") != "ready":
         raise RuntimeError("the worker did not start")
     return here, worker
 
 
-def unpack_factors(message: bytes) -> list[tuple]:
-    header_length = int.from_bytes(message[:4], "little")
-    header = json.loads(message[4:4 + header_length])
-    at, arrays = 4 + header_length, []
-    for dtype, shape in header["arrays"]:
-        count = int(np.prod(shape)) * np.dtype(dtype).itemsize
-        arrays.append(torch.from_numpy(np.frombuffer(message[at:at + count], dtype=dtype).reshape(shape).copy()))
-        at += count
-    factors, index = [], 0
-    for length in header["factors"]:
-        factors.append(tuple(arrays[index:index + length]))
-        index += length
-    return factors
+def stop_worker(here, worker) -> dict:
+    """Stop the worker; its report: CPU seconds and its parameters' digests."""
+    here.send_bytes(_pack({"op": "stop"}, []))
+    report = _unpack(here.recv_bytes())[0]
+    worker.join()
+    return report
 
 
 # -- the two ways -------------------------------------------------------------------------
@@ -182,8 +161,7 @@ def run_split(bundle, model, batches, config, ahead: int) -> tuple[str, dict, fl
     digest = hashlib.sha256()
 
     def send(tiles):
-        header = json.dumps(list(tiles.shape)).encode()
-        here.send_bytes(len(header).to_bytes(4, "little") + header + tiles.tobytes())
+        here.send_bytes(_pack({"op": "analyse"}, [tiles]))
 
     wall, cpu = time.perf_counter(), time.process_time()
     sent = 0
@@ -193,14 +171,13 @@ def run_split(bundle, model, batches, config, ahead: int) -> tuple[str, dict, fl
             sent += 1
         terms, factors = network.analyse_part(torch.from_numpy(tiles).to(torch.float64), levels_here)
         loss = torch.stack(terms).sum()
-        coarse = unpack_factors(here.recv_bytes())
+        header, arrays = _unpack(here.recv_bytes())
+        coarse = _factors_of(header["counts"], arrays)
         for chunk in factor_bytes(coarse) + factor_bytes(factors):  # the decoder meets the coarse levels first
             digest.update(chunk)
         step(network, optimizer, loss)
-    here.send_bytes(b"stop")
-    report = json.loads(here.recv_bytes())
     elapsed, spent = time.perf_counter() - wall, time.process_time() - cpu
-    worker.join()
+    report = stop_worker(here, worker)
     weights = {**weights_digest(network, owned), **report["weights"]}
     return digest.hexdigest()[:16], weights, elapsed, spent + report["cpu"]
 
@@ -239,8 +216,8 @@ def decode_split(bundle, model, batches, streams, config, ahead: int) -> tuple[s
     digest = hashlib.sha256()
 
     def send(index):
-        header = json.dumps(list(batches[index].shape)).encode()
-        here.send_bytes(b"D" + len(header).to_bytes(4, "little") + header + streams[index])
+        here.send_bytes(_pack({"op": "decode", "shape": list(batches[index].shape)},
+                              [np.frombuffer(streams[index], dtype=np.uint8)]))
 
     wall, cpu = time.perf_counter(), time.process_time()
     sent = 0
@@ -248,20 +225,16 @@ def decode_split(bundle, model, batches, streams, config, ahead: int) -> tuple[s
         while sent < len(batches) and sent <= index + ahead:
             send(sent)
             sent += 1
-        reply = here.recv_bytes()
-        header, raw = reply.split(b"\n", 1)
-        shape, position, state = json.loads(header)
-        coarse = torch.from_numpy(np.frombuffer(raw, dtype=np.uint8).reshape(shape).copy()).to(torch.float64)
+        header, arrays = _unpack(here.recv_bytes())
+        coarse = torch.from_numpy(arrays[0].copy()).to(torch.float64)
         decoder = Decoder(stream)
-        decoder.resume((position, state))
+        decoder.resume(tuple(header["position"]))
         pixels, loss = network.decode_part(decoder, tiles.shape, levels_here, coarse)
         decoder.check_finished()
         digest.update(pixels.to(torch.uint8).numpy().tobytes())
         step(network, optimizer, loss)
-    here.send_bytes(b"stop")
-    report = json.loads(here.recv_bytes())
     elapsed, spent = time.perf_counter() - wall, time.process_time() - cpu
-    worker.join()
+    report = stop_worker(here, worker)
     return (digest.hexdigest()[:16], {**weights_digest(network, owned), **report["weights"]}, elapsed,
             spent + report["cpu"])
 

@@ -203,6 +203,18 @@ def _select_parameters(network: torch.nn.Module, selection: str) -> None:
         parameter.requires_grad_(name in chosen)
 
 
+def adapting_copy(pretrained: torch.nn.Module, config: AdaptationConfig, channels: int, frozen=()) -> tuple:
+    """(a copy of θ0 whose parameters under the config's selection adapt, except those named in
+    ``frozen``, and its exact Adam): a track's start, here and in the worker (parts.py)."""
+    network = copy.deepcopy(pretrained)
+    _select_parameters(network, config.parameters_for(channels))
+    for name, parameter in network.named_parameters():
+        if name in frozen:
+            parameter.requires_grad_(False)
+    return network, ExactAdam(network.parameters(), config.learning_rate, (config.beta1, config.beta2),
+                              config.epsilon)
+
+
 @dataclass
 class _PartsLoss:
     """A batch's loss when two processes run its parts: ``bits``, the whole batch's bit count
@@ -322,18 +334,13 @@ class OnlineAdapter:
         changes the weights: θ0's own network codes, and the optimiser holds no parameters."""
         if not self.config.adapt:
             return _Track(self._bundle.network(channels), ExactAdam([], self.config.learning_rate))
-        network = copy.deepcopy(self._bundle.network(channels))
-        selection = self.config.parameters_for(channels)
-        _select_parameters(network, selection)
+        pretrained = self._bundle.network(channels)
         remote = self._parts is not None and self.parts_would_take(channels)
         if remote:  # the worker adapts the first part's parameters
             self._parts.open(channels)
-            theirs = network.split_parameters()[0]
-            for name, parameter in network.named_parameters():
-                if name in theirs:
-                    parameter.requires_grad_(False)
-        optimizer = ExactAdam(network.parameters(), self.config.learning_rate,
-                              (self.config.beta1, self.config.beta2), self.config.epsilon)
+        network, optimizer = adapting_copy(pretrained, self.config, channels,
+                                           pretrained.split_parameters()[0] if remote else ())
+        selection = self.config.parameters_for(channels)
         margin = PROBE_MARGIN_LAST_LAYERS if selection == "last" else PROBE_MARGIN
         if self._family.guard_every_batch:
             margin = PROBE_MARGIN_BITS_BACK

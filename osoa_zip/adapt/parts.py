@@ -248,10 +248,6 @@ class PartWorker:
     def restore(self, number: int) -> None:
         self._send({"op": "restore", "number": number})
 
-    def reset(self) -> None:
-        """No track any more (a new segment)."""
-        self._send({"op": "reset"})
-
     def close(self) -> None:
         if self._process.poll() is None:
             try:
@@ -281,20 +277,11 @@ class _Track:
     """The worker's half of one channel count's track."""
 
     def __init__(self, bundle, config, channels: int) -> None:
-        import copy
-
-        from ..exact.optim import ExactAdam
-        from .engine import _select_parameters
+        from .engine import adapting_copy
         self.pretrained = bundle.network(channels)
-        network = copy.deepcopy(self.pretrained)
-        _select_parameters(network, config.parameters_for(channels))
-        owned = network.split_parameters()[0]
-        for name, parameter in network.named_parameters():
-            if name not in owned:
-                parameter.requires_grad_(False)
-        self.network = network
-        self.optimizer = ExactAdam(network.parameters(), config.learning_rate, (config.beta1, config.beta2),
-                                   config.epsilon)
+        # The command's process adapts the second part's parameters.
+        self.network, self.optimizer = adapting_copy(self.pretrained, config, channels,
+                                                     self.pretrained.split_parameters()[1])
         self.loss = None
 
 
@@ -437,9 +424,6 @@ class _Server:
             track = self.tracks[channels]
             OnlineAdapter._load(track, copy.deepcopy(state))  # the moments change in place later
             track.loss = None
-
-    def _reset(self, header: dict, arrays) -> None:
-        self.tracks, self.saved = {}, None
 
 
 def _terms_array(terms: list) -> np.ndarray:
