@@ -743,4 +743,5 @@ def _report(summary, verb: str, verbose: bool) -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from .launcher import run_and_exit
+    run_and_exit(main)

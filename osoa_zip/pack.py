@@ -250,7 +250,7 @@ class _Compressor:
                 self.parts_batches = BatchCount(config.tile_size, config.batch_size_for)
             # Enough batches for the worker to pay: it starts now and loads beside the rest of the reading.
             if self.parts_batches.add(*record.pixels.shape[:2], channels) >= PARTS_MIN_BATCHES:
-                self.parts = start_worker(self.adapter)
+                self.parts = start_worker(self.adapter, decoding=False)
         self.group.append((entry, record))
         self.group_subpixels += record.pixels.size
         if self.group_subpixels >= GROUP_SUBPIXELS or len(self.group) >= MAX_GROUP_IMAGES:

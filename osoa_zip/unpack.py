@@ -22,7 +22,7 @@ import numpy as np
 from .adapt.config import AdaptationConfig
 from .adapt.flags import FLAG_SEGMENT_START
 from .adapt.parts import MIN_BATCHES as PARTS_MIN_BATCHES
-from .adapt.parts import attach, start_worker
+from .adapt.parts import PartWorker, attach, settings_allow, start_worker
 from .adapt.segments import RunEndError, run_segments, split_runs
 from .coding import native
 from .coding.ans import CorruptStream
@@ -332,6 +332,8 @@ class _Decoder:
         planned = plan_batches([group.shapes[i] for i in group.modelled], config.tile_size, config.batch_size_for)
         # numba or not: the same pixels, less start-up for a small archive
         native.expect_decode(sum(math.prod(group.shapes[i]) for i in group.modelled))
+        if self._adapter is None:
+            self._start_parts_before_model(planned)
         side_by_side = self.cluster is not None or (
             self.threads > 1 and planned
             and len(split_runs(self.adapter.batches_seen, len(planned), config.segment_batches)) > 1)
@@ -345,17 +347,39 @@ class _Decoder:
             if isinstance(plane, PixelFile):
                 plane.close()
 
+    def _parts_possible(self) -> bool:
+        """Whether a worker process may take half of each batch (adapt/parts.py): with a second
+        core, decoding in order; not under --salvage, whose restarts go batch by batch."""
+        return self.threads > 1 and self.cluster is None and not self.salvage
+
+    def _start_parts_before_model(self, planned: list) -> None:
+        """Start the worker before this process loads the model, if the settings let it take
+        PARTS_MIN_BATCHES of the group's batches: the two load side by side (~1 s each), and the
+        worker is ready when the first batch comes.  If the model cannot share its batches after
+        all, ``_attach_parts`` stops it."""
+        if self.parts is not None or not self._parts_possible():
+            return
+        if len(split_runs(0, len(planned), self.config.segment_batches)) > 1:
+            return  # segments decode side by side in threads instead
+        taken = sum(settings_allow(self.config, batch.channels) for batch in planned)
+        if taken and taken >= PARTS_MIN_BATCHES:
+            self.parts = PartWorker(*self._model, self.config.to_header(), decoding=True)
+
     def _attach_parts(self, planned: list) -> None:
         """With a second core, a group with PARTS_MIN_BATCHES batches or more that a worker process
-        would take half of (adapt/parts.py) starts that worker (once) and waits for it.  Not under
-        --salvage, whose restarts go batch by batch."""
-        if not planned or self.threads < 2 or self.cluster is not None or self.salvage:
+        would take half of (adapt/parts.py) starts that worker (once), if it has not started yet,
+        and waits for it."""
+        if not planned or not self._parts_possible():
             return  # (a group without model-coded images loads no model)
+        if self.parts is not None and not self.adapter.can_use_parts():
+            self.parts.close()  # started before the model was known, for a model that cannot share
+            self.parts = None
+            return
         taken = sum(self.adapter.parts_would_take(batch.channels) for batch in planned)
         if not taken or taken < PARTS_MIN_BATCHES:
             return
         if self.parts is None:
-            self.parts = start_worker(self.adapter)
+            self.parts = start_worker(self.adapter, decoding=True)
         attach(self.parts, self.adapter, taken)
 
     def _decode_in_order(self, planned: list, chunks: ChunkReader, canvases: list, modelled: list[int],

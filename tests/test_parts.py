@@ -145,7 +145,7 @@ def test_a_rolled_back_group_is_rolled_back_in_the_worker_too(always):
 
     def coded(with_worker: bool) -> list[bytes]:
         adapter = OnlineAdapter(bundle, SMALL_TILES)
-        worker = parts.start_worker(adapter) if with_worker else None
+        worker = parts.start_worker(adapter, decoding=False) if with_worker else None
         try:
             parts.attach(worker, adapter, len(batches))
             out = [adapter.encode(tiles)[0] for tiles in batches[:3]]
@@ -167,8 +167,8 @@ def test_a_rolled_back_group_is_rolled_back_in_the_worker_too(always):
 def test_a_worker_that_cannot_start_is_left_out(source, always, monkeypatch):
     original = parts.PartWorker.__init__
 
-    def wrong_model(self, model, sha256, config_header):
-        original(self, model, "0" * 64, config_header)  # the worker refuses a model with another hash
+    def wrong_model(self, model, sha256, config_header, decoding):
+        original(self, model, "0" * 64, config_header, decoding)  # the worker refuses a model with another hash
     monkeypatch.setattr(parts.PartWorker, "__init__", wrong_model)
     assert _archive(source, 2) == _archive(source, 1)
     assert always["analyse"] == 0
@@ -229,7 +229,7 @@ def test_a_damaged_batch_reads_the_same_with_the_worker(always):
     errors = []
     for with_worker in (False, True):
         decoder = OnlineAdapter(bundle, SMALL_TILES)
-        worker = parts.start_worker(decoder) if with_worker else None
+        worker = parts.start_worker(decoder, decoding=True) if with_worker else None
         try:
             parts.attach(worker, decoder, len(batches))
             for payload, tiles in zip(coded[:2], batches):
@@ -242,3 +242,63 @@ def test_a_damaged_batch_reads_the_same_with_the_worker(always):
                 worker.close()
     assert always["decode"] == 3
     assert errors[0] == errors[1], errors
+
+
+def test_decompress_starts_the_worker_before_it_loads_the_model(source, tmp_path, always, monkeypatch):
+    """From the group's plan and the header's settings alone, so that the worker's start and
+    this process's model load go side by side; the worker warms up its decoder's pass."""
+    archive = _archive(source, 1)
+    events = []
+    original_init, original_load = parts.PartWorker.__init__, unpack.load_model
+
+    def started(self, model, sha256, config_header, decoding):
+        events.append(("worker", decoding))
+        original_init(self, model, sha256, config_header, decoding)
+
+    def loaded(*arguments):
+        events.append(("model",))
+        return original_load(*arguments)
+    monkeypatch.setattr(parts.PartWorker, "__init__", started)
+    monkeypatch.setattr(unpack, "load_model", loaded)
+    decompress(io.BytesIO(archive), tmp_path / "restored", threads=2)
+    assert_same_tree(source, tmp_path / "restored")
+    assert events[:2] == [("worker", True), ("model",)], events
+    assert always["decode"] > 4, "the worker took no batch"
+
+
+def test_a_worker_started_before_the_model_for_a_model_that_cannot_share_is_stopped(
+        source, tmp_path, always, monkeypatch):
+    archive = _archive(source, 1)
+    workers = []
+    original_init, original_close = parts.PartWorker.__init__, parts.PartWorker.close
+
+    def started(self, *arguments, **options):
+        workers.append(self)
+        original_init(self, *arguments, **options)
+
+    def closed(self):
+        self.closed = True
+        original_close(self)
+    monkeypatch.setattr(parts.PartWorker, "__init__", started)
+    monkeypatch.setattr(parts.PartWorker, "close", closed)
+    monkeypatch.setattr(OnlineAdapter, "can_use_parts", lambda self: False)
+    decompress(io.BytesIO(archive), tmp_path / "restored", threads=2)
+    assert_same_tree(source, tmp_path / "restored")
+    assert len(workers) == 1 and workers[0].closed and always == {"analyse": 0, "decode": 0}
+
+
+@pytest.mark.parametrize("decoding", [False, True])
+def test_warming_up_changes_nothing(decoding):
+    """The warm-up runs on a copy: θ0's weights and gradients are untouched, and an adapter that
+    warmed up codes a batch to the same bytes as one that did not."""
+    bundle = load_model(MODEL)
+    network = bundle.network(3)
+    before = {name: value.clone() for name, value in network.state_dict().items()}
+    warm = OnlineAdapter(bundle, SMALL_TILES)
+    warm.warm_up(decoding)
+    parts._warm_up(bundle, decoding)
+    assert all(torch.equal(before[name], value) for name, value in network.state_dict().items())
+    assert all(parameter.grad is None for parameter in network.parameters())
+    batches = _tiles(3, 3, 5)
+    cold = OnlineAdapter(bundle, SMALL_TILES)
+    assert [warm.encode(tiles)[0] for tiles in batches] == [cold.encode(tiles)[0] for tiles in batches]

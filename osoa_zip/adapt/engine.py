@@ -68,6 +68,7 @@ from .flags import (  # noqa: F401
     KNOWN_FLAGS,
     declared_chain_length,
 )
+from .parts import settings_allow
 
 # The guard's back-off (encoder-only): θ0 must lose by this fraction of the
 # adapted model's bits before a comparison is skipped, for at most this many batches.
@@ -215,6 +216,32 @@ def adapting_copy(pretrained: torch.nn.Module, config: AdaptationConfig, channel
                               config.epsilon)
 
 
+def warm_up(network: torch.nn.Module, channels: int, decoding: bool, part=None) -> None:
+    """A throwaway coding pass and backward over one 16 x 16 tile, on a copy of ``network``; with
+    ``decoding``, the decoder's pass over what it coded and its backward too.  numba's kernels
+    load and torch's first calls are paid here, while this process waits for the other one
+    (parts.py): a batch's first pass took ~0.6 s instead of ~60 ms.  ``part``: the first of
+    ``network.parts`` (the one the worker runs), else the whole pass.  Nothing of it is kept."""
+    scratch = copy.deepcopy(network, {id(network.tables): network.tables})  # the coder's rows stay cached
+    pixels = torch.full((1, channels, 16, 16), 128.0, dtype=torch.float64)
+    if part is None:
+        loss, factors = scratch.analyse(pixels, True)
+    else:
+        terms, factors = scratch.analyse_part(pixels, part, True)
+        loss = torch.stack(terms).sum()
+    loss.backward()
+    if not decoding:
+        return
+    encoder = scratch.new_encoder()
+    scratch.push(factors, encoder)
+    decoder = scratch.new_decoder(encoder.finish())
+    if part is None:
+        _, loss = scratch.decode_with_loss(decoder, tuple(pixels.shape))
+    else:
+        _, loss = scratch.decode_part(decoder, tuple(pixels.shape), part)
+    loss.backward()
+
+
 @dataclass
 class _PartsLoss:
     """A batch's loss when two processes run its parts: ``bits``, the whole batch's bit count
@@ -270,7 +297,13 @@ class OnlineAdapter:
 
     def parts_would_take(self, channels: int) -> bool:
         """Whether a track of this channel count would hand its batches' first parts to a worker."""
-        return self.can_use_parts() and self.config.parameters_for(channels) == "all"
+        return self.can_use_parts() and settings_allow(self.config, channels)
+
+    def warm_up(self, decoding: bool) -> None:
+        """``warm_up`` of every network whose batches a worker would share (while it starts)."""
+        for channels, network in self._bundle.networks.items():
+            if self.parts_would_take(channels):
+                warm_up(network, channels, decoding)
 
     def use_parts(self, worker) -> bool:
         """Let ``worker`` (adapt/parts.py) adapt the first part of every batch of the tracks this

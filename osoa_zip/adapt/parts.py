@@ -33,6 +33,7 @@ import numpy as np
 from ..layout import PartsError
 
 READY = "ready"
+ENCODING, DECODING = "encode", "decode"  # the parent's direction: what the worker warms up
 # A worker takes an image group of at least MIN_BATCHES batches that it would take half of (a
 # worker saves ~35 ms a batch of RGB tiles; it takes ~1.5 s to import torch and load the model,
 # and ~2.4 s of CPU beside the command's own work, which smaller groups did not win back: the
@@ -115,12 +116,20 @@ class _Pipe:
                 pass
 
 
-def start_worker(adapter) -> "PartWorker | None":
+def settings_allow(config, channels: int) -> bool:
+    """Whether the adaptation settings alone let a worker take batches of this channel count:
+    one step per batch on every layer.  The model decides the rest (``OnlineAdapter.parts_would_take``);
+    a decoder asks this before it loads the model, to start the worker beside that load."""
+    return config.adapt and config.steps_per_batch == 1 and config.parameters_for(channels) == "all"
+
+
+def start_worker(adapter, decoding: bool) -> "PartWorker | None":
     """A worker for ``adapter``'s model and settings, starting (``attach`` gives it to the
-    adapter), or None if the adapter cannot use one."""
+    adapter), or None if the adapter cannot use one.  ``decoding``: the adapter decodes (the
+    worker warms up its decoder's pass too)."""
     if not adapter.can_use_parts():
         return None
-    return PartWorker(adapter.bundle.name, adapter.bundle.sha256, adapter.config.to_header())
+    return PartWorker(adapter.bundle.name, adapter.bundle.sha256, adapter.config.to_header(), decoding)
 
 
 def attach(worker: "PartWorker | None", adapter, batches: int) -> None:
@@ -130,6 +139,8 @@ def attach(worker: "PartWorker | None", adapter, batches: int) -> None:
     if worker is None or worker.failed or not batches or batches < MIN_BATCHES:
         return
     try:
+        if not worker.ready:
+            adapter.warm_up(worker.decoding)  # this process's first calls, while the worker starts
         worker.wait_ready()
         adapter.use_parts(worker)
     except PartsError:
@@ -143,18 +154,24 @@ class PartWorker:
     package, not the parent's main module); its messages go over its stdin and stdout, and
     what it writes to stderr goes to a file that an error quotes."""
 
-    def __init__(self, model: str, sha256: str, config_header: dict) -> None:
+    def __init__(self, model: str, sha256: str, config_header: dict, decoding: bool) -> None:
         package_root = str(Path(__file__).resolve().parents[2])
         environment = dict(os.environ)
         environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
         self._stderr = tempfile.TemporaryFile()
         self._process = subprocess.Popen(
-            [sys.executable, "-m", "osoa_zip.adapt.parts", model, sha256, json.dumps(config_header)],
+            [sys.executable, "-m", "osoa_zip.adapt.parts", model, sha256, json.dumps(config_header),
+             DECODING if decoding else ENCODING],
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=environment)
         self._connection = _Pipe(self._process.stdout, self._process.stdin)
         self._ready = False
+        self.decoding = decoding
         self.failed = False  # it did not start: nobody uses it
         self.snapshots = 0
+
+    @property
+    def ready(self) -> bool:
+        return self._ready
 
     def wait_ready(self) -> None:
         if not self._ready:
@@ -285,7 +302,7 @@ class _Track:
         self.loss = None
 
 
-def _serve(connection, model: str, sha256: str, config_header: dict) -> None:
+def _serve(connection, model: str, sha256: str, config_header: dict, decoding: bool) -> None:
     """The worker's loop: one message at a time, in order; the first error is sent and ends it."""
     try:
         import torch
@@ -296,7 +313,7 @@ def _serve(connection, model: str, sha256: str, config_header: dict) -> None:
         bundle = load_model(model, sha256)
         config = adaptation_for(bundle.name, AdaptationConfig.from_header(config_header))  # as OnlineAdapter
         connection.send_bytes(_pack({"op": READY, "pid": os.getpid()}, []))
-        _warm_up(bundle)
+        _warm_up(bundle, decoding)
         _Server(bundle, config, connection).run()
     except EOFError:  # the parent went away
         pass
@@ -307,20 +324,13 @@ def _serve(connection, model: str, sha256: str, config_header: dict) -> None:
             pass
 
 
-def _warm_up(bundle) -> None:
-    """A throwaway pass and backward over one small tile per channel count, on a copy of θ0:
-    numba's kernels load and the products' first calls are paid while the parent still reads
-    (the first batch took ~0.5 s instead of ~50 ms).  Nothing of it is kept."""
-    import copy
-
-    import torch
+def _warm_up(bundle, decoding: bool) -> None:
+    """engine.warm_up of the first part of each network that splits, while the parent still
+    reads (the first batch took ~0.5 s instead of ~50 ms)."""
+    from .engine import warm_up
     for channels, network in bundle.networks.items():
-        if network.split_parameters() is None:
-            continue
-        scratch = copy.deepcopy(network)
-        pixels = torch.full((1, channels, 16, 16), 128.0, dtype=torch.float64)
-        terms, _ = scratch.analyse_part(pixels, scratch.parts(16, 16)[0], True)
-        torch.stack(terms).sum().backward()
+        if network.split_parameters() is not None:
+            warm_up(network, channels, decoding, network.parts(16, 16)[0])
 
 
 class _Server:
@@ -434,11 +444,16 @@ def _terms_array(terms: list) -> np.ndarray:
 
 
 def main(arguments: list[str]) -> None:
-    """``python -m osoa_zip.adapt.parts MODEL SHA256 CONFIG``: serve the parent on stdin/stdout."""
-    model, sha256, config = arguments
+    """``python -m osoa_zip.adapt.parts MODEL SHA256 CONFIG encode|decode``: serve the parent on
+    stdin/stdout."""
+    model, sha256, config, direction = arguments
     stdout = sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the messages
-    _serve(_Pipe(sys.stdin.buffer, stdout), model, sha256, json.loads(config))
+    _serve(_Pipe(sys.stdin.buffer, stdout), model, sha256, json.loads(config), direction == DECODING)
+    # The parent waits for this exit: skip the interpreter's tear-down of torch (~0.6 s), which
+    # has nothing to save (every message is sent; stderr goes to the parent's file, flushed here).
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
