@@ -7,12 +7,14 @@ a sink that writes nothing.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import lzma
 import math
 import shutil
 import tempfile
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 from typing import TYPE_CHECKING, BinaryIO, Callable
@@ -70,7 +72,7 @@ from .imaging.io import (
     save_picture,
     write_image,
 )
-from .imaging.messages import Note, library_messages
+from .imaging.messages import Note, between_captures, library_messages
 from .imaging.pixel_file import PixelFile
 from .imaging.tiles import plan_batches
 from .layout import (
@@ -337,12 +339,16 @@ class _Decoder:
         side_by_side = self.cluster is not None or (
             self.threads > 1 and planned
             and len(split_runs(self.adapter.batches_seen, len(planned), config.segment_batches)) > 1)
-        if side_by_side and not self.salvage:
-            self._decode_in_parallel(planned, chunks, canvases)
-        else:
-            self._attach_parts(planned)
-            self._decode_in_order(planned, chunks, canvases, group.modelled, lost)
-        self._write_images(group, canvases, indices, lost)
+        writer = _GroupWriter(self, group, canvases, indices, lost, planned, beside=self.threads > 1)
+        try:
+            if side_by_side and not self.salvage:
+                self._decode_in_parallel(planned, chunks, canvases)
+            else:
+                self._attach_parts(planned)
+                self._decode_in_order(planned, chunks, canvases, group.modelled, lost, writer)
+            writer.finish()
+        finally:
+            writer.close()
         for plane in alpha + indices:  # large side planes not closed with their image
             if isinstance(plane, PixelFile):
                 plane.close()
@@ -383,7 +389,7 @@ class _Decoder:
         attach(self.parts, self.adapter, taken)
 
     def _decode_in_order(self, planned: list, chunks: ChunkReader, canvases: list, modelled: list[int],
-                         lost: dict[int, str]) -> None:
+                         lost: dict[int, str], writer: "_GroupWriter") -> None:
         """Decode the group's batches one after the other; under --salvage a batch that does not
         decode loses its images (and the segment's later batches, until one starts a segment)."""
         for batch in planned:
@@ -400,6 +406,8 @@ class _Decoder:
                 continue
             _paste_batch(batch, tiles, canvases)
             self.summary.image_bits += 8 * size
+            if not self.salvage:  # (salvage may still lose the whole group: it hands all on at the end)
+                writer.pasted(batch)
         if planned and not self.segment_lost:
             try:
                 self.adapter.end_run()
@@ -450,27 +458,6 @@ class _Decoder:
             (index, _), _ = error.last_item
             raise ArchiveError(f"batch {index} does not decode ({error})") from None
         self.summary.image_bits += sum(8 * len(payload) for _, payload in payloads)
-
-    def _write_images(self, group: _Group, canvases: list, indices: list, lost: dict[int, str]) -> None:
-        """Hand the group's images to the sink in table order, one at a time (each canvas is
-        dropped once written)."""
-        canvases.reverse()
-        index_position = {i: k for k, i in enumerate(PaletteIndices.members(group.table))}
-        for number, image in enumerate(group.table.images):
-            canvas = canvases.pop() if group.shapes[number][2] else None
-            if number in lost:
-                self.summary.lost.append(f"{image.name!r}: {lost[number]}")
-            elif image.format not in LOSSLESS_FORMATS:  # `test` would not notice (found by test_fuzz.py)
-                self._refuse(image.name, f"image {image.name!r}: unknown image format {image.format!r}")
-            elif image.image_mode in PaletteIndices.MODES:
-                plane = indices[index_position[number]]
-                record = record_from_entry(image, pixels=_side_plane_view(plane))
-                record.pixel_file = plane if isinstance(plane, PixelFile) else None
-                self._write_image(image, record)
-            else:
-                record = record_from_entry(image, picture=canvas.picture())
-                record.pixel_file, canvas = canvas.pixel_file, None
-                self._write_image(image, record)
 
     def _write_image(self, image: ImageEntry, record) -> None:
         try:
@@ -527,6 +514,92 @@ class _Group:
         return [_Canvas(self.shapes[i][0], self.shapes[i][1], self.table.images[i].image_mode,
                         _side_plane_view(alpha[alpha_position[i]]) if i in alpha_position else None)
                 for i in self.modelled]
+
+
+class _GroupWriter:
+    """Hands a group's images to the restorer's sink in table order, each as soon as it is whole
+    (its last tile pasted; an image the model does not code at once), the rest at ``finish``;
+    each canvas is dropped once its image is handed on.
+
+    ``beside`` (a second core): the hand-overs run in order on a helper thread while the next
+    batches decode.  Writing an image file is mostly the kernel creating it (~0.6 ms here, about
+    a 32 x 32 RGB tile's share of decoding) and Pillow's encoder, both outside the GIL.  What
+    the restorer records (refusals, losses) keeps the table's order, and the group's next entry
+    waits for ``finish``, so the sink sees entries in archive order as before."""
+
+    def __init__(self, restorer: "_Decoder", group: _Group, canvases: list, indices: list,
+                 lost: dict[int, str], planned: list, beside: bool) -> None:
+        self._restorer, self._group, self._indices, self._lost = restorer, group, indices, lost
+        self._canvas = dict(zip(group.modelled, canvases))  # table number -> canvas
+        self._tiles_left = [0] * len(group.table.images)
+        for batch in planned:
+            for member, _, _ in batch.members:
+                self._tiles_left[group.modelled[member]] += 1
+        self._index_position = {i: k for k, i in enumerate(PaletteIndices.members(group.table))}
+        self._next = 0  # the first image (table order) not handed on yet
+        self._helper = ThreadPoolExecutor(1, thread_name_prefix="osoa-writer") if beside else None
+        self._handed: list[Future] = []
+        self._error: BaseException | None = None
+
+    def pasted(self, batch) -> None:
+        """A batch's tiles are in their canvases: hand on the images that are now whole."""
+        for member, _, _ in batch.members:
+            self._tiles_left[self._group.modelled[member]] -= 1
+        self._hand_on(everything=False)
+
+    def finish(self) -> None:
+        """Hand on every image left (those a lost batch left unfinished are recorded lost) and
+        wait until all are written; the first error raised in writing is raised here."""
+        self._hand_on(everything=True)
+        for handed in self._handed:
+            handed.result()
+        self._raise()
+        pause_point("decompress-entry")  # test-only (pause.py)
+
+    def close(self) -> None:
+        """Stop: what is not written yet never is (an error or an interrupt is on its way)."""
+        if self._helper is not None:
+            self._helper.shutdown(wait=True, cancel_futures=True)
+
+    def _hand_on(self, everything: bool) -> None:
+        self._raise()
+        images = self._group.table.images
+        while self._next < len(images) and (everything or self._tiles_left[self._next] <= 0):
+            number = self._next
+            self._next += 1
+            task = self._task(number, images[number], self._canvas.pop(number, None))
+            if self._helper is None:
+                task()
+            else:
+                self._handed.append(self._helper.submit(self._guarded, task))
+
+    def _guarded(self, task) -> None:
+        if self._error is None:  # after a failed write nothing more is written, as in one thread
+            try:
+                task()
+            except BaseException as error:
+                self._error = error
+
+    def _raise(self) -> None:
+        if self._error is not None:
+            raise self._error
+
+    def _task(self, number: int, image: ImageEntry, canvas: "_Canvas | None"):
+        """What handing on image ``number`` does; its picture is taken from the canvas now."""
+        restorer = self._restorer
+        if number in self._lost:
+            return functools.partial(restorer.summary.lost.append, f"{image.name!r}: {self._lost[number]}")
+        if image.format not in LOSSLESS_FORMATS:  # `test` would not notice (found by test_fuzz.py)
+            return functools.partial(restorer._refuse, image.name,
+                                     f"image {image.name!r}: unknown image format {image.format!r}")
+        if image.image_mode in PaletteIndices.MODES:
+            plane = self._indices[self._index_position[number]]
+            record = record_from_entry(image, pixels=_side_plane_view(plane))
+            record.pixel_file = plane if isinstance(plane, PixelFile) else None
+        else:
+            record = record_from_entry(image, picture=canvas.picture())
+            record.pixel_file = canvas.pixel_file
+        return functools.partial(restorer._write_image, image, record)
 
 
 def _inflate_planes(payload: bytes, planes: list[np.ndarray | PixelFile]) -> bool:
@@ -644,8 +717,7 @@ class _StagingSink:
         except OSError as error:
             raise OSError(error.errno, f"restoring {name!r}: {error.strerror}") from None
         self.written.append((name, True))
-        self.staging.finish_file(path, mode, mtime_ns)
-        pause_point("decompress-entry")  # test-only (pause.py)
+        self.staging.finish_file(path, mode, mtime_ns)  # (the pause point: _GroupWriter.finish, main thread)
 
     def directory(self, name, mode, mtime_ns) -> None:
         self.staging.directory(name, mode, mtime_ns)
@@ -709,7 +781,8 @@ class _CountingReader:
 
 
 def _counted(source: BinaryIO, progress: Progress | None) -> BinaryIO:
-    return source if progress is None else _CountingReader(source, progress)
+    # Reported between captures: images are written (and their messages caught) beside decoding.
+    return source if progress is None else _CountingReader(source, between_captures(progress))
 
 
 def test_archive(source: BinaryIO, progress: Progress | None = None, threads: int = 1,
