@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import io
 import lzma
+import math
 import os
 import stat
 import threading
@@ -22,8 +23,8 @@ import numpy as np
 from . import __version__
 from .adapt.config import AdaptationConfig
 from .adapt.defaults import adaptation_for
-from .adapt.parts import MIN_BATCHES as PARTS_MIN_BATCHES
-from .adapt.parts import attach, start_worker
+from .adapt.parts import MIN_SUBPIXELS as PARTS_MIN_SUBPIXELS
+from .adapt.parts import attach, start_worker, subpixels_taken
 from .adapt.segments import run_segments, split_runs
 from .coding import native
 from .container.format import ArchiveWriter
@@ -48,7 +49,7 @@ from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, ExcludePatter
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image, scratch_file
 from .imaging.messages import Note, between_captures
 from .imaging.pixel_file import PixelView
-from .imaging.tiles import BatchCount, gather, plan_batches
+from .imaging.tiles import gather, padded_size, plan_batches
 from .layout import (
     CHUNK_OVERHEAD,
     DATA_CHUNK_BYTES,
@@ -140,7 +141,7 @@ class _Compressor:
         self.unjudged: set[int] = set()  # id() of the group's records to be judged so
         self.parts = None  # a worker process for the first part of each batch (adapt/parts.py), starting
         self.parts_allowed = False  # compress sets it: a second core
-        self.parts_batches: BatchCount | None = None  # the batches of images read so far that it would take
+        self.parts_subpixels = 0  # the tiles' sub-pixels of the images read so far that it would take
 
     def add(self, entry: Entry) -> None:
         if entry.kind == DIRECTORY:
@@ -245,11 +246,9 @@ class _Compressor:
     def _queue_image(self, entry: Entry, record: ImageRecord) -> None:
         channels = COLOR_CHANNELS[record.mode]
         if self.parts_allowed and self.parts is None and self.adapter.parts_would_take(channels):
-            if self.parts_batches is None:
-                config = self.adapter.config
-                self.parts_batches = BatchCount(config.tile_size, config.batch_size_for)
-            # Enough batches for the worker to pay: it starts now and loads beside the rest of the reading.
-            if self.parts_batches.add(*record.pixels.shape[:2], channels) >= PARTS_MIN_BATCHES:
+            self.parts_subpixels += channels * math.prod(padded_size(*record.pixels.shape[:2]))  # its tiles'
+            # Enough for the worker to pay: it starts now and loads beside the rest of the reading.
+            if self.parts_subpixels >= PARTS_MIN_SUBPIXELS:
                 self.parts = start_worker(self.adapter, decoding=False)
         self.group.append((entry, record))
         self.group_subpixels += record.pixels.size
@@ -299,7 +298,7 @@ class _Compressor:
             if self.cluster is None:
                 if len(split_runs(adapter.batches_seen, len(batches), config.segment_batches)) == 1:
                     # one run: the worker takes half of each batch it would take
-                    attach(self.parts, adapter, sum(adapter.parts_would_take(batch.channels) for batch in batches))
+                    attach(self.parts, adapter, subpixels_taken(batches, adapter.parts_would_take))
                 coded, self.adapter = run_segments(adapter, batches, self._coder(colour, keep, counted),
                                                    self.threads, chain=adapter.chain_length)
             else:  # the same runs as tasks on a Dask cluster (osoa_zip/cluster.py)

@@ -23,8 +23,8 @@ import numpy as np
 
 from .adapt.config import AdaptationConfig
 from .adapt.flags import FLAG_SEGMENT_START
-from .adapt.parts import MIN_BATCHES as PARTS_MIN_BATCHES
-from .adapt.parts import PartWorker, attach, settings_allow, start_worker
+from .adapt.parts import MIN_SUBPIXELS as PARTS_MIN_SUBPIXELS
+from .adapt.parts import PartWorker, attach, settings_allow, start_worker, subpixels_taken
 from .adapt.segments import RunEndError, run_segments, split_runs
 from .coding import native
 from .coding.ans import CorruptStream
@@ -360,29 +360,29 @@ class _Decoder:
 
     def _start_parts_before_model(self, planned: list) -> None:
         """Start the worker before this process loads the model, if the settings let it take
-        PARTS_MIN_BATCHES of the group's batches: the two load side by side (~1 s each), and the
+        PARTS_MIN_SUBPIXELS of the group's: the two load side by side (~1 s each), and the
         worker is ready when the first batch comes.  If the model cannot share its batches after
         all, ``_attach_parts`` stops it."""
         if self.parts is not None or not self._parts_possible():
             return
         if len(split_runs(0, len(planned), self.config.segment_batches)) > 1:
             return  # segments decode side by side in threads instead
-        taken = sum(settings_allow(self.config, batch.channels) for batch in planned)
-        if taken and taken >= PARTS_MIN_BATCHES:
+        taken = subpixels_taken(planned, lambda channels: settings_allow(self.config, channels))
+        if taken and taken >= PARTS_MIN_SUBPIXELS:
             self.parts = PartWorker(*self._model, self.config.to_header(), decoding=True)
 
     def _attach_parts(self, planned: list) -> None:
-        """With a second core, a group with PARTS_MIN_BATCHES batches or more that a worker process
-        would take half of (adapt/parts.py) starts that worker (once), if it has not started yet,
-        and waits for it."""
+        """With a second core, a group whose batches that a worker process would take half of
+        (adapt/parts.py) hold PARTS_MIN_SUBPIXELS or more starts that worker (once), if it has not
+        started yet, and waits for it."""
         if not planned or not self._parts_possible():
             return  # (a group without model-coded images loads no model)
         if self.parts is not None and not self.adapter.can_use_parts():
             self.parts.close()  # started before the model was known, for a model that cannot share
             self.parts = None
             return
-        taken = sum(self.adapter.parts_would_take(batch.channels) for batch in planned)
-        if not taken or taken < PARTS_MIN_BATCHES:
+        taken = subpixels_taken(planned, self.adapter.parts_would_take)
+        if not taken or taken < PARTS_MIN_SUBPIXELS:
             return
         if self.parts is None:
             self.parts = start_worker(self.adapter, decoding=True)

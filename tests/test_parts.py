@@ -34,9 +34,9 @@ SMALL_TILES = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0)
 def always(monkeypatch):
     """The worker for any input and any group (the thresholds are for speed, not bytes); counts
     the batches it took."""
-    monkeypatch.setattr(pack, "PARTS_MIN_BATCHES", 0)
-    monkeypatch.setattr(unpack, "PARTS_MIN_BATCHES", 0)
-    monkeypatch.setattr(parts, "MIN_BATCHES", 0)
+    monkeypatch.setattr(pack, "PARTS_MIN_SUBPIXELS", 0)
+    monkeypatch.setattr(unpack, "PARTS_MIN_SUBPIXELS", 0)
+    monkeypatch.setattr(parts, "MIN_SUBPIXELS", 0)
     taken = {"analyse": 0, "decode": 0}
     for name in taken:
         original = getattr(parts.PartWorker, name)
@@ -147,7 +147,7 @@ def test_a_rolled_back_group_is_rolled_back_in_the_worker_too(always):
         adapter = OnlineAdapter(bundle, SMALL_TILES)
         worker = parts.start_worker(adapter, decoding=False) if with_worker else None
         try:
-            parts.attach(worker, adapter, len(batches))
+            parts.attach(worker, adapter, sum(tiles.size for tiles in batches))
             out = [adapter.encode(tiles)[0] for tiles in batches[:3]]
             before = adapter.snapshot()
             for tiles in batches[3:]:
@@ -231,7 +231,7 @@ def test_a_damaged_batch_reads_the_same_with_the_worker(always):
         decoder = OnlineAdapter(bundle, SMALL_TILES)
         worker = parts.start_worker(decoder, decoding=True) if with_worker else None
         try:
-            parts.attach(worker, decoder, len(batches))
+            parts.attach(worker, decoder, sum(tiles.size for tiles in batches))
             for payload, tiles in zip(coded[:2], batches):
                 assert np.array_equal(decoder.decode(payload, tiles.shape), tiles)
             with pytest.raises(ValueError) as error:  # CorruptStream and BatchError are ValueErrors

@@ -6,12 +6,14 @@ from the encoder's, images would come back wrong (or not at all).
 from __future__ import annotations
 
 import json
+import math
 
 import numpy as np
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from osoa_zip.imaging.tiles import BatchCount, edge_tile, gather, pad_even, padded_size, plan_batches, scatter
+from osoa_zip.adapt.parts import subpixels_taken
+from osoa_zip.imaging.tiles import edge_tile, gather, pad_even, padded_size, plan_batches, scatter
 
 shapes_st = st.lists(st.tuples(st.integers(1, 45), st.integers(1, 45), st.sampled_from([1, 3])),
                      min_size=0, max_size=7)
@@ -130,12 +132,12 @@ def test_plan_of_known_shapes():
 
 @given(shapes_st, tiles_st, batch_sizes_st)
 @settings(max_examples=200, deadline=None)
-def test_batch_count_as_images_come_is_the_plans_length(shapes, tile, batch_size):
-    """BatchCount (the compressor's running count, adapt/parts.py) against plan_batches itself,
-    after every image, with a batch size that depends on the tile's shape and channels."""
-    def size_for(height, width, channels):
-        return batch_size + (height * width) % 3 + channels // 3
-
-    count = BatchCount(tile, size_for)
+def test_the_compressors_running_count_is_what_the_plans_batches_hold(shapes, tile, batch_size):
+    """compress starts the worker on a running count of sub-pixels (channels x padded area of each
+    image read, pack.py); the group then attaches it by what the plan's batches hold
+    (parts.subpixels_taken).  The two are the same after every image."""
+    running = 0
     for index, (height, width, channels) in enumerate(shapes):
-        assert count.add(height, width, channels) == len(plan_batches(shapes[:index + 1], tile, size_for))
+        running += channels * math.prod(padded_size(height, width))
+        planned = plan_batches(shapes[:index + 1], tile, batch_size)
+        assert running == subpixels_taken(planned, lambda channels: True)

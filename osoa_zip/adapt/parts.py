@@ -21,12 +21,14 @@ damaged stream, so a broken archive reads the same either way.
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import numpy as np
 
@@ -34,13 +36,14 @@ from ..layout import PartsError
 
 READY = "ready"
 ENCODING, DECODING = "encode", "decode"  # the parent's direction: what the worker warms up
-# A worker takes an image group of at least MIN_BATCHES batches that it would take half of (a
-# worker saves ~35 ms a batch of RGB tiles; it takes ~1.5 s to import torch and load the model,
-# and ~2.4 s of CPU beside the command's own work, which smaller groups did not win back: the
-# mixed folder of benchmarks/mixed_folder.py compressed 5-10% slower with it).  compress
-# starts it as soon as the images read so far make that many such batches, so that it loads
-# while the rest is read; decompress and test at the first such group.
-MIN_BATCHES = 64
+# A worker takes an image group whose batches that it would take half of hold MIN_SUBPIXELS
+# sub-pixels or more: 64 batches of sixteen 32 x 32 RGB tiles, or 16 of four 128 x 128 ones.  A
+# worker saves ~35 ms a batch of RGB tiles (its share grows with the batch's work); it takes ~1 s
+# to import torch and load the model, and ~2.4 s of CPU beside the command's own work, which
+# smaller groups did not win back (the mixed folder of benchmarks/mixed_folder.py compressed
+# 5-10% slower with it).  compress starts it as soon as the images read so far hold that many,
+# so that it loads while the rest is read; decompress and test at the first such group.
+MIN_SUBPIXELS = 64 * 16 * 32 * 32 * 3
 # Errors the worker passes on by name, raised again in the parent as what they were (a
 # damaged batch then reads as it does in one process: "batch N does not decode (...)").
 _PASSED_ON = ("CorruptStream", "BatchError", "ValueError")
@@ -132,11 +135,18 @@ def start_worker(adapter, decoding: bool) -> "PartWorker | None":
     return PartWorker(adapter.bundle.name, adapter.bundle.sha256, adapter.config.to_header(), decoding)
 
 
-def attach(worker: "PartWorker | None", adapter, batches: int) -> None:
+def subpixels_taken(batches: list, takes: Callable[[int], bool]) -> int:
+    """The sub-pixels of the planned ``batches`` (imaging.tiles.Batch) whose channel counts a
+    worker ``takes``: what ``attach`` weighs against MIN_SUBPIXELS."""
+    return sum(math.prod(batch.shape) for batch in batches if takes(batch.channels))
+
+
+def attach(worker: "PartWorker | None", adapter, subpixels: int) -> None:
     """Give a started worker to the adapter that is about to code or decode a group in order
-    with ``batches`` batches the worker would take, if they are MIN_BATCHES or more (waiting for
-    it to be ready).  A worker that failed to start is left out (the same bytes)."""
-    if worker is None or worker.failed or not batches or batches < MIN_BATCHES:
+    whose batches that the worker would take hold ``subpixels`` sub-pixels, if that is
+    MIN_SUBPIXELS or more (waiting for it to be ready).  A worker that failed to start is left
+    out (the same bytes)."""
+    if worker is None or worker.failed or not subpixels or subpixels < MIN_SUBPIXELS:
         return
     try:
         if not worker.ready:

@@ -46,27 +46,6 @@ def _tiles(height: int, width: int, channels: int, tile: int):
             yield (channels, min(tile, height - y), min(tile, width - x)), y, x
 
 
-class BatchCount:
-    """How many batches ``plan_batches`` would make of the images added so far, kept as images
-    come (the compressor asks after each one whether a group is large enough to pay for a
-    second process, adapt/parts.py)."""
-
-    def __init__(self, tile: int, batch_size: Callable[[int, int, int], int]) -> None:
-        self.tile, self.batch_size = tile, batch_size
-        self.tiles: dict[tuple[int, int, int], int] = {}
-        self.batches = 0
-
-    def add(self, height: int, width: int, channels: int) -> int:
-        """Count one image's tiles; returns the batches so far."""
-        for key, _, _ in _tiles(height, width, channels, self.tile):
-            channels_, tile_height, tile_width = key
-            size = self.batch_size(tile_height, tile_width, channels_)
-            count = self.tiles.get(key, 0)
-            self.batches += -(-(count + 1) // size) - -(-count // size)  # ceil((n + 1) / size) - ceil(n / size)
-            self.tiles[key] = count + 1
-        return self.batches
-
-
 def plan_batches(shapes: list[tuple[int, int, int]], tile: int,
                  batch_size: int | Callable[[int, int, int], int]) -> list[Batch]:
     """shapes: (height, width, channels) per image, in archive order.
