@@ -37,6 +37,8 @@ def always(monkeypatch):
     monkeypatch.setattr(pack, "PARTS_MIN_SUBPIXELS", 0)
     monkeypatch.setattr(unpack, "PARTS_MIN_SUBPIXELS", 0)
     monkeypatch.setattr(parts, "MIN_SUBPIXELS", 0)
+    # ... and from the first batch: the adapter takes it once ready (here: waits until it is)
+    monkeypatch.setattr(parts.PartWorker, "poll_ready", lambda self: self.wait_ready() or True)
     taken = {"analyse": 0, "decode": 0}
     for name in taken:
         original = getattr(parts.PartWorker, name)
@@ -289,16 +291,49 @@ def test_a_worker_started_before_the_model_for_a_model_that_cannot_share_is_stop
 
 @pytest.mark.parametrize("decoding", [False, True])
 def test_warming_up_changes_nothing(decoding):
-    """The warm-up runs on a copy: θ0's weights and gradients are untouched, and an adapter that
-    warmed up codes a batch to the same bytes as one that did not."""
+    """The worker's warm-up runs on a copy: θ0's weights and gradients are untouched, and an
+    adapter after it codes batches to the same bytes as before it."""
     bundle = load_model(MODEL)
     network = bundle.network(3)
     before = {name: value.clone() for name, value in network.state_dict().items()}
-    warm = OnlineAdapter(bundle, SMALL_TILES)
-    warm.warm_up(decoding)
     parts._warm_up(bundle, decoding)
     assert all(torch.equal(before[name], value) for name, value in network.state_dict().items())
     assert all(parameter.grad is None for parameter in network.parameters())
     batches = _tiles(3, 3, 5)
-    cold = OnlineAdapter(bundle, SMALL_TILES)
-    assert [warm.encode(tiles)[0] for tiles in batches] == [cold.encode(tiles)[0] for tiles in batches]
+    after = [OnlineAdapter(bundle, SMALL_TILES).encode(tiles)[0] for tiles in batches]
+    parts._warm_up(bundle, decoding)
+    assert after == [OnlineAdapter(bundle, SMALL_TILES).encode(tiles)[0] for tiles in batches]
+
+
+@pytest.mark.parametrize("ready_at", [1, 4])
+def test_a_worker_ready_late_takes_the_tracks_over_where_they_are(always, monkeypatch, ready_at):
+    """Until the worker is ready, the adapter codes and decodes whole batches; at the first batch
+    after that, it hands each track that adapts every layer over (the first part's weights, Adam's
+    moments and powers) and goes on in two processes: one process's bytes and pixels.  Grey
+    batches stay here."""
+    bundle = load_model(MODEL)
+    colour, grey = _tiles(3, 6, 2), _tiles(1, 2, 3)
+    batches = colour[:2] + grey[:1] + colour[2:5] + grey[1:] + colour[5:]
+    polls = {"count": 0}
+
+    def late(self):  # not ready for the first ``ready_at`` batches
+        polls["count"] += 1
+        return polls["count"] > ready_at and (self.wait_ready() or True)
+    monkeypatch.setattr(parts.PartWorker, "poll_ready", late)
+    alone = OnlineAdapter(bundle, SMALL_TILES)
+    expected = [alone.encode(tiles)[0] for tiles in batches]
+    handed_over = sum(tiles.shape[1] == 3 for tiles in batches[ready_at:])
+    for decoding in (False, True):
+        polls["count"] = 0
+        adapter = OnlineAdapter(bundle, SMALL_TILES)
+        worker = parts.start_worker(adapter, decoding=decoding)
+        try:
+            parts.attach(worker, adapter, sum(tiles.size for tiles in batches))
+            if decoding:
+                for payload, tiles in zip(expected, batches):
+                    assert np.array_equal(adapter.decode(payload, tiles.shape), tiles)
+            else:
+                assert [adapter.encode(tiles)[0] for tiles in batches] == expected
+        finally:
+            worker.close()
+        assert always["decode" if decoding else "analyse"] == handed_over

@@ -54,6 +54,7 @@ import torch
 from ..exact import ENGINE
 from ..exact.optim import ExactAdam
 from ..exact.trunk import TrunkMemo, sharing
+from ..layout import PartsError
 from ..models.registry import FlowBundle
 from .config import AdaptationConfig
 from .defaults import adaptation_for
@@ -278,12 +279,13 @@ class OnlineAdapter:
         # there is refused as undoing an update that was never made).
         self._rollbacks = int(bundle.engine["version"]) == 1
         self._parts = None  # a parts.PartWorker that new tracks hand their batches' first parts to
+        self._offered = None  # a parts.PartWorker offered, not yet ready (offer_parts)
         # With the worker, this thread's step on a batch waits until the worker has the next
         # batch's request (``_flush``), so that the two run at once: (track, loss) or None.
         self._deferred: tuple | None = None
 
     def can_use_parts(self) -> bool:
-        """Whether ``use_parts`` would take a worker: the family splits a batch, and one step per
+        """Whether ``offer_parts`` would take a worker: the family splits a batch, and one step per
         batch is taken without rollbacks (whose replay would need the worker's state too).
         Asked per image while a folder is read: the answer is kept."""
         answer = self.__dict__.get("_can_use_parts")
@@ -299,24 +301,56 @@ class OnlineAdapter:
         """Whether a track of this channel count would hand its batches' first parts to a worker."""
         return self.can_use_parts() and settings_allow(self.config, channels)
 
-    def warm_up(self, decoding: bool) -> None:
-        """``warm_up`` of every network whose batches a worker would share (while it starts)."""
-        for channels, network in self._bundle.networks.items():
-            if self.parts_would_take(channels):
-                warm_up(network, channels, decoding)
-
-    def use_parts(self, worker) -> bool:
-        """Let ``worker`` (adapt/parts.py) adapt the first part of every batch of the tracks this
-        adapter starts from now on that adapt every layer, beside this thread's second part: the
-        same bytes, on two cores.  A track that adapts its last layers (grey images by default)
+    def offer_parts(self, worker) -> bool:
+        """Let ``worker`` (adapt/parts.py) adapt the first part of every batch of the tracks that
+        adapt every layer, beside this thread's second part: the same bytes, on two cores.  It is
+        taken at the first batch after it is ready (``PartWorker.poll_ready``): until then this
+        process codes whole batches, and the tracks it started are handed over then, weights and
+        moments bit for bit.  A track that adapts its last layers (grey images by default)
         stays here: its backward pass is small and its finest level most of the work, so the
         worker cost more than it saved (gray32_2048: compress 1.1x, decompress 1.4x the wall
-        time, docs/PERFORMANCE.md).  Tracks started before stay here too.  False: not used
-        (``can_use_parts``)."""
+        time, docs/PERFORMANCE.md).  False: not taken (``can_use_parts``)."""
         if self._parts is not None or not self.can_use_parts():
             return False
-        self._parts = worker
+        self._offered = worker
         return True
+
+    def _take_offered(self) -> None:
+        """At a batch's start: take the offered worker if it is ready now (one that did not start
+        is left out)."""
+        worker = self._offered
+        try:
+            ready = worker.poll_ready()
+        except PartsError:
+            worker.failed, self._offered = True, None
+            return
+        if ready:
+            self._offered = None
+            self._flush()
+            self._parts = worker
+            for channels, track in self._tracks.items():
+                if track.parts is None and not track.gave_up and self.parts_would_take(channels):
+                    self._hand_over(track, channels)
+
+    def _hand_over(self, track: _Track, channels: int) -> None:
+        """The worker takes the first part of ``track``'s parameters where this process got them
+        (weights, Adam's moments and powers); this process keeps stepping the rest."""
+        first_part = self._bundle.network(channels).split_parameters()[0]
+        names = {id(parameter): name for name, parameter in track.network.named_parameters()}
+        optimizer = track.optimizer
+        theirs = [k for k, parameter in enumerate(optimizer.params) if names[id(parameter)] in first_part]
+        track.parts = self._parts
+        self._parts.open(channels, ([optimizer.params[k] for k in theirs], [optimizer.first[k] for k in theirs],
+                                    [optimizer.second[k] for k in theirs], optimizer.beta1_power,
+                                    optimizer.beta2_power))
+        ours = [k for k in range(len(optimizer.params)) if k not in set(theirs)]
+        for k in theirs:
+            optimizer.params[k].requires_grad_(False)
+        kept = ExactAdam([optimizer.params[k] for k in ours], optimizer.lr, (optimizer.beta1, optimizer.beta2),
+                         optimizer.eps)
+        kept.first, kept.second = [optimizer.first[k] for k in ours], [optimizer.second[k] for k in ours]
+        kept.beta1_power, kept.beta2_power = optimizer.beta1_power, optimizer.beta2_power
+        track.optimizer = kept
 
     # -- state ---------------------------------------------------------------
 
@@ -352,6 +386,8 @@ class OnlineAdapter:
         self._tracks, self._batches, self._chain, self._deferred = {}, 0, None, None
 
     def _track(self, channels: int) -> _Track:
+        if self._offered is not None:
+            self._take_offered()
         segment = self.config.segment_batches
         if segment and self._batches and self._batches % segment == 0:
             self._tracks, self._deferred = {}, None  # a new segment starts from θ0
@@ -781,7 +817,7 @@ class OnlineAdapter:
         if keep_previous:
             track.previous = self._state(track)
         network, optimizer = track.network, track.optimizer
-        if track.parts is not None:  # one step (use_parts): the worker's on the first part, this one's on the second
+        if track.parts is not None:  # one step (offer_parts): the worker's on the first part, this one's on the second
             if not track.parts_stepped:
                 track.parts.step(pixels.shape[1])
             track.parts_stepped = False

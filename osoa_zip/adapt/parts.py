@@ -111,6 +111,11 @@ class _Pipe:
             raise EOFError("the other process closed its end")
         return data
 
+    def has_message(self) -> bool:
+        """Whether a message has started to arrive (so ``recv_bytes`` will not wait for it to start)."""
+        import select
+        return bool(select.select([self.reading], [], [], 0)[0])
+
     def close(self) -> None:
         for stream in (self.reading, self.writing):
             try:
@@ -142,19 +147,14 @@ def subpixels_taken(batches: list, takes: Callable[[int], bool]) -> int:
 
 
 def attach(worker: "PartWorker | None", adapter, subpixels: int) -> None:
-    """Give a started worker to the adapter that is about to code or decode a group in order
+    """Offer a started worker to the adapter that is about to code or decode a group in order
     whose batches that the worker would take hold ``subpixels`` sub-pixels, if that is
-    MIN_SUBPIXELS or more (waiting for it to be ready).  A worker that failed to start is left
-    out (the same bytes)."""
+    MIN_SUBPIXELS or more.  The adapter does not wait for it: it takes it at the first batch
+    after the worker is ready (``OnlineAdapter.offer_parts``).  A worker that fails to start is
+    left out (the same bytes)."""
     if worker is None or worker.failed or not subpixels or subpixels < MIN_SUBPIXELS:
         return
-    try:
-        if not worker.ready:
-            adapter.warm_up(worker.decoding)  # this process's first calls, while the worker starts
-        worker.wait_ready()
-        adapter.use_parts(worker)
-    except PartsError:
-        worker.failed = True
+    adapter.offer_parts(worker)
 
 
 class PartWorker:
@@ -181,6 +181,13 @@ class PartWorker:
 
     @property
     def ready(self) -> bool:
+        return self._ready
+
+    def poll_ready(self) -> bool:
+        """Whether the worker is ready (started and warmed up), without waiting for it; a worker
+        that did not start raises PartsError."""
+        if not self._ready and self._connection.has_message():
+            self.wait_ready()
         return self._ready
 
     def wait_ready(self) -> None:
@@ -219,9 +226,16 @@ class PartWorker:
         lines = [line for line in self._stderr.read().decode(errors="replace").splitlines() if line.strip()]
         return f": {lines[-1].strip()}" if lines else f" (exit code {code})"
 
-    def open(self, channels: int) -> None:
-        """A track for this channel count at θ0 (a new one replaces the old)."""
-        self._send({"op": "open", "channels": channels})
+    def open(self, channels: int, state: tuple | None = None) -> None:
+        """A track for this channel count at θ0 (a new one replaces the old), or, with ``state``
+        (weights, first and second moments of the first part's parameters that adapt, in the
+        worker's order, and the two powers of the betas), where another track has got to."""
+        if state is None:
+            self._send({"op": "open", "channels": channels})
+            return
+        weights, first, second, power1, power2 = state
+        self._send({"op": "open", "channels": channels, "powers": [power1, power2], "count": len(weights)},
+                   [t.detach().numpy() for t in (*weights, *first, *second)])
 
     def analyse(self, channels: int, part, pixels: np.ndarray, pretrained: bool, graph: bool, loss: bool,
                 guard: bool, step: bool = False) -> None:
@@ -322,8 +336,8 @@ def _serve(connection, model: str, sha256: str, config_header: dict, decoding: b
         from .defaults import adaptation_for
         bundle = load_model(model, sha256)
         config = adaptation_for(bundle.name, AdaptationConfig.from_header(config_header))  # as OnlineAdapter
-        connection.send_bytes(_pack({"op": READY, "pid": os.getpid()}, []))
         _warm_up(bundle, decoding)
+        connection.send_bytes(_pack({"op": READY, "pid": os.getpid()}, []))
         _Server(bundle, config, connection).run()
     except EOFError:  # the parent went away
         pass
@@ -335,8 +349,9 @@ def _serve(connection, model: str, sha256: str, config_header: dict, decoding: b
 
 
 def _warm_up(bundle, decoding: bool) -> None:
-    """engine.warm_up of the first part of each network that splits, while the parent still
-    reads (the first batch took ~0.5 s instead of ~50 ms)."""
+    """engine.warm_up of the first part of each network that splits, before the worker says it
+    is ready: the parent codes whole batches until then (its first batch took ~0.6 s instead of
+    ~50 ms)."""
     from .engine import warm_up
     for channels, network in bundle.networks.items():
         if network.split_parameters() is not None:
@@ -361,7 +376,17 @@ class _Server:
         self.connection.send_bytes(_pack(header, arrays))
 
     def _open(self, header: dict, arrays) -> None:
-        self.tracks[header["channels"]] = _Track(self.bundle, self.config, header["channels"])
+        track = self.tracks[header["channels"]] = _Track(self.bundle, self.config, header["channels"])
+        if "powers" in header:  # a track the parent started alone, handed over (bit for bit)
+            import torch
+
+            from .engine import OnlineAdapter
+            count = header["count"]
+            tensors = [torch.from_numpy(array.copy()) for array in arrays]
+            if count != len(track.optimizer.params) or len(tensors) != 3 * count:
+                raise PartsError("a handed-over track does not fit this model")
+            OnlineAdapter._load(track, (tensors[:count], tensors[count:2 * count], tensors[2 * count:],
+                                        *header["powers"]))
 
     def _analyse(self, header: dict, arrays) -> None:
         import torch
