@@ -21,9 +21,7 @@ CONFIG = AdaptationConfig(tile_size=TILE_SIZE, batch_size=BATCH_SIZE, batch_pixe
 @pytest.fixture(scope="module")
 def folder(tmp_path_factory):
     """Sixteen one-tile images (four batches) with a 40 x 24 one (several tiles, two batches) between."""
-    folder = tmp_path_factory.mktemp("writer") / "images"
-    folder.mkdir()
-    generator = np.random.default_rng(7)
+    folder, generator = tmp_path_factory.mktemp("writer"), np.random.default_rng(7)
     for index in range(16):
         pixels = np.cumsum(generator.integers(-3, 4, (TILE_SIZE, TILE_SIZE, 3)), axis=1) + 128
         Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8)).save(folder / f"{index:02d}.png", compress_level=0)
