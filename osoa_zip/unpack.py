@@ -374,7 +374,7 @@ class _Decoder:
     def _attach_parts(self, planned: list) -> None:
         """With a second core, a group whose batches that a worker process would take half of
         (adapt/parts.py) hold PARTS_MIN_SUBPIXELS or more starts that worker (once), if it has not
-        started yet, and waits for it."""
+        started yet, and offers it to the adapter (which takes it when it is ready)."""
         if not planned or not self._parts_possible():
             return  # (a group without model-coded images loads no model)
         if self.parts is not None and not self.adapter.can_use_parts():

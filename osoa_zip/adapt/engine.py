@@ -217,32 +217,6 @@ def adapting_copy(pretrained: torch.nn.Module, config: AdaptationConfig, channel
                               config.epsilon)
 
 
-def warm_up(network: torch.nn.Module, channels: int, decoding: bool, part=None) -> None:
-    """A throwaway coding pass and backward over one 16 x 16 tile, on a copy of ``network``; with
-    ``decoding``, the decoder's pass over what it coded and its backward too.  numba's kernels
-    load and torch's first calls are paid here, while this process waits for the other one
-    (parts.py): a batch's first pass took ~0.6 s instead of ~60 ms.  ``part``: the first of
-    ``network.parts`` (the one the worker runs), else the whole pass.  Nothing of it is kept."""
-    scratch = copy.deepcopy(network, {id(network.tables): network.tables})  # the coder's rows stay cached
-    pixels = torch.full((1, channels, 16, 16), 128.0, dtype=torch.float64)
-    if part is None:
-        loss, factors = scratch.analyse(pixels, True)
-    else:
-        terms, factors = scratch.analyse_part(pixels, part, True)
-        loss = torch.stack(terms).sum()
-    loss.backward()
-    if not decoding:
-        return
-    encoder = scratch.new_encoder()
-    scratch.push(factors, encoder)
-    decoder = scratch.new_decoder(encoder.finish())
-    if part is None:
-        _, loss = scratch.decode_with_loss(decoder, tuple(pixels.shape))
-    else:
-        _, loss = scratch.decode_part(decoder, tuple(pixels.shape), part)
-    loss.backward()
-
-
 @dataclass
 class _PartsLoss:
     """A batch's loss when two processes run its parts: ``bits``, the whole batch's bit count

@@ -175,13 +175,8 @@ class PartWorker:
             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=environment)
         self._connection = _Pipe(self._process.stdout, self._process.stdin)
         self._ready = False
-        self.decoding = decoding
         self.failed = False  # it did not start: nobody uses it
         self.snapshots = 0
-
-    @property
-    def ready(self) -> bool:
-        return self._ready
 
     def poll_ready(self) -> bool:
         """Whether the worker is ready (started and warmed up), without waiting for it; a worker
@@ -349,13 +344,27 @@ def _serve(connection, model: str, sha256: str, config_header: dict, decoding: b
 
 
 def _warm_up(bundle, decoding: bool) -> None:
-    """engine.warm_up of the first part of each network that splits, before the worker says it
-    is ready: the parent codes whole batches until then (its first batch took ~0.6 s instead of
-    ~50 ms)."""
-    from .engine import warm_up
+    """A throwaway pass and backward of the first part over one 16 x 16 tile, on a copy of each
+    network that splits, and for a decoder the decoder's pass over what it coded: numba's
+    kernels load and torch's first calls are paid before the worker says it is ready (its first
+    batch took ~0.6 s instead of ~50 ms).  The parent codes whole batches until then.  Nothing
+    of it is kept."""
+    import copy
+
+    import torch
     for channels, network in bundle.networks.items():
-        if network.split_parameters() is not None:
-            warm_up(network, channels, decoding, network.parts(16, 16)[0])
+        if network.split_parameters() is None:
+            continue
+        scratch = copy.deepcopy(network, {id(network.tables): network.tables})  # the coder's rows stay cached
+        part = scratch.parts(16, 16)[0]
+        pixels = torch.full((1, channels, 16, 16), 128.0, dtype=torch.float64)
+        terms, factors = scratch.analyse_part(pixels, part, True)
+        torch.stack(terms).sum().backward()
+        if decoding:
+            encoder = scratch.new_encoder()
+            scratch.push(factors, encoder)
+            _, loss = scratch.decode_part(scratch.new_decoder(encoder.finish()), tuple(pixels.shape), part)
+            loss.backward()
 
 
 class _Server:
