@@ -69,7 +69,7 @@ from .flags import (  # noqa: F401
     KNOWN_FLAGS,
     declared_chain_length,
 )
-from .parts import settings_allow
+from .parts import settings_allow, settings_share
 
 # The guard's back-off (encoder-only): θ0 must lose by this fraction of the
 # adapted model's bits before a comparison is skipped, for at most this many batches.
@@ -217,6 +217,15 @@ def adapting_copy(pretrained: torch.nn.Module, config: AdaptationConfig, channel
                               config.epsilon)
 
 
+def step_on(optimizer: ExactAdam, loss: torch.Tensor | None) -> None:
+    """One step of a part's parameters from its loss; a part with no factor (None) still takes
+    Adam's step, so that its powers stay those of the other part's."""
+    optimizer.zero_grad()
+    if loss is not None:
+        loss.backward()
+    optimizer.step()
+
+
 @dataclass
 class _PartsLoss:
     """A batch's loss when two processes run its parts: ``bits``, the whole batch's bit count
@@ -267,8 +276,8 @@ class OnlineAdapter:
             family_splits = all(network.split_parameters() is not None
                                 for network in self._bundle.networks.values())
             answer = self._can_use_parts = bool(
-                self.config.adapt and self.config.steps_per_batch == 1 and not self._rollbacks
-                and not self._family.chains_batches and family_splits)
+                settings_share(self.config) and not self._rollbacks and not self._family.chains_batches
+                and family_splits)
         return answer
 
     def parts_would_take(self, channels: int) -> bool:
@@ -317,7 +326,7 @@ class OnlineAdapter:
         self._parts.open(channels, ([optimizer.params[k] for k in theirs], [optimizer.first[k] for k in theirs],
                                     [optimizer.second[k] for k in theirs], optimizer.beta1_power,
                                     optimizer.beta2_power))
-        ours = [k for k in range(len(optimizer.params)) if k not in set(theirs)]
+        ours = sorted(set(range(len(optimizer.params))) - set(theirs))
         for k in theirs:
             optimizer.params[k].requires_grad_(False)
         kept = ExactAdam([optimizer.params[k] for k in ours], optimizer.lr, (optimizer.beta1, optimizer.beta2),
@@ -752,10 +761,7 @@ class OnlineAdapter:
         if self._deferred is not None:
             track, loss = self._deferred
             self._deferred = None
-            track.optimizer.zero_grad()
-            if loss is not None:
-                loss.backward()
-            track.optimizer.step()
+            step_on(track.optimizer, loss)
 
     def _batch_stream(self, flags: int, payload: bytes) -> tuple:
         """(the coder a batch is decoded from, whether it was laid on an empty stack)."""

@@ -124,11 +124,18 @@ class _Pipe:
                 pass
 
 
+def settings_share(config) -> bool:
+    """Whether the adaptation settings let a worker share batches at all: adapting, one step per
+    batch (a second step's pass would need the worker's weights)."""
+    return config.adapt and config.steps_per_batch == 1
+
+
 def settings_allow(config, channels: int) -> bool:
     """Whether the adaptation settings alone let a worker take batches of this channel count:
-    one step per batch on every layer.  The model decides the rest (``OnlineAdapter.parts_would_take``);
-    a decoder asks this before it loads the model, to start the worker beside that load."""
-    return config.adapt and config.steps_per_batch == 1 and config.parameters_for(channels) == "all"
+    ``settings_share``, every layer adapting.  The model decides the rest
+    (``OnlineAdapter.parts_would_take``); a decoder asks this before it loads the model, to
+    start the worker beside that load."""
+    return settings_share(config) and config.parameters_for(channels) == "all"
 
 
 def start_worker(adapter, decoding: bool) -> "PartWorker | None":
@@ -422,11 +429,9 @@ class _Server:
             self._step(header, arrays)
 
     def _step(self, header: dict, arrays) -> None:
+        from .engine import step_on
         track = self.tracks[header["channels"]]
-        track.optimizer.zero_grad()
-        if track.loss is not None:
-            track.loss.backward()
-        track.optimizer.step()
+        step_on(track.optimizer, track.loss)
         track.loss = None
 
     def _drop(self, header: dict, arrays) -> None:

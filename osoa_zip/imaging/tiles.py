@@ -38,14 +38,6 @@ def pad_even(pixels: np.ndarray) -> np.ndarray:
     return np.pad(pixels, ((0, height - pixels.shape[0]), (0, width - pixels.shape[1]), (0, 0)), mode="edge")
 
 
-def _tiles(height: int, width: int, channels: int, tile: int):
-    """((channels, tile height, tile width), y, x) of each tile of one image, in plan order."""
-    height, width = padded_size(height, width)
-    for y in range(0, height, tile):
-        for x in range(0, width, tile):
-            yield (channels, min(tile, height - y), min(tile, width - x)), y, x
-
-
 def plan_batches(shapes: list[tuple[int, int, int]], tile: int,
                  batch_size: int | Callable[[int, int, int], int]) -> list[Batch]:
     """shapes: (height, width, channels) per image, in archive order.
@@ -56,8 +48,11 @@ def plan_batches(shapes: list[tuple[int, int, int]], tile: int,
     size_for = batch_size if callable(batch_size) else (lambda height, width, channels: batch_size)
     groups: dict[tuple[int, int, int], list[tuple[int, int, int]]] = {}
     for index, (height, width, channels) in enumerate(shapes):
-        for key, y, x in _tiles(height, width, channels, tile):
-            groups.setdefault(key, []).append((index, y, x))
+        height, width = padded_size(height, width)
+        for y in range(0, height, tile):
+            for x in range(0, width, tile):
+                key = (channels, min(tile, height - y), min(tile, width - x))
+                groups.setdefault(key, []).append((index, y, x))
     batches = []
     for (channels, height, width), members in groups.items():
         size = size_for(height, width, channels)
