@@ -16,6 +16,7 @@ import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Sequence
 
 import numpy as np
@@ -24,7 +25,7 @@ from . import __version__
 from .adapt.config import AdaptationConfig
 from .adapt.defaults import adaptation_for
 from .adapt.parts import MIN_SUBPIXELS as PARTS_MIN_SUBPIXELS
-from .adapt.parts import attach, start_worker, subpixels_taken
+from .adapt.parts import PartWorker, attach, settings_share, start_worker, subpixels_taken
 from .adapt.segments import run_segments, split_runs
 from .coding import native
 from .container.format import ArchiveWriter
@@ -46,7 +47,7 @@ from .container.records import (
     writes_verbatim,
 )
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, ExcludePatterns, SourceError, scan
-from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image, scratch_file
+from .imaging.io import COLOR_CHANNELS, COLOUR_HINT_BYTES, ImageRecord, may_hold_colour, read_image, scratch_file
 from .imaging.messages import Note, between_captures
 from .imaging.pixel_file import PixelView
 from .imaging.tiles import gather, padded_size, plan_batches
@@ -55,6 +56,7 @@ from .layout import (
     DATA_CHUNK_BYTES,
     GROUP_SUBPIXELS,
     MAX_GROUP_IMAGES,
+    PartsError,
     Progress,
     Summary,
     UsageError,
@@ -62,7 +64,7 @@ from .layout import (
     image_entry,
     xz_filters,
 )
-from .models.catalog import DEFAULT_MODEL
+from .models.catalog import DEFAULT_MODEL, available_models
 from .pause import pause_point
 from .read_ahead import ReadAhead, reads_ahead
 from .solid import (
@@ -78,12 +80,21 @@ from .torch_loading import load_model, online_adapter
 
 if TYPE_CHECKING:
     from .adapt.engine import OnlineAdapter
-    from .triage import Triage
+    from .triage import Judging, Triage
 
 # Images read before triage decides on them together (its model passes cost ~20 ms each,
 # however few tiles they hold); general-path files do not wait for them.  Images that
 # triage's classical bound clears (prefilter.py) need no pass and do not count.
 TRIAGE_IMAGES = 32
+# With a second core, compress starts its worker process (adapt/parts.py) before it loads
+# the model when the sources hold this many bytes of image files: the two load side by side,
+# the worker measures triage's samples while this process reads on, and it is ready to take
+# half of each adapting batch from the first.  Smaller folders are done before it would pay.
+EARLY_WORKER_BYTES = 1 << 20
+IMAGE_SUFFIXES = frozenset({".png", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff"})
+# Images judged, waiting for the worker's measurements, hold at most this many sub-pixels.
+WAITING_SUBPIXELS = GROUP_SUBPIXELS
+COLOUR_SAMPLE = 16  # image files whose headers say whether the worker would take colour batches
 
 
 class _CodedBatches:
@@ -139,14 +150,20 @@ class _Compressor:
         # A frozen model's smaller images are judged after coding, by their own coded bits (triage.py).
         self.judge_after_coding = triage is not None and not adapter.config.adapt
         self.unjudged: set[int] = set()  # id() of the group's records to be judged so
-        self.parts = None  # a worker process for the first part of each batch (adapt/parts.py), starting
+        # A worker process (adapt/parts.py): it measures triage's samples and takes the first part
+        # of each adapting batch; started early (compress) or once enough images are read.
+        self.worker: PartWorker | None = None
         self.parts_allowed = False  # compress sets it: a second core
         self.parts_subpixels = 0  # the tiles' sub-pixels of the images read so far that it would take
+        self.triaging: list[_Triaging] = []  # judged, waiting for the worker's measurements, in order
+        self.settling = False
 
     def add(self, entry: Entry) -> None:
         if entry.kind == DIRECTORY:
+            self._settle()
             Directory(entry.name, entry.mode, entry.mtime_ns).write(self.writer)
         elif entry.kind == SYMLINK:
+            self._settle()
             Symlink(entry.name, entry.target).write(self.writer)
         elif entry.kind == FILE:
             self.summary.input_bytes += entry.size
@@ -161,6 +178,7 @@ class _Compressor:
                 # then nobody needs its bits, and the coding pass does not count them.
                 if not self.triage.clearly_pays(record, entry.source, entry.size):
                     self.unjudged.add(id(record))
+                self._settle()
                 self._queue_image(entry, record)
             else:
                 clear = self.triage.clearly_pays(record, entry.source, entry.size)
@@ -177,19 +195,75 @@ class _Compressor:
 
     def _decide_pending(self) -> None:
         """Triage the images read so far, together: each that pays joins the group, each that
-        does not is stored as its file (from the packing triage made, if it made one)."""
+        does not is stored as its file (from the packing triage made, if it made one).  With a
+        worker that is ready, it measures θ0's samples while this thread reads on, and the
+        verdicts are carried out later (``_settle``) exactly as they would be now."""
         pending, self.pending, self.pending_subpixels, self.pending_unclear = self.pending, [], 0, 0
         if not pending:
             return
-        verdicts = self.triage.judge([(record, entry.source, entry.size) for entry, record, _ in pending],
-                                     [clear for _, _, clear in pending])
-        for (entry, record, _), verdict in zip(pending, verdicts):
-            if verdict.model:
-                self._queue_image(entry, record)
+        judging = self.triage.begin([(record, entry.source, entry.size) for entry, record, _ in pending],
+                                    clear=[clear for _, _, clear in pending])
+        triaging = _Triaging(pending, judging)
+        self.triaging.append(triaging)
+        if not judging.passes:
+            triaging.measured = []
+        elif self._worker_ready():
+            for channels, tiles in judging.passes:
+                self.worker.measure(channels, tiles)
+            triaging.asked = True
+        # The images wait for the worker alone, and hold at most WAITING_SUBPIXELS (memory).
+        waiting = sum(record.pixels.size for queued in self.triaging for _, record, _ in queued.pending)
+        if not any(queued.asked for queued in self.triaging) or waiting >= WAITING_SUBPIXELS:
+            self._settle()
+
+    def _worker_ready(self) -> bool:
+        if self.worker is None or self.worker.failed:
+            return False
+        try:
+            return self.worker.poll_ready()
+        except PartsError:
+            self.worker.failed = True  # it did not start: everything is measured here
+            return False
+
+    def _collect(self) -> None:
+        """Read every measurement asked of the worker (before it is given other work); one
+        that fails is measured here, and so is every later one."""
+        for triaging in self.triaging:
+            if not triaging.asked or triaging.measured is not None:
                 continue
-            if record.pixel_file is not None:
-                record.pixel_file.close()
-            self._general_file(entry, packed=verdict.packed)
+            try:
+                triaging.measured = [self.worker.measured() for _ in triaging.judging.passes]
+            except PartsError:
+                self.worker.failed = True
+                for later in self.triaging:
+                    if later.asked and later.measured is None:
+                        later.asked = False
+
+    def _settle(self) -> None:
+        """Carry out every waiting triage's verdicts, in the order they were judged, as if each
+        had been carried out then: before anything else is written or joins a group, and not
+        within itself (a group that fills while it runs is coded with the images carried out so
+        far, as it would have been then).  The files that lose join self.solid later than they
+        would have, which changes nothing: solid blocks order their files by type and name."""
+        if self.settling or not self.triaging:
+            return
+        self.settling = True
+        try:
+            self._collect()
+            while self.triaging:
+                triaging = self.triaging.pop(0)
+                judging = triaging.judging
+                measured = triaging.measured if triaging.measured is not None else [
+                    self.triage.measure(channels, tiles) for channels, tiles in judging.passes]
+                for (entry, record, _), verdict in zip(triaging.pending, judging.verdicts(measured)):
+                    if verdict.model:
+                        self._queue_image(entry, record)
+                        continue
+                    if record.pixel_file is not None:
+                        record.pixel_file.close()
+                    self._general_file(entry, packed=verdict.packed)
+        finally:
+            self.settling = False
 
     def _general_file(self, entry: Entry, counted: bool = False, packed: Data | None = None) -> None:
         """A file off the model path: into a solid block (written at the end), or into a stream
@@ -199,6 +273,7 @@ class _Compressor:
         if self.block_size and entry.size <= self.block_size and not raw:
             self.solid.append((entry, counted))
             return
+        self._settle()
         chunks = (entry.size + DATA_CHUNK_BYTES - 1) // DATA_CHUNK_BYTES
         FileEntry(entry.name, entry.mode, entry.mtime_ns, entry.size, chunks).write(self.writer)
         if packed is not None and chunks == 1:
@@ -219,6 +294,7 @@ class _Compressor:
         thread (solid.BlockCoder), while the last image group codes.  Call after the last
         triage: files a group sends here after this go into blocks of their own."""
         self._decide_pending()
+        self._settle()
         solid, self.solid = self.solid, []
         self.block_counted = {id(entry) for entry, counted in solid if counted}
         return BlockCoder(plan_blocks([entry for entry, _ in solid], self.block_size))
@@ -226,6 +302,7 @@ class _Compressor:
     def write_blocks(self, started: BlockCoder | None = None) -> None:
         """The solid blocks, after every image group (which may still send files here):
         those ``started`` codes (its caller closes it), then blocks of the files sent here since."""
+        self._settle()
         counted = self.block_counted | {id(entry) for entry, was_counted in self.solid if was_counted}
         later = BlockCoder(plan_blocks([entry for entry, _ in self.solid], self.block_size)) if self.solid else None
         self.solid = []
@@ -245,19 +322,20 @@ class _Compressor:
 
     def _queue_image(self, entry: Entry, record: ImageRecord) -> None:
         channels = COLOR_CHANNELS[record.mode]
-        if self.parts_allowed and self.parts is None and self.adapter.parts_would_take(channels):
+        if self.parts_allowed and self.worker is None and self.adapter.parts_would_take(channels):
             self.parts_subpixels += channels * math.prod(padded_size(*record.pixels.shape[:2]))  # its tiles'
             # Enough for the worker to pay: it starts now and loads beside the rest of the reading.
             if self.parts_subpixels >= PARTS_MIN_SUBPIXELS:
-                self.parts = start_worker(self.adapter, decoding=False)
+                self.worker = start_worker(self.adapter, decoding=False)
         self.group.append((entry, record))
         self.group_subpixels += record.pixels.size
         if self.group_subpixels >= GROUP_SUBPIXELS or len(self.group) >= MAX_GROUP_IMAGES:
             self.flush_images()
 
     def flush_images(self) -> None:
-        if self.pending:
+        if self.pending and not self.settling:
             self._decide_pending()  # may code full groups on the way
+        self._settle()
         if not self.group:
             return
         group = self.group
@@ -298,7 +376,8 @@ class _Compressor:
             if self.cluster is None:
                 if len(split_runs(adapter.batches_seen, len(batches), config.segment_batches)) == 1:
                     # one run: the worker takes half of each batch it would take
-                    attach(self.parts, adapter, subpixels_taken(batches, adapter.parts_would_take))
+                    self._collect()  # the worker's answers to triage, before it codes
+                    attach(self.worker, adapter, subpixels_taken(batches, adapter.parts_would_take))
                 coded, self.adapter = run_segments(adapter, batches, self._coder(colour, keep, counted),
                                                    self.threads, chain=adapter.chain_length)
             else:  # the same runs as tasks on a Dask cluster (osoa_zip/cluster.py)
@@ -390,6 +469,41 @@ class _Compressor:
         return keep
 
 
+@dataclass
+class _Triaging:
+    """Images judged together (``_Compressor._decide_pending``), waiting to be carried out."""
+    pending: list  # (entry, record, cleared) in the order read
+    judging: "Judging"
+    asked: bool = False  # the worker measures the samples
+    measured: list | None = None  # its answers, once read
+
+
+def _early_worker(entries: list[Entry], model: str, adaptation: AdaptationConfig) -> PartWorker | None:
+    """The worker, started before this process loads the model, for sources with
+    EARLY_WORKER_BYTES of image files or more, one of the first COLOUR_SAMPLE of them colour,
+    whose settings adapt as a worker can share.  Grey images alone do not start it: it would
+    only measure their triage, which saved no time on gray32_2048 for 1.4x the CPU.  A model
+    that cannot share batches still has its triage measured there."""
+    images = [entry for entry in entries
+              if entry.kind == FILE and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES]
+    if sum(entry.size for entry in images) < EARLY_WORKER_BYTES or not settings_share(adaptation):
+        return None
+    if not any(_may_hold_colour(entry) for entry in images[:COLOUR_SAMPLE]):
+        return None
+    found = available_models().get(model)
+    if found is None:
+        return None  # load_model says what is wrong
+    return PartWorker(model, found["sha256"], adaptation.to_header(), decoding=False)
+
+
+def _may_hold_colour(entry: Entry) -> bool:
+    try:
+        with open(entry.source, "rb") as handle:
+            return may_hold_colour(handle.read(COLOUR_HINT_BYTES))
+    except OSError:
+        return False  # reading it later says what is wrong
+
+
 def _channels(pixels, channels: slice):
     """Some channels of an image's H x W x C pixels: a view of the array, or of its PixelFile."""
     return pixels.channels(channels) if isinstance(pixels, PixelView) else pixels[:, :, channels]
@@ -466,8 +580,9 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     (files.scan.ExcludePatterns).  Files off the model path go into solid blocks of about
     ``block_size`` bytes (0: each file in a stream of its own; solid.py).  Image files of
     16 KiB or more are read on a helper thread ahead of triage and coding (read_ahead.py),
-    the solid blocks and a group's side planes are xz-packed beside the coding: none of it
-    changes a byte.
+    the solid blocks and a group's side planes are xz-packed beside the coding, and with a
+    second core a worker process measures triage's samples and takes half of each adapting
+    batch (adapt/parts.py): none of it changes a byte.
     """
     started = time.perf_counter()
     if not 0 <= block_size <= MAX_BLOCK_BYTES:
@@ -481,7 +596,13 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     if progress is not None and hasattr(progress, "set_total"):
         progress.set_total(input_bytes)
     native.expect_compress(input_bytes)  # numba or not: the same bytes, less start-up for a small folder
-    bundle = load_model(model)
+    worker = _early_worker(entries, model, adaptation) if threads > 1 and cluster is None else None
+    try:
+        bundle = load_model(model)
+    except BaseException:
+        if worker is not None:
+            worker.close()
+        raise
     writer = ArchiveWriter(output)
     Header(f"osoa-zip {__version__}", {"name": bundle.name, "sha256": bundle.sha256, "family": bundle.family},
            bundle.engine, adaptation.to_header()).write(writer)
@@ -492,6 +613,7 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     # With a second core, a worker process takes the first part of each adapting batch of
     # large groups (adapt/parts.py): it starts while files are read.
     compressor.parts_allowed = threads > 1 and cluster is None
+    compressor.worker = worker
     try:
         # Files of some size are read as images on a helper thread, ahead of triage and coding
         # (read_ahead.py); small ones when the compressor comes to them.
@@ -509,8 +631,8 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
             if blocks is not None:
                 blocks.close()
     finally:
-        if compressor.parts is not None:
-            compressor.parts.close()
+        if compressor.worker is not None:
+            compressor.worker.close()
     for entry in entries:  # last, so that the file they name is always already restored
         if entry.kind == HARDLINK:
             Hardlink(entry.name, entry.target).write(writer)

@@ -47,13 +47,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from .adapt.engine import AdaptationConfig
 from .container.records import DATA_CHUNK_BYTES, Data
 from .imaging.io import COLOR_CHANNELS, ImageRecord
 from .imaging.pixel_file import PixelView
 from .imaging.tiles import Batch, gather, padded_size
+from .models.protocol import tile_bits_of
 from .prefilter import clearly_pays
 
 SAMPLE_TILES = 8        # at most; two, and one more per SAMPLE_AREA pixels of the image
@@ -92,26 +92,13 @@ class Triage:
         beside them verbatim (alpha planes and palette indices go beside the model and are not
         counted).  Samples of one shape from all the images go through the model together
         (CodingModel.tile_bits): a pass costs ~20 ms however few tiles it holds."""
-        bits, sample_size = [0.0] * len(records), [0] * len(records)
-        sampled: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
-        for index, record in enumerate(records):
-            channels = COLOR_CHANNELS[record.mode]
-            if channels:
-                pixels = record.pixels
-                colour = (pixels.channels(slice(0, channels)) if isinstance(pixels, PixelView)
-                          else pixels[:, :, :channels])
-                tiles = gather(_sample(colour.shape[0], colour.shape[1], channels, self._side), [colour])
-                sampled.setdefault(tiles.shape[1:], []).append((index, tiles))
-                sample_size[index] = tiles.size
-        for shape, items in sampled.items():
-            owners = [index for index, tiles in items for _ in range(len(tiles))]
-            stacked = np.concatenate([tiles for _, tiles in items])
-            network = self._bundle.network(shape[0])
-            for start in range(0, len(stacked), PASS_TILES):
-                tile_bits = network.tile_bits(torch.from_numpy(stacked[start:start + PASS_TILES]).to(torch.float64))
-                for owner, value in zip(owners[start:start + PASS_TILES], tile_bits.tolist()):
-                    bits[owner] += value
-        return [_estimate(record, bits[index], sample_size[index]) for index, record in enumerate(records)]
+        samples = _Samples(records, self._side)
+        return samples.estimates([self.measure(channels, tiles) for channels, tiles in samples.passes])
+
+    def measure(self, channels: int, tiles: np.ndarray) -> np.ndarray:
+        """θ0's bits of each of one pass's ``tiles`` (N x C x h x w uint8), here (float64; the
+        worker of adapt/parts.py measures the same values with ``tile_bits_of``)."""
+        return tile_bits_of(self._bundle.network(channels), tiles)
 
     def judge(self, items: list[tuple[ImageRecord, Path, int]], clear: list[bool] | None = None) -> list[Verdict]:
         """For each (image, its file's path, its size): whether it should take the model path
@@ -135,19 +122,21 @@ class Triage:
         pass counted them tile by tile): nothing is coded again.  None: not known, sampled as
         ``judge`` does, unless the classical bound clears the image (``clearly_pays``, or
         ``clear`` if given)."""
+        judging = self.begin(items, bits, clear)
+        return judging.verdicts([self.measure(channels, tiles) for channels, tiles in judging.passes])
+
+    def begin(self, items: list[tuple[ImageRecord, Path, int]], bits: list[float | None] | None = None,
+              clear: list[bool] | None = None) -> "Judging":
+        """``judge_coded`` up to θ0's passes: the images cleared, the samples cut.  The caller
+        measures ``Judging.passes`` here (``measure``) or has another process measure them
+        (adapt/parts.py, ``tile_bits_of`` on the same model: the same bits), then asks for
+        the verdicts."""
+        bits = [None] * len(items) if bits is None else bits
         unknown = [index for index, value in enumerate(bits) if value is None]
         cleared = {index for index in unknown
                    if (clear[index] if clear is not None else self.clearly_pays(*items[index]))}
         unknown = [index for index in unknown if index not in cleared]
-        sampled = dict(zip(unknown, self.estimates([items[index][0] for index in unknown]))) if unknown else {}
-        verdicts = []
-        for index, ((record, path, size), value) in enumerate(zip(items, bits)):
-            if index in cleared:
-                verdicts.append(Verdict(True))
-                continue
-            estimate = sampled[index] if value is None else _estimate(record, value, _colour_subpixels(record))
-            verdicts.append(self._verdict(record, path, size, estimate))
-        return verdicts
+        return Judging(items, bits, cleared, unknown, _Samples([items[index][0] for index in unknown], self._side))
 
     def clearly_pays(self, record: ImageRecord, path: Path, size: int) -> bool:
         """Whether a small image's classical bound already beats its deflated file by a clear
@@ -159,7 +148,7 @@ class Triage:
         return clearly_pays(record.pixels[:, :, :channels], side_bytes, path, size, DEFLATED_SHARE)
 
     @staticmethod
-    def _verdict(record: ImageRecord, path: Path, size: int, estimate: float) -> Verdict:
+    def verdict(record: ImageRecord, path: Path, size: int, estimate: float) -> Verdict:
         if not COLOR_CHANNELS[record.mode]:
             return Verdict(True, estimate)  # palette images: their index plane is xz'd either way
         if estimate > MARGIN * size:
@@ -180,6 +169,65 @@ class Triage:
     def model_pays(self, record: ImageRecord, size: int) -> bool:
         """Whether the image beats its file's size (the first step of ``judge`` alone)."""
         return not COLOR_CHANNELS[record.mode] or self.estimates([record])[0] <= MARGIN * size
+
+
+class _Samples:
+    """Each image's sample tiles, stacked by shape and cut into θ0's passes."""
+
+    def __init__(self, records: list[ImageRecord], side: int) -> None:
+        self.records = records
+        self.sample_size = [0] * len(records)
+        sampled: dict[tuple[int, ...], list[tuple[int, np.ndarray]]] = {}
+        for index, record in enumerate(records):
+            channels = COLOR_CHANNELS[record.mode]
+            if channels:
+                pixels = record.pixels
+                colour = (pixels.channels(slice(0, channels)) if isinstance(pixels, PixelView)
+                          else pixels[:, :, :channels])
+                tiles = gather(_sample(colour.shape[0], colour.shape[1], channels, side), [colour])
+                sampled.setdefault(tiles.shape[1:], []).append((index, tiles))
+                self.sample_size[index] = tiles.size
+        self.passes: list[tuple[int, np.ndarray]] = []  # (channels, N x C x h x w tiles), at most PASS_TILES
+        self._owners: list[int] = []  # each tile's image, in the passes' order
+        for shape, items in sampled.items():
+            stacked = np.concatenate([tiles for _, tiles in items])
+            self.passes += [(shape[0], stacked[start:start + PASS_TILES])
+                            for start in range(0, len(stacked), PASS_TILES)]
+            self._owners += [index for index, tiles in items for _ in range(len(tiles))]
+
+    def estimates(self, measured: list[np.ndarray]) -> list[float]:
+        """Each image's estimate (``Triage.estimates``) from each pass's tile bits."""
+        bits = [0.0] * len(self.records)
+        for owner, value in zip(self._owners, np.concatenate(measured).tolist() if measured else []):
+            bits[owner] += value
+        return [_estimate(record, bits[index], self.sample_size[index]) for index, record in enumerate(self.records)]
+
+
+@dataclass
+class Judging:
+    """``Triage.begin``'s images, cleared and sampled, waiting for θ0's bits of their samples."""
+    items: list
+    bits: list
+    cleared: set
+    unknown: list
+    samples: _Samples
+
+    @property
+    def passes(self) -> list[tuple[int, np.ndarray]]:
+        """(channels, tiles) per pass of θ0 (``tile_bits``) that the verdicts need."""
+        return self.samples.passes
+
+    def verdicts(self, measured: list[np.ndarray]) -> list[Verdict]:
+        """Each image's verdict, given each of ``passes``' tile bits."""
+        sampled = dict(zip(self.unknown, self.samples.estimates(measured))) if self.unknown else {}
+        verdicts = []
+        for index, ((record, path, size), value) in enumerate(zip(self.items, self.bits)):
+            if index in self.cleared:
+                verdicts.append(Verdict(True))
+                continue
+            estimate = sampled[index] if value is None else _estimate(record, value, _colour_subpixels(record))
+            verdicts.append(Triage.verdict(record, path, size, estimate))
+        return verdicts
 
 
 def _colour_subpixels(record: ImageRecord) -> int:

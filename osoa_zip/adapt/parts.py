@@ -9,7 +9,9 @@ elementwise per parameter, so the first part can live in another process with it
 copy of the weights it owns, its own gradients and its own Adam moments.  Nothing but
 pixels, coded bytes, factors and loss terms cross, and every one of them is the value one
 process computes, so the archive is the same bytes, and a decoder the same pixels and
-weights, with or without the worker (tests/test_parts.py).
+weights, with or without the worker (tests/test_parts.py).  Before the first group, compress
+has it measure θ0's bits on triage's samples (``measure``), the same values by the same
+function (tests/test_triage_worker.py).
 
 The engine (adapt/engine.py) drives the worker batch by batch: it sends what to compute
 before computing its own part, and reads the answer when it needs it, so both parts run at
@@ -36,13 +38,15 @@ from ..layout import PartsError
 
 READY = "ready"
 ENCODING, DECODING = "encode", "decode"  # the parent's direction: what the worker warms up
-# A worker takes an image group whose batches that it would take half of hold MIN_SUBPIXELS
-# sub-pixels or more: 64 batches of sixteen 32 x 32 RGB tiles, or 16 of four 128 x 128 ones.  A
-# worker saves ~35 ms a batch of RGB tiles (its share grows with the batch's work); it takes ~1 s
-# to import torch and load the model, and ~2.4 s of CPU beside the command's own work, which
-# smaller groups did not win back (the mixed folder of benchmarks/mixed_folder.py compressed
-# 5-10% slower with it).  compress starts it as soon as the images read so far hold that many,
-# so that it loads while the rest is read; decompress and test at the first such group.
+# A worker is started for an image group whose batches that it would take half of hold
+# MIN_SUBPIXELS sub-pixels or more: 64 batches of sixteen 32 x 32 RGB tiles, or 16 of four
+# 128 x 128 ones.  A worker saves ~35 ms a batch of RGB tiles (its share grows with the batch's
+# work); it takes ~1 s to import torch and load the model, and ~2.4 s of CPU beside the command's
+# own work, which smaller groups did not win back when it started for them alone.  decompress and
+# test start it at the first such group (before loading the model); compress before loading the
+# model for sources with enough image bytes (pack.EARLY_WORKER_BYTES: it measures triage's
+# samples first), else as soon as the images read so far hold MIN_SUBPIXELS.  A worker that
+# runs takes every group it can from its first batch.
 MIN_SUBPIXELS = 64 * 16 * 32 * 32 * 3
 # Errors the worker passes on by name, raised again in the parent as what they were (a
 # damaged batch then reads as it does in one process: "batch N does not decode (...)").
@@ -149,17 +153,18 @@ def start_worker(adapter, decoding: bool) -> "PartWorker | None":
 
 def subpixels_taken(batches: list, takes: Callable[[int], bool]) -> int:
     """The sub-pixels of the planned ``batches`` (imaging.tiles.Batch) whose channel counts a
-    worker ``takes``: what ``attach`` weighs against MIN_SUBPIXELS."""
+    worker ``takes``: what a command weighs against MIN_SUBPIXELS before it starts one."""
     return sum(math.prod(batch.shape) for batch in batches if takes(batch.channels))
 
 
 def attach(worker: "PartWorker | None", adapter, subpixels: int) -> None:
     """Offer a started worker to the adapter that is about to code or decode a group in order
-    whose batches that the worker would take hold ``subpixels`` sub-pixels, if that is
-    MIN_SUBPIXELS or more.  The adapter does not wait for it: it takes it at the first batch
-    after the worker is ready (``OnlineAdapter.offer_parts``).  A worker that fails to start is
-    left out (the same bytes)."""
-    if worker is None or worker.failed or not subpixels or subpixels < MIN_SUBPIXELS:
+    whose batches that the worker would take hold ``subpixels`` sub-pixels, if any: once it
+    runs, it pays from its first batch (on the mixed folder of benchmarks/mixed_folder.py,
+    ~2.9 M such sub-pixels, compress took 0.93x the time with it).  The adapter does not wait
+    for it: it takes it at the first batch after the worker is ready
+    (``OnlineAdapter.offer_parts``).  A worker that fails to start is left out (the same bytes)."""
+    if worker is None or worker.failed or not subpixels:
         return
     adapter.offer_parts(worker)
 
@@ -277,6 +282,15 @@ class PartWorker:
         import torch
         header, arrays = self._receive()
         return torch.from_numpy(arrays[0].copy()).to(torch.float64), tuple(header["position"])
+
+    def measure(self, channels: int, tiles: np.ndarray) -> None:
+        """Ask for θ0's bits of each of one triage pass's ``tiles`` (models.protocol.tile_bits_of:
+        the values the parent would measure); ``measured`` reads them, in the order asked."""
+        self._send({"op": "tile_bits", "channels": channels}, [tiles])
+
+    def measured(self) -> np.ndarray:
+        _, arrays = self._receive()
+        return arrays[0]
 
     def adapt_on(self, channels: int, part, pixels: np.ndarray) -> None:
         """The track's graph of a decoded batch (coded with θ0: its decoding pass gave none)."""
@@ -455,6 +469,10 @@ class _Server:
         self._reply({"position": list(decoder.position())}, [image.detach().to(torch.uint8).numpy()])
         if header["step"]:
             self._step(header, arrays)
+
+    def _tile_bits(self, header: dict, arrays) -> None:
+        from ..models.protocol import tile_bits_of
+        self._reply({"op": "bits"}, [tile_bits_of(self.bundle.network(header["channels"]), arrays[0])])
 
     def _adapt_on(self, header: dict, arrays) -> None:
         import torch

@@ -538,6 +538,21 @@ def _rewrite_decodes_alike(record: ImageRecord, picture: Image.Image, rewrite: B
     return again_facts == facts and again_digest == pixels_digest
 
 
+# Bytes of a file's start that say whether it may hold colour (``may_hold_colour``).
+COLOUR_HINT_BYTES = 30
+
+
+def may_hold_colour(head: bytes) -> bool:
+    """Whether a file that starts with ``head`` (COLOUR_HINT_BYTES) may be a colour image on the
+    model path, from its header alone: a PNG of colour type 2 or 6, a PPM (P6), a BMP of 16 bits
+    a pixel or more, any TIFF.  A hint for planning work (pack.py), never a decision on a file."""
+    if head.startswith(PNG_SIGNATURE):
+        return len(head) > 25 and head[25] in (2, 6)
+    if head.startswith(b"BM"):
+        return len(head) >= 30 and int.from_bytes(head[28:30], "little") >= 16
+    return head.startswith((b"P6", b"II*\x00", b"MM\x00*"))
+
+
 def read_image(path: Path, byte_exact: bool = False, pixels_in_file: bool = False,
                note: Note | None = None, verbatim: bool = False) -> ImageRecord | None:
     """The pixels of a model-path image, or None for the general path.

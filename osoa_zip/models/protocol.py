@@ -24,6 +24,7 @@ from __future__ import annotations
 from abc import ABCMeta, abstractmethod
 from typing import Callable, ClassVar
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -161,6 +162,14 @@ class CodingModel(nn.Module, metaclass=ABCMeta):
 
 
 _FAMILIES: dict[str, type[CodingModel]] = {}
+
+
+
+def tile_bits_of(network: CodingModel, tiles: np.ndarray) -> np.ndarray:
+    """``network.tile_bits`` of N x C x h x w uint8 tiles, as float64 values: what triage.py
+    measures, in the command's process or in the worker of adapt/parts.py (one function,
+    so the same bits either way)."""
+    return network.tile_bits(torch.from_numpy(tiles.astype(np.float64))).numpy()
 
 
 def register_family(name: str, architecture: str) -> Callable[[type[CodingModel]], type[CodingModel]]:
