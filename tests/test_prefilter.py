@@ -160,8 +160,8 @@ def test_cleared_images_skip_theta0s_pass_and_the_archive_is_the_same(images, tm
     seen = []
     begin = Triage.begin
 
-    def counting(self, *arguments):
-        judging = begin(self, *arguments)
+    def counting(self, *arguments, **options):
+        judging = begin(self, *arguments, **options)
         seen.extend(judging.samples.records)  # the images θ0's samples will measure
         return judging
 

@@ -84,7 +84,7 @@ def test_a_frozen_archive_judges_images_by_their_coded_bits_alone(folder, tmp_pa
     def sampled(*_):
         raise AssertionError("a frozen archive's images were sampled")
 
-    monkeypatch.setattr(Triage, "estimates", sampled)
+    monkeypatch.setattr(Triage, "measure", sampled)
     counted = []
     output = io.BytesIO()
     summary = compress([folder], output, model=MODEL, adaptation=FROZEN, progress=counted.append)
@@ -121,8 +121,13 @@ def test_large_images_are_still_judged_by_samples(folder, tmp_path, monkeypatch)
     with Image.open(EXAMPLES / "0001.png") as image:
         image.resize((256, 192)).save(tmp_path / "src" / "large.png", compress_level=0)
     sampled = []
-    real = Triage.estimates
-    monkeypatch.setattr(Triage, "estimates", lambda self, records: sampled.extend(records) or real(self, records))
+    begin = Triage.begin
+
+    def counting(self, *arguments, **options):
+        judging = begin(self, *arguments, **options)
+        sampled.extend(judging.samples.records)  # the images θ0's samples will measure
+        return judging
+    monkeypatch.setattr(Triage, "begin", counting)
     output = io.BytesIO()
     compress([tmp_path / "src"], output, model=MODEL, adaptation=FROZEN)
     assert [record.pixels.shape[:2] for record in sampled] == [(192, 256)]
