@@ -196,8 +196,9 @@ class _Compressor:
     def _decide_pending(self) -> None:
         """Triage the images read so far, together: each that pays joins the group, each that
         does not is stored as its file (from the packing triage made, if it made one).  With a
-        worker that is ready, it measures θ0's samples while this thread reads on, and the
-        verdicts are carried out later (``_settle``) exactly as they would be now."""
+        worker, it measures θ0's samples while this thread reads on (once it is ready: until
+        then they wait for it), and the verdicts are carried out later (``_settle``) exactly
+        as they would be now."""
         pending, self.pending, self.pending_subpixels, self.pending_unclear = self.pending, [], 0, 0
         if not pending:
             return
@@ -207,37 +208,43 @@ class _Compressor:
         self.triaging.append(triaging)
         if not judging.passes:
             triaging.measured = []
-        elif self._worker_ready():
-            for channels, tiles in judging.passes:
-                self.worker.measure(channels, tiles)
-            triaging.asked = True
+        elif self.worker is None or self.worker.failed:
+            triaging.measured = [self.triage.measure(channels, tiles) for channels, tiles in judging.passes]
+        self._ask_worker()
         # The images wait for the worker alone, and hold at most WAITING_SUBPIXELS (memory).
         waiting = sum(record.pixels.size for queued in self.triaging for _, record, _ in queued.pending)
-        if not any(queued.asked for queued in self.triaging) or waiting >= WAITING_SUBPIXELS:
+        if all(queued.measured is not None for queued in self.triaging) or waiting >= WAITING_SUBPIXELS:
             self._settle()
 
-    def _worker_ready(self) -> bool:
-        if self.worker is None or self.worker.failed:
-            return False
+    def _ask_worker(self) -> None:
+        """Send the worker every measurement that waits for it, in order, if it is ready."""
+        waiting = [queued for queued in self.triaging if queued.measured is None and not queued.asked]
+        if not waiting or self.worker is None or self.worker.failed:
+            return
         try:
-            return self.worker.poll_ready()
+            if not self.worker.poll_ready():
+                return
+            for queued in waiting:
+                for channels, tiles in queued.judging.passes:
+                    self.worker.measure(channels, tiles)
+                queued.asked = True
         except PartsError:
-            self.worker.failed = True  # it did not start: everything is measured here
-            return False
+            self.worker.failed = True  # it did not start, or stopped: _collect measures here
 
     def _collect(self) -> None:
-        """Read every measurement asked of the worker (before it is given other work); one
-        that fails is measured here, and so is every later one."""
-        for triaging in self.triaging:
-            if not triaging.asked or triaging.measured is not None:
+        """Every measurement in hand (before the worker is given other work): its answers, or,
+        from a worker that is not ready or has stopped, this thread's."""
+        self._ask_worker()
+        for queued in self.triaging:
+            if queued.measured is not None:
                 continue
-            try:
-                triaging.measured = [self.worker.measured() for _ in triaging.judging.passes]
-            except PartsError:
-                self.worker.failed = True
-                for later in self.triaging:
-                    if later.asked and later.measured is None:
-                        later.asked = False
+            if queued.asked and not self.worker.failed:
+                try:
+                    queued.measured = [self.worker.measured() for _ in queued.judging.passes]
+                    continue
+                except PartsError:
+                    self.worker.failed = True
+            queued.measured = [self.triage.measure(channels, tiles) for channels, tiles in queued.judging.passes]
 
     def _settle(self) -> None:
         """Carry out every waiting triage's verdicts, in the order they were judged, as if each
@@ -253,9 +260,7 @@ class _Compressor:
             while self.triaging:
                 triaging = self.triaging.pop(0)
                 judging = triaging.judging
-                measured = triaging.measured if triaging.measured is not None else [
-                    self.triage.measure(channels, tiles) for channels, tiles in judging.passes]
-                for (entry, record, _), verdict in zip(triaging.pending, judging.verdicts(measured)):
+                for (entry, record, _), verdict in zip(triaging.pending, judging.verdicts(triaging.measured)):
                     if verdict.model:
                         self._queue_image(entry, record)
                         continue
@@ -475,7 +480,7 @@ class _Triaging:
     pending: list  # (entry, record, cleared) in the order read
     judging: "Judging"
     asked: bool = False  # the worker measures the samples
-    measured: list | None = None  # its answers, once read
+    measured: list | None = None  # each pass's tile bits, once in hand
 
 
 def _early_worker(entries: list[Entry], model: str, adaptation: AdaptationConfig) -> PartWorker | None:

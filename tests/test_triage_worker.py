@@ -80,7 +80,13 @@ def _archive(folder, threads: int) -> tuple[bytes, object]:
     return output.getvalue(), summary
 
 
-def test_triage_measured_by_the_worker_writes_the_archive_one_thread_writes(folder, tmp_path, early):
+@pytest.mark.parametrize("ready_after", [0, 3])
+def test_triage_measured_by_the_worker_writes_the_archive_one_thread_writes(folder, tmp_path, early, monkeypatch,
+                                                                           ready_after):
+    """Ready at once, or only when asked the fourth time: the samples judged before then wait for it."""
+    asked = []
+    monkeypatch.setattr(parts.PartWorker, "poll_ready",
+                        lambda self: (asked.append(1) or len(asked) > ready_after) and (self.wait_ready() or True))
     alone, summary = _archive(folder, 1)
     assert not early["passes"]
     images = len(list(folder.rglob("*.png")))
