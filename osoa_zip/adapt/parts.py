@@ -39,15 +39,17 @@ from ..layout import PartsError
 READY = "ready"
 ENCODING, DECODING = "encode", "decode"  # the parent's direction: what the worker warms up
 # A worker is started for an image group whose batches that it would take half of hold
-# MIN_SUBPIXELS sub-pixels or more: 64 batches of sixteen 32 x 32 RGB tiles, or 16 of four
+# MIN_SUBPIXELS sub-pixels or more: ~21 batches of sixteen 32 x 32 RGB tiles, or ~5 of four
 # 128 x 128 ones.  A worker saves ~35 ms a batch of RGB tiles (its share grows with the batch's
-# work); it takes ~1 s to import torch and load the model, and ~2.4 s of CPU beside the command's
-# own work, which smaller groups did not win back when it started for them alone.  decompress and
-# test start it at the first such group (before loading the model); compress before loading the
-# model for sources with enough image bytes (pack.EARLY_WORKER_BYTES: it measures triage's
-# samples first), else as soon as the images read so far hold MIN_SUBPIXELS.  A worker that
-# runs takes every group it can from its first batch.
-MIN_SUBPIXELS = 64 * 16 * 32 * 32 * 3
+# work); it takes ~1-2 s to import torch and load the model, beside this process's own start-up
+# and reading (~2.4 s of CPU in all), and until it is ready this process codes whole batches.
+# At this size decompress took 0.83x the time of one process on the mixed folder of
+# benchmarks/mixed_folder.py (~2.9 M such sub-pixels) and 0.87x on data/eval/tiles64 (1.6 M),
+# for 1.3-1.45x the CPU.  decompress and test start it at the first such group, before they
+# load the model; compress before it loads the model for sources with enough image bytes
+# (pack.EARLY_WORKER_BYTES: it measures triage's samples first), else as soon as the images
+# read so far hold MIN_SUBPIXELS.  A worker that runs takes every group it can.
+MIN_SUBPIXELS = 1 << 20
 # Errors the worker passes on by name, raised again in the parent as what they were (a
 # damaged batch then reads as it does in one process: "batch N does not decode (...)").
 _PASSED_ON = ("CorruptStream", "BatchError", "ValueError")
