@@ -16,7 +16,6 @@ import stat
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, BinaryIO, Sequence
 
 import numpy as np
@@ -56,7 +55,6 @@ from .layout import (
     DATA_CHUNK_BYTES,
     GROUP_SUBPIXELS,
     MAX_GROUP_IMAGES,
-    PartsError,
     Progress,
     Summary,
     UsageError,
@@ -77,10 +75,11 @@ from .solid import (
     write_coded,
 )
 from .torch_loading import load_model, online_adapter
+from .triage_queue import TriageQueue
 
 if TYPE_CHECKING:
     from .adapt.engine import OnlineAdapter
-    from .triage import Judging, Triage
+    from .triage import Triage
 
 # Images read before triage decides on them together (its model passes cost ~20 ms each,
 # however few tiles they hold); general-path files do not wait for them.  Images that
@@ -92,7 +91,7 @@ TRIAGE_IMAGES = 32
 # half of each adapting batch from the first.  Smaller folders are done before it would pay.
 EARLY_WORKER_BYTES = 1 << 20
 IMAGE_SUFFIXES = frozenset({".png", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff"})
-# Images judged, waiting for the worker's measurements, hold at most this many sub-pixels.
+# Images judged, waiting for the worker's measurements (triage_queue.py), hold at most this many sub-pixels.
 WAITING_SUBPIXELS = GROUP_SUBPIXELS
 COLOUR_SAMPLE = 16  # image files whose headers say whether the worker would take colour batches
 
@@ -155,7 +154,7 @@ class _Compressor:
         self.worker: PartWorker | None = None
         self.parts_allowed = False  # compress sets it: a second core
         self.parts_subpixels = 0  # the tiles' sub-pixels of the images read so far that it would take
-        self.triaging: list[_Triaging] = []  # judged, waiting for the worker's measurements, in order
+        self.judged = TriageQueue(triage)  # judgements waiting to be carried out (_settle)
         self.settling = False
 
     def add(self, entry: Entry) -> None:
@@ -196,71 +195,27 @@ class _Compressor:
     def _decide_pending(self) -> None:
         """Triage the images read so far, together: each that pays joins the group, each that
         does not is stored as its file (from the packing triage made, if it made one).  With a
-        worker, it measures θ0's samples while this thread reads on (once it is ready: until
-        then they wait for it), and the verdicts are carried out later (``_settle``) exactly
-        as they would be now."""
+        worker, it measures θ0's samples while this thread reads on (triage_queue.py), and the
+        verdicts are carried out later (``_settle``), exactly as they would be now."""
         pending, self.pending, self.pending_subpixels, self.pending_unclear = self.pending, [], 0, 0
         if not pending:
             return
-        judging = self.triage.begin([(record, entry.source, entry.size) for entry, record, _ in pending],
-                                    clear=[clear for _, _, clear in pending])
-        triaging = _Triaging(pending, judging)
-        self.triaging.append(triaging)
-        if not judging.passes:
-            triaging.measured = []
-        elif self.worker is None or self.worker.failed:
-            triaging.measured = [self.triage.measure(channels, tiles) for channels, tiles in judging.passes]
-        self._ask_worker()
-        # The images wait for the worker alone, and hold at most WAITING_SUBPIXELS (memory).
-        waiting = sum(record.pixels.size for queued in self.triaging for _, record, _ in queued.pending)
-        if all(queued.measured is not None for queued in self.triaging) or waiting >= WAITING_SUBPIXELS:
+        self.judged.judge(pending, self.worker)
+        if not self.judged.waiting or self.judged.waiting_subpixels >= WAITING_SUBPIXELS:
             self._settle()
 
-    def _ask_worker(self) -> None:
-        """Send the worker every measurement that waits for it, in order, if it is ready."""
-        waiting = [queued for queued in self.triaging if queued.measured is None and not queued.asked]
-        if not waiting or self.worker is None or self.worker.failed:
-            return
-        try:
-            if not self.worker.poll_ready():
-                return
-            for queued in waiting:
-                for channels, tiles in queued.judging.passes:
-                    self.worker.measure(channels, tiles)
-                queued.asked = True
-        except PartsError:
-            self.worker.failed = True  # it did not start, or stopped: _collect measures here
-
-    def _collect(self) -> None:
-        """Every measurement in hand (before the worker is given other work): its answers, or,
-        from a worker that is not ready or has stopped, this thread's."""
-        self._ask_worker()
-        for queued in self.triaging:
-            if queued.measured is not None:
-                continue
-            if queued.asked and not self.worker.failed:
-                try:
-                    queued.measured = [self.worker.measured() for _ in queued.judging.passes]
-                    continue
-                except PartsError:
-                    self.worker.failed = True
-            queued.measured = [self.triage.measure(channels, tiles) for channels, tiles in queued.judging.passes]
-
     def _settle(self) -> None:
-        """Carry out every waiting triage's verdicts, in the order they were judged, as if each
-        had been carried out then: before anything else is written or joins a group, and not
-        within itself (a group that fills while it runs is coded with the images carried out so
-        far, as it would have been then).  The files that lose join self.solid later than they
-        would have, which changes nothing: solid blocks order their files by type and name."""
-        if self.settling or not self.triaging:
+        """Carry out every judgement's verdicts, oldest first, as if each had been carried out
+        when it was made: before anything else is written or joins a group, and not within
+        itself (a group that fills meanwhile is coded with the images carried out so far, as
+        it would have been then).  The files that lose join self.solid later than they would
+        have, which changes nothing: solid blocks order their files by type and name."""
+        if self.settling or not self.judged:
             return
         self.settling = True
         try:
-            self._collect()
-            while self.triaging:
-                triaging = self.triaging.pop(0)
-                judging = triaging.judging
-                for (entry, record, _), verdict in zip(triaging.pending, judging.verdicts(triaging.measured)):
+            for pending, verdicts in self.judged.take(self.worker):
+                for (entry, record, _), verdict in zip(pending, verdicts):
                     if verdict.model:
                         self._queue_image(entry, record)
                         continue
@@ -381,7 +336,7 @@ class _Compressor:
             if self.cluster is None:
                 if len(split_runs(adapter.batches_seen, len(batches), config.segment_batches)) == 1:
                     # one run: the worker takes half of each batch it would take
-                    self._collect()  # the worker's answers to triage, before it codes
+                    self.judged.collect(self.worker)  # the worker's answers to triage, before it codes
                     attach(self.worker, adapter, subpixels_taken(batches, adapter.parts_would_take))
                 coded, self.adapter = run_segments(adapter, batches, self._coder(colour, keep, counted),
                                                    self.threads, chain=adapter.chain_length)
@@ -472,15 +427,6 @@ class _Compressor:
                 self.progress(group_bytes * len(coded) / batch_count)  # progress counts input bytes
             return [(store.put(data), stats) for data, stats in coded]
         return keep
-
-
-@dataclass
-class _Triaging:
-    """Images judged together (``_Compressor._decide_pending``), waiting to be carried out."""
-    pending: list  # (entry, record, cleared) in the order read
-    judging: "Judging"
-    asked: bool = False  # the worker measures the samples
-    measured: list | None = None  # each pass's tile bits, once in hand
 
 
 def _early_worker(entries: list[Entry], model: str, adaptation: AdaptationConfig) -> PartWorker | None:

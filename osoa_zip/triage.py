@@ -37,6 +37,9 @@ Before step 1, a classical bound (prefilter.py: MED residuals' entropy, integers
 a small image whose deflated file it already beats by a clear margin to the model path with
 no pass of θ0 at all; the group's check still confirms it once coded.  Images it clears do
 not count towards pack.py's TRIAGE_IMAGES, so θ0's passes hold only the images it does not.
+Judging is cut in two (``begin``, then ``Judging.verdicts``) so that θ0's passes over the
+samples can run elsewhere meanwhile: with a second core compress has its worker process
+measure them (triage_queue.py, ``models.protocol.tile_bits_of``: the same bits).
 Nothing here changes the format: an image stored as a file is a FILE entry like any
 other, and every decision is deterministic (the same files give the same archive).
 """

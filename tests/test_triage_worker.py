@@ -152,3 +152,11 @@ def test_a_failed_measurement_is_not_swallowed_by_a_worker_that_works(folder, ea
     monkeypatch.setattr(parts.PartWorker, "measured", lambda self: (_ for _ in ()).throw(ValueError("bad tiles")))
     with pytest.raises(ValueError, match="bad tiles"):
         _archive(folder, 2)
+
+
+def test_samples_that_waited_for_a_worker_never_ready_are_measured_here(folder, early, monkeypatch):
+    alone, _ = _archive(folder, 1)
+    monkeypatch.setattr(parts.PartWorker, "poll_ready", lambda self: False)
+    beside, _ = _archive(folder, 2)
+    assert not early["passes"]
+    assert beside == alone
