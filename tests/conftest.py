@@ -173,3 +173,18 @@ def assert_same_tree(src: Path, dst: Path) -> None:
     """Same paths; model-path images identical in pixels and metadata, everything else in bytes."""
     problems = tree_differences(src, dst)
     assert not problems, problems
+
+
+@pytest.fixture
+def sampled(monkeypatch) -> list:
+    """The images whose samples θ0's passes will measure in triage (``Triage.begin``), in order."""
+    from osoa_zip.triage import Triage
+    seen = []
+    begin = Triage.begin
+
+    def counting(self, *arguments, **options):
+        judging = begin(self, *arguments, **options)
+        seen.extend(judging.samples.records)
+        return judging
+    monkeypatch.setattr(Triage, "begin", counting)
+    return seen

@@ -115,19 +115,11 @@ def test_a_frozen_archive_with_every_image_codes_them_all(folder):
     assert methods["flat.png"][0] == methods["photo.png"][0]  # one group: kept or stored whole
 
 
-def test_large_images_are_still_judged_by_samples(folder, tmp_path, monkeypatch):
+def test_large_images_are_still_judged_by_samples(folder, tmp_path, sampled):
     """A 256 x 192 image's two 32 x 32 samples are 4% of it: sampling costs less than counting."""
     shutil.copytree(folder, tmp_path / "src")
     with Image.open(EXAMPLES / "0001.png") as image:
         image.resize((256, 192)).save(tmp_path / "src" / "large.png", compress_level=0)
-    sampled = []
-    begin = Triage.begin
-
-    def counting(self, *arguments, **options):
-        judging = begin(self, *arguments, **options)
-        sampled.extend(judging.samples.records)  # the images θ0's samples will measure
-        return judging
-    monkeypatch.setattr(Triage, "begin", counting)
     output = io.BytesIO()
     compress([tmp_path / "src"], output, model=MODEL, adaptation=FROZEN)
     assert [record.pixels.shape[:2] for record in sampled] == [(192, 256)]
