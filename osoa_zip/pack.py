@@ -547,25 +547,22 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     if progress is not None and hasattr(progress, "set_total"):
         progress.set_total(input_bytes)
     native.expect_compress(input_bytes)  # numba or not: the same bytes, less start-up for a small folder
+    # With a second core, a worker process takes the first part of each adapting batch of
+    # large groups (adapt/parts.py), and measures triage's samples: it starts now for a folder
+    # of enough colour images, else once the images read hold enough work.
     worker = _early_worker(entries, model, adaptation) if threads > 1 and cluster is None else None
+    compressor = None
     try:
         bundle = load_model(model)
-    except BaseException:
-        if worker is not None:
-            worker.close()
-        raise
-    writer = ArchiveWriter(output)
-    Header(f"osoa-zip {__version__}", {"name": bundle.name, "sha256": bundle.sha256, "family": bundle.family},
-           bundle.engine, adaptation.to_header()).write(writer)
-    if triage:
-        from .triage import Triage  # needs the engine (torch), as coding does
-    compressor = _Compressor(writer, online_adapter(bundle, adaptation), progress, byte_exact, threads, note,
-                             Triage(bundle, adaptation) if triage else None, cluster, block_size)
-    # With a second core, a worker process takes the first part of each adapting batch of
-    # large groups (adapt/parts.py): it starts while files are read.
-    compressor.parts_allowed = threads > 1 and cluster is None
-    compressor.worker = worker
-    try:
+        writer = ArchiveWriter(output)
+        Header(f"osoa-zip {__version__}", {"name": bundle.name, "sha256": bundle.sha256, "family": bundle.family},
+               bundle.engine, adaptation.to_header()).write(writer)
+        if triage:
+            from .triage import Triage  # needs the engine (torch), as coding does
+        compressor = _Compressor(writer, online_adapter(bundle, adaptation), progress, byte_exact, threads, note,
+                                 Triage(bundle, adaptation) if triage else None, cluster, block_size)
+        compressor.parts_allowed = threads > 1 and cluster is None
+        compressor.worker = worker
         # Files of some size are read as images on a helper thread, ahead of triage and coding
         # (read_ahead.py); small ones when the compressor comes to them.
         ahead = [entry for entry in entries if entry.kind == FILE and reads_ahead(entry)]
@@ -582,8 +579,9 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
             if blocks is not None:
                 blocks.close()
     finally:
-        if compressor.worker is not None:
-            compressor.worker.close()
+        running = compressor.worker if compressor is not None else worker
+        if running is not None:
+            running.close()
     for entry in entries:  # last, so that the file they name is always already restored
         if entry.kind == HARDLINK:
             Hardlink(entry.name, entry.target).write(writer)

@@ -160,3 +160,25 @@ def test_samples_that_waited_for_a_worker_never_ready_are_measured_here(folder, 
     beside, _ = _archive(folder, 2)
     assert not early["passes"]
     assert beside == alone
+
+
+def test_an_early_worker_is_stopped_when_compress_fails_before_it_is_used(folder, monkeypatch):
+    closed = []
+
+    class Worker:
+        failed = False
+
+        def __init__(self, *arguments, **options):
+            pass
+
+        def close(self):
+            closed.append(self)
+
+    def no_model(*arguments):
+        raise RuntimeError("the model cannot be loaded")
+    monkeypatch.setattr(pack, "EARLY_WORKER_BYTES", 0)
+    monkeypatch.setattr(pack, "PartWorker", Worker)
+    monkeypatch.setattr(pack, "load_model", no_model)
+    with pytest.raises(RuntimeError, match="cannot be loaded"):
+        _archive(folder, 2)
+    assert len(closed) == 1
