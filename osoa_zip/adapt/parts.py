@@ -163,7 +163,7 @@ def attach(worker: "PartWorker | None", adapter, subpixels: int) -> None:
     """Offer a started worker to the adapter that is about to code or decode a group in order
     whose batches that the worker would take hold ``subpixels`` sub-pixels, if any: once it
     runs, it pays from its first batch (on the mixed folder of benchmarks/mixed_folder.py,
-    ~2.9 M such sub-pixels, compress took 0.93x the time with it).  The adapter does not wait
+    ~2.9 M such sub-pixels, compress took 0.85-0.96x the time with it).  The adapter does not wait
     for it: it takes it at the first batch after the worker is ready
     (``OnlineAdapter.offer_parts``).  A worker that fails to start is left out (the same bytes)."""
     if worker is None or worker.failed or not subpixels:

@@ -164,7 +164,6 @@ class CodingModel(nn.Module, metaclass=ABCMeta):
 _FAMILIES: dict[str, type[CodingModel]] = {}
 
 
-
 def tile_bits_of(network: CodingModel, tiles: np.ndarray) -> np.ndarray:
     """``network.tile_bits`` of N x C x h x w uint8 tiles, as float64 values: what triage.py
     measures, in the command's process or in the worker of adapt/parts.py (one function,
