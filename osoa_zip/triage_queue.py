@@ -12,6 +12,11 @@ Measurements go to the worker only once it is ready (until then they wait for it
 taken from it in the order asked.  A worker that is not ready when they are needed, or that
 stops, leaves them to this process.  What waits holds its images' pixels, so the caller
 settles once they reach a group's worth (``waiting_subpixels``).
+
+At most MAX_ASKED passes are asked and not yet read: the worker writes each answer into its
+output pipe, and answers nobody reads would fill it (~100 of them), stop the worker reading
+the next request, and then this process writing one.  Answers that have arrived are read
+whenever more are asked.
 """
 from __future__ import annotations
 
@@ -20,12 +25,15 @@ from typing import Iterator
 
 from .layout import PartsError
 
+MAX_ASKED = 16  # passes asked of the worker and not yet read: their answers (~0.6 kB each) fit its pipe
+
 
 @dataclass
 class _Judged:
     pending: list  # (entry, record, cleared) in the order read
     judging: object  # triage.Judging
     asked: bool = False  # the worker measures its samples
+    answers: list | None = None  # the worker's answers read so far
     measured: list | None = None  # each pass's tile bits, once in hand
 
 
@@ -35,6 +43,7 @@ class TriageQueue:
     def __init__(self, triage) -> None:
         self.triage = triage
         self._queue: list[_Judged] = []
+        self._asked = 0  # passes asked of the worker, not yet read
 
     def __bool__(self) -> bool:
         return bool(self._queue)
@@ -64,17 +73,17 @@ class TriageQueue:
     def collect(self, worker) -> None:
         """Every measurement in hand (before the worker is given other work): the worker's
         answers, or this thread's where the worker is not ready or has stopped."""
-        self._ask(worker)
-        for judged in self._queue:
-            if judged.measured is not None:
+        while any(judged.measured is None for judged in self._queue):
+            self._ask(worker)
+            judged = next(judged for judged in self._queue if judged.measured is None)
+            if not judged.asked or worker.failed:  # the worker is not ready, or has stopped
+                judged.measured = self._here(judged)
                 continue
-            if judged.asked and not worker.failed:
-                try:
-                    judged.measured = [worker.measured() for _ in judged.judging.passes]
-                    continue
-                except PartsError:
-                    worker.failed = True
-            judged.measured = self._here(judged)
+            try:
+                while judged.measured is None:
+                    self._read(worker)
+            except PartsError:
+                worker.failed = True
 
     def take(self, worker) -> Iterator[tuple[list, list]]:
         """(pending, their verdicts) of every judgement, oldest first, each removed as it is
@@ -85,19 +94,35 @@ class TriageQueue:
             yield judged.pending, judged.judging.verdicts(judged.measured)
 
     def _ask(self, worker) -> None:
-        """Send the worker every measurement that waits for it, in order, if it is ready."""
+        """Read the answers that have arrived, then send the worker the measurements that wait
+        for it, in order, while at most MAX_ASKED passes are out (one judgement's passes at
+        least), if it is ready."""
         waiting = [judged for judged in self._queue if judged.measured is None and not judged.asked]
         if not waiting or worker is None or worker.failed:
             return
         try:
             if not worker.poll_ready():
                 return
+            while self._asked and worker.has_answer():
+                self._read(worker)
             for judged in waiting:
+                passes = len(judged.judging.passes)
+                if self._asked and self._asked + passes > MAX_ASKED:
+                    return
                 for channels, tiles in judged.judging.passes:
                     worker.measure(channels, tiles)
-                judged.asked = True
+                judged.asked, judged.answers = True, []
+                self._asked += passes
         except PartsError:
             worker.failed = True  # it did not start, or stopped: collect measures here
+
+    def _read(self, worker) -> None:
+        """Read the worker's next answer, the oldest judgement's that it measures."""
+        judged = next(judged for judged in self._queue if judged.asked and judged.measured is None)
+        judged.answers.append(worker.measured())
+        self._asked -= 1
+        if len(judged.answers) == len(judged.judging.passes):
+            judged.measured = judged.answers
 
     def _here(self, judged: _Judged) -> list:
         return [self.triage.measure(channels, tiles) for channels, tiles in judged.judging.passes]

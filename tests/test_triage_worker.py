@@ -16,7 +16,7 @@ import pytest
 from conftest import EXAMPLES, assert_same_tree
 from PIL import Image
 
-from osoa_zip import compress, decompress, pack
+from osoa_zip import compress, decompress, pack, triage_queue
 from osoa_zip.adapt import parts
 from osoa_zip.adapt.config import AdaptationConfig
 from osoa_zip.adapt.defaults import adaptation_for
@@ -182,3 +182,33 @@ def test_an_early_worker_is_stopped_when_compress_fails_before_it_is_used(folder
     with pytest.raises(RuntimeError, match="cannot be loaded"):
         _archive(folder, 2)
     assert len(closed) == 1
+
+
+def test_closing_a_worker_with_answers_nobody_read_does_not_wait_for_them():
+    """After an error or an interrupt, compress closes a worker that may still be writing
+    answers into a full pipe: it must end at once, not after close's timeout."""
+    import time
+
+    worker = parts.PartWorker(MODEL, pack.available_models()[MODEL]["sha256"],
+                              adaptation_for(MODEL, AdaptationConfig()).to_header(), False)
+    worker.wait_ready()
+    tiles = np.zeros((64, 3, 2, 2), dtype=np.uint8)
+    for _ in range(150):  # ~150 answers of ~0.6 kB: more than its pipe holds; the requests fit ours
+        worker.measure(3, tiles)
+    time.sleep(2.0)  # it measures until its pipe is full
+    started = time.perf_counter()
+    worker.close()
+    assert time.perf_counter() - started < 3, "close waited for the worker's timeout"
+    assert worker._process.poll() is not None
+
+
+def test_many_measurements_in_flight_do_not_fill_the_pipes(folder, early, monkeypatch):
+    """Thousands of judgements' answers would not fit the worker's pipe: at most MAX_ASKED
+    passes are out at a time, and the archive is still one process's."""
+    monkeypatch.setattr(pack, "TRIAGE_IMAGES", 1)
+    monkeypatch.setattr(pack, "GROUP_SUBPIXELS", 1 << 30)
+    monkeypatch.setattr(triage_queue, "MAX_ASKED", 2)
+    alone, _ = _archive(folder, 1)
+    beside, _ = _archive(folder, 2)
+    assert early["passes"] > 2 * triage_queue.MAX_ASKED
+    assert beside == alone

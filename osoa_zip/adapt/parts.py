@@ -294,6 +294,10 @@ class PartWorker:
         _, arrays = self._receive()
         return arrays[0]
 
+    def has_answer(self) -> bool:
+        """Whether an answer has started to arrive (reading it will not wait for the worker)."""
+        return self._connection.has_message()
+
     def adapt_on(self, channels: int, part, pixels: np.ndarray) -> None:
         """The track's graph of a decoded batch (coded with θ0: its decoding pass gave none)."""
         self._send({"op": "adapt_on", "channels": channels, "part": _plain(part)}, [pixels])
@@ -308,10 +312,17 @@ class PartWorker:
         self._send({"op": "restore", "number": number})
 
     def close(self) -> None:
+        """Stop the worker.  Answers nobody will read are not waited for: with our end of its
+        output closed, a worker blocked writing one (a full pipe, after an error or an
+        interrupt here) fails at once and ends, instead of after the timeout."""
         if self._process.poll() is None:
             try:
                 self._connection.send_bytes(_pack({"op": "stop"}, []))
             except (OSError, EOFError):
+                pass
+            try:
+                self._connection.reading.close()
+            except OSError:
                 pass
             try:
                 self._process.wait(timeout=5)
