@@ -550,7 +550,8 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     # With a second core, a worker process takes the first part of each adapting batch of
     # large groups (adapt/parts.py), and measures triage's samples: it starts now for a folder
     # of enough colour images, else once the images read hold enough work.
-    worker = _early_worker(entries, model, adaptation) if threads > 1 and cluster is None else None
+    beside = threads > 1 and cluster is None  # a second core for a worker process
+    worker = _early_worker(entries, model, adaptation) if beside else None
     compressor = None
     try:
         bundle = load_model(model)
@@ -561,7 +562,7 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
             from .triage import Triage  # needs the engine (torch), as coding does
         compressor = _Compressor(writer, online_adapter(bundle, adaptation), progress, byte_exact, threads, note,
                                  Triage(bundle, adaptation) if triage else None, cluster, block_size)
-        compressor.parts_allowed = threads > 1 and cluster is None
+        compressor.parts_allowed = beside
         compressor.worker = worker
         # Files of some size are read as images on a helper thread, ahead of triage and coding
         # (read_ahead.py); small ones when the compressor comes to them.
