@@ -13,9 +13,8 @@ taken from it in the order asked.  A worker that is not ready when they are need
 stops, leaves them to this process.  What waits holds its images' pixels, so the caller
 settles once they reach a group's worth (``waiting_subpixels``).
 
-At most MAX_ASKED passes are asked and not yet read: the worker writes each answer into its
-output pipe, and answers nobody reads would fill it (~100 of them), stop the worker reading
-the next request, and then this process writing one.  Answers that have arrived are read
+At most MAX_ASKED passes are asked and not yet read: answers nobody reads would pile up in the
+worker, in its output pipe and then in its memory.  Answers that have arrived are read
 whenever more are asked.
 """
 from __future__ import annotations

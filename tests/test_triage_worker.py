@@ -192,10 +192,10 @@ def test_closing_a_worker_with_answers_nobody_read_does_not_wait_for_them():
     worker = parts.PartWorker(MODEL, pack.available_models()[MODEL]["sha256"],
                               adaptation_for(MODEL, AdaptationConfig()).to_header(), False)
     worker.wait_ready()
-    tiles = np.zeros((64, 3, 2, 2), dtype=np.uint8)
-    for _ in range(150):  # ~150 answers of ~0.6 kB: more than its pipe holds; the requests fit ours
+    tiles = np.zeros((4096, 3, 2, 2), dtype=np.uint8)
+    for _ in range(64):  # 64 answers of 32 kB: twice what its pipe holds at the most
         worker.measure(3, tiles)
-    time.sleep(2.0)  # it measures until its pipe is full
+    time.sleep(2.0)  # it measures them all, its answers waiting to be written
     started = time.perf_counter()
     worker.close()
     assert time.perf_counter() - started < 3, "close waited for the worker's timeout"
