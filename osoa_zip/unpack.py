@@ -392,11 +392,12 @@ class _Decoder:
                          lost: dict[int, str], writer: "_GroupWriter") -> None:
         """Decode the group's batches one after the other; under --salvage a batch that does not
         decode loses its images (and the segment's later batches, until one starts a segment)."""
+        ahead = _ChunksAhead(chunks, self.batches_decoded, planned if not self.salvage else [])
         for batch in planned:
             index = self.batches_decoded
             self.batches_decoded += 1
             try:
-                tiles, size = self._decode_batch(chunks, index, batch)
+                tiles, size = self._decode_batch(ahead, index, batch)
             except ArchiveError as error:
                 if not self.salvage:
                     raise
@@ -414,9 +415,9 @@ class _Decoder:
             except ValueError as error:
                 raise ArchiveError(f"batch {self.batches_decoded - 1} does not decode ({error})") from None
 
-    def _decode_batch(self, chunks: ChunkReader, index: int, batch) -> tuple[np.ndarray, int]:
+    def _decode_batch(self, ahead: "_ChunksAhead", index: int, batch) -> tuple[np.ndarray, int]:
         """The tiles of the next batch chunk, and its size in bytes."""
-        part = chunks.part(Batch, f"batch {index}: chunk")
+        part = ahead.take(index)
         if isinstance(part, Damaged):
             raise ArchiveError(f"batch {index}: chunk missing or damaged")
         if self.segment_lost:
@@ -425,7 +426,7 @@ class _Decoder:
             self.adapter.restart()  # a new segment: decoding can resume from θ0
             self.segment_lost = False
         try:
-            return self.adapter.decode(part.data, batch.shape), len(part.data)
+            return self.adapter.decode(part.data, batch.shape, ahead.following(index)), len(part.data)
         except (CorruptStream, ValueError) as error:
             raise ArchiveError(f"batch {index} does not decode ({error})") from None
 
@@ -514,6 +515,38 @@ class _Group:
         return [_Canvas(self.shapes[i][0], self.shapes[i][1], self.table.images[i].image_mode,
                         _side_plane_view(alpha[alpha_position[i]]) if i in alpha_position else None)
                 for i in self.modelled]
+
+
+class _ChunksAhead:
+    """A group's batch chunks, read one ahead of the batch being decoded when ``planned`` is given
+    (so that the engine can hand the next batch to its worker early, OnlineAdapter.decode); an
+    error reading the next chunk is raised when that batch's turn comes, as reading it then would."""
+
+    def __init__(self, chunks: ChunkReader, first: int, planned: list) -> None:
+        self.chunks, self.first, self.planned = chunks, first, planned
+        self._next: tuple[int, object, Exception | None] | None = None
+
+    def take(self, index: int):
+        """Batch ``index``'s chunk (Batch or Damaged), the one after it read ahead if it is planned."""
+        if self._next is not None and self._next[0] == index:
+            _, part, error = self._next
+            self._next = None
+            if error is not None:
+                raise error
+        else:
+            part = self.chunks.part(Batch, f"batch {index}: chunk")
+        if index + 1 - self.first < len(self.planned):
+            try:
+                self._next = (index + 1, self.chunks.part(Batch, f"batch {index + 1}: chunk"), None)
+            except ArchiveError as error:
+                self._next = (index + 1, None, error)
+        return part
+
+    def following(self, index: int) -> tuple[bytes, tuple] | None:
+        """(payload, shape) of the batch after ``index``, if it has been read and is whole."""
+        if self._next is None or self._next[0] != index + 1 or not isinstance(self._next[1], Batch):
+            return None
+        return self._next[1].data, self.planned[index + 1 - self.first].shape
 
 
 class _GroupWriter:

@@ -246,6 +246,90 @@ def test_a_damaged_batch_reads_the_same_with_the_worker(always):
     assert errors[0] == errors[1], errors
 
 
+def test_the_next_batch_asked_of_the_worker_ahead_decodes_alike_and_fails_at_its_own_turn(always, monkeypatch):
+    """With the next batch given (``following``), its first part goes to the worker with this
+    batch's: the same pixels; batches coded with θ0 while adapting (whose step needs this
+    process's pixels) are not followed early; and a damaged batch asked ahead fails at its
+    own turn, with one process's message."""
+    config = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=0.01)
+    bundle = load_model(MODEL)
+    batches = _tiles(3, 8, 3)
+    encoder = OnlineAdapter(bundle, config)
+    coded = [encoder.encode(tiles)[0] for tiles in batches]
+    assert any(payload[0] & FLAG_PRETRAINED for payload in coded[:-1]), "θ0 coded no batch to follow"
+    asked = []  # batches whose first part was asked of the worker ahead
+    ask_ahead = OnlineAdapter._ask_ahead
+
+    def counting(self, track, payload, shape):
+        ask_ahead(self, track, payload, shape)
+        if self._asked_ahead is not None:
+            asked.append(payload)
+    monkeypatch.setattr(OnlineAdapter, "_ask_ahead", counting)
+    damaged = coded[5][:1] + bytes(b ^ 0x5A for b in coded[5][1:9]) + coded[5][9:]
+    for payloads in (coded, coded[:5] + [damaged] + coded[6:]):
+        results = []
+        for with_worker in (False, True):
+            decoder = OnlineAdapter(bundle, config)
+            worker = parts.start_worker(decoder, decoding=True) if with_worker else None
+            decoded, asked[:] = [], []
+            try:
+                parts.attach(worker, decoder, sum(tiles.size for tiles in batches))
+                for k, (payload, tiles) in enumerate(zip(payloads, batches)):
+                    following = (payloads[k + 1], batches[k + 1].shape) if k + 1 < len(batches) else None
+                    decoded.append(decoder.decode(payload, tiles.shape, following))
+                decoder.end_run()
+            except ValueError as error:  # CorruptStream and BatchError are ValueErrors
+                decoded.append((len(decoded), type(error), str(error)))
+            finally:
+                if worker is not None:
+                    worker.close()
+            results.append(decoded)
+        if payloads is coded:
+            intact = [coded.index(payload) for payload in asked]
+        assert len(results[0]) == len(results[1])
+        for alone, beside in zip(*results):
+            assert np.array_equal(alone, beside) if isinstance(alone, np.ndarray) else alone == beside
+    assert all(np.array_equal(tiles, decoded) for tiles, decoded in zip(batches, results[0][:5]))
+    assert results[1][5][0] == 5, "the damaged batch failed before its turn"
+    # The intact run: a batch is asked ahead unless the one before it was coded with θ0 while
+    # the track still adapted (the worker's step on it waits for this process's pixels) or its
+    # own flags say more than FLAG_PRETRAINED (give-up, segment start: asked at its turn).
+    flags = [payload[0] for payload in coded]
+    adapting = [not any(f & FLAG_GIVE_UP for f in flags[:k + 1]) for k in range(len(flags))]
+    expected = [k + 1 for k in range(len(flags) - 1)
+                if not (flags[k] & FLAG_PRETRAINED and adapting[k]) and not flags[k + 1] & ~FLAG_PRETRAINED]
+    assert intact == expected, flags
+    assert len(intact) >= 4
+
+
+def test_a_damaged_batch_chunk_read_ahead_fails_at_its_own_turn(source, tmp_path, always, monkeypatch):
+    """decompress reads a group's batch chunks one ahead for the worker: a chunk whose checksum
+    fails is reported as one process reports it, after the batches before it are decoded."""
+    calls = []
+    original = OnlineAdapter.decode
+    monkeypatch.setattr(OnlineAdapter, "decode", lambda self, *arguments: calls.append(1) or original(self, *arguments))
+    from crafting import chunk_spans
+
+    from osoa_zip.container.records import Batch
+
+    alone = _archive(source, 1)
+    batch_spans = [(start, end) for start, end, tag in chunk_spans(alone) if tag == Batch.TAG]
+    assert len(batch_spans) > 6
+    start, end = batch_spans[4]
+    damaged = bytearray(alone)
+    damaged[start + 12 + (end - start - 16) // 2] ^= 0x40  # inside its payload: the checksum fails
+    messages, decoded = [], []
+    for threads in (1, 2):
+        calls.clear()
+        with pytest.raises(unpack.ArchiveError) as error:
+            decompress(io.BytesIO(bytes(damaged)), tmp_path / f"out-{threads}", threads=threads)
+        messages.append(str(error.value))
+        decoded.append(len(calls))
+        assert not (tmp_path / f"out-{threads}").exists() or not any((tmp_path / f"out-{threads}").iterdir())
+    assert messages[0] == messages[1] and "is damaged" in messages[0], messages
+    assert decoded == [4, 4]
+
+
 def test_decompress_starts_the_worker_before_it_loads_the_model(source, tmp_path, always, monkeypatch):
     """From the group's plan and the header's settings alone, so that the worker's start and
     this process's model load go side by side; the worker warms up its decoder's pass."""

@@ -116,6 +116,18 @@ class _Choice:
     trunks: TrunkMemo | None  # the batch's frozen trunk activations, if the update makes more passes
 
 
+@dataclass(frozen=True)
+class _AskedAhead:
+    """The next batch's first part, asked of the worker while this one's second part decodes
+    (``OnlineAdapter.decode``'s ``following``): what was sent, to check against the batch."""
+
+    payload: bytes
+    shape: tuple
+    first: object
+    pretrained: bool
+    graph: bool
+
+
 @dataclass
 class _Planned:
     """A batch of a chain, decided and adapted on, waiting to be laid on the stack."""
@@ -266,6 +278,7 @@ class OnlineAdapter:
         # With the worker, this thread's step on a batch waits until the worker has the next
         # batch's request (``_flush``), so that the two run at once: (track, loss) or None.
         self._deferred: tuple | None = None
+        self._asked_ahead: _AskedAhead | None = None  # decoder: the next batch, sent to the worker
 
     def can_use_parts(self) -> bool:
         """Whether ``offer_parts`` would take a worker: the family splits a batch, and one step per
@@ -467,10 +480,12 @@ class OnlineAdapter:
             tracks[int(channels)] = track
         self._tracks, self._batches, self._chain = tracks, int(state["batches"]), None
 
-    def _will_adapt(self, track: _Track) -> bool:
+    def _will_adapt(self, track: _Track, batches: int | None = None) -> bool:
+        """Whether the track adapts on its batch number ``batches`` (default: the current one)."""
         config = self.config
+        batches = track.batches if batches is None else batches
         return (config.adapt and config.steps_per_batch > 0 and not track.gave_up
-                and (config.adapt_batches == 0 or track.batches <= config.adapt_batches))
+                and (config.adapt_batches == 0 or batches <= config.adapt_batches))
 
     # -- coding --------------------------------------------------------------
 
@@ -676,8 +691,14 @@ class OnlineAdapter:
             track.probe_gap = 0
         track.probe_wait = track.probe_gap
 
-    def decode(self, payload: bytes, shape: tuple[int, int, int, int]) -> np.ndarray:
-        """Decode one batch (flag byte + stream), then replay the encoder's adaptation on it."""
+    def decode(self, payload: bytes, shape: tuple[int, int, int, int],
+               following: tuple[bytes, tuple] | None = None) -> np.ndarray:
+        """Decode one batch (flag byte + stream), then replay the encoder's adaptation on it.
+
+        ``following``: the next batch of the run (payload, shape), which the next call decodes.
+        With the worker, its first part is asked for with this batch's when the worker's step on
+        this batch needs nothing more from this process: the worker then decodes it while this
+        process decodes this batch's second part and steps, instead of waiting for both."""
         if not payload:
             raise BatchError("empty batch")
         flags = payload[0]
@@ -703,7 +724,7 @@ class OnlineAdapter:
         later = adapting and (bool(flags & FLAG_PRETRAINED) or self.config.steps_per_batch > 1)
         trunks = TrunkMemo() if later else None
         if track.parts is not None:
-            pixels, loss = self._decode_in_parts(track, decoder, payload, shape, flags, adapting)
+            pixels, loss = self._decode_in_parts(track, decoder, payload, shape, flags, adapting, following)
         else:
             pixels, loss = self._decode_whole(track, decoder, shape, flags, adapting, initial, trunks)
         if self._chain is None:
@@ -732,7 +753,7 @@ class OnlineAdapter:
             return track.network.decode(decoder, shape, initial), None
 
     def _decode_in_parts(self, track: _Track, decoder, payload: bytes, shape: tuple, flags: int,
-                         adapting: bool) -> tuple:
+                         adapting: bool, following: tuple[bytes, tuple] | None = None) -> tuple:
         """``_decode_whole`` with the worker: it pops the batch's first part from its own copy of the
         stream and hands this thread the image so far and the coder's position; this thread pops
         the second part from there.  Returns (pixels, the second part's loss or None)."""
@@ -742,7 +763,14 @@ class OnlineAdapter:
         first, second = network.parts(height, width)
         graph = adapting and not pretrained
         track.parts_stepped = graph  # the worker's step needs nothing more from this thread
-        track.parts.decode(channels, first, payload[1:], shape, pretrained, graph, step=graph)
+        asked, self._asked_ahead = self._asked_ahead, None
+        if asked is None:
+            track.parts.decode(channels, first, payload[1:], shape, pretrained, graph, step=graph)
+        elif (asked.payload is not payload or asked.shape != tuple(shape) or asked.first != first
+              or asked.pretrained != pretrained or asked.graph != graph):
+            raise RuntimeError("the worker was asked ahead for another batch than this one")
+        if following is not None and (graph or not adapting):  # no later message of ours about this batch
+            self._ask_ahead(track, *following)
         self._flush()  # the last batch's step, while the worker decodes its part of this one
         image, position = track.parts.decoded()
         decoder.resume(position)
@@ -754,6 +782,22 @@ class OnlineAdapter:
                 terms, _ = track.network.analyse_part(pixels, second, True)
             loss = torch.stack(terms).sum() if terms else None
         return pixels, loss
+
+    def _ask_ahead(self, track: _Track, payload: bytes, shape: tuple) -> None:
+        """Send the worker the next batch's first part now, if what its own call will send is
+        already known: the same track and segment, and flags that change nothing before it is
+        decoded (no rollback, give-up, chain or segment start; those are asked as they come)."""
+        if (not payload or payload[0] & ~FLAG_PRETRAINED  # no other flag: none of them can wait
+                or self._offered is not None or self.starts_segment() or self._chain is not None
+                or self._tracks.get(shape[1]) is not track):
+            return
+        adapting = self._will_adapt(track, track.batches + 1)
+        pretrained = bool(payload[0] & FLAG_PRETRAINED) or track.gave_up
+        network = self._bundle.network(shape[1]) if pretrained else track.network
+        first, _ = network.parts(*shape[2:])
+        graph = adapting and not pretrained
+        track.parts.decode(shape[1], first, payload[1:], shape, pretrained, graph, step=graph)
+        self._asked_ahead = _AskedAhead(payload, tuple(shape), first, pretrained, graph)
 
     def _flush(self) -> None:
         """Take this thread's deferred step (``_adapt`` with the worker), if one is waiting: before
