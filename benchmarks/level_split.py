@@ -106,8 +106,8 @@ def worker_main(connection, model: str, channels: int, levels: list) -> None:
             pixels = torch.from_numpy(arrays[0].copy()).to(torch.float64)
             terms, factors = network.analyse_part(pixels, levels)
             loss = torch.stack(terms).sum()
-            counts, factor_arrays = _factor_arrays(factors)
-            connection.send_bytes(_pack({"counts": counts}, factor_arrays))
+            sent, factor_arrays = _factor_arrays(network, factors, False)  # the factors themselves
+            connection.send_bytes(_pack(sent, factor_arrays))
         step(network, optimizer, loss)
         cpu += time.process_time() - started
 
@@ -172,7 +172,7 @@ def run_split(bundle, model, batches, config, ahead: int) -> tuple[str, dict, fl
         terms, factors = network.analyse_part(torch.from_numpy(tiles).to(torch.float64), levels_here)
         loss = torch.stack(terms).sum()
         header, arrays = _unpack(here.recv_bytes())
-        coarse = _factors_of(header["counts"], arrays)
+        coarse = _factors_of(header, arrays)
         for chunk in factor_bytes(coarse) + factor_bytes(factors):  # the decoder meets the coarse levels first
             digest.update(chunk)
         step(network, optimizer, loss)

@@ -79,15 +79,29 @@ def _unpack(message: bytes) -> tuple[dict, list[np.ndarray]]:
     return header, arrays
 
 
-def _factor_arrays(factors) -> tuple[list[int], list[np.ndarray]]:
-    return [len(f) for f in factors], [t.detach().contiguous().numpy() for f in factors for t in f]
+def _factor_arrays(network, factors: list, intervals: bool) -> tuple[dict, list[np.ndarray]]:
+    """A part's factors as sent: their coded intervals where the parent can push those and the
+    network works them out (``coded_intervals``), else every factor's tensors."""
+    if intervals:
+        try:
+            coded = network.coded_intervals(factors)
+        except ValueError:  # a parameter off its table: the parent's push raises it, as one process does
+            coded = None
+        if coded is not None:
+            return {"intervals": [coded.outside, coded.massless]}, [coded.start, coded.end]
+    return {"counts": [len(f) for f in factors]}, [t.detach().contiguous().numpy() for f in factors for t in f]
 
 
-def _factors_of(counts: list[int], arrays: list[np.ndarray]) -> list[tuple]:
+def _factors_of(sent: dict, arrays: list[np.ndarray]) -> list:
+    """The factors ``_factor_arrays`` sent: a CodedIntervals for the part, or the factors."""
+    if "intervals" in sent:
+        from ..coding.mixture_coder import CodedIntervals
+        outside, massless = sent["intervals"]
+        return [CodedIntervals(arrays[0], arrays[1], outside, massless)]
     import torch
     tensors = [torch.from_numpy(a.copy()) for a in arrays]
     factors, at = [], 0
-    for count in counts:
+    for count in sent["counts"]:
         factors.append(tuple(tensors[at:at + count]))
         at += count
     return factors
@@ -304,18 +318,21 @@ class PartWorker:
                 guard: bool, step: bool = False) -> None:
         """Start the first part of a batch: with θ0's weights or the track's (``pretrained``), its
         graph kept for a step (``graph``), its loss terms (``loss``), and θ0's pass too (``guard``).
-        ``step``: the track's step follows at once, after the answer (as ``step`` would)."""
+        ``step``: the track's step follows at once, after the answer (as ``step`` would).  With
+        the compiled loops here, its factors may come back as their coded intervals."""
+        from ..coding import native
         self._send({"op": "analyse", "channels": channels, "part": _plain(part), "pretrained": pretrained,
-                    "graph": graph, "loss": loss, "guard": guard, "step": step}, [pixels])
+                    "graph": graph, "loss": loss, "guard": guard, "step": step,
+                    "intervals": native.available()}, [pixels])
 
     def analysed(self) -> Analysed:
         import torch
         header, arrays = self._receive()
         split = header["split"]
-        result = Analysed(torch.from_numpy(arrays[0].copy()), _factors_of(header["counts"], arrays[1:split]))
+        result = Analysed(torch.from_numpy(arrays[0].copy()), _factors_of(header["factors"], arrays[1:split]))
         if header.get("guard"):
             result.pretrained_terms = torch.from_numpy(arrays[split].copy())
-            result.pretrained_factors = _factors_of(header["pretrained_counts"], arrays[split + 1:])
+            result.pretrained_factors = _factors_of(header["pretrained_factors"], arrays[split + 1:])
         return result
 
     def step(self, channels: int) -> None:
@@ -501,13 +518,15 @@ class _Server:
                 terms, factors = network.analyse_part(pixels, part, header["loss"] or header["graph"])
             if header["graph"]:
                 track.loss = torch.stack(terms).sum() if terms else None
-            counts, factor_arrays = _factor_arrays(factors)
+            intervals = header.get("intervals", False)
+            sent, factor_arrays = _factor_arrays(network, factors, intervals)
             out = [_terms_array(terms), *factor_arrays]
-            reply = {"counts": counts, "split": len(out), "guard": header["guard"]}
+            reply = {"factors": sent, "split": len(out), "guard": header["guard"]}
             if header["guard"]:
                 with torch.no_grad():
                     pretrained_terms, pretrained_factors = track.pretrained.analyse_part(pixels, part, True)
-                reply["pretrained_counts"], arrays_0 = _factor_arrays(pretrained_factors)
+                reply["pretrained_factors"], arrays_0 = _factor_arrays(track.pretrained, pretrained_factors,
+                                                                       intervals)
                 out += [_terms_array(pretrained_terms), *arrays_0]
         self._reply(reply, out)
         if header["step"]:

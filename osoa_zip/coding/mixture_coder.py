@@ -41,6 +41,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import weakref
+from dataclasses import dataclass
 
 import numpy as np
 import torch
@@ -454,6 +455,8 @@ def push_mixture_factors(encoder: Encoder, tables: LogisticTables, factors: list
     if native.available():
         _push_natively(encoder, tables, factors)
         return
+    if any(isinstance(factor, CodedIntervals) for factor in factors):
+        raise RuntimeError("intervals worked out ahead need the compiled loops here too")
     latents, values, factor, group, inside = _factor_arrays(tables, factors)
     if not inside:
         raise ValueError("latent outside its bounds")
@@ -483,14 +486,38 @@ def push_mixture_factors(encoder: Encoder, tables: LogisticTables, factors: list
                            np.concatenate([size + 1, np.full(chosen.size, RANGE_SIZE)])[order])
 
 
-def _push_natively(encoder: Encoder, tables: LogisticTables, factors: list) -> None:
-    """``push_mixture_factors`` by the compiled loops (native.py), run by run of consecutive
-    factors of at most _LATENTS_PER_BLOCK latents (a larger factor alone), so that each run's
-    arrays stay in the CPU's cache between the two loops: a batch's whole arrays (~50 000 RGB
-    latents, K = 3) took ~1.5 times as long in ``mixture_latents``.  The coding order is factor
-    by factor, so the runs' intervals, one after the other, are the whole batch's.  The same
-    errors as one pass over all: a latent's parameters at once, then its bounds, then a row
-    without mass."""
+@dataclass(frozen=True)
+class CodedIntervals:
+    """Consecutive factors' quantized intervals in coding order, worked out ahead: what
+    ``push_mixture_factors`` lays on the stack for them, and whether a value lay outside its
+    bounds or a row had no mass (raised when they are pushed, in the order one pass over all
+    the factors raises them).  The worker of adapt/parts.py sends these for its part of a
+    batch instead of the factors: an eighth of the bytes, and the compiled loops run there."""
+
+    start: np.ndarray
+    end: np.ndarray
+    outside: bool = False
+    massless: bool = False
+
+
+def coded_intervals(tables: LogisticTables, factors: list) -> CodedIntervals:
+    """The intervals ``push_mixture_factors`` codes for ``factors`` (with the compiled loops)."""
+    starts, ends, outside, massless = [], [], False, False
+    for part in _intervals_by_run(tables, factors):
+        starts.append(part.start)
+        ends.append(part.end)
+        outside, massless = outside or part.outside, massless or part.massless
+    empty = np.empty(0, dtype=np.int64)
+    return CodedIntervals(np.concatenate(starts) if starts else empty, np.concatenate(ends) if ends else empty,
+                          outside, massless)
+
+
+def _intervals_by_run(tables: LogisticTables, factors: list) -> list[CodedIntervals]:
+    """Factors' intervals run by run of consecutive factors of at most _LATENTS_PER_BLOCK
+    latents (a larger factor alone), so that each run's arrays stay in the CPU's cache between
+    the two loops: a batch's whole arrays (~50 000 RGB latents, K = 3) took ~1.5 times as long
+    in ``mixture_latents``.  The coding order is factor by factor, so the runs' intervals, one
+    after the other, are the whole batch's.  A parameter off its table raises at once."""
     runs, run, held = [], [], 0
     for factor in factors:
         count = factor[0].numel()
@@ -500,24 +527,41 @@ def _push_natively(encoder: Encoder, tables: LogisticTables, factors: list) -> N
         run.append(factor)
         held += count
     runs.append(run)
-    starts, ends, outside, massless = [], [], False, False
+    parts = []
     for run in runs:
         latents, values, factor, group, inside = _factor_arrays(tables, run)
         if not inside:
-            outside = True
+            parts.append(CodedIntervals(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64), outside=True))
             continue
         start, end, status = native.push_mixture(latents.rows.flat, latents.weights, latents.row_start,
                                                  latents.centre, latents.weight, latents.lower, latents.upper,
                                                  latents.middle, values, factor, group, _SIZES, len(BUCKETS) + 1,
                                                  len(run), REACH, CDF_ONE, RANGE_SIZE)
-        massless = massless or bool(status)
-        starts.append(start)
-        ends.append(end)
-    if outside:
+        parts.append(CodedIntervals(start, end, massless=bool(status)))
+    return parts
+
+
+def _push_natively(encoder: Encoder, tables: LogisticTables, factors: list) -> None:
+    """``push_mixture_factors`` by the compiled loops (native.py).  ``factors`` may hold
+    ``CodedIntervals`` of factors worked out ahead, in their place.  The same errors as one
+    pass over all: a latent's parameters at once, then its bounds, then a row without mass."""
+    parts, pending = [], []
+    for item in factors:
+        if not isinstance(item, CodedIntervals):
+            pending.append(item)
+            continue
+        if pending:
+            parts += _intervals_by_run(tables, pending)
+            pending = []
+        parts.append(item)
+    if pending:
+        parts += _intervals_by_run(tables, pending)
+    if any(part.outside for part in parts):
         raise ValueError("latent outside its bounds")
-    if massless:
+    if any(part.massless for part in parts):
         raise ValueError("a probability row sums to zero")
-    encoder.push_quantized(np.concatenate(starts), np.concatenate(ends))
+    encoder.push_quantized(np.concatenate([part.start for part in parts]),
+                           np.concatenate([part.end for part in parts]))
 
 
 def pop_mixture_factor(decoder: Decoder, tables: LogisticTables, means, log_scales, logits, lower,

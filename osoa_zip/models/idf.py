@@ -65,7 +65,8 @@ import torch
 from torch import nn
 
 from ..coding.logistic_coder import pop_factor, push_factors
-from ..coding.mixture_coder import pop_mixture_factor, push_mixture_factors
+from ..coding import native
+from ..coding.mixture_coder import CodedIntervals, coded_intervals, pop_mixture_factor, push_mixture_factors
 from ..exact.fixed import quantize_activation, round_to_integer
 from ..exact.intlayers import IntegerConvStack
 from ..exact.layers import ConvStack
@@ -525,6 +526,14 @@ class SubLatticeFlow(CodingModel):
             push_mixture_factors(encoder, self.tables, factors)
         else:
             push_factors(encoder, self.tables, factors)
+
+    def coded_intervals(self, factors: list) -> CodedIntervals | None:
+        """What ``push`` lays on the stack for these factors, worked out now (a part's, in the
+        worker of adapt/parts.py), for a later ``push`` of them in their place; None where
+        ``push`` works them out otherwise (one logistic per latent, or no compiled loops)."""
+        if self.components == 1 or not native.available() or not factors:
+            return None
+        return coded_intervals(self.tables, factors)
 
     @torch.no_grad()
     def encode(self, pixels: torch.Tensor, encoder, initial: bool = True) -> None:
