@@ -64,8 +64,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from ..coding.logistic_coder import pop_factor, push_factors
 from ..coding import native
+from ..coding.logistic_coder import pop_factor, push_factors
 from ..coding.mixture_coder import CodedIntervals, coded_intervals, pop_mixture_factor, push_mixture_factors
 from ..exact.fixed import quantize_activation, round_to_integer
 from ..exact.intlayers import IntegerConvStack
