@@ -66,9 +66,9 @@ def source(tmp_path_factory):
     return folder
 
 
-def _archive(source, threads: int, config: AdaptationConfig = SMALL_TILES) -> bytes:
+def _archive(source, threads: int, config: AdaptationConfig = SMALL_TILES, model: str = MODEL) -> bytes:
     output = io.BytesIO()
-    compress([source], output, model=MODEL, adaptation=config, threads=threads, triage=False)
+    compress([source], output, model=model, adaptation=config, threads=threads, triage=False)
     return output.getvalue()
 
 
@@ -244,6 +244,32 @@ def test_a_damaged_batch_reads_the_same_with_the_worker(always):
                 worker.close()
     assert always["decode"] == 3
     assert errors[0] == errors[1], errors
+
+
+@pytest.mark.parametrize("compiled_here", [True, False])
+def test_the_worker_sends_its_parts_coded_intervals_and_the_archive_is_one_process_s(source, always, monkeypatch,
+                                                                                      compiled_here):
+    """With the compiled loops here, the worker sends its part's coded intervals (θ0's too, for
+    the guard) instead of its factors; without them here, the factors: the same archive.  The
+    default model: the tiny test models code one logistic per latent, which has no intervals
+    worked out ahead."""
+    from osoa_zip.coding import native
+    from osoa_zip.coding.mixture_coder import CodedIntervals
+
+    monkeypatch.setattr(native, "_worth", True)
+    monkeypatch.setattr(native, "ENABLED", native.ENABLED and compiled_here)
+    received = []
+    factors_of = parts._factors_of
+
+    def recording(sent, arrays):
+        factors = factors_of(sent, arrays)
+        received.append(any(isinstance(factor, CodedIntervals) for factor in factors))
+        return factors
+    monkeypatch.setattr(parts, "_factors_of", recording)
+    config = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=0.01)
+    alone = _archive(source, 1, config, "idf-sublattice-v7")
+    assert _archive(source, 2, config, "idf-sublattice-v7") == alone
+    assert received and all(received) == compiled_here and any(received) == compiled_here
 
 
 def test_the_next_batch_asked_of_the_worker_ahead_decodes_alike_and_fails_at_its_own_turn(always, monkeypatch):

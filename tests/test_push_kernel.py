@@ -198,3 +198,42 @@ def test_compiled_three_bin_rows_are_numpys(seed, n):
     compiled, numpy_rows = native.three_bin_rows(start, end), three_bin_rows(start, end)
     for got, want in zip(compiled, numpy_rows):
         assert got.dtype == want.dtype and got.tobytes() == want.tobytes()
+
+
+@needs_numba
+@settings(max_examples=25, deadline=None)
+@given(st.integers(0, 2 ** 32 - 1), st.lists(st.integers(1, 300), min_size=2, max_size=6), st.integers(1, 4))
+def test_intervals_worked_out_ahead_push_the_bytes_of_their_factors(seed, sizes, cut):
+    """A batch's first factors pushed as their CodedIntervals (the worker's part), the rest as
+    factors: the encoder's queue and bytes are those of all the factors pushed at once."""
+    factors = [_mixture(seed + i, n, 3, True) for i, n in enumerate(sizes)]
+    cut = min(cut, len(factors) - 1)
+    whole, ahead = Encoder(), Encoder()
+    with _compiled(True):
+        push_mixture_factors(whole, TABLES, factors)
+        push_mixture_factors(ahead, TABLES, [mixture_coder.coded_intervals(TABLES, factors[:cut])] + factors[cut:])
+    queue = [[(s.tobytes(), r.tobytes()) for s, _, r in encoder._queue] for encoder in (whole, ahead)]
+    assert queue[0] == queue[1]
+    assert whole.finish() == ahead.finish()
+
+
+@needs_numba
+def test_intervals_worked_out_ahead_raise_what_one_pass_raises():
+    """A value outside its bounds in the part worked out ahead is refused when it is pushed,
+    before a row without mass of the rest, as one pass over all the factors refuses it; and
+    without the compiled loops here, such a part is an error, not other bytes."""
+    values, *rest = _mixture(3, 50, 2, extreme=True)
+    values = values.clone()
+    values[7] = rest[-1][7] + 1  # one above its upper bound
+    outside = [(values, *rest)]
+    with _compiled(True):
+        ahead = mixture_coder.coded_intervals(TABLES, outside)
+        assert ahead.outside
+        massless = mixture_coder.CodedIntervals(np.zeros(1, dtype=np.int64), np.ones(1, dtype=np.int64),
+                                                massless=True)
+        with pytest.raises(ValueError, match="outside its bounds"):
+            push_mixture_factors(Encoder(), TABLES, [massless, ahead, _mixture(4, 20, 2, False)])
+        with pytest.raises(ValueError, match="sums to zero"):
+            push_mixture_factors(Encoder(), TABLES, [massless, _mixture(4, 20, 2, False)])
+    with _compiled(False), pytest.raises(RuntimeError, match="compiled loops"):
+        push_mixture_factors(Encoder(), TABLES, [mixture_coder.CodedIntervals(np.zeros(0), np.zeros(0))])
