@@ -46,7 +46,15 @@ from .container.records import (
     writes_verbatim,
 )
 from .files.scan import DIRECTORY, FILE, HARDLINK, SYMLINK, Entry, ExcludePatterns, SourceError, scan
-from .imaging.io import COLOR_CHANNELS, COLOUR_HINT_BYTES, ImageRecord, may_hold_colour, read_image, scratch_file
+from .imaging.io import (
+    COLOR_CHANNELS,
+    COLOUR_HINT_BYTES,
+    LOSSLESS_SUFFIXES,
+    ImageRecord,
+    may_hold_colour,
+    read_image,
+    scratch_file,
+)
 from .imaging.messages import Note, between_captures
 from .imaging.pixel_file import PixelView
 from .imaging.tiles import gather, padded_size, plan_batches
@@ -90,7 +98,6 @@ TRIAGE_IMAGES = 32
 # the worker measures triage's samples while this process reads on, and it is ready to take
 # half of each adapting batch from the first.  Smaller folders are done before it would pay.
 EARLY_WORKER_BYTES = 1 << 20
-IMAGE_SUFFIXES = frozenset({".png", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff"})
 # Images judged, waiting for the worker's measurements (triage_queue.py), hold at most this many sub-pixels.
 WAITING_SUBPIXELS = GROUP_SUBPIXELS
 COLOUR_SAMPLE = 16  # image files whose headers say whether the worker would take colour batches
@@ -436,7 +443,7 @@ def _early_worker(entries: list[Entry], model: str, adaptation: AdaptationConfig
     only measure their triage, which saved no time on gray32_2048 for 1.4x the CPU.  A model
     that cannot share batches still has its triage measured there."""
     images = [entry for entry in entries
-              if entry.kind == FILE and os.path.splitext(entry.name)[1].lower() in IMAGE_SUFFIXES]
+              if entry.kind == FILE and os.path.splitext(entry.name)[1].lower() in LOSSLESS_SUFFIXES]
     if sum(entry.size for entry in images) < EARLY_WORKER_BYTES or not settings_share(adaptation):
         return None
     if not any(_may_hold_colour(entry) for entry in images[:COLOUR_SAMPLE]):

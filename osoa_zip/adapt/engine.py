@@ -757,11 +757,8 @@ class OnlineAdapter:
         """``_decode_whole`` with the worker: it pops the batch's first part from its own copy of the
         stream and hands this thread the image so far and the coder's position; this thread pops
         the second part from there.  Returns (pixels, the second part's loss or None)."""
-        channels, (height, width) = shape[1], shape[2:]
-        pretrained = bool(flags & FLAG_PRETRAINED) or track.gave_up
-        network = self._bundle.network(channels) if pretrained else track.network
-        first, second = network.parts(height, width)
-        graph = adapting and not pretrained
+        channels = shape[1]
+        pretrained, network, (first, second), graph = self._decoding_parts(track, flags, shape, adapting)
         track.parts_stepped = graph  # the worker's step needs nothing more from this thread
         asked, self._asked_ahead = self._asked_ahead, None
         if asked is None:
@@ -791,13 +788,17 @@ class OnlineAdapter:
                 or self._offered is not None or self.starts_segment() or self._chain is not None
                 or self._tracks.get(shape[1]) is not track):
             return
-        adapting = self._will_adapt(track, track.batches + 1)
-        pretrained = bool(payload[0] & FLAG_PRETRAINED) or track.gave_up
-        network = self._bundle.network(shape[1]) if pretrained else track.network
-        first, _ = network.parts(*shape[2:])
-        graph = adapting and not pretrained
+        pretrained, _, (first, _), graph = self._decoding_parts(track, payload[0], shape,
+                                                                self._will_adapt(track, track.batches + 1))
         track.parts.decode(shape[1], first, payload[1:], shape, pretrained, graph, step=graph)
         self._asked_ahead = _AskedAhead(payload, tuple(shape), first, pretrained, graph)
+
+    def _decoding_parts(self, track: _Track, flags: int, shape: tuple, adapting: bool) -> tuple:
+        """A batch's decoding with the worker: (whether θ0 decodes it, the network that does,
+        its (first, second) parts, whether the decoding pass keeps a graph for the step)."""
+        pretrained = bool(flags & FLAG_PRETRAINED) or track.gave_up
+        network = self._bundle.network(shape[1]) if pretrained else track.network
+        return pretrained, network, network.parts(*shape[2:]), adapting and not pretrained
 
     def _flush(self) -> None:
         """Take this thread's deferred step (``_adapt`` with the worker), if one is waiting: before

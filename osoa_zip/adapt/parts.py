@@ -53,8 +53,9 @@ ENCODING, DECODING = "encode", "decode"  # the parent's direction: what the work
 # read so far hold MIN_SUBPIXELS.  A worker that runs takes every group it can.
 MIN_SUBPIXELS = 1 << 20
 # The worker's output pipe is widened to this where the system lets it (Linux's default
-# limit for a process is 1 MiB): an analysed batch of sixteen 32 x 32 RGB tiles is a ~1.2 MB
-# answer, which a 64 kB pipe passes in ~20 turns of the two processes.
+# limit for a process is 1 MiB): an analysed batch of sixteen 32 x 32 RGB tiles is a ~0.2 MB
+# answer as coded intervals (~1.2 MB as factors), which a 64 kB pipe passes in several turns
+# of the two processes.
 PIPE_BYTES = 1 << 20
 # Errors the worker passes on by name, raised again in the parent as what they were (a
 # damaged batch then reads as it does in one process: "batch N does not decode (...)").
@@ -154,11 +155,12 @@ class _SentBeside:
     """The worker's end of a ``_Pipe`` whose messages are written by a thread of their own, in order.
 
     Why: an answer is written into a pipe that the parent drains only when it needs the
-    answer, after its own part of the batch.  Written here, a batch's ~1.2 MB of factors held
-    the worker in ``write`` for ~10-15 ms a batch, its step waiting behind it; written beside,
-    the step runs while the parent reads.  ``close`` writes what is queued and stops the
-    thread; a parent that has gone away ends the writing (its error is raised at the next
-    send, and the worker's next read meets the end of its input)."""
+    answer, after its own part of the batch.  Written here, an answer larger than the pipe
+    holds (a batch's factors: ~1.2 MB) keeps the worker in ``write``, its step waiting behind
+    it (10-15 ms a batch measured); written beside, the step runs while the parent reads.
+    ``close`` writes what is queued and stops the thread; a parent that has gone away ends the
+    writing (its error is raised at the next send, and the worker's next read meets the end of
+    its input)."""
 
     def __init__(self, pipe: _Pipe) -> None:
         self.pipe = pipe

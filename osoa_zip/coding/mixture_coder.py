@@ -502,14 +502,15 @@ class CodedIntervals:
 
 def coded_intervals(tables: LogisticTables, factors: list) -> CodedIntervals:
     """The intervals ``push_mixture_factors`` codes for ``factors`` (with the compiled loops)."""
-    starts, ends, outside, massless = [], [], False, False
-    for part in _intervals_by_run(tables, factors):
-        starts.append(part.start)
-        ends.append(part.end)
-        outside, massless = outside or part.outside, massless or part.massless
-    empty = np.empty(0, dtype=np.int64)
-    return CodedIntervals(np.concatenate(starts) if starts else empty, np.concatenate(ends) if ends else empty,
-                          outside, massless)
+    return _joined(_intervals_by_run(tables, factors))
+
+
+def _joined(parts: list[CodedIntervals]) -> CodedIntervals:
+    """Consecutive parts' intervals as one, in order (any part's outside or massless flag kept)."""
+    if not parts:
+        return CodedIntervals(np.empty(0, dtype=np.int64), np.empty(0, dtype=np.int64))
+    return CodedIntervals(np.concatenate([part.start for part in parts]), np.concatenate([part.end for part in parts]),
+                          any(part.outside for part in parts), any(part.massless for part in parts))
 
 
 def _intervals_by_run(tables: LogisticTables, factors: list) -> list[CodedIntervals]:
@@ -556,12 +557,12 @@ def _push_natively(encoder: Encoder, tables: LogisticTables, factors: list) -> N
         parts.append(item)
     if pending:
         parts += _intervals_by_run(tables, pending)
-    if any(part.outside for part in parts):
+    whole = _joined(parts)
+    if whole.outside:
         raise ValueError("latent outside its bounds")
-    if any(part.massless for part in parts):
+    if whole.massless:
         raise ValueError("a probability row sums to zero")
-    encoder.push_quantized(np.concatenate([part.start for part in parts]),
-                           np.concatenate([part.end for part in parts]))
+    encoder.push_quantized(whole.start, whole.end)
 
 
 def pop_mixture_factor(decoder: Decoder, tables: LogisticTables, means, log_scales, logits, lower,

@@ -69,6 +69,8 @@ from .pixel_file import PixelFile, PixelView, array_from_bands
 from .verbatim import Raster, rasters_of, verbatim_bytes, write_file
 
 LOSSLESS_FORMATS = ("PNG", "BMP", "PPM", "TIFF")
+# The file name suffixes of LOSSLESS_FORMATS: a hint for planning work before any file is read.
+LOSSLESS_SUFFIXES = frozenset({".png", ".bmp", ".ppm", ".pgm", ".pnm", ".tif", ".tiff"})
 MODEL_MODES = {"L": 1, "RGB": 3, "LA": 2, "RGBA": 4, "P": 1}  # channels in the file
 COLOR_CHANNELS = {"L": 1, "RGB": 3, "LA": 1, "RGBA": 3, "P": 0}  # channels the model codes; any rest is side data
 # Pillow's own bomb limit is a warning up to 2x; we refuse anything above it.
