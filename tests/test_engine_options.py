@@ -330,8 +330,8 @@ def test_large_tiles_are_batched_by_pixels_too(height, width, expected):
     """Format 1.2: at most max(1, batch_pixels_max // (h * w)) tiles, whatever batch_size says."""
     config = AdaptationConfig(batch_size=8, batch_pixels=16384, batch_pixels_max=65536)
     assert config.batch_size_for(height, width, 3) == expected
-    assert AdaptationConfig(batch_size=8, batch_pixels_max=0).batch_size_for(height, width, 3) == max(
-        8, min(1024, 16384 // (height * width)))
+    assert AdaptationConfig(batch_size=8, batch_pixels=16384, batch_pixels_max=0).batch_size_for(
+        height, width, 3) == max(8, min(1024, 16384 // (height * width)))
 
 
 def test_a_header_from_before_1_2_has_no_cap():
@@ -347,7 +347,8 @@ def test_grey_tiles_have_their_own_pixel_count(side, gray_batch_pixels, expected
     """Format 1.3: gray_batch_pixels sizes grey batches (0: as batch_pixels); RGB ones keep batch_pixels."""
     config = AdaptationConfig(batch_size=8, batch_pixels=16384, gray_batch_pixels=gray_batch_pixels)
     assert config.batch_size_for(side, side, 1) == expected_gray
-    assert config.batch_size_for(side, side, 3) == AdaptationConfig(batch_size=8).batch_size_for(side, side, 3)
+    assert config.batch_size_for(side, side, 3) == AdaptationConfig(batch_size=8, batch_pixels=16384).batch_size_for(
+        side, side, 3)
     from osoa_zip.imaging.tiles import plan_batches
     batches = plan_batches([(side, side, 1), (side, side, 3)] * 300, 256, config.batch_size_for)
     grey = [len(b.members) for b in batches if b.channels == 1]
@@ -355,7 +356,7 @@ def test_grey_tiles_have_their_own_pixel_count(side, gray_batch_pixels, expected
 
 
 def test_a_header_from_before_1_3_batches_grey_tiles_like_rgb_ones():
-    header = AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE, parameters="all").to_header()
+    header = AdaptationConfig(learning_rate=DEFAULT_LEARNING_RATE, parameters="all", batch_pixels=16384).to_header()
     del header["gray_batch_pixels"]
     config = AdaptationConfig.from_header(header)
     assert config.gray_batch_pixels == 0

@@ -37,6 +37,7 @@ import format_1_4  # noqa: E402
 import format_1_6  # noqa: E402
 
 WRITTEN_GIVE_UP_AFTER = 8  # the default give_up_after when the archives below were written
+WRITTEN_BATCH_PIXELS = 16384  # the default batch_pixels then (32768 from release 1.19.0)
 # model -> (adaptation settings, SHA-256 of the archive's chunks without the creator)
 PINNED = {
     "idf-tiny-test": ({"tile_size": 8, "batch_size": 2, "learning_rate": 0.3, "segment_batches": 3},
@@ -84,9 +85,10 @@ def _compress(source: Path, model: str, settings: dict) -> bytes:
     """Every image the model can take is coded (triage=False, as every writer before 1.8 did):
     this pins the coding; which images triage sends to the model is test_triage.py's."""
     output = io.BytesIO()
-    # They were written while the default gave up after 8 lost comparisons (4 after release 1.11.0; the
-    # header records it, so the decoder is the same either way).
-    settings = {"give_up_after": WRITTEN_GIVE_UP_AFTER, **settings}
+    # They were written while the default gave up after 8 lost comparisons (4 after release 1.11.0)
+    # and batched small tiles by 16384 pixels (32768 from 1.19.0); the header records both, so
+    # the decoder is the same either way.
+    settings = {"give_up_after": WRITTEN_GIVE_UP_AFTER, "batch_pixels": WRITTEN_BATCH_PIXELS, **settings}
     compress([source], output, model=model, adaptation=AdaptationConfig(**settings), triage=False)
     return output.getvalue()
 

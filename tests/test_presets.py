@@ -64,6 +64,18 @@ def test_the_frozen_level_codes_larger_batches_than_the_default():
         assert frozen.batch_size_for(height, width, channels) > default.batch_size_for(height, width, channels)
 
 
+def test_small_colour_tiles_go_32_to_a_batch_below_level_7_and_16_from_it():
+    """-2 ... -6 batch 32 x 32 colour tiles by 32768 pixels, the pixels of eight 64 x 64 tiles
+    (per-batch work dominates small tiles); the levels for size take twice the steps on them.
+    Grey tiles and larger colour tiles are batched alike by both."""
+    for level in range(2, 10):
+        config = resolved(level, DEFAULT_MODEL)
+        assert config.batch_size_for(32, 32, 3) == (32 if level < 7 else 16)
+        assert config.batch_size_for(64, 64, 3) == 8
+        assert config.batch_size_for(128, 128, 3) == 4
+        assert config.batch_size_for(32, 32, 1) == (64 if level < 7 else 72)
+
+
 def test_summaries_fit_one_help_line_and_name_the_default():
     assert all(len(chosen.summary) <= 44 for chosen in PRESETS.values())
     assert PRESETS[DEFAULT_LEVEL].summary.startswith("default")

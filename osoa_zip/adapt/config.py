@@ -71,9 +71,12 @@ class AdaptationConfig:
     guard: bool = True
     # Small tiles are batched by pixels, not by count: a batch of h x w tiles
     # holds max(batch_size, batch_pixels // (h * w)) of them (0: always
-    # batch_size), since per-batch overhead dominates small tiles: 28 x 28
-    # images go 20 to a batch, 32 x 32 tiles 16, 64 x 64 tiles stay at batch_size.
-    batch_pixels: int = 16384
+    # batch_size), since per-batch overhead dominates small tiles.  32768 pixels
+    # is what 64 x 64 tiles get from batch_size: 32 x 32 tiles go 32 to a batch,
+    # 28 x 28 colour images 41.  Against 16384: 0.88-0.90x the time of tiles32_2048 both
+    # ways (0.8x the CPU), 0.16-0.36% larger on 32 x 32 colour tiles
+    # (docs/PERFORMANCE.md, "Small colour tiles, 32 to a batch").
+    batch_pixels: int = 32768
     # Encoder policy: once θ0 has beaten the adapted model this many times in
     # a row, the encoder codes the rest of the segment's batches of that
     # channel count with θ0 and stops adapting them (FLAG_GIVE_UP tells the
