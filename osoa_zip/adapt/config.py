@@ -73,9 +73,9 @@ class AdaptationConfig:
     # holds max(batch_size, batch_pixels // (h * w)) of them (0: always
     # batch_size), since per-batch overhead dominates small tiles.  32768 pixels
     # is what 64 x 64 tiles get from batch_size: 32 x 32 tiles go 32 to a batch,
-    # 28 x 28 colour images 41.  Against 16384: 0.88-0.90x the time of tiles32_2048 both
-    # ways (0.8x the CPU), 0.16-0.36% larger on 32 x 32 colour tiles
-    # (docs/PERFORMANCE.md, "Small colour tiles, 32 to a batch").
+    # 28 x 28 colour images 41.  Against 16384: 0.83-0.90x the CPU of tiles32_2048 both
+    # ways, 0.16-0.39% larger on 32 x 32 colour tiles (docs/PERFORMANCE.md, "Small
+    # colour tiles, 32 to a batch").
     batch_pixels: int = 32768
     # Encoder policy: once θ0 has beaten the adapted model this many times in
     # a row, the encoder codes the rest of the segment's batches of that
