@@ -15,6 +15,7 @@ Around that import:
 """
 from __future__ import annotations
 
+import gc
 import signal
 import sys
 import threading
@@ -23,6 +24,7 @@ from typing import Callable
 
 _settings: Callable | None = None  # the command line's thread settings, given torch
 _ready = False  # the settings have run
+_settled = False  # the collector has been told to leave what the first model load left alive
 
 
 def prepare(settings: Callable) -> None:
@@ -35,10 +37,40 @@ def prepare(settings: Callable) -> None:
 
 def load_model(name: str, expected_sha256: str | None = None):
     """models.registry.load_model, importing torch first if it is not in yet."""
-    with _importing():
+    with _importing(), _collector_paused():
         from .models import registry
     _loaded()
-    return registry.load_model(name, expected_sha256)
+    bundle = registry.load_model(name, expected_sha256)
+    settle_collector()
+    return bundle
+
+
+@contextmanager
+def _collector_paused():
+    """Within: no cyclic garbage collection.  Importing torch creates ~250,000 objects that the
+    process keeps, and the collector's full passes over them ran twice during the import (~0.1 s)."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        if enabled:
+            gc.enable()
+
+
+def settle_collector() -> None:
+    """Exempt every object alive now (torch's modules, the model) from later collections, once
+    a process.
+
+    They live as long as the process, and each full collection walked all of them again: 4-5
+    such passes of 60-70 ms in a compress or decompress of a few thousand small images
+    (docs/PERFORMANCE.md).  An exempted object is still freed when its last reference goes;
+    only garbage cycles among them would stay, and at the first model load those are the few
+    that importing left."""
+    global _settled
+    if not _settled:
+        _settled = True
+        gc.freeze()
 
 
 def online_adapter(bundle, config):

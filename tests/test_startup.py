@@ -174,3 +174,31 @@ def test_the_compiled_loops_pay_only_past_the_announced_work(monkeypatch):
     assert native.available()  # loaded: used whatever comes
     monkeypatch.setattr(native, "ENABLED", False)
     assert not native.available()
+
+
+def test_the_first_model_load_leaves_torch_and_the_model_to_reference_counting():
+    """After torch and the model are in, the cyclic collector no longer walks their objects
+    (gc.freeze): each full collection over them cost 60-70 ms.  It still runs for the rest."""
+    script = ("import gc\nfrom osoa_zip.torch_loading import load_model\n"
+              "before = gc.get_freeze_count()\n"
+              f"load_model({MODEL!r})\n"
+              "print(before, gc.get_freeze_count(), gc.isenabled())\n")
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=subprocess_env(),
+                            timeout=300)
+    assert result.returncode == 0, result.stderr
+    before, after, enabled = result.stdout.split()
+    assert int(before) == 0 and int(after) > 100_000 and enabled == "True"
+
+
+def test_the_command_line_starts_no_openblas_threads(tmp_path):
+    """numpy's OpenBLAS would start a spinning thread per core at import; the command line makes
+    no BLAS call through numpy, so it asks for one thread (inherited by its worker process)."""
+    script = ("import os, sys\nfrom osoa_zip import launcher\n"
+              "launcher.run_and_exit = lambda main: print(os.environ['OPENBLAS_NUM_THREADS'],"
+              " 'numpy' in sys.modules, len(os.listdir('/proc/self/task')))\n"
+              "launcher.run()\n")
+    environment = {key: value for key, value in subprocess_env().items() if key != "OPENBLAS_NUM_THREADS"}
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, env=environment,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.split() == ["1", "True", "1"]
