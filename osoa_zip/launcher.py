@@ -13,6 +13,7 @@ import os
 import signal
 import sys
 
+from . import heap
 from .pause import pause_point
 
 
@@ -26,6 +27,7 @@ def run() -> None:
     # numpy's OpenBLAS starts a thread per core when it loads, which spins for a while on a core
     # the worker process needs (~0.07 CPU s each); osoa-zip makes no BLAS call through numpy.
     os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+    heap.keep_freed_blocks()
     previous = signal.getsignal(signal.SIGINT)
     if previous is not signal.SIG_IGN:  # a background job started with SIGINT ignored keeps ignoring it
         signal.signal(signal.SIGINT, _interrupted_while_loading)

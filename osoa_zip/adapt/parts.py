@@ -36,6 +36,7 @@ from typing import Callable
 
 import numpy as np
 
+from .. import heap
 from ..layout import PartsError
 
 READY = "ready"
@@ -606,6 +607,7 @@ def main(arguments: list[str]) -> None:
     """``python -m osoa_zip.adapt.parts MODEL SHA256 CONFIG encode|decode``: serve the parent on
     stdin/stdout."""
     model, sha256, config, direction = arguments
+    heap.keep_freed_blocks()
     stdout = sys.stdout.buffer
     sys.stdout = sys.stderr  # a stray print must not corrupt the messages
     _serve(_Pipe(sys.stdin.buffer, stdout), model, sha256, json.loads(config), direction == DECODING)

@@ -48,8 +48,6 @@ SHA-256 is taken for that check only.
 """
 from __future__ import annotations
 
-import ctypes
-import ctypes.util
 import hashlib
 import io
 import os
@@ -64,6 +62,7 @@ from typing import BinaryIO, Callable, Iterable, Iterator
 import numpy as np
 from PIL import Image
 
+from .. import heap
 from .messages import Note, library_messages
 from .pixel_file import PixelFile, PixelView, array_from_bands
 from .verbatim import Raster, rasters_of, verbatim_bytes, write_file
@@ -113,24 +112,13 @@ def is_large(height: int, width: int, channels: int) -> bool:
     return height * width * channels > SPILL_BYTES
 
 
-def _malloc_trim():
-    """glibc's malloc_trim, or None elsewhere."""
-    try:
-        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
-    except (OSError, AttributeError, TypeError):
-        return None
-
-
-_TRIM = _malloc_trim()
-
-
 def give_back_memory(pixel_bytes: int) -> None:
     """After a large image, hand the heap it freed back to the system.  glibc keeps freed
-    blocks below its (self-raising) mmap threshold, such as Pillow's 16 MiB image blocks
-    and our bands, so without this each large image would leave ~1 byte per sub-pixel
-    of free-but-held memory in the peak of whatever comes next (measured)."""
-    if _TRIM is not None and pixel_bytes > SPILL_BYTES:
-        _TRIM(0)
+    blocks below its mmap threshold (heap.py), such as Pillow's 16 MiB image blocks and our
+    bands, so without this each large image would leave ~1 byte per sub-pixel of
+    free-but-held memory in the peak of whatever comes next (measured)."""
+    if pixel_bytes > SPILL_BYTES:
+        heap.trim()
 
 
 def close_picture(picture: Image.Image) -> None:
