@@ -83,14 +83,17 @@ def grid_gradient_to_fixed(grad: torch.Tensor) -> Fixed:
     and a copy: the same integers.
     Its multiplication by 2**-e is the division by 2**e exactly, as e lies in [MIN_GRAD_EXPONENT,
     1008], where both powers of two are finite floats."""
-    grid = gradient_grid(grad)
+    # The stack's own layout (NCHW, in which its gradient arrives): read in order by the kernel,
+    # and by torch.aminmax, which copies a permuted view whole before it reduces (the extremes
+    # are the same either way).
+    nchw = grad.permute(0, 3, 1, 2) if grad.dim() == 4 else grad
+    grid = gradient_grid(nchw)
     if grid is None:
         return Fixed(torch.zeros(grad.shape, dtype=torch.int32), 0)
     peak, exponent = grid
     halve = math.isfinite(peak) and round(math.ldexp(peak, -exponent)) == 1 << GRAD_BITS
     if grad.dim() == 4 and math.isfinite(peak) and conv_kernels.available():
         ints = torch.empty(grad.shape, dtype=torch.int32)
-        nchw = grad.permute(0, 3, 1, 2)  # the stack's own layout: the kernel reads it in order
         conv_kernels.grid_gradient_nhwc(nchw.numpy(), math.ldexp(1.0, -exponent), halve, ints.numpy())
         return Fixed(ints, exponent + 1 if halve else exponent)
     k = grad / math.ldexp(1.0, exponent)
