@@ -14,6 +14,7 @@ Package map (each folder knows only its neighbours):
   table.py    the table without decoding (list, info);  verify.py  tree comparison
   archive.py  the library API: compress, decompress, test_archive
   cli.py      argument parsing only
+  heap.py     glibc's heap kept between batches (the command line and its worker)
   pause.py    a test-only hook that holds the process at a named point
   bench/      `osoa-zip bench`: every codec on the same images (the archiver never imports it)
 """

@@ -8,7 +8,8 @@ largest block freed so far and twice that).  Either way the next batch's tensors
 fresh pages, which the kernel zeroes on first touch: 1000-2000 page faults a batch of
 data/speed/tiles32_2048 in the command's process, 2-5 ms of system time.  With blocks up to
 MMAP_THRESHOLD taken from the heap and up to TRIM_THRESHOLD of it kept free, ~100 faults a
-batch, and the same peak memory (docs/PERFORMANCE.md, "The heap").  Larger blocks (a large
+batch, and about the same peak memory (docs/PERFORMANCE.md, "The collector, numpy's threads
+and the heap").  Larger blocks (a large
 image's) are still mapped on their own, and ``trim`` gives a large image's freed heap back
 (imaging/io.give_back_memory).  Nothing here changes a byte of output; where the C library
 is not glibc, or the user set glibc's MALLOC_* variables, the heap is left as it is.
