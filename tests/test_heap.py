@@ -33,9 +33,16 @@ print(resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 """
 
 
+def _environment(**settings: str) -> dict[str, str]:
+    """The tests' environment without glibc's MALLOC_* variables (a Dask LocalCluster in an
+    earlier test leaves MALLOC_TRIM_THRESHOLD_ in this process's), plus ``settings``."""
+    kept = {key: value for key, value in subprocess_env().items() if not key.startswith("MALLOC_")}
+    return {**kept, **settings}
+
+
 def _faults(setup: str, environment: dict | None = None) -> int:
     result = subprocess.run([sys.executable, "-c", setup + ROUNDS], capture_output=True, text=True,
-                            env=environment or subprocess_env(), timeout=120)
+                            env=environment or _environment(), timeout=120)
     assert result.returncode == 0, result.stderr
     return int(result.stdout)
 
@@ -59,5 +66,5 @@ def test_the_command_line_and_its_worker_keep_freed_blocks():
 
 
 def test_the_users_malloc_settings_are_left_alone():
-    environment = {**subprocess_env(), "MALLOC_TRIM_THRESHOLD_": str(128 * 1024)}
+    environment = _environment(MALLOC_TRIM_THRESHOLD_=str(128 * 1024))
     assert _faults("from osoa_zip import heap\nassert not heap.keep_freed_blocks()\n", environment) > 10_000
