@@ -9,10 +9,10 @@ fresh pages, which the kernel zeroes on first touch: 1000-2000 page faults a bat
 data/speed/tiles32_2048 in the command's process, 2-5 ms of system time.  With blocks up to
 MMAP_THRESHOLD taken from the heap and up to TRIM_THRESHOLD of it kept free, ~100 faults a
 batch, and about the same peak memory (docs/PERFORMANCE.md, "The collector, numpy's threads
-and the heap").  Larger blocks (a large
-image's) are still mapped on their own, and ``trim`` gives a large image's freed heap back
-(imaging/io.give_back_memory).  Nothing here changes a byte of output; where the C library
-is not glibc, or the user set glibc's MALLOC_* variables, the heap is left as it is.
+and the heap").  Larger blocks (a large image's) are still mapped on their own, and ``trim``
+gives a large image's freed heap back (imaging/io.give_back_memory).  Nothing here changes a
+byte of output; where the C library is not glibc, or the user set glibc's MALLOC_* variables,
+the heap is left as it is.
 """
 from __future__ import annotations
 
