@@ -24,7 +24,7 @@ from . import __version__
 from .adapt.config import AdaptationConfig
 from .adapt.defaults import adaptation_for
 from .adapt.parts import MIN_SUBPIXELS as PARTS_MIN_SUBPIXELS
-from .adapt.parts import PartWorker, attach, settings_share, start_worker, subpixels_taken
+from .adapt.parts import PartWorker, attach, can_fork, settings_share, start_worker, subpixels_taken
 from .adapt.segments import run_segments, split_runs
 from .coding import native
 from .container.format import ArchiveWriter
@@ -73,6 +73,7 @@ from .layout import (
 from .models.catalog import DEFAULT_MODEL, available_models
 from .pause import pause_point
 from .read_ahead import ReadAhead, reads_ahead
+from .read_process import ReadProcess
 from .solid import (
     OWN_STREAM_MIN,
     BlockCoder,
@@ -141,6 +142,8 @@ class _Compressor:
         self.writer, self.adapter, self.note = writer, adapter, note
         self.progress = between_captures(progress)
         self.reader: ReadAhead | None = None  # images read ahead (read_ahead.py), else read here
+        self.read_process: ReadProcess | None = None  # small files read in a child (read_process.py)
+        self.classical: dict[int, bool] = {}  # id() of an entry it read -> prefilter.record_clearly_pays
         self.triage = triage
         self.block_size = block_size
         self.solid: list[tuple[Entry, bool]] = []  # files for the solid blocks, and whether progress counted them
@@ -182,12 +185,12 @@ class _Compressor:
             elif self.judge_after_coding and self.triage.judged_by_coding(record):
                 # Judged by its coded bits, unless triage's classical bound already clears it:
                 # then nobody needs its bits, and the coding pass does not count them.
-                if not self.triage.clearly_pays(record, entry.source, entry.size):
+                if not self._clearly_pays(entry, record):
                     self.unjudged.add(id(record))
                 self._settle()
                 self._queue_image(entry, record)
             else:
-                clear = self.triage.clearly_pays(record, entry.source, entry.size)
+                clear = self._clearly_pays(entry, record)
                 self.pending.append((entry, record, clear))
                 self.pending_subpixels += record.pixels.size
                 self.pending_unclear += not clear
@@ -195,9 +198,19 @@ class _Compressor:
                     self._decide_pending()
 
     def read(self, entry: Entry) -> ImageRecord | None:
-        """The file's image record for the model path, or None (imaging.io.read_image)."""
+        """The file's image record for the model path, or None (imaging.io.read_image); as the
+        child process read it where one did (read_process.py)."""
+        if self.read_process is not None:
+            read = self.read_process.take(entry)
+            if read is not None:
+                if read.classical is not None:
+                    self.classical[id(entry)] = read.classical
+                return read.record
         return read_image(entry.source, self.byte_exact, pixels_in_file=True, note=self.note,
                           verbatim=writes_verbatim())
+
+    def _clearly_pays(self, entry: Entry, record: ImageRecord) -> bool:
+        return self.triage.clearly_pays(record, entry.source, entry.size, self.classical.pop(id(entry), None))
 
     def _decide_pending(self) -> None:
         """Triage the images read so far, together: each that pays joins the group, each that
@@ -436,12 +449,14 @@ class _Compressor:
         return keep
 
 
-def _early_worker(entries: list[Entry], model: str, adaptation: AdaptationConfig) -> PartWorker | None:
-    """The worker, started before this process loads the model, for sources with
-    EARLY_WORKER_BYTES of image files or more, one of the first COLOUR_SAMPLE of them colour,
-    whose settings adapt as a worker can share.  Grey images alone do not start it: it would
-    only measure their triage, which saved no time on gray32_2048 for 1.4x the CPU.  A model
-    that cannot share batches still has its triage measured there."""
+def _early_worker(entries: list[Entry], model: str, adaptation: AdaptationConfig, bundle=None) -> PartWorker | None:
+    """The worker, started before triage for sources with EARLY_WORKER_BYTES of image files or
+    more, one of the first COLOUR_SAMPLE of them colour, whose settings adapt as a worker can
+    share: forked once this process has loaded the model (``bundle``), or where it cannot
+    fork, a process of its own started before that load, which it makes beside it.  Grey
+    images alone do not start it: it would only measure their triage, which saved no time on
+    gray32_2048 for 1.4x the CPU.  A model that cannot share batches still has its triage
+    measured there."""
     images = [entry for entry in entries
               if entry.kind == FILE and os.path.splitext(entry.name)[1].lower() in LOSSLESS_SUFFIXES]
     if sum(entry.size for entry in images) < EARLY_WORKER_BYTES or not settings_share(adaptation):
@@ -451,7 +466,7 @@ def _early_worker(entries: list[Entry], model: str, adaptation: AdaptationConfig
     found = available_models().get(model)
     if found is None:
         return None  # load_model says what is wrong
-    return PartWorker(model, found["sha256"], adaptation.to_header(), decoding=False)
+    return PartWorker(model, found["sha256"], adaptation.to_header(), decoding=False, bundle=bundle)
 
 
 def _may_hold_colour(entry: Entry) -> bool:
@@ -558,10 +573,16 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
     # large groups (adapt/parts.py), and measures triage's samples: it starts now for a folder
     # of enough colour images, else once the images read hold enough work.
     beside = threads > 1 and cluster is None  # a second core for a worker process
-    worker = _early_worker(entries, model, adaptation) if beside else None
+    # Small files are read in a child process while this one imports torch (read_process.py).
+    read_process = ReadProcess.start([entry for entry in entries if entry.kind == FILE and not reads_ahead(entry)],
+                                     byte_exact, writes_verbatim(), note) if beside else None
+    fork_worker = beside and can_fork()  # after the model loads (adapt/parts.py)
+    worker = _early_worker(entries, model, adaptation) if beside and not fork_worker else None
     compressor = None
     try:
         bundle = load_model(model)
+        if fork_worker:
+            worker = _early_worker(entries, model, adaptation, bundle)
         writer = ArchiveWriter(output)
         Header(f"osoa-zip {__version__}", {"name": bundle.name, "sha256": bundle.sha256, "family": bundle.family},
                bundle.engine, adaptation.to_header()).write(writer)
@@ -571,6 +592,7 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
                                  Triage(bundle, adaptation) if triage else None, cluster, block_size)
         compressor.parts_allowed = beside
         compressor.worker = worker
+        compressor.read_process = read_process
         # Files of some size are read as images on a helper thread, ahead of triage and coding
         # (read_ahead.py); small ones when the compressor comes to them.
         ahead = [entry for entry in entries if entry.kind == FILE and reads_ahead(entry)]
@@ -587,6 +609,8 @@ def compress(sources: list, output: BinaryIO, model: str = DEFAULT_MODEL,
             if blocks is not None:
                 blocks.close()
     finally:
+        if read_process is not None:
+            read_process.close()
         running = compressor.worker if compressor is not None else worker
         if running is not None:
             running.close()

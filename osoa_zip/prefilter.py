@@ -33,10 +33,16 @@ from pathlib import Path
 
 import numpy as np
 
+from .imaging.io import COLOR_CHANNELS, ImageRecord
+
 FRACTION_BITS = 16                 # the bound is in bits << FRACTION_BITS
 FLOOR_BITS_PER_SUBPIXEL = (3, 2)   # 1.5 bits per sub-pixel at least, as a fraction
 CLEAR_SHARE = (9, 10)              # of the file's cost: the bound must be at most this
 MIN_PIXELS = 512                   # smaller images always take θ0's pass
+TABLE_ENTRY_BYTES = 24  # an image's share of its group's xz'd table, roughly
+# A PNG that zlib's fastest level keeps above this share of is taken to cost this share under
+# xz: a fraction for the integer comparison here, a float for triage.py's estimates.
+DEFLATED_SHARE = (98, 100)
 
 
 def log2_fixed(values: np.ndarray) -> np.ndarray:
@@ -130,3 +136,11 @@ def clearly_pays(colour: np.ndarray, side_bytes: int, path: Path, size: int, def
     clear, of = CLEAR_SHARE
     bound = classical_bits(colour) + (side_bytes * 8 << FRACTION_BITS)
     return bound * of * whole <= (clear * share * size * 8) << FRACTION_BITS
+
+
+def record_clearly_pays(record: ImageRecord, path: Path, size: int) -> bool:
+    """``clearly_pays`` for an image read into memory (colour channels), with what it keeps
+    beside its pixels: triage asks it (``Triage.clearly_pays``) for the images it judges
+    whole, and the process that reads small files ahead works it out there (read_process.py)."""
+    side_bytes = len(record.verbatim) + len(record.png_before) + len(record.png_after) + TABLE_ENTRY_BYTES
+    return clearly_pays(record.pixels[:, :, :COLOR_CHANNELS[record.mode]], side_bytes, path, size, DEFLATED_SHARE)

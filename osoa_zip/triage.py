@@ -57,7 +57,7 @@ from .imaging.io import COLOR_CHANNELS, ImageRecord
 from .imaging.pixel_file import PixelView
 from .imaging.tiles import Batch, gather, padded_size
 from .models.protocol import tile_bits_of
-from .prefilter import clearly_pays
+from .prefilter import DEFLATED_SHARE, TABLE_ENTRY_BYTES, record_clearly_pays
 
 SAMPLE_TILES = 8        # at most; two, and one more per SAMPLE_AREA pixels of the image
 SAMPLE_AREA = 256 * 256
@@ -68,10 +68,6 @@ SAMPLE_SIDE = 32        # patches of at most this side
 # than a pass over samples of a quarter of the image (a 64 x 64 tile's two samples: half).
 CODED_JUDGE_SHARE = 0.25
 MARGIN = 1.1            # the model path is given up only when θ0's estimate exceeds the file's cost by this
-TABLE_ENTRY_BYTES = 24  # an image's share of its group's xz'd table, roughly
-# A PNG that zlib's fastest level keeps above this share of is taken to cost this share under
-# xz: a fraction for prefilter.py's integer comparison, a float for the estimates here.
-DEFLATED_SHARE = (98, 100)
 DEFLATED = DEFLATED_SHARE[0] / DEFLATED_SHARE[1]
 
 
@@ -141,14 +137,14 @@ class Triage:
         unknown = [index for index in unknown if index not in cleared]
         return Judging(items, bits, cleared, unknown, _Samples([items[index][0] for index in unknown], self._side))
 
-    def clearly_pays(self, record: ImageRecord, path: Path, size: int) -> bool:
+    def clearly_pays(self, record: ImageRecord, path: Path, size: int, classical: bool | None = None) -> bool:
         """Whether a small image's classical bound already beats its deflated file by a clear
-        margin (prefilter.py): then it takes the model path without θ0's pass."""
+        margin (prefilter.py): then it takes the model path without θ0's pass.  ``classical``:
+        ``prefilter.record_clearly_pays`` of it, if already worked out."""
         channels = COLOR_CHANNELS[record.mode]
         if not channels or isinstance(record.pixels, PixelView) or not self.judged_by_coding(record):
             return False
-        side_bytes = len(record.verbatim) + len(record.png_before) + len(record.png_after) + TABLE_ENTRY_BYTES
-        return clearly_pays(record.pixels[:, :, :channels], side_bytes, path, size, DEFLATED_SHARE)
+        return record_clearly_pays(record, path, size) if classical is None else classical
 
     @staticmethod
     def verdict(record: ImageRecord, path: Path, size: int, estimate: float) -> Verdict:

@@ -24,7 +24,7 @@ import numpy as np
 from .adapt.config import AdaptationConfig
 from .adapt.flags import FLAG_SEGMENT_START
 from .adapt.parts import MIN_SUBPIXELS as PARTS_MIN_SUBPIXELS
-from .adapt.parts import PartWorker, attach, settings_allow, start_worker, subpixels_taken
+from .adapt.parts import PartWorker, attach, can_fork, settings_allow, start_worker, subpixels_taken
 from .adapt.segments import RunEndError, run_segments, split_runs
 from .coding import native
 from .coding.ans import CorruptStream
@@ -359,11 +359,12 @@ class _Decoder:
         return self.threads > 1 and self.cluster is None and not self.salvage
 
     def _start_parts_before_model(self, planned: list) -> None:
-        """Start the worker before this process loads the model, if the settings let it take
-        PARTS_MIN_SUBPIXELS of the group's: the two load side by side (~1 s each), and the
-        worker is ready when the first batch comes.  If the model cannot share its batches after
-        all, ``_attach_parts`` stops it."""
-        if self.parts is not None or not self._parts_possible():
+        """Where the worker cannot be forked once the model is loaded (adapt/parts.py), start it
+        before this process loads the model, if the settings let it take PARTS_MIN_SUBPIXELS of
+        the group's: the two load side by side (~1 s each), and the worker is ready when the
+        first batch comes.  If the model cannot share its batches after all, ``_attach_parts``
+        stops it."""
+        if self.parts is not None or not self._parts_possible() or can_fork():
             return
         if len(split_runs(0, len(planned), self.config.segment_batches)) > 1:
             return  # segments decode side by side in threads instead

@@ -50,6 +50,24 @@ def always(monkeypatch):
     return taken
 
 
+@pytest.fixture(params=["forked", "own process"])
+def worker_kind(request, monkeypatch):
+    """The worker forked from this process (holding its loaded model), or a process of its own.
+    Threads an earlier test left behind would stop the fork here: it is made to happen."""
+    forked = request.param == "forked"
+    monkeypatch.setattr(parts, "FORK", forked)
+    monkeypatch.setattr(parts, "alone", lambda: True)
+    started = []
+    original = parts._forked
+
+    def forking(*arguments):
+        started.append(True)
+        return original(*arguments)
+    monkeypatch.setattr(parts, "_forked", forking)
+    yield forked
+    assert bool(started) == forked
+
+
 @pytest.fixture(scope="module")
 def source(tmp_path_factory):
     """Colour and grey photos, uncompressed (so the model path wins), and odd crops whose
@@ -73,7 +91,8 @@ def _archive(source, threads: int, config: AdaptationConfig = SMALL_TILES, model
 
 
 @pytest.mark.parametrize("config", [SMALL_TILES, AdaptationConfig(tile_size=32, batch_size=3, batch_pixels=0)])
-def test_the_worker_writes_the_archive_one_thread_writes_and_restores_it(source, tmp_path, always, config):
+def test_the_worker_writes_the_archive_one_thread_writes_and_restores_it(source, tmp_path, always, config,
+                                                                        worker_kind):
     alone = _archive(source, 1, config)
     assert always["analyse"] == 0
     beside = _archive(source, 2, config)
@@ -169,14 +188,15 @@ def test_a_rolled_back_group_is_rolled_back_in_the_worker_too(always):
 def test_a_worker_that_cannot_start_is_left_out(source, always, monkeypatch):
     original = parts.PartWorker.__init__
 
-    def wrong_model(self, model, sha256, config_header, decoding):
-        original(self, model, "0" * 64, config_header, decoding)  # the worker refuses a model with another hash
+    def wrong_model(self, model, sha256, config_header, decoding, bundle=None):
+        original(self, model, "0" * 64, config_header, decoding)  # a worker of its own refuses another hash
     monkeypatch.setattr(parts.PartWorker, "__init__", wrong_model)
     assert _archive(source, 2) == _archive(source, 1)
     assert always["analyse"] == 0
 
 
-def test_a_worker_that_dies_stops_the_command_with_one_line_and_no_archive(source, tmp_path, always, monkeypatch):
+def test_a_worker_that_dies_stops_the_command_with_one_line_and_no_archive(source, tmp_path, always, monkeypatch,
+                                                                           worker_kind):
     started = []
     original = parts.PartWorker.analyse
 
@@ -357,15 +377,17 @@ def test_a_damaged_batch_chunk_read_ahead_fails_at_its_own_turn(source, tmp_path
 
 
 def test_decompress_starts_the_worker_before_it_loads_the_model(source, tmp_path, always, monkeypatch):
-    """From the group's plan and the header's settings alone, so that the worker's start and
-    this process's model load go side by side; the worker warms up its decoder's pass."""
+    """Where it cannot fork: from the group's plan and the header's settings alone, so that the
+    worker's start and this process's model load go side by side; the worker warms up its
+    decoder's pass."""
+    monkeypatch.setattr(parts, "FORK", False)
     archive = _archive(source, 1)
     events = []
     original_init, original_load = parts.PartWorker.__init__, unpack.load_model
 
-    def started(self, model, sha256, config_header, decoding):
+    def started(self, model, sha256, config_header, decoding, bundle=None):
         events.append(("worker", decoding))
-        original_init(self, model, sha256, config_header, decoding)
+        original_init(self, model, sha256, config_header, decoding, bundle)
 
     def loaded(*arguments):
         events.append(("model",))
@@ -378,8 +400,39 @@ def test_decompress_starts_the_worker_before_it_loads_the_model(source, tmp_path
     assert always["decode"] > 4, "the worker took no batch"
 
 
+def test_a_forked_worker_starts_once_the_model_is_loaded_and_holds_it(source, tmp_path, always, monkeypatch):
+    """Where it can fork, compress and decompress load the model first and fork the worker
+    with it: the worker loads nothing (no second import, no second read of the checkpoint)."""
+    monkeypatch.setattr(parts, "alone", lambda: True)
+    events = []
+    original_init, original_load, original_serve = parts.PartWorker.__init__, unpack.load_model, parts._serve
+
+    def started(self, model, sha256, config_header, decoding, bundle=None):
+        events.append(("worker", decoding, bundle is not None))
+        original_init(self, model, sha256, config_header, decoding, bundle)
+
+    def loaded(*arguments):
+        events.append(("model",))
+        return original_load(*arguments)
+
+    def serving(pipe, model, sha256, config_header, decoding, bundle=None, **options):
+        assert bundle is not None  # in the child: a failure here fails the command
+        original_serve(pipe, model, sha256, config_header, decoding, bundle, **options)
+    monkeypatch.setattr(parts.PartWorker, "__init__", started)
+    monkeypatch.setattr(unpack, "load_model", loaded)
+    monkeypatch.setattr(parts, "_serve", serving)
+    archive = _archive(source, 2)
+    assert events == [("worker", False, True)]
+    events.clear()
+    decompress(io.BytesIO(archive), tmp_path / "restored", threads=2)
+    assert_same_tree(source, tmp_path / "restored")
+    assert events == [("model",), ("worker", True, True)], events
+    assert always["decode"] > 4, "the worker took no batch"
+
+
 def test_a_worker_started_before_the_model_for_a_model_that_cannot_share_is_stopped(
         source, tmp_path, always, monkeypatch):
+    monkeypatch.setattr(parts, "FORK", False)
     archive = _archive(source, 1)
     workers = []
     original_init, original_close = parts.PartWorker.__init__, parts.PartWorker.close

@@ -142,8 +142,8 @@ def test_images_the_classical_bound_clears_are_not_counted_and_code_alike(tmp_pa
         counting.append(count_tiles)
         return encode_chain(self, batches, count_tiles)
 
-    def recording_clearly_pays(self, record, path, size):
-        cleared[path.name] = clearly_pays(self, record, path, size)
+    def recording_clearly_pays(self, record, path, size, classical=None):
+        cleared[path.name] = clearly_pays(self, record, path, size, classical)
         return cleared[path.name]
 
     def archive(source) -> bytes:

@@ -26,10 +26,12 @@ import json
 import math
 import os
 import queue
+import signal
 import subprocess
 import sys
 import tempfile
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -37,6 +39,7 @@ from typing import Callable
 import numpy as np
 
 from .. import heap
+from ..forking import alone, fork_child
 from ..layout import PartsError
 
 READY = "ready"
@@ -58,6 +61,7 @@ MIN_SUBPIXELS = 1 << 20
 # answer as coded intervals (~1.2 MB as factors), which a 64 kB pipe passes in several turns
 # of the two processes.
 PIPE_BYTES = 1 << 20
+FORK = True  # a worker for a loaded model is forked where it safely can be (tests turn it off)
 # Errors the worker passes on by name, raised again in the parent as what they were (a
 # damaged batch then reads as it does in one process: "batch N does not decode (...)").
 _PASSED_ON = ("CorruptStream", "BatchError", "ValueError")
@@ -220,7 +224,15 @@ def start_worker(adapter, decoding: bool) -> "PartWorker | None":
     worker warms up its decoder's pass too)."""
     if not adapter.can_use_parts():
         return None
-    return PartWorker(adapter.bundle.name, adapter.bundle.sha256, adapter.config.to_header(), decoding)
+    return PartWorker(adapter.bundle.name, adapter.bundle.sha256, adapter.config.to_header(), decoding,
+                      adapter.bundle)
+
+
+def can_fork() -> bool:
+    """Whether a worker started now would be forked from this process (``PartWorker``): the
+    system forks, and no other thread runs (a forked child has only the thread that forked; a
+    lock another thread held then would stay held in it)."""
+    return FORK and alone()
 
 
 def subpixels_taken(batches: list, takes: Callable[[int], bool]) -> int:
@@ -244,21 +256,28 @@ def attach(worker: "PartWorker | None", adapter, subpixels: int) -> None:
 class PartWorker:
     """The parent's handle on the worker: one per adapter, used by one thread at a time.
 
-    The worker is ``python -m osoa_zip.adapt.parts`` (a plain child process: it imports this
-    package, not the parent's main module); its messages go over its stdin and stdout, and
-    what it writes to stderr goes to a file that an error quotes."""
+    Given the parent's loaded model (``bundle``) where ``can_fork``, the worker is a fork of
+    this process: it has torch and the model already (a worker of its own imports torch and
+    loads the model again, ~1.3-1.6 CPU s, ready ~0.5 s later), and it copies nothing until
+    either process writes.  Else it is ``python -m osoa_zip.adapt.parts`` (a plain child
+    process: it imports this package, not the parent's main module).  Either way its messages
+    go over two pipes, and what it writes to stderr goes to a file that an error quotes."""
 
-    def __init__(self, model: str, sha256: str, config_header: dict, decoding: bool) -> None:
-        package_root = str(Path(__file__).resolve().parents[2])
-        environment = dict(os.environ)
-        environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
+    def __init__(self, model: str, sha256: str, config_header: dict, decoding: bool, bundle=None) -> None:
         self._stderr = tempfile.TemporaryFile()
-        self._process = subprocess.Popen(
-            [sys.executable, "-m", "osoa_zip.adapt.parts", model, sha256, json.dumps(config_header),
-             DECODING if decoding else ENCODING],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=environment)
-        _widen(self._process.stdout)
-        self._connection = _Pipe(self._process.stdout, self._process.stdin)
+        if bundle is not None and can_fork():
+            self._process, reading, writing = _forked(bundle, config_header, decoding, self._stderr)
+        else:
+            package_root = str(Path(__file__).resolve().parents[2])
+            environment = dict(os.environ)
+            environment["PYTHONPATH"] = os.pathsep.join(filter(None, [package_root, environment.get("PYTHONPATH")]))
+            self._process = subprocess.Popen(
+                [sys.executable, "-m", "osoa_zip.adapt.parts", model, sha256, json.dumps(config_header),
+                 DECODING if decoding else ENCODING],
+                stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=environment)
+            reading, writing = self._process.stdout, self._process.stdin
+        _widen(reading)
+        self._connection = _Pipe(reading, writing)
         self._ready = False
         self.failed = False  # it did not start: nobody uses it
         self.snapshots = 0
@@ -407,6 +426,60 @@ class PartWorker:
         self._stderr.close()
 
 
+class _ForkedProcess:
+    """A forked worker as ``subprocess.Popen`` shows a child: ``poll``, ``wait``, ``kill``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.returncode = pid, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+            time.sleep(0.005)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+
+def _forked(bundle, config_header: dict, decoding: bool, stderr) -> tuple:
+    """Fork the worker (forking.py): (its process, the parent's reading and writing ends of
+    its pipes).  The child's descriptors 1 and 2 go to ``stderr``, away from the parent's output.
+
+    Both processes then warm up side by side (numba's kernels, torch's first calls): the
+    parent needs the same kernels for its own part, and would otherwise load them in its first
+    batch, after waiting for the worker's answers to triage."""
+    from_parent, to_worker = os.pipe()  # (reading end, writing end)
+    from_worker, to_parent = os.pipe()
+
+    def serve() -> None:
+        os.dup2(stderr.fileno(), 2)
+        os.dup2(2, 1)
+        sys.stdout = sys.stderr  # a stray print must not reach the parent's output
+        pipe = _Pipe(os.fdopen(from_parent, "rb"), os.fdopen(to_parent, "wb"))
+        _serve(pipe, bundle.name, bundle.sha256, config_header, decoding, bundle)
+        sys.stderr.flush()
+
+    pid = fork_child(serve, (from_parent, to_parent, stderr.fileno()))
+    os.close(from_parent)
+    os.close(to_parent)
+    _warm_up(bundle, decoding)
+    return _ForkedProcess(pid), os.fdopen(from_worker, "rb"), os.fdopen(to_worker, "wb")
+
+
 def _plain(part) -> list:
     return sorted(part, key=str)
 
@@ -429,9 +502,9 @@ class _Track:
         self.loss = None
 
 
-def _serve(pipe: _Pipe, model: str, sha256: str, config_header: dict, decoding: bool) -> None:
+def _serve(pipe: _Pipe, model: str, sha256: str, config_header: dict, decoding: bool, bundle=None) -> None:
     """The worker's loop: one message at a time, in order; the first error is sent and ends it.
-    Every answer is written before it returns."""
+    Every answer is written before it returns.  ``bundle``: the model, loaded (a forked worker)."""
     connection = _SentBeside(pipe)
     try:
         import torch
@@ -439,7 +512,8 @@ def _serve(pipe: _Pipe, model: str, sha256: str, config_header: dict, decoding: 
         from ..torch_loading import load_model
         from .config import AdaptationConfig
         from .defaults import adaptation_for
-        bundle = load_model(model, sha256)
+        if bundle is None:
+            bundle = load_model(model, sha256)
         config = adaptation_for(bundle.name, AdaptationConfig.from_header(config_header))  # as OnlineAdapter
         _warm_up(bundle, decoding)
         connection.send_bytes(_pack({"op": READY, "pid": os.getpid()}, []))

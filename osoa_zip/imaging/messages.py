@@ -92,19 +92,27 @@ def _descriptor_2_captured(lines: list[str]) -> Iterator[None]:
 
 # Capture files kept for the next capture: creating a temporary file is most of a capture's
 # cost, paid per image file read or written.  Each is emptied before it is handed out again;
-# a nested capture (the lock is re-entrant) takes another.  Owned by the process that made them.
+# a nested capture (the lock is re-entrant) takes another.  Owned by the process that made
+# them: a forked child closes its copies at once (they share the parent's file offsets), before
+# anything it opens could take their numbers.
 _SPARE: list[int] = []
-_SPARE_PID = os.getpid()
+
+
+def _forget_spares() -> None:
+    for inherited in _SPARE:
+        try:
+            os.close(inherited)
+        except OSError:
+            pass
+    _SPARE.clear()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_spares)
 
 
 def _capture_file() -> int:
     """An empty temporary file's descriptor, at offset 0 (taken under _TURN)."""
-    global _SPARE_PID
-    if _SPARE_PID != os.getpid():  # a forked child: its parent's files are shared, not its own
-        for inherited in _SPARE:
-            os.close(inherited)
-        _SPARE.clear()
-        _SPARE_PID = os.getpid()
     if _SPARE:
         return _SPARE.pop()
     with tempfile.TemporaryFile(prefix="osoa-zip-stderr-") as made:
