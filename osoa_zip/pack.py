@@ -359,7 +359,7 @@ class _Compressor:
                     self.judged.collect(self.worker)  # the worker's answers to triage, before it codes
                     attach(self.worker, adapter, subpixels_taken(batches, adapter.parts_would_take))
                 coded, self.adapter = run_segments(adapter, batches, self._coder(colour, keep, counted),
-                                                   self.threads, chain=adapter.chain_length)
+                                                   self.threads, chain=adapter.batches_per_call)
             else:  # the same runs as tasks on a Dask cluster (osoa_zip/cluster.py)
                 coded, self.adapter = self.cluster.encode(adapter, batches, lambda batch: gather(batch, colour), keep)
             if any(id(record) in self.unjudged for _, record in self.group) and self._drop_losers(batches, coded):

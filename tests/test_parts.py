@@ -185,6 +185,48 @@ def test_a_rolled_back_group_is_rolled_back_in_the_worker_too(always):
     assert always["analyse"] == 3 + 2 * 3  # colour batches only: the grey track adapts its last layers here
 
 
+@pytest.mark.parametrize("learning_rate", [0.0003, 0.05])
+def test_the_encoder_asks_for_the_next_batch_ahead_and_checks_it(always, learning_rate):
+    """Each batch coded knowing the next asks the worker for it early, whatever the guard
+    decides (a large rate: θ0 wins and the encoder gives up); the bytes are one process's.
+    A next batch that is not the one announced is an error, not a silent mix-up."""
+    bundle = load_model(MODEL)
+    config = AdaptationConfig(tile_size=16, batch_size=4, batch_pixels=0, learning_rate=learning_rate,
+                              give_up_after=2)
+    batches = _tiles(3, 10, 2) + _tiles(1, 2, 3) + _tiles(3, 4, 4)
+
+    def coded(with_worker: bool, ahead: bool) -> tuple[list[bytes], int]:
+        adapter = OnlineAdapter(bundle, config)
+        worker = parts.start_worker(adapter, decoding=False) if with_worker else None
+        try:
+            parts.attach(worker, adapter, sum(tiles.size for tiles in batches))
+            asked = 0
+            out = []
+            for index, tiles in enumerate(batches):
+                following = batches[index + 1] if ahead and index + 1 < len(batches) else None
+                out.append(adapter.encode(tiles, following=following)[0])
+                asked += adapter._requested_ahead is not None
+            adapter.end_run()
+            return out, asked
+        finally:
+            if worker is not None:
+                worker.close()
+
+    alone, _ = coded(False, True)
+    ahead, asked = coded(True, True)
+    assert ahead == alone == coded(True, False)[0]
+    assert asked >= 8
+    adapter = OnlineAdapter(bundle, config)
+    worker = parts.start_worker(adapter, decoding=False)
+    try:
+        parts.attach(worker, adapter, 1)
+        adapter.encode(batches[0], following=batches[1])
+        with pytest.raises(RuntimeError, match="asked ahead for another batch"):
+            adapter.encode(batches[1].copy())
+    finally:
+        worker.close()
+
+
 def test_a_worker_that_cannot_start_is_left_out(source, always, monkeypatch):
     original = parts.PartWorker.__init__
 

@@ -71,6 +71,9 @@ from .flags import (  # noqa: F401
 )
 from .parts import settings_allow, settings_share
 
+# Batches of a run handed to encode_chain at once by a family that does not chain them: each
+# but the last is coded knowing the next, whose first part the worker is asked for early.
+LOOK_AHEAD_BATCHES = 8
 # The guard's back-off (encoder-only): θ0 must lose by this fraction of the
 # adapted model's bits before a comparison is skipped, for at most this many batches.
 PROBE_MARGIN = 0.01
@@ -114,6 +117,16 @@ class _Choice:
     loss: torch.Tensor | None
     factors: object  # what the model pushes (None: the model codes the pixels itself)
     trunks: TrunkMemo | None  # the batch's frozen trunk activations, if the update makes more passes
+
+
+@dataclass(frozen=True)
+class _RequestedAhead:
+    """The next batch's first part, asked of the worker before this batch's push is done and
+    this process's step taken (``OnlineAdapter.encode``'s ``following``): what was sent, to
+    check against what the batch's own request would be."""
+
+    tiles: np.ndarray
+    request: tuple
 
 
 @dataclass(frozen=True)
@@ -279,6 +292,7 @@ class OnlineAdapter:
         # batch's request (``_flush``), so that the two run at once: (track, loss) or None.
         self._deferred: tuple | None = None
         self._asked_ahead: _AskedAhead | None = None  # decoder: the next batch, sent to the worker
+        self._requested_ahead: _RequestedAhead | None = None  # encoder: the same
 
     def can_use_parts(self) -> bool:
         """Whether ``offer_parts`` would take a worker: the family splits a batch, and one step per
@@ -489,10 +503,16 @@ class OnlineAdapter:
 
     # -- coding --------------------------------------------------------------
 
-    def encode(self, tiles: np.ndarray, count_tiles: np.ndarray | None = None) -> tuple[bytes, BatchStatistics]:
+    def encode(self, tiles: np.ndarray, count_tiles: np.ndarray | None = None,
+               following: np.ndarray | None = None) -> tuple[bytes, BatchStatistics]:
         """Code a B x C x H x W uint8 batch (flag byte + stream), then adapt on it.  With
         ``count_tiles`` (B booleans), a frozen archive's statistics also hold the coded bits of
-        those tiles (None for the others): triage judges their images by them."""
+        those tiles (None for the others): triage judges their images by them.
+
+        ``following``: the next batch of the run, which the next call codes.  With the worker,
+        its first part is asked for as soon as this batch's decisions are taken: this process
+        then takes its step on this batch while the helper thread pushes it, instead of
+        waiting for the push and only then asking (``_request_ahead``)."""
         started = time.perf_counter()
         choice = self._choose(tiles)
         if choice.factors is not None:
@@ -509,14 +529,48 @@ class OnlineAdapter:
                 tile_bits = [value if counted else None for value, counted in zip(values.tolist(), count_tiles)]
         if choice.adapting:
             self._adapt(choice.track, choice.pixels, choice.loss, choice.trunks)
+        if following is not None and choice.track.parts is not None:
+            self._request_ahead(following)
         data = bytes([choice.flags]) + stream.result()
         return data, BatchStatistics(8 * len(data), tiles.size, time.perf_counter() - started, choice.flags,
                                      tile_bits)
+
+    def _parts_request(self, track: _Track, tiles: np.ndarray, adapting: bool, guarding: bool) -> tuple:
+        """What a batch's first part asks of the worker (``PartWorker.analyse``'s arguments, but
+        the pixels) and whether the worker steps at once (nothing this process decides can stop
+        the step without the guard)."""
+        network = self._bundle.network(tiles.shape[1]) if track.gave_up else track.network
+        first, _ = network.parts(*tiles.shape[2:])
+        with_loss = adapting or guarding
+        return (tiles.shape[1], first, track.gave_up, adapting, with_loss, guarding, adapting and not guarding)
+
+    def _request_ahead(self, tiles: np.ndarray) -> None:
+        """Send the worker the next batch's first part now, if what its own ``_choose`` will ask
+        is already known: the same track, in the same segment, with no worker being taken on
+        meanwhile.  The guard's schedule is read without being advanced (``_probe_due``); then
+        this process takes its deferred step, while the helper thread pushes."""
+        track = self._tracks.get(tiles.shape[1])
+        if track is None or track.parts is None or self._offered is not None or self.starts_segment():
+            return
+        adapting = self._will_adapt(track, track.batches + 1)
+        guarding = self.config.guard and track.updated and not track.gave_up and track.probe_wait <= 0
+        request = self._parts_request(track, tiles, adapting, guarding)
+        channels, first, pretrained, graph, loss, guard, step = request
+        track.parts.analyse(channels, first, tiles, pretrained, graph, loss, guard, step=step)
+        self._requested_ahead = _RequestedAhead(tiles, request)
+        self._flush()
 
     @property
     def chain_length(self) -> int:
         """How many consecutive batches ``encode_chain`` lays on one stack (1: each its own)."""
         return self.config.chain_batches if self._family.chains_batches else 1
+
+    @property
+    def batches_per_call(self) -> int:
+        """How many consecutive batches of a run to hand ``encode_chain`` at once: a chain, for a
+        family that chains batches; else LOOK_AHEAD_BATCHES, each coded knowing the next
+        (``encode``'s ``following``)."""
+        return self.chain_length if self._family.chains_batches else LOOK_AHEAD_BATCHES
 
     def encode_chain(self, batches: list[np.ndarray], count_tiles: Sequence[np.ndarray | None] | None = None
                      ) -> list[tuple[bytes, BatchStatistics]]:
@@ -533,11 +587,12 @@ class OnlineAdapter:
         (FLAG_CHAIN_HEAD and the chain's length); the others hold their flags
         alone (FLAG_CHAINED).
         """
+        if not self._family.chains_batches or len(batches) < 2:  # one by one, each knowing the next
+            counts = [None] * len(batches) if count_tiles is None else count_tiles
+            return [self.encode(tiles, counted, batches[index + 1] if index + 1 < len(batches) else None)
+                    for index, (tiles, counted) in enumerate(zip(batches, counts))]
         if len(batches) > self.chain_length:
             raise ValueError(f"a chain of {len(batches)} batches is longer than chain_batches")
-        if len(batches) < 2:
-            counts = [None] * len(batches) if count_tiles is None else count_tiles
-            return [self.encode(tiles, counted) for tiles, counted in zip(batches, counts)]
         planned: list[_Planned] = []
         for index, tiles in enumerate(batches):
             started = time.perf_counter()
@@ -632,12 +687,16 @@ class OnlineAdapter:
         channels, (height, width) = pixels.shape[1], pixels.shape[2:]
         pretrained = self._bundle.network(channels)
         network = pretrained if track.gave_up else track.network
-        first, second = network.parts(height, width)
-        with_loss = adapting or guarding
+        _, second = network.parts(height, width)
+        request = self._parts_request(track, tiles, adapting, guarding)
+        _, first, _, _, with_loss, _, step = request
         # Without the guard nothing can stop this batch's step: the worker takes it at once.
-        track.parts_stepped = adapting and not guarding
-        track.parts.analyse(channels, first, tiles, track.gave_up, adapting, with_loss, guarding,
-                            step=track.parts_stepped)
+        track.parts_stepped = step
+        asked, self._requested_ahead = self._requested_ahead, None
+        if asked is None:
+            track.parts.analyse(channels, first, tiles, track.gave_up, adapting, with_loss, guarding, step=step)
+        elif asked.tiles is not tiles or asked.request != request:
+            raise RuntimeError("the worker was asked ahead for another batch than this one")
         self._flush()  # the last batch's step, while the worker codes its part of this one
         with sharing(trunks):
             with torch.set_grad_enabled(adapting):
