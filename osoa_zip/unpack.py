@@ -24,7 +24,7 @@ import numpy as np
 from .adapt.config import AdaptationConfig
 from .adapt.flags import FLAG_SEGMENT_START
 from .adapt.parts import MIN_SUBPIXELS as PARTS_MIN_SUBPIXELS
-from .adapt.parts import PartWorker, attach, can_fork, settings_allow, start_worker, subpixels_taken
+from .adapt.parts import PartWorker, attach, settings_allow, start_worker, subpixels_taken
 from .adapt.segments import RunEndError, run_segments, split_runs
 from .coding import native
 from .coding.ans import CorruptStream
@@ -359,12 +359,13 @@ class _Decoder:
         return self.threads > 1 and self.cluster is None and not self.salvage
 
     def _start_parts_before_model(self, planned: list) -> None:
-        """Where the worker cannot be forked once the model is loaded (adapt/parts.py), start it
-        before this process loads the model, if the settings let it take PARTS_MIN_SUBPIXELS of
-        the group's: the two load side by side (~1 s each), and the worker is ready when the
-        first batch comes.  If the model cannot share its batches after all, ``_attach_parts``
-        stops it."""
-        if self.parts is not None or not self._parts_possible() or can_fork():
+        """Start the worker before this process loads the model, if the settings let it take
+        PARTS_MIN_SUBPIXELS of the group's: the two load side by side (~1 s each), and the
+        worker is ready when the first batch comes.  (A worker forked once the model is loaded
+        costs less CPU but is ready ~0.5 s later, its warm-up after the load: tiles32_2048
+        decompressed in 1.05x the wall time, docs/PERFORMANCE.md.)  If the model cannot share
+        its batches after all, ``_attach_parts`` stops it."""
+        if self.parts is not None or not self._parts_possible():
             return
         if len(split_runs(0, len(planned), self.config.segment_batches)) > 1:
             return  # segments decode side by side in threads instead

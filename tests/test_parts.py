@@ -419,10 +419,10 @@ def test_a_damaged_batch_chunk_read_ahead_fails_at_its_own_turn(source, tmp_path
 
 
 def test_decompress_starts_the_worker_before_it_loads_the_model(source, tmp_path, always, monkeypatch):
-    """Where it cannot fork: from the group's plan and the header's settings alone, so that the
-    worker's start and this process's model load go side by side; the worker warms up its
-    decoder's pass."""
-    monkeypatch.setattr(parts, "FORK", False)
+    """From the group's plan and the header's settings alone, so that the worker's start and
+    this process's model load go side by side (even where it could fork); the worker warms up
+    its decoder's pass."""
+    monkeypatch.setattr(parts, "alone", lambda: True)
     archive = _archive(source, 1)
     events = []
     original_init, original_load = parts.PartWorker.__init__, unpack.load_model
@@ -443,9 +443,11 @@ def test_decompress_starts_the_worker_before_it_loads_the_model(source, tmp_path
 
 
 def test_a_forked_worker_starts_once_the_model_is_loaded_and_holds_it(source, tmp_path, always, monkeypatch):
-    """Where it can fork, compress and decompress load the model first and fork the worker
-    with it: the worker loads nothing (no second import, no second read of the checkpoint)."""
+    """Where it can fork, compress loads the model first and forks the worker with it, and so
+    does decompress for a group it did not start one for before the load: the worker loads
+    nothing (no second import, no second read of the checkpoint)."""
     monkeypatch.setattr(parts, "alone", lambda: True)
+    monkeypatch.setattr(unpack._Decoder, "_start_parts_before_model", lambda self, planned: None)
     events = []
     original_init, original_load, original_serve = parts.PartWorker.__init__, unpack.load_model, parts._serve
 
