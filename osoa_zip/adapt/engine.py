@@ -575,7 +575,9 @@ class OnlineAdapter:
     def encode_chain(self, batches: list[np.ndarray], count_tiles: Sequence[np.ndarray | None] | None = None
                      ) -> list[tuple[bytes, BatchStatistics]]:
         """Code consecutive batches of one segment, as ``encode`` does one by one
-        (``count_tiles``: each batch's ``encode`` argument; a chain counts none).
+        (``count_tiles``: each batch's ``encode`` argument; a chain counts none).  A family
+        that does not chain batches codes any number of them so, each knowing the next
+        (``encode``'s ``following``).
 
         A family that chains batches (the VAE, bits-back) lays them on one
         stack, so that only the batch coded first pays for its latents without

@@ -476,8 +476,16 @@ def _forked(bundle, config_header: dict, decoding: bool, stderr) -> tuple:
     pid = fork_child(serve, (from_parent, to_parent, stderr.fileno()))
     os.close(from_parent)
     os.close(to_parent)
-    _warm_up(bundle, decoding)
-    return _ForkedProcess(pid), os.fdopen(from_worker, "rb"), os.fdopen(to_worker, "wb")
+    process, reading, writing = _ForkedProcess(pid), os.fdopen(from_worker, "rb"), os.fdopen(to_worker, "wb")
+    try:
+        _warm_up(bundle, decoding)
+    except BaseException:  # (an interrupt, say) no worker is left behind
+        process.kill()
+        process.wait()
+        reading.close()
+        writing.close()
+        raise
+    return process, reading, writing
 
 
 def _plain(part) -> list:
