@@ -236,12 +236,16 @@ def test_broken_chains_are_clean_errors(case):
 
 
 def test_flows_do_not_chain():
-    """A flow's batches stay independent whatever chain_batches says, and a chain head is refused."""
+    """A flow's batches stay independent whatever chain_batches says (encode_chain codes them
+    one by one, each its own stream), and a chain head is refused."""
     config = AdaptationConfig(tile_size=TILE, batch_size=4, batch_pixels=0, chain_batches=4)
     flow = OnlineAdapter(load_model("idf-tiny-test"), config)
     assert flow.chain_length == 1
-    with pytest.raises(ValueError, match="longer than chain_batches"):
-        flow.encode_chain([_tiles("RGB")[:4]] * 2)
+    batches = [_tiles("RGB")[:4], _tiles("RGB")[4:8], _tiles("RGB")[:4]]
+    coded = [data for data, _ in flow.encode_chain(batches)]
+    one_by_one = OnlineAdapter(load_model("idf-tiny-test"), config)
+    assert coded == [one_by_one.encode(tiles)[0] for tiles in batches]
+    assert all(not data[0] & (FLAG_CHAIN_HEAD | FLAG_CHAINED) and len(data) > 1 for data in coded)
     head = OnlineAdapter(load_model(MODEL), config).encode_chain([_tiles("RGB")[:4]] * 2)[0][0]
     with pytest.raises(BatchError, match="not allowed"):
         OnlineAdapter(load_model("idf-tiny-test"), config).decode(head, (4, 3, TILE, TILE))
