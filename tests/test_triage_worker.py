@@ -162,26 +162,33 @@ def test_samples_that_waited_for_a_worker_never_ready_are_measured_here(folder, 
     assert beside == alone
 
 
-def test_an_early_worker_is_stopped_when_compress_fails_before_it_is_used(folder, monkeypatch):
-    closed = []
+@pytest.mark.parametrize("forks", [False, True])
+def test_an_early_worker_is_stopped_when_compress_fails_before_it_is_used(folder, monkeypatch, forks):
+    """A worker of its own, started before the model load, is stopped when the load fails; a
+    worker to be forked from the loaded model is never started.  (Whether a fork is possible
+    is set here: threads an earlier test left behind would decide it otherwise.)"""
+    started, closed = [], []
 
     class Worker:
         failed = False
 
         def __init__(self, *arguments, **options):
-            pass
+            started.append(self)
 
         def close(self):
             closed.append(self)
 
     def no_model(*arguments):
         raise RuntimeError("the model cannot be loaded")
+    monkeypatch.setattr(parts, "FORK", forks)
+    monkeypatch.setattr(parts, "alone", lambda: True)
     monkeypatch.setattr(pack, "EARLY_WORKER_BYTES", 0)
     monkeypatch.setattr(pack, "PartWorker", Worker)
     monkeypatch.setattr(pack, "load_model", no_model)
     with pytest.raises(RuntimeError, match="cannot be loaded"):
         _archive(folder, 2)
-    assert len(closed) == 1
+    assert len(started) == (0 if forks else 1)
+    assert closed == started
 
 
 def test_closing_a_worker_with_answers_nobody_read_does_not_wait_for_them():
