@@ -547,13 +547,13 @@ class OnlineAdapter:
     def _request_ahead(self, tiles: np.ndarray) -> None:
         """Send the worker the next batch's first part now, if what its own ``_choose`` will ask
         is already known: the same track, in the same segment, with no worker being taken on
-        meanwhile.  The guard's schedule is read without being advanced (``_probe_due``); then
+        meanwhile.  The guard's schedule is read without being advanced (``_guards``); then
         this process takes its deferred step, while the helper thread pushes."""
         track = self._tracks.get(tiles.shape[1])
         if track is None or track.parts is None or self._offered is not None or self.starts_segment():
             return
         adapting = self._will_adapt(track, track.batches + 1)
-        guarding = self.config.guard and track.updated and not track.gave_up and track.probe_wait <= 0
+        guarding = self._guards(track, advance=False)
         request = self._parts_request(track, tiles, adapting, guarding)
         channels, first, pretrained, graph, loss, guard, step = request
         track.parts.analyse(channels, first, tiles, pretrained, graph, loss, guard, step=step)
@@ -644,7 +644,7 @@ class OnlineAdapter:
         segment_flag = FLAG_SEGMENT_START if self.starts_segment() else 0
         track = self._track(channels)
         adapting = self._will_adapt(track)
-        guarding = self.config.guard and track.updated and not track.gave_up and self._probe_due(track)
+        guarding = self._guards(track)
         pretrained = self._bundle.network(channels)
         network = pretrained if track.gave_up else track.network
         # A memo where a second pass over the batch will come (exact/trunk.py).
@@ -735,6 +735,13 @@ class OnlineAdapter:
         encoder = self._family.new_encoder()
         network.push(factors, encoder)
         return encoder.finish()
+
+    def _guards(self, track: _Track, advance: bool = True) -> bool:
+        """Whether the track's next batch is compared with θ0; ``advance``: count the batch
+        against the back-off (``_choose``), else only read the schedule (``_request_ahead``)."""
+        if not (self.config.guard and track.updated and not track.gave_up):
+            return False
+        return self._probe_due(track) if advance else track.probe_wait <= 0
 
     @staticmethod
     def _probe_due(track: _Track) -> bool:
