@@ -15,6 +15,8 @@ Package map (each folder knows only its neighbours):
   archive.py  the library API: compress, decompress, test_archive
   cli.py      argument parsing only
   heap.py     glibc's heap kept between batches (the command line and its worker)
+  forking.py  the one rule for forked children;  wire.py  their messages (JSON and raw arrays)
+  read_process.py  small files read in a child while compress imports torch
   pause.py    a test-only hook that holds the process at a named point
   bench/      `osoa-zip bench`: every codec on the same images (the archiver never imports it)
 """

@@ -9,7 +9,7 @@ writes each record to a temporary file, and the compressor takes the records fro
 instead of reading the files itself.  Nothing depends on which process read a file, so the
 archive is the same bytes.
 
-Records cross as a JSON header and raw arrays (adapt/parts.py's ``_pack``), never pickle.
+Records cross as a JSON header and raw arrays (wire.py), never pickle.
 The child appends each record to the temporary file and then writes where it ends to a pipe;
 the compressor waits on that pipe for the record it needs.  The child stops after
 BUDGET_BYTES of records (the compressor reads the rest itself); a child that stops early or
@@ -36,6 +36,7 @@ from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image
 from .imaging.messages import Note
 from .imaging.verbatim import Raster
 from .prefilter import record_clearly_pays
+from .wire import pack_message, unpack_message
 
 BUDGET_BYTES = 256 << 20  # of records in the temporary file; later files are read by the compressor
 _NOTICE = struct.Struct("<QQ")  # a record's offset and length in the temporary file
@@ -68,23 +69,21 @@ def read_file(file, byte_exact: bool, verbatim: bool) -> Read:
 def encode_read(read: Read) -> bytes | None:
     """``read`` as bytes; None for a record that cannot cross (a large image's pixels in a
     file of its own, or a decoder's picture)."""
-    from .adapt.parts import _pack
     record = read.record
     header = {"notes": read.notes, "classical": read.classical, "record": None}
     if record is None:
-        return _pack(header, [])
+        return pack_message(header, [])
     if record.picture is not None or record.pixel_file is not None or not isinstance(record.pixels, np.ndarray):
         return None
     header["record"] = {name: getattr(record, name) for name in _STRING_FIELDS}
     header["record"]["rasters"] = [raster.to_json() for raster in record.rasters]
     arrays = [record.pixels] + [np.frombuffer(getattr(record, name), dtype=np.uint8) for name in _BYTE_FIELDS]
-    return _pack(header, arrays)
+    return pack_message(header, arrays)
 
 
 def decode_read(message: bytearray) -> Read:
     """``encode_read``'s read (the record's arrays writable, as a file read here gives them)."""
-    from .adapt.parts import _unpack
-    header, arrays = _unpack(message)
+    header, arrays = unpack_message(message)
     fields_of = header["record"]
     if fields_of is None:
         return Read(None, header["notes"], header["classical"])

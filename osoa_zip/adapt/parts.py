@@ -41,6 +41,7 @@ import numpy as np
 from .. import heap
 from ..forking import alone, fork_child
 from ..layout import PartsError
+from ..wire import pack_message, unpack_message
 
 READY = "ready"
 ENCODING, DECODING = "encode", "decode"  # the parent's direction: what the worker warms up
@@ -65,24 +66,6 @@ FORK = True  # a worker for a loaded model is forked where it safely can be (tes
 # Errors the worker passes on by name, raised again in the parent as what they were (a
 # damaged batch then reads as it does in one process: "batch N does not decode (...)").
 _PASSED_ON = ("CorruptStream", "BatchError", "ValueError")
-
-
-def _pack(header: dict, arrays: list[np.ndarray]) -> bytes:
-    arrays = [np.ascontiguousarray(a) for a in arrays]
-    head = json.dumps({**header, "arrays": [[a.dtype.str, list(a.shape)] for a in arrays]}).encode()
-    return len(head).to_bytes(4, "little") + head + b"".join(a.tobytes() for a in arrays)
-
-
-def _unpack(message: bytes) -> tuple[dict, list[np.ndarray]]:
-    length = int.from_bytes(message[:4], "little")
-    header = json.loads(message[4:4 + length])
-    at, arrays = 4 + length, []
-    for dtype, shape in header.pop("arrays"):
-        size = int(np.prod(shape, dtype=np.int64)) * np.dtype(dtype).itemsize
-        arrays.append(np.frombuffer(message, dtype=dtype, count=size // np.dtype(dtype).itemsize,
-                                    offset=at).reshape(shape))
-        at += size
-    return header, arrays
 
 
 def _factor_arrays(network, factors: list, intervals: bool) -> tuple[dict, list[np.ndarray]]:
@@ -299,13 +282,13 @@ class PartWorker:
     # -- messages --------------------------------------------------------------------------
     def _send(self, header: dict, arrays: list[np.ndarray] = ()) -> None:
         try:
-            self._connection.send_bytes(_pack(header, list(arrays)))
+            self._connection.send_bytes(pack_message(header, list(arrays)))
         except (OSError, EOFError) as error:
             raise PartsError(f"the worker process stopped ({error})") from None
 
     def _receive(self) -> tuple[dict, list[np.ndarray]]:
         try:
-            header, arrays = _unpack(self._connection.recv_bytes())
+            header, arrays = unpack_message(self._connection.recv_bytes())
         except (OSError, EOFError):
             raise PartsError(f"the worker process stopped{self._last_words()}") from None
         if "error" in header:
@@ -410,7 +393,7 @@ class PartWorker:
         interrupt here) fails at once and ends, instead of after the timeout."""
         if self._process.poll() is None:
             try:
-                self._connection.send_bytes(_pack({"op": "stop"}, []))
+                self._connection.send_bytes(pack_message({"op": "stop"}, []))
             except (OSError, EOFError):
                 pass
             try:
@@ -524,13 +507,13 @@ def _serve(pipe: _Pipe, model: str, sha256: str, config_header: dict, decoding: 
             bundle = load_model(model, sha256)
         config = adaptation_for(bundle.name, AdaptationConfig.from_header(config_header))  # as OnlineAdapter
         _warm_up(bundle, decoding)
-        connection.send_bytes(_pack({"op": READY, "pid": os.getpid()}, []))
+        connection.send_bytes(pack_message({"op": READY, "pid": os.getpid()}, []))
         _Server(bundle, config, connection).run()
     except EOFError:  # the parent went away
         pass
     except Exception as error:  # noqa: BLE001 (sent to the parent, which raises it)
         try:
-            connection.send_bytes(_pack({"error": type(error).__name__, "message": str(error)}, []))
+            connection.send_bytes(pack_message({"error": type(error).__name__, "message": str(error)}, []))
         except (OSError, EOFError):
             pass
     finally:
@@ -569,14 +552,14 @@ class _Server:
 
     def run(self) -> None:
         while True:
-            header, arrays = _unpack(self.connection.recv_bytes())
+            header, arrays = unpack_message(self.connection.recv_bytes())
             operation = header["op"]
             if operation == "stop":
                 return
             getattr(self, "_" + operation)(header, arrays)
 
     def _reply(self, header: dict, arrays: list[np.ndarray]) -> None:
-        self.connection.send_bytes(_pack(header, arrays))
+        self.connection.send_bytes(pack_message(header, arrays))
 
     def _open(self, header: dict, arrays) -> None:
         track = self.tracks[header["channels"]] = _Track(self.bundle, self.config, header["channels"])
