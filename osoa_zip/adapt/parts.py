@@ -260,6 +260,7 @@ class PartWorker:
                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr, env=environment)
             reading, writing = self._process.stdout, self._process.stdin
         _widen(reading)
+        _widen(writing)
         self._connection = _Pipe(reading, writing)
         self._ready = False
         self.failed = False  # it did not start: nobody uses it
