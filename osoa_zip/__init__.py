@@ -22,7 +22,7 @@ Package map (each folder knows only its neighbours):
 """
 import os
 
-__version__ = "1.19.2"  # what each release changed: docs/CHANGELOG.md
+__version__ = "1.19.3"  # what each release changed: docs/CHANGELOG.md
 
 # Must happen before torch loads OpenMP.  With the default (spinning) wait
 # policy, two busy processes on a 2-core machine slowed each other from 12 s

@@ -20,6 +20,7 @@ from PIL import Image
 from osoa_zip import compress, decompress, pack, test_archive, unpack
 from osoa_zip.adapt import parts
 from osoa_zip.adapt.config import AdaptationConfig
+from osoa_zip.adapt.defaults import adaptation_for
 from osoa_zip.adapt.engine import FLAG_GIVE_UP, FLAG_PRETRAINED, OnlineAdapter, _PartsLoss
 from osoa_zip.cli import main
 from osoa_zip.layout import PartsError
@@ -544,3 +545,32 @@ def test_a_worker_ready_late_takes_the_tracks_over_where_they_are(always, monkey
         finally:
             worker.close()
         assert always["decode" if decoding else "analyse"] == handed_over
+
+
+def _pipe_bytes(stream) -> int:
+    import fcntl
+    return fcntl.fcntl(stream.fileno(), fcntl.F_GETPIPE_SZ)
+
+
+@pytest.mark.parametrize("forked", [True, False])
+def test_both_pipes_to_the_worker_hold_a_batch(forked, monkeypatch):
+    """A request carries its batch's tiles (~0.1 MB for 32 RGB tiles of 32 x 32), more than a
+    64 kB pipe holds: a narrow pipe to the worker kept the command in ``write`` until the
+    worker had finished its step and read the request.  Both pipes take PIPE_BYTES where the
+    system lets a process have that much (Linux's default limit is 1 MiB)."""
+    monkeypatch.setattr(parts, "FORK", forked)
+    monkeypatch.setattr(parts, "alone", lambda: True)
+    bundle = load_model(MODEL)
+    worker = parts.PartWorker(MODEL, bundle.sha256, adaptation_for(MODEL, AdaptationConfig()).to_header(), False,
+                              bundle if forked else None)
+    try:
+        with open("/proc/sys/fs/pipe-max-size") as limit:
+            widest = int(limit.read())
+        connection = worker._connection
+        sizes = [_pipe_bytes(connection.writing), _pipe_bytes(connection.reading)]
+        assert sizes[0] == sizes[1]
+        if widest >= parts.PIPE_BYTES:
+            assert sizes == [parts.PIPE_BYTES] * 2
+        worker.wait_ready()
+    finally:
+        worker.close()
