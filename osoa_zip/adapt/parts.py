@@ -57,10 +57,11 @@ ENCODING, DECODING = "encode", "decode"  # the parent's direction: what the work
 # (pack.EARLY_WORKER_BYTES: it measures triage's samples first), else as soon as the images
 # read so far hold MIN_SUBPIXELS.  A worker that runs takes every group it can.
 MIN_SUBPIXELS = 1 << 20
-# The worker's output pipe is widened to this where the system lets it (Linux's default
+# Both pipes to the worker are widened to this where the system lets it (Linux's default
 # limit for a process is 1 MiB): an analysed batch of sixteen 32 x 32 RGB tiles is a ~0.2 MB
 # answer as coded intervals (~1.2 MB as factors), which a 64 kB pipe passes in several turns
-# of the two processes.
+# of the two processes; and a request carries its batch's tiles (~0.1 MB for 32 such tiles),
+# which a 64 kB pipe takes only once the worker reads it, after its step.
 PIPE_BYTES = 1 << 20
 FORK = True  # a worker for a loaded model is forked where it safely can be (tests turn it off)
 # Errors the worker passes on by name, raised again in the parent as what they were (a
