@@ -8,13 +8,16 @@ there (deleting a partial archive, say).  So the child runs one function and alw
 with ``os._exit``.  It ignores SIGINT (an interrupted command stops its children itself) and
 closes every descriptor it inherited but those it needs, so that it holds no end of the
 parent's other pipes (a worker would never see the end of its input) and writes to none of
-the parent's files.
+the parent's files.  The parent watches it through a ``ForkedChild``, which answers as a
+``subprocess.Popen`` does, so that the code around a child need not know how it was started.
 """
 from __future__ import annotations
 
 import os
 import signal
+import subprocess
 import threading
+import time
 from typing import Callable, Iterable
 
 
@@ -45,3 +48,32 @@ def _close_descriptors_but(keep: set[int]) -> None:
         os.closerange(start, descriptor)
         start = descriptor + 1
     os.closerange(start, os.sysconf("SC_OPEN_MAX"))
+
+
+class ForkedChild:
+    """A forked child as ``subprocess.Popen`` shows one: ``poll``, ``wait``, ``kill``, ``returncode``."""
+
+    def __init__(self, pid: int) -> None:
+        self.pid, self.returncode = pid, None
+
+    def poll(self) -> int | None:
+        if self.returncode is None:
+            pid, status = os.waitpid(self.pid, os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+        return self.returncode
+
+    def wait(self, timeout: float | None = None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.poll() is None:
+            if deadline is not None and time.monotonic() > deadline:
+                raise subprocess.TimeoutExpired(f"child {self.pid}", timeout)
+            time.sleep(0.005)
+        return self.returncode
+
+    def kill(self) -> None:
+        if self.returncode is None:
+            try:
+                os.kill(self.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass

@@ -22,7 +22,6 @@ starts its own threads and its worker.
 from __future__ import annotations
 
 import os
-import signal
 import struct
 import tempfile
 from dataclasses import dataclass, fields
@@ -31,7 +30,7 @@ from typing import Sequence
 
 import numpy as np
 
-from .forking import alone, fork_child
+from .forking import ForkedChild, alone, fork_child
 from .imaging.io import COLOR_CHANNELS, ImageRecord, read_image
 from .imaging.messages import Note
 from .imaging.verbatim import Raster
@@ -112,8 +111,8 @@ class ReadProcess:
         self._data = tempfile.TemporaryFile()
         notices, notice_writer = os.pipe()
         data = self._data.fileno()
-        self._pid = fork_child(lambda: _serve(list(files), data, notice_writer, byte_exact, verbatim),
-                               (data, notice_writer))
+        self._child: ForkedChild | None = ForkedChild(fork_child(
+            lambda: _serve(list(files), data, notice_writer, byte_exact, verbatim), (data, notice_writer)))
         os.close(notice_writer)
         self._notices = notices
         self._stopped = False  # the pipe has ended (the child is done, stopped early or failed)
@@ -157,14 +156,11 @@ class ReadProcess:
         return _NOTICE.unpack(notice)
 
     def close(self) -> None:
-        if self._pid is None:
+        if self._child is None:
             return
-        try:
-            os.kill(self._pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-        os.waitpid(self._pid, 0)
-        self._pid = None
+        self._child.kill()
+        self._child.wait()
+        self._child = None
         os.close(self._notices)
         self._data.close()
 

@@ -26,12 +26,10 @@ import json
 import math
 import os
 import queue
-import signal
 import subprocess
 import sys
 import tempfile
 import threading
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
@@ -39,7 +37,7 @@ from typing import Callable
 import numpy as np
 
 from .. import heap
-from ..forking import alone, fork_child
+from ..forking import ForkedChild, alone, fork_child
 from ..layout import PartsError
 from ..wire import pack_message, unpack_message
 
@@ -411,35 +409,6 @@ class PartWorker:
         self._stderr.close()
 
 
-class _ForkedProcess:
-    """A forked worker as ``subprocess.Popen`` shows a child: ``poll``, ``wait``, ``kill``."""
-
-    def __init__(self, pid: int) -> None:
-        self.pid, self.returncode = pid, None
-
-    def poll(self) -> int | None:
-        if self.returncode is None:
-            pid, status = os.waitpid(self.pid, os.WNOHANG)
-            if pid:
-                self.returncode = os.waitstatus_to_exitcode(status)
-        return self.returncode
-
-    def wait(self, timeout: float | None = None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while self.poll() is None:
-            if deadline is not None and time.monotonic() > deadline:
-                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
-            time.sleep(0.005)
-        return self.returncode
-
-    def kill(self) -> None:
-        if self.returncode is None:
-            try:
-                os.kill(self.pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
-
 def _forked(bundle, config_header: dict, decoding: bool, stderr) -> tuple:
     """Fork the worker (forking.py): (its process, the parent's reading and writing ends of
     its pipes).  The child's descriptors 1 and 2 go to ``stderr``, away from the parent's output.
@@ -461,7 +430,7 @@ def _forked(bundle, config_header: dict, decoding: bool, stderr) -> tuple:
     pid = fork_child(serve, (from_parent, to_parent, stderr.fileno()))
     os.close(from_parent)
     os.close(to_parent)
-    process, reading, writing = _ForkedProcess(pid), os.fdopen(from_worker, "rb"), os.fdopen(to_worker, "wb")
+    process, reading, writing = ForkedChild(pid), os.fdopen(from_worker, "rb"), os.fdopen(to_worker, "wb")
     try:
         _warm_up(bundle, decoding)
     except BaseException:  # (an interrupt, say) no worker is left behind
