@@ -61,13 +61,9 @@ class _Lever(OnlineAdapter):
     def _adapt(self, track, pixels, loss, trunks, keep_previous: bool = False) -> None:
         if track.batches % self.every:
             return
-        if self.stride == 1:
-            super()._adapt(track, pixels, loss, trunks, keep_previous)
-            return
-        track.optimizer.zero_grad()
-        track.network.nll(pixels[::self.stride]).backward()
-        track.optimizer.step()
-        track.updated = True
+        if self.stride > 1:  # the step's loss over the chosen tiles, from a pass of its own
+            pixels, loss, trunks = pixels[::self.stride], None, None
+        super()._adapt(track, pixels, loss, trunks, keep_previous)
 
 
 LEVERS = {  # (AdaptationConfig settings, _Lever options)

@@ -555,10 +555,15 @@ class OnlineAdapter:
         adapting = self._will_adapt(track, track.batches + 1)
         guarding = self._guards(track, advance=False)
         request = self._parts_request(track, tiles, adapting, guarding)
-        channels, first, pretrained, graph, loss, guard, step = request
-        track.parts.analyse(channels, first, tiles, pretrained, graph, loss, guard, step=step)
+        self._send_request(track, tiles, request)
         self._requested_ahead = _RequestedAhead(tiles, request)
         self._flush()
+
+    @staticmethod
+    def _send_request(track: _Track, tiles: np.ndarray, request: tuple) -> None:
+        """Hand the worker a batch's first part, as ``_parts_request`` put it."""
+        channels, first, pretrained, graph, loss, guard, step = request
+        track.parts.analyse(channels, first, tiles, pretrained, graph, loss, guard, step=step)
 
     @property
     def chain_length(self) -> int:
@@ -691,12 +696,12 @@ class OnlineAdapter:
         network = pretrained if track.gave_up else track.network
         _, second = network.parts(height, width)
         request = self._parts_request(track, tiles, adapting, guarding)
-        _, first, _, _, with_loss, _, step = request
+        *_, with_loss, _, step = request
         # Without the guard nothing can stop this batch's step: the worker takes it at once.
         track.parts_stepped = step
         asked, self._requested_ahead = self._requested_ahead, None
         if asked is None:
-            track.parts.analyse(channels, first, tiles, track.gave_up, adapting, with_loss, guarding, step=step)
+            self._send_request(track, tiles, request)
         elif asked.tiles is not tiles or asked.request != request:
             raise RuntimeError("the worker was asked ahead for another batch than this one")
         self._flush()  # the last batch's step, while the worker codes its part of this one
