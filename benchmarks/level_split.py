@@ -53,9 +53,10 @@ from speed import batches_of  # noqa: E402
 from osoa_zip.adapt.config import AdaptationConfig  # noqa: E402
 from osoa_zip.adapt.defaults import adaptation_for  # noqa: E402
 from osoa_zip.adapt.engine import adapting_copy  # noqa: E402
-from osoa_zip.adapt.parts import _factor_arrays, _factors_of, _pack, _unpack  # noqa: E402
+from osoa_zip.adapt.parts import _factor_arrays, _factors_of  # noqa: E402
 from osoa_zip.coding.ans import Decoder, Encoder  # noqa: E402
 from osoa_zip.models.registry import DEFAULT_MODEL, load_model  # noqa: E402
+from osoa_zip.wire import pack_message, unpack_message  # noqa: E402
 
 
 def adapting_network(bundle, channels: int, config: AdaptationConfig, owned: set[str] | None):
@@ -90,24 +91,24 @@ def worker_main(connection, model: str, channels: int, levels: list) -> None:
     config = adaptation_for(model, AdaptationConfig())
     owned = bundle.network(channels).part_parameters(levels)
     network, optimizer = adapting_network(bundle, channels, config, owned)
-    connection.send_bytes(_pack({"op": "ready"}, []))
+    connection.send_bytes(pack_message({"op": "ready"}, []))
     cpu = 0.0
     while True:
-        header, arrays = _unpack(connection.recv_bytes())
+        header, arrays = unpack_message(connection.recv_bytes())
         if header["op"] == "stop":
-            connection.send_bytes(_pack({"cpu": cpu, "weights": weights_digest(network, owned)}, []))
+            connection.send_bytes(pack_message({"cpu": cpu, "weights": weights_digest(network, owned)}, []))
             return
         started = time.process_time()
         if header["op"] == "decode":  # the coarse levels of one batch: (shape, stream) -> (image, position)
             decoder = Decoder(arrays[0].tobytes())
             y, loss = network.decode_part(decoder, header["shape"], levels)
-            connection.send_bytes(_pack({"position": list(decoder.position())}, [y.to(torch.uint8).numpy()]))
+            connection.send_bytes(pack_message({"position": list(decoder.position())}, [y.to(torch.uint8).numpy()]))
         else:  # "analyse": pixels -> factors
             pixels = torch.from_numpy(arrays[0].copy()).to(torch.float64)
             terms, factors = network.analyse_part(pixels, levels)
             loss = torch.stack(terms).sum()
             sent, factor_arrays = _factor_arrays(network, factors, False)  # the factors themselves
-            connection.send_bytes(_pack(sent, factor_arrays))
+            connection.send_bytes(pack_message(sent, factor_arrays))
         step(network, optimizer, loss)
         cpu += time.process_time() - started
 
@@ -118,15 +119,15 @@ def start_worker(model: str, channels: int, levels) -> tuple:
     here, there = context.Pipe()
     worker = context.Process(target=worker_main, args=(there, model, channels, sorted(levels, key=str)), daemon=True)
     worker.start()
-    if _unpack(here.recv_bytes())[0].get("op") != "ready":
+    if unpack_message(here.recv_bytes())[0].get("op") != "ready":
         raise RuntimeError("the worker did not start")
     return here, worker
 
 
 def stop_worker(here, worker) -> dict:
     """Stop the worker; its report: CPU seconds and its parameters' digests."""
-    here.send_bytes(_pack({"op": "stop"}, []))
-    report = _unpack(here.recv_bytes())[0]
+    here.send_bytes(pack_message({"op": "stop"}, []))
+    report = unpack_message(here.recv_bytes())[0]
     worker.join()
     return report
 
@@ -161,7 +162,7 @@ def run_split(bundle, model, batches, config, ahead: int) -> tuple[str, dict, fl
     digest = hashlib.sha256()
 
     def send(tiles):
-        here.send_bytes(_pack({"op": "analyse"}, [tiles]))
+        here.send_bytes(pack_message({"op": "analyse"}, [tiles]))
 
     wall, cpu = time.perf_counter(), time.process_time()
     sent = 0
@@ -171,7 +172,7 @@ def run_split(bundle, model, batches, config, ahead: int) -> tuple[str, dict, fl
             sent += 1
         terms, factors = network.analyse_part(torch.from_numpy(tiles).to(torch.float64), levels_here)
         loss = torch.stack(terms).sum()
-        header, arrays = _unpack(here.recv_bytes())
+        header, arrays = unpack_message(here.recv_bytes())
         coarse = _factors_of(header, arrays)
         for chunk in factor_bytes(coarse) + factor_bytes(factors):  # the decoder meets the coarse levels first
             digest.update(chunk)
@@ -216,7 +217,7 @@ def decode_split(bundle, model, batches, streams, config, ahead: int) -> tuple[s
     digest = hashlib.sha256()
 
     def send(index):
-        here.send_bytes(_pack({"op": "decode", "shape": list(batches[index].shape)},
+        here.send_bytes(pack_message({"op": "decode", "shape": list(batches[index].shape)},
                               [np.frombuffer(streams[index], dtype=np.uint8)]))
 
     wall, cpu = time.perf_counter(), time.process_time()
@@ -225,7 +226,7 @@ def decode_split(bundle, model, batches, streams, config, ahead: int) -> tuple[s
         while sent < len(batches) and sent <= index + ahead:
             send(sent)
             sent += 1
-        header, arrays = _unpack(here.recv_bytes())
+        header, arrays = unpack_message(here.recv_bytes())
         coarse = torch.from_numpy(arrays[0].copy()).to(torch.float64)
         decoder = Decoder(stream)
         decoder.resume(tuple(header["position"]))

@@ -54,7 +54,7 @@ def _patch() -> None:
 
 
 def _report(parent: int) -> None:
-    rows = [line.split() for line in LOG.read_text().splitlines()]
+    rows = [line.split() for line in LOG.read_text().splitlines()] if LOG.exists() else []
     events = [(tag, int(pid), float(start), float(end)) for tag, pid, start, end in rows]
     batches = sorted((start, end) for tag, pid, start, end in events
                      if tag in ("_analyse_in_parts", "_decode_in_parts"))
